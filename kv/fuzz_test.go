@@ -1,0 +1,53 @@
+package kv_test
+
+import (
+	"testing"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// FuzzDecode: whatever is in the bucket, Decode returns a valid record or an
+// error, never panics, and what it accepts survives a round trip.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rec, err := kv.Decode(data)
+		if err != nil {
+			return
+		}
+		if err := rec.Validate(); err != nil {
+			t.Fatalf("Decode accepted an invalid record: %v", err)
+		}
+		again, err := kv.Encode(rec)
+		if err != nil {
+			t.Fatalf("Encode of a decoded record: %v", err)
+		}
+		back, err := kv.Decode(again)
+		if err != nil {
+			t.Fatalf("Decode of an encoded record: %v", err)
+		}
+		if back.AccessToken != rec.AccessToken || back.AppID != rec.AppID || !back.ExpiresAt.Equal(rec.ExpiresAt) {
+			t.Fatalf("round trip changed %+v into %+v", rec, back)
+		}
+	})
+}
+
+// FuzzDecodeRefreshRequest: any request body gives a request or
+// ErrBadRequest, and an accepted request encodes to one that decodes equal.
+func FuzzDecodeRefreshRequest(f *testing.F) {
+	f.Add([]byte(`{"stale_revision":42,"reason":"40001"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, err := kv.DecodeRefreshRequest(data)
+		if err != nil {
+			return
+		}
+		back, err := kv.DecodeRefreshRequest(kv.EncodeRefreshRequest(req))
+		if err != nil {
+			t.Fatalf("re-decoding %+v: %v", req, err)
+		}
+		if (back.StaleRevision == nil) != (req.StaleRevision == nil) ||
+			(back.StaleRevision != nil && *back.StaleRevision != *req.StaleRevision) {
+			t.Fatalf("round trip changed %+v into %+v", req, back)
+		}
+	})
+}

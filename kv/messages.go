@@ -1,0 +1,218 @@
+package kv
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// DefaultSubjectPrefix prefixes every subject wxtoken uses.
+const DefaultSubjectPrefix = "wechat.token"
+
+// Subjects names the NATS subjects of one deployment. The zero value uses
+// DefaultSubjectPrefix.
+type Subjects struct {
+	Prefix string
+}
+
+func (s Subjects) prefix() string {
+	if s.Prefix == "" {
+		return DefaultSubjectPrefix
+	}
+	return s.Prefix
+}
+
+// Rotated is where the rotation event of appid is published; "*" matches all apps.
+func (s Subjects) Rotated(appid string) string { return s.prefix() + ".rotated." + appid }
+
+// Refresh is the request-reply subject of appid's refresh endpoint.
+func (s Subjects) Refresh(appid string) string { return s.prefix() + ".refresh." + appid }
+
+// Failed is where the failure events of appid are published.
+func (s Subjects) Failed(appid string) string { return s.prefix() + ".failed." + appid }
+
+// ValidateSubjectPrefix checks that prefix is a literal subject (dot-separated
+// tokens without wildcards or whitespace).
+func ValidateSubjectPrefix(prefix string) error {
+	if prefix == "" {
+		return errors.New("kv: subject prefix is empty")
+	}
+	for tok := range strings.SplitSeq(prefix, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n*>") {
+			return fmt.Errorf("kv: subject prefix %q is not a literal NATS subject", prefix)
+		}
+	}
+	return nil
+}
+
+// Rotation reasons carried by RotationEvent.Reason.
+const (
+	ReasonInitial   = "initial"   // there was no token in the bucket
+	ReasonScheduled = "scheduled" // the token entered its refresh window
+	ReasonRequested = "requested" // a service asked through the refresh endpoint
+)
+
+// RotationEvent is published after a new token was written. It carries no
+// token: the token lives only in the bucket, behind permissions.
+type RotationEvent struct {
+	AppID     string    `json:"appid"`
+	Revision  uint64    `json:"revision"`
+	FetchedAt time.Time `json:"fetched_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Reason    string    `json:"reason"`
+}
+
+// FailureEvent is published when a fetch fails with a configuration or quota
+// error, the errors a human has to act on or wait out.
+type FailureEvent struct {
+	AppID       string    `json:"appid"`
+	ErrCode     int       `json:"errcode"`
+	ErrMsg      string    `json:"errmsg"`
+	Class       string    `json:"class"` // config, quota or retry
+	NextAttempt time.Time `json:"next_attempt"`
+}
+
+// MaxRefreshRequestSize bounds a refresh request body.
+const MaxRefreshRequestSize = 1024
+
+// maxReasonLength bounds the free-text reason of a refresh request.
+const maxReasonLength = 128
+
+// ErrBadRequest is wrapped by every refresh request decoding failure.
+var ErrBadRequest = errors.New("bad refresh request")
+
+// RefreshRequest is the body of a request on the refresh subject.
+type RefreshRequest struct {
+	// StaleRevision is the revision the caller saw rejected; nil asks for the
+	// current token without forcing a refresh.
+	StaleRevision *uint64 `json:"stale_revision,omitempty"`
+	// Reason is free text for logs, usually the errcode the caller saw.
+	Reason string `json:"reason,omitempty"`
+}
+
+// DecodeRefreshRequest parses a refresh request. An empty body is a request
+// without stale revision. Unknown fields are ignored.
+func DecodeRefreshRequest(data []byte) (RefreshRequest, error) {
+	if len(data) > MaxRefreshRequestSize {
+		return RefreshRequest{}, fmt.Errorf("%w: %d bytes, more than %d", ErrBadRequest, len(data), MaxRefreshRequestSize)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return RefreshRequest{}, nil
+	}
+	// Raw fields, so that a revision given as a string, a fraction or a
+	// negative number is refused instead of coerced.
+	var raw struct {
+		StaleRevision json.RawMessage `json:"stale_revision"`
+		Reason        json.RawMessage `json:"reason"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return RefreshRequest{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	var req RefreshRequest
+	if rev := string(raw.StaleRevision); rev != "" && rev != "null" {
+		if strings.HasPrefix(rev, "-") {
+			return RefreshRequest{}, fmt.Errorf("%w: stale_revision %s is negative", ErrBadRequest, rev)
+		}
+		n, err := strconv.ParseUint(rev, 10, 64)
+		if err != nil {
+			return RefreshRequest{}, fmt.Errorf("%w: stale_revision %s is not a revision number", ErrBadRequest, truncate(rev, 32))
+		}
+		req.StaleRevision = &n
+	}
+	if len(raw.Reason) > 0 && string(raw.Reason) != "null" {
+		if err := json.Unmarshal(raw.Reason, &req.Reason); err != nil {
+			return RefreshRequest{}, fmt.Errorf("%w: reason is not a string", ErrBadRequest)
+		}
+		req.Reason = truncate(req.Reason, maxReasonLength)
+	}
+	return req, nil
+}
+
+// EncodeRefreshRequest returns the JSON of req.
+func EncodeRefreshRequest(req RefreshRequest) []byte {
+	data, _ := json.Marshal(req) // cannot fail: a pointer to uint64 and a string
+	return data
+}
+
+// Refresh reply error codes.
+const (
+	CodeBadRequest  = "bad_request"
+	CodeUnknownApp  = "unknown_app"
+	CodeRateLimited = "rate_limited"
+	CodeUpstream    = "upstream"
+	CodeUnavailable = "unavailable"
+)
+
+// ReplyError is the error part of a refresh reply.
+type ReplyError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *ReplyError) Error() string { return e.Code + ": " + e.Message }
+
+// RefreshReply answers a refresh request. A success names the current
+// revision, already in the bucket; an error may name it too (rate_limited).
+type RefreshReply struct {
+	AppID     string
+	Revision  uint64
+	ExpiresAt time.Time
+	Refreshed bool
+	Error     *ReplyError
+}
+
+// wireReply is RefreshReply as it travels: an error reply that names no
+// revision carries only the error, a success always says whether it refreshed.
+type wireReply struct {
+	AppID     string      `json:"appid,omitempty"`
+	Revision  uint64      `json:"revision,omitempty"`
+	ExpiresAt time.Time   `json:"expires_at,omitzero"`
+	Refreshed *bool       `json:"refreshed,omitempty"`
+	Error     *ReplyError `json:"error,omitempty"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (r RefreshReply) MarshalJSON() ([]byte, error) {
+	w := wireReply{AppID: r.AppID, Revision: r.Revision, ExpiresAt: r.ExpiresAt.UTC(), Error: r.Error}
+	if r.Error == nil {
+		w.Refreshed = &r.Refreshed
+	}
+	return json.Marshal(w)
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (r *RefreshReply) UnmarshalJSON(data []byte) error {
+	var w wireReply
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	*r = RefreshReply{AppID: w.AppID, Revision: w.Revision, ExpiresAt: w.ExpiresAt, Error: w.Error}
+	if w.Refreshed != nil {
+		r.Refreshed = *w.Refreshed
+	}
+	return nil
+}
+
+// truncate cuts s to at most n bytes, on a character boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
+}
+
+// TokenRejected reports whether a WeChat errcode says that an API call's
+// access_token is not, or no longer, valid: 40001 (invalid credential),
+// 40014 (invalid access_token) or 42001 (access_token expired). These are the
+// answers after which a service asks for a refresh.
+func TokenRejected(errcode int) bool {
+	return errcode == 40001 || errcode == 40014 || errcode == 42001
+}

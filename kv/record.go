@@ -1,0 +1,164 @@
+// Package kv is the one place that knows wxtoken's wire format: the JetStream
+// KV bucket that holds the tokens, the JSON record stored under each appid, and
+// the messages on the wechat.token.* subjects. Services in other languages
+// read the same bucket and subjects, so everything here is a public contract
+// (see DESIGN.md in the repository).
+package kv
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// MaxTokenLength is the longest access_token accepted, in characters. WeChat
+// asks integrators to reserve at least 512; 2048 leaves room for growth.
+const MaxTokenLength = 2048
+
+// MaxRecordSize bounds an encoded record. A valid record is far smaller; the
+// bound keeps a garbage value from costing more than it must to reject.
+const MaxRecordSize = 16 << 10
+
+// ErrInvalidRecord is wrapped by every validation or decoding failure of a
+// token record.
+var ErrInvalidRecord = errors.New("kv: invalid token record")
+
+// Record is the value stored under an appid key in the token bucket.
+// Times are UTC and second-precise on the wire (RFC 3339).
+type Record struct {
+	AppID       string    `json:"appid"`
+	AccessToken string    `json:"access_token"`
+	ExpiresIn   int64     `json:"expires_in"` // seconds, as WeChat returned it
+	FetchedAt   time.Time `json:"fetched_at"`
+	ExpiresAt   time.Time `json:"expires_at"`
+}
+
+// NewRecord builds the record for a token fetched at fetchedAt that WeChat
+// said lives for expiresIn.
+func NewRecord(appid, token string, expiresIn time.Duration, fetchedAt time.Time) Record {
+	// The wire carries whole seconds; truncating fetched_at (and not rounding)
+	// keeps expires_at from moving later than the real expiry.
+	fetchedAt = fetchedAt.UTC().Truncate(time.Second)
+	return Record{
+		AppID:       appid,
+		AccessToken: token,
+		ExpiresIn:   int64(expiresIn / time.Second),
+		FetchedAt:   fetchedAt,
+		ExpiresAt:   fetchedAt.Add(expiresIn).Truncate(time.Second),
+	}
+}
+
+// Lifetime is how long the token was issued for.
+func (r Record) Lifetime() time.Duration { return r.ExpiresAt.Sub(r.FetchedAt) }
+
+// ValidAt reports whether the token has not expired at t.
+func (r Record) ValidAt(t time.Time) bool { return t.Before(r.ExpiresAt) }
+
+// Validate checks the record against the contract.
+func (r Record) Validate() error {
+	if err := ValidateAppID(r.AppID); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+	}
+	if err := ValidateToken(r.AccessToken); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+	}
+	if r.ExpiresIn <= 0 {
+		return fmt.Errorf("%w: expires_in %d is not positive", ErrInvalidRecord, r.ExpiresIn)
+	}
+	if r.FetchedAt.IsZero() || r.ExpiresAt.IsZero() {
+		return fmt.Errorf("%w: fetched_at and expires_at are required", ErrInvalidRecord)
+	}
+	if !r.ExpiresAt.After(r.FetchedAt) {
+		return fmt.Errorf("%w: expires_at %s is not after fetched_at %s", ErrInvalidRecord,
+			r.ExpiresAt.Format(time.RFC3339), r.FetchedAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// ValidateToken checks an access_token: non-empty, at most MaxTokenLength
+// characters, valid UTF-8 and free of spaces and control characters (it ends
+// up in URLs and HTTP headers).
+func ValidateToken(token string) error {
+	switch n := utf8.RuneCountInString(token); {
+	case token == "":
+		return errors.New("access_token is empty")
+	case n > MaxTokenLength:
+		return fmt.Errorf("access_token has %d characters, more than %d", n, MaxTokenLength)
+	case !utf8.ValidString(token):
+		return errors.New("access_token is not valid UTF-8")
+	}
+	for _, c := range token {
+		if unicode.IsSpace(c) || unicode.IsControl(c) {
+			return fmt.Errorf("access_token contains the character %U", c)
+		}
+	}
+	return nil
+}
+
+// Encode validates r and returns its JSON. A record that fails validation is
+// never encoded, so nothing invalid reaches the bucket through this package.
+func Encode(r Record) ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	r.FetchedAt = r.FetchedAt.UTC()
+	r.ExpiresAt = r.ExpiresAt.UTC()
+	return json.Marshal(r)
+}
+
+// Decode parses and validates a record. Unknown fields are ignored, as the
+// contract asks of every reader.
+func Decode(data []byte) (Record, error) {
+	if len(data) > MaxRecordSize {
+		return Record{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidRecord, len(data), MaxRecordSize)
+	}
+	var r Record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return Record{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+	}
+	if err := r.Validate(); err != nil {
+		return Record{}, err
+	}
+	return r, nil
+}
+
+// DecodeFor decodes a record read under the key appid and checks that it
+// names that app: a record copied under the wrong key is as bad as garbage.
+func DecodeFor(appid string, data []byte) (Record, error) {
+	r, err := Decode(data)
+	if err != nil {
+		return Record{}, err
+	}
+	if r.AppID != appid {
+		return Record{}, fmt.Errorf("%w: record names appid %q, stored under %q", ErrInvalidRecord, r.AppID, appid)
+	}
+	return r, nil
+}
+
+// appIDMaxLength bounds an appid. WeChat appids are 18 characters; corp and
+// component ids are of the same order.
+const appIDMaxLength = 64
+
+// ValidateAppID checks that appid can be a KV key and a single NATS subject
+// token: 1 to 64 characters from [A-Za-z0-9_-]. Dots are excluded because
+// keys "<appid>.<kind>" are reserved for other credentials of the same app.
+func ValidateAppID(appid string) error {
+	if appid == "" {
+		return errors.New("appid is empty")
+	}
+	if len(appid) > appIDMaxLength {
+		return fmt.Errorf("appid has %d characters, more than %d", len(appid), appIDMaxLength)
+	}
+	if i := strings.IndexFunc(appid, func(c rune) bool { return !isAppIDChar(c) }); i >= 0 {
+		return fmt.Errorf("appid %q: character %q at %d is not one of A-Z a-z 0-9 _ -", appid, appid[i], i)
+	}
+	return nil
+}
+
+func isAppIDChar(c rune) bool {
+	return c == '_' || c == '-' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')
+}

@@ -1,0 +1,128 @@
+package kv_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+var fetched = time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+
+func validRecord() kv.Record {
+	return kv.NewRecord("wx1234567890abcdef", "TOKEN_value-1", 7200*time.Second, fetched)
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	for _, length := range []int{1, 512, 1000, kv.MaxTokenLength} {
+		rec := validRecord()
+		rec.AccessToken = strings.Repeat("A", length)
+		data, err := kv.Encode(rec)
+		if err != nil {
+			t.Fatalf("%d characters: %v", length, err)
+		}
+		got, err := kv.Decode(data)
+		if err != nil {
+			t.Fatalf("%d characters: %v", length, err)
+		}
+		if got.AccessToken != rec.AccessToken || !got.ExpiresAt.Equal(rec.ExpiresAt) || !got.FetchedAt.Equal(rec.FetchedAt) ||
+			got.ExpiresIn != rec.ExpiresIn || got.AppID != rec.AppID {
+			t.Errorf("%d characters: round trip gave %+v", length, got)
+		}
+	}
+}
+
+func TestRecordWireFormat(t *testing.T) {
+	data, err := kv.Encode(validRecord())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"appid":"wx1234567890abcdef","access_token":"TOKEN_value-1","expires_in":7200,` +
+		`"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`
+	if string(data) != want {
+		t.Errorf("encoded\n%s\nwant\n%s", data, want)
+	}
+}
+
+func TestNewRecordKeepsExpiryNoLaterThanReal(t *testing.T) {
+	at := fetched.Add(999 * time.Millisecond)
+	rec := kv.NewRecord("wx1", "t", 90*time.Second, at)
+	if rec.ExpiresAt.After(at.Add(90 * time.Second)) {
+		t.Errorf("expires_at %s is after the real expiry %s", rec.ExpiresAt, at.Add(90*time.Second))
+	}
+	if rec.ExpiresIn != 90 || rec.FetchedAt.Nanosecond() != 0 {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+func TestDecodeIgnoresUnknownFields(t *testing.T) {
+	data := `{"appid":"wx1","access_token":"T","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z",` +
+		`"expires_at":"2026-11-21T12:00:00Z","written_by":"a future version","nested":{"a":[1,2]}}`
+	if _, err := kv.Decode([]byte(data)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	tests := map[string]string{
+		"empty":            ``,
+		"not JSON":         `<html>502 Bad Gateway</html>`,
+		"truncated":        `{"appid":"wx1","access_token":"T",`,
+		"array":            `[1,2,3]`,
+		"no token":         `{"appid":"wx1","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`,
+		"empty token":      `{"appid":"wx1","access_token":"","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`,
+		"long token":       `{"appid":"wx1","access_token":"` + strings.Repeat("x", kv.MaxTokenLength+1) + `","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`,
+		"token with space": `{"appid":"wx1","access_token":"a b","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`,
+		"zero lifetime":    `{"appid":"wx1","access_token":"T","expires_in":0,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`,
+		"negative":         `{"appid":"wx1","access_token":"T","expires_in":-5,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`,
+		"expiry first":     `{"appid":"wx1","access_token":"T","expires_in":7200,"fetched_at":"2026-11-21T12:00:00Z","expires_at":"2026-11-21T10:00:00Z"}`,
+		"no times":         `{"appid":"wx1","access_token":"T","expires_in":7200}`,
+		"bad appid":        `{"appid":"wx.1","access_token":"T","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`,
+		"lifetime string":  `{"appid":"wx1","access_token":"T","expires_in":"7200","fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`,
+		"huge":             `{"appid":"wx1","pad":"` + strings.Repeat("x", kv.MaxRecordSize) + `"}`,
+	}
+	for name, data := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := kv.Decode([]byte(data))
+			if !errors.Is(err, kv.ErrInvalidRecord) {
+				t.Fatalf("Decode = %v, want ErrInvalidRecord", err)
+			}
+			if strings.Contains(err.Error(), "xxxxxxxxxx") {
+				t.Errorf("error quotes the input at length: %.200s", err)
+			}
+		})
+	}
+}
+
+func TestEncodeRefusesInvalidRecord(t *testing.T) {
+	rec := validRecord()
+	rec.AccessToken = ""
+	if _, err := kv.Encode(rec); !errors.Is(err, kv.ErrInvalidRecord) {
+		t.Errorf("Encode of an empty token: %v", err)
+	}
+}
+
+func TestDecodeForChecksTheKey(t *testing.T) {
+	data, _ := kv.Encode(validRecord())
+	if _, err := kv.DecodeFor("wxother", data); !errors.Is(err, kv.ErrInvalidRecord) {
+		t.Errorf("record under another appid's key: %v", err)
+	}
+	if _, err := kv.DecodeFor("wx1234567890abcdef", data); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestValidateAppID(t *testing.T) {
+	for _, ok := range []string{"wx1234567890abcdef", "ww_corp-1", "A"} {
+		if err := kv.ValidateAppID(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "wx.jsapi_ticket", "wx*", "wx>", "wx 1", "wx/1", strings.Repeat("a", 65), "wx\x00"} {
+		if err := kv.ValidateAppID(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
