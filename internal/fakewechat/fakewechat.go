@@ -1,0 +1,379 @@
+// Package fakewechat is an HTTP server that behaves like WeChat's token API
+// where wxtoken depends on it: a new token invalidates the previous one after
+// an overlap, tokens expire, the fetch has a daily quota that resets at 00:00
+// China time, and getcallbackip answers by the token's validity. Tests and
+// `wxtoken serve --demo` run against it; faults can be injected per app.
+package fakewechat
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Config sets the fake's behaviour. Zero fields take WeChat's values.
+type Config struct {
+	ExpiresIn   time.Duration    // lifetime of a token; 7200s
+	Overlap     time.Duration    // how long a replaced token keeps working; 5m (negative: none)
+	DailyQuota  int              // token fetches per app per China day; 2000 (negative: unlimited)
+	TokenLength int              // characters per token; 152
+	Now         func() time.Time // clock; time.Now
+}
+
+// Fault replaces the normal answer of one token fetch.
+type Fault struct {
+	ErrCode int           // answer {"errcode":ErrCode,"errmsg":ErrMsg} when not zero
+	ErrMsg  string        // defaults to a WeChat-like message for ErrCode
+	Status  int           // HTTP status when not 200; Body (or an HTML page) is sent
+	Body    []byte        // raw body to send instead of JSON
+	Delay   time.Duration // wait before answering, or until the client gives up
+	Panic   bool          // abort the connection without an answer
+}
+
+// Server is the fake WeChat API. It is safe for concurrent use.
+type Server struct {
+	cfg Config
+
+	mu     sync.Mutex
+	apps   map[string]*app
+	tokens map[string]*issued // every token that may still work, by value
+	serial uint64
+}
+
+type app struct {
+	secret  string
+	current *issued
+	faults  []Fault // consumed one per fetch
+	sticky  *Fault  // answered to every fetch while set
+	day     string  // China-time date the quota counter belongs to
+	used    int     // fetches that issued a token on that day
+	calls   int     // every request to /cgi-bin/token naming this app
+	issues  int     // tokens issued
+	checks  int     // getcallbackip requests with one of this app's tokens
+}
+
+type issued struct {
+	appid      string
+	value      string
+	expiresAt  time.Time
+	replacedAt time.Time // zero while current
+}
+
+// New returns a fake with no apps.
+func New(cfg Config) *Server {
+	if cfg.ExpiresIn <= 0 {
+		cfg.ExpiresIn = 7200 * time.Second
+	}
+	if cfg.Overlap == 0 {
+		cfg.Overlap = 5 * time.Minute
+	}
+	if cfg.DailyQuota == 0 {
+		cfg.DailyQuota = 2000
+	}
+	if cfg.TokenLength <= 0 {
+		cfg.TokenLength = 152
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}}
+}
+
+// AddApp registers an app and its AppSecret.
+func (s *Server) AddApp(appid, secret string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.apps[appid] = &app{secret: secret}
+}
+
+// Inject queues faults answered to the app's next token fetches, in order.
+func (s *Server) Inject(appid string, faults ...Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.app(appid)
+	a.faults = append(a.faults, faults...)
+}
+
+// Fail answers every token fetch of the app with f until Heal.
+func (s *Server) Fail(appid string, f Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.app(appid).sticky = &f
+}
+
+// Heal ends Fail and drops queued faults.
+func (s *Server) Heal(appid string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.app(appid)
+	a.sticky, a.faults = nil, nil
+}
+
+// Calls is the number of token requests that named appid, failed or not.
+func (s *Server) Calls(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.app(appid).calls
+}
+
+// Issued is the number of tokens issued to appid.
+func (s *Server) Issued(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.app(appid).issues
+}
+
+// Checks is the number of getcallbackip requests made with appid's tokens.
+func (s *Server) Checks(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.app(appid).checks
+}
+
+// Current is the newest token issued to appid ("" before the first).
+func (s *Server) Current(appid string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.app(appid).current; c != nil {
+		return c.value
+	}
+	return ""
+}
+
+// Issue fetches a token for appid as another client would (a second,
+// misbehaving central server, say): it invalidates the previous token after
+// the overlap and counts against the quota, but not in Calls.
+func (s *Server) Issue(appid string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.issue(appid, s.app(appid), s.cfg.Now()).value
+}
+
+// Valid reports whether token works at this moment; errcode says why not.
+func (s *Server) Valid(token string) (ok bool, errcode int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.valid(token, s.cfg.Now())
+}
+
+// app returns the named app, creating an unregistered placeholder so that
+// counters of unknown appids read as zero. Callers hold s.mu.
+func (s *Server) app(appid string) *app {
+	a, ok := s.apps[appid]
+	if !ok {
+		a = &app{}
+		s.apps[appid] = a
+	}
+	return a
+}
+
+func (s *Server) valid(token string, now time.Time) (bool, int) {
+	if token == "" {
+		return false, 41001
+	}
+	t, ok := s.tokens[token]
+	switch {
+	case !ok:
+		return false, 40001
+	case !now.Before(t.expiresAt):
+		return false, 42001
+	case !t.replacedAt.IsZero() && !now.Before(t.replacedAt.Add(s.cfg.Overlap)):
+		return false, 40001
+	}
+	return true, 0
+}
+
+// issue mints a token and retires the previous one. Callers hold s.mu.
+func (s *Server) issue(appid string, a *app, now time.Time) *issued {
+	s.serial++
+	t := &issued{appid: appid, value: s.mint(), expiresAt: now.Add(s.cfg.ExpiresIn)}
+	if a.current != nil {
+		a.current.replacedAt = now
+	}
+	a.current = t
+	a.issues++
+	s.tokens[t.value] = t
+	s.prune(now)
+	return t
+}
+
+// prune forgets tokens that stopped working more than an hour ago, so a long
+// run stays small while a recently dead token still gets its exact errcode.
+func (s *Server) prune(now time.Time) {
+	if s.serial%256 != 0 {
+		return
+	}
+	horizon := now.Add(-time.Hour)
+	for v, t := range s.tokens {
+		end := t.expiresAt
+		if r := t.replacedAt.Add(s.cfg.Overlap); !t.replacedAt.IsZero() && r.Before(end) {
+			end = r
+		}
+		if end.Before(horizon) {
+			delete(s.tokens, v)
+		}
+	}
+}
+
+const tokenAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+func (s *Server) mint() string {
+	serial := strconv.FormatUint(s.serial, 36) + "_"
+	b := make([]byte, max(s.cfg.TokenLength, len(serial)+1))
+	n := copy(b, serial)
+	for i := n; i < len(b); i++ {
+		b[i] = tokenAlphabet[rand.IntN(len(tokenAlphabet))]
+	}
+	return string(b)
+}
+
+// ServeHTTP answers /cgi-bin/token and /cgi-bin/getcallbackip.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/cgi-bin/token":
+		s.serveToken(w, r)
+	case "/cgi-bin/getcallbackip":
+		s.serveCallbackIP(w, r)
+	default:
+		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
+	}
+}
+
+func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	appid, secret := q.Get("appid"), q.Get("secret")
+	now := s.cfg.Now()
+
+	s.mu.Lock()
+	a := s.app(appid)
+	a.calls++
+	var fault *Fault
+	switch {
+	case len(a.faults) > 0:
+		fault = &a.faults[0]
+		a.faults = a.faults[1:]
+	case a.sticky != nil:
+		fault = a.sticky
+	}
+	var reply map[string]any
+	if fault == nil {
+		reply = s.tokenReply(appid, secret, q.Get("grant_type"), a, now)
+	}
+	s.mu.Unlock()
+
+	if fault != nil {
+		serveFault(w, r, *fault)
+		return
+	}
+	writeJSON(w, reply)
+}
+
+// tokenReply decides a fetch the way WeChat does. Callers hold s.mu.
+func (s *Server) tokenReply(appid, secret, grantType string, a *app, now time.Time) map[string]any {
+	switch {
+	case grantType != "client_credential":
+		return errReply(40002, "")
+	case appid == "":
+		return errReply(41002, "")
+	case secret == "":
+		return errReply(41004, "")
+	case a.secret == "":
+		return errReply(40013, "")
+	case secret != a.secret:
+		return errReply(40125, "")
+	}
+	if day := chinaDay(now); a.day != day {
+		a.day, a.used = day, 0
+	}
+	if s.cfg.DailyQuota > 0 && a.used >= s.cfg.DailyQuota {
+		return errReply(45009, "")
+	}
+	a.used++
+	t := s.issue(appid, a, now)
+	return map[string]any{"access_token": t.value, "expires_in": int(s.cfg.ExpiresIn / time.Second)}
+}
+
+func (s *Server) serveCallbackIP(w http.ResponseWriter, r *http.Request) {
+	token := r.URL.Query().Get("access_token")
+	s.mu.Lock()
+	if t, ok := s.tokens[token]; ok {
+		s.app(t.appid).checks++
+	}
+	ok, code := s.valid(token, s.cfg.Now())
+	s.mu.Unlock()
+	if !ok {
+		writeJSON(w, errReply(code, ""))
+		return
+	}
+	writeJSON(w, map[string]any{"ip_list": []string{"127.0.0.1"}})
+}
+
+func serveFault(w http.ResponseWriter, r *http.Request, f Fault) {
+	if f.Delay > 0 {
+		select {
+		case <-time.After(f.Delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	if f.Panic {
+		panic(http.ErrAbortHandler) // net/http drops the connection, no answer
+	}
+	if f.Status != 0 && f.Status != http.StatusOK {
+		body := f.Body
+		if body == nil {
+			w.Header().Set("Content-Type", "text/html")
+			body = fmt.Appendf(nil, "<html><body><h1>%d %s</h1></body></html>", f.Status, http.StatusText(f.Status))
+		}
+		w.WriteHeader(f.Status)
+		w.Write(body)
+		return
+	}
+	if f.Body != nil {
+		w.Header().Set("Content-Type", "application/json; encoding=utf-8")
+		w.Write(f.Body)
+		return
+	}
+	writeJSON(w, errReply(f.ErrCode, f.ErrMsg))
+}
+
+// messages are WeChat's errmsg texts for the codes the fake answers with.
+var messages = map[int]string{
+	-1:    "system error",
+	40001: "invalid credential, access_token is invalid or not latest",
+	40002: "invalid grant_type",
+	40013: "invalid appid",
+	40014: "invalid access_token",
+	40125: "invalid appsecret",
+	40164: "invalid ip 203.0.113.7, not in whitelist",
+	40243: "AppSecret已被冻结，请登录小程序平台解冻后再次调用。",
+	41001: "access_token missing",
+	41002: "appid missing",
+	41004: "appsecret missing",
+	42001: "access_token expired",
+	45009: "reach max api daily quota limit",
+	45011: "api minute-quota reach limit  mustslower  retry next minute",
+	89501: "此IP正在等待管理员确认,请联系管理员",
+	89503: "此IP调用需要管理员确认,请联系管理员",
+}
+
+func errReply(code int, msg string) map[string]any {
+	if msg == "" {
+		msg = messages[code]
+	}
+	return map[string]any{"errcode": code, "errmsg": msg + " rid: 6571f2a1-" + strconv.Itoa(rand.IntN(1e6))}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json; encoding=utf-8")
+	json.NewEncoder(w).Encode(v)
+}
+
+// chinaTime is UTC+8, the zone WeChat's daily quota resets in.
+var chinaTime = time.FixedZone("CST", 8*60*60)
+
+func chinaDay(t time.Time) string { return t.In(chinaTime).Format(time.DateOnly) }
