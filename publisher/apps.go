@@ -1,0 +1,166 @@
+package publisher
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// App is one WeChat app the refresher keeps a token for.
+type App struct {
+	AppID  string
+	Secret Secret
+}
+
+// appsFile is the YAML apps file:
+//
+//	apps:
+//	  - appid: wx1234567890abcdef
+//	    secret_env: WX_MAIN_SECRET   # or secret_file: /run/secrets/wx_main, or secret: ...
+type appsFile struct {
+	Apps []appEntry `yaml:"apps"`
+}
+
+type appEntry struct {
+	AppID      string `yaml:"appid"`
+	Secret     string `yaml:"secret"`
+	SecretEnv  string `yaml:"secret_env"`
+	SecretFile string `yaml:"secret_file"`
+}
+
+// maxAppsFileSize bounds the apps file; 10,000 apps fit in about 1 MB.
+const maxAppsFileSize = 16 << 20
+
+// LoadAppsFile reads the apps file at path. Secrets named by secret_env are
+// looked up with getenv; secret_file paths are read now, so a missing secret
+// fails at start and not at the first refresh.
+func LoadAppsFile(path string, getenv func(string) string) ([]App, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("publisher: apps file: %w", err)
+	}
+	if len(data) > maxAppsFileSize {
+		return nil, fmt.Errorf("publisher: apps file %s is larger than %d bytes", path, maxAppsFileSize)
+	}
+	apps, err := ParseApps(data, getenv)
+	if err != nil {
+		return nil, fmt.Errorf("publisher: apps file %s: %w", path, err)
+	}
+	return apps, nil
+}
+
+// ParseApps parses the content of an apps file. Unknown keys are errors, so
+// that a misspelt "secret_evn" fails loudly instead of leaving an app
+// without its secret.
+func ParseApps(data []byte, getenv func(string) string) ([]App, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var f appsFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("not a valid apps file: %w", err)
+	}
+	if len(f.Apps) == 0 {
+		return nil, errors.New(`no apps: the file needs a list under "apps:"`)
+	}
+	apps := make([]App, 0, len(f.Apps))
+	for i, e := range f.Apps {
+		app, err := e.resolve(getenv)
+		if err != nil {
+			return nil, fmt.Errorf("apps[%d]: %w", i, err)
+		}
+		apps = append(apps, app)
+	}
+	if err := checkUnique(apps); err != nil {
+		return nil, err
+	}
+	return apps, nil
+}
+
+func (e appEntry) resolve(getenv func(string) string) (App, error) {
+	if err := kv.ValidateAppID(e.AppID); err != nil {
+		return App{}, err
+	}
+	given := 0
+	for _, s := range []string{e.Secret, e.SecretEnv, e.SecretFile} {
+		if s != "" {
+			given++
+		}
+	}
+	if given != 1 {
+		return App{}, fmt.Errorf("app %s: give exactly one of secret_env, secret_file and secret", e.AppID)
+	}
+	var secret string
+	switch {
+	case e.SecretEnv != "":
+		secret = getenv(e.SecretEnv)
+		if secret == "" {
+			return App{}, fmt.Errorf("app %s: environment variable %s is empty or not set", e.AppID, e.SecretEnv)
+		}
+	case e.SecretFile != "":
+		s, err := readSecretFile(e.SecretFile)
+		if err != nil {
+			return App{}, fmt.Errorf("app %s: %w", e.AppID, err)
+		}
+		secret = s
+	default:
+		secret = e.Secret
+	}
+	return App{AppID: e.AppID, Secret: NewSecret(secret)}, nil
+}
+
+// AppFromEnv returns the single app that WECHAT_APPID with WECHAT_APPSECRET
+// or WECHAT_APPSECRET_FILE describe; ok is false when WECHAT_APPID is unset.
+func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
+	appid := getenv("WECHAT_APPID")
+	if appid == "" {
+		return App{}, false, nil
+	}
+	if err := kv.ValidateAppID(appid); err != nil {
+		return App{}, true, fmt.Errorf("publisher: WECHAT_APPID: %w", err)
+	}
+	secret, file := getenv("WECHAT_APPSECRET"), getenv("WECHAT_APPSECRET_FILE")
+	switch {
+	case secret != "" && file != "":
+		return App{}, true, errors.New("publisher: set WECHAT_APPSECRET or WECHAT_APPSECRET_FILE, not both")
+	case file != "":
+		s, err := readSecretFile(file)
+		if err != nil {
+			return App{}, true, fmt.Errorf("publisher: WECHAT_APPSECRET_FILE: %w", err)
+		}
+		secret = s
+	case secret == "":
+		return App{}, true, fmt.Errorf("publisher: WECHAT_APPID is %s but neither WECHAT_APPSECRET nor WECHAT_APPSECRET_FILE is set", appid)
+	}
+	return App{AppID: appid, Secret: NewSecret(secret)}, true, nil
+}
+
+// readSecretFile reads a secret file (a Docker or systemd secret, say),
+// without the trailing newline editors add.
+func readSecretFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("secret file: %w", err)
+	}
+	secret := strings.TrimSpace(string(data))
+	if secret == "" {
+		return "", fmt.Errorf("secret file %s is empty", path)
+	}
+	return secret, nil
+}
+
+func checkUnique(apps []App) error {
+	seen := make(map[string]bool, len(apps))
+	for _, a := range apps {
+		if seen[a.AppID] {
+			return fmt.Errorf("app %s is listed twice", a.AppID)
+		}
+		seen[a.AppID] = true
+	}
+	return nil
+}

@@ -1,0 +1,155 @@
+package publisher
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// Defaults of Config, as DESIGN.md lists them.
+const (
+	DefaultSchedule         = "@every 30s"
+	DefaultRefreshBefore    = 10 * time.Minute
+	DefaultMinForceInterval = 30 * time.Second
+	DefaultLeaseTTL         = 10 * time.Second
+	DefaultUpstreamTimeout  = 5 * time.Second
+	DefaultUpstreamRate     = 50.0
+)
+
+// Config is the refresher's configuration. Zero fields take the defaults.
+type Config struct {
+	Apps []App
+
+	Bucket        string // token bucket; kv.DefaultBucket
+	Replicas      int    // replicas of the buckets; 1
+	History       int    // revisions kept per key; 1
+	SubjectPrefix string // kv.DefaultSubjectPrefix
+
+	// Schedule is the cron spec of the refresh check; DefaultSchedule.
+	Schedule string
+	// RefreshBefore is how long before expiry a token is replaced. For a
+	// token that lives less than twice as long it is cut to half the
+	// lifetime, so short-lived tokens are replaced in time too.
+	RefreshBefore time.Duration
+	// MinForceInterval is the least time between two forced refreshes of one app.
+	MinForceInterval time.Duration
+	// LeaseTTL is how long the leader's lease lasts without renewal.
+	LeaseTTL time.Duration
+
+	UpstreamURL     string        // DefaultUpstreamURL
+	UpstreamTimeout time.Duration // per call; DefaultUpstreamTimeout
+	// UpstreamRate paces token fetches across all apps, in calls per
+	// second, so ten thousand apps do not all call in the same second.
+	UpstreamRate float64
+	HTTPClient   *http.Client
+
+	// Instance names this replica in the lease and in logs; hostname and pid
+	// by default.
+	Instance string
+	// Logger receives the refresher's logs; nothing is logged when nil.
+	Logger *slog.Logger
+	// Now is the clock; time.Now by default. Tests move it.
+	Now func() time.Time
+}
+
+// withDefaults returns c with zero fields set and checks it.
+func (c Config) withDefaults() (Config, cron.Schedule, error) {
+	if c.Bucket == "" {
+		c.Bucket = kv.DefaultBucket
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.History == 0 {
+		c.History = 1
+	}
+	if c.SubjectPrefix == "" {
+		c.SubjectPrefix = kv.DefaultSubjectPrefix
+	}
+	if c.Schedule == "" {
+		c.Schedule = DefaultSchedule
+	}
+	setDefault(&c.RefreshBefore, DefaultRefreshBefore)
+	setDefault(&c.MinForceInterval, DefaultMinForceInterval)
+	setDefault(&c.LeaseTTL, DefaultLeaseTTL)
+	setDefault(&c.UpstreamTimeout, DefaultUpstreamTimeout)
+	if c.UpstreamURL == "" {
+		c.UpstreamURL = DefaultUpstreamURL
+	}
+	if c.UpstreamRate == 0 {
+		c.UpstreamRate = DefaultUpstreamRate
+	}
+	if c.Instance == "" {
+		host, _ := os.Hostname()
+		c.Instance = host + "-" + strconv.Itoa(os.Getpid())
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+
+	var errs []error
+	if len(c.Apps) == 0 {
+		errs = append(errs, errors.New("no apps: give an apps file or WECHAT_APPID"))
+	}
+	for _, a := range c.Apps {
+		if err := kv.ValidateAppID(a.AppID); err != nil {
+			errs = append(errs, err)
+		}
+		if a.Secret.IsZero() {
+			errs = append(errs, fmt.Errorf("app %s has no secret", a.AppID))
+		}
+	}
+	if err := checkUnique(c.Apps); err != nil {
+		errs = append(errs, err)
+	}
+	if err := kv.ValidateSubjectPrefix(c.SubjectPrefix); err != nil {
+		errs = append(errs, err)
+	}
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{
+		{"refresh-before", c.RefreshBefore}, {"min-force-interval", c.MinForceInterval},
+		{"lease-ttl", c.LeaseTTL}, {"upstream-timeout", c.UpstreamTimeout},
+	} {
+		if d.value < 0 {
+			errs = append(errs, fmt.Errorf("%s %s is negative", d.name, d.value))
+		}
+	}
+	if c.LeaseTTL < time.Second {
+		errs = append(errs, fmt.Errorf("lease-ttl %s is shorter than 1s", c.LeaseTTL))
+	}
+	// A fetch must end well inside the lease, or a leader could still be
+	// waiting on WeChat when its lease passes to another replica.
+	if c.UpstreamTimeout > c.LeaseTTL/2 {
+		errs = append(errs, fmt.Errorf("upstream-timeout %s must be at most half the lease-ttl %s", c.UpstreamTimeout, c.LeaseTTL))
+	}
+	if c.UpstreamRate < 0 {
+		errs = append(errs, fmt.Errorf("upstream rate %g is negative", c.UpstreamRate))
+	}
+	schedule, err := cron.ParseStandard(c.Schedule)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("schedule %q: %w", c.Schedule, err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, nil, fmt.Errorf("publisher: config: %w", err)
+	}
+	return c, schedule, nil
+}
+
+func setDefault(d *time.Duration, def time.Duration) {
+	if *d == 0 {
+		*d = def
+	}
+}

@@ -1,0 +1,190 @@
+package publisher
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// Version is reported by the refresh service to `nats micro info`.
+const Version = "0.1.0"
+
+// ServiceName is the name of the refresh service in `nats micro ls`.
+const ServiceName = "wxtoken"
+
+// maxPendingRequests bounds the refresh requests handled at once; past it
+// a request is answered "unavailable" at once instead of queueing.
+const maxPendingRequests = 10000
+
+// microCodes are the micro error codes (HTTP-like, as micro tooling expects)
+// of the contract's error codes.
+var microCodes = map[string]string{
+	kv.CodeBadRequest:  "400",
+	kv.CodeUnknownApp:  "404",
+	kv.CodeRateLimited: "429",
+	kv.CodeUpstream:    "502",
+	kv.CodeUnavailable: "503",
+}
+
+// serve adds the refresh endpoint, as a micro service so that `nats micro ls`
+// shows it, for the length of a term.
+func (r *Refresher) serve(t *term) (micro.Service, error) {
+	svc, err := micro.AddService(r.nc, micro.Config{
+		Name:        ServiceName,
+		Version:     Version,
+		Description: "WeChat access_token refresher: refresh requests for the token bucket " + r.cfg.Bucket,
+		Metadata:    map[string]string{"instance": r.cfg.Instance, "bucket": r.cfg.Bucket},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("publisher: refresh endpoint: %w", err)
+	}
+	prefix := r.subjects.Refresh("")
+	var pending atomic.Int64
+	handler := func(req micro.Request) {
+		appid := strings.TrimPrefix(req.Subject(), prefix)
+		a, f, reply := r.admit(t, appid, req.Data())
+		if f == nil {
+			respond(req, reply)
+			return
+		}
+		// The answer waits on WeChat. micro delivers requests one at a
+		// time, so wait on another goroutine: one app's fetch must not
+		// hold up requests for the others. micro's Request must not be
+		// used once the handler returned (micro reads it for its stats),
+		// so that goroutine publishes the answer to the reply subject.
+		if pending.Add(1) > maxPendingRequests {
+			pending.Add(-1)
+			respond(req, errorReply(kv.CodeUnavailable, "too many refresh requests in progress"))
+			return
+		}
+		replyTo := req.Reply()
+		if !t.spawn(func() {
+			defer pending.Add(-1)
+			r.publishReply(replyTo, r.await(t, a, f))
+		}) {
+			pending.Add(-1)
+			respond(req, errorReply(kv.CodeUnavailable, "the refresher is stepping down"))
+		}
+	}
+	err = svc.AddEndpoint("refresh", micro.HandlerFunc(handler),
+		micro.WithEndpointSubject(r.subjects.Refresh("*")),
+		micro.WithEndpointMetadata(map[string]string{"contract": "DESIGN.md: refresh request"}))
+	if err != nil {
+		svc.Stop()
+		return nil, fmt.Errorf("publisher: refresh endpoint: %w", err)
+	}
+	return svc, nil
+}
+
+// admit decides a refresh request as the contract says. Either it answers
+// at once (f is nil), or the answer is the outcome of the rotation f, which
+// it started or joined.
+func (r *Refresher) admit(t *term, appid string, data []byte) (a *appState, f *flight, reply kv.RefreshReply) {
+	a = r.apps[appid]
+	if a == nil {
+		return nil, nil, errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid))
+	}
+	req, err := kv.DecodeRefreshRequest(data)
+	if err != nil {
+		return nil, nil, errorReply(kv.CodeBadRequest, err.Error())
+	}
+	now := r.cfg.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cur, valid := a.rev, a.validRecord(now)
+	switch stale := req.StaleRevision; {
+	case stale != nil && *stale > cur:
+		return nil, nil, errorReply(kv.CodeBadRequest, fmt.Sprintf("stale_revision %d is newer than the current revision %d", *stale, cur))
+	case valid == nil:
+		// No valid token at all: fetch one, whatever the request named.
+		f = r.startOrJoin(t, a, modeScheduled, kv.ReasonRequested)
+	case stale == nil || *stale < cur:
+		return nil, nil, currentReply(a.id, cur, valid, false)
+	case a.flight != nil:
+		f = a.flight
+	case !a.lastForced.IsZero() && now.Sub(a.lastForced) < r.cfg.MinForceInterval:
+		reply = currentReply(a.id, cur, valid, false)
+		reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: fmt.Sprintf(
+			"a forced refresh of %s ran %s ago; at most one per %s", a.id, now.Sub(a.lastForced).Round(time.Second), r.cfg.MinForceInterval)}
+		return nil, nil, reply
+	default:
+		a.lastForced = now
+		f = r.startOrJoin(t, a, modeForced, kv.ReasonRequested)
+		r.log.Info("refresh requested", "appid", a.id, "stale_revision", *stale, "reason", req.Reason)
+	}
+	if f == nil {
+		return nil, nil, errorReply(kv.CodeUnavailable, "the refresher is stepping down")
+	}
+	return a, f, kv.RefreshReply{}
+}
+
+// await waits for the rotation f and answers with its outcome.
+func (r *Refresher) await(t *term, a *appState, f *flight) kv.RefreshReply {
+	select {
+	case <-f.done:
+	case <-t.ctx.Done():
+		return errorReply(kv.CodeUnavailable, "the refresher is stepping down")
+	}
+	out := f.out
+	switch {
+	case errors.Is(out.err, errEnding):
+		return errorReply(kv.CodeUnavailable, "the refresher is stepping down")
+	case out.err != nil:
+		reply := currentReply(a.id, out.rev, out.rec, false)
+		reply.Error = &kv.ReplyError{Code: kv.CodeUpstream, Message: out.err.Error()}
+		return reply
+	}
+	return currentReply(a.id, out.rev, out.rec, out.refreshed)
+}
+
+// publishReply answers a request whose micro.Request can no longer be used,
+// with the same body and error headers micro would have sent.
+func (r *Refresher) publishReply(replyTo string, reply kv.RefreshReply) {
+	if replyTo == "" {
+		return // a publish, not a request: nobody waits for an answer
+	}
+	msg := nats.NewMsg(replyTo)
+	msg.Data, _ = json.Marshal(reply)
+	if reply.Error != nil {
+		msg.Header.Set(micro.ErrorHeader, headerValue(reply.Error.Message))
+		msg.Header.Set(micro.ErrorCodeHeader, microCodes[reply.Error.Code])
+	}
+	if err := r.nc.PublishMsg(msg); err != nil {
+		r.log.Warn("refresh reply not sent", "error", err)
+	}
+}
+
+// currentReply names revision rev; rec may be nil when there is no valid token.
+func currentReply(appid string, rev uint64, rec *kv.Record, refreshed bool) kv.RefreshReply {
+	reply := kv.RefreshReply{AppID: appid, Refreshed: refreshed}
+	if rec != nil {
+		reply.Revision, reply.ExpiresAt = rev, rec.ExpiresAt
+	}
+	return reply
+}
+
+func errorReply(code, message string) kv.RefreshReply {
+	return kv.RefreshReply{Error: &kv.ReplyError{Code: code, Message: message}}
+}
+
+func respond(req micro.Request, reply kv.RefreshReply) {
+	data, _ := json.Marshal(reply)
+	if reply.Error != nil {
+		req.Error(microCodes[reply.Error.Code], headerValue(reply.Error.Message), data)
+		return
+	}
+	req.Respond(data)
+}
+
+// headerValue makes text fit a NATS header: one line.
+func headerValue(text string) string {
+	return strings.Join(strings.Fields(text), " ")
+}

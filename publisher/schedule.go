@@ -1,0 +1,197 @@
+package publisher
+
+import (
+	"encoding/binary"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// maxConcurrentRotations bounds the rotations one check runs at once; the
+// pacer bounds their rate.
+const maxConcurrentRotations = 32
+
+// check is the cron job: it rotates every app that is due and arms a timer
+// for every app that will fall due before the next tick, so that a token
+// shorter-lived than the schedule's period is still replaced in time.
+func (r *Refresher) check(t *term) {
+	now := r.cfg.Now()
+	next := r.schedule.Next(now)
+	sem := make(chan struct{}, maxConcurrentRotations)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, a := range r.order {
+		a.mu.Lock()
+		due := a.due(now)
+		if due.After(now) && due.Before(next) {
+			r.arm(t, a, due, now)
+		}
+		a.mu.Unlock()
+		if due.After(now) {
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-t.ctx.Done():
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			r.rotateIfDue(t, a)
+		}()
+	}
+}
+
+// rotateIfDue rotates the app's token if it is due, and waits for it.
+func (r *Refresher) rotateIfDue(t *term, a *appState) {
+	a.mu.Lock()
+	now := r.cfg.Now()
+	if a.due(now).After(now) {
+		a.mu.Unlock()
+		return
+	}
+	reason := kv.ReasonScheduled
+	if a.rec == nil {
+		reason = kv.ReasonInitial
+	}
+	f := r.startOrJoin(t, a, modeScheduled, reason)
+	a.mu.Unlock()
+	if f == nil {
+		return
+	}
+	select {
+	case <-f.done:
+	case <-t.ctx.Done():
+	}
+}
+
+// plan arms the app's timer if it falls due before the next tick. It is
+// called whenever what the refresher knows of an app changed.
+func (r *Refresher) plan(t *term, a *appState) {
+	now := r.cfg.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.flight != nil {
+		return // the flight plans again when it lands
+	}
+	if due := a.due(now); due.Before(r.schedule.Next(now)) {
+		r.arm(t, a, due, now)
+	}
+}
+
+// arm sets the app's timer to due, unless it is already set no later.
+// Callers hold a.mu.
+func (r *Refresher) arm(t *term, a *appState, due, now time.Time) {
+	if a.timer != nil {
+		if !a.timerAt.After(due) {
+			return
+		}
+		a.timer.Stop()
+		a.timer = nil
+	}
+	if t.ending() {
+		return
+	}
+	a.timerGen++
+	gen := a.timerGen
+	a.timerAt = due
+	a.timer = time.AfterFunc(max(due.Sub(now), 0), func() {
+		a.mu.Lock()
+		if a.timerGen == gen {
+			a.timer = nil
+		}
+		a.mu.Unlock()
+		t.spawn(func() { r.rotateIfDue(t, a) })
+	})
+}
+
+// disarm stops the timers of a term that ends.
+func (r *Refresher) disarm() {
+	for _, a := range r.order {
+		a.mu.Lock()
+		if a.timer != nil {
+			a.timer.Stop()
+			a.timer = nil
+		}
+		a.mu.Unlock()
+	}
+}
+
+// window is how long before expiry a token of the given lifetime is
+// replaced: RefreshBefore, cut to half the lifetime for short-lived tokens.
+func (r *Refresher) window(lifetime time.Duration) time.Duration {
+	return min(r.cfg.RefreshBefore, lifetime/2)
+}
+
+// spreadOf returns a duration in [0, span) fixed by appid and rev. Refreshing
+// each token a little earlier by it keeps apps whose tokens were fetched in
+// the same second from falling due in the same second forever after.
+func spreadOf(appid string, rev uint64, span time.Duration) time.Duration {
+	if span <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write([]byte(appid))
+	h.Write(binary.LittleEndian.AppendUint64(nil, rev))
+	return time.Duration(h.Sum64() % uint64(span))
+}
+
+// chinaTime is UTC+8, where WeChat's daily quota resets at midnight.
+var chinaTime = time.FixedZone("UTC+8", 8*60*60)
+
+// untilQuotaReset is the time from now to the next 00:00 China time.
+func untilQuotaReset(now time.Time) time.Duration {
+	c := now.In(chinaTime)
+	midnight := time.Date(c.Year(), c.Month(), c.Day()+1, 0, 0, 0, 0, chinaTime)
+	return midnight.Sub(now)
+}
+
+// retryDelay is the pause after the given number of consecutive transient
+// failures: exponential, capped, half of it random so that replicas and
+// apps that failed together do not retry together.
+func retryDelay(failures int) time.Duration {
+	d := min(retryBaseDelay<<min(max(failures-1, 0), 16), retryMaxDelay)
+	return d/2 + rand.N(d/2+1)
+}
+
+// cronLogger carries cron's messages to slog. A panic recovered by cron is
+// logged as an error, its text scrubbed of every AppSecret first: a panic
+// value is the one thing no type can keep a secret out of.
+type cronLogger struct {
+	log     *slog.Logger
+	secrets []string
+}
+
+func (l cronLogger) Info(msg string, keysAndValues ...any) {
+	l.log.Debug("cron: "+msg, keysAndValues...)
+}
+
+func (l cronLogger) Error(err error, msg string, keysAndValues ...any) {
+	text := err.Error()
+	for i, v := range keysAndValues {
+		if s, ok := v.(string); ok {
+			keysAndValues[i] = l.scrub(s)
+		}
+	}
+	l.log.Error("cron: "+msg, append([]any{"error", l.scrub(text)}, keysAndValues...)...)
+}
+
+func (l cronLogger) scrub(s string) string {
+	for _, secret := range l.secrets {
+		if strings.Contains(s, secret) {
+			s = scrub(s, secret)
+		}
+	}
+	return s
+}
+
+var _ cron.Logger = cronLogger{}

@@ -1,0 +1,102 @@
+package publisher
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestWindowIsCutForShortLifetimes(t *testing.T) {
+	r := &Refresher{cfg: Config{RefreshBefore: 10 * time.Minute}}
+	for lifetime, want := range map[time.Duration]time.Duration{
+		7200 * time.Second: 10 * time.Minute,
+		20 * time.Minute:   10 * time.Minute,
+		90 * time.Second:   45 * time.Second,
+		30 * time.Second:   15 * time.Second,
+	} {
+		if got := r.window(lifetime); got != want {
+			t.Errorf("window(%s) = %s, want %s", lifetime, got, want)
+		}
+	}
+}
+
+func TestSpreadOfIsStableAndBounded(t *testing.T) {
+	seen := map[time.Duration]bool{}
+	for i := range 100 {
+		appid := "wx" + strings.Repeat("0", 14) + string(rune('a'+i%26)) + string(rune('a'+i/26))
+		d := spreadOf(appid, 1, 2*time.Minute)
+		if d < 0 || d >= 2*time.Minute || d != spreadOf(appid, 1, 2*time.Minute) {
+			t.Fatalf("spreadOf(%s) = %s", appid, d)
+		}
+		seen[d.Truncate(time.Second)] = true
+	}
+	if len(seen) < 50 {
+		t.Errorf("100 apps spread over only %d distinct seconds", len(seen))
+	}
+	if spreadOf("wx1", 1, 0) != 0 {
+		t.Error("spread with no span")
+	}
+}
+
+func TestUntilQuotaReset(t *testing.T) {
+	for _, tc := range []struct{ now, reset string }{
+		{"2026-11-21T10:00:00Z", "2026-11-21T16:00:00Z"}, // 18:00 in China: midnight is 6h on
+		{"2026-11-21T15:59:59Z", "2026-11-21T16:00:00Z"},
+		{"2026-11-21T16:00:00Z", "2026-11-22T16:00:00Z"}, // exactly midnight: the next one
+		{"2026-12-31T20:00:00Z", "2027-01-01T16:00:00Z"},
+	} {
+		now, _ := time.Parse(time.RFC3339, tc.now)
+		reset, _ := time.Parse(time.RFC3339, tc.reset)
+		if got := now.Add(untilQuotaReset(now)); !got.Equal(reset) {
+			t.Errorf("reset after %s = %s, want %s", tc.now, got.UTC(), tc.reset)
+		}
+	}
+}
+
+func TestRetryDelayGrowsToItsCap(t *testing.T) {
+	prevMax := time.Duration(0)
+	for failures := 1; failures <= 40; failures++ {
+		d := retryDelay(failures)
+		ceiling := min(retryBaseDelay<<min(failures-1, 16), retryMaxDelay)
+		if d < ceiling/2 || d > ceiling {
+			t.Fatalf("retryDelay(%d) = %s, want within [%s, %s]", failures, d, ceiling/2, ceiling)
+		}
+		if ceiling < prevMax {
+			t.Fatalf("ceiling shrank at %d failures", failures)
+		}
+		prevMax = ceiling
+	}
+	if prevMax != retryMaxDelay {
+		t.Errorf("ceiling %s, want the cap %s", prevMax, retryMaxDelay)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	app := []App{{AppID: "wx1", Secret: NewSecret("s")}}
+	for name, tc := range map[string]struct {
+		cfg   Config
+		inErr string
+	}{
+		"no apps":          {Config{}, "no apps"},
+		"no secret":        {Config{Apps: []App{{AppID: "wx1"}}}, "no secret"},
+		"bad schedule":     {Config{Apps: app, Schedule: "every minute"}, "schedule"},
+		"short lease":      {Config{Apps: app, LeaseTTL: 500 * time.Millisecond}, "lease-ttl"},
+		"slow upstream":    {Config{Apps: app, UpstreamTimeout: 8 * time.Second}, "upstream-timeout"},
+		"bad prefix":       {Config{Apps: app, SubjectPrefix: "a.*"}, "prefix"},
+		"negative refresh": {Config{Apps: app, RefreshBefore: -time.Second}, "refresh-before"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := tc.cfg.withDefaults()
+			if err == nil || !strings.Contains(err.Error(), tc.inErr) {
+				t.Fatalf("error %v, want one saying %q", err, tc.inErr)
+			}
+		})
+	}
+	cfg, _, err := Config{Apps: app}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Schedule != DefaultSchedule || cfg.RefreshBefore != DefaultRefreshBefore || cfg.LeaseTTL != DefaultLeaseTTL {
+		t.Errorf("defaults not applied: %+v", cfg)
+	}
+}

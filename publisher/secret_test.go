@@ -1,0 +1,41 @@
+package publisher
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+func TestSecretNeverPrints(t *testing.T) {
+	s := NewSecret(secretText)
+	type holder struct {
+		AppID  string
+		Secret Secret
+		secret Secret // unexported: fmt cannot call String on it
+	}
+	h := holder{AppID: "wx1", Secret: s, secret: s}
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewJSONHandler(&buf, nil))
+	logger.Info("app", "secret", s, "holder", h)
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("app", "secret", s, "app", App{AppID: "wx1", Secret: s})
+	js, _ := json.Marshal(h)
+	outputs := []string{
+		fmt.Sprint(s), fmt.Sprintf("%v %+v %#v %s %q", s, s, s, s, s),
+		fmt.Sprintf("%v %+v %#v", h, h, h), fmt.Sprintf("%+v", &h), fmt.Sprintf("%v", []Secret{s}),
+		fmt.Sprintf("%+v", App{AppID: "wx1", Secret: s}), string(js), buf.String(),
+	}
+	for _, out := range outputs {
+		if strings.Contains(out, "s3cr3t") {
+			t.Errorf("secret printed: %s", out)
+		}
+	}
+	if s.Reveal() != secretText {
+		t.Errorf("Reveal = %q", s.Reveal())
+	}
+	if !(Secret{}).IsZero() || NewSecret("").Reveal() != "" || s.IsZero() {
+		t.Error("IsZero")
+	}
+}

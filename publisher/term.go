@@ -1,0 +1,141 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/robfig/cron/v3"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// term is one period of leadership and everything that runs during it.
+type term struct {
+	// ctx ends when the term ends, by shutdown or by losing the lease: no
+	// new work starts after it.
+	ctx context.Context
+	// work bounds fetches and writes already under way. On shutdown it
+	// outlives ctx until they are done, so a token WeChat already issued is
+	// not thrown away; when the lease is lost it ends at once.
+	work   context.Context
+	bucket jetstream.KeyValue
+
+	mu       sync.Mutex
+	stopping bool
+	wg       sync.WaitGroup
+}
+
+// spawn runs f in a goroutine the term waits for, unless the term is
+// ending; it reports whether f runs.
+func (t *term) spawn(f func()) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopping {
+		return false
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		f()
+	}()
+	return true
+}
+
+func (t *term) ending() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stopping
+}
+
+// drain stops new goroutines and waits for the running ones.
+func (t *term) drain() {
+	t.mu.Lock()
+	t.stopping = true
+	t.mu.Unlock()
+	t.wg.Wait()
+}
+
+// lead runs the leader's duties until ctx ends or lost closes: it follows
+// the bucket, serves the refresh endpoint and runs the schedule.
+func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-chan struct{}) error {
+	tctx, endTerm := context.WithCancel(ctx)
+	defer endTerm()
+	work, endWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer endWork()
+	go func() {
+		select {
+		case <-lost:
+			endWork()
+			endTerm()
+		case <-tctx.Done():
+		}
+	}()
+	t := &term{ctx: tctx, work: work, bucket: bucket}
+	for _, a := range r.order {
+		a.mu.Lock()
+		a.rev, a.rec = 0, nil // what the bucket holds is read afresh each term
+		a.mu.Unlock()
+	}
+
+	synced := make(chan struct{})
+	var syncOnce sync.Once
+	follower := &kv.Follower{
+		Bucket:   bucket,
+		Key:      ">",
+		OnEntry:  func(e jetstream.KeyValueEntry) { r.observe(t, e) },
+		OnSynced: func() { syncOnce.Do(func() { close(synced) }) },
+		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
+	}
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		follower.Run(tctx)
+	}()
+	defer func() {
+		endTerm()
+		<-followed
+	}()
+	select {
+	case <-synced:
+	case <-tctx.Done():
+		return nil
+	}
+
+	svc, err := r.serve(t)
+	if err != nil {
+		return err
+	}
+	secrets := make([]string, 0, len(r.order))
+	for _, a := range r.order {
+		secrets = append(secrets, a.secret.Reveal())
+	}
+	cl := cronLogger{log: r.log, secrets: secrets}
+	c := cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
+	id := c.Schedule(r.schedule, cron.FuncJob(func() { r.check(t) }))
+	c.Start()
+	// The first check runs now, through the same wrappers as the scheduled
+	// ones, rather than a period later.
+	t.spawn(c.Entry(id).WrappedJob.Run)
+	r.log.Info("leading: refreshing tokens", "apps", len(r.order), "schedule", r.cfg.Schedule)
+
+	<-tctx.Done()
+	<-c.Stop().Done()
+	if err := svc.Stop(); err != nil {
+		r.log.Warn("refresh endpoint did not stop cleanly", "error", err)
+	}
+	r.disarm()
+	t.drain()
+	return nil
+}
+
+// Run runs the refresher until ctx ends: it opens the token bucket and
+// leads. It returns nil after a clean stop.
+func (r *Refresher) Run(ctx context.Context) error {
+	bucket, err := kv.Open(ctx, r.js, kv.BucketConfig{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History})
+	if err != nil {
+		return fmt.Errorf("publisher: %w", err)
+	}
+	return r.lead(ctx, bucket, nil)
+}
