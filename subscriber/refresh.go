@@ -1,0 +1,103 @@
+package subscriber
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// Refresh asks the refresher to replace the token at revision stale, which
+// the caller saw WeChat reject, and returns once this subscriber holds a
+// newer token (or, if WeChat says the token still works, the current one).
+// All services that report the same stale revision share one fetch.
+//
+// While no refresher answers (a leader change takes a lease TTL), Refresh
+// retries with backoff until ctx ends: give it a deadline. Errors the
+// refresher answers with are returned as a *kv.ReplyError: kv.CodeRateLimited
+// when a forced refresh of the app ran too recently, kv.CodeUpstream when
+// WeChat did not give a new token.
+func (s *Subscriber) Refresh(ctx context.Context, stale uint64) (Token, error) {
+	return s.refresh(ctx, stale, "")
+}
+
+func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (Token, error) {
+	if s.closed.Load() {
+		return Token{}, ErrClosed
+	}
+	req := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale, Reason: reason})
+	delay := 100 * time.Millisecond
+	for {
+		if t := s.Token(); t.Revision > stale {
+			return t, nil // rotated meanwhile, by schedule or by another service's request
+		}
+		reply, err := s.ask(ctx, req)
+		switch {
+		case err == nil && reply.Error == nil:
+			if reply.Revision <= stale {
+				return s.Token(), nil // not rotated: WeChat says the token works
+			}
+			return s.waitNewer(ctx, reply.Revision-1)
+		case ctx.Err() != nil:
+			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, ctx.Err())
+		case s.closed.Load():
+			return s.Token(), ErrClosed
+		case !retryable(err, reply):
+			if err == nil {
+				err = reply.Error
+			}
+			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, err)
+		}
+		s.opts.logger.Debug("refresh request not answered, retrying", "appid", s.appid, "error", errOr(err, reply))
+		wait := delay/2 + rand.N(delay/2+1)
+		delay = min(2*delay, 2*time.Second)
+		if t, err := s.waitNewerFor(ctx, wait, stale); err == nil {
+			return t, nil
+		}
+	}
+}
+
+// waitNewerFor is waitNewer bounded by d.
+func (s *Subscriber) waitNewerFor(ctx context.Context, d time.Duration, revision uint64) (Token, error) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	return s.waitNewer(ctx, revision)
+}
+
+// ask sends one refresh request and decodes the reply.
+func (s *Subscriber) ask(ctx context.Context, req []byte) (kv.RefreshReply, error) {
+	rctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
+	defer cancel()
+	msg, err := s.nc.RequestWithContext(rctx, s.subjects.Refresh(s.appid), req)
+	if err != nil {
+		return kv.RefreshReply{}, err
+	}
+	var reply kv.RefreshReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		return kv.RefreshReply{}, fmt.Errorf("subscriber: undecodable refresh reply: %w", err)
+	}
+	return reply, nil
+}
+
+// retryable tells failures that a moment may cure (no leader right now, a
+// leader stepping down, a timeout) from answers to act on.
+func retryable(err error, reply kv.RefreshReply) bool {
+	if err != nil {
+		return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
+			errors.Is(err, context.DeadlineExceeded)
+	}
+	return reply.Error != nil && reply.Error.Code == kv.CodeUnavailable
+}
+
+func errOr(err error, reply kv.RefreshReply) error {
+	if err != nil {
+		return err
+	}
+	return reply.Error
+}

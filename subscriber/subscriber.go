@@ -1,0 +1,222 @@
+// Package subscriber gives a Go service the current WeChat access_token of
+// an app, kept in memory and swapped the moment the central refresher
+// rotates it. A service never fetches a token from WeChat itself: when WeChat
+// rejects one, it asks the refresher for a new one with Refresh, or lets
+// Transport do it.
+//
+//	sub, err := subscriber.New(ctx, nc, "wx1234567890abcdef")
+//	...
+//	token := sub.Token().Value // no I/O, no lock
+package subscriber
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// ErrClosed is returned by calls on a closed Subscriber.
+var ErrClosed = errors.New("subscriber: closed")
+
+// Token is an app's access_token with the bucket revision it was stored at.
+type Token struct {
+	Value     string
+	Revision  uint64
+	FetchedAt time.Time
+	ExpiresAt time.Time
+}
+
+// Expired reports whether the token has expired at now.
+func (t Token) Expired(now time.Time) bool { return !now.Before(t.ExpiresAt) }
+
+// Subscriber follows one app's token in the token bucket.
+type Subscriber struct {
+	appid    string
+	nc       *nats.Conn
+	opts     options
+	subjects kv.Subjects
+
+	current atomic.Pointer[Token]
+	lastErr atomic.Pointer[error]
+	updated chan struct{}
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced whenever current changes
+
+	closed atomic.Bool
+	done   <-chan struct{} // closed by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New follows appid's token and returns once the first token is in memory.
+// ctx bounds only that wait: the subscriber runs until Close. If the bucket
+// does not exist yet (no refresher has run), New waits for it too.
+func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Subscriber, error) {
+	if err := kv.ValidateAppID(appid); err != nil {
+		return nil, fmt.Errorf("subscriber: %w", err)
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("subscriber: %w", err)
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	s := &Subscriber{
+		appid:    appid,
+		nc:       nc,
+		opts:     o,
+		subjects: kv.Subjects{Prefix: o.subjectPrefix},
+		updated:  make(chan struct{}, 1),
+		changed:  make(chan struct{}),
+		done:     bg.Done(),
+		cancel:   cancel,
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.run(bg, js)
+	}()
+	if _, err := s.waitNewer(ctx, 0); err != nil {
+		s.Close()
+		if last := s.Err(); last != nil {
+			err = fmt.Errorf("%w (last problem: %w)", err, last)
+		}
+		return nil, fmt.Errorf("subscriber: no token for %s yet: %w", appid, err)
+	}
+	return s, nil
+}
+
+// run binds the bucket, retrying until it exists, then follows the key.
+func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
+	var bucket jetstream.KeyValue
+	delay := 50 * time.Millisecond
+	for {
+		b, err := kv.Bind(ctx, js, s.opts.bucket)
+		if err == nil {
+			bucket = b
+			break
+		}
+		s.report(err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+	f := &kv.Follower{
+		Bucket:  bucket,
+		Key:     s.appid,
+		OnEntry: s.apply,
+		OnError: func(err error) {
+			s.opts.logger.Warn("token watch interrupted, resuming", "appid", s.appid, "error", err)
+		},
+	}
+	f.Run(ctx)
+}
+
+// apply takes in an entry of the app's key. A value that does not decode is
+// reported and otherwise ignored: the last good token stays.
+func (s *Subscriber) apply(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		s.opts.logger.Warn("token key was deleted; keeping the last token", "appid", s.appid, "revision", e.Revision())
+		return
+	}
+	rec, err := kv.DecodeFor(s.appid, e.Value())
+	if err != nil {
+		s.report(fmt.Errorf("subscriber: revision %d of %s: %w", e.Revision(), s.appid, err))
+		return
+	}
+	if cur := s.current.Load(); cur != nil && cur.Revision >= e.Revision() {
+		return
+	}
+	t := &Token{Value: rec.AccessToken, Revision: e.Revision(), FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt}
+	s.current.Store(t)
+	s.lastErr.Store(nil)
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	select {
+	case s.updated <- struct{}{}:
+	default:
+	}
+	if s.opts.onRotate != nil {
+		s.opts.onRotate(*t)
+	}
+}
+
+func (s *Subscriber) report(err error) {
+	s.lastErr.Store(&err)
+	s.opts.logger.Warn("token not usable", "appid", s.appid, "error", err)
+	if s.opts.onError != nil {
+		s.opts.onError(err)
+	}
+}
+
+// Token returns the current token. It does no I/O and takes no lock.
+func (s *Subscriber) Token() Token {
+	if t := s.current.Load(); t != nil {
+		return *t
+	}
+	return Token{}
+}
+
+// AppID is the app whose token the subscriber follows.
+func (s *Subscriber) AppID() string { return s.appid }
+
+// Updated returns a channel that receives a value after the token changed.
+// It holds at most one pending notification: read Token after receiving.
+func (s *Subscriber) Updated() <-chan struct{} { return s.updated }
+
+// Err returns the last problem seen since the last good token arrived: a
+// value in the bucket that did not decode, say. The token in memory is
+// still the last good one.
+func (s *Subscriber) Err() error {
+	if p := s.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// waitNewer waits until the subscriber holds a token newer than revision.
+func (s *Subscriber) waitNewer(ctx context.Context, revision uint64) (Token, error) {
+	for {
+		s.mu.Lock()
+		changed := s.changed
+		s.mu.Unlock()
+		if t := s.current.Load(); t != nil && t.Revision > revision {
+			return *t, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return Token{}, ctx.Err()
+		case <-s.done:
+			return Token{}, ErrClosed
+		}
+	}
+}
+
+// Close stops following the token. It is idempotent; Token keeps returning
+// the last token after it.
+func (s *Subscriber) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}

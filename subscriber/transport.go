@@ -1,0 +1,115 @@
+package subscriber
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// maxErrorBody is the most of a response Transport reads to look for an
+// errcode. WeChat's error answers are a few hundred bytes; a longer body is
+// not one and is passed on untouched.
+const maxErrorBody = 16 << 10
+
+// refreshTimeout bounds the refresh Transport waits for when the request's
+// context sets no earlier deadline.
+const refreshTimeout = 15 * time.Second
+
+// Transport returns an http.RoundTripper for WeChat API calls: it adds the
+// current access_token to each request's query and, when WeChat answers
+// errcode 40001, 40014 or 42001 (the token is not valid), asks the
+// refresher for a new token and retries the request once with it. base
+// sends the requests; http.DefaultTransport when nil.
+//
+// A request whose body cannot be replayed (no GetBody) is not retried.
+func (s *Subscriber) Transport(base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return &transport{sub: s, base: base}
+}
+
+type transport struct {
+	sub  *Subscriber
+	base http.RoundTripper
+}
+
+func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	token := t.sub.Token()
+	resp, err := t.base.RoundTrip(withToken(req, token.Value))
+	if err != nil {
+		return nil, err
+	}
+	code, resp, err := peekErrcode(resp)
+	if err != nil || !kv.TokenRejected(code) {
+		return resp, err
+	}
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return resp, nil
+	}
+	ctx, cancel := context.WithTimeout(req.Context(), refreshTimeout)
+	defer cancel()
+	fresh, rerr := t.sub.refresh(ctx, token.Revision, strconv.Itoa(code))
+	if rerr != nil || fresh.Value == token.Value {
+		t.sub.opts.logger.Warn("WeChat rejected the token and no newer one came",
+			"appid", t.sub.appid, "errcode", code, "revision", token.Revision, "error", rerr)
+		return resp, nil
+	}
+	retry := withToken(req, fresh.Value)
+	if req.GetBody != nil {
+		body, err := req.GetBody()
+		if err != nil {
+			return resp, nil
+		}
+		retry.Body = body
+	}
+	resp.Body.Close()
+	return t.base.RoundTrip(retry)
+}
+
+// withToken returns a copy of req with access_token set in its query.
+func withToken(req *http.Request, token string) *http.Request {
+	r := req.Clone(req.Context())
+	q := r.URL.Query()
+	q.Set("access_token", token)
+	r.URL.RawQuery = q.Encode()
+	return r
+}
+
+// peekErrcode returns the errcode of a WeChat JSON answer (0 when there is
+// none) and the response with its body intact for the caller.
+func peekErrcode(resp *http.Response) (int, *http.Response, error) {
+	ct := resp.Header.Get("Content-Type")
+	if resp.ContentLength > maxErrorBody || !(strings.Contains(ct, "json") || strings.HasPrefix(ct, "text/plain") || ct == "") {
+		return 0, resp, nil
+	}
+	head, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
+	if err != nil {
+		resp.Body.Close()
+		return 0, nil, err
+	}
+	if len(head) > maxErrorBody {
+		// Not an error answer: give the caller the whole body back.
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
+		return 0, resp, nil
+	}
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(head))
+	var answer struct {
+		ErrCode int `json:"errcode"`
+	}
+	if json.Unmarshal(head, &answer) != nil {
+		return 0, resp, nil
+	}
+	return answer.ErrCode, resp, nil
+}
