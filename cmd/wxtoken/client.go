@@ -1,0 +1,339 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// clientTimeout bounds a client command's NATS calls.
+const clientTimeout = 10 * time.Second
+
+func get(args []string, getenv func(string) string, stdout, _ io.Writer) error {
+	var n natsFlags
+	c := newCommand("get", "APPID", "Print the app's current access_token and nothing else, for shell scripts.\nFails if there is none or it has expired.",
+		`  curl "https://api.weixin.qq.com/cgi-bin/getcallbackip?access_token=$(wxtoken get wx1234567890abcdef)"`)
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
+	appid, err := oneAppID(c, args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	nc, err := n.connect("wxtoken get")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+	defer cancel()
+	rec, _, err := readToken(ctx, nc, n.bucket, appid)
+	if err != nil {
+		return err
+	}
+	if !rec.ValidAt(time.Now()) {
+		return fmt.Errorf("the token of %s expired at %s (is the refresher running?)", appid, rec.ExpiresAt.Format(time.RFC3339))
+	}
+	fmt.Fprintln(stdout, rec.AccessToken)
+	return nil
+}
+
+// readToken reads and decodes an app's record.
+func readToken(ctx context.Context, nc *nats.Conn, bucket, appid string) (kv.Record, uint64, error) {
+	b, err := bindBucket(ctx, nc, bucket)
+	if err != nil {
+		return kv.Record{}, 0, err
+	}
+	e, err := b.Get(ctx, appid)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return kv.Record{}, 0, fmt.Errorf("no token for %s in bucket %s (is the app in the refresher's apps?)", appid, bucket)
+	}
+	if err != nil {
+		return kv.Record{}, 0, describeNATSError(err)
+	}
+	rec, err := kv.DecodeFor(appid, e.Value())
+	if err != nil {
+		return kv.Record{}, 0, fmt.Errorf("revision %d of %s: %w", e.Revision(), appid, err)
+	}
+	return rec, e.Revision(), nil
+}
+
+func bindBucket(ctx context.Context, nc *nats.Conn, bucket string) (jetstream.KeyValue, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	b, err := kv.Bind(ctx, js, bucket)
+	if err != nil {
+		return nil, describeNATSError(err)
+	}
+	return b, nil
+}
+
+// describeNATSError makes a permission error say so in words.
+func describeNATSError(err error) error {
+	if errors.Is(err, nats.ErrPermissionViolation) || errors.Is(err, nats.ErrAuthorization) {
+		return fmt.Errorf("permission denied: %w", err)
+	}
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+		return fmt.Errorf("JetStream is not available at this NATS server (or this user may not use it): %w", err)
+	}
+	return err
+}
+
+func oneAppID(c *command, args []string, getenv func(string) string, stdout io.Writer) (string, error) {
+	rest, err := parseOrHelp(c, args, getenv, stdout)
+	if err != nil {
+		return "", err
+	}
+	if len(rest) != 1 {
+		return "", usagef("need exactly one APPID (see wxtoken %s --help)", c.name)
+	}
+	if err := kv.ValidateAppID(rest[0]); err != nil {
+		return "", usageError{err.Error()}
+	}
+	return rest[0], nil
+}
+
+func watch(args []string, getenv func(string) string, stdout, _ io.Writer) error {
+	var n natsFlags
+	var asJSON bool
+	c := newCommand("watch", "[APPID]", "Print rotations and failures as they happen, one line each, until interrupted.\nWith no APPID, every app's.",
+		"  wxtoken watch\n  wxtoken watch wx1234567890abcdef --json")
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
+	c.Bool(&asJSON, "json", "", false, "print each event's JSON as published")
+	rest, err := parseOrHelp(c, args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	appid := "*"
+	switch len(rest) {
+	case 0:
+	case 1:
+		if err := kv.ValidateAppID(rest[0]); err != nil {
+			return usageError{err.Error()}
+		}
+		appid = rest[0]
+	default:
+		return usagef("at most one APPID")
+	}
+	nc, err := n.connect("wxtoken watch")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	subjects := kv.Subjects{Prefix: n.prefix}
+	events := make(chan *nats.Msg, 64)
+	for _, subject := range []string{subjects.Rotated(appid), subjects.Failed(appid)} {
+		if _, err := nc.ChanSubscribe(subject, events); err != nil {
+			return describeNATSError(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		return describeNATSError(err)
+	}
+	if err := nc.LastError(); err != nil {
+		return describeNATSError(err)
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-events:
+			if asJSON {
+				fmt.Fprintln(stdout, string(m.Data))
+				continue
+			}
+			fmt.Fprintln(stdout, describeEvent(m.Data))
+		}
+	}
+}
+
+// describeEvent renders a rotated or failed event as one line.
+func describeEvent(data []byte) string {
+	var ev struct {
+		kv.RotationEvent
+		ErrCode     int       `json:"errcode"`
+		ErrMsg      string    `json:"errmsg"`
+		Class       string    `json:"class"`
+		NextAttempt time.Time `json:"next_attempt"`
+	}
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return "undecodable event: " + strconv.Quote(string(data))
+	}
+	now := time.Now().UTC().Format(time.RFC3339)
+	if ev.ErrCode != 0 || ev.Class != "" {
+		return fmt.Sprintf("%s %s FAILED errcode=%d class=%s next_attempt=%s errmsg=%q",
+			now, ev.AppID, ev.ErrCode, ev.Class, ev.NextAttempt.Format(time.RFC3339), ev.ErrMsg)
+	}
+	return fmt.Sprintf("%s %s rotated revision=%d reason=%s expires_at=%s",
+		now, ev.AppID, ev.Revision, ev.Reason, ev.ExpiresAt.Format(time.RFC3339))
+}
+
+func refresh(args []string, getenv func(string) string, stdout, _ io.Writer) error {
+	var n natsFlags
+	var stale int64
+	var force bool
+	c := newCommand("refresh", "APPID", `Ask the refresher about an app's token and say what it did.
+Without flags it reports the current token and fetches one only if there is
+none. --force names the current revision as rejected, which makes the
+refresher check it with WeChat and rotate it if WeChat no longer accepts it
+(at most once per --min-force-interval).`,
+		"  wxtoken refresh wx1234567890abcdef\n  wxtoken refresh wx1234567890abcdef --force\n  wxtoken refresh wx1234567890abcdef --stale-revision 42")
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
+	c.Int64(&stale, "stale-revision", "", -1, "the revision that was rejected")
+	c.Bool(&force, "force", "", false, "name the current revision as rejected")
+	appid, err := oneAppID(c, args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	if force && stale >= 0 {
+		return usagef("give --force or --stale-revision, not both")
+	}
+	nc, err := n.connect("wxtoken refresh")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*clientTimeout)
+	defer cancel()
+	var req kv.RefreshRequest
+	if force {
+		_, rev, err := readToken(ctx, nc, n.bucket, appid)
+		if err != nil {
+			return err
+		}
+		stale = int64(rev)
+	}
+	if stale >= 0 {
+		rev := uint64(stale)
+		req = kv.RefreshRequest{StaleRevision: &rev, Reason: "wxtoken refresh"}
+	}
+	msg, err := nc.RequestWithContext(ctx, kv.Subjects{Prefix: n.prefix}.Refresh(appid), kv.EncodeRefreshRequest(req))
+	if errors.Is(err, nats.ErrNoResponders) {
+		return errors.New("no refresher answers (is `wxtoken serve` running against this NATS?)")
+	}
+	if err != nil {
+		return describeNATSError(err)
+	}
+	var reply kv.RefreshReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		return fmt.Errorf("undecodable reply %q", msg.Data)
+	}
+	if reply.Error != nil {
+		if reply.Revision > 0 {
+			return fmt.Errorf("%s: %s (current revision %d, expires %s)", reply.Error.Code, reply.Error.Message,
+				reply.Revision, reply.ExpiresAt.Format(time.RFC3339))
+		}
+		return fmt.Errorf("%s: %s", reply.Error.Code, reply.Error.Message)
+	}
+	what := "not refreshed (the current token is valid)"
+	if reply.Refreshed {
+		what = "refreshed"
+	}
+	fmt.Fprintf(stdout, "%s: %s; revision %d, expires %s\n", appid, what, reply.Revision, reply.ExpiresAt.Format(time.RFC3339))
+	return nil
+}
+
+// tokenStatus is one row of `wxtoken status`.
+type tokenStatus struct {
+	AppID     string    `json:"appid"`
+	Revision  uint64    `json:"revision"`
+	FetchedAt time.Time `json:"fetched_at,omitzero"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Error     string    `json:"error,omitempty"`
+}
+
+func status(args []string, getenv func(string) string, stdout, _ io.Writer) error {
+	var n natsFlags
+	var asJSON bool
+	c := newCommand("status", "", "Show every token in the bucket: revision, age, time to expiry.",
+		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'")
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
+	c.Bool(&asJSON, "json", "", false, "print JSON instead of a table")
+	rest, err := parseOrHelp(c, args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q", rest[0])
+	}
+	nc, err := n.connect("wxtoken status")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+	defer cancel()
+	rows, err := readAll(ctx, nc, n.bucket)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"bucket": n.bucket, "tokens": rows})
+	}
+	now := time.Now()
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "APPID\tREVISION\tAGE\tEXPIRES IN\t")
+	for _, r := range rows {
+		if r.Error != "" {
+			fmt.Fprintf(w, "%s\t%d\t-\t-\t%s\n", r.AppID, r.Revision, r.Error)
+			continue
+		}
+		expires := r.ExpiresAt.Sub(now).Round(time.Second).String()
+		if !now.Before(r.ExpiresAt) {
+			expires = "EXPIRED"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t\n", r.AppID, r.Revision, now.Sub(r.FetchedAt).Round(time.Second), expires)
+	}
+	return w.Flush()
+}
+
+// readAll reads every token record of the bucket with one watch.
+func readAll(ctx context.Context, nc *nats.Conn, bucket string) ([]tokenStatus, error) {
+	b, err := bindBucket(ctx, nc, bucket)
+	if err != nil {
+		return nil, err
+	}
+	w, err := b.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, describeNATSError(err)
+	}
+	defer w.Stop()
+	var rows []tokenStatus
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("reading bucket %s: %w", bucket, ctx.Err())
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, fmt.Errorf("reading bucket %s: watch closed", bucket)
+			}
+			if e == nil {
+				return rows, nil
+			}
+			if kv.ValidateAppID(e.Key()) != nil {
+				continue // a reserved "<appid>.<kind>" key
+			}
+			row := tokenStatus{AppID: e.Key(), Revision: e.Revision()}
+			if rec, err := kv.DecodeFor(e.Key(), e.Value()); err != nil {
+				row.Error = err.Error()
+			} else {
+				row.FetchedAt, row.ExpiresAt = rec.FetchedAt, rec.ExpiresAt
+			}
+			rows = append(rows, row)
+		}
+	}
+}

@@ -1,0 +1,186 @@
+// Command wxtoken is the central WeChat access_token server (serve) and the
+// tools to look at it (get, watch, refresh, status).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+const overview = `wxtoken keeps WeChat access_tokens fresh in a NATS JetStream KV bucket:
+one central refresher fetches each app's token before it expires, and every
+service reads it from the bucket instead of fetching its own.
+
+Usage:
+  wxtoken serve [flags]             run the refresher (with an embedded NATS unless --nats-url)
+  wxtoken get APPID                 print an app's current token, for scripts
+  wxtoken watch [APPID]             print rotations and failures as they happen
+  wxtoken refresh APPID [--force]   ask the refresher for a new token
+  wxtoken status                    show every token in the bucket
+
+Run "wxtoken COMMAND --help" for a command's flags and examples.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// run executes one command line and returns the exit status.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, overview)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	commands := map[string]func([]string, func(string) string, io.Writer, io.Writer) error{
+		"serve":   serve,
+		"get":     get,
+		"watch":   watch,
+		"refresh": refresh,
+		"status":  status,
+	}
+	cmd, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(stderr, "wxtoken: unknown command %q\n\n%s", args[0], overview)
+		return 2
+	}
+	err := cmd(args[1:], getenv, stdout, stderr)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errHelp):
+		return 0
+	case errors.As(err, new(usageError)):
+		fmt.Fprintf(stderr, "wxtoken %s: %v\n", args[0], err)
+		return 2
+	}
+	fmt.Fprintf(stderr, "wxtoken %s: %v\n", args[0], err)
+	return 1
+}
+
+// usageError is a command line that cannot run; the exit status is 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+// parseOrHelp parses a command's arguments and prints its help on --help.
+func parseOrHelp(c *command, args []string, getenv func(string) string, stdout io.Writer) ([]string, error) {
+	rest, err := c.parse(args, getenv)
+	if errors.Is(err, errHelp) {
+		c.usage(stdout)
+	}
+	if err != nil && !errors.Is(err, errHelp) {
+		return nil, usageError{err.Error()}
+	}
+	return rest, err
+}
+
+// natsFlags are the connection flags every command shares.
+type natsFlags struct {
+	url      string
+	user     string
+	password string
+	creds    string
+	tlsCA    string
+	tlsCert  string
+	tlsKey   string
+	bucket   string
+	prefix   string
+}
+
+func (n *natsFlags) register(c *command, urlUsage string) {
+	c.String(&n.url, "nats-url", "NATS_URL", "", urlUsage)
+	c.String(&n.user, "nats-user", "NATS_USER", "", "NATS user name")
+	c.String(&n.password, "nats-password", "NATS_PASSWORD", "", "NATS password (prefer the environment variable to the flag)")
+	c.String(&n.creds, "nats-creds", "NATS_CREDS", "", "NATS credentials `file` (JWT and NKey seed)")
+	c.String(&n.tlsCA, "tls-ca", "NATS_TLS_CA", "", "CA certificate `file` to verify the NATS server")
+	c.String(&n.tlsCert, "tls-cert", "NATS_TLS_CERT", "", "client certificate `file` for TLS")
+	c.String(&n.tlsKey, "tls-key", "NATS_TLS_KEY", "", "client key `file` for TLS")
+	c.String(&n.bucket, "bucket", "WXTOKEN_BUCKET", kv.DefaultBucket, "name of the token KV bucket")
+	c.String(&n.prefix, "subject-prefix", "WXTOKEN_SUBJECT_PREFIX", kv.DefaultSubjectPrefix, "prefix of the rotated, failed and refresh subjects")
+}
+
+func (n *natsFlags) check() error {
+	if (n.tlsCert == "") != (n.tlsKey == "") {
+		return usagef("--tls-cert and --tls-key go together")
+	}
+	if n.password != "" && n.user == "" {
+		return usagef("--nats-password needs --nats-user")
+	}
+	if n.creds != "" && n.user != "" {
+		return usagef("give --nats-creds or --nats-user, not both")
+	}
+	return kv.ValidateSubjectPrefix(n.prefix)
+}
+
+// options returns the nats.Options for the flags.
+func (n *natsFlags) options(name string) []nats.Option {
+	opts := []nats.Option{nats.Name(name)}
+	if n.user != "" {
+		opts = append(opts, nats.UserInfo(n.user, n.password))
+	}
+	if n.creds != "" {
+		opts = append(opts, nats.UserCredentials(n.creds))
+	}
+	if n.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(n.tlsCA))
+	}
+	if n.tlsCert != "" {
+		opts = append(opts, nats.ClientCert(n.tlsCert, n.tlsKey))
+	}
+	return opts
+}
+
+// connect connects a client command: it fails fast, with one clear line,
+// when no NATS server answers.
+func (n *natsFlags) connect(name string) (*nats.Conn, error) {
+	if err := n.check(); err != nil {
+		return nil, err
+	}
+	url := n.url
+	if url == "" {
+		url = nats.DefaultURL
+	}
+	opts := append(n.options(name), nats.Timeout(5*time.Second), nats.MaxReconnects(0))
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// signalContext ends on SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// newLogger returns the serve command's logger.
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usagef("--log-format %q: use text or json", format)
+}

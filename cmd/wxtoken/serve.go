@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/publisher"
+)
+
+const serveSummary = `Run the refresher: fetch each app's access_token from WeChat before it
+expires, store it in the token bucket, publish rotations, answer refresh
+requests. With no --nats-url it starts an embedded NATS server with JetStream
+(data in --data-dir, clients on --nats-listen), so this one command runs the
+whole system. Apps come from --apps, or from WECHAT_APPID with
+WECHAT_APPSECRET or WECHAT_APPSECRET_FILE.`
+
+const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo app with 60s tokens
+  wxtoken serve --demo
+
+  # One app, embedded NATS
+  WECHAT_APPID=wx1234567890abcdef WECHAT_APPSECRET_FILE=/run/secrets/wx wxtoken serve
+
+  # Many apps against a NATS cluster
+  wxtoken serve --apps /etc/wxtoken/apps.yaml \
+    --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222 --replicas 3`
+
+// demoAppID is the demo app's appid: 18 characters like a real one.
+const demoAppID = "wxdemo0123456789ab"
+
+type serveFlags struct {
+	nats       natsFlags
+	listen     string
+	natsConfig string
+	dataDir    string
+	appsFile   string
+	baseURL    string
+	replicas   int
+	history    int
+	cfg        publisher.Config
+	logFormat  string
+	logLevel   string
+	demo       bool
+}
+
+func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var f serveFlags
+	c := newCommand("serve", "", serveSummary, serveExamples)
+	f.nats.register(c, "NATS server URLs, comma-separated; empty starts an embedded server")
+	c.String(&f.listen, "nats-listen", "WXTOKEN_NATS_LISTEN", embedded.DefaultListen, "embedded NATS: `host:port` for clients")
+	c.String(&f.natsConfig, "nats-config", "WXTOKEN_NATS_CONFIG", "", "embedded NATS: nats-server configuration `file` (users, TLS, ...)")
+	c.String(&f.dataDir, "data-dir", "WXTOKEN_DATA_DIR", "wxtoken-data", "embedded NATS: JetStream storage `directory`")
+	c.String(&f.appsFile, "apps", "WXTOKEN_APPS", "", "apps `file` (YAML); see the README")
+	c.String(&f.baseURL, "wechat-base-url", "WECHAT_BASE_URL", publisher.DefaultUpstreamURL, "WeChat API base `URL`")
+	c.Int(&f.replicas, "replicas", "WXTOKEN_REPLICAS", 1, "replicas of the KV buckets (3 in a 3-node cluster)")
+	c.Int(&f.history, "history", "WXTOKEN_HISTORY", 1, "revisions kept per token key (1-64)")
+	c.String(&f.cfg.Schedule, "schedule", "WXTOKEN_SCHEDULE", publisher.DefaultSchedule, "cron `spec` of the refresh check")
+	c.Duration(&f.cfg.RefreshBefore, "refresh-before", "WXTOKEN_REFRESH_BEFORE", publisher.DefaultRefreshBefore,
+		"replace a token this long before it expires (cut to half the lifetime for short-lived tokens)")
+	c.Duration(&f.cfg.MinForceInterval, "min-force-interval", "WXTOKEN_MIN_FORCE_INTERVAL", publisher.DefaultMinForceInterval,
+		"least time between two forced refreshes of one app")
+	c.Duration(&f.cfg.LeaseTTL, "lease-ttl", "WXTOKEN_LEASE_TTL", publisher.DefaultLeaseTTL, "leader lease lifetime; a standby takes over about this long after the leader dies")
+	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "WXTOKEN_UPSTREAM_TIMEOUT", publisher.DefaultUpstreamTimeout, "timeout of one WeChat call (at most half the lease TTL)")
+	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
+	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
+	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
+	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat and a demo app whose tokens live 60s")
+	rest, err := parseOrHelp(c, args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q", rest[0])
+	}
+	if err := f.nats.check(); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
+	f.cfg.Logger = log
+	f.cfg.Bucket, f.cfg.SubjectPrefix = f.nats.bucket, f.nats.prefix
+	f.cfg.Replicas, f.cfg.History = f.replicas, f.history
+	f.cfg.UpstreamURL = f.baseURL
+
+	ctx, stop := signalContext()
+	defer stop()
+
+	if f.demo {
+		if f.appsFile != "" {
+			return usagef("--demo brings its own app and fake WeChat; drop --apps")
+		}
+		url, shutdown, err := startDemoWeChat(log)
+		if err != nil {
+			return err
+		}
+		defer shutdown()
+		f.cfg.UpstreamURL = url
+		f.cfg.Apps = []publisher.App{{AppID: demoAppID, Secret: publisher.NewSecret(demoSecret)}}
+	} else if f.cfg.Apps, err = loadApps(f.appsFile, getenv); err != nil {
+		return err
+	}
+
+	nc, shutdownNATS, err := f.connect(log)
+	if err != nil {
+		return err
+	}
+	defer shutdownNATS()
+
+	refresher, err := publisher.New(nc, f.cfg)
+	if err != nil {
+		return err
+	}
+	if f.demo {
+		log.Info("demo: watch the token rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`",
+			"appid", demoAppID)
+	}
+	err = refresher.Run(ctx)
+	log.Info("stopped")
+	return err
+}
+
+// loadApps reads the apps file and the single app of the environment.
+func loadApps(file string, getenv func(string) string) ([]publisher.App, error) {
+	var apps []publisher.App
+	if file != "" {
+		fromFile, err := publisher.LoadAppsFile(file, getenv)
+		if err != nil {
+			return nil, err
+		}
+		apps = fromFile
+	}
+	app, ok, err := publisher.AppFromEnv(getenv)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		apps = append(apps, app)
+	}
+	if len(apps) == 0 {
+		return nil, usagef("no apps: give --apps FILE, or WECHAT_APPID with WECHAT_APPSECRET (or --demo to try it out)")
+	}
+	return apps, nil
+}
+
+// connect connects to --nats-url, or starts the embedded server and connects
+// to it. The returned func closes the connection and stops the server.
+func (f *serveFlags) connect(log *slog.Logger) (*nats.Conn, func(), error) {
+	opts := append(f.nats.options("wxtoken serve"),
+		nats.MaxReconnects(-1), // a refresher never gives up on its NATS
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("NATS disconnected", "error", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+	)
+	if f.nats.url != "" {
+		nc, err := nats.Connect(f.nats.url, append(opts, nats.RetryOnFailedConnect(false))...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("cannot connect to NATS at %s: %w", f.nats.url, err)
+		}
+		log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
+		return nc, nc.Close, nil
+	}
+
+	srv, err := f.startEmbedded(log)
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := nats.Connect(srv.ClientURL(), append(opts, nats.InProcessServer(srv))...)
+	if err != nil {
+		srv.Shutdown()
+		return nil, nil, fmt.Errorf("cannot connect to the embedded NATS server: %w", err)
+	}
+	return nc, func() {
+		nc.Close()
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}, nil
+}
+
+func (f *serveFlags) startEmbedded(log *slog.Logger) (*server.Server, error) {
+	dataDir, err := filepath.Abs(f.dataDir)
+	if err != nil {
+		return nil, err
+	}
+	var opts *server.Options
+	if f.natsConfig != "" {
+		opts, err = embedded.FromConfigFile(f.natsConfig, dataDir)
+	} else {
+		opts, err = embedded.Options(f.listen, dataDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	srv, err := embedded.Start(opts, log.With("component", "nats-server"))
+	if err != nil {
+		return nil, fmt.Errorf("cannot start the embedded NATS server on %s: %w", f.listen, err)
+	}
+	log.Info("embedded NATS server running", "clients", srv.ClientURL(), "data_dir", opts.StoreDir)
+	return srv, nil
+}
+
+// demoSecret is the demo app's AppSecret at the fake WeChat.
+const demoSecret = "demo-secret-not-a-real-one"
+
+// startDemoWeChat serves a fake WeChat on a loopback port. Its tokens live
+// 60s, so the demo shows a rotation about every 30s.
+func startDemoWeChat(log *slog.Logger) (string, func(), error) {
+	fake := fakewechat.New(fakewechat.Config{ExpiresIn: 60 * time.Second, Overlap: 30 * time.Second})
+	fake.AddApp(demoAppID, demoSecret)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, fmt.Errorf("demo: cannot start the fake WeChat: %w", err)
+	}
+	srv := &http.Server{Handler: fake, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("demo: fake WeChat stopped", "error", err)
+		}
+	}()
+	url := "http://" + ln.Addr().String()
+	log.Info("demo: fake WeChat running", "url", url, "token_lifetime", "60s")
+	return url, func() { srv.Shutdown(context.Background()) }, nil
+}
