@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -13,14 +14,24 @@ import (
 // it was still wanted (nats.go closes it when the connection is lost).
 var ErrWatchClosed = errors.New("kv: watch closed by the client library")
 
+// ErrReconnected is reported when the connection came back and the watch
+// is established anew.
+var ErrReconnected = errors.New("kv: reconnected; watching again")
+
 // Follower keeps a watch on a key (or a wildcard of keys) alive for as long
 // as its context lives. A KeyWatcher's update channel can close when the
 // connection is lost (nats.go issue 1777); Follower then watches again,
 // with backoff, resuming after the last revision it delivered, so every
 // entry is delivered once and in revision order.
+//
+// With Conn set, it also watches again right after the connection comes
+// back: the server may have restarted and lost the watch's consumer, and
+// nats.go's ordered consumer notices that only after missing two 5s
+// heartbeat periods, up to 20s in which no update would arrive.
 type Follower struct {
 	Bucket jetstream.KeyValue
-	Key    string // a key or a wildcard such as ">"
+	Key    string     // a key or a wildcard such as ">"
+	Conn   *nats.Conn // the bucket's connection; optional
 
 	// OnEntry receives every entry, puts, deletes and purges alike.
 	OnEntry func(jetstream.KeyValueEntry)
@@ -33,16 +44,22 @@ type Follower struct {
 }
 
 const (
-	followMinDelay = 50 * time.Millisecond
-	followMaxDelay = 5 * time.Second
+	followMinDelay  = 50 * time.Millisecond
+	followMaxDelay  = 5 * time.Second
+	reconnectJitter = 100 * time.Millisecond
 )
 
 // Run follows the key until ctx ends.
 func (f *Follower) Run(ctx context.Context) {
+	var reconnected chan nats.Status
+	if f.Conn != nil {
+		reconnected = f.Conn.StatusChanged(nats.CONNECTED)
+		defer f.Conn.RemoveStatusListener(reconnected)
+	}
 	var last uint64
 	delay := followMinDelay
 	for {
-		err := f.watchOnce(ctx, &last, func() { delay = followMinDelay })
+		err := f.watchOnce(ctx, &last, func() { delay = followMinDelay }, reconnected)
 		if ctx.Err() != nil {
 			return
 		}
@@ -52,7 +69,11 @@ func (f *Follower) Run(ctx context.Context) {
 		// Full jitter, so that a thousand subscribers that lost the same
 		// server do not come back in the same millisecond.
 		wait := time.Duration(rand.Int64N(int64(delay))) + followMinDelay
-		delay = min(2*delay, followMaxDelay)
+		if errors.Is(err, ErrReconnected) {
+			wait = time.Duration(rand.Int64N(int64(reconnectJitter)))
+		} else {
+			delay = min(2*delay, followMaxDelay)
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -64,7 +85,7 @@ func (f *Follower) Run(ctx context.Context) {
 }
 
 // watchOnce runs one watcher until its channel closes or ctx ends.
-func (f *Follower) watchOnce(ctx context.Context, last *uint64, healthy func()) error {
+func (f *Follower) watchOnce(ctx context.Context, last *uint64, healthy func(), reconnected <-chan nats.Status) error {
 	// The watcher's context governs its whole life, and nats.go parks a
 	// goroutine on it: give each watcher its own, ended with it.
 	ctx, cancel := context.WithCancel(ctx)
@@ -77,11 +98,16 @@ func (f *Follower) watchOnce(ctx context.Context, last *uint64, healthy func()) 
 	if err != nil {
 		return err
 	}
-	defer w.Stop()
+	// Stop deletes the watch's consumer with a JetStream request, which
+	// waits out its timeout while the server is unreachable: nobody should
+	// wait for that, and the server drops an inactive consumer anyway.
+	defer func() { go w.Stop() }()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-reconnected:
+			return ErrReconnected
 		case e, ok := <-w.Updates():
 			if !ok {
 				return ErrWatchClosed
