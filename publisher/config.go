@@ -22,6 +22,10 @@ const (
 	DefaultLeaseTTL         = 10 * time.Second
 	DefaultUpstreamTimeout  = 5 * time.Second
 	DefaultUpstreamRate     = 50.0
+
+	DefaultRetryBackoff       = time.Second
+	DefaultRetryBackoffMax    = time.Minute
+	DefaultConfigErrorBackoff = 10 * time.Minute
 )
 
 // Config is the refresher's configuration. Zero fields take the defaults.
@@ -43,6 +47,15 @@ type Config struct {
 	MinForceInterval time.Duration
 	// LeaseTTL is how long the leader's lease lasts without renewal.
 	LeaseTTL time.Duration
+
+	// RetryBackoff and RetryBackoffMax bound the pause after transient
+	// failures: it doubles per consecutive failure from RetryBackoff up to
+	// RetryBackoffMax, half of it random; 1s and 1m by default.
+	RetryBackoff, RetryBackoffMax time.Duration
+	// ConfigErrorBackoff is the pause after a configuration error (wrong
+	// secret, IP not whitelisted): such errors need a human, and calling
+	// again sooner would only burn quota; 10m by default.
+	ConfigErrorBackoff time.Duration
 
 	UpstreamURL     string        // DefaultUpstreamURL
 	UpstreamTimeout time.Duration // per call; DefaultUpstreamTimeout
@@ -81,6 +94,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	setDefault(&c.MinForceInterval, DefaultMinForceInterval)
 	setDefault(&c.LeaseTTL, DefaultLeaseTTL)
 	setDefault(&c.UpstreamTimeout, DefaultUpstreamTimeout)
+	setDefault(&c.RetryBackoff, DefaultRetryBackoff)
+	setDefault(&c.RetryBackoffMax, DefaultRetryBackoffMax)
+	setDefault(&c.ConfigErrorBackoff, DefaultConfigErrorBackoff)
 	if c.UpstreamURL == "" {
 		c.UpstreamURL = DefaultUpstreamURL
 	}
@@ -122,6 +138,7 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	}{
 		{"refresh-before", c.RefreshBefore}, {"min-force-interval", c.MinForceInterval},
 		{"lease-ttl", c.LeaseTTL}, {"upstream-timeout", c.UpstreamTimeout},
+		{"retry backoff", c.RetryBackoff}, {"retry backoff max", c.RetryBackoffMax}, {"config error backoff", c.ConfigErrorBackoff},
 	} {
 		if d.value < 0 {
 			errs = append(errs, fmt.Errorf("%s %s is negative", d.name, d.value))
@@ -134,6 +151,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	// waiting on WeChat when its lease passes to another replica.
 	if c.UpstreamTimeout > c.LeaseTTL/2 {
 		errs = append(errs, fmt.Errorf("upstream-timeout %s must be at most half the lease-ttl %s", c.UpstreamTimeout, c.LeaseTTL))
+	}
+	if c.RetryBackoffMax < c.RetryBackoff {
+		errs = append(errs, fmt.Errorf("retry backoff max %s is below the retry backoff %s", c.RetryBackoffMax, c.RetryBackoff))
 	}
 	if c.UpstreamRate < 0 {
 		errs = append(errs, fmt.Errorf("upstream rate %g is negative", c.UpstreamRate))

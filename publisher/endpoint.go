@@ -49,6 +49,12 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 	prefix := r.subjects.Refresh("")
 	var pending atomic.Int64
 	handler := func(req micro.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				r.logPanic(p)
+				respond(req, errorReply(kv.CodeUnavailable, "internal error (logged)"))
+			}
+		}()
 		appid := strings.TrimPrefix(req.Subject(), prefix)
 		a, f, reply := r.admit(t, appid, req.Data())
 		if f == nil {

@@ -11,7 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,8 +39,10 @@ type Refresher struct {
 	pacer    *rate.Limiter
 	log      *slog.Logger
 
-	apps  map[string]*appState
-	order []*appState // apps in configuration order
+	apps    map[string]*appState
+	order   []*appState // apps in configuration order
+	scrub   secretScrubber
+	leading atomic.Bool
 }
 
 // New checks cfg and returns a refresher that uses nc. Run starts it.
@@ -70,6 +75,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		a := &appState{id: app.AppID, secret: app.Secret}
 		r.apps[app.AppID] = a
 		r.order = append(r.order, a)
+		r.scrub = append(r.scrub, app.Secret.Reveal())
 	}
 	return r, nil
 }
@@ -151,16 +157,27 @@ func (r *Refresher) startOrJoin(t *term, a *appState, m mode, reason string) *fl
 }
 
 func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, base outcome) {
-	out := r.rotate(t, a, m, reason, base)
-	a.mu.Lock()
-	if out.rev > a.rev {
-		r.setRecord(a, out.rev, out.rec)
-	}
-	a.flight = nil
-	a.mu.Unlock()
-	f.out = out
-	close(f.done)
-	r.plan(t, a)
+	var out outcome
+	// The flight lands whatever happens in it, a panic included: everyone
+	// waiting on it is answered and the app can rotate again.
+	defer func() {
+		if p := recover(); p != nil {
+			r.logPanic(p)
+			out = base
+			out.err = errPanicked
+			r.failed(a, errPanicked)
+		}
+		a.mu.Lock()
+		if out.rev > a.rev {
+			r.setRecord(a, out.rev, out.rec)
+		}
+		a.flight = nil
+		a.mu.Unlock()
+		f.out = out
+		close(f.done)
+		r.plan(t, a)
+	}()
+	out = r.rotate(t, a, m, reason, base)
 }
 
 // rotate does the work of one flight: fetch a token and store it.
@@ -276,13 +293,6 @@ func (r *Refresher) announce(appid string, rev uint64, rec kv.Record, reason str
 	}
 }
 
-// Backoff after failed fetches.
-const (
-	retryBaseDelay = time.Second
-	retryMaxDelay  = time.Minute
-	configDelay    = 10 * time.Minute
-)
-
 // failed records a failed fetch and decides when the next may happen.
 func (r *Refresher) failed(a *appState, err error) {
 	class := ClassRetry
@@ -296,11 +306,12 @@ func (r *Refresher) failed(a *appState, err error) {
 	var wait time.Duration
 	switch class {
 	case ClassConfig:
-		wait = configDelay
+		wait = r.cfg.ConfigErrorBackoff
 	case ClassQuota:
-		wait = untilQuotaReset(now) + spreadOf(a.id, 0, time.Minute)
+		// All apps resume at midnight; the pacer spreads them.
+		wait = untilQuotaReset(now)
 	default:
-		wait = retryDelay(a.failures)
+		wait = retryDelay(a.failures, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
 	}
 	a.retryAt, a.lastErr = now.Add(wait), err
 	failures := a.failures
@@ -336,6 +347,9 @@ func (e *backoffError) Unwrap() error { return e.last }
 // errEnding answers what the ending of a leadership term cut short.
 var errEnding = errors.New("publisher: refresher is stopping or lost its leadership")
 
+// errPanicked is the outcome of a rotation that panicked.
+var errPanicked = errors.New("publisher: rotation failed with a panic (logged)")
+
 // setRecord records the token at rev. Callers hold a.mu.
 func (r *Refresher) setRecord(a *appState, rev uint64, rec *kv.Record) {
 	a.rev, a.rec = rev, rec
@@ -348,6 +362,11 @@ func (r *Refresher) setRecord(a *appState, rev uint64, rec *kv.Record) {
 // observe takes in an entry of the token bucket: the refresher's own writes
 // coming back, and anything anyone else wrote.
 func (r *Refresher) observe(t *term, e jetstream.KeyValueEntry) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.logPanic(p)
+		}
+	}()
 	a := r.apps[e.Key()]
 	if a == nil {
 		return // another deployment's app, or a reserved "<appid>.<kind>" key
@@ -369,4 +388,26 @@ func (r *Refresher) observe(t *term, e jetstream.KeyValueEntry) {
 	r.setRecord(a, e.Revision(), rec)
 	a.mu.Unlock()
 	r.plan(t, a)
+}
+
+// Leading reports whether this replica currently leads.
+func (r *Refresher) Leading() bool { return r.leading.Load() }
+
+// secretScrubber removes every AppSecret from a text. It guards the one
+// thing no type can keep a secret out of: the text of a panic.
+type secretScrubber []string
+
+func (s secretScrubber) scrub(text string) string {
+	for _, secret := range s {
+		if strings.Contains(text, secret) {
+			text = scrub(text, secret)
+		}
+	}
+	return text
+}
+
+// logPanic logs a recovered panic and its stack, scrubbed of secrets.
+func (r *Refresher) logPanic(p any) {
+	r.log.Error("recovered from a panic", "panic", r.scrub.scrub(fmt.Sprint(p)),
+		"stack", r.scrub.scrub(string(debug.Stack())))
 }

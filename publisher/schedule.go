@@ -5,7 +5,6 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"time"
 
@@ -158,17 +157,16 @@ func untilQuotaReset(now time.Time) time.Duration {
 // retryDelay is the pause after the given number of consecutive transient
 // failures: exponential, capped, half of it random so that replicas and
 // apps that failed together do not retry together.
-func retryDelay(failures int) time.Duration {
-	d := min(retryBaseDelay<<min(max(failures-1, 0), 16), retryMaxDelay)
+func retryDelay(failures int, base, ceiling time.Duration) time.Duration {
+	d := min(base<<min(max(failures-1, 0), 16), ceiling)
 	return d/2 + rand.N(d/2+1)
 }
 
 // cronLogger carries cron's messages to slog. A panic recovered by cron is
-// logged as an error, its text scrubbed of every AppSecret first: a panic
-// value is the one thing no type can keep a secret out of.
+// logged as an error, its text and stack scrubbed of every AppSecret first.
 type cronLogger struct {
-	log     *slog.Logger
-	secrets []string
+	log   *slog.Logger
+	scrub secretScrubber
 }
 
 func (l cronLogger) Info(msg string, keysAndValues ...any) {
@@ -176,22 +174,12 @@ func (l cronLogger) Info(msg string, keysAndValues ...any) {
 }
 
 func (l cronLogger) Error(err error, msg string, keysAndValues ...any) {
-	text := err.Error()
 	for i, v := range keysAndValues {
 		if s, ok := v.(string); ok {
-			keysAndValues[i] = l.scrub(s)
+			keysAndValues[i] = l.scrub.scrub(s)
 		}
 	}
-	l.log.Error("cron: "+msg, append([]any{"error", l.scrub(text)}, keysAndValues...)...)
-}
-
-func (l cronLogger) scrub(s string) string {
-	for _, secret := range l.secrets {
-		if strings.Contains(s, secret) {
-			s = scrub(s, secret)
-		}
-	}
-	return s
+	l.log.Error("cron: "+msg, append([]any{"error", l.scrub.scrub(err.Error())}, keysAndValues...)...)
 }
 
 var _ cron.Logger = cronLogger{}

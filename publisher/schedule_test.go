@@ -56,8 +56,8 @@ func TestUntilQuotaReset(t *testing.T) {
 func TestRetryDelayGrowsToItsCap(t *testing.T) {
 	prevMax := time.Duration(0)
 	for failures := 1; failures <= 40; failures++ {
-		d := retryDelay(failures)
-		ceiling := min(retryBaseDelay<<min(failures-1, 16), retryMaxDelay)
+		d := retryDelay(failures, DefaultRetryBackoff, DefaultRetryBackoffMax)
+		ceiling := min(DefaultRetryBackoff<<min(failures-1, 16), DefaultRetryBackoffMax)
 		if d < ceiling/2 || d > ceiling {
 			t.Fatalf("retryDelay(%d) = %s, want within [%s, %s]", failures, d, ceiling/2, ceiling)
 		}
@@ -66,8 +66,8 @@ func TestRetryDelayGrowsToItsCap(t *testing.T) {
 		}
 		prevMax = ceiling
 	}
-	if prevMax != retryMaxDelay {
-		t.Errorf("ceiling %s, want the cap %s", prevMax, retryMaxDelay)
+	if prevMax != DefaultRetryBackoffMax {
+		t.Errorf("ceiling %s, want the cap %s", prevMax, DefaultRetryBackoffMax)
 	}
 }
 

@@ -22,6 +22,8 @@ type term struct {
 	work   context.Context
 	bucket jetstream.KeyValue
 
+	onPanic func(any) // a goroutine's panic is logged, not fatal
+
 	mu       sync.Mutex
 	stopping bool
 	wg       sync.WaitGroup
@@ -38,6 +40,11 @@ func (t *term) spawn(f func()) bool {
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
+		defer func() {
+			if p := recover(); p != nil {
+				t.onPanic(p)
+			}
+		}()
 		f()
 	}()
 	return true
@@ -67,12 +74,15 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-
 	go func() {
 		select {
 		case <-lost:
+			// From here on this replica may not call WeChat: whatever
+			// is under way is cut short now, before cleaning up.
+			r.leading.Store(false)
 			endWork()
 			endTerm()
 		case <-tctx.Done():
 		}
 	}()
-	t := &term{ctx: tctx, work: work, bucket: bucket}
+	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic}
 	for _, a := range r.order {
 		a.mu.Lock()
 		a.rev, a.rec = 0, nil // what the bucket holds is read afresh each term
@@ -84,6 +94,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-
 	follower := &kv.Follower{
 		Bucket:   bucket,
 		Key:      ">",
+		Conn:     r.nc,
 		OnEntry:  func(e jetstream.KeyValueEntry) { r.observe(t, e) },
 		OnSynced: func() { syncOnce.Do(func() { close(synced) }) },
 		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
@@ -107,11 +118,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-
 	if err != nil {
 		return err
 	}
-	secrets := make([]string, 0, len(r.order))
-	for _, a := range r.order {
-		secrets = append(secrets, a.secret.Reveal())
-	}
-	cl := cronLogger{log: r.log, secrets: secrets}
+	cl := cronLogger{log: r.log, scrub: r.scrub}
 	c := cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
 	id := c.Schedule(r.schedule, cron.FuncJob(func() { r.check(t) }))
 	c.Start()
@@ -130,12 +137,31 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-
 	return nil
 }
 
-// Run runs the refresher until ctx ends: it opens the token bucket and
-// leads. It returns nil after a clean stop.
+// Run runs the refresher until ctx ends. It opens the buckets, then
+// campaigns for the lease: as leader it refreshes and serves refresh
+// requests, as standby it waits to take over. It returns nil after a clean
+// stop, which releases the lease so that a standby takes over at once.
 func (r *Refresher) Run(ctx context.Context) error {
 	bucket, err := kv.Open(ctx, r.js, kv.BucketConfig{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History})
 	if err != nil {
 		return fmt.Errorf("publisher: %w", err)
 	}
-	return r.lead(ctx, bucket, nil)
+	l, err := openLease(ctx, r.nc, r.js, r.cfg)
+	if err != nil {
+		return err
+	}
+	for {
+		held, err := l.acquire(ctx)
+		if err != nil {
+			return nil // ctx ended
+		}
+		r.leading.Store(true)
+		r.log.Info("became leader", "instance", r.cfg.Instance)
+		err = r.lead(ctx, bucket, held.lost)
+		r.leading.Store(false)
+		held.release()
+		if err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
 }

@@ -1,0 +1,125 @@
+package publisher
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// jetStream starts an embedded JetStream server and connects to it.
+func jetStream(t *testing.T) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	opts, err := embedded.Options("127.0.0.1:-1", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := embedded.Start(opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+// TestStoreNeverReplacesNewerToken: a leader deposed while it fetched
+// still holds the old revision; its write must not replace the token the new
+// leader stored since, which WeChat issued later.
+func TestStoreNeverReplacesNewerToken(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, js := jetStream(t)
+	b, err := kv.Open(ctx, js, kv.BucketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Refresher{}
+	tm := &term{ctx: ctx, work: ctx, bucket: b}
+	now := time.Now()
+	put := func(rec kv.Record, rev uint64) uint64 {
+		data, _ := kv.Encode(rec)
+		rev, err := casPut(ctx, b, "wx1", data, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	base := put(kv.NewRecord("wx1", "first", 2*time.Hour, now.Add(-time.Hour)), 0)
+	newer := kv.NewRecord("wx1", "new-leaders", 2*time.Hour, now)
+	newRev := put(newer, base)
+
+	deposed := kv.NewRecord("wx1", "deposed-leaders", 2*time.Hour, now.Add(-5*time.Second))
+	rev, stored, ours, err := r.store(tm, "wx1", deposed, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ours || rev != newRev || stored.AccessToken != "new-leaders" {
+		t.Fatalf("store over a newer token: ours %v rev %d token %q", ours, rev, stored.AccessToken)
+	}
+	if e, _ := b.Get(ctx, "wx1"); e.Revision() != newRev {
+		t.Fatalf("the bucket moved to revision %d", e.Revision())
+	}
+
+	// Garbage is no token: a fresh token is written over it.
+	garbage, err := b.Put(ctx, "wx1", []byte("garbage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := kv.NewRecord("wx1", "fresh", 2*time.Hour, now.Add(time.Second))
+	rev, stored, ours, err = r.store(tm, "wx1", fresh, newRev)
+	if err != nil || !ours || rev <= garbage || stored.AccessToken != "fresh" {
+		t.Fatalf("store over garbage: ours %v rev %d token %q err %v", ours, rev, stored.AccessToken, err)
+	}
+}
+
+// TestLeaseLapsesWithoutRenewal: a holder that dies without releasing (no
+// renewal, no delete) loses the lease to a standby about one TTL later.
+func TestLeaseLapsesWithoutRenewal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, js := jetStream(t)
+	cfg := Config{Bucket: kv.DefaultBucket, LeaseTTL: time.Second, Replicas: 1, Logger: slog.New(slog.DiscardHandler)}
+	cfg.Instance = "dead"
+	dead, err := openLease(ctx, nc, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := dead.acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(held.stop) // the holder dies: renewals stop, nothing is deleted
+	<-held.done
+	died := time.Now()
+
+	cfg.Instance = "standby"
+	standby, err := openLease(ctx, nc, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := standby.acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.release()
+	took := time.Since(died)
+	t.Logf("standby acquired %s after the holder stopped renewing (TTL %s)", took.Round(time.Millisecond), cfg.LeaseTTL)
+	if took > 3*cfg.LeaseTTL {
+		t.Errorf("lease held %s after its holder died", took)
+	}
+}

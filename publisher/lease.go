@@ -1,0 +1,260 @@
+package publisher
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// The leader lease is the key "leader" in the bucket "<token bucket>_leader",
+// a bucket whose MaxAge is the lease TTL. Every renewal is a compare-and-swap
+// Update, which writes a new message; the server removes a message MaxAge
+// after it stored it. So a lease that is not renewed lapses by itself, on
+// any nats-server with JetStream: kv.Update carries no per-key TTL (nats.go
+// issue 1994), and per-message TTLs need nats-server 2.11, newer than some
+// distributions ship.
+//
+// The leader counts its lease from the moment it sent the renewal, which is
+// before the server stamped it, minus a margin: it steps down before the
+// server can let another replica take over.
+
+const leaseKey = "leader"
+
+// LeaseBucket is the name of the lease bucket of the token bucket name.
+func LeaseBucket(tokenBucket string) string { return tokenBucket + "_leader" }
+
+// LeaseHolder is the value of the lease key.
+type LeaseHolder struct {
+	Instance string    `json:"instance"`
+	Term     string    `json:"term"` // random per acquisition: tells this holder from a restarted namesake
+	Since    time.Time `json:"since"`
+}
+
+type lease struct {
+	nc       *nats.Conn
+	bucket   jetstream.KeyValue
+	ttl      time.Duration
+	margin   time.Duration
+	instance string
+	log      *slog.Logger
+}
+
+func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config) (*lease, error) {
+	b, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      LeaseBucket(cfg.Bucket),
+		Description: "wxtoken: leader lease of the refresher replicas",
+		History:     1,
+		TTL:         cfg.LeaseTTL,
+		Replicas:    cfg.Replicas,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("publisher: open lease bucket: %w", err)
+	}
+	return &lease{
+		nc:       nc,
+		bucket:   b,
+		ttl:      cfg.LeaseTTL,
+		margin:   min(time.Second, cfg.LeaseTTL/10),
+		instance: cfg.Instance,
+		log:      cfg.Logger,
+	}, nil
+}
+
+// heldLease is a lease this replica holds until lost closes or release.
+type heldLease struct {
+	l      *lease
+	holder LeaseHolder
+	value  []byte
+
+	lost     chan struct{} // closed when the lease is, or may be, gone
+	stop     chan struct{}
+	done     chan struct{}
+	mu       sync.Mutex
+	rev      uint64
+	lostOnce sync.Once
+}
+
+// acquire waits until this replica holds the lease or ctx ends.
+func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
+	var term [8]byte
+	rand.Read(term[:])
+	holder := LeaseHolder{Instance: l.instance, Term: hex.EncodeToString(term[:])}
+
+	// Wake at once when the leader releases the lease (a delete marker).
+	wake := make(chan struct{}, 1)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	defer func() {
+		stopWatch()
+		<-watched
+	}()
+	go func() {
+		defer close(watched)
+		(&kv.Follower{Bucket: l.bucket, Key: leaseKey, Conn: l.nc, OnEntry: func(e jetstream.KeyValueEntry) {
+			if e.Operation() != jetstream.KeyValuePut {
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+		}}).Run(watchCtx)
+	}()
+
+	logged := false
+	for {
+		holder.Since = time.Now().UTC()
+		value, _ := json.Marshal(holder)
+		sent := time.Now()
+		rev, err := l.bucket.Create(ctx, leaseKey, value)
+		if err == nil {
+			h := &heldLease{l: l, holder: holder, value: value, rev: rev,
+				lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+			go h.renew(sent)
+			return h, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		wait := l.ttl / 2
+		if isConflict(err) {
+			// Someone holds it: sleep until it would lapse unless renewed.
+			if e, gerr := l.bucket.Get(ctx, leaseKey); gerr == nil {
+				if !logged {
+					var other LeaseHolder
+					json.Unmarshal(e.Value(), &other)
+					l.log.Info("standing by: another replica leads", "leader", other.Instance)
+					logged = true
+				}
+				// The server checks ages at least every 250ms.
+				wait = min(max(time.Until(e.Created().Add(l.ttl+250*time.Millisecond)), 50*time.Millisecond), l.ttl/2)
+			} else if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+				wait = 0 // lapsed or released between the two calls
+			}
+		} else {
+			l.log.Warn("cannot reach the lease bucket; retrying", "error", err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-wake:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// renew keeps the lease until release, or closes lost when it cannot: the
+// lease was taken (compare-and-swap failed) or could not be renewed before
+// it might lapse. No renewal attempt outlasts the lease: an attempt that
+// hangs on an unreachable server would otherwise hold the leader past the
+// moment it must stop.
+func (h *heldLease) renew(sent time.Time) {
+	defer close(h.done)
+	l := h.l
+	validUntil := sent.Add(l.ttl - l.margin)
+	every := l.ttl / 3
+	next := time.NewTimer(every)
+	defer next.Stop()
+	expired := time.NewTimer(time.Until(validUntil))
+	defer expired.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-expired.C:
+			h.lose("the lease could not be renewed before it might lapse")
+			return
+		case <-next.C:
+		}
+		sent := time.Now()
+		attemptEnd := sent.Add(every)
+		if validUntil.Before(attemptEnd) {
+			attemptEnd = validUntil
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), attemptEnd)
+		err := h.update(ctx)
+		cancel()
+		switch {
+		case err == nil:
+			validUntil = sent.Add(l.ttl - l.margin)
+			expired.Reset(time.Until(validUntil))
+			next.Reset(every)
+		case isConflict(err):
+			h.lose("another replica took the lease")
+			return
+		case !time.Now().Before(validUntil):
+			h.lose("the lease could not be renewed before it might lapse")
+			return
+		default:
+			l.log.Warn("lease renewal failed; retrying", "error", err)
+			next.Reset(every / 4)
+		}
+	}
+}
+
+// update renews with compare-and-swap. If the swap fails because an earlier
+// renewal succeeded but its answer was lost, the key still holds this term:
+// that is a success.
+func (h *heldLease) update(ctx context.Context) error {
+	h.mu.Lock()
+	rev := h.rev
+	h.mu.Unlock()
+	newRev, err := h.l.bucket.Update(ctx, leaseKey, h.value, rev)
+	if isConflict(err) {
+		e, gerr := h.l.bucket.Get(ctx, leaseKey)
+		var cur LeaseHolder
+		if gerr == nil && json.Unmarshal(e.Value(), &cur) == nil && cur.Term == h.holder.Term {
+			newRev, err = h.l.bucket.Update(ctx, leaseKey, h.value, e.Revision())
+		}
+	}
+	if err == nil {
+		h.mu.Lock()
+		h.rev = newRev
+		h.mu.Unlock()
+	}
+	return err
+}
+
+func (h *heldLease) lose(why string) {
+	h.lostOnce.Do(func() {
+		h.l.log.Warn("leadership lost: "+why, "instance", h.l.instance)
+		close(h.lost)
+	})
+}
+
+// release stops renewing and, unless the lease was lost, deletes it so that
+// a standby takes over at once instead of after the TTL.
+func (h *heldLease) release() {
+	close(h.stop)
+	<-h.done
+	select {
+	case <-h.lost:
+		return
+	default:
+	}
+	h.lostOnce.Do(func() { close(h.lost) })
+	h.mu.Lock()
+	rev := h.rev
+	h.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+	defer cancel()
+	if err := h.l.bucket.Delete(ctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
+		h.l.log.Warn("lease not released; a standby takes over when it lapses", "error", err)
+		return
+	}
+	h.l.log.Info("leadership released")
+}
