@@ -6,6 +6,7 @@
 package fakewechat
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -42,6 +43,7 @@ type Server struct {
 	apps   map[string]*app
 	tokens map[string]*issued // every token that may still work, by value
 	serial uint64
+	called chan struct{} // closed and replaced at every token request
 }
 
 type app struct {
@@ -80,7 +82,7 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}}
+	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{})}
 }
 
 // AddApp registers an app and its AppSecret.
@@ -118,6 +120,23 @@ func (s *Server) Calls(appid string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.app(appid).calls
+}
+
+// WaitCalls waits until appid has had at least n token requests, or ctx ends.
+func (s *Server) WaitCalls(ctx context.Context, appid string, n int) error {
+	for {
+		s.mu.Lock()
+		calls, called := s.app(appid).calls, s.called
+		s.mu.Unlock()
+		if calls >= n {
+			return nil
+		}
+		select {
+		case <-called:
+		case <-ctx.Done():
+			return fmt.Errorf("fakewechat: %s had %d token requests, waited for %d: %w", appid, calls, n, ctx.Err())
+		}
+	}
 }
 
 // Issued is the number of tokens issued to appid.
@@ -251,6 +270,8 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	a := s.app(appid)
 	a.calls++
+	close(s.called)
+	s.called = make(chan struct{})
 	var fault *Fault
 	switch {
 	case len(a.faults) > 0:

@@ -1,0 +1,220 @@
+package test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+	"github.com/wxtoken/wxtoken/test/testenv"
+)
+
+// callTimes records when each token request reached the fake.
+type callTimes struct {
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (c *callTimes) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/cgi-bin/token" {
+			c.mu.Lock()
+			c.times = append(c.times, time.Now())
+			c.mu.Unlock()
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (c *callTimes) gaps() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var gaps []time.Duration
+	for i := 1; i < len(c.times); i++ {
+		gaps = append(gaps, c.times[i].Sub(c.times[i-1]))
+	}
+	return gaps
+}
+
+// TestTransientFailuresBackOffAndNeverWriteBadRecords feeds the refresher
+// every kind of transient failure WeChat or the network can produce. Each
+// is retried after a longer pause than the last, nothing but the final good
+// token reaches the bucket, and the backoff starts over after a success.
+func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	fake := fakewechat.New(fakewechat.Config{})
+	var calls callTimes
+	url := serveHTTP(t, calls.wrap(fake))
+	apps := testenv.Apps(fake, appA)
+	faults := []fakewechat.Fault{
+		{ErrCode: -1},    // busy
+		{ErrCode: 45011}, // per-minute limit
+		{Status: 502},    // HTML error page
+		{Body: []byte(`{"access_token":"ACCESS_TO`)},                    // truncated JSON
+		{Body: bytes.Repeat([]byte("x"), 10<<20)},                       // 10 MB body
+		{Body: []byte(`{"access_token":"","expires_in":7200}`)},         // empty token
+		{Body: []byte(`{"access_token":"T","expires_in":0}`)},           // zero lifetime
+		{Body: []byte(`{"access_token":"T","expires_in":99999999999}`)}, // absurd lifetime
+		{Delay: time.Hour}, // timeout
+		{Panic: true},      // connection dropped
+	}
+	fake.Inject(appA, faults...)
+	const base = 20 * time.Millisecond
+	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url, UpstreamTimeout: 200 * time.Millisecond,
+		RetryBackoff: base, RetryBackoffMax: time.Second})
+	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
+
+	e := testenv.Next(t, ctx, entries)
+	rec := testenv.Record(t, e)
+	if rec.AccessToken != fake.Current(appA) {
+		t.Errorf("bucket holds %.12q..., WeChat's token is %.12q...", rec.AccessToken, fake.Current(appA))
+	}
+	if got := fake.Calls(appA); got != len(faults)+1 {
+		t.Errorf("%d calls, want %d failures and one success", got, len(faults))
+	}
+	// The pause before retry n is at least half of base·2^(n-1), capped.
+	for n, gap := range calls.gaps() {
+		if least := min(base<<n, time.Second) / 2; gap < least {
+			t.Errorf("retry %d came %s after the failure, want at least %s", n+1, gap, least)
+		}
+	}
+	select {
+	case e := <-entries:
+		t.Errorf("a second value reached the bucket: revision %d", e.Revision())
+	default:
+	}
+}
+
+// TestLastGoodTokenStaysWhileWeChatFails: when WeChat fails at refresh time,
+// the bucket keeps the last good token, unchanged, until it expires and
+// after; nothing is written until WeChat gives a new token.
+func TestLastGoodTokenStaysWhileWeChatFails(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 2 * time.Second})
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url,
+		RetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond})
+	b := testenv.Bucket(t, ctx, nc)
+	entries := testenv.Entries(t, b, appA)
+	e := testenv.Next(t, ctx, entries)
+	good := testenv.Record(t, e)
+
+	fake.Fail(appA, fakewechat.Fault{Status: 503})
+	// Let the refresher retry through the refresh window and past expiry.
+	for !time.Now().After(good.ExpiresAt) {
+		if err := fake.WaitCalls(ctx, appA, fake.Calls(appA)+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now, err := b.Get(ctx, appA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.Revision() != e.Revision() || testenv.Record(t, now).AccessToken != good.AccessToken {
+		t.Fatalf("bucket changed to revision %d while WeChat failed", now.Revision())
+	}
+	select {
+	case e := <-entries:
+		t.Fatalf("revision %d written while WeChat failed", e.Revision())
+	default:
+	}
+
+	fake.Heal(appA)
+	if rotated := testenv.Record(t, testenv.Next(t, ctx, entries)); rotated.AccessToken != fake.Current(appA) {
+		t.Error("the token written after WeChat recovered is not WeChat's current one")
+	}
+}
+
+// TestConfigurationErrorIsNotHammered: a refused fetch (IP not whitelisted)
+// is logged once, announced on the failed subject, and not tried again for
+// the long backoff, not even when services ask for a refresh.
+func TestConfigurationErrorIsNotHammered(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	apps := testenv.Apps(fake, appA)
+	fake.Fail(appA, fakewechat.Fault{ErrCode: 40164})
+	failed, err := nc.SubscribeSync(kv.Subjects{}.Failed(appA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	start := time.Now()
+	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url, Logger: logs.logger(), Schedule: "@every 1s"})
+
+	msg, err := failed.NextMsgWithContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev kv.FailureEvent
+	if err := json.Unmarshal(msg.Data, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.ErrCode != 40164 || ev.Class != "config" || !strings.Contains(ev.ErrMsg, "whitelist") {
+		t.Errorf("failure event %s", msg.Data)
+	}
+	if wantAfter := start.Add(publisher.DefaultConfigErrorBackoff); ev.NextAttempt.Before(wantAfter.Add(-time.Second)) {
+		t.Errorf("next attempt %s, want about %s later", ev.NextAttempt, publisher.DefaultConfigErrorBackoff)
+	}
+	// Services keep asking: they get the error, WeChat gets no call.
+	for range 5 {
+		reply := request(t, ctx, nc, appA, kv.RefreshRequest{})
+		if reply.Error == nil || reply.Error.Code != kv.CodeUpstream || !strings.Contains(reply.Error.Message, "40164") {
+			t.Fatalf("reply %+v, want an upstream error naming 40164", reply)
+		}
+	}
+	if got := fake.Calls(appA); got != 1 {
+		t.Errorf("%d calls, want 1", got)
+	}
+	lines := logs.linesWith("40164")
+	if len(lines) != 1 || !strings.Contains(lines[0], "not on the app's whitelist") || !strings.Contains(lines[0], "level=ERROR") {
+		t.Errorf("want one error line naming errcode 40164 and its meaning, got %q", lines)
+	}
+}
+
+// TestQuotaWaitsForMidnightInChina runs the clock to just before midnight
+// China time with a quota of one fetch a day: the second fetch is refused
+// with 45009, and the third comes at midnight and not before.
+func TestQuotaWaitsForMidnightInChina(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	china := time.FixedZone("UTC+8", 8*3600)
+	realNow := time.Now()
+	c := realNow.In(china)
+	midnight := time.Date(c.Year(), c.Month(), c.Day()+1, 0, 0, 0, 0, china)
+	offset := midnight.Add(-1500 * time.Millisecond).Sub(realNow)
+	clock := func() time.Time { return time.Now().Add(offset) }
+
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 2 * time.Second, DailyQuota: 1, Now: clock})
+	failed, err := nc.SubscribeSync(kv.Subjects{}.Failed(appA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, Now: clock})
+	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
+	first := testenv.Record(t, testenv.Next(t, ctx, entries))
+
+	msg, err := failed.NextMsgWithContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev kv.FailureEvent
+	json.Unmarshal(msg.Data, &ev)
+	if ev.ErrCode != 45009 || ev.Class != "quota" || !ev.NextAttempt.Equal(midnight) {
+		t.Fatalf("failure event %s, want quota until %s", msg.Data, midnight.UTC())
+	}
+	next := testenv.Record(t, testenv.Next(t, ctx, entries))
+	if next.FetchedAt.Before(midnight) || next.AccessToken == first.AccessToken {
+		t.Errorf("token after the quota fetched at %s, want at or after %s", next.FetchedAt, midnight.UTC())
+	}
+	if got := fake.Calls(appA); got != 3 {
+		t.Errorf("%d calls, want 3: one good, one refused, one after midnight", got)
+	}
+}

@@ -1,0 +1,248 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+	"github.com/wxtoken/wxtoken/subscriber"
+	"github.com/wxtoken/wxtoken/test/testenv"
+)
+
+// freePort returns a loopback port outside Linux's ephemeral range
+// (32768-60999), so that a restarted or clustered server can bind it again
+// without racing outgoing connections for it.
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		port := 20000 + rand.IntN(12000)
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// startServer starts a server with opts; stop shuts it down (idempotent).
+func startServer(t *testing.T, opts *server.Options) (s *server.Server, stop func()) {
+	t.Helper()
+	copied := *opts
+	s, err := embedded.Start(&copied, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop = func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	}
+	t.Cleanup(stop)
+	return s, stop
+}
+
+// goroutines counts goroutines after giving exiting ones a moment to end:
+// it waits until two counts 50ms apart agree.
+func goroutines() int {
+	prev := runtime.NumGoroutine()
+	for range 40 {
+		time.Sleep(50 * time.Millisecond) // settling, not synchronisation: goroutines finish exiting
+		n := runtime.NumGoroutine()
+		if n == prev {
+			return n
+		}
+		prev = n
+	}
+	return prev
+}
+
+// TestRideThroughNATSRestarts restarts the NATS server (same port, same
+// store) four times under a refresher and a subscriber connected over TCP.
+// After each restart a rejected token is refreshed end to end: the refresh
+// endpoint answers, the refresher writes, the subscriber's watch delivers.
+// The goroutine count does not grow with the restarts.
+func TestRideThroughNATSRestarts(t *testing.T) {
+	ctx := testenv.Context(t, 120*time.Second)
+	opts, err := embedded.Options(fmt.Sprintf("127.0.0.1:%d", freePort(t)), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stop := startServer(t, opts)
+	natsURL := fmt.Sprintf("nats://%s:%d", opts.Host, opts.Port)
+	fake, wechatURL := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
+	testenv.Refresher(t, testenv.Connect(t, natsURL), publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: wechatURL,
+		MinForceInterval: time.Millisecond})
+	sub := newSubscriber(t, ctx, testenv.Connect(t, natsURL))
+
+	var counts []int
+	for i := range 4 {
+		stop()
+		_, stop = startServer(t, opts)
+		fake.Issue(appA) // the token in the bucket is dead
+		stale := sub.Token()
+		// 5s: the watch must come back with the connection, not after the
+		// 10-20s in which nats.go would notice the lost consumer by itself.
+		fresh, err := sub.Refresh(testenv.Context(t, 5*time.Second), stale.Revision)
+		if err != nil {
+			t.Fatalf("restart %d: %v", i+1, err)
+		}
+		if fresh.Revision <= stale.Revision || fresh.Value != fake.Current(appA) {
+			t.Fatalf("restart %d: subscriber holds revision %d, want WeChat's new token", i+1, fresh.Revision)
+		}
+		counts = append(counts, goroutines())
+	}
+	t.Logf("goroutines after each restart: %v", counts)
+	if grown := counts[len(counts)-1] - counts[0]; grown > 5 {
+		t.Errorf("goroutines grew by %d over %d restarts: %v", grown, len(counts)-1, counts)
+	}
+}
+
+// cluster starts three JetStream servers with routes and waits until they
+// have a meta leader and three peers.
+func cluster(t *testing.T, ctx context.Context) ([]*server.Server, []func()) {
+	t.Helper()
+	routePorts := []int{freePort(t), freePort(t), freePort(t)}
+	var routes []*url.URL
+	for _, p := range routePorts {
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	}
+	servers := make([]*server.Server, 3)
+	stops := make([]func(), 3)
+	for i := range 3 {
+		opts, err := embedded.Options("127.0.0.1:-1", t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.ServerName = fmt.Sprintf("n%d", i+1)
+		opts.Cluster = server.ClusterOpts{Name: "wxtoken", Host: "127.0.0.1", Port: routePorts[i]}
+		opts.Routes = routes
+		servers[i], stops[i] = startCluster(t, opts)
+	}
+	for {
+		// Only the meta leader answers JetStreamClusterPeers.
+		leaders, peers := 0, 0
+		for _, s := range servers {
+			if s.JetStreamIsLeader() {
+				leaders++
+				peers = len(s.JetStreamClusterPeers())
+			}
+		}
+		if leaders == 1 && peers == 3 {
+			return servers, stops
+		}
+		select {
+		case <-ctx.Done():
+			for _, s := range servers {
+				t.Logf("%s: peers %v leader %v js %v", s.Name(), s.JetStreamClusterPeers(), s.JetStreamIsLeader(), s.JetStreamEnabled())
+			}
+			t.Fatal("cluster never formed")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// startCluster starts one cluster node without waiting for JetStream (which
+// needs the other nodes); only client readiness is awaited.
+func startCluster(t *testing.T, opts *server.Options) (*server.Server, func()) {
+	t.Helper()
+	opts.NoSigs = true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("%s not ready", opts.ServerName)
+	}
+	stop := func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	}
+	t.Cleanup(stop)
+	return s, stop
+}
+
+// TestClusterSurvivesLosingANode runs the refresher against a three-node
+// cluster with a bucket of three replicas, then shuts down the node that
+// leads the token stream. Tokens keep rotating on schedule, a refresh
+// request is served, and a subscriber sees every new token.
+func TestClusterSurvivesLosingANode(t *testing.T) {
+	ctx := testenv.Context(t, 120*time.Second)
+	servers, stops := cluster(t, ctx)
+	var urls []string
+	for _, s := range servers {
+		urls = append(urls, s.ClientURL())
+	}
+	all := strings.Join(urls, ",")
+	fake, wechatURL := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 3 * time.Second, Overlap: -1})
+	testenv.Refresher(t, testenv.Connect(t, all), publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: wechatURL, Replicas: 3})
+	sub := newSubscriber(t, ctx, testenv.Connect(t, all))
+
+	nc := testenv.Connect(t, all)
+	js, _ := jetstream.New(nc)
+	stream, err := js.Stream(ctx, "KV_"+kv.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Replicas != 3 {
+		t.Fatalf("token bucket has %d replicas, want 3", info.Config.Replicas)
+	}
+	victim := info.Cluster.Leader
+	for i, s := range servers {
+		if s.Name() == victim {
+			stops[i]()
+			t.Logf("shut down %s, the token stream's leader", victim)
+		}
+	}
+
+	// Scheduled rotations go on: the subscriber sees two new tokens.
+	seen := sub.Token().Revision
+	for range 2 {
+		tok := awaitNewer(t, ctx, sub, seen)
+		if ok, code := fake.Valid(tok.Value); !ok {
+			t.Fatalf("revision %d: WeChat rejects it with %d", tok.Revision, code)
+		}
+		seen = tok.Revision
+	}
+	// And a refresh request is served.
+	fake.Issue(appA)
+	fresh, err := sub.Refresh(ctx, seen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Value != fake.Current(appA) {
+		t.Error("refreshed token is not WeChat's current one")
+	}
+}
+
+// awaitNewer waits until sub holds a token newer than revision.
+func awaitNewer(t *testing.T, ctx context.Context, sub *subscriber.Subscriber, revision uint64) subscriber.Token {
+	t.Helper()
+	for {
+		if tok := sub.Token(); tok.Revision > revision {
+			return tok
+		}
+		select {
+		case <-sub.Updated():
+		case <-ctx.Done():
+			t.Fatalf("no token after revision %d", revision)
+		}
+	}
+}

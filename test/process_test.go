@@ -1,0 +1,198 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/test/testenv"
+)
+
+var binary struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// wxtokenBinary builds cmd/wxtoken once per test run.
+func wxtokenBinary(t *testing.T) string {
+	t.Helper()
+	binary.once.Do(func() {
+		binary.dir, binary.err = os.MkdirTemp("", "wxtoken-test-bin")
+		if binary.err != nil {
+			return
+		}
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		}
+		binary.path = filepath.Join(binary.dir, "wxtoken")
+		out, err := exec.Command(goTool, "build", "-o", binary.path, "../cmd/wxtoken").CombinedOutput()
+		if err != nil {
+			binary.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binary.err != nil {
+		t.Fatal(binary.err)
+	}
+	return binary.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binary.dir != "" {
+		os.RemoveAll(binary.dir)
+	}
+	os.Exit(code)
+}
+
+// process is a running `wxtoken` command.
+type process struct {
+	name   string
+	cmd    *exec.Cmd
+	output *notifyingBuffer
+	exited chan struct{}
+	err    error // set when exited closes
+}
+
+// startWxtoken runs the binary with args and env (added to a minimal one).
+func startWxtoken(t *testing.T, name string, env []string, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(wxtokenBinary(t), args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	cmd.Dir = t.TempDir()
+	p := &process{name: name, cmd: cmd, output: newNotifyingBuffer(), exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.output, p.output
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", name, p.output.String())
+		}
+	})
+	return p
+}
+
+// waitOutput waits until the process printed s.
+func (p *process) waitOutput(t *testing.T, ctx context.Context, s string) {
+	t.Helper()
+	if err := p.output.waitFor(ctx, s); err != nil {
+		t.Fatalf("%s never printed %q: %v\n%s", p.name, s, err, p.output.String())
+	}
+}
+
+// wait waits for the process to exit and returns its exit status.
+func (p *process) wait(t *testing.T, ctx context.Context) int {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-ctx.Done():
+		t.Fatalf("%s did not exit", p.name)
+	}
+	var exit *exec.ExitError
+	if errors.As(p.err, &exit) {
+		return exit.ExitCode()
+	}
+	return 0
+}
+
+// notifyingBuffer is a log buffer one can wait on.
+type notifyingBuffer struct {
+	syncBuffer
+	mu      sync.Mutex
+	written chan struct{}
+}
+
+func newNotifyingBuffer() *notifyingBuffer { return &notifyingBuffer{written: make(chan struct{})} }
+
+func (b *notifyingBuffer) Write(p []byte) (int, error) {
+	n, err := b.syncBuffer.Write(p)
+	b.mu.Lock()
+	close(b.written)
+	b.written = make(chan struct{})
+	b.mu.Unlock()
+	return n, err
+}
+
+func (b *notifyingBuffer) waitFor(ctx context.Context, s string) error {
+	for {
+		b.mu.Lock()
+		written := b.written
+		b.mu.Unlock()
+		if strings.Contains(b.String(), s) {
+			return nil
+		}
+		select {
+		case <-written:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// TestReplicaProcessesFailOver runs `wxtoken serve` replicas as processes.
+// A SIGKILLed leader (no chance to release its lease) is replaced once its
+// lease lapses; a SIGTERMed one exits cleanly and hands over at once.
+func TestReplicaProcessesFailOver(t *testing.T) {
+	ctx := testenv.Context(t, 90*time.Second)
+	srv := testenv.NATS(t)
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	fake.AddApp(appA, "secret-of-a")
+	const ttl = 2 * time.Second
+	env := []string{"NATS_URL=" + srv.ClientURL(), "WECHAT_BASE_URL=" + url, "WECHAT_APPID=" + appA,
+		"WECHAT_APPSECRET=secret-of-a", "WXTOKEN_LEASE_TTL=" + ttl.String(), "WXTOKEN_UPSTREAM_TIMEOUT=1s"}
+	nc := testenv.Connect(t, srv.ClientURL())
+
+	one := startWxtoken(t, "one", env, "serve", "--instance", "one")
+	one.waitOutput(t, ctx, "token rotated")
+	leases := leaseHolders(t, ctx, nc)
+	two := startWxtoken(t, "two", env, "serve", "--instance", "two")
+	two.waitOutput(t, ctx, "standing by")
+
+	one.cmd.Process.Signal(syscall.SIGKILL)
+	killed := time.Now()
+	awaitHolder(t, ctx, leases, "two")
+	takeover := time.Since(killed)
+	if reply := awaitEndpoint(t, ctx, nc, appA); reply.Error != nil || reply.Revision != 1 {
+		t.Errorf("after the takeover: %+v, want the first token", reply)
+	}
+	t.Logf("takeover %s after SIGKILL of the leader (lease TTL %s)", takeover.Round(time.Millisecond), ttl)
+	if takeover > 2*ttl {
+		t.Errorf("takeover took %s, more than twice the lease TTL", takeover)
+	}
+
+	three := startWxtoken(t, "three", env, "serve", "--instance", "three")
+	three.waitOutput(t, ctx, "standing by")
+	two.cmd.Process.Signal(syscall.SIGTERM)
+	stopped := time.Now()
+	awaitHolder(t, ctx, leases, "three")
+	handover := time.Since(stopped)
+	if code := two.wait(t, ctx); code != 0 {
+		t.Errorf("SIGTERM: exit status %d, want 0", code)
+	}
+	t.Logf("handover %s after SIGTERM of the leader", handover.Round(time.Millisecond))
+	if handover > ttl/2 {
+		t.Errorf("handover after SIGTERM took %s: the lease was not released", handover)
+	}
+	if got := fake.Calls(appA); got != 1 {
+		t.Errorf("%d upstream calls over two leader changes, want 1 (the token stayed valid)", got)
+	}
+}

@@ -1,0 +1,229 @@
+package test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+	"github.com/wxtoken/wxtoken/test/testenv"
+)
+
+// upstreamLog records which replica called WeChat when.
+type upstreamLog struct {
+	mu    sync.Mutex
+	calls []upstreamCall
+}
+
+type upstreamCall struct {
+	replica string
+	at      time.Time
+}
+
+// client returns an HTTP client that records replica's calls.
+func (l *upstreamLog) client(replica string) *http.Client {
+	return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.URL.Path == "/cgi-bin/token" {
+			l.mu.Lock()
+			l.calls = append(l.calls, upstreamCall{replica, time.Now()})
+			l.mu.Unlock()
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})}
+}
+
+func (l *upstreamLog) snapshot() []upstreamCall {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]upstreamCall(nil), l.calls...)
+}
+
+// countRotations runs n refreshers for one app with 2s tokens until the
+// bucket saw rotations new values, and returns the upstream calls made.
+func countRotations(t *testing.T, replicas, rotations int) int {
+	t.Helper()
+	ctx := testenv.Context(t, 60*time.Second)
+	srv := testenv.NATS(t)
+	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 2 * time.Second})
+	apps := testenv.Apps(fake, appA)
+	var running []*testenv.Running
+	for range replicas {
+		running = append(running, testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()),
+			publisher.Config{Apps: apps, UpstreamURL: url, LeaseTTL: 2 * time.Second, UpstreamTimeout: time.Second}))
+	}
+	nc := testenv.Connect(t, srv.ClientURL())
+	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
+	for range rotations {
+		testenv.Next(t, ctx, entries)
+		leaders := 0
+		for _, r := range running {
+			if r.Leading() {
+				leaders++
+			}
+		}
+		if leaders != 1 {
+			t.Errorf("%d replicas lead at once", leaders)
+		}
+	}
+	return fake.Calls(appA)
+}
+
+// TestReplicasCallWeChatAsOneDoes: three replicas on one NATS make exactly
+// the calls one replica makes, one per rotation.
+func TestReplicasCallWeChatAsOneDoes(t *testing.T) {
+	const rotations = 5
+	one := countRotations(t, 1, rotations)
+	three := countRotations(t, 3, rotations)
+	t.Logf("%d rotations: %d upstream calls with one replica, %d with three", rotations, one, three)
+	if one != rotations || three != rotations {
+		t.Errorf("upstream calls for %d rotations: %d with one replica, %d with three; want %d each", rotations, one, three, rotations)
+	}
+}
+
+// TestPartitionedLeaderStopsCallingWeChat cuts the leader off from NATS
+// while WeChat stays reachable. It must stop calling WeChat before its lease
+// could pass to the standby, so the two never call in the same period, and
+// the standby takes over and keeps the token fresh.
+func TestPartitionedLeaderStopsCallingWeChat(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	srv := testenv.NATS(t)
+	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 2 * time.Second})
+	apps := testenv.Apps(fake, appA)
+	const ttl = 2 * time.Second
+	var calls upstreamLog
+	proxy := testenv.NewProxy(t, srv.Addr().String())
+
+	leader := testenv.Refresher(t, testenv.Connect(t, proxy.URL()), publisher.Config{Apps: apps, UpstreamURL: url,
+		LeaseTTL: ttl, UpstreamTimeout: 500 * time.Millisecond, Instance: "a", HTTPClient: calls.client("a")})
+	nc := testenv.Connect(t, srv.ClientURL())
+	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
+	testenv.Next(t, ctx, entries) // a leads and wrote the first token
+	if !leader.Leading() {
+		t.Fatal("the first replica does not lead")
+	}
+	testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), publisher.Config{Apps: apps, UpstreamURL: url,
+		LeaseTTL: ttl, UpstreamTimeout: 500 * time.Millisecond, Instance: "b", HTTPClient: calls.client("b")})
+
+	proxy.Cut()
+	cut := time.Now()
+	// b takes over and writes tokens of its own.
+	for {
+		testenv.Next(t, ctx, entries)
+		if all := calls.snapshot(); all[len(all)-1].replica == "b" {
+			break
+		}
+	}
+	if leader.Leading() {
+		t.Error("the partitioned replica still believes it leads")
+	}
+	var lastA, firstB time.Time
+	for _, c := range calls.snapshot() {
+		switch {
+		case c.replica == "a":
+			lastA = c.at
+		case firstB.IsZero():
+			firstB = c.at
+		}
+	}
+	t.Logf("partition at 0s; a's last call at %s, b's first call at %s",
+		lastA.Sub(cut).Round(time.Millisecond), firstB.Sub(cut).Round(time.Millisecond))
+	if !lastA.Before(firstB) {
+		t.Errorf("a called WeChat at %s, after b's first call at %s", lastA, firstB)
+	}
+	if lastA.After(cut.Add(ttl)) {
+		t.Errorf("a called WeChat %s after it lost NATS, longer than the lease TTL %s", lastA.Sub(cut), ttl)
+	}
+}
+
+// TestCleanStopHandsOverAtOnce: a leader that stops cleanly releases the
+// lease, and the standby leads long before the lease would have lapsed.
+func TestCleanStopHandsOverAtOnce(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	srv := testenv.NATS(t)
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	apps := testenv.Apps(fake, appA)
+	const ttl = 10 * time.Second
+	cfg := publisher.Config{Apps: apps, UpstreamURL: url, LeaseTTL: ttl}
+	first := testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), cfg)
+	nc := testenv.Connect(t, srv.ClientURL())
+	awaitEndpoint(t, ctx, nc, appA)
+	cfg.Instance = "second"
+	testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), cfg)
+	leases := leaseHolders(t, ctx, nc)
+
+	stopped := time.Now()
+	if err := first.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	awaitHolder(t, ctx, leases, "second")
+	took := time.Since(stopped)
+	t.Logf("standby leads %s after the leader stopped (lease TTL %s)", took.Round(time.Millisecond), ttl)
+	if took >= ttl/2 {
+		t.Errorf("handover took %s: the lease was not released", took)
+	}
+	if reply := awaitEndpoint(t, ctx, nc, appA); reply.Error != nil {
+		t.Errorf("new leader answers %+v", reply)
+	}
+	if got := fake.Calls(appA); got != 1 {
+		t.Errorf("%d upstream calls, want 1: the new leader reuses the token", got)
+	}
+}
+
+// leaseHolders follows the lease key and sends each holder's instance name.
+func leaseHolders(t *testing.T, ctx context.Context, nc *nats.Conn) <-chan string {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := js.KeyValue(ctx, publisher.LeaseBucket(kv.DefaultBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holders := make(chan string, 64)
+	fctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		(&kv.Follower{Bucket: b, Key: "leader", OnEntry: func(e jetstream.KeyValueEntry) {
+			if e.Operation() != jetstream.KeyValuePut {
+				return
+			}
+			var h publisher.LeaseHolder
+			if json.Unmarshal(e.Value(), &h) == nil {
+				select {
+				case holders <- h.Instance:
+				default: // renewals nobody reads
+				}
+			}
+		}}).Run(fctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return holders
+}
+
+// awaitHolder waits until the lease names instance.
+func awaitHolder(t *testing.T, ctx context.Context, holders <-chan string, instance string) {
+	t.Helper()
+	for {
+		select {
+		case h := <-holders:
+			if h == instance {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s never held the lease", instance)
+		}
+	}
+}
