@@ -163,7 +163,9 @@ func (f *serveFlags) connect(log *slog.Logger) (*nats.Conn, func(), error) {
 		nats.MaxReconnects(-1), // a refresher never gives up on its NATS
 		nats.ReconnectWait(time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			log.Warn("NATS disconnected", "error", err)
+			if err != nil { // nil: our own Close at shutdown
+				log.Warn("NATS disconnected", "error", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
