@@ -119,6 +119,7 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 	f := &kv.Follower{
 		Bucket:  bucket,
 		Key:     s.appid,
+		Conn:    s.nc,
 		OnEntry: s.apply,
 		OnError: func(err error) {
 			s.opts.logger.Warn("token watch interrupted, resuming", "appid", s.appid, "error", err)
