@@ -35,6 +35,10 @@ type Record struct {
 	ExpiresIn   int64     `json:"expires_in"` // seconds, as WeChat returned it
 	FetchedAt   time.Time `json:"fetched_at"`
 	ExpiresAt   time.Time `json:"expires_at"`
+	// Reason is why the token was fetched: ReasonInitial, ReasonScheduled
+	// or ReasonRequested. Optional: records written by other tools may
+	// lack it.
+	Reason string `json:"reason,omitempty"`
 }
 
 // NewRecord builds the record for a token fetched at fetchedAt that WeChat

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/robfig/cron/v3"
 
 	"github.com/wxtoken/wxtoken/kv"
@@ -63,6 +64,9 @@ type Config struct {
 	// second, so ten thousand apps do not all call in the same second.
 	UpstreamRate float64
 	HTTPClient   *http.Client
+
+	// Registerer, if set, receives the refresher's Prometheus metrics.
+	Registerer prometheus.Registerer
 
 	// Instance names this replica in the lease and in logs; hostname and pid
 	// by default.

@@ -52,12 +52,14 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 		defer func() {
 			if p := recover(); p != nil {
 				r.logPanic(p)
+				r.metrics.request(outcomeError)
 				respond(req, errorReply(kv.CodeUnavailable, "internal error (logged)"))
 			}
 		}()
 		appid := strings.TrimPrefix(req.Subject(), prefix)
-		a, f, reply := r.admit(t, appid, req.Data())
+		a, f, started, reply, outcome := r.admit(t, appid, req.Data())
 		if f == nil {
+			r.metrics.request(outcome)
 			respond(req, reply)
 			return
 		}
@@ -68,15 +70,19 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 		// so that goroutine publishes the answer to the reply subject.
 		if pending.Add(1) > maxPendingRequests {
 			pending.Add(-1)
+			r.metrics.request(outcomeError)
 			respond(req, errorReply(kv.CodeUnavailable, "too many refresh requests in progress"))
 			return
 		}
 		replyTo := req.Reply()
 		if !t.spawn(func() {
 			defer pending.Add(-1)
-			r.publishReply(replyTo, r.await(t, a, f))
+			reply, outcome := r.await(t, a, f, started)
+			r.metrics.request(outcome)
+			r.publishReply(replyTo, reply)
 		}) {
 			pending.Add(-1)
+			r.metrics.request(outcomeError)
 			respond(req, errorReply(kv.CodeUnavailable, "the refresher is stepping down"))
 		}
 	}
@@ -91,16 +97,16 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 }
 
 // admit decides a refresh request as the contract says. Either it answers
-// at once (f is nil), or the answer is the outcome of the rotation f, which
-// it started or joined.
-func (r *Refresher) admit(t *term, appid string, data []byte) (a *appState, f *flight, reply kv.RefreshReply) {
+// at once (f is nil; outcome is the metrics label), or the answer is the
+// outcome of the rotation f, which it started or joined (started says which).
+func (r *Refresher) admit(t *term, appid string, data []byte) (a *appState, f *flight, started bool, reply kv.RefreshReply, outcome string) {
 	a = r.apps[appid]
 	if a == nil {
-		return nil, nil, errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid))
+		return nil, nil, false, errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid)), outcomeError
 	}
 	req, err := kv.DecodeRefreshRequest(data)
 	if err != nil {
-		return nil, nil, errorReply(kv.CodeBadRequest, err.Error())
+		return nil, nil, false, errorReply(kv.CodeBadRequest, err.Error()), outcomeError
 	}
 	now := r.cfg.Now()
 	a.mu.Lock()
@@ -108,47 +114,53 @@ func (r *Refresher) admit(t *term, appid string, data []byte) (a *appState, f *f
 	cur, valid := a.rev, a.validRecord(now)
 	switch stale := req.StaleRevision; {
 	case stale != nil && *stale > cur:
-		return nil, nil, errorReply(kv.CodeBadRequest, fmt.Sprintf("stale_revision %d is newer than the current revision %d", *stale, cur))
+		return nil, nil, false, errorReply(kv.CodeBadRequest, fmt.Sprintf("stale_revision %d is newer than the current revision %d", *stale, cur)), outcomeError
 	case valid == nil:
 		// No valid token at all: fetch one, whatever the request named.
-		f = r.startOrJoin(t, a, modeScheduled, kv.ReasonRequested)
-	case stale == nil || *stale < cur:
-		return nil, nil, currentReply(a.id, cur, valid, false)
+		f, started = r.startOrJoin(t, a, modeScheduled, kv.ReasonRequested)
+	case stale == nil:
+		return nil, nil, false, currentReply(a.id, cur, valid, false), outcomeCurrent
+	case *stale < cur:
+		return nil, nil, false, currentReply(a.id, cur, valid, false), outcomeDeduped
 	case a.flight != nil:
 		f = a.flight
 	case !a.lastForced.IsZero() && now.Sub(a.lastForced) < r.cfg.MinForceInterval:
 		reply = currentReply(a.id, cur, valid, false)
 		reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: fmt.Sprintf(
 			"a forced refresh of %s ran %s ago; at most one per %s", a.id, now.Sub(a.lastForced).Round(time.Second), r.cfg.MinForceInterval)}
-		return nil, nil, reply
+		return nil, nil, false, reply, outcomeRateLimited
 	default:
 		a.lastForced = now
-		f = r.startOrJoin(t, a, modeForced, kv.ReasonRequested)
+		f, started = r.startOrJoin(t, a, modeForced, kv.ReasonRequested)
 		r.log.Info("refresh requested", "appid", a.id, "stale_revision", *stale, "reason", req.Reason)
 	}
 	if f == nil {
-		return nil, nil, errorReply(kv.CodeUnavailable, "the refresher is stepping down")
+		return nil, nil, false, errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError
 	}
-	return a, f, kv.RefreshReply{}
+	return a, f, started, kv.RefreshReply{}, ""
 }
 
 // await waits for the rotation f and answers with its outcome.
-func (r *Refresher) await(t *term, a *appState, f *flight) kv.RefreshReply {
+func (r *Refresher) await(t *term, a *appState, f *flight, started bool) (kv.RefreshReply, string) {
 	select {
 	case <-f.done:
 	case <-t.ctx.Done():
-		return errorReply(kv.CodeUnavailable, "the refresher is stepping down")
+		return errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError
 	}
 	out := f.out
 	switch {
 	case errors.Is(out.err, errEnding):
-		return errorReply(kv.CodeUnavailable, "the refresher is stepping down")
+		return errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError
 	case out.err != nil:
 		reply := currentReply(a.id, out.rev, out.rec, false)
 		reply.Error = &kv.ReplyError{Code: kv.CodeUpstream, Message: out.err.Error()}
-		return reply
+		return reply, outcomeError
+	case !started:
+		return currentReply(a.id, out.rev, out.rec, out.refreshed), outcomeDeduped
+	case out.refreshed:
+		return currentReply(a.id, out.rev, out.rec, true), outcomeRefreshed
 	}
-	return currentReply(a.id, out.rev, out.rec, out.refreshed)
+	return currentReply(a.id, out.rev, out.rec, false), outcomeStillValid
 }
 
 // publishReply answers a request whose micro.Request can no longer be used,

@@ -42,7 +42,12 @@ type Refresher struct {
 	apps    map[string]*appState
 	order   []*appState // apps in configuration order
 	scrub   secretScrubber
-	leading atomic.Bool
+	metrics *metrics
+
+	term        atomic.Pointer[term] // the leadership term under way, if any
+	leading     atomic.Bool
+	synced      atomic.Bool // the token bucket has been read
+	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
 
 // New checks cfg and returns a refresher that uses nc. Run starts it.
@@ -77,6 +82,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		r.order = append(r.order, a)
 		r.scrub = append(r.scrub, app.Secret.Reveal())
 	}
+	r.metrics = newMetrics(cfg.Registerer, r)
 	return r, nil
 }
 
@@ -141,19 +147,19 @@ type outcome struct {
 	err       error
 }
 
-// startOrJoin returns the app's rotation under way, or starts one. Callers
-// hold a.mu. It returns nil when the term is ending.
-func (r *Refresher) startOrJoin(t *term, a *appState, m mode, reason string) *flight {
+// startOrJoin returns the app's rotation under way, or starts one; started
+// says which. Callers hold a.mu. It returns nil when the term is ending.
+func (r *Refresher) startOrJoin(t *term, a *appState, m mode, reason string) (f *flight, started bool) {
 	if a.flight != nil {
-		return a.flight
+		return a.flight, false
 	}
-	f := &flight{done: make(chan struct{})}
+	f = &flight{done: make(chan struct{})}
 	base := outcome{rev: a.rev, rec: a.rec}
 	if !t.spawn(func() { r.fly(t, a, f, m, reason, base) }) {
-		return nil
+		return nil, false
 	}
 	a.flight = f
-	return f
+	return f, true
 }
 
 func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, base outcome) {
@@ -193,7 +199,9 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		// One confused service must not invalidate everyone's token: ask
 		// WeChat first. If the check itself fails, the rejection the
 		// service saw is the better evidence, so rotate.
+		checkStart := time.Now()
 		valid, err := r.upstream.CheckToken(t.ctx, base.rec.AccessToken)
+		r.metrics.upstreamCall(a.id, "check", checkResult(valid, err), time.Since(checkStart))
 		switch {
 		case err == nil && valid:
 			r.log.Info("refresh request: WeChat says the token still works, not rotating",
@@ -208,18 +216,22 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		return base
 	}
 	start := r.cfg.Now()
+	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	fetched, err := r.upstream.FetchToken(t.work, a.id, a.secret)
-	latency := r.cfg.Now().Sub(start)
+	latency := time.Since(clock)
 	if err != nil {
 		if t.work.Err() != nil {
 			base.err = errEnding
 			return base
 		}
+		r.metrics.upstreamCall(a.id, "token", string(classOf(err)), latency)
 		r.failed(a, err)
 		base.err = err
 		return base
 	}
+	r.metrics.upstreamCall(a.id, "token", "ok", latency)
 	rec := kv.NewRecord(a.id, fetched.AccessToken, fetched.ExpiresIn, start)
+	rec.Reason = reason
 	rev, stored, ours, err := r.store(t, a.id, rec, base.rev)
 	if err != nil {
 		r.log.Error("token fetched but not stored", "appid", a.id, "error", err)
@@ -235,6 +247,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		return outcome{rev: rev, rec: &stored}
 	}
 	r.announce(a.id, rev, rec, reason)
+	r.metrics.rotated.WithLabelValues(a.id, reason).Inc()
 	r.log.Info("token rotated", "appid", a.id, "revision", rev, "reason", reason,
 		"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
 	return outcome{rev: rev, rec: &rec, refreshed: true}
@@ -295,11 +308,9 @@ func (r *Refresher) announce(appid string, rev uint64, rec kv.Record, reason str
 
 // failed records a failed fetch and decides when the next may happen.
 func (r *Refresher) failed(a *appState, err error) {
-	class := ClassRetry
+	class := classOf(err)
 	var ue *UpstreamError
-	if errors.As(err, &ue) {
-		class = ue.Class
-	}
+	errors.As(err, &ue)
 	now := r.cfg.Now()
 	a.mu.Lock()
 	a.failures++
@@ -361,7 +372,7 @@ func (r *Refresher) setRecord(a *appState, rev uint64, rec *kv.Record) {
 
 // observe takes in an entry of the token bucket: the refresher's own writes
 // coming back, and anything anyone else wrote.
-func (r *Refresher) observe(t *term, e jetstream.KeyValueEntry) {
+func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.logPanic(p)
@@ -387,11 +398,33 @@ func (r *Refresher) observe(t *term, e jetstream.KeyValueEntry) {
 	}
 	r.setRecord(a, e.Revision(), rec)
 	a.mu.Unlock()
-	r.plan(t, a)
+	if t := r.term.Load(); t != nil {
+		r.plan(t, a)
+	}
 }
 
-// Leading reports whether this replica currently leads.
+// Leading reports whether this replica currently leads: whether it may
+// call WeChat.
 func (r *Refresher) Leading() bool { return r.leading.Load() }
+
+func (r *Refresher) setLeading(leading bool) {
+	r.leading.Store(leading)
+	r.metrics.setLeading(leading)
+}
+
+// Ready says why the refresher cannot do its part yet, or nil: it is
+// connected to NATS, has read the token bucket, and leads or stands by.
+func (r *Refresher) Ready() error {
+	switch {
+	case r.nc.Status() != nats.CONNECTED:
+		return fmt.Errorf("publisher: NATS connection is %s", r.nc.Status())
+	case !r.synced.Load():
+		return errors.New("publisher: the token bucket has not been read yet")
+	case !r.campaigning.Load():
+		return errors.New("publisher: not running")
+	}
+	return nil
+}
 
 // secretScrubber removes every AppSecret from a text. It guards the one
 // thing no type can keep a secret out of: the text of a panic.
@@ -410,4 +443,24 @@ func (s secretScrubber) scrub(text string) string {
 func (r *Refresher) logPanic(p any) {
 	r.log.Error("recovered from a panic", "panic", r.scrub.scrub(fmt.Sprint(p)),
 		"stack", r.scrub.scrub(string(debug.Stack())))
+}
+
+// classOf is the class of a failed fetch; failures that are not WeChat's
+// answers (a panic, say) are transient.
+func classOf(err error) Class {
+	var ue *UpstreamError
+	if errors.As(err, &ue) {
+		return ue.Class
+	}
+	return ClassRetry
+}
+
+func checkResult(valid bool, err error) string {
+	switch {
+	case err != nil:
+		return "error"
+	case valid:
+		return "valid"
+	}
+	return "invalid"
 }

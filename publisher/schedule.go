@@ -62,7 +62,7 @@ func (r *Refresher) rotateIfDue(t *term, a *appState) {
 	if a.rec == nil {
 		reason = kv.ReasonInitial
 	}
-	f := r.startOrJoin(t, a, modeScheduled, reason)
+	f, _ := r.startOrJoin(t, a, modeScheduled, reason)
 	a.mu.Unlock()
 	if f == nil {
 		return

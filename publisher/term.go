@@ -76,43 +76,15 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-
 		case <-lost:
 			// From here on this replica may not call WeChat: whatever
 			// is under way is cut short now, before cleaning up.
-			r.leading.Store(false)
+			r.setLeading(false)
 			endWork()
 			endTerm()
 		case <-tctx.Done():
 		}
 	}()
 	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic}
-	for _, a := range r.order {
-		a.mu.Lock()
-		a.rev, a.rec = 0, nil // what the bucket holds is read afresh each term
-		a.mu.Unlock()
-	}
-
-	synced := make(chan struct{})
-	var syncOnce sync.Once
-	follower := &kv.Follower{
-		Bucket:   bucket,
-		Key:      ">",
-		Conn:     r.nc,
-		OnEntry:  func(e jetstream.KeyValueEntry) { r.observe(t, e) },
-		OnSynced: func() { syncOnce.Do(func() { close(synced) }) },
-		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
-	}
-	followed := make(chan struct{})
-	go func() {
-		defer close(followed)
-		follower.Run(tctx)
-	}()
-	defer func() {
-		endTerm()
-		<-followed
-	}()
-	select {
-	case <-synced:
-	case <-tctx.Done():
-		return nil
-	}
+	r.term.Store(t)
+	defer r.term.Store(nil)
 
 	svc, err := r.serve(t)
 	if err != nil {
@@ -137,10 +109,12 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-
 	return nil
 }
 
-// Run runs the refresher until ctx ends. It opens the buckets, then
-// campaigns for the lease: as leader it refreshes and serves refresh
-// requests, as standby it waits to take over. It returns nil after a clean
-// stop, which releases the lease so that a standby takes over at once.
+// Run runs the refresher until ctx ends. It opens the buckets and follows
+// the token bucket for its whole life (standbys too, so that their metrics
+// are live and a takeover starts from a complete view), then campaigns for
+// the lease: as leader it refreshes and serves refresh requests, as standby
+// it waits to take over. It returns nil after a clean stop, which releases
+// the lease so that a standby takes over at once.
 func (r *Refresher) Run(ctx context.Context) error {
 	bucket, err := kv.Open(ctx, r.js, kv.BucketConfig{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History})
 	if err != nil {
@@ -150,15 +124,48 @@ func (r *Refresher) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	followCtx, stopFollowing := context.WithCancel(ctx)
+	followed := make(chan struct{})
+	defer func() {
+		stopFollowing()
+		<-followed
+	}()
+	synced := make(chan struct{})
+	var syncOnce sync.Once
+	follower := &kv.Follower{
+		Bucket:  bucket,
+		Key:     ">",
+		Conn:    r.nc,
+		OnEntry: r.observe,
+		OnSynced: func() {
+			syncOnce.Do(func() {
+				r.synced.Store(true)
+				close(synced)
+			})
+		},
+		OnError: func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
+	}
+	go func() {
+		defer close(followed)
+		follower.Run(followCtx)
+	}()
+	select {
+	case <-synced:
+	case <-ctx.Done():
+		return nil
+	}
+
+	r.campaigning.Store(true)
+	defer r.campaigning.Store(false)
 	for {
 		held, err := l.acquire(ctx)
 		if err != nil {
 			return nil // ctx ended
 		}
-		r.leading.Store(true)
+		r.setLeading(true)
 		r.log.Info("became leader", "instance", r.cfg.Instance)
 		err = r.lead(ctx, bucket, held.lost)
-		r.leading.Store(false)
+		r.setLeading(false)
 		held.release()
 		if err != nil || ctx.Err() != nil {
 			return err

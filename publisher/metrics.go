@@ -1,0 +1,105 @@
+package publisher
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the refresher's Prometheus metrics. They are registered with
+// Config.Registerer when one is given; otherwise they count unseen.
+type metrics struct {
+	upstream *prometheus.CounterVec   // appid, api, result
+	latency  *prometheus.HistogramVec // api
+	rotated  *prometheus.CounterVec   // appid, reason
+	requests *prometheus.CounterVec   // outcome
+	leader   prometheus.Gauge
+}
+
+// Refresh request outcomes, the values of wxtoken_refresh_requests_total's
+// outcome label.
+const (
+	outcomeRefreshed   = "refreshed"    // this request's forced refresh rotated the token
+	outcomeDeduped     = "deduped"      // answered by a rotation someone else caused
+	outcomeStillValid  = "still_valid"  // WeChat said the token works: not rotated
+	outcomeRateLimited = "rate_limited" // a forced refresh ran too recently
+	outcomeCurrent     = "current"      // no stale revision: the current token's metadata
+	outcomeError       = "error"        // bad request, unknown app, upstream failure, unavailable
+)
+
+func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
+	m := &metrics{
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxtoken_upstream_requests_total",
+			Help: "Calls to WeChat by app, API (token: a fetch, check: getcallbackip) and result (ok, retry, config, quota; valid, invalid, error).",
+		}, []string{"appid", "api", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "wxtoken_upstream_request_duration_seconds",
+			Help:    "Duration of calls to WeChat, failed ones included, by API.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"api"}),
+		rotated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxtoken_rotations_total",
+			Help: "Tokens written by this replica, by app and reason (initial, scheduled, requested).",
+		}, []string{"appid", "reason"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxtoken_refresh_requests_total",
+			Help: "Refresh requests by outcome (refreshed, deduped, still_valid, rate_limited, current, error).",
+		}, []string{"outcome"}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wxtoken_leader",
+			Help: "1 while this replica leads (may call WeChat), 0 while it stands by.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, tokenCollector{r})
+	}
+	return m
+}
+
+func (m *metrics) upstreamCall(appid, api, result string, took time.Duration) {
+	m.upstream.WithLabelValues(appid, api, result).Inc()
+	m.latency.WithLabelValues(api).Observe(took.Seconds())
+}
+
+func (m *metrics) request(outcome string) { m.requests.WithLabelValues(outcome).Inc() }
+
+func (m *metrics) setLeading(leading bool) {
+	if leading {
+		m.leader.Set(1)
+	} else {
+		m.leader.Set(0)
+	}
+}
+
+// tokenCollector reports, at scrape time, what the bucket holds for each
+// app: every replica follows the bucket, so standbys report it too.
+type tokenCollector struct{ r *Refresher }
+
+var (
+	expiresInDesc = prometheus.NewDesc("wxtoken_token_expires_in_seconds",
+		"Seconds until the app's token in the bucket expires (negative once expired); absent while there is no valid record.",
+		[]string{"appid"}, nil)
+	fetchedDesc = prometheus.NewDesc("wxtoken_token_fetched_timestamp_seconds",
+		"When the app's token in the bucket was fetched from WeChat (Unix time): the last successful refresh.",
+		[]string{"appid"}, nil)
+)
+
+func (c tokenCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- expiresInDesc
+	ch <- fetchedDesc
+}
+
+func (c tokenCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.r.cfg.Now()
+	for _, a := range c.r.order {
+		a.mu.Lock()
+		rec := a.rec
+		a.mu.Unlock()
+		if rec == nil {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, rec.ExpiresAt.Sub(now).Seconds(), a.id)
+		ch <- prometheus.MustNewConstMetric(fetchedDesc, prometheus.GaugeValue, float64(rec.FetchedAt.Unix()), a.id)
+	}
+}
