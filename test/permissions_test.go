@@ -1,0 +1,244 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+	"github.com/wxtoken/wxtoken/subscriber"
+	"github.com/wxtoken/wxtoken/test/testenv"
+)
+
+// shopApp is the app of the one-app example in nats.conf.
+const shopApp = "wx1234567890abcdef"
+
+var passwords = map[string]string{"refresher": "pw-refresher", "service": "pw-service", "admin": "pw-admin", "shop": "pw-shop"}
+
+// rolesServer starts a server with the repository's nats.conf, its one-app
+// example switched on (the "#>" lines), on a free loopback port.
+func rolesServer(t *testing.T) *server.Server {
+	t.Helper()
+	for user, pw := range passwords {
+		t.Setenv("WXTOKEN_"+strings.ToUpper(user)+"_PASSWORD", pw)
+	}
+	conf, err := os.ReadFile("../nats.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, line := range strings.Split(string(conf), "\n") {
+		if trimmed := strings.TrimLeft(line, " "); strings.HasPrefix(trimmed, "#>") {
+			line = strings.Repeat(" ", len(line)-len(trimmed)) + strings.TrimPrefix(trimmed, "#>")
+		}
+		lines = append(lines, line)
+	}
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := embedded.FromConfigFile(path, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only where it listens changes: the permissions are the file's.
+	opts.Host, opts.Port, opts.HTTPPort, opts.StoreDir = "127.0.0.1", -1, 0, t.TempDir()
+	return testenv.StartNATS(t, opts)
+}
+
+// user is a connection as one of nats.conf's users, with its permission
+// errors collected.
+type user struct {
+	nc         *nats.Conn
+	violations chan error
+}
+
+func connectAs(t *testing.T, srv *server.Server, name string) user {
+	t.Helper()
+	violations := make(chan error, 64)
+	nc := testenv.Connect(t, srv.ClientURL(), nats.UserInfo(name, passwords[name]), nats.CustomInboxPrefix("_INBOX_"+name),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				violations <- err
+			}
+		}))
+	return user{nc: nc, violations: violations}
+}
+
+// denied waits for the server to refuse an action on subject.
+func (u user) denied(t *testing.T, ctx context.Context, subject string) {
+	t.Helper()
+	for {
+		select {
+		case err := <-u.violations:
+			if strings.Contains(err.Error(), subject) {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("no permission violation for %q", subject)
+		}
+	}
+}
+
+func TestNATSConfRoles(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	srv := rolesServer(t)
+	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
+	refresher := connectAs(t, srv, "refresher")
+	testenv.Refresher(t, refresher.nc, publisher.Config{Apps: testenv.Apps(fake, appA, shopApp), UpstreamURL: url})
+	service, admin, shop := connectAs(t, srv, "service"), connectAs(t, srv, "admin"), connectAs(t, srv, "shop")
+	short := func() context.Context { return testenv.Context(t, time.Second) }
+	jsOf := func(u user) jetstream.JetStream {
+		js, err := jetstream.New(u.nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return js
+	}
+
+	// The refresher did its part: the service's subscriber has a token and
+	// gets a refreshed one. That covers bucket creation, writes, the lease,
+	// rotation events and the refresh endpoint's answers to another user.
+	rotated, err := service.nc.SubscribeSync(kv.Subjects{}.Rotated(appA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := subscriber.New(ctx, service.nc, appA)
+	if err != nil {
+		t.Fatalf("service cannot follow a token: %v", err)
+	}
+	defer sub.Close()
+	fake.Issue(appA)
+	before := sub.Token()
+	fresh, err := sub.Refresh(ctx, before.Revision)
+	if err != nil || fresh.Revision <= before.Revision {
+		t.Fatalf("service cannot refresh: %v", err)
+	}
+	if _, err := rotated.NextMsgWithContext(ctx); err != nil {
+		t.Errorf("service does not see rotation events: %v", err)
+	}
+	serviceBucket, err := kv.Bind(ctx, jsOf(service), "")
+	if err != nil {
+		t.Fatalf("service cannot bind the bucket: %v", err)
+	}
+	if _, err := serviceBucket.Get(ctx, appA); err != nil {
+		t.Errorf("service cannot get a token: %v", err)
+	}
+
+	t.Run("service may not write a token", func(t *testing.T) {
+		if _, err := serviceBucket.Put(short(), appA, []byte(`{"appid":"forged"}`)); err == nil {
+			t.Fatal("service's Put succeeded")
+		}
+		service.denied(t, ctx, "$KV.wechat_tokens."+appA)
+		adminBucket, _ := kv.Bind(ctx, jsOf(admin), "")
+		e, err := adminBucket.Get(ctx, appA)
+		if err != nil || e.Revision() != fresh.Revision || testenv.Record(t, e).AccessToken != fresh.Value {
+			t.Errorf("the token changed after the refused Put: %v", err)
+		}
+	})
+	t.Run("service may not announce", func(t *testing.T) {
+		for _, subject := range []string{kv.Subjects{}.Rotated(appA), kv.Subjects{}.Failed(appA)} {
+			service.nc.Publish(subject, []byte(`{"appid":"forged"}`))
+			service.nc.Flush()
+			service.denied(t, ctx, subject)
+		}
+	})
+	t.Run("service may not manage streams", func(t *testing.T) {
+		if _, err := jsOf(service).CreateKeyValue(short(), jetstream.KeyValueConfig{Bucket: "stolen"}); err == nil {
+			t.Error("service created a bucket")
+		}
+		if err := jsOf(service).DeleteKeyValue(short(), kv.DefaultBucket); err == nil {
+			t.Error("service deleted the token bucket")
+		}
+		service.denied(t, ctx, "$JS.API.STREAM.DELETE.KV_wechat_tokens")
+	})
+	t.Run("service may not serve refreshes or read others' replies", func(t *testing.T) {
+		for _, subject := range []string{"wechat.token.refresh.>", "_INBOX_refresher.>", "_INBOX_admin.>"} {
+			if _, err := service.nc.SubscribeSync(subject); err != nil {
+				t.Fatal(err)
+			}
+			service.nc.Flush()
+			service.denied(t, ctx, subject)
+		}
+	})
+	t.Run("refresher may not read services' replies", func(t *testing.T) {
+		if _, err := refresher.nc.SubscribeSync("_INBOX_service.>"); err != nil {
+			t.Fatal(err)
+		}
+		refresher.nc.Flush()
+		refresher.denied(t, ctx, "_INBOX_service.>")
+	})
+	t.Run("admin may do anything", func(t *testing.T) {
+		b, err := kv.Bind(ctx, jsOf(admin), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Put(ctx, "wx-admin-scratch", []byte("x")); err != nil {
+			t.Errorf("admin's Put: %v", err)
+		}
+		if _, err := jsOf(admin).CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "admin_scratch"}); err != nil {
+			t.Errorf("admin cannot create a bucket: %v", err)
+		}
+	})
+	t.Run("a one-app service reads its app and no other", func(t *testing.T) {
+		mine, err := subscriber.New(ctx, shop.nc, shopApp)
+		if err != nil {
+			t.Fatalf("shop cannot follow its own app: %v", err)
+		}
+		mine.Close()
+		if _, err := subscriber.New(short(), shop.nc, appA); err == nil {
+			t.Error("shop followed another app's token")
+		}
+		shop.denied(t, ctx, "$KV.wechat_tokens."+appA)
+		shop.nc.Publish(kv.Subjects{}.Refresh(appA), nil)
+		shop.nc.Flush()
+		shop.denied(t, ctx, kv.Subjects{}.Refresh(appA))
+	})
+	t.Run("the CLI says permission denied in one line", func(t *testing.T) {
+		env := []string{"NATS_URL=" + srv.ClientURL(), "NATS_USER=shop", "NATS_PASSWORD=" + passwords["shop"]}
+		start := time.Now()
+		_, errOut, code := runWxtoken(t, env, "get", appA)
+		if code != 1 || !strings.HasPrefix(errOut, "wxtoken get: permission denied") || strings.Count(errOut, "\n") != 1 {
+			t.Errorf("exit %d, stderr %q", code, errOut)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("took %s: the refusal was not noticed, the request timed out", took)
+		}
+		out, _, code := runWxtoken(t, env, "get", shopApp)
+		if code != 0 || strings.TrimSpace(out) != fake.Current(shopApp) {
+			t.Errorf("shop's own app: exit %d", code)
+		}
+		env[1], env[2] = "NATS_USER=service", "NATS_PASSWORD="+passwords["service"]
+		out, errOut, code = runWxtoken(t, env, "status")
+		if code != 0 || !strings.Contains(out, "unknown") || errOut != "" {
+			t.Errorf("status as service (who may not read the lease): exit %d, stderr %q:\n%s", code, errOut, out)
+		}
+		env[2] = "NATS_PASSWORD=wrong"
+		if _, errOut, code = runWxtoken(t, env, "status"); code != 1 || !strings.Contains(errOut, "Authorization Violation") {
+			t.Errorf("wrong password: exit %d, stderr %q", code, errOut)
+		}
+	})
+	t.Run("wrong or missing password", func(t *testing.T) {
+		for _, opt := range []nats.Option{nats.UserInfo("service", "wrong"), nats.UserInfo("nobody", "x"), nats.Name("anonymous")} {
+			nc, err := nats.Connect(srv.ClientURL(), opt)
+			if err == nil {
+				nc.Close()
+				t.Fatal("connected")
+			}
+			if !errors.Is(err, nats.ErrAuthorization) {
+				t.Errorf("error %v, want an authorization violation", err)
+			}
+		}
+	})
+}
