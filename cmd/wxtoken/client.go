@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
 )
 
 // clientTimeout bounds a client command's NATS calls.
@@ -35,7 +36,11 @@ func get(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
 	defer cancel()
-	rec, _, err := readToken(ctx, nc, n.bucket, appid)
+	var rec kv.Record
+	err = nc.do(ctx, func(ctx context.Context) (err error) {
+		rec, _, err = readToken(ctx, nc.Conn, n.bucket, appid)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -103,7 +108,7 @@ func oneAppID(c *command, args []string, getenv func(string) string, stdout io.W
 	return rest[0], nil
 }
 
-func watch(args []string, getenv func(string) string, stdout, _ io.Writer) error {
+func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var n natsFlags
 	var asJSON bool
 	c := newCommand("watch", "[APPID]", "Print rotations and failures as they happen, one line each, until interrupted.\nWith no APPID, every app's.",
@@ -143,6 +148,12 @@ func watch(args []string, getenv func(string) string, stdout, _ io.Writer) error
 	if err := nc.LastError(); err != nil {
 		return describeNATSError(err)
 	}
+	select {
+	case err := <-nc.denied:
+		return fmt.Errorf("permission denied: %w", err)
+	default:
+	}
+	fmt.Fprintf(stderr, "watching %s and %s (Ctrl-C to stop)\n", subjects.Rotated(appid), subjects.Failed(appid))
 	ctx, stop := signalContext()
 	defer stop()
 	for {
@@ -207,19 +218,24 @@ refresher check it with WeChat and rotate it if WeChat no longer accepts it
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*clientTimeout)
 	defer cancel()
-	var req kv.RefreshRequest
-	if force {
-		_, rev, err := readToken(ctx, nc, n.bucket, appid)
-		if err != nil {
-			return err
+	var msg *nats.Msg
+	err = nc.do(ctx, func(ctx context.Context) error {
+		var req kv.RefreshRequest
+		if force {
+			_, rev, err := readToken(ctx, nc.Conn, n.bucket, appid)
+			if err != nil {
+				return err
+			}
+			stale = int64(rev)
 		}
-		stale = int64(rev)
-	}
-	if stale >= 0 {
-		rev := uint64(stale)
-		req = kv.RefreshRequest{StaleRevision: &rev, Reason: "wxtoken refresh"}
-	}
-	msg, err := nc.RequestWithContext(ctx, kv.Subjects{Prefix: n.prefix}.Refresh(appid), kv.EncodeRefreshRequest(req))
+		if stale >= 0 {
+			rev := uint64(stale)
+			req = kv.RefreshRequest{StaleRevision: &rev, Reason: "wxtoken refresh"}
+		}
+		var err error
+		msg, err = nc.RequestWithContext(ctx, kv.Subjects{Prefix: n.prefix}.Refresh(appid), kv.EncodeRefreshRequest(req))
+		return err
+	})
 	if errors.Is(err, nats.ErrNoResponders) {
 		return errors.New("no refresher answers (is `wxtoken serve` running against this NATS?)")
 	}
@@ -251,13 +267,15 @@ type tokenStatus struct {
 	Revision  uint64    `json:"revision"`
 	FetchedAt time.Time `json:"fetched_at,omitzero"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Reason    string    `json:"reason,omitempty"`
 	Error     string    `json:"error,omitempty"`
 }
 
 func status(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	var n natsFlags
 	var asJSON bool
-	c := newCommand("status", "", "Show every token in the bucket: revision, age, time to expiry.",
+	c := newCommand("status", "", `Show every token in the bucket: revision, age, time to expiry, why it was
+last rotated, and which replica leads.`,
 		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'")
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
 	c.Bool(&asJSON, "json", "", false, "print JSON instead of a table")
@@ -275,30 +293,71 @@ func status(args []string, getenv func(string) string, stdout, _ io.Writer) erro
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
 	defer cancel()
-	rows, err := readAll(ctx, nc, n.bucket)
-	if err != nil {
+	var rows []tokenStatus
+	if err := nc.do(ctx, func(ctx context.Context) (err error) {
+		rows, err = readAll(ctx, nc.Conn, n.bucket)
+		return err
+	}); err != nil {
 		return err
 	}
+	var leader *publisher.LeaseHolder // stays nil, "unknown", if this user may not read the lease
+	nc.do(ctx, func(ctx context.Context) error {
+		leader = readLeader(ctx, nc.Conn, n.bucket)
+		return nil
+	})
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"bucket": n.bucket, "tokens": rows})
+		return enc.Encode(map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows})
+	}
+	leaderName := "none"
+	switch {
+	case leader == nil:
+		leaderName = "unknown"
+	case leader.Instance != "":
+		leaderName = leader.Instance
 	}
 	now := time.Now()
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "APPID\tREVISION\tAGE\tEXPIRES IN\t")
+	fmt.Fprintln(w, "APPID\tREVISION\tAGE\tEXPIRES IN\tREASON\tLEADER")
 	for _, r := range rows {
 		if r.Error != "" {
-			fmt.Fprintf(w, "%s\t%d\t-\t-\t%s\n", r.AppID, r.Revision, r.Error)
+			fmt.Fprintf(w, "%s\t%d\t-\t-\t%s\t%s\n", r.AppID, r.Revision, r.Error, leaderName)
 			continue
 		}
 		expires := r.ExpiresAt.Sub(now).Round(time.Second).String()
 		if !now.Before(r.ExpiresAt) {
 			expires = "EXPIRED"
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t\n", r.AppID, r.Revision, now.Sub(r.FetchedAt).Round(time.Second), expires)
+		reason := r.Reason
+		if reason == "" {
+			reason = "-"
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", r.AppID, r.Revision, now.Sub(r.FetchedAt).Round(time.Second), expires, reason, leaderName)
 	}
 	return w.Flush()
+}
+
+// readLeader returns the lease holder: an empty one when no replica leads,
+// nil when the lease cannot be read (no permission, say).
+func readLeader(ctx context.Context, nc *nats.Conn, bucket string) *publisher.LeaseHolder {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil
+	}
+	b, err := js.KeyValue(ctx, publisher.LeaseBucket(bucket))
+	if err != nil {
+		return nil
+	}
+	e, err := b.Get(ctx, "leader")
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return &publisher.LeaseHolder{}
+	}
+	var h publisher.LeaseHolder
+	if err != nil || json.Unmarshal(e.Value(), &h) != nil {
+		return nil
+	}
+	return &h
 }
 
 // readAll reads every token record of the bucket with one watch.
@@ -331,7 +390,7 @@ func readAll(ctx context.Context, nc *nats.Conn, bucket string) ([]tokenStatus, 
 			if rec, err := kv.DecodeFor(e.Key(), e.Value()); err != nil {
 				row.Error = err.Error()
 			} else {
-				row.FetchedAt, row.ExpiresAt = rec.FetchedAt, rec.ExpiresAt
+				row.FetchedAt, row.ExpiresAt, row.Reason = rec.FetchedAt, rec.ExpiresAt, rec.Reason
 			}
 			rows = append(rows, row)
 		}

@@ -96,6 +96,7 @@ type natsFlags struct {
 	user     string
 	password string
 	creds    string
+	inbox    string
 	tlsCA    string
 	tlsCert  string
 	tlsKey   string
@@ -108,6 +109,7 @@ func (n *natsFlags) register(c *command, urlUsage string) {
 	c.String(&n.user, "nats-user", "NATS_USER", "", "NATS user name")
 	c.String(&n.password, "nats-password", "NATS_PASSWORD", "", "NATS password (prefer the environment variable to the flag)")
 	c.String(&n.creds, "nats-creds", "NATS_CREDS", "", "NATS credentials `file` (JWT and NKey seed)")
+	c.String(&n.inbox, "inbox-prefix", "NATS_INBOX_PREFIX", "", "`prefix` of reply subjects (default _INBOX_<user> with --nats-user, as nats.conf\nexpects, else _INBOX)")
 	c.String(&n.tlsCA, "tls-ca", "NATS_TLS_CA", "", "CA certificate `file` to verify the NATS server")
 	c.String(&n.tlsCert, "tls-cert", "NATS_TLS_CERT", "", "client certificate `file` for TLS")
 	c.String(&n.tlsKey, "tls-key", "NATS_TLS_KEY", "", "client key `file` for TLS")
@@ -134,6 +136,14 @@ func (n *natsFlags) options(name string) []nats.Option {
 	if n.user != "" {
 		opts = append(opts, nats.UserInfo(n.user, n.password))
 	}
+	// Each user's replies come to its own inbox prefix, which only it may
+	// subscribe to: one user cannot read another's replies.
+	switch {
+	case n.inbox != "":
+		opts = append(opts, nats.CustomInboxPrefix(n.inbox))
+	case n.user != "":
+		opts = append(opts, nats.CustomInboxPrefix("_INBOX_"+n.user))
+	}
 	if n.creds != "" {
 		opts = append(opts, nats.UserCredentials(n.creds))
 	}
@@ -146,9 +156,18 @@ func (n *natsFlags) options(name string) []nats.Option {
 	return opts
 }
 
+// client is a client command's connection. A request the server refuses
+// for lack of permission gets no answer at all; the refusal comes back
+// apart, as an asynchronous error. client catches it so that the command
+// says "permission denied" at once instead of timing out.
+type client struct {
+	*nats.Conn
+	denied chan error
+}
+
 // connect connects a client command: it fails fast, with one clear line,
 // when no NATS server answers.
-func (n *natsFlags) connect(name string) (*nats.Conn, error) {
+func (n *natsFlags) connect(name string) (*client, error) {
 	if err := n.check(); err != nil {
 		return nil, err
 	}
@@ -156,12 +175,40 @@ func (n *natsFlags) connect(name string) (*nats.Conn, error) {
 	if url == "" {
 		url = nats.DefaultURL
 	}
-	opts := append(n.options(name), nats.Timeout(5*time.Second), nats.MaxReconnects(0))
+	c := &client{denied: make(chan error, 16)}
+	// Errors reach the user through the command's own message; nats.go's
+	// default handler would also print asynchronous ones to stderr.
+	onError := nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			select {
+			case c.denied <- err:
+			default:
+			}
+		}
+	})
+	opts := append(n.options(name), nats.Timeout(5*time.Second), nats.MaxReconnects(0), onError)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", url, err)
 	}
-	return nc, nil
+	c.Conn = nc
+	return c, nil
+}
+
+// do runs op, ending it early when the server refuses one of its messages.
+func (c *client) do(ctx context.Context, op func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- op(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case err := <-c.denied:
+		cancel()
+		<-done
+		return fmt.Errorf("permission denied: %w", err)
+	}
 }
 
 // signalContext ends on SIGINT or SIGTERM.

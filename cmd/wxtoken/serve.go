@@ -49,6 +49,7 @@ type serveFlags struct {
 	replicas   int
 	history    int
 	cfg        publisher.Config
+	httpAddr   string
 	logFormat  string
 	logLevel   string
 	demo       bool
@@ -74,6 +75,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "WXTOKEN_UPSTREAM_TIMEOUT", publisher.DefaultUpstreamTimeout, "timeout of one WeChat call (at most half the lease TTL)")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
+	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat and a demo app whose tokens live 60s")
@@ -120,9 +122,18 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	}
 	defer shutdownNATS()
 
+	reg := newRegistry()
+	f.cfg.Registerer = reg
 	refresher, err := publisher.New(nc, f.cfg)
 	if err != nil {
 		return err
+	}
+	if f.httpAddr != "" {
+		ops, err := startOps(f.httpAddr, reg, refresher.Ready, log)
+		if err != nil {
+			return err
+		}
+		defer ops.stop()
 	}
 	if f.demo {
 		log.Info("demo: watch the token rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`",
