@@ -73,8 +73,9 @@ type Config struct {
 	Instance string
 	// Logger receives the refresher's logs; nothing is logged when nil.
 	Logger *slog.Logger
-	// Now is the clock; time.Now by default. Tests move it.
-	Now func() time.Time
+	// Clock is the time the refresher decides and schedules by; the real
+	// clock by default. (Leases always run on real time.)
+	Clock Clock
 }
 
 // withDefaults returns c with zero fields set and checks it.
@@ -113,9 +114,6 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
-	}
-	if c.Now == nil {
-		c.Now = time.Now
 	}
 
 	var errs []error

@@ -108,7 +108,7 @@ func (r *Refresher) admit(t *term, appid string, data []byte) (a *appState, f *f
 	if err != nil {
 		return nil, nil, false, errorReply(kv.CodeBadRequest, err.Error()), outcomeError
 	}
-	now := r.cfg.Now()
+	now := r.cfg.Clock.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	cur, valid := a.rev, a.validRecord(now)

@@ -91,7 +91,7 @@ func (c tokenCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c tokenCollector) Collect(ch chan<- prometheus.Metric) {
-	now := c.r.cfg.Now()
+	now := c.r.cfg.Clock.now()
 	for _, a := range c.r.order {
 		a.mu.Lock()
 		rec := a.rec

@@ -191,11 +191,11 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 	a.mu.Lock()
 	retryAt, lastErr := a.retryAt, a.lastErr
 	a.mu.Unlock()
-	if now := r.cfg.Now(); now.Before(retryAt) {
+	if now := r.cfg.Clock.now(); now.Before(retryAt) {
 		base.err = &backoffError{until: retryAt, last: lastErr}
 		return base
 	}
-	if m == modeForced && base.rec != nil && base.rec.ValidAt(r.cfg.Now()) {
+	if m == modeForced && base.rec != nil && base.rec.ValidAt(r.cfg.Clock.now()) {
 		// One confused service must not invalidate everyone's token: ask
 		// WeChat first. If the check itself fails, the rejection the
 		// service saw is the better evidence, so rotate.
@@ -215,7 +215,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		base.err = errEnding
 		return base
 	}
-	start := r.cfg.Now()
+	start := r.cfg.Clock.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	fetched, err := r.upstream.FetchToken(t.work, a.id, a.secret)
 	latency := time.Since(clock)
@@ -311,7 +311,7 @@ func (r *Refresher) failed(a *appState, err error) {
 	class := classOf(err)
 	var ue *UpstreamError
 	errors.As(err, &ue)
-	now := r.cfg.Now()
+	now := r.cfg.Clock.now()
 	a.mu.Lock()
 	a.failures++
 	var wait time.Duration

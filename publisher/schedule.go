@@ -17,19 +17,19 @@ import (
 // pacer bounds their rate.
 const maxConcurrentRotations = 32
 
-// check is the cron job: it rotates every app that is due and arms a timer
-// for every app that will fall due before the next tick, so that a token
-// shorter-lived than the schedule's period is still replaced in time.
+// check is the cron job: it rotates every app that is due, and makes sure
+// every other app has its timer set for when it falls due. The timers do
+// the punctual work (a token shorter-lived than the schedule's period is
+// replaced in time); the check is the sweep that misses nothing.
 func (r *Refresher) check(t *term) {
-	now := r.cfg.Now()
-	next := r.schedule.Next(now)
+	now := r.cfg.Clock.now()
 	sem := make(chan struct{}, maxConcurrentRotations)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for _, a := range r.order {
 		a.mu.Lock()
 		due := a.due(now)
-		if due.After(now) && due.Before(next) {
+		if due.After(now) {
 			r.arm(t, a, due, now)
 		}
 		a.mu.Unlock()
@@ -53,7 +53,7 @@ func (r *Refresher) check(t *term) {
 // rotateIfDue rotates the app's token if it is due, and waits for it.
 func (r *Refresher) rotateIfDue(t *term, a *appState) {
 	a.mu.Lock()
-	now := r.cfg.Now()
+	now := r.cfg.Clock.now()
 	if a.due(now).After(now) {
 		a.mu.Unlock()
 		return
@@ -73,18 +73,16 @@ func (r *Refresher) rotateIfDue(t *term, a *appState) {
 	}
 }
 
-// plan arms the app's timer if it falls due before the next tick. It is
-// called whenever what the refresher knows of an app changed.
+// plan sets the app's timer for when it falls due. It is called whenever
+// what the refresher knows of an app changed.
 func (r *Refresher) plan(t *term, a *appState) {
-	now := r.cfg.Now()
+	now := r.cfg.Clock.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.flight != nil {
 		return // the flight plans again when it lands
 	}
-	if due := a.due(now); due.Before(r.schedule.Next(now)) {
-		r.arm(t, a, due, now)
-	}
+	r.arm(t, a, a.due(now), now)
 }
 
 // arm sets the app's timer to due, unless it is already set no later.
@@ -103,7 +101,7 @@ func (r *Refresher) arm(t *term, a *appState, due, now time.Time) {
 	a.timerGen++
 	gen := a.timerGen
 	a.timerAt = due
-	a.timer = time.AfterFunc(max(due.Sub(now), 0), func() {
+	a.timer = r.cfg.Clock.afterFunc(max(due.Sub(now), 0), func() {
 		a.mu.Lock()
 		if a.timerGen == gen {
 			a.timer = nil

@@ -197,7 +197,7 @@ func TestQuotaWaitsForMidnightInChina(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, Now: clock})
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, Clock: publisher.Clock{Now: clock}})
 	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
 	first := testenv.Record(t, testenv.Next(t, ctx, entries))
 

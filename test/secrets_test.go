@@ -85,7 +85,7 @@ func TestSecretAppearsNowhere(t *testing.T) {
 	logs := newNotifyingBuffer()
 	testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), publisher.Config{
 		Apps: apps, UpstreamURL: url, HTTPClient: client, UpstreamTimeout: 300 * time.Millisecond,
-		Schedule: "@every 1s", Now: clock, Logger: textLogger(logs),
+		Schedule: "@every 1s", Clock: publisher.Clock{Now: clock}, Logger: textLogger(logs),
 		RetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond,
 	})
 	nc := testenv.Connect(t, srv.ClientURL())
