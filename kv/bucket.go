@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -13,9 +15,10 @@ const DefaultBucket = "wechat_tokens"
 
 // BucketConfig describes the token bucket the refresher manages.
 type BucketConfig struct {
-	Name     string // DefaultBucket when empty
-	Replicas int    // 1 when zero; 3 in a three-node cluster
-	History  int    // revisions kept per key; 1 when zero, at most 64
+	Name     string   // DefaultBucket when empty
+	Replicas int      // 1 when zero; 3 in a three-node cluster
+	History  int      // revisions kept per key; 1 when zero, at most 64
+	Subjects Subjects // where values are republished (Subjects.Value)
 }
 
 // Open creates the token bucket, or updates an existing one to cfg, and
@@ -38,6 +41,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (jetstr
 		Replicas:     cfg.Replicas,
 		Storage:      jetstream.FileStorage,
 		MaxValueSize: MaxRecordSize,
+		// Tells subscribers that the refresher publishes every value it
+		// stores on the Value subjects (see PublishesValues).
+		Metadata: map[string]string{valuesMetadata: cfg.Subjects.Value(">")},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kv: open bucket %q: %w", cfg.Name, err)
@@ -62,4 +68,47 @@ func Bind(ctx context.Context, js jetstream.JetStream, name string) (jetstream.K
 		return nil, fmt.Errorf("kv: bind bucket %q: %w", name, err)
 	}
 	return b, nil
+}
+
+// valuesMetadata is the bucket metadata key naming where values are published.
+const valuesMetadata = "wxtoken.values"
+
+// PublishesValues reports whether the refresher of bucket publishes each
+// value it stores on the Value subjects of subjects, so that a subscriber
+// can follow its token with a core subscription instead of a KV watch,
+// which needs a JetStream consumer per subscriber (servers allow 1000 per
+// stream by default, and each costs heartbeats and memory). Servers older
+// than 2.10 keep no bucket metadata: there it is false.
+func PublishesValues(ctx context.Context, bucket jetstream.KeyValue, subjects Subjects) (bool, error) {
+	st, err := bucket.Status(ctx)
+	if err != nil {
+		return false, err
+	}
+	kvs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return false, nil
+	}
+	return kvs.StreamInfo().Config.Metadata[valuesMetadata] == subjects.Value(">"), nil
+}
+
+// RevisionHeader carries the bucket revision of a value published on a
+// Value subject.
+const RevisionHeader = "Wxtoken-Revision"
+
+// ValueMsg is the message that announces the value stored under appid at
+// revision: the record as stored, its revision in a header.
+func ValueMsg(subjects Subjects, appid string, revision uint64, record []byte) *nats.Msg {
+	m := nats.NewMsg(subjects.Value(appid))
+	m.Header.Set(RevisionHeader, strconv.FormatUint(revision, 10))
+	m.Data = record
+	return m
+}
+
+// DecodeValueMsg returns the revision and record of a value message.
+func DecodeValueMsg(m *nats.Msg) (revision uint64, record []byte, err error) {
+	revision, err = strconv.ParseUint(m.Header.Get(RevisionHeader), 10, 64)
+	if err != nil || revision == 0 {
+		return 0, nil, fmt.Errorf("kv: value message on %s without a revision", m.Subject)
+	}
+	return revision, m.Data, nil
 }

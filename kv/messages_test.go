@@ -106,3 +106,9 @@ func TestTokenRejected(t *testing.T) {
 		}
 	}
 }
+
+func TestValueSubject(t *testing.T) {
+	if got := (kv.Subjects{}).Value("wx1"); got != "wechat.token.value.wx1" {
+		t.Errorf("Value = %q", got)
+	}
+}

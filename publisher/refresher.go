@@ -296,8 +296,15 @@ func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }
 
-// announce publishes the rotation event. It carries no token.
+// announce publishes the new value on its Value subject, where subscribers
+// take it in the moment it arrives, then the rotation event, which carries
+// no token. Both follow the successful write.
 func (r *Refresher) announce(appid string, rev uint64, rec kv.Record, reason string) {
+	if data, err := kv.Encode(rec); err == nil {
+		if err := r.nc.PublishMsg(kv.ValueMsg(r.subjects, appid, rev, data)); err != nil {
+			r.log.Warn("new value not published", "appid", appid, "error", err)
+		}
+	}
 	ev, _ := json.Marshal(kv.RotationEvent{
 		AppID: appid, Revision: rev, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: reason,
 	})

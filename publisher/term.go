@@ -116,12 +116,18 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-
 // it waits to take over. It returns nil after a clean stop, which releases
 // the lease so that a standby takes over at once.
 func (r *Refresher) Run(ctx context.Context) error {
-	bucket, err := kv.Open(ctx, r.js, kv.BucketConfig{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History})
+	bucket, err := kv.Open(ctx, r.js, kv.BucketConfig{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History, Subjects: r.subjects})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: a clean stop
+		}
 		return fmt.Errorf("publisher: %w", err)
 	}
 	l, err := openLease(ctx, r.nc, r.js, r.cfg)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	followCtx, stopFollowing := context.WithCancel(ctx)

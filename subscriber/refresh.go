@@ -43,7 +43,7 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 			if reply.Revision <= stale {
 				return s.Token(), nil // not rotated: WeChat says the token works
 			}
-			return s.waitNewer(ctx, reply.Revision-1)
+			return s.awaitRevision(ctx, reply.Revision)
 		case ctx.Err() != nil:
 			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, ctx.Err())
 		case s.closed.Load():
@@ -100,4 +100,26 @@ func errOr(err error, reply kv.RefreshReply) error {
 		return err
 	}
 	return reply.Error
+}
+
+// lateValue is how long Refresh waits for a revision it was told of before
+// reading it from the bucket itself.
+const lateValue = time.Second
+
+// awaitRevision waits until the subscriber holds revision (or a newer one).
+// The new value normally arrives within milliseconds of the refresher's
+// reply; if it does not (the refresher died between writing and announcing
+// it), it is read from the bucket.
+func (s *Subscriber) awaitRevision(ctx context.Context, revision uint64) (Token, error) {
+	if t, err := s.waitNewerFor(ctx, lateValue, revision-1); err == nil {
+		return t, nil
+	}
+	if ctx.Err() != nil {
+		return s.Token(), ctx.Err()
+	}
+	if b := s.bucket.Load(); b != nil {
+		s.opts.logger.Warn("refreshed token not announced in time; reading it from the bucket", "appid", s.appid, "revision", revision)
+		s.get(ctx, *b)
+	}
+	return s.waitNewer(ctx, revision-1)
 }

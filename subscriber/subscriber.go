@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,9 +45,11 @@ type Subscriber struct {
 	opts     options
 	subjects kv.Subjects
 
-	current atomic.Pointer[Token]
-	lastErr atomic.Pointer[error]
-	updated chan struct{}
+	bucket   atomic.Pointer[jetstream.KeyValue] // once bound
+	current  atomic.Pointer[Token]
+	lastErr  atomic.Pointer[error]
+	updated  chan struct{}
+	applying sync.Mutex // serialises apply; readers never take it
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever current changes
@@ -101,11 +104,15 @@ func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Sub
 // run binds the bucket, retrying until it exists, then follows the key.
 func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 	var bucket jetstream.KeyValue
+	var published bool
 	delay := 50 * time.Millisecond
 	for {
 		b, err := kv.Bind(ctx, js, s.opts.bucket)
 		if err == nil {
 			bucket = b
+			published, err = kv.PublishesValues(ctx, b, s.subjects)
+		}
+		if err == nil {
 			break
 		}
 		s.report(err)
@@ -116,11 +123,20 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 		}
 		delay = min(2*delay, 5*time.Second)
 	}
+	s.bucket.Store(&bucket)
+	if published && s.followValues(ctx, bucket) {
+		return
+	}
+	// The refresher does not announce values (older, or a server without
+	// bucket metadata), or this user may not subscribe to them: watch.
+	s.opts.logger.Info("following the token with a KV watch", "appid", s.appid)
 	f := &kv.Follower{
-		Bucket:  bucket,
-		Key:     s.appid,
-		Conn:    s.nc,
-		OnEntry: s.apply,
+		Bucket: bucket,
+		Key:    s.appid,
+		Conn:   s.nc,
+		OnEntry: func(e jetstream.KeyValueEntry) {
+			s.apply(e.Revision(), e.Operation(), e.Value())
+		},
 		OnError: func(err error) {
 			s.opts.logger.Warn("token watch interrupted, resuming", "appid", s.appid, "error", err)
 		},
@@ -128,22 +144,118 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 	f.Run(ctx)
 }
 
-// apply takes in an entry of the app's key. A value that does not decode is
-// reported and otherwise ignored: the last good token stays.
-func (s *Subscriber) apply(e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
-		s.opts.logger.Warn("token key was deleted; keeping the last token", "appid", s.appid, "revision", e.Revision())
+// followValues follows the key with no JetStream consumer: a core
+// subscription to the subject the refresher publishes each stored value on,
+// and a direct get of the key at start and after every reconnect, for what
+// was published while the connection was down. (Refresh also gets the key
+// if a revision it was told of does not arrive.) It returns false at once
+// if the server refuses the subscription.
+func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue) bool {
+	subject := s.subjects.Value(s.appid)
+	// The value is applied on the subscription's own goroutine: no hop
+	// between the message and the token in memory.
+	onValue := func(m *nats.Msg) {
+		rev, record, err := kv.DecodeValueMsg(m)
+		if err != nil {
+			s.report(err)
+			return
+		}
+		s.apply(rev, jetstream.KeyValuePut, record)
+	}
+	var sub *nats.Subscription
+	for {
+		var err error
+		if sub, err = s.nc.Subscribe(subject, onValue); err == nil {
+			// A refused subscription is reported apart, before the answer
+			// to a flush.
+			err = s.nc.FlushTimeout(s.opts.requestTimeout)
+		}
+		if err == nil {
+			break
+		}
+		if sub != nil {
+			sub.Unsubscribe()
+		}
+		if ctx.Err() != nil {
+			return true
+		}
+		s.report(err)
+		select {
+		case <-ctx.Done():
+			return true
+		case <-time.After(time.Second):
+		}
+	}
+	if err := s.nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+subject+`"`) {
+		sub.Unsubscribe()
+		s.opts.logger.Warn("may not subscribe to the published token: grant subscribe on it (see nats.conf)",
+			"appid", s.appid, "subject", subject)
+		return false
+	}
+	defer sub.Unsubscribe()
+	reconnected := s.nc.StatusChanged(nats.CONNECTED)
+	defer s.nc.RemoveStatusListener(reconnected)
+
+	// The subscription goes out before the get on the same connection, so
+	// the server has it before it answers: no value falls between the two.
+	s.get(ctx, bucket)
+	for {
+		select {
+		case <-ctx.Done():
+			return true
+		case <-reconnected:
+			s.get(ctx, bucket)
+		}
+	}
+}
+
+// get reads the key and applies it, retrying with backoff until it
+// succeeds, finds no key, or ctx ends.
+func (s *Subscriber) get(ctx context.Context, bucket jetstream.KeyValue) {
+	delay := 50 * time.Millisecond
+	for {
+		gctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
+		e, err := bucket.Get(gctx, s.appid)
+		cancel()
+		switch {
+		case err == nil:
+			s.apply(e.Revision(), e.Operation(), e.Value())
+			return
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			return // the refresher has not written it yet: it will be republished
+		case ctx.Err() != nil:
+			return
+		}
+		s.report(fmt.Errorf("subscriber: reading %s: %w", s.appid, err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// apply takes in a revision of the app's key. A value that does not decode
+// is reported and otherwise ignored: the last good token stays.
+func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byte) {
+	// Values arrive from the subscription and from gets after reconnects:
+	// one at a time, or an older one could overwrite a newer.
+	s.applying.Lock()
+	defer s.applying.Unlock()
+	if cur := s.current.Load(); cur != nil && cur.Revision >= revision {
+		return // already held, or older than what is held
+	}
+	if op != jetstream.KeyValuePut {
+		s.opts.logger.Warn("token key was deleted; keeping the last token", "appid", s.appid, "revision", revision)
 		return
 	}
-	rec, err := kv.DecodeFor(s.appid, e.Value())
+	rec, err := kv.DecodeFor(s.appid, value)
 	if err != nil {
-		s.report(fmt.Errorf("subscriber: revision %d of %s: %w", e.Revision(), s.appid, err))
+		s.report(fmt.Errorf("subscriber: revision %d of %s: %w", revision, s.appid, err))
 		return
 	}
-	if cur := s.current.Load(); cur != nil && cur.Revision >= e.Revision() {
-		return
-	}
-	t := &Token{Value: rec.AccessToken, Revision: e.Revision(), FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt}
+	t := &Token{Value: rec.AccessToken, Revision: revision, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt}
 	s.current.Store(t)
 	s.lastErr.Store(nil)
 	s.mu.Lock()

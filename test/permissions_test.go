@@ -30,6 +30,12 @@ var passwords = map[string]string{"refresher": "pw-refresher", "service": "pw-se
 // example switched on (the "#>" lines), on a free loopback port.
 func rolesServer(t *testing.T) *server.Server {
 	t.Helper()
+	return rolesServerEdited(t, func(conf string) string { return conf })
+}
+
+// rolesServerEdited is rolesServer with the configuration passed through edit.
+func rolesServerEdited(t *testing.T, edit func(string) string) *server.Server {
+	t.Helper()
 	for user, pw := range passwords {
 		t.Setenv("WXTOKEN_"+strings.ToUpper(user)+"_PASSWORD", pw)
 	}
@@ -45,7 +51,7 @@ func rolesServer(t *testing.T) *server.Server {
 		lines = append(lines, line)
 	}
 	path := filepath.Join(t.TempDir(), "nats.conf")
-	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(edit(strings.Join(lines, "\n"))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	opts, err := embedded.FromConfigFile(path, t.TempDir())
@@ -148,7 +154,7 @@ func TestNATSConfRoles(t *testing.T) {
 		}
 	})
 	t.Run("service may not announce", func(t *testing.T) {
-		for _, subject := range []string{kv.Subjects{}.Rotated(appA), kv.Subjects{}.Failed(appA)} {
+		for _, subject := range []string{kv.Subjects{}.Value(appA), kv.Subjects{}.Rotated(appA), kv.Subjects{}.Failed(appA)} {
 			service.nc.Publish(subject, []byte(`{"appid":"forged"}`))
 			service.nc.Flush()
 			service.denied(t, ctx, subject)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
@@ -256,6 +257,9 @@ func TestThousandCharacterTokenRoundTrips(t *testing.T) {
 	}
 }
 
+// TestSubscriberKeepsLastGoodTokenOverGarbage: a value that does not decode
+// is reported and ignored, whichever way it reaches the subscriber; and the
+// refresher replaces garbage in the bucket at once.
 func TestSubscriberKeepsLastGoodTokenOverGarbage(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	sys := startSystem(t, fakewechat.Config{}, publisher.Config{Schedule: "@every 1h"})
@@ -275,30 +279,95 @@ func TestSubscriberKeepsLastGoodTokenOverGarbage(t *testing.T) {
 	self.Store(sub)
 	good := sub.Token()
 	<-sub.Updated() // the first token's notification
+	expectReport := func(what string) {
+		t.Helper()
+		select {
+		case r := <-reports:
+			if !errors.Is(r.err, kv.ErrInvalidRecord) || !errors.Is(r.held, kv.ErrInvalidRecord) {
+				t.Errorf("%s: reported %v (Err() %v), want an invalid record", what, r.err, r.held)
+			}
+			if r.token != good {
+				t.Errorf("%s: token changed to %+v", what, r.token)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s was not reported", what)
+		}
+	}
 
+	// A value message that does not decode.
+	sys.nc.PublishMsg(kv.ValueMsg(kv.Subjects{}, appA, good.Revision+1000, []byte("<html>not a token</html>")))
+	expectReport("a garbage value message")
+
+	// Garbage in the bucket: the refresher replaces it, and the subscriber
+	// gets the new token without ever holding the garbage.
 	b := testenv.Bucket(t, ctx, sys.nc)
 	if _, err := b.Put(ctx, appA, []byte("<html>not a token</html>")); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case r := <-reports:
-		if !errors.Is(r.err, kv.ErrInvalidRecord) || !errors.Is(r.held, kv.ErrInvalidRecord) {
-			t.Errorf("reported %v (Err() %v), want an invalid record", r.err, r.held)
-		}
-		if r.token != good {
-			t.Errorf("token changed to %+v on garbage", r.token)
-		}
-	case <-ctx.Done():
-		t.Fatal("garbage in the bucket was not reported")
+	tok := awaitNewer(t, ctx, sub, good.Revision)
+	if tok.Value != sys.fake.Current(appA) || tok.Value == good.Value {
+		t.Errorf("after the refresher's repair: %+v", tok)
 	}
-	// The refresher treats garbage as a missing token and replaces it.
-	select {
-	case <-sub.Updated():
-	case <-ctx.Done():
-		t.Fatal("the refresher did not replace the garbage")
+	if sub.Err() != nil {
+		t.Errorf("Err() = %v after a good token", sub.Err())
 	}
-	if tok := sub.Token(); tok.Revision <= good.Revision || tok.Value != sys.fake.Current(appA) || sub.Err() != nil {
-		t.Errorf("after the refresher's repair: %+v, err %v", tok, sub.Err())
+}
+
+// TestSubscriberReportsGarbageItReads: garbage found by a watch, or by the
+// read at start, is reported while the subscriber waits for a good token.
+func TestSubscriberReportsGarbageItReads(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	for name, opts := range map[string]jetstream.KeyValueConfig{
+		"read at start": {Bucket: "published"},
+		"watch":         {Bucket: "watched"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			b, err := js.CreateKeyValue(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if name == "read at start" {
+				if b, err = kv.Open(ctx, js, kv.BucketConfig{Name: opts.Bucket}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := b.Put(ctx, appA, []byte("garbage")); err != nil {
+				t.Fatal(err)
+			}
+			problems := make(chan error, 8)
+			started := make(chan *subscriber.Subscriber, 1)
+			go func() {
+				sub, err := subscriber.New(ctx, nc, appA, subscriber.WithBucket(opts.Bucket),
+					subscriber.OnError(func(err error) { problems <- err }))
+				if err != nil {
+					t.Error(err)
+				}
+				started <- sub
+			}()
+			if err := <-problems; !errors.Is(err, kv.ErrInvalidRecord) {
+				t.Errorf("reported %v", err)
+			}
+			data, _ := kv.Encode(kv.NewRecord(appA, "good", time.Hour, time.Now()))
+			if _, err := b.Put(ctx, appA, data); err != nil {
+				t.Fatal(err)
+			}
+			if name == "read at start" {
+				// Nothing announces a hand-written value; a refresh would
+				// read it. Here the subscriber is still waiting: tell it.
+				rev, _ := b.Get(ctx, appA)
+				nc.PublishMsg(kv.ValueMsg(kv.Subjects{}, appA, rev.Revision(), data))
+			}
+			sub := <-started
+			if sub == nil {
+				t.FailNow()
+			}
+			defer sub.Close()
+			if sub.Token().Value != "good" {
+				t.Errorf("token %q", sub.Token().Value)
+			}
+		})
 	}
 }
 

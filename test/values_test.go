@@ -1,0 +1,156 @@
+package test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+	"github.com/wxtoken/wxtoken/subscriber"
+	"github.com/wxtoken/wxtoken/test/testenv"
+)
+
+// TestSubscribersUseNoConsumer: a subscriber follows its token through the
+// values the refresher publishes, so fifty of them add no JetStream consumer
+// (servers limit a stream to 1000 by default) and still see each rotation.
+func TestSubscribersUseNoConsumer(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{})
+	testenv.Bucket(t, ctx, sys.nc)
+	awaitEndpoint(t, ctx, sys.nc, appA) // the refresher leads and wrote the first token
+	js, _ := jetstream.New(sys.nc)
+	stream, err := js.Stream(ctx, "KV_"+kv.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumers := func() int {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Consumers
+	}
+	before := consumers()
+	var subs []*subscriber.Subscriber
+	for range 50 {
+		subs = append(subs, newSubscriber(t, ctx, testenv.Connect(t, sys.url)))
+	}
+	if after := consumers(); after != before {
+		t.Errorf("%d consumers on the token stream with 50 subscribers, %d without", after, before)
+	}
+	sys.fake.Issue(appA)
+	fresh, err := subs[0].Refresh(ctx, subs[0].Token().Revision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range subs {
+		if tok := awaitNewer(t, ctx, s, fresh.Revision-1); tok != fresh {
+			t.Errorf("subscriber %d holds revision %d, want %d", i, tok.Revision, fresh.Revision)
+		}
+	}
+}
+
+// TestSubscriberWatchesBucketWithoutValues: nothing announces the values of
+// a bucket made by other means (an older refresher, a server without bucket
+// metadata); the subscriber watches it instead.
+func TestSubscriberWatchesBucketWithoutValues(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(token string) uint64 {
+		data, _ := kv.Encode(kv.NewRecord(appA, token, time.Hour, time.Now()))
+		rev, err := b.Put(ctx, appA, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	put("first")
+	sub := newSubscriber(t, ctx, nc)
+	if sub.Token().Value != "first" {
+		t.Fatalf("token %q", sub.Token().Value)
+	}
+	rev := put("second")
+	if tok := awaitNewer(t, ctx, sub, rev-1); tok.Value != "second" {
+		t.Errorf("after a put: %q", tok.Value)
+	}
+}
+
+// TestSubscriberFallsBackWhenValuesAreForbidden: with a nats.conf from
+// before the published values (no subscribe permission on them), the
+// subscriber notices the refusal and watches the bucket.
+func TestSubscriberFallsBackWhenValuesAreForbidden(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	srv := rolesServerEdited(t, func(conf string) string {
+		service := strings.Index(conf, "SERVICE = {")
+		i := service + strings.Index(conf[service:], `"wechat.token.value.>",`)
+		return conf[:i] + conf[i+len(`"wechat.token.value.>",`):]
+	})
+	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
+	testenv.Refresher(t, connectAs(t, srv, "refresher").nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url})
+	service := connectAs(t, srv, "service")
+	var logs syncBuffer
+	sub, err := subscriber.New(ctx, service.nc, appA, subscriber.WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	fake.Issue(appA)
+	fresh, err := sub.Refresh(ctx, sub.Token().Revision)
+	if err != nil || fresh.Value != fake.Current(appA) {
+		t.Fatalf("refresh without the value permission: %v", err)
+	}
+	if !strings.Contains(logs.String(), "may not subscribe to the published token") {
+		t.Errorf("the refusal was not logged:\n%s", logs.String())
+	}
+}
+
+// TestRefreshReadsAValueNeverAnnounced: a refresher that dies between
+// writing a new token and announcing it leaves subscribers uninformed;
+// Refresh, told of the new revision, reads it from the bucket.
+func TestRefreshReadsAValueNeverAnnounced(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	b, err := kv.Open(ctx, js, kv.BucketConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(token string) uint64 {
+		data, _ := kv.Encode(kv.NewRecord(appA, token, time.Hour, time.Now()))
+		rev, err := b.Put(ctx, appA, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	put("first")
+	// A refresher that writes the new token and replies, but never
+	// publishes the value.
+	if _, err := nc.Subscribe(kv.Subjects{}.Refresh(appA), func(m *nats.Msg) {
+		rev := put("second")
+		reply, _ := json.Marshal(kv.RefreshReply{AppID: appA, Revision: rev, ExpiresAt: time.Now().Add(time.Hour), Refreshed: true})
+		m.Respond(reply)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	sub := newSubscriber(t, ctx, nc, subscriber.WithLogger(logs.logger()))
+	fresh, err := sub.Refresh(ctx, sub.Token().Revision)
+	if err != nil || fresh.Value != "second" {
+		t.Fatalf("Refresh: %+v, %v", fresh, err)
+	}
+	if !strings.Contains(logs.String(), "not announced in time") {
+		t.Error("the fallback did not run: the value came by another way")
+	}
+}
