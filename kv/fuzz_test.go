@@ -1,6 +1,7 @@
 package kv_test
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/wxtoken/wxtoken/kv"
@@ -48,6 +49,27 @@ func FuzzDecodeRefreshRequest(f *testing.F) {
 		if (back.StaleRevision == nil) != (req.StaleRevision == nil) ||
 			(back.StaleRevision != nil && *back.StaleRevision != *req.StaleRevision) {
 			t.Fatalf("round trip changed %+v into %+v", req, back)
+		}
+	})
+}
+
+// FuzzCanonicalMatchesEncodingJSON: wherever the fast path accepts an
+// input, encoding/json decodes it to the same record.
+func FuzzCanonicalMatchesEncodingJSON(f *testing.F) {
+	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z","reason":"scheduled"}`))
+	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":-0,"fetched_at":"2026-11-21T10:00:00+08:00","expires_at":"2026-11-21T12:00:00.5Z"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ok := kv.DecodeCanonicalForTest(data)
+		if !ok {
+			return
+		}
+		var slow kv.Record
+		if err := json.Unmarshal(data, &slow); err != nil {
+			t.Fatalf("fast path accepted what encoding/json refuses (%v): %q", err, data)
+		}
+		if fast.AppID != slow.AppID || fast.AccessToken != slow.AccessToken || fast.ExpiresIn != slow.ExpiresIn ||
+			fast.Reason != slow.Reason || !fast.FetchedAt.Equal(slow.FetchedAt) || !fast.ExpiresAt.Equal(slow.ExpiresAt) {
+			t.Fatalf("fast %+v, encoding/json %+v, for %q", fast, slow, data)
 		}
 	})
 }

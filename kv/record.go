@@ -87,6 +87,10 @@ func (r Record) Validate() error {
 // characters, valid UTF-8 and free of spaces and control characters (it ends
 // up in URLs and HTTP headers).
 func ValidateToken(token string) error {
+	// The common case, printable ASCII, in one pass over the bytes.
+	if len(token) > 0 && len(token) <= MaxTokenLength && printableASCII(token) {
+		return nil
+	}
 	switch n := utf8.RuneCountInString(token); {
 	case token == "":
 		return errors.New("access_token is empty")
@@ -101,6 +105,15 @@ func ValidateToken(token string) error {
 		}
 	}
 	return nil
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // Encode validates r and returns its JSON. A record that fails validation is
@@ -120,9 +133,11 @@ func Decode(data []byte) (Record, error) {
 	if len(data) > MaxRecordSize {
 		return Record{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidRecord, len(data), MaxRecordSize)
 	}
-	var r Record
-	if err := json.Unmarshal(data, &r); err != nil {
-		return Record{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+	r, ok := decodeCanonical(data)
+	if !ok {
+		if err := json.Unmarshal(data, &r); err != nil {
+			return Record{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+		}
 	}
 	if err := r.Validate(); err != nil {
 		return Record{}, err

@@ -1,0 +1,4 @@
+package kv
+
+// DecodeCanonicalForTest exposes the fast path to the fuzz target.
+var DecodeCanonicalForTest = decodeCanonical
