@@ -1,0 +1,207 @@
+// Command bench measures wxtoken against the physical floor and against
+// what users would do instead; each part compares with a baseline taken in
+// the same run. Results print as benchmark lines (benchstat reads them) and
+// as a final table. See BENCHMARKS.md.
+//
+//	go run ./test/bench                          # every part (about 8 minutes)
+//	go run ./test/bench -part propagation -n 1000
+//	go run ./test/bench -smoke                   # every part, tiny, as in CI
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/wxtoken/wxtoken/test/benchkit"
+)
+
+var stderr = os.Stderr
+
+func main() {
+	role := flag.String("role", "", "internal: run as a child process of the benchmark")
+	expires := flag.Duration("expires", 2*time.Hour, "internal: token lifetime of the system role")
+	minForce := flag.Duration("min-force", time.Nanosecond, "internal: min force interval of the system role")
+	natsURL := flag.String("nats", "", "internal: NATS URL of the footprint role")
+	counts := flag.String("counts", "1,100", "footprint: app counts to follow, ascending")
+	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, storm, quota, apps, footprint, or all")
+	n := flag.String("n", "100,1000", "propagation: subscriber counts, comma-separated")
+	rotations := flag.Int("rotations", 40, "propagation: rotations per subscriber count")
+	stormN := flag.Int("storm", 1000, "storm: subscribers reporting the same stale token")
+	speed := flag.Float64("speed", 10000, "quota: how much faster than real time the simulated day runs")
+	apps := flag.Int("apps", 10000, "apps: apps in one refresher")
+	rate := flag.Float64("rate", 50, "apps: --upstream-rate of the refresher")
+	steady := flag.Duration("steady", time.Minute, "apps: steady-state window for CPU")
+	smoke := flag.Bool("smoke", false, "run every part at a tiny size, to check that the program works")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process to `file`")
+	flag.Parse()
+	log.SetFlags(0)
+
+	switch *role {
+	case "system":
+		runSystem(*expires, *minForce)
+		return
+	case "footprint":
+		runFootprint(*natsURL, ints(*counts))
+		return
+	case "":
+	default:
+		log.Fatalf("unknown role %q", *role)
+	}
+	if *smoke {
+		*n, *rotations, *stormN, *speed, *apps, *rate, *steady, *counts = "10", 1, 10, 200000, 100, 1000, time.Second, "1,5"
+		smokeRun = true
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+
+	want := map[string]bool{}
+	for _, p := range strings.Split(*part, ",") {
+		want[strings.TrimSpace(p)] = true
+	}
+	run := func(name string) bool { return want["all"] || want[name] }
+	fmt.Printf("goos: %s\ngoarch: %s\npkg: github.com/wxtoken/wxtoken/test/bench\ncpu: %s\n# cores %d, %s\n",
+		runtime.GOOS, runtime.GOARCH, cpuModel(), runtime.NumCPU(), runtime.Version())
+	var table []row
+
+	if run("read") {
+		progress("read: Token() and a bucket read per call")
+		token := testing.Benchmark(benchkit.TokenRead)
+		perCall := testing.Benchmark(benchkit.KVGetPerCall)
+		fmt.Fprintln(stderr)
+		fmt.Printf("BenchmarkToken %d %.2f ns/op %d allocs/op\n", token.N, nsPerOp(token), token.AllocsPerOp())
+		fmt.Printf("BenchmarkTokenKVGetPerCall %d %.0f ns/op %d allocs/op\n", perCall.N, nsPerOp(perCall), perCall.AllocsPerOp())
+		ratio := nsPerOp(perCall) / nsPerOp(token)
+		table = append(table,
+			row{"1 token read", "Token(), RunParallel", fmt.Sprintf("%.2f ns/op, %d allocs", nsPerOp(token), token.AllocsPerOp()),
+				fmt.Sprintf("kv.Get per call: %.1f µs/op, %d allocs", nsPerOp(perCall)/1000, perCall.AllocsPerOp()),
+				fmt.Sprintf("%.0fx faster", ratio), "≤ 10 ns, 0 allocs, ≥ 10,000x",
+				verdict(nsPerOp(token) <= 10 && token.AllocsPerOp() == 0 && ratio >= 10000)})
+	}
+	if run("propagation") {
+		for _, count := range ints(*n) {
+			sub, floor := propagation(count, *rotations)
+			fmt.Fprintln(stderr)
+			benchLine(fmt.Sprintf("Propagation/n=%d/subscriber", count), sub.n, fmt.Sprintf("%.3f", ms(sub.p50)), "p50-ms",
+				fmt.Sprintf("%.3f", ms(sub.p99)), "p99-ms", fmt.Sprintf("%.3f", ms(sub.max)), "max-ms")
+			benchLine(fmt.Sprintf("Propagation/n=%d/core-floor", count), floor.n, fmt.Sprintf("%.3f", ms(floor.p50)), "p50-ms",
+				fmt.Sprintf("%.3f", ms(floor.p99)), "p99-ms", fmt.Sprintf("%.3f", ms(floor.max)), "max-ms")
+			ratio := float64(sub.p99) / float64(floor.p99)
+			target, met := "p99 ≤ 1.5x floor", ratio <= 1.5
+			if count >= 1000 {
+				target, met = "p99 ≤ 1.5x floor and ≤ 50 ms", ratio <= 1.5 && sub.p99 <= 50*time.Millisecond
+			}
+			table = append(table, row{fmt.Sprintf("2 propagation n=%d", count), fmt.Sprintf("KV write → held, %d rotations", *rotations),
+				fmt.Sprintf("p50 %.1f / p99 %.1f / max %.1f ms", ms(sub.p50), ms(sub.p99), ms(sub.max)),
+				fmt.Sprintf("core fan-out: p50 %.1f / p99 %.1f / max %.1f ms", ms(floor.p50), ms(floor.p99), ms(floor.max)),
+				fmt.Sprintf("p99 %.2fx", ratio), target, verdict(met)})
+		}
+	}
+	if run("storm") {
+		progress("storm: %d subscribers report the same stale token", *stormN)
+		r := testing.Benchmark(func(b *testing.B) { benchkit.Storm(b, *stormN) })
+		fmt.Fprintln(stderr)
+		fmt.Printf("BenchmarkInvalidationStorm/n=%d %d %.0f ns/op %.3f upstream-calls/op %.2f p99-ms %.2f max-ms\n",
+			*stormN, r.N, nsPerOp(r), r.Extra["upstream-calls/op"], r.Extra["p99-ms"], r.Extra["max-ms"])
+		table = append(table, row{fmt.Sprintf("3 storm n=%d", *stormN), "Refresh(stale) from all at once",
+			fmt.Sprintf("%.3f upstream calls/storm; all hold the new token: p99 %.1f ms, max %.1f ms", r.Extra["upstream-calls/op"], r.Extra["p99-ms"], r.Extra["max-ms"]),
+			fmt.Sprintf("each instance fetching itself: %d calls", *stormN), fmt.Sprintf("%.0fx fewer calls", float64(*stormN)/r.Extra["upstream-calls/op"]),
+			"exactly 1 call", verdict(r.Extra["upstream-calls/op"] == 1)})
+	}
+	if run("quota") {
+		q := quotaDay(*speed)
+		fmt.Fprintln(stderr)
+		fmt.Printf("BenchmarkQuotaDay/wxtoken 1 %d upstream-calls/day %.4f valid-share\n", q.calls, q.validShare)
+		fmt.Printf("BenchmarkQuotaDay/naive-10-instances 1 %d upstream-calls/day %.4f valid-share\n", q.naiveCalls, q.naiveValidShare)
+		fmt.Printf("# quota: one day simulated in %s; floor ceil(86400 / (7200-600)) = %d\n", q.taken.Round(time.Millisecond), q.floor)
+		table = append(table, row{"4 quota", "upstream calls per app per day, defaults",
+			fmt.Sprintf("%d calls; token valid %.2f%% of minutes", q.calls, 100*q.validShare),
+			fmt.Sprintf("floor %d; naive 10 instances / 2h: %d calls, tokens valid %.1f%% of instance-minutes", q.floor, q.naiveCalls, 100*q.naiveValidShare),
+			fmt.Sprintf("%.2fx floor, %.1fx fewer than naive", float64(q.calls)/float64(q.floor), float64(q.naiveCalls)/float64(q.calls)),
+			"at the floor; always valid", verdict(q.calls <= q.floor && q.validShare == 1)})
+	}
+	if run("apps") {
+		a := manyApps(*apps, *rate, *steady)
+		fmt.Fprintln(stderr)
+		fmt.Printf("BenchmarkManyApps/apps=%d 1 %.1f s-to-all-tokens %d max-calls/s %.0f cpu-s/hour %d peak-rss-bytes\n",
+			a.apps, a.allTokens.Seconds(), a.maxPerSecond, a.cpuPerHour.Seconds(), a.peakRSS)
+		table = append(table, row{fmt.Sprintf("5 apps n=%d", a.apps), fmt.Sprintf("one refresher, --upstream-rate %g", a.rate),
+			fmt.Sprintf("all tokens in %.1f s; max %d calls in any 1 s (%d per calendar second); steady CPU %.2f%% of a core (%.1f s/hour); peak RSS %.0f MB",
+				a.allTokens.Seconds(), a.maxPerSecond, a.maxPerBucket, 100*a.cpuShare, a.cpuPerHour.Seconds(), float64(a.peakRSS)/(1<<20)),
+			fmt.Sprintf("pacing floor %.0f s", a.pacingFloor.Seconds()),
+			fmt.Sprintf("%.3fx floor", a.allTokens.Seconds()/a.pacingFloor.Seconds()),
+			"≤ rate/s, ≤ 1.1x floor, ≤ 200 MB, ≤ 1% CPU",
+			verdict(float64(a.maxPerSecond) <= a.rate && a.allTokens.Seconds() <= 1.1*a.pacingFloor.Seconds() && a.peakRSS <= 200<<20 && a.cpuShare <= 0.01)})
+	}
+	if run("footprint") {
+		samples := footprint(ints(*counts))
+		base := samples[0]
+		for _, s := range samples[1:] {
+			fmt.Printf("BenchmarkFootprint/apps=%d 1 %d extra-rss-bytes %d extra-goroutines\n", s.Subscribers, s.RSS-base.RSS, s.Goroutines-base.Goroutines)
+			table = append(table, row{fmt.Sprintf("6 footprint %d apps", s.Subscribers), "a process following them",
+				fmt.Sprintf("+%.1f MB RSS, +%d goroutines", float64(s.RSS-base.RSS)/(1<<20), s.Goroutines-base.Goroutines),
+				fmt.Sprintf("connected, no subscriber: %.1f MB, %d goroutines", float64(base.RSS)/(1<<20), base.Goroutines), "", "", ""})
+		}
+	}
+
+	fmt.Println()
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "part\tmeasure\twxtoken\tbaseline (same run)\tratio\ttarget\tmet")
+	for _, r := range table {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.part, r.measure, r.result, r.baseline, r.ratio, r.target, r.met)
+	}
+	w.Flush()
+}
+
+type row struct{ part, measure, result, baseline, ratio, target, met string }
+
+// smokeRun marks a run too small for its figures to mean anything.
+var smokeRun bool
+
+func verdict(ok bool) string {
+	if smokeRun {
+		return "smoke"
+	}
+	if ok {
+		return "yes"
+	}
+	return "NO"
+}
+
+func nsPerOp(r testing.BenchmarkResult) float64 { return float64(r.T.Nanoseconds()) / float64(r.N) }
+
+func ints(list string) []int {
+	var out []int
+	for _, s := range strings.Split(list, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil {
+			log.Fatalf("not a number: %q", s)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func cpuModel() string {
+	data, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(data), "\n") {
+		if name, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), ":"))
+		}
+	}
+	return "unknown"
+}

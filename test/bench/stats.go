@@ -1,0 +1,39 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// dist summarises latencies.
+type dist struct {
+	n             int
+	p50, p99, max time.Duration
+}
+
+func summarize(samples []time.Duration) dist {
+	if len(samples) == 0 {
+		return dist{}
+	}
+	s := slices.Clone(samples)
+	slices.Sort(s)
+	at := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))] }
+	return dist{n: len(s), p50: at(0.50), p99: at(0.99), max: s[len(s)-1]}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func (d dist) String() string {
+	return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d samples)", ms(d.p50), ms(d.p99), ms(d.max), d.n)
+}
+
+// benchLine prints a result in the benchmark format benchstat reads:
+// name, iterations, then value-unit pairs.
+func benchLine(name string, iterations int, pairs ...any) {
+	fmt.Printf("Benchmark%s %d", name, iterations)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		fmt.Printf(" %v %s", pairs[i], pairs[i+1])
+	}
+	fmt.Println()
+}
