@@ -48,7 +48,7 @@ func manyApps(n int, rate float64, steady time.Duration) appsResult {
 	defer os.RemoveAll(dir)
 	binary := filepath.Join(dir, "wxtoken")
 	if out, err := exec.Command("go", "build", "-o", binary, "github.com/wxtoken/wxtoken/cmd/wxtoken").CombinedOutput(); err != nil {
-		log.Fatalf("go build: %v\n%s", err, out)
+		log.Fatalf("go build of cmd/wxtoken (run the benchmark from the repository root): %v\n%s", err, out)
 	}
 
 	opts, _ := embedded.Options("127.0.0.1:-1", filepath.Join(dir, "nats"))

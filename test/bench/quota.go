@@ -148,7 +148,6 @@ func quotaDay(speed float64) quotaResult {
 		calls: calls, floor: int(math.Ceil(day.Seconds() / usable)),
 		validShare: float64(valid) / float64(minutes), naiveCalls: nCalls, naiveInstances: len(naive),
 		naiveValidShare: float64(naiveValid) / float64(naiveSamples),
-		simulated: day, taken: time.Since(clock.realStart),
+		simulated:       day, taken: time.Since(clock.realStart),
 	}
 }
-
