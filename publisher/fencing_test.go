@@ -64,7 +64,8 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 	newRev := put(newer, base)
 
 	deposed := kv.NewRecord("wx1", "deposed-leaders", 2*time.Hour, now.Add(-5*time.Second))
-	rev, stored, ours, err := r.store(tm, "wx1", deposed, base)
+	deposedData, _ := kv.Encode(deposed)
+	rev, stored, ours, err := r.store(tm, "wx1", deposed, deposedData, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +82,8 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := kv.NewRecord("wx1", "fresh", 2*time.Hour, now.Add(time.Second))
-	rev, stored, ours, err = r.store(tm, "wx1", fresh, newRev)
+	freshData, _ := kv.Encode(fresh)
+	rev, stored, ours, err = r.store(tm, "wx1", fresh, freshData, newRev)
 	if err != nil || !ours || rev <= garbage || stored.AccessToken != "fresh" {
 		t.Fatalf("store over garbage: ours %v rev %d token %q err %v", ours, rev, stored.AccessToken, err)
 	}

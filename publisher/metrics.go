@@ -103,3 +103,13 @@ func (c tokenCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(fetchedDesc, prometheus.GaugeValue, float64(rec.FetchedAt.Unix()), a.id)
 	}
 }
+
+func checkResult(valid bool, err error) string {
+	switch {
+	case err != nil:
+		return "error"
+	case valid:
+		return "valid"
+	}
+	return "invalid"
+}

@@ -1,0 +1,96 @@
+package publisher
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// failed records a failed fetch and decides when the next may happen.
+func (r *Refresher) failed(a *appState, err error) {
+	class := classOf(err)
+	var ue *UpstreamError
+	errors.As(err, &ue)
+	now := r.cfg.Clock.now()
+	a.mu.Lock()
+	a.failures++
+	var wait time.Duration
+	switch class {
+	case ClassConfig:
+		wait = r.cfg.ConfigErrorBackoff
+	case ClassQuota:
+		// All apps resume at midnight; the pacer spreads them.
+		wait = untilQuotaReset(now)
+	default:
+		wait = retryDelay(a.failures, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
+	}
+	a.retryAt, a.lastErr = now.Add(wait), err
+	failures := a.failures
+	a.mu.Unlock()
+
+	if class == ClassRetry {
+		r.log.Warn("token fetch failed, will retry", "appid", a.id, "error", err,
+			"failures", failures, "retry_in", wait.Round(time.Millisecond))
+		return
+	}
+	r.log.Error("token fetch refused: "+ue.Meaning(), "appid", a.id, "errcode", ue.ErrCode,
+		"errmsg", ue.ErrMsg, "class", string(class), "next_attempt", now.Add(wait).Format(time.RFC3339))
+	ev, _ := json.Marshal(kv.FailureEvent{
+		AppID: a.id, ErrCode: ue.ErrCode, ErrMsg: ue.ErrMsg, Class: string(class), NextAttempt: now.Add(wait).UTC(),
+	})
+	if err := r.nc.Publish(r.subjects.Failed(a.id), ev); err != nil {
+		r.log.Warn("failure event not published", "appid", a.id, "error", err)
+	}
+}
+
+// backoffError answers a fetch asked for while the app waits after a failure.
+type backoffError struct {
+	until time.Time
+	last  error
+}
+
+func (e *backoffError) Error() string {
+	return fmt.Sprintf("publisher: no fetch before %s after: %v", e.until.UTC().Format(time.RFC3339), e.last)
+}
+
+func (e *backoffError) Unwrap() error { return e.last }
+
+// errEnding answers what the ending of a leadership term cut short.
+var errEnding = errors.New("publisher: refresher is stopping or lost its leadership")
+
+// errPanicked is the outcome of a rotation that panicked.
+var errPanicked = errors.New("publisher: rotation failed with a panic (logged)")
+
+// secretScrubber removes every AppSecret from a text. It guards the one
+// thing no type can keep a secret out of: the text of a panic.
+type secretScrubber []string
+
+func (s secretScrubber) scrub(text string) string {
+	for _, secret := range s {
+		if strings.Contains(text, secret) {
+			text = scrub(text, secret)
+		}
+	}
+	return text
+}
+
+// logPanic logs a recovered panic and its stack, scrubbed of secrets.
+func (r *Refresher) logPanic(p any) {
+	r.log.Error("recovered from a panic", "panic", r.scrub.scrub(fmt.Sprint(p)),
+		"stack", r.scrub.scrub(string(debug.Stack())))
+}
+
+// classOf is the class of a failed fetch; failures that are not WeChat's
+// answers (a panic, say) are transient.
+func classOf(err error) Class {
+	var ue *UpstreamError
+	if errors.As(err, &ue) {
+		return ue.Class
+	}
+	return ClassRetry
+}

@@ -1,0 +1,200 @@
+package publisher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// mode is why a rotation runs.
+type mode int
+
+const (
+	modeScheduled mode = iota // the token is due (or missing): fetch
+	modeForced                // a service saw the current token rejected: check, then fetch
+)
+
+// flight is one rotation; everyone who needs it while it runs shares it.
+type flight struct {
+	done chan struct{}
+	out  outcome // set before done closes
+}
+
+// outcome is what a rotation left in the bucket.
+type outcome struct {
+	rev       uint64
+	rec       *kv.Record // nil when there is no valid token
+	refreshed bool
+	err       error
+}
+
+// startOrJoin returns the app's rotation under way, or starts one; started
+// says which. Callers hold a.mu. It returns nil when the term is ending.
+func (r *Refresher) startOrJoin(t *term, a *appState, m mode, reason string) (f *flight, started bool) {
+	if a.flight != nil {
+		return a.flight, false
+	}
+	f = &flight{done: make(chan struct{})}
+	base := outcome{rev: a.rev, rec: a.rec}
+	if !t.spawn(func() { r.fly(t, a, f, m, reason, base) }) {
+		return nil, false
+	}
+	a.flight = f
+	return f, true
+}
+
+func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, base outcome) {
+	var out outcome
+	// The flight lands whatever happens in it, a panic included: everyone
+	// waiting on it is answered and the app can rotate again.
+	defer func() {
+		if p := recover(); p != nil {
+			r.logPanic(p)
+			out = base
+			out.err = errPanicked
+			r.failed(a, errPanicked)
+		}
+		a.mu.Lock()
+		if out.rev > a.rev {
+			r.setRecord(a, out.rev, out.rec)
+		}
+		a.flight = nil
+		a.mu.Unlock()
+		f.out = out
+		close(f.done)
+		r.plan(t, a)
+	}()
+	out = r.rotate(t, a, m, reason, base)
+}
+
+// rotate does the work of one flight: fetch a token and store it.
+func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base outcome) outcome {
+	a.mu.Lock()
+	retryAt, lastErr := a.retryAt, a.lastErr
+	a.mu.Unlock()
+	if now := r.cfg.Clock.now(); now.Before(retryAt) {
+		base.err = &backoffError{until: retryAt, last: lastErr}
+		return base
+	}
+	if m == modeForced && base.rec != nil && base.rec.ValidAt(r.cfg.Clock.now()) {
+		// One confused service must not invalidate everyone's token: ask
+		// WeChat first. If the check itself fails, the rejection the
+		// service saw is the better evidence, so rotate.
+		checkStart := time.Now()
+		valid, err := r.upstream.CheckToken(t.ctx, base.rec.AccessToken)
+		r.metrics.upstreamCall(a.id, "check", checkResult(valid, err), time.Since(checkStart))
+		switch {
+		case err == nil && valid:
+			r.log.Info("refresh request: WeChat says the token still works, not rotating",
+				"appid", a.id, "revision", base.rev, "reason", reason)
+			return base
+		case err != nil && t.ctx.Err() == nil:
+			r.log.Warn("refresh request: could not check the token, rotating", "appid", a.id, "error", err)
+		}
+	}
+	if err := r.pacer.Wait(t.ctx); err != nil {
+		base.err = errEnding
+		return base
+	}
+	start := r.cfg.Clock.now()
+	clock := time.Now() // latency on the monotonic clock, whatever Now says
+	fetched, err := r.upstream.FetchToken(t.work, a.id, a.secret)
+	latency := time.Since(clock)
+	if err != nil {
+		if t.work.Err() != nil {
+			base.err = errEnding
+			return base
+		}
+		r.metrics.upstreamCall(a.id, "token", string(classOf(err)), latency)
+		r.failed(a, err)
+		base.err = err
+		return base
+	}
+	r.metrics.upstreamCall(a.id, "token", "ok", latency)
+	rec := kv.NewRecord(a.id, fetched.AccessToken, fetched.ExpiresIn, start)
+	rec.Reason = reason
+	data, err := kv.Encode(rec)
+	if err != nil { // cannot happen: the upstream answer was validated
+		base.err = err
+		return base
+	}
+	rev, stored, ours, err := r.store(t, a.id, rec, data, base.rev)
+	if err != nil {
+		r.log.Error("token fetched but not stored", "appid", a.id, "error", err)
+		base.err = err
+		return base
+	}
+	a.mu.Lock()
+	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+	a.mu.Unlock()
+	if !ours {
+		// Another writer stored a token fetched after ours: it is the
+		// valid one, and nothing of ours was written.
+		return outcome{rev: rev, rec: &stored}
+	}
+	r.announce(a.id, rev, rec, data, reason)
+	r.metrics.rotated.WithLabelValues(a.id, reason).Inc()
+	r.log.Info("token rotated", "appid", a.id, "revision", rev, "reason", reason,
+		"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
+	return outcome{rev: rev, rec: &rec, refreshed: true}
+}
+
+// store writes rec, encoded as data, with compare-and-swap on baseRev, the
+// revision the rotation started from, and returns the revision and record
+// the key holds afterwards. If the key moved meanwhile, the newer of the two
+// tokens wins: the stored one (ours is false) if it was fetched no earlier
+// than ours, otherwise ours, written over the revision found.
+func (r *Refresher) store(t *term, appid string, rec kv.Record, data []byte, baseRev uint64) (rev uint64, stored kv.Record, ours bool, err error) {
+	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	defer cancel()
+	rev, err = casPut(ctx, t.bucket, appid, data, baseRev)
+	if !isConflict(err) {
+		return rev, rec, err == nil, err
+	}
+	var found uint64
+	e, err := t.bucket.Get(ctx, appid)
+	switch {
+	case err == nil:
+		found = e.Revision()
+		if theirs, derr := kv.DecodeFor(appid, e.Value()); derr == nil && !theirs.FetchedAt.Before(rec.FetchedAt) {
+			return found, theirs, false, nil
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return 0, kv.Record{}, false, err
+	}
+	rev, err = casPut(ctx, t.bucket, appid, data, found)
+	return rev, rec, err == nil, err
+}
+
+// casPut creates the key when rev is 0 and updates revision rev otherwise.
+func casPut(ctx context.Context, b jetstream.KeyValue, key string, data []byte, rev uint64) (uint64, error) {
+	if rev == 0 {
+		return b.Create(ctx, key, data)
+	}
+	return b.Update(ctx, key, data, rev)
+}
+
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+// announce publishes the new value on its Value subject, where subscribers
+// take it in the moment it arrives, then the rotation event, which carries
+// no token. Both follow the successful write.
+func (r *Refresher) announce(appid string, rev uint64, rec kv.Record, data []byte, reason string) {
+	if err := r.nc.PublishMsg(kv.ValueMsg(r.subjects, appid, rev, data)); err != nil {
+		r.log.Warn("new value not published", "appid", appid, "error", err)
+	}
+	ev, _ := json.Marshal(kv.RotationEvent{
+		AppID: appid, Revision: rev, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: reason,
+	})
+	if err := r.nc.Publish(r.subjects.Rotated(appid), ev); err != nil {
+		r.log.Warn("rotation event not published", "appid", appid, "error", err)
+	}
+}
+
