@@ -188,5 +188,3 @@ func (r *Refresher) Ready() error {
 	}
 	return nil
 }
-
-

@@ -197,4 +197,3 @@ func (r *Refresher) announce(appid string, rev uint64, rec kv.Record, data []byt
 		r.log.Warn("rotation event not published", "appid", appid, "error", err)
 	}
 }
-
