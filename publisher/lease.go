@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -78,12 +79,20 @@ type heldLease struct {
 	holder LeaseHolder
 	value  []byte
 
-	lost     chan struct{} // closed when the lease is, or may be, gone
-	stop     chan struct{}
-	done     chan struct{}
-	mu       sync.Mutex
-	rev      uint64
-	lostOnce sync.Once
+	lostCh     chan struct{} // closed when the lease is, or may be, gone
+	stop       chan struct{}
+	done       chan struct{}
+	mu         sync.Mutex
+	rev        uint64
+	lostOnce   sync.Once
+	validUntil atomic.Int64 // Unix nanoseconds until which the lease surely holds
+}
+
+func (h *heldLease) lost() <-chan struct{} { return h.lostCh }
+
+// remaining is how long the lease surely still holds.
+func (h *heldLease) remaining() time.Duration {
+	return time.Until(time.Unix(0, h.validUntil.Load()))
 }
 
 // acquire waits until this replica holds the lease or ctx ends.
@@ -120,7 +129,8 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 		rev, err := l.bucket.Create(ctx, leaseKey, value)
 		if err == nil {
 			h := &heldLease{l: l, holder: holder, value: value, rev: rev,
-				lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+				lostCh: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+			h.validUntil.Store(sent.Add(l.ttl - l.margin).UnixNano())
 			go h.renew(sent)
 			return h, nil
 		}
@@ -191,6 +201,7 @@ func (h *heldLease) renew(sent time.Time) {
 		switch {
 		case err == nil:
 			validUntil = sent.Add(l.ttl - l.margin)
+			h.validUntil.Store(validUntil.UnixNano())
 			expired.Reset(time.Until(validUntil))
 			next.Reset(every)
 		case isConflict(err):
@@ -232,7 +243,8 @@ func (h *heldLease) update(ctx context.Context) error {
 func (h *heldLease) lose(why string) {
 	h.lostOnce.Do(func() {
 		h.l.log.Warn("leadership lost: "+why, "instance", h.l.instance)
-		close(h.lost)
+		h.validUntil.Store(0)
+		close(h.lostCh)
 	})
 }
 
@@ -242,11 +254,14 @@ func (h *heldLease) release() {
 	close(h.stop)
 	<-h.done
 	select {
-	case <-h.lost:
+	case <-h.lostCh:
 		return
 	default:
 	}
-	h.lostOnce.Do(func() { close(h.lost) })
+	h.lostOnce.Do(func() {
+		h.validUntil.Store(0)
+		close(h.lostCh)
+	})
 	h.mu.Lock()
 	rev := h.rev
 	h.mu.Unlock()

@@ -101,6 +101,13 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		base.err = errEnding
 		return base
 	}
+	// A fetch can outlast its timeout's start by the whole timeout, and a
+	// request once sent cannot be taken back: none starts that the lease
+	// might not cover.
+	if t.leaseLeft != nil && t.leaseLeft() < r.cfg.UpstreamTimeout {
+		base.err = errEnding
+		return base
+	}
 	start := r.cfg.Clock.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	fetched, err := r.upstream.FetchToken(t.work, a.id, a.secret)

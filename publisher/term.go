@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
@@ -21,6 +22,9 @@ type term struct {
 	// not thrown away; when the lease is lost it ends at once.
 	work   context.Context
 	bucket jetstream.KeyValue
+	// leaseLeft is how long the lease surely lasts: no fetch starts that
+	// could outlast it.
+	leaseLeft func() time.Duration
 
 	onPanic func(any) // a goroutine's panic is logged, not fatal
 
@@ -64,25 +68,36 @@ func (t *term) drain() {
 	t.wg.Wait()
 }
 
-// lead runs the leader's duties until ctx ends or lost closes: it follows
-// the bucket, serves the refresh endpoint and runs the schedule.
-func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lost <-chan struct{}) error {
+// leadership is what a term needs of the lease: when it is gone, and how
+// long it surely lasts.
+type leadership interface {
+	lost() <-chan struct{}
+	remaining() time.Duration
+}
+
+// lead runs the leader's duties until ctx ends or the lease is lost: it
+// serves the refresh endpoint and runs the schedule.
+func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease leadership) error {
 	tctx, endTerm := context.WithCancel(ctx)
 	defer endTerm()
 	work, endWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer endWork()
+	led := make(chan struct{})
+	defer close(led)
 	go func() {
+		// Watched until lead returns, the draining included: a lease lost
+		// while fetches finish at shutdown still cuts them short.
 		select {
-		case <-lost:
+		case <-lease.lost():
 			// From here on this replica may not call WeChat: whatever
 			// is under way is cut short now, before cleaning up.
 			r.setLeading(false)
 			endWork()
 			endTerm()
-		case <-tctx.Done():
+		case <-led:
 		}
 	}()
-	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic}
+	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic, leaseLeft: lease.remaining}
 	r.term.Store(t)
 	defer r.term.Store(nil)
 
@@ -170,7 +185,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		}
 		r.setLeading(true)
 		r.log.Info("became leader", "instance", r.cfg.Instance)
-		err = r.lead(ctx, bucket, held.lost)
+		err = r.lead(ctx, bucket, held)
 		r.setLeading(false)
 		held.release()
 		if err != nil || ctx.Err() != nil {

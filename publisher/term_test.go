@@ -1,0 +1,119 @@
+package publisher
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// fakeLease is a leadership the test controls.
+type fakeLease struct {
+	lostCh chan struct{}
+	left   time.Duration
+}
+
+func (f *fakeLease) lost() <-chan struct{}    { return f.lostCh }
+func (f *fakeLease) remaining() time.Duration { return f.left }
+
+// hangingWeChat answers nothing: each token request waits until the client
+// gives up. started is closed at the first request; calls counts them.
+func hangingWeChat(t *testing.T) (url string, started <-chan struct{}, calls *atomic.Int64) {
+	t.Helper()
+	ch := make(chan struct{})
+	var once sync.Once
+	calls = &atomic.Int64{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/cgi-bin/token" {
+			calls.Add(1)
+			once.Do(func() { close(ch) })
+		}
+		<-r.Context().Done()
+	}))
+	t.Cleanup(func() {
+		srv.CloseClientConnections() // a failed test must not wait for hung requests
+		srv.Close()
+	})
+	return srv.URL, ch, calls
+}
+
+func leadingRefresher(t *testing.T, ctx context.Context, url string, lease *fakeLease) (*Refresher, <-chan error) {
+	t.Helper()
+	nc, js := jetStream(t)
+	r, err := New(nc, Config{
+		Apps: []App{{AppID: "wx1", Secret: NewSecret("s")}}, UpstreamURL: url,
+		UpstreamTimeout: time.Hour, LeaseTTL: 3 * time.Hour, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket, err := kv.Open(ctx, js, kv.BucketConfig{Subjects: r.subjects})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.lead(ctx, bucket, lease) }()
+	return r, done
+}
+
+// TestLeaseLostWhileDrainingCutsWorkShort: at shutdown the leader lets
+// fetches under way finish; if its lease is lost meanwhile, they must stop
+// at once, as at any other time. Here the fetch would otherwise wait for
+// its one-hour timeout.
+func TestLeaseLostWhileDrainingCutsWorkShort(t *testing.T) {
+	testCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	url, started, _ := hangingWeChat(t)
+	lease := &fakeLease{lostCh: make(chan struct{}), left: 2 * time.Hour}
+	ctx, shutdown := context.WithCancel(context.Background())
+	_, done := leadingRefresher(t, ctx, url, lease)
+	select {
+	case <-started: // a fetch is under way
+	case <-testCtx.Done():
+		t.Fatal("no fetch started")
+	}
+	shutdown()          // lead drains, waiting for the fetch
+	close(lease.lostCh) // and the lease is lost meanwhile
+	select {
+	case <-done:
+	case <-testCtx.Done():
+		t.Fatal("the fetch kept running after the lease was lost")
+	}
+}
+
+// TestNoFetchTheLeaseMightNotCover: with less lease left than one upstream
+// timeout, no fetch starts; the request is answered unavailable.
+func TestNoFetchTheLeaseMightNotCover(t *testing.T) {
+	testCtx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	url, _, calls := hangingWeChat(t)
+	lease := &fakeLease{lostCh: make(chan struct{}), left: time.Minute} // less than the 1h timeout
+	ctx, shutdown := context.WithCancel(context.Background())
+	defer shutdown()
+	r, _ := leadingRefresher(t, ctx, url, lease)
+	var reply kv.RefreshReply
+	for {
+		msg, err := r.nc.RequestWithContext(testCtx, kv.Subjects{}.Refresh("wx1"), nil)
+		if err == nil {
+			json.Unmarshal(msg.Data, &reply)
+			break
+		}
+		if testCtx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond) // waiting for the endpoint to be served
+	}
+	if reply.Error == nil || reply.Error.Code != kv.CodeUnavailable {
+		t.Errorf("reply %+v, want unavailable", reply)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("%d fetches started with too little lease left", n)
+	}
+}
