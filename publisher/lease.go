@@ -51,23 +51,49 @@ type lease struct {
 	log      *slog.Logger
 }
 
+// openLease binds the lease bucket, or creates it with cfg.LeaseTTL. An
+// existing bucket is never changed: its MaxAge is the lease TTL every
+// replica must share, and shortening it under a running leader would
+// expire that leader's lease at once while it still believes it leads.
+// A replica configured with another TTL uses the bucket's and says so.
 func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config) (*lease, error) {
-	b, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      LeaseBucket(cfg.Bucket),
-		Description: "wxtoken: leader lease of the refresher replicas",
-		History:     1,
-		TTL:         cfg.LeaseTTL,
-		Replicas:    cfg.Replicas,
-		Storage:     jetstream.FileStorage,
-	})
+	name := LeaseBucket(cfg.Bucket)
+	b, err := js.KeyValue(ctx, name)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		b, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      name,
+			Description: "wxtoken: leader lease of the refresher replicas",
+			History:     1,
+			TTL:         cfg.LeaseTTL,
+			Replicas:    cfg.Replicas,
+			Storage:     jetstream.FileStorage,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			b, err = js.KeyValue(ctx, name) // another replica was quicker
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("publisher: open lease bucket: %w", err)
+	}
+	st, err := b.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("publisher: lease bucket: %w", err)
+	}
+	ttl := st.TTL()
+	switch {
+	case ttl <= 0:
+		return nil, fmt.Errorf("publisher: lease bucket %s has no TTL, so a lease would never lapse; delete it and restart", name)
+	case cfg.UpstreamTimeout > ttl/2:
+		return nil, fmt.Errorf("publisher: the lease bucket's TTL %s is shorter than twice the upstream timeout %s", ttl, cfg.UpstreamTimeout)
+	case ttl != cfg.LeaseTTL:
+		cfg.Logger.Warn("using the lease bucket's TTL, not --lease-ttl: replicas must share one; to change it, stop every replica and delete the bucket",
+			"bucket", name, "ttl", ttl, "lease_ttl", cfg.LeaseTTL)
 	}
 	return &lease{
 		nc:       nc,
 		bucket:   b,
-		ttl:      cfg.LeaseTTL,
-		margin:   min(time.Second, cfg.LeaseTTL/10),
+		ttl:      ttl,
+		margin:   min(time.Second, ttl/10),
 		instance: cfg.Instance,
 		log:      cfg.Logger,
 	}, nil

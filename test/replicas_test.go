@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -225,5 +226,31 @@ func awaitHolder(t *testing.T, ctx context.Context, holders <-chan string, insta
 		case <-ctx.Done():
 			t.Fatalf("%s never held the lease", instance)
 		}
+	}
+}
+
+// TestReplicaWithShorterLeaseTTLDoesNotTakeOver: a replica started with a
+// shorter --lease-ttl (a rolling deploy that changes it, say) must not
+// shorten the running leader's lease under it and lead beside it.
+func TestReplicaWithShorterLeaseTTLDoesNotTakeOver(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	apps := testenv.Apps(fake, appA)
+	first := testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), publisher.Config{Apps: apps, UpstreamURL: url, LeaseTTL: 10 * time.Second, Instance: "long"})
+	nc := testenv.Connect(t, srv.ClientURL())
+	awaitEndpoint(t, ctx, nc, appA)
+
+	logs := newNotifyingBuffer()
+	second := testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), publisher.Config{Apps: apps, UpstreamURL: url,
+		LeaseTTL: 2 * time.Second, UpstreamTimeout: time.Second, Instance: "short", Logger: textLogger(logs)})
+	if err := logs.waitFor(ctx, "standing by"); err != nil {
+		t.Fatalf("the second replica never stood by:\n%s", logs.String())
+	}
+	if !first.Leading() || second.Leading() {
+		t.Errorf("leading: first %v, second %v; want only the first", first.Leading(), second.Leading())
+	}
+	if !strings.Contains(logs.String(), "using the lease bucket's TTL") {
+		t.Errorf("the TTL mismatch was not logged:\n%s", logs.String())
 	}
 }
