@@ -34,7 +34,7 @@ func (r *Refresher) failed(a *appState, err error) {
 	a.mu.Unlock()
 
 	if class == ClassRetry {
-		r.log.Warn("token fetch failed, will retry", "appid", a.id, "error", err,
+		r.log.Warn("token not rotated, will retry", "appid", a.id, "error", err,
 			"failures", failures, "retry_in", wait.Round(time.Millisecond))
 		return
 	}

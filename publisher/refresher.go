@@ -96,10 +96,11 @@ type appState struct {
 	refreshAt  time.Time   // when rec enters its refresh window, spread included
 	flight     *flight     // the rotation under way, shared by all who need one
 	lastForced time.Time   // start of the last forced refresh
-	failures   int         // consecutive failed fetches
+	failures   int         // consecutive failed rotations (fetch or write)
 	retryAt    time.Time   // no fetch before this, after a failure
 	lastErr    error       // the failure that set retryAt
-	timer      *time.Timer // wakes the app when it falls due between two ticks
+	pending    *kv.Record  // fetched but not stored yet: written before anything is fetched
+	timer      *time.Timer // wakes the app when it falls due
 	timerAt    time.Time
 	timerGen   uint64 // tells a stopped timer's late callback from the current one's
 }
@@ -109,7 +110,9 @@ func (a *appState) due(now time.Time) time.Time {
 	switch {
 	case now.Before(a.retryAt):
 		return a.retryAt
-	case a.rec == nil || !a.rec.ValidAt(now):
+	case a.pending != nil, a.rec == nil || !a.rec.ValidAt(now):
+		// A token fetched but not stored must reach the bucket: its fetch
+		// will kill the one there.
 		return now
 	}
 	return a.refreshAt

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -75,11 +76,68 @@ func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, 
 // rotate does the work of one flight: fetch a token and store it.
 func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base outcome) outcome {
 	a.mu.Lock()
-	retryAt, lastErr := a.retryAt, a.lastErr
+	retryAt, lastErr, pending := a.retryAt, a.lastErr, a.pending
 	a.mu.Unlock()
-	if now := r.cfg.Clock.now(); now.Before(retryAt) {
+	now := r.cfg.Clock.now()
+	if now.Before(retryAt) {
 		base.err = &backoffError{until: retryAt, last: lastErr}
 		return base
+	}
+	var rec kv.Record
+	var latency time.Duration
+	if pending != nil && pending.ValidAt(now) {
+		// A token fetched earlier but never stored is the newest WeChat
+		// issued: store it, rather than fetch another, which would cost
+		// quota and kill this one.
+		rec = *pending
+	} else {
+		var early *outcome
+		if rec, latency, early = r.fetch(t, a, m, reason, base); early != nil {
+			return *early
+		}
+	}
+	data, err := kv.Encode(rec)
+	if err != nil { // cannot happen: the upstream answer was validated
+		base.err = err
+		return base
+	}
+	rev, stored, ours, err := r.store(t, a.id, rec, data, base.rev)
+	if err != nil {
+		a.mu.Lock()
+		a.pending = &rec
+		a.mu.Unlock()
+		if t.work.Err() != nil {
+			base.err = errEnding
+			return base
+		}
+		err = fmt.Errorf("publisher: token fetched but not stored: %w", err)
+		r.failed(a, err)
+		base.err = err
+		return base
+	}
+	a.mu.Lock()
+	a.pending = nil
+	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+	a.mu.Unlock()
+	if !ours {
+		// Another writer stored a token fetched after ours: it is the
+		// valid one, and nothing of ours was written.
+		return outcome{rev: rev, rec: &stored}
+	}
+	r.announce(a.id, rev, rec, data, reason)
+	r.metrics.rotated.WithLabelValues(a.id, rec.Reason).Inc()
+	r.log.Info("token rotated", "appid", a.id, "revision", rev, "reason", rec.Reason,
+		"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
+	return outcome{rev: rev, rec: &rec, refreshed: true}
+}
+
+// fetch asks WeChat for a new token, unless a forced refresh finds the
+// current one still works, the term is ending, or the lease might not
+// cover the call: then early is the flight's outcome.
+func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outcome) (rec kv.Record, latency time.Duration, early *outcome) {
+	stop := func(err error) (kv.Record, time.Duration, *outcome) {
+		base.err = err
+		return kv.Record{}, 0, &base
 	}
 	if m == modeForced && base.rec != nil && base.rec.ValidAt(r.cfg.Clock.now()) {
 		// One confused service must not invalidate everyone's token: ask
@@ -92,63 +150,36 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		case err == nil && valid:
 			r.log.Info("refresh request: WeChat says the token still works, not rotating",
 				"appid", a.id, "revision", base.rev, "reason", reason)
-			return base
+			return stop(nil)
 		case err != nil && t.ctx.Err() == nil:
 			r.log.Warn("refresh request: could not check the token, rotating", "appid", a.id, "error", err)
 		}
 	}
 	if err := r.pacer.Wait(t.ctx); err != nil {
-		base.err = errEnding
-		return base
+		return stop(errEnding)
 	}
 	// A fetch can outlast its timeout's start by the whole timeout, and a
 	// request once sent cannot be taken back: none starts that the lease
 	// might not cover.
 	if t.leaseLeft != nil && t.leaseLeft() < r.cfg.UpstreamTimeout {
-		base.err = errEnding
-		return base
+		return stop(errEnding)
 	}
 	start := r.cfg.Clock.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	fetched, err := r.upstream.FetchToken(t.work, a.id, a.secret)
-	latency := time.Since(clock)
+	latency = time.Since(clock)
 	if err != nil {
 		if t.work.Err() != nil {
-			base.err = errEnding
-			return base
+			return stop(errEnding)
 		}
 		r.metrics.upstreamCall(a.id, "token", string(classOf(err)), latency)
 		r.failed(a, err)
-		base.err = err
-		return base
+		return stop(err)
 	}
 	r.metrics.upstreamCall(a.id, "token", "ok", latency)
-	rec := kv.NewRecord(a.id, fetched.AccessToken, fetched.ExpiresIn, start)
+	rec = kv.NewRecord(a.id, fetched.AccessToken, fetched.ExpiresIn, start)
 	rec.Reason = reason
-	data, err := kv.Encode(rec)
-	if err != nil { // cannot happen: the upstream answer was validated
-		base.err = err
-		return base
-	}
-	rev, stored, ours, err := r.store(t, a.id, rec, data, base.rev)
-	if err != nil {
-		r.log.Error("token fetched but not stored", "appid", a.id, "error", err)
-		base.err = err
-		return base
-	}
-	a.mu.Lock()
-	a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
-	a.mu.Unlock()
-	if !ours {
-		// Another writer stored a token fetched after ours: it is the
-		// valid one, and nothing of ours was written.
-		return outcome{rev: rev, rec: &stored}
-	}
-	r.announce(a.id, rev, rec, data, reason)
-	r.metrics.rotated.WithLabelValues(a.id, reason).Inc()
-	r.log.Info("token rotated", "appid", a.id, "revision", rev, "reason", reason,
-		"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
-	return outcome{rev: rev, rec: &rec, refreshed: true}
+	return rec, latency, nil
 }
 
 // store writes rec, encoded as data, with compare-and-swap on baseRev, the

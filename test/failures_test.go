@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
@@ -216,5 +218,63 @@ func TestQuotaWaitsForMidnightInChina(t *testing.T) {
 	}
 	if got := fake.Calls(appA); got != 3 {
 		t.Errorf("%d calls, want 3: one good, one refused, one after midnight", got)
+	}
+}
+
+// TestTokenFetchedButNotStoredIsStoredLater: when writing a fresh token
+// fails, the refresher backs off and retries the write with the token it
+// has, instead of fetching another (which would cost quota and kill the
+// first). Here the bucket refuses writes for a while: its largest message
+// is made smaller than a record.
+func TestTokenFetchedButNotStoredIsStoredLater(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
+	logs := newNotifyingBuffer()
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, Logger: textLogger(logs),
+		RetryBackoff: 20 * time.Millisecond, RetryBackoffMax: 50 * time.Millisecond})
+	b := testenv.Bucket(t, ctx, nc)
+	entries := testenv.Entries(t, b, appA)
+	first := testenv.Next(t, ctx, entries)
+	awaitEndpoint(t, ctx, nc, appA)
+
+	js, _ := jetstream.New(nc)
+	stream, err := js.Stream(ctx, "KV_"+kv.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setMaxMsgSize := func(size int32) {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := info.Config
+		cfg.MaxMsgSize = size
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setMaxMsgSize(16)
+	fake.Issue(appA) // the token in the bucket dies; a service asks
+	reply := request(t, ctx, nc, appA, kv.RefreshRequest{StaleRevision: revision(first.Revision())})
+	if reply.Error == nil || !strings.Contains(reply.Error.Message, "not stored") {
+		t.Fatalf("reply %+v, want an error saying the token was not stored", reply)
+	}
+	// Several write attempts, each refused, and no new fetch.
+	if err := logs.waitForCount(ctx, "not stored", 4); err != nil {
+		t.Fatalf("the write was not retried: %v\n%s", err, logs.String())
+	}
+	if got := fake.Calls(appA); got != 2 {
+		t.Errorf("%d token fetches, want 2: the first token and the one that could not be stored", got)
+	}
+
+	setMaxMsgSize(kv.MaxRecordSize)
+	stored := testenv.Record(t, testenv.Next(t, ctx, entries))
+	if stored.AccessToken != fake.Current(appA) {
+		t.Error("the bucket does not hold the token WeChat issued on the second fetch")
+	}
+	if got := fake.Calls(appA); got != 2 {
+		t.Errorf("%d token fetches after the write succeeded, want 2", got)
 	}
 }

@@ -132,6 +132,23 @@ func (b *notifyingBuffer) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// waitForCount waits until s appears at least n times.
+func (b *notifyingBuffer) waitForCount(ctx context.Context, s string, n int) error {
+	for {
+		b.mu.Lock()
+		written := b.written
+		b.mu.Unlock()
+		if strings.Count(b.String(), s) >= n {
+			return nil
+		}
+		select {
+		case <-written:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 func (b *notifyingBuffer) waitFor(ctx context.Context, s string) error {
 	for {
 		b.mu.Lock()
