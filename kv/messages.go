@@ -36,7 +36,7 @@ func (s Subjects) Refresh(appid string) string { return s.prefix() + ".refresh."
 // Failed is where the failure events of appid are published.
 func (s Subjects) Failed(appid string) string { return s.prefix() + ".failed." + appid }
 
-// Value is where the server republishes every value stored under appid's
+// Value is where the refresher publishes each value stored under appid's
 // key, as soon as it is stored: the token record itself, so subscribe
 // permissions on it must match read permissions on the bucket. ">" matches
 // every key.

@@ -100,6 +100,7 @@ type appState struct {
 	retryAt    time.Time   // no fetch before this, after a failure
 	lastErr    error       // the failure that set retryAt
 	pending    *kv.Record  // fetched but not stored yet: written before anything is fetched
+	announced  uint64      // the newest revision this replica published on the Value subject
 	timer      *time.Timer // wakes the app when it falls due
 	timerAt    time.Time
 	timerGen   uint64 // tells a stopped timer's late callback from the current one's
@@ -165,6 +166,7 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 	r.setRecord(a, e.Revision(), rec)
 	a.mu.Unlock()
 	if t := r.term.Load(); t != nil {
+		r.announceStored(a)
 		r.plan(t, a)
 	}
 }

@@ -68,6 +68,7 @@ func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, 
 		a.mu.Unlock()
 		f.out = out
 		close(f.done)
+		r.announceStored(a)
 		r.plan(t, a)
 	}()
 	out = r.rotate(t, a, m, reason, base)
@@ -124,7 +125,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		// valid one, and nothing of ours was written.
 		return outcome{rev: rev, rec: &stored}
 	}
-	r.announce(a.id, rev, rec, data, reason)
+	r.announce(a, rev, rec, data, reason)
 	r.metrics.rotated.WithLabelValues(a.id, rec.Reason).Inc()
 	r.log.Info("token rotated", "appid", a.id, "revision", rev, "reason", rec.Reason,
 		"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
@@ -224,14 +225,46 @@ func isConflict(err error) bool {
 // announce publishes the new value on its Value subject, where subscribers
 // take it in the moment it arrives, then the rotation event, which carries
 // no token. Both follow the successful write.
-func (r *Refresher) announce(appid string, rev uint64, rec kv.Record, data []byte, reason string) {
-	if err := r.nc.PublishMsg(kv.ValueMsg(r.subjects, appid, rev, data)); err != nil {
-		r.log.Warn("new value not published", "appid", appid, "error", err)
-	}
+func (r *Refresher) announce(a *appState, rev uint64, rec kv.Record, data []byte, reason string) {
+	appid := a.id
+	a.mu.Lock()
+	a.announced = max(a.announced, rev)
+	a.mu.Unlock()
+	r.publishValue(appid, rev, data)
 	ev, _ := json.Marshal(kv.RotationEvent{
 		AppID: appid, Revision: rev, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: reason,
 	})
 	if err := r.nc.Publish(r.subjects.Rotated(appid), ev); err != nil {
 		r.log.Warn("rotation event not published", "appid", appid, "error", err)
 	}
+}
+
+func (r *Refresher) publishValue(appid string, rev uint64, data []byte) {
+	if err := r.nc.PublishMsg(kv.ValueMsg(r.subjects, appid, rev, data)); err != nil {
+		r.log.Warn("new value not published", "appid", appid, "error", err)
+	}
+}
+
+// announceStored publishes the value the bucket holds for the app if this
+// leader has not: one it did not write (an operator's put, another
+// writer's newer token, a write whose answer was lost), or one a leader
+// before it stored but died before announcing. Subscribers ignore
+// revisions they hold, so a second announcement costs nothing. A rotation
+// under way announces its own write when it lands.
+func (r *Refresher) announceStored(a *appState) {
+	a.mu.Lock()
+	rev, rec := a.rev, a.rec
+	announce := a.flight == nil && rec != nil && rev > a.announced
+	if announce {
+		a.announced = rev
+	}
+	a.mu.Unlock()
+	if !announce {
+		return
+	}
+	data, err := kv.Encode(*rec)
+	if err != nil {
+		return
+	}
+	r.publishValue(a.id, rev, data)
 }

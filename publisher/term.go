@@ -100,6 +100,11 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic, leaseLeft: lease.remaining}
 	r.term.Store(t)
 	defer r.term.Store(nil)
+	// What the bucket holds may never have been announced: the leader
+	// before this one may have died between writing and announcing.
+	for _, a := range r.order {
+		r.announceStored(a)
+	}
 
 	svc, err := r.serve(t)
 	if err != nil {

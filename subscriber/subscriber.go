@@ -51,7 +51,8 @@ type Subscriber struct {
 	current  atomic.Pointer[Token]
 	lastErr  atomic.Pointer[error]
 	updated  chan struct{}
-	applying sync.Mutex // serialises apply; readers never take it
+	applying sync.Mutex   // serialises apply; readers never take it
+	staleAt  atomic.Int64 // Unix nanoseconds: when the held token needs looking after
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever current changes
@@ -195,6 +196,11 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 	// The subscription goes out before the get on the same connection, so
 	// the server has it before it answers: no value falls between the two.
 	s.get(ctx, bucket)
+	// Last line of defence: a token about to expire with nothing newer in
+	// sight means an announcement was missed, or the refresher is down.
+	// Read the key then, and every staleRecheck while it stays so.
+	stale := time.NewTimer(s.untilStale())
+	defer stale.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -208,8 +214,22 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 			s.apply(rev, jetstream.KeyValuePut, record)
 		case <-reconnected:
 			s.get(ctx, bucket)
+		case <-stale.C:
+			if s.untilStale() <= 0 {
+				s.get(ctx, bucket)
+			}
+			stale.Reset(max(s.untilStale(), staleRecheck))
 		}
 	}
+}
+
+// staleRecheck is how often a token past its stale point is looked for.
+const staleRecheck = 30 * time.Second
+
+// untilStale is the time until the held token becomes stale: a quarter of
+// its lifetime, at most a minute, before it expires.
+func (s *Subscriber) untilStale() time.Duration {
+	return time.Until(time.Unix(0, s.staleAt.Load()))
 }
 
 // get reads the key and applies it, retrying with backoff until it
@@ -260,6 +280,7 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	}
 	t := &Token{Value: rec.AccessToken, Revision: revision, ExpiresAt: rec.ExpiresAt}
 	s.current.Store(t)
+	s.staleAt.Store(rec.ExpiresAt.Add(-min(rec.Lifetime()/4, time.Minute)).UnixNano())
 	s.lastErr.Store(nil)
 	s.mu.Lock()
 	close(s.changed)

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -152,5 +153,70 @@ func TestRefreshReadsAValueNeverAnnounced(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "not announced in time") {
 		t.Error("the fallback did not run: the value came by another way")
+	}
+}
+
+// putRecord writes a valid record for appA straight into the bucket, as an
+// operator (or a leader that dies before announcing it) would.
+func putRecord(t *testing.T, ctx context.Context, b jetstream.KeyValue, token string, lifetime time.Duration) uint64 {
+	t.Helper()
+	data, _ := kv.Encode(kv.NewRecord(appA, token, lifetime, time.Now()))
+	rev, err := b.Put(ctx, appA, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev
+}
+
+// TestLeaderAnnouncesValuesItDidNotWrite: a value put into the bucket by
+// someone else reaches subscribers at once: the leader sees it and
+// announces it.
+func TestLeaderAnnouncesValuesItDidNotWrite(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startSystem(t, fakewechat.Config{}, publisher.Config{})
+	sub := newSubscriber(t, ctx, sys.nc)
+	rev := putRecord(t, ctx, testenv.Bucket(t, ctx, sys.nc), "put-by-hand", 2*time.Hour)
+	if tok := awaitNewer(t, ctx, sub, rev-1); tok.Value != "put-by-hand" {
+		t.Errorf("subscriber holds %q", tok.Value)
+	}
+}
+
+// TestNewLeaderAnnouncesWhatItFinds: a value stored by a leader that died
+// before announcing it reaches subscribers when the next leader starts.
+func TestNewLeaderAnnouncesWhatItFinds(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	cfg := publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url}
+	first := testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), cfg)
+	nc := testenv.Connect(t, srv.ClientURL())
+	sub := newSubscriber(t, ctx, nc)
+	if err := first.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// Stored, never announced.
+	rev := putRecord(t, ctx, testenv.Bucket(t, ctx, nc), "stored-then-died", 2*time.Hour)
+	testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), cfg)
+	if tok := awaitNewer(t, ctx, sub, rev-1); tok.Value != "stored-then-died" {
+		t.Errorf("subscriber holds %q", tok.Value)
+	}
+}
+
+// TestSubscriberLooksForANewTokenBeforeExpiry: with no refresher to
+// announce anything, a subscriber whose token is about to expire reads the
+// bucket and finds the newer one.
+func TestSubscriberLooksForANewTokenBeforeExpiry(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	b, err := kv.Open(ctx, js, kv.BucketConfig{}) // values are said to be published
+	if err != nil {
+		t.Fatal(err)
+	}
+	putRecord(t, ctx, b, "short-lived", 2*time.Second)
+	sub := newSubscriber(t, ctx, nc)
+	rev := putRecord(t, ctx, b, "its-successor", 2*time.Hour)
+	if tok := awaitNewer(t, ctx, sub, rev-1); tok.Value != "its-successor" {
+		t.Errorf("subscriber holds %q", tok.Value)
 	}
 }
