@@ -37,8 +37,10 @@ func WithSubjectPrefix(prefix string) Option { return func(o *options) { o.subje
 // WithLogger makes the subscriber log to l. It is silent by default.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
-// OnRotate calls fn with every new token, the first included. fn runs on the
-// subscriber's own goroutine, before the next token can arrive: keep it short.
+// OnRotate calls fn with each new token, the first included. fn runs on a
+// goroutine of its own, one call at a time, outside any lock, so it may call
+// Refresh or make WeChat calls through Transport. If tokens arrive faster
+// than fn returns, fn gets the newest and the ones between are skipped.
 func OnRotate(fn func(Token)) Option { return func(o *options) { o.onRotate = fn } }
 
 // OnError calls fn with every problem the subscriber meets while it keeps

@@ -51,8 +51,9 @@ type Subscriber struct {
 	current  atomic.Pointer[Token]
 	lastErr  atomic.Pointer[error]
 	updated  chan struct{}
-	applying sync.Mutex   // serialises apply; readers never take it
-	staleAt  atomic.Int64 // Unix nanoseconds: when the held token needs looking after
+	rotated  chan struct{} // wakes dispatch
+	applying sync.Mutex    // serialises apply; readers never take it
+	staleAt  atomic.Int64  // Unix nanoseconds: when the held token needs looking after
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever current changes
@@ -85,6 +86,7 @@ func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Sub
 		opts:     o,
 		subjects: kv.Subjects{Prefix: o.subjectPrefix},
 		updated:  make(chan struct{}, 1),
+		rotated:  make(chan struct{}, 1),
 		changed:  make(chan struct{}),
 		done:     bg.Done(),
 		cancel:   cancel,
@@ -94,6 +96,13 @@ func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Sub
 		defer s.wg.Done()
 		s.run(bg, js)
 	}()
+	if o.onRotate != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.dispatch(bg)
+		}()
+	}
 	if _, err := s.waitNewer(ctx, 0); err != nil {
 		s.Close()
 		if last := s.Err(); last != nil {
@@ -286,12 +295,29 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
-	select {
-	case s.updated <- struct{}{}:
-	default:
+	for _, ch := range []chan struct{}{s.updated, s.rotated} {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
-	if s.opts.onRotate != nil {
-		s.opts.onRotate(*t)
+}
+
+// dispatch calls the OnRotate callback with the newest token each time
+// one arrived, on its own goroutine and outside any lock: a callback may
+// itself call Refresh or Transport without blocking what it waits for.
+func (s *Subscriber) dispatch(ctx context.Context) {
+	var last uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.rotated:
+			if t := s.Token(); t.Revision > last {
+				last = t.Revision
+				s.opts.onRotate(t)
+			}
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -390,5 +391,44 @@ func TestSubscriberClose(t *testing.T) {
 	}
 	if sub.Token() != tok {
 		t.Errorf("Token after Close changed")
+	}
+}
+
+// TestOnRotateMayRefresh: a callback that itself refreshes (a WeChat call
+// through Transport that sees 40001, say) must not deadlock the subscriber.
+func TestOnRotateMayRefresh(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{MinForceInterval: time.Millisecond})
+	var self atomic.Pointer[subscriber.Subscriber]
+	refreshed := make(chan error, 1)
+	var once sync.Once
+	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnRotate(func(tok subscriber.Token) {
+		s := self.Load()
+		if s == nil || tok.Revision < 2 {
+			return // the first token
+		}
+		once.Do(func() {
+			sys.fake.Issue(appA) // this token is rejected too
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err := s.Refresh(rctx, tok.Revision)
+			refreshed <- err
+		})
+	}))
+	self.Store(sub)
+	sys.fake.Issue(appA)
+	if _, err := sub.Refresh(ctx, sub.Token().Revision); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-refreshed:
+		if err != nil {
+			t.Fatalf("Refresh inside OnRotate: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Refresh inside OnRotate never returned")
+	}
+	if tok := sub.Token(); tok.Value != sys.fake.Current(appA) {
+		t.Errorf("subscriber holds revision %d, not WeChat's current token", tok.Revision)
 	}
 }
