@@ -107,7 +107,19 @@ func (u *Upstream) FetchToken(ctx context.Context, appid string, secret Secret) 
 	if err != nil {
 		return Fetched{}, err
 	}
-	return decodeTokenResponse(status, body)
+	f, err := decodeTokenResponse(status, body)
+	return f, scrubErrMsg(err, secret.Reveal())
+}
+
+// scrubErrMsg removes s from the errmsg of an *UpstreamError: WeChat is not
+// known to echo a secret or token back, but a proxy on the way might, and
+// the errmsg travels on to logs, failure events and refresh replies.
+func scrubErrMsg(err error, s string) error {
+	var ue *UpstreamError
+	if errors.As(err, &ue) {
+		ue.ErrMsg = scrub(ue.ErrMsg, s)
+	}
+	return err
 }
 
 // CheckToken asks WeChat whether token still works, with getcallbackip, the
@@ -117,7 +129,8 @@ func (u *Upstream) CheckToken(ctx context.Context, token string) (valid bool, er
 	if err != nil {
 		return false, err
 	}
-	return decodeCheckResponse(status, body)
+	valid, err = decodeCheckResponse(status, body)
+	return valid, scrubErrMsg(err, token)
 }
 
 // get performs one GET and returns the status and at most MaxUpstreamBody+1

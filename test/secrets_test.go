@@ -55,7 +55,8 @@ func TestSecretAppearsNowhere(t *testing.T) {
 		fake.AddApp(id, secret)
 		apps = append(apps, publisher.App{AppID: id, Secret: publisher.NewSecret(secret)})
 	}
-	fake.Fail(refused, fakewechat.Fault{ErrCode: 40164})
+	// A proxy on the way that echoes the request into the error message.
+	fake.Fail(refused, fakewechat.Fault{ErrCode: 40164, ErrMsg: "invalid ip, not in whitelist; request had secret=" + marker + "-of-" + refused})
 	fake.Fail(slow, fakewechat.Fault{Delay: time.Hour})
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	closedAddr := ln.Addr().String()
