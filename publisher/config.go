@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -164,10 +165,28 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("schedule %q: %w", c.Schedule, err))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return Config{}, nil, fmt.Errorf("publisher: config: %w", err)
+	if c.History < 1 || c.History > 64 {
+		errs = append(errs, fmt.Errorf("history %d is not between 1 and 64", c.History))
+	}
+	if c.Replicas < 1 {
+		errs = append(errs, fmt.Errorf("replicas %d is not positive", c.Replicas))
+	}
+	if len(errs) > 0 {
+		msgs := make([]string, len(errs))
+		for i, err := range errs {
+			msgs[i] = err.Error()
+		}
+		return Config{}, nil, fmt.Errorf("publisher: config: %s", strings.Join(msgs, "; "))
 	}
 	return c, schedule, nil
+}
+
+// Validate reports what is wrong with c, all of it in one line, or nil.
+// New checks the same; Validate lets a command check before it starts
+// anything.
+func (c Config) Validate() error {
+	_, _, err := c.withDefaults()
+	return err
 }
 
 func setDefault(d *time.Duration, def time.Duration) {

@@ -122,15 +122,34 @@ func TestClientCommands(t *testing.T) {
 			{[]string{"status", "--no-such-flag"}, env, 2, "no-such-flag"},
 			{[]string{"frobnicate"}, env, 2, "unknown command"},
 			{[]string{"serve", "--log-format", "yaml"}, env, 2, "--log-format"},
+			{[]string{"serve", "--demo", "--lease-ttl", "500ms", "--upstream-timeout", "10s"}, nil, 2, "lease-ttl 500ms is shorter than 1s; upstream-timeout"},
+			{[]string{"serve", "--demo", "--history", "100"}, nil, 2, "history 100"},
+			{[]string{"serve", "--demo", "--schedule", "whenever"}, nil, 2, "schedule"},
+			{[]string{"serve", "--demo", "--subject-prefix", "a.*"}, nil, 2, "subject prefix"},
+			{[]string{"serve", "--data-dir", "/tmp/x"}, env, 2, "--data-dir is for the embedded NATS server"},
+			{[]string{"refresh", appA, "--stale-revision", "-5"}, env, 2, "negative"},
+			{[]string{"get", appA, "--subject-prefix", "x"}, env, 2, "not defined: -subject-prefix"},
 		} {
 			_, errOut, code := runWxtoken(t, tc.env, tc.args...)
 			firstLine, _, _ := strings.Cut(errOut, "\n")
 			if code != tc.code || !strings.Contains(firstLine, tc.inErr) {
 				t.Errorf("%v: exit %d, stderr %q; want %d and %q", tc.args, code, errOut, tc.code, tc.inErr)
 			}
-			if tc.code == 1 && strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
+			if strings.Count(strings.TrimSpace(errOut), "\n") != 0 {
 				t.Errorf("%v: more than one line: %q", tc.args, errOut)
 			}
+		}
+	})
+	t.Run("watch says so when NATS goes away", func(t *testing.T) {
+		own := testenv.NATS(t)
+		watcher := startWxtoken(t, "watch", []string{"NATS_URL=" + own.ClientURL()}, "watch")
+		watcher.waitOutput(t, ctx, "watching")
+		own.Shutdown()
+		if code := watcher.wait(t, ctx); code != 1 {
+			t.Errorf("watch exited %d after NATS went away, want 1", code)
+		}
+		if !strings.Contains(watcher.output.String(), "connection to NATS lost") {
+			t.Errorf("watch printed:\n%s", watcher.output.String())
 		}
 	})
 	t.Run("every command explains itself", func(t *testing.T) {

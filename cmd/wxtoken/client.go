@@ -24,7 +24,7 @@ func get(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	var n natsFlags
 	c := newCommand("get", "APPID", "Print the app's current access_token and nothing else, for shell scripts.\nFails if there is none or it has expired.",
 		`  curl "https://api.weixin.qq.com/cgi-bin/getcallbackip?access_token=$(wxtoken get wx1234567890abcdef)"`)
-	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket)
 	appid, err := oneAppID(c, args, getenv, stdout)
 	if err != nil {
 		return err
@@ -113,7 +113,7 @@ func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	var asJSON bool
 	c := newCommand("watch", "[APPID]", "Print rotations and failures as they happen, one line each, until interrupted.\nWith no APPID, every app's.",
 		"  wxtoken watch\n  wxtoken watch wx1234567890abcdef --json")
-	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withSubject)
 	c.Bool(&asJSON, "json", "", false, "print each event's JSON as published")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
@@ -160,6 +160,8 @@ func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-nc.closed:
+			return errors.New("connection to NATS lost")
 		case m := <-events:
 			if asJSON {
 				fmt.Fprintln(stdout, string(m.Data))
@@ -201,14 +203,17 @@ none. --force names the current revision as rejected, which makes the
 refresher check it with WeChat and rotate it if WeChat no longer accepts it
 (at most once per --min-force-interval).`,
 		"  wxtoken refresh wx1234567890abcdef\n  wxtoken refresh wx1234567890abcdef --force\n  wxtoken refresh wx1234567890abcdef --stale-revision 42")
-	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
-	c.Int64(&stale, "stale-revision", "", -1, "the revision that was rejected")
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket|withSubject)
+	c.Int64(&stale, "stale-revision", "", 0, "the revision that was rejected")
 	c.Bool(&force, "force", "", false, "name the current revision as rejected")
 	appid, err := oneAppID(c, args, getenv, stdout)
 	if err != nil {
 		return err
 	}
-	if force && stale >= 0 {
+	if c.given("stale-revision") && stale < 0 {
+		return usagef("--stale-revision %d is negative", stale)
+	}
+	if force && c.given("stale-revision") {
 		return usagef("give --force or --stale-revision, not both")
 	}
 	nc, err := n.connect("wxtoken refresh")
@@ -228,7 +233,7 @@ refresher check it with WeChat and rotate it if WeChat no longer accepts it
 			}
 			stale = int64(rev)
 		}
-		if stale >= 0 {
+		if force || c.given("stale-revision") {
 			rev := uint64(stale)
 			req = kv.RefreshRequest{StaleRevision: &rev, Reason: "wxtoken refresh"}
 		}
@@ -277,7 +282,7 @@ func status(args []string, getenv func(string) string, stdout, _ io.Writer) erro
 	c := newCommand("status", "", `Show every token in the bucket: revision, age, time to expiry, why it was
 last rotated, and which replica leads.`,
 		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'")
-	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")")
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket)
 	c.Bool(&asJSON, "json", "", false, "print JSON instead of a table")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {

@@ -96,7 +96,7 @@ func (c *command) parse(args []string, getenv func(string) string) ([]string, er
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, errHelp
 			}
-			return nil, fmt.Errorf("%s: %w (see wxtoken %s --help)", c.name, err, c.name)
+			return nil, fmt.Errorf("%w (see wxtoken %s --help)", err, c.name)
 		}
 		rest := c.fs.Args()
 		if len(rest) == 0 {
@@ -117,7 +117,7 @@ func (c *command) parse(args []string, getenv func(string) string) ([]string, er
 		}
 		if v := getenv(env); v != "" {
 			if err := c.fs.Set(name, v); err != nil {
-				return nil, fmt.Errorf("%s: $%s: %w", c.name, env, err)
+				return nil, fmt.Errorf("$%s: %w", env, err)
 			}
 		}
 	}
@@ -127,4 +127,12 @@ func (c *command) parse(args []string, getenv func(string) string) ([]string, er
 func (c *command) Int64(p *int64, name, env string, def int64, usage string) {
 	c.fs.Int64Var(p, name, def, usage)
 	c.bindEnv(name, env)
+}
+
+// given reports whether the flag was set, on the command line or by its
+// environment variable.
+func (c *command) given(name string) bool {
+	set := false
+	c.fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -54,7 +54,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "wxtoken: unknown command %q\n\n%s", args[0], overview)
+		fmt.Fprintf(stderr, "wxtoken: unknown command %q (see wxtoken --help)\n", args[0])
 		return 2
 	}
 	err := cmd(args[1:], getenv, stdout, stderr)
@@ -104,7 +104,13 @@ type natsFlags struct {
 	prefix   string
 }
 
-func (n *natsFlags) register(c *command, urlUsage string) {
+// What a command takes besides the connection flags.
+const (
+	withBucket  = 1 << iota // --bucket
+	withSubject             // --subject-prefix
+)
+
+func (n *natsFlags) register(c *command, urlUsage string, with int) {
 	c.String(&n.url, "nats-url", "NATS_URL", "", urlUsage)
 	c.String(&n.user, "nats-user", "NATS_USER", "", "NATS user name")
 	c.String(&n.password, "nats-password", "NATS_PASSWORD", "", "NATS password (prefer the environment variable to the flag)")
@@ -113,8 +119,13 @@ func (n *natsFlags) register(c *command, urlUsage string) {
 	c.String(&n.tlsCA, "tls-ca", "NATS_TLS_CA", "", "CA certificate `file` to verify the NATS server")
 	c.String(&n.tlsCert, "tls-cert", "NATS_TLS_CERT", "", "client certificate `file` for TLS")
 	c.String(&n.tlsKey, "tls-key", "NATS_TLS_KEY", "", "client key `file` for TLS")
-	c.String(&n.bucket, "bucket", "WXTOKEN_BUCKET", kv.DefaultBucket, "name of the token KV bucket")
-	c.String(&n.prefix, "subject-prefix", "WXTOKEN_SUBJECT_PREFIX", kv.DefaultSubjectPrefix, "prefix of the rotated, failed and refresh subjects")
+	n.bucket, n.prefix = kv.DefaultBucket, kv.DefaultSubjectPrefix
+	if with&withBucket != 0 {
+		c.String(&n.bucket, "bucket", "WXTOKEN_BUCKET", kv.DefaultBucket, "name of the token KV bucket")
+	}
+	if with&withSubject != 0 {
+		c.String(&n.prefix, "subject-prefix", "WXTOKEN_SUBJECT_PREFIX", kv.DefaultSubjectPrefix, "prefix of the value, rotated, failed and refresh subjects")
+	}
 }
 
 func (n *natsFlags) check() error {
@@ -127,7 +138,10 @@ func (n *natsFlags) check() error {
 	if n.creds != "" && n.user != "" {
 		return usagef("give --nats-creds or --nats-user, not both")
 	}
-	return kv.ValidateSubjectPrefix(n.prefix)
+	if err := kv.ValidateSubjectPrefix(n.prefix); err != nil {
+		return usageError{err.Error()}
+	}
+	return nil
 }
 
 // options returns the nats.Options for the flags.
@@ -163,6 +177,7 @@ func (n *natsFlags) options(name string) []nats.Option {
 type client struct {
 	*nats.Conn
 	denied chan error
+	closed chan struct{} // closed when the connection is lost for good
 }
 
 // connect connects a client command: it fails fast, with one clear line,
@@ -175,7 +190,8 @@ func (n *natsFlags) connect(name string) (*client, error) {
 	if url == "" {
 		url = nats.DefaultURL
 	}
-	c := &client{denied: make(chan error, 16)}
+	c := &client{denied: make(chan error, 16), closed: make(chan struct{})}
+	onClosed := nats.ClosedHandler(func(*nats.Conn) { close(c.closed) })
 	// Errors reach the user through the command's own message; nats.go's
 	// default handler would also print asynchronous ones to stderr.
 	onError := nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
@@ -186,7 +202,7 @@ func (n *natsFlags) connect(name string) (*client, error) {
 			}
 		}
 	})
-	opts := append(n.options(name), nats.Timeout(5*time.Second), nats.MaxReconnects(0), onError)
+	opts := append(n.options(name), nats.Timeout(5*time.Second), nats.MaxReconnects(0), onError, onClosed)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", url, err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -40,6 +41,7 @@ const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo a
 const demoAppID = "wxdemo0123456789ab"
 
 type serveFlags struct {
+	cmd        *command
 	nats       natsFlags
 	listen     string
 	natsConfig string
@@ -58,7 +60,8 @@ type serveFlags struct {
 func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var f serveFlags
 	c := newCommand("serve", "", serveSummary, serveExamples)
-	f.nats.register(c, "NATS server URLs, comma-separated; empty starts an embedded server")
+	f.cmd = c
+	f.nats.register(c, "NATS server URLs, comma-separated; empty starts an embedded server", withBucket|withSubject)
 	c.String(&f.listen, "nats-listen", "WXTOKEN_NATS_LISTEN", embedded.DefaultListen, "embedded NATS: `host:port` for clients")
 	c.String(&f.natsConfig, "nats-config", "WXTOKEN_NATS_CONFIG", "", "embedded NATS: nats-server configuration `file` (users, TLS, ...)")
 	c.String(&f.dataDir, "data-dir", "WXTOKEN_DATA_DIR", "wxtoken-data", "embedded NATS: JetStream storage `directory`")
@@ -89,6 +92,16 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if err := f.nats.check(); err != nil {
 		return err
 	}
+	if f.nats.url != "" {
+		for _, name := range []string{"nats-listen", "nats-config", "data-dir"} {
+			if c.given(name) {
+				return usagef("--%s is for the embedded NATS server, which --nats-url replaces", name)
+			}
+		}
+	}
+	if f.demo && f.appsFile != "" {
+		return usagef("--demo brings its own app and fake WeChat; drop --apps")
+	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
 	if err != nil {
 		return err
@@ -98,22 +111,25 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	f.cfg.Replicas, f.cfg.History = f.replicas, f.history
 	f.cfg.UpstreamURL = f.baseURL
 
+	if f.demo {
+		f.cfg.Apps = []publisher.App{{AppID: demoAppID, Secret: publisher.NewSecret(demoSecret)}}
+	} else if f.cfg.Apps, err = loadApps(f.appsFile, getenv); err != nil {
+		return err
+	}
+	// Everything the flags say is checked before anything starts.
+	if err := f.cfg.Validate(); err != nil {
+		return usageError{err.Error()}
+	}
+
 	ctx, stop := signalContext()
 	defer stop()
-
 	if f.demo {
-		if f.appsFile != "" {
-			return usagef("--demo brings its own app and fake WeChat; drop --apps")
-		}
 		url, shutdown, err := startDemoWeChat(log)
 		if err != nil {
 			return err
 		}
 		defer shutdown()
 		f.cfg.UpstreamURL = url
-		f.cfg.Apps = []publisher.App{{AppID: demoAppID, Secret: publisher.NewSecret(demoSecret)}}
-	} else if f.cfg.Apps, err = loadApps(f.appsFile, getenv); err != nil {
-		return err
 	}
 
 	nc, shutdownNATS, err := f.connect(log)
@@ -212,18 +228,27 @@ func (f *serveFlags) startEmbedded(log *slog.Logger) (*server.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	var opts *server.Options
-	if f.natsConfig != "" {
-		opts, err = embedded.FromConfigFile(f.natsConfig, dataDir)
-	} else {
-		opts, err = embedded.Options(f.listen, dataDir)
-	}
+	opts, err := embedded.Options(f.listen, dataDir)
 	if err != nil {
 		return nil, err
 	}
+	if f.natsConfig != "" {
+		// The file's settings, except where a flag (or its variable) says
+		// otherwise.
+		listen := opts
+		if opts, err = embedded.FromConfigFile(f.natsConfig, dataDir); err != nil {
+			return nil, err
+		}
+		if f.cmd.given("nats-listen") {
+			opts.Host, opts.Port = listen.Host, listen.Port
+		}
+		if f.cmd.given("data-dir") {
+			opts.StoreDir = dataDir
+		}
+	}
 	srv, err := embedded.Start(opts, log.With("component", "nats-server"))
 	if err != nil {
-		return nil, fmt.Errorf("cannot start the embedded NATS server on %s: %w", f.listen, err)
+		return nil, fmt.Errorf("cannot start the embedded NATS server on %s: %w", net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)), err)
 	}
 	log.Info("embedded NATS server running", "clients", srv.ClientURL(), "data_dir", opts.StoreDir)
 	return srv, nil
