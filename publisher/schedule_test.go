@@ -54,20 +54,22 @@ func TestUntilQuotaReset(t *testing.T) {
 }
 
 func TestRetryDelayGrowsToItsCap(t *testing.T) {
-	prevMax := time.Duration(0)
-	for failures := 1; failures <= 40; failures++ {
-		d := retryDelay(failures, DefaultRetryBackoff, DefaultRetryBackoffMax)
-		ceiling := min(DefaultRetryBackoff<<min(failures-1, 16), DefaultRetryBackoffMax)
-		if d < ceiling/2 || d > ceiling {
-			t.Fatalf("retryDelay(%d) = %s, want within [%s, %s]", failures, d, ceiling/2, ceiling)
+	for _, tc := range []struct {
+		failures  int
+		least, at time.Duration // the pause is within [least, at]
+	}{
+		{1, 500 * time.Millisecond, time.Second},
+		{2, time.Second, 2 * time.Second},
+		{3, 2 * time.Second, 4 * time.Second},
+		{6, 16 * time.Second, 32 * time.Second},
+		{7, 30 * time.Second, time.Minute}, // 64s, capped
+		{40, 30 * time.Second, time.Minute},
+	} {
+		for range 100 {
+			if d := retryDelay(tc.failures, time.Second, time.Minute); d < tc.least || d > tc.at {
+				t.Fatalf("retryDelay(%d) = %s, want within [%s, %s]", tc.failures, d, tc.least, tc.at)
+			}
 		}
-		if ceiling < prevMax {
-			t.Fatalf("ceiling shrank at %d failures", failures)
-		}
-		prevMax = ceiling
-	}
-	if prevMax != DefaultRetryBackoffMax {
-		t.Errorf("ceiling %s, want the cap %s", prevMax, DefaultRetryBackoffMax)
 	}
 }
 

@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -51,7 +52,7 @@ func (c *callTimes) gaps() []time.Duration {
 func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
 	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
-	fake := fakewechat.New(fakewechat.Config{})
+	fake := fakewechat.New(fakewechat.Config{Overlap: -1})
 	var calls callTimes
 	url := serveHTTP(t, calls.wrap(fake))
 	apps := testenv.Apps(fake, appA)
@@ -69,8 +70,9 @@ func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
 	}
 	fake.Inject(appA, faults...)
 	const base = 20 * time.Millisecond
+	logs := newNotifyingBuffer()
 	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url, UpstreamTimeout: 200 * time.Millisecond,
-		RetryBackoff: base, RetryBackoffMax: time.Second})
+		RetryBackoff: base, RetryBackoffMax: time.Second, Logger: textLogger(logs), MinForceInterval: time.Millisecond})
 	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
 
 	e := testenv.Next(t, ctx, entries)
@@ -91,6 +93,17 @@ func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
 	case e := <-entries:
 		t.Errorf("a second value reached the bucket: revision %d", e.Revision())
 	default:
+	}
+	if !strings.Contains(logs.String(), fmt.Sprintf("failures=%d", len(faults))) {
+		t.Errorf("the failures were not counted up to %d", len(faults))
+	}
+
+	// After the success the count starts over: the next failure is the first.
+	fake.Inject(appA, fakewechat.Fault{ErrCode: -1})
+	fake.Issue(appA)
+	request(t, ctx, nc, appA, kv.RefreshRequest{StaleRevision: revision(e.Revision())})
+	if err := logs.waitForCount(ctx, "failures=1 ", 2); err != nil {
+		t.Errorf("after a success, the next failure was not counted as the first:\n%s", logs.String())
 	}
 }
 

@@ -72,8 +72,9 @@ func goroutines() int {
 // TestRideThroughNATSRestarts restarts the NATS server (same port, same
 // store) four times under a refresher and a subscriber connected over TCP.
 // After each restart a rejected token is refreshed end to end: the refresh
-// endpoint answers, the refresher writes, the subscriber's watch delivers.
-// The goroutine count does not grow with the restarts.
+// endpoint answers, the refresher writes and announces, the subscriber's
+// subscription (restored by nats.go) delivers. The goroutine count does not
+// grow with the restarts.
 func TestRideThroughNATSRestarts(t *testing.T) {
 	ctx := testenv.Context(t, 120*time.Second)
 	opts, err := embedded.Options(fmt.Sprintf("127.0.0.1:%d", freePort(t)), t.TempDir())
@@ -93,8 +94,8 @@ func TestRideThroughNATSRestarts(t *testing.T) {
 		_, stop = startServer(t, opts)
 		fake.Issue(appA) // the token in the bucket is dead
 		stale := sub.Token()
-		// 5s: the watch must come back with the connection, not after the
-		// 10-20s in which nats.go would notice the lost consumer by itself.
+		// 5s: well under the 10-20s a KV watch would need to notice its
+		// lost consumer by itself (see TestFollowerRidesThroughRestarts).
 		fresh, err := sub.Refresh(testenv.Context(t, 5*time.Second), stale.Revision)
 		if err != nil {
 			t.Fatalf("restart %d: %v", i+1, err)
@@ -107,6 +108,63 @@ func TestRideThroughNATSRestarts(t *testing.T) {
 	t.Logf("goroutines after each restart: %v", counts)
 	if grown := counts[len(counts)-1] - counts[0]; grown > 5 {
 		t.Errorf("goroutines grew by %d over %d restarts: %v", grown, len(counts)-1, counts)
+	}
+}
+
+// TestFollowerRidesThroughRestarts: a KV watch (what the refresher uses on
+// the bucket, and subscribers when values are not published) comes back
+// with the connection after a real server restart and delivers what was
+// written while it was down and after. nats.go alone would notice the lost
+// consumer only after 10-20s; the test allows 5s.
+func TestFollowerRidesThroughRestarts(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	opts, err := embedded.Options(fmt.Sprintf("127.0.0.1:%d", freePort(t)), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stop := startServer(t, opts)
+	url := fmt.Sprintf("nats://%s:%d", opts.Host, opts.Port)
+	nc := testenv.Connect(t, url)
+	js, _ := jetstream.New(nc)
+	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "follow", History: 5, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := make(chan jetstream.KeyValueEntry, 16)
+	fctx, stopFollowing := context.WithCancel(ctx)
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		(&kv.Follower{Bucket: b, Key: "k", Conn: nc, OnEntry: func(e jetstream.KeyValueEntry) { entries <- e }}).Run(fctx)
+	}()
+	t.Cleanup(func() {
+		stopFollowing()
+		<-followed
+	})
+	writer := testenv.Connect(t, url)
+	wjs, _ := jetstream.New(writer)
+	put := func(v string) uint64 {
+		t.Helper()
+		wb, err := wjs.KeyValue(ctx, "follow")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev, err := wb.Put(ctx, "k", []byte(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	put("before")
+	testenv.Next(t, ctx, entries)
+	for i := range 3 {
+		stop()
+		_, stop = startServer(t, opts)
+		rev := put(fmt.Sprintf("after restart %d", i+1))
+		e := testenv.Next(t, testenv.Context(t, 5*time.Second), entries)
+		if e.Revision() != rev {
+			t.Fatalf("restart %d: revision %d, want %d", i+1, e.Revision(), rev)
+		}
 	}
 }
 

@@ -85,11 +85,11 @@ func New(cfg Config) *Server {
 	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{})}
 }
 
-// AddApp registers an app and its AppSecret.
+// AddApp registers an app and its AppSecret. Faults injected before keep.
 func (s *Server) AddApp(appid, secret string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.apps[appid] = &app{secret: secret}
+	s.app(appid).secret = secret
 }
 
 // Inject queues faults answered to the app's next token fetches, in order.
