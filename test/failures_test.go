@@ -2,7 +2,6 @@ package test
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -164,16 +163,9 @@ func TestConfigurationErrorIsNotHammered(t *testing.T) {
 	start := time.Now()
 	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url, Logger: logs.logger(), Schedule: "@every 1s"})
 
-	msg, err := failed.NextMsgWithContext(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ev kv.FailureEvent
-	if err := json.Unmarshal(msg.Data, &ev); err != nil {
-		t.Fatal(err)
-	}
+	ev, data := nextEvent[kv.FailureEvent](t, ctx, failed)
 	if ev.ErrCode != 40164 || ev.Class != "config" || !strings.Contains(ev.ErrMsg, "whitelist") {
-		t.Errorf("failure event %s", msg.Data)
+		t.Errorf("failure event %s", data)
 	}
 	if wantAfter := start.Add(publisher.DefaultConfigErrorBackoff); ev.NextAttempt.Before(wantAfter.Add(-time.Second)) {
 		t.Errorf("next attempt %s, want about %s later", ev.NextAttempt, publisher.DefaultConfigErrorBackoff)
@@ -216,14 +208,9 @@ func TestQuotaWaitsForMidnightInChina(t *testing.T) {
 	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
 	first := testenv.Record(t, testenv.Next(t, ctx, entries))
 
-	msg, err := failed.NextMsgWithContext(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ev kv.FailureEvent
-	json.Unmarshal(msg.Data, &ev)
+	ev, data := nextEvent[kv.FailureEvent](t, ctx, failed)
 	if ev.ErrCode != 45009 || ev.Class != "quota" || !ev.NextAttempt.Equal(midnight) {
-		t.Fatalf("failure event %s, want quota until %s", msg.Data, midnight.UTC())
+		t.Fatalf("failure event %s, want quota until %s", data, midnight.UTC())
 	}
 	next := testenv.Record(t, testenv.Next(t, ctx, entries))
 	if next.FetchedAt.Before(midnight) || next.AccessToken == first.AccessToken {

@@ -2,6 +2,8 @@ package test
 
 import (
 	"bufio"
+	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -9,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/nats-io/nats.go"
 )
 
 // serveHTTP serves h on a loopback port until cleanup and returns its URL.
@@ -55,4 +59,18 @@ func (b *syncBuffer) linesWith(s string) []string {
 		}
 	}
 	return lines
+}
+
+// nextEvent waits for the next message on sub and decodes it as a T.
+func nextEvent[T any](t testing.TB, ctx context.Context, sub *nats.Subscription) (T, []byte) {
+	t.Helper()
+	var ev T
+	msg, err := sub.NextMsgWithContext(ctx)
+	if err != nil {
+		t.Fatalf("no event on %s: %v", sub.Subject, err)
+	}
+	if err := json.Unmarshal(msg.Data, &ev); err != nil {
+		t.Fatalf("event %q: %v", msg.Data, err)
+	}
+	return ev, msg.Data
 }

@@ -38,6 +38,18 @@ func freePort(t *testing.T) int {
 	return 0
 }
 
+// restartableNATS starts a JetStream server on a fixed loopback port, so
+// that startServer(t, opts) can bring it back on the same port and store.
+func restartableNATS(t *testing.T) (opts *server.Options, url string, stop func()) {
+	t.Helper()
+	opts, err := embedded.Options(fmt.Sprintf("127.0.0.1:%d", freePort(t)), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stop = startServer(t, opts)
+	return opts, fmt.Sprintf("nats://%s:%d", opts.Host, opts.Port), stop
+}
+
 // startServer starts a server with opts; stop shuts it down (idempotent).
 func startServer(t *testing.T, opts *server.Options) (s *server.Server, stop func()) {
 	t.Helper()
@@ -77,12 +89,7 @@ func goroutines() int {
 // grow with the restarts.
 func TestRideThroughNATSRestarts(t *testing.T) {
 	ctx := testenv.Context(t, 120*time.Second)
-	opts, err := embedded.Options(fmt.Sprintf("127.0.0.1:%d", freePort(t)), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, stop := startServer(t, opts)
-	natsURL := fmt.Sprintf("nats://%s:%d", opts.Host, opts.Port)
+	opts, natsURL, stop := restartableNATS(t)
 	fake, wechatURL := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
 	testenv.Refresher(t, testenv.Connect(t, natsURL), publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: wechatURL,
 		MinForceInterval: time.Millisecond})
@@ -118,12 +125,7 @@ func TestRideThroughNATSRestarts(t *testing.T) {
 // consumer only after 10-20s; the test allows 5s.
 func TestFollowerRidesThroughRestarts(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
-	opts, err := embedded.Options(fmt.Sprintf("127.0.0.1:%d", freePort(t)), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, stop := startServer(t, opts)
-	url := fmt.Sprintf("nats://%s:%d", opts.Host, opts.Port)
+	opts, url, stop := restartableNATS(t)
 	nc := testenv.Connect(t, url)
 	js, _ := jetstream.New(nc)
 	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "follow", History: 5, Storage: jetstream.FileStorage})

@@ -75,23 +75,16 @@ func TestFirstTokenIsFetchedAndAnnounced(t *testing.T) {
 	if rec.ExpiresIn != 7200 || rec.Lifetime() != 7200*time.Second {
 		t.Errorf("expires_in %d, lifetime %s; want 7200s", rec.ExpiresIn, rec.Lifetime())
 	}
-	msg, err := rotated.NextMsgWithContext(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ev kv.RotationEvent
-	if err := json.Unmarshal(msg.Data, &ev); err != nil {
-		t.Fatal(err)
-	}
+	ev, data := nextEvent[kv.RotationEvent](t, ctx, rotated)
 	want := kv.RotationEvent{AppID: appA, Revision: e.Revision(), FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: kv.ReasonInitial}
 	if !ev.FetchedAt.Equal(want.FetchedAt) || !ev.ExpiresAt.Equal(want.ExpiresAt) || ev.AppID != want.AppID ||
 		ev.Revision != want.Revision || ev.Reason != want.Reason {
 		t.Errorf("rotation event %+v, want %+v", ev, want)
 	}
 	var raw map[string]any
-	json.Unmarshal(msg.Data, &raw)
+	json.Unmarshal(data, &raw)
 	if _, ok := raw["access_token"]; ok {
-		t.Errorf("rotation event carries the token: %s", msg.Data)
+		t.Errorf("rotation event carries the token: %s", data)
 	}
 	if got := fake.Calls(appA); got != 1 {
 		t.Errorf("%d upstream calls, want 1", got)
@@ -331,16 +324,9 @@ func TestFailingAppDoesNotDisturbOthers(t *testing.T) {
 	for range 3 { // the first token and two rotations, while B fails and C hangs
 		testenv.Record(t, testenv.Next(t, ctx, entries))
 	}
-	msg, err := failed.NextMsgWithContext(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ev kv.FailureEvent
-	if err := json.Unmarshal(msg.Data, &ev); err != nil {
-		t.Fatal(err)
-	}
+	ev, data := nextEvent[kv.FailureEvent](t, ctx, failed)
 	if ev.AppID != appB || ev.ErrCode != 40164 || ev.Class != "config" || !ev.NextAttempt.After(time.Now().Add(5*time.Minute)) {
-		t.Errorf("failure event %s", msg.Data)
+		t.Errorf("failure event %s", data)
 	}
 	if got := fake.Calls(appB); got != 1 {
 		t.Errorf("app B with a configuration error was called %d times, want 1 (long backoff)", got)

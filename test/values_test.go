@@ -68,14 +68,7 @@ func TestSubscriberWatchesBucketWithoutValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(token string) uint64 {
-		data, _ := kv.Encode(kv.NewRecord(appA, token, time.Hour, time.Now()))
-		rev, err := b.Put(ctx, appA, data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rev
-	}
+	put := func(token string) uint64 { return putRecord(t, ctx, b, token, time.Hour) }
 	put("first")
 	sub := newSubscriber(t, ctx, nc)
 	if sub.Token().Value != "first" {
@@ -127,14 +120,7 @@ func TestRefreshReadsAValueNeverAnnounced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(token string) uint64 {
-		data, _ := kv.Encode(kv.NewRecord(appA, token, time.Hour, time.Now()))
-		rev, err := b.Put(ctx, appA, data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rev
-	}
+	put := func(token string) uint64 { return putRecord(t, ctx, b, token, time.Hour) }
 	put("first")
 	// A refresher that writes the new token and replies, but never
 	// publishes the value.
