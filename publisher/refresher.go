@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
-	"golang.org/x/time/rate"
 
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -32,7 +31,7 @@ type Refresher struct {
 	js       jetstream.JetStream
 	subjects kv.Subjects
 	upstream *Upstream
-	pacer    *rate.Limiter
+	pacer    *pacer
 	log      *slog.Logger
 
 	apps    map[string]*appState
@@ -67,13 +66,9 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		js:       js,
 		subjects: kv.Subjects{Prefix: cfg.SubjectPrefix},
 		upstream: upstream,
-		// Burst 1: the rate is a ceiling in every second, not an average.
-		// 5% under it: a call leaves some time after its slot (its worker
-		// must be scheduled, its request written), and calls bunched by up
-		// to ~50ms on their way still never put rate+1 into one second at
-		// WeChat. A 1% margin was measured to let 52 through at 50/s on a
-		// busy machine.
-		pacer: rate.NewLimiter(rate.Limit(cfg.UpstreamRate*0.95), 1),
+		// 5% under the rate: calls leave at least 1/rate apart, but may
+		// still bunch a little on their way to WeChat.
+		pacer: newPacer(cfg.UpstreamRate * 0.95),
 		log:   cfg.Logger,
 		apps:  make(map[string]*appState, len(cfg.Apps)),
 	}

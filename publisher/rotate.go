@@ -156,7 +156,7 @@ func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outc
 			r.log.Warn("refresh request: could not check the token, rotating", "appid", a.id, "error", err)
 		}
 	}
-	if err := r.pacer.Wait(t.ctx); err != nil {
+	if err := r.pacer.wait(t.ctx); err != nil {
 		return stop(errEnding)
 	}
 	// A fetch can outlast its timeout's start by the whole timeout, and a
