@@ -5,25 +5,29 @@ import (
 	"time"
 )
 
-// pacer lets upstream calls go one at a time, each at least interval after
-// the one before, counted from when that one was let go.
+// pacer lets upstream calls go one at a time, on an even schedule of one
+// per interval, decided when each call goes.
 //
-// A token bucket (golang.org/x/time/rate, burst 1) books every waiter a slot
-// in advance. When the process stalls past several slots (a GC pause, a
+// A token bucket (golang.org/x/time/rate) books every waiter a slot in
+// advance. When the process stalls past several slots (a GC pause, a
 // descheduled thread, a paused VM), their waiters wake together and their
 // calls leave in one burst: at 50/s, a benchmark saw 51 and 52 calls reach
-// WeChat within one second that way. Here a late waiter's lateness moves
-// everyone behind it back, so calls never leave closer than interval.
+// WeChat within one second that way. Here one waiter at a time holds the
+// turn, and goes when the clock says so, so a stall releases at most two
+// calls together (the schedule's one interval of slack) and pushes the rest
+// back. The slack is what lets a call that woke a little late keep the
+// schedule, instead of every late wake-up lengthening it.
 type pacer struct {
 	interval time.Duration
 	turn     chan struct{} // held by the one waiter whose call goes next
-	last     time.Time     // when the last call was let go; guarded by turn
+	next     time.Time     // when the next call goes on schedule; guarded by turn
 
 	now   func() time.Time                                 // time.Now, but for tests
 	sleep func(ctx context.Context, d time.Duration) error // sleepCtx, but for tests
 }
 
-// newPacer returns a pacer that lets perSecond calls go per second at most.
+// newPacer returns a pacer that lets perSecond calls go per second, with at
+// most two in any interval of 1/perSecond.
 func newPacer(perSecond float64) *pacer {
 	return &pacer{
 		interval: time.Duration(float64(time.Second) / perSecond),
@@ -42,16 +46,25 @@ func (p *pacer) wait(ctx context.Context) error {
 	}
 	defer func() { <-p.turn }()
 	for {
-		d := p.last.Add(p.interval).Sub(p.now())
-		if d <= 0 {
-			break
+		now := p.now()
+		if d := p.next.Add(-p.interval).Sub(now); d > 0 {
+			if err := p.sleep(ctx, d); err != nil {
+				return err
+			}
+			continue
 		}
-		if err := p.sleep(ctx, d); err != nil {
-			return err
-		}
+		// More than an interval behind (the pacer was idle, or the process
+		// stalled): the schedule restarts from now, with no burst to catch up.
+		p.next = later(p.next, now).Add(p.interval)
+		return nil
 	}
-	p.last = p.now()
-	return nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
