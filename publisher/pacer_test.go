@@ -117,7 +117,8 @@ func TestPacerPacesConcurrentCallers(t *testing.T) {
 
 func TestPacerWaiterThatGivesUpFreesTheTurn(t *testing.T) {
 	p := newPacer(1.0 / 3600) // one call an hour
-	for range 2 {             // the two that may go at once
+	// The first two may go at once.
+	for range 2 {
 		if err := p.wait(context.Background()); err != nil {
 			t.Fatal(err)
 		}
