@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -24,6 +25,9 @@ const (
 	DefaultLeaseTTL         = 10 * time.Second
 	DefaultUpstreamTimeout  = 5 * time.Second
 	DefaultUpstreamRate     = 50.0
+
+	// MinUpstreamRate is the slowest pacing accepted: one fetch in 100 s.
+	MinUpstreamRate = 0.01
 
 	DefaultRetryBackoff       = time.Second
 	DefaultRetryBackoffMax    = time.Minute
@@ -158,8 +162,10 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	if c.RetryBackoffMax < c.RetryBackoff {
 		errs = append(errs, fmt.Errorf("retry backoff max %s is below the retry backoff %s", c.RetryBackoffMax, c.RetryBackoff))
 	}
-	if c.UpstreamRate < 0 {
-		errs = append(errs, fmt.Errorf("upstream rate %g is negative", c.UpstreamRate))
+	// Below the minimum, one app's fetch could wait longer than a token
+	// lives; NaN and infinities would make no schedule at all.
+	if !(c.UpstreamRate >= MinUpstreamRate) || math.IsInf(c.UpstreamRate, 1) {
+		errs = append(errs, fmt.Errorf("upstream rate %g is not a number of calls per second of at least %g", c.UpstreamRate, MinUpstreamRate))
 	}
 	schedule, err := cron.ParseStandard(c.Schedule)
 	if err != nil {

@@ -66,8 +66,8 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		js:       js,
 		subjects: kv.Subjects{Prefix: cfg.SubjectPrefix},
 		upstream: upstream,
-		// 5% under the rate: calls leave at least 1/rate apart, but may
-		// still bunch a little on their way to WeChat.
+		// 5% under the rate, because calls may still bunch a little on
+		// their way to WeChat.
 		pacer: newPacer(cfg.UpstreamRate * 0.95),
 		log:   cfg.Logger,
 		apps:  make(map[string]*appState, len(cfg.Apps)),

@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +87,10 @@ func TestConfigErrors(t *testing.T) {
 		"slow upstream":    {Config{Apps: app, UpstreamTimeout: 8 * time.Second}, "upstream-timeout"},
 		"bad prefix":       {Config{Apps: app, SubjectPrefix: "a.*"}, "prefix"},
 		"negative refresh": {Config{Apps: app, RefreshBefore: -time.Second}, "refresh-before"},
+		"negative rate":    {Config{Apps: app, UpstreamRate: -1}, "upstream rate -1"},
+		"tiny rate":        {Config{Apps: app, UpstreamRate: 1e-12}, "upstream rate 1e-12"},
+		"NaN rate":         {Config{Apps: app, UpstreamRate: math.NaN()}, "upstream rate NaN"},
+		"infinite rate":    {Config{Apps: app, UpstreamRate: math.Inf(1)}, "upstream rate +Inf"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := tc.cfg.withDefaults()

@@ -124,6 +124,7 @@ func TestClientCommands(t *testing.T) {
 			{[]string{"serve", "--log-format", "yaml"}, env, 2, "--log-format"},
 			{[]string{"serve", "--demo", "--lease-ttl", "500ms", "--upstream-timeout", "10s"}, nil, 2, "lease-ttl 500ms is shorter than 1s; upstream-timeout"},
 			{[]string{"serve", "--demo", "--history", "100"}, nil, 2, "history 100"},
+			{[]string{"serve", "--demo", "--upstream-rate", "NaN"}, nil, 2, "upstream rate NaN"},
 			{[]string{"serve", "--demo", "--schedule", "whenever"}, nil, 2, "schedule"},
 			{[]string{"serve", "--demo", "--subject-prefix", "a.*"}, nil, 2, "subject prefix"},
 			{[]string{"serve", "--data-dir", "/tmp/x"}, env, 2, "--data-dir is for the embedded NATS server"},
