@@ -162,8 +162,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	if c.RetryBackoffMax < c.RetryBackoff {
 		errs = append(errs, fmt.Errorf("retry backoff max %s is below the retry backoff %s", c.RetryBackoffMax, c.RetryBackoff))
 	}
-	// Below the minimum, one app's fetch could wait longer than a token
-	// lives; NaN and infinities would make no schedule at all.
+	// The pacer's interval, 1/rate, must fit a time.Duration, and a fetch
+	// should not wait minutes for its turn; NaN and infinities make no
+	// schedule at all.
 	if !(c.UpstreamRate >= MinUpstreamRate) || math.IsInf(c.UpstreamRate, 1) {
 		errs = append(errs, fmt.Errorf("upstream rate %g is not a number of calls per second of at least %g", c.UpstreamRate, MinUpstreamRate))
 	}

@@ -3,6 +3,8 @@ package publisher
 import (
 	"context"
 	"errors"
+	"math"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +35,13 @@ func (c *stallingClock) sleep(_ context.Context, d time.Duration) error {
 	return nil
 }
 
+// pacerOn returns a pacer for ceiling that runs on clock.
+func pacerOn(clock *stallingClock, ceiling float64) *pacer {
+	p := newPacer(ceiling)
+	p.now, p.sleep = clock.now, clock.sleep
+	return p
+}
+
 // departures runs n calls through p one after another, and returns when
 // each went by clock.
 func departures(t *testing.T, p *pacer, clock *stallingClock, n int) []time.Time {
@@ -47,11 +56,45 @@ func departures(t *testing.T, p *pacer, clock *stallingClock, n int) []time.Time
 	return left
 }
 
+// mostInOneSecond is the most of times, in order, within any one second
+// (both ends included).
+func mostInOneSecond(times []time.Time) int {
+	most, j := 0, 0
+	for i := range times {
+		for times[i].Sub(times[j]) > time.Second {
+			j++
+		}
+		most = max(most, i-j+1)
+	}
+	return most
+}
+
+func TestPacerNeverExceedsItsCeiling(t *testing.T) {
+	for _, ceiling := range []float64{1, 2, 5, 10, 20, 21.5, 29.9, 30, 39, 40, 41, 50, 1000} {
+		// Sleeps overshoot by up to a third of an interval, and one in ten
+		// by up to ten intervals: late timers and stalls.
+		interval := newPacer(ceiling).interval
+		random := rand.New(rand.NewPCG(1, uint64(ceiling*10)))
+		stalls := make([]time.Duration, 10*int(ceiling)+20)
+		for i := range stalls {
+			stalls[i] = time.Duration(random.Int64N(int64(interval / 3)))
+			if random.IntN(10) == 0 {
+				stalls[i] = time.Duration(random.Int64N(int64(10 * interval)))
+			}
+		}
+		clock := &stallingClock{t: time.Unix(1e9, 0), stalls: stalls}
+		left := departures(t, pacerOn(clock, ceiling), clock, len(stalls))
+		if got := mostInOneSecond(left); got > int(math.Floor(ceiling)) {
+			t.Errorf("ceiling %g/s: %d calls went within one second", ceiling, got)
+		}
+	}
+}
+
 func TestPacerReleasesNoBurstAfterAStall(t *testing.T) {
-	const interval = 20 * time.Millisecond
-	clock := &stallingClock{t: time.Unix(1e9, 0), stalls: []time.Duration{0, 5 * interval}}
-	p := newPacer(float64(time.Second / interval))
-	p.now, p.sleep = clock.now, clock.sleep
+	clock := &stallingClock{t: time.Unix(1e9, 0)}
+	p := pacerOn(clock, 50)
+	interval := p.interval
+	clock.stalls = []time.Duration{0, 5 * interval}
 
 	left := departures(t, p, clock, 8)
 	// The fourth call woke five intervals late. Slots booked in advance
@@ -68,26 +111,25 @@ func TestPacerReleasesNoBurstAfterAStall(t *testing.T) {
 }
 
 func TestPacerKeepsTheScheduleWhenWakingLate(t *testing.T) {
-	const interval, late, calls = 20 * time.Millisecond, 5 * time.Millisecond, 50
-	stalls := make([]time.Duration, calls)
-	for i := range stalls {
-		stalls[i] = late // every sleep overshoots, as timers on a busy machine do
+	const calls = 50
+	clock := &stallingClock{t: time.Unix(1e9, 0)}
+	p := pacerOn(clock, 50)
+	late := p.interval / 4
+	for range calls {
+		clock.stalls = append(clock.stalls, late) // every sleep overshoots, as timers on a busy machine do
 	}
-	clock := &stallingClock{t: time.Unix(1e9, 0), stalls: stalls}
-	p := newPacer(float64(time.Second / interval))
-	p.now, p.sleep = clock.now, clock.sleep
 
 	left := departures(t, p, clock, calls)
 	// The lateness of one wake-up is not added to the next: 50 calls take
 	// 48 intervals (two go at once), plus one lateness, not 49 of them.
-	if got, want := left[calls-1].Sub(left[0]), (calls-2)*interval+late; got != want {
+	if got, want := left[calls-1].Sub(left[0]), (calls-2)*p.interval+late; got != want {
 		t.Errorf("%d calls took %v, want %v", calls, got, want)
 	}
 }
 
 func TestPacerPacesConcurrentCallers(t *testing.T) {
-	const interval, callers = 2 * time.Millisecond, 20
-	p := newPacer(float64(time.Second / interval))
+	const callers = 20
+	p := newPacer(500)
 	var (
 		mu   sync.Mutex
 		left []time.Time
@@ -110,32 +152,56 @@ func TestPacerPacesConcurrentCallers(t *testing.T) {
 	}
 	wg.Wait()
 	// The first reading is the first call going, the last the last call.
-	if total := left[len(left)-1].Sub(left[0]); total < (callers-2)*interval {
-		t.Errorf("%d callers went within %v, want at least %v", callers, total, (callers-2)*interval)
+	if total, least := left[len(left)-1].Sub(left[0]), (callers-2)*p.interval; total < least {
+		t.Errorf("%d callers went within %v, want at least %v", callers, total, least)
 	}
 }
 
-func TestPacerWaiterThatGivesUpFreesTheTurn(t *testing.T) {
-	p := newPacer(1.0 / 3600) // one call an hour
-	// The first two may go at once.
+func TestPacerLetsNoCallGoForAnEndedContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 100 {
+		// A fresh pacer: the turn is free and the call is due, so only
+		// the context can stop it.
+		if err := newPacer(50).wait(ctx); !errors.Is(err, context.Canceled) {
+			t.Fatalf("wait with an ended context: %v, want context.Canceled", err)
+		}
+	}
+}
+
+func TestPacerQueuedWaiterThatGivesUpReturns(t *testing.T) {
+	p := newPacer(50)
+	sleeping := make(chan struct{})
+	p.sleep = func(ctx context.Context, d time.Duration) error {
+		close(sleeping)
+		<-ctx.Done() // a holder that sleeps until its context ends
+		return ctx.Err()
+	}
+	// The first two calls may go at once; the third holds the turn, asleep.
 	for range 2 {
 		if err := p.wait(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
+	holding, release := context.WithCancel(context.Background())
+	held := make(chan error)
+	go func() { held <- p.wait(holding) }()
+	<-sleeping
+
 	ctx, cancel := context.WithCancel(context.Background())
-	waiting := make(chan error)
-	go func() { waiting <- p.wait(ctx) }()
-	go func() { waiting <- p.wait(ctx) }() // queued behind the first
+	gaveUp := make(chan error)
+	go func() { gaveUp <- p.wait(ctx) }() // queued behind the holder
 	cancel()
-	for range 2 {
-		if err := <-waiting; !errors.Is(err, context.Canceled) {
-			t.Fatalf("wait after cancel: %v, want context.Canceled", err)
-		}
-	}
 	select {
-	case p.turn <- struct{}{}:
-	default:
-		t.Fatal("a waiter that gave up still holds the turn")
+	case err := <-gaveUp:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("queued wait after cancel: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second): // a bound on failure, not a wait for success
+		t.Error("a queued waiter whose context ended is still waiting for the turn")
+	}
+	release()
+	if err := <-held; !errors.Is(err, context.Canceled) {
+		t.Errorf("holder's wait after its context ended: %v, want context.Canceled", err)
 	}
 }

@@ -66,11 +66,9 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		js:       js,
 		subjects: kv.Subjects{Prefix: cfg.SubjectPrefix},
 		upstream: upstream,
-		// 5% under the rate, because calls may still bunch a little on
-		// their way to WeChat.
-		pacer: newPacer(cfg.UpstreamRate * 0.95),
-		log:   cfg.Logger,
-		apps:  make(map[string]*appState, len(cfg.Apps)),
+		pacer:    newPacer(cfg.UpstreamRate),
+		log:      cfg.Logger,
+		apps:     make(map[string]*appState, len(cfg.Apps)),
 	}
 	for _, app := range cfg.Apps {
 		a := &appState{id: app.AppID, secret: app.Secret}
