@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"strings"
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
@@ -66,15 +65,14 @@ var errEnding = errors.New("publisher: refresher is stopping or lost its leaders
 // errPanicked is the outcome of a rotation that panicked.
 var errPanicked = errors.New("publisher: rotation failed with a panic (logged)")
 
-// secretScrubber removes every AppSecret from a text. It guards the one
-// thing no type can keep a secret out of: the text of a panic.
+// secretScrubber removes every AppSecret, plain or URL-encoded, from a
+// text. It guards the one thing no type can keep a secret out of: the text
+// of a panic.
 type secretScrubber []string
 
 func (s secretScrubber) scrub(text string) string {
 	for _, secret := range s {
-		if strings.Contains(text, secret) {
-			text = scrub(text, secret)
-		}
+		text = scrub(text, secret)
 	}
 	return text
 }

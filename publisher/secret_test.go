@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -37,5 +38,19 @@ func TestSecretNeverPrints(t *testing.T) {
 	}
 	if !(Secret{}).IsZero() || NewSecret("").Reveal() != "" || s.IsZero() {
 		t.Error("IsZero")
+	}
+}
+
+func TestSecretScrubberRemovesEncodedSecrets(t *testing.T) {
+	s := secretScrubber{"other", secretText}
+	// A panic that prints a request URL holds the secret URL-encoded.
+	for _, text := range []string{
+		"GET /cgi-bin/token?secret=" + url.QueryEscape(secretText), // only encoded
+		"secret " + secretText + " in " + url.QueryEscape(secretText),
+	} {
+		got := s.scrub(text)
+		if strings.Contains(got, secretText) || strings.Contains(got, url.QueryEscape(secretText)) {
+			t.Errorf("scrub(%q) = %q, still holds the secret", text, got)
+		}
 	}
 }
