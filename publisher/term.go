@@ -124,8 +124,12 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	if err := svc.Stop(); err != nil {
 		r.log.Warn("refresh endpoint did not stop cleanly", "error", err)
 	}
-	r.disarm()
+	// Drain first: a flight that ends while the term drains sets its
+	// app's timer again, and only a draining term refuses to. Timers left
+	// by this term would hold back the next term's, which never replace
+	// a timer set no later.
 	t.drain()
+	r.disarm()
 	return nil
 }
 
