@@ -107,7 +107,7 @@ func TestLeaseLapsesWithoutRenewal(t *testing.T) {
 	}
 	close(held.stop) // the holder dies: renewals stop, nothing is deleted
 	<-held.done
-	last, err := dead.bucket.Get(ctx, leaseKey)
+	last, err := dead.bucket.Get(ctx, LeaseKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestLeaseLapsesWithoutRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer next.release()
-	taken, err := standby.bucket.Get(ctx, leaseKey)
+	taken, err := standby.bucket.Get(ctx, LeaseKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,9 @@ import (
 // before the server stamped it, minus a margin: it steps down before the
 // server can let another replica take over.
 
-const leaseKey = "leader"
+// LeaseKey is the key of the lease in its bucket; its value is a
+// LeaseHolder in JSON.
+const LeaseKey = "leader"
 
 // LeaseBucket is the name of the lease bucket of the token bucket name.
 func LeaseBucket(tokenBucket string) string { return tokenBucket + "_leader" }
@@ -108,8 +110,7 @@ type heldLease struct {
 	lostCh     chan struct{} // closed when the lease is, or may be, gone
 	stop       chan struct{}
 	done       chan struct{}
-	mu         sync.Mutex
-	rev        uint64
+	rev        uint64 // of the lease's last write; renew's own until done closes
 	lostOnce   sync.Once
 	validUntil atomic.Int64 // Unix nanoseconds until which the lease surely holds
 }
@@ -137,7 +138,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 	}()
 	go func() {
 		defer close(watched)
-		(&kv.Follower{Bucket: l.bucket, Key: leaseKey, Conn: l.nc, OnEntry: func(e jetstream.KeyValueEntry) {
+		(&kv.Follower{Bucket: l.bucket, Key: LeaseKey, Conn: l.nc, OnEntry: func(e jetstream.KeyValueEntry) {
 			if e.Operation() != jetstream.KeyValuePut {
 				select {
 				case wake <- struct{}{}:
@@ -152,7 +153,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 		holder.Since = time.Now().UTC()
 		value, _ := json.Marshal(holder)
 		sent := time.Now()
-		rev, err := l.bucket.Create(ctx, leaseKey, value)
+		rev, err := l.bucket.Create(ctx, LeaseKey, value)
 		if err == nil {
 			h := &heldLease{l: l, holder: holder, value: value, rev: rev,
 				lostCh: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
@@ -166,7 +167,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 		wait := l.ttl / 2
 		if isConflict(err) {
 			// Someone holds it: sleep until it would lapse unless renewed.
-			if e, gerr := l.bucket.Get(ctx, leaseKey); gerr == nil {
+			if e, gerr := l.bucket.Get(ctx, LeaseKey); gerr == nil {
 				if !logged {
 					var other LeaseHolder
 					json.Unmarshal(e.Value(), &other)
@@ -247,31 +248,34 @@ func (h *heldLease) renew(sent time.Time) {
 // renewal succeeded but its answer was lost, the key still holds this term:
 // that is a success.
 func (h *heldLease) update(ctx context.Context) error {
-	h.mu.Lock()
-	rev := h.rev
-	h.mu.Unlock()
-	newRev, err := h.l.bucket.Update(ctx, leaseKey, h.value, rev)
+	newRev, err := h.l.bucket.Update(ctx, LeaseKey, h.value, h.rev)
 	if isConflict(err) {
-		e, gerr := h.l.bucket.Get(ctx, leaseKey)
+		e, gerr := h.l.bucket.Get(ctx, LeaseKey)
 		var cur LeaseHolder
 		if gerr == nil && json.Unmarshal(e.Value(), &cur) == nil && cur.Term == h.holder.Term {
-			newRev, err = h.l.bucket.Update(ctx, leaseKey, h.value, e.Revision())
+			newRev, err = h.l.bucket.Update(ctx, LeaseKey, h.value, e.Revision())
 		}
 	}
 	if err == nil {
-		h.mu.Lock()
 		h.rev = newRev
-		h.mu.Unlock()
 	}
 	return err
 }
 
 func (h *heldLease) lose(why string) {
-	h.lostOnce.Do(func() {
+	if h.end() {
 		h.l.log.Warn("leadership lost: "+why, "instance", h.l.instance)
+	}
+}
+
+// end closes lost, once, and reports whether this call did.
+func (h *heldLease) end() (ended bool) {
+	h.lostOnce.Do(func() {
 		h.validUntil.Store(0)
 		close(h.lostCh)
+		ended = true
 	})
+	return ended
 }
 
 // release stops renewing and, unless the lease was lost, deletes it so that
@@ -279,21 +283,12 @@ func (h *heldLease) lose(why string) {
 func (h *heldLease) release() {
 	close(h.stop)
 	<-h.done
-	select {
-	case <-h.lostCh:
-		return
-	default:
+	if !h.end() {
+		return // lost already: the key is not ours to delete
 	}
-	h.lostOnce.Do(func() {
-		h.validUntil.Store(0)
-		close(h.lostCh)
-	})
-	h.mu.Lock()
-	rev := h.rev
-	h.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
 	defer cancel()
-	if err := h.l.bucket.Delete(ctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
+	if err := h.l.bucket.Delete(ctx, LeaseKey, jetstream.LastRevision(h.rev)); err != nil {
 		h.l.log.Warn("lease not released; a standby takes over when it lapses", "error", err)
 		return
 	}

@@ -125,7 +125,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		// valid one, and nothing of ours was written.
 		return outcome{rev: rev, rec: &stored}
 	}
-	r.announce(a, rev, rec, data, reason)
+	r.announce(a, rev, rec, data)
 	r.metrics.rotated.WithLabelValues(a.id, rec.Reason).Inc()
 	r.log.Info("token rotated", "appid", a.id, "revision", rev, "reason", rec.Reason,
 		"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
@@ -225,14 +225,14 @@ func isConflict(err error) bool {
 // announce publishes the new value on its Value subject, where subscribers
 // take it in the moment it arrives, then the rotation event, which carries
 // no token. Both follow the successful write.
-func (r *Refresher) announce(a *appState, rev uint64, rec kv.Record, data []byte, reason string) {
+func (r *Refresher) announce(a *appState, rev uint64, rec kv.Record, data []byte) {
 	appid := a.id
 	a.mu.Lock()
 	a.announced = max(a.announced, rev)
 	a.mu.Unlock()
 	r.publishValue(appid, rev, data)
 	ev, _ := json.Marshal(kv.RotationEvent{
-		AppID: appid, Revision: rev, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: reason,
+		AppID: appid, Revision: rev, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: rec.Reason,
 	})
 	if err := r.nc.Publish(r.subjects.Rotated(appid), ev); err != nil {
 		r.log.Warn("rotation event not published", "appid", appid, "error", err)

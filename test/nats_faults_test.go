@@ -189,7 +189,7 @@ func cluster(t *testing.T, ctx context.Context) ([]*server.Server, []func()) {
 		opts.ServerName = fmt.Sprintf("n%d", i+1)
 		opts.Cluster = server.ClusterOpts{Name: "wxtoken", Host: "127.0.0.1", Port: routePorts[i]}
 		opts.Routes = routes
-		servers[i], stops[i] = startCluster(t, opts)
+		servers[i], stops[i] = startServer(t, opts) // ready for clients; JetStream needs the others
 	}
 	for {
 		// Only the meta leader answers JetStreamClusterPeers.
@@ -212,27 +212,6 @@ func cluster(t *testing.T, ctx context.Context) ([]*server.Server, []func()) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// startCluster starts one cluster node without waiting for JetStream (which
-// needs the other nodes); only client readiness is awaited.
-func startCluster(t *testing.T, opts *server.Options) (*server.Server, func()) {
-	t.Helper()
-	opts.NoSigs = true
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("%s not ready", opts.ServerName)
-	}
-	stop := func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	}
-	t.Cleanup(stop)
-	return s, stop
 }
 
 // TestClusterSurvivesLosingANode runs the refresher against a three-node

@@ -149,20 +149,9 @@ func (b *notifyingBuffer) waitForCount(ctx context.Context, s string, n int) err
 	}
 }
 
+// waitFor waits until s appears.
 func (b *notifyingBuffer) waitFor(ctx context.Context, s string) error {
-	for {
-		b.mu.Lock()
-		written := b.written
-		b.mu.Unlock()
-		if strings.Contains(b.String(), s) {
-			return nil
-		}
-		select {
-		case <-written:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return b.waitForCount(ctx, s, 1)
 }
 
 // TestReplicaProcessesFailOver runs `wxtoken serve` replicas as processes.

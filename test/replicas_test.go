@@ -205,7 +205,7 @@ func leaseHolders(t *testing.T, ctx context.Context, nc *nats.Conn) <-chan lease
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		(&kv.Follower{Bucket: b, Key: "leader", OnEntry: func(e jetstream.KeyValueEntry) {
+		(&kv.Follower{Bucket: b, Key: publisher.LeaseKey, OnEntry: func(e jetstream.KeyValueEntry) {
 			ev := leaseEvent{at: e.Created()}
 			if e.Operation() == jetstream.KeyValuePut {
 				var h publisher.LeaseHolder

@@ -236,16 +236,6 @@ func TestTransportPassesOtherAnswersThrough(t *testing.T) {
 	}
 }
 
-func drain[T any](ch <-chan T) {
-	for {
-		select {
-		case <-ch:
-		default:
-			return
-		}
-	}
-}
-
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

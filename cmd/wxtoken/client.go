@@ -354,7 +354,7 @@ func readLeader(ctx context.Context, nc *nats.Conn, bucket string) *publisher.Le
 	if err != nil {
 		return nil
 	}
-	e, err := b.Get(ctx, "leader")
+	e, err := b.Get(ctx, publisher.LeaseKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return &publisher.LeaseHolder{}
 	}

@@ -17,7 +17,6 @@ import (
 // opsServer serves /metrics, /healthz and /readyz.
 type opsServer struct {
 	srv *http.Server
-	ln  net.Listener
 }
 
 // startOps listens on addr. ready says why the process cannot serve yet,
@@ -39,7 +38,7 @@ func startOps(addr string, reg *prometheus.Registry, ready func() error, log *sl
 	if err != nil {
 		return nil, fmt.Errorf("--http-addr: %w", err)
 	}
-	o := &opsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}
+	o := &opsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
 	go func() {
 		if err := o.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics and health server stopped", "error", err)

@@ -25,17 +25,15 @@ import (
 
 // appsResult is the many-apps run.
 type appsResult struct {
-	apps          int
-	rate          float64
-	allTokens     time.Duration // from the refresher's start until every app has a token
-	pacingFloor   time.Duration // apps / rate
-	maxPerSecond  int           // most calls in any one-second window (sliding)
-	maxPerBucket  int           // most calls in any calendar second
-	calls         int
-	cpuPerHour    time.Duration // steady-state CPU time per hour of wall time
-	cpuShare      float64       // the same, as a share of one core
-	peakRSS       int64         // bytes
-	steadyMeasure time.Duration
+	apps         int
+	rate         float64
+	allTokens    time.Duration // from the refresher's start until every app has a token
+	pacingFloor  time.Duration // apps / rate
+	maxPerSecond int           // most calls in any one-second window (sliding)
+	maxPerBucket int           // most calls in any calendar second
+	cpuPerHour   time.Duration // steady-state CPU time per hour of wall time
+	cpuShare     float64       // the same, as a share of one core
+	peakRSS      int64         // bytes
 }
 
 // manyApps runs the real wxtoken binary as its own process with n apps,
@@ -146,8 +144,8 @@ func manyApps(n int, rate float64, steady time.Duration) appsResult {
 		apps: n, rate: rate, allTokens: allTokens,
 		pacingFloor:  time.Duration(float64(n) / rate * float64(time.Second)),
 		maxPerSecond: maxInWindow(calls, time.Second), maxPerBucket: maxPerCalendarSecond(calls),
-		calls: len(calls), cpuPerHour: time.Duration(float64(cpu) * float64(time.Hour) / float64(window)),
-		cpuShare: float64(cpu) / float64(window), peakRSS: peakRSS(cmd.Process.Pid), steadyMeasure: window,
+		cpuPerHour: time.Duration(float64(cpu) * float64(time.Hour) / float64(window)),
+		cpuShare:   float64(cpu) / float64(window), peakRSS: peakRSS(cmd.Process.Pid),
 	}
 }
 

@@ -35,12 +35,11 @@ func (c fastClock) AfterFunc(d time.Duration, f func()) *time.Timer {
 
 // quotaResult is one simulated day.
 type quotaResult struct {
-	calls, floor     int     // wxtoken's upstream calls; ceil(86400 / usable lifetime)
-	validShare       float64 // share of minutes in which services held a working token
-	naiveCalls       int     // ten instances that each fetch every 2h
-	naiveValidShare  float64 // share of instance-minutes with a working token
-	naiveInstances   int
-	simulated, taken time.Duration
+	calls, floor    int     // wxtoken's upstream calls; ceil(86400 / usable lifetime)
+	validShare      float64 // share of minutes in which services held a working token
+	naiveCalls      int     // ten instances that each fetch every 2h
+	naiveValidShare float64 // share of instance-minutes with a working token
+	taken           time.Duration
 }
 
 // quotaDay runs the real refresher with its default settings through one
@@ -146,8 +145,8 @@ func quotaDay(speed float64) quotaResult {
 	usable := 7200 - publisher.DefaultRefreshBefore.Seconds()
 	return quotaResult{
 		calls: calls, floor: int(math.Ceil(day.Seconds() / usable)),
-		validShare: float64(valid) / float64(minutes), naiveCalls: nCalls, naiveInstances: len(naive),
+		validShare: float64(valid) / float64(minutes), naiveCalls: nCalls,
 		naiveValidShare: float64(naiveValid) / float64(naiveSamples),
-		simulated:       day, taken: time.Since(clock.realStart),
+		taken:           time.Since(clock.realStart),
 	}
 }

@@ -24,10 +24,6 @@ func summarize(samples []time.Duration) dist {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-func (d dist) String() string {
-	return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d samples)", ms(d.p50), ms(d.p99), ms(d.max), d.n)
-}
-
 // benchLine prints a result in the benchmark format benchstat reads:
 // name, iterations, then value-unit pairs.
 func benchLine(name string, iterations int, pairs ...any) {

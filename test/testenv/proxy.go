@@ -49,13 +49,6 @@ func (p *Proxy) Cut() {
 	p.conns = nil
 }
 
-// Restore accepts connections again.
-func (p *Proxy) Restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = false
-}
-
 func (p *Proxy) accept() {
 	for {
 		client, err := p.ln.Accept()
