@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,10 +58,11 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 			}
 		}()
 		appid := strings.TrimPrefix(req.Subject(), prefix)
-		a, f, started, reply, outcome := r.admit(t, appid, req.Data())
-		if f == nil {
-			r.metrics.request(outcome)
-			respond(req, reply)
+		data := bytes.Clone(req.Data()) // decided again, maybe, after the handler returned
+		ad := r.admit(t, appid, data)
+		if ad.f == nil {
+			r.metrics.request(ad.outcome)
+			respond(req, ad.reply)
 			return
 		}
 		// The answer waits on WeChat. micro delivers requests one at a
@@ -77,7 +79,7 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 		replyTo := req.Reply()
 		if !t.spawn(func() {
 			defer pending.Add(-1)
-			reply, outcome := r.await(t, a, f, started)
+			reply, outcome := r.await(t, appid, data, ad)
 			r.metrics.request(outcome)
 			r.publishReply(replyTo, reply)
 		}) {
@@ -96,57 +98,91 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 	return svc, nil
 }
 
+// admission is how admit decided a refresh request.
+type admission struct {
+	a       *appState
+	f       *flight // the rotation the answer waits on; nil when reply is the answer
+	started bool    // this request started f
+	behind  bool    // f stored the revision the request names: decide again once f lands
+	reply   kv.RefreshReply
+	outcome string // the metrics label of reply
+}
+
+// answer is an admission answered at once.
+func answer(reply kv.RefreshReply, outcome string) admission {
+	return admission{reply: reply, outcome: outcome}
+}
+
 // admit decides a refresh request as the contract says. Either it answers
-// at once (f is nil; outcome is the metrics label), or the answer is the
-// outcome of the rotation f, which it started or joined (started says which).
-func (r *Refresher) admit(t *term, appid string, data []byte) (a *appState, f *flight, started bool, reply kv.RefreshReply, outcome string) {
-	a = r.apps[appid]
+// at once (f is nil), or the answer is the outcome of the rotation f, which
+// it started or joined.
+func (r *Refresher) admit(t *term, appid string, data []byte) admission {
+	a := r.apps[appid]
 	if a == nil {
-		return nil, nil, false, errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid)), outcomeError
+		return answer(errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid)), outcomeError)
 	}
 	req, err := kv.DecodeRefreshRequest(data)
 	if err != nil {
-		return nil, nil, false, errorReply(kv.CodeBadRequest, err.Error()), outcomeError
+		return answer(errorReply(kv.CodeBadRequest, err.Error()), outcomeError)
 	}
 	now := r.cfg.Clock.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	cur, valid := a.rev, a.validRecord(now)
+	var f *flight
+	started := false
 	switch stale := req.StaleRevision; {
+	case stale != nil && a.flight != nil && *stale > a.flight.from:
+		// The rotation under way has stored the revision named stale, or
+		// is storing it: services that read the bucket, or took the new
+		// value in at once, can name it before the rotation lands. It
+		// cannot be the rotation that replaces it.
+		return admission{a: a, f: a.flight, behind: true}
 	case stale != nil && *stale > cur:
-		return nil, nil, false, errorReply(kv.CodeBadRequest, fmt.Sprintf("stale_revision %d is newer than the current revision %d", *stale, cur)), outcomeError
+		return answer(errorReply(kv.CodeBadRequest, fmt.Sprintf("stale_revision %d is newer than the current revision %d", *stale, cur)), outcomeError)
 	case valid == nil:
 		// No valid token at all: fetch one, whatever the request named.
 		f, started = r.startOrJoin(t, a, modeScheduled, kv.ReasonRequested)
 	case stale == nil:
-		return nil, nil, false, currentReply(a.id, cur, valid, false), outcomeCurrent
+		return answer(currentReply(a.id, cur, valid, false), outcomeCurrent)
 	case *stale < cur:
-		return nil, nil, false, currentReply(a.id, cur, valid, false), outcomeDeduped
+		return answer(currentReply(a.id, cur, valid, false), outcomeDeduped)
 	case a.flight != nil:
 		f = a.flight
 	case !a.lastForced.IsZero() && now.Sub(a.lastForced) < r.cfg.MinForceInterval:
-		reply = currentReply(a.id, cur, valid, false)
+		reply := currentReply(a.id, cur, valid, false)
 		reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: fmt.Sprintf(
 			"a forced refresh of %s ran %s ago; at most one per %s", a.id, now.Sub(a.lastForced).Round(time.Second), r.cfg.MinForceInterval)}
-		return nil, nil, false, reply, outcomeRateLimited
+		return answer(reply, outcomeRateLimited)
 	default:
 		a.lastForced = now
 		f, started = r.startOrJoin(t, a, modeForced, kv.ReasonRequested)
 		r.log.Info("refresh requested", "appid", a.id, "stale_revision", *stale, "reason", req.Reason)
 	}
 	if f == nil {
-		return nil, nil, false, errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError
+		return answer(errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError)
 	}
-	return a, f, started, kv.RefreshReply{}, ""
+	return admission{a: a, f: f, started: started}
 }
 
-// await waits for the rotation f and answers with its outcome.
-func (r *Refresher) await(t *term, a *appState, f *flight, started bool) (kv.RefreshReply, string) {
-	select {
-	case <-f.done:
-	case <-t.ctx.Done():
-		return errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError
+// await waits for the rotation the request was admitted to and answers
+// with its outcome. A request that was behind is decided again, with the
+// request's data, once that rotation lands.
+func (r *Refresher) await(t *term, appid string, data []byte, ad admission) (kv.RefreshReply, string) {
+	for {
+		select {
+		case <-ad.f.done:
+		case <-t.ctx.Done():
+			return errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError
+		}
+		if !ad.behind {
+			break
+		}
+		if ad = r.admit(t, appid, data); ad.f == nil {
+			return ad.reply, ad.outcome
+		}
 	}
+	a, f, started := ad.a, ad.f, ad.started
 	out := f.out
 	switch {
 	case errors.Is(out.err, errEnding):

@@ -22,6 +22,7 @@ const (
 
 // flight is one rotation; everyone who needs it while it runs shares it.
 type flight struct {
+	from uint64 // the revision it replaces
 	done chan struct{}
 	out  outcome // set before done closes
 }
@@ -40,7 +41,7 @@ func (r *Refresher) startOrJoin(t *term, a *appState, m mode, reason string) (f 
 	if a.flight != nil {
 		return a.flight, false
 	}
-	f = &flight{done: make(chan struct{})}
+	f = &flight{from: a.rev, done: make(chan struct{})}
 	base := outcome{rev: a.rev, rec: a.rec}
 	if !t.spawn(func() { r.fly(t, a, f, m, reason, base) }) {
 		return nil, false

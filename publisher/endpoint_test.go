@@ -1,0 +1,64 @@
+package publisher
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// TestRequestNamingARevisionARotationStoredWaitsForIt: a rotation stores
+// revision 2, and services can name it stale (having read the bucket, or
+// seen 2 rejected at once) before the rotation lands. That request must
+// neither be refused as naming a revision from the future, nor be answered
+// by the very rotation that made 2: it is decided again once that lands.
+func TestRequestNamingARevisionARotationStoredWaitsForIt(t *testing.T) {
+	nc, _ := jetStream(t)
+	r, err := New(nc, Config{Apps: []App{{AppID: "wx1", Secret: NewSecret("a-secret-of-some-length")}},
+		UpstreamURL: "http://127.0.0.1:1", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tm := &term{ctx: ctx, work: ctx, onPanic: r.logPanic, leaseLeft: func() time.Duration { return time.Hour }}
+	now := time.Now()
+	first, second := kv.NewRecord("wx1", "token-1", 2*time.Hour, now), kv.NewRecord("wx1", "token-2", 2*time.Hour, now)
+	stale := uint64(2)
+	request := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale})
+
+	a := r.apps["wx1"]
+	for _, observed := range []bool{false, true} { // the refresher's watch saw 2 already, or not
+		rotation := &flight{from: 1, done: make(chan struct{})}
+		a.mu.Lock()
+		a.rev, a.rec, a.flight, a.lastForced = 1, &first, rotation, now
+		if observed {
+			a.rev, a.rec = 2, &second
+		}
+		a.mu.Unlock()
+
+		ad := r.admit(tm, "wx1", request)
+		if !ad.behind || ad.f != rotation {
+			t.Fatalf("observed %v: admitted %+v, want to wait for the rotation under way", observed, ad)
+		}
+		answered := make(chan kv.RefreshReply)
+		go func() {
+			reply, _ := r.await(tm, "wx1", request, ad)
+			answered <- reply
+		}()
+		// The rotation lands with revision 2. The request is decided
+		// again: a forced refresh ran just now, so it is rate limited,
+		// not answered with revision 2 as if 2 replaced itself.
+		a.mu.Lock()
+		a.rev, a.rec, a.flight = 2, &second, nil
+		a.mu.Unlock()
+		rotation.out = outcome{rev: 2, rec: &second, refreshed: true}
+		close(rotation.done)
+		reply := <-answered
+		if reply.Error == nil || reply.Error.Code != kv.CodeRateLimited || reply.Revision != 2 {
+			t.Errorf("observed %v: reply %+v, want rate_limited at revision 2", observed, reply)
+		}
+	}
+}
