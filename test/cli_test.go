@@ -43,7 +43,7 @@ func TestClientCommands(t *testing.T) {
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
 	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, Instance: "replica-1", MinForceInterval: time.Millisecond})
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, Instance: "replica-1", MinForceInterval: time.Nanosecond})
 	e := testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA))
 	awaitEndpoint(t, ctx, nc, appA)
 	env := []string{"NATS_URL=" + srv.ClientURL()}

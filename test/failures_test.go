@@ -71,7 +71,7 @@ func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
 	const base = 20 * time.Millisecond
 	logs := newNotifyingBuffer()
 	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url, UpstreamTimeout: 200 * time.Millisecond,
-		RetryBackoff: base, RetryBackoffMax: time.Second, Logger: textLogger(logs), MinForceInterval: time.Millisecond})
+		RetryBackoff: base, RetryBackoffMax: time.Second, Logger: textLogger(logs), MinForceInterval: time.Nanosecond})
 	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
 
 	e := testenv.Next(t, ctx, entries)

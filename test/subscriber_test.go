@@ -390,7 +390,7 @@ func TestSubscriberClose(t *testing.T) {
 // through Transport that sees 40001, say) must not deadlock the subscriber.
 func TestOnRotateMayRefresh(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
-	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{MinForceInterval: time.Millisecond})
+	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{MinForceInterval: time.Nanosecond})
 	var self atomic.Pointer[subscriber.Subscriber]
 	refreshed := make(chan error, 1)
 	var once sync.Once
