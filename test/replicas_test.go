@@ -48,8 +48,9 @@ func (l *upstreamLog) snapshot() []upstreamCall {
 }
 
 // countRotations runs n refreshers for one app with 2s tokens until the
-// bucket saw rotations new values, and returns the upstream calls made.
-func countRotations(t *testing.T, replicas, rotations int) int {
+// bucket saw at least rotations new values, stops them, and returns the
+// upstream calls made and the values stored.
+func countRotations(t *testing.T, replicas, rotations int) (calls, stored int) {
 	t.Helper()
 	ctx := testenv.Context(t, 60*time.Second)
 	srv := testenv.NATS(t)
@@ -61,7 +62,8 @@ func countRotations(t *testing.T, replicas, rotations int) int {
 			publisher.Config{Apps: apps, UpstreamURL: url, LeaseTTL: 2 * time.Second, UpstreamTimeout: time.Second}))
 	}
 	nc := testenv.Connect(t, srv.ClientURL())
-	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
+	bucket := testenv.Bucket(t, ctx, nc)
+	entries := testenv.Entries(t, bucket, appA)
 	for range rotations {
 		testenv.Next(t, ctx, entries)
 		leaders := 0
@@ -74,18 +76,27 @@ func countRotations(t *testing.T, replicas, rotations int) int {
 			t.Errorf("%d replicas lead at once", leaders)
 		}
 	}
-	return fake.Calls(appA)
+	// The next rotation may be under way: stop, then count both sides.
+	for _, r := range running {
+		r.Stop()
+	}
+	e, err := bucket.Get(ctx, appA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fake.Calls(appA), int(e.Revision())
 }
 
 // TestReplicasCallWeChatAsOneDoes: three replicas on one NATS make exactly
 // the calls one replica makes, one per rotation.
 func TestReplicasCallWeChatAsOneDoes(t *testing.T) {
 	const rotations = 5
-	one := countRotations(t, 1, rotations)
-	three := countRotations(t, 3, rotations)
-	t.Logf("%d rotations: %d upstream calls with one replica, %d with three", rotations, one, three)
-	if one != rotations || three != rotations {
-		t.Errorf("upstream calls for %d rotations: %d with one replica, %d with three; want %d each", rotations, one, three, rotations)
+	one, oneStored := countRotations(t, 1, rotations)
+	three, threeStored := countRotations(t, 3, rotations)
+	t.Logf("upstream calls: %d with one replica for %d tokens, %d with three for %d", one, oneStored, three, threeStored)
+	if one != oneStored || three != threeStored {
+		t.Errorf("upstream calls: %d with one replica for %d tokens stored, %d with three for %d; want one call per token",
+			one, oneStored, three, threeStored)
 	}
 }
 
@@ -105,7 +116,8 @@ func TestPartitionedLeaderStopsCallingWeChat(t *testing.T) {
 	leader := testenv.Refresher(t, testenv.Connect(t, proxy.URL()), publisher.Config{Apps: apps, UpstreamURL: url,
 		LeaseTTL: ttl, UpstreamTimeout: 500 * time.Millisecond, Instance: "a", HTTPClient: calls.client("a")})
 	nc := testenv.Connect(t, srv.ClientURL())
-	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
+	bucket := testenv.Bucket(t, ctx, nc)
+	entries := testenv.Entries(t, bucket, appA)
 	testenv.Next(t, ctx, entries) // a leads and wrote the first token
 	if !leader.Leading() {
 		t.Fatal("the first replica does not lead")
