@@ -77,8 +77,14 @@ func countRotations(t *testing.T, replicas, rotations int) (calls, stored int) {
 		}
 	}
 	// The next rotation may be under way: stop, then count both sides.
+	// Standbys first, so that no stop hands the lease over.
 	for _, r := range running {
-		r.Stop()
+		if !r.Leading() {
+			r.Stop()
+		}
+	}
+	for _, r := range running {
+		r.Stop() // the leader; Stop again does nothing
 	}
 	e, err := bucket.Get(ctx, appA)
 	if err != nil {
