@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/subscriber"
 )
 
@@ -47,7 +48,7 @@ func ExampleSubscriber_Refresh() {
 
 	tok := sub.Token() // no I/O, no lock: call it for every request
 	errcode := callWeChat(tok.Value)
-	if errcode == 40001 || errcode == 40014 || errcode == 42001 {
+	if kv.TokenRejected(errcode) { // 40001, 40014 or 42001
 		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
 		fresh, err := sub.Refresh(ctx, tok.Revision)

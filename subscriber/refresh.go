@@ -28,7 +28,7 @@ func (s *Subscriber) Refresh(ctx context.Context, stale uint64) (Token, error) {
 }
 
 func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (Token, error) {
-	if s.closed.Load() {
+	if s.isClosed() {
 		return Token{}, ErrClosed
 	}
 	req := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale, Reason: reason})
@@ -39,22 +39,19 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 		}
 		reply, err := s.ask(ctx, req)
 		switch {
-		case err == nil && reply.Error == nil:
+		case err == nil:
 			if reply.Revision <= stale {
 				return s.Token(), nil // not rotated: WeChat says the token works
 			}
 			return s.awaitRevision(ctx, reply.Revision)
 		case ctx.Err() != nil:
 			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, ctx.Err())
-		case s.closed.Load():
+		case s.isClosed():
 			return s.Token(), ErrClosed
-		case !retryable(err, reply):
-			if err == nil {
-				err = reply.Error
-			}
+		case !retryable(err):
 			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, err)
 		}
-		s.opts.logger.Debug("refresh request not answered, retrying", "appid", s.appid, "error", errOr(err, reply))
+		s.opts.logger.Debug("refresh request not answered, retrying", "appid", s.appid, "error", err)
 		wait := delay/2 + rand.N(delay/2+1)
 		delay = min(2*delay, 2*time.Second)
 		if t, err := s.waitNewerFor(ctx, wait, stale); err == nil {
@@ -70,7 +67,8 @@ func (s *Subscriber) waitNewerFor(ctx context.Context, d time.Duration, revision
 	return s.waitNewer(ctx, revision)
 }
 
-// ask sends one refresh request and decodes the reply.
+// ask sends one refresh request and decodes the reply. An error the
+// refresher answered with is returned as the error, a *kv.ReplyError.
 func (s *Subscriber) ask(ctx context.Context, req []byte) (kv.RefreshReply, error) {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
 	defer cancel()
@@ -82,24 +80,21 @@ func (s *Subscriber) ask(ctx context.Context, req []byte) (kv.RefreshReply, erro
 	if err := json.Unmarshal(msg.Data, &reply); err != nil {
 		return kv.RefreshReply{}, fmt.Errorf("subscriber: undecodable refresh reply: %w", err)
 	}
+	if reply.Error != nil {
+		return reply, reply.Error
+	}
 	return reply, nil
 }
 
 // retryable tells failures that a moment may cure (no leader right now, a
 // leader stepping down, a timeout) from answers to act on.
-func retryable(err error, reply kv.RefreshReply) bool {
-	if err != nil {
-		return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
-			errors.Is(err, context.DeadlineExceeded)
+func retryable(err error) bool {
+	var answered *kv.ReplyError
+	if errors.As(err, &answered) {
+		return answered.Code == kv.CodeUnavailable
 	}
-	return reply.Error != nil && reply.Error.Code == kv.CodeUnavailable
-}
-
-func errOr(err error, reply kv.RefreshReply) error {
-	if err != nil {
-		return err
-	}
-	return reply.Error
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded)
 }
 
 // lateValue is how long Refresh waits for a revision it was told of before

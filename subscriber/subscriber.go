@@ -51,14 +51,12 @@ type Subscriber struct {
 	current  atomic.Pointer[Token]
 	lastErr  atomic.Pointer[error]
 	updated  chan struct{}
-	rotated  chan struct{} // wakes dispatch
-	applying sync.Mutex    // serialises apply; readers never take it
-	staleAt  atomic.Int64  // Unix nanoseconds: when the held token needs looking after
+	applying sync.Mutex   // serialises apply; readers never take it
+	staleAt  atomic.Int64 // Unix nanoseconds: when the held token needs looking after
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever current changes
 
-	closed atomic.Bool
 	done   <-chan struct{} // closed by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -86,7 +84,6 @@ func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Sub
 		opts:     o,
 		subjects: kv.Subjects{Prefix: o.subjectPrefix},
 		updated:  make(chan struct{}, 1),
-		rotated:  make(chan struct{}, 1),
 		changed:  make(chan struct{}),
 		done:     bg.Done(),
 		cancel:   cancel,
@@ -295,11 +292,9 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
-	for _, ch := range []chan struct{}{s.updated, s.rotated} {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+	select {
+	case s.updated <- struct{}{}:
+	default:
 	}
 }
 
@@ -309,15 +304,12 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 func (s *Subscriber) dispatch(ctx context.Context) {
 	var last uint64
 	for {
-		select {
-		case <-ctx.Done():
+		t, err := s.waitNewer(ctx, last)
+		if err != nil {
 			return
-		case <-s.rotated:
-			if t := s.Token(); t.Revision > last {
-				last = t.Revision
-				s.opts.onRotate(t)
-			}
 		}
+		last = t.Revision
+		s.opts.onRotate(t)
 	}
 }
 
@@ -376,10 +368,16 @@ func (s *Subscriber) waitNewer(ctx context.Context, revision uint64) (Token, err
 // Close stops following the token. It is idempotent; Token keeps returning
 // the last token after it.
 func (s *Subscriber) Close() error {
-	if s.closed.Swap(true) {
-		return nil
-	}
 	s.cancel()
 	s.wg.Wait()
 	return nil
+}
+
+func (s *Subscriber) isClosed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
 }

@@ -98,6 +98,14 @@ func TestClientCommands(t *testing.T) {
 		if !regexp.MustCompile(appA + ` rotated revision=\d+ reason=requested expires_at=`).MatchString(watcher.output.String()) {
 			t.Errorf("watch printed:\n%s", watcher.output.String())
 		}
+		failure, _ := json.Marshal(kv.FailureEvent{AppID: appA, ErrCode: 40164, ErrMsg: "invalid ip", Class: "config", NextAttempt: time.Now()})
+		if err := nc.Publish(kv.Subjects{}.Failed(appA), failure); err != nil {
+			t.Fatal(err)
+		}
+		watcher.waitOutput(t, ctx, "FAILED")
+		if !strings.Contains(watcher.output.String(), appA+` FAILED errcode=40164 class=config next_attempt=`) {
+			t.Errorf("watch printed:\n%s", watcher.output.String())
+		}
 		watcher.cmd.Process.Signal(syscall.SIGINT)
 		if code := watcher.wait(t, ctx); code != 0 {
 			t.Errorf("watch exited %d after SIGINT", code)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -167,27 +168,26 @@ func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 				fmt.Fprintln(stdout, string(m.Data))
 				continue
 			}
-			fmt.Fprintln(stdout, describeEvent(m.Data))
+			fmt.Fprintln(stdout, describeEvent(strings.HasPrefix(m.Subject, subjects.Failed("")), m.Data))
 		}
 	}
 }
 
-// describeEvent renders a rotated or failed event as one line.
-func describeEvent(data []byte) string {
-	var ev struct {
-		kv.RotationEvent
-		ErrCode     int       `json:"errcode"`
-		ErrMsg      string    `json:"errmsg"`
-		Class       string    `json:"class"`
-		NextAttempt time.Time `json:"next_attempt"`
-	}
-	if err := json.Unmarshal(data, &ev); err != nil {
-		return "undecodable event: " + strconv.Quote(string(data))
-	}
+// describeEvent renders a rotated or, if failed, a failed event as one line.
+func describeEvent(failed bool, data []byte) string {
+	undecodable := "undecodable event: " + strconv.Quote(string(data))
 	now := time.Now().UTC().Format(time.RFC3339)
-	if ev.ErrCode != 0 || ev.Class != "" {
+	if failed {
+		var ev kv.FailureEvent
+		if json.Unmarshal(data, &ev) != nil {
+			return undecodable
+		}
 		return fmt.Sprintf("%s %s FAILED errcode=%d class=%s next_attempt=%s errmsg=%q",
 			now, ev.AppID, ev.ErrCode, ev.Class, ev.NextAttempt.Format(time.RFC3339), ev.ErrMsg)
+	}
+	var ev kv.RotationEvent
+	if json.Unmarshal(data, &ev) != nil {
+		return undecodable
 	}
 	return fmt.Sprintf("%s %s rotated revision=%d reason=%s expires_at=%s",
 		now, ev.AppID, ev.Revision, ev.Reason, ev.ExpiresAt.Format(time.RFC3339))

@@ -165,7 +165,7 @@ func (s *Server) Current(appid string) string {
 
 // Issue fetches a token for appid as another client would (a second,
 // misbehaving central server, say): it invalidates the previous token after
-// the overlap and counts against the quota, but not in Calls.
+// the overlap. It counts neither in Calls nor against the quota.
 func (s *Server) Issue(appid string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
