@@ -40,13 +40,10 @@ func runWxtoken(t *testing.T, env []string, args ...string) (stdout, stderr stri
 
 func TestClientCommands(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, Instance: "replica-1", MinForceInterval: time.Nanosecond})
-	e := testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA))
-	awaitEndpoint(t, ctx, nc, appA)
-	env := []string{"NATS_URL=" + srv.ClientURL()}
+	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{Instance: "replica-1", MinForceInterval: time.Nanosecond})
+	nc, fake := sys.nc, sys.fake
+	e := leading(t, ctx, sys)
+	env := []string{"NATS_URL=" + sys.url}
 
 	t.Run("get prints the token and nothing else", func(t *testing.T) {
 		out, errOut, code := runWxtoken(t, env, "get", appA)

@@ -13,6 +13,11 @@ import (
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/publisher"
+	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
 // serveHTTP serves h on a loopback port until cleanup and returns its URL.
@@ -73,4 +78,31 @@ func nextEvent[T any](t testing.TB, ctx context.Context, sub *nats.Subscription)
 		t.Fatalf("event %q: %v", msg.Data, err)
 	}
 	return ev, msg.Data
+}
+
+// system is a NATS server, a fake WeChat and a refresher for appA.
+type system struct {
+	nc        *nats.Conn
+	url       string // NATS
+	fake      *fakewechat.Server
+	wechatURL string
+}
+
+func startSystem(t *testing.T, wechat fakewechat.Config, cfg publisher.Config) system {
+	t.Helper()
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, url := testenv.WeChat(t, wechat)
+	cfg.Apps, cfg.UpstreamURL = testenv.Apps(fake, appA), url
+	testenv.Refresher(t, nc, cfg)
+	return system{nc: nc, url: srv.ClientURL(), fake: fake, wechatURL: url}
+}
+
+// leading waits until the system's refresher stored appA's first token and
+// answers refresh requests, and returns that token's entry.
+func leading(t *testing.T, ctx context.Context, sys system) jetstream.KeyValueEntry {
+	t.Helper()
+	e := testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, sys.nc), appA))
+	awaitEndpoint(t, ctx, sys.nc, appA)
+	return e
 }

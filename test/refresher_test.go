@@ -96,9 +96,8 @@ func TestFirstTokenIsFetchedAndAnnounced(t *testing.T) {
 // while it still works, so services never hold a dead one.
 func TestShortLivedTokensAreReplacedBeforeExpiry(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
-	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
-	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 3 * time.Second, Overlap: -1})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url})
+	sys := startSystem(t, fakewechat.Config{ExpiresIn: 3 * time.Second, Overlap: -1}, publisher.Config{})
+	nc, fake := sys.nc, sys.fake
 	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
 
 	prev := testenv.Record(t, testenv.Next(t, ctx, entries))
@@ -150,14 +149,10 @@ func TestRestartReusesValidToken(t *testing.T) {
 // central server's back: services see 40001 and ask for a refresh.
 func invalidated(t *testing.T, ctx context.Context, cfg publisher.Config) (*nats.Conn, *fakewechat.Server, uint64) {
 	t.Helper()
-	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
-	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
-	cfg.Apps, cfg.UpstreamURL = testenv.Apps(fake, appA), url
-	testenv.Refresher(t, nc, cfg)
-	e := testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA))
-	awaitEndpoint(t, ctx, nc, appA)
-	fake.Issue(appA)
-	return nc, fake, e.Revision()
+	sys := startSystem(t, fakewechat.Config{Overlap: -1}, cfg)
+	e := leading(t, ctx, sys)
+	sys.fake.Issue(appA)
+	return sys.nc, sys.fake, e.Revision()
 }
 
 func TestConcurrentRefreshRequestsShareOneFetch(t *testing.T) {
@@ -240,11 +235,9 @@ func TestForcedRefreshesAreRateLimited(t *testing.T) {
 
 func TestForcedRefreshKeepsTokenWeChatStillAccepts(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
-	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
-	fake, url := testenv.WeChat(t, fakewechat.Config{})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url})
-	e := testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA))
-	awaitEndpoint(t, ctx, nc, appA)
+	sys := startSystem(t, fakewechat.Config{}, publisher.Config{})
+	nc, fake := sys.nc, sys.fake
+	e := leading(t, ctx, sys)
 
 	reply := request(t, ctx, nc, appA, kv.RefreshRequest{StaleRevision: revision(e.Revision()), Reason: "40001"})
 	if reply.Error != nil || reply.Refreshed || reply.Revision != e.Revision() {
@@ -260,11 +253,9 @@ func TestForcedRefreshKeepsTokenWeChatStillAccepts(t *testing.T) {
 
 func TestRefreshRequestErrors(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
-	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
-	fake, url := testenv.WeChat(t, fakewechat.Config{})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url})
-	e := testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA))
-	awaitEndpoint(t, ctx, nc, appA)
+	sys := startSystem(t, fakewechat.Config{}, publisher.Config{})
+	nc, fake := sys.nc, sys.fake
+	e := leading(t, ctx, sys)
 
 	for _, tc := range []struct {
 		name, appid, body, code string

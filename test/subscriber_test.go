@@ -22,23 +22,6 @@ import (
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
-// system is a NATS server, a fake WeChat and a refresher for appA.
-type system struct {
-	nc   *nats.Conn
-	url  string
-	fake *fakewechat.Server
-}
-
-func startSystem(t *testing.T, wechat fakewechat.Config, cfg publisher.Config) system {
-	t.Helper()
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, url := testenv.WeChat(t, wechat)
-	cfg.Apps, cfg.UpstreamURL = testenv.Apps(fake, appA), url
-	testenv.Refresher(t, nc, cfg)
-	return system{nc: nc, url: srv.ClientURL(), fake: fake}
-}
-
 func newSubscriber(t *testing.T, ctx context.Context, nc *nats.Conn, opts ...subscriber.Option) *subscriber.Subscriber {
 	t.Helper()
 	opts = append([]subscriber.Option{subscriber.WithLogger(testenv.Logger(t))}, opts...)
@@ -156,10 +139,8 @@ func TestSubscriberRefresh(t *testing.T) {
 
 func TestTransportRecoversFromRejectedToken(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
-	fakeNATS := testenv.NATS(t)
-	nc := testenv.Connect(t, fakeNATS.ClientURL())
-	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url})
+	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{})
+	nc, fake, url := sys.nc, sys.fake, sys.wechatURL
 	sub := newSubscriber(t, ctx, nc)
 	client := &http.Client{Transport: sub.Transport(nil)}
 	stale := sub.Token()
