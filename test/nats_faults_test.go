@@ -133,16 +133,7 @@ func TestFollowerRidesThroughRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	entries := make(chan jetstream.KeyValueEntry, 16)
-	fctx, stopFollowing := context.WithCancel(ctx)
-	followed := make(chan struct{})
-	go func() {
-		defer close(followed)
-		(&kv.Follower{Bucket: b, Key: "k", Conn: nc, OnEntry: func(e jetstream.KeyValueEntry) { entries <- e }}).Run(fctx)
-	}()
-	t.Cleanup(func() {
-		stopFollowing()
-		<-followed
-	})
+	testenv.Follow(t, &kv.Follower{Bucket: b, Key: "k", Conn: nc, OnEntry: func(e jetstream.KeyValueEntry) { entries <- e }})
 	writer := testenv.Connect(t, url)
 	wjs, _ := jetstream.New(writer)
 	// put writes v, retrying while the writer reconnects and the server

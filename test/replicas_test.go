@@ -219,29 +219,20 @@ func leaseHolders(t *testing.T, ctx context.Context, nc *nats.Conn) <-chan lease
 		t.Fatal(err)
 	}
 	events := make(chan leaseEvent, 1024)
-	fctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		(&kv.Follower{Bucket: b, Key: publisher.LeaseKey, OnEntry: func(e jetstream.KeyValueEntry) {
-			ev := leaseEvent{at: e.Created()}
-			if e.Operation() == jetstream.KeyValuePut {
-				var h publisher.LeaseHolder
-				if json.Unmarshal(e.Value(), &h) != nil {
-					return
-				}
-				ev.instance = h.Instance
+	testenv.Follow(t, &kv.Follower{Bucket: b, Key: publisher.LeaseKey, OnEntry: func(e jetstream.KeyValueEntry) {
+		ev := leaseEvent{at: e.Created()}
+		if e.Operation() == jetstream.KeyValuePut {
+			var h publisher.LeaseHolder
+			if json.Unmarshal(e.Value(), &h) != nil {
+				return
 			}
-			select {
-			case events <- ev:
-			default: // nobody reads: drop rather than block the follower
-			}
-		}}).Run(fctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+			ev.instance = h.Instance
+		}
+		select {
+		case events <- ev:
+		default: // nobody reads: drop rather than block the follower
+		}
+	}})
 	return events
 }
 

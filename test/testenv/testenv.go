@@ -188,13 +188,18 @@ func Bucket(t testing.TB, ctx context.Context, nc *nats.Conn) jetstream.KeyValue
 // returned channel, until cleanup.
 func Entries(t testing.TB, b jetstream.KeyValue, key string) <-chan jetstream.KeyValueEntry {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan jetstream.KeyValueEntry, 1024)
-	f := &kv.Follower{Bucket: b, Key: key, OnEntry: func(e jetstream.KeyValueEntry) {
+	Follow(t, &kv.Follower{Bucket: b, Key: key, OnEntry: func(e jetstream.KeyValueEntry) {
 		if e.Operation() == jetstream.KeyValuePut {
 			ch <- e
 		}
-	}}
+	}})
+	return ch
+}
+
+// Follow runs f until cleanup.
+func Follow(t testing.TB, f *kv.Follower) {
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -204,7 +209,6 @@ func Entries(t testing.TB, b jetstream.KeyValue, key string) <-chan jetstream.Ke
 		cancel()
 		<-done
 	})
-	return ch
 }
 
 // Next returns the next entry from ch, failing the test if ctx ends first.
