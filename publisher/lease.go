@@ -84,9 +84,10 @@ func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg C
 	ttl := st.TTL()
 	switch {
 	case ttl <= 0:
-		return nil, fmt.Errorf("publisher: lease bucket %s has no TTL, so a lease would never lapse; delete it and restart", name)
+		return nil, &humanError{fmt.Errorf("publisher: lease bucket %s has no TTL, so a lease would never lapse; delete it and restart", name)}
 	case cfg.UpstreamTimeout > ttl/2:
-		return nil, fmt.Errorf("publisher: the lease bucket's TTL %s is shorter than twice the upstream timeout %s", ttl, cfg.UpstreamTimeout)
+		return nil, &humanError{fmt.Errorf("publisher: the lease bucket's TTL %s is shorter than twice the upstream timeout %s: "+
+			"lower --upstream-timeout, or stop every replica and delete the bucket %s", ttl, cfg.UpstreamTimeout, name)}
 	case ttl != cfg.LeaseTTL:
 		cfg.Logger.Warn("using the lease bucket's TTL, not --lease-ttl: replicas must share one; to change it, stop every replica and delete the bucket",
 			"bucket", name, "ttl", ttl, "lease_ttl", cfg.LeaseTTL)

@@ -41,8 +41,9 @@ type Refresher struct {
 
 	term        atomic.Pointer[term] // the leadership term under way, if any
 	leading     atomic.Bool
-	synced      atomic.Bool // the token bucket has been read
-	campaigning atomic.Bool // Run is past start-up, leading or standing by
+	waiting     atomic.Pointer[error] // why start-up is still retrying
+	synced      atomic.Bool           // the token bucket has been read
+	campaigning atomic.Bool           // Run is past start-up, leading or standing by
 }
 
 // New checks cfg and returns a refresher that uses nc. Run starts it.
@@ -176,11 +177,16 @@ func (r *Refresher) setLeading(leading bool) {
 }
 
 // Ready says why the refresher cannot do its part yet, or nil: it is
-// connected to NATS, has read the token bucket, and leads or stands by.
+// connected to NATS, has opened and read the token bucket, and leads or
+// stands by. While start-up retries, it says what failed last.
 func (r *Refresher) Ready() error {
+	if st := r.nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("publisher: NATS connection is %s", st)
+	}
+	if err := r.waiting.Load(); err != nil {
+		return *err
+	}
 	switch {
-	case r.nc.Status() != nats.CONNECTED:
-		return fmt.Errorf("publisher: NATS connection is %s", r.nc.Status())
 	case !r.synced.Load():
 		return errors.New("publisher: the token bucket has not been read yet")
 	case !r.campaigning.Load():

@@ -2,7 +2,6 @@ package publisher
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -133,24 +132,19 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	return nil
 }
 
-// Run runs the refresher until ctx ends. It opens the buckets and follows
+// Run runs the refresher until ctx ends. It waits for NATS, opens the
+// buckets (retrying what may pass by itself, such as a cluster still
+// forming; see Ready), and follows
 // the token bucket for its whole life (standbys too, so that their metrics
 // are live and a takeover starts from a complete view), then campaigns for
 // the lease: as leader it refreshes and serves refresh requests, as standby
 // it waits to take over. It returns nil after a clean stop, which releases
 // the lease so that a standby takes over at once.
 func (r *Refresher) Run(ctx context.Context) error {
-	bucket, err := kv.Open(ctx, r.js, kv.BucketConfig{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History, Subjects: r.subjects})
+	bucket, l, err := r.open(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting: a clean stop
-		}
-		return fmt.Errorf("publisher: %w", err)
-	}
-	l, err := openLease(ctx, r.nc, r.js, r.cfg)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
 		}
 		return err
 	}

@@ -179,25 +179,40 @@ func TestFollowerRidesThroughRestarts(t *testing.T) {
 	}
 }
 
-// cluster starts three JetStream servers with routes and waits until they
-// have a meta leader and three peers.
-func cluster(t *testing.T, ctx context.Context) ([]*server.Server, []func()) {
+// clusterOptions returns the options of three JetStream servers that form
+// a cluster, each with a fixed client port, and the client URLs of all
+// three, comma-separated.
+func clusterOptions(t *testing.T) ([]*server.Options, string) {
 	t.Helper()
 	routePorts := []int{freePort(t), freePort(t), freePort(t)}
 	var routes []*url.URL
 	for _, p := range routePorts {
 		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", p)})
 	}
-	servers := make([]*server.Server, 3)
-	stops := make([]func(), 3)
-	for i := range 3 {
-		opts, err := embedded.Options("127.0.0.1:-1", t.TempDir())
+	all := make([]*server.Options, 3)
+	var urls []string
+	for i := range all {
+		opts, err := embedded.Options(fmt.Sprintf("127.0.0.1:%d", freePort(t)), t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
 		opts.ServerName = fmt.Sprintf("n%d", i+1)
 		opts.Cluster = server.ClusterOpts{Name: "wxtoken", Host: "127.0.0.1", Port: routePorts[i]}
 		opts.Routes = routes
+		all[i] = opts
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", opts.Port))
+	}
+	return all, strings.Join(urls, ",")
+}
+
+// cluster starts three JetStream servers with routes and waits until they
+// have a meta leader and three peers.
+func cluster(t *testing.T, ctx context.Context) ([]*server.Server, []func()) {
+	t.Helper()
+	all, _ := clusterOptions(t)
+	servers := make([]*server.Server, 3)
+	stops := make([]func(), 3)
+	for i, opts := range all {
 		servers[i], stops[i] = startServer(t, opts) // ready for clients; JetStream needs the others
 	}
 	for {

@@ -91,11 +91,69 @@ func startWxtoken(t *testing.T, name string, env []string, args ...string) *proc
 	return p
 }
 
-// waitOutput waits until the process printed s.
+// waitOutput waits until the process printed s; it fails at once if the
+// process exits first.
 func (p *process) waitOutput(t *testing.T, ctx context.Context, s string) {
 	t.Helper()
-	if err := p.output.waitFor(ctx, s); err != nil {
-		t.Fatalf("%s never printed %q: %v\n%s", p.name, s, err, p.output.String())
+	p.waitOutputCount(t, ctx, s, 1)
+}
+
+// waitOutputCount waits until the process printed s n times.
+func (p *process) waitOutputCount(t *testing.T, ctx context.Context, s string, n int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.exited:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := p.output.waitForCount(ctx, s, n); err != nil {
+		if strings.Count(p.output.String(), s) >= n {
+			return // printed just before it exited
+		}
+		state := err.Error()
+		select {
+		case <-p.exited:
+			state = "exited: " + fmt.Sprint(p.err)
+		default:
+		}
+		t.Fatalf("%s never printed %q (%d times): %s\n%s", p.name, s, n, state, p.output.String())
+	}
+}
+
+// waitOutputAny waits until the process printed one of ss, and returns it.
+func (p *process) waitOutputAny(t *testing.T, ctx context.Context, ss ...string) string {
+	t.Helper()
+	for {
+		p.output.mu.Lock()
+		written := p.output.written
+		p.output.mu.Unlock()
+		out := p.output.String()
+		for _, s := range ss {
+			if strings.Contains(out, s) {
+				return s
+			}
+		}
+		select {
+		case <-written:
+		case <-p.exited:
+			t.Fatalf("%s exited before printing any of %q: %v\n%s", p.name, ss, p.err, p.output.String())
+		case <-ctx.Done():
+			t.Fatalf("%s never printed any of %q\n%s", p.name, ss, out)
+		}
+	}
+}
+
+// alive fails the test if the process has exited.
+func (p *process) alive(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		t.Fatalf("%s exited: %v\n%s", p.name, p.err, p.output.String())
+	default:
 	}
 }
 

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -132,7 +134,11 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		f.cfg.UpstreamURL = url
 	}
 
-	nc, shutdownNATS, err := f.connect(log)
+	// A connection closed for good (NATS refused the credentials twice)
+	// ends the refresher: nothing more can come of it.
+	ctx, closedNATS := context.WithCancelCause(ctx)
+	defer closedNATS(nil)
+	nc, shutdownNATS, err := f.connect(log, func(err error) { closedNATS(err) })
 	if err != nil {
 		return err
 	}
@@ -156,6 +162,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 			"appid", demoAppID)
 	}
 	err = refresher.Run(ctx)
+	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause
+	}
 	log.Info("stopped")
 	return err
 }
@@ -185,10 +194,23 @@ func loadApps(file string, getenv func(string) string) ([]publisher.App, error) 
 
 // connect connects to --nats-url, or starts the embedded server and connects
 // to it. The returned func closes the connection and stops the server.
-func (f *serveFlags) connect(log *slog.Logger) (*nats.Conn, func(), error) {
+// closed is told when the connection closes for good before that.
+func (f *serveFlags) connect(log *slog.Logger, closed func(error)) (*nats.Conn, func(), error) {
 	opts := append(f.nats.options("wxtoken serve"),
 		nats.MaxReconnects(-1), // a refresher never gives up on its NATS
-		nats.ReconnectWait(time.Second),
+		nats.CustomReconnectDelay(reconnectDelay),
+		// Asynchronous errors (a refused subscription, say) go to the log
+		// like everything else, not raw to stderr.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Warn("NATS error", "subject", sub.Subject, "error", err)
+				return
+			}
+			log.Warn("NATS error", "error", err)
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			closed(fmt.Errorf("the NATS connection closed: %v", nc.LastError()))
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: our own Close at shutdown
 				log.Warn("NATS disconnected", "error", err)
@@ -199,11 +221,18 @@ func (f *serveFlags) connect(log *slog.Logger) (*nats.Conn, func(), error) {
 		}),
 	)
 	if f.nats.url != "" {
-		nc, err := nats.Connect(f.nats.url, append(opts, nats.RetryOnFailedConnect(false))...)
+		// A NATS server that is not up yet is waited for, not a reason to
+		// exit: under a supervisor that would become a crash loop.
+		// ConnectHandler says when it is, whether at once or later.
+		unreachable := throttledWarning(log, natsLogEvery, "cannot reach NATS; retrying")
+		nc, err := nats.Connect(f.nats.url, append(opts,
+			nats.RetryOnFailedConnect(true),
+			nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { unreachable("url", f.nats.url, "error", err) }),
+			nats.ConnectHandler(func(nc *nats.Conn) { log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted()) }),
+		)...)
 		if err != nil {
 			return nil, nil, fmt.Errorf("cannot connect to NATS at %s: %w", f.nats.url, err)
 		}
-		log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted())
 		return nc, nc.Close, nil
 	}
 
@@ -221,6 +250,40 @@ func (f *serveFlags) connect(log *slog.Logger) (*nats.Conn, func(), error) {
 		srv.Shutdown()
 		srv.WaitForShutdown()
 	}, nil
+}
+
+// natsLogEvery spaces the warnings of a NATS server that stays unreachable.
+const natsLogEvery = 5 * time.Second
+
+// reconnectDelay is the pause before the next round of connection attempts:
+// from 250ms, doubling to 2s, plus up to a tenth at random so that replicas
+// that lost the same server do not come back in the same instant. The
+// ceiling is low because a leader that stays away longer than its lease
+// (10s by default) loses it.
+func reconnectDelay(attempts int) time.Duration {
+	d := min(250*time.Millisecond<<min(max(attempts-1, 0), 3), 2*time.Second)
+	return d + rand.N(d/10+1)
+}
+
+// throttledWarning returns a func that logs msg with its arguments, at most
+// once per every, and counts what it left out.
+func throttledWarning(log *slog.Logger, every time.Duration, msg string) func(args ...any) {
+	var mu sync.Mutex
+	var last time.Time
+	var skipped int
+	return func(args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Since(last) < every {
+			skipped++
+			return
+		}
+		if skipped > 0 {
+			args = append(args, "attempts_since_last_warning", skipped+1)
+		}
+		log.Warn(msg, args...)
+		last, skipped = time.Now(), 0
+	}
 }
 
 func (f *serveFlags) startEmbedded(log *slog.Logger) (*server.Server, error) {

@@ -4,7 +4,6 @@ package embedded
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -129,6 +128,6 @@ func (a *slogAdapter) Debugf(format string, v ...any)  { a.log(slog.LevelDebug, 
 func (a *slogAdapter) Tracef(format string, v ...any)  { a.log(slog.LevelDebug-4, format, v) }
 
 func (a *slogAdapter) Fatalf(format string, v ...any) {
-	a.fatal.set(errors.New(fmt.Sprintf(format, v...)))
+	a.fatal.set(fmt.Errorf(format, v...))
 	a.log(slog.LevelError, format, v)
 }
