@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -33,9 +32,11 @@ func wxtokenBinary(t *testing.T) string {
 		if binary.err != nil {
 			return
 		}
+		// go test puts its own GOROOT/bin first on the PATH.
 		goTool, err := exec.LookPath("go")
 		if err != nil {
-			goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+			binary.err = err
+			return
 		}
 		binary.path = filepath.Join(binary.dir, "wxtoken")
 		out, err := exec.Command(goTool, "build", "-o", binary.path, "../cmd/wxtoken").CombinedOutput()
