@@ -51,6 +51,46 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (jetstr
 	return b, nil
 }
 
+// StreamName is the name of the JetStream stream behind the bucket name.
+func StreamName(bucket string) string { return "KV_" + bucket }
+
+// ErrRevisionsWentBack is returned by Recreate when the bucket exists again
+// with values written and revisions below the ones readers may hold.
+var ErrRevisionsWentBack = errors.New("kv: the bucket was created again by someone else, and its revisions start over")
+
+// Recreate creates the token bucket again after it was deleted, as Open
+// would, with its revisions continuing after last, the newest revision the
+// caller has seen: readers ignore a revision no newer than the one they
+// hold, so a bucket starting over at 1 would have them ignore every value
+// until their token died. A bucket that exists already (created again by
+// another replica, or by an operator) is returned as Open returns it; if
+// values were written to it at revisions not past last, the error wraps
+// ErrRevisionsWentBack.
+func Recreate(ctx context.Context, js jetstream.JetStream, cfg BucketConfig, last uint64) (jetstream.KeyValue, error) {
+	b, err := Open(ctx, js, cfg)
+	if err != nil {
+		return nil, err
+	}
+	stream, err := js.Stream(ctx, StreamName(b.Bucket()))
+	if err != nil {
+		return nil, fmt.Errorf("kv: recreate bucket %q: %w", b.Bucket(), err)
+	}
+	state := stream.CachedInfo().State
+	switch {
+	case state.LastSeq >= last:
+		return b, nil
+	case state.Msgs > 0:
+		return b, fmt.Errorf("%w (bucket %q, revision %d, readers may hold %d)", ErrRevisionsWentBack, b.Bucket(), state.LastSeq, last)
+	}
+	// Purging an empty stream up to a sequence past its last one moves its
+	// next sequence there, on every nats-server with JetStream (a stream's
+	// first_seq setting needs 2.10).
+	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(last+1)); err != nil {
+		return nil, fmt.Errorf("kv: recreate bucket %q: continue revisions after %d: %w", b.Bucket(), last, err)
+	}
+	return b, nil
+}
+
 // ErrNoBucket is returned by Bind when the bucket does not exist yet, which
 // means no refresher has started against this NATS.
 var ErrNoBucket = errors.New("kv: token bucket does not exist (has a refresher ever run here?)")

@@ -18,6 +18,9 @@ var ErrWatchClosed = errors.New("kv: watch closed by the client library")
 // is established anew.
 var ErrReconnected = errors.New("kv: reconnected; watching again")
 
+// ErrRewatch is reported when a watch is established anew on request.
+var ErrRewatch = errors.New("kv: watching again on request")
+
 // Follower keeps a watch on a key (or a wildcard of keys) alive for as long
 // as its context lives. A KeyWatcher's update channel can close when the
 // connection is lost (nats.go issue 1777); Follower then watches again,
@@ -41,6 +44,11 @@ type Follower struct {
 	// OnError, if set, is told why a watch ended or could not start; the
 	// Follower keeps trying until its context ends.
 	OnError func(error)
+	// Rewatch, if set, makes the Follower watch anew, from the revision
+	// after the last it delivered, each time it receives: after the
+	// bucket was created again, say, whose loss nats.go's watch may take
+	// tens of seconds to notice.
+	Rewatch <-chan struct{}
 }
 
 const (
@@ -69,7 +77,7 @@ func (f *Follower) Run(ctx context.Context) {
 		// Full jitter, so that a thousand subscribers that lost the same
 		// server do not come back in the same millisecond.
 		wait := time.Duration(rand.Int64N(int64(delay))) + followMinDelay
-		if errors.Is(err, ErrReconnected) {
+		if errors.Is(err, ErrReconnected) || errors.Is(err, ErrRewatch) {
 			wait = time.Duration(rand.Int64N(int64(reconnectJitter)))
 		} else {
 			delay = min(2*delay, followMaxDelay)
@@ -108,6 +116,8 @@ func (f *Follower) watchOnce(ctx context.Context, last *uint64, healthy func(), 
 			return ctx.Err()
 		case <-reconnected:
 			return ErrReconnected
+		case <-f.Rewatch:
+			return ErrRewatch
 		case e, ok := <-w.Updates():
 			if !ok {
 				return ErrWatchClosed

@@ -46,6 +46,9 @@ type LeaseHolder struct {
 
 type lease struct {
 	nc       *nats.Conn
+	js       jetstream.JetStream
+	name     string // of the bucket
+	replicas int    // of the bucket, if it must be created again
 	bucket   jetstream.KeyValue
 	ttl      time.Duration
 	margin   time.Duration
@@ -62,17 +65,7 @@ func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg C
 	name := LeaseBucket(cfg.Bucket)
 	b, err := js.KeyValue(ctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		b, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      name,
-			Description: "wxtoken: leader lease of the refresher replicas",
-			History:     1,
-			TTL:         cfg.LeaseTTL,
-			Replicas:    cfg.Replicas,
-			Storage:     jetstream.FileStorage,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			b, err = js.KeyValue(ctx, name) // another replica was quicker
-		}
+		b, err = createLeaseBucket(ctx, js, name, cfg.LeaseTTL, cfg.Replicas)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("publisher: open lease bucket: %w", err)
@@ -94,12 +87,59 @@ func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg C
 	}
 	return &lease{
 		nc:       nc,
+		js:       js,
+		name:     name,
+		replicas: cfg.Replicas,
 		bucket:   b,
 		ttl:      ttl,
 		margin:   min(time.Second, ttl/10),
 		instance: cfg.Instance,
 		log:      cfg.Logger,
 	}, nil
+}
+
+// createLeaseBucket creates the lease bucket, or binds it when another
+// replica was quicker.
+func createLeaseBucket(ctx context.Context, js jetstream.JetStream, name string, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
+	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      name,
+		Description: "wxtoken: leader lease of the refresher replicas",
+		History:     1,
+		TTL:         ttl,
+		Replicas:    replicas,
+		Storage:     jetstream.FileStorage,
+	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		b, err = js.KeyValue(ctx, name)
+	}
+	return b, err
+}
+
+// errLeaseBucketExists is recreate's answer when there is nothing to create.
+var errLeaseBucketExists = errors.New("publisher: the lease bucket exists")
+
+// recreate creates the lease bucket again, with the TTL in use, if it is
+// gone. The handle l.bucket keeps working on the new bucket.
+//
+// Only the leader recreates it at once, when a renewal finds it gone: it
+// holds the lease until its last renewal lapses, and nobody else can hold
+// a lease in a bucket that does not exist. A standby waits a whole TTL
+// before it recreates a bucket it finds gone: by then a live leader has
+// recreated it, and a dead one's lease has lapsed.
+func (l *lease) recreate(ctx context.Context) error {
+	_, err := l.js.Stream(ctx, kv.StreamName(l.name))
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		if err == nil {
+			return errLeaseBucketExists
+		}
+		return err
+	}
+	l.log.Error("the lease bucket is gone (deleted?): creating it again", "bucket", l.name, "ttl", l.ttl)
+	if _, err := createLeaseBucket(ctx, l.js, l.name, l.ttl, l.replicas); err != nil {
+		l.log.Error("the lease bucket could not be created again; retrying", "bucket", l.name, "error", err)
+		return err
+	}
+	return nil
 }
 
 // heldLease is a lease this replica holds until lost closes or release.
@@ -150,6 +190,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 	}()
 
 	logged := false
+	var goneSince time.Time // when the lease bucket was first found gone
 	for {
 		holder.Since = time.Now().UTC()
 		value, _ := json.Marshal(holder)
@@ -166,6 +207,9 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 			return nil, ctx.Err()
 		}
 		wait := l.ttl / 2
+		if !bucketMayBeGone(err) {
+			goneSince = time.Time{}
+		}
 		if isConflict(err) {
 			// Someone holds it: sleep until it would lapse unless renewed.
 			if e, gerr := l.bucket.Get(ctx, LeaseKey); gerr == nil {
@@ -180,6 +224,14 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 			} else if errors.Is(gerr, jetstream.ErrKeyNotFound) {
 				wait = 0 // lapsed or released between the two calls
 			}
+		} else if bucketMayBeGone(err) {
+			if goneSince.IsZero() {
+				goneSince = time.Now()
+				l.log.Warn("the lease bucket is gone; waiting a lease TTL for the leader to create it again", "bucket", l.name)
+			} else if time.Since(goneSince) >= l.ttl && l.recreate(ctx) == nil {
+				goneSince, wait = time.Time{}, 0
+			}
+			wait = min(wait, l.ttl/4)
 		} else {
 			l.log.Warn("cannot reach the lease bucket; retrying", "error", err)
 		}
@@ -250,6 +302,11 @@ func (h *heldLease) renew(sent time.Time) {
 // that is a success.
 func (h *heldLease) update(ctx context.Context) error {
 	newRev, err := h.l.bucket.Update(ctx, LeaseKey, h.value, h.rev)
+	if bucketMayBeGone(err) && h.l.recreate(ctx) == nil {
+		// The lease went with its bucket; this term takes it again in the
+		// new one (see recreate for why nobody else can have it).
+		newRev, err = h.l.bucket.Create(ctx, LeaseKey, h.value)
+	}
 	if isConflict(err) {
 		e, gerr := h.l.bucket.Get(ctx, LeaseKey)
 		var cur LeaseHolder

@@ -9,11 +9,12 @@ import (
 // metrics are the refresher's Prometheus metrics. They are registered with
 // Config.Registerer when one is given; otherwise they count unseen.
 type metrics struct {
-	upstream *prometheus.CounterVec   // appid, api, result
-	latency  *prometheus.HistogramVec // api
-	rotated  *prometheus.CounterVec   // appid, reason
-	requests *prometheus.CounterVec   // outcome
-	leader   prometheus.Gauge
+	upstream  *prometheus.CounterVec   // appid, api, result
+	latency   *prometheus.HistogramVec // api
+	rotated   *prometheus.CounterVec   // appid, reason
+	requests  *prometheus.CounterVec   // outcome
+	leader    prometheus.Gauge
+	recreated prometheus.Counter
 }
 
 // Refresh request outcomes, the values of wxtoken_refresh_requests_total's
@@ -50,9 +51,13 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 			Name: "wxtoken_leader",
 			Help: "1 while this replica leads (may call WeChat), 0 while it stands by.",
 		}),
+		recreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wxtoken_bucket_recreations_total",
+			Help: "Times this replica found the token bucket deleted and created it again.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, tokenCollector{r})
+		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, m.recreated, tokenCollector{r})
 	}
 	return m
 }

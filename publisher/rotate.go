@@ -61,6 +61,7 @@ func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, 
 			out.err = errPanicked
 			r.failed(a, errPanicked)
 		}
+		r.sawRevision(out.rev)
 		a.mu.Lock()
 		if out.rev > a.rev {
 			r.setRecord(a, out.rev, out.rec)
@@ -104,6 +105,11 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		return base
 	}
 	rev, stored, ours, err := r.store(t, a.id, rec, data, base.rev)
+	if err != nil && bucketMayBeGone(err) && r.recreateBucket(t) == nil {
+		// The bucket was deleted: it is back, and this token, which has
+		// started the old one's countdown at WeChat, goes in at once.
+		rev, stored, ours, err = r.store(t, a.id, rec, data, base.rev)
+	}
 	if err != nil {
 		a.mu.Lock()
 		a.pending = &rec

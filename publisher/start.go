@@ -82,6 +82,11 @@ func (r *Refresher) openOnce(ctx context.Context) (jetstream.KeyValue, *lease, e
 	if err != nil {
 		return nil, nil, fmt.Errorf("publisher: %w", err)
 	}
+	if st, err := bucket.Status(ctx); err == nil {
+		if kvs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+			r.bucketCreated.Store(kvs.StreamInfo().Created.UnixNano())
+		}
+	}
 	l, err := openLease(ctx, r.nc, r.js, r.cfg)
 	if err != nil {
 		return nil, nil, err

@@ -99,6 +99,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic, leaseLeft: lease.remaining}
 	r.term.Store(t)
 	defer r.term.Store(nil)
+	r.catchUp(tctx)
 	// What the bucket holds may never have been announced: the leader
 	// before this one may have died between writing and announcing.
 	for _, a := range r.order {
@@ -154,24 +155,25 @@ func (r *Refresher) Run(ctx context.Context) error {
 		stopFollowing()
 		<-followed
 	}()
-	synced := make(chan struct{})
-	var syncOnce sync.Once
+	synced := r.resynced()
 	follower := &kv.Follower{
-		Bucket:  bucket,
-		Key:     ">",
-		Conn:    r.nc,
-		OnEntry: r.observe,
-		OnSynced: func() {
-			syncOnce.Do(func() {
-				r.synced.Store(true)
-				close(synced)
-			})
-		},
-		OnError: func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
+		Bucket:   bucket,
+		Key:      ">",
+		Conn:     r.nc,
+		OnEntry:  r.observe,
+		OnSynced: r.followerSynced,
+		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
+		Rewatch:  r.rewatch,
 	}
 	go func() {
 		defer close(followed)
 		follower.Run(followCtx)
+	}()
+	watched := make(chan struct{})
+	defer func() { <-watched }()
+	go func() {
+		defer close(watched)
+		r.watchBucket(followCtx)
 	}()
 	select {
 	case <-synced:

@@ -252,6 +252,21 @@ func TestNATSConfRoles(t *testing.T) {
 			t.Errorf("wrong password: exit %d, stderr %q", code, errOut)
 		}
 	})
+	t.Run("refresher may create a deleted bucket again", func(t *testing.T) {
+		held := sub.Token()
+		if err := jsOf(admin).DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
+			t.Fatal(err)
+		}
+		// Back, written and announced: the service's subscriber sees the
+		// same token at a newer revision.
+		back := awaitNewer(t, ctx, sub, held.Revision)
+		if back.Value != held.Value {
+			t.Error("another token after the bucket came back")
+		}
+		if _, err := kv.Bind(ctx, jsOf(service), ""); err != nil {
+			t.Errorf("service cannot bind the recreated bucket: %v", err)
+		}
+	})
 	t.Run("wrong or missing password", func(t *testing.T) {
 		for _, opt := range []nats.Option{nats.UserInfo("service", "wrong"), nats.UserInfo("nobody", "x"), nats.Name("anonymous")} {
 			nc, err := nats.Connect(srv.ClientURL(), opt)
