@@ -188,7 +188,7 @@ func (r *Refresher) recreateBucket(t *term) error {
 // stored at once. Apps with a rotation under way store their own.
 func (r *Refresher) restore(ctx context.Context, t *term) (restored int) {
 	now := r.cfg.Clock.now()
-	for _, a := range r.order {
+	for _, a := range r.appList() {
 		a.mu.Lock()
 		rec := a.validRecord(now)
 		busy, pending := a.flight != nil, a.pending != nil

@@ -122,18 +122,7 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	}
 
 	var errs []error
-	if len(c.Apps) == 0 {
-		errs = append(errs, errors.New("no apps: give an apps file or WECHAT_APPID"))
-	}
-	for _, a := range c.Apps {
-		if err := kv.ValidateAppID(a.AppID); err != nil {
-			errs = append(errs, err)
-		}
-		if a.Secret.IsZero() {
-			errs = append(errs, fmt.Errorf("app %s has no secret", a.AppID))
-		}
-	}
-	if err := checkUnique(c.Apps); err != nil {
+	if err := checkApps(c.Apps); err != nil {
 		errs = append(errs, err)
 	}
 	if err := kv.ValidateSubjectPrefix(c.SubjectPrefix); err != nil {
@@ -194,6 +183,30 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 func (c Config) Validate() error {
 	_, _, err := c.withDefaults()
 	return err
+}
+
+// checkApps reports what is wrong with a list of apps, all of it in one
+// error, or nil.
+func checkApps(apps []App) error {
+	var errs []string
+	if len(apps) == 0 {
+		errs = append(errs, "no apps: give an apps file or WECHAT_APPID")
+	}
+	for _, a := range apps {
+		if err := kv.ValidateAppID(a.AppID); err != nil {
+			errs = append(errs, err.Error())
+		}
+		if a.Secret.IsZero() {
+			errs = append(errs, fmt.Sprintf("app %s has no secret", a.AppID))
+		}
+	}
+	if err := checkUnique(apps); err != nil {
+		errs = append(errs, err.Error())
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
 }
 
 func setDefault(d *time.Duration, def time.Duration) {

@@ -117,7 +117,7 @@ func answer(reply kv.RefreshReply, outcome string) admission {
 // at once (f is nil), or the answer is the outcome of the rotation f, which
 // it started or joined.
 func (r *Refresher) admit(t *term, appid string, data []byte) admission {
-	a := r.apps[appid]
+	a := r.app(appid)
 	if a == nil {
 		return answer(errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid)), outcomeError)
 	}

@@ -29,7 +29,7 @@ func TestRequestNamingARevisionARotationStoredWaitsForIt(t *testing.T) {
 	stale := uint64(2)
 	request := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale})
 
-	a := r.apps["wx1"]
+	a := r.app("wx1")
 	for _, observed := range []bool{false, true} { // the refresher's watch saw 2 already, or not
 		rotation := &flight{from: 1, done: make(chan struct{})}
 		a.mu.Lock()

@@ -79,8 +79,9 @@ func (s secretScrubber) scrub(text string) string {
 
 // logPanic logs a recovered panic and its stack, scrubbed of secrets.
 func (r *Refresher) logPanic(p any) {
-	r.log.Error("recovered from a panic", "panic", r.scrub.scrub(fmt.Sprint(p)),
-		"stack", r.scrub.scrub(string(debug.Stack())))
+	scrub := r.secrets.scrubber()
+	r.log.Error("recovered from a panic", "panic", scrub.scrub(fmt.Sprint(p)),
+		"stack", scrub.scrub(string(debug.Stack())))
 }
 
 // classOf is the class of a failed fetch; failures that are not WeChat's

@@ -97,7 +97,7 @@ func (c tokenCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c tokenCollector) Collect(ch chan<- prometheus.Metric) {
 	now := c.r.cfg.Clock.now()
-	for _, a := range c.r.order {
+	for _, a := range c.r.appList() {
 		a.mu.Lock()
 		rec := a.rec
 		a.mu.Unlock()

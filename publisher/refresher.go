@@ -34,10 +34,11 @@ type Refresher struct {
 	pacer    *pacer
 	log      *slog.Logger
 
-	apps    map[string]*appState
-	order   []*appState // apps in configuration order
-	scrub   secretScrubber
-	metrics *metrics
+	apps      atomic.Pointer[appSet]
+	reloading sync.Mutex // one SetApps at a time
+	secrets   secrets
+	metrics   *metrics
+	bucket    atomic.Pointer[jetstream.KeyValue] // once open
 
 	// The token bucket's life: see bucket.go.
 	lastRev       atomic.Uint64         // the newest revision of the token bucket seen
@@ -79,26 +80,28 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		upstream: upstream,
 		pacer:    newPacer(cfg.UpstreamRate),
 		log:      cfg.Logger,
-		apps:     make(map[string]*appState, len(cfg.Apps)),
 		rewatch:  make(chan struct{}, 1),
 		syncedCh: make(chan struct{}),
 	}
+	set := &appSet{byID: make(map[string]*appState, len(cfg.Apps))}
 	for _, app := range cfg.Apps {
 		a := &appState{id: app.AppID, secret: app.Secret}
-		r.apps[app.AppID] = a
-		r.order = append(r.order, a)
-		r.scrub = append(r.scrub, app.Secret.Reveal())
+		set.byID[app.AppID] = a
+		set.order = append(set.order, a)
 	}
+	r.apps.Store(set)
+	r.secrets.add(cfg.Apps)
 	r.metrics = newMetrics(cfg.Registerer, r)
 	return r, nil
 }
 
 // appState is what the refresher knows about one app.
 type appState struct {
-	id     string
-	secret Secret
+	id string
 
 	mu         sync.Mutex
+	secret     Secret
+	removed    bool        // by a reload: no longer refreshed
 	rev        uint64      // newest revision of the key seen; 0 when there is none
 	rec        *kv.Record  // the token at rev; nil when absent, deleted or undecodable
 	refreshAt  time.Time   // when rec enters its refresh window, spread included
@@ -154,7 +157,7 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 		}
 	}()
 	r.sawRevision(e.Revision())
-	a := r.apps[e.Key()]
+	a := r.app(e.Key())
 	if a == nil {
 		return // another deployment's app, or a reserved "<appid>.<kind>" key
 	}

@@ -174,7 +174,10 @@ func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outc
 	}
 	start := r.cfg.Clock.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
-	fetched, err := r.upstream.FetchToken(t.work, a.id, a.secret)
+	a.mu.Lock()
+	secret := a.secret // a reload may change it
+	a.mu.Unlock()
+	fetched, err := r.upstream.FetchToken(t.work, a.id, secret)
 	latency = time.Since(clock)
 	if err != nil {
 		if t.work.Err() != nil {

@@ -26,7 +26,7 @@ func (r *Refresher) check(t *term) {
 	sem := make(chan struct{}, maxConcurrentRotations)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for _, a := range r.order {
+	for _, a := range r.appList() {
 		a.mu.Lock()
 		due := a.due(now)
 		if due.After(now) {
@@ -54,7 +54,7 @@ func (r *Refresher) check(t *term) {
 func (r *Refresher) rotateIfDue(t *term, a *appState) {
 	a.mu.Lock()
 	now := r.cfg.Clock.now()
-	if a.due(now).After(now) {
+	if a.removed || a.due(now).After(now) {
 		a.mu.Unlock()
 		return
 	}
@@ -95,7 +95,7 @@ func (r *Refresher) arm(t *term, a *appState, due, now time.Time) {
 		a.timer.Stop()
 		a.timer = nil
 	}
-	if t.ending() {
+	if a.removed || t.ending() {
 		return
 	}
 	a.timerGen++
@@ -113,7 +113,7 @@ func (r *Refresher) arm(t *term, a *appState, due, now time.Time) {
 
 // disarm stops the timers of a term that ends.
 func (r *Refresher) disarm() {
-	for _, a := range r.order {
+	for _, a := range r.appList() {
 		a.mu.Lock()
 		if a.timer != nil {
 			a.timer.Stop()
@@ -163,8 +163,8 @@ func retryDelay(failures int, base, ceiling time.Duration) time.Duration {
 // cronLogger carries cron's messages to slog. A panic recovered by cron is
 // logged as an error, its text and stack scrubbed of every AppSecret first.
 type cronLogger struct {
-	log   *slog.Logger
-	scrub secretScrubber
+	log     *slog.Logger
+	secrets *secrets
 }
 
 func (l cronLogger) Info(msg string, keysAndValues ...any) {
@@ -174,10 +174,10 @@ func (l cronLogger) Info(msg string, keysAndValues ...any) {
 func (l cronLogger) Error(err error, msg string, keysAndValues ...any) {
 	for i, v := range keysAndValues {
 		if s, ok := v.(string); ok {
-			keysAndValues[i] = l.scrub.scrub(s)
+			keysAndValues[i] = l.secrets.scrubber().scrub(s)
 		}
 	}
-	l.log.Error("cron: "+msg, append([]any{"error", l.scrub.scrub(err.Error())}, keysAndValues...)...)
+	l.log.Error("cron: "+msg, append([]any{"error", l.secrets.scrubber().scrub(err.Error())}, keysAndValues...)...)
 }
 
 var _ cron.Logger = cronLogger{}

@@ -91,6 +91,7 @@ func (r *Refresher) openOnce(ctx context.Context) (jetstream.KeyValue, *lease, e
 	if err != nil {
 		return nil, nil, err
 	}
+	r.bucket.Store(&bucket)
 	return bucket, l, nil
 }
 

@@ -102,7 +102,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	r.catchUp(tctx)
 	// What the bucket holds may never have been announced: the leader
 	// before this one may have died between writing and announcing.
-	for _, a := range r.order {
+	for _, a := range r.appList() {
 		r.announceStored(a)
 	}
 
@@ -110,14 +110,14 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	if err != nil {
 		return err
 	}
-	cl := cronLogger{log: r.log, scrub: r.scrub}
+	cl := cronLogger{log: r.log, secrets: &r.secrets}
 	c := cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
 	id := c.Schedule(r.schedule, cron.FuncJob(func() { r.check(t) }))
 	c.Start()
 	// The first check runs now, through the same wrappers as the scheduled
 	// ones, rather than a period later.
 	t.spawn(c.Entry(id).WrappedJob.Run)
-	r.log.Info("leading: refreshing tokens", "apps", len(r.order), "schedule", r.cfg.Schedule)
+	r.log.Info("leading: refreshing tokens", "apps", len(r.appList()), "schedule", r.cfg.Schedule)
 
 	<-tctx.Done()
 	<-c.Stop().Done()

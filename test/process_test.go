@@ -102,48 +102,46 @@ func (p *process) waitOutput(t *testing.T, ctx context.Context, s string) {
 // waitOutputCount waits until the process printed s n times.
 func (p *process) waitOutputCount(t *testing.T, ctx context.Context, s string, n int) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-p.exited:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	if err := p.output.waitForCount(ctx, s, n); err != nil {
-		if strings.Count(p.output.String(), s) >= n {
-			return // printed just before it exited
-		}
-		state := err.Error()
-		select {
-		case <-p.exited:
-			state = "exited: " + fmt.Sprint(p.err)
-		default:
-		}
-		t.Fatalf("%s never printed %q (%d times): %s\n%s", p.name, s, n, state, p.output.String())
-	}
+	p.waitUntil(t, ctx, fmt.Sprintf("%q %d times", s, n), func(out string) bool { return strings.Count(out, s) >= n })
 }
 
 // waitOutputAny waits until the process printed one of ss, and returns it.
 func (p *process) waitOutputAny(t *testing.T, ctx context.Context, ss ...string) string {
+	t.Helper()
+	var found string
+	p.waitUntil(t, ctx, fmt.Sprintf("any of %q", ss), func(out string) bool {
+		for _, s := range ss {
+			if strings.Contains(out, s) {
+				found = s
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// waitUntil waits until done holds for the process's output; it fails at
+// once if the process exits first.
+func (p *process) waitUntil(t *testing.T, ctx context.Context, what string, done func(output string) bool) {
 	t.Helper()
 	for {
 		p.output.mu.Lock()
 		written := p.output.written
 		p.output.mu.Unlock()
 		out := p.output.String()
-		for _, s := range ss {
-			if strings.Contains(out, s) {
-				return s
-			}
+		if done(out) {
+			return
 		}
 		select {
 		case <-written:
 		case <-p.exited:
-			t.Fatalf("%s exited before printing any of %q: %v\n%s", p.name, ss, p.err, p.output.String())
+			if done(p.output.String()) {
+				return // printed just before it exited
+			}
+			t.Fatalf("%s exited before printing %s: %v\n%s", p.name, what, p.err, p.output.String())
 		case <-ctx.Done():
-			t.Fatalf("%s never printed any of %q\n%s", p.name, ss, out)
+			t.Fatalf("%s never printed %s\n%s", p.name, what, out)
 		}
 	}
 }

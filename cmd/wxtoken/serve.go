@@ -9,9 +9,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -27,7 +30,11 @@ expires, store it in the token bucket, publish rotations, answer refresh
 requests. With no --nats-url it starts an embedded NATS server with JetStream
 (data in --data-dir, clients on --nats-listen), so this one command runs the
 whole system. Apps come from --apps, or from WECHAT_APPID with
-WECHAT_APPSECRET or WECHAT_APPSECRET_FILE.`
+WECHAT_APPSECRET or WECHAT_APPSECRET_FILE.
+
+SIGHUP reloads the apps file and the secrets (other settings need a
+restart); SIGTERM or SIGINT finishes the fetches under way, releases the
+leader lease and exits.`
 
 const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo app with 60s tokens
   wxtoken serve --demo
@@ -113,9 +120,13 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	f.cfg.Replicas, f.cfg.History = f.replicas, f.history
 	f.cfg.UpstreamURL = f.baseURL
 
-	if f.demo {
-		f.cfg.Apps = []publisher.App{{AppID: demoAppID, Secret: publisher.NewSecret(demoSecret)}}
-	} else if f.cfg.Apps, err = loadApps(f.appsFile, getenv); err != nil {
+	apps := func() ([]publisher.App, error) {
+		if f.demo {
+			return []publisher.App{{AppID: demoAppID, Secret: publisher.NewSecret(demoSecret)}}, nil
+		}
+		return loadApps(f.appsFile, getenv)
+	}
+	if f.cfg.Apps, err = apps(); err != nil {
 		return err
 	}
 	// Everything the flags say is checked before anything starts.
@@ -125,6 +136,11 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 
 	ctx, stop := signalContext()
 	defer stop()
+	// SIGHUP reloads the apps, as daemons of this kind do; it must never
+	// kill the process, not even while it starts.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if f.demo {
 		url, shutdown, err := startDemoWeChat(log)
 		if err != nil {
@@ -161,12 +177,43 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		log.Info("demo: watch the token rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`",
 			"appid", demoAppID)
 	}
+	reloads, stopReloads := context.WithCancel(ctx)
+	reloaded := make(chan struct{})
+	defer func() {
+		stopReloads()
+		<-reloaded
+	}()
+	go func() {
+		defer close(reloaded)
+		for {
+			select {
+			case <-reloads.Done():
+				return
+			case <-hup:
+				reload(log, refresher, apps)
+			}
+		}
+	}()
 	err = refresher.Run(ctx)
 	if cause := context.Cause(ctx); err == nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = cause
 	}
 	log.Info("stopped")
 	return err
+}
+
+// reload reads the apps again, with their secrets, and hands them to the
+// refresher. An apps file that does not load leaves the running apps as
+// they are.
+func reload(log *slog.Logger, refresher *publisher.Refresher, apps func() ([]publisher.App, error)) {
+	log.Info("SIGHUP: reloading the apps")
+	loaded, err := apps()
+	if err == nil {
+		err = refresher.SetApps(loaded)
+	}
+	if err != nil {
+		log.Error("reload refused; the running apps stay", "error", err)
+	}
 }
 
 // loadApps reads the apps file and the single app of the environment.

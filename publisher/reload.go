@@ -1,0 +1,162 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// appSet is the apps the refresher keeps tokens for. It is immutable:
+// SetApps replaces it whole, so that readers need no lock.
+type appSet struct {
+	byID  map[string]*appState
+	order []*appState // configuration order
+}
+
+func (r *Refresher) app(appid string) *appState { return r.apps.Load().byID[appid] }
+
+func (r *Refresher) appList() []*appState { return r.apps.Load().order }
+
+// secrets is every AppSecret the refresher was ever given, for scrubbing:
+// one removed by a reload may still sit in the text of a panic.
+type secrets struct {
+	list atomic.Pointer[secretScrubber]
+}
+
+func (s *secrets) scrubber() secretScrubber {
+	if p := s.list.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// add is called under the refresher's reload lock, never concurrently.
+func (s *secrets) add(apps []App) {
+	list := slices.Clone(s.scrubber())
+	for _, app := range apps {
+		if secret := app.Secret.Reveal(); !slices.Contains(list, secret) {
+			list = append(list, secret)
+		}
+	}
+	// Longest first: a secret that contains another must go whole, not
+	// leave what the shorter one did not cover.
+	slices.SortStableFunc(list, func(a, b string) int { return len(b) - len(a) })
+	s.list.Store(&list)
+}
+
+// SetApps replaces the apps the refresher keeps tokens for, on a leader
+// and on a standby alike, without touching the lease. An app that stays
+// keeps its state; one whose secret changed uses the new secret from its
+// next fetch on, at once if the old one had been refused. New apps take
+// their token from the bucket, or, on the leader, get a first one now.
+// Removed apps are no longer refreshed and their refresh requests are
+// answered unknown_app; their keys stay in the bucket, valid until they
+// expire, and a rotation under way for one still stores its token. apps
+// is checked as New checks Config.Apps: if it is refused, nothing
+// changes.
+func (r *Refresher) SetApps(apps []App) error {
+	if err := checkApps(apps); err != nil {
+		return fmt.Errorf("publisher: apps: %w", err)
+	}
+	r.reloading.Lock()
+	defer r.reloading.Unlock()
+	r.secrets.add(apps)
+	old := r.apps.Load()
+	next := &appSet{byID: make(map[string]*appState, len(apps))}
+	var added, removed, rekeyed []string
+	for _, app := range apps {
+		a := old.byID[app.AppID]
+		switch {
+		case a == nil:
+			a = &appState{id: app.AppID, secret: app.Secret}
+			added = append(added, app.AppID)
+		case a.setSecret(app.Secret):
+			rekeyed = append(rekeyed, app.AppID)
+		}
+		next.byID[app.AppID] = a
+		next.order = append(next.order, a)
+	}
+	for _, a := range old.order {
+		if next.byID[a.id] == nil {
+			a.remove()
+			removed = append(removed, a.id)
+		}
+	}
+	r.apps.Store(next)
+	r.log.Info("apps reloaded", "apps", len(next.order), "added", summary(added), "removed", summary(removed),
+		"secret_changed", summary(rekeyed))
+
+	// The bucket's follower dropped the keys of apps it did not know.
+	// Once the bucket is open, read theirs; before, the follower has not
+	// started and will deliver them.
+	if bucket := r.bucket.Load(); bucket != nil {
+		for _, id := range added {
+			r.readKey(*bucket, id)
+		}
+	}
+	if t := r.term.Load(); t != nil {
+		for _, id := range slices.Concat(added, rekeyed) {
+			a := next.byID[id]
+			r.announceStored(a)
+			r.plan(t, a)
+		}
+	}
+	return nil
+}
+
+// readKey takes in the bucket's value of appid, as the follower would.
+func (r *Refresher) readKey(bucket jetstream.KeyValue, appid string) {
+	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+	defer cancel()
+	e, err := bucket.Get(ctx, appid)
+	switch {
+	case err == nil:
+		r.observe(e)
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		// The follower's next delivery, or the check, will make up for it.
+		r.log.Warn("cannot read the token of an app just added", "appid", appid, "error", err)
+	}
+}
+
+// setSecret gives the app secret and reports whether it changed. A fetch
+// the old secret had made WeChat refuse (a configuration error) may go at
+// once with the new one, rather than after the configuration-error pause.
+func (a *appState) setSecret(secret Secret) (changed bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.secret.Reveal() == secret.Reveal() {
+		return false
+	}
+	a.secret = secret
+	if classOf(a.lastErr) == ClassConfig {
+		a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+	}
+	return true
+}
+
+// remove marks the app removed by a reload: no timer is set for it again,
+// and none of its own fires.
+func (a *appState) remove() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.removed = true
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+}
+
+// summary lists a few appids for a log line.
+func summary(ids []string) string {
+	const most = 20
+	if len(ids) <= most {
+		return strings.Join(ids, ",")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(ids[:most], ","), len(ids)-most)
+}

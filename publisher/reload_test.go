@@ -1,0 +1,47 @@
+package publisher
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+// TestSetAppsRefusesWhatNewRefuses: a reload with apps that New would
+// refuse changes nothing.
+func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
+	nc, _ := jetStream(t)
+	running := []App{{AppID: "wx1", Secret: NewSecret("s1")}}
+	r, err := New(nc, Config{Apps: running, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		apps []App
+		want string
+	}{
+		{"none", nil, "no apps"},
+		{"twice", []App{{AppID: "wx1", Secret: NewSecret("s1")}, {AppID: "wx1", Secret: NewSecret("s2")}}, "listed twice"},
+		{"no secret", []App{{AppID: "wx2"}}, "no secret"},
+		{"bad appid", []App{{AppID: "wx 2", Secret: NewSecret("s")}}, "appid"},
+	} {
+		if err := r.SetApps(tc.apps); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+		if list := r.appList(); len(list) != 1 || list[0].id != "wx1" || list[0].secret.Reveal() != "s1" {
+			t.Errorf("%s: the running apps changed", tc.name)
+		}
+	}
+	before := r.app("wx1")
+	if err := r.SetApps([]App{{AppID: "wx1", Secret: NewSecret("s1-new")}, {AppID: "wx2", Secret: NewSecret("s2")}}); err != nil {
+		t.Fatal(err)
+	}
+	if a := r.app("wx1"); a != before || a.secret.Reveal() != "s1-new" || r.app("wx2") == nil {
+		t.Error("a reload did not keep the app's state with its new secret, or did not add the new app")
+	}
+	// The old secret is a prefix of the new: scrubbing it first would
+	// leave "-new" behind.
+	if got := r.secrets.scrubber().scrub("s1 s1-new s2"); got != "[REDACTED] [REDACTED] [REDACTED]" {
+		t.Errorf("scrubbed %q: old and new secrets are not all scrubbed", got)
+	}
+}
