@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
@@ -93,12 +94,21 @@ func TestRideThroughNATSRestarts(t *testing.T) {
 	fake, wechatURL := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
 	testenv.Refresher(t, testenv.Connect(t, natsURL), publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: wechatURL,
 		MinForceInterval: time.Nanosecond})
-	sub := newSubscriber(t, ctx, testenv.Connect(t, natsURL))
+	// A request written to the connection of a server just stopped, before
+	// nats.go noticed, is lost and waits out its 10s timeout: the 5s below
+	// count from the subscriber's reconnection.
+	reconnected := make(chan struct{}, 8)
+	sub := newSubscriber(t, ctx, testenv.Connect(t, natsURL, nats.ReconnectHandler(func(*nats.Conn) { reconnected <- struct{}{} })))
 
 	var counts []int
 	for i := range 4 {
 		stop()
 		_, stop = startServer(t, opts)
+		select {
+		case <-reconnected:
+		case <-ctx.Done():
+			t.Fatalf("restart %d: the subscriber's connection never came back", i+1)
+		}
 		fake.Issue(appA) // the token in the bucket is dead
 		stale := sub.Token()
 		// 5s: well under the 10-20s a KV watch would need to notice its
