@@ -40,6 +40,25 @@ func leaseHolder(t *testing.T, ctx context.Context, js jetstream.JetStream) publ
 	}
 }
 
+// logTime is the time of the first line of p's text log that holds msg.
+func logTime(t *testing.T, p *process, msg string) time.Time {
+	t.Helper()
+	for _, line := range strings.Split(p.output.String(), "\n") {
+		if !strings.Contains(line, msg) {
+			continue
+		}
+		if stamp, ok := strings.CutPrefix(strings.Fields(line)[0], "time="); ok {
+			at, err := time.Parse(time.RFC3339Nano, stamp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return at
+		}
+	}
+	t.Fatalf("%s never logged %q", p.name, msg)
+	return time.Time{}
+}
+
 // TestDeletedBucketsComeBack deletes the token and lease buckets under two
 // `wxtoken serve` replicas and a subscriber.
 //
@@ -74,7 +93,10 @@ func TestDeletedBucketsComeBack(t *testing.T) {
 	}
 	deleted := time.Now()
 	back := awaitNewer(t, ctx, sub, first.Revision)
-	t.Logf("buckets deleted; token back in the subscriber %s later", time.Since(deleted).Round(time.Millisecond))
+	arrived := time.Now()
+	one.waitOutput(t, ctx, "the token bucket is back")
+	t.Logf("buckets deleted; token back in the subscriber %s later, %s after the leader began to create the bucket again",
+		arrived.Sub(deleted).Round(time.Millisecond), arrived.Sub(logTime(t, one, "the token bucket is gone (deleted?): creating it again")).Round(time.Millisecond))
 	if back.Value != first.Value {
 		t.Error("the subscriber got another token: WeChat was asked although the token was valid")
 	}
@@ -106,7 +128,6 @@ func TestDeletedBucketsComeBack(t *testing.T) {
 			t.Errorf("%s lost or changed leadership:\n%s", p.name, p.output.String())
 		}
 	}
-	one.waitOutput(t, ctx, "the token bucket is back")
 	if !strings.Contains(one.output.String(), `level=ERROR msg="the token bucket is gone (deleted?): creating it again"`) {
 		t.Error("the leader did not say loudly that it recreated the bucket")
 	}
@@ -116,11 +137,14 @@ func TestDeletedBucketsComeBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	fake.Issue(appA)
+	asked := time.Now()
 	reply := request(t, ctx, nc, appA, kv.RefreshRequest{StaleRevision: &back.Revision})
 	if !reply.Refreshed || reply.Revision <= back.Revision {
 		t.Fatalf("refresh after the second deletion: %+v", reply)
 	}
 	fresh := awaitNewer(t, ctx, sub, back.Revision)
+	t.Logf("deleted again: a refresh (check, fetch, create the bucket, store) reached the subscriber in %s",
+		time.Since(asked).Round(time.Millisecond))
 	if fresh.Value != fake.Current(appA) || fresh.Revision != reply.Revision {
 		t.Errorf("subscriber holds revision %d, want WeChat's new token at %d", fresh.Revision, reply.Revision)
 	}
