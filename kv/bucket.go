@@ -54,41 +54,83 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (jetstr
 // StreamName is the name of the JetStream stream behind the bucket name.
 func StreamName(bucket string) string { return "KV_" + bucket }
 
-// ErrRevisionsWentBack is returned by Recreate when the bucket exists again
-// with values written and revisions below the ones readers may hold.
-var ErrRevisionsWentBack = errors.New("kv: the bucket was created again by someone else, and its revisions start over")
+// revisionMargin is how far past the last revision its caller saw the
+// revisions of a recreated bucket begin: it covers writes the caller's
+// watch had not delivered yet, and costs nothing.
+const revisionMargin = 1000
 
-// Recreate creates the token bucket again after it was deleted, as Open
-// would, with its revisions continuing after last, the newest revision the
-// caller has seen: readers ignore a revision no newer than the one they
-// hold, so a bucket starting over at 1 would have them ignore every value
-// until their token died. A bucket that exists already (created again by
-// another replica, or by an operator) is returned as Open returns it; if
-// values were written to it at revisions not past last, the error wraps
-// ErrRevisionsWentBack.
+// Recreate makes the token bucket fit to write to after it was deleted or
+// created again. It opens the bucket as Open does; then, if the bucket's
+// last revision is below last, the newest revision the caller has seen,
+// it moves the bucket's revisions past last. Readers may hold revisions up
+// to last and ignore any revision no newer than theirs: in a bucket whose
+// revisions started over at 1, they would ignore every new value. What a
+// bucket created again already holds (each key's newest value) is carried
+// over to new revisions. A bucket at or past last is left as it is.
+//
+// It must not race writes of its own caller; another writer's value that
+// lands while it runs may be lost.
 func Recreate(ctx context.Context, js jetstream.JetStream, cfg BucketConfig, last uint64) (jetstream.KeyValue, error) {
 	b, err := Open(ctx, js, cfg)
 	if err != nil {
 		return nil, err
 	}
+	fail := func(what string, err error) (jetstream.KeyValue, error) {
+		return nil, fmt.Errorf("kv: recreate bucket %q: %s: %w", b.Bucket(), what, err)
+	}
 	stream, err := js.Stream(ctx, StreamName(b.Bucket()))
 	if err != nil {
-		return nil, fmt.Errorf("kv: recreate bucket %q: %w", b.Bucket(), err)
+		return fail("look it up", err)
 	}
 	state := stream.CachedInfo().State
-	switch {
-	case state.LastSeq >= last:
+	if state.LastSeq >= last {
 		return b, nil
-	case state.Msgs > 0:
-		return b, fmt.Errorf("%w (bucket %q, revision %d, readers may hold %d)", ErrRevisionsWentBack, b.Bucket(), state.LastSeq, last)
 	}
-	// Purging an empty stream up to a sequence past its last one moves its
-	// next sequence there, on every nats-server with JetStream (a stream's
-	// first_seq setting needs 2.10).
-	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(last+1)); err != nil {
-		return nil, fmt.Errorf("kv: recreate bucket %q: continue revisions after %d: %w", b.Bucket(), last, err)
+	var carried []jetstream.KeyValueEntry
+	if state.Msgs > 0 {
+		if carried, err = values(ctx, b); err != nil {
+			return fail("read what it holds", err)
+		}
+	}
+	// Purging a stream up to a sequence past its last one moves its next
+	// sequence there, on every nats-server with JetStream (a stream's
+	// first_seq setting needs 2.10, and an empty stream).
+	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(last+revisionMargin+1)); err != nil {
+		return fail(fmt.Sprintf("move its revisions past %d", last), err)
+	}
+	for _, e := range carried {
+		if _, err := b.Put(ctx, e.Key(), e.Value()); err != nil {
+			return fail(fmt.Sprintf("write back %s (%d values not carried over)", e.Key(), len(carried)), err)
+		}
+		carried = carried[1:]
 	}
 	return b, nil
+}
+
+// values returns the newest value of every key in b.
+func values(ctx context.Context, b jetstream.KeyValue) ([]jetstream.KeyValueEntry, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := b.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	var all []jetstream.KeyValueEntry
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, ErrWatchClosed
+			}
+			if e == nil {
+				return all, nil
+			}
+			all = append(all, e)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // ErrNoBucket is returned by Bind when the bucket does not exist yet, which

@@ -1,7 +1,6 @@
 package kv_test
 
 import (
-	"errors"
 	"testing"
 	"time"
 
@@ -12,8 +11,9 @@ import (
 )
 
 // TestRecreateContinuesRevisions: a bucket created again after it was
-// deleted goes on after the last revision readers may hold, with the same
-// configuration; one someone else filled again is reported.
+// deleted goes on past the last revision readers may hold, with the same
+// configuration; one someone else created again and wrote to is moved
+// past it too, its values carried over; one that is fine is left alone.
 func TestRecreateContinuesRevisions(t *testing.T) {
 	ctx := testenv.Context(t, 20*time.Second)
 	js, _ := jetstream.New(testenv.Connect(t, testenv.NATS(t).ClientURL()))
@@ -36,8 +36,9 @@ func TestRecreateContinuesRevisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rev, err := again.Create(ctx, "wx1", []byte("v")); err != nil || rev != last+1 {
-		t.Errorf("first write to the recreated bucket: revision %d (%v), want %d", rev, err, last+1)
+	rev, err := again.Create(ctx, "wx1", []byte("v"))
+	if err != nil || rev <= last {
+		t.Errorf("first write to the recreated bucket: revision %d (%v), want one past %d", rev, err, last)
 	}
 	st, err := again.Status(ctx)
 	if err != nil {
@@ -47,13 +48,16 @@ func TestRecreateContinuesRevisions(t *testing.T) {
 		t.Errorf("recreated bucket: history %d, values published %v", st.History(), published)
 	}
 
-	// Existing and past last: nothing to do.
-	if _, err := kv.Recreate(ctx, js, cfg, last); err != nil {
-		t.Errorf("recreating an existing bucket: %v", err)
+	// At or past last: left as it is.
+	if _, err := kv.Recreate(ctx, js, cfg, rev); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := again.Get(ctx, "wx1"); err != nil || e.Revision() != rev {
+		t.Errorf("a bucket past last was changed: %v", err)
 	}
 
-	// Created again by someone else, and written to, at revisions that
-	// start over.
+	// Created again by someone else and written to, at revisions that
+	// start over: moved past last, values kept.
 	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
@@ -61,10 +65,20 @@ func TestRecreateContinuesRevisions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := other.Put(ctx, "wx1", []byte("v")); err != nil {
+	for _, kvs := range [][2]string{{"wx1", "old"}, {"wx1", "newest"}, {"wx2", "other"}} {
+		if _, err := other.Put(ctx, kvs[0], []byte(kvs[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moved, err := kv.Recreate(ctx, js, cfg, rev)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Recreate(ctx, js, cfg, last); !errors.Is(err, kv.ErrRevisionsWentBack) {
-		t.Errorf("recreating a bucket refilled from revision 1: %v, want ErrRevisionsWentBack", err)
+	for key, want := range map[string]string{"wx1": "newest", "wx2": "other"} {
+		e, err := moved.Get(ctx, key)
+		if err != nil || string(e.Value()) != want || e.Revision() <= rev {
+			t.Errorf("%s after the move: %v, want %q past revision %d", key, err, want, rev)
+			continue
+		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,16 +17,86 @@ import (
 // A token bucket deleted under a running refresher (a `nats kv rm` by
 // mistake, a restore gone wrong) must come back by itself: a token fetched
 // after the deletion has already started the old token's countdown at
-// WeChat, and services would be left holding a dead token. Every replica
-// looks at the bucket every bucketCheckEvery. The leader creates a missing
-// bucket again, with its revisions continuing after the newest it saw (see
-// kv.Recreate), writes back every valid token it holds, stores a token it
-// fetched but could not store, and announces them all; a failed write
-// that finds the bucket gone does the same at once. Standbys follow the
-// new bucket as soon as they see it.
+// WeChat, and services would be left holding a dead token. So must a
+// bucket created again with revisions that start over (by a replica that
+// started meanwhile, or an operator): services ignore a revision no newer
+// than the one they hold, and would ignore every new token.
+//
+// Every replica looks at the bucket every bucketCheckEvery, and a write
+// that finds the bucket gone, or lands at a revision that went back, looks
+// at once. The leader repairs what it finds: it creates the bucket again
+// if it is gone and moves its revisions past the newest it saw
+// (kv.Recreate), then writes back every valid token it holds and
+// announces it. Standbys follow a bucket created again as soon as they see
+// it, and a new leader looks before it acts.
 
 // bucketCheckEvery is how often every replica looks at the token bucket.
 const bucketCheckEvery = 5 * time.Second
+
+// bucketLife is what a refresher knows of the token bucket's life.
+type bucketLife struct {
+	lastRev atomic.Uint64         // the newest revision seen
+	problem atomic.Pointer[error] // what the last look found wrong, for Ready
+	created atomic.Int64          // when the bucket followed was created, Unix nanoseconds
+
+	// rewatch has the bucket's follower watch anew; resyncing is set until
+	// that watch has delivered what the bucket holds.
+	rewatch   chan struct{}
+	resyncing atomic.Bool
+	syncMu    sync.Mutex
+	synced    chan struct{} // closed and replaced each time the follower synced
+
+	// writes is held for reading by every write of a token, and for
+	// writing by a repair: what a repair carries over must not move under it.
+	writes sync.RWMutex
+}
+
+func newBucketLife() bucketLife {
+	return bucketLife{rewatch: make(chan struct{}, 1), synced: make(chan struct{})}
+}
+
+// saw records a revision of the token bucket.
+func (b *bucketLife) saw(rev uint64) {
+	for {
+		cur := b.lastRev.Load()
+		if rev <= cur || b.lastRev.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
+}
+
+func (b *bucketLife) setProblem(err error) {
+	if err == nil {
+		b.problem.Store(nil)
+		return
+	}
+	b.problem.Store(&err)
+}
+
+// followAnew has the follower watch the bucket anew.
+func (b *bucketLife) followAnew() {
+	b.resyncing.Store(true)
+	select {
+	case b.rewatch <- struct{}{}:
+	default:
+	}
+}
+
+// nextSync returns a channel closed when the follower next synced.
+func (b *bucketLife) nextSync() <-chan struct{} {
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
+	return b.synced
+}
+
+// followerSynced is the bucket follower's OnSynced.
+func (b *bucketLife) followerSynced() {
+	b.resyncing.Store(false)
+	b.syncMu.Lock()
+	defer b.syncMu.Unlock()
+	close(b.synced)
+	b.synced = make(chan struct{})
+}
 
 // bucketMayBeGone reports whether err is what a bucket operation returns
 // when the bucket's stream does not exist. A stream between leaders
@@ -49,176 +121,177 @@ func (r *Refresher) watchBucket(ctx context.Context) {
 	}
 }
 
-// checkBucket looks the token bucket up once. A missing bucket is created
-// again if this replica leads; a bucket created again since the last look
-// is followed anew, and rewatching says so.
-func (r *Refresher) checkBucket(ctx context.Context) (rewatching bool) {
+// checkBucket looks at the token bucket once and, on the leader, repairs
+// what it finds wrong.
+func (r *Refresher) checkBucket(ctx context.Context) {
+	problem, looked := r.inspect(ctx)
+	switch {
+	case !looked:
+		return // unreachable for now: the next look will tell
+	case problem == nil:
+		r.life.setProblem(nil)
+	case r.term.Load() != nil:
+		r.repair(r.term.Load(), problem)
+	default:
+		r.life.setProblem(fmt.Errorf("%w; the leader repairs it", problem))
+	}
+}
+
+// inspect looks at the token bucket and says what is wrong with it: gone,
+// or behind the revisions services may hold. looked is false when the
+// bucket could not be looked at. A bucket created again since the last
+// look is followed anew.
+func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
 	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
 	stream, err := r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket))
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		if !r.bucketGone.Swap(true) {
-			r.log.Error("the token bucket is gone (deleted?); the leader creates it again", "bucket", r.cfg.Bucket)
-		}
-		if t := r.term.Load(); t != nil {
-			r.recreateBucket(t)
-		}
-		return false
+		return fmt.Errorf("publisher: the token bucket %s is gone (deleted?)", r.cfg.Bucket), true
 	case err != nil:
-		return false // unreachable for now: the next look will tell
+		return nil, false
 	}
-	r.bucketGone.Store(false)
-	if t := r.term.Load(); t != nil && r.unfinished.Load() != nil {
-		r.recreateBucket(t) // created again, but not yet with its revisions going on
-	}
-	created := stream.CachedInfo().Created.UnixNano()
-	if prev := r.bucketCreated.Swap(created); prev != 0 && prev != created {
+	info := stream.CachedInfo()
+	if created, prev := info.Created.UnixNano(), r.life.created.Swap(info.Created.UnixNano()); prev != 0 && prev != created {
 		r.log.Warn("the token bucket was created again; following it anew", "bucket", r.cfg.Bucket)
-		r.rewatchBucket()
-		return true
+		r.life.followAnew()
 	}
-	return false
+	if last := r.life.lastRev.Load(); info.State.LastSeq < last {
+		return fmt.Errorf("publisher: the token bucket %s was created again, its revisions starting over: "+
+			"at %d, below the %d services may hold", r.cfg.Bucket, info.State.LastSeq, last), true
+	}
+	return nil, true
 }
 
 // catchUp makes sure a new leader starts from what the bucket holds: a
 // standby's watch may not have noticed yet that the bucket was created
 // again, and would leave it with old revisions (and old tokens) in mind.
-// A missing bucket is created again at once.
+// A bucket in need of repair is repaired at once.
 func (r *Refresher) catchUp(ctx context.Context) {
-	resynced := r.resynced()
-	if !r.checkBucket(ctx) {
+	synced := r.life.nextSync()
+	r.checkBucket(ctx)
+	if !r.life.resyncing.Load() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
 	select {
-	case <-resynced:
+	case <-synced:
 	case <-ctx.Done():
 	}
 }
 
-// resynced returns a channel closed when the bucket's follower next
-// delivered every value of a (re)established watch.
-func (r *Refresher) resynced() <-chan struct{} {
-	r.syncMu.Lock()
-	defer r.syncMu.Unlock()
-	return r.syncedCh
-}
-
-// followerSynced is the bucket follower's OnSynced.
-func (r *Refresher) followerSynced() {
-	r.synced.Store(true)
-	r.syncMu.Lock()
-	defer r.syncMu.Unlock()
-	close(r.syncedCh)
-	r.syncedCh = make(chan struct{})
-}
-
-// rewatchBucket has the bucket's follower watch anew.
-func (r *Refresher) rewatchBucket() {
-	select {
-	case r.rewatch <- struct{}{}:
-	default:
-	}
-}
-
-// sawRevision records a revision of the token bucket: the newest ever seen
-// is where the revisions of a recreated bucket continue.
-func (r *Refresher) sawRevision(rev uint64) {
-	for {
-		cur := r.lastRev.Load()
-		if rev <= cur || r.lastRev.CompareAndSwap(cur, rev) {
-			return
-		}
-	}
-}
-
-// recreateBucket creates the token bucket again if it is gone, and writes
-// back what it held. It returns nil if the bucket exists afterwards.
-func (r *Refresher) recreateBucket(t *term) error {
-	r.recreating.Lock()
-	defer r.recreating.Unlock()
+// repair makes the token bucket fit to write to again, on the leader:
+// created if it is gone, its revisions past the newest seen, every valid
+// token written back and announced. why is what was found wrong. It
+// returns nil once the bucket is fit.
+func (r *Refresher) repair(t *term, why error) error {
+	r.life.writes.Lock()
 	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
 	defer cancel()
-	if r.unfinished.Load() == nil {
-		// A flight that waited for the lock finds the bucket back.
-		_, err := r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket))
-		if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return err
+	// Writes that found the bucket broken together repair it once.
+	if problem, looked := r.inspect(ctx); looked && problem == nil {
+		r.life.writes.Unlock()
+		return nil
+	}
+	last := r.life.lastRev.Load()
+	r.log.Error("repairing the token bucket", "bucket", r.cfg.Bucket, "why", why.Error(),
+		"replicas", r.cfg.Replicas, "history", r.cfg.History, "revisions_after", last)
+	since := r.nc.LastError()
+	_, err := kv.Recreate(ctx, r.js, r.bucketConfig(), last)
+	if err == nil {
+		var stream jetstream.Stream
+		if stream, err = r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket)); err == nil {
+			r.life.created.Store(stream.CachedInfo().Created.UnixNano())
 		}
 	}
-	last := r.lastRev.Load()
-	r.log.Error("the token bucket is gone (deleted?): creating it again", "bucket", r.cfg.Bucket,
-		"replicas", r.cfg.Replicas, "history", r.cfg.History, "revisions_after", last)
-	_, err := kv.Recreate(ctx, r.js, r.bucketConfig(), last)
-	switch {
-	case errors.Is(err, kv.ErrRevisionsWentBack):
-		// Someone else was quicker and wrote to it: services that hold a
-		// newer revision ignore what is stored now until they restart.
-		r.log.Error("the token bucket was created again by someone else, with revisions starting over: "+
-			"services ignore new tokens until they restart; delete the bucket to let wxtoken create it",
-			"bucket", r.cfg.Bucket, "error", err)
-	case err != nil:
-		// It may exist now, with revisions starting over: it is not done
-		// until they go on, which the next look tries again.
-		if advice := needsHuman(r.nc, err); advice != nil {
+	r.life.writes.Unlock()
+	if err != nil {
+		if t.work.Err() != nil {
+			return errEnding // no longer leading: the next leader looks for itself
+		}
+		if advice := needsHuman(r.nc, since, err); advice != nil {
 			err = advice // a permission refused, most likely to purge (see nats.conf)
 		}
-		r.log.Error("the token bucket could not be created again; retrying", "bucket", r.cfg.Bucket, "error", err)
-		err = fmt.Errorf("publisher: the token bucket %s could not be created again: %w", r.cfg.Bucket, err)
-		r.unfinished.Store(&err)
+		err = fmt.Errorf("publisher: the token bucket %s could not be repaired, retrying: %w", r.cfg.Bucket, err)
+		r.log.Error("the token bucket could not be repaired; retrying", "bucket", r.cfg.Bucket, "error", err)
+		r.life.setProblem(err)
 		return err
 	}
-	r.unfinished.Store(nil)
-	r.bucketGone.Store(false)
+	r.life.setProblem(nil)
 	r.metrics.recreated.Inc()
-	if stream, err := r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket)); err == nil {
-		r.bucketCreated.Store(stream.CachedInfo().Created.UnixNano())
-	}
-	r.rewatchBucket()
-	restored := r.restore(ctx, t)
-	r.log.Error("the token bucket is back: valid tokens written again and announced", "bucket", r.cfg.Bucket,
-		"restored", restored)
+	r.life.followAnew()
+	restored, failed := r.restore(t)
+	r.log.Error("the token bucket is repaired: valid tokens written back and announced", "bucket", r.cfg.Bucket,
+		"restored", restored, "to_retry", failed)
 	return nil
 }
 
-// restore writes every valid token this replica holds into the recreated
-// bucket and announces it, and lets a token fetched but not stored be
-// stored at once. Apps with a rotation under way store their own.
-func (r *Refresher) restore(ctx context.Context, t *term) (restored int) {
+// restoreConcurrency bounds the writes a restore runs at once.
+const restoreConcurrency = 32
+
+// restore writes every valid token this replica holds into the repaired
+// bucket and announces it. A token fetched but not stored is stored by its
+// app's rotation, at once. Apps with a rotation under way store their own.
+// A write that fails leaves its token to be stored like one fetched but
+// not stored.
+func (r *Refresher) restore(t *term) (restored, failed int) {
 	now := r.cfg.Clock.now()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, restoreConcurrency)
 	for _, a := range r.appList() {
 		a.mu.Lock()
 		rec := a.validRecord(now)
 		busy, pending := a.flight != nil, a.pending != nil
-		if pending && !busy {
+		if !busy && pending {
 			a.retryAt = time.Time{} // its write failed for the bucket's sake, not WeChat's
 		}
 		a.mu.Unlock()
-		if busy {
+		if busy || pending || rec == nil {
+			r.plan(t, a)
 			continue
 		}
-		if rec != nil && !pending {
-			data, err := kv.Encode(*rec)
-			if err != nil {
-				continue
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			ok := r.writeBack(t, a, *rec)
+			mu.Lock()
+			if ok {
+				restored++
+			} else {
+				failed++
 			}
-			rev, err := t.bucket.Create(ctx, a.id, data)
-			if err != nil {
-				r.log.Warn("token not written back", "appid", a.id, "error", err)
-				continue
-			}
-			r.sawRevision(rev)
-			a.mu.Lock()
-			if rev > a.rev {
-				r.setRecord(a, rev, rec)
-			}
-			a.mu.Unlock()
-			r.announceStored(a)
-			restored++
-		}
-		r.plan(t, a)
+			mu.Unlock()
+			r.plan(t, a)
+		})
 	}
-	return restored
+	wg.Wait()
+	return restored, failed
+}
+
+// writeBack stores rec, a's valid token, again and announces it.
+func (r *Refresher) writeBack(t *term, a *appState, rec kv.Record) bool {
+	data, err := kv.Encode(rec)
+	if err != nil {
+		return false
+	}
+	rev, stored, _, err := r.store(t, a.id, rec, data, 0)
+	if err != nil {
+		a.mu.Lock()
+		if a.pending == nil {
+			a.pending = &rec
+		}
+		a.mu.Unlock()
+		r.log.Warn("token not written back; retrying", "appid", a.id, "error", err)
+		return false
+	}
+	r.life.saw(rev)
+	a.mu.Lock()
+	if rev > a.rev {
+		r.setRecord(a, rev, &stored)
+	}
+	a.mu.Unlock()
+	r.announceStored(a)
+	return true
 }

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
@@ -67,8 +70,8 @@ func TestTokenFetchedIntoADeletedBucketIsStoredAtOnce(t *testing.T) {
 	}
 	fake.Issue("wx1") // the token in memory is dead: a forced refresh fetches
 	reply := refresh(&first.Revision)
-	if !reply.Refreshed || reply.Error != nil || reply.Revision != first.Revision+1 {
-		t.Fatalf("refresh into the deleted bucket: %+v, want revision %d", reply, first.Revision+1)
+	if !reply.Refreshed || reply.Error != nil || reply.Revision <= first.Revision {
+		t.Fatalf("refresh into the deleted bucket: %+v, want a revision past %d", reply, first.Revision)
 	}
 	back, err := js.KeyValue(ctx, kv.DefaultBucket)
 	if err != nil {
@@ -87,5 +90,83 @@ func TestTokenFetchedIntoADeletedBucketIsStoredAtOnce(t *testing.T) {
 	}
 	if got := fake.Calls("wx1"); got != 2 {
 		t.Errorf("%d token fetches, want 2", got)
+	}
+}
+
+// TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired: the bucket is
+// deleted and created again by someone else (a replica starting meanwhile
+// opens it), so its revisions start over, below those services hold. The
+// leader's rotation moves the bucket's revisions past them and stores its
+// one token there; it does not fetch again and again for writes that land
+// below what it has seen.
+func TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, js := jetStream(t)
+	fake := fakewechat.New(fakewechat.Config{})
+	fake.AddApp("wx1", "a-secret-of-some-length")
+	wechat := httptest.NewServer(fake)
+	t.Cleanup(wechat.Close)
+	r, err := New(nc, Config{Apps: []App{{AppID: "wx1", Secret: NewSecret("a-secret-of-some-length")}},
+		UpstreamURL: wechat.URL, Logger: slog.New(slog.DiscardHandler), UpstreamRate: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket, err := kv.Open(ctx, js, r.bucketConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A token due for replacement, at revision 30.
+	due, _ := kv.Encode(kv.NewRecord("wx1", "old-token", 2*time.Hour, time.Now().Add(-115*time.Minute)))
+	var last uint64
+	for range 30 {
+		if last, err = bucket.Put(ctx, "wx1", due); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err := bucket.Get(ctx, "wx1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.observe(e) // as the follower would
+	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
+		t.Fatal(err)
+	}
+	if bucket, err = kv.Open(ctx, js, r.bucketConfig()); err != nil { // revisions from 1 again
+		t.Fatal(err)
+	}
+	updates, err := bucket.Watch(ctx, "wx1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer updates.Stop()
+	leadCtx, stop := context.WithCancel(ctx)
+	led := make(chan error, 1)
+	go func() { led <- r.lead(leadCtx, bucket, &fakeLease{lostCh: make(chan struct{}), left: time.Hour}) }()
+
+	var stored jetstream.KeyValueEntry
+	for stored == nil {
+		select {
+		case e := <-updates.Updates():
+			// The old token, still valid, is written back first: past
+			// the old revisions, services take it in.
+			if e != nil && e.Operation() == jetstream.KeyValuePut && e.Revision() > last && !strings.Contains(string(e.Value()), "old-token") {
+				stored = e
+			}
+		case <-ctx.Done():
+			t.Fatalf("no token stored past revision %d; %d token fetches", last, fake.Calls("wx1"))
+		}
+	}
+	stop()
+	<-led
+	rec, err := kv.DecodeFor("wx1", stored.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.AccessToken != fake.Current("wx1") {
+		t.Error("the token past the old revisions is not WeChat's newest")
+	}
+	if got := fake.Calls("wx1"); got != 1 {
+		t.Errorf("%d token fetches, want 1", got)
 	}
 }

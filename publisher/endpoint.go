@@ -128,6 +128,9 @@ func (r *Refresher) admit(t *term, appid string, data []byte) admission {
 	now := r.cfg.Clock.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.removed { // by a reload a moment ago
+		return answer(errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid)), outcomeError)
+	}
 	cur, valid := a.rev, a.validRecord(now)
 	var f *flight
 	started := false

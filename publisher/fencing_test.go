@@ -2,7 +2,9 @@ package publisher
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,7 +99,7 @@ func TestLeaseLapsesWithoutRenewal(t *testing.T) {
 	nc, js := jetStream(t)
 	cfg := Config{Bucket: kv.DefaultBucket, LeaseTTL: time.Second, Replicas: 1, Logger: slog.New(slog.DiscardHandler)}
 	cfg.Instance = "dead"
-	dead, err := openLease(ctx, nc, js, cfg)
+	dead, err := openLease(ctx, nc, js, cfg, func() bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestLeaseLapsesWithoutRenewal(t *testing.T) {
 	}
 
 	cfg.Instance = "standby"
-	standby, err := openLease(ctx, nc, js, cfg)
+	standby, err := openLease(ctx, nc, js, cfg, func() bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,5 +132,68 @@ func TestLeaseLapsesWithoutRenewal(t *testing.T) {
 	// last write had lapsed.
 	if gap := taken.Created().Sub(last.Created()); gap < cfg.LeaseTTL {
 		t.Errorf("standby took the lease %s after the last renewal, sooner than the TTL %s", gap, cfg.LeaseTTL)
+	}
+}
+
+// TestNoSecondLeaderAfterTheLeaseBucketIsDeleted: the lease bucket is
+// deleted under a leader, and a replica that starts meanwhile creates it
+// again. While tokens exist a leader may be alive, so the new replica
+// leaves the new bucket alone; the leader takes its lease again in it and
+// keeps leading.
+func TestNoSecondLeaderAfterTheLeaseBucketIsDeleted(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, js := jetStream(t)
+	cfg := Config{Bucket: kv.DefaultBucket, LeaseTTL: 3 * time.Second, UpstreamTimeout: time.Second, Replicas: 1,
+		Logger: slog.New(slog.DiscardHandler), Instance: "leader"}
+	// A fresh deployment: the first leader takes the lease at once. Then
+	// it stores tokens.
+	var tokens atomic.Bool
+	hasTokens := tokens.Load
+	l, err := openLease(ctx, nc, js, cfg, hasTokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := l.acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.release()
+	tokens.Store(true)
+	if err := js.DeleteKeyValue(ctx, LeaseBucket(cfg.Bucket)); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Instance = "starting"
+	other, err := openLease(ctx, nc, js, cfg, hasTokens) // creates the bucket again
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Less than a TTL: while a leader may be alive, it may not lead.
+	attempt, stop := context.WithTimeout(ctx, 2*time.Second)
+	defer stop()
+	if second, err := other.acquire(attempt); err == nil {
+		second.release()
+		t.Fatal("a second replica took the lease while the leader lived")
+	}
+	// The leader's renewals took the lease again in the new bucket.
+	for {
+		if e, err := other.bucket.Get(ctx, LeaseKey); err == nil {
+			var h LeaseHolder
+			if json.Unmarshal(e.Value(), &h) == nil && h.Term == held.holder.Term {
+				break
+			}
+		}
+		select {
+		case <-held.lost():
+			t.Fatal("the leader lost its lease")
+		case <-ctx.Done():
+			t.Fatal("the leader never took its lease again")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	select {
+	case <-held.lost():
+		t.Error("the leader lost its lease")
+	default:
 	}
 }

@@ -54,6 +54,9 @@ type lease struct {
 	margin   time.Duration
 	instance string
 	log      *slog.Logger
+	// hasTokens reports whether a token was ever stored: if not, this is
+	// a fresh deployment, and no leader can be alive.
+	hasTokens func() bool
 }
 
 // openLease binds the lease bucket, or creates it with cfg.LeaseTTL. An
@@ -61,7 +64,7 @@ type lease struct {
 // replica must share, and shortening it under a running leader would
 // expire that leader's lease at once while it still believes it leads.
 // A replica configured with another TTL uses the bucket's and says so.
-func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config) (*lease, error) {
+func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, hasTokens func() bool) (*lease, error) {
 	name := LeaseBucket(cfg.Bucket)
 	b, err := js.KeyValue(ctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -86,15 +89,16 @@ func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg C
 			"bucket", name, "ttl", ttl, "lease_ttl", cfg.LeaseTTL)
 	}
 	return &lease{
-		nc:       nc,
-		js:       js,
-		name:     name,
-		replicas: cfg.Replicas,
-		bucket:   b,
-		ttl:      ttl,
-		margin:   min(time.Second, ttl/10),
-		instance: cfg.Instance,
-		log:      cfg.Logger,
+		nc:        nc,
+		js:        js,
+		name:      name,
+		replicas:  cfg.Replicas,
+		bucket:    b,
+		ttl:       ttl,
+		margin:    min(time.Second, ttl/10),
+		instance:  cfg.Instance,
+		log:       cfg.Logger,
+		hasTokens: hasTokens,
 	}, nil
 }
 
@@ -115,31 +119,53 @@ func createLeaseBucket(ctx context.Context, js jetstream.JetStream, name string,
 	return b, err
 }
 
-// errLeaseBucketExists is recreate's answer when there is nothing to create.
-var errLeaseBucketExists = errors.New("publisher: the lease bucket exists")
+// The lease bucket can be deleted too. Anyone may create it again; what is
+// guarded is taking the lease in a bucket never written to. Such a bucket
+// is new: created again after a deletion (by the leader at its next
+// renewal, or by a replica that started meanwhile) or by a fresh
+// deployment. The leader that finds its lease gone with the bucket takes
+// it again in the new one at once. Anyone else leaves a new bucket alone
+// for a whole TTL from when it first saw it so, unless no token was ever
+// stored (a fresh deployment, where no leader can be alive): by then a
+// live leader has written its lease in it, and a dead one's last renewal
+// has lapsed.
 
-// recreate creates the lease bucket again, with the TTL in use, if it is
-// gone. The handle l.bucket keeps working on the new bucket.
-//
-// Only the leader recreates it at once, when a renewal finds it gone: it
-// holds the lease until its last renewal lapses, and nobody else can hold
-// a lease in a bucket that does not exist. A standby waits a whole TTL
-// before it recreates a bucket it finds gone: by then a live leader has
-// recreated it, and a dead one's lease has lapsed.
-func (l *lease) recreate(ctx context.Context) error {
-	_, err := l.js.Stream(ctx, kv.StreamName(l.name))
-	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		if err == nil {
-			return errLeaseBucketExists
+// ensureBucket creates the lease bucket again, with the TTL in use, if it
+// is gone, and reports whether it has never been written to. The handle
+// l.bucket keeps working on a new bucket.
+func (l *lease) ensureBucket(ctx context.Context) (fresh bool, err error) {
+	stream, err := l.js.Stream(ctx, kv.StreamName(l.name))
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		l.log.Error("the lease bucket is gone (deleted?): creating it again", "bucket", l.name, "ttl", l.ttl)
+		if _, err := createLeaseBucket(ctx, l.js, l.name, l.ttl, l.replicas); err != nil {
+			l.log.Error("the lease bucket could not be created again; retrying", "bucket", l.name, "error", err)
+			return false, err
 		}
-		return err
+		return true, nil
+	case err != nil:
+		return false, err
 	}
-	l.log.Error("the lease bucket is gone (deleted?): creating it again", "bucket", l.name, "ttl", l.ttl)
-	if _, err := createLeaseBucket(ctx, l.js, l.name, l.ttl, l.replicas); err != nil {
-		l.log.Error("the lease bucket could not be created again; retrying", "bucket", l.name, "error", err)
-		return err
+	return stream.CachedInfo().State.LastSeq == 0, nil
+}
+
+// mayTake reports whether this replica may try to take the lease now, and
+// if not, how long to wait. freshSince is when it first saw the bucket
+// new, kept across calls.
+func (l *lease) mayTake(ctx context.Context, freshSince *time.Time) (time.Duration, bool) {
+	fresh, err := l.ensureBucket(ctx)
+	if err != nil || !fresh || !l.hasTokens() {
+		*freshSince = time.Time{}
+		return 0, true // an error: the attempt reports it
 	}
-	return nil
+	if freshSince.IsZero() {
+		*freshSince = time.Now()
+		l.log.Warn("the lease bucket is new: leaving it for one lease TTL to a leader that may be alive", "bucket", l.name, "ttl", l.ttl)
+	}
+	if left := l.ttl - time.Since(*freshSince); left > 0 {
+		return left, false
+	}
+	return 0, true
 }
 
 // heldLease is a lease this replica holds until lost closes or release.
@@ -190,8 +216,18 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 	}()
 
 	logged := false
-	var goneSince time.Time // when the lease bucket was first found gone
+	var freshSince time.Time
 	for {
+		if wait, ok := l.mayTake(ctx, &freshSince); !ok {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			case <-t.C:
+			}
+			continue
+		}
 		holder.Since = time.Now().UTC()
 		value, _ := json.Marshal(holder)
 		sent := time.Now()
@@ -207,9 +243,6 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 			return nil, ctx.Err()
 		}
 		wait := l.ttl / 2
-		if !bucketMayBeGone(err) {
-			goneSince = time.Time{}
-		}
 		if isConflict(err) {
 			// Someone holds it: sleep until it would lapse unless renewed.
 			if e, gerr := l.bucket.Get(ctx, LeaseKey); gerr == nil {
@@ -224,14 +257,6 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 			} else if errors.Is(gerr, jetstream.ErrKeyNotFound) {
 				wait = 0 // lapsed or released between the two calls
 			}
-		} else if bucketMayBeGone(err) {
-			if goneSince.IsZero() {
-				goneSince = time.Now()
-				l.log.Warn("the lease bucket is gone; waiting a lease TTL for the leader to create it again", "bucket", l.name)
-			} else if time.Since(goneSince) >= l.ttl && l.recreate(ctx) == nil {
-				goneSince, wait = time.Time{}, 0
-			}
-			wait = min(wait, l.ttl/4)
 		} else {
 			l.log.Warn("cannot reach the lease bucket; retrying", "error", err)
 		}
@@ -297,27 +322,44 @@ func (h *heldLease) renew(sent time.Time) {
 	}
 }
 
-// update renews with compare-and-swap. If the swap fails because an earlier
-// renewal succeeded but its answer was lost, the key still holds this term:
-// that is a success.
+// update renews with compare-and-swap.
 func (h *heldLease) update(ctx context.Context) error {
 	newRev, err := h.l.bucket.Update(ctx, LeaseKey, h.value, h.rev)
-	if bucketMayBeGone(err) && h.l.recreate(ctx) == nil {
-		// The lease went with its bucket; this term takes it again in the
-		// new one (see recreate for why nobody else can have it).
-		newRev, err = h.l.bucket.Create(ctx, LeaseKey, h.value)
-	}
-	if isConflict(err) {
-		e, gerr := h.l.bucket.Get(ctx, LeaseKey)
-		var cur LeaseHolder
-		if gerr == nil && json.Unmarshal(e.Value(), &cur) == nil && cur.Term == h.holder.Term {
-			newRev, err = h.l.bucket.Update(ctx, LeaseKey, h.value, e.Revision())
-		}
+	if isConflict(err) || bucketMayBeGone(err) {
+		newRev, err = h.retake(ctx, err)
 	}
 	if err == nil {
 		h.rev = newRev
 	}
 	return err
+}
+
+// retake answers a renewal that failed with err because the key moved or
+// the bucket is gone. If the key still holds this term (an earlier renewal
+// succeeded but its answer was lost), it renews over it. If the lease went
+// with its bucket, it takes the lease again in the new one (which nobody
+// else takes for a TTL). Otherwise err stands.
+func (h *heldLease) retake(ctx context.Context, err error) (uint64, error) {
+	if !isConflict(err) {
+		if fresh, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
+			return h.l.bucket.Create(ctx, LeaseKey, h.value)
+		}
+		return 0, err
+	}
+	e, gerr := h.l.bucket.Get(ctx, LeaseKey)
+	switch {
+	case gerr == nil:
+		var cur LeaseHolder
+		if json.Unmarshal(e.Value(), &cur) == nil && cur.Term == h.holder.Term {
+			return h.l.bucket.Update(ctx, LeaseKey, h.value, e.Revision())
+		}
+	case errors.Is(gerr, jetstream.ErrKeyNotFound):
+		// Created again by another replica before this one renewed.
+		if fresh, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
+			return h.l.bucket.Create(ctx, LeaseKey, h.value)
+		}
+	}
+	return 0, err
 }
 
 func (h *heldLease) lose(why string) {

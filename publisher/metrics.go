@@ -69,6 +69,12 @@ func (m *metrics) upstreamCall(appid, api, result string, took time.Duration) {
 
 func (m *metrics) request(outcome string) { m.requests.WithLabelValues(outcome).Inc() }
 
+// forget drops the series of an app a reload removed.
+func (m *metrics) forget(appid string) {
+	m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid})
+	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid})
+}
+
 func (m *metrics) setLeading(leading bool) {
 	if leading {
 		m.leader.Set(1)

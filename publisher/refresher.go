@@ -40,15 +40,7 @@ type Refresher struct {
 	metrics   *metrics
 	bucket    atomic.Pointer[jetstream.KeyValue] // once open
 
-	// The token bucket's life: see bucket.go.
-	lastRev       atomic.Uint64         // the newest revision of the token bucket seen
-	bucketGone    atomic.Bool           // the last look found no token bucket
-	unfinished    atomic.Pointer[error] // why the bucket's recreation is not done yet
-	bucketCreated atomic.Int64          // when the token bucket followed was created, Unix nanoseconds
-	rewatch       chan struct{}         // has the bucket's follower watch anew
-	recreating    sync.Mutex            // one recreation at a time
-	syncMu        sync.Mutex
-	syncedCh      chan struct{} // closed and replaced when the follower synced
+	life bucketLife // the token bucket's: see bucket.go
 
 	term        atomic.Pointer[term] // the leadership term under way, if any
 	leading     atomic.Bool
@@ -80,8 +72,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		upstream: upstream,
 		pacer:    newPacer(cfg.UpstreamRate),
 		log:      cfg.Logger,
-		rewatch:  make(chan struct{}, 1),
-		syncedCh: make(chan struct{}),
+		life:     newBucketLife(),
 	}
 	set := &appSet{byID: make(map[string]*appState, len(cfg.Apps))}
 	for _, app := range cfg.Apps {
@@ -156,7 +147,7 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 			r.logPanic(p)
 		}
 	}()
-	r.sawRevision(e.Revision())
+	r.life.saw(e.Revision())
 	a := r.app(e.Key())
 	if a == nil {
 		return // another deployment's app, or a reserved "<appid>.<kind>" key
@@ -202,12 +193,10 @@ func (r *Refresher) Ready() error {
 	if err := r.waiting.Load(); err != nil {
 		return *err
 	}
-	if err := r.unfinished.Load(); err != nil {
+	if err := r.life.problem.Load(); err != nil {
 		return *err
 	}
 	switch {
-	case r.bucketGone.Load():
-		return fmt.Errorf("publisher: the token bucket %s is gone; the leader creates it again", r.cfg.Bucket)
 	case !r.synced.Load():
 		return errors.New("publisher: the token bucket has not been read yet")
 	case !r.campaigning.Load():

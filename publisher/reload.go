@@ -82,23 +82,25 @@ func (r *Refresher) SetApps(apps []App) error {
 		next.byID[app.AppID] = a
 		next.order = append(next.order, a)
 	}
+	// Out of the set first, so that no request finds them; then marked,
+	// so that nothing armed before goes on.
+	r.apps.Store(next)
 	for _, a := range old.order {
 		if next.byID[a.id] == nil {
 			a.remove()
+			r.metrics.forget(a.id)
 			removed = append(removed, a.id)
 		}
 	}
-	r.apps.Store(next)
 	r.log.Info("apps reloaded", "apps", len(next.order), "added", summary(added), "removed", summary(removed),
 		"secret_changed", summary(rekeyed))
 
 	// The bucket's follower dropped the keys of apps it did not know.
-	// Once the bucket is open, read theirs; before, the follower has not
-	// started and will deliver them.
+	// Once the bucket is open, read theirs (a rotation reads a key it
+	// knows nothing of before it fetches, too); before, the follower has
+	// not started and will deliver them.
 	if bucket := r.bucket.Load(); bucket != nil {
-		for _, id := range added {
-			r.readKey(*bucket, id)
-		}
+		r.readKeys(*bucket, added)
 	}
 	if t := r.term.Load(); t != nil {
 		for _, id := range slices.Concat(added, rekeyed) {
@@ -110,17 +112,21 @@ func (r *Refresher) SetApps(apps []App) error {
 	return nil
 }
 
-// readKey takes in the bucket's value of appid, as the follower would.
-func (r *Refresher) readKey(bucket jetstream.KeyValue, appid string) {
+// readKeys takes in the bucket's values of appids, as the follower would,
+// within one kvTimeout for them all.
+func (r *Refresher) readKeys(bucket jetstream.KeyValue, appids []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
 	defer cancel()
-	e, err := bucket.Get(ctx, appid)
-	switch {
-	case err == nil:
-		r.observe(e)
-	case !errors.Is(err, jetstream.ErrKeyNotFound):
-		// The follower's next delivery, or the check, will make up for it.
-		r.log.Warn("cannot read the token of an app just added", "appid", appid, "error", err)
+	for _, id := range appids {
+		e, err := bucket.Get(ctx, id)
+		switch {
+		case err == nil:
+			r.observe(e)
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case ctx.Err() != nil:
+			r.log.Warn("cannot read the tokens of apps just added; their rotations will", "error", err)
+			return
+		}
 	}
 }
 

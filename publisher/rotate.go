@@ -41,6 +41,9 @@ func (r *Refresher) startOrJoin(t *term, a *appState, m mode, reason string) (f 
 	if a.flight != nil {
 		return a.flight, false
 	}
+	if a.removed {
+		return nil, false
+	}
 	f = &flight{from: a.rev, done: make(chan struct{})}
 	base := outcome{rev: a.rev, rec: a.rec}
 	if !t.spawn(func() { r.fly(t, a, f, m, reason, base) }) {
@@ -61,7 +64,7 @@ func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, 
 			out.err = errPanicked
 			r.failed(a, errPanicked)
 		}
-		r.sawRevision(out.rev)
+		r.life.saw(out.rev)
 		a.mu.Lock()
 		if out.rev > a.rev {
 			r.setRecord(a, out.rev, out.rec)
@@ -86,6 +89,14 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		base.err = &backoffError{until: retryAt, last: lastErr}
 		return base
 	}
+	if base.rev == 0 && pending == nil {
+		// Nothing seen of this key (an app just added, or its read
+		// failed): the bucket may hold a valid token all the same, which
+		// a fetch would kill.
+		if found, ok := r.lookUp(t, a.id); ok {
+			return found
+		}
+	}
 	var rec kv.Record
 	var latency time.Duration
 	if pending != nil && pending.ValidAt(now) {
@@ -104,12 +115,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		base.err = err
 		return base
 	}
-	rev, stored, ours, err := r.store(t, a.id, rec, data, base.rev)
-	if err != nil && bucketMayBeGone(err) && r.recreateBucket(t) == nil {
-		// The bucket was deleted: it is back, and this token, which has
-		// started the old one's countdown at WeChat, goes in at once.
-		rev, stored, ours, err = r.store(t, a.id, rec, data, base.rev)
-	}
+	rev, stored, ours, err := r.storeRepairing(t, a, rec, data, base.rev)
 	if err != nil {
 		a.mu.Lock()
 		a.pending = &rec
@@ -184,6 +190,15 @@ func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outc
 			return stop(errEnding)
 		}
 		r.metrics.upstreamCall(a.id, "token", string(classOf(err)), latency)
+		a.mu.Lock()
+		replaced := a.secret.Reveal() != secret.Reveal()
+		a.mu.Unlock()
+		if replaced && classOf(err) == ClassConfig {
+			// Refused with a secret a reload replaced meanwhile: no
+			// pause, the next fetch goes at once with the new one.
+			r.log.Info("token fetch refused with the secret a reload replaced; trying the new one", "appid", a.id)
+			return stop(err)
+		}
 		r.failed(a, err)
 		return stop(err)
 	}
@@ -193,12 +208,63 @@ func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outc
 	return rec, latency, nil
 }
 
+// storeRepairing stores as store does, and repairs the bucket first when
+// the write finds it gone or lands at a revision that went back (the
+// bucket was created again under it, and services would ignore the
+// write): the token, which has started the old one's countdown at WeChat,
+// then goes in at once, past the revisions services hold.
+func (r *Refresher) storeRepairing(t *term, a *appState, rec kv.Record, data []byte, baseRev uint64) (uint64, kv.Record, bool, error) {
+	a.mu.Lock()
+	known := a.rev
+	a.mu.Unlock()
+	rev, stored, ours, err := r.store(t, a.id, rec, data, baseRev)
+	// In one bucket revisions only grow: a write below one seen before
+	// went to a bucket created again.
+	wentBack := err == nil && rev <= known
+	if !wentBack && (err == nil || !bucketMayBeGone(err)) {
+		return rev, stored, ours, err
+	}
+	problem, looked := r.inspect(t.work)
+	switch {
+	case problem != nil:
+		if err := r.repair(t, problem); err != nil {
+			return 0, kv.Record{}, false, err
+		}
+		return r.store(t, a.id, rec, data, baseRev)
+	case wentBack:
+		return 0, kv.Record{}, false, fmt.Errorf("publisher: written at revision %d, below the %d seen before (looked at the bucket: %v)",
+			rev, known, looked)
+	}
+	return rev, stored, ours, err
+}
+
+// lookUp reads appid's key and returns it as an outcome if it holds a
+// valid token.
+func (r *Refresher) lookUp(t *term, appid string) (outcome, bool) {
+	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	defer cancel()
+	e, err := t.bucket.Get(ctx, appid)
+	if err != nil {
+		return outcome{}, false
+	}
+	r.life.saw(e.Revision())
+	rec, err := kv.DecodeFor(appid, e.Value())
+	if err != nil || !rec.ValidAt(r.cfg.Clock.now()) {
+		return outcome{}, false
+	}
+	return outcome{rev: e.Revision(), rec: &rec}, true
+}
+
 // store writes rec, encoded as data, with compare-and-swap on baseRev, the
 // revision the rotation started from, and returns the revision and record
 // the key holds afterwards. If the key moved meanwhile, the newer of the two
 // tokens wins: the stored one (ours is false) if it was fetched no earlier
-// than ours, otherwise ours, written over the revision found.
+// than ours, otherwise ours, written over the revision found. A key found
+// holding this very token holds ours: a write whose answer was lost, or
+// one a repair carried over.
 func (r *Refresher) store(t *term, appid string, rec kv.Record, data []byte, baseRev uint64) (rev uint64, stored kv.Record, ours bool, err error) {
+	r.life.writes.RLock()
+	defer r.life.writes.RUnlock()
 	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
 	defer cancel()
 	rev, err = casPut(ctx, t.bucket, appid, data, baseRev)
@@ -210,7 +276,12 @@ func (r *Refresher) store(t *term, appid string, rec kv.Record, data []byte, bas
 	switch {
 	case err == nil:
 		found = e.Revision()
-		if theirs, derr := kv.DecodeFor(appid, e.Value()); derr == nil && !theirs.FetchedAt.Before(rec.FetchedAt) {
+		theirs, derr := kv.DecodeFor(appid, e.Value())
+		switch {
+		case derr != nil:
+		case theirs.AccessToken == rec.AccessToken:
+			return found, theirs, true, nil
+		case !theirs.FetchedAt.Before(rec.FetchedAt):
 			return found, theirs, false, nil
 		}
 	case !errors.Is(err, jetstream.ErrKeyNotFound):

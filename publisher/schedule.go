@@ -54,7 +54,7 @@ func (r *Refresher) check(t *term) {
 func (r *Refresher) rotateIfDue(t *term, a *appState) {
 	a.mu.Lock()
 	now := r.cfg.Clock.now()
-	if a.removed || a.due(now).After(now) {
+	if a.due(now).After(now) {
 		a.mu.Unlock()
 		return
 	}
@@ -88,15 +88,17 @@ func (r *Refresher) plan(t *term, a *appState) {
 // arm sets the app's timer to due, unless it is already set no later.
 // Callers hold a.mu.
 func (r *Refresher) arm(t *term, a *appState, due, now time.Time) {
+	// An ended term (a caller may hold one) must not touch the timer the
+	// next term set.
+	if a.removed || t.ending() {
+		return
+	}
 	if a.timer != nil {
 		if !a.timerAt.After(due) {
 			return
 		}
 		a.timer.Stop()
 		a.timer = nil
-	}
-	if a.removed || t.ending() {
-		return
 	}
 	a.timerGen++
 	gen := a.timerGen

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -39,6 +38,7 @@ const (
 // until they open, ctx ends, or an error needs a human.
 func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error) {
 	var logged time.Time
+	var bucket jetstream.KeyValue // kept once open: attempts go on from there
 	for attempt := 1; ; attempt++ {
 		// Waiting for the connection is not a failed attempt: the buckets
 		// are tried the moment it is up. The connection reports its own
@@ -46,16 +46,18 @@ func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error
 		if err := r.awaitConnected(ctx); err != nil {
 			return nil, nil, err
 		}
-		began := time.Now()
-		bucket, l, err := r.openOnce(ctx)
+		began, since := time.Now(), r.nc.LastError()
+		// Short attempts first; longer ones if the cluster is merely slow.
+		l, err := r.openOnce(ctx, &bucket, min(time.Duration(attempt)*startAttemptTimeout, 2*kvTimeout))
 		if err == nil {
 			r.waiting.Store(nil)
+			r.bucket.Store(&bucket)
 			return bucket, l, nil
 		}
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
-		if fatal := needsHuman(r.nc, err); fatal != nil {
+		if fatal := needsHuman(r.nc, since, err); fatal != nil {
 			return nil, nil, fatal
 		}
 		r.setWaiting(err)
@@ -75,24 +77,24 @@ func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error
 	}
 }
 
-func (r *Refresher) openOnce(ctx context.Context) (jetstream.KeyValue, *lease, error) {
-	ctx, cancel := context.WithTimeout(ctx, startAttemptTimeout)
+// openOnce makes one attempt, of at most timeout, to open what is not open
+// yet: the token bucket (kept in *bucket once open), then the lease.
+func (r *Refresher) openOnce(ctx context.Context, bucket *jetstream.KeyValue, timeout time.Duration) (*lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	bucket, err := kv.Open(ctx, r.js, r.bucketConfig())
-	if err != nil {
-		return nil, nil, fmt.Errorf("publisher: %w", err)
-	}
-	if st, err := bucket.Status(ctx); err == nil {
-		if kvs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-			r.bucketCreated.Store(kvs.StreamInfo().Created.UnixNano())
+	if *bucket == nil {
+		b, err := kv.Open(ctx, r.js, r.bucketConfig())
+		if err != nil {
+			return nil, fmt.Errorf("publisher: %w", err)
 		}
+		if st, err := b.Status(ctx); err == nil {
+			if kvs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+				r.life.created.Store(kvs.StreamInfo().Created.UnixNano())
+			}
+		}
+		*bucket = b
 	}
-	l, err := openLease(ctx, r.nc, r.js, r.cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	r.bucket.Store(&bucket)
-	return bucket, l, nil
+	return openLease(ctx, r.nc, r.js, r.cfg, func() bool { return r.life.lastRev.Load() > 0 })
 }
 
 func (r *Refresher) bucketConfig() kv.BucketConfig {
@@ -134,8 +136,9 @@ func (e *humanError) Error() string { return e.err.Error() }
 func (e *humanError) Unwrap() error { return e.err }
 
 // needsHuman returns the error to stop on when err is one retrying cannot
-// fix, saying what to do about it; otherwise nil.
-func needsHuman(nc *nats.Conn, err error) error {
+// fix, saying what to do about it; otherwise nil. since is the
+// connection's last error before the attempt that failed with err.
+func needsHuman(nc *nats.Conn, since, err error) error {
 	if he := (*humanError)(nil); errors.As(err, &he) {
 		return err
 	}
@@ -157,10 +160,12 @@ func needsHuman(nc *nats.Conn, err error) error {
 		}
 	}
 	// A request the server refuses for lack of permission gets no answer;
-	// the refusal comes back apart, as the connection's last error.
-	if last := nc.LastError(); errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), "$JS.") {
-		return fmt.Errorf("publisher: the NATS user may not manage the buckets (%v): give it the refresher's "+
-			"permissions of nats.conf", last)
+	// the refusal comes back apart, as the connection's last error. Any
+	// refusal during the attempt counts: a JetStream request denied, or
+	// the reply subject (a wrong --inbox-prefix) refused.
+	if last := nc.LastError(); !errors.Is(last, since) && errors.Is(last, nats.ErrPermissionViolation) {
+		return fmt.Errorf("publisher: the NATS user may not do what the refresher needs (%v): give it the refresher's "+
+			"permissions of nats.conf, with its inbox prefix", last)
 	}
 	return nil
 }

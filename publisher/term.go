@@ -99,6 +99,16 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic, leaseLeft: lease.remaining}
 	r.term.Store(t)
 	defer r.term.Store(nil)
+	// However the term ends, it ends whole: nothing it started outlives it.
+	// Drain first: a flight that ends while the term drains sets its
+	// app's timer again, and only a draining term refuses to. Timers left
+	// by this term would hold back the next term's, which never replace
+	// a timer set no later.
+	defer func() {
+		endTerm()
+		t.drain()
+		r.disarm()
+	}()
 	r.catchUp(tctx)
 	// What the bucket holds may never have been announced: the leader
 	// before this one may have died between writing and announcing.
@@ -124,12 +134,6 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	if err := svc.Stop(); err != nil {
 		r.log.Warn("refresh endpoint did not stop cleanly", "error", err)
 	}
-	// Drain first: a flight that ends while the term drains sets its
-	// app's timer again, and only a draining term refuses to. Timers left
-	// by this term would hold back the next term's, which never replace
-	// a timer set no later.
-	t.drain()
-	r.disarm()
 	return nil
 }
 
@@ -150,27 +154,29 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return err
 	}
 	followCtx, stopFollowing := context.WithCancel(ctx)
-	followed := make(chan struct{})
+	followed, watched := make(chan struct{}), make(chan struct{})
 	defer func() {
 		stopFollowing()
 		<-followed
+		<-watched
 	}()
-	synced := r.resynced()
+	synced := r.life.nextSync()
 	follower := &kv.Follower{
-		Bucket:   bucket,
-		Key:      ">",
-		Conn:     r.nc,
-		OnEntry:  r.observe,
-		OnSynced: r.followerSynced,
-		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
-		Rewatch:  r.rewatch,
+		Bucket:  bucket,
+		Key:     ">",
+		Conn:    r.nc,
+		OnEntry: r.observe,
+		OnSynced: func() {
+			r.synced.Store(true)
+			r.life.followerSynced()
+		},
+		OnError: func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
+		Rewatch: r.life.rewatch,
 	}
 	go func() {
 		defer close(followed)
 		follower.Run(followCtx)
 	}()
-	watched := make(chan struct{})
-	defer func() { <-watched }()
 	go func() {
 		defer close(watched)
 		r.watchBucket(followCtx)

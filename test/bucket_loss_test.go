@@ -67,7 +67,9 @@ func logTime(t *testing.T, p *process, msg string) time.Time {
 // the same token at a newer revision, a new subscriber can start, and
 // WeChat is not called. Deleted again, with WeChat rejecting the token: a
 // refresh stores the one token fetched (no second fetch) and the
-// subscriber gets it. The standby followed all of it: when the leader is
+// subscriber gets it. Deleted and created again at once by someone else,
+// revisions starting over: the leader moves them past the subscriber's.
+// The standby followed all of it: when the leader is
 // killed, it takes over with the newest revision and fetches nothing.
 func TestDeletedBucketsComeBack(t *testing.T) {
 	ctx := testenv.Context(t, 90*time.Second)
@@ -94,9 +96,9 @@ func TestDeletedBucketsComeBack(t *testing.T) {
 	deleted := time.Now()
 	back := awaitNewer(t, ctx, sub, first.Revision)
 	arrived := time.Now()
-	one.waitOutput(t, ctx, "the token bucket is back")
+	one.waitOutput(t, ctx, "the token bucket is repaired")
 	t.Logf("buckets deleted; token back in the subscriber %s later, %s after the leader began to create the bucket again",
-		arrived.Sub(deleted).Round(time.Millisecond), arrived.Sub(logTime(t, one, "the token bucket is gone (deleted?): creating it again")).Round(time.Millisecond))
+		arrived.Sub(deleted).Round(time.Millisecond), arrived.Sub(logTime(t, one, `msg="repairing the token bucket"`)).Round(time.Millisecond))
 	if back.Value != first.Value {
 		t.Error("the subscriber got another token: WeChat was asked although the token was valid")
 	}
@@ -128,7 +130,7 @@ func TestDeletedBucketsComeBack(t *testing.T) {
 			t.Errorf("%s lost or changed leadership:\n%s", p.name, p.output.String())
 		}
 	}
-	if !strings.Contains(one.output.String(), `level=ERROR msg="the token bucket is gone (deleted?): creating it again"`) {
+	if !strings.Contains(one.output.String(), `level=ERROR msg="repairing the token bucket" bucket=wechat_tokens why="publisher: the token bucket wechat_tokens is gone (deleted?)"`) {
 		t.Error("the leader did not say loudly that it recreated the bucket")
 	}
 
@@ -152,11 +154,28 @@ func TestDeletedBucketsComeBack(t *testing.T) {
 		t.Errorf("%d token fetches, want 2: the token fetched after the deletion was fetched again", got)
 	}
 
+	// Deleted and at once created again by someone else (a replica that
+	// starts meanwhile opens it): its revisions start over, below the
+	// subscriber's. The leader moves them past and writes the token back.
+	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Open(ctx, js, kv.BucketConfig{History: 3}); err != nil {
+		t.Fatal(err)
+	}
+	moved := awaitNewer(t, ctx, sub, fresh.Revision)
+	if moved.Value != fresh.Value {
+		t.Error("another token after the revisions were moved")
+	}
+	if got := fake.Calls(appA); got != 2 {
+		t.Errorf("%d token fetches after the revisions were moved, want 2", got)
+	}
+
 	// The standby followed the recreated bucket.
 	one.cmd.Process.Signal(syscall.SIGKILL)
 	two.waitOutput(t, ctx, "became leader")
-	if reply := awaitEndpoint(t, ctx, nc, appA); reply.Revision != fresh.Revision {
-		t.Errorf("after the takeover the leader names revision %d, want %d", reply.Revision, fresh.Revision)
+	if reply := awaitEndpoint(t, ctx, nc, appA); reply.Revision != moved.Revision {
+		t.Errorf("after the takeover the leader names revision %d, want %d", reply.Revision, moved.Revision)
 	}
 	if got := fake.Calls(appA); got != 2 {
 		t.Errorf("%d token fetches after the takeover, want 2", got)

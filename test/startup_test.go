@@ -213,7 +213,7 @@ func TestServeStopsOnWhatRetryingCannotFix(t *testing.T) {
 				srv := rolesServer(t)
 				return srv.ClientURL(), []string{"NATS_USER=service", "NATS_PASSWORD=" + passwords["service"]}
 			},
-			want: "may not manage the buckets",
+			want: "may not do what the refresher needs",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -67,6 +67,11 @@ type serveFlags struct {
 }
 
 func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	// SIGHUP reloads the apps, as daemons of this kind do; it must never
+	// kill the process, not even while it reads its flags or starts.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	var f serveFlags
 	c := newCommand("serve", "", serveSummary, serveExamples)
 	f.cmd = c
@@ -136,11 +141,6 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 
 	ctx, stop := signalContext()
 	defer stop()
-	// SIGHUP reloads the apps, as daemons of this kind do; it must never
-	// kill the process, not even while it starts.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	if f.demo {
 		url, shutdown, err := startDemoWeChat(log)
 		if err != nil {
