@@ -2,9 +2,6 @@ package publisher
 
 import (
 	"context"
-	"encoding/json"
-	"log/slog"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -22,44 +19,10 @@ import (
 func TestTokenFetchedIntoADeletedBucketIsStoredAtOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, js := jetStream(t)
-	fake := fakewechat.New(fakewechat.Config{Overlap: -1})
-	fake.AddApp("wx1", "a-secret-of-some-length")
-	wechat := httptest.NewServer(fake)
-	t.Cleanup(wechat.Close)
-	r, err := New(nc, Config{Apps: []App{{AppID: "wx1", Secret: NewSecret("a-secret-of-some-length")}},
-		UpstreamURL: wechat.URL, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bucket, err := kv.Open(ctx, js, r.bucketConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	leadCtx, stop := context.WithCancel(ctx)
-	led := make(chan error, 1)
-	go func() { led <- r.lead(leadCtx, bucket, &fakeLease{lostCh: make(chan struct{}), left: time.Hour}) }()
-	t.Cleanup(func() {
-		stop()
-		<-led
-	})
-	refresh := func(stale *uint64) kv.RefreshReply {
-		t.Helper()
-		for {
-			msg, err := nc.RequestWithContext(ctx, kv.Subjects{}.Refresh("wx1"), kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: stale}))
-			if err == nil {
-				var reply kv.RefreshReply
-				if err := json.Unmarshal(msg.Data, &reply); err != nil {
-					t.Fatal(err)
-				}
-				return reply
-			}
-			if ctx.Err() != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(10 * time.Millisecond) // waiting for the endpoint to be served
-		}
-	}
+	l := newTestLeader(t, ctx, fakewechat.Config{Overlap: -1}, Config{})
+	js, fake := l.js, l.fake
+	l.lead(t, ctx, l.bucket)
+	refresh := func(stale *uint64) kv.RefreshReply { return l.refresh(t, ctx, stale) }
 	first := refresh(nil) // answered once the first token is stored
 	if first.Revision == 0 {
 		t.Fatalf("first reply %+v", first)
@@ -102,20 +65,9 @@ func TestTokenFetchedIntoADeletedBucketIsStoredAtOnce(t *testing.T) {
 func TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, js := jetStream(t)
-	fake := fakewechat.New(fakewechat.Config{})
-	fake.AddApp("wx1", "a-secret-of-some-length")
-	wechat := httptest.NewServer(fake)
-	t.Cleanup(wechat.Close)
-	r, err := New(nc, Config{Apps: []App{{AppID: "wx1", Secret: NewSecret("a-secret-of-some-length")}},
-		UpstreamURL: wechat.URL, Logger: slog.New(slog.DiscardHandler), UpstreamRate: 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bucket, err := kv.Open(ctx, js, r.bucketConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newTestLeader(t, ctx, fakewechat.Config{}, Config{UpstreamRate: 20})
+	r, js, fake, bucket := l.r, l.js, l.fake, l.bucket
+	var err error
 	// A token due for replacement, at revision 30.
 	due, _ := kv.Encode(kv.NewRecord("wx1", "old-token", 2*time.Hour, time.Now().Add(-115*time.Minute)))
 	var last uint64
@@ -140,9 +92,7 @@ func TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer updates.Stop()
-	leadCtx, stop := context.WithCancel(ctx)
-	led := make(chan error, 1)
-	go func() { led <- r.lead(leadCtx, bucket, &fakeLease{lostCh: make(chan struct{}), left: time.Hour}) }()
+	l.lead(t, ctx, bucket)
 
 	var stored jetstream.KeyValueEntry
 	for stored == nil {
@@ -157,8 +107,6 @@ func TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired(t *testing.T) {
 			t.Fatalf("no token stored past revision %d; %d token fetches", last, fake.Calls("wx1"))
 		}
 	}
-	stop()
-	<-led
 	rec, err := kv.DecodeFor("wx1", stored.Value())
 	if err != nil {
 		t.Fatal(err)
