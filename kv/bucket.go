@@ -1,10 +1,12 @@
 package kv
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -22,17 +24,63 @@ type BucketConfig struct {
 }
 
 // Open creates the token bucket, or updates an existing one to cfg, and
-// returns it. Only the refresher calls Open: readers Bind, so that they need
-// no permission to manage streams.
+// returns it. A bucket's revisions start at its creation time in Unix
+// milliseconds (see revisionFloor); Open moves those of a bucket created
+// by someone else there, carrying its values over. Only the refresher
+// calls Open: readers Bind, so that they need no permission to manage
+// streams.
 func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (jetstream.KeyValue, error) {
+	b, _, err := open(ctx, js, cfg, 0)
+	return b, err
+}
+
+// Recreate makes the token bucket fit to write to after it was deleted or
+// created again: it opens it as Open does and, if the bucket's last
+// revision is below last, the newest revision the caller has seen, moves
+// its revisions past last (by revisionMargin), carrying its values over.
+// Readers may hold revisions up to last and ignore any revision no newer
+// than theirs. moved says whether the revisions were moved.
+//
+// It must not race writes of its own caller; another writer's value that
+// lands while it runs may be lost.
+func Recreate(ctx context.Context, js jetstream.JetStream, cfg BucketConfig, last uint64) (b jetstream.KeyValue, moved bool, err error) {
+	return open(ctx, js, cfg, last)
+}
+
+// StreamName is the name of the JetStream stream behind the bucket name.
+func StreamName(bucket string) string { return "KV_" + bucket }
+
+// revisionMargin is how far past the last revision its caller saw the
+// revisions of a recreated bucket begin: it covers writes the caller's
+// watch had not delivered yet, and costs nothing.
+const revisionMargin = 1000
+
+// revisionFloor is the first revision of a bucket created at created: its
+// creation time in Unix milliseconds, on the server's clock. So revisions
+// grow across a deletion and re-creation of the bucket with no memory of
+// the old ones, as long as a bucket sees fewer writes than milliseconds
+// pass (a token bucket sees a few a second at most), and readers, which
+// ignore a revision no newer than theirs, take in what the new bucket
+// holds.
+func revisionFloor(created time.Time) uint64 { return uint64(max(created.UnixMilli(), 1)) }
+
+// Behind reports whether the revisions of the bucket whose stream info is
+// info are behind where they must be: below its creation time (the bucket
+// was created by someone else), or below last, the newest revision a
+// reader may hold (0: not known).
+func Behind(info *jetstream.StreamInfo, last uint64) bool {
+	return info.State.LastSeq+1 < revisionFloor(info.Created) || info.State.LastSeq < last
+}
+
+func open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig, last uint64) (jetstream.KeyValue, bool, error) {
 	if cfg.Name == "" {
 		cfg.Name = DefaultBucket
 	}
 	if cfg.History < 0 || cfg.History > jetstream.KeyValueMaxHistory {
-		return nil, fmt.Errorf("kv: history %d is not between 1 and %d", cfg.History, jetstream.KeyValueMaxHistory)
+		return nil, false, fmt.Errorf("kv: history %d is not between 1 and %d", cfg.History, jetstream.KeyValueMaxHistory)
 	}
 	if cfg.Replicas < 0 {
-		return nil, fmt.Errorf("kv: replicas %d is negative", cfg.Replicas)
+		return nil, false, fmt.Errorf("kv: replicas %d is negative", cfg.Replicas)
 	}
 	b, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:       cfg.Name,
@@ -46,65 +94,84 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (jetstr
 		Metadata: map[string]string{valuesMetadata: cfg.Subjects.Value(">")},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kv: open bucket %q: %w", cfg.Name, err)
+		return nil, false, fmt.Errorf("kv: open bucket %q: %w", cfg.Name, err)
 	}
-	return b, nil
+	moved, err := settle(ctx, js, b, last)
+	if err != nil {
+		return nil, false, fmt.Errorf("kv: open bucket %q: %w", cfg.Name, err)
+	}
+	return b, moved, nil
 }
 
-// StreamName is the name of the JetStream stream behind the bucket name.
-func StreamName(bucket string) string { return "KV_" + bucket }
-
-// revisionMargin is how far past the last revision its caller saw the
-// revisions of a recreated bucket begin: it covers writes the caller's
-// watch had not delivered yet, and costs nothing.
-const revisionMargin = 1000
-
-// Recreate makes the token bucket fit to write to after it was deleted or
-// created again. It opens the bucket as Open does; then, if the bucket's
-// last revision is below last, the newest revision the caller has seen,
-// it moves the bucket's revisions past last. Readers may hold revisions up
-// to last and ignore any revision no newer than theirs: in a bucket whose
-// revisions started over at 1, they would ignore every new value. What a
-// bucket created again already holds (each key's newest value) is carried
-// over to new revisions. A bucket at or past last is left as it is.
-//
-// It must not race writes of its own caller; another writer's value that
-// lands while it runs may be lost.
-func Recreate(ctx context.Context, js jetstream.JetStream, cfg BucketConfig, last uint64) (jetstream.KeyValue, error) {
-	b, err := Open(ctx, js, cfg)
-	if err != nil {
-		return nil, err
-	}
-	fail := func(what string, err error) (jetstream.KeyValue, error) {
-		return nil, fmt.Errorf("kv: recreate bucket %q: %s: %w", b.Bucket(), what, err)
-	}
+// settle moves b's revisions to its floor if they are below it, and past
+// last (if not 0) if its last revision is below last, carrying its values
+// over. It reports whether it moved them.
+func settle(ctx context.Context, js jetstream.JetStream, b jetstream.KeyValue, last uint64) (bool, error) {
 	stream, err := js.Stream(ctx, StreamName(b.Bucket()))
 	if err != nil {
-		return fail("look it up", err)
+		return false, fmt.Errorf("look at its stream: %w", err)
 	}
-	state := stream.CachedInfo().State
-	if state.LastSeq >= last {
-		return b, nil
+	info := stream.CachedInfo()
+	if !Behind(info, last) {
+		return false, nil
+	}
+	next := revisionFloor(info.Created)
+	if info.State.LastSeq < last {
+		next = max(next, last+revisionMargin+1)
 	}
 	var carried []jetstream.KeyValueEntry
-	if state.Msgs > 0 {
+	if info.State.Msgs > 0 {
 		if carried, err = values(ctx, b); err != nil {
-			return fail("read what it holds", err)
+			return false, fmt.Errorf("read what it holds: %w", err)
 		}
 	}
 	// Purging a stream up to a sequence past its last one moves its next
 	// sequence there, on every nats-server with JetStream (a stream's
 	// first_seq setting needs 2.10, and an empty stream).
-	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(last+revisionMargin+1)); err != nil {
-		return fail(fmt.Sprintf("move its revisions past %d", last), err)
+	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(next)); err != nil {
+		return false, fmt.Errorf("move its revisions to %d: %w", next, err)
 	}
-	for _, e := range carried {
-		if _, err := b.Put(ctx, e.Key(), e.Value()); err != nil {
-			return fail(fmt.Sprintf("write back %s (%d values not carried over)", e.Key(), len(carried)), err)
+	if err := carry(ctx, js, b.Bucket(), carried); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+// carry writes entries back into bucket, all at once. The values are gone
+// from the bucket until they are written: it finishes on a time of its
+// own, whatever becomes of ctx.
+func carry(ctx context.Context, js jetstream.JetStream, bucket string, entries []jetstream.KeyValueEntry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second+time.Duration(len(entries))*time.Millisecond)
+	defer cancel()
+	acks := make([]jetstream.PubAckFuture, 0, len(entries))
+	for _, e := range entries {
+		// The subject of a key's values, as jetstream.KeyValue.Put uses.
+		ack, err := js.PublishAsync("$KV."+bucket+"."+e.Key(), e.Value())
+		if err != nil {
+			return fmt.Errorf("carry its values over: %d of %d not written: %w", len(entries)-len(acks), len(entries), err)
 		}
-		carried = carried[1:]
+		acks = append(acks, ack)
 	}
-	return b, nil
+	lost := 0
+	var first error
+	for _, ack := range acks {
+		select {
+		case <-ack.Ok():
+		case err := <-ack.Err():
+			lost++
+			first = cmp.Or(first, err)
+		case <-ctx.Done():
+			lost++
+			first = cmp.Or(first, ctx.Err())
+		}
+	}
+	if lost > 0 {
+		return fmt.Errorf("carry its values over: %d of %d not written: %w", lost, len(entries), first)
+	}
+	return nil
 }
 
 // values returns the newest value of every key in b.

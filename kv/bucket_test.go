@@ -10,54 +10,23 @@ import (
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
-// TestRecreateContinuesRevisions: a bucket created again after it was
-// deleted goes on past the last revision readers may hold, with the same
-// configuration; one someone else created again and wrote to is moved
-// past it too, its values carried over; one that is fine is left alone.
-func TestRecreateContinuesRevisions(t *testing.T) {
+// TestRevisionsStartAtTheBucketsCreation: a bucket's revisions start at
+// its creation time in milliseconds, so a bucket created again goes on
+// past the old one's with no memory of them. One created by someone else,
+// revisions from 1, is moved there when it is opened, its values kept.
+func TestRevisionsStartAtTheBucketsCreation(t *testing.T) {
 	ctx := testenv.Context(t, 20*time.Second)
 	js, _ := jetstream.New(testenv.Connect(t, testenv.NATS(t).ClientURL()))
-	cfg := kv.BucketConfig{History: 3}
-	b, err := kv.Open(ctx, js, cfg)
+	before := uint64(time.Now().Add(-time.Second).UnixMilli())
+	b, err := kv.Open(ctx, js, kv.BucketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var last uint64
-	for range 5 {
-		if last, err = b.Put(ctx, "wx1", []byte("v")); err != nil {
-			t.Fatal(err)
-		}
+	first, err := b.Put(ctx, "wx1", []byte("v"))
+	if err != nil || first < before {
+		t.Fatalf("first revision %d (%v), want at least %d, the creation time in ms", first, err, before)
 	}
 
-	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
-		t.Fatal(err)
-	}
-	again, err := kv.Recreate(ctx, js, cfg, last)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev, err := again.Create(ctx, "wx1", []byte("v"))
-	if err != nil || rev <= last {
-		t.Errorf("first write to the recreated bucket: revision %d (%v), want one past %d", rev, err, last)
-	}
-	st, err := again.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if published, _ := kv.PublishesValues(ctx, again, kv.Subjects{}); st.History() != 3 || !published {
-		t.Errorf("recreated bucket: history %d, values published %v", st.History(), published)
-	}
-
-	// At or past last: left as it is.
-	if _, err := kv.Recreate(ctx, js, cfg, rev); err != nil {
-		t.Fatal(err)
-	}
-	if e, err := again.Get(ctx, "wx1"); err != nil || e.Revision() != rev {
-		t.Errorf("a bucket past last was changed: %v", err)
-	}
-
-	// Created again by someone else and written to, at revisions that
-	// start over: moved past last, values kept.
 	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
@@ -70,15 +39,51 @@ func TestRecreateContinuesRevisions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	moved, err := kv.Recreate(ctx, js, cfg, rev)
+	moved, err := kv.Open(ctx, js, kv.BucketConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for key, want := range map[string]string{"wx1": "newest", "wx2": "other"} {
-		e, err := moved.Get(ctx, key)
-		if err != nil || string(e.Value()) != want || e.Revision() <= rev {
-			t.Errorf("%s after the move: %v, want %q past revision %d", key, err, want, rev)
-			continue
+		if e, err := moved.Get(ctx, key); err != nil || string(e.Value()) != want || e.Revision() <= first {
+			t.Errorf("%s after the move: %v, want %q past revision %d", key, err, want, first)
 		}
+	}
+}
+
+// TestRecreateContinuesRevisions: Recreate moves a bucket's revisions past
+// the last one readers may hold when they are below it, with the same
+// configuration, and leaves a bucket past it alone.
+func TestRecreateContinuesRevisions(t *testing.T) {
+	ctx := testenv.Context(t, 20*time.Second)
+	js, _ := jetstream.New(testenv.Connect(t, testenv.NATS(t).ClientURL()))
+	cfg := kv.BucketConfig{History: 3}
+	b, err := kv.Open(ctx, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := b.Put(ctx, "wx1", []byte("v"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Readers hold a revision far past this bucket's (one of another
+	// bucket's, a write not seen yet).
+	last := rev + 1<<40
+	again, moved, err := kv.Recreate(ctx, js, cfg, last)
+	if err != nil || !moved {
+		t.Fatalf("moved %v, %v", moved, err)
+	}
+	e, err := again.Get(ctx, "wx1")
+	if err != nil || e.Revision() <= last || string(e.Value()) != "v" {
+		t.Errorf("after the move: revision %d (%v), want the value past %d", e.Revision(), err, last)
+	}
+	st, err := again.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if published, _ := kv.PublishesValues(ctx, again, kv.Subjects{}); st.History() != 3 || !published {
+		t.Errorf("recreated bucket: history %d, values published %v", st.History(), published)
+	}
+	if _, moved, err := kv.Recreate(ctx, js, cfg, e.Revision()); err != nil || moved {
+		t.Errorf("a bucket at last was moved (%v, %v)", moved, err)
 	}
 }

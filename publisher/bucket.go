@@ -132,7 +132,7 @@ func (r *Refresher) checkBucket(ctx context.Context) {
 		r.life.setProblem(nil)
 	case r.term.Load() != nil:
 		r.repair(r.term.Load(), problem)
-	default:
+	case problem != nil:
 		r.life.setProblem(fmt.Errorf("%w; the leader repairs it", problem))
 	}
 }
@@ -144,6 +144,7 @@ func (r *Refresher) checkBucket(ctx context.Context) {
 func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
 	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
+	last := r.life.lastRev.Load() // before the look: a write meanwhile is in it
 	stream, err := r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket))
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -156,11 +157,32 @@ func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
 		r.log.Warn("the token bucket was created again; following it anew", "bucket", r.cfg.Bucket)
 		r.life.followAnew()
 	}
-	if last := r.life.lastRev.Load(); info.State.LastSeq < last {
-		return fmt.Errorf("publisher: the token bucket %s was created again, its revisions starting over: "+
-			"at %d, below the %d services may hold", r.cfg.Bucket, info.State.LastSeq, last), true
+	if kv.Behind(info, last) {
+		return fmt.Errorf("publisher: the token bucket %s was created again by someone else, its revisions starting over "+
+			"(at %d; services may hold %d)", r.cfg.Bucket, info.State.LastSeq, last), true
+	}
+	// Every key holds a message at least: fewer messages than valid
+	// tokens this replica knows of means keys are missing (a repair cut
+	// short, a purge).
+	if valid := r.validTokens(); info.State.Msgs < uint64(valid) {
+		return fmt.Errorf("publisher: the token bucket %s holds %d values, fewer than the %d valid tokens known",
+			r.cfg.Bucket, info.State.Msgs, valid), true
 	}
 	return nil, true
+}
+
+// validTokens counts the apps whose token in the bucket, as this replica
+// knows it, is valid.
+func (r *Refresher) validTokens() (n int) {
+	now := r.cfg.Clock.now()
+	for _, a := range r.appList() {
+		a.mu.Lock()
+		if a.validRecord(now) != nil {
+			n++
+		}
+		a.mu.Unlock()
+	}
+	return n
 }
 
 // catchUp makes sure a new leader starts from what the bucket holds: a
@@ -198,7 +220,7 @@ func (r *Refresher) repair(t *term, why error) error {
 	r.log.Error("repairing the token bucket", "bucket", r.cfg.Bucket, "why", why.Error(),
 		"replicas", r.cfg.Replicas, "history", r.cfg.History, "revisions_after", last)
 	since := r.nc.LastError()
-	_, err := kv.Recreate(ctx, r.js, r.bucketConfig(), last)
+	_, moved, err := kv.Recreate(ctx, r.js, r.bucketConfig(), last)
 	if err == nil {
 		var stream jetstream.Stream
 		if stream, err = r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket)); err == nil {
@@ -219,11 +241,15 @@ func (r *Refresher) repair(t *term, why error) error {
 		return err
 	}
 	r.life.setProblem(nil)
-	r.metrics.recreated.Inc()
-	r.life.followAnew()
+	r.metrics.repaired.Inc()
+	if moved {
+		r.life.followAnew()
+	}
+	// Keys the bucket holds are left as they are; missing ones, and older
+	// tokens, are written. What fails is stored by its app's rotation.
 	restored, failed := r.restore(t)
 	r.log.Error("the token bucket is repaired: valid tokens written back and announced", "bucket", r.cfg.Bucket,
-		"restored", restored, "to_retry", failed)
+		"revisions_moved", moved, "restored", restored, "to_retry", failed)
 	return nil
 }
 
@@ -255,12 +281,13 @@ func (r *Refresher) restore(t *term) (restored, failed int) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			ok := r.writeBack(t, a, *rec)
+			wrote, err := r.writeBack(t, a, *rec)
 			mu.Lock()
-			if ok {
-				restored++
-			} else {
+			switch {
+			case err != nil:
 				failed++
+			case wrote:
+				restored++
 			}
 			mu.Unlock()
 			r.plan(t, a)
@@ -270,11 +297,14 @@ func (r *Refresher) restore(t *term) (restored, failed int) {
 	return restored, failed
 }
 
-// writeBack stores rec, a's valid token, again and announces it.
-func (r *Refresher) writeBack(t *term, a *appState, rec kv.Record) bool {
+// writeBack stores rec, a's valid token, if the bucket does not hold it,
+// and announces it; it reports whether it wrote it, and false with an
+// error when it could not (the token is then stored by the app's
+// rotation, like one fetched but not stored).
+func (r *Refresher) writeBack(t *term, a *appState, rec kv.Record) (bool, error) {
 	data, err := kv.Encode(rec)
 	if err != nil {
-		return false
+		return false, err
 	}
 	rev, stored, _, err := r.store(t, a.id, rec, data, 0)
 	if err != nil {
@@ -284,14 +314,15 @@ func (r *Refresher) writeBack(t *term, a *appState, rec kv.Record) bool {
 		}
 		a.mu.Unlock()
 		r.log.Warn("token not written back; retrying", "appid", a.id, "error", err)
-		return false
+		return false, err
 	}
 	r.life.saw(rev)
 	a.mu.Lock()
-	if rev > a.rev {
+	wrote := rev > a.rev
+	if wrote {
 		r.setRecord(a, rev, &stored)
 	}
 	a.mu.Unlock()
 	r.announceStored(a)
-	return true
+	return wrote, nil
 }

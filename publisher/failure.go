@@ -11,12 +11,20 @@ import (
 )
 
 // failed records a failed fetch and decides when the next may happen.
-func (r *Refresher) failed(a *appState, err error) {
+// used is the secret the fetch used, if it was one.
+func (r *Refresher) failed(a *appState, err error, used Secret) {
 	class := classOf(err)
 	var ue *UpstreamError
 	errors.As(err, &ue)
 	now := r.cfg.Clock.now()
 	a.mu.Lock()
+	if class == ClassConfig && !used.IsZero() && used.Reveal() != a.secret.Reveal() {
+		// Refused with a secret a reload replaced meanwhile: no pause,
+		// the next fetch goes at once with the new one.
+		a.mu.Unlock()
+		r.log.Info("token fetch refused with the secret a reload replaced; trying the new one", "appid", a.id)
+		return
+	}
 	a.failures++
 	var wait time.Duration
 	switch class {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -195,5 +196,30 @@ func TestNoSecondLeaderAfterTheLeaseBucketIsDeleted(t *testing.T) {
 	case <-held.lost():
 		t.Error("the leader lost its lease")
 	default:
+	}
+}
+
+// TestNoLeaseBesideALeaderThatAnswers: both buckets lost, a replica that
+// starts finds no token and a new lease bucket, which looks like a fresh
+// deployment. A leader still serving refresh requests for the bucket
+// answers discovery, and the replica leaves the lease to it.
+func TestNoLeaseBesideALeaderThatAnswers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	leader := newTestLeader(t, ctx, fakewechat.Config{}, Config{})
+	leader.lead(t, ctx, leader.bucket)
+	leader.refresh(t, ctx, nil) // it serves
+
+	cfg := Config{Bucket: kv.DefaultBucket, LeaseTTL: 3 * time.Second, UpstreamTimeout: time.Second, Replicas: 1,
+		Logger: slog.New(slog.DiscardHandler), Instance: "starting"}
+	starting, err := openLease(ctx, leader.nc, leader.js, cfg, func() bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempt, stop := context.WithTimeout(ctx, time.Second)
+	defer stop()
+	if held, err := starting.acquire(attempt); err == nil {
+		held.release()
+		t.Fatal("the starting replica took the lease beside a leader that answers")
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -45,15 +46,16 @@ type LeaseHolder struct {
 }
 
 type lease struct {
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	name     string // of the bucket
-	replicas int    // of the bucket, if it must be created again
-	bucket   jetstream.KeyValue
-	ttl      time.Duration
-	margin   time.Duration
-	instance string
-	log      *slog.Logger
+	nc          *nats.Conn
+	js          jetstream.JetStream
+	tokenBucket string
+	name        string // of the bucket
+	replicas    int    // of the bucket, if it must be created again
+	bucket      jetstream.KeyValue
+	ttl         time.Duration
+	margin      time.Duration
+	instance    string
+	log         *slog.Logger
 	// hasTokens reports whether a token was ever stored: if not, this is
 	// a fresh deployment, and no leader can be alive.
 	hasTokens func() bool
@@ -89,16 +91,17 @@ func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg C
 			"bucket", name, "ttl", ttl, "lease_ttl", cfg.LeaseTTL)
 	}
 	return &lease{
-		nc:        nc,
-		js:        js,
-		name:      name,
-		replicas:  cfg.Replicas,
-		bucket:    b,
-		ttl:       ttl,
-		margin:    min(time.Second, ttl/10),
-		instance:  cfg.Instance,
-		log:       cfg.Logger,
-		hasTokens: hasTokens,
+		nc:          nc,
+		js:          js,
+		tokenBucket: cfg.Bucket,
+		name:        name,
+		replicas:    cfg.Replicas,
+		bucket:      b,
+		ttl:         ttl,
+		margin:      min(time.Second, ttl/10),
+		instance:    cfg.Instance,
+		log:         cfg.Logger,
+		hasTokens:   hasTokens,
 	}, nil
 }
 
@@ -131,42 +134,85 @@ func createLeaseBucket(ctx context.Context, js jetstream.JetStream, name string,
 // has lapsed.
 
 // ensureBucket creates the lease bucket again, with the TTL in use, if it
-// is gone, and reports whether it has never been written to. The handle
-// l.bucket keeps working on a new bucket.
-func (l *lease) ensureBucket(ctx context.Context) (fresh bool, err error) {
+// is gone, and reports whether it has never been written to, and when it
+// was created. The handle l.bucket keeps working on a new bucket.
+func (l *lease) ensureBucket(ctx context.Context) (fresh bool, created time.Time, err error) {
 	stream, err := l.js.Stream(ctx, kv.StreamName(l.name))
-	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound):
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		l.log.Error("the lease bucket is gone (deleted?): creating it again", "bucket", l.name, "ttl", l.ttl)
 		if _, err := createLeaseBucket(ctx, l.js, l.name, l.ttl, l.replicas); err != nil {
 			l.log.Error("the lease bucket could not be created again; retrying", "bucket", l.name, "error", err)
-			return false, err
+			return false, time.Time{}, err
 		}
-		return true, nil
-	case err != nil:
-		return false, err
+		stream, err = l.js.Stream(ctx, kv.StreamName(l.name))
 	}
-	return stream.CachedInfo().State.LastSeq == 0, nil
+	if err != nil {
+		return false, time.Time{}, err
+	}
+	info := stream.CachedInfo()
+	return info.State.LastSeq == 0, info.Created, nil
+}
+
+// freshBucket is when this replica first saw a lease bucket new.
+type freshBucket struct {
+	created time.Time // the bucket's
+	since   time.Time
 }
 
 // mayTake reports whether this replica may try to take the lease now, and
-// if not, how long to wait. freshSince is when it first saw the bucket
-// new, kept across calls.
-func (l *lease) mayTake(ctx context.Context, freshSince *time.Time) (time.Duration, bool) {
-	fresh, err := l.ensureBucket(ctx)
-	if err != nil || !fresh || !l.hasTokens() {
-		*freshSince = time.Time{}
+// if not, how long to wait. seen is what it saw before, kept across calls.
+func (l *lease) mayTake(ctx context.Context, seen *freshBucket) (time.Duration, bool) {
+	fresh, created, err := l.ensureBucket(ctx)
+	if err != nil || !fresh {
+		*seen = freshBucket{}
 		return 0, true // an error: the attempt reports it
 	}
-	if freshSince.IsZero() {
-		*freshSince = time.Now()
+	// A fresh deployment: no token was ever stored, and no leader answers.
+	if !l.hasTokens() && !l.leaderAnswers(ctx) {
+		return 0, true
+	}
+	if !seen.created.Equal(created) { // deleted and created again meanwhile: from the start
+		*seen = freshBucket{created: created, since: time.Now()}
 		l.log.Warn("the lease bucket is new: leaving it for one lease TTL to a leader that may be alive", "bucket", l.name, "ttl", l.ttl)
 	}
-	if left := l.ttl - time.Since(*freshSince); left > 0 {
-		return left, false
+	if left := l.ttl - time.Since(seen.since); left > 0 {
+		return min(left, l.ttl/4), false // and look again meanwhile
 	}
 	return 0, true
 }
+
+// leaderAnswers reports whether a leader of this deployment answers micro
+// discovery: a leader serves its refresh endpoint for its whole term.
+func (l *lease) leaderAnswers(ctx context.Context) bool {
+	subject, err := micro.ControlSubject(micro.PingVerb, ServiceName, "")
+	if err != nil {
+		return false
+	}
+	inbox := l.nc.NewInbox()
+	sub, err := l.nc.SubscribeSync(inbox)
+	if err != nil {
+		return false
+	}
+	defer sub.Unsubscribe()
+	if err := l.nc.PublishRequest(subject, inbox, nil); err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, leaderPingWait)
+	defer cancel()
+	for {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil || msg.Header.Get("Status") == "503" { // no responders: nobody serves
+			return false
+		}
+		var ping micro.Ping
+		if json.Unmarshal(msg.Data, &ping) == nil && ping.Metadata["bucket"] == l.tokenBucket {
+			return true
+		}
+	}
+}
+
+// leaderPingWait bounds the wait for a leader's answer to discovery.
+const leaderPingWait = 250 * time.Millisecond
 
 // heldLease is a lease this replica holds until lost closes or release.
 type heldLease struct {
@@ -216,9 +262,9 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 	}()
 
 	logged := false
-	var freshSince time.Time
+	var seen freshBucket
 	for {
-		if wait, ok := l.mayTake(ctx, &freshSince); !ok {
+		if wait, ok := l.mayTake(ctx, &seen); !ok {
 			t := time.NewTimer(wait)
 			select {
 			case <-ctx.Done():
@@ -341,7 +387,7 @@ func (h *heldLease) update(ctx context.Context) error {
 // else takes for a TTL). Otherwise err stands.
 func (h *heldLease) retake(ctx context.Context, err error) (uint64, error) {
 	if !isConflict(err) {
-		if fresh, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
+		if fresh, _, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
 			return h.l.bucket.Create(ctx, LeaseKey, h.value)
 		}
 		return 0, err
@@ -355,7 +401,7 @@ func (h *heldLease) retake(ctx context.Context, err error) (uint64, error) {
 		}
 	case errors.Is(gerr, jetstream.ErrKeyNotFound):
 		// Created again by another replica before this one renewed.
-		if fresh, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
+		if fresh, _, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
 			return h.l.bucket.Create(ctx, LeaseKey, h.value)
 		}
 	}

@@ -9,12 +9,12 @@ import (
 // metrics are the refresher's Prometheus metrics. They are registered with
 // Config.Registerer when one is given; otherwise they count unseen.
 type metrics struct {
-	upstream  *prometheus.CounterVec   // appid, api, result
-	latency   *prometheus.HistogramVec // api
-	rotated   *prometheus.CounterVec   // appid, reason
-	requests  *prometheus.CounterVec   // outcome
-	leader    prometheus.Gauge
-	recreated prometheus.Counter
+	upstream *prometheus.CounterVec   // appid, api, result
+	latency  *prometheus.HistogramVec // api
+	rotated  *prometheus.CounterVec   // appid, reason
+	requests *prometheus.CounterVec   // outcome
+	leader   prometheus.Gauge
+	repaired prometheus.Counter
 }
 
 // Refresh request outcomes, the values of wxtoken_refresh_requests_total's
@@ -51,13 +51,13 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 			Name: "wxtoken_leader",
 			Help: "1 while this replica leads (may call WeChat), 0 while it stands by.",
 		}),
-		recreated: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "wxtoken_bucket_recreations_total",
-			Help: "Times this replica found the token bucket deleted and created it again.",
+		repaired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wxtoken_bucket_repairs_total",
+			Help: "Times this replica repaired the token bucket: created it again after a deletion, moved revisions that started over, wrote back missing tokens.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, m.recreated, tokenCollector{r})
+		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, m.repaired, tokenCollector{r})
 	}
 	return m
 }

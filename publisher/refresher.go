@@ -166,10 +166,23 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 			rec = &decoded
 		}
 	}
+	// An older token over a newer one that is still valid (a backup
+	// restored, a repair carrying old values over): the newer one goes
+	// back in, as a token fetched but not stored, and the older one is
+	// not announced.
+	held := a.validRecord(r.cfg.Clock.now())
+	older := rec != nil && held != nil && rec.AccessToken != held.AccessToken && rec.FetchedAt.Before(held.FetchedAt)
+	if older && a.pending == nil {
+		a.pending = held
+		r.log.Warn("the token bucket holds an older token than the one known; writing the newer back",
+			"appid", a.id, "revision", e.Revision())
+	}
 	r.setRecord(a, e.Revision(), rec)
 	a.mu.Unlock()
 	if t := r.term.Load(); t != nil {
-		r.announceStored(a)
+		if !older {
+			r.announceStored(a)
+		}
 		r.plan(t, a)
 	}
 }

@@ -62,7 +62,7 @@ func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, 
 			r.logPanic(p)
 			out = base
 			out.err = errPanicked
-			r.failed(a, errPanicked)
+			r.failed(a, errPanicked, Secret{})
 		}
 		r.life.saw(out.rev)
 		a.mu.Lock()
@@ -82,6 +82,12 @@ func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, 
 // rotate does the work of one flight: fetch a token and store it.
 func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base outcome) outcome {
 	a.mu.Lock()
+	if a.pending != nil && a.rec != nil && a.rec.FetchedAt.After(a.pending.FetchedAt) {
+		// The bucket holds a newer token than the one left to store
+		// (another leader's, while this one was away): WeChat has killed
+		// the older one, or will.
+		a.pending = nil
+	}
 	retryAt, lastErr, pending := a.retryAt, a.lastErr, a.pending
 	a.mu.Unlock()
 	now := r.cfg.Clock.now()
@@ -92,9 +98,20 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 	if base.rev == 0 && pending == nil {
 		// Nothing seen of this key (an app just added, or its read
 		// failed): the bucket may hold a valid token all the same, which
-		// a fetch would kill.
-		if found, ok := r.lookUp(t, a.id); ok {
-			return found
+		// a fetch would kill. Fetch only if it surely does not.
+		found, err := r.lookUp(t, a.id)
+		switch {
+		case err != nil:
+			if t.work.Err() != nil {
+				base.err = errEnding
+				return base
+			}
+			err = fmt.Errorf("publisher: cannot read the key before a first fetch: %w", err)
+			r.failed(a, err, Secret{})
+			base.err = err
+			return base
+		case found != nil:
+			return *found
 		}
 	}
 	var rec kv.Record
@@ -125,7 +142,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 			return base
 		}
 		err = fmt.Errorf("publisher: token fetched but not stored: %w", err)
-		r.failed(a, err)
+		r.failed(a, err, Secret{})
 		base.err = err
 		return base
 	}
@@ -190,16 +207,7 @@ func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outc
 			return stop(errEnding)
 		}
 		r.metrics.upstreamCall(a.id, "token", string(classOf(err)), latency)
-		a.mu.Lock()
-		replaced := a.secret.Reveal() != secret.Reveal()
-		a.mu.Unlock()
-		if replaced && classOf(err) == ClassConfig {
-			// Refused with a secret a reload replaced meanwhile: no
-			// pause, the next fetch goes at once with the new one.
-			r.log.Info("token fetch refused with the secret a reload replaced; trying the new one", "appid", a.id)
-			return stop(err)
-		}
-		r.failed(a, err)
+		r.failed(a, err, secret)
 		return stop(err)
 	}
 	r.metrics.upstreamCall(a.id, "token", "ok", latency)
@@ -220,7 +228,7 @@ func (r *Refresher) storeRepairing(t *term, a *appState, rec kv.Record, data []b
 	rev, stored, ours, err := r.store(t, a.id, rec, data, baseRev)
 	// In one bucket revisions only grow: a write below one seen before
 	// went to a bucket created again.
-	wentBack := err == nil && rev <= known
+	wentBack := err == nil && rev < known
 	if !wentBack && (err == nil || !bucketMayBeGone(err)) {
 		return rev, stored, ours, err
 	}
@@ -239,20 +247,24 @@ func (r *Refresher) storeRepairing(t *term, a *appState, rec kv.Record, data []b
 }
 
 // lookUp reads appid's key and returns it as an outcome if it holds a
-// valid token.
-func (r *Refresher) lookUp(t *term, appid string) (outcome, bool) {
+// valid token; nil if it holds none (missing, deleted, expired or
+// undecodable), an error if it cannot be read.
+func (r *Refresher) lookUp(t *term, appid string) (*outcome, error) {
 	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
 	defer cancel()
 	e, err := t.bucket.Get(ctx, appid)
-	if err != nil {
-		return outcome{}, false
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
 	}
 	r.life.saw(e.Revision())
 	rec, err := kv.DecodeFor(appid, e.Value())
 	if err != nil || !rec.ValidAt(r.cfg.Clock.now()) {
-		return outcome{}, false
+		return nil, nil
 	}
-	return outcome{rev: e.Revision(), rec: &rec}, true
+	return &outcome{rev: e.Revision(), rec: &rec}, nil
 }
 
 // store writes rec, encoded as data, with compare-and-swap on baseRev, the

@@ -204,7 +204,7 @@ func TestServeMetricsHealthAndLogs(t *testing.T) {
 	if code, _ := get("/healthz"); code != 200 {
 		t.Errorf("/healthz: %d", code)
 	}
-	awaitEndpoint(t, ctx, nc, appA)
+	rev := awaitEndpoint(t, ctx, nc, appA).Revision
 	if code, body := get("/readyz"); code != 200 {
 		t.Errorf("/readyz while leading: %d %s", code, body)
 	}
@@ -226,7 +226,6 @@ func TestServeMetricsHealthAndLogs(t *testing.T) {
 
 	// A forced refresh moves the counters.
 	fake.Issue(appA)
-	rev := uint64(1)
 	if r := request(t, ctx, nc, appA, kv.RefreshRequest{StaleRevision: &rev}); !r.Refreshed {
 		t.Fatalf("refresh: %+v", r)
 	}

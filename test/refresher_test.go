@@ -265,7 +265,7 @@ func TestRefreshRequestErrors(t *testing.T) {
 		{"revision as string", appA, `{"stale_revision":"1"}`, kv.CodeBadRequest},
 		{"negative revision", appA, `{"stale_revision":-1}`, kv.CodeBadRequest},
 		{"fractional revision", appA, `{"stale_revision":1.5}`, kv.CodeBadRequest},
-		{"revision from the future", appA, `{"stale_revision":99}`, kv.CodeBadRequest},
+		{"revision from the future", appA, `{"stale_revision":9000000000000000000}`, kv.CodeBadRequest},
 		{"array", appA, `[1,2]`, kv.CodeBadRequest},
 		{"oversized", appA, `{"reason":"` + string(make([]byte, 2000)) + `"}`, kv.CodeBadRequest},
 	} {
