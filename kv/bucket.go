@@ -24,11 +24,10 @@ type BucketConfig struct {
 }
 
 // Open creates the token bucket, or updates an existing one to cfg, and
-// returns it. A bucket's revisions start at its creation time in Unix
-// milliseconds (see revisionFloor); Open moves those of a bucket created
-// by someone else there, carrying its values over. Only the refresher
-// calls Open: readers Bind, so that they need no permission to manage
-// streams.
+// returns it. The revisions of a bucket it creates, or finds empty, start
+// at the bucket's creation time in Unix milliseconds (see revisionFloor).
+// Only the refresher calls Open: readers Bind, so that they need no
+// permission to manage streams.
 func Open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig) (jetstream.KeyValue, error) {
 	b, _, err := open(ctx, js, cfg, 0)
 	return b, err
@@ -65,11 +64,15 @@ const revisionMargin = 1000
 func revisionFloor(created time.Time) uint64 { return uint64(max(created.UnixMilli(), 1)) }
 
 // Behind reports whether the revisions of the bucket whose stream info is
-// info are behind where they must be: below its creation time (the bucket
-// was created by someone else), or below last, the newest revision a
-// reader may hold (0: not known).
+// info are behind where they must be: an empty bucket below its creation
+// time (created by someone else), or any below last, the newest revision
+// a reader may hold (0: not known). A bucket with values below its
+// creation time (one an older wxtoken created, or someone else filled) is
+// left as it is unless it is below last: moving it means carrying values
+// over, which only the leader may do, and only when it must.
 func Behind(info *jetstream.StreamInfo, last uint64) bool {
-	return info.State.LastSeq+1 < revisionFloor(info.Created) || info.State.LastSeq < last
+	empty := info.State.Msgs == 0 && info.State.LastSeq+1 < revisionFloor(info.Created)
+	return empty || info.State.LastSeq < last
 }
 
 func open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig, last uint64) (jetstream.KeyValue, bool, error) {
@@ -103,9 +106,9 @@ func open(ctx context.Context, js jetstream.JetStream, cfg BucketConfig, last ui
 	return b, moved, nil
 }
 
-// settle moves b's revisions to its floor if they are below it, and past
-// last (if not 0) if its last revision is below last, carrying its values
-// over. It reports whether it moved them.
+// settle moves b's revisions to its floor if it is empty and below it,
+// and past last (if not 0) if its last revision is below last, carrying
+// its values over. It reports whether it moved them.
 func settle(ctx context.Context, js jetstream.JetStream, b jetstream.KeyValue, last uint64) (bool, error) {
 	stream, err := js.Stream(ctx, StreamName(b.Bucket()))
 	if err != nil {
@@ -125,53 +128,73 @@ func settle(ctx context.Context, js jetstream.JetStream, b jetstream.KeyValue, l
 			return false, fmt.Errorf("read what it holds: %w", err)
 		}
 	}
+	// From the purge on, the values are only in memory until carried
+	// back: the rest runs on a time of its own, whatever becomes of ctx.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), carryBudget(len(carried)))
+	defer cancel()
 	// Purging a stream up to a sequence past its last one moves its next
 	// sequence there, on every nats-server with JetStream (a stream's
 	// first_seq setting needs 2.10, and an empty stream).
 	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(next)); err != nil {
-		return false, fmt.Errorf("move its revisions to %d: %w", next, err)
+		// The answer may be lost with the purge done: look.
+		info, ierr := stream.Info(ctx)
+		if ierr != nil || info.State.FirstSeq < next {
+			return false, fmt.Errorf("move its revisions to %d: %w", next, err)
+		}
 	}
-	if err := carry(ctx, js, b.Bucket(), carried); err != nil {
-		return true, err
-	}
-	return true, nil
+	return true, carry(ctx, js, b.Bucket(), carried)
 }
 
-// carry writes entries back into bucket, all at once. The values are gone
-// from the bucket until they are written: it finishes on a time of its
-// own, whatever becomes of ctx.
+// carryBudget is the time a move has to purge and write back n values.
+func carryBudget(n int) time.Duration { return 10*time.Second + time.Duration(n)*time.Millisecond }
+
+// carryBatch is how many values carry has in flight at once.
+const carryBatch = 256
+
+// carry writes entries back into bucket, a batch at a time. A key written
+// meanwhile by someone else keeps what they wrote.
 func carry(ctx context.Context, js jetstream.JetStream, bucket string, entries []jetstream.KeyValueEntry) error {
-	if len(entries) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second+time.Duration(len(entries))*time.Millisecond)
-	defer cancel()
-	acks := make([]jetstream.PubAckFuture, 0, len(entries))
-	for _, e := range entries {
-		// The subject of a key's values, as jetstream.KeyValue.Put uses.
-		ack, err := js.PublishAsync("$KV."+bucket+"."+e.Key(), e.Value())
-		if err != nil {
-			return fmt.Errorf("carry its values over: %d of %d not written: %w", len(entries)-len(acks), len(entries), err)
-		}
-		acks = append(acks, ack)
-	}
 	lost := 0
 	var first error
-	for _, ack := range acks {
-		select {
-		case <-ack.Ok():
-		case err := <-ack.Err():
-			lost++
-			first = cmp.Or(first, err)
-		case <-ctx.Done():
-			lost++
-			first = cmp.Or(first, ctx.Err())
+	for start := 0; start < len(entries); start += carryBatch {
+		batch := entries[start:min(start+carryBatch, len(entries))]
+		acks := make([]jetstream.PubAckFuture, 0, len(batch))
+		for _, e := range batch {
+			// The subject of a key's values, as jetstream.KeyValue.Put
+			// uses; a key that is not empty any more is newer.
+			ack, err := js.PublishAsync("$KV."+bucket+"."+e.Key(), e.Value(), jetstream.WithExpectLastSequencePerSubject(0))
+			if err != nil {
+				lost++
+				first = cmp.Or(first, err)
+				continue
+			}
+			acks = append(acks, ack)
+		}
+		for _, ack := range acks {
+			select {
+			case <-ack.Ok():
+			case err := <-ack.Err():
+				if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongLastSequence(err) {
+					lost++
+					first = cmp.Or(first, err)
+				}
+			case <-ctx.Done():
+				lost++
+				first = cmp.Or(first, ctx.Err())
+			}
 		}
 	}
 	if lost > 0 {
 		return fmt.Errorf("carry its values over: %d of %d not written: %w", lost, len(entries), first)
 	}
 	return nil
+}
+
+// isWrongLastSequence reports whether err is JetStream's answer to a write
+// that expected another last sequence.
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // values returns the newest value of every key in b.

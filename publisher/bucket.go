@@ -144,7 +144,8 @@ func (r *Refresher) checkBucket(ctx context.Context) {
 func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
 	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
-	last := r.life.lastRev.Load() // before the look: a write meanwhile is in it
+	// Counted before the look: a write meanwhile is in what it sees.
+	last, valid := r.life.lastRev.Load(), r.validTokens()
 	stream, err := r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket))
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -164,7 +165,7 @@ func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
 	// Every key holds a message at least: fewer messages than valid
 	// tokens this replica knows of means keys are missing (a repair cut
 	// short, a purge).
-	if valid := r.validTokens(); info.State.Msgs < uint64(valid) {
+	if info.State.Msgs < uint64(valid) {
 		return fmt.Errorf("publisher: the token bucket %s holds %d values, fewer than the %d valid tokens known",
 			r.cfg.Bucket, info.State.Msgs, valid), true
 	}

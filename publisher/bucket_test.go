@@ -84,7 +84,12 @@ func TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired(t *testing.T) {
 	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
-	if bucket, err = kv.Open(ctx, js, r.bucketConfig()); err != nil { // revisions from 1 again
+	// Created again by someone else (an operator's nats kv add, an older
+	// wxtoken): revisions from 1.
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	if bucket, err = js.KeyValue(ctx, kv.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
 	updates, err := bucket.Watch(ctx, "wx1")

@@ -199,9 +199,14 @@ func (l *lease) leaderAnswers(ctx context.Context) bool {
 	}
 	ctx, cancel := context.WithTimeout(ctx, leaderPingWait)
 	defer cancel()
+	since := l.nc.LastError()
 	for {
 		msg, err := sub.NextMsgWithContext(ctx)
 		if err != nil || msg.Header.Get("Status") == "503" { // no responders: nobody serves
+			if last := l.nc.LastError(); !errors.Is(last, since) && errors.Is(last, nats.ErrPermissionViolation) {
+				l.log.Warn("may not ask whether a leader is alive; taking the lease as in a fresh deployment: "+
+					"give the refresher publish on "+subject+" (see nats.conf)", "error", last)
+			}
 			return false
 		}
 		var ping micro.Ping

@@ -55,7 +55,9 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, err
 	}
-	js, err := jetstream.New(nc)
+	// Asynchronous writes (a repair carrying values over) give up on an
+	// acknowledgement that does not come, rather than wait forever.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(kvTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
@@ -166,20 +168,24 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 			rec = &decoded
 		}
 	}
-	// An older token over a newer one that is still valid (a backup
-	// restored, a repair carrying old values over): the newer one goes
-	// back in, as a token fetched but not stored, and the older one is
-	// not announced.
+	t := r.term.Load()
+	// On the leader, an older token over a newer one that is still valid
+	// (a backup restored, a repair carrying old values over): the newer
+	// one goes back in, as a token fetched but not stored, and the older
+	// one is not announced.
 	held := a.validRecord(r.cfg.Clock.now())
-	older := rec != nil && held != nil && rec.AccessToken != held.AccessToken && rec.FetchedAt.Before(held.FetchedAt)
-	if older && a.pending == nil {
+	older := t != nil && rec != nil && held != nil && rec.AccessToken != held.AccessToken && rec.FetchedAt.Before(held.FetchedAt)
+	switch {
+	case older && a.pending == nil:
 		a.pending = held
 		r.log.Warn("the token bucket holds an older token than the one known; writing the newer back",
 			"appid", a.id, "revision", e.Revision())
+	case a.pending != nil && rec != nil && !rec.FetchedAt.Before(a.pending.FetchedAt):
+		a.pending = nil // the bucket holds it, or a newer one
 	}
 	r.setRecord(a, e.Revision(), rec)
 	a.mu.Unlock()
-	if t := r.term.Load(); t != nil {
+	if t != nil {
 		if !older {
 			r.announceStored(a)
 		}

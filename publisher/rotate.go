@@ -81,16 +81,21 @@ func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, 
 
 // rotate does the work of one flight: fetch a token and store it.
 func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base outcome) outcome {
+	now := r.cfg.Clock.now()
 	a.mu.Lock()
 	if a.pending != nil && a.rec != nil && a.rec.FetchedAt.After(a.pending.FetchedAt) {
 		// The bucket holds a newer token than the one left to store
 		// (another leader's, while this one was away): WeChat has killed
-		// the older one, or will.
+		// the older one, or will. The rotation was for it alone unless
+		// the newer one is due too.
 		a.pending = nil
+		if a.due(now).After(now) {
+			a.mu.Unlock()
+			return base
+		}
 	}
 	retryAt, lastErr, pending := a.retryAt, a.lastErr, a.pending
 	a.mu.Unlock()
-	now := r.cfg.Clock.now()
 	if now.Before(retryAt) {
 		base.err = &backoffError{until: retryAt, last: lastErr}
 		return base

@@ -68,7 +68,8 @@ func logTime(t *testing.T, p *process, msg string) time.Time {
 // WeChat is not called. Deleted again, with WeChat rejecting the token: a
 // refresh stores the one token fetched (no second fetch) and the
 // subscriber gets it. Deleted and created again at once by someone else,
-// revisions starting over: the leader moves them past the subscriber's.
+// revisions starting over at 1: the leader moves them past the
+// subscriber's.
 // The standby followed all of it: when the leader is
 // killed, it takes over with the newest revision and fetches nothing.
 func TestDeletedBucketsComeBack(t *testing.T) {
@@ -154,13 +155,13 @@ func TestDeletedBucketsComeBack(t *testing.T) {
 		t.Errorf("%d token fetches, want 2: the token fetched after the deletion was fetched again", got)
 	}
 
-	// Deleted and at once created again by someone else (a replica that
-	// starts meanwhile opens it): its revisions start over, below the
-	// subscriber's. The leader moves them past and writes the token back.
+	// Deleted and at once created again by someone else (nats kv add):
+	// its revisions start over, below the subscriber's. The leader moves
+	// them past and writes the token back.
 	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Open(ctx, js, kv.BucketConfig{History: 3}); err != nil {
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket, History: 3, Storage: jetstream.FileStorage}); err != nil {
 		t.Fatal(err)
 	}
 	moved := awaitNewer(t, ctx, sub, fresh.Revision)
