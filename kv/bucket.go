@@ -128,10 +128,14 @@ func settle(ctx context.Context, js jetstream.JetStream, b jetstream.KeyValue, l
 			return false, fmt.Errorf("read what it holds: %w", err)
 		}
 	}
-	// From the purge on, the values are only in memory until carried
-	// back: the rest runs on a time of its own, whatever becomes of ctx.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), carryBudget(len(carried)))
-	defer cancel()
+	if len(carried) > 0 {
+		// From the purge on, the values are only in memory until carried
+		// back: the rest runs on a time of its own, whatever becomes of
+		// ctx.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), carryBudget(len(carried)))
+		defer cancel()
+	}
 	// Purging a stream up to a sequence past its last one moves its next
 	// sequence there, on every nats-server with JetStream (a stream's
 	// first_seq setting needs 2.10, and an empty stream).

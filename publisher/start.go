@@ -24,12 +24,14 @@ import (
 const (
 	startRetryMin = 250 * time.Millisecond
 	startRetryMax = 2 * time.Second
-	// startAttemptTimeout bounds one attempt to open the buckets. A
-	// JetStream request sent while a fresh cluster elects its meta leader
-	// can go unanswered although the next one, a moment later, succeeds:
-	// a short attempt lets the refresher start within a couple of
-	// seconds of the cluster, not a full kvTimeout later.
-	startAttemptTimeout = 2 * time.Second
+	// requestTimeout bounds each JetStream request that runs without a
+	// deadline of its own, those of start-up among them. A request sent
+	// while a fresh cluster elects its meta leader can go unanswered
+	// although the next one, a moment later, succeeds: a short bound lets
+	// the refresher start within a couple of seconds of the cluster, not
+	// a full kvTimeout later. It bounds each request, not an attempt of
+	// several, so that a cluster that is merely slow gets through.
+	requestTimeout = 2 * time.Second
 	// startLogEvery spaces the warnings of a start-up that keeps failing.
 	startLogEvery = 5 * time.Second
 )
@@ -47,8 +49,7 @@ func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error
 			return nil, nil, err
 		}
 		began, since := time.Now(), r.nc.LastError()
-		// Short attempts first; longer ones if the cluster is merely slow.
-		l, err := r.openOnce(ctx, &bucket, min(time.Duration(attempt)*startAttemptTimeout, 2*kvTimeout))
+		l, err := r.openOnce(ctx, &bucket)
 		if err == nil {
 			r.waiting.Store(nil)
 			r.bucket.Store(&bucket)
@@ -77,11 +78,10 @@ func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error
 	}
 }
 
-// openOnce makes one attempt, of at most timeout, to open what is not open
-// yet: the token bucket (kept in *bucket once open), then the lease.
-func (r *Refresher) openOnce(ctx context.Context, bucket *jetstream.KeyValue, timeout time.Duration) (*lease, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+// openOnce makes one attempt to open what is not open yet: the token
+// bucket (kept in *bucket once open), then the lease. Each request is
+// bounded by requestTimeout.
+func (r *Refresher) openOnce(ctx context.Context, bucket *jetstream.KeyValue) (*lease, error) {
 	if *bucket == nil {
 		b, err := kv.Open(ctx, r.js, r.bucketConfig())
 		if err != nil {
