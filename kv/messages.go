@@ -11,6 +11,11 @@ import (
 	"unicode/utf8"
 )
 
+// ServiceName is the name of the refresh endpoint's NATS micro service, as
+// `nats micro ls` shows it: a leader serves it for its whole term, with
+// the metadata "bucket" naming its token bucket.
+const ServiceName = "wxtoken"
+
 // DefaultSubjectPrefix prefixes every subject wxtoken uses.
 const DefaultSubjectPrefix = "wechat.token"
 
@@ -162,6 +167,22 @@ type ReplyError struct {
 
 func (e *ReplyError) Error() string { return e.Code + ": " + e.Message }
 
+// ServiceErrorCode is the HTTP-like code of an error code, as sent in the
+// Nats-Service-Error-Code header of a micro service's error answer.
+func ServiceErrorCode(code string) string {
+	switch code {
+	case CodeBadRequest:
+		return "400"
+	case CodeUnknownApp:
+		return "404"
+	case CodeRateLimited:
+		return "429"
+	case CodeUpstream:
+		return "502"
+	}
+	return "503" // CodeUnavailable, and any code this version does not know
+}
+
 // RefreshReply answers a refresh request. A success names the current
 // revision, already in the bucket; an error may name it too (rate_limited).
 type RefreshReply struct {
@@ -213,12 +234,4 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return s[:n] + "..."
-}
-
-// TokenRejected reports whether a WeChat errcode says that an API call's
-// access_token is not, or no longer, valid: 40001 (invalid credential),
-// 40014 (invalid access_token) or 42001 (access_token expired). These are the
-// answers after which a service asks for a refresh.
-func TokenRejected(errcode int) bool {
-	return errcode == 40001 || errcode == 40014 || errcode == 42001
 }

@@ -99,14 +99,6 @@ func TestSubjects(t *testing.T) {
 	}
 }
 
-func TestTokenRejected(t *testing.T) {
-	for code, want := range map[int]bool{40001: true, 40014: true, 42001: true, 0: false, 45009: false, 40013: false} {
-		if kv.TokenRejected(code) != want {
-			t.Errorf("TokenRejected(%d) = %v", code, !want)
-		}
-	}
-}
-
 func TestValueSubject(t *testing.T) {
 	if got := (kv.Subjects{}).Value("wx1"); got != "wechat.token.value.wx1" {
 		t.Errorf("Value = %q", got)

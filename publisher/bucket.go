@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -146,7 +147,7 @@ func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
 	defer cancel()
 	// Counted before the look: a write meanwhile is in what it sees.
 	last, valid := r.life.lastRev.Load(), r.validTokens()
-	stream, err := r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket))
+	stream, err := r.js.Stream(ctx, bucket.StreamName(r.cfg.Bucket))
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		return fmt.Errorf("publisher: the token bucket %s is gone (deleted?)", r.cfg.Bucket), true
@@ -158,7 +159,7 @@ func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
 		r.log.Warn("the token bucket was created again; following it anew", "bucket", r.cfg.Bucket)
 		r.life.followAnew()
 	}
-	if kv.Behind(info, last) {
+	if bucket.Behind(info, last) {
 		return fmt.Errorf("publisher: the token bucket %s was created again by someone else, its revisions starting over "+
 			"(at %d; services may hold %d)", r.cfg.Bucket, info.State.LastSeq, last), true
 	}
@@ -221,10 +222,10 @@ func (r *Refresher) repair(t *term, why error) error {
 	r.log.Error("repairing the token bucket", "bucket", r.cfg.Bucket, "why", why.Error(),
 		"replicas", r.cfg.Replicas, "history", r.cfg.History, "revisions_after", last)
 	since := r.nc.LastError()
-	_, moved, err := kv.Recreate(ctx, r.js, r.bucketConfig(), last)
+	_, moved, err := bucket.Recreate(ctx, r.js, r.bucketConfig(), last)
 	if err == nil {
 		var stream jetstream.Stream
-		if stream, err = r.js.Stream(ctx, kv.StreamName(r.cfg.Bucket)); err == nil {
+		if stream, err = r.js.Stream(ctx, bucket.StreamName(r.cfg.Bucket)); err == nil {
 			r.life.created.Store(stream.CachedInfo().Created.UnixNano())
 		}
 	}

@@ -18,28 +18,15 @@ import (
 // Version is reported by the refresh service to `nats micro info`.
 const Version = "0.1.0"
 
-// ServiceName is the name of the refresh service in `nats micro ls`.
-const ServiceName = "wxtoken"
-
 // maxPendingRequests bounds the refresh requests handled at once; past it
 // a request is answered "unavailable" at once instead of queueing.
 const maxPendingRequests = 10000
-
-// microCodes are the micro error codes (HTTP-like, as micro tooling expects)
-// of the contract's error codes.
-var microCodes = map[string]string{
-	kv.CodeBadRequest:  "400",
-	kv.CodeUnknownApp:  "404",
-	kv.CodeRateLimited: "429",
-	kv.CodeUpstream:    "502",
-	kv.CodeUnavailable: "503",
-}
 
 // serve adds the refresh endpoint, as a micro service so that `nats micro ls`
 // shows it, for the length of a term.
 func (r *Refresher) serve(t *term) (micro.Service, error) {
 	svc, err := micro.AddService(r.nc, micro.Config{
-		Name:        ServiceName,
+		Name:        kv.ServiceName,
 		Version:     Version,
 		Description: "WeChat access_token refresher: refresh requests for the token bucket " + r.cfg.Bucket,
 		Metadata:    map[string]string{"instance": r.cfg.Instance, "bucket": r.cfg.Bucket},
@@ -212,7 +199,7 @@ func (r *Refresher) publishReply(replyTo string, reply kv.RefreshReply) {
 	msg.Data, _ = json.Marshal(reply)
 	if reply.Error != nil {
 		msg.Header.Set(micro.ErrorHeader, headerValue(reply.Error.Message))
-		msg.Header.Set(micro.ErrorCodeHeader, microCodes[reply.Error.Code])
+		msg.Header.Set(micro.ErrorCodeHeader, kv.ServiceErrorCode(reply.Error.Code))
 	}
 	if err := r.nc.PublishMsg(msg); err != nil {
 		r.log.Warn("refresh reply not sent", "error", err)
@@ -235,7 +222,7 @@ func errorReply(code, message string) kv.RefreshReply {
 func respond(req micro.Request, reply kv.RefreshReply) {
 	data, _ := json.Marshal(reply)
 	if reply.Error != nil {
-		req.Error(microCodes[reply.Error.Code], headerValue(reply.Error.Message), data)
+		req.Error(kv.ServiceErrorCode(reply.Error.Code), headerValue(reply.Error.Message), data)
 		return
 	}
 	req.Respond(data)

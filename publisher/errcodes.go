@@ -1,50 +1,50 @@
 package publisher
 
-// Class says what an upstream failure means for the refresher.
-type Class string
+// errClass says what an upstream failure means for the refresher.
+type errClass string
 
 const (
-	// ClassRetry failures are transient: retried with capped exponential
+	// classRetry failures are transient: retried with capped exponential
 	// backoff and jitter.
-	ClassRetry Class = "retry"
-	// ClassConfig failures need a human (wrong secret, IP not whitelisted):
+	classRetry errClass = "retry"
+	// classConfig failures need a human (wrong secret, IP not whitelisted):
 	// retried only after a long pause, logged and announced on the failed
 	// subject.
-	ClassConfig Class = "config"
-	// ClassQuota is the exhausted daily quota: no call until it resets at
+	classConfig errClass = "config"
+	// classQuota is the exhausted daily quota: no call until it resets at
 	// 00:00 China time.
-	ClassQuota Class = "quota"
+	classQuota errClass = "quota"
 )
 
 type errcodeInfo struct {
-	class   Class
+	class   errClass
 	meaning string
 }
 
 // errcodes are the WeChat answers to the token fetch the refresher knows.
 // Codes not listed are treated as transient.
 var errcodes = map[int]errcodeInfo{
-	-1:    {ClassRetry, "WeChat is busy"},
-	45011: {ClassRetry, "the per-minute call limit is reached"},
+	-1:    {classRetry, "WeChat is busy"},
+	45011: {classRetry, "the per-minute call limit is reached"},
 
-	40001: {ClassConfig, "the AppSecret is wrong, or the app may not fetch tokens"},
-	40002: {ClassConfig, "grant_type is invalid"},
-	40013: {ClassConfig, "the AppID is invalid"},
-	40125: {ClassConfig, "the AppSecret is invalid"},
-	40164: {ClassConfig, "this server's IP address is not on the app's whitelist"},
-	40243: {ClassConfig, "the AppSecret is frozen; unfreeze it on the WeChat platform"},
-	41002: {ClassConfig, "the AppID is missing"},
-	41004: {ClassConfig, "the AppSecret is missing"},
-	89501: {ClassConfig, "this server's IP address awaits the administrator's confirmation"},
-	89503: {ClassConfig, "calls from this IP address need the administrator's confirmation"},
+	40001: {classConfig, "the AppSecret is wrong, or the app may not fetch tokens"},
+	40002: {classConfig, "grant_type is invalid"},
+	40013: {classConfig, "the AppID is invalid"},
+	40125: {classConfig, "the AppSecret is invalid"},
+	40164: {classConfig, "this server's IP address is not on the app's whitelist"},
+	40243: {classConfig, "the AppSecret is frozen; unfreeze it on the WeChat platform"},
+	41002: {classConfig, "the AppID is missing"},
+	41004: {classConfig, "the AppSecret is missing"},
+	89501: {classConfig, "this server's IP address awaits the administrator's confirmation"},
+	89503: {classConfig, "calls from this IP address need the administrator's confirmation"},
 
-	45009: {ClassQuota, "the daily quota of token fetches is used up"},
+	45009: {classQuota, "the daily quota of token fetches is used up"},
 }
 
 // classify returns the class and meaning of a token fetch errcode.
-func classify(errcode int) (Class, string) {
+func classify(errcode int) (errClass, string) {
 	if info, ok := errcodes[errcode]; ok {
 		return info.class, info.meaning
 	}
-	return ClassRetry, "unknown errcode"
+	return classRetry, "unknown errcode"
 }

@@ -14,11 +14,11 @@ import (
 // used is the secret the fetch used, if it was one.
 func (r *Refresher) failed(a *appState, err error, used Secret) {
 	class := classOf(err)
-	var ue *UpstreamError
+	var ue *upstreamError
 	errors.As(err, &ue)
 	now := r.cfg.Clock.now()
 	a.mu.Lock()
-	if class == ClassConfig && !used.IsZero() && used.Reveal() != a.secret.Reveal() {
+	if class == classConfig && !used.IsZero() && used.Reveal() != a.secret.Reveal() {
 		// Refused with a secret a reload replaced meanwhile: no pause,
 		// the next fetch goes at once with the new one.
 		a.mu.Unlock()
@@ -28,9 +28,9 @@ func (r *Refresher) failed(a *appState, err error, used Secret) {
 	a.failures++
 	var wait time.Duration
 	switch class {
-	case ClassConfig:
+	case classConfig:
 		wait = r.cfg.ConfigErrorBackoff
-	case ClassQuota:
+	case classQuota:
 		// All apps resume at midnight; the pacer spreads them.
 		wait = untilQuotaReset(now)
 	default:
@@ -40,12 +40,12 @@ func (r *Refresher) failed(a *appState, err error, used Secret) {
 	failures := a.failures
 	a.mu.Unlock()
 
-	if class == ClassRetry {
+	if class == classRetry {
 		r.log.Warn("token not rotated, will retry", "appid", a.id, "error", err,
 			"failures", failures, "retry_in", wait.Round(time.Millisecond))
 		return
 	}
-	r.log.Error("token fetch refused: "+ue.Meaning(), "appid", a.id, "errcode", ue.ErrCode,
+	r.log.Error("token fetch refused: "+ue.meaning(), "appid", a.id, "errcode", ue.ErrCode,
 		"errmsg", ue.ErrMsg, "class", string(class), "next_attempt", now.Add(wait).Format(time.RFC3339))
 	ev, _ := json.Marshal(kv.FailureEvent{
 		AppID: a.id, ErrCode: ue.ErrCode, ErrMsg: ue.ErrMsg, Class: string(class), NextAttempt: now.Add(wait).UTC(),
@@ -94,10 +94,10 @@ func (r *Refresher) logPanic(p any) {
 
 // classOf is the class of a failed fetch; failures that are not WeChat's
 // answers (a panic, say) are transient.
-func classOf(err error) Class {
-	var ue *UpstreamError
+func classOf(err error) errClass {
+	var ue *upstreamError
 	if errors.As(err, &ue) {
-		return ue.Class
+		return ue.class
 	}
-	return ClassRetry
+	return classRetry
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
@@ -47,7 +48,7 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	_, js := jetStream(t)
-	b, err := kv.Open(ctx, js, kv.BucketConfig{})
+	b, err := bucket.Open(ctx, js, bucket.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +111,7 @@ func TestLeaseLapsesWithoutRenewal(t *testing.T) {
 	}
 	close(held.stop) // the holder dies: renewals stop, nothing is deleted
 	<-held.done
-	last, err := dead.bucket.Get(ctx, LeaseKey)
+	last, err := dead.bucket.Get(ctx, kv.LeaseKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestLeaseLapsesWithoutRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer next.release()
-	taken, err := standby.bucket.Get(ctx, LeaseKey)
+	taken, err := standby.bucket.Get(ctx, kv.LeaseKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func TestNoSecondLeaderAfterTheLeaseBucketIsDeleted(t *testing.T) {
 	}
 	defer held.release()
 	tokens.Store(true)
-	if err := js.DeleteKeyValue(ctx, LeaseBucket(cfg.Bucket)); err != nil {
+	if err := js.DeleteKeyValue(ctx, kv.LeaseBucket(cfg.Bucket)); err != nil {
 		t.Fatal(err)
 	}
 	cfg.Instance = "starting"
@@ -178,8 +179,8 @@ func TestNoSecondLeaderAfterTheLeaseBucketIsDeleted(t *testing.T) {
 	}
 	// The leader's renewals took the lease again in the new bucket.
 	for {
-		if e, err := other.bucket.Get(ctx, LeaseKey); err == nil {
-			var h LeaseHolder
+		if e, err := other.bucket.Get(ctx, kv.LeaseKey); err == nil {
+			var h kv.LeaseHolder
 			if json.Unmarshal(e.Value(), &h) == nil && h.Term == held.holder.Term {
 				break
 			}

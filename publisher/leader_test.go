@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -40,7 +41,7 @@ func newTestLeader(t *testing.T, ctx context.Context, wechat fakewechat.Config, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	bucket, err := kv.Open(ctx, js, r.bucketConfig())
+	bucket, err := bucket.Open(ctx, js, r.bucketConfig())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -30,20 +32,6 @@ import (
 // The leader counts its lease from the moment it sent the renewal, which is
 // before the server stamped it, minus a margin: it steps down before the
 // server can let another replica take over.
-
-// LeaseKey is the key of the lease in its bucket; its value is a
-// LeaseHolder in JSON.
-const LeaseKey = "leader"
-
-// LeaseBucket is the name of the lease bucket of the token bucket name.
-func LeaseBucket(tokenBucket string) string { return tokenBucket + "_leader" }
-
-// LeaseHolder is the value of the lease key.
-type LeaseHolder struct {
-	Instance string    `json:"instance"`
-	Term     string    `json:"term"` // random per acquisition: tells this holder from a restarted namesake
-	Since    time.Time `json:"since"`
-}
 
 type lease struct {
 	nc          *nats.Conn
@@ -67,7 +55,7 @@ type lease struct {
 // expire that leader's lease at once while it still believes it leads.
 // A replica configured with another TTL uses the bucket's and says so.
 func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, hasTokens func() bool) (*lease, error) {
-	name := LeaseBucket(cfg.Bucket)
+	name := kv.LeaseBucket(cfg.Bucket)
 	b, err := js.KeyValue(ctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		b, err = createLeaseBucket(ctx, js, name, cfg.LeaseTTL, cfg.Replicas)
@@ -137,14 +125,14 @@ func createLeaseBucket(ctx context.Context, js jetstream.JetStream, name string,
 // is gone, and reports whether it has never been written to, and when it
 // was created. The handle l.bucket keeps working on a new bucket.
 func (l *lease) ensureBucket(ctx context.Context) (fresh bool, created time.Time, err error) {
-	stream, err := l.js.Stream(ctx, kv.StreamName(l.name))
+	stream, err := l.js.Stream(ctx, bucket.StreamName(l.name))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		l.log.Error("the lease bucket is gone (deleted?): creating it again", "bucket", l.name, "ttl", l.ttl)
 		if _, err := createLeaseBucket(ctx, l.js, l.name, l.ttl, l.replicas); err != nil {
 			l.log.Error("the lease bucket could not be created again; retrying", "bucket", l.name, "error", err)
 			return false, time.Time{}, err
 		}
-		stream, err = l.js.Stream(ctx, kv.StreamName(l.name))
+		stream, err = l.js.Stream(ctx, bucket.StreamName(l.name))
 	}
 	if err != nil {
 		return false, time.Time{}, err
@@ -184,7 +172,7 @@ func (l *lease) mayTake(ctx context.Context, seen *freshBucket) (time.Duration, 
 // leaderAnswers reports whether a leader of this deployment answers micro
 // discovery: a leader serves its refresh endpoint for its whole term.
 func (l *lease) leaderAnswers(ctx context.Context) bool {
-	subject, err := micro.ControlSubject(micro.PingVerb, ServiceName, "")
+	subject, err := micro.ControlSubject(micro.PingVerb, kv.ServiceName, "")
 	if err != nil {
 		return false
 	}
@@ -222,7 +210,7 @@ const leaderPingWait = 250 * time.Millisecond
 // heldLease is a lease this replica holds until lost closes or release.
 type heldLease struct {
 	l      *lease
-	holder LeaseHolder
+	holder kv.LeaseHolder
 	value  []byte
 
 	lostCh     chan struct{} // closed when the lease is, or may be, gone
@@ -244,7 +232,7 @@ func (h *heldLease) remaining() time.Duration {
 func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 	var term [8]byte
 	rand.Read(term[:])
-	holder := LeaseHolder{Instance: l.instance, Term: hex.EncodeToString(term[:])}
+	holder := kv.LeaseHolder{Instance: l.instance, Term: hex.EncodeToString(term[:])}
 
 	// Wake at once when the leader releases the lease (a delete marker).
 	wake := make(chan struct{}, 1)
@@ -256,7 +244,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 	}()
 	go func() {
 		defer close(watched)
-		(&kv.Follower{Bucket: l.bucket, Key: LeaseKey, Conn: l.nc, OnEntry: func(e jetstream.KeyValueEntry) {
+		(&kvwatch.Follower{Bucket: l.bucket, Key: kv.LeaseKey, Conn: l.nc, OnEntry: func(e jetstream.KeyValueEntry) {
 			if e.Operation() != jetstream.KeyValuePut {
 				select {
 				case wake <- struct{}{}:
@@ -282,7 +270,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 		holder.Since = time.Now().UTC()
 		value, _ := json.Marshal(holder)
 		sent := time.Now()
-		rev, err := l.bucket.Create(ctx, LeaseKey, value)
+		rev, err := l.bucket.Create(ctx, kv.LeaseKey, value)
 		if err == nil {
 			h := &heldLease{l: l, holder: holder, value: value, rev: rev,
 				lostCh: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
@@ -296,9 +284,9 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 		wait := l.ttl / 2
 		if isConflict(err) {
 			// Someone holds it: sleep until it would lapse unless renewed.
-			if e, gerr := l.bucket.Get(ctx, LeaseKey); gerr == nil {
+			if e, gerr := l.bucket.Get(ctx, kv.LeaseKey); gerr == nil {
 				if !logged {
-					var other LeaseHolder
+					var other kv.LeaseHolder
 					json.Unmarshal(e.Value(), &other)
 					l.log.Info("standing by: another replica leads", "leader", other.Instance)
 					logged = true
@@ -375,7 +363,7 @@ func (h *heldLease) renew(sent time.Time) {
 
 // update renews with compare-and-swap.
 func (h *heldLease) update(ctx context.Context) error {
-	newRev, err := h.l.bucket.Update(ctx, LeaseKey, h.value, h.rev)
+	newRev, err := h.l.bucket.Update(ctx, kv.LeaseKey, h.value, h.rev)
 	if isConflict(err) || bucketMayBeGone(err) {
 		newRev, err = h.retake(ctx, err)
 	}
@@ -393,21 +381,21 @@ func (h *heldLease) update(ctx context.Context) error {
 func (h *heldLease) retake(ctx context.Context, err error) (uint64, error) {
 	if !isConflict(err) {
 		if fresh, _, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
-			return h.l.bucket.Create(ctx, LeaseKey, h.value)
+			return h.l.bucket.Create(ctx, kv.LeaseKey, h.value)
 		}
 		return 0, err
 	}
-	e, gerr := h.l.bucket.Get(ctx, LeaseKey)
+	e, gerr := h.l.bucket.Get(ctx, kv.LeaseKey)
 	switch {
 	case gerr == nil:
-		var cur LeaseHolder
+		var cur kv.LeaseHolder
 		if json.Unmarshal(e.Value(), &cur) == nil && cur.Term == h.holder.Term {
-			return h.l.bucket.Update(ctx, LeaseKey, h.value, e.Revision())
+			return h.l.bucket.Update(ctx, kv.LeaseKey, h.value, e.Revision())
 		}
 	case errors.Is(gerr, jetstream.ErrKeyNotFound):
 		// Created again by another replica before this one renewed.
 		if fresh, _, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
-			return h.l.bucket.Create(ctx, LeaseKey, h.value)
+			return h.l.bucket.Create(ctx, kv.LeaseKey, h.value)
 		}
 	}
 	return 0, err
@@ -439,7 +427,7 @@ func (h *heldLease) release() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
 	defer cancel()
-	if err := h.l.bucket.Delete(ctx, LeaseKey, jetstream.LastRevision(h.rev)); err != nil {
+	if err := h.l.bucket.Delete(ctx, kv.LeaseKey, jetstream.LastRevision(h.rev)); err != nil {
 		h.l.log.Warn("lease not released; a standby takes over when it lapses", "error", err)
 		return
 	}

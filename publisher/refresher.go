@@ -30,7 +30,7 @@ type Refresher struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	subjects kv.Subjects
-	upstream *Upstream
+	upstream *upstreamClient
 	pacer    *pacer
 	log      *slog.Logger
 
@@ -61,7 +61,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	upstream, err := NewUpstream(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout)
+	upstream, err := newUpstreamClient(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout)
 	if err != nil {
 		return nil, err
 	}

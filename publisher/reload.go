@@ -140,7 +140,7 @@ func (a *appState) setSecret(secret Secret) (changed bool) {
 		return false
 	}
 	a.secret = secret
-	if classOf(a.lastErr) == ClassConfig {
+	if classOf(a.lastErr) == classConfig {
 		a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
 	}
 	return true

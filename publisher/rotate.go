@@ -180,7 +180,7 @@ func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outc
 		// WeChat first. If the check itself fails, the rejection the
 		// service saw is the better evidence, so rotate.
 		checkStart := time.Now()
-		valid, err := r.upstream.CheckToken(t.ctx, base.rec.AccessToken)
+		valid, err := r.upstream.checkToken(t.ctx, base.rec.AccessToken)
 		r.metrics.upstreamCall(a.id, "check", checkResult(valid, err), time.Since(checkStart))
 		switch {
 		case err == nil && valid:
@@ -205,7 +205,7 @@ func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outc
 	a.mu.Lock()
 	secret := a.secret // a reload may change it
 	a.mu.Unlock()
-	fetched, err := r.upstream.FetchToken(t.work, a.id, secret)
+	fetched, err := r.upstream.fetchToken(t.work, a.id, secret)
 	latency = time.Since(clock)
 	if err != nil {
 		if t.work.Err() != nil {

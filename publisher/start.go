@@ -8,8 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/internal/bucket"
 )
 
 // Start-up is full of errors that pass by themselves: a NATS server that is
@@ -79,11 +78,11 @@ func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error
 }
 
 // openOnce makes one attempt to open what is not open yet: the token
-// bucket (kept in *bucket once open), then the lease. Each request is
+// bucket (kept in *tokens once open), then the lease. Each request is
 // bounded by requestTimeout.
-func (r *Refresher) openOnce(ctx context.Context, bucket *jetstream.KeyValue) (*lease, error) {
-	if *bucket == nil {
-		b, err := kv.Open(ctx, r.js, r.bucketConfig())
+func (r *Refresher) openOnce(ctx context.Context, tokens *jetstream.KeyValue) (*lease, error) {
+	if *tokens == nil {
+		b, err := bucket.Open(ctx, r.js, r.bucketConfig())
 		if err != nil {
 			return nil, fmt.Errorf("publisher: %w", err)
 		}
@@ -92,13 +91,13 @@ func (r *Refresher) openOnce(ctx context.Context, bucket *jetstream.KeyValue) (*
 				r.life.created.Store(kvs.StreamInfo().Created.UnixNano())
 			}
 		}
-		*bucket = b
+		*tokens = b
 	}
 	return openLease(ctx, r.nc, r.js, r.cfg, func() bool { return r.life.lastRev.Load() > 0 })
 }
 
-func (r *Refresher) bucketConfig() kv.BucketConfig {
-	return kv.BucketConfig{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History, Subjects: r.subjects}
+func (r *Refresher) bucketConfig() bucket.Config {
+	return bucket.Config{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History, Subjects: r.subjects}
 }
 
 // setWaiting records why the refresher is not running yet, for Ready.

@@ -7,8 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
-
-	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 )
 
 // term is one period of leadership and everything that runs during it.
@@ -161,7 +160,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		<-watched
 	}()
 	synced := r.life.nextSync()
-	follower := &kv.Follower{
+	follower := &kvwatch.Follower{
 		Bucket:  bucket,
 		Key:     ">",
 		Conn:    r.nc,

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -54,7 +55,7 @@ func leadingRefresher(t *testing.T, ctx context.Context, url string, lease *fake
 	if err != nil {
 		t.Fatal(err)
 	}
-	bucket, err := kv.Open(ctx, js, kv.BucketConfig{Subjects: r.subjects})
+	bucket, err := bucket.Open(ctx, js, bucket.Config{Subjects: r.subjects})
 	if err != nil {
 		t.Fatal(err)
 	}

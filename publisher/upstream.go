@@ -13,30 +13,31 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wxtoken/wxtoken/internal/wechaterr"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
 // DefaultUpstreamURL is WeChat's API.
 const DefaultUpstreamURL = "https://api.weixin.qq.com"
 
-// MaxUpstreamBody bounds an upstream answer. WeChat's answers are a few
+// maxUpstreamBody bounds an upstream answer. WeChat's answers are a few
 // hundred bytes; anything longer is an error page or worse.
-const MaxUpstreamBody = 64 << 10
+const maxUpstreamBody = 64 << 10
 
-// MaxExpiresIn is the longest token lifetime accepted from WeChat. It says
+// maxExpiresIn is the longest token lifetime accepted from WeChat. It says
 // "currently 7200" seconds; a day leaves room without trusting nonsense.
-const MaxExpiresIn = 24 * time.Hour
+const maxExpiresIn = 24 * time.Hour
 
-// UpstreamError is a failed token fetch or token check.
-type UpstreamError struct {
+// upstreamError is a failed token fetch or token check.
+type upstreamError struct {
 	ErrCode    int    // WeChat's errcode; 0 when WeChat gave none
 	ErrMsg     string // WeChat's errmsg, or what went wrong
 	HTTPStatus int    // the HTTP status when it was not 200
-	Class      Class
+	class      errClass
 	cause      error
 }
 
-func (e *UpstreamError) Error() string {
+func (e *upstreamError) Error() string {
 	var b strings.Builder
 	b.WriteString("publisher: upstream: ")
 	switch {
@@ -52,10 +53,10 @@ func (e *UpstreamError) Error() string {
 }
 
 // Unwrap returns the transport cause, if any.
-func (e *UpstreamError) Unwrap() error { return e.cause }
+func (e *upstreamError) Unwrap() error { return e.cause }
 
 // Meaning is what the errcode means for an operator.
-func (e *UpstreamError) Meaning() string {
+func (e *upstreamError) meaning() string {
 	if e.ErrCode == 0 {
 		return "no answer from WeChat"
 	}
@@ -63,23 +64,23 @@ func (e *UpstreamError) Meaning() string {
 	return meaning
 }
 
-// Fetched is a token as WeChat issued it.
-type Fetched struct {
+// issuedToken is a token as WeChat issued it.
+type issuedToken struct {
 	AccessToken string
 	ExpiresIn   time.Duration
 }
 
-// Upstream calls WeChat's token and token-check APIs.
-type Upstream struct {
+// upstreamClient calls WeChat's token and token-check APIs.
+type upstreamClient struct {
 	base    *url.URL
 	client  *http.Client
 	timeout time.Duration
 }
 
-// NewUpstream returns a client for the API at baseURL. Each call is bounded
+// newUpstreamClient returns a client for the API at baseURL. Each call is bounded
 // by timeout. client may be nil; redirects are never followed, so the secret
 // in the query can only go to baseURL.
-func NewUpstream(baseURL string, client *http.Client, timeout time.Duration) (*Upstream, error) {
+func newUpstreamClient(baseURL string, client *http.Client, timeout time.Duration) (*upstreamClient, error) {
 	base, err := url.Parse(baseURL)
 	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
 		return nil, fmt.Errorf("publisher: upstream URL %q is not an http(s) URL", baseURL)
@@ -92,12 +93,12 @@ func NewUpstream(baseURL string, client *http.Client, timeout time.Duration) (*U
 		c = *client
 	}
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Upstream{base: base, client: &c, timeout: timeout}, nil
+	return &upstreamClient{base: base, client: &c, timeout: timeout}, nil
 }
 
-// FetchToken asks WeChat for a new token. Every failure is an *UpstreamError
+// fetchToken asks WeChat for a new token. Every failure is an *upstreamError
 // whose text holds neither the secret nor the URL.
-func (u *Upstream) FetchToken(ctx context.Context, appid string, secret Secret) (Fetched, error) {
+func (u *upstreamClient) fetchToken(ctx context.Context, appid string, secret Secret) (issuedToken, error) {
 	q := url.Values{
 		"grant_type": {"client_credential"},
 		"appid":      {appid},
@@ -105,26 +106,26 @@ func (u *Upstream) FetchToken(ctx context.Context, appid string, secret Secret) 
 	}
 	status, body, err := u.get(ctx, "cgi-bin/token", q, secret.Reveal())
 	if err != nil {
-		return Fetched{}, err
+		return issuedToken{}, err
 	}
 	f, err := decodeTokenResponse(status, body)
 	return f, scrubErrMsg(err, secret.Reveal())
 }
 
-// scrubErrMsg removes s from the errmsg of an *UpstreamError: WeChat is not
+// scrubErrMsg removes s from the errmsg of an *upstreamError: WeChat is not
 // known to echo a secret or token back, but a proxy on the way might, and
 // the errmsg travels on to logs, failure events and refresh replies.
 func scrubErrMsg(err error, s string) error {
-	var ue *UpstreamError
+	var ue *upstreamError
 	if errors.As(err, &ue) {
 		ue.ErrMsg = scrub(ue.ErrMsg, s)
 	}
 	return err
 }
 
-// CheckToken asks WeChat whether token still works, with getcallbackip, the
+// checkToken asks WeChat whether token still works, with getcallbackip, the
 // cheapest call that needs a token. valid is meaningful only when err is nil.
-func (u *Upstream) CheckToken(ctx context.Context, token string) (valid bool, err error) {
+func (u *upstreamClient) checkToken(ctx context.Context, token string) (valid bool, err error) {
 	status, body, err := u.get(ctx, "cgi-bin/getcallbackip", url.Values{"access_token": {token}}, token)
 	if err != nil {
 		return false, err
@@ -136,28 +137,28 @@ func (u *Upstream) CheckToken(ctx context.Context, token string) (valid bool, er
 // get performs one GET and returns the status and at most MaxUpstreamBody+1
 // bytes of body. sensitive (a secret or token in the query) is scrubbed from
 // every error.
-func (u *Upstream) get(ctx context.Context, path string, q url.Values, sensitive string) (int, []byte, error) {
+func (u *upstreamClient) get(ctx context.Context, path string, q url.Values, sensitive string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
 	defer cancel()
 	target := u.base.JoinPath(path)
 	target.RawQuery = q.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
 	if err != nil {
-		return 0, nil, &UpstreamError{Class: ClassRetry, ErrMsg: "cannot build request"}
+		return 0, nil, &upstreamError{class: classRetry, ErrMsg: "cannot build request"}
 	}
 	resp, err := u.client.Do(req)
 	if err != nil {
 		return 0, nil, transportError(err, sensitive)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxUpstreamBody+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
 	if err != nil {
 		return 0, nil, transportError(err, sensitive)
 	}
 	return resp.StatusCode, body, nil
 }
 
-// transportError turns a client error into an *UpstreamError. Go's
+// transportError turns a client error into an *upstreamError. Go's
 // *url.Error prints the whole URL, secret included, so it is dropped and
 // only its cause kept; the cause's text is scrubbed too, in case.
 func transportError(err error, sensitive string) error {
@@ -170,7 +171,7 @@ func transportError(err error, sensitive string) error {
 	if msg != err.Error() {
 		cause = nil // the cause itself would print the secret
 	}
-	return &UpstreamError{Class: ClassRetry, ErrMsg: "request failed: " + msg, cause: cause}
+	return &upstreamError{class: classRetry, ErrMsg: "request failed: " + msg, cause: cause}
 }
 
 // scrub replaces every occurrence of s, plain or URL-encoded, in text.
@@ -192,32 +193,32 @@ type tokenAnswer struct {
 }
 
 // decodeTokenResponse interprets an answer to /cgi-bin/token.
-func decodeTokenResponse(status int, body []byte) (Fetched, error) {
+func decodeTokenResponse(status int, body []byte) (issuedToken, error) {
 	if err := checkAnswer(status, body); err != nil {
-		return Fetched{}, err
+		return issuedToken{}, err
 	}
 	var a tokenAnswer
 	if err := json.Unmarshal(body, &a); err != nil {
-		return Fetched{}, &UpstreamError{Class: ClassRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
+		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
 	}
 	if a.ErrCode != nil && *a.ErrCode != 0 {
 		class, _ := classify(*a.ErrCode)
-		return Fetched{}, &UpstreamError{ErrCode: *a.ErrCode, ErrMsg: a.ErrMsg, Class: class}
+		return issuedToken{}, &upstreamError{ErrCode: *a.ErrCode, ErrMsg: a.ErrMsg, class: class}
 	}
 	if a.AccessToken == nil {
-		return Fetched{}, &UpstreamError{Class: ClassRetry, ErrMsg: "answer has neither access_token nor errcode"}
+		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: "answer has neither access_token nor errcode"}
 	}
 	if err := kv.ValidateToken(*a.AccessToken); err != nil {
-		return Fetched{}, &UpstreamError{Class: ClassRetry, ErrMsg: "unusable access_token: " + err.Error()}
+		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: "unusable access_token: " + err.Error()}
 	}
 	secs, err := strconv.ParseInt(string(a.ExpiresIn), 10, 64)
 	if err != nil {
-		return Fetched{}, &UpstreamError{Class: ClassRetry, ErrMsg: fmt.Sprintf("expires_in %.20q is not a whole number of seconds", a.ExpiresIn)}
+		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %.20q is not a whole number of seconds", a.ExpiresIn)}
 	}
-	if secs <= 0 || secs > int64(MaxExpiresIn/time.Second) {
-		return Fetched{}, &UpstreamError{Class: ClassRetry, ErrMsg: fmt.Sprintf("expires_in %d is outside 1..%d seconds", secs, int64(MaxExpiresIn/time.Second))}
+	if secs <= 0 || secs > int64(maxExpiresIn/time.Second) {
+		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %d is outside 1..%d seconds", secs, int64(maxExpiresIn/time.Second))}
 	}
-	return Fetched{AccessToken: *a.AccessToken, ExpiresIn: time.Duration(secs) * time.Second}, nil
+	return issuedToken{AccessToken: *a.AccessToken, ExpiresIn: time.Duration(secs) * time.Second}, nil
 }
 
 // decodeCheckResponse interprets an answer to /cgi-bin/getcallbackip.
@@ -231,13 +232,13 @@ func decodeCheckResponse(status int, body []byte) (bool, error) {
 		ErrMsg  string   `json:"errmsg"`
 	}
 	if err := json.Unmarshal(body, &a); err != nil {
-		return false, &UpstreamError{Class: ClassRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
+		return false, &upstreamError{class: classRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
 	}
 	switch {
-	case kv.TokenRejected(a.ErrCode):
+	case wechaterr.TokenRejected(a.ErrCode):
 		return false, nil
 	case a.ErrCode != 0:
-		return false, &UpstreamError{ErrCode: a.ErrCode, ErrMsg: a.ErrMsg, Class: ClassRetry}
+		return false, &upstreamError{ErrCode: a.ErrCode, ErrMsg: a.ErrMsg, class: classRetry}
 	}
 	return true, nil
 }
@@ -245,10 +246,10 @@ func decodeCheckResponse(status int, body []byte) (bool, error) {
 // checkAnswer rejects answers that cannot be WeChat's JSON.
 func checkAnswer(status int, body []byte) error {
 	switch {
-	case len(body) > MaxUpstreamBody:
-		return &UpstreamError{Class: ClassRetry, ErrMsg: fmt.Sprintf("answer is longer than %d bytes", MaxUpstreamBody), HTTPStatus: nonOK(status)}
+	case len(body) > maxUpstreamBody:
+		return &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("answer is longer than %d bytes", maxUpstreamBody), HTTPStatus: nonOK(status)}
 	case status != http.StatusOK:
-		return &UpstreamError{Class: ClassRetry, HTTPStatus: status, ErrMsg: describeBody(body)}
+		return &upstreamError{class: classRetry, HTTPStatus: status, ErrMsg: describeBody(body)}
 	}
 	return nil
 }

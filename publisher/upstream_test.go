@@ -21,36 +21,36 @@ func TestDecodeTokenResponse(t *testing.T) {
 		status  int
 		body    string
 		errcode int
-		class   Class
+		class   errClass
 		inErr   string // the error must say this
 	}{
 		{"success", 200, `{"access_token":"ACCESS_TOKEN","expires_in":7200}`, 0, "", ""},
 		{"success with errcode 0", 200, `{"errcode":0,"errmsg":"ok","access_token":"T","expires_in":7200}`, 0, "", ""},
-		{"busy", 200, `{"errcode":-1,"errmsg":"system error"}`, -1, ClassRetry, "WeChat is busy"},
-		{"minute limit", 200, `{"errcode":45011,"errmsg":"api minute-quota reach limit"}`, 45011, ClassRetry, "per-minute"},
-		{"wrong secret", 200, `{"errcode":40125,"errmsg":"invalid appsecret"}`, 40125, ClassConfig, "AppSecret is invalid"},
-		{"40001 on fetch", 200, `{"errcode":40001,"errmsg":"invalid credential"}`, 40001, ClassConfig, "AppSecret is wrong"},
-		{"not whitelisted", 200, `{"errcode":40164,"errmsg":"invalid ip"}`, 40164, ClassConfig, "whitelist"},
-		{"frozen", 200, `{"errcode":40243,"errmsg":"frozen"}`, 40243, ClassConfig, "frozen"},
-		{"ip confirmation", 200, `{"errcode":89503,"errmsg":"..."}`, 89503, ClassConfig, "confirmation"},
-		{"quota", 200, `{"errcode":45009,"errmsg":"reach max api daily quota limit"}`, 45009, ClassQuota, "daily quota"},
-		{"unknown errcode", 200, `{"errcode":12345,"errmsg":"?"}`, 12345, ClassRetry, "unknown errcode"},
-		{"HTML 502", 502, `<html><body>502 Bad Gateway</body></html>`, 0, ClassRetry, "HTML error page"},
-		{"empty 503", 503, ``, 0, ClassRetry, "HTTP 503"},
-		{"HTML with 200", 200, `<html>maintenance</html>`, 0, ClassRetry, "invalid JSON"},
-		{"truncated", 200, `{"access_token":"ACCESS_TOK`, 0, ClassRetry, "JSON"},
-		{"oversized", 200, `{"x":"` + strings.Repeat("x", MaxUpstreamBody) + `"}`, 0, ClassRetry, "longer than"},
-		{"empty body", 200, ``, 0, ClassRetry, "JSON"},
-		{"neither token nor errcode", 200, `{"hello":1}`, 0, ClassRetry, "neither"},
-		{"empty token", 200, `{"access_token":"","expires_in":7200}`, 0, ClassRetry, "empty"},
-		{"long token", 200, `{"access_token":"` + long + `","expires_in":7200}`, 0, ClassRetry, "more than 2048"},
-		{"zero lifetime", 200, `{"access_token":"T","expires_in":0}`, 0, ClassRetry, "expires_in 0"},
-		{"negative lifetime", 200, `{"access_token":"T","expires_in":-7200}`, 0, ClassRetry, "expires_in -7200"},
-		{"absurd lifetime", 200, `{"access_token":"T","expires_in":99999999999}`, 0, ClassRetry, "outside"},
-		{"string lifetime", 200, `{"access_token":"T","expires_in":"7200"}`, 0, ClassRetry, "whole number"},
-		{"fractional lifetime", 200, `{"access_token":"T","expires_in":7200.5}`, 0, ClassRetry, "whole number"},
-		{"missing lifetime", 200, `{"access_token":"T"}`, 0, ClassRetry, "whole number"},
-		{"errcode as string", 200, `{"errcode":"40001"}`, 0, ClassRetry, "JSON"},
+		{"busy", 200, `{"errcode":-1,"errmsg":"system error"}`, -1, classRetry, "WeChat is busy"},
+		{"minute limit", 200, `{"errcode":45011,"errmsg":"api minute-quota reach limit"}`, 45011, classRetry, "per-minute"},
+		{"wrong secret", 200, `{"errcode":40125,"errmsg":"invalid appsecret"}`, 40125, classConfig, "AppSecret is invalid"},
+		{"40001 on fetch", 200, `{"errcode":40001,"errmsg":"invalid credential"}`, 40001, classConfig, "AppSecret is wrong"},
+		{"not whitelisted", 200, `{"errcode":40164,"errmsg":"invalid ip"}`, 40164, classConfig, "whitelist"},
+		{"frozen", 200, `{"errcode":40243,"errmsg":"frozen"}`, 40243, classConfig, "frozen"},
+		{"ip confirmation", 200, `{"errcode":89503,"errmsg":"..."}`, 89503, classConfig, "confirmation"},
+		{"quota", 200, `{"errcode":45009,"errmsg":"reach max api daily quota limit"}`, 45009, classQuota, "daily quota"},
+		{"unknown errcode", 200, `{"errcode":12345,"errmsg":"?"}`, 12345, classRetry, "unknown errcode"},
+		{"HTML 502", 502, `<html><body>502 Bad Gateway</body></html>`, 0, classRetry, "HTML error page"},
+		{"empty 503", 503, ``, 0, classRetry, "HTTP 503"},
+		{"HTML with 200", 200, `<html>maintenance</html>`, 0, classRetry, "invalid JSON"},
+		{"truncated", 200, `{"access_token":"ACCESS_TOK`, 0, classRetry, "JSON"},
+		{"oversized", 200, `{"x":"` + strings.Repeat("x", maxUpstreamBody) + `"}`, 0, classRetry, "longer than"},
+		{"empty body", 200, ``, 0, classRetry, "JSON"},
+		{"neither token nor errcode", 200, `{"hello":1}`, 0, classRetry, "neither"},
+		{"empty token", 200, `{"access_token":"","expires_in":7200}`, 0, classRetry, "empty"},
+		{"long token", 200, `{"access_token":"` + long + `","expires_in":7200}`, 0, classRetry, "more than 2048"},
+		{"zero lifetime", 200, `{"access_token":"T","expires_in":0}`, 0, classRetry, "expires_in 0"},
+		{"negative lifetime", 200, `{"access_token":"T","expires_in":-7200}`, 0, classRetry, "expires_in -7200"},
+		{"absurd lifetime", 200, `{"access_token":"T","expires_in":99999999999}`, 0, classRetry, "outside"},
+		{"string lifetime", 200, `{"access_token":"T","expires_in":"7200"}`, 0, classRetry, "whole number"},
+		{"fractional lifetime", 200, `{"access_token":"T","expires_in":7200.5}`, 0, classRetry, "whole number"},
+		{"missing lifetime", 200, `{"access_token":"T"}`, 0, classRetry, "whole number"},
+		{"errcode as string", 200, `{"errcode":"40001"}`, 0, classRetry, "JSON"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -64,12 +64,12 @@ func TestDecodeTokenResponse(t *testing.T) {
 				}
 				return
 			}
-			var ue *UpstreamError
+			var ue *upstreamError
 			if !errors.As(err, &ue) {
-				t.Fatalf("error %v is not an *UpstreamError", err)
+				t.Fatalf("error %v is not an *upstreamError", err)
 			}
-			if ue.ErrCode != tc.errcode || ue.Class != tc.class {
-				t.Errorf("errcode %d class %s, want %d %s", ue.ErrCode, ue.Class, tc.errcode, tc.class)
+			if ue.ErrCode != tc.errcode || ue.class != tc.class {
+				t.Errorf("errcode %d class %s, want %d %s", ue.ErrCode, ue.class, tc.errcode, tc.class)
 			}
 			if !strings.Contains(err.Error(), tc.inErr) {
 				t.Errorf("error %q does not say %q", err, tc.inErr)
@@ -86,13 +86,13 @@ func FuzzDecodeTokenResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
 		fetched, err := decodeTokenResponse(status, body)
 		if err != nil {
-			var ue *UpstreamError
-			if !errors.As(err, &ue) || ue.Class == "" {
-				t.Fatalf("error %v is not a classified *UpstreamError", err)
+			var ue *upstreamError
+			if !errors.As(err, &ue) || ue.class == "" {
+				t.Fatalf("error %v is not a classified *upstreamError", err)
 			}
 			return
 		}
-		if kv.ValidateToken(fetched.AccessToken) != nil || fetched.ExpiresIn <= 0 || fetched.ExpiresIn > MaxExpiresIn {
+		if kv.ValidateToken(fetched.AccessToken) != nil || fetched.ExpiresIn <= 0 || fetched.ExpiresIn > maxExpiresIn {
 			t.Fatalf("accepted an unusable token: %+v", fetched)
 		}
 		if _, err := kv.Encode(kv.NewRecord("wx1", fetched.AccessToken, fetched.ExpiresIn, time.Now())); err != nil {
@@ -125,25 +125,25 @@ func TestFetchTokenFromFake(t *testing.T) {
 	fake.AddApp("wx1", secretText)
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
-	up, err := NewUpstream(srv.URL, nil, time.Second)
+	up, err := newUpstreamClient(srv.URL, nil, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	fetched, err := up.FetchToken(ctx, "wx1", NewSecret(secretText))
+	fetched, err := up.fetchToken(ctx, "wx1", NewSecret(secretText))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fetched.AccessToken != fake.Current("wx1") || fetched.ExpiresIn != 7200*time.Second {
 		t.Errorf("fetched %+v", fetched)
 	}
-	valid, err := up.CheckToken(ctx, fetched.AccessToken)
+	valid, err := up.checkToken(ctx, fetched.AccessToken)
 	if err != nil || !valid {
 		t.Errorf("check of the new token: %v %v", valid, err)
 	}
-	_, err = up.FetchToken(ctx, "wx1", NewSecret("wrong"))
-	var ue *UpstreamError
-	if !errors.As(err, &ue) || ue.ErrCode != 40125 || ue.Class != ClassConfig {
+	_, err = up.fetchToken(ctx, "wx1", NewSecret("wrong"))
+	var ue *upstreamError
+	if !errors.As(err, &ue) || ue.ErrCode != 40125 || ue.class != classConfig {
 		t.Errorf("wrong secret: %v", err)
 	}
 }
@@ -163,11 +163,11 @@ func TestUpstreamErrorsHoldNoSecret(t *testing.T) {
 
 	for name, base := range map[string]string{"timeout": hang.URL, "refused": closed, "redirect": redirect.URL} {
 		t.Run(name, func(t *testing.T) {
-			up, err := NewUpstream(base, nil, 200*time.Millisecond)
+			up, err := newUpstreamClient(base, nil, 200*time.Millisecond)
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = up.FetchToken(context.Background(), "wx1", NewSecret(secretText))
+			_, err = up.fetchToken(context.Background(), "wx1", NewSecret(secretText))
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -183,7 +183,7 @@ func TestUpstreamErrorsHoldNoSecret(t *testing.T) {
 
 func TestNewUpstreamRejectsBadURL(t *testing.T) {
 	for _, u := range []string{"", "api.weixin.qq.com", "ftp://x", "http://"} {
-		if _, err := NewUpstream(u, nil, time.Second); err == nil {
+		if _, err := newUpstreamClient(u, nil, time.Second); err == nil {
 			t.Errorf("%q accepted", u)
 		}
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/internal/wechaterr"
 	"github.com/wxtoken/wxtoken/subscriber"
 )
 
@@ -48,7 +48,7 @@ func ExampleSubscriber_Refresh() {
 
 	tok := sub.Token() // no I/O, no lock: call it for every request
 	errcode := callWeChat(tok.Value)
-	if kv.TokenRejected(errcode) { // 40001, 40014 or 42001
+	if wechaterr.TokenRejected(errcode) { // 40001, 40014 or 42001
 		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
 		fresh, err := sub.Refresh(ctx, tok.Revision)

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -139,7 +140,7 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 	// The refresher does not announce values (older, or a server without
 	// bucket metadata), or this user may not subscribe to them: watch.
 	s.opts.logger.Info("following the token with a KV watch", "appid", s.appid)
-	f := &kv.Follower{
+	f := &kvwatch.Follower{
 		Bucket: bucket,
 		Key:    s.appid,
 		Conn:   s.nc,

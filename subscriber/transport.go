@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/internal/wechaterr"
 )
 
 // maxErrorBody is the most of a response Transport reads to look for an
@@ -48,7 +48,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	code, resp, err := peekErrcode(resp)
-	if err != nil || !kv.TokenRejected(code) {
+	if err != nil || !wechaterr.TokenRejected(code) {
 		return resp, err
 	}
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {

@@ -12,20 +12,19 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
-	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
 // leaseHolder waits until the lease bucket exists and names a holder, and
 // returns it.
-func leaseHolder(t *testing.T, ctx context.Context, js jetstream.JetStream) publisher.LeaseHolder {
+func leaseHolder(t *testing.T, ctx context.Context, js jetstream.JetStream) kv.LeaseHolder {
 	t.Helper()
 	for {
-		b, err := js.KeyValue(ctx, publisher.LeaseBucket(kv.DefaultBucket))
+		b, err := js.KeyValue(ctx, kv.LeaseBucket(kv.DefaultBucket))
 		if err == nil {
 			var e jetstream.KeyValueEntry
-			if e, err = b.Get(ctx, publisher.LeaseKey); err == nil {
-				var h publisher.LeaseHolder
+			if e, err = b.Get(ctx, kv.LeaseKey); err == nil {
+				var h kv.LeaseHolder
 				if err := json.Unmarshal(e.Value(), &h); err != nil {
 					t.Fatal(err)
 				}
@@ -89,7 +88,7 @@ func TestDeletedBucketsComeBack(t *testing.T) {
 	held := leaseHolder(t, ctx, js)
 
 	// While the token is valid.
-	for _, name := range []string{kv.DefaultBucket, publisher.LeaseBucket(kv.DefaultBucket)} {
+	for _, name := range []string{kv.DefaultBucket, kv.LeaseBucket(kv.DefaultBucket)} {
 		if err := js.DeleteKeyValue(ctx, name); err != nil {
 			t.Fatal(err)
 		}

@@ -61,7 +61,7 @@ func TestClientCommands(t *testing.T) {
 		}
 		out, _, code = runWxtoken(t, env, "status", "--json")
 		var status struct {
-			Leader publisher.LeaseHolder `json:"leader"`
+			Leader kv.LeaseHolder `json:"leader"`
 			Tokens []struct {
 				AppID    string `json:"appid"`
 				Revision uint64 `json:"revision"`

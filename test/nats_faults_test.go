@@ -17,6 +17,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/subscriber"
@@ -143,7 +144,7 @@ func TestFollowerRidesThroughRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	entries := make(chan jetstream.KeyValueEntry, 16)
-	testenv.Follow(t, &kv.Follower{Bucket: b, Key: "k", Conn: nc, OnEntry: func(e jetstream.KeyValueEntry) { entries <- e }})
+	testenv.Follow(t, &kvwatch.Follower{Bucket: b, Key: "k", Conn: nc, OnEntry: func(e jetstream.KeyValueEntry) { entries <- e }})
 	writer := testenv.Connect(t, url)
 	wjs, _ := jetstream.New(writer)
 	// put writes v, retrying while the writer reconnects and the server

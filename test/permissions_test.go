@@ -145,7 +145,7 @@ func TestNATSConfRoles(t *testing.T) {
 		t.Errorf("service does not see failure events (or the refresher may not send them): %v", err)
 	}
 	// micro discovery: the refresher answers a PING from another user.
-	if msg, err := admin.nc.RequestWithContext(ctx, "$SRV.PING."+publisher.ServiceName, nil); err != nil || !strings.Contains(string(msg.Data), publisher.ServiceName) {
+	if msg, err := admin.nc.RequestWithContext(ctx, "$SRV.PING."+kv.ServiceName, nil); err != nil || !strings.Contains(string(msg.Data), kv.ServiceName) {
 		t.Errorf("micro discovery across users: %v", err)
 	}
 	serviceBucket, err := kv.Bind(ctx, jsOf(service), "")

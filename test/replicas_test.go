@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/test/testenv"
@@ -218,15 +219,15 @@ func leaseHolders(t *testing.T, ctx context.Context, nc *nats.Conn) <-chan lease
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := js.KeyValue(ctx, publisher.LeaseBucket(kv.DefaultBucket))
+	b, err := js.KeyValue(ctx, kv.LeaseBucket(kv.DefaultBucket))
 	if err != nil {
 		t.Fatal(err)
 	}
 	events := make(chan leaseEvent, 1024)
-	testenv.Follow(t, &kv.Follower{Bucket: b, Key: publisher.LeaseKey, OnEntry: func(e jetstream.KeyValueEntry) {
+	testenv.Follow(t, &kvwatch.Follower{Bucket: b, Key: kv.LeaseKey, OnEntry: func(e jetstream.KeyValueEntry) {
 		ev := leaseEvent{at: e.Created()}
 		if e.Operation() == jetstream.KeyValuePut {
-			var h publisher.LeaseHolder
+			var h kv.LeaseHolder
 			if json.Unmarshal(e.Value(), &h) != nil {
 				return
 			}

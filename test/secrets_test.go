@@ -120,7 +120,7 @@ func TestSecretAppearsNowhere(t *testing.T) {
 
 	var values strings.Builder
 	js, _ := jetstream.New(nc)
-	for _, bucket := range []string{kv.DefaultBucket, publisher.LeaseBucket(kv.DefaultBucket)} {
+	for _, bucket := range []string{kv.DefaultBucket, kv.LeaseBucket(kv.DefaultBucket)} {
 		b, err := js.KeyValue(ctx, bucket)
 		if err != nil {
 			t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
@@ -303,7 +304,7 @@ func TestSubscriberReportsGarbageItReads(t *testing.T) {
 				t.Fatal(err)
 			}
 			if name == "read at start" {
-				if b, err = kv.Open(ctx, js, kv.BucketConfig{Name: opts.Bucket}); err != nil {
+				if b, err = bucket.Open(ctx, js, bucket.Config{Name: opts.Bucket}); err != nil {
 					t.Fatal(err)
 				}
 			}

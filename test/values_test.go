@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
@@ -116,7 +117,7 @@ func TestRefreshReadsAValueNeverAnnounced(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
 	js, _ := jetstream.New(nc)
-	b, err := kv.Open(ctx, js, kv.BucketConfig{})
+	b, err := bucket.Open(ctx, js, bucket.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +196,7 @@ func TestSubscriberLooksForANewTokenBeforeExpiry(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
 	js, _ := jetstream.New(nc)
-	b, err := kv.Open(ctx, js, kv.BucketConfig{}) // values are said to be published
+	b, err := bucket.Open(ctx, js, bucket.Config{}) // values are said to be published
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/kv"
-	"github.com/wxtoken/wxtoken/publisher"
 )
 
 // clientTimeout bounds a client command's NATS calls.
@@ -305,7 +304,7 @@ last rotated, and which replica leads.`,
 	}); err != nil {
 		return err
 	}
-	var leader *publisher.LeaseHolder // stays nil, "unknown", if this user may not read the lease
+	var leader *kv.LeaseHolder // stays nil, "unknown", if this user may not read the lease
 	nc.do(ctx, func(ctx context.Context) error {
 		leader = readLeader(ctx, nc.Conn, n.bucket)
 		return nil
@@ -345,20 +344,20 @@ last rotated, and which replica leads.`,
 
 // readLeader returns the lease holder: an empty one when no replica leads,
 // nil when the lease cannot be read (no permission, say).
-func readLeader(ctx context.Context, nc *nats.Conn, bucket string) *publisher.LeaseHolder {
+func readLeader(ctx context.Context, nc *nats.Conn, bucket string) *kv.LeaseHolder {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil
 	}
-	b, err := js.KeyValue(ctx, publisher.LeaseBucket(bucket))
+	b, err := js.KeyValue(ctx, kv.LeaseBucket(bucket))
 	if err != nil {
 		return nil
 	}
-	e, err := b.Get(ctx, publisher.LeaseKey)
+	e, err := b.Get(ctx, kv.LeaseKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return &publisher.LeaseHolder{}
+		return &kv.LeaseHolder{}
 	}
-	var h publisher.LeaseHolder
+	var h kv.LeaseHolder
 	if err != nil || json.Unmarshal(e.Value(), &h) != nil {
 		return nil
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 )
@@ -189,7 +190,7 @@ func Bucket(t testing.TB, ctx context.Context, nc *nats.Conn) jetstream.KeyValue
 func Entries(t testing.TB, b jetstream.KeyValue, key string) <-chan jetstream.KeyValueEntry {
 	t.Helper()
 	ch := make(chan jetstream.KeyValueEntry, 1024)
-	Follow(t, &kv.Follower{Bucket: b, Key: key, OnEntry: func(e jetstream.KeyValueEntry) {
+	Follow(t, &kvwatch.Follower{Bucket: b, Key: key, OnEntry: func(e jetstream.KeyValueEntry) {
 		if e.Operation() == jetstream.KeyValuePut {
 			ch <- e
 		}
@@ -198,7 +199,7 @@ func Entries(t testing.TB, b jetstream.KeyValue, key string) <-chan jetstream.Ke
 }
 
 // Follow runs f until cleanup.
-func Follow(t testing.TB, f *kv.Follower) {
+func Follow(t testing.TB, f *kvwatch.Follower) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

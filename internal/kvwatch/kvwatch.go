@@ -1,4 +1,4 @@
-package kv
+package kvwatch
 
 import (
 	"context"
@@ -12,14 +12,14 @@ import (
 
 // ErrWatchClosed is reported when a watcher's update channel closed while
 // it was still wanted (nats.go closes it when the connection is lost).
-var ErrWatchClosed = errors.New("kv: watch closed by the client library")
+var ErrWatchClosed = errors.New("kvwatch: watch closed by the client library")
 
 // ErrReconnected is reported when the connection came back and the watch
 // is established anew.
-var ErrReconnected = errors.New("kv: reconnected; watching again")
+var ErrReconnected = errors.New("kvwatch: reconnected; watching again")
 
 // ErrRewatch is reported when a watch is established anew on request.
-var ErrRewatch = errors.New("kv: watching again on request")
+var ErrRewatch = errors.New("kvwatch: watching again on request")
 
 // Follower keeps a watch on a key (or a wildcard of keys) alive for as long
 // as its context lives. A KeyWatcher's update channel can close when the

@@ -1,15 +1,15 @@
-package kv_test
+package kvwatch_test
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
@@ -45,7 +45,7 @@ func TestFollowerRewatchesAndResumes(t *testing.T) {
 	ctx := testenv.Context(t, 20*time.Second)
 	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
 	js, _ := jetstream.New(nc)
-	real, err := kv.Open(ctx, js, kv.BucketConfig{History: 5})
+	real, err := bucket.Open(ctx, js, bucket.Config{History: 5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestFollowerRewatchesAndResumes(t *testing.T) {
 
 	entries := make(chan uint64, 16)
 	errs := make(chan error, 8)
-	f := &kv.Follower{Bucket: b, Key: "wx1",
+	f := &kvwatch.Follower{Bucket: b, Key: "wx1",
 		OnEntry: func(e jetstream.KeyValueEntry) { entries <- e.Revision() },
 		OnError: func(err error) { errs <- err }}
 	fctx, stop := context.WithCancel(ctx)
@@ -84,7 +84,7 @@ func TestFollowerRewatchesAndResumes(t *testing.T) {
 	}
 
 	b.stopCurrent() // the channel closes under the follower
-	if err := <-errs; err != kv.ErrWatchClosed {
+	if err := <-errs; err != kvwatch.ErrWatchClosed {
 		t.Errorf("reported %v, want ErrWatchClosed", err)
 	}
 	// Two revisions written while no watcher runs: a rewatch that did not
@@ -105,40 +105,4 @@ func TestFollowerRewatchesAndResumes(t *testing.T) {
 	}
 	stop()
 	<-done
-}
-
-func TestBindMissingBucket(t *testing.T) {
-	ctx := testenv.Context(t, 10*time.Second)
-	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
-	js, _ := jetstream.New(nc)
-	if _, err := kv.Bind(ctx, js, "nothing_here"); err == nil || !errors.Is(err, kv.ErrNoBucket) {
-		t.Fatalf("Bind of a missing bucket: %v", err)
-	}
-	b, err := kv.Open(ctx, js, kv.BucketConfig{Replicas: 1, History: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := b.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Bucket() != kv.DefaultBucket || st.History() != 3 {
-		t.Errorf("bucket %s history %d", st.Bucket(), st.History())
-	}
-	if st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Storage != jetstream.FileStorage {
-		t.Error("bucket is not on file storage")
-	}
-	if _, err := kv.Bind(ctx, js, ""); err != nil {
-		t.Errorf("Bind after Open: %v", err)
-	}
-	// Open again with another history updates the bucket in place.
-	if b, err = kv.Open(ctx, js, kv.BucketConfig{History: 5}); err != nil {
-		t.Fatal(err)
-	}
-	if st, _ := b.Status(ctx); st.History() != 5 {
-		t.Errorf("history after reopen %d, want 5", st.History())
-	}
-	if _, err := kv.Open(ctx, js, kv.BucketConfig{History: 65}); err == nil {
-		t.Error("history 65 accepted")
-	}
 }

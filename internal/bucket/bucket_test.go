@@ -1,11 +1,13 @@
-package kv_test
+package bucket_test
 
 import (
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
@@ -19,7 +21,7 @@ func TestRevisionsStartAtTheBucketsCreation(t *testing.T) {
 	ctx := testenv.Context(t, 20*time.Second)
 	js, _ := jetstream.New(testenv.Connect(t, testenv.NATS(t).ClientURL()))
 	before := uint64(time.Now().Add(-time.Second).UnixMilli())
-	b, err := kv.Open(ctx, js, kv.BucketConfig{})
+	b, err := bucket.Open(ctx, js, bucket.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +36,7 @@ func TestRevisionsStartAtTheBucketsCreation(t *testing.T) {
 	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket, Storage: jetstream.FileStorage}); err != nil {
 		t.Fatal(err)
 	}
-	moved, err := kv.Open(ctx, js, kv.BucketConfig{})
+	moved, err := bucket.Open(ctx, js, bucket.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +54,7 @@ func TestRevisionsStartAtTheBucketsCreation(t *testing.T) {
 	if _, err := filled.Put(ctx, "wx1", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
-	opened, err := kv.Open(ctx, js, kv.BucketConfig{})
+	opened, err := bucket.Open(ctx, js, bucket.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +69,8 @@ func TestRevisionsStartAtTheBucketsCreation(t *testing.T) {
 func TestRecreateContinuesRevisions(t *testing.T) {
 	ctx := testenv.Context(t, 20*time.Second)
 	js, _ := jetstream.New(testenv.Connect(t, testenv.NATS(t).ClientURL()))
-	cfg := kv.BucketConfig{History: 3}
-	b, err := kv.Open(ctx, js, cfg)
+	cfg := bucket.Config{History: 3}
+	b, err := bucket.Open(ctx, js, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +81,7 @@ func TestRecreateContinuesRevisions(t *testing.T) {
 	// Readers hold a revision far past this bucket's (one of another
 	// bucket's, a write not seen yet).
 	last := rev + 1<<40
-	again, moved, err := kv.Recreate(ctx, js, cfg, last)
+	again, moved, err := bucket.Recreate(ctx, js, cfg, last)
 	if err != nil || !moved {
 		t.Fatalf("moved %v, %v", moved, err)
 	}
@@ -94,7 +96,45 @@ func TestRecreateContinuesRevisions(t *testing.T) {
 	if published, _ := kv.PublishesValues(ctx, again, kv.Subjects{}); st.History() != 3 || !published {
 		t.Errorf("recreated bucket: history %d, values published %v", st.History(), published)
 	}
-	if _, moved, err := kv.Recreate(ctx, js, cfg, e.Revision()); err != nil || moved {
+	if _, moved, err := bucket.Recreate(ctx, js, cfg, e.Revision()); err != nil || moved {
 		t.Errorf("a bucket at last was moved (%v, %v)", moved, err)
+	}
+}
+
+// TestOpenAndBind: Bind finds no bucket before Open, the one Open
+// creates with the configuration asked for after; Open again updates it.
+func TestOpenAndBind(t *testing.T) {
+	ctx := testenv.Context(t, 10*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	if _, err := kv.Bind(ctx, js, "nothing_here"); err == nil || !errors.Is(err, kv.ErrNoBucket) {
+		t.Fatalf("Bind of a missing bucket: %v", err)
+	}
+	b, err := bucket.Open(ctx, js, bucket.Config{Replicas: 1, History: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Bucket() != kv.DefaultBucket || st.History() != 3 {
+		t.Errorf("bucket %s history %d", st.Bucket(), st.History())
+	}
+	if st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Storage != jetstream.FileStorage {
+		t.Error("bucket is not on file storage")
+	}
+	if _, err := kv.Bind(ctx, js, ""); err != nil {
+		t.Errorf("Bind after Open: %v", err)
+	}
+	// Open again with another history updates the bucket in place.
+	if b, err = bucket.Open(ctx, js, bucket.Config{History: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := b.Status(ctx); st.History() != 5 {
+		t.Errorf("history after reopen %d, want 5", st.History())
+	}
+	if _, err := bucket.Open(ctx, js, bucket.Config{History: 65}); err == nil {
+		t.Error("history 65 accepted")
 	}
 }
