@@ -178,6 +178,18 @@ func ValidateAppID(appid string) error {
 	return nil
 }
 
+// ValidateBucketName checks a token bucket's name as JetStream does: 1 or
+// more characters from [A-Za-z0-9_-].
+func ValidateBucketName(name string) error {
+	if name == "" {
+		return errors.New("bucket name is empty")
+	}
+	if i := strings.IndexFunc(name, func(c rune) bool { return !isAppIDChar(c) }); i >= 0 {
+		return fmt.Errorf("bucket name %q: character %q at %d is not one of A-Z a-z 0-9 _ -", name, name[i], i)
+	}
+	return nil
+}
+
 func isAppIDChar(c rune) bool {
 	return c == '_' || c == '-' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')
 }

@@ -19,10 +19,11 @@ import (
 // All services that report the same stale revision share one fetch.
 //
 // While no refresher answers (a leader change takes a lease TTL), Refresh
-// retries with backoff until ctx ends: give it a deadline. Errors the
-// refresher answers with are returned as a *kv.ReplyError: kv.CodeRateLimited
-// when a forced refresh of the app ran too recently, kv.CodeUpstream when
-// WeChat did not give a new token.
+// retries with backoff until ctx ends: give it a deadline; the error then
+// wraps ErrUnavailable and ctx's error. The refresher's own answers come as
+// a *RefreshError, which errors.Is matches to ErrRateLimited (a forced
+// refresh of the app ran too recently), ErrUpstream (WeChat did not give a
+// new token) or ErrUnknownApp. After Close it returns ErrClosed.
 func (s *Subscriber) Refresh(ctx context.Context, stale uint64) (Token, error) {
 	return s.refresh(ctx, stale, "")
 }
@@ -44,10 +45,13 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 				return s.Token(), nil // not rotated: WeChat says the token works
 			}
 			return s.awaitRevision(ctx, reply.Revision)
-		case ctx.Err() != nil:
-			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, ctx.Err())
 		case s.isClosed():
 			return s.Token(), ErrClosed
+		case ctx.Err() != nil:
+			if retryable(err) {
+				return s.Token(), fmt.Errorf("subscriber: refresh %s: %w: %w", s.appid, ErrUnavailable, ctx.Err())
+			}
+			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, ctx.Err())
 		case !retryable(err):
 			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, err)
 		}
@@ -68,7 +72,7 @@ func (s *Subscriber) waitNewerFor(ctx context.Context, d time.Duration, revision
 }
 
 // ask sends one refresh request and decodes the reply. An error the
-// refresher answered with is returned as the error, a *kv.ReplyError.
+// refresher answered with is returned as the error, a *RefreshError.
 func (s *Subscriber) ask(ctx context.Context, req []byte) (kv.RefreshReply, error) {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
 	defer cancel()
@@ -81,7 +85,7 @@ func (s *Subscriber) ask(ctx context.Context, req []byte) (kv.RefreshReply, erro
 		return kv.RefreshReply{}, fmt.Errorf("subscriber: undecodable refresh reply: %w", err)
 	}
 	if reply.Error != nil {
-		return reply, reply.Error
+		return reply, refreshError(reply.Error)
 	}
 	return reply, nil
 }
@@ -89,7 +93,7 @@ func (s *Subscriber) ask(ctx context.Context, req []byte) (kv.RefreshReply, erro
 // retryable tells failures that a moment may cure (no leader right now, a
 // leader stepping down, a timeout) from answers to act on.
 func retryable(err error) bool {
-	var answered *kv.ReplyError
+	var answered *RefreshError
 	if errors.As(err, &answered) {
 		return answered.Code == kv.CodeUnavailable
 	}

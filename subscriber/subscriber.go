@@ -4,9 +4,14 @@
 // rejects one, it asks the refresher for a new one with Refresh, or lets
 // Transport do it.
 //
-//	sub, err := subscriber.New(ctx, nc, "wx1234567890abcdef")
-//	...
-//	token := sub.Token().Value // no I/O, no lock
+// The lifecycle: New waits for the first token; Token reads it, with no
+// I/O and no lock, for every WeChat call; Current says when the token in
+// memory is expired or the subscriber closed; Refresh, or Transport, reacts
+// to WeChat rejecting it; Updated, Done and the OnRotate and OnError
+// callbacks tell of changes; Close ends it all.
+//
+// Package wxtokentest gives a service's own tests a refresher, a NATS
+// server and a fake WeChat in one call.
 package subscriber
 
 import (
@@ -22,11 +27,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/kvwatch"
+	"github.com/wxtoken/wxtoken/internal/swapprobe"
 	"github.com/wxtoken/wxtoken/kv"
 )
-
-// ErrClosed is returned by calls on a closed Subscriber.
-var ErrClosed = errors.New("subscriber: closed")
 
 // Token is an app's access_token with the bucket revision it was stored at.
 // It is small on purpose: Token() copies it for every WeChat call, and at
@@ -48,31 +51,49 @@ type Subscriber struct {
 	opts     options
 	subjects kv.Subjects
 
-	bucket   atomic.Pointer[jetstream.KeyValue] // once bound
-	current  atomic.Pointer[Token]
-	lastErr  atomic.Pointer[error]
+	bucket  atomic.Pointer[jetstream.KeyValue] // once bound
+	current atomic.Pointer[Token]
+	lastErr atomic.Pointer[error]
+	staleAt atomic.Int64 // Unix nanoseconds: when the held token needs looking after
+
+	// applying serialises apply, and guards updated against a send after
+	// it is closed; readers never take it.
+	applying sync.Mutex
 	updated  chan struct{}
-	applying sync.Mutex   // serialises apply; readers never take it
-	staleAt  atomic.Int64 // Unix nanoseconds: when the held token needs looking after
+	stopped  bool // updated is closed; under applying
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced whenever current changes
 
-	done   <-chan struct{} // closed by Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx     context.Context // ends with Close
+	cancel  context.CancelFunc
+	workers sync.WaitGroup // the goroutine following the token
+	cb      callbacks
+	closing sync.Once
+	halted  chan struct{} // closed when the follower has ended and updated is closed
+	done    chan struct{} // closed when halted and the callbacks have ended
 }
 
 // New follows appid's token and returns once the first token is in memory.
 // ctx bounds only that wait: the subscriber runs until Close. If the bucket
-// does not exist yet (no refresher has run), New waits for it too.
+// does not exist yet (no refresher has run), New waits for it too. An
+// option New cannot use is refused with an error that wraps
+// ErrInvalidOption.
 func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Subscriber, error) {
 	if err := kv.ValidateAppID(appid); err != nil {
 		return nil, fmt.Errorf("subscriber: %w", err)
 	}
+	if nc == nil {
+		return nil, invalidOption("nil NATS connection")
+	}
 	o := defaultOptions()
 	for _, opt := range opts {
-		opt(&o)
+		if opt == nil {
+			return nil, invalidOption("nil Option")
+		}
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -86,21 +107,17 @@ func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Sub
 		subjects: kv.Subjects{Prefix: o.subjectPrefix},
 		updated:  make(chan struct{}, 1),
 		changed:  make(chan struct{}),
-		done:     bg.Done(),
+		ctx:      bg,
 		cancel:   cancel,
+		halted:   make(chan struct{}),
+		done:     make(chan struct{}),
 	}
-	s.wg.Add(1)
+	s.cb.init(s)
+	s.workers.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer s.workers.Done()
 		s.run(bg, js)
 	}()
-	if o.onRotate != nil {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.dispatch(bg)
-		}()
-	}
 	if _, err := s.waitNewer(ctx, 0); err != nil {
 		s.Close()
 		if last := s.Err(); last != nil {
@@ -108,6 +125,7 @@ func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Sub
 		}
 		return nil, fmt.Errorf("subscriber: no token for %s yet: %w", appid, err)
 	}
+	s.cb.start() // callbacks come after New has returned
 	return s, nil
 }
 
@@ -163,8 +181,8 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue) bool {
 	subject := s.subjects.Value(s.appid)
 	// A channel subscription: nats.go's reader hands each value straight
-	// to this goroutine, the subscriber's only one (a callback subscription
-	// would add a goroutine of its own, for the same one handoff).
+	// to this goroutine, which swaps it in; from the socket to Token()
+	// that is one hand-off, as few as a callback subscription has.
 	values := make(chan *nats.Msg, 64)
 	var sub *nats.Subscription
 	for {
@@ -273,6 +291,9 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	// one at a time, or an older one could overwrite a newer.
 	s.applying.Lock()
 	defer s.applying.Unlock()
+	if s.stopped {
+		return
+	}
 	if cur := s.current.Load(); cur != nil && cur.Revision >= revision {
 		return // already held, or older than what is held
 	}
@@ -287,6 +308,7 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	}
 	t := &Token{Value: rec.AccessToken, Revision: revision, ExpiresAt: rec.ExpiresAt}
 	s.current.Store(t)
+	swapprobe.Swapped(s.appid, revision)
 	s.staleAt.Store(rec.ExpiresAt.Add(-min(rec.Lifetime()/4, time.Minute)).UnixNano())
 	s.lastErr.Store(nil)
 	s.mu.Lock()
@@ -299,30 +321,17 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	}
 }
 
-// dispatch calls the OnRotate callback with the newest token each time
-// one arrived, on its own goroutine and outside any lock: a callback may
-// itself call Refresh or Transport without blocking what it waits for.
-func (s *Subscriber) dispatch(ctx context.Context) {
-	var last uint64
-	for {
-		t, err := s.waitNewer(ctx, last)
-		if err != nil {
-			return
-		}
-		last = t.Revision
-		s.opts.onRotate(t)
-	}
-}
-
+// report records a problem, logs it and hands it to OnError. It never
+// blocks on the callback.
 func (s *Subscriber) report(err error) {
 	s.lastErr.Store(&err)
 	s.opts.logger.Warn("token not usable", "appid", s.appid, "error", err)
-	if s.opts.onError != nil {
-		s.opts.onError(err)
-	}
+	s.cb.reportError(err)
 }
 
-// Token returns the current token. It does no I/O and takes no lock.
+// Token returns the current token. It does no I/O and takes no lock, and
+// after Close it still returns the last token. Current says whether the
+// token can still be used.
 func (s *Subscriber) Token() Token {
 	if t := s.current.Load(); t != nil {
 		return *t
@@ -330,12 +339,35 @@ func (s *Subscriber) Token() Token {
 	return Token{}
 }
 
+// Current returns the current token, and an error if it cannot be used:
+// ErrClosed after Close, or an error wrapping ErrExpired when it has
+// expired (the refresher did not replace it in time). The token is
+// returned in either case.
+func (s *Subscriber) Current() (Token, error) {
+	t := s.Token()
+	switch {
+	case s.isClosed():
+		return t, ErrClosed
+	case t.Expired(time.Now()):
+		return t, fmt.Errorf("%w: %s's token at revision %d expired at %s", ErrExpired, s.appid, t.Revision,
+			t.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return t, nil
+}
+
 // AppID is the app whose token the subscriber follows.
 func (s *Subscriber) AppID() string { return s.appid }
 
 // Updated returns a channel that receives a value after the token changed.
 // It holds at most one pending notification: read Token after receiving.
+// It is closed by Close, so `for range sub.Updated()` ends with the
+// subscriber.
 func (s *Subscriber) Updated() <-chan struct{} { return s.updated }
+
+// Done returns a channel that is closed once the subscriber has stopped:
+// after Close, when its goroutines have ended, a callback under way at
+// Close included.
+func (s *Subscriber) Done() <-chan struct{} { return s.done }
 
 // Err returns the last problem seen since the last good token arrived: a
 // value in the bucket that did not decode, say. The token in memory is
@@ -360,25 +392,38 @@ func (s *Subscriber) waitNewer(ctx context.Context, revision uint64) (Token, err
 		case <-changed:
 		case <-ctx.Done():
 			return Token{}, ctx.Err()
-		case <-s.done:
+		case <-s.ctx.Done():
 			return Token{}, ErrClosed
 		}
 	}
 }
 
-// Close stops following the token. It is idempotent; Token keeps returning
-// the last token after it.
+// Close stops following the token, and returns once everything the
+// subscriber started has ended, except a callback under way: it may be
+// the very caller, so Close does not wait for it, and Done is closed when
+// it returns. No callback starts after Close. Close may be called from any
+// goroutine, callbacks included; it is idempotent and returns nil. Token
+// keeps returning the last token after it; the other methods return
+// ErrClosed.
 func (s *Subscriber) Close() error {
-	s.cancel()
-	s.wg.Wait()
+	s.closing.Do(func() {
+		s.cancel()
+		go func() {
+			s.workers.Wait()
+			s.applying.Lock()
+			s.stopped = true
+			close(s.updated)
+			s.applying.Unlock()
+			close(s.halted)
+			<-s.cb.ended
+			close(s.done)
+		}()
+	})
+	<-s.halted
+	if !s.cb.stop() {
+		<-s.done
+	}
 	return nil
 }
 
-func (s *Subscriber) isClosed() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
+func (s *Subscriber) isClosed() bool { return s.ctx.Err() != nil }

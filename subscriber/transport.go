@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/wxtoken/wxtoken/internal/wechaterr"
 )
 
 // maxErrorBody is the most of a response Transport reads to look for an
@@ -48,7 +46,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	code, resp, err := peekErrcode(resp)
-	if err != nil || !wechaterr.TokenRejected(code) {
+	if err != nil || !TokenRejected(code) {
 		return resp, err
 	}
 	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {

@@ -80,7 +80,7 @@ func TestSubscriberFollowsRotation(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{})
 	rotations := make(chan subscriber.Token, 8)
-	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnRotate(func(tok subscriber.Token) { rotations <- tok }))
+	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnRotate(func(_ *subscriber.Subscriber, tok subscriber.Token) { rotations <- tok }))
 	first := <-rotations
 	<-sub.Updated()
 	if first != sub.Token() {
@@ -244,14 +244,10 @@ func TestSubscriberKeepsLastGoodTokenOverGarbage(t *testing.T) {
 		err, held error
 		token     subscriber.Token
 	}
-	var self atomic.Pointer[subscriber.Subscriber]
 	reports := make(chan report, 8)
-	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnError(func(err error) {
-		if s := self.Load(); s != nil {
-			reports <- report{err: err, held: s.Err(), token: s.Token()}
-		}
+	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnError(func(s *subscriber.Subscriber, err error) {
+		reports <- report{err: err, held: s.Err(), token: s.Token()}
 	}))
-	self.Store(sub)
 	good := sub.Token()
 	<-sub.Updated() // the first token's notification
 	expectReport := func(what string) {
@@ -289,7 +285,9 @@ func TestSubscriberKeepsLastGoodTokenOverGarbage(t *testing.T) {
 }
 
 // TestSubscriberReportsGarbageItReads: garbage found by a watch, or by the
-// read at start, is reported while the subscriber waits for a good token.
+// read at start, is reported while the subscriber waits for a good token,
+// in its log; OnError, which starts once New has returned, is not told of
+// a problem New overcame.
 func TestSubscriberReportsGarbageItReads(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
@@ -313,16 +311,18 @@ func TestSubscriberReportsGarbageItReads(t *testing.T) {
 			}
 			problems := make(chan error, 8)
 			started := make(chan *subscriber.Subscriber, 1)
+			logs := newNotifyingBuffer()
 			go func() {
-				sub, err := subscriber.New(ctx, nc, appA, subscriber.WithBucket(opts.Bucket),
-					subscriber.OnError(func(err error) { problems <- err }))
+				sub, err := subscriber.New(ctx, nc, appA, subscriber.WithBucket(opts.Bucket), subscriber.WithLogger(textLogger(logs)),
+					subscriber.OnError(func(_ *subscriber.Subscriber, err error) { problems <- err }))
 				if err != nil {
 					t.Error(err)
 				}
 				started <- sub
 			}()
-			if err := <-problems; !errors.Is(err, kv.ErrInvalidRecord) {
-				t.Errorf("reported %v", err)
+			// Seen while New waits, in the log.
+			if err := logs.waitFor(ctx, "invalid token record"); err != nil {
+				t.Fatalf("the garbage was not reported while New waited: %v", err)
 			}
 			data, _ := kv.Encode(kv.NewRecord(appA, "good", time.Hour, time.Now()))
 			if _, err := b.Put(ctx, appA, data); err != nil {
@@ -341,6 +341,12 @@ func TestSubscriberReportsGarbageItReads(t *testing.T) {
 			defer sub.Close()
 			if sub.Token().Value != "good" {
 				t.Errorf("token %q", sub.Token().Value)
+			}
+			// New overcame it: OnError is not told of it afterwards.
+			select {
+			case err := <-problems:
+				t.Errorf("OnError got %v, a problem from before New returned", err)
+			default:
 			}
 		})
 	}
@@ -373,12 +379,11 @@ func TestSubscriberClose(t *testing.T) {
 func TestOnRotateMayRefresh(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{MinForceInterval: time.Nanosecond})
-	var self atomic.Pointer[subscriber.Subscriber]
 	refreshed := make(chan error, 1)
 	var once sync.Once
-	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnRotate(func(tok subscriber.Token) {
-		s := self.Load()
-		if s == nil || tok.Revision < 2 {
+	var first atomic.Uint64
+	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnRotate(func(s *subscriber.Subscriber, tok subscriber.Token) {
+		if first.CompareAndSwap(0, tok.Revision) {
 			return // the first token
 		}
 		once.Do(func() {
@@ -389,7 +394,6 @@ func TestOnRotateMayRefresh(t *testing.T) {
 			refreshed <- err
 		})
 	}))
-	self.Store(sub)
 	sys.fake.Issue(appA)
 	if _, err := sub.Refresh(ctx, sub.Token().Revision); err != nil {
 		t.Fatal(err)

@@ -13,12 +13,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/swapprobe"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/subscriber"
 )
 
 // fleet is n service connections in this process, each with a subscriber
-// for benchApp and a core subscription for the floor measurement.
+// for benchApp and a core subscription for the floor measurement. A new
+// token is recorded the moment a subscriber swaps it in, a floor message
+// in its subscription's callback: each the first code after the one
+// hand-off from nats.go's reader.
 type fleet struct {
 	conns []*nats.Conn
 	subs  []*subscriber.Subscriber
@@ -53,9 +57,7 @@ func newFleet(url string, n int) *fleet {
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			sub, err := subscriber.New(ctx, nc, benchApp, subscriber.OnRotate(func(t subscriber.Token) {
-				f.arrived(f.rotated, t.Revision, time.Now())
-			}))
+			sub, err := subscriber.New(ctx, nc, benchApp)
 			if err != nil {
 				log.Fatal(err)
 			}
@@ -63,6 +65,9 @@ func newFleet(url string, n int) *fleet {
 		}()
 	}
 	wg.Wait()
+	// The instant each subscriber swaps a new token in: when its Token()
+	// starts returning it.
+	swapprobe.Set(func(_ string, revision uint64) { f.arrived(f.rotated, revision, time.Now()) })
 	return f
 }
 
@@ -95,6 +100,7 @@ func (f *fleet) await(m map[uint64][]time.Time, key uint64) []time.Time {
 }
 
 func (f *fleet) close() {
+	swapprobe.Set(nil)
 	for i := range f.subs {
 		f.subs[i].Close()
 		f.conns[i].Close()

@@ -1,0 +1,77 @@
+package subscriber
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/wxtoken/wxtoken/internal/wechaterr"
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// Errors a service checks with errors.Is.
+var (
+	// ErrClosed is returned by calls on a closed Subscriber.
+	ErrClosed = errors.New("subscriber: closed")
+	// ErrExpired is wrapped by Current when the token it holds has
+	// expired: the refresher has not replaced it in time.
+	ErrExpired = errors.New("subscriber: token expired")
+	// ErrInvalidOption is wrapped by New's error for an option it refuses.
+	ErrInvalidOption = errors.New("subscriber: invalid option")
+
+	// The refresher's answers to a refresh request that failed, wrapped
+	// by a *RefreshError.
+
+	// ErrRateLimited: a forced refresh of the app ran too recently; the
+	// token named is the current one.
+	ErrRateLimited = errors.New("subscriber: refresh rate-limited")
+	// ErrUnknownApp: the refresher keeps no token for the app.
+	ErrUnknownApp = errors.New("subscriber: the refresher has no such app")
+	// ErrUpstream: WeChat did not give a new token (it failed, or the
+	// app waits out an earlier failure).
+	ErrUpstream = errors.New("subscriber: WeChat gave no new token")
+	// ErrUnavailable: no refresher answered (no leader right now, or one
+	// stepping down) until the request's context ended.
+	ErrUnavailable = errors.New("subscriber: no refresher answered")
+)
+
+// RefreshError is the refresher's answer to a refresh request that failed:
+// its error code and message, as the wire contract has them. errors.Is
+// matches it to the sentinel of its code (ErrRateLimited, ErrUnknownApp,
+// ErrUpstream, ErrUnavailable).
+type RefreshError struct {
+	Code    string // kv.CodeRateLimited, kv.CodeUnknownApp, ...
+	Message string
+}
+
+func (e *RefreshError) Error() string { return "subscriber: refresher: " + e.Code + ": " + e.Message }
+
+// Is matches e to the sentinel of its code.
+func (e *RefreshError) Is(target error) bool {
+	switch e.Code {
+	case kv.CodeRateLimited:
+		return target == ErrRateLimited
+	case kv.CodeUnknownApp:
+		return target == ErrUnknownApp
+	case kv.CodeUpstream:
+		return target == ErrUpstream
+	case kv.CodeUnavailable:
+		return target == ErrUnavailable
+	}
+	return false
+}
+
+func refreshError(e *kv.ReplyError) error {
+	return &RefreshError{Code: e.Code, Message: e.Message}
+}
+
+// TokenRejected reports whether a WeChat errcode says that an API call's
+// access_token is not, or no longer, valid: 40001 (invalid credential),
+// 40014 (invalid access_token) or 42001 (access_token expired). These are
+// the answers after which a service calls Refresh; Transport does it by
+// itself.
+func TokenRejected(errcode int) bool { return wechaterr.TokenRejected(errcode) }
+
+// invalidOption wraps ErrInvalidOption.
+func invalidOption(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidOption, fmt.Sprintf(format, args...))
+}
