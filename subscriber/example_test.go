@@ -2,6 +2,7 @@ package subscriber_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log"
 	"net/http"
@@ -9,22 +10,54 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/wxtoken/wxtoken/internal/wechaterr"
 	"github.com/wxtoken/wxtoken/subscriber"
+	"github.com/wxtoken/wxtoken/wxtokentest"
 )
 
-// A service reads the token from memory and lets Transport handle WeChat's
-// rejections.
+const appID = "wx1234567890abcdef"
+
+// callbackIP calls WeChat's getcallbackip with client and returns the
+// errcode of the answer (0 for a list of addresses).
+func callbackIP(client *http.Client, base, token string) int {
+	url := base + "/cgi-bin/getcallbackip"
+	if token != "" {
+		url += "?access_token=" + token
+	}
+	resp, err := client.Get(url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var answer struct {
+		ErrCode int      `json:"errcode"`
+		IPList  []string `json:"ip_list"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil {
+		log.Fatal(err)
+	}
+	return answer.ErrCode
+}
+
+// The whole lifecycle: New waits for the first token, Transport puts it in
+// every WeChat call and deals with a rejection, Close ends it. Here a
+// wxtokentest.System stands in for NATS, WeChat and the refresher; in
+// production nats.Connect names the NATS servers wxtoken serve uses, and
+// the base URL is https://api.weixin.qq.com.
 func Example() {
-	nc, err := nats.Connect(nats.DefaultURL, nats.MaxReconnects(-1))
+	sys, err := wxtokentest.New(appID) // in a test: wxtokentest.Start(t, appID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sys.Close()
+
+	nc, err := nats.Connect(sys.URL(), nats.MaxReconnects(-1))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer nc.Close()
-
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	sub, err := subscriber.New(ctx, nc, "wx1234567890abcdef")
+	sub, err := subscriber.New(ctx, nc, appID) // waits for the first token
 	if err != nil {
 		log.Fatal(err) // no token within 10s: is the refresher running?
 	}
@@ -33,39 +66,130 @@ func Example() {
 	// Every call gets ?access_token=...; on 40001/40014/42001 the
 	// transport asks the refresher for a new token and retries once.
 	wechat := &http.Client{Transport: sub.Transport(nil), Timeout: 10 * time.Second}
-	resp, err := wechat.Get("https://api.weixin.qq.com/cgi-bin/getcallbackip")
-	if err != nil {
-		log.Fatal(err)
-	}
-	resp.Body.Close()
+	fmt.Println("errcode:", callbackIP(wechat, sys.WeChatURL(), ""))
+
+	sys.Reject(appID) // someone else fetched a token: WeChat rejects ours
+	fmt.Println("errcode after a rejection:", callbackIP(wechat, sys.WeChatURL(), ""))
+	fmt.Println("the token is WeChat's newest:", sub.Token().Value == sys.Token(appID))
+	fmt.Println("token fetches from WeChat:", sys.Fetches(appID))
+	// Output:
+	// errcode: 0
+	// errcode after a rejection: 0
+	// the token is WeChat's newest: true
+	// token fetches from WeChat: 2
 }
 
 // Without Transport: read the token for each call, and report it when
 // WeChat rejects it.
 func ExampleSubscriber_Refresh() {
-	var sub *subscriber.Subscriber // from subscriber.New
-	ctx := context.Background()
+	sys, sub, stop := start()
+	defer stop()
 
+	sys.Reject(appID)
 	tok := sub.Token() // no I/O, no lock: call it for every request
-	errcode := callWeChat(tok.Value)
-	if wechaterr.TokenRejected(errcode) { // 40001, 40014 or 42001
-		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	errcode := callbackIP(http.DefaultClient, sys.WeChatURL(), tok.Value)
+	if subscriber.TokenRejected(errcode) { // 40001, 40014 or 42001
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		fresh, err := sub.Refresh(ctx, tok.Revision)
+		fresh, err := sub.Refresh(ctx, tok.Revision) // names the token WeChat rejected
 		if err != nil {
-			log.Print(err)
-			return
+			log.Fatal(err)
 		}
-		callWeChat(fresh.Value)
+		errcode = callbackIP(http.DefaultClient, sys.WeChatURL(), fresh.Value)
 	}
+	fmt.Println("errcode:", errcode)
+	// Output:
+	// errcode: 0
 }
 
-// Updated signals rotations, for a service that keeps derived state.
+// Current says when the token in memory cannot be used.
+func ExampleSubscriber_Current() {
+	_, sub, stop := start()
+	defer stop()
+
+	if _, err := sub.Current(); err == nil {
+		fmt.Println("usable")
+	}
+	sub.Close()
+	_, err := sub.Current()
+	fmt.Println(err)
+	// Output:
+	// usable
+	// subscriber: closed
+}
+
+// Updated signals rotations to a service that keeps derived state, and is
+// closed by Close: the loop ends with the subscriber.
 func ExampleSubscriber_Updated() {
-	var sub *subscriber.Subscriber // from subscriber.New
-	for range sub.Updated() {
-		fmt.Println("new token at revision", sub.Token().Revision)
-	}
+	_, sub, stop := start()
+	defer stop()
+
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		for range sub.Updated() {
+			// rebuild what depends on sub.Token()
+		}
+	}()
+	sub.Close()
+	<-ended
+	fmt.Println("the loop ended with the subscriber")
+	// Output:
+	// the loop ended with the subscriber
 }
 
-func callWeChat(token string) (errcode int) { return 0 }
+// OnRotate hands each new token to a callback, with the subscriber, on the
+// subscriber's callback goroutine; the callback may call the subscriber,
+// Close included.
+func ExampleOnRotate() {
+	sys, err := wxtokentest.New(appID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sys.Close()
+	nc, err := nats.Connect(sys.URL())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+
+	rotated := make(chan uint64, 4)
+	sub, err := subscriber.New(context.Background(), nc, appID,
+		subscriber.OnRotate(func(s *subscriber.Subscriber, tok subscriber.Token) { rotated <- tok.Revision }))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sub.Close()
+	first := <-rotated // the first token, once New has returned
+	rev, err := sys.Rotate(context.Background(), appID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	next := <-rotated
+	fmt.Println("first, then the rotated one:", next > first && next == rev)
+	// Output:
+	// first, then the rotated one: true
+}
+
+// start runs a System for appID and a subscriber following it; stop ends
+// them.
+func start() (sys *wxtokentest.System, sub *subscriber.Subscriber, stop func()) {
+	sys, err := wxtokentest.New(appID)
+	if err != nil {
+		log.Fatal(err)
+	}
+	nc, err := nats.Connect(sys.URL())
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if sub, err = subscriber.New(ctx, nc, appID); err != nil {
+		log.Fatal(err)
+	}
+	return sys, sub, func() {
+		sub.Close()
+		nc.Close()
+		sys.Close()
+	}
+}

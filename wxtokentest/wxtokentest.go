@@ -1,0 +1,236 @@
+// Package wxtokentest runs wxtoken inside a service's own tests: an
+// embedded NATS server with JetStream, a fake WeChat, and a refresher
+// keeping the apps' tokens, in one call, as net/http/httptest does for
+// HTTP servers.
+//
+//	sys := wxtokentest.Start(t, "wx1234567890abcdef")
+//	nc, _ := nats.Connect(sys.URL())
+//	sub, _ := subscriber.New(ctx, nc, "wx1234567890abcdef")
+//	sys.Reject("wx1234567890abcdef") // WeChat now answers 40001 to the token
+//
+// The fake WeChat answers /cgi-bin/token and /cgi-bin/getcallbackip (at
+// WeChatURL) as WeChat does: a token lives two hours, a new one
+// invalidates the one before, and a rejected token gets errcode 40001.
+// Unlike WeChat, it invalidates the previous token at once rather than
+// after five minutes, so that a test sees a rejection when it asks for one.
+// Everything listens on 127.0.0.1, on ports of its own.
+package wxtokentest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+)
+
+// System is wxtoken running for a test. Its methods are safe for
+// concurrent use.
+type System struct {
+	dir    string
+	srv    *server.Server
+	wechat *httptest.Server
+	fake   *fakewechat.Server
+	nc     *nats.Conn
+	bucket jetstream.KeyValue
+	stop   context.CancelFunc
+	ran    chan error
+}
+
+// Start runs a System keeping a token for each appid, and stops it when
+// the test ends. It returns once every token is in the bucket.
+func Start(tb testing.TB, appids ...string) *System {
+	tb.Helper()
+	s, err := New(appids...)
+	if err != nil {
+		tb.Fatalf("wxtokentest: %v", err)
+	}
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// startTimeout bounds New.
+const startTimeout = 30 * time.Second
+
+// New runs a System keeping a token for each appid (each with a secret of
+// its own at the fake WeChat), for tests without a testing.TB, examples
+// and TestMain among them. It returns once every token is in the bucket.
+// Close stops it.
+func New(appids ...string) (*System, error) {
+	if len(appids) == 0 {
+		return nil, errors.New("wxtokentest: no appids")
+	}
+	dir, err := os.MkdirTemp("", "wxtokentest")
+	if err != nil {
+		return nil, fmt.Errorf("wxtokentest: %w", err)
+	}
+	s := &System{dir: dir, ran: make(chan error, 1)}
+	if err := s.start(appids); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("wxtokentest: %w", err)
+	}
+	return s, nil
+}
+
+func (s *System) start(appids []string) error {
+	opts, err := embedded.Options("127.0.0.1:-1", s.dir)
+	if err != nil {
+		return err
+	}
+	if s.srv, err = embedded.Start(opts, nil); err != nil {
+		return err
+	}
+	s.fake = fakewechat.New(fakewechat.Config{Overlap: -1})
+	s.wechat = httptest.NewServer(s.fake)
+	apps := make([]publisher.App, len(appids))
+	for i, id := range appids {
+		secret := "wxtokentest-secret-of-" + id
+		s.fake.AddApp(id, secret)
+		apps[i] = publisher.App{AppID: id, Secret: publisher.NewSecret(secret)}
+	}
+	if s.nc, err = nats.Connect(s.srv.ClientURL()); err != nil {
+		return err
+	}
+	refresher, err := publisher.New(s.nc, publisher.Config{
+		Apps:             apps,
+		UpstreamURL:      s.wechat.URL,
+		UpstreamTimeout:  2 * time.Second,
+		MinForceInterval: time.Nanosecond, // Rotate as often as a test likes
+		Instance:         "wxtokentest",
+		Logger:           slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	go func() { s.ran <- refresher.Run(ctx) }()
+
+	wait, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return err
+	}
+	for {
+		if s.bucket == nil {
+			s.bucket, _ = kv.Bind(wait, js, "")
+		}
+		if s.bucket != nil && s.allStored(wait, appids) {
+			return nil
+		}
+		select {
+		case err := <-s.ran:
+			s.ran <- err
+			return fmt.Errorf("the refresher stopped: %v", err)
+		case <-wait.Done():
+			return fmt.Errorf("no tokens after %s", startTimeout)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (s *System) allStored(ctx context.Context, appids []string) bool {
+	for _, id := range appids {
+		if _, err := s.bucket.Get(ctx, id); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// Close stops the refresher, the fake WeChat and the NATS server, and
+// removes what they stored. It is idempotent.
+func (s *System) Close() {
+	if s.stop != nil {
+		s.stop()
+		s.stop = nil
+		<-s.ran
+	}
+	if s.nc != nil {
+		s.nc.Close()
+	}
+	if s.wechat != nil {
+		s.wechat.Close()
+		s.wechat = nil
+	}
+	if s.srv != nil {
+		s.srv.Shutdown()
+		s.srv.WaitForShutdown()
+		s.srv = nil
+	}
+	os.RemoveAll(s.dir)
+}
+
+// URL is where the NATS server takes clients: connect the service to it.
+func (s *System) URL() string { return s.srv.ClientURL() }
+
+// WeChatURL is the fake WeChat's base URL, in place of
+// https://api.weixin.qq.com.
+func (s *System) WeChatURL() string { return s.wechat.URL }
+
+// Token is appid's newest token at WeChat: the one that works.
+func (s *System) Token(appid string) string { return s.fake.Current(appid) }
+
+// Valid reports whether WeChat accepts token now.
+func (s *System) Valid(token string) bool {
+	ok, _ := s.fake.Valid(token)
+	return ok
+}
+
+// Reject makes WeChat reject appid's token from now on, as when someone
+// else fetched a new one: API calls with it get errcode 40001. The
+// refresher replaces it once a service reports it (subscriber.Refresh, or
+// the subscriber's Transport).
+func (s *System) Reject(appid string) { s.fake.Issue(appid) }
+
+// Rotate has the refresher replace appid's token now, as when it was
+// rejected and a service reported it, and returns the new revision.
+func (s *System) Rotate(ctx context.Context, appid string) (uint64, error) {
+	e, err := s.bucket.Get(ctx, appid)
+	if err != nil {
+		return 0, fmt.Errorf("wxtokentest: rotate %s: %w", appid, err)
+	}
+	s.Reject(appid)
+	rev := e.Revision()
+	msg, err := s.nc.RequestWithContext(ctx, kv.Subjects{}.Refresh(appid), kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &rev}))
+	if err != nil {
+		return 0, fmt.Errorf("wxtokentest: rotate %s: %w", appid, err)
+	}
+	var reply kv.RefreshReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		return 0, fmt.Errorf("wxtokentest: rotate %s: %w", appid, err)
+	}
+	if reply.Error != nil {
+		return 0, fmt.Errorf("wxtokentest: rotate %s: %w", appid, reply.Error)
+	}
+	return reply.Revision, nil
+}
+
+// FailFetches makes WeChat refuse appid's token fetches with errcode
+// (45009 for the daily quota, 40164 for an IP not whitelisted, -1 for
+// busy, ...) until Heal.
+func (s *System) FailFetches(appid string, errcode int) {
+	s.fake.Fail(appid, fakewechat.Fault{ErrCode: errcode})
+}
+
+// Heal ends FailFetches.
+func (s *System) Heal(appid string) { s.fake.Heal(appid) }
+
+// Fetches is the number of token fetches WeChat had for appid, refused
+// ones included: a service that keeps its tokens through wxtoken makes
+// none itself.
+func (s *System) Fetches(appid string) int { return s.fake.Calls(appid) }
