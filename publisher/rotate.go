@@ -320,6 +320,10 @@ func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }
 
+// valueFlushWait bounds the wait for the server's answer to the flush
+// after a new value.
+const valueFlushWait = 250 * time.Millisecond
+
 // announce publishes the new value on its Value subject, where subscribers
 // take it in the moment it arrives, then the rotation event, which carries
 // no token. Both follow the successful write.
@@ -329,6 +333,11 @@ func (r *Refresher) announce(a *appState, rev uint64, rec kv.Record, data []byte
 	a.announced = max(a.announced, rev)
 	a.mu.Unlock()
 	r.publishValue(appid, rev, data)
+	// A flush writes the new value to the server from this goroutine, now,
+	// rather than when nats.go's flusher goroutine is next scheduled: a
+	// rotation reaches services one wake-up sooner. Its answer only says
+	// that the server has it; it is not worth waiting long for.
+	r.nc.FlushTimeout(valueFlushWait)
 	ev, _ := json.Marshal(kv.RotationEvent{
 		AppID: appid, Revision: rev, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: rec.Reason,
 	})
