@@ -180,20 +180,14 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 // if the server refuses the subscription.
 func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue) bool {
 	subject := s.subjects.Value(s.appid)
-	// A callback subscription: nats.go's delivery goroutine decodes each
-	// value and swaps it in, one hand-off from the socket to Token().
-	onValue := func(m *nats.Msg) {
-		rev, record, err := kv.DecodeValueMsg(m)
-		if err != nil {
-			s.report(err)
-			return
-		}
-		s.apply(rev, jetstream.KeyValuePut, record)
-	}
+	// A channel subscription: nats.go's reader hands each value straight
+	// to this goroutine, which swaps it in; from the socket to Token()
+	// that is one hand-off, as few as a callback subscription has.
+	values := make(chan *nats.Msg, 64)
 	var sub *nats.Subscription
 	for {
 		var err error
-		if sub, err = s.nc.Subscribe(subject, onValue); err == nil {
+		if sub, err = s.nc.ChanSubscribe(subject, values); err == nil {
 			// A refused subscription is reported apart, before the answer
 			// to a flush.
 			err = s.nc.FlushTimeout(s.opts.requestTimeout)
@@ -236,6 +230,13 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 		select {
 		case <-ctx.Done():
 			return true
+		case m := <-values:
+			rev, record, err := kv.DecodeValueMsg(m)
+			if err != nil {
+				s.report(err)
+				continue
+			}
+			s.apply(rev, jetstream.KeyValuePut, record)
 		case <-reconnected:
 			s.get(ctx, bucket)
 		case <-stale.C:
