@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
@@ -109,19 +110,38 @@ func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
 // TestLastGoodTokenStaysWhileWeChatFails: when WeChat fails at refresh time,
 // the bucket keeps the last good token, unchanged, until it expires and
 // after; nothing is written until WeChat gives a new token.
+//
+// The good token is in the bucket before the refresher starts, and WeChat
+// fails from the start: a token the refresher fetched first could fall due
+// at once (fetched_at is cut to the second, and it lives 2s), and its
+// second fetch would race the test's failing of WeChat.
 func TestLastGoodTokenStaysWhileWeChatFails(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
 	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
-	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 2 * time.Second})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url,
-		RetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond})
-	b := testenv.Bucket(t, ctx, nc)
+	js, _ := jetstream.New(nc)
+	b, err := bucket.Open(ctx, js, bucket.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := kv.NewRecord(appA, "the-last-good-token", 2*time.Second, time.Now())
+	data, _ := kv.Encode(good)
+	rev, err := b.Put(ctx, appA, data)
+	if err != nil {
+		t.Fatal(err)
+	}
 	entries := testenv.Entries(t, b, appA)
-	e := testenv.Next(t, ctx, entries)
-	good := testenv.Record(t, e)
-
+	testenv.Next(t, ctx, entries) // the good token itself
+	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 2 * time.Second})
+	apps := testenv.Apps(fake, appA)
 	fake.Fail(appA, fakewechat.Fault{Status: 503})
-	// Let the refresher retry through the refresh window and past expiry.
+	// A token in the bucket and no lease bucket yet: the refresher leaves
+	// the new lease bucket a lease TTL to a leader that may be alive.
+	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url,
+		LeaseTTL: time.Second, UpstreamTimeout: 500 * time.Millisecond,
+		RetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond})
+
+	// Let the refresher retry through the refresh window and past expiry:
+	// each fetch it makes is one event to wait on.
 	for !time.Now().After(good.ExpiresAt) {
 		if err := fake.WaitCalls(ctx, appA, fake.Calls(appA)+1); err != nil {
 			t.Fatal(err)
@@ -131,7 +151,7 @@ func TestLastGoodTokenStaysWhileWeChatFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if now.Revision() != e.Revision() || testenv.Record(t, now).AccessToken != good.AccessToken {
+	if now.Revision() != rev || testenv.Record(t, now).AccessToken != good.AccessToken {
 		t.Fatalf("bucket changed to revision %d while WeChat failed", now.Revision())
 	}
 	select {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
@@ -57,14 +58,20 @@ func countRotations(t *testing.T, replicas, rotations int) (calls, stored int) {
 	srv := testenv.NATS(t)
 	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 2 * time.Second})
 	apps := testenv.Apps(fake, appA)
+	// Watched before any refresher starts, so that every value stored is
+	// seen, the first included.
+	nc := testenv.Connect(t, srv.ClientURL())
+	js, _ := jetstream.New(nc)
+	b, err := bucket.Open(ctx, js, bucket.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := testenv.Entries(t, b, appA)
 	var running []*testenv.Running
 	for range replicas {
 		running = append(running, testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()),
 			publisher.Config{Apps: apps, UpstreamURL: url, LeaseTTL: 2 * time.Second, UpstreamTimeout: time.Second}))
 	}
-	nc := testenv.Connect(t, srv.ClientURL())
-	bucket := testenv.Bucket(t, ctx, nc)
-	entries := testenv.Entries(t, bucket, appA)
 	var first uint64
 	for range rotations {
 		if e := testenv.Next(t, ctx, entries); first == 0 {
@@ -90,7 +97,7 @@ func countRotations(t *testing.T, replicas, rotations int) (calls, stored int) {
 	for _, r := range running {
 		r.Stop() // the leader; Stop again does nothing
 	}
-	e, err := bucket.Get(ctx, appA)
+	e, err := b.Get(ctx, appA)
 	if err != nil {
 		t.Fatal(err)
 	}
