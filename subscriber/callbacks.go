@@ -10,7 +10,6 @@ import (
 // and only once New has returned.
 type callbacks struct {
 	s     *Subscriber
-	errs  chan error    // problems for OnError; full means dropped
 	ready chan struct{} // closed when New has returned the subscriber
 	ended chan struct{} // closed when the callback goroutine has ended, or never ran
 	begun atomic.Bool   // start was called
@@ -18,13 +17,16 @@ type callbacks struct {
 	mu      sync.Mutex
 	closed  bool // no callback starts any more
 	running bool // a callback is under way
+
+	// The latest problem for OnError, not yet passed on; a good token
+	// since clears it. errReported signals one.
+	errMu       sync.Mutex
+	pendingErr  error
+	errReported chan struct{}
 }
 
-// errBacklog is how many problems wait for OnError before more are dropped.
-const errBacklog = 16
-
 func (c *callbacks) init(s *Subscriber) {
-	c.s, c.errs, c.ready, c.ended = s, make(chan error, errBacklog), make(chan struct{}), make(chan struct{})
+	c.s, c.ready, c.ended, c.errReported = s, make(chan struct{}), make(chan struct{}), make(chan struct{}, 1)
 	if s.opts.onRotate == nil && s.opts.onError == nil {
 		close(c.ended)
 		return
@@ -47,17 +49,36 @@ func (c *callbacks) stop() (running bool) {
 	return c.running
 }
 
-// reportError queues err for OnError, or drops it if the backlog is full.
-// Problems met before New returned are not queued: New has overcome them,
-// or returns the last one in its error.
+// reportError hands err to OnError, in place of a problem not yet passed
+// on. Problems met before New returned are not: New has overcome them, or
+// returns the last one in its error.
 func (c *callbacks) reportError(err error) {
 	if c.s.opts.onError == nil || !c.begun.Load() {
 		return
 	}
+	c.errMu.Lock()
+	c.pendingErr = err
+	c.errMu.Unlock()
 	select {
-	case c.errs <- err:
+	case c.errReported <- struct{}{}:
 	default:
 	}
+}
+
+// overcome drops a problem not yet passed on: a good token came since.
+func (c *callbacks) overcome() {
+	c.errMu.Lock()
+	c.pendingErr = nil
+	c.errMu.Unlock()
+}
+
+// takeError returns the problem to pass on, if any.
+func (c *callbacks) takeError() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	err := c.pendingErr
+	c.pendingErr = nil
+	return err
 }
 
 func (c *callbacks) loop() {
@@ -85,8 +106,8 @@ func (c *callbacks) loop() {
 		}
 		select {
 		case <-changed:
-		case err := <-c.errs:
-			if !c.call(func() { s.opts.onError(s, err) }) {
+		case <-c.errReported:
+			if err := c.takeError(); err != nil && !c.call(func() { s.opts.onError(s, err) }) {
 				return
 			}
 		case <-s.ctx.Done():
@@ -95,10 +116,11 @@ func (c *callbacks) loop() {
 	}
 }
 
-// call runs f unless the subscriber is closed, and reports whether it did.
+// call runs f unless the subscriber is closed, or closing, and reports
+// whether it did: no callback starts once Close was called.
 func (c *callbacks) call(f func()) bool {
 	c.mu.Lock()
-	if c.closed {
+	if c.closed || c.s.ctx.Err() != nil {
 		c.mu.Unlock()
 		return false
 	}

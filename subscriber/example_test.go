@@ -44,7 +44,9 @@ func callbackIP(client *http.Client, base, token string) int {
 // production nats.Connect names the NATS servers wxtoken serve uses, and
 // the base URL is https://api.weixin.qq.com.
 func Example() {
-	sys, err := wxtokentest.New(appID) // in a test: wxtokentest.Start(t, appID)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sys, err := wxtokentest.New(ctx, appID) // in a test: wxtokentest.Start(t, appID)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -55,8 +57,6 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	sub, err := subscriber.New(ctx, nc, appID) // waits for the first token
 	if err != nil {
 		log.Fatal(err) // no token within 10s: is the refresher running?
@@ -142,7 +142,9 @@ func ExampleSubscriber_Updated() {
 // subscriber's callback goroutine; the callback may call the subscriber,
 // Close included.
 func ExampleOnRotate() {
-	sys, err := wxtokentest.New(appID)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sys, err := wxtokentest.New(ctx, appID)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -154,14 +156,14 @@ func ExampleOnRotate() {
 	defer nc.Close()
 
 	rotated := make(chan uint64, 4)
-	sub, err := subscriber.New(context.Background(), nc, appID,
+	sub, err := subscriber.New(ctx, nc, appID,
 		subscriber.OnRotate(func(s *subscriber.Subscriber, tok subscriber.Token) { rotated <- tok.Revision }))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer sub.Close()
 	first := <-rotated // the first token, once New has returned
-	rev, err := sys.Rotate(context.Background(), appID)
+	rev, err := sys.Rotate(ctx, appID)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -174,7 +176,9 @@ func ExampleOnRotate() {
 // start runs a System for appID and a subscriber following it; stop ends
 // them.
 func start() (sys *wxtokentest.System, sub *subscriber.Subscriber, stop func()) {
-	sys, err := wxtokentest.New(appID)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sys, err := wxtokentest.New(ctx, appID)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -182,8 +186,6 @@ func start() (sys *wxtokentest.System, sub *subscriber.Subscriber, stop func()) 
 	if err != nil {
 		log.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	if sub, err = subscriber.New(ctx, nc, appID); err != nil {
 		log.Fatal(err)
 	}

@@ -86,8 +86,9 @@ func OnRotate(fn func(*Subscriber, Token)) Option {
 // the last good token (an undecodable value in the bucket, say), on the
 // callback goroutine (see OnRotate). Problems met before New returns are
 // not passed on: New has overcome them, or returns the last in its error.
-// If problems come faster than fn returns, some are dropped; Err holds the
-// last one.
+// If problems come faster than fn returns, fn gets the latest, and a
+// problem that a good token has overcome since is not passed on. Err holds
+// the last one.
 func OnError(fn func(*Subscriber, error)) Option {
 	return func(o *options) error {
 		if fn == nil {

@@ -32,6 +32,10 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 	if s.isClosed() {
 		return Token{}, ErrClosed
 	}
+	// Close ends a Refresh under way too, whatever ctx the caller gave.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.ctx, cancel)()
 	req := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale, Reason: reason})
 	delay := 100 * time.Millisecond
 	for {
@@ -58,8 +62,11 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 		s.opts.logger.Debug("refresh request not answered, retrying", "appid", s.appid, "error", err)
 		wait := delay/2 + rand.N(delay/2+1)
 		delay = min(2*delay, 2*time.Second)
-		if t, err := s.waitNewerFor(ctx, wait, stale); err == nil {
+		switch t, err := s.waitNewerFor(ctx, wait, stale); {
+		case err == nil:
 			return t, nil
+		case errors.Is(err, ErrClosed):
+			return s.Token(), ErrClosed
 		}
 	}
 }
@@ -112,6 +119,9 @@ const lateValue = time.Second
 func (s *Subscriber) awaitRevision(ctx context.Context, revision uint64) (Token, error) {
 	if t, err := s.waitNewerFor(ctx, lateValue, revision-1); err == nil {
 		return t, nil
+	}
+	if s.isClosed() {
+		return s.Token(), ErrClosed
 	}
 	if ctx.Err() != nil {
 		return s.Token(), ctx.Err()

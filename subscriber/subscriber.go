@@ -77,14 +77,17 @@ type Subscriber struct {
 // New follows appid's token and returns once the first token is in memory.
 // ctx bounds only that wait: the subscriber runs until Close. If the bucket
 // does not exist yet (no refresher has run), New waits for it too. An
-// option New cannot use is refused with an error that wraps
-// ErrInvalidOption.
+// option New cannot use is refused at once with an error that wraps
+// ErrInvalidOption, and so are an appid that cannot be one and a closed
+// connection.
 func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Subscriber, error) {
-	if err := kv.ValidateAppID(appid); err != nil {
+	switch err := kv.ValidateAppID(appid); {
+	case err != nil:
 		return nil, fmt.Errorf("subscriber: %w", err)
-	}
-	if nc == nil {
-		return nil, invalidOption("nil NATS connection")
+	case nc == nil:
+		return nil, errors.New("subscriber: nil NATS connection")
+	case nc.IsClosed():
+		return nil, errors.New("subscriber: the NATS connection is closed")
 	}
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -190,7 +193,9 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 		if sub, err = s.nc.ChanSubscribe(subject, values); err == nil {
 			// A refused subscription is reported apart, before the answer
 			// to a flush.
-			err = s.nc.FlushTimeout(s.opts.requestTimeout)
+			fctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
+			err = s.nc.FlushWithContext(fctx)
+			cancel()
 		}
 		if err == nil {
 			break
@@ -311,6 +316,7 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	swapprobe.Swapped(s.appid, revision)
 	s.staleAt.Store(rec.ExpiresAt.Add(-min(rec.Lifetime()/4, time.Minute)).UnixNano())
 	s.lastErr.Store(nil)
+	s.cb.overcome()
 	s.mu.Lock()
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -403,8 +409,8 @@ func (s *Subscriber) waitNewer(ctx context.Context, revision uint64) (Token, err
 // the very caller, so Close does not wait for it, and Done is closed when
 // it returns. No callback starts after Close. Close may be called from any
 // goroutine, callbacks included; it is idempotent and returns nil. Token
-// keeps returning the last token after it; the other methods return
-// ErrClosed.
+// keeps returning the last token after it; Current, Refresh and requests
+// through Transport return ErrClosed.
 func (s *Subscriber) Close() error {
 	s.closing.Do(func() {
 		s.cancel()

@@ -40,6 +40,9 @@ type transport struct {
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.sub.isClosed() {
+		return nil, ErrClosed
+	}
 	token := t.sub.Token()
 	resp, err := t.base.RoundTrip(withToken(req, token.Value))
 	if err != nil {

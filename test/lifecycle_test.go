@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
@@ -83,17 +86,46 @@ func TestCloseFromACallbackReturns(t *testing.T) {
 	}
 }
 
+// settlesTo waits until no more than n goroutines run, for at most 5s
+// (goroutines that were told to end take a moment to), and returns how
+// many run then.
+func settlesTo(n int) int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := runtime.NumGoroutine()
+		if got <= n || time.Now().After(deadline) {
+			return got
+		}
+		runtime.Gosched()
+		time.Sleep(10 * time.Millisecond) // polling a count that only goes down
+	}
+}
+
 // TestCloseEndsEverything: after Close, Updated is closed (a `for range`
 // over it ends), Done is closed, and no goroutine of the subscriber is
-// left. Close is idempotent.
+// left, whether it follows published values or, for a bucket that does not
+// announce them, a KV watch. Close is idempotent.
 func TestCloseEndsEverything(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	sys := startSystem(t, fakewechat.Config{}, publisher.Config{})
 	leading(t, ctx, sys)
+	t.Run("published values", func(t *testing.T) { closeEndsEverything(t, ctx, sys.nc) })
+	t.Run("KV watch", func(t *testing.T) {
+		js, _ := jetstream.New(sys.nc)
+		b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "watched"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		putRecord(t, ctx, b, "watched-token", time.Hour)
+		closeEndsEverything(t, ctx, sys.nc, subscriber.WithBucket("watched"))
+	})
+}
+
+func closeEndsEverything(t *testing.T, ctx context.Context, nc *nats.Conn, opts ...subscriber.Option) {
 	before := goroutines()
-	sub, err := subscriber.New(ctx, sys.nc, appA,
+	sub, err := subscriber.New(ctx, nc, appA, append(opts,
 		subscriber.OnRotate(func(*subscriber.Subscriber, subscriber.Token) {}),
-		subscriber.OnError(func(*subscriber.Subscriber, error) {}))
+		subscriber.OnError(func(*subscriber.Subscriber, error) {}))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +151,7 @@ func TestCloseEndsEverything(t *testing.T) {
 	default:
 		t.Error("Done not closed when Close returned")
 	}
-	if after := goroutines(); after > before {
+	if after := settlesTo(before); after > before {
 		buf := make([]byte, 1<<20)
 		t.Errorf("%d goroutines before New, %d after Close:\n%s", before, after, buf[:runtime.Stack(buf, true)])
 	}
@@ -348,5 +380,110 @@ func TestRefreshErrorsAreTheSubscribers(t *testing.T) {
 
 	if !subscriber.TokenRejected(40001) || subscriber.TokenRejected(45009) {
 		t.Error("TokenRejected")
+	}
+}
+
+// TestCloseEndsRefresh: a Refresh under way, with a context that never
+// ends, returns ErrClosed when the subscriber is closed.
+func TestCloseEndsRefresh(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	refresher := testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url})
+	sub := newSubscriber(t, ctx, nc)
+	refresher.Stop() // nobody answers: Refresh retries for as long as its context lives
+	done := make(chan error, 1)
+	go func() {
+		_, err := sub.Refresh(context.Background(), sub.Token().Revision)
+		done <- err
+	}()
+	sub.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, subscriber.ErrClosed) {
+			t.Errorf("Refresh after Close: %v, want ErrClosed", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Refresh went on after Close")
+	}
+}
+
+// TestNoCallbackStartsAfterClose: Close, called from another goroutine
+// while a callback runs, returns without waiting for it, and no callback
+// starts after it, not even for a problem that waited; Done closes when the
+// running one returns. Several Closes at once all return.
+func TestNoCallbackStartsAfterClose(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startSystem(t, fakewechat.Config{}, publisher.Config{})
+	var calls atomic.Int32
+	running, release := make(chan struct{}), make(chan struct{})
+	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnError(func(*subscriber.Subscriber, error) {
+		if calls.Add(1) == 1 {
+			close(running)
+			<-release
+		}
+	}))
+	garbage(t, sys, sub.Token().Revision)
+	<-running
+	garbage(t, sys, sub.Token().Revision) // waits for OnError
+	for range 4 {
+		returns(t, "Close while a callback runs", 10*time.Second, func() { sub.Close() })
+	}
+	select {
+	case <-sub.Done():
+		t.Fatal("Done closed while a callback ran")
+	default:
+	}
+	close(release)
+	select {
+	case <-sub.Done():
+	case <-ctx.Done():
+		t.Fatal("Done not closed after the callback returned")
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("OnError ran %d times, want 1: a callback started after Close", n)
+	}
+}
+
+// TestOnErrorSkipsProblemsOvercome: a problem that waits for a slow
+// OnError is dropped when a good token arrives first.
+func TestOnErrorSkipsProblemsOvercome(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{MinForceInterval: time.Nanosecond})
+	got := make(chan error, 8)
+	running, release := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	sub := newSubscriber(t, ctx, sys.nc, subscriber.OnError(func(_ *subscriber.Subscriber, err error) {
+		got <- err
+		if first.CompareAndSwap(false, true) {
+			close(running)
+			<-release
+		}
+	}))
+	held := sub.Token()
+	garbage(t, sys, held.Revision)
+	<-running
+	garbage(t, sys, held.Revision+1) // waits, then a good token overcomes it
+	sys.fake.Issue(appA)
+	if _, err := sub.Refresh(ctx, held.Revision); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	<-got // the first problem
+	// A third problem, after the good token: passed on, alone.
+	garbage(t, sys, sub.Token().Revision)
+	select {
+	case err := <-got:
+		if !errors.Is(err, kv.ErrInvalidRecord) {
+			t.Errorf("OnError got %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the problem after the good token was not passed on")
+	}
+	select {
+	case err := <-got:
+		t.Errorf("OnError also got %v: a problem overcome, or one twice", err)
+	default:
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,21 +41,27 @@ import (
 // System is wxtoken running for a test. Its methods are safe for
 // concurrent use.
 type System struct {
-	dir    string
-	srv    *server.Server
-	wechat *httptest.Server
-	fake   *fakewechat.Server
-	nc     *nats.Conn
-	bucket jetstream.KeyValue
-	stop   context.CancelFunc
-	ran    chan error
+	dir       string
+	apps      map[string]bool
+	natsURL   string
+	wechatURL string
+	srv       *server.Server
+	wechat    *httptest.Server
+	fake      *fakewechat.Server
+	nc        *nats.Conn
+	bucket    jetstream.KeyValue
+	stop      context.CancelFunc
+	ran       chan error
+	closing   sync.Once
 }
 
 // Start runs a System keeping a token for each appid, and stops it when
-// the test ends. It returns once every token is in the bucket.
+// the test ends. It returns once every token is in the bucket, within 30s.
 func Start(tb testing.TB, appids ...string) *System {
 	tb.Helper()
-	s, err := New(appids...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := New(ctx, appids...)
 	if err != nil {
 		tb.Fatalf("wxtokentest: %v", err)
 	}
@@ -62,14 +69,11 @@ func Start(tb testing.TB, appids ...string) *System {
 	return s
 }
 
-// startTimeout bounds New.
-const startTimeout = 30 * time.Second
-
 // New runs a System keeping a token for each appid (each with a secret of
 // its own at the fake WeChat), for tests without a testing.TB, examples
-// and TestMain among them. It returns once every token is in the bucket.
-// Close stops it.
-func New(appids ...string) (*System, error) {
+// and TestMain among them. It returns once every token is in the bucket;
+// ctx bounds that wait. Close stops it.
+func New(ctx context.Context, appids ...string) (*System, error) {
 	if len(appids) == 0 {
 		return nil, errors.New("wxtokentest: no appids")
 	}
@@ -77,15 +81,15 @@ func New(appids ...string) (*System, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wxtokentest: %w", err)
 	}
-	s := &System{dir: dir, ran: make(chan error, 1)}
-	if err := s.start(appids); err != nil {
+	s := &System{dir: dir, apps: map[string]bool{}, ran: make(chan error, 1)}
+	if err := s.start(ctx, appids); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("wxtokentest: %w", err)
 	}
 	return s, nil
 }
 
-func (s *System) start(appids []string) error {
+func (s *System) start(ctx context.Context, appids []string) error {
 	opts, err := embedded.Options("127.0.0.1:-1", s.dir)
 	if err != nil {
 		return err
@@ -97,11 +101,13 @@ func (s *System) start(appids []string) error {
 	s.wechat = httptest.NewServer(s.fake)
 	apps := make([]publisher.App, len(appids))
 	for i, id := range appids {
+		s.apps[id] = true
 		secret := "wxtokentest-secret-of-" + id
 		s.fake.AddApp(id, secret)
 		apps[i] = publisher.App{AppID: id, Secret: publisher.NewSecret(secret)}
 	}
-	if s.nc, err = nats.Connect(s.srv.ClientURL()); err != nil {
+	s.natsURL, s.wechatURL = s.srv.ClientURL(), s.wechat.URL
+	if s.nc, err = nats.Connect(s.natsURL); err != nil {
 		return err
 	}
 	refresher, err := publisher.New(s.nc, publisher.Config{
@@ -115,12 +121,11 @@ func (s *System) start(appids []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := context.WithCancel(context.Background())
+	run, stop := context.WithCancel(context.Background())
 	s.stop = stop
-	go func() { s.ran <- refresher.Run(ctx) }()
+	go func() { s.ran <- refresher.Run(run) }()
 
-	wait, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
+	wait := ctx
 	js, err := jetstream.New(s.nc)
 	if err != nil {
 		return err
@@ -137,7 +142,7 @@ func (s *System) start(appids []string) error {
 			s.ran <- err
 			return fmt.Errorf("the refresher stopped: %v", err)
 		case <-wait.Done():
-			return fmt.Errorf("no tokens after %s", startTimeout)
+			return fmt.Errorf("no tokens yet: %w", wait.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -153,37 +158,46 @@ func (s *System) allStored(ctx context.Context, appids []string) bool {
 }
 
 // Close stops the refresher, the fake WeChat and the NATS server, and
-// removes what they stored. It is idempotent.
+// removes what they stored. It is idempotent, and the other methods are
+// not to be called after it.
 func (s *System) Close() {
-	if s.stop != nil {
-		s.stop()
-		s.stop = nil
-		<-s.ran
-	}
-	if s.nc != nil {
-		s.nc.Close()
-	}
-	if s.wechat != nil {
-		s.wechat.Close()
-		s.wechat = nil
-	}
-	if s.srv != nil {
-		s.srv.Shutdown()
-		s.srv.WaitForShutdown()
-		s.srv = nil
-	}
-	os.RemoveAll(s.dir)
+	s.closing.Do(func() {
+		if s.stop != nil {
+			s.stop()
+			<-s.ran
+		}
+		if s.nc != nil {
+			s.nc.Close()
+		}
+		if s.wechat != nil {
+			s.wechat.Close()
+		}
+		if s.srv != nil {
+			s.srv.Shutdown()
+			s.srv.WaitForShutdown()
+		}
+		os.RemoveAll(s.dir)
+	})
 }
 
 // URL is where the NATS server takes clients: connect the service to it.
-func (s *System) URL() string { return s.srv.ClientURL() }
+func (s *System) URL() string { return s.natsURL }
 
 // WeChatURL is the fake WeChat's base URL, in place of
 // https://api.weixin.qq.com.
-func (s *System) WeChatURL() string { return s.wechat.URL }
+func (s *System) WeChatURL() string { return s.wechatURL }
+
+// app panics unless the System keeps appid: a test that names another is
+// wrong, and counts of an app nobody keeps would pass by accident.
+func (s *System) app(appid string) string {
+	if !s.apps[appid] {
+		panic(fmt.Sprintf("wxtokentest: this System keeps no app %q", appid))
+	}
+	return appid
+}
 
 // Token is appid's newest token at WeChat: the one that works.
-func (s *System) Token(appid string) string { return s.fake.Current(appid) }
+func (s *System) Token(appid string) string { return s.fake.Current(s.app(appid)) }
 
 // Valid reports whether WeChat accepts token now.
 func (s *System) Valid(token string) bool {
@@ -195,12 +209,14 @@ func (s *System) Valid(token string) bool {
 // else fetched a new one: API calls with it get errcode 40001. The
 // refresher replaces it once a service reports it (subscriber.Refresh, or
 // the subscriber's Transport).
-func (s *System) Reject(appid string) { s.fake.Issue(appid) }
+func (s *System) Reject(appid string) { s.fake.Issue(s.app(appid)) }
 
 // Rotate has the refresher replace appid's token now, as when it was
-// rejected and a service reported it, and returns the new revision.
+// rejected and a service reported it, and returns the new revision. It
+// rejects the token first (see Reject): if the refresher then gets no new
+// one (see FailFetches), the token services hold stays rejected.
 func (s *System) Rotate(ctx context.Context, appid string) (uint64, error) {
-	e, err := s.bucket.Get(ctx, appid)
+	e, err := s.bucket.Get(ctx, s.app(appid))
 	if err != nil {
 		return 0, fmt.Errorf("wxtokentest: rotate %s: %w", appid, err)
 	}
@@ -224,13 +240,13 @@ func (s *System) Rotate(ctx context.Context, appid string) (uint64, error) {
 // (45009 for the daily quota, 40164 for an IP not whitelisted, -1 for
 // busy, ...) until Heal.
 func (s *System) FailFetches(appid string, errcode int) {
-	s.fake.Fail(appid, fakewechat.Fault{ErrCode: errcode})
+	s.fake.Fail(s.app(appid), fakewechat.Fault{ErrCode: errcode})
 }
 
 // Heal ends FailFetches.
-func (s *System) Heal(appid string) { s.fake.Heal(appid) }
+func (s *System) Heal(appid string) { s.fake.Heal(s.app(appid)) }
 
 // Fetches is the number of token fetches WeChat had for appid, refused
 // ones included: a service that keeps its tokens through wxtoken makes
 // none itself.
-func (s *System) Fetches(appid string) int { return s.fake.Calls(appid) }
+func (s *System) Fetches(appid string) int { return s.fake.Calls(s.app(appid)) }

@@ -66,7 +66,9 @@ func TestSystem(t *testing.T) {
 // A service's test: the service under test reads its token from wxtoken,
 // and the test makes WeChat reject it.
 func ExampleNew() {
-	sys, err := wxtokentest.New(app) // wxtokentest.Start(t, app) in a test function
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sys, err := wxtokentest.New(ctx, app) // wxtokentest.Start(t, app) in a test function
 	if err != nil {
 		panic(err)
 	}
@@ -77,7 +79,7 @@ func ExampleNew() {
 		panic(err)
 	}
 	defer nc.Close()
-	sub, err := subscriber.New(context.Background(), nc, app)
+	sub, err := subscriber.New(ctx, nc, app)
 	if err != nil {
 		panic(err)
 	}
@@ -86,7 +88,7 @@ func ExampleNew() {
 	before := sub.Token()
 	sys.Reject(app) // WeChat answers 40001 to it now
 	fmt.Println("WeChat accepts the token:", sys.Valid(before.Value))
-	after, err := sub.Refresh(context.Background(), before.Revision) // what the service does on 40001
+	after, err := sub.Refresh(ctx, before.Revision) // what the service does on 40001
 	if err != nil {
 		panic(err)
 	}

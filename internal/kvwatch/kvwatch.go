@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -66,8 +67,12 @@ func (f *Follower) Run(ctx context.Context) {
 	}
 	var last uint64
 	delay := followMinDelay
+	// Watchers are stopped on goroutines of their own (see watchOnce); Run
+	// waits for them, so that nothing it started outlives it.
+	var stopping sync.WaitGroup
+	defer stopping.Wait()
 	for {
-		err := f.watchOnce(ctx, &last, func() { delay = followMinDelay }, reconnected)
+		err := f.watchOnce(ctx, &last, func() { delay = followMinDelay }, reconnected, &stopping)
 		if ctx.Err() != nil {
 			return
 		}
@@ -93,7 +98,7 @@ func (f *Follower) Run(ctx context.Context) {
 }
 
 // watchOnce runs one watcher until its channel closes or ctx ends.
-func (f *Follower) watchOnce(ctx context.Context, last *uint64, healthy func(), reconnected <-chan nats.Status) error {
+func (f *Follower) watchOnce(ctx context.Context, last *uint64, healthy func(), reconnected <-chan nats.Status, stopping *sync.WaitGroup) error {
 	// The watcher's context governs its whole life, and nats.go parks a
 	// goroutine on it: give each watcher its own, ended with it.
 	ctx, cancel := context.WithCancel(ctx)
@@ -107,9 +112,10 @@ func (f *Follower) watchOnce(ctx context.Context, last *uint64, healthy func(), 
 		return err
 	}
 	// Stop deletes the watch's consumer with a JetStream request, which
-	// waits out its timeout while the server is unreachable: nobody should
-	// wait for that, and the server drops an inactive consumer anyway.
-	defer func() { go w.Stop() }()
+	// waits out its timeout while the server is unreachable: the next watch
+	// should not wait for that (the server drops an inactive consumer
+	// anyway), only the end of Run.
+	defer stopping.Go(func() { w.Stop() })
 	for {
 		select {
 		case <-ctx.Done():
