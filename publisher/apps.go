@@ -16,6 +16,40 @@ import (
 type App struct {
 	AppID  string
 	Secret Secret
+	// TokenAPI is the API its token is fetched with; TokenAPIClassic when
+	// empty.
+	TokenAPI TokenAPI
+}
+
+// TokenAPI names the WeChat API an app's access_token is fetched with.
+type TokenAPI string
+
+const (
+	// TokenAPIClassic is GET /cgi-bin/token. Every fetch issues a new token
+	// and ends the previous one after about 5 minutes.
+	TokenAPIClassic TokenAPI = "token"
+	// TokenAPIStable is POST /cgi-bin/stable_token. In normal mode a call
+	// returns the current token until its last 5 minutes and never ends
+	// anyone's token; the refresher calls it then, and forces a refresh
+	// only for a token WeChat says is dead, within WeChat's 20 a day.
+	TokenAPIStable TokenAPI = "stable"
+)
+
+// check reports whether api is one the refresher knows.
+func (api TokenAPI) check() error {
+	switch api {
+	case "", TokenAPIClassic, TokenAPIStable:
+		return nil
+	}
+	return fmt.Errorf("token_api %.32q is not %q or %q", string(api), TokenAPIClassic, TokenAPIStable)
+}
+
+// orClassic is api, with the empty default spelt out.
+func (api TokenAPI) orClassic() TokenAPI {
+	if api == "" {
+		return TokenAPIClassic
+	}
+	return api
 }
 
 // appsFile is the YAML apps file:
@@ -23,6 +57,7 @@ type App struct {
 //	apps:
 //	  - appid: wx1234567890abcdef
 //	    secret_env: WX_MAIN_SECRET   # or secret_file: /run/secrets/wx_main, or secret: ...
+//	    token_api: stable            # or token, the default
 type appsFile struct {
 	Apps []appEntry `yaml:"apps"`
 }
@@ -32,6 +67,7 @@ type appEntry struct {
 	Secret     string `yaml:"secret"`
 	SecretEnv  string `yaml:"secret_env"`
 	SecretFile string `yaml:"secret_file"`
+	TokenAPI   string `yaml:"token_api"`
 }
 
 // maxAppsFileSize bounds the apps file; 10,000 apps fit in about 1 MB.
@@ -86,6 +122,10 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 	if err := kv.ValidateAppID(e.AppID); err != nil {
 		return App{}, err
 	}
+	api := TokenAPI(e.TokenAPI)
+	if err := api.check(); err != nil {
+		return App{}, fmt.Errorf("app %s: %w", e.AppID, err)
+	}
 	given := 0
 	for _, s := range []string{e.Secret, e.SecretEnv, e.SecretFile} {
 		if s != "" {
@@ -111,11 +151,12 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 	default:
 		secret = e.Secret
 	}
-	return App{AppID: e.AppID, Secret: NewSecret(secret)}, nil
+	return App{AppID: e.AppID, Secret: NewSecret(secret), TokenAPI: api.orClassic()}, nil
 }
 
 // AppFromEnv returns the single app that WECHAT_APPID with WECHAT_APPSECRET
-// or WECHAT_APPSECRET_FILE describe; ok is false when WECHAT_APPID is unset.
+// or WECHAT_APPSECRET_FILE, and optionally WECHAT_TOKEN_API (token or
+// stable), describe; ok is false when WECHAT_APPID is unset.
 func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
 	appid := getenv("WECHAT_APPID")
 	if appid == "" {
@@ -123,6 +164,10 @@ func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
 	}
 	if err := kv.ValidateAppID(appid); err != nil {
 		return App{}, true, fmt.Errorf("publisher: WECHAT_APPID: %w", err)
+	}
+	api := TokenAPI(getenv("WECHAT_TOKEN_API"))
+	if err := api.check(); err != nil {
+		return App{}, true, fmt.Errorf("publisher: WECHAT_TOKEN_API: %w", err)
 	}
 	secret, file := getenv("WECHAT_APPSECRET"), getenv("WECHAT_APPSECRET_FILE")
 	switch {
@@ -137,7 +182,7 @@ func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
 	case secret == "":
 		return App{}, true, fmt.Errorf("publisher: WECHAT_APPID is %s but neither WECHAT_APPSECRET nor WECHAT_APPSECRET_FILE is set", appid)
 	}
-	return App{AppID: appid, Secret: NewSecret(secret)}, true, nil
+	return App{AppID: appid, Secret: NewSecret(secret), TokenAPI: api.orClassic()}, true, nil
 }
 
 // readSecretFile reads a secret file (a Docker or systemd secret, say),

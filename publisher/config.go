@@ -199,6 +199,9 @@ func checkApps(apps []App) error {
 		if a.Secret.IsZero() {
 			errs = append(errs, fmt.Sprintf("app %s has no secret", a.AppID))
 		}
+		if err := a.TokenAPI.check(); err != nil {
+			errs = append(errs, fmt.Sprintf("app %s: %s", a.AppID, err))
+		}
 	}
 	if err := checkUnique(apps); err != nil {
 		errs = append(errs, err.Error())

@@ -179,6 +179,11 @@ func (r *Refresher) await(t *term, appid string, data []byte, ad admission) (kv.
 		return errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError
 	case out.err != nil:
 		reply := currentReply(a.id, out.rev, out.rec, false)
+		var spent *budgetError
+		if errors.As(out.err, &spent) {
+			reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: out.err.Error()}
+			return reply, outcomeRateLimited
+		}
 		reply.Error = &kv.ReplyError{Code: kv.CodeUpstream, Message: out.err.Error()}
 		return reply, outcomeError
 	case !started:

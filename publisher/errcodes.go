@@ -21,7 +21,8 @@ type errcodeInfo struct {
 	meaning string
 }
 
-// errcodes are the WeChat answers to the token fetch the refresher knows.
+// errcodes are the WeChat answers to the token fetches (/cgi-bin/token and
+// /cgi-bin/stable_token) the refresher knows.
 // Codes not listed are treated as transient.
 var errcodes = map[int]errcodeInfo{
 	-1:    {classRetry, "WeChat is busy"},
@@ -37,6 +38,9 @@ var errcodes = map[int]errcodeInfo{
 	41004: {classConfig, "the AppSecret is missing"},
 	89501: {classConfig, "this server's IP address awaits the administrator's confirmation"},
 	89503: {classConfig, "calls from this IP address need the administrator's confirmation"},
+	89506: {classConfig, "this IP address is a risk and awaits the administrator's confirmation"},
+	89507: {classConfig, "the administrator refused calls from this IP address for an hour"},
+	43002: {classConfig, "the API needs a POST (a bug: report it)"},
 
 	45009: {classQuota, "the daily quota of token fetches is used up"},
 }

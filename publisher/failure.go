@@ -47,11 +47,16 @@ func (r *Refresher) failed(a *appState, err error, used Secret) {
 	}
 	r.log.Error("token fetch refused: "+ue.meaning(), "appid", a.id, "errcode", ue.ErrCode,
 		"errmsg", ue.ErrMsg, "class", string(class), "next_attempt", now.Add(wait).Format(time.RFC3339))
-	ev, _ := json.Marshal(kv.FailureEvent{
+	r.publishFailure(kv.FailureEvent{
 		AppID: a.id, ErrCode: ue.ErrCode, ErrMsg: ue.ErrMsg, Class: string(class), NextAttempt: now.Add(wait).UTC(),
 	})
-	if err := r.nc.Publish(r.subjects.Failed(a.id), ev); err != nil {
-		r.log.Warn("failure event not published", "appid", a.id, "error", err)
+}
+
+// publishFailure publishes ev on its app's Failed subject.
+func (r *Refresher) publishFailure(ev kv.FailureEvent) {
+	data, _ := json.Marshal(ev)
+	if err := r.nc.Publish(r.subjects.Failed(ev.AppID), data); err != nil {
+		r.log.Warn("failure event not published", "appid", ev.AppID, "error", err)
 	}
 }
 

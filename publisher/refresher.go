@@ -78,7 +78,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	}
 	set := &appSet{byID: make(map[string]*appState, len(cfg.Apps))}
 	for _, app := range cfg.Apps {
-		a := &appState{id: app.AppID, secret: app.Secret}
+		a := &appState{id: app.AppID, secret: app.Secret, src: sourceFor(app.TokenAPI)}
 		set.byID[app.AppID] = a
 		set.order = append(set.order, a)
 	}
@@ -94,6 +94,7 @@ type appState struct {
 
 	mu         sync.Mutex
 	secret     Secret
+	src        source      // how its token is fetched
 	removed    bool        // by a reload: no longer refreshed
 	rev        uint64      // newest revision of the key seen; 0 when there is none
 	rec        *kv.Record  // the token at rev; nil when absent, deleted or undecodable
@@ -107,7 +108,8 @@ type appState struct {
 	announced  uint64      // the newest revision this replica published on the Value subject
 	timer      *time.Timer // wakes the app when it falls due
 	timerAt    time.Time
-	timerGen   uint64 // tells a stopped timer's late callback from the current one's
+	timerGen   uint64    // tells a stopped timer's late callback from the current one's
+	quietUntil time.Time // WeChat answered with the token held: not asked again before this
 }
 
 // due is when the app next needs a fetch. Callers hold a.mu.
@@ -120,7 +122,14 @@ func (a *appState) due(now time.Time) time.Time {
 		// will kill the one there.
 		return now
 	}
-	return a.refreshAt
+	return maxTime(a.refreshAt, a.quietUntil)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // validRecord returns the app's token if it has one that has not expired.
@@ -136,7 +145,7 @@ func (a *appState) validRecord(now time.Time) *kv.Record {
 func (r *Refresher) setRecord(a *appState, rev uint64, rec *kv.Record) {
 	a.rev, a.rec = rev, rec
 	if rec != nil {
-		window := r.window(rec.Lifetime())
+		window := r.window(a.src, rec.Lifetime())
 		a.refreshAt = rec.ExpiresAt.Add(-window - spreadOf(a.id, rev, window/5))
 	}
 }

@@ -74,9 +74,12 @@ func (r *Refresher) SetApps(apps []App) error {
 		a := old.byID[app.AppID]
 		switch {
 		case a == nil:
-			a = &appState{id: app.AppID, secret: app.Secret}
+			a = &appState{id: app.AppID, secret: app.Secret, src: sourceFor(app.TokenAPI)}
 			added = append(added, app.AppID)
-		case a.setSecret(app.Secret):
+		case a.update(app):
+			a.mu.Lock()
+			r.setRecord(a, a.rev, a.rec) // its refresh window may have changed
+			a.mu.Unlock()
 			rekeyed = append(rekeyed, app.AppID)
 		}
 		next.byID[app.AppID] = a
@@ -93,7 +96,7 @@ func (r *Refresher) SetApps(apps []App) error {
 		}
 	}
 	r.log.Info("apps reloaded", "apps", len(next.order), "added", summary(added), "removed", summary(removed),
-		"secret_changed", summary(rekeyed))
+		"changed", summary(rekeyed))
 
 	// The bucket's follower dropped the keys of apps it did not know.
 	// Once the bucket is open, read theirs (a rotation reads a key it
@@ -130,16 +133,19 @@ func (r *Refresher) readKeys(bucket jetstream.KeyValue, appids []string) {
 	}
 }
 
-// setSecret gives the app secret and reports whether it changed. A fetch
-// the old secret had made WeChat refuse (a configuration error) may go at
-// once with the new one, rather than after the configuration-error pause.
-func (a *appState) setSecret(secret Secret) (changed bool) {
+// update gives the app its secret and token API and reports whether
+// either changed. A fetch WeChat refused before (a configuration error)
+// may go at once with the new ones, rather than after the
+// configuration-error pause.
+func (a *appState) update(app App) (changed bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.secret.Reveal() == secret.Reveal() {
+	src := sourceFor(app.TokenAPI)
+	if a.secret.Reveal() == app.Secret.Reveal() && a.src == src {
 		return false
 	}
-	a.secret = secret
+	a.secret, a.src = app.Secret, src
+	a.quietUntil = time.Time{}
 	if classOf(a.lastErr) == classConfig {
 		a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
 	}

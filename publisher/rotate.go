@@ -169,56 +169,104 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 
 // fetch asks WeChat for a new token, unless a forced refresh finds the
 // current one still works, the term is ending, or the lease might not
-// cover the call: then early is the flight's outcome.
+// cover the call: then early is the flight's outcome. An answer that
+// repeats the valid token the app holds is an outcome too: nothing changed.
 func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outcome) (rec kv.Record, latency time.Duration, early *outcome) {
 	stop := func(err error) (kv.Record, time.Duration, *outcome) {
 		base.err = err
 		return kv.Record{}, 0, &base
 	}
-	if m == modeForced && base.rec != nil && base.rec.ValidAt(r.cfg.Clock.now()) {
+	held := base.rec
+	if held != nil && !held.ValidAt(r.cfg.Clock.now()) {
+		held = nil
+	}
+	verifiedDead := false
+	if m == modeForced && held != nil {
 		// One confused service must not invalidate everyone's token: ask
 		// WeChat first. If the check itself fails, the rejection the
 		// service saw is the better evidence, so rotate.
 		checkStart := time.Now()
-		valid, err := r.upstream.checkToken(t.ctx, base.rec.AccessToken)
+		valid, err := r.upstream.checkToken(t.ctx, held.AccessToken)
 		r.metrics.upstreamCall(a.id, "check", checkResult(valid, err), time.Since(checkStart))
 		switch {
 		case err == nil && valid:
 			r.log.Info("refresh request: WeChat says the token still works, not rotating",
 				"appid", a.id, "revision", base.rev, "reason", reason)
 			return stop(nil)
-		case err != nil && t.ctx.Err() == nil:
+		case err == nil:
+			verifiedDead = true
+		case t.ctx.Err() == nil:
 			r.log.Warn("refresh request: could not check the token, rotating", "appid", a.id, "error", err)
 		}
 	}
+	start := r.cfg.Clock.now()
+	a.mu.Lock()
+	secret, src := a.secret, a.src // a reload may change them
+	a.mu.Unlock()
+	issued, latency, err := r.callUpstream(t, a, src.api(), secret, func(ctx context.Context) (issuedToken, error) {
+		return src.fetch(ctx, r.upstream, a.id, secret)
+	})
+	if err != nil {
+		return stop(err)
+	}
+	if held != nil && issued.AccessToken == held.AccessToken {
+		// Only stable_token answers with the token it gave before: called
+		// before its renewal stretch (by a clock that differs from
+		// WeChat's), or asked again for a token WeChat says is dead.
+		if m != modeForced {
+			r.quiet(a, held.Lifetime())
+			return stop(nil)
+		}
+		if stable, ok := src.(stableSource); ok {
+			if !verifiedDead {
+				return stop(errNotVerified)
+			}
+			start = r.cfg.Clock.now()
+			if issued, latency, err = r.forceStable(t, a, secret); err != nil {
+				return stop(err)
+			}
+			if issued.AccessToken == held.AccessToken {
+				err := &upstreamError{class: classRetry, ErrMsg: "a forced " + stable.api() + " refresh returned the dead token again"}
+				r.failed(a, err, secret)
+				return stop(err)
+			}
+		}
+	}
+	rec = kv.NewRecord(a.id, issued.AccessToken, issued.ExpiresIn, start)
+	rec.Reason = reason
+	return rec, latency, nil
+}
+
+// callUpstream makes one token call to WeChat through the pacer, if the
+// lease surely covers it, and records it: in the metrics under api, and as
+// the app's failure if it fails. A failure while the term ends is
+// errEnding.
+func (r *Refresher) callUpstream(t *term, a *appState, api string, secret Secret, call func(context.Context) (issuedToken, error)) (issuedToken, time.Duration, error) {
 	if err := r.pacer.wait(t.ctx); err != nil {
-		return stop(errEnding)
+		return issuedToken{}, 0, errEnding
 	}
 	// A fetch can outlast its timeout's start by the whole timeout, and a
 	// request once sent cannot be taken back: none starts that the lease
 	// might not cover.
 	if t.leaseLeft != nil && t.leaseLeft() < r.cfg.UpstreamTimeout {
-		return stop(errEnding)
+		return issuedToken{}, 0, errEnding
 	}
-	start := r.cfg.Clock.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
-	a.mu.Lock()
-	secret := a.secret // a reload may change it
-	a.mu.Unlock()
-	fetched, err := r.upstream.fetchToken(t.work, a.id, secret)
-	latency = time.Since(clock)
+	issued, err := call(t.work)
+	latency := time.Since(clock)
 	if err != nil {
 		if t.work.Err() != nil {
-			return stop(errEnding)
+			return issuedToken{}, 0, errEnding
 		}
-		r.metrics.upstreamCall(a.id, "token", string(classOf(err)), latency)
-		r.failed(a, err, secret)
-		return stop(err)
+		r.metrics.upstreamCall(a.id, api, string(classOf(err)), latency)
+		var ue *upstreamError
+		if api != "stable_token_force" || !errors.As(err, &ue) || ue.class != classQuota {
+			r.failed(a, err, secret)
+		}
+		return issuedToken{}, 0, err
 	}
-	r.metrics.upstreamCall(a.id, "token", "ok", latency)
-	rec = kv.NewRecord(a.id, fetched.AccessToken, fetched.ExpiresIn, start)
-	rec.Reason = reason
-	return rec, latency, nil
+	r.metrics.upstreamCall(a.id, api, "ok", latency)
+	return issued, latency, nil
 }
 
 // storeRepairing stores as store does, and repairs the bucket first when

@@ -126,9 +126,22 @@ func (r *Refresher) disarm() {
 }
 
 // window is how long before expiry a token of the given lifetime is
-// replaced: RefreshBefore, cut to half the lifetime for short-lived tokens.
-func (r *Refresher) window(lifetime time.Duration) time.Duration {
-	return min(r.cfg.RefreshBefore, lifetime/2)
+// replaced: RefreshBefore, or less if its source says so, cut to half the
+// lifetime for short-lived tokens.
+func (r *Refresher) window(src source, lifetime time.Duration) time.Duration {
+	return min(src.window(r.cfg.RefreshBefore), lifetime/2)
+}
+
+// quiet holds the app's next scheduled fetch back after WeChat answered
+// with the valid token it holds: by an eighth of the refresh window, so
+// that a token that must be replaced still is, without a call per check.
+// Nothing is written: the bucket already holds that token.
+func (r *Refresher) quiet(a *appState, lifetime time.Duration) {
+	now := r.cfg.Clock.now()
+	a.mu.Lock()
+	a.quietUntil = now.Add(max(r.window(a.src, lifetime)/8, time.Second))
+	a.mu.Unlock()
+	r.log.Info("WeChat answered with the token already stored; nothing to write", "appid", a.id)
 }
 
 // spreadOf returns a duration in [0, span) fixed by appid and rev. Refreshing

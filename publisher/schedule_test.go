@@ -15,9 +15,32 @@ func TestWindowIsCutForShortLifetimes(t *testing.T) {
 		90 * time.Second:   45 * time.Second,
 		30 * time.Second:   15 * time.Second,
 	} {
-		if got := r.window(lifetime); got != want {
+		if got := r.window(classicSource{}, lifetime); got != want {
 			t.Errorf("window(%s) = %s, want %s", lifetime, got, want)
 		}
+	}
+}
+
+// A stable token is replaced in its last 5 minutes, where WeChat issues a
+// new one, spread included: earlier calls return the same token.
+func TestStableWindowStaysInsideTheRenewal(t *testing.T) {
+	r := &Refresher{cfg: Config{RefreshBefore: 10 * time.Minute}}
+	for lifetime, want := range map[time.Duration]time.Duration{
+		7200 * time.Second: 225 * time.Second,
+		345 * time.Second:  172500 * time.Millisecond, // a token fetched with 345 s left
+		300 * time.Second:  150 * time.Second,
+	} {
+		got := r.window(stableSource{}, lifetime)
+		if got != want {
+			t.Errorf("stable window(%s) = %s, want %s", lifetime, got, want)
+		}
+		if lead := got + got/5; lead >= stableRenewal {
+			t.Errorf("stable window(%s) with its spread starts %s before expiry, outside WeChat's %s", lifetime, lead, stableRenewal)
+		}
+	}
+	short := &Refresher{cfg: Config{RefreshBefore: 4 * time.Second}}
+	if got := short.window(stableSource{}, time.Hour); got != 4*time.Second {
+		t.Errorf("a shorter RefreshBefore is kept: got %s", got)
 	}
 }
 

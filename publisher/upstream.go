@@ -96,22 +96,6 @@ func newUpstreamClient(baseURL string, client *http.Client, timeout time.Duratio
 	return &upstreamClient{base: base, client: &c, timeout: timeout}, nil
 }
 
-// fetchToken asks WeChat for a new token. Every failure is an *upstreamError
-// whose text holds neither the secret nor the URL.
-func (u *upstreamClient) fetchToken(ctx context.Context, appid string, secret Secret) (issuedToken, error) {
-	q := url.Values{
-		"grant_type": {"client_credential"},
-		"appid":      {appid},
-		"secret":     {secret.Reveal()},
-	}
-	status, body, err := u.get(ctx, "cgi-bin/token", q, secret.Reveal())
-	if err != nil {
-		return issuedToken{}, err
-	}
-	f, err := decodeTokenResponse(status, body)
-	return f, scrubErrMsg(err, secret.Reveal())
-}
-
 // scrubErrMsg removes s from the errmsg of an *upstreamError: WeChat is not
 // known to echo a secret or token back, but a proxy on the way might, and
 // the errmsg travels on to logs, failure events and refresh replies.
@@ -138,24 +122,40 @@ func (u *upstreamClient) checkToken(ctx context.Context, token string) (valid bo
 // bytes of body. sensitive (a secret or token in the query) is scrubbed from
 // every error.
 func (u *upstreamClient) get(ctx context.Context, path string, q url.Values, sensitive string) (int, []byte, error) {
+	return u.do(ctx, http.MethodGet, path, q, nil, sensitive)
+}
+
+// postJSON performs one POST of the JSON body, as get does a GET.
+func (u *upstreamClient) postJSON(ctx context.Context, path string, body []byte, sensitive string) (int, []byte, error) {
+	return u.do(ctx, http.MethodPost, path, nil, body, sensitive)
+}
+
+func (u *upstreamClient) do(ctx context.Context, method, path string, q url.Values, body []byte, sensitive string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
 	defer cancel()
 	target := u.base.JoinPath(path)
 	target.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
+	var content io.Reader
+	if body != nil {
+		content = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target.String(), content)
 	if err != nil {
 		return 0, nil, &upstreamError{class: classRetry, ErrMsg: "cannot build request"}
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := u.client.Do(req)
 	if err != nil {
 		return 0, nil, transportError(err, sensitive)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody+1))
 	if err != nil {
 		return 0, nil, transportError(err, sensitive)
 	}
-	return resp.StatusCode, body, nil
+	return resp.StatusCode, answer, nil
 }
 
 // transportError turns a client error into an *upstreamError. Go's

@@ -3,6 +3,7 @@ package publisher
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -121,37 +122,72 @@ func TestDecodeCheckResponse(t *testing.T) {
 const secretText = "s3cr3t-AppSecret/+="
 
 func TestFetchTokenFromFake(t *testing.T) {
+	for _, tc := range []struct {
+		src     source
+		current func(*fakewechat.Server) string
+	}{
+		{classicSource{}, func(f *fakewechat.Server) string { return f.Current("wx1") }},
+		{stableSource{}, func(f *fakewechat.Server) string { return f.Stable("wx1") }},
+	} {
+		t.Run(tc.src.api(), func(t *testing.T) {
+			fake := fakewechat.New(fakewechat.Config{})
+			fake.AddApp("wx1", secretText)
+			srv := httptest.NewServer(fake)
+			defer srv.Close()
+			up, err := newUpstreamClient(srv.URL, nil, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			fetched, err := tc.src.fetch(ctx, up, "wx1", NewSecret(secretText))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fetched.AccessToken != tc.current(fake) || fetched.ExpiresIn != 7200*time.Second {
+				t.Errorf("fetched %+v", fetched)
+			}
+			valid, err := up.checkToken(ctx, fetched.AccessToken)
+			if err != nil || !valid {
+				t.Errorf("check of the new token: %v %v", valid, err)
+			}
+			_, err = tc.src.fetch(ctx, up, "wx1", NewSecret("wrong"))
+			var ue *upstreamError
+			if !errors.As(err, &ue) || ue.ErrCode != 40125 || ue.class != classConfig {
+				t.Errorf("wrong secret: %v", err)
+			}
+		})
+	}
+}
+
+func TestStableForceReplacesTheToken(t *testing.T) {
 	fake := fakewechat.New(fakewechat.Config{})
 	fake.AddApp("wx1", secretText)
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
-	up, err := newUpstreamClient(srv.URL, nil, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	up, _ := newUpstreamClient(srv.URL, nil, time.Second)
 	ctx := context.Background()
-	fetched, err := up.fetchToken(ctx, "wx1", NewSecret(secretText))
+	first, err := stableSource{}.fetch(ctx, up, "wx1", NewSecret(secretText))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fetched.AccessToken != fake.Current("wx1") || fetched.ExpiresIn != 7200*time.Second {
-		t.Errorf("fetched %+v", fetched)
+	again, err := stableSource{}.fetch(ctx, up, "wx1", NewSecret(secretText))
+	if err != nil || again.AccessToken != first.AccessToken {
+		t.Fatalf("normal mode twice: %v, same token %v", err, again.AccessToken == first.AccessToken)
 	}
-	valid, err := up.checkToken(ctx, fetched.AccessToken)
-	if err != nil || !valid {
-		t.Errorf("check of the new token: %v %v", valid, err)
-	}
-	_, err = up.fetchToken(ctx, "wx1", NewSecret("wrong"))
-	var ue *upstreamError
-	if !errors.As(err, &ue) || ue.ErrCode != 40125 || ue.class != classConfig {
-		t.Errorf("wrong secret: %v", err)
+	forced, err := stableSource{}.force(ctx, up, "wx1", NewSecret(secretText))
+	if err != nil || forced.AccessToken == first.AccessToken || fake.Forced("wx1") != 1 {
+		t.Fatalf("forced: %v, new token %v, forced %d", err, forced.AccessToken != first.AccessToken, fake.Forced("wx1"))
 	}
 }
 
 // TestUpstreamErrorsHoldNoSecret drives the client into each kind of
 // transport failure; Go's *url.Error would print the URL, secret included.
 func TestUpstreamErrorsHoldNoSecret(t *testing.T) {
-	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The server notices a client gone only once the body is read.
+		io.Copy(io.Discard, r.Body)
+		<-r.Context().Done()
+	}))
 	defer hang.Close()
 	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "http://elsewhere.invalid/?stolen="+r.URL.Query().Get("secret"), http.StatusFound)
@@ -162,22 +198,24 @@ func TestUpstreamErrorsHoldNoSecret(t *testing.T) {
 	ln.Close()
 
 	for name, base := range map[string]string{"timeout": hang.URL, "refused": closed, "redirect": redirect.URL} {
-		t.Run(name, func(t *testing.T) {
-			up, err := newUpstreamClient(base, nil, 200*time.Millisecond)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, err = up.fetchToken(context.Background(), "wx1", NewSecret(secretText))
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for e := err; e != nil; e = errors.Unwrap(e) {
-				if strings.Contains(e.Error(), "s3cr3t") {
-					t.Errorf("error holds the secret: %s", e)
+		for _, src := range []source{classicSource{}, stableSource{}} {
+			t.Run(name+"/"+src.api(), func(t *testing.T) {
+				up, err := newUpstreamClient(base, nil, 200*time.Millisecond)
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			t.Log(err)
-		})
+				_, err = src.fetch(context.Background(), up, "wx1", NewSecret(secretText))
+				if err == nil {
+					t.Fatal("no error")
+				}
+				for e := err; e != nil; e = errors.Unwrap(e) {
+					if strings.Contains(e.Error(), "s3cr3t") {
+						t.Errorf("error holds the secret: %s", e)
+					}
+				}
+				t.Log(err)
+			})
+		}
 	}
 }
 

@@ -1,8 +1,13 @@
-// Package fakewechat is an HTTP server that behaves like WeChat's token API
-// where wxtoken depends on it: a new token invalidates the previous one after
-// an overlap, tokens expire, the fetch has a daily quota that resets at 00:00
-// China time, and getcallbackip answers by the token's validity. Tests and
-// `wxtoken serve --demo` run against it; faults can be injected per app.
+// Package fakewechat is an HTTP server that behaves like WeChat's token APIs
+// where wxtoken depends on them. /cgi-bin/token: a new token invalidates the
+// previous one after an overlap, tokens expire, the fetch has a daily quota
+// that resets at 00:00 China time. /cgi-bin/stable_token: normal mode returns
+// the current token and the time it has left, and a new one only in the
+// current one's last minutes, without ending the old one; forced mode ends
+// the old one at once, at most so many times a day and never twice within
+// 30 s; its tokens are apart from the classic ones. getcallbackip answers by
+// the token's validity. Tests and `wxtoken serve --demo` run against it;
+// faults can be injected per app.
 package fakewechat
 
 import (
@@ -23,6 +28,15 @@ type Config struct {
 	DailyQuota  int              // token fetches per app per China day; 2000 (negative: unlimited)
 	TokenLength int              // characters per token; 152
 	Now         func() time.Time // clock; time.Now
+
+	// StableRenewBefore is how long before its expiry a stable token is
+	// replaced by a normal-mode call; 5m.
+	StableRenewBefore time.Duration
+	// ForceLimit is the forced stable_token refreshes per app per China
+	// day; 20. ForceSpacing is the least time between two: a forced call
+	// sooner returns the current token unchanged; 30s.
+	ForceLimit   int
+	ForceSpacing time.Duration
 }
 
 // Fault replaces the normal answer of one token fetch.
@@ -53,9 +67,17 @@ type app struct {
 	sticky  *Fault  // answered to every fetch while set
 	day     string  // China-time date the quota counter belongs to
 	used    int     // fetches that issued a token on that day
-	calls   int     // every request to /cgi-bin/token naming this app
-	issues  int     // tokens issued
+	calls   int     // every token request (either API) naming this app
+	issues  int     // tokens issued, by either API
 	checks  int     // getcallbackip requests with one of this app's tokens
+
+	stable     *issued   // the current stable token
+	stableDay  string    // China-time date stableUsed belongs to
+	stableUsed int       // stable_token calls that day
+	forceDay   string    // China-time date forceUsed belongs to
+	forceUsed  int       // forced refreshes that day
+	forced     int       // forced refreshes that issued a token, ever
+	lastForce  time.Time // the last forced refresh that issued a token
 }
 
 type issued struct {
@@ -63,6 +85,7 @@ type issued struct {
 	value      string
 	expiresAt  time.Time
 	replacedAt time.Time // zero while current
+	dead       bool      // revoked, or ended by a forced refresh
 }
 
 // New returns a fake with no apps.
@@ -81,6 +104,15 @@ func New(cfg Config) *Server {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.StableRenewBefore <= 0 {
+		cfg.StableRenewBefore = 5 * time.Minute
+	}
+	if cfg.ForceLimit == 0 {
+		cfg.ForceLimit = 20
+	}
+	if cfg.ForceSpacing == 0 {
+		cfg.ForceSpacing = 30 * time.Second
 	}
 	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{})}
 }
@@ -163,6 +195,35 @@ func (s *Server) Current(appid string) string {
 	return ""
 }
 
+// Stable is appid's current stable token ("" before the first).
+func (s *Server) Stable(appid string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.app(appid).stable; c != nil {
+		return c.value
+	}
+	return ""
+}
+
+// Forced is the number of forced stable_token refreshes that issued appid
+// a new token.
+func (s *Server) Forced(appid string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.app(appid).forced
+}
+
+// Revoke makes token stop working at once, as WeChat may do to a leaked
+// or misused token. It stays its app's current one: a stable_token call
+// in normal mode still returns it, and only a forced refresh replaces it.
+func (s *Server) Revoke(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.tokens[token]; ok {
+		t.dead = true
+	}
+}
+
 // Issue fetches a token for appid as another client would (a second,
 // misbehaving central server, say): it invalidates the previous token after
 // the overlap. It counts neither in Calls nor against the quota.
@@ -196,7 +257,7 @@ func (s *Server) valid(token string, now time.Time) (bool, int) {
 	}
 	t, ok := s.tokens[token]
 	switch {
-	case !ok:
+	case !ok, t.dead:
 		return false, 40001
 	case !now.Before(t.expiresAt):
 		return false, 42001
@@ -250,11 +311,14 @@ func (s *Server) mint() string {
 	return string(b)
 }
 
-// ServeHTTP answers /cgi-bin/token and /cgi-bin/getcallbackip.
+// ServeHTTP answers /cgi-bin/token, /cgi-bin/stable_token and
+// /cgi-bin/getcallbackip.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/cgi-bin/token":
 		s.serveToken(w, r)
+	case "/cgi-bin/stable_token":
+		s.serveStable(w, r)
 	case "/cgi-bin/getcallbackip":
 		s.serveCallbackIP(w, r)
 	default:
@@ -264,9 +328,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	appid, secret := q.Get("appid"), q.Get("secret")
-	now := s.cfg.Now()
+	s.serveFetch(w, r, q.Get("appid"), func(a *app, now time.Time) map[string]any {
+		return s.tokenReply(q.Get("appid"), q.Get("secret"), q.Get("grant_type"), a, now)
+	})
+}
 
+// serveFetch counts a token request of appid and answers it with the next
+// fault injected, or with reply's answer.
+func (s *Server) serveFetch(w http.ResponseWriter, r *http.Request, appid string, reply func(*app, time.Time) map[string]any) {
+	now := s.cfg.Now()
 	s.mu.Lock()
 	a := s.app(appid)
 	a.calls++
@@ -280,9 +350,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	case a.sticky != nil:
 		fault = a.sticky
 	}
-	var reply map[string]any
+	var answer map[string]any
 	if fault == nil {
-		reply = s.tokenReply(appid, secret, q.Get("grant_type"), a, now)
+		answer = reply(a, now)
 	}
 	s.mu.Unlock()
 
@@ -290,11 +360,12 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		serveFault(w, r, *fault)
 		return
 	}
-	writeJSON(w, reply)
+	writeJSON(w, answer)
 }
 
-// tokenReply decides a fetch the way WeChat does. Callers hold s.mu.
-func (s *Server) tokenReply(appid, secret, grantType string, a *app, now time.Time) map[string]any {
+// credentialError is WeChat's answer to a token request with a bad
+// grant_type, appid or secret, or nil. Callers hold s.mu.
+func credentialError(appid, secret, grantType string, a *app) map[string]any {
 	switch {
 	case grantType != "client_credential":
 		return errReply(40002, "")
@@ -306,6 +377,14 @@ func (s *Server) tokenReply(appid, secret, grantType string, a *app, now time.Ti
 		return errReply(40013, "")
 	case secret != a.secret:
 		return errReply(40125, "")
+	}
+	return nil
+}
+
+// tokenReply decides a fetch the way WeChat does. Callers hold s.mu.
+func (s *Server) tokenReply(appid, secret, grantType string, a *app, now time.Time) map[string]any {
+	if e := credentialError(appid, secret, grantType, a); e != nil {
+		return e
 	}
 	if day := chinaDay(now); a.day != day {
 		a.day, a.used = day, 0
@@ -376,6 +455,8 @@ var messages = map[int]string{
 	41002: "appid missing",
 	41004: "appsecret missing",
 	42001: "access_token expired",
+	43002: "require POST method",
+	47001: "data format error",
 	45009: "reach max api daily quota limit",
 	45011: "api minute-quota reach limit  mustslower  retry next minute",
 	89501: "此IP正在等待管理员确认,请联系管理员",

@@ -1,0 +1,33 @@
+package publisher
+
+import (
+	"context"
+	"net/url"
+	"time"
+)
+
+// classicSource is GET /cgi-bin/token. Every call issues a new token and
+// starts the end of the previous one: only the leader calls it, and only
+// when a token is due or proven dead.
+type classicSource struct{}
+
+func (classicSource) api() string { return "token" }
+
+// fetch asks WeChat for a new token. Every failure is an *upstreamError
+// whose text holds neither the secret nor the URL.
+func (classicSource) fetch(ctx context.Context, u *upstreamClient, appid string, secret Secret) (issuedToken, error) {
+	q := url.Values{
+		"grant_type": {"client_credential"},
+		"appid":      {appid},
+		"secret":     {secret.Reveal()},
+	}
+	status, body, err := u.get(ctx, "cgi-bin/token", q, secret.Reveal())
+	if err != nil {
+		return issuedToken{}, err
+	}
+	f, err := decodeTokenResponse(status, body)
+	return f, scrubErrMsg(err, secret.Reveal())
+}
+
+// window: any time before expiry will do.
+func (classicSource) window(refreshBefore time.Duration) time.Duration { return refreshBefore }
