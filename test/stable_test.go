@@ -72,7 +72,7 @@ func TestStableTokenIsReplacedInItsLastMinutes(t *testing.T) {
 	if ok, code := fake.Valid(first.AccessToken); !ok {
 		t.Errorf("the replaced token stopped working at once (errcode %d): it should live out its time", code)
 	}
-	if left := first.ExpiresAt.Sub(time.Now()); left <= 0 {
+	if left := time.Until(first.ExpiresAt); left <= 0 {
 		t.Errorf("the token was replaced after it expired (%s late)", -left)
 	}
 	if fake.Forced(appA) != 0 {
