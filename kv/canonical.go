@@ -48,6 +48,12 @@ func decodeCanonical(b []byte) (r Record, ok bool) {
 		}
 		r.Reason = string(s)
 	}
+	if rest, found := expect(b, `,"api":"`); found {
+		if s, b, ok = plainString(rest); !ok {
+			return Record{}, false
+		}
+		r.API = string(s)
+	}
 	if string(b) != "}" {
 		return Record{}, false
 	}

@@ -57,6 +57,7 @@ func FuzzDecodeRefreshRequest(f *testing.F) {
 // input, encoding/json decodes it to the same record.
 func FuzzCanonicalMatchesEncodingJSON(f *testing.F) {
 	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z","reason":"scheduled"}`))
+	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":345,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T10:05:45Z","reason":"scheduled","api":"stable_token"}`))
 	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":-0,"fetched_at":"2026-11-21T10:00:00+08:00","expires_at":"2026-11-21T12:00:00.5Z"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fast, ok := kv.DecodeCanonicalForTest(data)
@@ -68,7 +69,7 @@ func FuzzCanonicalMatchesEncodingJSON(f *testing.F) {
 			t.Fatalf("fast path accepted what encoding/json refuses (%v): %q", err, data)
 		}
 		if fast.AppID != slow.AppID || fast.AccessToken != slow.AccessToken || fast.ExpiresIn != slow.ExpiresIn ||
-			fast.Reason != slow.Reason || !fast.FetchedAt.Equal(slow.FetchedAt) || !fast.ExpiresAt.Equal(slow.ExpiresAt) {
+			fast.Reason != slow.Reason || fast.API != slow.API || !fast.FetchedAt.Equal(slow.FetchedAt) || !fast.ExpiresAt.Equal(slow.ExpiresAt) {
 			t.Fatalf("fast %+v, encoding/json %+v, for %q", fast, slow, data)
 		}
 	})

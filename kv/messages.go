@@ -71,7 +71,10 @@ const (
 // RotationEvent is published after a new token was written. It carries no
 // token: the token lives only in the bucket, behind permissions.
 type RotationEvent struct {
-	AppID     string    `json:"appid"`
+	AppID string `json:"appid"`
+	// Kind is the key's kind for what hangs off the app's token
+	// (KindJSAPITicket, ...); empty, and absent on the wire, for the token.
+	Kind      string    `json:"kind,omitempty"`
 	Revision  uint64    `json:"revision"`
 	FetchedAt time.Time `json:"fetched_at"`
 	ExpiresAt time.Time `json:"expires_at"`
@@ -82,6 +85,7 @@ type RotationEvent struct {
 // error, the errors a human has to act on or wait out.
 type FailureEvent struct {
 	AppID       string    `json:"appid"`
+	Kind        string    `json:"kind,omitempty"` // as RotationEvent's
 	ErrCode     int       `json:"errcode"`
 	ErrMsg      string    `json:"errmsg"`
 	Class       string    `json:"class"` // config, quota or retry
@@ -187,6 +191,7 @@ func ServiceErrorCode(code string) string {
 // revision, already in the bucket; an error may name it too (rate_limited).
 type RefreshReply struct {
 	AppID     string
+	Kind      string // as RotationEvent's
 	Revision  uint64
 	ExpiresAt time.Time
 	Refreshed bool
@@ -197,6 +202,7 @@ type RefreshReply struct {
 // revision carries only the error, a success always says whether it refreshed.
 type wireReply struct {
 	AppID     string      `json:"appid,omitempty"`
+	Kind      string      `json:"kind,omitempty"`
 	Revision  uint64      `json:"revision,omitempty"`
 	ExpiresAt time.Time   `json:"expires_at,omitzero"`
 	Refreshed *bool       `json:"refreshed,omitempty"`
@@ -205,7 +211,7 @@ type wireReply struct {
 
 // MarshalJSON implements json.Marshaler.
 func (r RefreshReply) MarshalJSON() ([]byte, error) {
-	w := wireReply{AppID: r.AppID, Revision: r.Revision, ExpiresAt: r.ExpiresAt.UTC(), Error: r.Error}
+	w := wireReply{AppID: r.AppID, Kind: r.Kind, Revision: r.Revision, ExpiresAt: r.ExpiresAt.UTC(), Error: r.Error}
 	if r.Error == nil {
 		w.Refreshed = &r.Refreshed
 	}
@@ -218,7 +224,7 @@ func (r *RefreshReply) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &w); err != nil {
 		return err
 	}
-	*r = RefreshReply{AppID: w.AppID, Revision: w.Revision, ExpiresAt: w.ExpiresAt, Error: w.Error}
+	*r = RefreshReply{AppID: w.AppID, Kind: w.Kind, Revision: w.Revision, ExpiresAt: w.ExpiresAt, Error: w.Error}
 	if w.Refreshed != nil {
 		r.Refreshed = *w.Refreshed
 	}

@@ -39,7 +39,13 @@ type Record struct {
 	// or ReasonRequested. Optional: records written by other tools may
 	// lack it.
 	Reason string `json:"reason,omitempty"`
+	// API is the WeChat API that issued the token when it is not
+	// /cgi-bin/token: APIStableToken. Optional: absent means /cgi-bin/token.
+	API string `json:"api,omitempty"`
 }
+
+// APIStableToken is Record.API for a token from /cgi-bin/stable_token.
+const APIStableToken = "stable_token"
 
 // NewRecord builds the record for a token fetched at fetchedAt that WeChat
 // said lives for expiresIn.
@@ -70,15 +76,20 @@ func (r Record) Validate() error {
 	if err := ValidateToken(r.AccessToken); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidRecord, err)
 	}
-	if r.ExpiresIn <= 0 {
-		return fmt.Errorf("%w: expires_in %d is not positive", ErrInvalidRecord, r.ExpiresIn)
+	return validateTimes(r.ExpiresIn, r.FetchedAt, r.ExpiresAt)
+}
+
+// validateTimes checks the times every record has.
+func validateTimes(expiresIn int64, fetchedAt, expiresAt time.Time) error {
+	if expiresIn <= 0 {
+		return fmt.Errorf("%w: expires_in %d is not positive", ErrInvalidRecord, expiresIn)
 	}
-	if r.FetchedAt.IsZero() || r.ExpiresAt.IsZero() {
+	if fetchedAt.IsZero() || expiresAt.IsZero() {
 		return fmt.Errorf("%w: fetched_at and expires_at are required", ErrInvalidRecord)
 	}
-	if !r.ExpiresAt.After(r.FetchedAt) {
+	if !expiresAt.After(fetchedAt) {
 		return fmt.Errorf("%w: expires_at %s is not after fetched_at %s", ErrInvalidRecord,
-			r.ExpiresAt.Format(time.RFC3339), r.FetchedAt.Format(time.RFC3339))
+			expiresAt.Format(time.RFC3339), fetchedAt.Format(time.RFC3339))
 	}
 	return nil
 }

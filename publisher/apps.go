@@ -19,6 +19,35 @@ type App struct {
 	// TokenAPI is the API its token is fetched with; TokenAPIClassic when
 	// empty.
 	TokenAPI TokenAPI
+	// Tickets are the JS-SDK tickets kept beside the token, each under
+	// the key "<appid>.<kind>": TicketJSAPI, TicketWxCard.
+	Tickets []Ticket
+}
+
+// Ticket names a ticket kind of the apps file's tickets list.
+type Ticket string
+
+const (
+	TicketJSAPI  Ticket = "jsapi"   // the jsapi_ticket that signs wx.config
+	TicketWxCard Ticket = "wx_card" // the card api_ticket (卡券)
+)
+
+// kind is the ticket's kind of key, as kv names it.
+func (t Ticket) kind() string { return string(t) + "_ticket" }
+
+// checkTickets reports an unknown or repeated ticket.
+func checkTickets(tickets []Ticket) error {
+	seen := map[Ticket]bool{}
+	for _, t := range tickets {
+		switch {
+		case t != TicketJSAPI && t != TicketWxCard:
+			return fmt.Errorf("tickets: %.32q is not %q or %q", string(t), TicketJSAPI, TicketWxCard)
+		case seen[t]:
+			return fmt.Errorf("tickets: %q is listed twice", t)
+		}
+		seen[t] = true
+	}
+	return nil
 }
 
 // TokenAPI names the WeChat API an app's access_token is fetched with.
@@ -58,16 +87,31 @@ func (api TokenAPI) orClassic() TokenAPI {
 //	  - appid: wx1234567890abcdef
 //	    secret_env: WX_MAIN_SECRET   # or secret_file: /run/secrets/wx_main, or secret: ...
 //	    token_api: stable            # or token, the default
+//	    tickets: [jsapi, wx_card]    # JS-SDK tickets kept beside the token
 type appsFile struct {
 	Apps []appEntry `yaml:"apps"`
 }
 
 type appEntry struct {
-	AppID      string `yaml:"appid"`
-	Secret     string `yaml:"secret"`
-	SecretEnv  string `yaml:"secret_env"`
-	SecretFile string `yaml:"secret_file"`
-	TokenAPI   string `yaml:"token_api"`
+	AppID      string     `yaml:"appid"`
+	Secret     string     `yaml:"secret"`
+	SecretEnv  string     `yaml:"secret_env"`
+	SecretFile string     `yaml:"secret_file"`
+	TokenAPI   string     `yaml:"token_api"`
+	Tickets    ticketList `yaml:"tickets"`
+}
+
+// ticketList is the tickets field: a YAML list, with an error that names
+// the field when it is something else.
+type ticketList []string
+
+func (l *ticketList) UnmarshalYAML(n *yaml.Node) error {
+	var list []string
+	if n.Kind != yaml.SequenceNode || n.Decode(&list) != nil {
+		return fmt.Errorf("line %d: tickets must be a list such as [jsapi, wx_card]", n.Line)
+	}
+	*l = list
+	return nil
 }
 
 // maxAppsFileSize bounds the apps file; 10,000 apps fit in about 1 MB.
@@ -126,6 +170,13 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 	if err := api.check(); err != nil {
 		return App{}, fmt.Errorf("app %s: %w", e.AppID, err)
 	}
+	tickets := make([]Ticket, len(e.Tickets))
+	for i, t := range e.Tickets {
+		tickets[i] = Ticket(t)
+	}
+	if err := checkTickets(tickets); err != nil {
+		return App{}, fmt.Errorf("app %s: %w", e.AppID, err)
+	}
 	given := 0
 	for _, s := range []string{e.Secret, e.SecretEnv, e.SecretFile} {
 		if s != "" {
@@ -151,7 +202,7 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 	default:
 		secret = e.Secret
 	}
-	return App{AppID: e.AppID, Secret: NewSecret(secret), TokenAPI: api.orClassic()}, nil
+	return App{AppID: e.AppID, Secret: NewSecret(secret), TokenAPI: api.orClassic(), Tickets: tickets}, nil
 }
 
 // AppFromEnv returns the single app that WECHAT_APPID with WECHAT_APPSECRET

@@ -37,6 +37,47 @@ apps:
 	}
 }
 
+func TestParseAppsKinds(t *testing.T) {
+	data := `
+apps:
+  - appid: wx000000000000000a
+    secret: a
+    tickets: [jsapi, wx_card]
+  - appid: wx000000000000000b
+    secret: b
+    token_api: stable
+`
+	apps, err := ParseApps([]byte(data), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := apps[0]; a.TokenAPI != TokenAPIClassic || len(a.Tickets) != 2 || a.Tickets[0] != TicketJSAPI || a.Tickets[1] != TicketWxCard {
+		t.Errorf("first app %+v", a)
+	}
+	if b := apps[1]; b.TokenAPI != TokenAPIStable || len(b.Tickets) != 0 {
+		t.Errorf("second app %+v", b)
+	}
+	app, _, err := AppFromEnv(env(map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s", "WECHAT_TOKEN_API": "stable"}))
+	if err != nil || app.TokenAPI != TokenAPIStable {
+		t.Errorf("from the environment: %+v, %v", app, err)
+	}
+	if _, _, err := AppFromEnv(env(map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s", "WECHAT_TOKEN_API": "x"})); err == nil ||
+		!strings.Contains(err.Error(), "WECHAT_TOKEN_API") {
+		t.Errorf("a bad WECHAT_TOKEN_API: %v", err)
+	}
+	set := newCredentialSet(apps, nil)
+	var keys []string
+	for _, c := range set.order {
+		keys = append(keys, c.key)
+	}
+	if got := strings.Join(keys, " "); got != "wx000000000000000a wx000000000000000a.jsapi_ticket wx000000000000000a.wx_card_ticket wx000000000000000b" {
+		t.Errorf("credentials %s", got)
+	}
+	if set.byKey["wx000000000000000a.jsapi_ticket"].parent != set.byKey["wx000000000000000a"] {
+		t.Error("a ticket's parent is not its app's token")
+	}
+}
+
 func TestParseAppsErrors(t *testing.T) {
 	tests := map[string]struct{ yaml, inErr string }{
 		"empty":        {``, "apps"},
@@ -49,6 +90,10 @@ func TestParseAppsErrors(t *testing.T) {
 		"bad appid":    {"apps:\n  - appid: wx.1\n    secret: a", "wx.1"},
 		"duplicate":    {"apps:\n  - appid: wx1\n    secret: a\n  - appid: wx1\n    secret: b", "twice"},
 		"not yaml":     {"apps: [", "not a valid apps file"},
+		"token api":    {"apps:\n  - appid: wx1\n    secret: a\n    token_api: stabel", `app wx1: token_api "stabel" is not`},
+		"ticket":       {"apps:\n  - appid: wx1\n    secret: a\n    tickets: [jsapi, agent]", `app wx1: tickets: "agent" is not`},
+		"ticket twice": {"apps:\n  - appid: wx1\n    secret: a\n    tickets: [jsapi, jsapi]", `app wx1: tickets: "jsapi" is listed twice`},
+		"tickets type": {"apps:\n  - appid: wx1\n    secret: a\n    tickets: jsapi", "tickets"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

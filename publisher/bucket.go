@@ -177,7 +177,7 @@ func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
 // knows it, is valid.
 func (r *Refresher) validTokens() (n int) {
 	now := r.cfg.Clock.now()
-	for _, a := range r.appList() {
+	for _, a := range r.credentialList() {
 		a.mu.Lock()
 		if a.validRecord(now) != nil {
 			n++
@@ -268,7 +268,7 @@ func (r *Refresher) restore(t *term) (restored, failed int) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, restoreConcurrency)
-	for _, a := range r.appList() {
+	for _, a := range r.credentialList() {
 		a.mu.Lock()
 		rec := a.validRecord(now)
 		busy, pending := a.flight != nil, a.pending != nil
@@ -303,19 +303,19 @@ func (r *Refresher) restore(t *term) (restored, failed int) {
 // and announces it; it reports whether it wrote it, and false with an
 // error when it could not (the token is then stored by the app's
 // rotation, like one fetched but not stored).
-func (r *Refresher) writeBack(t *term, a *appState, rec kv.Record) (bool, error) {
-	data, err := kv.Encode(rec)
+func (r *Refresher) writeBack(t *term, a *credential, rec kv.Credential) (bool, error) {
+	data, err := kv.EncodeCredential(rec)
 	if err != nil {
 		return false, err
 	}
-	rev, stored, _, err := r.store(t, a.id, rec, data, 0)
+	rev, stored, _, err := r.store(t, a.key, rec, data, 0)
 	if err != nil {
 		a.mu.Lock()
 		if a.pending == nil {
 			a.pending = &rec
 		}
 		a.mu.Unlock()
-		r.log.Warn("token not written back; retrying", "appid", a.id, "error", err)
+		r.log.Warn("token not written back; retrying", "appid", a.key, "error", err)
 		return false, err
 	}
 	r.life.saw(rev)

@@ -44,11 +44,11 @@ func TestTokenFetchedIntoADeletedBucketIsStoredAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := kv.DecodeFor("wx1", e.Value())
+	rec, err := kv.DecodeCredential("wx1", e.Value())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e.Revision() != reply.Revision || rec.AccessToken != fake.Current("wx1") {
+	if e.Revision() != reply.Revision || rec.Value != fake.Current("wx1") {
 		t.Errorf("bucket holds revision %d, want WeChat's new token at %d", e.Revision(), reply.Revision)
 	}
 	if got := fake.Calls("wx1"); got != 2 {
@@ -69,7 +69,7 @@ func TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired(t *testing.T) {
 	r, js, fake, bucket := l.r, l.js, l.fake, l.bucket
 	var err error
 	// A token due for replacement, at revision 30.
-	due, _ := kv.Encode(kv.NewRecord("wx1", "old-token", 2*time.Hour, time.Now().Add(-115*time.Minute)))
+	due, _ := kv.EncodeCredential(kv.NewCredential("wx1", "old-token", 2*time.Hour, time.Now().Add(-115*time.Minute)))
 	var last uint64
 	for range 30 {
 		if last, err = bucket.Put(ctx, "wx1", due); err != nil {
@@ -112,11 +112,11 @@ func TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired(t *testing.T) {
 			t.Fatalf("no token stored past revision %d; %d token fetches", last, fake.Calls("wx1"))
 		}
 	}
-	rec, err := kv.DecodeFor("wx1", stored.Value())
+	rec, err := kv.DecodeCredential("wx1", stored.Value())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.AccessToken != fake.Current("wx1") {
+	if rec.Value != fake.Current("wx1") {
 		t.Error("the token past the old revisions is not WeChat's newest")
 	}
 	if got := fake.Calls("wx1"); got != 1 {

@@ -202,6 +202,9 @@ func checkApps(apps []App) error {
 		if err := a.TokenAPI.check(); err != nil {
 			errs = append(errs, fmt.Sprintf("app %s: %s", a.AppID, err))
 		}
+		if err := checkTickets(a.Tickets); err != nil {
+			errs = append(errs, fmt.Sprintf("app %s: %s", a.AppID, err))
+		}
 	}
 	if err := checkUnique(apps); err != nil {
 		errs = append(errs, err.Error())

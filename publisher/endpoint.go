@@ -76,7 +76,7 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 		}
 	}
 	err = svc.AddEndpoint("refresh", micro.HandlerFunc(handler),
-		micro.WithEndpointSubject(r.subjects.Refresh("*")),
+		micro.WithEndpointSubject(r.subjects.Refresh(">")), // appids, and "<appid>.<kind>"
 		micro.WithEndpointMetadata(map[string]string{"contract": "DESIGN.md: refresh request"}))
 	if err != nil {
 		svc.Stop()
@@ -87,7 +87,7 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 
 // admission is how admit decided a refresh request.
 type admission struct {
-	a       *appState
+	a       *credential
 	f       *flight // the rotation the answer waits on; nil when reply is the answer
 	started bool    // this request started f
 	behind  bool    // f stored the revision the request names: decide again once f lands
@@ -104,9 +104,9 @@ func answer(reply kv.RefreshReply, outcome string) admission {
 // at once (f is nil), or the answer is the outcome of the rotation f, which
 // it started or joined.
 func (r *Refresher) admit(t *term, appid string, data []byte) admission {
-	a := r.app(appid)
+	a := r.credential(appid)
 	if a == nil {
-		return answer(errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid)), outcomeError)
+		return answer(errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no credential %.80q", appid)), outcomeError)
 	}
 	req, err := kv.DecodeRefreshRequest(data)
 	if err != nil {
@@ -116,7 +116,7 @@ func (r *Refresher) admit(t *term, appid string, data []byte) admission {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.removed { // by a reload a moment ago
-		return answer(errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no app %.64q", appid)), outcomeError)
+		return answer(errorReply(kv.CodeUnknownApp, fmt.Sprintf("this refresher has no credential %.80q", appid)), outcomeError)
 	}
 	cur, valid := a.rev, a.validRecord(now)
 	var f *flight
@@ -134,20 +134,20 @@ func (r *Refresher) admit(t *term, appid string, data []byte) admission {
 		// No valid token at all: fetch one, whatever the request named.
 		f, started = r.startOrJoin(t, a, modeScheduled, kv.ReasonRequested)
 	case stale == nil:
-		return answer(currentReply(a.id, cur, valid, false), outcomeCurrent)
+		return answer(currentReply(a.key, cur, valid, false), outcomeCurrent)
 	case *stale < cur:
-		return answer(currentReply(a.id, cur, valid, false), outcomeDeduped)
+		return answer(currentReply(a.key, cur, valid, false), outcomeDeduped)
 	case a.flight != nil:
 		f = a.flight
 	case !a.lastForced.IsZero() && now.Sub(a.lastForced) < r.cfg.MinForceInterval:
-		reply := currentReply(a.id, cur, valid, false)
+		reply := currentReply(a.key, cur, valid, false)
 		reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: fmt.Sprintf(
-			"a forced refresh of %s ran %s ago; at most one per %s", a.id, now.Sub(a.lastForced).Round(time.Second), r.cfg.MinForceInterval)}
+			"a forced refresh of %s ran %s ago; at most one per %s", a.key, now.Sub(a.lastForced).Round(time.Second), r.cfg.MinForceInterval)}
 		return answer(reply, outcomeRateLimited)
 	default:
 		a.lastForced = now
 		f, started = r.startOrJoin(t, a, modeForced, kv.ReasonRequested)
-		r.log.Info("refresh requested", "appid", a.id, "stale_revision", *stale, "reason", req.Reason)
+		r.log.Info("refresh requested", "appid", a.key, "stale_revision", *stale, "reason", req.Reason)
 	}
 	if f == nil {
 		return answer(errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError)
@@ -178,7 +178,7 @@ func (r *Refresher) await(t *term, appid string, data []byte, ad admission) (kv.
 	case errors.Is(out.err, errEnding):
 		return errorReply(kv.CodeUnavailable, "the refresher is stepping down"), outcomeError
 	case out.err != nil:
-		reply := currentReply(a.id, out.rev, out.rec, false)
+		reply := currentReply(a.key, out.rev, out.rec, false)
 		var spent *budgetError
 		if errors.As(out.err, &spent) {
 			reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: out.err.Error()}
@@ -187,11 +187,11 @@ func (r *Refresher) await(t *term, appid string, data []byte, ad admission) (kv.
 		reply.Error = &kv.ReplyError{Code: kv.CodeUpstream, Message: out.err.Error()}
 		return reply, outcomeError
 	case !started:
-		return currentReply(a.id, out.rev, out.rec, out.refreshed), outcomeDeduped
+		return currentReply(a.key, out.rev, out.rec, out.refreshed), outcomeDeduped
 	case out.refreshed:
-		return currentReply(a.id, out.rev, out.rec, true), outcomeRefreshed
+		return currentReply(a.key, out.rev, out.rec, true), outcomeRefreshed
 	}
-	return currentReply(a.id, out.rev, out.rec, false), outcomeStillValid
+	return currentReply(a.key, out.rev, out.rec, false), outcomeStillValid
 }
 
 // publishReply answers a request whose micro.Request can no longer be used,
@@ -212,8 +212,9 @@ func (r *Refresher) publishReply(replyTo string, reply kv.RefreshReply) {
 }
 
 // currentReply names revision rev; rec may be nil when there is no valid token.
-func currentReply(appid string, rev uint64, rec *kv.Record, refreshed bool) kv.RefreshReply {
-	reply := kv.RefreshReply{AppID: appid, Refreshed: refreshed}
+func currentReply(key string, rev uint64, rec *kv.Credential, refreshed bool) kv.RefreshReply {
+	appid, kind := kv.SplitKey(key)
+	reply := kv.RefreshReply{AppID: appid, Kind: kind, Refreshed: refreshed}
 	if rec != nil {
 		reply.Revision, reply.ExpiresAt = rev, rec.ExpiresAt
 	}

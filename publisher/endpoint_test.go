@@ -25,11 +25,11 @@ func TestRequestNamingARevisionARotationStoredWaitsForIt(t *testing.T) {
 	defer cancel()
 	tm := &term{ctx: ctx, work: ctx, onPanic: r.logPanic, leaseLeft: func() time.Duration { return time.Hour }}
 	now := time.Now()
-	first, second := kv.NewRecord("wx1", "token-1", 2*time.Hour, now), kv.NewRecord("wx1", "token-2", 2*time.Hour, now)
+	first, second := kv.NewCredential("wx1", "token-1", 2*time.Hour, now), kv.NewCredential("wx1", "token-2", 2*time.Hour, now)
 	stale := uint64(2)
 	request := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale})
 
-	a := r.app("wx1")
+	a := r.credential("wx1")
 	for _, observed := range []bool{false, true} { // the refresher's watch saw 2 already, or not
 		rotation := &flight{from: 1, done: make(chan struct{})}
 		a.mu.Lock()

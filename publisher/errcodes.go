@@ -14,6 +14,9 @@ const (
 	// classQuota is the exhausted daily quota: no call until it resets at
 	// 00:00 China time.
 	classQuota errClass = "quota"
+	// classToken is a call made with a token refused the token (40001,
+	// 40014, 42001): the token goes through the forced-refresh path.
+	classToken errClass = "token"
 )
 
 type errcodeInfo struct {

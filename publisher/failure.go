@@ -12,7 +12,7 @@ import (
 
 // failed records a failed fetch and decides when the next may happen.
 // used is the secret the fetch used, if it was one.
-func (r *Refresher) failed(a *appState, err error, used Secret) {
+func (r *Refresher) failed(a *credential, err error, used Secret) {
 	class := classOf(err)
 	var ue *upstreamError
 	errors.As(err, &ue)
@@ -22,7 +22,7 @@ func (r *Refresher) failed(a *appState, err error, used Secret) {
 		// Refused with a secret a reload replaced meanwhile: no pause,
 		// the next fetch goes at once with the new one.
 		a.mu.Unlock()
-		r.log.Info("token fetch refused with the secret a reload replaced; trying the new one", "appid", a.id)
+		r.log.Info("token fetch refused with the secret a reload replaced; trying the new one", "appid", a.key)
 		return
 	}
 	a.failures++
@@ -41,22 +41,24 @@ func (r *Refresher) failed(a *appState, err error, used Secret) {
 	a.mu.Unlock()
 
 	if class == classRetry {
-		r.log.Warn("token not rotated, will retry", "appid", a.id, "error", err,
+		r.log.Warn("token not rotated, will retry", "appid", a.key, "error", err,
 			"failures", failures, "retry_in", wait.Round(time.Millisecond))
 		return
 	}
-	r.log.Error("token fetch refused: "+ue.meaning(), "appid", a.id, "errcode", ue.ErrCode,
+	r.log.Error("token fetch refused: "+ue.meaning(), "appid", a.key, "errcode", ue.ErrCode,
 		"errmsg", ue.ErrMsg, "class", string(class), "next_attempt", now.Add(wait).Format(time.RFC3339))
+	appid, kind := kv.SplitKey(a.key)
 	r.publishFailure(kv.FailureEvent{
-		AppID: a.id, ErrCode: ue.ErrCode, ErrMsg: ue.ErrMsg, Class: string(class), NextAttempt: now.Add(wait).UTC(),
+		AppID: appid, Kind: kind, ErrCode: ue.ErrCode, ErrMsg: ue.ErrMsg, Class: string(class), NextAttempt: now.Add(wait).UTC(),
 	})
 }
 
 // publishFailure publishes ev on its app's Failed subject.
 func (r *Refresher) publishFailure(ev kv.FailureEvent) {
 	data, _ := json.Marshal(ev)
-	if err := r.nc.Publish(r.subjects.Failed(ev.AppID), data); err != nil {
-		r.log.Warn("failure event not published", "appid", ev.AppID, "error", err)
+	key := kv.Key(ev.AppID, ev.Kind)
+	if err := r.nc.Publish(r.subjects.Failed(key), data); err != nil {
+		r.log.Warn("failure event not published", "key", key, "error", err)
 	}
 }
 

@@ -55,26 +55,26 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 	r := &Refresher{}
 	tm := &term{ctx: ctx, work: ctx, bucket: b}
 	now := time.Now()
-	put := func(rec kv.Record, rev uint64) uint64 {
-		data, _ := kv.Encode(rec)
+	put := func(rec kv.Credential, rev uint64) uint64 {
+		data, _ := kv.EncodeCredential(rec)
 		rev, err := casPut(ctx, b, "wx1", data, rev)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return rev
 	}
-	base := put(kv.NewRecord("wx1", "first", 2*time.Hour, now.Add(-time.Hour)), 0)
-	newer := kv.NewRecord("wx1", "new-leaders", 2*time.Hour, now)
+	base := put(kv.NewCredential("wx1", "first", 2*time.Hour, now.Add(-time.Hour)), 0)
+	newer := kv.NewCredential("wx1", "new-leaders", 2*time.Hour, now)
 	newRev := put(newer, base)
 
-	deposed := kv.NewRecord("wx1", "deposed-leaders", 2*time.Hour, now.Add(-5*time.Second))
-	deposedData, _ := kv.Encode(deposed)
+	deposed := kv.NewCredential("wx1", "deposed-leaders", 2*time.Hour, now.Add(-5*time.Second))
+	deposedData, _ := kv.EncodeCredential(deposed)
 	rev, stored, ours, err := r.store(tm, "wx1", deposed, deposedData, base)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ours || rev != newRev || stored.AccessToken != "new-leaders" {
-		t.Fatalf("store over a newer token: ours %v rev %d token %q", ours, rev, stored.AccessToken)
+	if ours || rev != newRev || stored.Value != "new-leaders" {
+		t.Fatalf("store over a newer token: ours %v rev %d token %q", ours, rev, stored.Value)
 	}
 	if e, _ := b.Get(ctx, "wx1"); e.Revision() != newRev {
 		t.Fatalf("the bucket moved to revision %d", e.Revision())
@@ -85,11 +85,11 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fresh := kv.NewRecord("wx1", "fresh", 2*time.Hour, now.Add(time.Second))
-	freshData, _ := kv.Encode(fresh)
+	fresh := kv.NewCredential("wx1", "fresh", 2*time.Hour, now.Add(time.Second))
+	freshData, _ := kv.EncodeCredential(fresh)
 	rev, stored, ours, err = r.store(tm, "wx1", fresh, freshData, newRev)
-	if err != nil || !ours || rev <= garbage || stored.AccessToken != "fresh" {
-		t.Fatalf("store over garbage: ours %v rev %d token %q err %v", ours, rev, stored.AccessToken, err)
+	if err != nil || !ours || rev <= garbage || stored.Value != "fresh" {
+		t.Fatalf("store over garbage: ours %v rev %d token %q err %v", ours, rev, stored.Value, err)
 	}
 }
 

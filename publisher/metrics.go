@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxtoken/wxtoken/kv"
 )
 
 // metrics are the refresher's Prometheus metrics. They are registered with
@@ -11,7 +13,7 @@ import (
 type metrics struct {
 	upstream *prometheus.CounterVec   // appid, api, result
 	latency  *prometheus.HistogramVec // api
-	rotated  *prometheus.CounterVec   // appid, reason
+	rotated  *prometheus.CounterVec   // appid, kind, reason
 	requests *prometheus.CounterVec   // outcome
 	leader   prometheus.Gauge
 	repaired prometheus.Counter
@@ -32,7 +34,7 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 	m := &metrics{
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_upstream_requests_total",
-			Help: "Calls to WeChat by app, API (token: a fetch, check: getcallbackip) and result (ok, retry, config, quota; valid, invalid, error).",
+			Help: "Calls to WeChat by app, API (token, stable_token, stable_token_force, jsapi_ticket, wx_card_ticket: fetches; check: getcallbackip) and result (ok, retry, config, quota, token; valid, invalid, error).",
 		}, []string{"appid", "api", "result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wxtoken_upstream_request_duration_seconds",
@@ -41,8 +43,8 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 		}, []string{"api"}),
 		rotated: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_rotations_total",
-			Help: "Tokens written by this replica, by app and reason (initial, scheduled, requested).",
-		}, []string{"appid", "reason"}),
+			Help: "Values written by this replica, by app, kind (access_token, jsapi_ticket, wx_card_ticket) and reason (initial, scheduled, requested).",
+		}, []string{"appid", "kind", "reason"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_refresh_requests_total",
 			Help: "Refresh requests by outcome (refreshed, deduped, still_valid, rate_limited, current, error).",
@@ -62,17 +64,39 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 	return m
 }
 
-func (m *metrics) upstreamCall(appid, api, result string, took time.Duration) {
+// upstreamCall counts a call to WeChat for the credential of key.
+func (m *metrics) upstreamCall(key, api, result string, took time.Duration) {
+	appid, _ := kv.SplitKey(key)
 	m.upstream.WithLabelValues(appid, api, result).Inc()
 	m.latency.WithLabelValues(api).Observe(took.Seconds())
 }
 
+// rotation counts a value written for the credential of key.
+func (m *metrics) rotation(key, reason string) {
+	appid, kind := labelsOf(key)
+	m.rotated.WithLabelValues(appid, kind, reason).Inc()
+}
+
+// labelsOf returns the appid and kind labels of a key.
+func labelsOf(key string) (appid, kind string) {
+	appid, kind = kv.SplitKey(key)
+	if kind == kv.KindToken {
+		kind = "access_token"
+	}
+	return appid, kind
+}
+
 func (m *metrics) request(outcome string) { m.requests.WithLabelValues(outcome).Inc() }
 
-// forget drops the series of an app a reload removed.
-func (m *metrics) forget(appid string) {
-	m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid})
-	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid})
+// forget drops the series of a credential a reload removed.
+func (m *metrics) forget(c *credential) {
+	appid, kind := labelsOf(c.key)
+	m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": c.src.api()})
+	if c.kind == kv.KindToken {
+		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "check"})
+		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "stable_token_force"})
+	}
+	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid, "kind": kind})
 }
 
 func (m *metrics) setLeading(leading bool) {
@@ -89,11 +113,11 @@ type tokenCollector struct{ r *Refresher }
 
 var (
 	expiresInDesc = prometheus.NewDesc("wxtoken_token_expires_in_seconds",
-		"Seconds until the app's token in the bucket expires (negative once expired); absent while there is no valid record.",
-		[]string{"appid"}, nil)
+		"Seconds until the app's token or ticket (kind) in the bucket expires (negative once expired); absent while there is no valid record.",
+		[]string{"appid", "kind"}, nil)
 	fetchedDesc = prometheus.NewDesc("wxtoken_token_fetched_timestamp_seconds",
-		"When the app's token in the bucket was fetched from WeChat (Unix time): the last successful refresh.",
-		[]string{"appid"}, nil)
+		"When the app's token or ticket (kind) in the bucket was fetched from WeChat (Unix time; for a ticket, when its value first appeared).",
+		[]string{"appid", "kind"}, nil)
 )
 
 func (c tokenCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -103,15 +127,16 @@ func (c tokenCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c tokenCollector) Collect(ch chan<- prometheus.Metric) {
 	now := c.r.cfg.Clock.now()
-	for _, a := range c.r.appList() {
+	for _, a := range c.r.credentialList() {
 		a.mu.Lock()
 		rec := a.rec
 		a.mu.Unlock()
 		if rec == nil {
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, rec.ExpiresAt.Sub(now).Seconds(), a.id)
-		ch <- prometheus.MustNewConstMetric(fetchedDesc, prometheus.GaugeValue, float64(rec.FetchedAt.Unix()), a.id)
+		appid, kind := labelsOf(a.key)
+		ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, rec.ExpiresAt.Sub(now).Seconds(), appid, kind)
+		ch <- prometheus.MustNewConstMetric(fetchedDesc, prometheus.GaugeValue, float64(rec.FetchedAt.Unix()), appid, kind)
 	}
 }
 

@@ -1,8 +1,15 @@
 // Package publisher is the central token server: it fetches each app's
-// access_token from WeChat before it expires, stores it in the token bucket
-// with compare-and-swap, announces every rotation, and answers refresh
-// requests from services that saw a token rejected. Replicas elect one leader
-// through a lease; only the leader talks to WeChat.
+// access_token from WeChat (/cgi-bin/token or /cgi-bin/stable_token) before
+// it expires, and the JS-SDK tickets fetched with it, stores each in the
+// token bucket under its key with compare-and-swap, announces every
+// rotation, and answers refresh requests from services that saw a value
+// rejected. Replicas elect one leader through a lease; only the leader
+// talks to WeChat.
+//
+// Each key is a credential (credential.go) with a source, the API that
+// fetches it (source_token.go, source_stable.go, source_ticket.go); the
+// loop that makes it due, fetches, stores and announces it is the same
+// for every kind (schedule.go, rotate.go).
 package publisher
 
 import (
@@ -34,7 +41,7 @@ type Refresher struct {
 	pacer    *pacer
 	log      *slog.Logger
 
-	apps      atomic.Pointer[appSet]
+	apps      atomic.Pointer[credentialSet]
 	reloading sync.Mutex // one SetApps at a time
 	secrets   secrets
 	metrics   *metrics
@@ -76,78 +83,10 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		log:      cfg.Logger,
 		life:     newBucketLife(),
 	}
-	set := &appSet{byID: make(map[string]*appState, len(cfg.Apps))}
-	for _, app := range cfg.Apps {
-		a := &appState{id: app.AppID, secret: app.Secret, src: sourceFor(app.TokenAPI)}
-		set.byID[app.AppID] = a
-		set.order = append(set.order, a)
-	}
-	r.apps.Store(set)
+	r.apps.Store(newCredentialSet(cfg.Apps, nil))
 	r.secrets.add(cfg.Apps)
 	r.metrics = newMetrics(cfg.Registerer, r)
 	return r, nil
-}
-
-// appState is what the refresher knows about one app.
-type appState struct {
-	id string
-
-	mu         sync.Mutex
-	secret     Secret
-	src        source      // how its token is fetched
-	removed    bool        // by a reload: no longer refreshed
-	rev        uint64      // newest revision of the key seen; 0 when there is none
-	rec        *kv.Record  // the token at rev; nil when absent, deleted or undecodable
-	refreshAt  time.Time   // when rec enters its refresh window, spread included
-	flight     *flight     // the rotation under way, shared by all who need one
-	lastForced time.Time   // start of the last forced refresh
-	failures   int         // consecutive failed rotations (fetch or write)
-	retryAt    time.Time   // no fetch before this, after a failure
-	lastErr    error       // the failure that set retryAt
-	pending    *kv.Record  // fetched but not stored yet: written before anything is fetched
-	announced  uint64      // the newest revision this replica published on the Value subject
-	timer      *time.Timer // wakes the app when it falls due
-	timerAt    time.Time
-	timerGen   uint64    // tells a stopped timer's late callback from the current one's
-	quietUntil time.Time // WeChat answered with the token held: not asked again before this
-}
-
-// due is when the app next needs a fetch. Callers hold a.mu.
-func (a *appState) due(now time.Time) time.Time {
-	switch {
-	case now.Before(a.retryAt):
-		return a.retryAt
-	case a.pending != nil, a.rec == nil || !a.rec.ValidAt(now):
-		// A token fetched but not stored must reach the bucket: its fetch
-		// will kill the one there.
-		return now
-	}
-	return maxTime(a.refreshAt, a.quietUntil)
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
-// validRecord returns the app's token if it has one that has not expired.
-// Callers hold a.mu.
-func (a *appState) validRecord(now time.Time) *kv.Record {
-	if a.rec != nil && a.rec.ValidAt(now) {
-		return a.rec
-	}
-	return nil
-}
-
-// setRecord records the token at rev. Callers hold a.mu.
-func (r *Refresher) setRecord(a *appState, rev uint64, rec *kv.Record) {
-	a.rev, a.rec = rev, rec
-	if rec != nil {
-		window := r.window(a.src, rec.Lifetime())
-		a.refreshAt = rec.ExpiresAt.Add(-window - spreadOf(a.id, rev, window/5))
-	}
 }
 
 // observe takes in an entry of the token bucket: the refresher's own writes
@@ -159,7 +98,7 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 		}
 	}()
 	r.life.saw(e.Revision())
-	a := r.app(e.Key())
+	a := r.credential(e.Key())
 	if a == nil {
 		return // another deployment's app, or a reserved "<appid>.<kind>" key
 	}
@@ -168,11 +107,11 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 		a.mu.Unlock()
 		return
 	}
-	var rec *kv.Record
+	var rec *kv.Credential
 	if e.Operation() == jetstream.KeyValuePut {
-		decoded, err := kv.DecodeFor(a.id, e.Value())
+		decoded, err := kv.DecodeCredential(a.key, e.Value())
 		if err != nil {
-			r.log.Warn("token bucket holds an undecodable value; replacing it", "appid", a.id, "revision", e.Revision(), "error", err)
+			r.log.Warn("token bucket holds an undecodable value; replacing it", "appid", a.key, "revision", e.Revision(), "error", err)
 		} else {
 			rec = &decoded
 		}
@@ -183,12 +122,12 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 	// one goes back in, as a token fetched but not stored, and the older
 	// one is not announced.
 	held := a.validRecord(r.cfg.Clock.now())
-	older := t != nil && rec != nil && held != nil && rec.AccessToken != held.AccessToken && rec.FetchedAt.Before(held.FetchedAt)
+	older := t != nil && rec != nil && held != nil && rec.Value != held.Value && rec.FetchedAt.Before(held.FetchedAt)
 	switch {
 	case older && a.pending == nil:
 		a.pending = held
 		r.log.Warn("the token bucket holds an older token than the one known; writing the newer back",
-			"appid", a.id, "revision", e.Revision())
+			"appid", a.key, "revision", e.Revision())
 	case a.pending != nil && rec != nil && !rec.FetchedAt.Before(a.pending.FetchedAt):
 		a.pending = nil // the bucket holds it, or a newer one
 	}

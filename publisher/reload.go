@@ -12,17 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// appSet is the apps the refresher keeps tokens for. It is immutable:
-// SetApps replaces it whole, so that readers need no lock.
-type appSet struct {
-	byID  map[string]*appState
-	order []*appState // configuration order
-}
-
-func (r *Refresher) app(appid string) *appState { return r.apps.Load().byID[appid] }
-
-func (r *Refresher) appList() []*appState { return r.apps.Load().order }
-
 // secrets is every AppSecret the refresher was ever given, for scrubbing:
 // one removed by a reload may still sit in the text of a panic.
 type secrets struct {
@@ -68,31 +57,29 @@ func (r *Refresher) SetApps(apps []App) error {
 	defer r.reloading.Unlock()
 	r.secrets.add(apps)
 	old := r.apps.Load()
-	next := &appSet{byID: make(map[string]*appState, len(apps))}
+	next := newCredentialSet(apps, old)
 	var added, removed, rekeyed []string
 	for _, app := range apps {
-		a := old.byID[app.AppID]
-		switch {
-		case a == nil:
-			a = &appState{id: app.AppID, secret: app.Secret, src: sourceFor(app.TokenAPI)}
-			added = append(added, app.AppID)
-		case a.update(app):
+		if a := old.find(app.AppID); a != nil && a.update(app) {
 			a.mu.Lock()
 			r.setRecord(a, a.rev, a.rec) // its refresh window may have changed
 			a.mu.Unlock()
 			rekeyed = append(rekeyed, app.AppID)
 		}
-		next.byID[app.AppID] = a
-		next.order = append(next.order, a)
+	}
+	for _, c := range next.order {
+		if old.find(c.key) == nil {
+			added = append(added, c.key)
+		}
 	}
 	// Out of the set first, so that no request finds them; then marked,
 	// so that nothing armed before goes on.
 	r.apps.Store(next)
 	for _, a := range old.order {
-		if next.byID[a.id] == nil {
+		if next.byKey[a.key] == nil {
 			a.remove()
-			r.metrics.forget(a.id)
-			removed = append(removed, a.id)
+			r.metrics.forget(a)
+			removed = append(removed, a.key)
 		}
 	}
 	r.log.Info("apps reloaded", "apps", len(next.order), "added", summary(added), "removed", summary(removed),
@@ -107,7 +94,7 @@ func (r *Refresher) SetApps(apps []App) error {
 	}
 	if t := r.term.Load(); t != nil {
 		for _, id := range slices.Concat(added, rekeyed) {
-			a := next.byID[id]
+			a := next.byKey[id]
 			r.announceStored(a)
 			r.plan(t, a)
 		}
@@ -137,7 +124,7 @@ func (r *Refresher) readKeys(bucket jetstream.KeyValue, appids []string) {
 // either changed. A fetch WeChat refused before (a configuration error)
 // may go at once with the new ones, rather than after the
 // configuration-error pause.
-func (a *appState) update(app App) (changed bool) {
+func (a *credential) update(app App) (changed bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	src := sourceFor(app.TokenAPI)
@@ -154,7 +141,7 @@ func (a *appState) update(app App) (changed bool) {
 
 // remove marks the app removed by a reload: no timer is set for it again,
 // and none of its own fires.
-func (a *appState) remove() {
+func (a *credential) remove() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.removed = true

@@ -28,15 +28,15 @@ func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
 		if err := r.SetApps(tc.apps); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
 		}
-		if list := r.appList(); len(list) != 1 || list[0].id != "wx1" || list[0].secret.Reveal() != "s1" {
+		if list := r.credentialList(); len(list) != 1 || list[0].key != "wx1" || list[0].secret.Reveal() != "s1" {
 			t.Errorf("%s: the running apps changed", tc.name)
 		}
 	}
-	before := r.app("wx1")
+	before := r.credential("wx1")
 	if err := r.SetApps([]App{{AppID: "wx1", Secret: NewSecret("s1-new")}, {AppID: "wx2", Secret: NewSecret("s2")}}); err != nil {
 		t.Fatal(err)
 	}
-	if a := r.app("wx1"); a != before || a.secret.Reveal() != "s1-new" || r.app("wx2") == nil {
+	if a := r.credential("wx1"); a != before || a.secret.Reveal() != "s1-new" || r.credential("wx2") == nil {
 		t.Error("a reload did not keep the app's state with its new secret, or did not add the new app")
 	}
 	// The old secret is a prefix of the new: scrubbing it first would

@@ -30,14 +30,14 @@ type flight struct {
 // outcome is what a rotation left in the bucket.
 type outcome struct {
 	rev       uint64
-	rec       *kv.Record // nil when there is no valid token
+	rec       *kv.Credential // nil when there is no valid token
 	refreshed bool
 	err       error
 }
 
 // startOrJoin returns the app's rotation under way, or starts one; started
 // says which. Callers hold a.mu. It returns nil when the term is ending.
-func (r *Refresher) startOrJoin(t *term, a *appState, m mode, reason string) (f *flight, started bool) {
+func (r *Refresher) startOrJoin(t *term, a *credential, m mode, reason string) (f *flight, started bool) {
 	if a.flight != nil {
 		return a.flight, false
 	}
@@ -53,7 +53,7 @@ func (r *Refresher) startOrJoin(t *term, a *appState, m mode, reason string) (f 
 	return f, true
 }
 
-func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, base outcome) {
+func (r *Refresher) fly(t *term, a *credential, f *flight, m mode, reason string, base outcome) {
 	var out outcome
 	// The flight lands whatever happens in it, a panic included: everyone
 	// waiting on it is answered and the app can rotate again.
@@ -80,7 +80,7 @@ func (r *Refresher) fly(t *term, a *appState, f *flight, m mode, reason string, 
 }
 
 // rotate does the work of one flight: fetch a token and store it.
-func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base outcome) outcome {
+func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base outcome) outcome {
 	now := r.cfg.Clock.now()
 	a.mu.Lock()
 	if a.pending != nil && a.rec != nil && a.rec.FetchedAt.After(a.pending.FetchedAt) {
@@ -104,7 +104,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		// Nothing seen of this key (an app just added, or its read
 		// failed): the bucket may hold a valid token all the same, which
 		// a fetch would kill. Fetch only if it surely does not.
-		found, err := r.lookUp(t, a.id)
+		found, err := r.lookUp(t, a.key)
 		switch {
 		case err != nil:
 			if t.work.Err() != nil {
@@ -119,7 +119,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 			return *found
 		}
 	}
-	var rec kv.Record
+	var rec kv.Credential
 	var latency time.Duration
 	if pending != nil && pending.ValidAt(now) {
 		// A token fetched earlier but never stored is the newest WeChat
@@ -132,7 +132,7 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 			return *early
 		}
 	}
-	data, err := kv.Encode(rec)
+	data, err := kv.EncodeCredential(rec)
 	if err != nil { // cannot happen: the upstream answer was validated
 		base.err = err
 		return base
@@ -161,63 +161,61 @@ func (r *Refresher) rotate(t *term, a *appState, m mode, reason string, base out
 		return outcome{rev: rev, rec: &stored}
 	}
 	r.announce(a, rev, rec, data)
-	r.metrics.rotated.WithLabelValues(a.id, rec.Reason).Inc()
-	r.log.Info("token rotated", "appid", a.id, "revision", rev, "reason", rec.Reason,
-		"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
+	r.metrics.rotation(a.key, rec.Reason)
+	if a.parent == nil {
+		r.log.Info("token rotated", "appid", a.key, "revision", rev, "reason", rec.Reason,
+			"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
+	} else {
+		r.log.Info("ticket rotated", "key", a.key, "revision", rev, "reason", rec.Reason,
+			"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
+	}
 	return outcome{rev: rev, rec: &rec, refreshed: true}
 }
 
-// fetch asks WeChat for a new token, unless a forced refresh finds the
+// fetch asks WeChat for a new value, unless a forced refresh finds the
 // current one still works, the term is ending, or the lease might not
 // cover the call: then early is the flight's outcome. An answer that
-// repeats the valid token the app holds is an outcome too: nothing changed.
-func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outcome) (rec kv.Record, latency time.Duration, early *outcome) {
-	stop := func(err error) (kv.Record, time.Duration, *outcome) {
+// repeats the value held is an outcome too, as its source says.
+func (r *Refresher) fetch(t *term, a *credential, m mode, reason string, base outcome) (rec kv.Credential, latency time.Duration, early *outcome) {
+	stop := func(err error) (kv.Credential, time.Duration, *outcome) {
 		base.err = err
-		return kv.Record{}, 0, &base
+		return kv.Credential{}, 0, &base
 	}
+	a.mu.Lock()
+	secret, src := a.secret, a.src // a reload may change them
+	a.mu.Unlock()
 	held := base.rec
 	if held != nil && !held.ValidAt(r.cfg.Clock.now()) {
 		held = nil
 	}
 	verifiedDead := false
-	if m == modeForced && held != nil {
+	if m == modeForced && held != nil && src.checkable() {
 		// One confused service must not invalidate everyone's token: ask
 		// WeChat first. If the check itself fails, the rejection the
 		// service saw is the better evidence, so rotate.
 		checkStart := time.Now()
-		valid, err := r.upstream.checkToken(t.ctx, held.AccessToken)
-		r.metrics.upstreamCall(a.id, "check", checkResult(valid, err), time.Since(checkStart))
+		valid, err := r.upstream.checkToken(t.ctx, held.Value)
+		r.metrics.upstreamCall(a.key, "check", checkResult(valid, err), time.Since(checkStart))
 		switch {
 		case err == nil && valid:
 			r.log.Info("refresh request: WeChat says the token still works, not rotating",
-				"appid", a.id, "revision", base.rev, "reason", reason)
+				"appid", a.key, "revision", base.rev, "reason", reason)
 			return stop(nil)
 		case err == nil:
 			verifiedDead = true
 		case t.ctx.Err() == nil:
-			r.log.Warn("refresh request: could not check the token, rotating", "appid", a.id, "error", err)
+			r.log.Warn("refresh request: could not check the token, rotating", "appid", a.key, "error", err)
 		}
 	}
 	start := r.cfg.Clock.now()
-	a.mu.Lock()
-	secret, src := a.secret, a.src // a reload may change them
-	a.mu.Unlock()
-	issued, latency, err := r.callUpstream(t, a, src.api(), secret, func(ctx context.Context) (issuedToken, error) {
-		return src.fetch(ctx, r.upstream, a.id, secret)
-	})
+	issued, latency, err := r.fetchFrom(t, a, src, secret)
 	if err != nil {
 		return stop(err)
 	}
-	if held != nil && issued.AccessToken == held.AccessToken {
-		// Only stable_token answers with the token it gave before: called
-		// before its renewal stretch (by a clock that differs from
-		// WeChat's), or asked again for a token WeChat says is dead.
-		if m != modeForced {
-			r.quiet(a, held.Lifetime())
-			return stop(nil)
-		}
-		if stable, ok := src.(stableSource); ok {
+	if base.rec != nil && issued.Value == base.rec.Value {
+		if stable, ok := src.(stableSource); ok && m == modeForced && held != nil {
+			// stable_token returns the token WeChat says is dead: only a
+			// forced refresh replaces it.
 			if !verifiedDead {
 				return stop(errNotVerified)
 			}
@@ -225,47 +223,91 @@ func (r *Refresher) fetch(t *term, a *appState, m mode, reason string, base outc
 			if issued, latency, err = r.forceStable(t, a, secret); err != nil {
 				return stop(err)
 			}
-			if issued.AccessToken == held.AccessToken {
+			if issued.Value == held.Value {
 				err := &upstreamError{class: classRetry, ErrMsg: "a forced " + stable.api() + " refresh returned the dead token again"}
 				r.failed(a, err, secret)
 				return stop(err)
 			}
+		} else if askAgain, write := src.repeated(*base.rec, r.window(src, base.rec.Lifetime()), r.cfg.Clock.now()); !write {
+			r.quiet(a, askAgain)
+			return stop(nil)
 		}
 	}
-	rec = kv.NewRecord(a.id, issued.AccessToken, issued.ExpiresIn, start)
+	rec = kv.NewCredential(a.key, issued.Value, issued.ExpiresIn, start)
 	rec.Reason = reason
+	if _, ok := src.(stableSource); ok {
+		rec.API = kv.APIStableToken
+	}
 	return rec, latency, nil
 }
 
-// callUpstream makes one token call to WeChat through the pacer, if the
-// lease surely covers it, and records it: in the metrics under api, and as
-// the app's failure if it fails. A failure while the term ends is
-// errEnding.
-func (r *Refresher) callUpstream(t *term, a *appState, api string, secret Secret, call func(context.Context) (issuedToken, error)) (issuedToken, time.Duration, error) {
+// fetchFrom makes the source's fetch. A ticket is fetched with the app's
+// current token; if WeChat refuses that token, the token goes through the
+// forced-refresh path and the ticket is asked for once more.
+func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret) (issuedValue, time.Duration, error) {
+	appid, _ := kv.SplitKey(a.key)
+	g := grant{appid: appid, secret: secret}
+	var used uint64
+	if a.parent != nil {
+		token, rev, err := r.tokenFor(t, a.parent)
+		if err != nil {
+			if !errors.Is(err, errEnding) {
+				r.failed(a, err, Secret{})
+			}
+			return issuedValue{}, 0, err
+		}
+		g.token, used = token.Value, rev
+	}
+	call := func(ctx context.Context) (issuedValue, error) { return src.fetch(ctx, r.upstream, g) }
+	issued, latency, err := r.callUpstream(t, a, src.api(), secret, call)
+	if a.parent == nil || classOf(err) != classToken {
+		return issued, latency, err
+	}
+	token, _, err := r.renewToken(t, a.parent, used)
+	if err != nil {
+		if !errors.Is(err, errEnding) {
+			r.failed(a, err, Secret{})
+		}
+		return issuedValue{}, 0, err
+	}
+	g.token = token.Value
+	issued, latency, err = r.callUpstream(t, a, src.api(), secret, call)
+	if classOf(err) == classToken {
+		r.failed(a, err, Secret{}) // refused again: retried with backoff
+	}
+	return issued, latency, err
+}
+
+// callUpstream makes one call to WeChat through the pacer, if the lease
+// surely covers it, and records it: in the metrics under api, and as the
+// credential's failure if it fails (but for a token refused, which the
+// caller handles, and WeChat's count of forced refreshes spent, which
+// pauses nothing). A failure while the term ends is errEnding.
+func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secret, call func(context.Context) (issuedValue, error)) (issuedValue, time.Duration, error) {
 	if err := r.pacer.wait(t.ctx); err != nil {
-		return issuedToken{}, 0, errEnding
+		return issuedValue{}, 0, errEnding
 	}
 	// A fetch can outlast its timeout's start by the whole timeout, and a
 	// request once sent cannot be taken back: none starts that the lease
 	// might not cover.
 	if t.leaseLeft != nil && t.leaseLeft() < r.cfg.UpstreamTimeout {
-		return issuedToken{}, 0, errEnding
+		return issuedValue{}, 0, errEnding
 	}
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	issued, err := call(t.work)
 	latency := time.Since(clock)
 	if err != nil {
 		if t.work.Err() != nil {
-			return issuedToken{}, 0, errEnding
+			return issuedValue{}, 0, errEnding
 		}
-		r.metrics.upstreamCall(a.id, api, string(classOf(err)), latency)
-		var ue *upstreamError
-		if api != "stable_token_force" || !errors.As(err, &ue) || ue.class != classQuota {
+		class := classOf(err)
+		r.metrics.upstreamCall(a.key, api, string(class), latency)
+		if class != classToken && !(api == "stable_token_force" && class == classQuota) {
 			r.failed(a, err, secret)
 		}
-		return issuedToken{}, 0, err
+		return issuedValue{}, 0, err
 	}
-	r.metrics.upstreamCall(a.id, api, "ok", latency)
+	r.metrics.upstreamCall(a.key, api, "ok", latency)
 	return issued, latency, nil
 }
 
@@ -274,11 +316,11 @@ func (r *Refresher) callUpstream(t *term, a *appState, api string, secret Secret
 // bucket was created again under it, and services would ignore the
 // write): the token, which has started the old one's countdown at WeChat,
 // then goes in at once, past the revisions services hold.
-func (r *Refresher) storeRepairing(t *term, a *appState, rec kv.Record, data []byte, baseRev uint64) (uint64, kv.Record, bool, error) {
+func (r *Refresher) storeRepairing(t *term, a *credential, rec kv.Credential, data []byte, baseRev uint64) (uint64, kv.Credential, bool, error) {
 	a.mu.Lock()
 	known := a.rev
 	a.mu.Unlock()
-	rev, stored, ours, err := r.store(t, a.id, rec, data, baseRev)
+	rev, stored, ours, err := r.store(t, a.key, rec, data, baseRev)
 	// In one bucket revisions only grow: a write below one seen before
 	// went to a bucket created again.
 	wentBack := err == nil && rev < known
@@ -289,11 +331,11 @@ func (r *Refresher) storeRepairing(t *term, a *appState, rec kv.Record, data []b
 	switch {
 	case problem != nil:
 		if err := r.repair(t, problem); err != nil {
-			return 0, kv.Record{}, false, err
+			return 0, kv.Credential{}, false, err
 		}
-		return r.store(t, a.id, rec, data, baseRev)
+		return r.store(t, a.key, rec, data, baseRev)
 	case wentBack:
-		return 0, kv.Record{}, false, fmt.Errorf("publisher: written at revision %d, below the %d seen before (looked at the bucket: %v)",
+		return 0, kv.Credential{}, false, fmt.Errorf("publisher: written at revision %d, below the %d seen before (looked at the bucket: %v)",
 			rev, known, looked)
 	}
 	return rev, stored, ours, err
@@ -313,7 +355,7 @@ func (r *Refresher) lookUp(t *term, appid string) (*outcome, error) {
 		return nil, err
 	}
 	r.life.saw(e.Revision())
-	rec, err := kv.DecodeFor(appid, e.Value())
+	rec, err := kv.DecodeCredential(appid, e.Value())
 	if err != nil || !rec.ValidAt(r.cfg.Clock.now()) {
 		return nil, nil
 	}
@@ -327,7 +369,7 @@ func (r *Refresher) lookUp(t *term, appid string) (*outcome, error) {
 // than ours, otherwise ours, written over the revision found. A key found
 // holding this very token holds ours: a write whose answer was lost, or
 // one a repair carried over.
-func (r *Refresher) store(t *term, appid string, rec kv.Record, data []byte, baseRev uint64) (rev uint64, stored kv.Record, ours bool, err error) {
+func (r *Refresher) store(t *term, appid string, rec kv.Credential, data []byte, baseRev uint64) (rev uint64, stored kv.Credential, ours bool, err error) {
 	r.life.writes.RLock()
 	defer r.life.writes.RUnlock()
 	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
@@ -341,16 +383,16 @@ func (r *Refresher) store(t *term, appid string, rec kv.Record, data []byte, bas
 	switch {
 	case err == nil:
 		found = e.Revision()
-		theirs, derr := kv.DecodeFor(appid, e.Value())
+		theirs, derr := kv.DecodeCredential(appid, e.Value())
 		switch {
 		case derr != nil:
-		case theirs.AccessToken == rec.AccessToken:
+		case theirs.Value == rec.Value:
 			return found, theirs, true, nil
 		case !theirs.FetchedAt.Before(rec.FetchedAt):
 			return found, theirs, false, nil
 		}
 	case !errors.Is(err, jetstream.ErrKeyNotFound):
-		return 0, kv.Record{}, false, err
+		return 0, kv.Credential{}, false, err
 	}
 	rev, err = casPut(ctx, t.bucket, appid, data, found)
 	return rev, rec, err == nil, err
@@ -375,22 +417,23 @@ const valueFlushWait = 250 * time.Millisecond
 // announce publishes the new value on its Value subject, where subscribers
 // take it in the moment it arrives, then the rotation event, which carries
 // no token. Both follow the successful write.
-func (r *Refresher) announce(a *appState, rev uint64, rec kv.Record, data []byte) {
-	appid := a.id
+func (r *Refresher) announce(a *credential, rev uint64, rec kv.Credential, data []byte) {
+	key := a.key
 	a.mu.Lock()
 	a.announced = max(a.announced, rev)
 	a.mu.Unlock()
-	r.publishValue(appid, rev, data)
+	r.publishValue(key, rev, data)
 	// A flush writes the new value to the server from this goroutine, now,
 	// rather than when nats.go's flusher goroutine is next scheduled: a
 	// rotation reaches services one wake-up sooner. Its answer only says
 	// that the server has it; it is not worth waiting long for.
 	r.nc.FlushTimeout(valueFlushWait)
+	appid, kind := kv.SplitKey(key)
 	ev, _ := json.Marshal(kv.RotationEvent{
-		AppID: appid, Revision: rev, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: rec.Reason,
+		AppID: appid, Kind: kind, Revision: rev, FetchedAt: rec.FetchedAt, ExpiresAt: rec.ExpiresAt, Reason: rec.Reason,
 	})
-	if err := r.nc.Publish(r.subjects.Rotated(appid), ev); err != nil {
-		r.log.Warn("rotation event not published", "appid", appid, "error", err)
+	if err := r.nc.Publish(r.subjects.Rotated(key), ev); err != nil {
+		r.log.Warn("rotation event not published", "key", key, "error", err)
 	}
 }
 
@@ -406,7 +449,7 @@ func (r *Refresher) publishValue(appid string, rev uint64, data []byte) {
 // before it stored but died before announcing. Subscribers ignore
 // revisions they hold, so a second announcement costs nothing. A rotation
 // under way announces its own write when it lands.
-func (r *Refresher) announceStored(a *appState) {
+func (r *Refresher) announceStored(a *credential) {
 	a.mu.Lock()
 	rev, rec := a.rev, a.rec
 	announce := a.flight == nil && rec != nil && rev > a.announced
@@ -417,9 +460,9 @@ func (r *Refresher) announceStored(a *appState) {
 	if !announce {
 		return
 	}
-	data, err := kv.Encode(*rec)
+	data, err := kv.EncodeCredential(*rec)
 	if err != nil {
 		return
 	}
-	r.publishValue(a.id, rev, data)
+	r.publishValue(a.key, rev, data)
 }

@@ -16,7 +16,7 @@ func TestFirstFetchReadsTheKeyFirst(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	l := newTestLeader(t, ctx, fakewechat.Config{}, Config{})
-	valid, _ := kv.Encode(kv.NewRecord("wx1", "a-valid-token", 2*time.Hour, time.Now()))
+	valid, _ := kv.EncodeCredential(kv.NewCredential("wx1", "a-valid-token", 2*time.Hour, time.Now()))
 	rev, err := l.bucket.Put(ctx, "wx1", valid)
 	if err != nil {
 		t.Fatal(err)

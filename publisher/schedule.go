@@ -26,7 +26,7 @@ func (r *Refresher) check(t *term) {
 	sem := make(chan struct{}, maxConcurrentRotations)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for _, a := range r.appList() {
+	for _, a := range r.credentialList() {
 		a.mu.Lock()
 		due := a.due(now)
 		if due.After(now) {
@@ -51,7 +51,7 @@ func (r *Refresher) check(t *term) {
 }
 
 // rotateIfDue rotates the app's token if it is due, and waits for it.
-func (r *Refresher) rotateIfDue(t *term, a *appState) {
+func (r *Refresher) rotateIfDue(t *term, a *credential) {
 	a.mu.Lock()
 	now := r.cfg.Clock.now()
 	if a.due(now).After(now) {
@@ -75,7 +75,7 @@ func (r *Refresher) rotateIfDue(t *term, a *appState) {
 
 // plan sets the app's timer for when it falls due. It is called whenever
 // what the refresher knows of an app changed.
-func (r *Refresher) plan(t *term, a *appState) {
+func (r *Refresher) plan(t *term, a *credential) {
 	now := r.cfg.Clock.now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -87,7 +87,7 @@ func (r *Refresher) plan(t *term, a *appState) {
 
 // arm sets the app's timer to due, unless it is already set no later.
 // Callers hold a.mu.
-func (r *Refresher) arm(t *term, a *appState, due, now time.Time) {
+func (r *Refresher) arm(t *term, a *credential, due, now time.Time) {
 	// An ended term (a caller may hold one) must not touch the timer the
 	// next term set.
 	if a.removed || t.ending() {
@@ -115,7 +115,7 @@ func (r *Refresher) arm(t *term, a *appState, due, now time.Time) {
 
 // disarm stops the timers of a term that ends.
 func (r *Refresher) disarm() {
-	for _, a := range r.appList() {
+	for _, a := range r.credentialList() {
 		a.mu.Lock()
 		if a.timer != nil {
 			a.timer.Stop()
@@ -132,16 +132,15 @@ func (r *Refresher) window(src source, lifetime time.Duration) time.Duration {
 	return min(src.window(r.cfg.RefreshBefore), lifetime/2)
 }
 
-// quiet holds the app's next scheduled fetch back after WeChat answered
-// with the valid token it holds: by an eighth of the refresh window, so
-// that a token that must be replaced still is, without a call per check.
-// Nothing is written: the bucket already holds that token.
-func (r *Refresher) quiet(a *appState, lifetime time.Duration) {
-	now := r.cfg.Clock.now()
+// quiet holds the credential's next scheduled fetch back until askAgain,
+// after WeChat answered with the value it holds. Nothing is written: the
+// bucket already holds that value.
+func (r *Refresher) quiet(a *credential, askAgain time.Time) {
 	a.mu.Lock()
-	a.quietUntil = now.Add(max(r.window(a.src, lifetime)/8, time.Second))
+	a.quietUntil = askAgain
 	a.mu.Unlock()
-	r.log.Info("WeChat answered with the token already stored; nothing to write", "appid", a.id)
+	r.log.Info("WeChat answered with the value already stored; nothing to write", "key", a.key,
+		"next_attempt", askAgain.UTC().Format(time.RFC3339))
 }
 
 // spreadOf returns a duration in [0, span) fixed by appid and rev. Refreshing

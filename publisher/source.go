@@ -3,25 +3,55 @@ package publisher
 import (
 	"context"
 	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
 )
 
-// source is how an app's token is fetched, and what the refresh loop must
-// know of that API. Each kind is in a file of its own.
+// source is how a kind of credential is fetched, and what the refresh loop
+// must know of that API. Each kind is in a file of its own.
 type source interface {
-	// api names the fetch in metrics ("token", "stable_token") and logs.
+	// api names the fetch in metrics ("token", "stable_token",
+	// "jsapi_ticket", ...) and logs.
 	api() string
-	// fetch asks WeChat for the app's token in the API's normal mode.
-	fetch(ctx context.Context, u *upstreamClient, appid string, secret Secret) (issuedToken, error)
-	// window is how long before its expiry a token is replaced, given
-	// the configured RefreshBefore: the API may only issue a new token
-	// inside some last stretch of the old one's life.
+	// fetch asks WeChat for the credential, in the API's normal mode.
+	fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error)
+	// window is how long before its expiry a value is replaced, given the
+	// configured RefreshBefore: the API may only issue a new value inside
+	// some last stretch of the old one's life.
 	window(refreshBefore time.Duration) time.Duration
+	// checkable reports whether getcallbackip tells whether a value works,
+	// as it does for tokens: a forced refresh asks it first.
+	checkable() bool
+	// repeated decides what follows an answer that repeats the value held:
+	// when to ask again, unless the value is to be written (with the
+	// expiry the answer gave) after all.
+	repeated(held kv.Credential, window time.Duration, now time.Time) (askAgain time.Time, write bool)
 }
 
-// sourceFor returns the source of an API.
+// grant is what a fetch needs: an app's secret for its token, the app's
+// current token for what is fetched with it.
+type grant struct {
+	appid  string
+	secret Secret
+	token  string
+}
+
+// sourceFor returns the source of a token API.
 func sourceFor(api TokenAPI) source {
 	if api == TokenAPIStable {
 		return stableSource{}
 	}
 	return classicSource{}
+}
+
+// tokenRepeated is what follows a token API answering with the token held
+// (only stable_token does, before its renewal stretch): while the held
+// record is valid, nothing is written and WeChat is asked again after an
+// eighth of the window; once it has expired by the record, the token goes
+// in again with the time WeChat says it has left.
+func tokenRepeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
+	if !held.ValidAt(now) {
+		return time.Time{}, true
+	}
+	return now.Add(max(window/8, time.Second)), false
 }

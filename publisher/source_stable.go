@@ -33,16 +33,16 @@ type stableSource struct{}
 
 func (stableSource) api() string { return "stable_token" }
 
-func (stableSource) fetch(ctx context.Context, u *upstreamClient, appid string, secret Secret) (issuedToken, error) {
-	return callStable(ctx, u, appid, secret, false)
+func (stableSource) fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error) {
+	return callStable(ctx, u, g.appid, g.secret, false)
 }
 
 // force asks for a new token that ends the current one.
-func (stableSource) force(ctx context.Context, u *upstreamClient, appid string, secret Secret) (issuedToken, error) {
+func (stableSource) force(ctx context.Context, u *upstreamClient, appid string, secret Secret) (issuedValue, error) {
 	return callStable(ctx, u, appid, secret, true)
 }
 
-func callStable(ctx context.Context, u *upstreamClient, appid string, secret Secret, force bool) (issuedToken, error) {
+func callStable(ctx context.Context, u *upstreamClient, appid string, secret Secret, force bool) (issuedValue, error) {
 	body, err := json.Marshal(struct {
 		GrantType    string `json:"grant_type"`
 		AppID        string `json:"appid"`
@@ -50,11 +50,11 @@ func callStable(ctx context.Context, u *upstreamClient, appid string, secret Sec
 		ForceRefresh bool   `json:"force_refresh"`
 	}{"client_credential", appid, secret.Reveal(), force})
 	if err != nil {
-		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: "cannot build request"}
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "cannot build request"}
 	}
 	status, answer, err := u.postJSON(ctx, "cgi-bin/stable_token", body, secret.Reveal())
 	if err != nil {
-		return issuedToken{}, err
+		return issuedValue{}, err
 	}
 	f, err := decodeTokenResponse(status, answer)
 	return f, scrubErrMsg(err, secret.Reveal())
@@ -64,6 +64,12 @@ func callStable(ctx context.Context, u *upstreamClient, appid string, secret Sec
 // window): a call before it would only return the same token.
 func (stableSource) window(refreshBefore time.Duration) time.Duration {
 	return min(refreshBefore, stableRenewal*3/4)
+}
+
+func (stableSource) checkable() bool { return true }
+
+func (stableSource) repeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
+	return tokenRepeated(held, window, now)
 }
 
 // budgetError is a forced refresh not asked of WeChat, because the app's
@@ -83,19 +89,19 @@ var errNotVerified = errors.New("publisher: could not check the token with WeCha
 // call returned it again. The forced refresh is counted in the app's
 // budget in the token bucket before it is asked for, so that no failover
 // and no crash after the call forgets it.
-func (r *Refresher) forceStable(t *term, a *appState, secret Secret) (issuedToken, time.Duration, error) {
-	if err := r.spendForce(t, a.id); err != nil {
-		return issuedToken{}, 0, err
+func (r *Refresher) forceStable(t *term, a *credential, secret Secret) (issuedValue, time.Duration, error) {
+	if err := r.spendForce(t, a.key); err != nil {
+		return issuedValue{}, 0, err
 	}
-	r.log.Warn("WeChat says the stable token is dead and returns it still: forcing a refresh", "appid", a.id)
-	issued, latency, err := r.callUpstream(t, a, "stable_token_force", secret, func(ctx context.Context) (issuedToken, error) {
-		return stableSource{}.force(ctx, r.upstream, a.id, secret)
+	r.log.Warn("WeChat says the stable token is dead and returns it still: forcing a refresh", "appid", a.key)
+	issued, latency, err := r.callUpstream(t, a, "stable_token_force", secret, func(ctx context.Context) (issuedValue, error) {
+		return stableSource{}.force(ctx, r.upstream, a.key, secret)
 	})
 	var ue *upstreamError
 	if errors.As(err, &ue) && ue.class == classQuota {
 		// WeChat's own count of forced refreshes is spent: normal calls
 		// still work, so nothing else pauses.
-		return issuedToken{}, 0, r.forcesSpent(a.id, fmt.Sprintf("WeChat refused a forced refresh of %s: %s", a.id, ue.ErrMsg))
+		return issuedValue{}, 0, r.forcesSpent(a.key, fmt.Sprintf("WeChat refused a forced refresh of %s: %s", a.key, ue.ErrMsg))
 	}
 	return issued, latency, err
 }

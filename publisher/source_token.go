@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/url"
 	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
 )
 
 // classicSource is GET /cgi-bin/token. Every call issues a new token and
@@ -15,19 +17,25 @@ func (classicSource) api() string { return "token" }
 
 // fetch asks WeChat for a new token. Every failure is an *upstreamError
 // whose text holds neither the secret nor the URL.
-func (classicSource) fetch(ctx context.Context, u *upstreamClient, appid string, secret Secret) (issuedToken, error) {
+func (classicSource) fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error) {
 	q := url.Values{
 		"grant_type": {"client_credential"},
-		"appid":      {appid},
-		"secret":     {secret.Reveal()},
+		"appid":      {g.appid},
+		"secret":     {g.secret.Reveal()},
 	}
-	status, body, err := u.get(ctx, "cgi-bin/token", q, secret.Reveal())
+	status, body, err := u.get(ctx, "cgi-bin/token", q, g.secret.Reveal())
 	if err != nil {
-		return issuedToken{}, err
+		return issuedValue{}, err
 	}
 	f, err := decodeTokenResponse(status, body)
-	return f, scrubErrMsg(err, secret.Reveal())
+	return f, scrubErrMsg(err, g.secret.Reveal())
 }
 
 // window: any time before expiry will do.
 func (classicSource) window(refreshBefore time.Duration) time.Duration { return refreshBefore }
+
+func (classicSource) checkable() bool { return true }
+
+func (classicSource) repeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
+	return tokenRepeated(held, window, now)
+}

@@ -111,7 +111,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	r.catchUp(tctx)
 	// What the bucket holds may never have been announced: the leader
 	// before this one may have died between writing and announcing.
-	for _, a := range r.appList() {
+	for _, a := range r.credentialList() {
 		r.announceStored(a)
 	}
 
@@ -126,7 +126,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	// The first check runs now, through the same wrappers as the scheduled
 	// ones, rather than a period later.
 	t.spawn(c.Entry(id).WrappedJob.Run)
-	r.log.Info("leading: refreshing tokens", "apps", len(r.appList()), "schedule", r.cfg.Schedule)
+	r.log.Info("leading: refreshing tokens", "credentials", len(r.credentialList()), "schedule", r.cfg.Schedule)
 
 	<-tctx.Done()
 	<-c.Stop().Done()

@@ -34,7 +34,10 @@ type upstreamError struct {
 	ErrMsg     string // WeChat's errmsg, or what went wrong
 	HTTPStatus int    // the HTTP status when it was not 200
 	class      errClass
-	cause      error
+	// means is what ErrCode means from the API that answered it; the
+	// token fetch's meaning (classify) when empty.
+	means string
+	cause error
 }
 
 func (e *upstreamError) Error() string {
@@ -42,8 +45,7 @@ func (e *upstreamError) Error() string {
 	b.WriteString("publisher: upstream: ")
 	switch {
 	case e.ErrCode != 0:
-		_, meaning := classify(e.ErrCode)
-		fmt.Fprintf(&b, "errcode %d (%s): %s", e.ErrCode, meaning, e.ErrMsg)
+		fmt.Fprintf(&b, "errcode %d (%s): %s", e.ErrCode, e.meaning(), e.ErrMsg)
 	case e.HTTPStatus != 0:
 		fmt.Fprintf(&b, "HTTP %d: %s", e.HTTPStatus, e.ErrMsg)
 	default:
@@ -57,17 +59,20 @@ func (e *upstreamError) Unwrap() error { return e.cause }
 
 // Meaning is what the errcode means for an operator.
 func (e *upstreamError) meaning() string {
-	if e.ErrCode == 0 {
+	switch {
+	case e.ErrCode == 0:
 		return "no answer from WeChat"
+	case e.means != "":
+		return e.means
 	}
 	_, meaning := classify(e.ErrCode)
 	return meaning
 }
 
-// issuedToken is a token as WeChat issued it.
-type issuedToken struct {
-	AccessToken string
-	ExpiresIn   time.Duration
+// issuedValue is a token or ticket as WeChat issued it.
+type issuedValue struct {
+	Value     string
+	ExpiresIn time.Duration
 }
 
 // upstreamClient calls WeChat's token and token-check APIs.
@@ -193,32 +198,32 @@ type tokenAnswer struct {
 }
 
 // decodeTokenResponse interprets an answer to /cgi-bin/token.
-func decodeTokenResponse(status int, body []byte) (issuedToken, error) {
+func decodeTokenResponse(status int, body []byte) (issuedValue, error) {
 	if err := checkAnswer(status, body); err != nil {
-		return issuedToken{}, err
+		return issuedValue{}, err
 	}
 	var a tokenAnswer
 	if err := json.Unmarshal(body, &a); err != nil {
-		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
 	}
 	if a.ErrCode != nil && *a.ErrCode != 0 {
 		class, _ := classify(*a.ErrCode)
-		return issuedToken{}, &upstreamError{ErrCode: *a.ErrCode, ErrMsg: a.ErrMsg, class: class}
+		return issuedValue{}, &upstreamError{ErrCode: *a.ErrCode, ErrMsg: a.ErrMsg, class: class}
 	}
 	if a.AccessToken == nil {
-		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: "answer has neither access_token nor errcode"}
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "answer has neither access_token nor errcode"}
 	}
 	if err := kv.ValidateToken(*a.AccessToken); err != nil {
-		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: "unusable access_token: " + err.Error()}
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "unusable access_token: " + err.Error()}
 	}
 	secs, err := strconv.ParseInt(string(a.ExpiresIn), 10, 64)
 	if err != nil {
-		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %.20q is not a whole number of seconds", a.ExpiresIn)}
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %.20q is not a whole number of seconds", a.ExpiresIn)}
 	}
 	if secs <= 0 || secs > int64(maxExpiresIn/time.Second) {
-		return issuedToken{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %d is outside 1..%d seconds", secs, int64(maxExpiresIn/time.Second))}
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %d is outside 1..%d seconds", secs, int64(maxExpiresIn/time.Second))}
 	}
-	return issuedToken{AccessToken: *a.AccessToken, ExpiresIn: time.Duration(secs) * time.Second}, nil
+	return issuedValue{Value: *a.AccessToken, ExpiresIn: time.Duration(secs) * time.Second}, nil
 }
 
 // decodeCheckResponse interprets an answer to /cgi-bin/getcallbackip.

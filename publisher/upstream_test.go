@@ -60,7 +60,7 @@ func TestDecodeTokenResponse(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if fetched.ExpiresIn != 7200*time.Second || fetched.AccessToken == "" {
+				if fetched.ExpiresIn != 7200*time.Second || fetched.Value == "" {
 					t.Errorf("fetched %+v", fetched)
 				}
 				return
@@ -93,10 +93,10 @@ func FuzzDecodeTokenResponse(f *testing.F) {
 			}
 			return
 		}
-		if kv.ValidateToken(fetched.AccessToken) != nil || fetched.ExpiresIn <= 0 || fetched.ExpiresIn > maxExpiresIn {
+		if kv.ValidateToken(fetched.Value) != nil || fetched.ExpiresIn <= 0 || fetched.ExpiresIn > maxExpiresIn {
 			t.Fatalf("accepted an unusable token: %+v", fetched)
 		}
-		if _, err := kv.Encode(kv.NewRecord("wx1", fetched.AccessToken, fetched.ExpiresIn, time.Now())); err != nil {
+		if _, err := kv.EncodeCredential(kv.NewCredential("wx1", fetched.Value, fetched.ExpiresIn, time.Now())); err != nil {
 			t.Fatalf("accepted token cannot be stored: %v", err)
 		}
 	})
@@ -139,18 +139,18 @@ func TestFetchTokenFromFake(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
-			fetched, err := tc.src.fetch(ctx, up, "wx1", NewSecret(secretText))
+			fetched, err := tc.src.fetch(ctx, up, grant{appid: "wx1", secret: NewSecret(secretText)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fetched.AccessToken != tc.current(fake) || fetched.ExpiresIn != 7200*time.Second {
+			if fetched.Value != tc.current(fake) || fetched.ExpiresIn != 7200*time.Second {
 				t.Errorf("fetched %+v", fetched)
 			}
-			valid, err := up.checkToken(ctx, fetched.AccessToken)
+			valid, err := up.checkToken(ctx, fetched.Value)
 			if err != nil || !valid {
 				t.Errorf("check of the new token: %v %v", valid, err)
 			}
-			_, err = tc.src.fetch(ctx, up, "wx1", NewSecret("wrong"))
+			_, err = tc.src.fetch(ctx, up, grant{appid: "wx1", secret: NewSecret("wrong")})
 			var ue *upstreamError
 			if !errors.As(err, &ue) || ue.ErrCode != 40125 || ue.class != classConfig {
 				t.Errorf("wrong secret: %v", err)
@@ -166,17 +166,17 @@ func TestStableForceReplacesTheToken(t *testing.T) {
 	defer srv.Close()
 	up, _ := newUpstreamClient(srv.URL, nil, time.Second)
 	ctx := context.Background()
-	first, err := stableSource{}.fetch(ctx, up, "wx1", NewSecret(secretText))
+	first, err := stableSource{}.fetch(ctx, up, grant{appid: "wx1", secret: NewSecret(secretText)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := stableSource{}.fetch(ctx, up, "wx1", NewSecret(secretText))
-	if err != nil || again.AccessToken != first.AccessToken {
-		t.Fatalf("normal mode twice: %v, same token %v", err, again.AccessToken == first.AccessToken)
+	again, err := stableSource{}.fetch(ctx, up, grant{appid: "wx1", secret: NewSecret(secretText)})
+	if err != nil || again.Value != first.Value {
+		t.Fatalf("normal mode twice: %v, same token %v", err, again.Value == first.Value)
 	}
 	forced, err := stableSource{}.force(ctx, up, "wx1", NewSecret(secretText))
-	if err != nil || forced.AccessToken == first.AccessToken || fake.Forced("wx1") != 1 {
-		t.Fatalf("forced: %v, new token %v, forced %d", err, forced.AccessToken != first.AccessToken, fake.Forced("wx1"))
+	if err != nil || forced.Value == first.Value || fake.Forced("wx1") != 1 {
+		t.Fatalf("forced: %v, new token %v, forced %d", err, forced.Value != first.Value, fake.Forced("wx1"))
 	}
 }
 
@@ -204,7 +204,7 @@ func TestUpstreamErrorsHoldNoSecret(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				_, err = src.fetch(context.Background(), up, "wx1", NewSecret(secretText))
+				_, err = src.fetch(context.Background(), up, grant{appid: "wx1", secret: NewSecret(secretText)})
 				if err == nil {
 					t.Fatal("no error")
 				}

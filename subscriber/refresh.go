@@ -53,13 +53,13 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 			return s.Token(), ErrClosed
 		case ctx.Err() != nil:
 			if retryable(err) {
-				return s.Token(), fmt.Errorf("subscriber: refresh %s: %w: %w", s.appid, ErrUnavailable, ctx.Err())
+				return s.Token(), fmt.Errorf("subscriber: refresh %s: %w: %w", s.key, ErrUnavailable, ctx.Err())
 			}
-			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, ctx.Err())
+			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.key, ctx.Err())
 		case !retryable(err):
-			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.appid, err)
+			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.key, err)
 		}
-		s.opts.logger.Debug("refresh request not answered, retrying", "appid", s.appid, "error", err)
+		s.opts.logger.Debug("refresh request not answered, retrying", "appid", s.key, "error", err)
 		wait := delay/2 + rand.N(delay/2+1)
 		delay = min(2*delay, 2*time.Second)
 		switch t, err := s.waitNewerFor(ctx, wait, stale); {
@@ -83,7 +83,7 @@ func (s *Subscriber) waitNewerFor(ctx context.Context, d time.Duration, revision
 func (s *Subscriber) ask(ctx context.Context, req []byte) (kv.RefreshReply, error) {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
 	defer cancel()
-	msg, err := s.nc.RequestWithContext(rctx, s.subjects.Refresh(s.appid), req)
+	msg, err := s.nc.RequestWithContext(rctx, s.subjects.Refresh(s.key), req)
 	if err != nil {
 		return kv.RefreshReply{}, err
 	}
@@ -127,7 +127,7 @@ func (s *Subscriber) awaitRevision(ctx context.Context, revision uint64) (Token,
 		return s.Token(), ctx.Err()
 	}
 	if b := s.bucket.Load(); b != nil {
-		s.opts.logger.Warn("refreshed token not announced in time; reading it from the bucket", "appid", s.appid, "revision", revision)
+		s.opts.logger.Warn("refreshed token not announced in time; reading it from the bucket", "appid", s.key, "revision", revision)
 		s.get(ctx, *b)
 	}
 	return s.waitNewer(ctx, revision-1)

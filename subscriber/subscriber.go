@@ -1,6 +1,8 @@
 // Package subscriber gives a Go service the current WeChat access_token of
-// an app, kept in memory and swapped the moment the central refresher
-// rotates it. A service never fetches a token from WeChat itself: when WeChat
+// an app, or a JS-SDK ticket fetched with it, kept in memory and swapped the
+// moment the central refresher rotates it. It follows one key: an appid for
+// the token, "<appid>.jsapi_ticket" or "<appid>.wx_card_ticket" for a
+// ticket (package jssdk signs pages with one). A service never fetches a token from WeChat itself: when WeChat
 // rejects one, it asks the refresher for a new one with Refresh, or lets
 // Transport do it.
 //
@@ -31,7 +33,8 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// Token is an app's access_token with the bucket revision it was stored at.
+// Token is the value under the followed key (an app's access_token, or a
+// ticket) with the bucket revision it was stored at.
 // It is small on purpose: Token() copies it for every WeChat call, and at
 // 48 bytes the copy is a few aligned moves (the record's fetched_at is
 // left out for that; read the bucket if you need it).
@@ -46,7 +49,7 @@ func (t Token) Expired(now time.Time) bool { return !now.Before(t.ExpiresAt) }
 
 // Subscriber follows one app's token in the token bucket.
 type Subscriber struct {
-	appid    string
+	key      string // an appid, or "<appid>.<kind>"
 	nc       *nats.Conn
 	opts     options
 	subjects kv.Subjects
@@ -74,14 +77,16 @@ type Subscriber struct {
 	done    chan struct{} // closed when halted and the callbacks have ended
 }
 
-// New follows appid's token and returns once the first token is in memory.
+// New follows the key's value and returns once the first one is in memory.
+// The key is an appid, for its access_token, or "<appid>.<kind>" for what
+// hangs off it, such as "wx1234567890abcdef.jsapi_ticket".
 // ctx bounds only that wait: the subscriber runs until Close. If the bucket
 // does not exist yet (no refresher has run), New waits for it too. An
 // option New cannot use is refused at once with an error that wraps
 // ErrInvalidOption, and so are an appid that cannot be one and a closed
 // connection.
-func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Subscriber, error) {
-	switch err := kv.ValidateAppID(appid); {
+func New(ctx context.Context, nc *nats.Conn, key string, opts ...Option) (*Subscriber, error) {
+	switch err := kv.ValidateKey(key); {
 	case err != nil:
 		return nil, fmt.Errorf("subscriber: %w", err)
 	case nc == nil:
@@ -104,7 +109,7 @@ func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Sub
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	s := &Subscriber{
-		appid:    appid,
+		key:      key,
 		nc:       nc,
 		opts:     o,
 		subjects: kv.Subjects{Prefix: o.subjectPrefix},
@@ -126,7 +131,7 @@ func New(ctx context.Context, nc *nats.Conn, appid string, opts ...Option) (*Sub
 		if last := s.Err(); last != nil {
 			err = fmt.Errorf("%w (last problem: %w)", err, last)
 		}
-		return nil, fmt.Errorf("subscriber: no token for %s yet: %w", appid, err)
+		return nil, fmt.Errorf("subscriber: no value for %s yet: %w", key, err)
 	}
 	s.cb.start() // callbacks come after New has returned
 	return s, nil
@@ -160,16 +165,16 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 	}
 	// The refresher does not announce values (older, or a server without
 	// bucket metadata), or this user may not subscribe to them: watch.
-	s.opts.logger.Info("following the token with a KV watch", "appid", s.appid)
+	s.opts.logger.Info("following the token with a KV watch", "appid", s.key)
 	f := &kvwatch.Follower{
 		Bucket: bucket,
-		Key:    s.appid,
+		Key:    s.key,
 		Conn:   s.nc,
 		OnEntry: func(e jetstream.KeyValueEntry) {
 			s.apply(e.Revision(), e.Operation(), e.Value())
 		},
 		OnError: func(err error) {
-			s.opts.logger.Warn("token watch interrupted, resuming", "appid", s.appid, "error", err)
+			s.opts.logger.Warn("token watch interrupted, resuming", "appid", s.key, "error", err)
 		},
 	}
 	f.Run(ctx)
@@ -182,7 +187,7 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 // if a revision it was told of does not arrive.) It returns false at once
 // if the server refuses the subscription.
 func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue) bool {
-	subject := s.subjects.Value(s.appid)
+	subject := s.subjects.Value(s.key)
 	// A channel subscription: nats.go's reader hands each value straight
 	// to this goroutine, which swaps it in; from the socket to Token()
 	// that is one hand-off, as few as a callback subscription has.
@@ -216,7 +221,7 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 	if err := s.nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+subject+`"`) {
 		sub.Unsubscribe()
 		s.opts.logger.Warn("may not subscribe to the published token: grant subscribe on it (see nats.conf)",
-			"appid", s.appid, "subject", subject)
+			"appid", s.key, "subject", subject)
 		return false
 	}
 	defer sub.Unsubscribe()
@@ -268,7 +273,7 @@ func (s *Subscriber) get(ctx context.Context, bucket jetstream.KeyValue) {
 	delay := 50 * time.Millisecond
 	for {
 		gctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
-		e, err := bucket.Get(gctx, s.appid)
+		e, err := bucket.Get(gctx, s.key)
 		cancel()
 		switch {
 		case err == nil:
@@ -279,7 +284,7 @@ func (s *Subscriber) get(ctx context.Context, bucket jetstream.KeyValue) {
 		case ctx.Err() != nil:
 			return
 		}
-		s.report(fmt.Errorf("subscriber: reading %s: %w", s.appid, err))
+		s.report(fmt.Errorf("subscriber: reading %s: %w", s.key, err))
 		select {
 		case <-ctx.Done():
 			return
@@ -303,17 +308,17 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 		return // already held, or older than what is held
 	}
 	if op != jetstream.KeyValuePut {
-		s.opts.logger.Warn("token key was deleted; keeping the last token", "appid", s.appid, "revision", revision)
+		s.opts.logger.Warn("token key was deleted; keeping the last token", "appid", s.key, "revision", revision)
 		return
 	}
-	rec, err := kv.DecodeFor(s.appid, value)
+	rec, err := kv.DecodeCredential(s.key, value)
 	if err != nil {
-		s.report(fmt.Errorf("subscriber: revision %d of %s: %w", revision, s.appid, err))
+		s.report(fmt.Errorf("subscriber: revision %d of %s: %w", revision, s.key, err))
 		return
 	}
-	t := &Token{Value: rec.AccessToken, Revision: revision, ExpiresAt: rec.ExpiresAt}
+	t := &Token{Value: rec.Value, Revision: revision, ExpiresAt: rec.ExpiresAt}
 	s.current.Store(t)
-	swapprobe.Swapped(s.appid, revision)
+	swapprobe.Swapped(s.key, revision)
 	s.staleAt.Store(rec.ExpiresAt.Add(-min(rec.Lifetime()/4, time.Minute)).UnixNano())
 	s.lastErr.Store(nil)
 	s.cb.overcome()
@@ -331,7 +336,7 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 // blocks on the callback.
 func (s *Subscriber) report(err error) {
 	s.lastErr.Store(&err)
-	s.opts.logger.Warn("token not usable", "appid", s.appid, "error", err)
+	s.opts.logger.Warn("token not usable", "appid", s.key, "error", err)
 	s.cb.reportError(err)
 }
 
@@ -355,14 +360,20 @@ func (s *Subscriber) Current() (Token, error) {
 	case s.isClosed():
 		return t, ErrClosed
 	case t.Expired(time.Now()):
-		return t, fmt.Errorf("%w: %s's token at revision %d expired at %s", ErrExpired, s.appid, t.Revision,
+		return t, fmt.Errorf("%w: %s's token at revision %d expired at %s", ErrExpired, s.key, t.Revision,
 			t.ExpiresAt.UTC().Format(time.RFC3339))
 	}
 	return t, nil
 }
 
-// AppID is the app whose token the subscriber follows.
-func (s *Subscriber) AppID() string { return s.appid }
+// Key is the key the subscriber follows.
+func (s *Subscriber) Key() string { return s.key }
+
+// AppID is the app whose token, or ticket, the subscriber follows.
+func (s *Subscriber) AppID() string {
+	appid, _ := kv.SplitKey(s.key)
+	return appid
+}
 
 // Updated returns a channel that receives a value after the token changed.
 // It holds at most one pending notification: read Token after receiving.

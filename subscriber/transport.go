@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
 )
 
 // maxErrorBody is the most of a response Transport reads to look for an
@@ -26,7 +29,9 @@ const refreshTimeout = 15 * time.Second
 // refresher for a new token and retries the request once with it. base
 // sends the requests; http.DefaultTransport when nil.
 //
-// A request whose body cannot be replayed (no GetBody) is not retried.
+// A request whose body cannot be replayed (no GetBody) is not retried. A
+// subscriber that follows a ticket has no token to add: its Transport
+// answers every request with an error.
 func (s *Subscriber) Transport(base http.RoundTripper) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
@@ -42,6 +47,9 @@ type transport struct {
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.sub.isClosed() {
 		return nil, ErrClosed
+	}
+	if _, kind := kv.SplitKey(t.sub.key); kind != kv.KindToken {
+		return nil, fmt.Errorf("subscriber: %s is a %s, not an access_token to call WeChat with", t.sub.key, kind)
 	}
 	token := t.sub.Token()
 	resp, err := t.base.RoundTrip(withToken(req, token.Value))
@@ -60,7 +68,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	fresh, rerr := t.sub.refresh(ctx, token.Revision, strconv.Itoa(code))
 	if rerr != nil || fresh.Value == token.Value {
 		t.sub.opts.logger.Warn("WeChat rejected the token and no newer one came",
-			"appid", t.sub.appid, "errcode", code, "revision", token.Revision, "error", rerr)
+			"appid", t.sub.key, "errcode", code, "revision", token.Revision, "error", rerr)
 		return resp, nil
 	}
 	retry := withToken(req, fresh.Value)

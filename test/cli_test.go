@@ -55,8 +55,8 @@ func TestClientCommands(t *testing.T) {
 		out, _, code := runWxtoken(t, env, "status")
 		// fetched_at is cut to the second, and the time left is rounded
 		// to one: within half a second of that second it shows as 2h0m0s.
-		row := regexp.MustCompile(appA + `\s+` + strconv.FormatUint(e.Revision(), 10) + `\s+\S+\s+(1h59m\S+|2h0m0s)\s+initial\s+replica-1`)
-		if code != 0 || !strings.Contains(out, "APPID") || !row.MatchString(out) {
+		row := regexp.MustCompile(appA + `\s+access_token\s+token\s+` + strconv.FormatUint(e.Revision(), 10) + `\s+\S+\s+(1h59m\S+|2h0m0s)\s+initial\s+replica-1`)
+		if code != 0 || !strings.Contains(out, "KEY") || !row.MatchString(out) {
 			t.Errorf("exit %d:\n%s", code, out)
 		}
 		out, _, code = runWxtoken(t, env, "status", "--json")
@@ -120,12 +120,16 @@ func TestClientCommands(t *testing.T) {
 			code  int
 			inErr string
 		}{
-			{[]string{"get", "wxunknown000000000"}, env, 1, "no token for wxunknown000000000"},
+			{[]string{"get", "wxunknown000000000"}, env, 1, "no value for wxunknown000000000"},
 			{[]string{"refresh", "wxunknown000000000"}, env, 1, "unknown_app"},
 			{[]string{"status"}, []string{"NATS_URL=" + nowhere}, 1, "cannot connect to NATS"},
 			{[]string{"get", appA}, []string{"NATS_URL=" + nowhere}, 1, "cannot connect to NATS"},
-			{[]string{"get"}, env, 2, "need exactly one APPID"},
-			{[]string{"get", "wx.bad"}, env, 2, "appid"},
+			{[]string{"get"}, env, 2, "need exactly one KEY"},
+			{[]string{"get", "wx.bad"}, env, 2, "not a credential kind"},
+			{[]string{"get", "wx bad"}, env, 2, "appid"},
+			{[]string{"sign", appA, "/relative"}, env, 2, "http(s) URL"},
+			{[]string{"sign", appA + ".wx_card_ticket", "https://example.com/"}, env, 2, "signed with the jsapi_ticket"},
+			{[]string{"sign", appA, "https://example.com/"}, env, 1, "no value for " + appA + ".jsapi_ticket"},
 			{[]string{"status", "--no-such-flag"}, env, 2, "no-such-flag"},
 			{[]string{"frobnicate"}, env, 2, "unknown command"},
 			{[]string{"serve", "--log-format", "yaml"}, env, 2, "--log-format"},
@@ -212,15 +216,15 @@ func TestServeMetricsHealthAndLogs(t *testing.T) {
 	for _, want := range []string{
 		`wxtoken_leader 1`,
 		`wxtoken_upstream_requests_total{api="token",appid="` + appA + `",result="ok"} 1`,
-		`wxtoken_rotations_total{appid="` + appA + `",reason="initial"} 1`,
+		`wxtoken_rotations_total{appid="` + appA + `",kind="access_token",reason="initial"} 1`,
 		`wxtoken_upstream_request_duration_seconds_count{api="token"} 1`,
-		`wxtoken_token_fetched_timestamp_seconds{appid="` + appA + `"}`,
+		`wxtoken_token_fetched_timestamp_seconds{appid="` + appA + `",kind="access_token"}`,
 	} {
 		if !strings.Contains(before, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if v := metricValue(t, before, `wxtoken_token_expires_in_seconds{appid="`+appA+`"}`); v < 7000 || v > 7200 {
+	if v := metricValue(t, before, `wxtoken_token_expires_in_seconds{appid="`+appA+`",kind="access_token"}`); v < 7000 || v > 7200 {
 		t.Errorf("expires in %v s", v)
 	}
 
@@ -234,7 +238,7 @@ func TestServeMetricsHealthAndLogs(t *testing.T) {
 	for _, want := range []string{
 		`wxtoken_upstream_requests_total{api="token",appid="` + appA + `",result="ok"} 2`,
 		`wxtoken_upstream_requests_total{api="check",appid="` + appA + `",result="invalid"} 1`,
-		`wxtoken_rotations_total{appid="` + appA + `",reason="requested"} 1`,
+		`wxtoken_rotations_total{appid="` + appA + `",kind="access_token",reason="requested"} 1`,
 		`wxtoken_refresh_requests_total{outcome="refreshed"} 1`,
 		`wxtoken_refresh_requests_total{outcome="deduped"} 1`,
 	} {

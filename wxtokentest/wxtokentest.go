@@ -8,9 +8,14 @@
 //	sub, _ := subscriber.New(ctx, nc, "wx1234567890abcdef")
 //	sys.Reject("wx1234567890abcdef") // WeChat now answers 40001 to the token
 //
-// The fake WeChat answers /cgi-bin/token and /cgi-bin/getcallbackip (at
-// WeChatURL) as WeChat does: a token lives two hours, a new one
-// invalidates the one before, and a rejected token gets errcode 40001.
+// Each app has its jsapi_ticket and wx_card ticket kept too, under
+// "<appid>.jsapi_ticket" and "<appid>.wx_card_ticket", so that a service
+// can test signing (package jssdk) as well.
+//
+// The fake WeChat answers /cgi-bin/token, /cgi-bin/ticket/getticket and
+// /cgi-bin/getcallbackip (at WeChatURL) as WeChat does: a token lives two
+// hours, a new one invalidates the one before, and a rejected token gets
+// errcode 40001.
 // Unlike WeChat, it invalidates the previous token at once rather than
 // after five minutes, so that a test sees a rejection when it asks for one.
 // Everything listens on 127.0.0.1, on ports of its own.
@@ -55,8 +60,9 @@ type System struct {
 	closing   sync.Once
 }
 
-// Start runs a System keeping a token for each appid, and stops it when
-// the test ends. It returns once every token is in the bucket, within 30s.
+// Start runs a System keeping a token and tickets for each appid, and
+// stops it when the test ends. It returns once they are all in the
+// bucket, within 30s.
 func Start(tb testing.TB, appids ...string) *System {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -104,7 +110,8 @@ func (s *System) start(ctx context.Context, appids []string) error {
 		s.apps[id] = true
 		secret := "wxtokentest-secret-of-" + id
 		s.fake.AddApp(id, secret)
-		apps[i] = publisher.App{AppID: id, Secret: publisher.NewSecret(secret)}
+		apps[i] = publisher.App{AppID: id, Secret: publisher.NewSecret(secret),
+			Tickets: []publisher.Ticket{publisher.TicketJSAPI, publisher.TicketWxCard}}
 	}
 	s.natsURL, s.wechatURL = s.srv.ClientURL(), s.wechat.URL
 	if s.nc, err = nats.Connect(s.natsURL); err != nil {
@@ -150,8 +157,10 @@ func (s *System) start(ctx context.Context, appids []string) error {
 
 func (s *System) allStored(ctx context.Context, appids []string) bool {
 	for _, id := range appids {
-		if _, err := s.bucket.Get(ctx, id); err != nil {
-			return false
+		for _, kind := range []string{kv.KindToken, kv.KindJSAPITicket, kv.KindWxCardTicket} {
+			if _, err := s.bucket.Get(ctx, kv.Key(id, kind)); err != nil {
+				return false
+			}
 		}
 	}
 	return true
@@ -250,3 +259,10 @@ func (s *System) Heal(appid string) { s.fake.Heal(s.app(appid)) }
 // ones included: a service that keeps its tokens through wxtoken makes
 // none itself.
 func (s *System) Fetches(appid string) int { return s.fake.Calls(s.app(appid)) }
+
+// JSAPITicket is appid's current jsapi_ticket at WeChat: a service's test
+// can check a wx.config signature with it (jssdk.Signature).
+func (s *System) JSAPITicket(appid string) string {
+	ticket, _ := s.fake.Ticket(s.app(appid), "jsapi")
+	return ticket
+}

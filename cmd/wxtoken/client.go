@@ -22,10 +22,11 @@ const clientTimeout = 10 * time.Second
 
 func get(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	var n natsFlags
-	c := newCommand("get", "APPID", "Print the app's current access_token and nothing else, for shell scripts.\nFails if there is none or it has expired.",
-		`  curl "https://api.weixin.qq.com/cgi-bin/getcallbackip?access_token=$(wxtoken get wx1234567890abcdef)"`)
+	c := newCommand("get", "KEY", "Print the current value of a key and nothing else, for shell scripts: the app's\naccess_token for an APPID, a ticket for APPID.jsapi_ticket or APPID.wx_card_ticket.\nFails if there is none or it has expired.",
+		`  curl "https://api.weixin.qq.com/cgi-bin/getcallbackip?access_token=$(wxtoken get wx1234567890abcdef)"
+  wxtoken get wx1234567890abcdef.jsapi_ticket`)
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket)
-	appid, err := oneAppID(c, args, getenv, stdout)
+	key, err := oneKey(c, args, getenv, stdout)
 	if err != nil {
 		return err
 	}
@@ -36,37 +37,37 @@ func get(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
 	defer cancel()
-	var rec kv.Record
+	var rec kv.Credential
 	err = nc.do(ctx, func(ctx context.Context) (err error) {
-		rec, _, err = readToken(ctx, nc.Conn, n.bucket, appid)
+		rec, _, err = readCredential(ctx, nc.Conn, n.bucket, key)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	if !rec.ValidAt(time.Now()) {
-		return fmt.Errorf("the token of %s expired at %s (is the refresher running?)", appid, rec.ExpiresAt.Format(time.RFC3339))
+		return fmt.Errorf("the value of %s expired at %s (is the refresher running?)", key, rec.ExpiresAt.Format(time.RFC3339))
 	}
-	fmt.Fprintln(stdout, rec.AccessToken)
+	fmt.Fprintln(stdout, rec.Value)
 	return nil
 }
 
-// readToken reads and decodes an app's record.
-func readToken(ctx context.Context, nc *nats.Conn, bucket, appid string) (kv.Record, uint64, error) {
+// readCredential reads and decodes the record of a key.
+func readCredential(ctx context.Context, nc *nats.Conn, bucket, key string) (kv.Credential, uint64, error) {
 	b, err := bindBucket(ctx, nc, bucket)
 	if err != nil {
-		return kv.Record{}, 0, err
+		return kv.Credential{}, 0, err
 	}
-	e, err := b.Get(ctx, appid)
+	e, err := b.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return kv.Record{}, 0, fmt.Errorf("no token for %s in bucket %s (is the app in the refresher's apps?)", appid, bucket)
+		return kv.Credential{}, 0, fmt.Errorf("no value for %s in bucket %s (is it in the refresher's apps?)", key, bucket)
 	}
 	if err != nil {
-		return kv.Record{}, 0, describeNATSError(err)
+		return kv.Credential{}, 0, describeNATSError(err)
 	}
-	rec, err := kv.DecodeFor(appid, e.Value())
+	rec, err := kv.DecodeCredential(key, e.Value())
 	if err != nil {
-		return kv.Record{}, 0, fmt.Errorf("revision %d of %s: %w", e.Revision(), appid, err)
+		return kv.Credential{}, 0, fmt.Errorf("revision %d of %s: %w", e.Revision(), key, err)
 	}
 	return rec, e.Revision(), nil
 }
@@ -94,15 +95,16 @@ func describeNATSError(err error) error {
 	return err
 }
 
-func oneAppID(c *command, args []string, getenv func(string) string, stdout io.Writer) (string, error) {
+// oneKey parses the command's flags and its one KEY argument.
+func oneKey(c *command, args []string, getenv func(string) string, stdout io.Writer) (string, error) {
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return "", err
 	}
 	if len(rest) != 1 {
-		return "", usagef("need exactly one APPID (see wxtoken %s --help)", c.name)
+		return "", usagef("need exactly one KEY: an appid, or APPID.jsapi_ticket or APPID.wx_card_ticket (see wxtoken %s --help)", c.name)
 	}
-	if err := kv.ValidateAppID(rest[0]); err != nil {
+	if err := kv.ValidateKey(rest[0]); err != nil {
 		return "", usageError{err.Error()}
 	}
 	return rest[0], nil
@@ -111,24 +113,24 @@ func oneAppID(c *command, args []string, getenv func(string) string, stdout io.W
 func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var n natsFlags
 	var asJSON bool
-	c := newCommand("watch", "[APPID]", "Print rotations and failures as they happen, one line each, until interrupted.\nWith no APPID, every app's.",
-		"  wxtoken watch\n  wxtoken watch wx1234567890abcdef --json")
+	c := newCommand("watch", "[KEY]", "Print rotations and failures as they happen, one line each, until interrupted.\nWith no KEY, every key's: tokens and tickets.",
+		"  wxtoken watch\n  wxtoken watch wx1234567890abcdef --json\n  wxtoken watch wx1234567890abcdef.jsapi_ticket")
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withSubject)
 	c.Bool(&asJSON, "json", "", false, "print each event's JSON as published")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
 	}
-	appid := "*"
+	appid := ">" // every key, "<appid>.<kind>" ones included
 	switch len(rest) {
 	case 0:
 	case 1:
-		if err := kv.ValidateAppID(rest[0]); err != nil {
+		if err := kv.ValidateKey(rest[0]); err != nil {
 			return usageError{err.Error()}
 		}
 		appid = rest[0]
 	default:
-		return usagef("at most one APPID")
+		return usagef("at most one KEY")
 	}
 	nc, err := n.connect("wxtoken watch")
 	if err != nil {
@@ -182,21 +184,22 @@ func describeEvent(failed bool, data []byte) string {
 			return undecodable
 		}
 		return fmt.Sprintf("%s %s FAILED errcode=%d class=%s next_attempt=%s errmsg=%q",
-			now, ev.AppID, ev.ErrCode, ev.Class, ev.NextAttempt.Format(time.RFC3339), ev.ErrMsg)
+			now, kv.Key(ev.AppID, ev.Kind), ev.ErrCode, ev.Class, ev.NextAttempt.Format(time.RFC3339), ev.ErrMsg)
 	}
 	var ev kv.RotationEvent
 	if json.Unmarshal(data, &ev) != nil {
 		return undecodable
 	}
 	return fmt.Sprintf("%s %s rotated revision=%d reason=%s expires_at=%s",
-		now, ev.AppID, ev.Revision, ev.Reason, ev.ExpiresAt.Format(time.RFC3339))
+		now, kv.Key(ev.AppID, ev.Kind), ev.Revision, ev.Reason, ev.ExpiresAt.Format(time.RFC3339))
 }
 
 func refresh(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	var n natsFlags
 	var stale int64
 	var force bool
-	c := newCommand("refresh", "APPID", `Ask the refresher about an app's token and say what it did.
+	c := newCommand("refresh", "KEY", `Ask the refresher about a key (an app's token, or APPID.jsapi_ticket and
+the like) and say what it did.
 Without flags it reports the current token and fetches one only if there is
 none. --force names the current revision as rejected, which makes the
 refresher check it with WeChat and rotate it if WeChat no longer accepts it
@@ -205,7 +208,7 @@ refresher check it with WeChat and rotate it if WeChat no longer accepts it
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket|withSubject)
 	c.Int64(&stale, "stale-revision", "", 0, "the revision that was rejected")
 	c.Bool(&force, "force", "", false, "name the current revision as rejected")
-	appid, err := oneAppID(c, args, getenv, stdout)
+	appid, err := oneKey(c, args, getenv, stdout)
 	if err != nil {
 		return err
 	}
@@ -226,7 +229,7 @@ refresher check it with WeChat and rotate it if WeChat no longer accepts it
 	err = nc.do(ctx, func(ctx context.Context) error {
 		var req kv.RefreshRequest
 		if force {
-			_, rev, err := readToken(ctx, nc.Conn, n.bucket, appid)
+			_, rev, err := readCredential(ctx, nc.Conn, n.bucket, appid)
 			if err != nil {
 				return err
 			}
@@ -267,7 +270,9 @@ refresher check it with WeChat and rotate it if WeChat no longer accepts it
 
 // tokenStatus is one row of `wxtoken status`.
 type tokenStatus struct {
-	AppID     string    `json:"appid"`
+	AppID     string    `json:"appid"` // the key: an appid, or "<appid>.<kind>"
+	Kind      string    `json:"kind"`  // access_token, jsapi_ticket, wx_card_ticket
+	API       string    `json:"api"`   // the WeChat API that issued it
 	Revision  uint64    `json:"revision"`
 	FetchedAt time.Time `json:"fetched_at,omitzero"`
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
@@ -278,8 +283,9 @@ type tokenStatus struct {
 func status(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	var n natsFlags
 	var asJSON bool
-	c := newCommand("status", "", `Show every token in the bucket: revision, age, time to expiry, why it was
-last rotated, and which replica leads.`,
+	c := newCommand("status", "", `Show every token and ticket in the bucket: its kind and the API that issued
+it, revision, age (for a ticket, since its value first appeared), time to
+expiry, why it was last rotated, and which replica leads.`,
 		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'")
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket)
 	c.Bool(&asJSON, "json", "", false, "print JSON instead of a table")
@@ -323,10 +329,10 @@ last rotated, and which replica leads.`,
 	}
 	now := time.Now()
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "APPID\tREVISION\tAGE\tEXPIRES IN\tREASON\tLEADER")
+	fmt.Fprintln(w, "KEY\tKIND\tAPI\tREVISION\tAGE\tEXPIRES IN\tREASON\tLEADER")
 	for _, r := range rows {
 		if r.Error != "" {
-			fmt.Fprintf(w, "%s\t%d\t-\t-\t%s\t%s\n", r.AppID, r.Revision, r.Error, leaderName)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%d\t-\t-\t%s\t%s\n", r.AppID, r.Kind, r.API, r.Revision, r.Error, leaderName)
 			continue
 		}
 		expires := r.ExpiresAt.Sub(now).Round(time.Second).String()
@@ -337,7 +343,7 @@ last rotated, and which replica leads.`,
 		if reason == "" {
 			reason = "-"
 		}
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", r.AppID, r.Revision, now.Sub(r.FetchedAt).Round(time.Second), expires, reason, leaderName)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.AppID, r.Kind, r.API, r.Revision, now.Sub(r.FetchedAt).Round(time.Second), expires, reason, leaderName)
 	}
 	return w.Flush()
 }
@@ -387,16 +393,36 @@ func readAll(ctx context.Context, nc *nats.Conn, bucket string) ([]tokenStatus, 
 			if e == nil {
 				return rows, nil
 			}
-			if kv.ValidateAppID(e.Key()) != nil {
-				continue // a reserved "<appid>.<kind>" key
+			if kv.ValidateKey(e.Key()) != nil {
+				continue // a force budget, or a kind this version does not know
 			}
-			row := tokenStatus{AppID: e.Key(), Revision: e.Revision()}
-			if rec, err := kv.DecodeFor(e.Key(), e.Value()); err != nil {
+			row := tokenStatus{AppID: e.Key(), Kind: kindOf(e.Key()), Revision: e.Revision()}
+			if rec, err := kv.DecodeCredential(e.Key(), e.Value()); err != nil {
 				row.Error = err.Error()
 			} else {
 				row.FetchedAt, row.ExpiresAt, row.Reason = rec.FetchedAt, rec.ExpiresAt, rec.Reason
+				row.API = apiOf(e.Key(), rec)
 			}
 			rows = append(rows, row)
 		}
 	}
+}
+
+// kindOf names the kind of a key for `wxtoken status`.
+func kindOf(key string) string {
+	if _, kind := kv.SplitKey(key); kind != kv.KindToken {
+		return kind
+	}
+	return "access_token"
+}
+
+// apiOf names the WeChat API that issued a key's value.
+func apiOf(key string, rec kv.Credential) string {
+	switch _, kind := kv.SplitKey(key); {
+	case kind != kv.KindToken:
+		return "getticket"
+	case rec.API != "":
+		return rec.API
+	}
+	return "token"
 }

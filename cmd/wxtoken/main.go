@@ -1,5 +1,5 @@
 // Command wxtoken is the central WeChat access_token server (serve) and the
-// tools to look at it (get, watch, refresh, status).
+// tools to look at it (get, watch, refresh, status, sign).
 package main
 
 import (
@@ -18,16 +18,19 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-const overview = `wxtoken keeps WeChat access_tokens fresh in a NATS JetStream KV bucket:
-one central refresher fetches each app's token before it expires, and every
-service reads it from the bucket instead of fetching its own.
+const overview = `wxtoken keeps WeChat access_tokens, and the JS-SDK tickets fetched with them,
+fresh in a NATS JetStream KV bucket: one central refresher fetches each before
+it expires, and every service reads it from the bucket instead of fetching its
+own. A KEY is an appid (its access_token) or APPID.jsapi_ticket or
+APPID.wx_card_ticket.
 
 Usage:
   wxtoken serve [flags]             run the refresher (with an embedded NATS unless --nats-url)
-  wxtoken get APPID                 print an app's current token, for scripts
-  wxtoken watch [APPID]             print rotations and failures as they happen
-  wxtoken refresh APPID [--force]   ask the refresher for a new token
-  wxtoken status                    show every token in the bucket
+  wxtoken get KEY                   print a key's current value, for scripts
+  wxtoken watch [KEY]               print rotations and failures as they happen
+  wxtoken refresh KEY [--force]     ask the refresher for a new value
+  wxtoken status                    show every token and ticket in the bucket
+  wxtoken sign KEY URL              print a page's signed wx.config as JSON
 
 Run "wxtoken COMMAND --help" for a command's flags and examples.
 `
@@ -51,6 +54,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		"watch":   watch,
 		"refresh": refresh,
 		"status":  status,
+		"sign":    sign,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

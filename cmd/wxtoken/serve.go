@@ -36,7 +36,8 @@ SIGHUP reloads the apps file and the secrets (other settings need a
 restart); SIGTERM or SIGINT finishes the fetches under way, releases the
 leader lease and exits.`
 
-const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo app with 60s tokens
+const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo app with 60s tokens and a
+  # jsapi_ticket, and a stable_token demo app
   wxtoken serve --demo
 
   # One app, embedded NATS
@@ -46,8 +47,12 @@ const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo a
   wxtoken serve --apps /etc/wxtoken/apps.yaml \
     --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222 --replicas 3`
 
-// demoAppID is the demo app's appid: 18 characters like a real one.
-const demoAppID = "wxdemo0123456789ab"
+// The demo apps' appids, 18 characters like real ones: a classic app with
+// a jsapi_ticket, and a stable_token app.
+const (
+	demoAppID       = "wxdemo0123456789ab"
+	demoStableAppID = "wxdemostable012345"
+)
 
 type serveFlags struct {
 	cmd        *command
@@ -95,7 +100,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
-	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat and a demo app whose tokens live 60s")
+	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat and two demo apps: tokens of 60s with a jsapi_ticket, and a stable_token app")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
@@ -127,7 +132,10 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 
 	apps := func() ([]publisher.App, error) {
 		if f.demo {
-			return []publisher.App{{AppID: demoAppID, Secret: publisher.NewSecret(demoSecret)}}, nil
+			return []publisher.App{
+				{AppID: demoAppID, Secret: publisher.NewSecret(demoSecret), Tickets: []publisher.Ticket{publisher.TicketJSAPI}},
+				{AppID: demoStableAppID, Secret: publisher.NewSecret(demoSecret), TokenAPI: publisher.TokenAPIStable},
+			}, nil
 		}
 		return loadApps(f.appsFile, getenv)
 	}
@@ -174,8 +182,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		defer ops.stop()
 	}
 	if f.demo {
-		log.Info("demo: watch the token rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`",
-			"appid", demoAppID)
+		log.Info("demo: watch the tokens and the ticket rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`; "+
+			"sign a page with `go run ./cmd/wxtoken sign "+demoAppID+" https://example.com/`",
+			"apps", demoAppID+","+demoStableAppID)
 	}
 	reloads, stopReloads := context.WithCancel(ctx)
 	reloaded := make(chan struct{})
@@ -368,10 +377,13 @@ func (f *serveFlags) startEmbedded(log *slog.Logger) (*server.Server, error) {
 const demoSecret = "demo-secret-not-a-real-one"
 
 // startDemoWeChat serves a fake WeChat on a loopback port. Its tokens live
-// 60s, so the demo shows a rotation about every 30s.
+// 60s, so the demo shows a rotation about every 30s; a stable token is
+// renewed in its last 40s, and a ticket lives 90s.
 func startDemoWeChat(log *slog.Logger) (string, func(), error) {
-	fake := fakewechat.New(fakewechat.Config{ExpiresIn: 60 * time.Second, Overlap: 30 * time.Second})
+	fake := fakewechat.New(fakewechat.Config{ExpiresIn: 60 * time.Second, Overlap: 30 * time.Second,
+		StableRenewBefore: 40 * time.Second, TicketExpiresIn: 90 * time.Second})
 	fake.AddApp(demoAppID, demoSecret)
+	fake.AddApp(demoStableAppID, demoSecret)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, fmt.Errorf("demo: cannot start the fake WeChat: %w", err)
@@ -383,6 +395,6 @@ func startDemoWeChat(log *slog.Logger) (string, func(), error) {
 		}
 	}()
 	url := "http://" + ln.Addr().String()
-	log.Info("demo: fake WeChat running", "url", url, "token_lifetime", "60s")
+	log.Info("demo: fake WeChat running", "url", url, "token_lifetime", "60s", "ticket_lifetime", "90s")
 	return url, func() { srv.Shutdown(context.Background()) }, nil
 }

@@ -37,6 +37,11 @@ type Config struct {
 	// sooner returns the current token unchanged; 30s.
 	ForceLimit   int
 	ForceSpacing time.Duration
+
+	// TicketExpiresIn is a JS-SDK ticket's lifetime; 7200s. getticket
+	// says it for every answer, also when it returns a ticket issued
+	// earlier.
+	TicketExpiresIn time.Duration
 }
 
 // Fault replaces the normal answer of one token fetch.
@@ -78,6 +83,8 @@ type app struct {
 	forceUsed  int       // forced refreshes that day
 	forced     int       // forced refreshes that issued a token, ever
 	lastForce  time.Time // the last forced refresh that issued a token
+
+	tickets map[string]*ticketState // by type: jsapi, wx_card
 }
 
 type issued struct {
@@ -113,6 +120,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.ForceSpacing == 0 {
 		cfg.ForceSpacing = 30 * time.Second
+	}
+	if cfg.TicketExpiresIn <= 0 {
+		cfg.TicketExpiresIn = 7200 * time.Second
 	}
 	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{})}
 }
@@ -311,14 +321,16 @@ func (s *Server) mint() string {
 	return string(b)
 }
 
-// ServeHTTP answers /cgi-bin/token, /cgi-bin/stable_token and
-// /cgi-bin/getcallbackip.
+// ServeHTTP answers /cgi-bin/token, /cgi-bin/stable_token,
+// /cgi-bin/ticket/getticket and /cgi-bin/getcallbackip.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/cgi-bin/token":
 		s.serveToken(w, r)
 	case "/cgi-bin/stable_token":
 		s.serveStable(w, r)
+	case "/cgi-bin/ticket/getticket":
+		s.serveTicket(w, r)
 	case "/cgi-bin/getcallbackip":
 		s.serveCallbackIP(w, r)
 	default:
@@ -457,6 +469,7 @@ var messages = map[int]string{
 	42001: "access_token expired",
 	43002: "require POST method",
 	47001: "data format error",
+	40097: "invalid args",
 	45009: "reach max api daily quota limit",
 	45011: "api minute-quota reach limit  mustslower  retry next minute",
 	89501: "此IP正在等待管理员确认,请联系管理员",

@@ -1,0 +1,113 @@
+// Package jssdk signs WeChat JS-SDK configurations with a ticket the
+// subscriber holds in memory: wx.config with the app's jsapi_ticket, and
+// the card (卡券) signature with its wx_card ticket. Nothing here does I/O:
+// a page's configuration costs a SHA-1.
+package jssdk
+
+import (
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/subscriber"
+)
+
+// Signature is WeChat's JS-SDK signature: the SHA-1, in hex, of
+// "jsapi_ticket=T&noncestr=N&timestamp=S&url=U", the fields in that (ASCII)
+// order and nothing escaped. pageURL is the page's full URL; its #fragment
+// is dropped, as WeChat requires. It signs wx.config with a jsapi_ticket
+// (and WeCom's wx.agentConfig with an agent_config ticket).
+func Signature(ticket, nonceStr string, timestamp int64, pageURL string) string {
+	pageURL, _, _ = strings.Cut(pageURL, "#")
+	sum := sha1.Sum([]byte("jsapi_ticket=" + ticket + "&noncestr=" + nonceStr +
+		"&timestamp=" + strconv.FormatInt(timestamp, 10) + "&url=" + pageURL))
+	return hex.EncodeToString(sum[:])
+}
+
+// CardSignature is the card (卡券) API's signature: the SHA-1, in hex, of
+// the values sorted as strings (byte order) and joined with nothing
+// between them. The values are the ones the card call names: the wx_card
+// ticket, the timestamp, the nonce_str and, as the call needs, card_id,
+// code, openid, balance and so on.
+func CardSignature(values ...string) string {
+	sorted := slices.Clone(values)
+	slices.Sort(sorted)
+	sum := sha1.Sum([]byte(strings.Join(sorted, "")))
+	return hex.EncodeToString(sum[:])
+}
+
+// Config is what a page passes to wx.config (with its jsApiList added),
+// in the JSON field names the JS-SDK expects.
+type Config struct {
+	AppID     string `json:"appId"`
+	Timestamp int64  `json:"timestamp"`
+	NonceStr  string `json:"nonceStr"`
+	Signature string `json:"signature"`
+}
+
+// ErrNotJSAPITicket is returned by Sign for a subscriber that does not
+// follow a jsapi_ticket key.
+var ErrNotJSAPITicket = errors.New("jssdk: the subscriber does not follow a jsapi_ticket")
+
+// Sign returns the wx.config for the page at pageURL, signed with the
+// jsapi_ticket that sub follows ("<appid>.jsapi_ticket"), with the current
+// time and a fresh nonce. It fails if the ticket cannot be used (the
+// subscriber is closed, or the ticket expired and was not replaced), or if
+// pageURL is not an absolute http(s) URL.
+func Sign(sub *subscriber.Subscriber, pageURL string) (Config, error) {
+	if _, kind := kv.SplitKey(sub.Key()); kind != kv.KindJSAPITicket {
+		return Config{}, fmt.Errorf("%w: it follows %s", ErrNotJSAPITicket, sub.Key())
+	}
+	if err := checkPageURL(pageURL); err != nil {
+		return Config{}, err
+	}
+	ticket, err := sub.Current()
+	if err != nil {
+		return Config{}, fmt.Errorf("jssdk: %w", err)
+	}
+	return NewConfig(sub.AppID(), ticket.Value, pageURL, time.Now())
+}
+
+// NewConfig returns the wx.config of appid for the page at pageURL,
+// signed with jsapiTicket at the time now and with a fresh nonce, for a
+// program that holds the ticket itself. Sign is the one call for a
+// subscriber's.
+func NewConfig(appid, jsapiTicket, pageURL string, now time.Time) (Config, error) {
+	if err := checkPageURL(pageURL); err != nil {
+		return Config{}, err
+	}
+	c := Config{AppID: appid, Timestamp: now.Unix(), NonceStr: NonceStr()}
+	c.Signature = Signature(jsapiTicket, c.NonceStr, c.Timestamp, pageURL)
+	return c, nil
+}
+
+// checkPageURL refuses what cannot be a page's URL: the signature would
+// be computed, and wx.config would fail with "invalid signature".
+func checkPageURL(pageURL string) error {
+	u, err := url.Parse(pageURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("jssdk: %.200q is not a page's absolute http(s) URL", pageURL)
+	}
+	return nil
+}
+
+const nonceAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// NonceStr returns 16 random characters from [A-Za-z0-9], as WeChat's
+// examples use.
+func NonceStr() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	for i := range b {
+		b[i] = nonceAlphabet[int(b[i])%len(nonceAlphabet)]
+	}
+	return string(b)
+}

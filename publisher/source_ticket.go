@@ -1,0 +1,159 @@
+package publisher
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/wxtoken/wxtoken/internal/wechaterr"
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// ticketSource is GET /cgi-bin/ticket/getticket, called with the app's
+// current access_token: the jsapi_ticket (type=jsapi) that signs
+// wx.config, or the card api_ticket (type=wx_card). While a ticket is
+// valid WeChat returns the same one, saying 7200 s each time, and a token
+// rotation does not change it: a ticket's expiry is counted from when its
+// value first appeared, and an answer repeating it writes nothing.
+type ticketSource struct{ kind Ticket }
+
+func (s ticketSource) api() string { return s.kind.kind() }
+
+func (s ticketSource) fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error) {
+	q := url.Values{"access_token": {g.token}, "type": {string(s.kind)}}
+	status, body, err := u.get(ctx, "cgi-bin/ticket/getticket", q, g.token)
+	if err != nil {
+		return issuedValue{}, err
+	}
+	v, err := decodeTicketResponse(status, body)
+	return v, scrubErrMsg(err, g.token)
+}
+
+func (ticketSource) window(refreshBefore time.Duration) time.Duration { return refreshBefore }
+
+// checkable: getcallbackip takes tokens, not tickets.
+func (ticketSource) checkable() bool { return false }
+
+// repeated: WeChat gives the same ticket until it expires, so it is asked
+// again a second after the held one expires by its first appearance: the
+// record's expiry is cut to the second, and WeChat's is up to that much
+// later. Past that, ask again soon, then less and less often, never
+// counting the expiry anew.
+func (ticketSource) repeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
+	if held.ValidAt(now) {
+		return held.ExpiresAt.Add(time.Second), false
+	}
+	return now.Add(min(max(now.Sub(held.ExpiresAt), time.Second), max(window/8, time.Second))), false
+}
+
+// ticketErrcodes are what getticket's errcodes mean; tokens refused are
+// classToken, and codes not listed are transient.
+var ticketErrcodes = map[int]errcodeInfo{
+	-1:    {classRetry, "WeChat is busy"},
+	45009: {classQuota, "the daily quota of ticket fetches is used up"},
+	40164: {classConfig, "this server's IP address is not on the app's whitelist"},
+	48001: {classConfig, "the app is not authorised for this API"},
+}
+
+// decodeTicketResponse interprets an answer to getticket:
+// {"errcode":0,"errmsg":"ok","ticket":"...","expires_in":7200}.
+func decodeTicketResponse(status int, body []byte) (issuedValue, error) {
+	if err := checkAnswer(status, body); err != nil {
+		return issuedValue{}, err
+	}
+	var a struct {
+		Ticket    *string         `json:"ticket"`
+		ExpiresIn json.RawMessage `json:"expires_in"`
+		ErrCode   int             `json:"errcode"`
+		ErrMsg    string          `json:"errmsg"`
+	}
+	if err := json.Unmarshal(body, &a); err != nil {
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
+	}
+	switch info, known := ticketErrcodes[a.ErrCode]; {
+	case wechaterr.TokenRejected(a.ErrCode):
+		return issuedValue{}, &upstreamError{ErrCode: a.ErrCode, ErrMsg: a.ErrMsg, class: classToken, means: "the access_token it was asked with is not valid"}
+	case known:
+		return issuedValue{}, &upstreamError{ErrCode: a.ErrCode, ErrMsg: a.ErrMsg, class: info.class, means: info.meaning}
+	case a.ErrCode != 0:
+		return issuedValue{}, &upstreamError{ErrCode: a.ErrCode, ErrMsg: a.ErrMsg, class: classRetry, means: "unknown errcode"}
+	case a.Ticket == nil:
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "answer has neither ticket nor errcode"}
+	}
+	if err := kv.ValidateToken(*a.Ticket); err != nil {
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "unusable ticket: " + err.Error()}
+	}
+	secs, err := strconv.ParseInt(string(a.ExpiresIn), 10, 64)
+	if err != nil || secs <= 0 || secs > int64(maxExpiresIn/time.Second) {
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %.20q is not a number of seconds in 1..%d", a.ExpiresIn, int64(maxExpiresIn/time.Second))}
+	}
+	return issuedValue{Value: *a.Ticket, ExpiresIn: time.Duration(secs) * time.Second}, nil
+}
+
+// tokenFor returns the current token of p, the app a ticket is fetched
+// with, and its revision: after the rotation of it under way, if any, and
+// fetched first if there is none, so that no ticket is asked for with a
+// token about to be replaced or already dead.
+func (r *Refresher) tokenFor(t *term, p *credential) (kv.Credential, uint64, error) {
+	for range 2 {
+		p.mu.Lock()
+		f, rec, rev := p.flight, p.validRecord(r.cfg.Clock.now()), p.rev
+		if f == nil && rec == nil {
+			f, _ = r.startOrJoin(t, p, modeScheduled, kv.ReasonInitial)
+		}
+		p.mu.Unlock()
+		if f == nil {
+			if rec == nil {
+				return kv.Credential{}, 0, errEnding
+			}
+			return *rec, rev, nil
+		}
+		select {
+		case <-f.done:
+		case <-t.ctx.Done():
+			return kv.Credential{}, 0, errEnding
+		}
+	}
+	p.mu.Lock()
+	rec, rev := p.validRecord(r.cfg.Clock.now()), p.rev
+	p.mu.Unlock()
+	if rec == nil {
+		return kv.Credential{}, 0, fmt.Errorf("publisher: %s has no valid access_token to fetch tickets with", p.key)
+	}
+	return *rec, rev, nil
+}
+
+// renewToken sends p's token, which a ticket call refused at revision
+// used, through the forced-refresh path a service's refresh request takes
+// (checked with WeChat, then fetched, one flight for all), and returns the
+// token after it.
+func (r *Refresher) renewToken(t *term, p *credential, used uint64) (kv.Credential, uint64, error) {
+	now := r.cfg.Clock.now()
+	p.mu.Lock()
+	var f *flight
+	switch {
+	case p.flight != nil:
+		f = p.flight
+	case p.rev != used: // replaced meanwhile
+	case !p.lastForced.IsZero() && now.Sub(p.lastForced) < r.cfg.MinForceInterval:
+		p.mu.Unlock()
+		return kv.Credential{}, 0, fmt.Errorf("publisher: the ticket call refused the token of %s, which was force-refreshed %s ago; at most one per %s",
+			p.key, now.Sub(p.lastForced).Round(time.Second), r.cfg.MinForceInterval)
+	default:
+		p.lastForced = now
+		f, _ = r.startOrJoin(t, p, modeForced, kv.ReasonRequested)
+	}
+	p.mu.Unlock()
+	if f != nil {
+		r.log.Info("a ticket call refused the token; refreshing it", "appid", p.key, "revision", used)
+		select {
+		case <-f.done:
+		case <-t.ctx.Done():
+			return kv.Credential{}, 0, errEnding
+		}
+	}
+	return r.tokenFor(t, p)
+}
