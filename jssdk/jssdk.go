@@ -1,6 +1,7 @@
 // Package jssdk signs WeChat JS-SDK configurations with a ticket the
-// subscriber holds in memory: wx.config with the app's jsapi_ticket, and
-// the card (卡券) signature with its wx_card ticket. Nothing here does I/O:
+// subscriber holds in memory: wx.config with the app's jsapi_ticket (or a
+// WeCom corp's), WeCom's wx.agentConfig with an app's agent_config ticket,
+// and the card (卡券) signature with its wx_card ticket. Nothing here does I/O:
 // a page's configuration costs a SHA-1.
 package jssdk
 
@@ -58,7 +59,8 @@ type Config struct {
 var ErrNotJSAPITicket = errors.New("jssdk: the subscriber does not follow a jsapi_ticket")
 
 // Sign returns the wx.config for the page at pageURL, signed with the
-// jsapi_ticket that sub follows ("<appid>.jsapi_ticket"), with the current
+// jsapi_ticket that sub follows ("<appid>.jsapi_ticket", or a WeCom
+// corp's "<corpid>-<agent>.jsapi_ticket", signed for the corp), with the current
 // time and a fresh nonce. It fails if the ticket cannot be used (the
 // subscriber is closed, or the ticket expired and was not replaced), or if
 // pageURL is not an absolute http(s) URL.
@@ -73,7 +75,47 @@ func Sign(sub *subscriber.Subscriber, pageURL string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("jssdk: %w", err)
 	}
-	return NewConfig(sub.AppID(), ticket.Value, pageURL, time.Now())
+	appid := sub.AppID()
+	if corpid, _, ok := kv.SplitWeComKey(sub.Key()); ok {
+		appid = corpid // WeCom's wx.config names the corp
+	}
+	return NewConfig(appid, ticket.Value, pageURL, time.Now())
+}
+
+// AgentConfig is what a WeCom page passes to wx.agentConfig (with its
+// jsApiList), in the field names the JS-SDK expects.
+type AgentConfig struct {
+	CorpID    string `json:"corpid"`
+	AgentID   string `json:"agentid"`
+	Timestamp int64  `json:"timestamp"`
+	NonceStr  string `json:"nonceStr"`
+	Signature string `json:"signature"`
+}
+
+// ErrNotAgentConfigTicket is returned by SignAgentConfig for a subscriber
+// that does not follow a WeCom app's agent_config ticket.
+var ErrNotAgentConfigTicket = errors.New("jssdk: the subscriber does not follow an agent_config_ticket")
+
+// SignAgentConfig returns the wx.agentConfig of the WeCom page at pageURL,
+// signed (as wx.config is) with the agent_config ticket sub follows
+// ("<corpid>-<agentid>.agent_config_ticket"), now and with a fresh nonce.
+func SignAgentConfig(sub *subscriber.Subscriber, pageURL string) (AgentConfig, error) {
+	corpid, agent, wecom := kv.SplitWeComKey(sub.Key())
+	if _, kind := kv.SplitKey(sub.Key()); kind != kv.KindAgentConfigTicket || !wecom {
+		return AgentConfig{}, fmt.Errorf("%w: it follows %s", ErrNotAgentConfigTicket, sub.Key())
+	}
+	if err := checkPageURL(pageURL); err != nil {
+		return AgentConfig{}, err
+	}
+	ticket, err := sub.Current()
+	if err != nil {
+		return AgentConfig{}, fmt.Errorf("jssdk: %w", err)
+	}
+	c, err := NewConfig(corpid, ticket.Value, pageURL, time.Now())
+	if err != nil {
+		return AgentConfig{}, err
+	}
+	return AgentConfig{CorpID: corpid, AgentID: agent, Timestamp: c.Timestamp, NonceStr: c.NonceStr, Signature: c.Signature}, nil
 }
 
 // NewConfig returns the wx.config of appid for the page at pageURL,

@@ -13,10 +13,26 @@ const (
 	KindToken        = ""               // "<appid>": the access_token record (Record)
 	KindJSAPITicket  = "jsapi_ticket"   // "<appid>.jsapi_ticket": the JS-SDK ticket for wx.config (TicketRecord)
 	KindWxCardTicket = "wx_card_ticket" // "<appid>.wx_card_ticket": the card (卡券) api_ticket (TicketRecord)
+	// KindAgentConfigTicket is "<corpid>-<agent>.agent_config_ticket": a
+	// WeCom app's ticket for wx.agentConfig (TicketRecord). A WeCom key's
+	// jsapi_ticket is the corp's ticket for wx.config.
+	KindAgentConfigTicket = "agent_config_ticket"
 )
 
 // TicketKinds are the ticket kinds this version knows.
-var TicketKinds = []string{KindJSAPITicket, KindWxCardTicket}
+var TicketKinds = []string{KindJSAPITicket, KindWxCardTicket, KindAgentConfigTicket}
+
+// WeComKey is the key of the token of a WeCom app secret: "<corpid>-<agent>",
+// where agent is the agentid, or a name for a secret of no agent (such as
+// "contacts"). WeChat appids have no "-", so the dash tells the two apart.
+func WeComKey(corpid, agent string) string { return corpid + "-" + agent }
+
+// SplitWeComKey returns the corp and agent of a key of a WeCom token, or
+// of a ticket hanging off one; ok is false for an app's.
+func SplitWeComKey(key string) (corpid, agent string, ok bool) {
+	appid, _ := SplitKey(key)
+	return strings.Cut(appid, "-")
+}
 
 // SplitKey returns the appid and the kind of key; kind is KindToken for a
 // plain appid.

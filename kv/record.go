@@ -40,12 +40,16 @@ type Record struct {
 	// lack it.
 	Reason string `json:"reason,omitempty"`
 	// API is the WeChat API that issued the token when it is not
-	// /cgi-bin/token: APIStableToken. Optional: absent means /cgi-bin/token.
+	// /cgi-bin/token: APIStableToken or APIWeCom. Optional: absent means
+	// /cgi-bin/token.
 	API string `json:"api,omitempty"`
 }
 
-// APIStableToken is Record.API for a token from /cgi-bin/stable_token.
-const APIStableToken = "stable_token"
+// Record.API values.
+const (
+	APIStableToken = "stable_token" // /cgi-bin/stable_token
+	APIWeCom       = "wecom"        // WeCom's /cgi-bin/gettoken, under a "<corpid>-<agent>" key
+)
 
 // NewRecord builds the record for a token fetched at fetchedAt that WeChat
 // said lives for expiresIn.

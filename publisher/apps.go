@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -12,42 +13,89 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// App is one WeChat app the refresher keeps a token for.
+// App is one WeChat app the refresher keeps a token for: an official
+// account or mini program (AppID), or a WeCom app secret (CorpID and
+// Agent).
 type App struct {
-	AppID  string
-	Secret Secret
-	// TokenAPI is the API its token is fetched with; TokenAPIClassic when
-	// empty.
+	AppID string
+	// CorpID and Agent name a WeCom app secret instead of AppID: Agent is
+	// the agentid, or a name for a secret of no agent ("contacts"). Its
+	// key is "<corpid>-<agent>".
+	CorpID, Agent string
+	Secret        Secret
+	// TokenAPI is the API an official account's token is fetched with;
+	// TokenAPIClassic when empty. WeCom has one: gettoken.
 	TokenAPI TokenAPI
 	// Tickets are the JS-SDK tickets kept beside the token, each under
-	// the key "<appid>.<kind>": TicketJSAPI, TicketWxCard.
+	// the key "<key>.<kind>": TicketJSAPI and TicketWxCard for an official
+	// account, TicketJSAPI (the corp's) and TicketAgentConfig for WeCom.
 	Tickets []Ticket
 }
+
+// Key is the app's token key in the bucket.
+func (a App) Key() string {
+	if a.CorpID != "" {
+		return kv.WeComKey(a.CorpID, a.Agent)
+	}
+	return a.AppID
+}
+
+// wecom reports whether the app is a WeCom app secret.
+func (a App) wecom() bool { return a.CorpID != "" }
 
 // Ticket names a ticket kind of the apps file's tickets list.
 type Ticket string
 
 const (
-	TicketJSAPI  Ticket = "jsapi"   // the jsapi_ticket that signs wx.config
-	TicketWxCard Ticket = "wx_card" // the card api_ticket (卡券)
+	TicketJSAPI       Ticket = "jsapi"        // the jsapi_ticket that signs wx.config (WeCom: the corp's)
+	TicketWxCard      Ticket = "wx_card"      // the card api_ticket (卡券)
+	TicketAgentConfig Ticket = "agent_config" // WeCom: the app's ticket that signs wx.agentConfig
 )
 
 // kind is the ticket's kind of key, as kv names it.
 func (t Ticket) kind() string { return string(t) + "_ticket" }
 
-// checkTickets reports an unknown or repeated ticket.
-func checkTickets(tickets []Ticket) error {
+// checkTickets reports an unknown, misplaced or repeated ticket.
+func checkTickets(tickets []Ticket, wecom bool) error {
+	allowed := []Ticket{TicketJSAPI, TicketWxCard}
+	if wecom {
+		allowed = []Ticket{TicketJSAPI, TicketAgentConfig}
+	}
 	seen := map[Ticket]bool{}
 	for _, t := range tickets {
 		switch {
-		case t != TicketJSAPI && t != TicketWxCard:
-			return fmt.Errorf("tickets: %.32q is not %q or %q", string(t), TicketJSAPI, TicketWxCard)
+		case !slices.Contains(allowed, t):
+			return fmt.Errorf("tickets: %.32q is not %q or %q", string(t), allowed[0], allowed[1])
 		case seen[t]:
 			return fmt.Errorf("tickets: %q is listed twice", t)
 		}
 		seen[t] = true
 	}
 	return nil
+}
+
+// checkIdentity reports what is wrong with how the app is named.
+func (a App) checkIdentity() error {
+	switch {
+	case a.AppID != "" && a.CorpID != "":
+		return errors.New("give appid or corpid, not both")
+	case a.CorpID == "" && a.Agent != "":
+		return errors.New("agent belongs to a WeCom app (corpid)")
+	case a.CorpID == "":
+		return kv.ValidateAppID(a.AppID)
+	case a.TokenAPI != "" && a.TokenAPI != TokenAPIClassic:
+		return fmt.Errorf("token_api %q is for official accounts; WeCom has gettoken alone", a.TokenAPI)
+	}
+	if err := kv.ValidateAppID(a.CorpID); err != nil || strings.Contains(a.CorpID, "-") {
+		return fmt.Errorf("corpid %.64q is not a corp id (A-Z a-z 0-9 _)", a.CorpID)
+	}
+	if a.Agent == "" {
+		return errors.New(`a WeCom app needs agent: its agentid, or a name for a secret of no agent (such as "contacts")`)
+	}
+	if err := kv.ValidateAppID(a.Agent); err != nil || strings.Contains(a.Agent, "-") {
+		return fmt.Errorf("agent %.64q is not an agentid or a name (A-Z a-z 0-9 _)", a.Agent)
+	}
+	return kv.ValidateAppID(a.Key())
 }
 
 // TokenAPI names the WeChat API an app's access_token is fetched with.
@@ -88,12 +136,18 @@ func (api TokenAPI) orClassic() TokenAPI {
 //	    secret_env: WX_MAIN_SECRET   # or secret_file: /run/secrets/wx_main, or secret: ...
 //	    token_api: stable            # or token, the default
 //	    tickets: [jsapi, wx_card]    # JS-SDK tickets kept beside the token
+//	  - corpid: ww1234567890abcdef     # a WeCom app secret: key "<corpid>-<agent>"
+//	    agent: "1000002"
+//	    secret_env: WECOM_APP_SECRET
+//	    tickets: [jsapi, agent_config]
 type appsFile struct {
 	Apps []appEntry `yaml:"apps"`
 }
 
 type appEntry struct {
 	AppID      string     `yaml:"appid"`
+	CorpID     string     `yaml:"corpid"`
+	Agent      string     `yaml:"agent"`
 	Secret     string     `yaml:"secret"`
 	SecretEnv  string     `yaml:"secret_env"`
 	SecretFile string     `yaml:"secret_file"`
@@ -163,19 +217,23 @@ func ParseApps(data []byte, getenv func(string) string) ([]App, error) {
 }
 
 func (e appEntry) resolve(getenv func(string) string) (App, error) {
-	if err := kv.ValidateAppID(e.AppID); err != nil {
-		return App{}, err
-	}
-	api := TokenAPI(e.TokenAPI)
-	if err := api.check(); err != nil {
-		return App{}, fmt.Errorf("app %s: %w", e.AppID, err)
-	}
 	tickets := make([]Ticket, len(e.Tickets))
 	for i, t := range e.Tickets {
 		tickets[i] = Ticket(t)
 	}
-	if err := checkTickets(tickets); err != nil {
-		return App{}, fmt.Errorf("app %s: %w", e.AppID, err)
+	app := App{AppID: e.AppID, CorpID: e.CorpID, Agent: e.Agent, TokenAPI: TokenAPI(e.TokenAPI), Tickets: tickets}
+	if err := app.checkIdentity(); err != nil {
+		return App{}, err
+	}
+	name := "app " + app.Key()
+	if app.wecom() {
+		name = "WeCom app " + app.Key()
+	}
+	if err := app.TokenAPI.check(); err != nil {
+		return App{}, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := checkTickets(tickets, app.wecom()); err != nil {
+		return App{}, fmt.Errorf("%s: %w", name, err)
 	}
 	given := 0
 	for _, s := range []string{e.Secret, e.SecretEnv, e.SecretFile} {
@@ -184,25 +242,29 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 		}
 	}
 	if given != 1 {
-		return App{}, fmt.Errorf("app %s: give exactly one of secret_env, secret_file and secret", e.AppID)
+		return App{}, fmt.Errorf("%s: give exactly one of secret_env, secret_file and secret", name)
 	}
 	var secret string
 	switch {
 	case e.SecretEnv != "":
 		secret = getenv(e.SecretEnv)
 		if secret == "" {
-			return App{}, fmt.Errorf("app %s: environment variable %s is empty or not set", e.AppID, e.SecretEnv)
+			return App{}, fmt.Errorf("%s: environment variable %s is empty or not set", name, e.SecretEnv)
 		}
 	case e.SecretFile != "":
 		s, err := readSecretFile(e.SecretFile)
 		if err != nil {
-			return App{}, fmt.Errorf("app %s: %w", e.AppID, err)
+			return App{}, fmt.Errorf("%s: %w", name, err)
 		}
 		secret = s
 	default:
 		secret = e.Secret
 	}
-	return App{AppID: e.AppID, Secret: NewSecret(secret), TokenAPI: api.orClassic(), Tickets: tickets}, nil
+	app.Secret = NewSecret(secret)
+	if !app.wecom() {
+		app.TokenAPI = app.TokenAPI.orClassic()
+	}
+	return app, nil
 }
 
 // AppFromEnv returns the single app that WECHAT_APPID with WECHAT_APPSECRET
@@ -253,10 +315,10 @@ func readSecretFile(path string) (string, error) {
 func checkUnique(apps []App) error {
 	seen := make(map[string]bool, len(apps))
 	for _, a := range apps {
-		if seen[a.AppID] {
-			return fmt.Errorf("app %s is listed twice", a.AppID)
+		if seen[a.Key()] {
+			return fmt.Errorf("app %s is listed twice", a.Key())
 		}
-		seen[a.AppID] = true
+		seen[a.Key()] = true
 	}
 	return nil
 }

@@ -64,6 +64,7 @@ type Config struct {
 	ConfigErrorBackoff time.Duration
 
 	UpstreamURL     string        // DefaultUpstreamURL
+	WeComURL        string        // WeCom's API, for WeCom apps; DefaultWeComURL
 	UpstreamTimeout time.Duration // per call; DefaultUpstreamTimeout
 	// UpstreamRate paces token fetches across all apps, in calls per
 	// second, so ten thousand apps do not all call in the same second.
@@ -109,6 +110,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	setDefault(&c.ConfigErrorBackoff, DefaultConfigErrorBackoff)
 	if c.UpstreamURL == "" {
 		c.UpstreamURL = DefaultUpstreamURL
+	}
+	if c.WeComURL == "" {
+		c.WeComURL = DefaultWeComURL
 	}
 	if c.UpstreamRate == 0 {
 		c.UpstreamRate = DefaultUpstreamRate
@@ -193,17 +197,18 @@ func checkApps(apps []App) error {
 		errs = append(errs, "no apps: give an apps file or WECHAT_APPID")
 	}
 	for _, a := range apps {
-		if err := kv.ValidateAppID(a.AppID); err != nil {
+		if err := a.checkIdentity(); err != nil {
 			errs = append(errs, err.Error())
+			continue
 		}
 		if a.Secret.IsZero() {
-			errs = append(errs, fmt.Sprintf("app %s has no secret", a.AppID))
+			errs = append(errs, fmt.Sprintf("app %s has no secret", a.Key()))
 		}
 		if err := a.TokenAPI.check(); err != nil {
-			errs = append(errs, fmt.Sprintf("app %s: %s", a.AppID, err))
+			errs = append(errs, fmt.Sprintf("app %s: %s", a.Key(), err))
 		}
-		if err := checkTickets(a.Tickets); err != nil {
-			errs = append(errs, fmt.Sprintf("app %s: %s", a.AppID, err))
+		if err := checkTickets(a.Tickets, a.wecom()); err != nil {
+			errs = append(errs, fmt.Sprintf("app %s: %s", a.Key(), err))
 		}
 	}
 	if err := checkUnique(apps); err != nil {

@@ -100,16 +100,16 @@ func newCredentialSet(apps []App, old *credentialSet) *credentialSet {
 		set.order = append(set.order, c)
 	}
 	for _, app := range apps {
-		token := old.find(app.AppID)
+		token := old.find(app.Key())
 		if token == nil {
-			token = &credential{key: app.AppID, kind: kv.KindToken, secret: app.Secret, src: sourceFor(app.TokenAPI)}
+			token = &credential{key: app.Key(), kind: kv.KindToken, secret: app.Secret, src: sourceOf(app)}
 		}
 		add(token)
 		for _, t := range app.Tickets {
-			key := kv.Key(app.AppID, t.kind())
+			key := kv.Key(app.Key(), t.kind())
 			ticket := old.find(key)
 			if ticket == nil || ticket.parent != token {
-				ticket = &credential{key: key, kind: t.kind(), parent: token, src: ticketSource{kind: t}}
+				ticket = &credential{key: key, kind: t.kind(), parent: token, src: ticketSourceOf(app, t)}
 			}
 			add(ticket)
 		}

@@ -17,6 +17,10 @@ const (
 	// classToken is a call made with a token refused the token (40001,
 	// 40014, 42001): the token goes through the forced-refresh path.
 	classToken errClass = "token"
+	// classFrequency is WeCom's frequency limit (45009): per minute and
+	// per hour, not per day. The first pause lasts to the next minute,
+	// the next ones to the next hour.
+	classFrequency errClass = "frequency"
 )
 
 type errcodeInfo struct {

@@ -27,12 +27,17 @@ func (r *Refresher) failed(a *credential, err error, used Secret) {
 	}
 	a.failures++
 	var wait time.Duration
-	switch class {
-	case classConfig:
+	var paused *pausedError
+	switch {
+	case errors.As(err, &paused):
+		wait = max(paused.until.Sub(now), 0)
+	case class == classConfig:
 		wait = r.cfg.ConfigErrorBackoff
-	case classQuota:
+	case class == classQuota:
 		// All apps resume at midnight; the pacer spreads them.
 		wait = untilQuotaReset(now)
+	case class == classFrequency:
+		wait = untilFrequencyReset(now, a.failures)
 	default:
 		wait = retryDelay(a.failures, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
 	}

@@ -37,8 +37,10 @@ type Refresher struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	subjects kv.Subjects
-	upstream *upstreamClient
+	upstream *upstreamClient // WeChat's API
+	wecom    *upstreamClient // WeCom's
 	pacer    *pacer
+	limits   hourlyLimits // WeCom's on tickets
 	log      *slog.Logger
 
 	apps      atomic.Pointer[credentialSet]
@@ -72,6 +74,10 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, err
 	}
+	wecom, err := newUpstreamClient(cfg.WeComURL, cfg.HTTPClient, cfg.UpstreamTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("publisher: WeCom: %w", err)
+	}
 	r := &Refresher{
 		cfg:      cfg,
 		schedule: schedule,
@@ -79,6 +85,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		js:       js,
 		subjects: kv.Subjects{Prefix: cfg.SubjectPrefix},
 		upstream: upstream,
+		wecom:    wecom,
 		pacer:    newPacer(cfg.UpstreamRate),
 		log:      cfg.Logger,
 		life:     newBucketLife(),
@@ -170,4 +177,12 @@ func (r *Refresher) Ready() error {
 		return errors.New("publisher: not running")
 	}
 	return nil
+}
+
+// clientFor returns the client of the API src calls.
+func (r *Refresher) clientFor(src source) *upstreamClient {
+	if src.wecom() {
+		return r.wecom
+	}
+	return r.upstream
 }

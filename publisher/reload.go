@@ -60,11 +60,11 @@ func (r *Refresher) SetApps(apps []App) error {
 	next := newCredentialSet(apps, old)
 	var added, removed, rekeyed []string
 	for _, app := range apps {
-		if a := old.find(app.AppID); a != nil && a.update(app) {
+		if a := old.find(app.Key()); a != nil && a.update(app) {
 			a.mu.Lock()
 			r.setRecord(a, a.rev, a.rec) // its refresh window may have changed
 			a.mu.Unlock()
-			rekeyed = append(rekeyed, app.AppID)
+			rekeyed = append(rekeyed, app.Key())
 		}
 	}
 	for _, c := range next.order {
@@ -127,7 +127,7 @@ func (r *Refresher) readKeys(bucket jetstream.KeyValue, appids []string) {
 func (a *credential) update(app App) (changed bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	src := sourceFor(app.TokenAPI)
+	src := sourceOf(app)
 	if a.secret.Reveal() == app.Secret.Reveal() && a.src == src {
 		return false
 	}

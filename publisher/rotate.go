@@ -194,7 +194,7 @@ func (r *Refresher) fetch(t *term, a *credential, m mode, reason string, base ou
 		// WeChat first. If the check itself fails, the rejection the
 		// service saw is the better evidence, so rotate.
 		checkStart := time.Now()
-		valid, err := r.upstream.checkToken(t.ctx, held.Value)
+		valid, err := r.clientFor(src).checkToken(t.ctx, held.Value)
 		r.metrics.upstreamCall(a.key, "check", checkResult(valid, err), time.Since(checkStart))
 		switch {
 		case err == nil && valid:
@@ -235,8 +235,11 @@ func (r *Refresher) fetch(t *term, a *credential, m mode, reason string, base ou
 	}
 	rec = kv.NewCredential(a.key, issued.Value, issued.ExpiresIn, start)
 	rec.Reason = reason
-	if _, ok := src.(stableSource); ok {
+	switch src.(type) {
+	case stableSource:
 		rec.API = kv.APIStableToken
+	case wecomSource:
+		rec.API = kv.APIWeCom
 	}
 	return rec, latency, nil
 }
@@ -246,6 +249,9 @@ func (r *Refresher) fetch(t *term, a *credential, m mode, reason string, base ou
 // forced-refresh path and the ticket is asked for once more.
 func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret) (issuedValue, time.Duration, error) {
 	appid, _ := kv.SplitKey(a.key)
+	if corpid, _, ok := kv.SplitWeComKey(a.key); ok {
+		appid = corpid
+	}
 	g := grant{appid: appid, secret: secret}
 	var used uint64
 	if a.parent != nil {
@@ -258,7 +264,14 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 		}
 		g.token, used = token.Value, rev
 	}
-	call := func(ctx context.Context) (issuedValue, error) { return src.fetch(ctx, r.upstream, g) }
+	if _, ok := src.(wecomTicketSource); ok {
+		if err := r.limits.take(a.key, r.cfg.Clock.now()); err != nil {
+			r.failed(a, err, Secret{})
+			return issuedValue{}, 0, err
+		}
+	}
+	client := r.clientFor(src)
+	call := func(ctx context.Context) (issuedValue, error) { return src.fetch(ctx, client, g) }
 	issued, latency, err := r.callUpstream(t, a, src.api(), secret, call)
 	if a.parent == nil || classOf(err) != classToken {
 		return issued, latency, err

@@ -26,22 +26,36 @@ type source interface {
 	// when to ask again, unless the value is to be written (with the
 	// expiry the answer gave) after all.
 	repeated(held kv.Credential, window time.Duration, now time.Time) (askAgain time.Time, write bool)
+	// wecom reports whether it calls WeCom's API (--wecom-base-url)
+	// rather than WeChat's.
+	wecom() bool
 }
 
 // grant is what a fetch needs: an app's secret for its token, the app's
 // current token for what is fetched with it.
 type grant struct {
-	appid  string
+	appid  string // the appid, or a WeCom app's corpid
 	secret Secret
 	token  string
 }
 
-// sourceFor returns the source of a token API.
-func sourceFor(api TokenAPI) source {
-	if api == TokenAPIStable {
+// sourceOf returns the source of an app's token.
+func sourceOf(app App) source {
+	switch {
+	case app.wecom():
+		return wecomSource{}
+	case app.TokenAPI == TokenAPIStable:
 		return stableSource{}
 	}
 	return classicSource{}
+}
+
+// ticketSourceOf returns the source of an app's ticket.
+func ticketSourceOf(app App, t Ticket) source {
+	if app.wecom() {
+		return wecomTicketSource{kind: t}
+	}
+	return ticketSource{kind: t}
 }
 
 // tokenRepeated is what follows a token API answering with the token held
@@ -54,4 +68,18 @@ func tokenRepeated(held kv.Credential, window time.Duration, now time.Time) (tim
 		return time.Time{}, true
 	}
 	return now.Add(max(window/8, time.Second)), false
+}
+
+// firstAppearanceRepeated is what follows an API answering with the value
+// held when it gives the same value for as long as it is valid (tickets,
+// WeCom's gettoken): the value's expiry was counted from its first
+// appearance and stays. It is asked for again a second after the held
+// value expires by that count: the record's expiry is cut to the second,
+// and WeChat's is up to that much later. Past that, ask again soon, then
+// less and less often.
+func firstAppearanceRepeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
+	if held.ValidAt(now) {
+		return held.ExpiresAt.Add(time.Second), false
+	}
+	return now.Add(min(max(now.Sub(held.ExpiresAt), time.Second), max(window/8, time.Second))), false
 }

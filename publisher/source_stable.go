@@ -68,6 +68,8 @@ func (stableSource) window(refreshBefore time.Duration) time.Duration {
 
 func (stableSource) checkable() bool { return true }
 
+func (stableSource) wecom() bool { return false }
+
 func (stableSource) repeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
 	return tokenRepeated(held, window, now)
 }

@@ -37,17 +37,12 @@ func (ticketSource) window(refreshBefore time.Duration) time.Duration { return r
 // checkable: getcallbackip takes tokens, not tickets.
 func (ticketSource) checkable() bool { return false }
 
-// repeated: WeChat gives the same ticket until it expires, so it is asked
-// again a second after the held one expires by its first appearance: the
-// record's expiry is cut to the second, and WeChat's is up to that much
-// later. Past that, ask again soon, then less and less often, never
-// counting the expiry anew.
+// repeated: WeChat gives the same ticket until it expires.
 func (ticketSource) repeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
-	if held.ValidAt(now) {
-		return held.ExpiresAt.Add(time.Second), false
-	}
-	return now.Add(min(max(now.Sub(held.ExpiresAt), time.Second), max(window/8, time.Second))), false
+	return firstAppearanceRepeated(held, window, now)
 }
+
+func (ticketSource) wecom() bool { return false }
 
 // ticketErrcodes are what getticket's errcodes mean; tokens refused are
 // classToken, and codes not listed are transient.

@@ -36,6 +36,8 @@ func (classicSource) window(refreshBefore time.Duration) time.Duration { return 
 
 func (classicSource) checkable() bool { return true }
 
+func (classicSource) wecom() bool { return false }
+
 func (classicSource) repeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
 	return tokenRepeated(held, window, now)
 }

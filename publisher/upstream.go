@@ -197,8 +197,15 @@ type tokenAnswer struct {
 	ErrMsg      string          `json:"errmsg"`
 }
 
-// decodeTokenResponse interprets an answer to /cgi-bin/token.
+// decodeTokenResponse interprets an answer to /cgi-bin/token or
+// /cgi-bin/stable_token.
 func decodeTokenResponse(status int, body []byte) (issuedValue, error) {
+	return decodeTokenAnswer(status, body, classify)
+}
+
+// decodeTokenAnswer interprets an answer of the shape of /cgi-bin/token's,
+// with the errcodes of the API that gave it.
+func decodeTokenAnswer(status int, body []byte, classify func(int) (errClass, string)) (issuedValue, error) {
 	if err := checkAnswer(status, body); err != nil {
 		return issuedValue{}, err
 	}
@@ -207,8 +214,8 @@ func decodeTokenResponse(status int, body []byte) (issuedValue, error) {
 		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
 	}
 	if a.ErrCode != nil && *a.ErrCode != 0 {
-		class, _ := classify(*a.ErrCode)
-		return issuedValue{}, &upstreamError{ErrCode: *a.ErrCode, ErrMsg: a.ErrMsg, class: class}
+		class, meaning := classify(*a.ErrCode)
+		return issuedValue{}, &upstreamError{ErrCode: *a.ErrCode, ErrMsg: a.ErrMsg, class: class, means: meaning}
 	}
 	if a.AccessToken == nil {
 		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "answer has neither access_token nor errcode"}

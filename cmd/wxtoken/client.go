@@ -418,7 +418,10 @@ func kindOf(key string) string {
 
 // apiOf names the WeChat API that issued a key's value.
 func apiOf(key string, rec kv.Credential) string {
+	_, _, wecom := kv.SplitWeComKey(key)
 	switch _, kind := kv.SplitKey(key); {
+	case kind != kv.KindToken && wecom:
+		return "wecom_ticket"
 	case kind != kv.KindToken:
 		return "getticket"
 	case rec.API != "":

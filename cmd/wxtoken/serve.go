@@ -86,6 +86,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.String(&f.dataDir, "data-dir", "WXTOKEN_DATA_DIR", "wxtoken-data", "embedded NATS: JetStream storage `directory`")
 	c.String(&f.appsFile, "apps", "WXTOKEN_APPS", "", "apps `file` (YAML); see the README")
 	c.String(&f.baseURL, "wechat-base-url", "WECHAT_BASE_URL", publisher.DefaultUpstreamURL, "WeChat API base `URL`")
+	c.String(&f.cfg.WeComURL, "wecom-base-url", "WECOM_BASE_URL", publisher.DefaultWeComURL, "WeCom (企业微信) API base `URL`, for apps with a corpid")
 	c.Int(&f.replicas, "replicas", "WXTOKEN_REPLICAS", 1, "replicas of the KV buckets (3 in a 3-node cluster)")
 	c.Int(&f.history, "history", "WXTOKEN_HISTORY", 1, "revisions kept per token key (1-64)")
 	c.String(&f.cfg.Schedule, "schedule", "WXTOKEN_SCHEDULE", publisher.DefaultSchedule, "cron `spec` of the refresh check")
@@ -155,7 +156,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 			return err
 		}
 		defer shutdown()
-		f.cfg.UpstreamURL = url
+		f.cfg.UpstreamURL, f.cfg.WeComURL = url, url
 	}
 
 	// A connection closed for good (NATS refused the credentials twice)

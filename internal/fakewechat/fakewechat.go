@@ -42,6 +42,14 @@ type Config struct {
 	// says it for every answer, also when it returns a ticket issued
 	// earlier.
 	TicketExpiresIn time.Duration
+
+	// WeComTokensPerMinute bounds a WeCom app's gettoken calls in a
+	// calendar minute; more get 45009 (frequency limit); 60.
+	WeComTokensPerMinute int
+	// WeComTicketsPerHour bounds a WeCom app's ticket calls of one type
+	// in a sliding hour (100), and WeComCorpTicketsPerHour a corp's
+	// jsapi ticket calls (400); more get 45009.
+	WeComTicketsPerHour, WeComCorpTicketsPerHour int
 }
 
 // Fault replaces the normal answer of one token fetch.
@@ -58,11 +66,13 @@ type Fault struct {
 type Server struct {
 	cfg Config
 
-	mu     sync.Mutex
-	apps   map[string]*app
-	tokens map[string]*issued // every token that may still work, by value
-	serial uint64
-	called chan struct{} // closed and replaced at every token request
+	mu          sync.Mutex
+	apps        map[string]*app
+	wecom       map[string]string      // "<corpid> <corpsecret>" -> the WeCom app's key
+	corpTickets map[string][]time.Time // a corp's jsapi ticket calls in the last hour
+	tokens      map[string]*issued     // every token that may still work, by value
+	serial      uint64
+	called      chan struct{} // closed and replaced at every token request
 }
 
 type app struct {
@@ -84,7 +94,10 @@ type app struct {
 	forced     int       // forced refreshes that issued a token, ever
 	lastForce  time.Time // the last forced refresh that issued a token
 
-	tickets map[string]*ticketState // by type: jsapi, wx_card
+	tickets map[string]*ticketState // by type: jsapi, wx_card; WeCom's jsapi, agent_config
+	corpid  string                  // a WeCom app's corp; "" for an official account's
+	minute  time.Time               // a WeCom app's current minute of gettoken calls
+	inMin   int                     // its calls in that minute
 }
 
 type issued struct {
@@ -93,6 +106,7 @@ type issued struct {
 	expiresAt  time.Time
 	replacedAt time.Time // zero while current
 	dead       bool      // revoked, or ended by a forced refresh
+	wecom      bool      // WeCom's: a dead one gets 40014, not 40001
 }
 
 // New returns a fake with no apps.
@@ -124,7 +138,17 @@ func New(cfg Config) *Server {
 	if cfg.TicketExpiresIn <= 0 {
 		cfg.TicketExpiresIn = 7200 * time.Second
 	}
-	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{})}
+	if cfg.WeComTokensPerMinute == 0 {
+		cfg.WeComTokensPerMinute = 60
+	}
+	if cfg.WeComTicketsPerHour == 0 {
+		cfg.WeComTicketsPerHour = 100
+	}
+	if cfg.WeComCorpTicketsPerHour == 0 {
+		cfg.WeComCorpTicketsPerHour = 400
+	}
+	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{}),
+		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}}
 }
 
 // AddApp registers an app and its AppSecret. Faults injected before keep.
@@ -267,7 +291,11 @@ func (s *Server) valid(token string, now time.Time) (bool, int) {
 	}
 	t, ok := s.tokens[token]
 	switch {
-	case !ok, t.dead:
+	case !ok:
+		return false, 40001
+	case t.dead && t.wecom:
+		return false, 40014
+	case t.dead:
 		return false, 40001
 	case !now.Before(t.expiresAt):
 		return false, 42001
@@ -331,6 +359,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveStable(w, r)
 	case "/cgi-bin/ticket/getticket":
 		s.serveTicket(w, r)
+	case "/cgi-bin/gettoken":
+		s.serveWeComToken(w, r)
+	case "/cgi-bin/get_jsapi_ticket":
+		s.serveWeComTicket(w, r, "jsapi")
+	case "/cgi-bin/ticket/get":
+		s.serveWeComTicket(w, r, r.URL.Query().Get("type"))
 	case "/cgi-bin/getcallbackip":
 		s.serveCallbackIP(w, r)
 	default:
@@ -467,6 +501,7 @@ var messages = map[int]string{
 	41002: "appid missing",
 	41004: "appsecret missing",
 	42001: "access_token expired",
+	60020: "not allow to access from your ip",
 	43002: "require POST method",
 	47001: "data format error",
 	40097: "invalid args",

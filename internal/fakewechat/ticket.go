@@ -10,7 +10,8 @@ type ticketState struct {
 	current   *issued
 	calls     int // getticket requests of this type with one of the app's tokens
 	issues    int
-	deadCalls int // of those calls, the ones made with a token that did not work
+	deadCalls int         // of those calls, the ones made with a token that did not work
+	recent    []time.Time // WeCom: the calls of the last hour, for its limits
 }
 
 // serveTicket answers GET /cgi-bin/ticket/getticket?access_token=T&type=
@@ -24,14 +25,20 @@ func (s *Server) serveTicket(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, known := s.tokens[token]
+	if known && t.wecom {
+		known = false // getticket takes an official account's token
+	}
 	var st *ticketState
 	if known {
 		st = s.ticketsOf(t.appid, typ)
 		st.calls++
 	}
-	if ok, code := s.valid(token, now); !ok {
+	if ok, code := s.valid(token, now); !ok || !known {
 		if st != nil {
 			st.deadCalls++
+		}
+		if ok {
+			code = 40001 // a WeCom token
 		}
 		writeJSON(w, errReply(code, ""))
 		return

@@ -26,9 +26,10 @@ import (
 // appsResult is the many-apps run.
 type appsResult struct {
 	apps         int
+	credentials  int // apps, and their jsapi tickets if asked for
 	rate         float64
-	allTokens    time.Duration // from the refresher's start until every app has a token
-	pacingFloor  time.Duration // apps / rate
+	allTokens    time.Duration // from the refresher's start until every credential is in the bucket
+	pacingFloor  time.Duration // credentials / rate
 	maxPerSecond int           // most calls in any one-second window (sliding)
 	maxPerBucket int           // most calls in any calendar second
 	cpuPerHour   time.Duration // steady-state CPU time per hour of wall time
@@ -36,9 +37,10 @@ type appsResult struct {
 	peakRSS      int64         // bytes
 }
 
-// manyApps runs the real wxtoken binary as its own process with n apps,
-// against NATS and the fake WeChat in this process.
-func manyApps(n int, rate float64, steady time.Duration) appsResult {
+// manyApps runs the real wxtoken binary as its own process with n apps
+// (each with a jsapi ticket when tickets is set), against NATS and the
+// fake WeChat in this process.
+func manyApps(n int, tickets bool, rate float64, steady time.Duration) appsResult {
 	dir, err := os.MkdirTemp("", "wxtoken-bench-apps")
 	if err != nil {
 		log.Fatal(err)
@@ -61,7 +63,7 @@ func manyApps(n int, rate float64, steady time.Duration) appsResult {
 		calls []time.Time
 	)
 	wechat := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/cgi-bin/token" {
+		if r.URL.Path == "/cgi-bin/token" || r.URL.Path == "/cgi-bin/ticket/getticket" {
 			mu.Lock()
 			calls = append(calls, time.Now())
 			mu.Unlock()
@@ -75,6 +77,13 @@ func manyApps(n int, rate float64, steady time.Duration) appsResult {
 		id := fmt.Sprintf("wxmany%012d", i)
 		fake.AddApp(id, "secret-"+id)
 		fmt.Fprintf(&file, "  - appid: %s\n    secret: secret-%s\n", id, id)
+		if tickets {
+			file.WriteString("    tickets: [jsapi]\n")
+		}
+	}
+	credentials := n
+	if tickets {
+		credentials = 2 * n
 	}
 	apps := filepath.Join(dir, "apps.yaml")
 	os.WriteFile(apps, []byte(file.String()), 0o600)
@@ -115,13 +124,13 @@ func manyApps(n int, rate float64, steady time.Duration) appsResult {
 		if e == nil || e.Operation() != jetstream.KeyValuePut {
 			continue
 		}
-		if _, err := kv.DecodeFor(e.Key(), e.Value()); err == nil {
+		if _, err := kv.DecodeCredential(e.Key(), e.Value()); err == nil {
 			have[e.Key()] = true
 		}
 		if len(have)%200 == 0 {
-			progress("apps: %d of %d have a token after %s", len(have), n, time.Since(started).Round(time.Second))
+			progress("apps: %d of %d credentials in the bucket after %s", len(have), credentials, time.Since(started).Round(time.Second))
 		}
-		if len(have) == n {
+		if len(have) == credentials {
 			break
 		}
 	}
@@ -141,8 +150,8 @@ func manyApps(n int, rate float64, steady time.Duration) appsResult {
 	mu.Lock()
 	defer mu.Unlock()
 	return appsResult{
-		apps: n, rate: rate, allTokens: allTokens,
-		pacingFloor:  time.Duration(float64(n) / rate * float64(time.Second)),
+		apps: n, credentials: credentials, rate: rate, allTokens: allTokens,
+		pacingFloor:  time.Duration(float64(credentials) / rate * float64(time.Second)),
 		maxPerSecond: maxInWindow(calls, time.Second), maxPerBucket: maxPerCalendarSecond(calls),
 		cpuPerHour: time.Duration(float64(cpu) * float64(time.Hour) / float64(window)),
 		cpuShare:   float64(cpu) / float64(window), peakRSS: peakRSS(cmd.Process.Pid),

@@ -38,6 +38,7 @@ func main() {
 	stormN := flag.Int("storm", 1000, "storm: subscribers reporting the same stale token")
 	speed := flag.Float64("speed", 10000, "quota: how much faster than real time the simulated day runs")
 	apps := flag.Int("apps", 10000, "apps: apps in one refresher")
+	tickets := flag.Bool("tickets", false, "apps: give each app a jsapi ticket too (two credentials per app)")
 	rate := flag.Float64("rate", 50, "apps: --upstream-rate of the refresher")
 	steady := flag.Duration("steady", time.Minute, "apps: steady-state window for CPU")
 	smoke := flag.Bool("smoke", false, "run every part at a tiny size, to check that the program works")
@@ -58,6 +59,7 @@ func main() {
 	}
 	if *smoke {
 		*n, *rotations, *stormN, *speed, *apps, *rate, *steady, *counts = "10", 1, 10, 200000, 100, 1000, time.Second, "1,5"
+		*tickets = true
 		smokeRun = true
 	}
 	if *cpuProfile != "" {
@@ -137,14 +139,27 @@ func main() {
 			fmt.Sprintf("floor %d; naive 10 instances / 2h: %d calls, tokens valid %.1f%% of instance-minutes", q.floor, q.naiveCalls, 100*q.naiveValidShare),
 			fmt.Sprintf("%.2fx floor, %.1fx fewer than naive", float64(q.calls)/float64(q.floor), float64(q.naiveCalls)/float64(q.calls)),
 			"at the floor; always valid", verdict(q.calls <= q.floor && q.validShare == 1)})
+		for _, k := range q.kinds[1:] {
+			fmt.Printf("BenchmarkQuotaDay/%s 1 %d upstream-calls/day %.4f valid-share\n", k.kind, k.calls, k.validShare)
+			fmt.Printf("# quota: %s floor %s = %d\n", k.kind, k.floorRule, k.floor)
+			table = append(table, row{"4 quota " + k.kind, "upstream calls per day, defaults",
+				fmt.Sprintf("%d calls; valid %.2f%% of minutes", k.calls, 100*k.validShare),
+				fmt.Sprintf("floor %d (%s)", k.floor, k.floorRule),
+				fmt.Sprintf("%.2fx floor", float64(k.calls)/float64(k.floor)), "measured per kind", ""})
+		}
 	}
 	if run("apps") {
-		a := manyApps(*apps, *rate, *steady)
+		a := manyApps(*apps, *tickets, *rate, *steady)
 		fmt.Fprintln(stderr)
-		fmt.Printf("BenchmarkManyApps/apps=%d 1 %.1f s-to-all-tokens %d max-calls/s %.0f cpu-s/hour %d peak-rss-bytes\n",
-			a.apps, a.allTokens.Seconds(), a.maxPerSecond, a.cpuPerHour.Seconds(), a.peakRSS)
-		table = append(table, row{fmt.Sprintf("5 apps n=%d", a.apps), fmt.Sprintf("one refresher, --upstream-rate %g", a.rate),
-			fmt.Sprintf("all tokens in %.1f s; max %d calls in any 1 s (%d per calendar second); steady CPU %.2f%% of a core (%.1f s/hour); peak RSS %.0f MB",
+		name, what := fmt.Sprintf("apps=%d", a.apps), fmt.Sprintf("5 apps n=%d", a.apps)
+		if *tickets {
+			name = fmt.Sprintf("apps=%d/credentials=%d", a.apps, a.credentials)
+			what = fmt.Sprintf("5 apps n=%d with jsapi tickets (%d credentials)", a.apps, a.credentials)
+		}
+		fmt.Printf("BenchmarkManyApps/%s 1 %.1f s-to-all-tokens %d max-calls/s %.0f cpu-s/hour %d peak-rss-bytes\n",
+			name, a.allTokens.Seconds(), a.maxPerSecond, a.cpuPerHour.Seconds(), a.peakRSS)
+		table = append(table, row{what, fmt.Sprintf("one refresher, --upstream-rate %g", a.rate),
+			fmt.Sprintf("all in the bucket in %.1f s; max %d calls in any 1 s (%d per calendar second); steady CPU %.2f%% of a core (%.1f s/hour); peak RSS %.0f MB",
 				a.allTokens.Seconds(), a.maxPerSecond, a.maxPerBucket, 100*a.cpuShare, a.cpuPerHour.Seconds(), float64(a.peakRSS)/(1<<20)),
 			fmt.Sprintf("pacing floor %.0f s", a.pacingFloor.Seconds()),
 			fmt.Sprintf("%.3fx floor", a.allTokens.Seconds()/a.pacingFloor.Seconds()),

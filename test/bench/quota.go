@@ -43,8 +43,25 @@ type quotaResult struct {
 	validShare      float64 // share of minutes in which services held a working token
 	naiveCalls      int     // ten instances that each fetch every 2h
 	naiveValidShare float64 // share of instance-minutes with a working token
+	kinds           []kindDay
 	taken           time.Duration
 }
+
+// kindDay is one credential kind's simulated day.
+type kindDay struct {
+	kind         string
+	calls, floor int
+	validShare   float64 // share of minutes in which services held a working value
+	floorRule    string
+}
+
+// The apps of the simulated day beside benchApp (a classic app, with a
+// jsapi ticket): a stable_token app and a WeCom app secret.
+const (
+	quotaStableApp = "wxstable0000000001"
+	quotaCorp      = "ww0000000000000001"
+	quotaAgent     = "1000002"
+)
 
 // quotaDay runs the real refresher with its default settings through one
 // day of WeChat time, on a clock speed times faster than real time; and,
@@ -57,6 +74,9 @@ func quotaDay(speed float64) quotaResult {
 	const day = 24 * time.Hour
 	fake := fakewechat.New(fakewechat.Config{Now: clock.Now}) // 7200s tokens, 5 min overlap, 2000 a day
 	fake.AddApp(benchApp, "bench-secret")
+	fake.AddApp(quotaStableApp, "stable-secret")
+	fake.AddWeComApp(quotaCorp, quotaAgent, "wecom-secret")
+	wecomKey := quotaCorp + "-" + quotaAgent
 	const naiveApp = "wxnaive00000000001"
 	fake.AddApp(naiveApp, "naive-secret")
 	wechat := httptest.NewServer(fake)
@@ -76,8 +96,12 @@ func quotaDay(speed float64) quotaResult {
 	}
 	defer nc.Close()
 	r, err := publisher.New(nc, publisher.Config{
-		Apps:        []publisher.App{{AppID: benchApp, Secret: publisher.NewSecret("bench-secret")}},
-		UpstreamURL: wechat.URL, Clock: publisher.Clock{Now: clock.Now, AfterFunc: clock.AfterFunc},
+		Apps: []publisher.App{
+			{AppID: benchApp, Secret: publisher.NewSecret("bench-secret"), Tickets: []publisher.Ticket{publisher.TicketJSAPI}},
+			{AppID: quotaStableApp, Secret: publisher.NewSecret("stable-secret"), TokenAPI: publisher.TokenAPIStable},
+			{CorpID: quotaCorp, Agent: quotaAgent, Secret: publisher.NewSecret("wecom-secret")},
+		},
+		UpstreamURL: wechat.URL, WeComURL: wechat.URL, Clock: publisher.Clock{Now: clock.Now, AfterFunc: clock.AfterFunc},
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -86,11 +110,28 @@ func quotaDay(speed float64) quotaResult {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	sctx, scancel := context.WithTimeout(ctx, time.Minute)
-	sub, err := subscriber.New(sctx, nc, benchApp)
-	scancel()
-	if err != nil {
-		log.Fatal(err)
+	follow := func(key string) *subscriber.Subscriber {
+		sctx, scancel := context.WithTimeout(ctx, time.Minute)
+		defer scancel()
+		sub, err := subscriber.New(sctx, nc, key)
+		if err != nil {
+			log.Fatal(err)
+		}
+		return sub
+	}
+	sub := follow(benchApp)
+	others := []struct {
+		kind          string
+		sub           *subscriber.Subscriber
+		valid         func(string) bool
+		valids, calls int
+	}{
+		{kind: "jsapi_ticket", sub: follow(benchApp + ".jsapi_ticket"), valid: func(v string) bool {
+			t, ok := fake.Ticket(benchApp, "jsapi")
+			return ok && t == v
+		}},
+		{kind: "stable_token", sub: follow(quotaStableApp), valid: func(v string) bool { ok, _ := fake.Valid(v); return ok }},
+		{kind: "wecom_token", sub: follow(wecomKey), valid: func(v string) bool { ok, _ := fake.Valid(v); return ok }},
 	}
 
 	// The naive way: each instance fetches its own token every two hours,
@@ -125,6 +166,11 @@ func quotaDay(speed float64) quotaResult {
 		if ok, _ := fake.Valid(sub.Token().Value); ok {
 			valid++
 		}
+		for i := range others {
+			if others[i].valid(others[i].sub.Token().Value) {
+				others[i].valids++
+			}
+		}
 		naiveMu.Lock()
 		for _, tok := range naive {
 			if tok == "" {
@@ -139,19 +185,42 @@ func quotaDay(speed float64) quotaResult {
 		progress("quota: %s of 24h simulated", next.Sub(clock.start).Round(time.Hour))
 	}
 	calls := fake.Calls(benchApp)
+	ticketCalls, _, _ := fake.TicketCalls(benchApp, "jsapi")
+	others[0].calls, others[1].calls, others[2].calls = ticketCalls, fake.Calls(quotaStableApp), fake.Calls(wecomKey)
 	naiveMu.Lock()
 	nCalls := naiveCalls
 	naiveMu.Unlock()
 	cancel()
 	sub.Close()
+	for _, o := range others {
+		o.sub.Close()
+	}
 	<-done
 	usable := 7200 - publisher.DefaultRefreshBefore.Seconds()
-	return quotaResult{
-		calls: calls, floor: int(math.Ceil(day.Seconds() / usable)),
+	floor := int(math.Ceil(day.Seconds() / usable))
+	q := quotaResult{
+		calls: calls, floor: floor,
 		validShare: float64(valid) / float64(minutes), naiveCalls: nCalls,
 		naiveValidShare: float64(naiveValid) / float64(naiveSamples),
 		taken:           time.Since(clock.realStart),
 	}
+	q.kinds = append(q.kinds, kindDay{"access_token", calls, floor, q.validShare, "ceil(86400 / (7200-600)): a new one within the refresh window"})
+	// A stable token can be renewed only in its last 5 minutes; a ticket
+	// and a WeCom token only once they expired: one call per lifetime
+	// (less the 5 minutes) is all any cache could make.
+	floors := map[string]struct {
+		usable float64
+		rule   string
+	}{
+		"jsapi_ticket": {7200, "ceil(86400 / 7200): the same ticket until it expires"},
+		"stable_token": {7200 - 300, "ceil(86400 / (7200-300)): renewable only in its last 5 min"},
+		"wecom_token":  {7200, "ceil(86400 / 7200): the same token until it expires"},
+	}
+	for _, o := range others {
+		f := floors[o.kind]
+		q.kinds = append(q.kinds, kindDay{o.kind, o.calls, int(math.Ceil(day.Seconds() / f.usable)), float64(o.valids) / float64(minutes), f.rule})
+	}
+	return q
 }
 
 // fetchItself fetches a token the way an instance that keeps its own does:

@@ -1,0 +1,158 @@
+package test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/jssdk"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+	"github.com/wxtoken/wxtoken/subscriber"
+	"github.com/wxtoken/wxtoken/test/testenv"
+)
+
+const corpA = "ww000000000000000a"
+
+// wecomApps registers WeCom app secrets of corpA at the fake, one per
+// agent, and returns them with their tickets.
+func wecomApps(fake *fakewechat.Server, tickets []publisher.Ticket, agents ...string) []publisher.App {
+	apps := make([]publisher.App, len(agents))
+	for i, agent := range agents {
+		secret := "wecom-secret-of-" + agent
+		fake.AddWeComApp(corpA, agent, secret)
+		apps[i] = publisher.App{CorpID: corpA, Agent: agent, Secret: publisher.NewSecret(secret), Tickets: tickets}
+	}
+	return apps
+}
+
+// TestWeComAppsOfACorpNeverShareAKey: each app secret of a corp has its
+// own token under "<corpid>-<agent>", fetched with gettoken and its own
+// secret, and its own agent_config ticket; the corp's jsapi ticket is
+// kept under each app that asks for it.
+func TestWeComAppsOfACorpNeverShareAKey(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	apps := wecomApps(fake, []publisher.Ticket{publisher.TicketJSAPI, publisher.TicketAgentConfig}, "1000002", "contacts")
+	b := openBucket(t, ctx, nc)
+	agentKey, contactsKey := kv.WeComKey(corpA, "1000002"), kv.WeComKey(corpA, "contacts")
+	agentTokens, contactsTokens := testenv.Entries(t, b, agentKey), testenv.Entries(t, b, contactsKey)
+	agentCorpTicket := testenv.Entries(t, b, agentKey+".jsapi_ticket")
+	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: "http://127.0.0.1:1", WeComURL: url})
+
+	agent, contacts := testenv.Record(t, testenv.Next(t, ctx, agentTokens)), testenv.Record(t, testenv.Next(t, ctx, contactsTokens))
+	if agent.AccessToken == contacts.AccessToken {
+		t.Fatal("two app secrets of one corp share a token")
+	}
+	if agent.AccessToken != fake.Current(agentKey) || contacts.AccessToken != fake.Current(contactsKey) {
+		t.Error("a stored token is not the one WeCom gave that app secret")
+	}
+	if agent.API != kv.APIWeCom || agent.AppID != agentKey {
+		t.Errorf("record %+v: want appid %s and api wecom", agent, agentKey)
+	}
+
+	sub, err := subscriber.New(ctx, nc, agentKey+".agent_config_ticket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	config, err := jssdk.SignAgentConfig(sub, "https://oa.example.com/approve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticket, valid := fake.Ticket(agentKey, "agent_config")
+	if !valid || config.CorpID != corpA || config.AgentID != "1000002" ||
+		config.Signature != jssdk.Signature(ticket, config.NonceStr, config.Timestamp, "https://oa.example.com/approve") {
+		t.Errorf("agentConfig %+v is not signed with the app's agent_config ticket", config)
+	}
+	corp, err := subscriber.New(ctx, nc, contactsKey+".jsapi_ticket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer corp.Close()
+	if c, err := jssdk.Sign(corp, "https://oa.example.com/"); err != nil || c.AppID != corpA {
+		t.Errorf("wx.config with the corp's ticket: %+v, %v; want it signed for the corp", c, err)
+	}
+	testenv.Next(t, ctx, agentCorpTicket)
+	for _, key := range []string{agentKey, contactsKey} {
+		if calls, _, dead := fake.TicketCalls(key, "jsapi"); calls == 0 || dead != 0 {
+			t.Errorf("%s: %d jsapi ticket calls, %d with a dead token", key, calls, dead)
+		}
+	}
+}
+
+// TestWeComTokenRefusedIsCheckedAndReplaced: WeCom ends a token early; a
+// service's Transport sees 40014, the refresher checks the token with
+// WeCom's getcallbackip, fetches a new one, and the call is retried.
+func TestWeComTokenRefusedIsCheckedAndReplaced(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	apps := wecomApps(fake, nil, "1000002")
+	key := kv.WeComKey(corpA, "1000002")
+	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: "http://127.0.0.1:1", WeComURL: url, MinForceInterval: time.Nanosecond})
+	sub, err := subscriber.New(ctx, nc, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	held := sub.Token()
+	fake.Revoke(held.Value) // WeCom ends it early
+	if ok, code := fake.Valid(held.Value); ok || code != 40014 {
+		t.Fatalf("revoked WeCom token: %v, %d; want 40014", ok, code)
+	}
+	client := &http.Client{Transport: sub.Transport(nil)}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/cgi-bin/getcallbackip", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var answer struct {
+		ErrCode int      `json:"errcode"`
+		IPs     []string `json:"ip_list"`
+	}
+	if json.Unmarshal(body, &answer) != nil || answer.ErrCode != 0 || len(answer.IPs) == 0 {
+		t.Fatalf("the call through Transport got %s; want it retried with a new token", body)
+	}
+	if now := sub.Token(); now.Revision <= held.Revision || now.Value != fake.Current(key) {
+		t.Errorf("after the refresh the service holds revision %d, want a newer one with WeCom's new token", now.Revision)
+	}
+	if fake.Checks(key) == 0 {
+		t.Error("the refused token was not checked with WeCom's getcallbackip")
+	}
+}
+
+// TestWeComFrequencyLimitPausesToTheNextMinute: 45009 from WeCom is a
+// frequency limit, per minute and per hour, not the daily quota: the
+// failure event's next attempt is the next minute, not midnight.
+func TestWeComFrequencyLimitPausesToTheNextMinute(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	apps := wecomApps(fake, nil, "1000002")
+	key := kv.WeComKey(corpA, "1000002")
+	fake.Inject(key, fakewechat.Fault{ErrCode: 45009, ErrMsg: "api freq out of limit"})
+	failed, err := nc.SubscribeSync(kv.Subjects{}.Failed(key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: "http://127.0.0.1:1", WeComURL: url})
+	ev, _ := nextEvent[kv.FailureEvent](t, ctx, failed)
+	at := time.Now()
+	nextMinute := at.Truncate(time.Minute).Add(time.Minute)
+	if ev.ErrCode != 45009 || ev.Class != "frequency" || ev.AppID != key {
+		t.Fatalf("failure event %+v, want a frequency failure of %s", ev, key)
+	}
+	if d := ev.NextAttempt.Sub(nextMinute); d < -2*time.Second || d > 2*time.Second {
+		t.Errorf("next attempt %s, want the next minute %s", ev.NextAttempt, nextMinute.UTC())
+	}
+}
