@@ -19,8 +19,8 @@ const (
 	KindAgentConfigTicket = "agent_config_ticket"
 )
 
-// TicketKinds are the ticket kinds this version knows.
-var TicketKinds = []string{KindJSAPITicket, KindWxCardTicket, KindAgentConfigTicket}
+// ticketKinds are the ticket kinds this version knows.
+var ticketKinds = []string{KindJSAPITicket, KindWxCardTicket, KindAgentConfigTicket}
 
 // WeComKey is the key of the token of a WeCom app secret: "<corpid>-<agent>",
 // where agent is the agentid, or a name for a secret of no agent (such as
@@ -49,9 +49,9 @@ func Key(appid, kind string) string {
 	return appid + "." + kind
 }
 
-// IsTicketKind reports whether kind is one of TicketKinds.
+// IsTicketKind reports whether kind is one of ticketKinds.
 func IsTicketKind(kind string) bool {
-	for _, k := range TicketKinds {
+	for _, k := range ticketKinds {
 		if k == kind {
 			return true
 		}
@@ -67,7 +67,7 @@ func ValidateKey(key string) error {
 		return err
 	}
 	if dotted && !IsTicketKind(kind) {
-		return fmt.Errorf("key %.80q: %.32q is not a credential kind (%s)", key, kind, strings.Join(TicketKinds, ", "))
+		return fmt.Errorf("key %.80q: %.32q is not a credential kind (%s)", key, kind, strings.Join(ticketKinds, ", "))
 	}
 	return nil
 }

@@ -74,6 +74,19 @@ func checkTickets(tickets []Ticket, wecom bool) error {
 	return nil
 }
 
+// checkAppID checks an official account's appid: a key, and without the
+// "-" that marks a WeCom app's "<corpid>-<agent>" (WeChat's appids have
+// none).
+func checkAppID(appid string) error {
+	if err := kv.ValidateAppID(appid); err != nil {
+		return err
+	}
+	if strings.Contains(appid, "-") {
+		return fmt.Errorf(`appid %q has a "-", which WeChat's appids never have: a key with one names a WeCom app (corpid and agent)`, appid)
+	}
+	return nil
+}
+
 // checkIdentity reports what is wrong with how the app is named.
 func (a App) checkIdentity() error {
 	switch {
@@ -82,7 +95,7 @@ func (a App) checkIdentity() error {
 	case a.CorpID == "" && a.Agent != "":
 		return errors.New("agent belongs to a WeCom app (corpid)")
 	case a.CorpID == "":
-		return kv.ValidateAppID(a.AppID)
+		return checkAppID(a.AppID)
 	case a.TokenAPI != "" && a.TokenAPI != TokenAPIClassic:
 		return fmt.Errorf("token_api %q is for official accounts; WeCom has gettoken alone", a.TokenAPI)
 	}
@@ -275,7 +288,7 @@ func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
 	if appid == "" {
 		return App{}, false, nil
 	}
-	if err := kv.ValidateAppID(appid); err != nil {
+	if err := checkAppID(appid); err != nil {
 		return App{}, true, fmt.Errorf("publisher: WECHAT_APPID: %w", err)
 	}
 	api := TokenAPI(getenv("WECHAT_TOKEN_API"))

@@ -130,6 +130,14 @@ func (r *Refresher) admit(t *term, appid string, data []byte) admission {
 		return admission{a: a, f: a.flight, behind: true}
 	case stale != nil && *stale > cur:
 		return answer(errorReply(kv.CodeBadRequest, fmt.Sprintf("stale_revision %d is newer than the current revision %d", *stale, cur)), outcomeError)
+	case valid == nil && a.flight == nil && a.rec != nil && now.Before(a.quietUntil):
+		// WeChat answered with the value that expired, and is not asked
+		// again before quietUntil: a request must not make it sooner.
+		reply := currentReply(a.key, cur, a.rec, false)
+		reply.Error = &kv.ReplyError{Code: kv.CodeUpstream, Message: fmt.Sprintf(
+			"WeChat still gives the value of %s that expired at %s; it is asked again at %s", a.key,
+			a.rec.ExpiresAt.UTC().Format(time.RFC3339), a.quietUntil.UTC().Format(time.RFC3339))}
+		return answer(reply, outcomeError)
 	case valid == nil:
 		// No valid token at all: fetch one, whatever the request named.
 		f, started = r.startOrJoin(t, a, modeScheduled, kv.ReasonRequested)

@@ -207,19 +207,19 @@ func (r *Refresher) fetch(t *term, a *credential, m mode, reason string, base ou
 			r.log.Warn("refresh request: could not check the token, rotating", "appid", a.key, "error", err)
 		}
 	}
-	start := r.cfg.Clock.now()
 	issued, latency, err := r.fetchFrom(t, a, src, secret)
 	if err != nil {
 		return stop(err)
 	}
 	if base.rec != nil && issued.Value == base.rec.Value {
-		if stable, ok := src.(stableSource); ok && m == modeForced && held != nil {
+		stable, isStable := src.(stableSource)
+		switch {
+		case isStable && m == modeForced && held != nil:
 			// stable_token returns the token WeChat says is dead: only a
 			// forced refresh replaces it.
 			if !verifiedDead {
 				return stop(errNotVerified)
 			}
-			start = r.cfg.Clock.now()
 			if issued, latency, err = r.forceStable(t, a, secret); err != nil {
 				return stop(err)
 			}
@@ -228,12 +228,25 @@ func (r *Refresher) fetch(t *term, a *credential, m mode, reason string, base ou
 				r.failed(a, err, secret)
 				return stop(err)
 			}
-		} else if askAgain, write := src.repeated(*base.rec, r.window(src, base.rec.Lifetime()), r.cfg.Clock.now()); !write {
-			r.quiet(a, askAgain)
-			return stop(nil)
+		case verifiedDead:
+			// WeChat (or WeCom) says the token is dead and gives it
+			// again: keeping it would tell services it still works.
+			err := &upstreamError{class: classRetry, ErrMsg: "WeChat says the token is dead and " + src.api() + " returned it again"}
+			r.failed(a, err, secret)
+			return stop(err)
+		default:
+			if askAgain, write := src.repeated(*base.rec, r.window(src, base.rec.Lifetime()), r.cfg.Clock.now()); !write {
+				r.quiet(a, askAgain)
+				return stop(nil)
+			}
 		}
 	}
-	rec = kv.NewCredential(a.key, issued.Value, issued.ExpiresIn, start)
+	rec = kv.NewCredential(a.key, issued.Value, issued.ExpiresIn, issued.At)
+	if first, ok := r.firstAppearance(a, issued.Value); ok {
+		// A WeCom corp has one jsapi ticket, kept under each of its apps
+		// that asks for it: its expiry counts from when any first saw it.
+		rec.FetchedAt, rec.ExpiresIn, rec.ExpiresAt = first.FetchedAt, first.ExpiresIn, first.ExpiresAt
+	}
 	rec.Reason = reason
 	switch src.(type) {
 	case stableSource:
@@ -264,31 +277,58 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 		}
 		g.token, used = token.Value, rev
 	}
+	var before func() error
 	if _, ok := src.(wecomTicketSource); ok {
-		if err := r.limits.take(a.key, r.cfg.Clock.now()); err != nil {
-			r.failed(a, err, Secret{})
-			return issuedValue{}, 0, err
-		}
+		before = func() error { return r.limits.take(a.key, r.cfg.Clock.now()) }
 	}
 	client := r.clientFor(src)
 	call := func(ctx context.Context) (issuedValue, error) { return src.fetch(ctx, client, g) }
-	issued, latency, err := r.callUpstream(t, a, src.api(), secret, call)
+	issued, latency, err := r.callUpstream(t, a, src.api(), secret, before, call)
 	if a.parent == nil || classOf(err) != classToken {
 		return issued, latency, err
 	}
-	token, _, err := r.renewToken(t, a.parent, used)
-	if err != nil {
+	refused := err
+	token, rev, err := r.renewToken(t, a.parent, used)
+	switch {
+	case err != nil:
 		if !errors.Is(err, errEnding) {
 			r.failed(a, err, Secret{})
 		}
 		return issuedValue{}, 0, err
+	case rev == used:
+		// The token was kept (WeChat says it works) or could not be
+		// replaced: asking again with it would only be refused again.
+		r.failed(a, refused, Secret{})
+		return issuedValue{}, 0, refused
 	}
 	g.token = token.Value
-	issued, latency, err = r.callUpstream(t, a, src.api(), secret, call)
+	issued, latency, err = r.callUpstream(t, a, src.api(), secret, before, call)
 	if classOf(err) == classToken {
 		r.failed(a, err, Secret{}) // refused again: retried with backoff
 	}
 	return issued, latency, err
+}
+
+// firstAppearance returns the record of another credential of the same
+// WeCom corp and kind that holds value: a corp's jsapi ticket is one,
+// kept under each of its apps that asks for it.
+func (r *Refresher) firstAppearance(a *credential, value string) (kv.Credential, bool) {
+	corpid, _, wecom := kv.SplitWeComKey(a.key)
+	if !wecom || a.kind != kv.KindJSAPITicket {
+		return kv.Credential{}, false
+	}
+	for _, c := range r.credentialList() {
+		if other, _, ok := kv.SplitWeComKey(c.key); c == a || !ok || other != corpid || c.kind != a.kind {
+			continue
+		}
+		c.mu.Lock()
+		rec := c.rec
+		c.mu.Unlock()
+		if rec != nil && rec.Value == value {
+			return *rec, true
+		}
+	}
+	return kv.Credential{}, false
 }
 
 // callUpstream makes one call to WeChat through the pacer, if the lease
@@ -296,7 +336,11 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 // credential's failure if it fails (but for a token refused, which the
 // caller handles, and WeChat's count of forced refreshes spent, which
 // pauses nothing). A failure while the term ends is errEnding.
-func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secret, call func(context.Context) (issuedValue, error)) (issuedValue, time.Duration, error) {
+//
+// before, if not nil, runs once the call is sure to go: it counts the call
+// against a budget (forced refreshes, WeCom's ticket limits), and an error
+// from it stops the call, as the credential's failure.
+func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secret, before func() error, call func(context.Context) (issuedValue, error)) (issuedValue, time.Duration, error) {
 	if err := r.pacer.wait(t.ctx); err != nil {
 		return issuedValue{}, 0, errEnding
 	}
@@ -306,8 +350,19 @@ func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secr
 	if t.leaseLeft != nil && t.leaseLeft() < r.cfg.UpstreamTimeout {
 		return issuedValue{}, 0, errEnding
 	}
+	if before != nil {
+		if err := before(); err != nil {
+			var spent *budgetError
+			if !errors.As(err, &spent) {
+				r.failed(a, err, Secret{})
+			}
+			return issuedValue{}, 0, err
+		}
+	}
+	at := r.cfg.Clock.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	issued, err := call(t.work)
+	issued.At = at
 	latency := time.Since(clock)
 	if err != nil {
 		if t.work.Err() != nil {

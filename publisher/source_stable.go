@@ -92,18 +92,16 @@ var errNotVerified = errors.New("publisher: could not check the token with WeCha
 // budget in the token bucket before it is asked for, so that no failover
 // and no crash after the call forgets it.
 func (r *Refresher) forceStable(t *term, a *credential, secret Secret) (issuedValue, time.Duration, error) {
-	if err := r.spendForce(t, a.key); err != nil {
-		return issuedValue{}, 0, err
-	}
 	r.log.Warn("WeChat says the stable token is dead and returns it still: forcing a refresh", "appid", a.key)
-	issued, latency, err := r.callUpstream(t, a, "stable_token_force", secret, func(ctx context.Context) (issuedValue, error) {
+	spend := func() error { return r.spendForce(t, a.key) }
+	issued, latency, err := r.callUpstream(t, a, "stable_token_force", secret, spend, func(ctx context.Context) (issuedValue, error) {
 		return stableSource{}.force(ctx, r.upstream, a.key, secret)
 	})
 	var ue *upstreamError
 	if errors.As(err, &ue) && ue.class == classQuota {
 		// WeChat's own count of forced refreshes is spent: normal calls
 		// still work, so nothing else pauses.
-		return issuedValue{}, 0, r.forcesSpent(a.key, fmt.Sprintf("WeChat refused a forced refresh of %s: %s", a.key, ue.ErrMsg))
+		return issuedValue{}, 0, r.forcesSpent(a.key, ue.ErrCode, fmt.Sprintf("WeChat refused a forced refresh of %s: %s", a.key, ue.ErrMsg))
 	}
 	return issued, latency, err
 }
@@ -134,7 +132,7 @@ func (r *Refresher) spendForce(t *term, appid string) error {
 			budget.Day, budget.Used = today, 0
 		}
 		if budget.Used >= stableForcesPerDay {
-			return r.forcesSpent(appid, fmt.Sprintf("the %d forced refreshes of %s for today (China time) are spent; the next is possible in %s",
+			return r.forcesSpent(appid, 0, fmt.Sprintf("the %d forced refreshes of %s for today (China time) are spent; the next is possible in %s",
 				stableForcesPerDay, appid, untilQuotaReset(now).Round(time.Minute)))
 		}
 		if since := now.Sub(budget.Last); since >= 0 && since < stableForceSpacing {
@@ -158,13 +156,14 @@ func (r *Refresher) spendForce(t *term, appid string) error {
 	}
 }
 
-// forcesSpent reports a day's forced refreshes spent: in an ERROR log line
-// and a failure event, since a dead token now stays dead until midnight
-// China time or its expiry.
-func (r *Refresher) forcesSpent(appid, reason string) error {
+// forcesSpent reports a day's forced refreshes spent, by the budget
+// (errcode 0) or by WeChat's errcode: in an ERROR log line and a failure
+// event, since a dead token now stays dead until midnight China time or
+// its expiry.
+func (r *Refresher) forcesSpent(appid string, errcode int, reason string) error {
 	now := r.cfg.Clock.now()
 	next := now.Add(untilQuotaReset(now)).UTC()
 	r.log.Error("forced refresh refused: "+reason, "appid", appid, "next_attempt", next.Format(time.RFC3339))
-	r.publishFailure(kv.FailureEvent{AppID: appid, ErrMsg: reason, Class: string(classQuota), NextAttempt: next})
+	r.publishFailure(kv.FailureEvent{AppID: appid, ErrCode: errcode, ErrMsg: reason, Class: string(classQuota), NextAttempt: next})
 	return &budgetError{reason: reason}
 }

@@ -93,19 +93,19 @@ func decodeTicketResponse(status int, body []byte) (issuedValue, error) {
 // fetched first if there is none, so that no ticket is asked for with a
 // token about to be replaced or already dead.
 func (r *Refresher) tokenFor(t *term, p *credential) (kv.Credential, uint64, error) {
-	for range 2 {
-		p.mu.Lock()
-		f, rec, rev := p.flight, p.validRecord(r.cfg.Clock.now()), p.rev
-		if f == nil && rec == nil {
-			f, _ = r.startOrJoin(t, p, modeScheduled, kv.ReasonInitial)
-		}
-		p.mu.Unlock()
-		if f == nil {
-			if rec == nil {
-				return kv.Credential{}, 0, errEnding
-			}
-			return *rec, rev, nil
-		}
+	now := r.cfg.Clock.now()
+	p.mu.Lock()
+	f, rec, rev := p.flight, p.validRecord(now), p.rev
+	if f == nil && rec == nil && !now.Before(p.due(now)) {
+		// One fetch of the token, shared with its own schedule; none
+		// while it waits after a failure or a repeated answer.
+		f, _ = r.startOrJoin(t, p, modeScheduled, kv.ReasonInitial)
+	}
+	p.mu.Unlock()
+	if f == nil && rec != nil {
+		return *rec, rev, nil
+	}
+	if f != nil {
 		select {
 		case <-f.done:
 		case <-t.ctx.Done():
@@ -113,7 +113,7 @@ func (r *Refresher) tokenFor(t *term, p *credential) (kv.Credential, uint64, err
 		}
 	}
 	p.mu.Lock()
-	rec, rev := p.validRecord(r.cfg.Clock.now()), p.rev
+	rec, rev = p.validRecord(r.cfg.Clock.now()), p.rev
 	p.mu.Unlock()
 	if rec == nil {
 		return kv.Credential{}, 0, fmt.Errorf("publisher: %s has no valid access_token to fetch tickets with", p.key)

@@ -76,6 +76,7 @@ apps:
 		"card on wecom": {"apps:\n  - corpid: ww1\n    agent: a\n    secret: s\n    tickets: [wx_card]", `WeCom app ww1-a: tickets: "wx_card" is not`},
 		"agent_config":  {"apps:\n  - appid: wx1\n    secret: s\n    tickets: [agent_config]", `app wx1: tickets: "agent_config" is not`},
 		"dash":          {"apps:\n  - corpid: ww-1\n    agent: a\n    secret: s", "not a corp id"},
+		"appid dash":    {"apps:\n  - appid: ww1-2\n    secret: s", `has a "-"`},
 		"same twice":    {"apps:\n  - corpid: ww1\n    agent: a\n    secret: s\n  - corpid: ww1\n    agent: a\n    secret: t", "twice"},
 	} {
 		if _, err := ParseApps([]byte(tc.yaml), env(nil)); err == nil || !strings.Contains(err.Error(), tc.inErr) {

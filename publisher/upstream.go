@@ -73,6 +73,9 @@ func (e *upstreamError) meaning() string {
 type issuedValue struct {
 	Value     string
 	ExpiresIn time.Duration
+	// At is when the call that issued it started, on the refresher's
+	// clock: the value's fetched_at.
+	At time.Time
 }
 
 // upstreamClient calls WeChat's token and token-check APIs.

@@ -70,16 +70,35 @@ func (s *Server) ticketsOf(appid, typ string) *ticketState {
 	return st
 }
 
-// Ticket is appid's current ticket of type typ (jsapi or wx_card), "" if
-// none was issued, and whether it is still valid.
+// Ticket is appid's current ticket of type typ (jsapi or wx_card; for a
+// WeCom app's key, jsapi, its corp's, or agent_config), "" if none was
+// issued, and whether it is still valid.
 func (s *Server) Ticket(appid, typ string) (ticket string, valid bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.ticketsOf(appid, typ)
+	if corp := s.app(appid).corpid; corp != "" && typ == "jsapi" {
+		st = s.ticketsOf(corpTicketHolder(corp), typ)
+	}
 	if st.current == nil {
 		return "", false
 	}
 	return st.current.value, s.cfg.Now().Before(st.current.expiresAt)
+}
+
+// TicketExpiresAt is when the current ticket of Ticket(appid, typ)
+// expires at the fake: the zero time if there is none.
+func (s *Server) TicketExpiresAt(appid, typ string) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.ticketsOf(appid, typ)
+	if corp := s.app(appid).corpid; corp != "" && typ == "jsapi" {
+		st = s.ticketsOf(corpTicketHolder(corp), typ)
+	}
+	if st.current == nil {
+		return time.Time{}
+	}
+	return st.current.expiresAt
 }
 
 // TicketCalls counts appid's getticket requests of type typ: all of them,

@@ -72,7 +72,7 @@ func wecomTokenAnswer(t *issued, _ time.Time) map[string]any {
 }
 
 // serveWeComTicket answers WeCom's /cgi-bin/get_jsapi_ticket (the corp's
-// ticket for wx.config; typ jsapi) and /cgi-bin/ticket/get?type=
+// one ticket for wx.config, the same whichever of its apps asks; typ jsapi) and /cgi-bin/ticket/get?type=
 // agent_config (the app's, for wx.agentConfig): the same ticket while it
 // is valid, each call counted against WeCom's hourly limits, 100 per app
 // and type and, for jsapi, 400 per corp.
@@ -119,17 +119,22 @@ func (s *Server) serveWeComTicket(w http.ResponseWriter, r *http.Request, typ st
 		return
 	}
 	st.recent = append(st.recent, now)
+	holder := st // the app's agent_config ticket
 	if typ == "jsapi" {
 		s.corpTickets[corp] = append(s.corpTickets[corp], now)
+		holder = s.ticketsOf(corpTicketHolder(corp), "jsapi") // one per corp, whichever app asks
 	}
-	if st.current == nil || !now.Before(st.current.expiresAt) {
+	if holder.current == nil || !now.Before(holder.current.expiresAt) {
 		s.serial++
-		st.current = &issued{appid: t.appid, value: s.mint(), expiresAt: now.Add(s.cfg.TicketExpiresIn)}
-		st.issues++
+		holder.current = &issued{appid: t.appid, value: s.mint(), expiresAt: now.Add(s.cfg.TicketExpiresIn)}
+		holder.issues++
 	}
-	writeJSON(w, map[string]any{"errcode": 0, "errmsg": "ok", "ticket": st.current.value,
+	writeJSON(w, map[string]any{"errcode": 0, "errmsg": "ok", "ticket": holder.current.value,
 		"expires_in": int(s.cfg.TicketExpiresIn / time.Second)})
 }
+
+// corpTicketHolder names the fake's record of a corp's one jsapi ticket.
+func corpTicketHolder(corpid string) string { return "corp " + corpid }
 
 // within drops the times before since.
 func within(times []time.Time, since time.Time) []time.Time {
