@@ -1,6 +1,8 @@
 // Package kv is the one place that knows wxtoken's wire format: the JetStream
-// KV bucket that holds the tokens, the JSON record stored under each appid, and
-// the messages on the wechat.token.* subjects. Services in other languages
+// KV bucket that holds the credentials, the JSON record stored under each key
+// (an appid or a WeCom "<corpid>-<agent>" for a token, "<key>.<kind>" for a
+// ticket; see Credential and ValidateKey), and the messages on the
+// wechat.token.* subjects. Services in other languages
 // read the same bucket and subjects, so everything here is a public contract
 // (see DESIGN.md in the repository).
 package kv
