@@ -13,7 +13,7 @@ import (
 
 // stableSoak is how long TestStableReplicasKilledInTurnKillNoToken kills
 // replicas: short in the suite, minutes when asked for
-// (go test ./test -run TestStableReplicasKilledInTurn -stable-soak 5m).
+// (go test ./test -run TestStableReplicasKilledInTurn -stable-soak=5m).
 var stableSoak = flag.Duration("stable-soak", 12*time.Second, "how long TestStableReplicasKilledInTurnKillNoToken kills replicas")
 
 // TestStableReplicasKilledInTurnKillNoToken: three `wxtoken serve`
