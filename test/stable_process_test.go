@@ -13,7 +13,8 @@ import (
 
 // stableSoak is how long TestStableReplicasKilledInTurnKillNoToken kills
 // replicas: short in the suite, minutes when asked for
-// (go test ./test -run TestStableReplicasKilledInTurn -stable-soak=5m).
+// (go test -race ./test -run TestStableReplicasKilledInTurn -stable-soak=5m: the
+// package before the flag, which go test does not know).
 var stableSoak = flag.Duration("stable-soak", 12*time.Second, "how long TestStableReplicasKilledInTurnKillNoToken kills replicas")
 
 // TestStableReplicasKilledInTurnKillNoToken: three `wxtoken serve`
