@@ -3,6 +3,7 @@ package kv
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -50,14 +51,7 @@ func Key(appid, kind string) string {
 }
 
 // IsTicketKind reports whether kind is one of ticketKinds.
-func IsTicketKind(kind string) bool {
-	for _, k := range ticketKinds {
-		if k == kind {
-			return true
-		}
-	}
-	return false
-}
+func IsTicketKind(kind string) bool { return slices.Contains(ticketKinds, kind) }
 
 // ValidateKey checks that key names a credential: an appid (see
 // ValidateAppID), or an appid and a ticket kind joined by a dot.

@@ -24,10 +24,25 @@ func (s *Server) serveTicket(w http.ResponseWriter, r *http.Request) {
 	now := s.cfg.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t, known := s.tokens[token]
-	if known && t.wecom {
-		known = false // getticket takes an official account's token
+	t, st, refused := s.ticketCaller(token, typ, false, now)
+	switch {
+	case refused != nil:
+		writeJSON(w, refused)
+	case typ != "jsapi" && typ != "wx_card":
+		writeJSON(w, errReply(40097, ""))
+	default:
+		writeJSON(w, s.ticketAnswer(st, t.appid, now))
 	}
+}
+
+// ticketCaller counts a ticket call of type typ made with token, for the
+// app the token belongs to, and returns that token and the app's ticket
+// state, or the errcode answer for a token that does not work there: dead,
+// unknown, or of the other platform (wecom says which one the API is).
+// Callers hold s.mu.
+func (s *Server) ticketCaller(token, typ string, wecom bool, now time.Time) (*issued, *ticketState, map[string]any) {
+	t, known := s.tokens[token]
+	known = known && t.wecom == wecom
 	var st *ticketState
 	if known {
 		st = s.ticketsOf(t.appid, typ)
@@ -37,23 +52,28 @@ func (s *Server) serveTicket(w http.ResponseWriter, r *http.Request) {
 		if st != nil {
 			st.deadCalls++
 		}
-		if ok {
-			code = 40001 // a WeCom token
+		if ok { // the other platform's token
+			code = 40001
+			if wecom {
+				code = 40014
+			}
 		}
-		writeJSON(w, errReply(code, ""))
-		return
+		return nil, nil, errReply(code, "")
 	}
-	if typ != "jsapi" && typ != "wx_card" {
-		writeJSON(w, errReply(40097, ""))
-		return
-	}
-	if st.current == nil || !now.Before(st.current.expiresAt) {
+	return t, st, nil
+}
+
+// ticketAnswer answers with holder's ticket, issuing a new one to appid if
+// it has none that is valid, and saying 7200 whatever it has left.
+// Callers hold s.mu.
+func (s *Server) ticketAnswer(holder *ticketState, appid string, now time.Time) map[string]any {
+	if holder.current == nil || !now.Before(holder.current.expiresAt) {
 		s.serial++
-		st.current = &issued{appid: t.appid, value: s.mint(), expiresAt: now.Add(s.cfg.TicketExpiresIn)}
-		st.issues++
+		holder.current = &issued{appid: appid, value: s.mint(), expiresAt: now.Add(s.cfg.TicketExpiresIn)}
+		holder.issues++
 	}
-	writeJSON(w, map[string]any{"errcode": 0, "errmsg": "ok", "ticket": st.current.value,
-		"expires_in": int(s.cfg.TicketExpiresIn / time.Second)})
+	return map[string]any{"errcode": 0, "errmsg": "ok", "ticket": holder.current.value,
+		"expires_in": int(s.cfg.TicketExpiresIn / time.Second)}
 }
 
 // ticketsOf returns appid's ticket state of type typ. Callers hold s.mu.
@@ -76,10 +96,7 @@ func (s *Server) ticketsOf(appid, typ string) *ticketState {
 func (s *Server) Ticket(appid, typ string) (ticket string, valid bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.ticketsOf(appid, typ)
-	if corp := s.app(appid).corpid; corp != "" && typ == "jsapi" {
-		st = s.ticketsOf(corpTicketHolder(corp), typ)
-	}
+	st := s.ticketHolder(appid, typ)
 	if st.current == nil {
 		return "", false
 	}
@@ -91,14 +108,20 @@ func (s *Server) Ticket(appid, typ string) (ticket string, valid bool) {
 func (s *Server) TicketExpiresAt(appid, typ string) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.ticketsOf(appid, typ)
-	if corp := s.app(appid).corpid; corp != "" && typ == "jsapi" {
-		st = s.ticketsOf(corpTicketHolder(corp), typ)
-	}
+	st := s.ticketHolder(appid, typ)
 	if st.current == nil {
 		return time.Time{}
 	}
 	return st.current.expiresAt
+}
+
+// ticketHolder is the state that holds appid's ticket of type typ: its
+// own, or for a WeCom app's jsapi ticket its corp's. Callers hold s.mu.
+func (s *Server) ticketHolder(appid, typ string) *ticketState {
+	if corp := s.app(appid).corpid; corp != "" && typ == "jsapi" {
+		return s.ticketsOf(corpTicketHolder(corp), typ)
+	}
+	return s.ticketsOf(appid, typ)
 }
 
 // TicketCalls counts appid's getticket requests of type typ: all of them,

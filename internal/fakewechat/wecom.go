@@ -81,26 +81,12 @@ func (s *Server) serveWeComTicket(w http.ResponseWriter, r *http.Request, typ st
 	now := s.cfg.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t, known := s.tokens[token]
-	if known && !t.wecom {
-		known = false // an official account's token is no WeCom token
-	}
-	var st *ticketState
-	if known {
-		st = s.ticketsOf(t.appid, typ)
-		st.calls++
-	}
-	if ok, code := s.valid(token, now); !ok || !known {
-		if st != nil {
-			st.deadCalls++
-		}
-		if ok {
-			code = 40014
-		}
-		writeJSON(w, errReply(code, ""))
+	t, st, refused := s.ticketCaller(token, typ, true, now)
+	switch {
+	case refused != nil:
+		writeJSON(w, refused)
 		return
-	}
-	if typ != "jsapi" && typ != "agent_config" {
+	case typ != "jsapi" && typ != "agent_config":
 		writeJSON(w, errReply(40097, ""))
 		return
 	}
@@ -124,13 +110,7 @@ func (s *Server) serveWeComTicket(w http.ResponseWriter, r *http.Request, typ st
 		s.corpTickets[corp] = append(s.corpTickets[corp], now)
 		holder = s.ticketsOf(corpTicketHolder(corp), "jsapi") // one per corp, whichever app asks
 	}
-	if holder.current == nil || !now.Before(holder.current.expiresAt) {
-		s.serial++
-		holder.current = &issued{appid: t.appid, value: s.mint(), expiresAt: now.Add(s.cfg.TicketExpiresIn)}
-		holder.issues++
-	}
-	writeJSON(w, map[string]any{"errcode": 0, "errmsg": "ok", "ticket": holder.current.value,
-		"expires_in": int(s.cfg.TicketExpiresIn / time.Second)})
+	writeJSON(w, s.ticketAnswer(holder, t.appid, now))
 }
 
 // corpTicketHolder names the fake's record of a corp's one jsapi ticket.
