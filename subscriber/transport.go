@@ -1,23 +1,15 @@
 package subscriber
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/wxtoken/wxtoken/internal/wechaterr"
 	"github.com/wxtoken/wxtoken/kv"
 )
-
-// maxErrorBody is the most of a response Transport reads to look for an
-// errcode. WeChat's error answers are a few hundred bytes; a longer body is
-// not one and is passed on untouched.
-const maxErrorBody = 16 << 10
 
 // refreshTimeout bounds the refresh Transport waits for when the request's
 // context sets no earlier deadline.
@@ -56,7 +48,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	code, resp, err := peekErrcode(resp)
+	code, resp, err := wechaterr.Peek(resp)
 	if err != nil || !TokenRejected(code) {
 		return resp, err
 	}
@@ -90,35 +82,4 @@ func withToken(req *http.Request, token string) *http.Request {
 	q.Set("access_token", token)
 	r.URL.RawQuery = q.Encode()
 	return r
-}
-
-// peekErrcode returns the errcode of a WeChat JSON answer (0 when there is
-// none) and the response with its body intact for the caller.
-func peekErrcode(resp *http.Response) (int, *http.Response, error) {
-	ct := resp.Header.Get("Content-Type")
-	if resp.ContentLength > maxErrorBody || !(strings.Contains(ct, "json") || strings.HasPrefix(ct, "text/plain") || ct == "") {
-		return 0, resp, nil
-	}
-	head, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody+1))
-	if err != nil {
-		resp.Body.Close()
-		return 0, nil, err
-	}
-	if len(head) > maxErrorBody {
-		// Not an error answer: give the caller the whole body back.
-		resp.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
-		return 0, resp, nil
-	}
-	resp.Body.Close()
-	resp.Body = io.NopCloser(bytes.NewReader(head))
-	var answer struct {
-		ErrCode int `json:"errcode"`
-	}
-	if json.Unmarshal(head, &answer) != nil {
-		return 0, resp, nil
-	}
-	return answer.ErrCode, resp, nil
 }
