@@ -58,6 +58,7 @@ type Fault struct {
 	ErrMsg  string        // defaults to a WeChat-like message for ErrCode
 	Status  int           // HTTP status when not 200; Body (or an HTML page) is sent
 	Body    []byte        // raw body to send instead of JSON
+	Header  http.Header   // headers to add, a redirect's Location say
 	Delay   time.Duration // wait before answering, or until the client gives up
 	Panic   bool          // abort the connection without an answer
 }
@@ -71,6 +72,7 @@ type Server struct {
 	wecom       map[string]string      // "<corpid> <corpsecret>" -> the WeCom app's key
 	corpTickets map[string][]time.Time // a corp's jsapi ticket calls in the last hour
 	tokens      map[string]*issued     // every token that may still work, by value
+	apis        map[string]*apiState   // the business APIs' calls, by path
 	serial      uint64
 	called      chan struct{} // closed and replaced at every token request
 }
@@ -148,7 +150,7 @@ func New(cfg Config) *Server {
 		cfg.WeComCorpTicketsPerHour = 400
 	}
 	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{}),
-		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}}
+		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}, apis: map[string]*apiState{}}
 }
 
 // AddApp registers an app and its AppSecret. Faults injected before keep.
@@ -349,8 +351,9 @@ func (s *Server) mint() string {
 	return string(b)
 }
 
-// ServeHTTP answers /cgi-bin/token, /cgi-bin/stable_token,
-// /cgi-bin/ticket/getticket and /cgi-bin/getcallbackip.
+// ServeHTTP answers the token APIs (/cgi-bin/token, /cgi-bin/stable_token,
+// WeCom's /cgi-bin/gettoken), the ticket APIs, /cgi-bin/getcallbackip and
+// a few business APIs (PathSendMessage, PathUserList, PathUploadMedia).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/cgi-bin/token":
@@ -367,6 +370,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveWeComTicket(w, r, r.URL.Query().Get("type"))
 	case "/cgi-bin/getcallbackip":
 		s.serveCallbackIP(w, r)
+	case PathSendMessage, PathUserList, PathUploadMedia:
+		s.serveAPI(w, r)
 	default:
 		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
 	}
@@ -469,6 +474,9 @@ func serveFault(w http.ResponseWriter, r *http.Request, f Fault) {
 	if f.Panic {
 		panic(http.ErrAbortHandler) // net/http drops the connection, no answer
 	}
+	for k, v := range f.Header {
+		w.Header()[k] = v
+	}
 	if f.Status != 0 && f.Status != http.StatusOK {
 		body := f.Body
 		if body == nil {
@@ -499,6 +507,7 @@ var messages = map[int]string{
 	40243: "AppSecret已被冻结，请登录小程序平台解冻后再次调用。",
 	41001: "access_token missing",
 	41002: "appid missing",
+	44002: "empty post data",
 	41004: "appsecret missing",
 	42001: "access_token expired",
 	60020: "not allow to access from your ip",
