@@ -31,6 +31,8 @@ Usage:
   wxtoken refresh KEY [--force]     ask the refresher for a new value
   wxtoken status                    show every token and ticket in the bucket
   wxtoken sign KEY URL              print a page's signed wx.config as JSON
+  wxtoken agent [flags]             serve the keys over local HTTP, for services with no NATS
+                                    client and for WeChat SDKs (their base URL)
 
 Run "wxtoken COMMAND --help" for a command's flags and examples.
 `
@@ -55,6 +57,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		"refresh": refresh,
 		"status":  status,
 		"sign":    sign,
+		"agent":   agentCommand,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
@@ -172,6 +175,52 @@ func (n *natsFlags) options(name string) []nats.Option {
 		opts = append(opts, nats.ClientCert(n.tlsCert, n.tlsKey))
 	}
 	return opts
+}
+
+// longLived returns the options of a connection that never gives up on its
+// NATS (serve's and the agent's): every problem goes to the log, and closed
+// is told when the connection closes for good.
+func (n *natsFlags) longLived(name string, log *slog.Logger, closed func(error)) []nats.Option {
+	return append(n.options(name),
+		nats.MaxReconnects(-1),
+		nats.CustomReconnectDelay(reconnectDelay),
+		// Asynchronous errors (a refused subscription, say) go to the log
+		// like everything else, not raw to stderr.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Warn("NATS error", "subject", sub.Subject, "error", err)
+				return
+			}
+			log.Warn("NATS error", "error", err)
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			closed(fmt.Errorf("the NATS connection closed: %v", nc.LastError()))
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil { // nil: our own Close at shutdown
+				log.Warn("NATS disconnected", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+	)
+}
+
+// dialForever connects to --nats-url with opts. A NATS server that is not
+// up yet is waited for, not a reason to exit: under a supervisor that would
+// become a crash loop. The log says when it is up, at once or later.
+func (n *natsFlags) dialForever(opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+	unreachable := throttledWarning(log, natsLogEvery, "cannot reach NATS; retrying")
+	nc, err := nats.Connect(n.url, append(opts,
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { unreachable("url", n.url, "error", err) }),
+		nats.ConnectHandler(func(nc *nats.Conn) { log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted()) }),
+	)...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", n.url, err)
+	}
+	return nc, nil
 }
 
 // client is a client command's connection. A request the server refuses

@@ -253,42 +253,11 @@ func loadApps(file string, getenv func(string) string) ([]publisher.App, error) 
 // to it. The returned func closes the connection and stops the server.
 // closed is told when the connection closes for good before that.
 func (f *serveFlags) connect(log *slog.Logger, closed func(error)) (*nats.Conn, func(), error) {
-	opts := append(f.nats.options("wxtoken serve"),
-		nats.MaxReconnects(-1), // a refresher never gives up on its NATS
-		nats.CustomReconnectDelay(reconnectDelay),
-		// Asynchronous errors (a refused subscription, say) go to the log
-		// like everything else, not raw to stderr.
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			if sub != nil {
-				log.Warn("NATS error", "subject", sub.Subject, "error", err)
-				return
-			}
-			log.Warn("NATS error", "error", err)
-		}),
-		nats.ClosedHandler(func(nc *nats.Conn) {
-			closed(fmt.Errorf("the NATS connection closed: %v", nc.LastError()))
-		}),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			if err != nil { // nil: our own Close at shutdown
-				log.Warn("NATS disconnected", "error", err)
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted())
-		}),
-	)
+	opts := f.nats.longLived("wxtoken serve", log, closed)
 	if f.nats.url != "" {
-		// A NATS server that is not up yet is waited for, not a reason to
-		// exit: under a supervisor that would become a crash loop.
-		// ConnectHandler says when it is, whether at once or later.
-		unreachable := throttledWarning(log, natsLogEvery, "cannot reach NATS; retrying")
-		nc, err := nats.Connect(f.nats.url, append(opts,
-			nats.RetryOnFailedConnect(true),
-			nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { unreachable("url", f.nats.url, "error", err) }),
-			nats.ConnectHandler(func(nc *nats.Conn) { log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted()) }),
-		)...)
+		nc, err := f.nats.dialForever(opts, log)
 		if err != nil {
-			return nil, nil, fmt.Errorf("cannot connect to NATS at %s: %w", f.nats.url, err)
+			return nil, nil, err
 		}
 		return nc, nc.Close, nil
 	}

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxtoken/wxtoken/internal/agent"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+)
+
+const agentSummary = `Serve the tokens and tickets of the bucket over local HTTP, for services
+that hold no NATS connection (PHP-FPM, cron jobs, shell scripts) and for
+WeChat SDKs pointed at the agent by their API base URL. It follows the keys
+over NATS (the "service" user of nats.conf suffices) and keeps them in
+memory. It answers:
+  GET  /v1/credentials/KEY           the value, revision, expires_at (ETag, long poll ?wait=, text/plain)
+  POST /v1/credentials/KEY/refresh   {"stale_revision":N}: replace a value WeChat rejected
+  GET  /v1/jssdk/KEY/config?url=     a signed wx.config (and /agent-config for WeCom)
+  GET  /cgi-bin/token, POST /cgi-bin/stable_token, GET /cgi-bin/ticket/getticket,
+  GET  /cgi-bin/gettoken (WeCom)     WeChat's own token paths, from memory
+  anything else                      forwarded to WeChat with the current access_token put in,
+                                     and retried once with a new one if WeChat rejects it
+  /app/KEY/...                       the same, for one app: an SDK's base URL
+  /healthz, /readyz, /metrics
+Only loopback or a unix socket, unless --auth-file and TLS (or --insecure-listen).`
+
+const agentExamples = `  # Beside a PHP-FPM pool, every key the service user may read
+  wxtoken agent --nats-url nats://nats:4222 --nats-user service
+  curl -s http://127.0.0.1:8180/v1/credentials/wx1234567890abcdef
+  curl -s -H 'Accept: text/plain' http://127.0.0.1:8180/v1/credentials/wx1234567890abcdef
+
+  # An SDK's base URL: http://127.0.0.1:8180/app/wx1234567890abcdef
+  curl -s 'http://127.0.0.1:8180/app/wx1234567890abcdef/cgi-bin/user/get'
+
+  # A unix socket, two keys
+  wxtoken agent --listen unix:/run/wxtoken/agent.sock --keys wx1234567890abcdef,wx1234567890abcdef.jsapi_ticket
+  curl -s --unix-socket /run/wxtoken/agent.sock http://agent/v1/credentials/wx1234567890abcdef
+
+  # Try it beside "wxtoken serve --demo": give the fake WeChat's URL from its log
+  wxtoken agent --wechat-base-url http://127.0.0.1:PORT`
+
+type agentFlags struct {
+	nats      natsFlags
+	keys      string
+	listen    string
+	wechat    string
+	wecom     string
+	authFile  string
+	tlsCert   string
+	tlsKey    string
+	insecure  bool
+	cfg       agent.Config
+	logFormat string
+	logLevel  string
+}
+
+func agentCommand(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var f agentFlags
+	c := newCommand("agent", "", agentSummary, agentExamples)
+	f.nats.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket|withSubject)
+	c.String(&f.keys, "keys", "WXTOKEN_AGENT_KEYS", "", "comma-separated `keys` to serve (default every key in the bucket, and new ones as\nthey appear)")
+	c.String(&f.listen, "listen", "WXTOKEN_AGENT_LISTEN", "127.0.0.1:8180", "`address` to serve on: host:port, or unix:/path/agent.sock (mode 0660)")
+	c.String(&f.wechat, "wechat-base-url", "WECHAT_BASE_URL", publisher.DefaultUpstreamURL, "WeChat API base `URL` that calls are forwarded to")
+	c.String(&f.wecom, "wecom-base-url", "WECOM_BASE_URL", publisher.DefaultWeComURL, "WeCom (企业微信) API base `URL`, for WeCom keys")
+	c.String(&f.authFile, "auth-file", "WXTOKEN_AGENT_AUTH_FILE", "", "YAML `file` of clients: bearer tokens and the keys each may use")
+	c.String(&f.tlsCert, "listen-tls-cert", "WXTOKEN_AGENT_TLS_CERT", "", "certificate `file` to serve HTTPS with")
+	c.String(&f.tlsKey, "listen-tls-key", "WXTOKEN_AGENT_TLS_KEY", "", "key `file` of --listen-tls-cert")
+	c.Bool(&f.insecure, "insecure-listen", "", false, "allow a non-loopback --listen without --auth-file and TLS")
+	c.Int64(&f.cfg.MaxRetryBody, "max-retry-body", "", 1<<20, "`bytes` of a request body kept to retry the call with a new token; longer\nbodies (media uploads) stream through and are not retried")
+	c.Int64(&f.cfg.MaxBody, "max-body", "", 32<<20, "largest request body, in `bytes`")
+	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "", 30*time.Second, "bound of one call to WeChat, its answer included")
+	c.Duration(&f.cfg.RefreshTimeout, "refresh-timeout", "", 15*time.Second, "bound of the wait for the refresher's new value")
+	c.Duration(&f.cfg.MaxWait, "max-wait", "", 60*time.Second, "longest long poll (?wait=)")
+	c.Duration(&f.cfg.BodyTimeout, "body-timeout", "", 60*time.Second, "a request body must arrive within this")
+	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
+	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	rest, err := parseOrHelp(c, args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("no arguments, only flags (see wxtoken agent --help)")
+	}
+	if err := f.configure(); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, f.logFormat, f.logLevel)
+	if err != nil {
+		return err
+	}
+	var tlsConfig *tls.Config
+	if f.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return fmt.Errorf("--listen-tls-cert: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if f.authFile != "" {
+		if f.cfg.Clients, err = agent.LoadClients(f.authFile); err != nil {
+			return err
+		}
+	}
+	// The listener first: a port in use is an error at once, not after
+	// NATS is reached.
+	ln, err := agent.Listen(f.listen, agent.ListenOptions{TLS: tlsConfig, Auth: f.cfg.Clients != nil, Insecure: f.insecure})
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	defer ln.Close()
+
+	ctx, stop := signalContext()
+	defer stop()
+	lost := make(chan error, 1)
+	f.cfg.Conn, err = f.nats.dialForever(f.nats.longLived("wxtoken agent", log, func(err error) {
+		select {
+		case lost <- err:
+		default:
+		}
+	}), log)
+	if err != nil {
+		return err
+	}
+	defer f.cfg.Conn.Close()
+	reg := newRegistry()
+	f.cfg.Registry, f.cfg.Logger = reg, log
+	a, err := agent.New(f.cfg)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	a.Run()
+	defer a.Close()
+	srv := a.Server()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("agent listening", "addr", ln.Addr().String(), "keys", cmp.Or(f.keys, "every key in the bucket"),
+		"auth", f.cfg.Clients != nil, "tls", tlsConfig != nil)
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: draining requests")
+	case err := <-lost:
+		log.Error("stopping", "error", err)
+	case err := <-served:
+		return fmt.Errorf("serving HTTP: %w", err)
+	}
+	a.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Warn("requests still under way at shutdown", "error", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// configure checks the flags and fills in the agent's Config.
+func (f *agentFlags) configure() error {
+	if err := f.nats.check(); err != nil {
+		return err
+	}
+	for _, key := range strings.Split(f.keys, ",") {
+		key = strings.TrimSpace(key)
+		if key == "" {
+			continue
+		}
+		if err := kv.ValidateKey(key); err != nil {
+			return usagef("--keys: %v", err)
+		}
+		f.cfg.Keys = append(f.cfg.Keys, key)
+	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return usagef("--listen-tls-cert and --listen-tls-key go together")
+	}
+	for _, b := range []struct {
+		flag, value string
+		dst         **url.URL
+	}{{"--wechat-base-url", f.wechat, &f.cfg.WeChatBase}, {"--wecom-base-url", f.wecom, &f.cfg.WeComBase}} {
+		u, err := url.Parse(b.value)
+		if err != nil {
+			return usagef("%s: %v", b.flag, err)
+		}
+		*b.dst = u
+	}
+	switch {
+	case f.cfg.MaxRetryBody < 0 || f.cfg.MaxBody <= 0:
+		return usagef("--max-retry-body and --max-body: bytes, not negative")
+	case f.cfg.MaxRetryBody > f.cfg.MaxBody:
+		return usagef("--max-retry-body is over --max-body")
+	case f.cfg.UpstreamTimeout <= 0 || f.cfg.RefreshTimeout <= 0 || f.cfg.MaxWait <= 0 || f.cfg.BodyTimeout <= 0:
+		return usagef("--upstream-timeout, --refresh-timeout, --max-wait and --body-timeout must be positive")
+	}
+	f.cfg.Bucket, f.cfg.SubjectPrefix = f.nats.bucket, f.nats.prefix
+	return nil
+}

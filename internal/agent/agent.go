@@ -1,0 +1,182 @@
+// Package agent is `wxtoken agent`: a process beside services that cannot
+// hold a NATS connection (PHP-FPM, cron jobs, shell scripts). It follows
+// keys of the token bucket through package subscriber, keeps them in
+// memory, and answers over local HTTP: its own small JSON API, WeChat's own
+// token and ticket paths from memory, and every other WeChat API call
+// forwarded with the current token put in. A service, or an SDK pointed at
+// the agent by its base URL, then never fetches a token itself.
+package agent
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// Config is what an Agent serves and how. Zero fields take the defaults
+// noted.
+type Config struct {
+	Conn *nats.Conn // the agent's NATS connection; required
+	// Keys are the credentials served. None: every key in the bucket,
+	// and each new one as the refresher announces it.
+	Keys          []string
+	Bucket        string // kv.DefaultBucket
+	SubjectPrefix string // kv.DefaultSubjectPrefix
+
+	WeChatBase *url.URL // where API calls are forwarded; DefaultWeChatBase
+	WeComBase  *url.URL // the same for WeCom keys; DefaultWeComBase
+
+	Clients []Client // who may call, and which keys each may use; none: anyone, every key
+
+	MaxRetryBody    int64         // a body up to this is buffered, so a rejected call can be retried; 1 MiB
+	MaxBody         int64         // a larger body is refused; 32 MiB
+	UpstreamTimeout time.Duration // one call to WeChat, answer included; 30s
+	RefreshTimeout  time.Duration // waiting for the refresher to replace a token; 15s
+	MaxWait         time.Duration // the longest long poll; 60s
+	BodyTimeout     time.Duration // a request's body must arrive within this; 60s
+
+	Logger   *slog.Logger          // silent by default
+	Registry prometheus.Registerer // the agent's metrics; none: not registered
+}
+
+// Defaults of Config.
+var (
+	DefaultWeChatBase = &url.URL{Scheme: "https", Host: "api.weixin.qq.com"}
+	DefaultWeComBase  = &url.URL{Scheme: "https", Host: "qyapi.weixin.qq.com"}
+)
+
+const (
+	defaultMaxRetryBody    = 1 << 20
+	defaultMaxBody         = 32 << 20
+	defaultUpstreamTimeout = 30 * time.Second
+	defaultRefreshTimeout  = 15 * time.Second
+	defaultMaxWait         = 60 * time.Second
+	defaultBodyTimeout     = 60 * time.Second
+)
+
+// Agent serves the credentials it follows over HTTP.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	keys     *keySet
+	clients  *clientSet
+	upstream *http.Client
+	metrics  *metrics
+
+	ctx      context.Context // ends with Close
+	cancel   context.CancelFunc
+	draining chan struct{} // closed by Drain: long polls answer at once
+}
+
+// New checks cfg and returns an agent that has not started following its
+// keys: Run does.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Conn == nil {
+		return nil, errors.New("agent: no NATS connection")
+	}
+	for _, key := range cfg.Keys {
+		if err := kv.ValidateKey(key); err != nil {
+			return nil, fmt.Errorf("agent: --keys: %w", err)
+		}
+	}
+	cfg.Bucket = cmp.Or(cfg.Bucket, kv.DefaultBucket)
+	cfg.SubjectPrefix = cmp.Or(cfg.SubjectPrefix, kv.DefaultSubjectPrefix)
+	if err := kv.ValidateBucketName(cfg.Bucket); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := kv.ValidateSubjectPrefix(cfg.SubjectPrefix); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	for name, base := range map[string]**url.URL{"WeChat": &cfg.WeChatBase, "WeCom": &cfg.WeComBase} {
+		if *base == nil {
+			continue
+		}
+		if err := checkBase(*base); err != nil {
+			return nil, fmt.Errorf("agent: the %s base URL: %w", name, err)
+		}
+	}
+	if cfg.WeChatBase == nil {
+		cfg.WeChatBase = DefaultWeChatBase
+	}
+	if cfg.WeComBase == nil {
+		cfg.WeComBase = DefaultWeComBase
+	}
+	cfg.MaxRetryBody = cmp.Or(cfg.MaxRetryBody, defaultMaxRetryBody)
+	cfg.MaxBody = cmp.Or(cfg.MaxBody, defaultMaxBody)
+	if cfg.MaxRetryBody > cfg.MaxBody {
+		return nil, fmt.Errorf("agent: the retried body limit (%d) is over the body limit (%d)", cfg.MaxRetryBody, cfg.MaxBody)
+	}
+	cfg.UpstreamTimeout = cmp.Or(cfg.UpstreamTimeout, defaultUpstreamTimeout)
+	cfg.RefreshTimeout = cmp.Or(cfg.RefreshTimeout, defaultRefreshTimeout)
+	cfg.MaxWait = cmp.Or(cfg.MaxWait, defaultMaxWait)
+	cfg.BodyTimeout = cmp.Or(cfg.BodyTimeout, defaultBodyTimeout)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	clients, err := newClientSet(cfg.Clients)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &Agent{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		clients:  clients,
+		upstream: newUpstreamClient(),
+		metrics:  newMetrics(cfg.Registry),
+		ctx:      ctx,
+		cancel:   cancel,
+		draining: make(chan struct{}),
+	}
+	a.keys = newKeySet(a)
+	return a, nil
+}
+
+// checkBase refuses a base URL that cannot be WeChat's: the agent sends
+// tokens there.
+func checkBase(u *url.URL) error {
+	switch {
+	case u.Scheme != "https" && u.Scheme != "http":
+		return fmt.Errorf("%q is not an http(s) URL", u.Redacted())
+	case u.Host == "":
+		return fmt.Errorf("%q has no host", u.Redacted())
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("%q must be a scheme, a host and at most a path", u.Redacted())
+	}
+	return nil
+}
+
+// Run follows the keys until Close. It returns at once.
+func (a *Agent) Run() { a.keys.start(a.ctx) }
+
+// Ready says why the agent cannot serve every key yet, or nil once it
+// holds a value of each.
+func (a *Agent) Ready() error { return a.keys.ready() }
+
+// Drain makes long polls under way answer now, before a shutdown.
+func (a *Agent) Drain() {
+	select {
+	case <-a.draining:
+	default:
+		close(a.draining)
+	}
+}
+
+// Close stops following the keys. It is idempotent.
+func (a *Agent) Close() error {
+	a.Drain()
+	a.cancel()
+	a.keys.close()
+	a.upstream.CloseIdleConnections()
+	return nil
+}

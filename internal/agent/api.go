@@ -1,0 +1,326 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wxtoken/wxtoken/jssdk"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/subscriber"
+)
+
+// The agent's own API, under /v1/:
+//
+//	GET  /v1/credentials/{key}               the value, its revision and expiry; ETag, long poll, text/plain
+//	POST /v1/credentials/{key}/refresh       replace the revision named, which WeChat rejected
+//	GET  /v1/jssdk/{key}/config?url=         a signed wx.config
+//	GET  /v1/jssdk/{key}/agent-config?url=   a signed wx.agentConfig (WeCom)
+func (a *Agent) serveAPI(x *exchange, rest string) {
+	parts := strings.Split(rest, "/")
+	route := func(class, method string, serve func()) {
+		x.class = class
+		if x.r.Method != method {
+			x.header().Set("Allow", method)
+			x.fail(http.StatusMethodNotAllowed, "method_not_allowed", "use %s", method)
+			return
+		}
+		serve()
+	}
+	switch {
+	case len(parts) == 2 && parts[0] == "credentials":
+		route("read", http.MethodGet, func() { a.serveRead(x, parts[1]) })
+	case len(parts) == 3 && parts[0] == "credentials" && parts[2] == "refresh":
+		route("refresh", http.MethodPost, func() { a.serveRefresh(x, parts[1]) })
+	case len(parts) == 3 && parts[0] == "jssdk" && (parts[2] == "config" || parts[2] == "agent-config"):
+		route("jssdk", http.MethodGet, func() { a.serveJSSDK(x, parts[1], parts[2]) })
+	default:
+		x.class = "bad"
+		x.fail(http.StatusNotFound, "not_found", "no such path: the API is /v1/credentials/{key}, /v1/credentials/{key}/refresh, /v1/jssdk/{key}/config and /v1/jssdk/{key}/agent-config")
+	}
+}
+
+// lookup returns the key's subscriber, or answers why there is none.
+func (a *Agent) lookup(x *exchange, key string) *followed {
+	f, wanted := a.find(x.caller, key)
+	switch {
+	case f != nil:
+		return f
+	case wanted:
+		x.fail(http.StatusServiceUnavailable, "not_ready", "no value of %s yet", key)
+	default:
+		x.fail(http.StatusNotFound, "unknown_key", "this agent serves no key %.80q", key)
+	}
+	return nil
+}
+
+// find returns the key's subscriber if it holds a value; else wanted says
+// whether the key is served but has none yet. A key the caller may not use
+// is found exactly as an unknown one is: not at all.
+func (a *Agent) find(c caller, key string) (f *followed, wanted bool) {
+	if kv.ValidateKey(key) != nil || !c.may(key) {
+		return nil, false
+	}
+	if f := a.keys.get(key); f != nil {
+		return f, true
+	}
+	return nil, a.keys.wants(key)
+}
+
+// credential is the own API's answer for a key.
+type credential struct {
+	Key       string `json:"key"`
+	Value     string `json:"value"`
+	Revision  uint64 `json:"revision"`
+	ExpiresAt string `json:"expires_at"`
+	ExpiresIn int64  `json:"expires_in"` // seconds left
+	Refreshed *bool  `json:"refreshed,omitempty"`
+}
+
+func newCredential(key string, t subscriber.Token, now time.Time) credential {
+	return credential{Key: key, Value: t.Value, Revision: t.Revision,
+		ExpiresAt: t.ExpiresAt.UTC().Format(time.RFC3339), ExpiresIn: secondsLeft(t, now)}
+}
+
+// secondsLeft is what a value has left, in whole seconds, as WeChat's
+// expires_in counts.
+func secondsLeft(t subscriber.Token, now time.Time) int64 {
+	return max(int64(t.ExpiresAt.Sub(now)/time.Second), 0)
+}
+
+func etag(revision uint64) string { return `"` + strconv.FormatUint(revision, 10) + `"` }
+
+// usable answers why the key's value cannot be used, if it cannot.
+func usable(x *exchange, f *followed) (subscriber.Token, bool) {
+	t, err := f.sub.Current()
+	switch {
+	case errors.Is(err, subscriber.ErrExpired):
+		x.fail(http.StatusServiceUnavailable, "expired", "the value of %s expired at %s and was not replaced (is the refresher running?)",
+			f.key, t.ExpiresAt.UTC().Format(time.RFC3339))
+		return t, false
+	case err != nil:
+		x.fail(http.StatusServiceUnavailable, "unavailable", "%s: %v", f.key, err)
+		return t, false
+	}
+	return t, true
+}
+
+func (a *Agent) serveRead(x *exchange, key string) {
+	q := x.r.URL.Query()
+	text := false
+	switch q.Get("format") {
+	case "text":
+		text = true
+	case "json":
+	case "":
+		accept := x.r.Header.Get("Accept")
+		text = strings.Contains(accept, "text/plain") && !strings.Contains(accept, "json")
+	default:
+		x.fail(http.StatusBadRequest, "bad_request", "format: text or json")
+		return
+	}
+	seen, conditional, err := namedRevision(x.r)
+	if err != nil {
+		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+		return
+	}
+	wait, err := parseWait(q.Get("wait"), a.cfg.MaxWait)
+	if err != nil {
+		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+		return
+	}
+	f := a.lookup(x, key)
+	if f == nil {
+		return
+	}
+	if conditional && wait > 0 {
+		ctx, cancel := context.WithTimeout(x.r.Context(), wait)
+		a.metrics.polls.Inc()
+		f.waitNewer(ctx, seen, a.draining)
+		a.metrics.polls.Dec()
+		cancel()
+	}
+	t, ok := usable(x, f)
+	if !ok {
+		return
+	}
+	x.header().Set("ETag", etag(t.Revision))
+	x.header().Set("Cache-Control", "no-store")
+	if conditional && t.Revision <= seen {
+		x.outcome = "not_modified"
+		x.writeHeader(http.StatusNotModified)
+		return
+	}
+	if text {
+		x.header().Set("Content-Type", "text/plain; charset=utf-8")
+		x.header().Set("Content-Length", strconv.Itoa(len(t.Value)))
+		x.writeHeader(http.StatusOK)
+		io.WriteString(x.w, t.Value)
+		return
+	}
+	x.writeJSON(http.StatusOK, newCredential(key, t, time.Now()))
+}
+
+// namedRevision returns the revision a read names as seen: ?after=N, or
+// If-None-Match with the ETag of one (the newest, if it lists several).
+func namedRevision(r *http.Request) (uint64, bool, error) {
+	if after := r.URL.Query().Get("after"); after != "" {
+		n, err := strconv.ParseUint(after, 10, 64)
+		if err != nil {
+			return 0, false, errors.New("after: a revision, as the ETag says it")
+		}
+		return n, true, nil
+	}
+	var seen uint64
+	conditional := false
+	for _, tag := range strings.Split(r.Header.Get("If-None-Match"), ",") {
+		tag = strings.Trim(strings.TrimPrefix(strings.TrimSpace(tag), "W/"), `"`)
+		if n, err := strconv.ParseUint(tag, 10, 64); err == nil {
+			seen, conditional = max(seen, n), true
+		}
+	}
+	return seen, conditional, nil
+}
+
+// parseWait reads a long poll's wait: seconds, or a duration such as
+// "25s"; at most limit.
+func parseWait(s string, limit time.Duration) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		n, nerr := strconv.ParseUint(s, 10, 32)
+		if nerr != nil {
+			return 0, errors.New("wait: seconds, or a duration such as 25s")
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d < 0 {
+		return 0, errors.New("wait: not negative")
+	}
+	return min(d, limit), nil
+}
+
+// maxSmallBody bounds the bodies the agent reads itself: a refresh
+// request, a stable_token call.
+const maxSmallBody = 4 << 10
+
+func (a *Agent) serveRefresh(x *exchange, key string) {
+	stale, err := staleRevision(x.r)
+	if err != nil {
+		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+		return
+	}
+	f := a.lookup(x, key)
+	if f == nil {
+		return
+	}
+	t, ok := a.refresh(x, f, stale, "agent API")
+	if !ok {
+		return
+	}
+	c := newCredential(key, t, time.Now())
+	refreshed := t.Revision > stale
+	c.Refreshed = &refreshed
+	x.header().Set("ETag", etag(t.Revision))
+	x.writeJSON(http.StatusOK, c)
+}
+
+// staleRevision reads a refresh request's stale_revision, from the query or
+// from a JSON body.
+func staleRevision(r *http.Request) (uint64, error) {
+	const need = `stale_revision: the revision WeChat rejected, as {"stale_revision":N} or ?stale_revision=N`
+	if s := r.URL.Query().Get("stale_revision"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, errors.New(need)
+		}
+		return n, nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxSmallBody))
+	if err != nil {
+		return 0, errors.New("the body is over 4 KiB, or did not arrive")
+	}
+	var req struct {
+		StaleRevision *uint64 `json:"stale_revision"`
+	}
+	if json.Unmarshal(body, &req) != nil || req.StaleRevision == nil {
+		return 0, errors.New(need)
+	}
+	return *req.StaleRevision, nil
+}
+
+// refresh asks the refresher to replace revision stale of f's key and
+// waits for the new value; it answers the failure itself.
+func (a *Agent) refresh(x *exchange, f *followed, stale uint64, reason string) (subscriber.Token, bool) {
+	t, err := a.askRefresh(x.r.Context(), f, stale, reason)
+	switch {
+	case err == nil:
+		return t, true
+	case errors.Is(err, subscriber.ErrRateLimited):
+		x.fail(http.StatusTooManyRequests, "rate_limited", "%v", err)
+	case errors.Is(err, subscriber.ErrUnknownApp):
+		x.fail(http.StatusNotFound, "unknown_key", "the refresher keeps no %s", f.key)
+	case errors.Is(err, subscriber.ErrUpstream):
+		x.fail(http.StatusBadGateway, "upstream", "%v", err)
+	default:
+		x.fail(http.StatusServiceUnavailable, "unavailable", "no new value within %s: %v", a.cfg.RefreshTimeout, err)
+	}
+	return t, false
+}
+
+// askRefresh asks the refresher to replace revision stale of f's key, and
+// returns the value held once it has, within RefreshTimeout.
+func (a *Agent) askRefresh(ctx context.Context, f *followed, stale uint64, reason string) (subscriber.Token, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.RefreshTimeout)
+	defer cancel()
+	t, err := f.sub.Refresh(ctx, stale)
+	a.metrics.refreshed(err)
+	if err != nil {
+		a.log.Warn("refresh failed", "key", f.key, "stale_revision", stale, "for", reason, "error", err)
+	}
+	return t, err
+}
+
+func (a *Agent) serveJSSDK(x *exchange, key, which string) {
+	if _, kind := kv.SplitKey(key); kind != kv.KindToken {
+		x.fail(http.StatusNotFound, "unknown_key", "/v1/jssdk/{key}/: the key is an appid or a WeCom corpid-agent, not %.80q", key)
+		return
+	}
+	page := x.r.URL.Query().Get("url")
+	if page == "" {
+		x.fail(http.StatusBadRequest, "bad_request", "url: the page's URL, as location.href.split('#')[0] gives it")
+		return
+	}
+	var config any
+	var err error
+	if which == "config" {
+		f := a.lookup(x, kv.Key(key, kv.KindJSAPITicket))
+		if f == nil {
+			return
+		}
+		config, err = jssdk.Sign(f.sub, page)
+	} else {
+		f := a.lookup(x, kv.Key(key, kv.KindAgentConfigTicket))
+		if f == nil {
+			return
+		}
+		config, err = jssdk.SignAgentConfig(f.sub, page)
+	}
+	switch {
+	case errors.Is(err, subscriber.ErrExpired):
+		x.fail(http.StatusServiceUnavailable, "expired", "%v", err)
+	case errors.Is(err, subscriber.ErrClosed):
+		x.fail(http.StatusServiceUnavailable, "unavailable", "%v", err)
+	case err != nil:
+		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+	default:
+		x.writeJSON(http.StatusOK, config)
+	}
+}

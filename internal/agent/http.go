@@ -1,0 +1,193 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// Request limits. The header limit is the server's (http.Server's
+// MaxHeaderBytes, set by Server); the URL's is checked here.
+const (
+	MaxHeaderBytes = 16 << 10
+	maxURL         = 4 << 10
+	// HeaderTimeout bounds the wait for a request's headers.
+	HeaderTimeout = 5 * time.Second
+)
+
+// exchange is one request, its caller and what the metrics say of it.
+type exchange struct {
+	w       http.ResponseWriter
+	r       *http.Request
+	caller  caller
+	class   string // the path class, for the metrics
+	outcome string
+	status  int
+}
+
+func (x *exchange) header() http.Header { return x.w.Header() }
+
+func (x *exchange) writeHeader(status int) {
+	x.status = status
+	x.w.WriteHeader(status)
+}
+
+// writeJSON answers v with status.
+func (x *exchange) writeJSON(status int, v any) {
+	x.header().Set("Content-Type", "application/json; charset=utf-8")
+	x.header().Set("Cache-Control", "no-store")
+	x.writeHeader(status)
+	json.NewEncoder(x.w).Encode(v)
+}
+
+// fail answers the own API's error shape.
+func (x *exchange) fail(status int, code, format string, args ...any) {
+	x.outcome = code
+	x.writeJSON(status, map[string]any{"error": map[string]string{"code": code, "message": fmt.Sprintf(format, args...)}})
+}
+
+// wechatError answers WeChat's error shape: an SDK reads errcode, whatever
+// the status.
+func (x *exchange) wechatError(status, errcode int, outcome, format string, args ...any) {
+	x.outcome = outcome
+	x.writeJSON(status, map[string]any{"errcode": errcode, "errmsg": "wxtoken agent: " + fmt.Sprintf(format, args...)})
+}
+
+// Handler returns the agent's HTTP handler.
+func (a *Agent) Handler() http.Handler { return http.HandlerFunc(a.serveHTTP) }
+
+// Server returns an http.Server for the agent's handler with its limits:
+// headers within HeaderTimeout and MaxHeaderBytes, idle connections
+// closed after a minute.
+func (a *Agent) Server() *http.Server {
+	return &http.Server{
+		Handler:           a.Handler(),
+		ReadHeaderTimeout: HeaderTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		IdleTimeout:       time.Minute,
+		// A bad request (a TLS handshake that failed, say) is the
+		// client's problem, not the agent's.
+		ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+}
+
+func (a *Agent) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	x := &exchange{w: w, r: r, class: "other", outcome: "ok", status: http.StatusOK}
+	defer a.metrics.observe(x)
+
+	// A body must arrive within BodyTimeout: a client sending a byte a
+	// second is cut off. An answer must be taken within the longest a
+	// request may take here.
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(start.Add(a.cfg.BodyTimeout))
+	rc.SetWriteDeadline(start.Add(a.cfg.BodyTimeout + a.cfg.MaxWait + 2*a.cfg.UpstreamTimeout + a.cfg.RefreshTimeout))
+
+	switch r.URL.Path {
+	case "/healthz", "/readyz", "/metrics":
+		x.class = "ops"
+		a.serveOps(x)
+		return
+	}
+	if len(r.RequestURI) > maxURL {
+		x.class = "bad"
+		x.wechatError(http.StatusRequestURITooLong, -1, "bad_request", "the URL is over %d bytes", maxURL)
+		return
+	}
+	if why := badPath(r); why != "" {
+		x.class = "bad"
+		x.wechatError(http.StatusBadRequest, -1, "bad_request", "bad path: %s", why)
+		return
+	}
+	c, ok := a.clients.identify(r)
+	if !ok {
+		x.class = "bad"
+		x.header().Set("WWW-Authenticate", `Bearer realm="wxtoken agent"`)
+		x.wechatError(http.StatusUnauthorized, -1, "unauthorized", "unauthorized: send Authorization: Bearer TOKEN with a token of the auth file")
+		return
+	}
+	x.caller = c
+	path := collapseSlashes(r.URL.Path)
+	if rest, ok := strings.CutPrefix(path, "/v1/"); ok {
+		a.serveAPI(x, rest)
+		return
+	}
+	key := ""
+	if rest, ok := strings.CutPrefix(path, "/app/"); ok {
+		var tail string
+		key, tail, _ = strings.Cut(rest, "/")
+		_, kind := kv.SplitKey(key)
+		if kv.ValidateKey(key) != nil || kind != kv.KindToken {
+			x.class = "bad"
+			x.wechatError(http.StatusNotFound, 40013, "unknown_key", "/app/KEY/: %.64q is not an appid or a WeCom corpid-agent", key)
+			return
+		}
+		path = "/" + tail
+	}
+	a.serveWeChat(x, key, path)
+}
+
+// badPath says what is wrong with a path that could not be WeChat's, or
+// could mean another one once cleaned: dot segments, escaped slashes,
+// backslashes and control characters. (Empty segments are not: SDKs make
+// them, joining a base URL ending in "/" to "/cgi-bin/..."; the path is
+// read with them collapsed.)
+func badPath(r *http.Request) string {
+	p, raw := r.URL.Path, strings.ToLower(r.URL.EscapedPath())
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		return "not absolute"
+	case strings.Contains(raw, "%2f") || strings.Contains(raw, "%5c") || strings.Contains(p, `\`):
+		return "an escaped slash or a backslash"
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "." || seg == ".." {
+			return "a dot segment"
+		}
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] < 0x20 || p[i] == 0x7f {
+			return "a control character"
+		}
+	}
+	return ""
+}
+
+// collapseSlashes makes every run of slashes in p one.
+func collapseSlashes(p string) string {
+	if !strings.Contains(p, "//") {
+		return p
+	}
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '/' && i > 0 && p[i-1] == '/' {
+			continue
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
+}
+
+func (a *Agent) serveOps(x *exchange) {
+	switch x.r.URL.Path {
+	case "/healthz":
+		x.header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(x.w, "ok")
+	case "/readyz":
+		x.header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := a.Ready(); err != nil {
+			x.outcome = "not_ready"
+			x.writeHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(x.w, "not ready:", err)
+			return
+		}
+		fmt.Fprintln(x.w, "ok")
+	case "/metrics":
+		a.metrics.handler.ServeHTTP(x.w, x.r)
+	}
+}

@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wxtoken/wxtoken/subscriber"
+)
+
+// metrics are the agent's Prometheus metrics. No label holds a token, a
+// URL or a client's name: path classes and outcomes only.
+type metrics struct {
+	requests  *prometheus.CounterVec
+	proxy     prometheus.Histogram
+	retries   prometheus.Counter
+	refreshes *prometheus.CounterVec
+	polls     prometheus.Gauge
+	handler   http.Handler
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxtoken_agent_requests_total",
+			Help: "Requests to the agent, by path class (read, refresh, jssdk, wechat_token, wechat_ticket, proxy, ops, bad, other) and outcome.",
+		}, []string{"class", "outcome"}),
+		proxy: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "wxtoken_agent_proxy_duration_seconds",
+			Help:    "Time of a proxied WeChat call, from sending it to WeChat's answer, a retry included.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wxtoken_agent_proxy_retries_total",
+			Help: "Proxied calls sent again with a new token after WeChat rejected the one used (40001, 40014, 42001).",
+		}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxtoken_agent_refreshes_total",
+			Help: "Refreshes the agent asked the refresher for, by outcome (ok, rate_limited, upstream, unknown_key, unavailable).",
+		}, []string{"outcome"}),
+		polls: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wxtoken_agent_long_polls",
+			Help: "Long polls waiting for a new value.",
+		}),
+	}
+	g := prometheus.NewRegistry()
+	if reg == nil {
+		reg = g
+	}
+	reg.MustRegister(m.requests, m.proxy, m.retries, m.refreshes, m.polls)
+	gatherer := prometheus.Gatherer(g)
+	if r, ok := reg.(prometheus.Gatherer); ok {
+		gatherer = r
+	}
+	m.handler = promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{})
+	return m
+}
+
+func (m *metrics) observe(x *exchange) {
+	m.requests.WithLabelValues(x.class, x.outcome).Inc()
+}
+
+func (m *metrics) proxied(d time.Duration) { m.proxy.Observe(d.Seconds()) }
+
+func (m *metrics) retried() { m.retries.Inc() }
+
+func (m *metrics) refreshed(err error) {
+	outcome := "ok"
+	switch {
+	case err == nil:
+	case errors.Is(err, subscriber.ErrRateLimited):
+		outcome = "rate_limited"
+	case errors.Is(err, subscriber.ErrUpstream):
+		outcome = "upstream"
+	case errors.Is(err, subscriber.ErrUnknownApp):
+		outcome = "unknown_key"
+	default:
+		outcome = "unavailable"
+	}
+	m.refreshes.WithLabelValues(outcome).Inc()
+}
