@@ -3,7 +3,6 @@ package fakewechat
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"net/http"
 	"strconv"
@@ -118,8 +117,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]any{"total": 2, "count": 2,
 			"data": map[string]any{"openid": []string{"oFAKE0000000000000000000001", "oFAKE0000000000000000000002"}}, "next_openid": "oFAKE0000000000000000000002"})
 	case PathUploadMedia:
-		w.Header().Set("Content-Type", "application/json; encoding=utf-8")
-		json.NewEncoder(w).Encode(map[string]any{"type": r.URL.Query().Get("type"),
+		writeJSON(w, map[string]any{"type": r.URL.Query().Get("type"),
 			"media_id": "MEDIA_" + strconv.FormatInt(n, 10), "created_at": s.cfg.Now().Unix()})
 	}
 }

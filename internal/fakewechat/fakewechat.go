@@ -527,9 +527,11 @@ func errReply(code int, msg string) map[string]any {
 	return map[string]any{"errcode": code, "errmsg": msg + " rid: 6571f2a1-" + strconv.Itoa(rand.IntN(1e6))}
 }
 
+// writeJSON answers v as WeChat does: JSON with no newline after it.
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json; encoding=utf-8")
-	json.NewEncoder(w).Encode(v)
+	b, _ := json.Marshal(v)
+	w.Write(b)
 }
 
 // chinaTime is UTC+8, the zone WeChat's daily quota resets in.
