@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -96,8 +97,8 @@ func secondsLeft(t subscriber.Token, now time.Time) int64 {
 func etag(revision uint64) string { return `"` + strconv.FormatUint(revision, 10) + `"` }
 
 // usable answers why the key's value cannot be used, if it cannot.
-func usable(x *exchange, f *followed) (subscriber.Token, bool) {
-	t, err := f.sub.Current()
+func (a *Agent) usable(x *exchange, f *followed) (subscriber.Token, bool) {
+	t, err := a.current(x.r.Context(), f)
 	switch {
 	case errors.Is(err, subscriber.ErrExpired):
 		x.fail(http.StatusServiceUnavailable, "expired", "the value of %s expired at %s and was not replaced (is the refresher running?)",
@@ -108,6 +109,31 @@ func usable(x *exchange, f *followed) (subscriber.Token, bool) {
 		return t, false
 	}
 	return t, true
+}
+
+// expiredGrace is how long a request waits for the successor of a value
+// that has just expired. WeChat gives the same ticket (and WeCom the same
+// token) until it expires, so the refresher can replace one only after:
+// its successor comes within a second or so.
+const expiredGrace = 3 * time.Second
+
+// current returns the key's value, waiting up to expiredGrace for the
+// successor of one that has expired. A value still expired after that is
+// logged, once.
+func (a *Agent) current(ctx context.Context, f *followed) (subscriber.Token, error) {
+	t, err := f.sub.Current()
+	if !errors.Is(err, subscriber.ErrExpired) {
+		return t, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, expiredGrace)
+	f.waitNewer(wctx, t.Revision, a.draining)
+	cancel()
+	t, err = f.sub.Current()
+	if errors.Is(err, subscriber.ErrExpired) && f.warnExpired(t.Revision) {
+		a.log.Warn("serving no value: it expired and was not replaced (is the refresher running?)",
+			"key", f.key, "revision", t.Revision, "expired_at", t.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	return t, err
 }
 
 func (a *Agent) serveRead(x *exchange, key string) {
@@ -145,7 +171,7 @@ func (a *Agent) serveRead(x *exchange, key string) {
 		a.metrics.polls.Dec()
 		cancel()
 	}
-	t, ok := usable(x, f)
+	t, ok := a.usable(x, f)
 	if !ok {
 		return
 	}
@@ -167,7 +193,8 @@ func (a *Agent) serveRead(x *exchange, key string) {
 }
 
 // namedRevision returns the revision a read names as seen: ?after=N, or
-// If-None-Match with the ETag of one (the newest, if it lists several).
+// If-None-Match with the ETag of one (the newest, if it lists several);
+// "*" names every revision.
 func namedRevision(r *http.Request) (uint64, bool, error) {
 	if after := r.URL.Query().Get("after"); after != "" {
 		n, err := strconv.ParseUint(after, 10, 64)
@@ -178,7 +205,11 @@ func namedRevision(r *http.Request) (uint64, bool, error) {
 	}
 	var seen uint64
 	conditional := false
-	for _, tag := range strings.Split(r.Header.Get("If-None-Match"), ",") {
+	inm := r.Header.Get("If-None-Match")
+	if strings.TrimSpace(inm) == "*" {
+		return math.MaxUint64, true, nil // any value held matches
+	}
+	for _, tag := range strings.Split(inm, ",") {
 		tag = strings.Trim(strings.TrimPrefix(strings.TrimSpace(tag), "W/"), `"`)
 		if n, err := strconv.ParseUint(tag, 10, 64); err == nil {
 			seen, conditional = max(seen, n), true
@@ -269,10 +300,19 @@ func (a *Agent) refresh(x *exchange, f *followed, stale uint64, reason string) (
 		x.fail(http.StatusNotFound, "unknown_key", "the refresher keeps no %s", f.key)
 	case errors.Is(err, subscriber.ErrUpstream):
 		x.fail(http.StatusBadGateway, "upstream", "%v", err)
+	case refusedAsBad(err):
+		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
 	default:
 		x.fail(http.StatusServiceUnavailable, "unavailable", "no new value within %s: %v", a.cfg.RefreshTimeout, err)
 	}
 	return t, false
+}
+
+// refusedAsBad reports whether the refresher refused the request itself
+// (a stale revision newer than the current one, say).
+func refusedAsBad(err error) bool {
+	var refused *subscriber.RefreshError
+	return errors.As(err, &refused) && refused.Code == kv.CodeBadRequest
 }
 
 // askRefresh asks the refresher to replace revision stale of f's key, and

@@ -132,14 +132,6 @@ func (c caller) may(key string) bool {
 	return c.client == nil || slices.Contains(c.client.Keys, AllKeys) || slices.Contains(c.client.Keys, key)
 }
 
-// name is the caller's name for the log.
-func (c caller) name() string {
-	if c.client == nil {
-		return ""
-	}
-	return c.client.Name
-}
-
 // identify returns the request's caller; ok is false when the agent has
 // clients and the request names none of them.
 func (cs *clientSet) identify(r *http.Request) (c caller, ok bool) {

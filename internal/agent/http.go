@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,8 +42,12 @@ func (x *exchange) writeHeader(status int) {
 func (x *exchange) writeJSON(status int, v any) {
 	x.header().Set("Content-Type", "application/json; charset=utf-8")
 	x.header().Set("Cache-Control", "no-store")
+	// No newline after the JSON, as WeChat writes none: an SDK that
+	// escapes control characters before parsing chokes on one.
+	b, _ := json.Marshal(v)
+	x.header().Set("Content-Length", strconv.Itoa(len(b)))
 	x.writeHeader(status)
-	json.NewEncoder(x.w).Encode(v)
+	x.w.Write(b)
 }
 
 // fail answers the own API's error shape.

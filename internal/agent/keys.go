@@ -38,6 +38,18 @@ type followed struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when a new value is held
 	recent  []string      // a token key's values before the current one, newest first
+	warned  uint64        // the last revision logged as served expired
+}
+
+// warnExpired reports whether revision's expiry is yet to be logged.
+func (f *followed) warnExpired(revision uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.warned == revision {
+		return false
+	}
+	f.warned = revision
+	return true
 }
 
 // recentTokens is how many of a key's earlier tokens are still known as
@@ -236,7 +248,7 @@ func (ks *keySet) ofToken(token string) (string, bool) {
 	}
 	// A rotation not yet taken in by rotated.
 	for key, f := range ks.held {
-		if f.sub.Token().Value == token {
+		if _, kind := kv.SplitKey(key); kind == kv.KindToken && f.sub.Token().Value == token {
 			return key, true
 		}
 	}

@@ -145,7 +145,7 @@ func (a *Agent) answerToken(x *exchange, f *followed, wecom bool) {
 // wechatUsable is usable with WeChat's answers: -1, system busy, while the
 // value has expired.
 func (a *Agent) wechatUsable(x *exchange, f *followed) (subscriber.Token, bool) {
-	t, err := f.sub.Current()
+	t, err := a.current(x.r.Context(), f)
 	if err != nil {
 		x.wechatError(http.StatusOK, -1, "expired", "system busy: the value of %s expired and was not replaced (is the refresher running?)", f.key)
 		return t, false
@@ -198,6 +198,10 @@ func (a *Agent) serveTicket(x *exchange, prefixKey string, wecom bool, kind stri
 		return
 	}
 	key := prefixKey
+	if token := x.r.URL.Query().Get("access_token"); key == "" && token == "" {
+		x.wechatError(http.StatusOK, 41001, "bad_request", "access_token missing")
+		return
+	}
 	if key == "" {
 		var ok bool
 		key, ok = a.keys.ofToken(x.r.URL.Query().Get("access_token"))
