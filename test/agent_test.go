@@ -583,3 +583,42 @@ func TestAgentWaitsForTheSuccessorOfAnExpiredTicket(t *testing.T) {
 		t.Errorf("a read as the ticket expired = %d %s, want its successor (revision > %d)", got.status, got.body, first.Revision)
 	}
 }
+
+// TestAgentKeepAliveOutlivesALongPoll: a long poll lasting past
+// --body-timeout leaves its connection fit for the next requests.
+func TestAgentKeepAliveOutlivesALongPoll(t *testing.T) {
+	sys := startAgentSystem(t, agentSystemOptions{WeChat: fakewechat.Config{ExpiresIn: time.Hour},
+		AgentArgs: []string{"--body-timeout", "1s", "--max-wait", "2s"}})
+	ctx := testenv.Context(t, 30*time.Second)
+	var dials atomic.Int32
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}}
+	do := func(method, path string, body io.Reader, header ...string) answer {
+		req, _ := http.NewRequestWithContext(ctx, method, sys.URL+path, body)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return answer{status: resp.StatusCode, header: resp.Header, body: b}
+	}
+	first := do("GET", "/v1/credentials/"+sys.AppID, nil)
+	if got := do("GET", "/v1/credentials/"+sys.AppID+"?wait=2", nil, "If-None-Match", first.header.Get("ETag")); got.status != http.StatusNotModified {
+		t.Fatalf("the long poll = %d", got.status)
+	}
+	if got := do("GET", "/app/"+sys.AppID+"/cgi-bin/user/get", nil); got.status != http.StatusOK || !bytes.Contains(got.body, []byte(`"total":2`)) {
+		t.Errorf("a proxied call after the long poll, on its connection = %d %q, want WeChat's answer", got.status, got.body)
+	}
+	if got := do("POST", "/v1/credentials/"+sys.AppID+"/refresh", strings.NewReader(fmt.Sprintf(`{"stale_revision":%s}`, strings.Trim(first.header.Get("ETag"), `"`)))); got.status != http.StatusOK {
+		t.Errorf("a refresh after the long poll, on its connection = %d %s", got.status, got.body)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d connections for the three requests, want one kept alive", n)
+	}
+}

@@ -151,15 +151,21 @@ func agentCommand(args []string, getenv func(string) string, stdout, stderr io.W
 	case <-ctx.Done():
 		log.Info("stopping: draining requests")
 	case err := <-lost:
-		log.Error("stopping", "error", err)
+		// Not a clean stop: the exit status says so, and a supervisor
+		// starts the agent again.
+		srv.Close()
+		return err
 	case err := <-served:
 		return fmt.Errorf("serving HTTP: %w", err)
 	}
+	// Long polls answer now; a proxied call may take two calls to WeChat
+	// and a refresh between them.
 	a.Drain()
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), 2*f.cfg.UpstreamTimeout+f.cfg.RefreshTimeout+5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Warn("requests still under way at shutdown", "error", err)
+		srv.Close()
+		return fmt.Errorf("requests still under way when the drain ran out: %w", err)
 	}
 	log.Info("stopped")
 	return nil
@@ -194,8 +200,8 @@ func (f *agentFlags) configure() error {
 		*b.dst = u
 	}
 	switch {
-	case f.cfg.MaxRetryBody < 0 || f.cfg.MaxBody <= 0:
-		return usagef("--max-retry-body and --max-body: bytes, not negative")
+	case f.cfg.MaxRetryBody <= 0 || f.cfg.MaxBody <= 0:
+		return usagef("--max-retry-body and --max-body: a positive number of bytes")
 	case f.cfg.MaxRetryBody > f.cfg.MaxBody:
 		return usagef("--max-retry-body is over --max-body")
 	case f.cfg.UpstreamTimeout <= 0 || f.cfg.RefreshTimeout <= 0 || f.cfg.MaxWait <= 0 || f.cfg.BodyTimeout <= 0:

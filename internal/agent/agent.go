@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,8 +34,8 @@ type Config struct {
 	Bucket        string // kv.DefaultBucket
 	SubjectPrefix string // kv.DefaultSubjectPrefix
 
-	WeChatBase *url.URL // where API calls are forwarded; DefaultWeChatBase
-	WeComBase  *url.URL // the same for WeCom keys; DefaultWeComBase
+	WeChatBase *url.URL // where API calls are forwarded; required
+	WeComBase  *url.URL // the same for WeCom keys; required
 
 	Clients []Client // who may call, and which keys each may use; none: anyone, every key
 
@@ -45,15 +46,11 @@ type Config struct {
 	MaxWait         time.Duration // the longest long poll; 60s
 	BodyTimeout     time.Duration // a request's body must arrive within this; 60s
 
-	Logger   *slog.Logger          // silent by default
-	Registry prometheus.Registerer // the agent's metrics; none: not registered
+	Logger *slog.Logger // silent by default
+	// Registry gets the agent's metrics, and /metrics serves all it
+	// has; none: a registry of the agent's own.
+	Registry *prometheus.Registry
 }
-
-// Defaults of Config.
-var (
-	DefaultWeChatBase = &url.URL{Scheme: "https", Host: "api.weixin.qq.com"}
-	DefaultWeComBase  = &url.URL{Scheme: "https", Host: "qyapi.weixin.qq.com"}
-)
 
 const (
 	defaultMaxRetryBody    = 1 << 20
@@ -75,6 +72,7 @@ type Agent struct {
 
 	ctx      context.Context // ends with Close
 	cancel   context.CancelFunc
+	running  sync.Once
 	draining chan struct{} // closed by Drain: long polls answer at once
 }
 
@@ -97,19 +95,21 @@ func New(cfg Config) (*Agent, error) {
 	if err := kv.ValidateSubjectPrefix(cfg.SubjectPrefix); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	for name, base := range map[string]**url.URL{"WeChat": &cfg.WeChatBase, "WeCom": &cfg.WeComBase} {
-		if *base == nil {
-			continue
+	for name, base := range map[string]*url.URL{"WeChat": cfg.WeChatBase, "WeCom": cfg.WeComBase} {
+		if base == nil {
+			return nil, fmt.Errorf("agent: no %s base URL", name)
 		}
-		if err := checkBase(*base); err != nil {
+		if err := checkBase(base); err != nil {
 			return nil, fmt.Errorf("agent: the %s base URL: %w", name, err)
 		}
 	}
-	if cfg.WeChatBase == nil {
-		cfg.WeChatBase = DefaultWeChatBase
+	for _, d := range []time.Duration{cfg.UpstreamTimeout, cfg.RefreshTimeout, cfg.MaxWait, cfg.BodyTimeout} {
+		if d < 0 {
+			return nil, fmt.Errorf("agent: a negative timeout, %s", d)
+		}
 	}
-	if cfg.WeComBase == nil {
-		cfg.WeComBase = DefaultWeComBase
+	if cfg.MaxRetryBody < 0 || cfg.MaxBody < 0 {
+		return nil, errors.New("agent: a negative body limit")
 	}
 	cfg.MaxRetryBody = cmp.Or(cfg.MaxRetryBody, defaultMaxRetryBody)
 	cfg.MaxBody = cmp.Or(cfg.MaxBody, defaultMaxBody)
@@ -156,8 +156,9 @@ func checkBase(u *url.URL) error {
 	return nil
 }
 
-// Run follows the keys until Close. It returns at once.
-func (a *Agent) Run() { a.keys.start(a.ctx) }
+// Run follows the keys until Close. It returns at once; a second call does
+// nothing.
+func (a *Agent) Run() { a.running.Do(func() { a.keys.start(a.ctx) }) }
 
 // Ready says why the agent cannot serve every key yet, or nil once it
 // holds a value of each.

@@ -94,16 +94,16 @@ func TestListenGuardsTheNetwork(t *testing.T) {
 
 func TestListenReplacesAStaleSocketOnly(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
-	ln, err := Listen(UnixPrefix+sock, ListenOptions{})
+	ln, err := Listen(unixPrefix+sock, ListenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Listen(UnixPrefix+sock, ListenOptions{}); err == nil || !strings.Contains(err.Error(), "in use") {
+	if _, err := Listen(unixPrefix+sock, ListenOptions{}); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("a second agent on a socket in use: %v, want refused", err)
 	}
 	ln.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
 	ln.Close() // as an agent that died would leave it
-	ln, err = Listen(UnixPrefix+sock, ListenOptions{})
+	ln, err = Listen(unixPrefix+sock, ListenOptions{})
 	if err != nil {
 		t.Fatalf("a stale socket was not replaced: %v", err)
 	}

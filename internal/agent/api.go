@@ -243,7 +243,7 @@ func parseWait(s string, limit time.Duration) (time.Duration, error) {
 const maxSmallBody = 4 << 10
 
 func (a *Agent) serveRefresh(x *exchange, key string) {
-	stale, err := staleRevision(x.r)
+	stale, err := staleRevision(x)
 	if err != nil {
 		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
 		return
@@ -265,7 +265,8 @@ func (a *Agent) serveRefresh(x *exchange, key string) {
 
 // staleRevision reads a refresh request's stale_revision, from the query or
 // from a JSON body.
-func staleRevision(r *http.Request) (uint64, error) {
+func staleRevision(x *exchange) (uint64, error) {
+	r := x.r
 	const need = `stale_revision: the revision WeChat rejected, as {"stale_revision":N} or ?stale_revision=N`
 	if s := r.URL.Query().Get("stale_revision"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 64)
@@ -284,6 +285,7 @@ func staleRevision(r *http.Request) (uint64, error) {
 	if json.Unmarshal(body, &req) != nil || req.StaleRevision == nil {
 		return 0, errors.New(need)
 	}
+	bodyRead(x)
 	return *req.StaleRevision, nil
 }
 

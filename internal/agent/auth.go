@@ -24,8 +24,8 @@ type Client struct {
 	Keys        []string
 }
 
-// AllKeys in a Client's Keys lets it use every key.
-const AllKeys = "*"
+// allKeys in a Client's Keys lets it use every key.
+const allKeys = "*"
 
 // minTokenLength is the shortest bearer token an auth file may give.
 const minTokenLength = 16
@@ -113,7 +113,7 @@ func newClientSet(clients []Client) (*clientSet, error) {
 		}
 		names[c.Name], tokens[c.TokenSHA256] = true, true
 		for _, key := range c.Keys {
-			if key == AllKeys {
+			if key == allKeys {
 				continue
 			}
 			if err := kv.ValidateKey(key); err != nil {
@@ -129,7 +129,7 @@ type caller struct{ client *Client }
 
 // may reports whether the caller may use key.
 func (c caller) may(key string) bool {
-	return c.client == nil || slices.Contains(c.client.Keys, AllKeys) || slices.Contains(c.client.Keys, key)
+	return c.client == nil || slices.Contains(c.client.Keys, allKeys) || slices.Contains(c.client.Keys, key)
 }
 
 // identify returns the request's caller; ok is false when the agent has

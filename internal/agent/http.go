@@ -12,13 +12,13 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// Request limits. The header limit is the server's (http.Server's
-// MaxHeaderBytes, set by Server); the URL's is checked here.
+// Request limits. The header limit is the server's: net/http reads 4 KiB
+// past MaxHeaderBytes, so a request line and headers of 16 KiB pass and
+// more get 431. The URL's is checked here.
 const (
-	MaxHeaderBytes = 16 << 10
+	maxHeaderBytes = 12 << 10
 	maxURL         = 4 << 10
-	// HeaderTimeout bounds the wait for a request's headers.
-	HeaderTimeout = 5 * time.Second
+	headerTimeout  = 5 * time.Second // for a request's headers to arrive
 )
 
 // exchange is one request, its caller and what the metrics say of it.
@@ -28,15 +28,11 @@ type exchange struct {
 	caller  caller
 	class   string // the path class, for the metrics
 	outcome string
-	status  int
 }
 
 func (x *exchange) header() http.Header { return x.w.Header() }
 
-func (x *exchange) writeHeader(status int) {
-	x.status = status
-	x.w.WriteHeader(status)
-}
+func (x *exchange) writeHeader(status int) { x.w.WriteHeader(status) }
 
 // writeJSON answers v with status.
 func (x *exchange) writeJSON(status int, v any) {
@@ -67,13 +63,12 @@ func (x *exchange) wechatError(status, errcode int, outcome, format string, args
 func (a *Agent) Handler() http.Handler { return http.HandlerFunc(a.serveHTTP) }
 
 // Server returns an http.Server for the agent's handler with its limits:
-// headers within HeaderTimeout and MaxHeaderBytes, idle connections
-// closed after a minute.
+// headers within 5 s and 16 KiB, idle connections closed after a minute.
 func (a *Agent) Server() *http.Server {
 	return &http.Server{
 		Handler:           a.Handler(),
-		ReadHeaderTimeout: HeaderTimeout,
-		MaxHeaderBytes:    MaxHeaderBytes,
+		ReadHeaderTimeout: headerTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       time.Minute,
 		// A bad request (a TLS handshake that failed, say) is the
 		// client's problem, not the agent's.
@@ -82,16 +77,25 @@ func (a *Agent) Server() *http.Server {
 }
 
 func (a *Agent) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	x := &exchange{w: w, r: r, class: "other", outcome: "ok", status: http.StatusOK}
+	x := &exchange{w: w, r: r, class: "other", outcome: "ok"}
 	defer a.metrics.observe(x)
 
 	// A body must arrive within BodyTimeout: a client sending a byte a
-	// second is cut off. An answer must be taken within the longest a
-	// request may take here.
+	// second is cut off. (Only a body: for a request with none, net/http
+	// already reads the connection to see it close, and a deadline there
+	// would end the connection, and every later request on it.) An answer
+	// must be taken within the longest a request may take here. The
+	// deadlines are the connection's: the write deadline ends with the
+	// request, the read deadline once the body is in.
 	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(start.Add(a.cfg.BodyTimeout))
-	rc.SetWriteDeadline(start.Add(a.cfg.BodyTimeout + a.cfg.MaxWait + 2*a.cfg.UpstreamTimeout + a.cfg.RefreshTimeout))
+	start := time.Now()
+	if r.Body != http.NoBody {
+		// Lifted by bodyRead once the body is in; a body not read whole
+		// keeps it, and net/http's discarding the rest is cut off too.
+		rc.SetReadDeadline(start.Add(a.cfg.BodyTimeout))
+	}
+	rc.SetWriteDeadline(start.Add(a.cfg.BodyTimeout + a.cfg.MaxWait + a.longestCall()))
+	defer rc.SetWriteDeadline(time.Time{})
 
 	switch r.URL.Path {
 	case "/healthz", "/readyz", "/metrics":
@@ -129,7 +133,7 @@ func (a *Agent) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		_, kind := kv.SplitKey(key)
 		if kv.ValidateKey(key) != nil || kind != kv.KindToken {
 			x.class = "bad"
-			x.wechatError(http.StatusNotFound, 40013, "unknown_key", "/app/KEY/: %.64q is not an appid or a WeCom corpid-agent", key)
+			x.wechatError(http.StatusOK, 40013, "unknown_key", "/app/KEY/: %.64q is not an appid or a WeCom corpid-agent", key)
 			return
 		}
 		path = "/" + tail
@@ -178,6 +182,15 @@ func collapseSlashes(p string) string {
 	return b.String()
 }
 
+// longestCall is the longest a proxied call may take: two calls to WeChat
+// and the wait for a new token between them.
+func (a *Agent) longestCall() time.Duration { return 2*a.cfg.UpstreamTimeout + a.cfg.RefreshTimeout }
+
+// bodyRead lifts a request's read deadline once its body is in whole: the
+// answer may take longer than the body took, and net/http reads on to see
+// the connection close.
+func bodyRead(x *exchange) { http.NewResponseController(x.w).SetReadDeadline(time.Time{}) }
+
 func (a *Agent) serveOps(x *exchange) {
 	switch x.r.URL.Path {
 	case "/healthz":
@@ -188,6 +201,11 @@ func (a *Agent) serveOps(x *exchange) {
 		if err := a.Ready(); err != nil {
 			x.outcome = "not_ready"
 			x.writeHeader(http.StatusServiceUnavailable)
+			if a.clients != nil {
+				// No key names to whoever asks: the log has them.
+				fmt.Fprintln(x.w, "not ready")
+				return
+			}
 			fmt.Fprintln(x.w, "not ready:", err)
 			return
 		}

@@ -26,6 +26,7 @@ type keySet struct {
 	held     map[string]*followed // the keys with a value in memory
 	byToken  map[string]string    // a token of ours, current or recent, -> its key
 	listed   bool                 // every key of the bucket is wanted (or --keys were given)
+	wasReady bool                 // as last logged
 	closed   bool
 	followed sync.WaitGroup // the goroutines starting subscribers
 }
@@ -37,7 +38,7 @@ type followed struct {
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when a new value is held
-	recent  []string      // a token key's values before the current one, newest first
+	recent  []string      // a token key's values, the current one first
 	warned  uint64        // the last revision logged as served expired
 }
 
@@ -110,6 +111,7 @@ func (ks *keySet) discover(ctx context.Context) {
 			}
 			ks.mu.Lock()
 			ks.listed = true
+			ks.logReadyLocked()
 			ks.mu.Unlock()
 			log.Info("serving every key in the bucket", "bucket", ks.a.cfg.Bucket, "keys", strings.Join(keys, ","))
 			break
@@ -158,6 +160,7 @@ func (ks *keySet) follow(ctx context.Context, key string) {
 		return
 	}
 	ks.wanted[key] = true
+	ks.wasReady = false // until this key is held too
 	ks.followed.Add(1)
 	go func() {
 		defer ks.followed.Done()
@@ -201,9 +204,16 @@ func (ks *keySet) subscribe(ctx context.Context, key string) {
 	}
 	ks.held[key] = f // its token is known as ours by rotated, and by ofToken until then
 	ks.a.log.Info("holding key", "key", key, "revision", f.sub.Token().Revision)
-	if ks.readyLocked() == nil {
+	ks.logReadyLocked()
+}
+
+// logReadyLocked logs the agent becoming ready. Callers hold ks.mu.
+func (ks *keySet) logReadyLocked() {
+	ready := ks.readyLocked() == nil
+	if ready && !ks.wasReady {
 		ks.a.log.Info("agent ready", "keys", strings.Join(ks.sortedLocked(), ","))
 	}
+	ks.wasReady = ready
 }
 
 // rotated takes in a key's new value: long polls are told, and a token is
@@ -255,12 +265,13 @@ func (ks *keySet) ofToken(token string) (string, bool) {
 	return "", false
 }
 
-// tokenKeys returns the access-token keys held, of WeCom or not.
+// tokenKeys returns the access-token keys served, held or not yet, of
+// WeCom or not.
 func (ks *keySet) tokenKeys(wecom bool) []string {
 	ks.mu.RLock()
 	defer ks.mu.RUnlock()
 	var keys []string
-	for key := range ks.held {
+	for key := range ks.wanted {
 		_, kind := kv.SplitKey(key)
 		_, _, isWeCom := kv.SplitWeComKey(key)
 		if kind == kv.KindToken && isWeCom == wecom {

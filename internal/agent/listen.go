@@ -18,15 +18,15 @@ type ListenOptions struct {
 	Insecure bool        // the operator lets a non-loopback address go without auth and TLS
 }
 
-// UnixPrefix marks a unix socket's path in a listen address.
-const UnixPrefix = "unix:"
+// unixPrefix marks a unix socket's path in a listen address.
+const unixPrefix = "unix:"
 
 // Listen opens the agent's listener on addr: "host:port", or
 // "unix:/path/agent.sock" for a unix socket (mode 0660, so that only its
 // owner and group may connect). An address other than loopback's serves
 // tokens to the network: it needs an auth file and TLS, or Insecure.
 func Listen(addr string, o ListenOptions) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, UnixPrefix); ok {
+	if path, ok := strings.CutPrefix(addr, unixPrefix); ok {
 		return listenUnix(path, o.TLS)
 	}
 	host, _, err := net.SplitHostPort(addr)

@@ -22,7 +22,7 @@ type metrics struct {
 	handler   http.Handler
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg *prometheus.Registry) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_agent_requests_total",
@@ -46,16 +46,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Long polls waiting for a new value.",
 		}),
 	}
-	g := prometheus.NewRegistry()
 	if reg == nil {
-		reg = g
+		reg = prometheus.NewRegistry()
 	}
 	reg.MustRegister(m.requests, m.proxy, m.retries, m.refreshes, m.polls)
-	gatherer := prometheus.Gatherer(g)
-	if r, ok := reg.(prometheus.Gatherer); ok {
-		gatherer = r
-	}
-	m.handler = promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{})
+	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,11 @@ var hopHeaders = map[string]bool{
 // else the only one the caller may use.
 func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	r := x.r
+	if r.Method != http.MethodGet && r.Method != http.MethodPost {
+		x.header().Set("Allow", "GET, POST")
+		x.wechatError(http.StatusMethodNotAllowed, -1, "bad_request", "WeChat's APIs are called with GET or POST, not %.16s", r.Method)
+		return
+	}
 	query, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		x.wechatError(http.StatusBadRequest, -1, "bad_request", "the query does not parse")
@@ -67,7 +73,7 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 		x.wechatError(http.StatusRequestEntityTooLarge, -1, "too_large", "the body is over %d bytes", a.cfg.MaxBody)
 		return
 	}
-	body, replayable, err := a.readBody(x)
+	body, err := a.readBody(x)
 	if err != nil {
 		return
 	}
@@ -75,19 +81,19 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	if !ok {
 		return
 	}
-	call := upstreamCall{client: a.upstream, method: r.Method, base: base, path: path, query: query, header: r.Header, timeout: a.cfg.UpstreamTimeout, streamed: r.ContentLength}
+	call := upstreamCall{client: a.upstream, method: r.Method, base: base, path: path, query: query, header: r.Header, timeout: a.cfg.UpstreamTimeout}
 	start := time.Now()
 	resp, done, err := call.do(r.Context(), t.Value, body)
-	if err == nil && replayable {
+	if body.buffered && err == nil {
 		var code int
-		code, resp, err = wechaterr.Peek(resp)
-		if err == nil && wechaterr.TokenRejected(code) {
+		if code, resp, err = wechaterr.Peek(resp); err != nil {
+			done()
+		} else if wechaterr.TokenRejected(code) {
 			fresh, rerr := a.askRefresh(r.Context(), f, t.Revision, "a proxied call got errcode "+strconv.Itoa(code))
 			if rerr == nil && fresh.Value != t.Value {
 				resp.Body.Close()
 				done()
 				a.metrics.retried()
-				body.(*bytes.Reader).Seek(0, io.SeekStart)
 				resp, done, err = call.do(r.Context(), fresh.Value, body)
 				t = fresh
 			}
@@ -98,10 +104,12 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 		a.upstreamFailed(x, err, t.Value)
 		return
 	}
+	bodyRead(x) // a streamed body has gone to WeChat by now
 	defer done()
 	defer resp.Body.Close()
+	connection := resp.Header.Values("Connection")
 	for k, vv := range resp.Header {
-		if !hopHeaders[k] {
+		if !hopHeaders[k] && !slices.ContainsFunc(connection, func(c string) bool { return strings.EqualFold(strings.TrimSpace(c), k) }) {
 			x.header()[k] = vv
 		}
 	}
@@ -125,7 +133,7 @@ func (a *Agent) callerOf(x *exchange, token string) string {
 		return ""
 	}
 	var mine []string
-	for _, key := range append(a.keys.tokenKeys(false), a.keys.tokenKeys(true)...) {
+	for _, key := range append(a.keys.tokenKeys(false), a.keys.tokenKeys(true)...) { // held or not yet
 		if x.caller.may(key) {
 			mine = append(mine, key)
 		}
@@ -137,43 +145,61 @@ func (a *Agent) callerOf(x *exchange, token string) string {
 	return ""
 }
 
-// readBody reads a body up to MaxRetryBody into memory, so that the call
-// can be sent again; a longer one streams through and is not retried.
-// It answers, and returns an error, when the body cannot be had.
-func (a *Agent) readBody(x *exchange) (body io.Reader, replayable bool, err error) {
+// requestBody is a call's body: kept in memory, so that the call can be
+// sent again, or streamed through from the client once.
+type requestBody struct {
+	buffered bool
+	data     []byte    // when buffered
+	stream   io.Reader // when not
+	length   int64     // the client's Content-Length of a streamed body; -1 unknown
+}
+
+// readBody reads a body up to MaxRetryBody into memory; a longer one
+// streams through and is not retried. It answers, and returns an error,
+// when the body cannot be had.
+func (a *Agent) readBody(x *exchange) (requestBody, error) {
 	r := x.r
 	limited := http.MaxBytesReader(x.w, r.Body, a.cfg.MaxBody)
 	if r.ContentLength > a.cfg.MaxRetryBody {
-		return limited, false, nil
+		return requestBody{stream: limited, length: r.ContentLength}, nil
 	}
 	head, err := io.ReadAll(io.LimitReader(limited, a.cfg.MaxRetryBody+1))
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
 		x.wechatError(http.StatusRequestEntityTooLarge, -1, "too_large", "the body is over %d bytes", a.cfg.MaxBody)
-		return nil, false, err
+		return requestBody{}, err
+	case err != nil && r.Context().Err() != nil:
+		x.outcome = "client_gone"
+		return requestBody{}, err
 	case err != nil:
 		x.wechatError(http.StatusRequestTimeout, -1, "bad_request", "the body did not arrive within %s", a.cfg.BodyTimeout)
-		return nil, false, err
+		return requestBody{}, err
 	case int64(len(head)) > a.cfg.MaxRetryBody: // chunked, and long
-		return io.MultiReader(bytes.NewReader(head), limited), false, nil
+		return requestBody{stream: io.MultiReader(bytes.NewReader(head), limited), length: -1}, nil
 	}
-	return bytes.NewReader(head), true, nil
+	bodyRead(x)
+	return requestBody{buffered: true, data: head}, nil
 }
 
 // upstreamFailed answers a call WeChat gave no answer to. The error's
 // text never has the URL, which has the token.
 func (a *Agent) upstreamFailed(x *exchange, err error, token string) {
-	if x.r.Context().Err() != nil {
-		x.outcome = "client_gone"
-		return
-	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
 	msg := strings.ReplaceAll(err.Error(), token, "[token]")
-	a.log.Warn("WeChat call failed", "path", x.r.URL.Path, "error", msg)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		x.wechatError(http.StatusRequestEntityTooLarge, -1, "too_large", "the body is over %d bytes", a.cfg.MaxBody)
+		return
+	case x.r.Context().Err() != nil:
+		x.outcome = "client_gone" // the answer below goes nowhere, most likely
+	default:
+		a.log.Warn("WeChat call failed", "path", x.r.URL.Path, "error", msg)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		x.wechatError(http.StatusGatewayTimeout, -1, "upstream_timeout", "system busy: WeChat did not answer within %s", a.cfg.UpstreamTimeout)
 		return
@@ -183,19 +209,18 @@ func (a *Agent) upstreamFailed(x *exchange, err error, token string) {
 
 // upstreamCall is one API call, sent with a token.
 type upstreamCall struct {
-	client   *http.Client
-	method   string
-	base     *url.URL
-	path     string
-	query    url.Values
-	header   http.Header
-	timeout  time.Duration
-	streamed int64 // the length of a body not buffered, as the client gave it
+	client  *http.Client
+	method  string
+	base    *url.URL
+	path    string
+	query   url.Values
+	header  http.Header
+	timeout time.Duration
 }
 
 // do sends the call with token and body. done ends the call's context once
 // its answer has been read.
-func (c upstreamCall) do(ctx context.Context, token string, body io.Reader) (*http.Response, context.CancelFunc, error) {
+func (c upstreamCall) do(ctx context.Context, token string, body requestBody) (*http.Response, context.CancelFunc, error) {
 	u := *c.base
 	u.Path = strings.TrimSuffix(c.base.Path, "/") + c.path
 	u.RawPath = ""
@@ -205,11 +230,20 @@ func (c upstreamCall) do(ctx context.Context, token string, body io.Reader) (*ht
 	}
 	q.Set("access_token", token)
 	u.RawQuery = q.Encode()
+	// A new reader for each attempt: the transport may still be reading
+	// the last one's when its answer is in.
+	var reader io.Reader = bytes.NewReader(body.data)
+	if !body.buffered {
+		reader = body.stream
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	req, err := http.NewRequestWithContext(ctx, c.method, u.String(), body)
+	req, err := http.NewRequestWithContext(ctx, c.method, u.String(), reader)
 	if err != nil {
 		cancel()
 		return nil, nil, fmt.Errorf("building the request: %w", err)
+	}
+	if !body.buffered {
+		req.ContentLength = body.length // -1: sent chunked
 	}
 	for _, h := range forwardedHeaders {
 		if v := c.header.Values(h); len(v) > 0 {
@@ -218,9 +252,6 @@ func (c upstreamCall) do(ctx context.Context, token string, body io.Reader) (*ht
 	}
 	if req.Header.Get("User-Agent") == "" {
 		req.Header.Set("User-Agent", "wxtoken-agent")
-	}
-	if _, buffered := body.(*bytes.Reader); !buffered {
-		req.ContentLength = c.streamed // -1, unknown: sent chunked
 	}
 	resp, err := c.client.Do(req)
 	if err != nil {

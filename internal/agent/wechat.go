@@ -167,6 +167,7 @@ func (a *Agent) serveStableToken(x *exchange, prefixKey string) {
 		x.wechatError(http.StatusOK, 47001, "bad_request", "data format error: the body is over 4 KiB, or did not arrive")
 		return
 	}
+	bodyRead(x)
 	var req struct {
 		AppID        string `json:"appid"`
 		ForceRefresh bool   `json:"force_refresh"`
