@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"math"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -149,12 +150,12 @@ func TestNamedRevisionAndWait(t *testing.T) {
 		if tc.inm != "" {
 			r.Header.Set("If-None-Match", tc.inm)
 		}
-		rev, cond, err := namedRevision(r)
+		rev, cond, err := namedRevision(r, r.URL.Query())
 		if err != nil || rev != tc.rev || cond != tc.cond {
 			t.Errorf("?%s If-None-Match %s: %d %v %v, want %d %v", tc.query, tc.inm, rev, cond, err, tc.rev, tc.cond)
 		}
 	}
-	if _, _, err := namedRevision(httptest.NewRequest("GET", "/?after=x", nil)); err == nil {
+	if _, _, err := namedRevision(httptest.NewRequest("GET", "/", nil), url.Values{"after": {"x"}}); err == nil {
 		t.Error("after=x was taken")
 	}
 	for s, want := range map[string]time.Duration{"": 0, "25": 25 * time.Second, "1.5s": 1500 * time.Millisecond, "3600": time.Minute} {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -137,7 +138,10 @@ func (a *Agent) current(ctx context.Context, f *followed) (subscriber.Token, err
 }
 
 func (a *Agent) serveRead(x *exchange, key string) {
-	q := x.r.URL.Query()
+	var q url.Values // most reads have no query: none is parsed
+	if x.r.URL.RawQuery != "" {
+		q = x.r.URL.Query()
+	}
 	text := false
 	switch q.Get("format") {
 	case "text":
@@ -150,7 +154,7 @@ func (a *Agent) serveRead(x *exchange, key string) {
 		x.fail(http.StatusBadRequest, "bad_request", "format: text or json")
 		return
 	}
-	seen, conditional, err := namedRevision(x.r)
+	seen, conditional, err := namedRevision(x.r, q)
 	if err != nil {
 		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
 		return
@@ -165,6 +169,7 @@ func (a *Agent) serveRead(x *exchange, key string) {
 		return
 	}
 	if conditional && wait > 0 {
+		a.bound(x, wait)
 		ctx, cancel := context.WithTimeout(x.r.Context(), wait)
 		a.metrics.polls.Inc()
 		f.waitNewer(ctx, seen, a.draining)
@@ -175,28 +180,62 @@ func (a *Agent) serveRead(x *exchange, key string) {
 	if !ok {
 		return
 	}
-	x.header().Set("ETag", etag(t.Revision))
-	x.header().Set("Cache-Control", "no-store")
+	answer := f.answer(t, time.Now())
+	h := x.header()
+	h["Etag"], h["Cache-Control"] = answer.etag, noStore
 	if conditional && t.Revision <= seen {
 		x.outcome = "not_modified"
 		x.writeHeader(http.StatusNotModified)
 		return
 	}
 	if text {
-		x.header().Set("Content-Type", "text/plain; charset=utf-8")
-		x.header().Set("Content-Length", strconv.Itoa(len(t.Value)))
+		h["Content-Type"], h["Content-Length"] = textPlain, []string{strconv.Itoa(len(t.Value))}
 		x.writeHeader(http.StatusOK)
 		io.WriteString(x.w, t.Value)
 		return
 	}
-	x.writeJSON(http.StatusOK, newCredential(key, t, time.Now()))
+	h["Content-Type"], h["Content-Length"] = applicationJSON, answer.length
+	x.writeHeader(http.StatusOK)
+	x.w.Write(answer.json)
+}
+
+// Header values of every read, allocated once.
+var (
+	noStore         = []string{"no-store"}
+	textPlain       = []string{"text/plain; charset=utf-8"}
+	applicationJSON = []string{"application/json; charset=utf-8"}
+)
+
+// renderedAnswer is a read's answer for one revision of a key, as of one
+// second: expires_in counts seconds, so the JSON is made again at most
+// once a second, not for every read.
+type renderedAnswer struct {
+	revision uint64
+	second   int64 // Unix time the expires_in is counted at
+	json     []byte
+	length   []string // Content-Length of json
+	etag     []string
+}
+
+// answer returns the read's answer for t at now, made again only when the
+// revision or the second has changed. The answer is immutable: readers
+// share it without a lock.
+func (f *followed) answer(t subscriber.Token, now time.Time) *renderedAnswer {
+	if r := f.rendered.Load(); r != nil && r.revision == t.Revision && r.second == now.Unix() {
+		return r
+	}
+	b, _ := json.Marshal(newCredential(f.key, t, now.Truncate(time.Second)))
+	r := &renderedAnswer{revision: t.Revision, second: now.Unix(), json: b,
+		length: []string{strconv.Itoa(len(b))}, etag: []string{etag(t.Revision)}}
+	f.rendered.Store(r)
+	return r
 }
 
 // namedRevision returns the revision a read names as seen: ?after=N, or
 // If-None-Match with the ETag of one (the newest, if it lists several);
 // "*" names every revision.
-func namedRevision(r *http.Request) (uint64, bool, error) {
-	if after := r.URL.Query().Get("after"); after != "" {
+func namedRevision(r *http.Request, q url.Values) (uint64, bool, error) {
+	if after := q.Get("after"); after != "" {
 		n, err := strconv.ParseUint(after, 10, 64)
 		if err != nil {
 			return 0, false, errors.New("after: a revision, as the ETag says it")
@@ -252,6 +291,7 @@ func (a *Agent) serveRefresh(x *exchange, key string) {
 	if f == nil {
 		return
 	}
+	a.bound(x, a.cfg.RefreshTimeout)
 	t, ok := a.refresh(x, f, stale, "agent API")
 	if !ok {
 		return

@@ -28,6 +28,17 @@ type exchange struct {
 	caller  caller
 	class   string // the path class, for the metrics
 	outcome string
+
+	clearWriteDeadline bool // bound set one
+}
+
+// finish counts the request and lifts its write deadline: it is the
+// connection's, and the next request on it starts afresh.
+func (a *Agent) finish(x *exchange) {
+	if x.clearWriteDeadline {
+		http.NewResponseController(x.w).SetWriteDeadline(time.Time{})
+	}
+	a.metrics.observe(x)
 }
 
 func (x *exchange) header() http.Header { return x.w.Header() }
@@ -78,24 +89,19 @@ func (a *Agent) Server() *http.Server {
 
 func (a *Agent) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{w: w, r: r, class: "other", outcome: "ok"}
-	defer a.metrics.observe(x)
+	defer a.finish(x)
 
 	// A body must arrive within BodyTimeout: a client sending a byte a
 	// second is cut off. (Only a body: for a request with none, net/http
 	// already reads the connection to see it close, and a deadline there
-	// would end the connection, and every later request on it.) An answer
-	// must be taken within the longest a request may take here. The
-	// deadlines are the connection's: the write deadline ends with the
-	// request, the read deadline once the body is in.
-	rc := http.NewResponseController(w)
-	start := time.Now()
+	// would end the connection, and every later request on it.) The
+	// deadline is the connection's: it is lifted once the body is in. A
+	// request that may take long bounds the writing of its answer (bound).
 	if r.Body != http.NoBody {
 		// Lifted by bodyRead once the body is in; a body not read whole
 		// keeps it, and net/http's discarding the rest is cut off too.
-		rc.SetReadDeadline(start.Add(a.cfg.BodyTimeout))
+		http.NewResponseController(w).SetReadDeadline(time.Now().Add(a.cfg.BodyTimeout))
 	}
-	rc.SetWriteDeadline(start.Add(a.cfg.BodyTimeout + a.cfg.MaxWait + a.longestCall()))
-	defer rc.SetWriteDeadline(time.Time{})
 
 	switch r.URL.Path {
 	case "/healthz", "/readyz", "/metrics":
@@ -147,21 +153,29 @@ func (a *Agent) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // them, joining a base URL ending in "/" to "/cgi-bin/..."; the path is
 // read with them collapsed.)
 func badPath(r *http.Request) string {
-	p, raw := r.URL.Path, strings.ToLower(r.URL.EscapedPath())
-	switch {
-	case !strings.HasPrefix(p, "/"):
+	p := r.URL.Path
+	if !strings.HasPrefix(p, "/") {
 		return "not absolute"
-	case strings.Contains(raw, "%2f") || strings.Contains(raw, "%5c") || strings.Contains(p, `\`):
-		return "an escaped slash or a backslash"
 	}
-	for _, seg := range strings.Split(p, "/") {
-		if seg == "." || seg == ".." {
-			return "a dot segment"
+	// The escaped form has a "%" only if the client escaped something;
+	// most paths are read once, with no allocation.
+	if raw := r.URL.RawPath; raw != "" && strings.Contains(raw, "%") {
+		lower := strings.ToLower(raw)
+		if strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") {
+			return "an escaped slash or a backslash"
 		}
 	}
 	for i := 0; i < len(p); i++ {
-		if p[i] < 0x20 || p[i] == 0x7f {
+		switch c := p[i]; {
+		case c < 0x20 || c == 0x7f:
 			return "a control character"
+		case c == '\\':
+			return "an escaped slash or a backslash"
+		case c == '.' && p[i-1] == '/': // p[0] is '/'
+			rest := p[i:]
+			if rest == "." || rest == ".." || strings.HasPrefix(rest, "./") || strings.HasPrefix(rest, "../") {
+				return "a dot segment"
+			}
 		}
 	}
 	return ""
@@ -185,6 +199,17 @@ func collapseSlashes(p string) string {
 // longestCall is the longest a proxied call may take: two calls to WeChat
 // and the wait for a new token between them.
 func (a *Agent) longestCall() time.Duration { return 2*a.cfg.UpstreamTimeout + a.cfg.RefreshTimeout }
+
+// bound makes a request that may take up to d (a long poll, a refresh, a
+// proxied call) answer within d and BodyTimeout more, or lose its
+// connection: a client that stops reading is let go. The deadline ends
+// with the request. An answer written at once needs none: it fits in the
+// socket's buffer.
+func (a *Agent) bound(x *exchange, d time.Duration) {
+	rc := http.NewResponseController(x.w)
+	rc.SetWriteDeadline(time.Now().Add(d + a.cfg.BodyTimeout))
+	x.clearWriteDeadline = true
+}
 
 // bodyRead lifts a request's read deadline once its body is in whole: the
 // answer may take longer than the body took, and net/http reads on to see

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,6 +41,8 @@ type followed struct {
 	changed chan struct{} // closed and replaced when a new value is held
 	recent  []string      // a token key's values, the current one first
 	warned  uint64        // the last revision logged as served expired
+
+	rendered atomic.Pointer[renderedAnswer] // the last read's answer
 }
 
 // warnExpired reports whether revision's expiry is yet to be logged.

@@ -77,6 +77,7 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	if err != nil {
 		return
 	}
+	a.bound(x, a.longestCall())
 	t, ok := a.wechatUsable(x, f)
 	if !ok {
 		return
