@@ -5,6 +5,7 @@
 //
 //	go run ./test/bench                          # every part (about 8 minutes)
 //	go run ./test/bench -part propagation -n 1000
+//	go run ./test/bench -part agent              # wxtoken agent against redis and nginx
 //	go run ./test/bench -smoke                   # every part, tiny, as in CI
 package main
 
@@ -32,7 +33,7 @@ func main() {
 	minForce := flag.Duration("min-force", time.Nanosecond, "internal: min force interval of the system role")
 	natsURL := flag.String("nats", "", "internal: NATS URL of the footprint role")
 	counts := flag.String("counts", "1,100", "footprint: app counts to follow, ascending")
-	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, storm, quota, apps, footprint, or all")
+	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, storm, quota, apps, footprint, agent, or all")
 	n := flag.String("n", "100,1000", "propagation: subscriber counts, comma-separated")
 	rotations := flag.Int("rotations", 40, "propagation: least rotations per subscriber count (small counts get more, for at least 20,000 samples)")
 	stormN := flag.Int("storm", 1000, "storm: subscribers reporting the same stale token")
@@ -41,6 +42,14 @@ func main() {
 	tickets := flag.Bool("tickets", false, "apps: give each app a jsapi ticket too (two credentials per app)")
 	rate := flag.Float64("rate", 50, "apps: --upstream-rate of the refresher")
 	steady := flag.Duration("steady", time.Minute, "apps: steady-state window for CPU")
+	reads := flag.Int("reads", 10000, "agent: fresh-connection reads per server per round")
+	freshClients := flag.Int("clients", 1, "agent: clients making the fresh-connection reads at once, like PHP-FPM workers")
+	agentRounds := flag.Int("rounds", 5, "agent: rounds of the fresh-connection reads and of wrk, alternating between servers")
+	wrkArgs := flag.String("wrk", "-t2 -c32 -d5s", "agent: wrk's settings, the same for each server")
+	calls := flag.Int("calls", 10000, "agent: calls through the agent, and as many direct and through a bare Go proxy")
+	requireTools := flag.Bool("require-tools", false, "agent: fail when redis-server, nginx or wrk is missing instead of skipping")
+	bareBody := flag.String("body", "", "internal: the JSON file the bare role serves")
+	bareUpstream := flag.String("upstream", "", "internal: the URL the bare role proxies to")
 	smoke := flag.Bool("smoke", false, "run every part at a tiny size, to check that the program works")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process to `file`")
 	flag.Parse()
@@ -52,6 +61,9 @@ func main() {
 		return
 	case "footprint":
 		runFootprint(*natsURL, ints(*counts))
+		return
+	case "bare":
+		runBare(*bareBody, *bareUpstream)
 		return
 	case "":
 	default:
@@ -175,6 +187,13 @@ func main() {
 				fmt.Sprintf("+%.1f MB RSS, +%d goroutines", float64(s.RSS-base.RSS)/(1<<20), s.Goroutines-base.Goroutines),
 				fmt.Sprintf("connected, no subscriber: %.1f MB, %d goroutines", float64(base.RSS)/(1<<20), base.Goroutines), "", "", ""})
 		}
+	}
+
+	if run("agent") {
+		a := agentBench(agentOptions{reads: *reads, clients: *freshClients, rounds: *agentRounds, wrk: *wrkArgs, calls: *calls,
+			requireTools: *requireTools, smoke: smokeRun})
+		fmt.Fprintln(stderr)
+		table = append(table, agentRows(a)...)
 	}
 
 	fmt.Println()
