@@ -365,6 +365,7 @@ func startDemoWeChat(log *slog.Logger) (string, func(), error) {
 		}
 	}()
 	url := "http://" + ln.Addr().String()
-	log.Info("demo: fake WeChat running", "url", url, "token_lifetime", "60s", "ticket_lifetime", "90s")
+	log.Info("demo: fake WeChat running", "url", url, "token_lifetime", "60s", "ticket_lifetime", "90s",
+		"agent", "go run ./cmd/wxtoken agent --wechat-base-url "+url)
 	return url, func() { srv.Shutdown(context.Background()) }, nil
 }
