@@ -73,6 +73,7 @@ type Server struct {
 	corpTickets map[string][]time.Time // a corp's jsapi ticket calls in the last hour
 	tokens      map[string]*issued     // every token that may still work, by value
 	apis        map[string]*apiState   // the business APIs' calls, by path
+	platforms   map[string]*platform   // third-party platforms, by component appid
 	serial      uint64
 	called      chan struct{} // closed and replaced at every token request
 }
@@ -150,7 +151,7 @@ func New(cfg Config) *Server {
 		cfg.WeComCorpTicketsPerHour = 400
 	}
 	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{}),
-		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}, apis: map[string]*apiState{}}
+		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}, apis: map[string]*apiState{}, platforms: map[string]*platform{}}
 }
 
 // AddApp registers an app and its AppSecret. Faults injected before keep.
@@ -353,7 +354,8 @@ func (s *Server) mint() string {
 
 // ServeHTTP answers the token APIs (/cgi-bin/token, /cgi-bin/stable_token,
 // WeCom's /cgi-bin/gettoken), the ticket APIs, /cgi-bin/getcallbackip and
-// a few business APIs (PathSendMessage, PathUserList, PathUploadMedia).
+// a few business APIs (PathSendMessage, PathUserList, PathUploadMedia) and
+// the open platform's component APIs (openplatform.go).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/cgi-bin/token":
@@ -372,6 +374,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveCallbackIP(w, r)
 	case PathSendMessage, PathUserList, PathUploadMedia:
 		s.serveAPI(w, r)
+	case PathComponentToken, PathStartPush, PathQueryAuth, PathAuthorizerTok:
+		s.servePlatform(w, r)
 	default:
 		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
 	}
