@@ -1,0 +1,105 @@
+package kv_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+const platformApp = "wx0000000000000c0a"
+
+func platformBucket(t *testing.T) jetstream.KeyValue {
+	t.Helper()
+	opts, err := embedded.Options("127.0.0.1:-1", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := embedded.Start(opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultPlatformBucket, History: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func ticketAt(n int) kv.VerifyTicket {
+	at := time.Unix(1_800_000_000+int64(n)*600, 0)
+	return kv.VerifyTicket{ComponentAppID: platformApp, Ticket: "ticket@@@" + string(rune('A'+n%26)) + time.Duration(n).String(),
+		CreateTime: at, ReceivedAt: at.Add(time.Second)}
+}
+
+// TestStoreNewerTicketKeepsTheNewestPushWhateverTheOrder: replicas store
+// the pushes they received at once, in any order; the bucket ends with the
+// push of the latest CreateTime, and an older one never replaces it.
+func TestStoreNewerTicketKeepsTheNewestPushWhateverTheOrder(t *testing.T) {
+	b := platformBucket(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const pushes = 40
+	order := rand.Perm(pushes)
+	var wg sync.WaitGroup
+	for _, n := range order {
+		wg.Go(func() {
+			if _, err := kv.StoreNewerTicket(ctx, b, ticketAt(n)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	e, err := b.Get(ctx, kv.VerifyTicketKey(platformApp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := kv.DecodeVerifyTicket(platformApp, e.Value())
+	if want := ticketAt(pushes - 1); err != nil || got.Ticket != want.Ticket || !got.CreateTime.Equal(want.CreateTime) {
+		t.Fatalf("after %d pushes stored at once: %+v %v, want the newest, %+v", pushes, got, err, want)
+	}
+	if stored, err := kv.StoreNewerTicket(ctx, b, ticketAt(3)); stored || err != nil {
+		t.Errorf("an older push: stored %v, %v; want it refused", stored, err)
+	}
+	if stored, err := kv.StoreNewerTicket(ctx, b, ticketAt(pushes)); !stored || err != nil {
+		t.Errorf("a newer push: stored %v, %v", stored, err)
+	}
+}
+
+func TestVerifyTicketRecordIsChecked(t *testing.T) {
+	good, _ := kv.EncodeVerifyTicket(ticketAt(1))
+	if _, err := kv.DecodeVerifyTicket("wx00000000000000ff", good); err == nil {
+		t.Error("a record of another platform was taken")
+	}
+	for _, bad := range []kv.VerifyTicket{
+		{ComponentAppID: "not an appid", Ticket: "t", CreateTime: time.Now(), ReceivedAt: time.Now()},
+		{ComponentAppID: platformApp, Ticket: "", CreateTime: time.Now(), ReceivedAt: time.Now()},
+		{ComponentAppID: platformApp, Ticket: "has space", CreateTime: time.Now(), ReceivedAt: time.Now()},
+		{ComponentAppID: platformApp, Ticket: "t"},
+	} {
+		if _, err := kv.EncodeVerifyTicket(bad); err == nil {
+			t.Errorf("EncodeVerifyTicket(%+v) was taken", bad)
+		}
+	}
+	for _, data := range []string{"", "{", `{"component_appid":"` + platformApp + `"}`, "[]"} {
+		if _, err := kv.DecodeVerifyTicket(platformApp, []byte(data)); err == nil {
+			t.Errorf("DecodeVerifyTicket(%q) was taken", data)
+		}
+	}
+}
