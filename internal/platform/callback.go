@@ -1,0 +1,189 @@
+// Package platform receives what WeChat's open platform (开放平台) pushes to
+// a third-party platform's authorization-event URL: the
+// component_verify_ticket every 10 minutes, and the authorized,
+// updateauthorized and unauthorized events of its authorizers.
+package platform
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/wxtoken/wxtoken/internal/wxcrypt"
+)
+
+// Event is one push, decrypted.
+type Event struct {
+	ComponentAppID string
+	CreateTime     time.Time
+	InfoType       string // InfoVerifyTicket, InfoAuthorized, ...
+	Ticket         string // a verify ticket's
+	Authorizer     string // an authorization event's authorizer appid
+	Code           string // authorized and updateauthorized: the code api_query_auth exchanges
+}
+
+// InfoType values.
+const (
+	InfoVerifyTicket     = "component_verify_ticket"
+	InfoAuthorized       = "authorized"
+	InfoUpdateAuthorized = "updateauthorized"
+	InfoUnauthorized     = "unauthorized"
+)
+
+// Callback limits.
+const (
+	maxBody = 64 << 10
+	// skew is how far a push's timestamp may be from the clock: WeChat
+	// sends it as it pushes; an older one is a replay.
+	skew = 10 * time.Minute
+)
+
+// Callback is the http.Handler of the authorization-event URL. It checks
+// msg_signature, decrypts the push, checks that it is for the platform it
+// names, hands it to OnEvent and replies "success". What is not a fresh,
+// genuine push of a configured platform gets a 4xx and reaches no one. A
+// replay is refused by the replica that took the push in; another replica
+// may take it again, so OnEvent must be idempotent, as storing a ticket
+// only when it is newer is.
+type Callback struct {
+	Platforms map[string]*wxcrypt.Crypter // by component appid
+	// OnEvent takes a push in. An error answers 500, and WeChat pushes
+	// again later.
+	OnEvent func(context.Context, Event) error
+	Logger  *slog.Logger
+	Now     func() time.Time // time.Now
+
+	mu   sync.Mutex
+	seen map[string]time.Time // msg_signatures of the pushes taken in, to when they stop being fresh
+}
+
+func (c *Callback) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+func (c *Callback) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "POST only", http.StatusMethodNotAllowed)
+		return
+	}
+	ev, status, err := c.read(w, r)
+	if err != nil {
+		c.logger().Warn("push refused", "status", status, "error", err)
+		http.Error(w, err.Error(), status)
+		return
+	}
+	if err := c.OnEvent(r.Context(), ev); err != nil {
+		c.forget(r.URL.Query().Get("msg_signature")) // WeChat's next push of it is taken
+		c.logger().Error("push not taken in", "component_appid", ev.ComponentAppID, "info_type", ev.InfoType, "error", err)
+		http.Error(w, "not taken in; push again", http.StatusInternalServerError)
+		return
+	}
+	io.WriteString(w, "success")
+}
+
+func (c *Callback) logger() *slog.Logger {
+	if c.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Logger
+}
+
+// read checks and decrypts a push.
+func (c *Callback) read(w http.ResponseWriter, r *http.Request) (Event, int, error) {
+	q := r.URL.Query()
+	sig, timestamp, nonce := q.Get("msg_signature"), q.Get("timestamp"), q.Get("nonce")
+	if sig == "" || timestamp == "" || nonce == "" {
+		return Event{}, http.StatusBadRequest, errors.New("msg_signature, timestamp and nonce are required")
+	}
+	sent, err := strconv.ParseInt(timestamp, 10, 64)
+	if err != nil {
+		return Event{}, http.StatusBadRequest, errors.New("timestamp: seconds")
+	}
+	now := c.now()
+	if d := now.Sub(time.Unix(sent, 0)); d > skew || d < -skew {
+		return Event{}, http.StatusBadRequest, fmt.Errorf("timestamp %s from now: not a fresh push", d.Round(time.Second))
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		return Event{}, http.StatusRequestEntityTooLarge, fmt.Errorf("the body is over %d bytes, or did not arrive", maxBody)
+	}
+	var envelope struct {
+		AppID   string `xml:"AppId"`
+		Encrypt string `xml:"Encrypt"`
+	}
+	if err := xml.Unmarshal(body, &envelope); err != nil || envelope.Encrypt == "" {
+		return Event{}, http.StatusBadRequest, errors.New("not an encrypted push")
+	}
+	crypter := c.Platforms[envelope.AppID]
+	if crypter == nil {
+		return Event{}, http.StatusNotFound, fmt.Errorf("no platform %.40q here", envelope.AppID)
+	}
+	plain, err := crypter.Open(sig, timestamp, nonce, envelope.Encrypt)
+	if err != nil {
+		return Event{}, http.StatusBadRequest, err
+	}
+	if !c.fresh(sig, time.Unix(sent, 0).Add(skew)) {
+		return Event{}, http.StatusConflict, errors.New("a replay of a push taken in")
+	}
+	var msg struct {
+		AppID      string `xml:"AppId"`
+		CreateTime int64  `xml:"CreateTime"`
+		InfoType   string `xml:"InfoType"`
+		Ticket     string `xml:"ComponentVerifyTicket"`
+		Authorizer string `xml:"AuthorizerAppid"`
+		Code       string `xml:"AuthorizationCode"`
+	}
+	if err := xml.Unmarshal(plain, &msg); err != nil {
+		return Event{}, http.StatusBadRequest, errors.New("the decrypted push is not XML")
+	}
+	if msg.AppID != envelope.AppID {
+		return Event{}, http.StatusBadRequest, errors.New("the decrypted push names another platform")
+	}
+	ev := Event{ComponentAppID: msg.AppID, CreateTime: time.Unix(msg.CreateTime, 0), InfoType: msg.InfoType,
+		Ticket: msg.Ticket, Authorizer: msg.Authorizer, Code: msg.Code}
+	switch {
+	case ev.InfoType == InfoVerifyTicket && ev.Ticket == "":
+		return Event{}, http.StatusBadRequest, errors.New("a verify ticket push with no ticket")
+	case (ev.InfoType == InfoAuthorized || ev.InfoType == InfoUpdateAuthorized || ev.InfoType == InfoUnauthorized) && ev.Authorizer == "":
+		return Event{}, http.StatusBadRequest, errors.New("an authorization event with no authorizer")
+	}
+	return ev, http.StatusOK, nil
+}
+
+// fresh records a push's signature until it stops being fresh, and
+// reports whether it is new.
+func (c *Callback) fresh(sig string, until time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	if c.seen == nil {
+		c.seen = map[string]time.Time{}
+	}
+	for s, end := range c.seen {
+		if now.After(end) {
+			delete(c.seen, s)
+		}
+	}
+	if _, ok := c.seen[sig]; ok {
+		return false
+	}
+	c.seen[sig] = until
+	return true
+}
+
+func (c *Callback) forget(sig string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.seen, sig)
+}
