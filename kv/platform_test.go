@@ -7,35 +7,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
 const platformApp = "wx0000000000000c0a"
 
 func platformBucket(t *testing.T) jetstream.KeyValue {
 	t.Helper()
-	opts, err := embedded.Options("127.0.0.1:-1", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := embedded.Start(opts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultPlatformBucket, History: 16})
+	js, _ := jetstream.New(testenv.Connect(t, testenv.NATS(t).ClientURL()))
+	b, err := js.CreateKeyValue(testenv.Context(t, 10*time.Second), jetstream.KeyValueConfig{Bucket: kv.DefaultPlatformBucket, History: 16})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,8 +48,15 @@ func (a answer) errcode(t testing.TB) int {
 	return int(n)
 }
 
-// call sends a request and reads its answer whole.
+// call sends a request and reads its answer whole; redirects are not
+// followed.
 func call(t testing.TB, ctx context.Context, method, url string, body io.Reader, header ...string) answer {
+	t.Helper()
+	return callWith(t, ctx, noRedirects, method, url, body, header...)
+}
+
+// callWith is call on client.
+func callWith(t testing.TB, ctx context.Context, client *http.Client, method, url string, body io.Reader, header ...string) answer {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, method, url, body)
 	if err != nil {
@@ -58,7 +65,7 @@ func call(t testing.TB, ctx context.Context, method, url string, body io.Reader,
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := noRedirects.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -596,17 +603,7 @@ func TestAgentKeepAliveOutlivesALongPoll(t *testing.T) {
 		return (&net.Dialer{}).DialContext(ctx, network, addr)
 	}}}
 	do := func(method, path string, body io.Reader, header ...string) answer {
-		req, _ := http.NewRequestWithContext(ctx, method, sys.URL+path, body)
-		for i := 0; i+1 < len(header); i += 2 {
-			req.Header.Set(header[i], header[i+1])
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return answer{status: resp.StatusCode, header: resp.Header, body: b}
+		return callWith(t, ctx, client, method, sys.URL+path, body, header...)
 	}
 	first := do("GET", "/v1/credentials/"+sys.AppID, nil)
 	if got := do("GET", "/v1/credentials/"+sys.AppID+"?wait=2", nil, "If-None-Match", first.header.Get("ETag")); got.status != http.StatusNotModified {

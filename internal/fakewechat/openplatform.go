@@ -101,19 +101,34 @@ type platformEvent struct {
 // the callback's answer, which WeChat wants to be "success".
 func (s *Server) PushTicket(ctx context.Context, callbackURL, componentAppID string) (ticket, answer string, err error) {
 	now := s.cfg.Now()
-	s.mu.Lock()
-	p := s.platforms[componentAppID]
-	if p == nil {
-		s.mu.Unlock()
-		return "", "", fmt.Errorf("fakewechat: no platform %s", componentAppID)
+	p, err := s.changePlatform(componentAppID, func(p *platform) {
+		ticket = s.unique("ticket@@@")
+		p.tickets[ticket] = now.Add(verifyTicketLifetime)
+	})
+	if err != nil {
+		return "", "", err
 	}
-	s.serial++
-	ticket = "ticket@@@" + s.mint()
-	p.tickets[ticket] = now.Add(verifyTicketLifetime)
-	s.mu.Unlock()
 	answer, err = s.push(ctx, callbackURL, p, platformEvent{AppID: componentAppID, CreateTime: now.Unix(),
 		InfoType: "component_verify_ticket", Ticket: ticket})
 	return ticket, answer, err
+}
+
+// changePlatform runs change on the platform under s.mu, and returns it.
+func (s *Server) changePlatform(componentAppID string, change func(*platform)) (*platform, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.platforms[componentAppID]
+	if p == nil {
+		return nil, fmt.Errorf("fakewechat: no platform %s", componentAppID)
+	}
+	change(p)
+	return p, nil
+}
+
+// unique returns prefix and a value minted for it. Callers hold s.mu.
+func (s *Server) unique(prefix string) string {
+	s.serial++
+	return prefix + s.mint()
 }
 
 // Authorize has authorizer authorize the platform and pushes the
@@ -121,17 +136,15 @@ func (s *Server) PushTicket(ctx context.Context, callbackURL, componentAppID str
 // authorizer's tokens.
 func (s *Server) Authorize(ctx context.Context, callbackURL, componentAppID, authorizer string) (string, error) {
 	now := s.cfg.Now()
-	s.mu.Lock()
-	p := s.platforms[componentAppID]
-	if p == nil {
-		s.mu.Unlock()
-		return "", fmt.Errorf("fakewechat: no platform %s", componentAppID)
+	var code string
+	p, err := s.changePlatform(componentAppID, func(p *platform) {
+		code = s.unique("queryauthcode@@@")
+		p.codes[code] = authCode{authorizer: authorizer, expires: now.Add(authCodeLifetime)}
+		p.authorized[authorizer] = true
+	})
+	if err != nil {
+		return "", err
 	}
-	s.serial++
-	code := "queryauthcode@@@" + s.mint()
-	p.codes[code] = authCode{authorizer: authorizer, expires: now.Add(authCodeLifetime)}
-	p.authorized[authorizer] = true
-	s.mu.Unlock()
 	return s.push(ctx, callbackURL, p, platformEvent{AppID: componentAppID, CreateTime: now.Unix(), InfoType: "authorized",
 		Authorizer: authorizer, Code: code, CodeExpiry: now.Add(authCodeLifetime).Unix()})
 }
@@ -139,17 +152,14 @@ func (s *Server) Authorize(ctx context.Context, callbackURL, componentAppID, aut
 // Unauthorize has authorizer withdraw its authorization, and pushes the
 // "unauthorized" event: its refresh token stops working.
 func (s *Server) Unauthorize(ctx context.Context, callbackURL, componentAppID, authorizer string) (string, error) {
-	now := s.cfg.Now()
-	s.mu.Lock()
-	p := s.platforms[componentAppID]
-	if p == nil {
-		s.mu.Unlock()
-		return "", fmt.Errorf("fakewechat: no platform %s", componentAppID)
+	p, err := s.changePlatform(componentAppID, func(p *platform) {
+		delete(p.authorized, authorizer)
+		delete(p.refresh, authorizer)
+	})
+	if err != nil {
+		return "", err
 	}
-	delete(p.authorized, authorizer)
-	delete(p.refresh, authorizer)
-	s.mu.Unlock()
-	return s.push(ctx, callbackURL, p, platformEvent{AppID: componentAppID, CreateTime: now.Unix(), InfoType: "unauthorized",
+	return s.push(ctx, callbackURL, p, platformEvent{AppID: componentAppID, CreateTime: s.cfg.Now().Unix(), InfoType: "unauthorized",
 		Authorizer: authorizer})
 }
 
@@ -301,8 +311,7 @@ func (s *Server) queryAuth(componentAppID, componentToken, code string, now time
 // the refresh token before stops working. Callers hold s.mu.
 func (s *Server) authorizerTokens(p *platform, authorizer string, a *app, now time.Time) map[string]any {
 	t := s.issue(authorizer, a, now)
-	s.serial++
-	refresh := "refreshtoken@@@" + s.mint()
+	refresh := s.unique("refreshtoken@@@")
 	p.refresh[authorizer] = refresh
 	return map[string]any{"authorizer_access_token": t.value, "expires_in": int(s.cfg.ExpiresIn / time.Second),
 		"authorizer_refresh_token": refresh}

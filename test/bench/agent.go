@@ -532,36 +532,10 @@ func cpuOf(pids []int) time.Duration {
 // answer must be a 200 containing want.
 func httpFreshRead(addr, path string, want []byte) func() error {
 	req := []byte("GET " + path + " HTTP/1.1\r\nHost: " + addr + "\r\nAccept: */*\r\n\r\n")
-	buf := make([]byte, 4096)
 	ok := []byte("HTTP/1.1 200 ")
-	return func() error {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if _, err := c.Write(req); err != nil {
-			return err
-		}
-		n, need := 0, -1
-		for need < 0 || n < need {
-			if n == len(buf) {
-				buf = append(buf, make([]byte, len(buf))...)
-			}
-			m, err := c.Read(buf[n:])
-			n += m
-			if err != nil {
-				return fmt.Errorf("after %q: %w", buf[:n], err)
-			}
-			if need < 0 {
-				need = answerLength(buf[:n])
-			}
-		}
-		if !bytes.HasPrefix(buf[:n], ok) || !bytes.Contains(buf[:n], want) {
-			return fmt.Errorf("answer %q", buf[:n])
-		}
-		return nil
-	}
+	return freshRead(addr, req, func(b []byte) (int, error) { return answerLength(b), nil }, func(answer []byte) bool {
+		return bytes.HasPrefix(answer, ok) && bytes.Contains(answer, want)
+	})
 }
 
 // answerLength is the length of an HTTP answer whose head is in b (its
@@ -585,7 +559,27 @@ func answerLength(b []byte) int {
 // redisFreshRead is one read as phpredis makes it without persistent
 // connections: connect, GET key, read the whole bulk reply, close.
 func redisFreshRead(addr, key string, want []byte) func() error {
-	req := respCommand("GET", key)
+	return freshRead(addr, respCommand("GET", key), bulkLength, func(reply []byte) bool { return bytes.Contains(reply, want) })
+}
+
+// bulkLength is the length of a RESP bulk reply whose first line is in b,
+// or -1 while it is not.
+func bulkLength(b []byte) (int, error) {
+	end := bytes.Index(b, []byte("\r\n"))
+	if end <= 0 {
+		return -1, nil
+	}
+	size, err := strconv.Atoi(string(b[1:end]))
+	if b[0] != '$' || err != nil || size < 0 {
+		return 0, fmt.Errorf("reply %q", b)
+	}
+	return end + 2 + size + 2, nil
+}
+
+// freshRead returns one read on a connection of its own: dial, write req,
+// read until length (which says -1 while it cannot tell yet) is reached,
+// check the answer with good, close.
+func freshRead(addr string, req []byte, length func([]byte) (int, error), good func([]byte) bool) func() error {
 	buf := make([]byte, 4096)
 	return func() error {
 		c, err := net.Dial("tcp", addr)
@@ -607,20 +601,13 @@ func redisFreshRead(addr, key string, want []byte) func() error {
 				return fmt.Errorf("after %q: %w", buf[:n], err)
 			}
 			if need < 0 {
-				if end := bytes.Index(buf[:n], []byte("\r\n")); end > 0 {
-					if buf[0] != '$' {
-						return fmt.Errorf("reply %q", buf[:n])
-					}
-					size, err := strconv.Atoi(string(buf[1:end]))
-					if err != nil || size < 0 {
-						return fmt.Errorf("reply %q", buf[:n])
-					}
-					need = end + 2 + size + 2
+				if need, err = length(buf[:n]); err != nil {
+					return err
 				}
 			}
 		}
-		if !bytes.Contains(buf[:n], want) {
-			return fmt.Errorf("reply %q", buf[:n])
+		if !good(buf[:n]) {
+			return fmt.Errorf("answer %q", buf[:n])
 		}
 		return nil
 	}
