@@ -7,9 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,7 +37,8 @@ memory. It answers:
                                      and retried once with a new one if WeChat rejects it
   /app/KEY/...                       the same, for one app: an SDK's base URL
   /healthz, /readyz, /metrics
-Only loopback or a unix socket, unless --auth-file and TLS (or --insecure-listen).`
+Only loopback or a unix socket, unless --auth-file and TLS (or --insecure-listen).
+SIGHUP reads --auth-file again; SIGTERM drains and exits.`
 
 const agentExamples = `  # Beside a PHP-FPM pool, every key the service user may read
   wxtoken agent --nats-url nats://nats:4222 --nats-user service
@@ -147,16 +152,30 @@ func agentCommand(args []string, getenv func(string) string, stdout, stderr io.W
 	log.Info("agent listening", "addr", ln.Addr().String(), "keys", cmp.Or(f.keys, "every key in the bucket"),
 		"auth", f.cfg.Clients != nil, "tls", tlsConfig != nil)
 
-	select {
-	case <-ctx.Done():
-		log.Info("stopping: draining requests")
-	case err := <-lost:
-		// Not a clean stop: the exit status says so, and a supervisor
-		// starts the agent again.
-		srv.Close()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	// Until SIGTERM: SIGHUP reads the auth file again.
+	stopped := func() error {
+		for {
+			select {
+			case <-hup:
+				f.reloadClients(a, log)
+			case <-ctx.Done():
+				log.Info("stopping: draining requests")
+				return nil
+			case err := <-lost:
+				// Not a clean stop: the exit status says so, and a
+				// supervisor starts the agent again.
+				srv.Close()
+				return err
+			case err := <-served:
+				return fmt.Errorf("serving HTTP: %w", err)
+			}
+		}
+	}
+	if err := stopped(); err != nil {
 		return err
-	case err := <-served:
-		return fmt.Errorf("serving HTTP: %w", err)
 	}
 	// Long polls answer now; a proxied call may take two calls to WeChat
 	// and a refresh between them.
@@ -169,6 +188,24 @@ func agentCommand(args []string, getenv func(string) string, stdout, stderr io.W
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// reloadClients reads the auth file again on SIGHUP, and keeps the clients
+// it had if the file cannot be used.
+func (f *agentFlags) reloadClients(a *agent.Agent, log *slog.Logger) {
+	if f.authFile == "" {
+		log.Info("SIGHUP: nothing to reload (no --auth-file)")
+		return
+	}
+	clients, err := agent.LoadClients(f.authFile)
+	if err == nil {
+		err = a.SetClients(clients)
+	}
+	if err != nil {
+		log.Error("SIGHUP: the auth file was not reloaded; the clients before stay", "error", err)
+		return
+	}
+	log.Info("SIGHUP: auth file reloaded", "clients", len(clients))
 }
 
 // configure checks the flags and fills in the agent's Config.

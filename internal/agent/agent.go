@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -66,7 +67,7 @@ type Agent struct {
 	cfg      Config
 	log      *slog.Logger
 	keys     *keySet
-	clients  *clientSet
+	clients  atomic.Pointer[clientSet] // nil: anyone may use every key
 	upstream *http.Client
 	metrics  *metrics
 
@@ -131,13 +132,13 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg:      cfg,
 		log:      cfg.Logger,
-		clients:  clients,
 		upstream: newUpstreamClient(),
 		metrics:  newMetrics(cfg.Registry),
 		ctx:      ctx,
 		cancel:   cancel,
 		draining: make(chan struct{}),
 	}
+	a.clients.Store(clients)
 	a.keys = newKeySet(a)
 	return a, nil
 }
@@ -163,6 +164,25 @@ func (a *Agent) Run() { a.running.Do(func() { a.keys.start(a.ctx) }) }
 // Ready says why the agent cannot serve every key yet, or nil once it
 // holds a value of each.
 func (a *Agent) Ready() error { return a.keys.ready() }
+
+// SetClients replaces the clients of an agent that has some (the auth file
+// read again): requests from now on are checked against them. It refuses
+// clients it cannot use, and none at all: an agent guarded by an auth
+// file stays guarded.
+func (a *Agent) SetClients(clients []Client) error {
+	if a.clients.Load() == nil {
+		return errors.New("agent: no clients to replace (the agent started without an auth file)")
+	}
+	cs, err := newClientSet(clients)
+	if err != nil {
+		return err
+	}
+	if cs == nil {
+		return errors.New("agent: no clients")
+	}
+	a.clients.Store(cs)
+	return nil
+}
 
 // Drain makes long polls under way answer now, before a shutdown.
 func (a *Agent) Drain() {

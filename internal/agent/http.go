@@ -119,7 +119,7 @@ func (a *Agent) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		x.wechatError(http.StatusBadRequest, -1, "bad_request", "bad path: %s", why)
 		return
 	}
-	c, ok := a.clients.identify(r)
+	c, ok := a.clients.Load().identify(r)
 	if !ok {
 		x.class = "bad"
 		x.header().Set("WWW-Authenticate", `Bearer realm="wxtoken agent"`)
@@ -226,7 +226,7 @@ func (a *Agent) serveOps(x *exchange) {
 		if err := a.Ready(); err != nil {
 			x.outcome = "not_ready"
 			x.writeHeader(http.StatusServiceUnavailable)
-			if a.clients != nil {
+			if a.clients.Load() != nil {
 				// No key names to whoever asks: the log has them.
 				fmt.Fprintln(x.w, "not ready")
 				return
