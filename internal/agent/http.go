@@ -70,14 +70,11 @@ func (x *exchange) wechatError(status, errcode int, outcome, format string, args
 	x.writeJSON(status, map[string]any{"errcode": errcode, "errmsg": "wxtoken agent: " + fmt.Sprintf(format, args...)})
 }
 
-// Handler returns the agent's HTTP handler.
-func (a *Agent) Handler() http.Handler { return http.HandlerFunc(a.serveHTTP) }
-
 // Server returns an http.Server for the agent's handler with its limits:
 // headers within 5 s and 16 KiB, idle connections closed after a minute.
 func (a *Agent) Server() *http.Server {
 	return &http.Server{
-		Handler:           a.Handler(),
+		Handler:           http.HandlerFunc(a.serveHTTP),
 		ReadHeaderTimeout: headerTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       time.Minute,
