@@ -16,7 +16,9 @@ import (
 // Refresh asks the refresher to replace the token at revision stale, which
 // the caller saw WeChat reject, and returns once this subscriber holds a
 // newer token (or, if WeChat says the token still works, the current one).
-// All services that report the same stale revision share one fetch.
+// All services that report the same stale revision share one fetch. A
+// newer revision holding the very token rejected (a repaired bucket writes
+// back the tokens it held) is not taken for the new token.
 //
 // While no refresher answers (a leader change takes a lease TTL), Refresh
 // retries with backoff until ctx ends: give it a deadline; the error then
@@ -36,11 +38,20 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer context.AfterFunc(s.ctx, cancel)()
+	rejected, known := s.valueAt(stale)
 	req := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale, Reason: reason})
 	delay := 100 * time.Millisecond
 	for {
 		if t := s.Token(); t.Revision > stale {
-			return t, nil // rotated meanwhile, by schedule or by another service's request
+			if !known || t.Value != rejected {
+				return t, nil // rotated meanwhile, by schedule or by another service's request
+			}
+			// The rejected value written again at a newer revision (a
+			// repaired bucket gives back the tokens it held): it is just
+			// as rejected, and the revision to name is now that one.
+			stale = t.Revision
+			req = kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale, Reason: reason})
+			continue
 		}
 		reply, err := s.ask(ctx, req)
 		switch {
@@ -69,6 +80,17 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 			return s.Token(), ErrClosed
 		}
 	}
+}
+
+// valueAt returns the value held at revision, if it is the current one or
+// the one before.
+func (s *Subscriber) valueAt(revision uint64) (string, bool) {
+	for _, t := range []*Token{s.current.Load(), s.before.Load()} {
+		if t != nil && t.Revision == revision {
+			return t.Value, true
+		}
+	}
+	return "", false
 }
 
 // waitNewerFor is waitNewer bounded by d.

@@ -56,6 +56,7 @@ type Subscriber struct {
 
 	bucket  atomic.Pointer[jetstream.KeyValue] // once bound
 	current atomic.Pointer[Token]
+	before  atomic.Pointer[Token] // the one current held before, for Refresh
 	lastErr atomic.Pointer[error]
 	staleAt atomic.Int64 // Unix nanoseconds: when the held token needs looking after
 
@@ -317,6 +318,7 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 		return
 	}
 	t := &Token{Value: rec.Value, Revision: revision, ExpiresAt: rec.ExpiresAt}
+	s.before.Store(s.current.Load())
 	s.current.Store(t)
 	swapprobe.Swapped(s.key, revision)
 	s.staleAt.Store(rec.ExpiresAt.Add(-min(rec.Lifetime()/4, time.Minute)).UnixNano())

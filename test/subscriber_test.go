@@ -410,3 +410,29 @@ func TestOnRotateMayRefresh(t *testing.T) {
 		t.Errorf("subscriber holds revision %d, not WeChat's current token", tok.Revision)
 	}
 }
+
+// TestRefreshLooksPastTheRejectedTokenWrittenAgain: a repaired bucket
+// gives back the token it held at a newer revision. A service that saw
+// that token rejected at the older revision must get a new token from
+// Refresh, not the same one at the newer revision.
+func TestRefreshLooksPastTheRejectedTokenWrittenAgain(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startSystem(t, fakewechat.Config{Overlap: -1}, publisher.Config{MinForceInterval: time.Nanosecond})
+	first := leading(t, ctx, sys)
+	sub := newSubscriber(t, ctx, sys.nc)
+	bucket := testenv.Bucket(t, ctx, sys.nc)
+	again, err := bucket.Put(ctx, appA, first.Value()) // the same record, as a repair writes it back
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := awaitNewer(t, ctx, sub, again-1)
+	rejected := held.Value
+	sys.fake.Issue(appA) // WeChat ends it
+	fresh, err := sub.Refresh(ctx, first.Revision())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Value == rejected || fresh.Value != sys.fake.Current(appA) {
+		t.Errorf("Refresh(%d) gave revision %d, the rejected token again; want WeChat's new one", first.Revision(), fresh.Revision)
+	}
+}
