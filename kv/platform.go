@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -78,8 +79,21 @@ func DecodeVerifyTicket(componentAppID string, data []byte) (VerifyTicket, error
 	return t, nil
 }
 
-// StoreNewerTicket stores t unless the bucket holds a ticket of the same
-// platform pushed no earlier (by CreateTime), and reports whether it did.
+// Newer reports whether t replaces held: it was pushed later, or in the
+// same second (CreateTime is in seconds) and received later, and it is
+// another ticket.
+func (t VerifyTicket) Newer(held VerifyTicket) bool {
+	switch {
+	case t.Ticket == held.Ticket || t.CreateTime.Before(held.CreateTime):
+		return false
+	case t.CreateTime.Equal(held.CreateTime):
+		return t.ReceivedAt.After(held.ReceivedAt)
+	}
+	return true
+}
+
+// StoreNewerTicket stores t unless the bucket holds the same ticket or one
+// t is not Newer than, and reports whether it did.
 // Any replica may call it for a push it received: a compare-and-swap on
 // the key's revision makes the newest push win, whatever the order the
 // replicas store them in.
@@ -97,7 +111,7 @@ func StoreNewerTicket(ctx context.Context, b jetstream.KeyValue, t VerifyTicket)
 		case err != nil:
 			return false, err
 		default:
-			if held, derr := DecodeVerifyTicket(t.ComponentAppID, e.Value()); derr == nil && !held.CreateTime.Before(t.CreateTime) {
+			if held, derr := DecodeVerifyTicket(t.ComponentAppID, e.Value()); derr == nil && !t.Newer(held) {
 				return false, nil
 			}
 			_, err = b.Update(ctx, key, data, e.Revision())
@@ -116,4 +130,151 @@ func StoreNewerTicket(ctx context.Context, b jetstream.KeyValue, t VerifyTicket)
 func isWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// AuthorizerKey is the key of an authorizer's record:
+// "<component_appid>.authorizer.<authorizer_appid>".
+func AuthorizerKey(componentAppID, authorizerAppID string) string {
+	return componentAppID + ".authorizer." + authorizerAppID
+}
+
+// AuthorizersOf is the key filter of every authorizer of a platform.
+func AuthorizersOf(componentAppID string) string { return componentAppID + ".authorizer.*" }
+
+// SplitAuthorizerKey returns the appids an AuthorizerKey names.
+func SplitAuthorizerKey(key string) (componentAppID, authorizerAppID string, ok bool) {
+	component, rest, found := strings.Cut(key, ".authorizer.")
+	if !found || ValidateAppID(component) != nil || ValidateAppID(rest) != nil {
+		return "", "", false
+	}
+	return component, rest, true
+}
+
+// Authorizer is the record of an account that authorized a platform. Its
+// refresh token is the one thing the platform cannot fetch again. A record
+// changes in two ways, each by a compare-and-swap (UpdateAuthorizer):
+// an authorization event (the newest CreateTime wins) sets Code, or
+// Unauthorized; a fetch that WeChat answered with a refresh token replaces
+// RefreshToken (the newest IssuedAt wins).
+type Authorizer struct {
+	ComponentAppID string `json:"component_appid"`
+	AppID          string `json:"authorizer_appid"`
+	RefreshToken   string `json:"refresh_token,omitempty"`
+	// IssuedAt is when the call that returned RefreshToken started, by
+	// the refresher's clock, or when it was imported.
+	IssuedAt time.Time `json:"issued_at,omitzero"`
+	// Code is an authorization code not yet exchanged (api_query_auth),
+	// usable until CodeExpiresAt.
+	Code          string    `json:"code,omitempty"`
+	CodeExpiresAt time.Time `json:"code_expires_at,omitzero"`
+	// EventTime is the CreateTime of the newest authorization event taken
+	// in: an older one, pushed again, changes nothing.
+	EventTime time.Time `json:"event_time,omitzero"`
+	// Unauthorized is set by the unauthorized event: the account withdrew
+	// its authorization, and its token is no longer kept.
+	Unauthorized bool `json:"unauthorized,omitempty"`
+}
+
+// Active reports whether the authorizer's token is to be kept: it has not
+// withdrawn, and there is a refresh token or a code to get one with.
+func (a Authorizer) Active() bool {
+	return !a.Unauthorized && (a.RefreshToken != "" || a.Code != "")
+}
+
+// Validate checks the record's fields.
+func (a Authorizer) Validate() error {
+	switch {
+	case ValidateAppID(a.ComponentAppID) != nil:
+		return fmt.Errorf("%w: component_appid %.40q", ErrInvalidPlatformRecord, a.ComponentAppID)
+	case ValidateAppID(a.AppID) != nil || strings.Contains(a.AppID, "-"):
+		return fmt.Errorf("%w: authorizer_appid %.40q", ErrInvalidPlatformRecord, a.AppID)
+	case a.RefreshToken != "" && ValidateToken(a.RefreshToken) != nil:
+		return fmt.Errorf("%w: the refresh token is not 1 to %d printable characters", ErrInvalidPlatformRecord, MaxTokenLength)
+	case a.Code != "" && ValidateToken(a.Code) != nil:
+		return fmt.Errorf("%w: the authorization code is not 1 to %d printable characters", ErrInvalidPlatformRecord, MaxTokenLength)
+	case a.Unauthorized && (a.RefreshToken != "" || a.Code != ""):
+		return fmt.Errorf("%w: an unauthorized record keeps no refresh token or code", ErrInvalidPlatformRecord)
+	}
+	return nil
+}
+
+// EncodeAuthorizer validates and encodes a.
+func EncodeAuthorizer(a Authorizer) ([]byte, error) {
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
+	for _, t := range []*time.Time{&a.IssuedAt, &a.CodeExpiresAt, &a.EventTime} {
+		*t = t.UTC()
+	}
+	return json.Marshal(a)
+}
+
+// DecodeAuthorizer decodes and validates the record under key.
+func DecodeAuthorizer(key string, data []byte) (Authorizer, error) {
+	component, appid, ok := SplitAuthorizerKey(key)
+	if !ok {
+		return Authorizer{}, fmt.Errorf("%w: %.80q is not an authorizer's key", ErrInvalidPlatformRecord, key)
+	}
+	if len(data) > MaxRecordSize {
+		return Authorizer{}, fmt.Errorf("%w: %d bytes", ErrInvalidPlatformRecord, len(data))
+	}
+	var a Authorizer
+	if err := json.Unmarshal(data, &a); err != nil {
+		return Authorizer{}, fmt.Errorf("%w: %v", ErrInvalidPlatformRecord, err)
+	}
+	if err := a.Validate(); err != nil {
+		return Authorizer{}, err
+	}
+	if a.ComponentAppID != component || a.AppID != appid {
+		return Authorizer{}, fmt.Errorf("%w: the record names %s of %s, not the key's", ErrInvalidPlatformRecord, a.AppID, a.ComponentAppID)
+	}
+	return a, nil
+}
+
+// UpdateAuthorizer changes the record of an authorizer with a
+// compare-and-swap: change gets the record held (found is false when there
+// is none, or it is undecodable) and returns the one to store, or false to
+// store nothing. When another writer changed the record meanwhile, change
+// is called again with theirs. It returns the record the key holds
+// afterwards, its revision, and whether it was written.
+func UpdateAuthorizer(ctx context.Context, b jetstream.KeyValue, componentAppID, authorizerAppID string,
+	change func(held Authorizer, found bool) (Authorizer, bool)) (Authorizer, uint64, bool, error) {
+	key := AuthorizerKey(componentAppID, authorizerAppID)
+	for {
+		var held Authorizer
+		var rev uint64
+		found := false
+		e, err := b.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return Authorizer{}, 0, false, err
+		default:
+			rev = e.Revision()
+			if a, derr := DecodeAuthorizer(key, e.Value()); derr == nil {
+				held, found = a, true
+			}
+		}
+		next, write := change(held, found)
+		if !write {
+			return held, rev, false, nil
+		}
+		next.ComponentAppID, next.AppID = componentAppID, authorizerAppID
+		data, err := EncodeAuthorizer(next)
+		if err != nil {
+			return Authorizer{}, 0, false, err
+		}
+		if rev == 0 {
+			rev, err = b.Create(ctx, key, data)
+		} else {
+			rev, err = b.Update(ctx, key, data, rev)
+		}
+		if err == nil {
+			return next, rev, true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongLastSequence(err) {
+			return Authorizer{}, 0, false, err
+		}
+		// Another writer changed the record meanwhile: decide again.
+	}
 }

@@ -67,15 +67,16 @@ type Fault struct {
 type Server struct {
 	cfg Config
 
-	mu          sync.Mutex
-	apps        map[string]*app
-	wecom       map[string]string      // "<corpid> <corpsecret>" -> the WeCom app's key
-	corpTickets map[string][]time.Time // a corp's jsapi ticket calls in the last hour
-	tokens      map[string]*issued     // every token that may still work, by value
-	apis        map[string]*apiState   // the business APIs' calls, by path
-	platforms   map[string]*platform   // third-party platforms, by component appid
-	serial      uint64
-	called      chan struct{} // closed and replaced at every token request
+	mu             sync.Mutex
+	apps           map[string]*app
+	wecom          map[string]string      // "<corpid> <corpsecret>" -> the WeCom app's key
+	corpTickets    map[string][]time.Time // a corp's jsapi ticket calls in the last hour
+	tokens         map[string]*issued     // every token that may still work, by value
+	apis           map[string]*apiState   // the business APIs' calls, by path
+	platforms      map[string]*platform   // third-party platforms, by component appid
+	refreshSerials map[string]int         // every refresh token issued, to its order
+	serial         uint64
+	called         chan struct{} // closed and replaced at every token request
 }
 
 type app struct {
@@ -151,7 +152,8 @@ func New(cfg Config) *Server {
 		cfg.WeComCorpTicketsPerHour = 400
 	}
 	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{}),
-		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}, apis: map[string]*apiState{}, platforms: map[string]*platform{}}
+		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}, apis: map[string]*apiState{}, platforms: map[string]*platform{},
+		refreshSerials: map[string]int{}}
 }
 
 // AddApp registers an app and its AppSecret. Faults injected before keep.

@@ -36,11 +36,19 @@ const authCodeLifetime = 10 * time.Minute
 type platform struct {
 	secret     string
 	crypter    *wxcrypt.Crypter
-	tickets    map[string]time.Time // every ticket pushed, to its expiry
-	startPush  int                  // api_start_push_ticket calls
-	codes      map[string]authCode  // authorization codes not yet exchanged
-	refresh    map[string]string    // an authorizer's current refresh token
+	tickets    map[string]time.Time   // every ticket pushed, to its expiry
+	startPush  int                    // api_start_push_ticket calls
+	codes      map[string]authCode    // authorization codes not yet exchanged
+	refresh    map[string]refreshPair // an authorizer's refresh tokens that work
 	authorized map[string]bool
+}
+
+// refreshPair is an authorizer's refresh tokens that work: the newest, and
+// the one it was issued for, until the newest is used.
+type refreshPair struct{ newest, used string }
+
+func (p refreshPair) accepts(token string) bool {
+	return token != "" && (token == p.newest || token == p.used)
 }
 
 type authCode struct {
@@ -59,7 +67,7 @@ func (s *Server) AddPlatform(componentAppID, secret, token, encodingAESKey strin
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.platforms[componentAppID] = &platform{secret: secret, crypter: c, tickets: map[string]time.Time{},
-		codes: map[string]authCode{}, refresh: map[string]string{}, authorized: map[string]bool{}}
+		codes: map[string]authCode{}, refresh: map[string]refreshPair{}, authorized: map[string]bool{}}
 	return nil
 }
 
@@ -74,14 +82,52 @@ func (s *Server) StartPushCalls(componentAppID string) int {
 	return 0
 }
 
-// RefreshToken is the authorizer's current refresh token ("" if none).
+// RefreshToken is the authorizer's newest refresh token ("" if none).
 func (s *Server) RefreshToken(componentAppID, authorizer string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p := s.platforms[componentAppID]; p != nil {
-		return p.refresh[authorizer]
+		return p.refresh[authorizer].newest
 	}
 	return ""
+}
+
+// RefreshTokenWorks reports whether api_authorizer_token would take token
+// for the authorizer now.
+func (s *Server) RefreshTokenWorks(componentAppID, authorizer, token string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.platforms[componentAppID]
+	return p != nil && p.authorized[authorizer] && p.refresh[authorizer].accepts(token)
+}
+
+// RefreshSerial is the order in which the fake issued a refresh token (1
+// for the first it issued of all), or 0 for one it never issued.
+func (s *Server) RefreshSerial(token string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refreshSerials[token]
+}
+
+// GrantRefreshToken has authorizer authorize the platform without an
+// event, and returns its refresh token: the token another system stored,
+// for `wxtoken authorizers import`.
+func (s *Server) GrantRefreshToken(componentAppID, authorizer string) (string, error) {
+	var token string
+	_, err := s.changePlatform(componentAppID, func(p *platform) {
+		p.authorized[authorizer] = true
+		token = s.newRefreshToken()
+		p.refresh[authorizer] = refreshPair{newest: token}
+	})
+	return token, err
+}
+
+// newRefreshToken mints a refresh token and records its order. Callers
+// hold s.mu.
+func (s *Server) newRefreshToken() string {
+	token := s.unique("refreshtoken@@@")
+	s.refreshSerials[token] = len(s.refreshSerials) + 1
+	return token
 }
 
 // An event the open platform pushes, before encryption.
@@ -267,10 +313,10 @@ func (s *Server) servePlatform(w http.ResponseWriter, r *http.Request) {
 				return e
 			}
 			p := s.platforms[req.ComponentAppID]
-			if !p.authorized[req.AuthorizerAppID] || req.AuthorizerRefresh == "" || p.refresh[req.AuthorizerAppID] != req.AuthorizerRefresh {
+			if !p.authorized[req.AuthorizerAppID] || !p.refresh[req.AuthorizerAppID].accepts(req.AuthorizerRefresh) {
 				return errReply(61023, "refresh_token is invalid")
 			}
-			return s.authorizerTokens(p, req.AuthorizerAppID, a, now)
+			return s.authorizerTokens(p, req.AuthorizerAppID, req.AuthorizerRefresh, a, now)
 		})
 	}
 }
@@ -301,18 +347,19 @@ func (s *Server) queryAuth(componentAppID, componentToken, code string, now time
 	if !ok || !now.Before(c.expires) {
 		return errReply(61010, "code is expired")
 	}
-	info := s.authorizerTokens(p, c.authorizer, s.app(c.authorizer), now)
+	info := s.authorizerTokens(p, c.authorizer, "", s.app(c.authorizer), now)
 	info["authorizer_appid"] = c.authorizer
 	info["func_info"] = []any{}
 	return map[string]any{"authorization_info": info}
 }
 
-// authorizerTokens issues an authorizer a token and a new refresh token;
-// the refresh token before stops working. Callers hold s.mu.
-func (s *Server) authorizerTokens(p *platform, authorizer string, a *app, now time.Time) map[string]any {
+// authorizerTokens issues an authorizer a token and a new refresh token for
+// the one used ("" for an authorization code): any other stops working.
+// Callers hold s.mu.
+func (s *Server) authorizerTokens(p *platform, authorizer, used string, a *app, now time.Time) map[string]any {
 	t := s.issue(authorizer, a, now)
-	refresh := s.unique("refreshtoken@@@")
-	p.refresh[authorizer] = refresh
+	refresh := s.newRefreshToken()
+	p.refresh[authorizer] = refreshPair{newest: refresh, used: used}
 	return map[string]any{"authorizer_access_token": t.value, "expires_in": int(s.cfg.ExpiresIn / time.Second),
 		"authorizer_refresh_token": refresh}
 }

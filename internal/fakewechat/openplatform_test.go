@@ -125,8 +125,15 @@ func TestOpenPlatformPushesTicketsAndRotatesRefreshTokens(t *testing.T) {
 	if second == first || fake.RefreshToken(platformApp, authorizerApp) != second {
 		t.Errorf("a refresh gave the refresh token %q, want a new one", second)
 	}
+	// The answer with second may have been lost: first works until second
+	// is used, and using it makes another one the newest.
+	third := refresh(first)["authorizer_refresh_token"].(string)
+	if third == second || fake.RefreshTokenWorks(platformApp, authorizerApp, second) || fake.RefreshSerial(third) <= fake.RefreshSerial(second) {
+		t.Errorf("a refresh with the token before the newest gave %q; the newest %q should stop working", third, second)
+	}
+	second = refresh(third)["authorizer_refresh_token"].(string)
 	if got := refresh(first); got["errcode"] != float64(61023) {
-		t.Errorf("the refresh token before = %v, want 61023", got)
+		t.Errorf("the refresh token before the one used = %v, want 61023", got)
 	}
 	fake.Inject(authorizerApp, Fault{ErrCode: 61023})
 	if got := refresh(second); got["errcode"] != float64(61023) {
