@@ -30,6 +30,19 @@ type App struct {
 	// the key "<key>.<kind>": TicketJSAPI and TicketWxCard for an official
 	// account, TicketJSAPI (the corp's) and TicketAgentConfig for WeCom.
 	Tickets []Ticket
+	// Platform makes the app a third-party platform (开放平台): AppID is
+	// its component appid, Secret its component appsecret, and its token
+	// the component_access_token, under the component appid. The tokens
+	// of the accounts that authorized it are kept under their appids.
+	Platform *Platform
+}
+
+// Platform is what a third-party platform's pushes are checked and
+// decrypted with: the message token and EncodingAESKey of its
+// authorization-event URL.
+type Platform struct {
+	MessageToken   Secret
+	EncodingAESKey Secret
 }
 
 // Key is the app's token key in the bucket.
@@ -42,6 +55,9 @@ func (a App) Key() string {
 
 // wecom reports whether the app is a WeCom app secret.
 func (a App) wecom() bool { return a.CorpID != "" }
+
+// platform reports whether the app is a third-party platform.
+func (a App) platform() bool { return a.Platform != nil }
 
 // Ticket names a ticket kind of the apps file's tickets list.
 type Ticket string
@@ -94,6 +110,13 @@ func (a App) checkIdentity() error {
 		return errors.New("give appid or corpid, not both")
 	case a.CorpID == "" && a.Agent != "":
 		return errors.New("agent belongs to a WeCom app (corpid)")
+	case a.platform() && (a.CorpID != "" || a.TokenAPI != "" || len(a.Tickets) > 0):
+		return fmt.Errorf("platform %s: a component appid has no corpid, token_api or tickets", a.AppID)
+	case a.platform():
+		if err := checkAppID(a.AppID); err != nil {
+			return err
+		}
+		return a.Platform.check()
 	case a.CorpID == "":
 		return checkAppID(a.AppID)
 	case a.TokenAPI != "" && a.TokenAPI != TokenAPIClassic:
@@ -153,8 +176,27 @@ func (api TokenAPI) orClassic() TokenAPI {
 //	    agent: "1000002"
 //	    secret_env: WECOM_APP_SECRET
 //	    tickets: [jsapi, agent_config]
+//	platforms:                         # third-party platforms (开放平台)
+//	  - component_appid: wx0123456789abcdef
+//	    secret_env: COMPONENT_SECRET           # each of the three: _env, _file or inline
+//	    message_token_env: COMPONENT_MSG_TOKEN
+//	    encoding_aes_key_file: /run/secrets/component_aes_key
 type appsFile struct {
-	Apps []appEntry `yaml:"apps"`
+	Apps      []appEntry      `yaml:"apps"`
+	Platforms []platformEntry `yaml:"platforms"`
+}
+
+type platformEntry struct {
+	ComponentAppID     string `yaml:"component_appid"`
+	Secret             string `yaml:"secret"`
+	SecretEnv          string `yaml:"secret_env"`
+	SecretFile         string `yaml:"secret_file"`
+	MessageToken       string `yaml:"message_token"`
+	MessageTokenEnv    string `yaml:"message_token_env"`
+	MessageTokenFile   string `yaml:"message_token_file"`
+	EncodingAESKey     string `yaml:"encoding_aes_key"`
+	EncodingAESKeyEnv  string `yaml:"encoding_aes_key_env"`
+	EncodingAESKeyFile string `yaml:"encoding_aes_key_file"`
 }
 
 type appEntry struct {
@@ -212,14 +254,21 @@ func ParseApps(data []byte, getenv func(string) string) ([]App, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("not a valid apps file: %w", err)
 	}
-	if len(f.Apps) == 0 {
-		return nil, errors.New(`no apps: the file needs a list under "apps:"`)
+	if len(f.Apps) == 0 && len(f.Platforms) == 0 {
+		return nil, errors.New(`no apps: the file needs a list under "apps:" or "platforms:"`)
 	}
-	apps := make([]App, 0, len(f.Apps))
+	apps := make([]App, 0, len(f.Apps)+len(f.Platforms))
 	for i, e := range f.Apps {
 		app, err := e.resolve(getenv)
 		if err != nil {
 			return nil, fmt.Errorf("apps[%d]: %w", i, err)
+		}
+		apps = append(apps, app)
+	}
+	for i, e := range f.Platforms {
+		app, err := e.resolve(getenv)
+		if err != nil {
+			return nil, fmt.Errorf("platforms[%d]: %w", i, err)
 		}
 		apps = append(apps, app)
 	}
@@ -248,34 +297,66 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 	if err := checkTickets(tickets, app.wecom()); err != nil {
 		return App{}, fmt.Errorf("%s: %w", name, err)
 	}
+	secret, err := resolveSecret("secret", e.Secret, e.SecretEnv, e.SecretFile, getenv)
+	if err != nil {
+		return App{}, fmt.Errorf("%s: %w", name, err)
+	}
+	app.Secret = secret
+	if !app.wecom() {
+		app.TokenAPI = app.TokenAPI.orClassic()
+	}
+	return app, nil
+}
+
+// resolveSecret returns the secret field given inline, by environment
+// variable (field_env) or by file (field_file): exactly one of them.
+func resolveSecret(field, inline, envName, file string, getenv func(string) string) (Secret, error) {
 	given := 0
-	for _, s := range []string{e.Secret, e.SecretEnv, e.SecretFile} {
+	for _, s := range []string{inline, envName, file} {
 		if s != "" {
 			given++
 		}
 	}
 	if given != 1 {
-		return App{}, fmt.Errorf("%s: give exactly one of secret_env, secret_file and secret", name)
+		return Secret{}, fmt.Errorf("give exactly one of %[1]s_env, %[1]s_file and %[1]s", field)
 	}
-	var secret string
 	switch {
-	case e.SecretEnv != "":
-		secret = getenv(e.SecretEnv)
+	case envName != "":
+		secret := getenv(envName)
 		if secret == "" {
-			return App{}, fmt.Errorf("%s: environment variable %s is empty or not set", name, e.SecretEnv)
+			return Secret{}, fmt.Errorf("%s: environment variable %s is empty or not set", field, envName)
 		}
-	case e.SecretFile != "":
-		s, err := readSecretFile(e.SecretFile)
+		return NewSecret(secret), nil
+	case file != "":
+		secret, err := readSecretFile(file)
 		if err != nil {
-			return App{}, fmt.Errorf("%s: %w", name, err)
+			return Secret{}, fmt.Errorf("%s: %w", field, err)
 		}
-		secret = s
-	default:
-		secret = e.Secret
+		return NewSecret(secret), nil
 	}
-	app.Secret = NewSecret(secret)
-	if !app.wecom() {
-		app.TokenAPI = app.TokenAPI.orClassic()
+	return NewSecret(inline), nil
+}
+
+func (e platformEntry) resolve(getenv func(string) string) (App, error) {
+	if err := checkAppID(e.ComponentAppID); err != nil {
+		return App{}, fmt.Errorf("component_appid: %w", err)
+	}
+	name := "platform " + e.ComponentAppID
+	secret, err := resolveSecret("secret", e.Secret, e.SecretEnv, e.SecretFile, getenv)
+	if err != nil {
+		return App{}, fmt.Errorf("%s: %w", name, err)
+	}
+	token, err := resolveSecret("message_token", e.MessageToken, e.MessageTokenEnv, e.MessageTokenFile, getenv)
+	if err != nil {
+		return App{}, fmt.Errorf("%s: %w", name, err)
+	}
+	key, err := resolveSecret("encoding_aes_key", e.EncodingAESKey, e.EncodingAESKeyEnv, e.EncodingAESKeyFile, getenv)
+	if err != nil {
+		return App{}, fmt.Errorf("%s: %w", name, err)
+	}
+	app := App{AppID: e.ComponentAppID, Secret: secret, Platform: &Platform{MessageToken: token, EncodingAESKey: key}}
+	if err := app.checkIdentity(); err != nil {
+		return App{}, err
 	}
 	return app, nil
 }

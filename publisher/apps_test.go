@@ -65,7 +65,7 @@ apps:
 		!strings.Contains(err.Error(), "WECHAT_TOKEN_API") {
 		t.Errorf("a bad WECHAT_TOKEN_API: %v", err)
 	}
-	set := newCredentialSet(apps, nil)
+	set := newCredentialSet(apps, nil, nil, nil)
 	var keys []string
 	for _, c := range set.order {
 		keys = append(keys, c.key)

@@ -39,6 +39,10 @@ type Config struct {
 	Apps []App
 
 	Bucket        string // token bucket; kv.DefaultBucket
+	// PlatformBucket holds third-party platforms' verify tickets and
+	// their authorizers' refresh tokens; kv.DefaultPlatformBucket. It is
+	// opened only when Apps has a platform.
+	PlatformBucket string
 	Replicas      int    // replicas of the buckets; 1
 	History       int    // revisions kept per key; 1
 	SubjectPrefix string // kv.DefaultSubjectPrefix
@@ -89,6 +93,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	if c.Bucket == "" {
 		c.Bucket = kv.DefaultBucket
 	}
+	if c.PlatformBucket == "" {
+		c.PlatformBucket = kv.DefaultPlatformBucket
+	}
 	if c.Replicas == 0 {
 		c.Replicas = 1
 	}
@@ -127,6 +134,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 
 	var errs []error
 	if err := checkApps(c.Apps); err != nil {
+		errs = append(errs, err)
+	}
+	if err := kv.ValidateBucketName(c.PlatformBucket); err != nil {
 		errs = append(errs, err)
 	}
 	if err := kv.ValidateSubjectPrefix(c.SubjectPrefix); err != nil {
@@ -196,6 +206,7 @@ func checkApps(apps []App) error {
 	if len(apps) == 0 {
 		errs = append(errs, "no apps: give an apps file or WECHAT_APPID")
 	}
+
 	for _, a := range apps {
 		if err := a.checkIdentity(); err != nil {
 			errs = append(errs, err.Error())

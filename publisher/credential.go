@@ -34,6 +34,7 @@ type credential struct {
 	timerAt    time.Time
 	timerGen   uint64    // tells a stopped timer's late callback from the current one's
 	quietUntil time.Time // WeChat answered with the token held: not asked again before this
+	auth       *authorizerState // an authorizer's, fixed at creation; nil for other credentials
 }
 
 // due is when the app next needs a fetch. Callers hold a.mu.
@@ -44,6 +45,10 @@ func (a *credential) due(now time.Time) time.Time {
 	case a.pending != nil:
 		// A token fetched but not stored must reach the bucket: its fetch
 		// will kill the one there.
+		return now
+	case a.auth != nil && (a.auth.unsaved != nil || a.auth.record.Code != "" && now.Before(a.auth.record.CodeExpiresAt)):
+		// A refresh token to store, or an authorization code to exchange
+		// before it expires.
 		return now
 	case a.rec == nil || !a.rec.ValidAt(now):
 		return maxTime(now, a.quietUntil)
@@ -90,10 +95,10 @@ func (r *Refresher) credential(key string) *credential { return r.apps.Load().by
 
 func (r *Refresher) credentialList() []*credential { return r.apps.Load().order }
 
-// newCredentialSet returns the credentials apps describe. Those old holds
-// are kept, with their state, and given the apps' secrets and APIs; the
-// others are new.
-func newCredentialSet(apps []App, old *credentialSet) *credentialSet {
+// newCredentialSet returns the credentials apps and the authorizers of
+// their platforms describe. Those old holds are kept, with their state,
+// and given the apps' secrets and APIs; the others are new.
+func newCredentialSet(apps []App, authorizers map[string]authorizerEntry, old *credentialSet, log func(string, ...any)) *credentialSet {
 	set := &credentialSet{byKey: make(map[string]*credential, len(apps))}
 	add := func(c *credential) {
 		set.byKey[c.key] = c
@@ -114,6 +119,7 @@ func newCredentialSet(apps []App, old *credentialSet) *credentialSet {
 			add(ticket)
 		}
 	}
+	authorizerCredentials(set, authorizers, old, log)
 	return set
 }
 

@@ -21,6 +21,11 @@ const (
 	// per hour, not per day. The first pause lasts to the next minute,
 	// the next ones to the next hour.
 	classFrequency errClass = "frequency"
+	// classTicket is a third-party platform without a
+	// component_verify_ticket that works (none pushed yet, 61005,
+	// 61006): the push is restarted, and the component token is fetched
+	// when the next ticket arrives.
+	classTicket errClass = "ticket"
 )
 
 type errcodeInfo struct {

@@ -36,6 +36,9 @@ func (r *Refresher) failed(a *credential, err error, used Secret) {
 	case class == classQuota:
 		// All apps resume at midnight; the pacer spreads them.
 		wait = untilQuotaReset(now)
+	case class == classTicket:
+		// A push ends the wait (observeTicket).
+		wait = ticketWait
 	case class == classFrequency:
 		wait = untilFrequencyReset(now, a.failures)
 	default:

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
 
+	"github.com/wxtoken/wxtoken/internal/wxcrypt"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -43,11 +44,16 @@ type Refresher struct {
 	limits   hourlyLimits // WeCom's on tickets
 	log      *slog.Logger
 
-	apps      atomic.Pointer[credentialSet]
-	reloading sync.Mutex // one SetApps at a time
+	apps       atomic.Pointer[credentialSet]
+	reloading  sync.Mutex // one change of the credentials at a time
+	configured []App      // the apps of the last SetApps, under reloading
 	secrets   secrets
 	metrics   *metrics
 	bucket    atomic.Pointer[jetstream.KeyValue] // once open
+
+	platformBucket atomic.Pointer[jetstream.KeyValue] // once open; only with platforms
+	platforms      *platforms
+	crypters       atomic.Pointer[map[string]*wxcrypt.Crypter] // the platforms' pushes, by component appid
 
 	life bucketLife // the token bucket's: see bucket.go
 
@@ -88,9 +94,14 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		wecom:    wecom,
 		pacer:    newPacer(cfg.UpstreamRate),
 		log:      cfg.Logger,
-		life:     newBucketLife(),
+		life:      newBucketLife(),
+		platforms: newPlatforms(),
 	}
-	r.apps.Store(newCredentialSet(cfg.Apps, nil))
+	if err := r.setCrypters(cfg.Apps); err != nil {
+		return nil, fmt.Errorf("publisher: %w", err)
+	}
+	r.configured = cfg.Apps
+	r.apps.Store(newCredentialSet(cfg.Apps, nil, nil, r.log.Warn))
 	r.secrets.add(cfg.Apps)
 	r.metrics = newMetrics(cfg.Registerer, r)
 	return r, nil

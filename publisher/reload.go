@@ -29,8 +29,14 @@ func (s *secrets) scrubber() secretScrubber {
 func (s *secrets) add(apps []App) {
 	list := slices.Clone(s.scrubber())
 	for _, app := range apps {
-		if secret := app.Secret.Reveal(); !slices.Contains(list, secret) {
-			list = append(list, secret)
+		secrets := []Secret{app.Secret}
+		if app.platform() {
+			secrets = append(secrets, app.Platform.MessageToken, app.Platform.EncodingAESKey)
+		}
+		for _, s := range secrets {
+			if secret := s.Reveal(); secret != "" && !slices.Contains(list, secret) {
+				list = append(list, secret)
+			}
 		}
 	}
 	// Longest first: a secret that contains another must go whole, not
@@ -55,9 +61,24 @@ func (r *Refresher) SetApps(apps []App) error {
 	}
 	r.reloading.Lock()
 	defer r.reloading.Unlock()
+	if hasPlatforms(apps) && !hasPlatforms(r.configured) {
+		return errors.New("publisher: apps: a reload cannot add the first platform: the platform bucket is opened at start; restart wxtoken")
+	}
+	if err := r.setCrypters(apps); err != nil {
+		return fmt.Errorf("publisher: apps: %w", err)
+	}
 	r.secrets.add(apps)
+	r.configured = apps
+	r.replaceCredentials(apps)
+	return nil
+}
+
+// replaceCredentials makes the credentials of apps and of the authorizers
+// of their platforms, and puts them in place of the ones before. Callers
+// hold r.reloading.
+func (r *Refresher) replaceCredentials(apps []App) {
 	old := r.apps.Load()
-	next := newCredentialSet(apps, old)
+	next := newCredentialSet(apps, r.platforms.snapshot(), old, r.log.Warn)
 	var added, removed, rekeyed []string
 	for _, app := range apps {
 		if a := old.find(app.Key()); a != nil && a.update(app) {
@@ -82,14 +103,14 @@ func (r *Refresher) SetApps(apps []App) error {
 			removed = append(removed, a.key)
 		}
 	}
-	r.log.Info("apps reloaded", "apps", len(next.order), "added", summary(added), "removed", summary(removed),
+	r.log.Info("credentials changed", "credentials", len(next.order), "added", summary(added), "removed", summary(removed),
 		"changed", summary(rekeyed))
 
 	// The bucket's follower dropped the keys of apps it did not know.
-	// Once the bucket is open, read theirs (a rotation reads a key it
-	// knows nothing of before it fetches, too); before, the follower has
-	// not started and will deliver them.
-	if bucket := r.bucket.Load(); bucket != nil {
+	// Once it has read the bucket, read theirs (a rotation reads a key it
+	// knows nothing of before it fetches, too); before, it will deliver
+	// them.
+	if bucket := r.bucket.Load(); bucket != nil && r.synced.Load() {
 		r.readKeys(*bucket, added)
 	}
 	if t := r.term.Load(); t != nil {
@@ -98,8 +119,10 @@ func (r *Refresher) SetApps(apps []App) error {
 			r.announceStored(a)
 			r.plan(t, a)
 		}
+		if len(removed) > 0 {
+			t.spawn(func() { r.dropRevoked(t) })
+		}
 	}
-	return nil
 }
 
 // readKeys takes in the bucket's values of appids, as the follower would,

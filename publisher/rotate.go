@@ -100,6 +100,11 @@ func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base o
 		base.err = &backoffError{until: retryAt, last: lastErr}
 		return base
 	}
+	// An authorizer's refresh token that WeChat returned goes in before
+	// anything else is asked of WeChat with it.
+	if err := r.saveRefresh(t, a); err != nil {
+		return r.notStored(t, a, err, base)
+	}
 	if base.rev == 0 && pending == nil {
 		// Nothing seen of this key (an app just added, or its read
 		// failed): the bucket may hold a valid token all the same, which
@@ -137,19 +142,18 @@ func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base o
 		base.err = err
 		return base
 	}
+	if err := r.saveRefresh(t, a); err != nil {
+		a.mu.Lock()
+		a.pending = &rec
+		a.mu.Unlock()
+		return r.notStored(t, a, err, base)
+	}
 	rev, stored, ours, err := r.storeRepairing(t, a, rec, data, base.rev)
 	if err != nil {
 		a.mu.Lock()
 		a.pending = &rec
 		a.mu.Unlock()
-		if t.work.Err() != nil {
-			base.err = errEnding
-			return base
-		}
-		err = fmt.Errorf("publisher: token fetched but not stored: %w", err)
-		r.failed(a, err, Secret{})
-		base.err = err
-		return base
+		return r.notStored(t, a, fmt.Errorf("publisher: token fetched but not stored: %w", err), base)
 	}
 	a.mu.Lock()
 	a.pending = nil
@@ -162,7 +166,7 @@ func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base o
 	}
 	r.announce(a, rev, rec, data)
 	r.metrics.rotation(a.key, rec.Reason)
-	if a.parent == nil {
+	if a.kind == kv.KindToken {
 		r.log.Info("token rotated", "appid", a.key, "revision", rev, "reason", rec.Reason,
 			"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
 	} else {
@@ -170,6 +174,18 @@ func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base o
 			"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
 	}
 	return outcome{rev: rev, rec: &rec, refreshed: true}
+}
+
+// notStored ends a rotation whose write failed: what it fetched is kept to
+// be written by the next, which goes after a backoff.
+func (r *Refresher) notStored(t *term, a *credential, err error, base outcome) outcome {
+	if t.work.Err() != nil {
+		base.err = errEnding
+		return base
+	}
+	r.failed(a, err, Secret{})
+	base.err = err
+	return base
 }
 
 // fetch asks WeChat for a new value, unless a forced refresh finds the
@@ -266,6 +282,7 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 		appid = corpid
 	}
 	g := grant{appid: appid, secret: secret}
+	r.grantFor(a, &g)
 	var used uint64
 	if a.parent != nil {
 		token, rev, err := r.tokenFor(t, a.parent)
@@ -284,6 +301,16 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 	client := r.clientFor(src)
 	call := func(ctx context.Context) (issuedValue, error) { return src.fetch(ctx, client, g) }
 	issued, latency, err := r.callUpstream(t, a, src.api(), secret, before, call)
+	var ue *upstreamError
+	switch {
+	case err == nil:
+		r.holdRefresh(a, issued, g.code)
+	case classOf(err) == classTicket:
+		r.startPush(t, a, secret)
+		r.failed(a, err, secret)
+	case errors.As(err, &ue) && ue.ErrCode == codeSpent && g.code != "":
+		r.spendCode(t, a, g.code)
+	}
 	if a.parent == nil || classOf(err) != classToken {
 		return issued, latency, err
 	}
@@ -303,6 +330,9 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 	}
 	g.token = token.Value
 	issued, latency, err = r.callUpstream(t, a, src.api(), secret, before, call)
+	if err == nil {
+		r.holdRefresh(a, issued, g.code)
+	}
 	if classOf(err) == classToken {
 		r.failed(a, err, Secret{}) // refused again: retried with backoff
 	}
@@ -333,9 +363,9 @@ func (r *Refresher) firstAppearance(a *credential, value string) (kv.Credential,
 
 // callUpstream makes one call to WeChat through the pacer, if the lease
 // surely covers it, and records it: in the metrics under api, and as the
-// credential's failure if it fails (but for a token refused, which the
-// caller handles, and WeChat's count of forced refreshes spent, which
-// pauses nothing). A failure while the term ends is errEnding.
+// credential's failure if it fails (but for a token refused and a platform
+// without a ticket, which the caller handles, and WeChat's count of forced
+// refreshes spent, which pauses nothing). A failure while the term ends is errEnding.
 //
 // before, if not nil, runs once the call is sure to go: it counts the call
 // against a budget (forced refreshes, WeCom's ticket limits), and an error
@@ -370,7 +400,7 @@ func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secr
 		}
 		class := classOf(err)
 		r.metrics.upstreamCall(a.key, api, string(class), latency)
-		if class != classToken && !(api == "stable_token_force" && class == classQuota) {
+		if class != classToken && class != classTicket && !(api == "stable_token_force" && class == classQuota) {
 			r.failed(a, err, secret)
 		}
 		return issuedValue{}, 0, err

@@ -35,13 +35,17 @@ type source interface {
 // current token for what is fetched with it.
 type grant struct {
 	appid  string // the appid, or a WeCom app's corpid
-	secret Secret
+	secret Secret // an authorizer's: its refresh token
 	token  string
+	ticket string // a platform's newest component_verify_ticket
+	code   string // an authorizer's authorization code, not exchanged yet
 }
 
 // sourceOf returns the source of an app's token.
 func sourceOf(app App) source {
 	switch {
+	case app.platform():
+		return componentSource{}
 	case app.wecom():
 		return wecomSource{}
 	case app.TokenAPI == TokenAPIStable:

@@ -93,6 +93,13 @@ func (r *Refresher) openOnce(ctx context.Context, tokens *jetstream.KeyValue) (*
 		}
 		*tokens = b
 	}
+	if hasPlatforms(r.cfg.Apps) && r.platformBucket.Load() == nil {
+		b, err := r.openPlatformBucket(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r.platformBucket.Store(&b)
+	}
 	return openLease(ctx, r.nc, r.js, r.cfg, func() bool { return r.life.lastRev.Load() > 0 })
 }
 

@@ -114,6 +114,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 	for _, a := range r.credentialList() {
 		r.announceStored(a)
 	}
+	t.spawn(func() { r.dropRevoked(t) })
 
 	svc, err := r.serve(t)
 	if err != nil {
@@ -153,12 +154,18 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return err
 	}
 	followCtx, stopFollowing := context.WithCancel(ctx)
-	followed, watched := make(chan struct{}), make(chan struct{})
+	followed, watched, platformsFollowed := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	defer func() {
 		stopFollowing()
 		<-followed
 		<-watched
+		<-platformsFollowed
 	}()
+	// The authorizers are known before the token bucket is read, so that
+	// the follower takes in their tokens with everyone else's.
+	if !r.followPlatforms(followCtx, platformsFollowed) {
+		return nil
+	}
 	synced := r.life.nextSync()
 	follower := &kvwatch.Follower{
 		Bucket:  bucket,

@@ -60,10 +60,10 @@ func (e *upstreamError) Unwrap() error { return e.cause }
 // Meaning is what the errcode means for an operator.
 func (e *upstreamError) meaning() string {
 	switch {
-	case e.ErrCode == 0:
-		return "no answer from WeChat"
 	case e.means != "":
 		return e.means
+	case e.ErrCode == 0:
+		return "no answer from WeChat"
 	}
 	_, meaning := classify(e.ErrCode)
 	return meaning
@@ -76,6 +76,9 @@ type issuedValue struct {
 	// At is when the call that issued it started, on the refresher's
 	// clock: the value's fetched_at.
 	At time.Time
+	// Refresh is the authorizer_refresh_token that came with an
+	// authorizer's token, to be stored before the token is.
+	Refresh string
 }
 
 // upstreamClient calls WeChat's token and token-check APIs.
@@ -220,20 +223,26 @@ func decodeTokenAnswer(status int, body []byte, classify func(int) (errClass, st
 		class, meaning := classify(*a.ErrCode)
 		return issuedValue{}, &upstreamError{ErrCode: *a.ErrCode, ErrMsg: a.ErrMsg, class: class, means: meaning}
 	}
-	if a.AccessToken == nil {
-		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "answer has neither access_token nor errcode"}
+	return issuedFrom("access_token", a.AccessToken, a.ExpiresIn)
+}
+
+// issuedFrom checks the token (named field in the answer) and expires_in of
+// an answer that has no errcode.
+func issuedFrom(field string, token *string, expiresIn json.RawMessage) (issuedValue, error) {
+	if token == nil {
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "answer has neither " + field + " nor errcode"}
 	}
-	if err := kv.ValidateToken(*a.AccessToken); err != nil {
-		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "unusable access_token: " + err.Error()}
+	if err := kv.ValidateToken(*token); err != nil {
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "unusable " + field + ": " + err.Error()}
 	}
-	secs, err := strconv.ParseInt(string(a.ExpiresIn), 10, 64)
+	secs, err := strconv.ParseInt(string(expiresIn), 10, 64)
 	if err != nil {
-		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %.20q is not a whole number of seconds", a.ExpiresIn)}
+		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %.20q is not a whole number of seconds", expiresIn)}
 	}
 	if secs <= 0 || secs > int64(maxExpiresIn/time.Second) {
 		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %d is outside 1..%d seconds", secs, int64(maxExpiresIn/time.Second))}
 	}
-	return issuedValue{Value: *a.AccessToken, ExpiresIn: time.Duration(secs) * time.Second}, nil
+	return issuedValue{Value: *token, ExpiresIn: time.Duration(secs) * time.Second}, nil
 }
 
 // decodeCheckResponse interprets an answer to /cgi-bin/getcallbackip.

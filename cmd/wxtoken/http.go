@@ -48,6 +48,30 @@ func startOps(addr string, reg *prometheus.Registry, ready func() error, log *sl
 	return o, nil
 }
 
+// callbackPath is where the authorization-event URL is served.
+const callbackPath = "/wechat/platform/events"
+
+// startCallback serves the platforms' authorization-event URL on addr.
+// Pushes are small and WeChat waits 5 s for the answer.
+func startCallback(addr string, callback http.Handler, log *slog.Logger) (*opsServer, error) {
+	mux := http.NewServeMux()
+	mux.Handle(callbackPath, callback)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--callback-addr: %w", err)
+	}
+	o := &opsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}}
+	go func() {
+		if err := o.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("callback server stopped", "error", err)
+		}
+	}()
+	log.Info("serving the platforms' authorization-event URL", "addr", ln.Addr().String(), "path", callbackPath)
+	return o, nil
+}
+
 func (o *opsServer) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

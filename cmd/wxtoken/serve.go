@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 )
 
@@ -66,6 +68,7 @@ type serveFlags struct {
 	history    int
 	cfg        publisher.Config
 	httpAddr   string
+	callback   string
 	logFormat  string
 	logLevel   string
 	demo       bool
@@ -99,6 +102,10 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")
+	c.String(&f.callback, "callback-addr", "WXTOKEN_CALLBACK_ADDR", "",
+		"serve the third-party platforms' authorization-event URL, POST "+callbackPath+", on `host:port` (every replica may)")
+	c.String(&f.cfg.PlatformBucket, "platform-bucket", "WXTOKEN_PLATFORM_BUCKET", kv.DefaultPlatformBucket,
+		"KV bucket of the platforms' verify tickets and refresh tokens")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat and two demo apps: tokens of 60s with a jsapi_ticket, and a stable_token app")
@@ -147,6 +154,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if err := f.cfg.Validate(); err != nil {
 		return usageError{err.Error()}
 	}
+	if f.callback != "" && !slices.ContainsFunc(f.cfg.Apps, func(a publisher.App) bool { return a.Platform != nil }) {
+		return usagef("--callback-addr serves third-party platforms, and the apps file has none (platforms:)")
+	}
 
 	ctx, stop := signalContext()
 	defer stop()
@@ -181,6 +191,13 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 			return err
 		}
 		defer ops.stop()
+	}
+	if f.callback != "" {
+		cb, err := startCallback(f.callback, refresher.Callback(), log)
+		if err != nil {
+			return err
+		}
+		defer cb.stop()
 	}
 	if f.demo {
 		log.Info("demo: watch the tokens and the ticket rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`; "+

@@ -27,6 +27,7 @@ type Event struct {
 	Ticket         string // a verify ticket's
 	Authorizer     string // an authorization event's authorizer appid
 	Code           string // authorized and updateauthorized: the code api_query_auth exchanges
+	CodeExpiresAt  time.Time
 }
 
 // InfoType values.
@@ -53,7 +54,9 @@ const (
 // may take it again, so OnEvent must be idempotent, as storing a ticket
 // only when it is newer is.
 type Callback struct {
-	Platforms map[string]*wxcrypt.Crypter // by component appid
+	// Crypter returns the crypter of the platform of a component appid,
+	// or nil if there is no such platform here.
+	Crypter func(componentAppID string) *wxcrypt.Crypter
 	// OnEvent takes a push in. An error answers 500, and WeChat pushes
 	// again later.
 	OnEvent func(context.Context, Event) error
@@ -125,7 +128,7 @@ func (c *Callback) read(w http.ResponseWriter, r *http.Request) (Event, int, err
 	if err := xml.Unmarshal(body, &envelope); err != nil || envelope.Encrypt == "" {
 		return Event{}, http.StatusBadRequest, errors.New("not an encrypted push")
 	}
-	crypter := c.Platforms[envelope.AppID]
+	crypter := c.Crypter(envelope.AppID)
 	if crypter == nil {
 		return Event{}, http.StatusNotFound, fmt.Errorf("no platform %.40q here", envelope.AppID)
 	}
@@ -143,6 +146,7 @@ func (c *Callback) read(w http.ResponseWriter, r *http.Request) (Event, int, err
 		Ticket     string `xml:"ComponentVerifyTicket"`
 		Authorizer string `xml:"AuthorizerAppid"`
 		Code       string `xml:"AuthorizationCode"`
+		CodeExpiry int64  `xml:"AuthorizationCodeExpiredTime"`
 	}
 	if err := xml.Unmarshal(plain, &msg); err != nil {
 		return Event{}, http.StatusBadRequest, errors.New("the decrypted push is not XML")
@@ -151,7 +155,7 @@ func (c *Callback) read(w http.ResponseWriter, r *http.Request) (Event, int, err
 		return Event{}, http.StatusBadRequest, errors.New("the decrypted push names another platform")
 	}
 	ev := Event{ComponentAppID: msg.AppID, CreateTime: time.Unix(msg.CreateTime, 0), InfoType: msg.InfoType,
-		Ticket: msg.Ticket, Authorizer: msg.Authorizer, Code: msg.Code}
+		Ticket: msg.Ticket, Authorizer: msg.Authorizer, Code: msg.Code, CodeExpiresAt: time.Unix(msg.CodeExpiry, 0)}
 	switch {
 	case ev.InfoType == InfoVerifyTicket && ev.Ticket == "":
 		return Event{}, http.StatusBadRequest, errors.New("a verify ticket push with no ticket")

@@ -67,7 +67,7 @@ func TestCallbackTakesGenuinePushesAndRefusesTheRest(t *testing.T) {
 	var mu sync.Mutex
 	var events []Event
 	fail := false
-	cb := &Callback{Platforms: map[string]*wxcrypt.Crypter{platformApp: crypter}, OnEvent: func(_ context.Context, ev Event) error {
+	cb := &Callback{Crypter: func(appid string) *wxcrypt.Crypter { return map[string]*wxcrypt.Crypter{platformApp: crypter}[appid] }, OnEvent: func(_ context.Context, ev Event) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if fail {

@@ -1,0 +1,550 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
+	"github.com/wxtoken/wxtoken/internal/platform"
+	"github.com/wxtoken/wxtoken/internal/wxcrypt"
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// A third-party platform (开放平台) is an app whose token is the
+// component_access_token, fetched with the newest verify ticket WeChat
+// pushed; the accounts that authorized it are credentials of their own,
+// each under its appid, fetched with the component token (their parent,
+// as an app's token is a ticket's). What cannot be fetched again lives in
+// the platform bucket: the verify tickets, which any replica's callback
+// stores, and each authorizer's record with its refresh token, which the
+// leader replaces whenever WeChat returns one. Every replica follows the
+// platform bucket; its authorizers come and go with their records.
+
+// ticketWait is how long a platform without a ticket that works waits for
+// the next push before it restarts the push again; a push ends the wait.
+const ticketWait = 10 * time.Minute
+
+// authCodeLifetime is how long an authorization code can be exchanged,
+// for an event that does not say.
+const authCodeLifetime = time.Hour
+
+// platformHistory is the revisions the platform bucket keeps per key: an
+// authorizer's refresh tokens before the current one, for an operator who
+// must look back.
+const platformHistory = 16
+
+// authorizerState is what an authorizer's credential knows of its record in
+// the platform bucket. The credential's mu guards it.
+type authorizerState struct {
+	component string
+	rev       uint64        // of record
+	record    kv.Authorizer // the newest seen or written
+	// unsaved is a refresh token WeChat returned that the bucket does not
+	// hold yet: it is written before anything else is fetched, and its
+	// Code is the authorization code the call spent.
+	unsaved *kv.Authorizer
+}
+
+// platforms is what the refresher knows of the platform bucket.
+type platforms struct {
+	mu          sync.Mutex
+	tickets     map[string]kv.VerifyTicket // by component appid
+	authorizers map[string]authorizerEntry // the active ones, by authorizer appid
+	revoked     map[string]bool            // authorizer appids that withdrew: their tokens go
+	synced      bool                       // the follower delivered what the bucket held
+	changed     bool                       // authorizers changed since the credentials were built
+}
+
+type authorizerEntry struct {
+	rev    uint64
+	record kv.Authorizer
+}
+
+func newPlatforms() *platforms {
+	return &platforms{tickets: map[string]kv.VerifyTicket{}, authorizers: map[string]authorizerEntry{}, revoked: map[string]bool{}}
+}
+
+func (p *platforms) ticket(component string) (kv.VerifyTicket, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t, ok := p.tickets[component]
+	return t, ok
+}
+
+// snapshot returns the active authorizers.
+func (p *platforms) snapshot() map[string]authorizerEntry {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.changed = false
+	return maps.Clone(p.authorizers)
+}
+
+// hasPlatforms reports whether any of apps is a third-party platform.
+func hasPlatforms(apps []App) bool {
+	return slices.ContainsFunc(apps, App.platform)
+}
+
+// observePlatform takes in an entry of the platform bucket, on every
+// replica: a verify ticket, or an authorizer's record.
+func (r *Refresher) observePlatform(e jetstream.KeyValueEntry) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.logPanic(p)
+		}
+	}()
+	if component, ok := strings.CutSuffix(e.Key(), ".verify_ticket"); ok {
+		r.observeTicket(component, e)
+		return
+	}
+	component, appid, ok := kv.SplitAuthorizerKey(e.Key())
+	if !ok {
+		return
+	}
+	var rec kv.Authorizer
+	active := false
+	if e.Operation() == jetstream.KeyValuePut {
+		decoded, err := kv.DecodeAuthorizer(e.Key(), e.Value())
+		if err != nil {
+			r.log.Error("the platform bucket holds an undecodable authorizer record; ignoring it", "key", e.Key(), "revision", e.Revision(), "error", err)
+			return
+		}
+		rec, active = decoded, decoded.Active()
+	}
+	p := r.platforms
+	p.mu.Lock()
+	held, had := p.authorizers[appid]
+	switch {
+	case had && held.record.ComponentAppID != component:
+		p.mu.Unlock()
+		r.log.Error("an account authorized two platforms of this refresher; its token is kept for the first only",
+			"authorizer", appid, "kept", held.record.ComponentAppID, "ignored", component)
+		return
+	case had && e.Revision() <= held.rev:
+		p.mu.Unlock()
+		return
+	case active:
+		p.authorizers[appid] = authorizerEntry{rev: e.Revision(), record: rec}
+		delete(p.revoked, appid)
+		p.changed = p.changed || !had
+	case had:
+		delete(p.authorizers, appid)
+		p.revoked[appid] = true
+		p.changed = true
+	}
+	rebuild := p.changed && p.synced && e.Delta() == 0
+	p.mu.Unlock()
+
+	if c := r.credential(appid); c != nil && c.auth != nil && active {
+		r.takeRecord(c, e.Revision(), rec)
+	}
+	if rebuild {
+		r.rebuild()
+	}
+}
+
+// takeRecord gives an authorizer's credential its newest record: the
+// refresh token another leader stored, or a code to exchange.
+func (r *Refresher) takeRecord(c *credential, rev uint64, rec kv.Authorizer) {
+	c.mu.Lock()
+	if rev > c.auth.rev {
+		c.auth.rev, c.auth.record = rev, rec
+		if u := c.auth.unsaved; u == nil || !u.IssuedAt.After(rec.IssuedAt) {
+			c.auth.unsaved = nil
+			c.secret = NewSecret(rec.RefreshToken)
+		}
+		if classOf(c.lastErr) == classConfig {
+			// A new code or refresh token: the one refused is replaced.
+			c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
+		}
+	}
+	c.mu.Unlock()
+	if t := r.term.Load(); t != nil {
+		r.plan(t, c)
+	}
+}
+
+func (r *Refresher) observeTicket(component string, e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		return
+	}
+	ticket, err := kv.DecodeVerifyTicket(component, e.Value())
+	if err != nil {
+		r.log.Error("the platform bucket holds an undecodable verify ticket; ignoring it", "component_appid", component, "error", err)
+		return
+	}
+	p := r.platforms
+	p.mu.Lock()
+	held, had := p.tickets[component]
+	newer := !had || ticket.Newer(held)
+	if newer {
+		p.tickets[component] = ticket
+	}
+	p.mu.Unlock()
+	c := r.credential(component)
+	if !newer || c == nil {
+		return
+	}
+	c.mu.Lock()
+	waiting := classOf(c.lastErr) == classTicket
+	if waiting {
+		c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
+	}
+	c.mu.Unlock()
+	if waiting {
+		r.log.Info("verify ticket pushed: fetching the component token", "component_appid", component)
+	}
+	if t := r.term.Load(); t != nil {
+		r.plan(t, c)
+	}
+}
+
+// platformsSynced is the platform follower's OnSynced.
+func (r *Refresher) platformsSynced() {
+	r.platforms.mu.Lock()
+	first := !r.platforms.synced
+	r.platforms.synced = true
+	r.platforms.mu.Unlock()
+	if first {
+		r.rebuild()
+	}
+}
+
+// rebuild makes the credentials again after authorizers came or went.
+func (r *Refresher) rebuild() {
+	r.reloading.Lock()
+	defer r.reloading.Unlock()
+	r.replaceCredentials(r.configured)
+}
+
+// authorizerCredentials adds to set a credential for each active
+// authorizer of a platform set holds, reusing those old holds.
+func authorizerCredentials(set *credentialSet, authorizers map[string]authorizerEntry, old *credentialSet, log func(msg string, args ...any)) {
+	for _, appid := range slices.Sorted(maps.Keys(authorizers)) {
+		e := authorizers[appid]
+		component := set.byKey[e.record.ComponentAppID]
+		if component == nil || component.kind != kv.KindToken || component.parent != nil {
+			continue // a platform no longer configured
+		}
+		if _, ok := component.src.(componentSource); !ok {
+			continue
+		}
+		if taken := set.byKey[appid]; taken != nil {
+			log("an authorizer's appid is an app of the apps file too; its token is kept as the app's", "authorizer", appid)
+			continue
+		}
+		c := old.find(appid)
+		switch {
+		case c == nil || c.auth == nil || c.parent != component:
+			c = &credential{key: appid, kind: kv.KindToken, parent: component, src: authorizerSource{component: component.key},
+				secret: NewSecret(e.record.RefreshToken), auth: &authorizerState{component: component.key, rev: e.rev, record: e.record}}
+		default:
+			c.mu.Lock()
+			if e.rev > c.auth.rev && c.auth.unsaved == nil {
+				c.auth.rev, c.auth.record = e.rev, e.record
+				c.secret = NewSecret(e.record.RefreshToken)
+			}
+			c.mu.Unlock()
+		}
+		set.byKey[appid] = c
+		set.order = append(set.order, c)
+	}
+}
+
+// holdRefresh keeps the refresh token a fetch returned, until saveRefresh
+// stores it. code is the authorization code the fetch spent, if any.
+func (r *Refresher) holdRefresh(a *credential, issued issuedValue, code string) {
+	if a.auth == nil || issued.Refresh == "" {
+		return
+	}
+	a.mu.Lock()
+	a.auth.unsaved = &kv.Authorizer{RefreshToken: issued.Refresh, IssuedAt: issued.At, Code: code}
+	a.mu.Unlock()
+}
+
+// saveRefresh stores the refresh token WeChat returned and the platform
+// bucket does not hold yet, if any, with a compare-and-swap: a newer one
+// (by when it was issued) stays, and an authorizer that withdrew meanwhile
+// stays withdrawn. Only then does the credential use it.
+func (r *Refresher) saveRefresh(t *term, a *credential) error {
+	if a.auth == nil {
+		return nil
+	}
+	a.mu.Lock()
+	unsaved, component := a.auth.unsaved, a.auth.component
+	a.mu.Unlock()
+	if unsaved == nil {
+		return nil
+	}
+	b := r.platformBucket.Load()
+	if b == nil {
+		return errors.New("publisher: the platform bucket is not open")
+	}
+	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	defer cancel()
+	rec, rev, _, err := kv.UpdateAuthorizer(ctx, *b, component, a.key, func(held kv.Authorizer, found bool) (kv.Authorizer, bool) {
+		if found && (held.Unauthorized || held.IssuedAt.After(unsaved.IssuedAt)) {
+			return held, false
+		}
+		next := held
+		next.RefreshToken, next.IssuedAt = unsaved.RefreshToken, unsaved.IssuedAt
+		if next.Code == unsaved.Code {
+			next.Code, next.CodeExpiresAt = "", time.Time{}
+		}
+		return next, true
+	})
+	if err != nil {
+		return fmt.Errorf("publisher: the refresh token WeChat returned for %s is not stored yet: %w", a.key, err)
+	}
+	a.mu.Lock()
+	if a.auth.unsaved == unsaved {
+		a.auth.unsaved = nil
+	}
+	if rev > a.auth.rev {
+		a.auth.rev, a.auth.record = rev, rec
+		a.secret = NewSecret(rec.RefreshToken)
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// spendCode drops an authorization code WeChat said is spent from the
+// authorizer's record, so that it is not tried again; an authorizer left
+// without a refresh token stops being refreshed.
+func (r *Refresher) spendCode(t *term, a *credential, code string) {
+	b := r.platformBucket.Load()
+	if b == nil || a.auth == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	defer cancel()
+	_, _, _, err := kv.UpdateAuthorizer(ctx, *b, a.auth.component, a.key, func(held kv.Authorizer, found bool) (kv.Authorizer, bool) {
+		if !found || held.Code != code {
+			return held, false
+		}
+		held.Code, held.CodeExpiresAt = "", time.Time{}
+		return held, true
+	})
+	if err != nil {
+		r.log.Warn("cannot drop the spent authorization code; it will be tried again", "authorizer", a.key, "error", err)
+	}
+}
+
+// grantFor fills in what a platform's or an authorizer's fetch needs
+// beyond the secret: the newest verify ticket, or a code to exchange.
+func (r *Refresher) grantFor(a *credential, g *grant) {
+	switch a.src.(type) {
+	case componentSource:
+		if ticket, ok := r.platforms.ticket(a.key); ok {
+			g.ticket = ticket.Ticket
+		}
+	case authorizerSource:
+		a.mu.Lock()
+		if rec := a.auth.record; rec.Code != "" && r.cfg.Clock.now().Before(rec.CodeExpiresAt) {
+			g.code = rec.Code
+		}
+		a.mu.Unlock()
+	}
+}
+
+// startPush asks WeChat to push a verify ticket again, after a component
+// token fetch found none that works. The fetch's failure (an ERROR line
+// and a failure event) says why; this says what was done.
+func (r *Refresher) startPush(t *term, a *credential, secret Secret) {
+	if err := r.pacer.wait(t.ctx); err != nil {
+		return
+	}
+	body := fmt.Sprintf(`{"component_appid":%q,"component_secret":%q}`, a.key, secret.Reveal())
+	clock := time.Now()
+	status, answer, err := r.upstream.do(t.work, http.MethodPost, "cgi-bin/component/api_start_push_ticket", nil, []byte(body), secret.Reveal())
+	if err == nil {
+		var ok struct{}
+		err = decodePlatformAnswer(status, answer, componentErrcodes, &ok)
+	}
+	result := "ok"
+	if err != nil {
+		result = string(classOf(err))
+		r.log.Warn("cannot restart the verify ticket push", "component_appid", a.key, "error", scrubErrMsg(err, secret.Reveal()))
+	} else {
+		r.log.Info("asked WeChat to push the verify ticket again", "component_appid", a.key)
+	}
+	r.metrics.upstreamCall(a.key, "start_push_ticket", result, time.Since(clock))
+}
+
+// dropRevoked removes from the token bucket the tokens of authorizers that
+// withdrew, on the leader. An appid that is a credential again (authorized
+// anew) keeps its token.
+func (r *Refresher) dropRevoked(t *term) {
+	r.platforms.mu.Lock()
+	revoked := slices.Collect(maps.Keys(r.platforms.revoked))
+	r.platforms.mu.Unlock()
+	if len(revoked) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	defer cancel()
+	for _, appid := range revoked {
+		if r.credential(appid) != nil {
+			continue
+		}
+		e, err := t.bucket.Get(ctx, appid)
+		if err != nil {
+			continue // gone already, or the next term tries again
+		}
+		if err := t.bucket.Delete(ctx, appid, jetstream.LastRevision(e.Revision())); err == nil {
+			r.log.Info("authorizer withdrew its authorization: its token is removed", "authorizer", appid)
+		}
+		r.platforms.mu.Lock()
+		delete(r.platforms.revoked, appid)
+		r.platforms.mu.Unlock()
+	}
+}
+
+// Callback returns the handler of the platforms' authorization-event URL,
+// for any replica: the pushes it takes in are stored in the platform
+// bucket, where the leader finds them. It answers 503 until the bucket is
+// open.
+func (r *Refresher) Callback() http.Handler {
+	return &platform.Callback{
+		Crypter: func(component string) *wxcrypt.Crypter {
+			m := r.crypters.Load()
+			if m == nil {
+				return nil
+			}
+			return (*m)[component]
+		},
+		OnEvent: r.takeEvent,
+		Logger:  r.log,
+		Now:     r.cfg.Clock.now,
+	}
+}
+
+// setCrypters makes the crypters of the platforms among apps.
+func (r *Refresher) setCrypters(apps []App) error {
+	m := map[string]*wxcrypt.Crypter{}
+	for _, app := range apps {
+		if !app.platform() {
+			continue
+		}
+		c, err := app.Platform.crypter(app.AppID)
+		if err != nil {
+			return fmt.Errorf("platform %s: %w", app.AppID, err)
+		}
+		m[app.AppID] = c
+	}
+	r.crypters.Store(&m)
+	return nil
+}
+
+// errNoPlatformBucket answers a push that came before the bucket opened.
+var errNoPlatformBucket = errors.New("publisher: the platform bucket is not open yet")
+
+// takeEvent stores a push: a verify ticket if it is the newest, an
+// authorization event if it is newer than the record's last. Pushed again,
+// to this replica or another, it changes nothing.
+func (r *Refresher) takeEvent(ctx context.Context, ev platform.Event) error {
+	b := r.platformBucket.Load()
+	if b == nil {
+		return errNoPlatformBucket
+	}
+	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
+	defer cancel()
+	now := r.cfg.Clock.now()
+	switch ev.InfoType {
+	case platform.InfoVerifyTicket:
+		_, err := kv.StoreNewerTicket(ctx, *b, kv.VerifyTicket{ComponentAppID: ev.ComponentAppID, Ticket: ev.Ticket,
+			CreateTime: ev.CreateTime, ReceivedAt: now})
+		return err
+	case platform.InfoAuthorized, platform.InfoUpdateAuthorized, platform.InfoUnauthorized:
+	default:
+		r.log.Info("push of a kind wxtoken does not use; answered", "component_appid", ev.ComponentAppID, "info_type", ev.InfoType)
+		return nil
+	}
+	if err := kv.ValidateAppID(ev.Authorizer); err != nil || strings.Contains(ev.Authorizer, "-") {
+		r.log.Warn("authorization event with an authorizer appid that is not one; answered, not kept", "component_appid", ev.ComponentAppID)
+		return nil
+	}
+	_, _, wrote, err := kv.UpdateAuthorizer(ctx, *b, ev.ComponentAppID, ev.Authorizer, func(held kv.Authorizer, found bool) (kv.Authorizer, bool) {
+		// WeChat's CreateTime is in seconds: of two events of one second,
+		// the one not in yet goes in, but a withdrawal stays.
+		withdrawn := ev.InfoType == platform.InfoUnauthorized
+		switch {
+		case found && held.EventTime.After(ev.CreateTime):
+			return held, false // a newer event is in
+		case found && held.EventTime.Equal(ev.CreateTime) && (held.Unauthorized || !withdrawn && held.Code == ev.Code):
+			return held, false // this event is in
+		}
+		if ev.InfoType == platform.InfoUnauthorized {
+			return kv.Authorizer{Unauthorized: true, EventTime: ev.CreateTime}, true
+		}
+		held.Unauthorized, held.EventTime = false, ev.CreateTime
+		held.Code, held.CodeExpiresAt = ev.Code, ev.CodeExpiresAt
+		if !held.CodeExpiresAt.After(ev.CreateTime) {
+			held.CodeExpiresAt = ev.CreateTime.Add(authCodeLifetime) // WeChat's: an hour
+		}
+		return held, ev.Code != "" || held.RefreshToken != ""
+	})
+	if err == nil && wrote {
+		r.log.Info("authorization event taken in", "component_appid", ev.ComponentAppID, "authorizer", ev.Authorizer, "info_type", ev.InfoType)
+	}
+	return err
+}
+
+// openPlatformBucket creates or opens the platform bucket: replicas as the
+// token bucket's, history kept, and no MaxAge, for a refresh token lives as
+// long as its authorization.
+func (r *Refresher) openPlatformBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	b, err := r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      r.cfg.PlatformBucket,
+		Description: "wxtoken: third-party platforms' verify tickets and authorizers' refresh tokens (refresher only)",
+		History:     uint8(max(platformHistory, r.cfg.History)),
+		Replicas:    r.cfg.Replicas,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("publisher: platform bucket %s: %w", r.cfg.PlatformBucket, err)
+	}
+	return b, nil
+}
+
+// followPlatforms follows the platform bucket, if there is one, until ctx
+// ends, and returns once it has delivered what the bucket held; false if
+// ctx ended first. done closes when the follower has stopped.
+func (r *Refresher) followPlatforms(ctx context.Context, done chan<- struct{}) bool {
+	b := r.platformBucket.Load()
+	if b == nil {
+		close(done)
+		return true
+	}
+	synced := make(chan struct{})
+	var once sync.Once
+	follower := &kvwatch.Follower{
+		Bucket:  *b,
+		Key:     ">",
+		Conn:    r.nc,
+		OnEntry: r.observePlatform,
+		OnSynced: func() {
+			r.platformsSynced()
+			once.Do(func() { close(synced) })
+		},
+		OnError: func(err error) { r.log.Warn("platform bucket watch interrupted, resuming", "error", err) },
+	}
+	go func() {
+		defer close(done)
+		follower.Run(ctx)
+	}()
+	select {
+	case <-synced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,309 @@
+package test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
+	"github.com/wxtoken/wxtoken/subscriber"
+	"github.com/wxtoken/wxtoken/test/testenv"
+)
+
+// The platform of these tests, as WeChat knows it.
+const (
+	componentApp    = "wx00000000000c0a01"
+	componentSecret = "component-secret"
+	componentToken  = "component-msg-token"
+	componentAESKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+	authorizerA     = "wx00000000000a0001"
+)
+
+// platformApp is the apps file's entry of the platform.
+func platformApp() publisher.App {
+	return publisher.App{AppID: componentApp, Secret: publisher.NewSecret(componentSecret),
+		Platform: &publisher.Platform{MessageToken: publisher.NewSecret(componentToken), EncodingAESKey: publisher.NewSecret(componentAESKey)}}
+}
+
+// platformSystem is a NATS server, a fake WeChat with the platform, and a
+// refresher of it whose callback is served at hook.
+type platformSystem struct {
+	nc       *nats.Conn
+	fake     *fakewechat.Server
+	hook     string // the callback URL
+	tokens   jetstream.KeyValue
+	platform jetstream.KeyValue
+	logs     *syncBuffer
+}
+
+func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, cfg publisher.Config) platformSystem {
+	t.Helper()
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, url := testenv.WeChat(t, wechat)
+	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	cfg.Apps = append(cfg.Apps, platformApp())
+	cfg.UpstreamURL, cfg.Logger = url, logs.logger()
+	running := testenv.Refresher(t, nc, cfg)
+	sys := platformSystem{nc: nc, fake: fake, hook: serveHTTP(t, running.Refresher.Callback()) + "/", tokens: openBucket(t, ctx, nc), logs: logs}
+	sys.platform = platformBucketOf(t, ctx, nc)
+	return sys
+}
+
+// platformBucketOf waits for the refresher to create the platform bucket.
+func platformBucketOf(t *testing.T, ctx context.Context, nc *nats.Conn) jetstream.KeyValue {
+	t.Helper()
+	js, _ := jetstream.New(nc)
+	for {
+		b, err := js.KeyValue(ctx, kv.DefaultPlatformBucket)
+		if err == nil {
+			return b
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no platform bucket: %v", err)
+		}
+		<-time.After(20 * time.Millisecond) // polled: the bucket's creation announces nothing
+	}
+}
+
+// authorizerRecord reads the authorizer's record in the platform bucket.
+func authorizerRecord(t *testing.T, ctx context.Context, b jetstream.KeyValue, appid string) (kv.Authorizer, jetstream.KeyValueEntry) {
+	t.Helper()
+	e, err := b.Get(ctx, kv.AuthorizerKey(componentApp, appid))
+	if err != nil {
+		t.Fatalf("authorizer %s: %v", appid, err)
+	}
+	rec, err := kv.DecodeAuthorizer(e.Key(), e.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec, e
+}
+
+// nextPut returns the next put of ch, skipping deletes.
+func nextPut(t *testing.T, ctx context.Context, ch <-chan jetstream.KeyValueEntry) kv.Record {
+	t.Helper()
+	for {
+		if e := testenv.Next(t, ctx, ch); e.Operation() == jetstream.KeyValuePut {
+			return testenv.Record(t, e)
+		}
+	}
+}
+
+// TestPlatformFromFirstPushToAuthorizerTokens walks a platform's life: no
+// ticket at first (the push is restarted, and the failure announced), then
+// a push, the component token, an account authorizing, its token under its
+// appid for the subscriber library, a forced refresh, and the account
+// withdrawing. The refresh token in the bucket is WeChat's newest
+// throughout, and no log line holds a refresh token, a code or a ticket.
+func TestPlatformFromFirstPushToAuthorizerTokens(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	failed, err := nc.SubscribeSync(kv.Subjects{}.Failed(componentApp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	running := testenv.Refresher(t, nc, publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url, Logger: logs.logger()})
+	hook := serveHTTP(t, running.Refresher.Callback()) + "/"
+	tokens := openBucket(t, ctx, nc)
+	component := testenv.Entries(t, tokens, componentApp)
+	authorizer := testenv.Entries(t, tokens, authorizerA)
+	removed := make(chan jetstream.KeyValueEntry, 16)
+	testenv.Follow(t, &kvwatch.Follower{Bucket: tokens, Key: authorizerA, OnEntry: func(e jetstream.KeyValueEntry) {
+		if e.Operation() != jetstream.KeyValuePut {
+			removed <- e
+		}
+	}})
+
+	ev, _ := nextEvent[kv.FailureEvent](t, ctx, failed)
+	if ev.Class != "ticket" || ev.AppID != componentApp {
+		t.Errorf("failure event %+v: want class ticket for the platform without a verify ticket", ev)
+	}
+	if n := fake.StartPushCalls(componentApp); n != 1 {
+		t.Errorf("api_start_push_ticket called %d times, want once", n)
+	}
+	ticket, answer, err := fake.PushTicket(ctx, hook, componentApp)
+	if err != nil || answer != "success" {
+		t.Fatalf("push: %q, %v", answer, err)
+	}
+	if got := nextPut(t, ctx, component); got.AccessToken != fake.Current(componentApp) {
+		t.Errorf("component token %q is not the one WeChat issued", got.AccessToken)
+	}
+
+	if answer, err := fake.Authorize(ctx, hook, componentApp, authorizerA); err != nil || answer != "success" {
+		t.Fatalf("authorize: %q, %v", answer, err)
+	}
+	first := nextPut(t, ctx, authorizer)
+	if ok, _ := fake.Valid(first.AccessToken); !ok || first.AccessToken != fake.Current(authorizerA) {
+		t.Errorf("authorizer token %q is not the one WeChat issued for the code", first.AccessToken)
+	}
+	platformBucket := platformBucketOf(t, ctx, nc)
+	rec, _ := authorizerRecord(t, ctx, platformBucket, authorizerA)
+	if rec.RefreshToken != fake.RefreshToken(componentApp, authorizerA) || rec.Code != "" {
+		t.Errorf("record %+v: want WeChat's newest refresh token and the code spent", rec.IssuedAt)
+	}
+
+	sub, err := subscriber.New(ctx, nc, authorizerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if tok, err := sub.Current(); err != nil || tok.Value != first.AccessToken {
+		t.Fatalf("subscriber: %v; want the authorizer's token", err)
+	}
+	// A service saw its token rejected: the refresher checks, then
+	// refreshes it with the refresh token, and stores the new refresh token
+	// before the token.
+	fake.Revoke(first.AccessToken)
+	refreshed, err := sub.Refresh(ctx, sub.Token().Revision)
+	if err != nil || refreshed.Value == first.AccessToken {
+		t.Fatalf("forced refresh: %v", err)
+	}
+	if ok, _ := fake.Valid(refreshed.Value); !ok {
+		t.Error("the refreshed token does not work")
+	}
+	rec, _ = authorizerRecord(t, ctx, platformBucket, authorizerA)
+	if rec.RefreshToken != fake.RefreshToken(componentApp, authorizerA) {
+		t.Error("after a refresh the bucket does not hold WeChat's newest refresh token")
+	}
+
+	if answer, err := fake.Unauthorize(ctx, hook, componentApp, authorizerA); err != nil || answer != "success" {
+		t.Fatalf("unauthorize: %q, %v", answer, err)
+	}
+	if e := testenv.Next(t, ctx, removed); e.Operation() != jetstream.KeyValueDelete {
+		t.Errorf("after unauthorized the token key got a %s, want a delete", e.Operation())
+	}
+	if rec, _ := authorizerRecord(t, ctx, platformBucket, authorizerA); !rec.Unauthorized || rec.RefreshToken != "" {
+		t.Errorf("record after unauthorized: %+v", rec.Unauthorized)
+	}
+	if _, err := sub.Refresh(ctx, sub.Token().Revision); err == nil {
+		t.Error("a refresh of a withdrawn authorizer succeeded")
+	}
+
+	// Nothing that cannot be fetched again reached a log line.
+	for _, secret := range []string{"refreshtoken@@@", "queryauthcode@@@", ticket, componentSecret, componentAESKey} {
+		if lines := logs.linesWith(secret); len(lines) > 0 {
+			t.Errorf("a log line holds %.20s...: %s", secret, lines[0])
+		}
+	}
+}
+
+// TestPlatformTicketProblems: a ticket WeChat says is expired or invalid
+// restarts the push and waits for it; the next push ends the wait.
+func TestPlatformTicketProblems(t *testing.T) {
+	for _, code := range []int{61005, 61006} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			ctx := testenv.Context(t, 30*time.Second)
+			srv := testenv.NATS(t)
+			nc := testenv.Connect(t, srv.ClientURL())
+			failed, _ := nc.SubscribeSync(kv.Subjects{}.Failed(componentApp))
+			fake, url := testenv.WeChat(t, fakewechat.Config{})
+			fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey)
+			running := testenv.Refresher(t, nc, publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url})
+			hook := serveHTTP(t, running.Refresher.Callback()) + "/"
+			// No ticket yet; then one that WeChat refuses once.
+			if ev, _ := nextEvent[kv.FailureEvent](t, ctx, failed); ev.Class != "ticket" {
+				t.Fatalf("failure %+v: want class ticket", ev)
+			}
+			fake.Inject(componentApp, fakewechat.Fault{ErrCode: code})
+			if _, _, err := fake.PushTicket(ctx, hook, componentApp); err != nil {
+				t.Fatal(err)
+			}
+			component := testenv.Entries(t, openBucket(t, ctx, nc), componentApp)
+			for {
+				ev, _ := nextEvent[kv.FailureEvent](t, ctx, failed)
+				if ev.ErrCode == code {
+					if ev.Class != "ticket" || !ev.NextAttempt.After(time.Now().Add(5*time.Minute)) {
+						t.Errorf("failure %+v: want class ticket, waiting for the next push", ev)
+					}
+					break
+				}
+			}
+			if fake.StartPushCalls(componentApp) == 0 {
+				t.Error("the push was not restarted")
+			}
+			if _, _, err := fake.PushTicket(ctx, hook, componentApp); err != nil {
+				t.Fatal(err)
+			}
+			if got := nextPut(t, ctx, component); got.AccessToken != fake.Current(componentApp) {
+				t.Error("no component token after the next push")
+			}
+		})
+	}
+}
+
+// TestAuthorizerRefreshTokenRefused: 61023 is that authorizer's
+// configuration error alone: an ERROR line and a failure event, a long
+// pause before the next try, and the platform's other authorizers go on.
+func TestAuthorizerRefreshTokenRefused(t *testing.T) {
+	const authorizerB = "wx00000000000a0002"
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{ConfigErrorBackoff: time.Hour})
+	failed, _ := sys.nc.SubscribeSync(kv.Subjects{}.Failed(authorizerA))
+	if _, _, err := sys.fake.PushTicket(ctx, sys.hook, componentApp); err != nil {
+		t.Fatal(err)
+	}
+	a, b := testenv.Entries(t, sys.tokens, authorizerA), testenv.Entries(t, sys.tokens, authorizerB)
+	for _, id := range []string{authorizerA, authorizerB} {
+		if _, err := sys.fake.Authorize(ctx, sys.hook, componentApp, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tokA, _ := nextPut(t, ctx, a), nextPut(t, ctx, b)
+	sub, err := subscriber.New(ctx, sys.nc, authorizerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	sys.fake.Fail(authorizerA, fakewechat.Fault{ErrCode: 61023})
+	sys.fake.Revoke(tokA.AccessToken)
+	if _, err := sub.Refresh(ctx, sub.Token().Revision); err == nil {
+		t.Fatal("a refresh WeChat refused with 61023 succeeded")
+	}
+	ev, _ := nextEvent[kv.FailureEvent](t, ctx, failed)
+	if ev.ErrCode != 61023 || ev.Class != "config" || ev.NextAttempt.Before(time.Now().Add(50*time.Minute)) {
+		t.Errorf("failure event %+v: want 61023, config, the next attempt an hour away", ev)
+	}
+	calls := sys.fake.Calls(authorizerA)
+	if _, err := sub.Refresh(ctx, sub.Token().Revision); err == nil || sys.fake.Calls(authorizerA) != calls {
+		t.Errorf("a second refresh request during the pause called WeChat again (%v)", err)
+	}
+	if len(sys.logs.linesWith("level=ERROR")) == 0 || len(sys.logs.linesWith("61023")) == 0 {
+		t.Error("no ERROR line for the refused refresh token")
+	}
+	// The other authorizer's token is refreshed as before.
+	bsub, _ := subscriber.New(ctx, sys.nc, authorizerB)
+	defer bsub.Close()
+	if _, err := bsub.Refresh(ctx, bsub.Token().Revision); err != nil {
+		t.Errorf("the other authorizer: %v", err)
+	}
+	if lines := sys.logs.linesWith("refreshtoken@@@"); len(lines) > 0 {
+		t.Errorf("a log line holds a refresh token: %s", lines[0])
+	}
+}
