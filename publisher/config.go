@@ -38,14 +38,14 @@ const (
 type Config struct {
 	Apps []App
 
-	Bucket        string // token bucket; kv.DefaultBucket
+	Bucket string // token bucket; kv.DefaultBucket
 	// PlatformBucket holds third-party platforms' verify tickets and
 	// their authorizers' refresh tokens; kv.DefaultPlatformBucket. It is
 	// opened only when Apps has a platform.
 	PlatformBucket string
-	Replicas      int    // replicas of the buckets; 1
-	History       int    // revisions kept per key; 1
-	SubjectPrefix string // kv.DefaultSubjectPrefix
+	Replicas       int    // replicas of the buckets; 1
+	History        int    // revisions kept per key; 1
+	SubjectPrefix  string // kv.DefaultSubjectPrefix
 
 	// Schedule is the cron spec of the refresh check; DefaultSchedule.
 	Schedule string

@@ -32,8 +32,8 @@ type credential struct {
 	announced  uint64         // the newest revision this replica published on the Value subject
 	timer      *time.Timer    // wakes the app when it falls due
 	timerAt    time.Time
-	timerGen   uint64    // tells a stopped timer's late callback from the current one's
-	quietUntil time.Time // WeChat answered with the token held: not asked again before this
+	timerGen   uint64           // tells a stopped timer's late callback from the current one's
+	quietUntil time.Time        // WeChat answered with the token held: not asked again before this
 	auth       *authorizerState // an authorizer's, fixed at creation; nil for other credentials
 }
 

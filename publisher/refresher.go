@@ -47,9 +47,9 @@ type Refresher struct {
 	apps       atomic.Pointer[credentialSet]
 	reloading  sync.Mutex // one change of the credentials at a time
 	configured []App      // the apps of the last SetApps, under reloading
-	secrets   secrets
-	metrics   *metrics
-	bucket    atomic.Pointer[jetstream.KeyValue] // once open
+	secrets    secrets
+	metrics    *metrics
+	bucket     atomic.Pointer[jetstream.KeyValue] // once open
 
 	platformBucket atomic.Pointer[jetstream.KeyValue] // once open; only with platforms
 	platforms      *platforms
@@ -85,15 +85,15 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
 	}
 	r := &Refresher{
-		cfg:      cfg,
-		schedule: schedule,
-		nc:       nc,
-		js:       js,
-		subjects: kv.Subjects{Prefix: cfg.SubjectPrefix},
-		upstream: upstream,
-		wecom:    wecom,
-		pacer:    newPacer(cfg.UpstreamRate),
-		log:      cfg.Logger,
+		cfg:       cfg,
+		schedule:  schedule,
+		nc:        nc,
+		js:        js,
+		subjects:  kv.Subjects{Prefix: cfg.SubjectPrefix},
+		upstream:  upstream,
+		wecom:     wecom,
+		pacer:     newPacer(cfg.UpstreamRate),
+		log:       cfg.Logger,
 		life:      newBucketLife(),
 		platforms: newPlatforms(),
 	}
