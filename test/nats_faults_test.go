@@ -226,17 +226,25 @@ func cluster(t *testing.T, ctx context.Context) ([]*server.Server, []func()) {
 	for i, opts := range all {
 		servers[i], stops[i] = startServer(t, opts) // ready for clients; JetStream needs the others
 	}
+	awaitMetaLeader(t, ctx, servers, len(servers))
+	return servers, stops
+}
+
+// awaitMetaLeader waits until the cluster of servers has a JetStream meta
+// leader that counts peers peers.
+func awaitMetaLeader(t *testing.T, ctx context.Context, servers []*server.Server, peers int) {
+	t.Helper()
 	for {
 		// Only the meta leader answers JetStreamClusterPeers.
-		leaders, peers := 0, 0
+		leaders, counted := 0, 0
 		for _, s := range servers {
 			if s.JetStreamIsLeader() {
 				leaders++
-				peers = len(s.JetStreamClusterPeers())
+				counted = len(s.JetStreamClusterPeers())
 			}
 		}
-		if leaders == 1 && peers == 3 {
-			return servers, stops
+		if leaders == 1 && counted == peers {
+			return
 		}
 		select {
 		case <-ctx.Done():

@@ -75,6 +75,7 @@ type Server struct {
 	apis           map[string]*apiState   // the business APIs' calls, by path
 	platforms      map[string]*platform   // third-party platforms, by component appid
 	refreshSerials map[string]int         // every refresh token issued, to its order
+	lostRefreshes  int                    // refreshes made with the refresh token before the newest
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
 }

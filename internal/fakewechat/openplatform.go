@@ -101,6 +101,15 @@ func (s *Server) RefreshTokenWorks(componentAppID, authorizer, token string) boo
 	return p != nil && p.authorized[authorizer] && p.refresh[authorizer].accepts(token)
 }
 
+// LostRefreshes is the number of refreshes made with the refresh token
+// before the newest: the answer that carried the newest never reached its
+// store.
+func (s *Server) LostRefreshes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lostRefreshes
+}
+
 // RefreshSerial is the order in which the fake issued a refresh token (1
 // for the first it issued of all), or 0 for one it never issued.
 func (s *Server) RefreshSerial(token string) int {
@@ -313,8 +322,12 @@ func (s *Server) servePlatform(w http.ResponseWriter, r *http.Request) {
 				return e
 			}
 			p := s.platforms[req.ComponentAppID]
-			if !p.authorized[req.AuthorizerAppID] || !p.refresh[req.AuthorizerAppID].accepts(req.AuthorizerRefresh) {
+			pair := p.refresh[req.AuthorizerAppID]
+			if !p.authorized[req.AuthorizerAppID] || !pair.accepts(req.AuthorizerRefresh) {
 				return errReply(61023, "refresh_token is invalid")
+			}
+			if req.AuthorizerRefresh != pair.newest {
+				s.lostRefreshes++
 			}
 			return s.authorizerTokens(p, req.AuthorizerAppID, req.AuthorizerRefresh, a, now)
 		})

@@ -128,7 +128,8 @@ func TestOpenPlatformPushesTicketsAndRotatesRefreshTokens(t *testing.T) {
 	// The answer with second may have been lost: first works until second
 	// is used, and using it makes another one the newest.
 	third := refresh(first)["authorizer_refresh_token"].(string)
-	if third == second || fake.RefreshTokenWorks(platformApp, authorizerApp, second) || fake.RefreshSerial(third) <= fake.RefreshSerial(second) {
+	if third == second || fake.RefreshTokenWorks(platformApp, authorizerApp, second) || fake.RefreshSerial(third) <= fake.RefreshSerial(second) ||
+		fake.LostRefreshes() != 1 {
 		t.Errorf("a refresh with the token before the newest gave %q; the newest %q should stop working", third, second)
 	}
 	second = refresh(third)["authorizer_refresh_token"].(string)
