@@ -144,3 +144,68 @@ func TestAppFromEnv(t *testing.T) {
 		})
 	}
 }
+
+const testAESKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+// TestParsePlatforms: a platform takes its secret, message token and
+// EncodingAESKey each from the environment, a file or the file itself; its
+// token is the component token under the component appid.
+func TestParsePlatforms(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "aes")
+	os.WriteFile(keyFile, []byte(testAESKey+"\n"), 0o600)
+	apps, err := ParseApps([]byte(`
+apps:
+  - appid: wx000000000000000a
+    secret: a
+platforms:
+  - component_appid: wx00000000000c0a01
+    secret_env: COMPONENT_SECRET
+    message_token: msg-token
+    encoding_aes_key_file: `+keyFile+`
+`), env(map[string]string{"COMPONENT_SECRET": "component-secret"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(apps) != 2 || apps[1].Platform == nil {
+		t.Fatalf("apps %+v: want the app and the platform", apps)
+	}
+	p := apps[1]
+	if p.Key() != "wx00000000000c0a01" || p.Secret.Reveal() != "component-secret" ||
+		p.Platform.MessageToken.Reveal() != "msg-token" || p.Platform.EncodingAESKey.Reveal() != testAESKey {
+		t.Errorf("platform %s: a secret is wrong", p.Key())
+	}
+	set := newCredentialSet(apps, nil, nil, nil)
+	if c := set.byKey["wx00000000000c0a01"]; c == nil || c.src.api() != "component_token" {
+		t.Errorf("the platform's credential is %+v, want its component token", c)
+	}
+
+	// A file of platforms alone is an apps file.
+	if _, err := ParseApps([]byte("platforms:\n  - component_appid: wx1\n    secret: s\n    message_token: t\n    encoding_aes_key: "+testAESKey), env(nil)); err != nil {
+		t.Errorf("platforms alone: %v", err)
+	}
+}
+
+func TestParsePlatformErrors(t *testing.T) {
+	const ok = "    secret: s\n    message_token: t\n    encoding_aes_key: " + testAESKey
+	tests := map[string]struct{ yaml, inErr string }{
+		"no token":     {"platforms:\n  - component_appid: wx1\n    secret: s\n    encoding_aes_key: " + testAESKey, "message_token"},
+		"short key":    {"platforms:\n  - component_appid: wx1\n    secret: s\n    message_token: t\n    encoding_aes_key: tooshort", "43-character"},
+		"no key":       {"platforms:\n  - component_appid: wx1\n    secret: s\n    message_token: t", "encoding_aes_key"},
+		"two tokens":   {"platforms:\n  - component_appid: wx1\n" + ok + "\n    message_token_env: X", "exactly one of message_token_env"},
+		"bad appid":    {"platforms:\n  - component_appid: wx-1\n" + ok, "component_appid"},
+		"as an app":    {"apps:\n  - appid: wx1\n    secret: a\nplatforms:\n  - component_appid: wx1\n" + ok, "twice"},
+		"unknown":      {"platforms:\n  - component_appid: wx1\n" + ok + "\n    tickets: [jsapi]", "tickets"},
+		"unset secret": {"platforms:\n  - component_appid: wx1\n    secret_env: NOPE\n    message_token: t\n    encoding_aes_key: " + testAESKey, "NOPE"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseApps([]byte(tc.yaml), env(nil))
+			if err == nil || !strings.Contains(err.Error(), tc.inErr) {
+				t.Fatalf("error %v, want one saying %q", err, tc.inErr)
+			}
+			if err != nil && strings.Contains(err.Error(), testAESKey) {
+				t.Errorf("the error quotes the EncodingAESKey: %v", err)
+			}
+		})
+	}
+}

@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 	m := &metrics{
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_upstream_requests_total",
-			Help: "Calls to WeChat by app, API (token, stable_token, stable_token_force, jsapi_ticket, wx_card_ticket: fetches; check: getcallbackip) and result (ok, retry, config, quota, token; valid, invalid, error).",
+			Help: "Calls to WeChat by app, API (token, stable_token, stable_token_force, jsapi_ticket, wx_card_ticket, component_token, authorizer_token: fetches; check: getcallbackip; start_push_ticket) and result (ok, retry, config, quota, token, ticket; valid, invalid, error).",
 		}, []string{"appid", "api", "result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wxtoken_upstream_request_duration_seconds",
@@ -120,9 +120,20 @@ var (
 		[]string{"appid", "kind"}, nil)
 )
 
+var (
+	ticketAgeDesc = prometheus.NewDesc("wxtoken_platform_verify_ticket_age_seconds",
+		"Seconds since WeChat pushed the newest component_verify_ticket of the platform (it works 12 hours); absent while none was pushed.",
+		[]string{"component_appid"}, nil)
+	authorizersDesc = prometheus.NewDesc("wxtoken_platform_authorizers",
+		"Accounts that authorized the platform and whose tokens are kept.",
+		[]string{"component_appid"}, nil)
+)
+
 func (c tokenCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- expiresInDesc
 	ch <- fetchedDesc
+	ch <- ticketAgeDesc
+	ch <- authorizersDesc
 }
 
 func (c tokenCollector) Collect(ch chan<- prometheus.Metric) {
@@ -137,6 +148,27 @@ func (c tokenCollector) Collect(ch chan<- prometheus.Metric) {
 		appid, kind := labelsOf(a.key)
 		ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, rec.ExpiresAt.Sub(now).Seconds(), appid, kind)
 		ch <- prometheus.MustNewConstMetric(fetchedDesc, prometheus.GaugeValue, float64(rec.FetchedAt.Unix()), appid, kind)
+	}
+	c.collectPlatforms(ch, now)
+}
+
+// collectPlatforms reports each configured platform's ticket and
+// authorizers.
+func (c tokenCollector) collectPlatforms(ch chan<- prometheus.Metric, now time.Time) {
+	counts := map[string]int{}
+	for _, a := range c.r.credentialList() {
+		if a.auth != nil {
+			counts[a.auth.component]++
+		}
+	}
+	for _, a := range c.r.credentialList() {
+		if _, ok := a.src.(componentSource); !ok {
+			continue
+		}
+		if t, ok := c.r.platforms.ticket(a.key); ok {
+			ch <- prometheus.MustNewConstMetric(ticketAgeDesc, prometheus.GaugeValue, now.Sub(t.CreateTime).Seconds(), a.key)
+		}
+		ch <- prometheus.MustNewConstMetric(authorizersDesc, prometheus.GaugeValue, float64(counts[a.key]), a.key)
 	}
 }
 

@@ -24,6 +24,9 @@ func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
 		{"twice", []App{{AppID: "wx1", Secret: NewSecret("s1")}, {AppID: "wx1", Secret: NewSecret("s2")}}, "listed twice"},
 		{"no secret", []App{{AppID: "wx2"}}, "no secret"},
 		{"bad appid", []App{{AppID: "wx 2", Secret: NewSecret("s")}}, "appid"},
+		// The platform bucket is opened at start, when there is a platform.
+		{"first platform", []App{{AppID: "wx1", Secret: NewSecret("s1")}, {AppID: "wxc", Secret: NewSecret("s"),
+			Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}}, "restart"},
 	} {
 		if err := r.SetApps(tc.apps); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)

@@ -2,12 +2,17 @@ package test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/internal/kvwatch"
@@ -95,6 +100,13 @@ func authorizerRecord(t *testing.T, ctx context.Context, b jetstream.KeyValue, a
 	return rec, e
 }
 
+// exposition is what /metrics would show of reg.
+func exposition(reg *prometheus.Registry) string {
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	return rec.Body.String()
+}
+
 // nextPut returns the next put of ch, skipping deletes.
 func nextPut(t *testing.T, ctx context.Context, ch <-chan jetstream.KeyValueEntry) kv.Record {
 	t.Helper()
@@ -129,7 +141,8 @@ func TestPlatformFromFirstPushToAuthorizerTokens(t *testing.T) {
 			t.Log(logs.String())
 		}
 	})
-	running := testenv.Refresher(t, nc, publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url, Logger: logs.logger()})
+	reg := prometheus.NewRegistry()
+	running := testenv.Refresher(t, nc, publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url, Logger: logs.logger(), Registerer: reg})
 	hook := serveHTTP(t, running.Refresher.Callback()) + "/"
 	tokens := openBucket(t, ctx, nc)
 	component := testenv.Entries(t, tokens, componentApp)
@@ -147,6 +160,18 @@ func TestPlatformFromFirstPushToAuthorizerTokens(t *testing.T) {
 	}
 	if n := fake.StartPushCalls(componentApp); n != 1 {
 		t.Errorf("api_start_push_ticket called %d times, want once", n)
+	}
+	metrics := exposition(reg)
+	for _, series := range []string{
+		`wxtoken_upstream_requests_total{api="component_token",appid="` + componentApp + `",result="ticket"}`,
+		`wxtoken_upstream_requests_total{api="start_push_ticket",appid="` + componentApp + `",result="ok"}`,
+	} {
+		if v := metricValue(t, metrics, series); v != 1 {
+			t.Errorf("%s = %g, want 1", series, v)
+		}
+	}
+	if strings.Contains(metrics, "wxtoken_platform_verify_ticket_age_seconds") {
+		t.Error("a verify ticket age before any push")
 	}
 	ticket, answer, err := fake.PushTicket(ctx, hook, componentApp)
 	if err != nil || answer != "success" {
@@ -176,6 +201,13 @@ func TestPlatformFromFirstPushToAuthorizerTokens(t *testing.T) {
 	defer sub.Close()
 	if tok, err := sub.Current(); err != nil || tok.Value != first.AccessToken {
 		t.Fatalf("subscriber: %v; want the authorizer's token", err)
+	}
+	metrics = exposition(reg)
+	if v := metricValue(t, metrics, `wxtoken_platform_authorizers{component_appid="`+componentApp+`"}`); v != 1 {
+		t.Errorf("%g authorizers in the metrics, want 1", v)
+	}
+	if age := metricValue(t, metrics, `wxtoken_platform_verify_ticket_age_seconds{component_appid="`+componentApp+`"}`); age < 0 || age > 60 {
+		t.Errorf("verify ticket age %g s, want the push just made", age)
 	}
 	// A service saw its token rejected: the refresher checks, then
 	// refreshes it with the refresh token, and stores the new refresh token
@@ -305,5 +337,35 @@ func TestAuthorizerRefreshTokenRefused(t *testing.T) {
 	}
 	if lines := sys.logs.linesWith("refreshtoken@@@"); len(lines) > 0 {
 		t.Errorf("a log line holds a refresh token: %s", lines[0])
+	}
+}
+
+// TestUpdateAuthorizedExchangesTheNewCode: an account that changes what it
+// authorized sends a new code; its exchange gives a new token and refresh
+// token, and the record keeps no spent code.
+func TestUpdateAuthorizedExchangesTheNewCode(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
+	if _, _, err := sys.fake.PushTicket(ctx, sys.hook, componentApp); err != nil {
+		t.Fatal(err)
+	}
+	tokens := testenv.Entries(t, sys.tokens, authorizerA)
+	if _, err := sys.fake.Authorize(ctx, sys.hook, componentApp, authorizerA); err != nil {
+		t.Fatal(err)
+	}
+	first := nextPut(t, ctx, tokens)
+	before, _ := authorizerRecord(t, ctx, sys.platform, authorizerA)
+	if answer, err := sys.fake.UpdateAuthorization(ctx, sys.hook, componentApp, authorizerA); err != nil || answer != "success" {
+		t.Fatalf("updateauthorized: %q, %v", answer, err)
+	}
+	second := nextPut(t, ctx, tokens)
+	after, _ := authorizerRecord(t, ctx, sys.platform, authorizerA)
+	switch {
+	case second.AccessToken == first.AccessToken || second.AccessToken != sys.fake.Current(authorizerA):
+		t.Error("no new token from the new code")
+	case after.RefreshToken == before.RefreshToken || after.RefreshToken != sys.fake.RefreshToken(componentApp, authorizerA):
+		t.Error("the record does not hold the refresh token the new code gave")
+	case after.Code != "":
+		t.Error("the record keeps the spent code")
 	}
 }

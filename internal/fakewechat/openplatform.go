@@ -190,6 +190,16 @@ func (s *Server) unique(prefix string) string {
 // "authorized" event, with the code that api_query_auth exchanges for the
 // authorizer's tokens.
 func (s *Server) Authorize(ctx context.Context, callbackURL, componentAppID, authorizer string) (string, error) {
+	return s.authorize(ctx, callbackURL, componentAppID, authorizer, "authorized")
+}
+
+// UpdateAuthorization has authorizer change what it authorized, and pushes
+// the "updateauthorized" event with a new code.
+func (s *Server) UpdateAuthorization(ctx context.Context, callbackURL, componentAppID, authorizer string) (string, error) {
+	return s.authorize(ctx, callbackURL, componentAppID, authorizer, "updateauthorized")
+}
+
+func (s *Server) authorize(ctx context.Context, callbackURL, componentAppID, authorizer, infoType string) (string, error) {
 	now := s.cfg.Now()
 	var code string
 	p, err := s.changePlatform(componentAppID, func(p *platform) {
@@ -200,7 +210,7 @@ func (s *Server) Authorize(ctx context.Context, callbackURL, componentAppID, aut
 	if err != nil {
 		return "", err
 	}
-	return s.push(ctx, callbackURL, p, platformEvent{AppID: componentAppID, CreateTime: now.Unix(), InfoType: "authorized",
+	return s.push(ctx, callbackURL, p, platformEvent{AppID: componentAppID, CreateTime: now.Unix(), InfoType: infoType,
 		Authorizer: authorizer, Code: code, CodeExpiry: now.Add(authCodeLifetime).Unix()})
 }
 
