@@ -32,7 +32,9 @@ expires, store it in the token bucket, publish rotations, answer refresh
 requests. With no --nats-url it starts an embedded NATS server with JetStream
 (data in --data-dir, clients on --nats-listen), so this one command runs the
 whole system. Apps come from --apps, or from WECHAT_APPID with
-WECHAT_APPSECRET or WECHAT_APPSECRET_FILE.
+WECHAT_APPSECRET or WECHAT_APPSECRET_FILE. Third-party platforms (platforms:
+in the apps file) need --callback-addr on at least one replica, for the
+verify tickets and authorization events WeChat pushes.
 
 SIGHUP reloads the apps file and the secrets (other settings need a
 restart); SIGTERM or SIGINT finishes the fetches under way, releases the
@@ -44,6 +46,10 @@ const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo a
 
   # One app, embedded NATS
   WECHAT_APPID=wx1234567890abcdef WECHAT_APPSECRET_FILE=/run/secrets/wx wxtoken serve
+
+  # A third-party platform: WeChat pushes to https://HOST/wechat/platform/events,
+  # proxied to the callback address
+  wxtoken serve --apps /etc/wxtoken/apps.yaml --callback-addr 127.0.0.1:8090
 
   # Many apps against a NATS cluster
   wxtoken serve --apps /etc/wxtoken/apps.yaml \
