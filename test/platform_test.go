@@ -46,12 +46,17 @@ type platformSystem struct {
 	tokens   jetstream.KeyValue
 	platform jetstream.KeyValue
 	logs     *syncBuffer
+	failed   *nats.Subscription // the platform's failure events, from before the refresher started
 }
 
 func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, cfg publisher.Config) platformSystem {
 	t.Helper()
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
+	failed, err := nc.SubscribeSync(kv.Subjects{}.Failed(componentApp))
+	if err != nil {
+		t.Fatal(err)
+	}
 	fake, url := testenv.WeChat(t, wechat)
 	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
 		t.Fatal(err)
@@ -65,7 +70,8 @@ func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, 
 	cfg.Apps = append(cfg.Apps, platformApp())
 	cfg.UpstreamURL, cfg.Logger = url, logs.logger()
 	running := testenv.Refresher(t, nc, cfg)
-	sys := platformSystem{nc: nc, fake: fake, hook: serveHTTP(t, running.Refresher.Callback()) + "/", tokens: openBucket(t, ctx, nc), logs: logs}
+	sys := platformSystem{nc: nc, fake: fake, hook: serveHTTP(t, running.Refresher.Callback()) + "/", tokens: openBucket(t, ctx, nc),
+		logs: logs, failed: failed}
 	sys.platform = platformBucketOf(t, ctx, nc)
 	return sys
 }
@@ -125,26 +131,9 @@ func nextPut(t *testing.T, ctx context.Context, ch <-chan jetstream.KeyValueEntr
 // throughout, and no log line holds a refresh token, a code or a ticket.
 func TestPlatformFromFirstPushToAuthorizerTokens(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	failed, err := nc.SubscribeSync(kv.Subjects{}.Failed(componentApp))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fake, url := testenv.WeChat(t, fakewechat.Config{})
-	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
-		t.Fatal(err)
-	}
-	logs := &syncBuffer{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Log(logs.String())
-		}
-	})
 	reg := prometheus.NewRegistry()
-	running := testenv.Refresher(t, nc, publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url, Logger: logs.logger(), Registerer: reg})
-	hook := serveHTTP(t, running.Refresher.Callback()) + "/"
-	tokens := openBucket(t, ctx, nc)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{Registerer: reg})
+	nc, fake, hook, tokens, failed, logs := sys.nc, sys.fake, sys.hook, sys.tokens, sys.failed, sys.logs
 	component := testenv.Entries(t, tokens, componentApp)
 	authorizer := testenv.Entries(t, tokens, authorizerA)
 	removed := make(chan jetstream.KeyValueEntry, 16)
@@ -188,7 +177,7 @@ func TestPlatformFromFirstPushToAuthorizerTokens(t *testing.T) {
 	if ok, _ := fake.Valid(first.AccessToken); !ok || first.AccessToken != fake.Current(authorizerA) {
 		t.Errorf("authorizer token %q is not the one WeChat issued for the code", first.AccessToken)
 	}
-	platformBucket := platformBucketOf(t, ctx, nc)
+	platformBucket := sys.platform
 	rec, _ := authorizerRecord(t, ctx, platformBucket, authorizerA)
 	if rec.RefreshToken != fake.RefreshToken(componentApp, authorizerA) || rec.Code != "" {
 		t.Errorf("record %+v: want WeChat's newest refresh token and the code spent", rec.IssuedAt)
@@ -252,13 +241,8 @@ func TestPlatformTicketProblems(t *testing.T) {
 	for _, code := range []int{61005, 61006} {
 		t.Run(strconv.Itoa(code), func(t *testing.T) {
 			ctx := testenv.Context(t, 30*time.Second)
-			srv := testenv.NATS(t)
-			nc := testenv.Connect(t, srv.ClientURL())
-			failed, _ := nc.SubscribeSync(kv.Subjects{}.Failed(componentApp))
-			fake, url := testenv.WeChat(t, fakewechat.Config{})
-			fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey)
-			running := testenv.Refresher(t, nc, publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url})
-			hook := serveHTTP(t, running.Refresher.Callback()) + "/"
+			sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
+			fake, hook, failed := sys.fake, sys.hook, sys.failed
 			// No ticket yet; then one that WeChat refuses once.
 			if ev, _ := nextEvent[kv.FailureEvent](t, ctx, failed); ev.Class != "ticket" {
 				t.Fatalf("failure %+v: want class ticket", ev)
@@ -267,7 +251,7 @@ func TestPlatformTicketProblems(t *testing.T) {
 			if _, _, err := fake.PushTicket(ctx, hook, componentApp); err != nil {
 				t.Fatal(err)
 			}
-			component := testenv.Entries(t, openBucket(t, ctx, nc), componentApp)
+			component := testenv.Entries(t, sys.tokens, componentApp)
 			for {
 				ev, _ := nextEvent[kv.FailureEvent](t, ctx, failed)
 				if ev.ErrCode == code {
