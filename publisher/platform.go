@@ -222,7 +222,7 @@ func (r *Refresher) platformsSynced() {
 func (r *Refresher) rebuild() {
 	r.reloading.Lock()
 	defer r.reloading.Unlock()
-	r.replaceCredentials(r.configured)
+	r.replaceCredentials(r.configured, "authorizers changed")
 }
 
 // authorizerCredentials adds to set a credential for each active

@@ -69,14 +69,14 @@ func (r *Refresher) SetApps(apps []App) error {
 	}
 	r.secrets.add(apps)
 	r.configured = apps
-	r.replaceCredentials(apps)
+	r.replaceCredentials(apps, "apps reloaded")
 	return nil
 }
 
 // replaceCredentials makes the credentials of apps and of the authorizers
-// of their platforms, and puts them in place of the ones before. Callers
-// hold r.reloading.
-func (r *Refresher) replaceCredentials(apps []App) {
+// of their platforms, puts them in place of the ones before, and logs why
+// with what changed. Callers hold r.reloading.
+func (r *Refresher) replaceCredentials(apps []App, why string) {
 	old := r.apps.Load()
 	next := newCredentialSet(apps, r.platforms.snapshot(), old, r.log.Warn)
 	var added, removed, rekeyed []string
@@ -103,7 +103,7 @@ func (r *Refresher) replaceCredentials(apps []App) {
 			removed = append(removed, a.key)
 		}
 	}
-	r.log.Info("credentials changed", "credentials", len(next.order), "added", summary(added), "removed", summary(removed),
+	r.log.Info(why, "credentials", len(next.order), "added", summary(added), "removed", summary(removed),
 		"changed", summary(rekeyed))
 
 	// The bucket's follower dropped the keys of apps it did not know.
