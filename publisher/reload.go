@@ -103,7 +103,7 @@ func (r *Refresher) replaceCredentials(apps []App, why string) {
 			removed = append(removed, a.key)
 		}
 	}
-	r.log.Info(why, "credentials", len(next.order), "added", summary(added), "removed", summary(removed),
+	r.log.Info(why, "apps", len(next.order), "added", summary(added), "removed", summary(removed),
 		"changed", summary(rekeyed))
 
 	// The bucket's follower dropped the keys of apps it did not know.
