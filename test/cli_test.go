@@ -165,8 +165,8 @@ func TestClientCommands(t *testing.T) {
 		}
 	})
 	t.Run("every command explains itself", func(t *testing.T) {
-		for _, cmd := range []string{"serve", "get", "watch", "refresh", "status"} {
-			out, _, code := runWxtoken(t, nil, cmd, "--help")
+		for _, cmd := range []string{"serve", "get", "watch", "refresh", "status", "authorizers import", "authorizers list"} {
+			out, _, code := runWxtoken(t, nil, append(strings.Fields(cmd), "--help")...)
 			if code != 0 || !strings.Contains(out, "Usage: wxtoken "+cmd) || !strings.Contains(out, "Examples:") || !strings.Contains(out, "--nats-url") {
 				t.Errorf("%s --help: exit %d:\n%s", cmd, code, out)
 			}

@@ -216,6 +216,81 @@ func TestNATSConfRoles(t *testing.T) {
 			t.Errorf("admin cannot create a bucket: %v", err)
 		}
 	})
+	t.Run("only the refresher reads or writes the platform bucket", func(t *testing.T) {
+		// Refresh tokens cannot be fetched again, nor may a service see one.
+		ctx := testenv.Context(t, 15*time.Second) // a refusal fails this subtest, not the rest
+		const component, authorizer, token = "wxc0000000000000a1", "wxa0000000000000a1", "refreshtoken@@@held-by-the-refresher"
+		key := kv.AuthorizerKey(component, authorizer)
+		platform, err := jsOf(refresher).CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultPlatformBucket, History: 16})
+		if err != nil {
+			t.Fatalf("refresher cannot create the platform bucket: %v", err)
+		}
+		_, rev, _, err := kv.UpdateAuthorizer(ctx, platform, component, authorizer, func(kv.Authorizer, bool) (kv.Authorizer, bool) {
+			return kv.Authorizer{RefreshToken: token, IssuedAt: time.Now()}, true
+		})
+		if err != nil {
+			t.Fatalf("refresher cannot write an authorizer: %v", err)
+		}
+		if e, err := platform.Get(ctx, key); err != nil || e.Revision() != rev {
+			t.Errorf("refresher cannot get the authorizer: %v", err)
+		}
+		w, err := platform.WatchAll(ctx)
+		if err != nil {
+			t.Fatalf("refresher cannot watch the platform bucket: %v", err)
+		}
+		if e := <-w.Updates(); e == nil || e.Key() != key {
+			t.Errorf("refresher's watch gave %v", e)
+		}
+		w.Stop()
+
+		if _, err := jsOf(service).KeyValue(short(), kv.DefaultPlatformBucket); err == nil {
+			t.Error("service bound the platform bucket")
+		}
+		service.denied(t, ctx, "$JS.API.STREAM.INFO.KV_wechat_platform")
+		// What a Get, a watch and a Put send, for a service that skips
+		// the bind.
+		for _, subject := range []string{
+			"$JS.API.DIRECT.GET.KV_wechat_platform.$KV.wechat_platform." + key,
+			"$JS.API.STREAM.MSG.GET.KV_wechat_platform",
+			"$JS.API.CONSUMER.CREATE.KV_wechat_platform.stolen.$KV.wechat_platform.>",
+			"$KV.wechat_platform." + key,
+		} {
+			service.nc.Publish(subject, []byte(`{"component_appid":"`+component+`","authorizer_appid":"`+authorizer+`","refresh_token":"forged"}`))
+			service.nc.Flush()
+			service.denied(t, ctx, subject)
+		}
+		// Nor may it listen to the writes as they are stored.
+		if _, err := service.nc.SubscribeSync("$KV.wechat_platform.>"); err != nil {
+			t.Fatal(err)
+		}
+		service.nc.Flush()
+		service.denied(t, ctx, "$KV.wechat_platform.>")
+		if e, err := platform.Get(ctx, key); err != nil || e.Revision() != rev {
+			t.Errorf("the authorizer changed after the refused Put: %v", err)
+		}
+
+		// The CLI, as each user: the refresher imports and lists, the
+		// service is refused.
+		file := filepath.Join(t.TempDir(), "authorizers.txt")
+		if err := os.WriteFile(file, []byte("wxa0000000000000a2 refreshtoken@@@imported-by-the-cli\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env := []string{"NATS_URL=" + srv.ClientURL(), "NATS_USER=refresher", "NATS_PASSWORD=" + passwords["refresher"]}
+		if out, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", component, file); code != 0 || !strings.Contains(out, "1 imported") {
+			t.Errorf("import as refresher: exit %d, stderr %q:\n%s", code, errOut, out)
+		}
+		out, errOut, code := runWxtoken(t, env, "authorizers", "list")
+		if code != 0 || !strings.Contains(out, fingerprintOf(token)) || strings.Contains(out, token) {
+			t.Errorf("list as refresher: exit %d, stderr %q:\n%s", code, errOut, out)
+		}
+		env[1], env[2] = "NATS_USER=service", "NATS_PASSWORD="+passwords["service"]
+		for _, args := range [][]string{{"authorizers", "list"}, {"authorizers", "import", "--component", component, file}} {
+			_, errOut, code := runWxtoken(t, env, args...)
+			if code != 1 || !strings.HasPrefix(errOut, "wxtoken authorizers: permission denied") {
+				t.Errorf("%v as service: exit %d, stderr %q", args, code, errOut)
+			}
+		}
+	})
 	t.Run("a one-app service reads its app and no other", func(t *testing.T) {
 		mine, err := subscriber.New(ctx, shop.nc, shopApp)
 		if err != nil {

@@ -33,6 +33,7 @@ Usage:
   wxtoken sign KEY URL              print a page's signed wx.config as JSON
   wxtoken agent [flags]             serve the keys over local HTTP, for services with no NATS
                                     client and for WeChat SDKs (their base URL)
+  wxtoken authorizers import|list   import third-party platforms' authorizers, or list them
 
 Run "wxtoken COMMAND --help" for a command's flags and examples.
 `
@@ -51,13 +52,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 0
 	}
 	commands := map[string]func([]string, func(string) string, io.Writer, io.Writer) error{
-		"serve":   serve,
-		"get":     get,
-		"watch":   watch,
-		"refresh": refresh,
-		"status":  status,
-		"sign":    sign,
-		"agent":   agentCommand,
+		"serve":       serve,
+		"get":         get,
+		"watch":       watch,
+		"refresh":     refresh,
+		"status":      status,
+		"sign":        sign,
+		"agent":       agentCommand,
+		"authorizers": authorizers,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

@@ -1,0 +1,303 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// The states of an authorizer in `wxtoken authorizers list`.
+const (
+	stateActive       = "active"
+	stateAwaitingCode = "awaiting code exchange" // a code, no refresh token yet
+	stateUnauthorized = "unauthorized"
+	stateNoToken      = "no refresh token"
+	stateInvalid      = "invalid record"
+)
+
+// authorizerRow is one authorizer in `wxtoken authorizers list`.
+type authorizerRow struct {
+	ComponentAppID string `json:"component_appid"`
+	AppID          string `json:"authorizer_appid"`
+	State          string `json:"state"`
+	// RefreshToken is the token's fingerprint, "sha256:" and 8 hex digits.
+	RefreshToken         string    `json:"refresh_token_fingerprint,omitempty"`
+	IssuedAt             time.Time `json:"issued_at,omitzero"`
+	CodeExpiresAt        time.Time `json:"code_expires_at,omitzero"`
+	Revision             uint64    `json:"revision"`
+	AccessTokenExpiresAt time.Time `json:"access_token_expires_at,omitzero"` // from the token bucket
+	Error                string    `json:"error,omitempty"`
+}
+
+// platformRow is one platform in `wxtoken authorizers list`.
+type platformRow struct {
+	ComponentAppID string `json:"component_appid"`
+	Authorizers    int    `json:"authorizers"`
+	// The verify ticket's times, absent while there is none.
+	TicketCreateTime time.Time `json:"verify_ticket_create_time,omitzero"` // WeChat's
+	TicketReceivedAt time.Time `json:"verify_ticket_received_at,omitzero"`
+	Error            string    `json:"error,omitempty"` // the ticket's record is invalid
+}
+
+const listSummary = `Show the authorizers in the platform bucket, one row each: platform, appid,
+state (active; awaiting code exchange: authorized, the code not yet
+exchanged for a refresh token; unauthorized), the refresh token's
+fingerprint (sha256: and the first 8 hex digits of its SHA-256, never the
+token) and age, and when its access_token in the token bucket expires
+("-" when there is none or the bucket cannot be read). Above them, each
+platform's verify ticket: how long ago WeChat pushed it.`
+
+// ticketLifetime is how long WeChat says a verify ticket lives.
+const ticketLifetime = 12 * time.Hour
+
+func listAuthorizers(args []string, getenv func(string) string, stdout io.Writer) error {
+	var n natsFlags
+	var component, bucket string
+	var asJSON bool
+	c := newCommand("authorizers list", "", listSummary,
+		"  wxtoken authorizers list --nats-user refresher\n  wxtoken authorizers list --component wx1234567890abcdef --json | jq '.authorizers[] | select(.state != \"active\")'")
+	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket)
+	platformFlags(c, &component, &bucket, "list only the platform of this component `appid`")
+	c.Bool(&asJSON, "json", "", false, "print JSON instead of tables")
+	rest, err := parseOrHelp(c, args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q", rest[0])
+	}
+	if err := checkPlatformFlags(component, bucket); err != nil {
+		return err
+	}
+	nc, err := n.connect("wxtoken authorizers list")
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+	defer cancel()
+	var platforms []platformRow
+	var rows []authorizerRow
+	if err := nc.do(ctx, func(ctx context.Context) error {
+		b, err := bindPlatform(ctx, nc.Conn, bucket)
+		if err != nil {
+			return err
+		}
+		platforms, rows, err = readPlatforms(ctx, b, component)
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(rows) > 0 {
+		// Last: a refusal here leaves "-", not a failure.
+		tokenCtx, cancel := context.WithTimeout(context.Background(), clientTimeout)
+		defer cancel()
+		nc.do(tokenCtx, func(ctx context.Context) error {
+			expiries := readExpiries(ctx, nc.Conn, n.bucket, rows)
+			for i := range rows {
+				rows[i].AccessTokenExpiresAt = expiries[rows[i].AppID]
+			}
+			return nil
+		})
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Bucket      string          `json:"bucket"`
+			TokenBucket string          `json:"token_bucket"`
+			Platforms   []platformRow   `json:"platforms"`
+			Authorizers []authorizerRow `json:"authorizers"`
+		}{bucket, n.bucket, platforms, rows})
+	}
+	if len(platforms) == 0 {
+		fmt.Fprintf(stdout, "no platforms or authorizers in bucket %s\n", bucket)
+		return nil
+	}
+	return printAuthorizers(stdout, platforms, rows, time.Now())
+}
+
+// printAuthorizers prints the platforms, then the authorizers, as tables.
+func printAuthorizers(stdout io.Writer, platforms []platformRow, rows []authorizerRow, now time.Time) error {
+	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" }
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "PLATFORM\tAUTHORIZERS\tVERIFY TICKET")
+	for _, p := range platforms {
+		ticket := "none: waiting for WeChat's push"
+		switch {
+		case p.Error != "":
+			ticket = stateInvalid + ": " + p.Error
+		case p.TicketReceivedAt.IsZero():
+		case now.Sub(p.TicketReceivedAt) > ticketLifetime:
+			ticket = "received " + ago(p.TicketReceivedAt) + ", past its 12h lifetime"
+		default:
+			ticket = "received " + ago(p.TicketReceivedAt)
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\n", p.ComponentAppID, p.Authorizers, ticket)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	w = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "COMPONENT\tAUTHORIZER\tSTATE\tREFRESH TOKEN\tISSUED\tACCESS TOKEN")
+	for _, r := range rows {
+		state, token, issued, access := r.State, cmp.Or(r.RefreshToken, "-"), "-", "-"
+		if r.Error != "" {
+			state += ": " + r.Error
+		}
+		if !r.IssuedAt.IsZero() {
+			issued = ago(r.IssuedAt)
+		}
+		switch {
+		case r.AccessTokenExpiresAt.IsZero():
+		case now.Before(r.AccessTokenExpiresAt):
+			access = "expires in " + r.AccessTokenExpiresAt.Sub(now).Round(time.Second).String()
+		default:
+			access = "EXPIRED"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ComponentAppID, r.AppID, state, token, issued, access)
+	}
+	return w.Flush()
+}
+
+// readPlatforms reads the platform bucket (the keys of one platform, if
+// component is not empty) with one watch.
+func readPlatforms(ctx context.Context, b jetstream.KeyValue, component string) ([]platformRow, []authorizerRow, error) {
+	var w jetstream.KeyWatcher
+	var err error
+	if component == "" {
+		w, err = b.WatchAll(ctx, jetstream.IgnoreDeletes())
+	} else {
+		w, err = b.WatchFiltered(ctx, []string{kv.AuthorizersOf(component), kv.VerifyTicketKey(component)}, jetstream.IgnoreDeletes())
+	}
+	if err != nil {
+		return nil, nil, describeNATSError(err)
+	}
+	defer w.Stop()
+	platforms := map[string]*platformRow{}
+	platform := func(component string) *platformRow {
+		if platforms[component] == nil {
+			platforms[component] = &platformRow{ComponentAppID: component}
+		}
+		return platforms[component]
+	}
+	if component != "" {
+		platform(component)
+	}
+	rows := []authorizerRow{}
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("reading bucket %s: %w", b.Bucket(), ctx.Err())
+		case got, ok := <-w.Updates():
+			if !ok {
+				return nil, nil, fmt.Errorf("reading bucket %s: watch closed", b.Bucket())
+			}
+			e = got
+		}
+		if e == nil {
+			break
+		}
+		if c, appid, ok := kv.SplitAuthorizerKey(e.Key()); ok {
+			platform(c).Authorizers++
+			rows = append(rows, authorizerRowOf(c, appid, e))
+			continue
+		}
+		c, ok := strings.CutSuffix(e.Key(), kv.VerifyTicketKey(""))
+		if !ok || kv.ValidateAppID(c) != nil {
+			continue // a key this version does not know
+		}
+		p := platform(c)
+		if t, err := kv.DecodeVerifyTicket(c, e.Value()); err != nil {
+			p.Error = err.Error()
+		} else {
+			p.TicketCreateTime, p.TicketReceivedAt = t.CreateTime, t.ReceivedAt
+		}
+	}
+	sorted := []platformRow{}
+	for _, p := range platforms {
+		sorted = append(sorted, *p)
+	}
+	slices.SortFunc(sorted, func(a, b platformRow) int { return strings.Compare(a.ComponentAppID, b.ComponentAppID) })
+	slices.SortFunc(rows, func(a, b authorizerRow) int {
+		return cmp.Or(strings.Compare(a.ComponentAppID, b.ComponentAppID), strings.Compare(a.AppID, b.AppID))
+	})
+	return sorted, rows, nil
+}
+
+// authorizerRowOf describes the record e of an authorizer.
+func authorizerRowOf(component, appid string, e jetstream.KeyValueEntry) authorizerRow {
+	row := authorizerRow{ComponentAppID: component, AppID: appid, Revision: e.Revision()}
+	a, err := kv.DecodeAuthorizer(e.Key(), e.Value())
+	if err != nil {
+		row.State, row.Error = stateInvalid, err.Error()
+		return row
+	}
+	switch {
+	case a.Unauthorized:
+		row.State = stateUnauthorized
+	case a.RefreshToken != "":
+		row.State = stateActive
+	case a.Code != "":
+		row.State = stateAwaitingCode
+	default:
+		row.State = stateNoToken
+	}
+	if a.RefreshToken != "" {
+		row.RefreshToken, row.IssuedAt = fingerprint(a.RefreshToken), a.IssuedAt
+	}
+	if a.Code != "" {
+		row.CodeExpiresAt = a.CodeExpiresAt
+	}
+	return row
+}
+
+// readExpiries returns when the access_tokens of the rows' authorizers
+// expire, read from the token bucket with one watch; nothing if it
+// cannot be read.
+func readExpiries(ctx context.Context, nc *nats.Conn, bucket string, rows []authorizerRow) map[string]time.Time {
+	want := map[string]bool{}
+	for _, r := range rows {
+		want[r.AppID] = true
+	}
+	b, err := bindBucket(ctx, nc, bucket)
+	if err != nil {
+		return nil
+	}
+	w, err := b.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil
+	}
+	defer w.Stop()
+	expiries := map[string]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return nil
+			case e == nil:
+				return expiries
+			case want[e.Key()]:
+				if c, err := kv.DecodeCredential(e.Key(), e.Value()); err == nil {
+					expiries[e.Key()] = c.ExpiresAt
+				}
+			}
+		}
+	}
+}
