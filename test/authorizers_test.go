@@ -406,6 +406,26 @@ func TestAuthorizersList(t *testing.T) {
 		}
 	}
 
+	t.Run("status", func(t *testing.T) {
+		out, errOut, code := runWxtoken(t, env, "status", "--platforms")
+		if code != 0 || errOut != "" {
+			t.Fatalf("exit %d, stderr %q:\n%s", code, errOut, out)
+		}
+		noSecrets(t, secrets, out, errOut)
+		for _, row := range []string{
+			`(?m)^` + authA + `\s+access_token\s`,
+			`(?m)^` + platformC + `\s+3\s+received 5m\d+s ago$`,
+			`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's push$`,
+		} {
+			if !regexp.MustCompile(row).MatchString(out) {
+				t.Errorf("no row %s in:\n%s", row, out)
+			}
+		}
+		if out, _, _ := runWxtoken(t, env, "status"); strings.Contains(out, "PLATFORM") {
+			t.Errorf("status without --platforms shows them:\n%s", out)
+		}
+	})
+
 	t.Run("json", func(t *testing.T) {
 		out, errOut, code := runWxtoken(t, env, "authorizers", "list", "--json")
 		var list struct {

@@ -130,6 +130,15 @@ func listAuthorizers(args []string, getenv func(string) string, stdout io.Writer
 
 // printAuthorizers prints the platforms, then the authorizers, as tables.
 func printAuthorizers(stdout io.Writer, platforms []platformRow, rows []authorizerRow, now time.Time) error {
+	if err := printPlatforms(stdout, platforms, now); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	return printAuthorizerRows(stdout, rows, now)
+}
+
+// printPlatforms prints each platform's authorizer count and verify ticket.
+func printPlatforms(stdout io.Writer, platforms []platformRow, now time.Time) error {
 	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" }
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "PLATFORM\tAUTHORIZERS\tVERIFY TICKET")
@@ -146,11 +155,13 @@ func printAuthorizers(stdout io.Writer, platforms []platformRow, rows []authoriz
 		}
 		fmt.Fprintf(w, "%s\t%d\t%s\n", p.ComponentAppID, p.Authorizers, ticket)
 	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout)
-	w = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	return w.Flush()
+}
+
+// printAuthorizerRows prints the table of authorizers.
+func printAuthorizerRows(stdout io.Writer, rows []authorizerRow, now time.Time) error {
+	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" }
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "COMPONENT\tAUTHORIZER\tSTATE\tREFRESH TOKEN\tISSUED\tACCESS TOKEN")
 	for _, r := range rows {
 		state, token, issued, access := r.State, cmp.Or(r.RefreshToken, "-"), "-", "-"

@@ -282,13 +282,18 @@ type tokenStatus struct {
 
 func status(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	var n natsFlags
-	var asJSON bool
+	var asJSON, withPlatforms bool
+	var platformBucket string
 	c := newCommand("status", "", `Show every token and ticket in the bucket: its kind and the API that issued
 it, revision, age (for a ticket, since its value first appeared), time to
-expiry, why it was last rotated, and which replica leads.`,
-		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'")
+expiry, why it was last rotated, and which replica leads. With --platforms,
+each third-party platform's verify ticket and number of authorizers too
+(that needs the refresher's NATS user: the platform bucket is its alone).`,
+		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'\n  wxtoken status --platforms --nats-user refresher")
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket)
 	c.Bool(&asJSON, "json", "", false, "print JSON instead of a table")
+	c.Bool(&withPlatforms, "platforms", "", false, "show the third-party platforms' verify tickets and authorizer counts")
+	c.String(&platformBucket, "platform-bucket", "WXTOKEN_PLATFORM_BUCKET", kv.DefaultPlatformBucket, "name of the platform KV bucket (with --platforms)")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
@@ -315,10 +320,27 @@ expiry, why it was last rotated, and which replica leads.`,
 		leader = readLeader(ctx, nc.Conn, n.bucket)
 		return nil
 	})
+	var platforms []platformRow
+	if withPlatforms {
+		if err := nc.do(ctx, func(ctx context.Context) error {
+			b, err := bindPlatform(ctx, nc.Conn, platformBucket)
+			if err != nil {
+				return err
+			}
+			platforms, _, err = readPlatforms(ctx, b, "")
+			return err
+		}); err != nil {
+			return err
+		}
+	}
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows})
+		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows}
+		if withPlatforms {
+			out["platforms"] = platforms
+		}
+		return enc.Encode(out)
 	}
 	leaderName := "none"
 	switch {
@@ -345,7 +367,11 @@ expiry, why it was last rotated, and which replica leads.`,
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.AppID, r.Kind, r.API, r.Revision, now.Sub(r.FetchedAt).Round(time.Second), expires, reason, leaderName)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil || !withPlatforms {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	return printPlatforms(stdout, platforms, now)
 }
 
 // readLeader returns the lease holder: an empty one when no replica leads,
