@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -47,6 +48,8 @@ type platformSystem struct {
 	platform jetstream.KeyValue
 	logs     *syncBuffer
 	failed   *nats.Subscription // the platform's failure events, from before the refresher started
+	natsURL  string
+	wechat   string // the fake's base URL
 }
 
 func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, cfg publisher.Config) platformSystem {
@@ -71,7 +74,7 @@ func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, 
 	cfg.UpstreamURL, cfg.Logger = url, logs.logger()
 	running := testenv.Refresher(t, nc, cfg)
 	sys := platformSystem{nc: nc, fake: fake, hook: serveHTTP(t, running.Refresher.Callback()) + "/", tokens: openBucket(t, ctx, nc),
-		logs: logs, failed: failed}
+		logs: logs, failed: failed, natsURL: srv.ClientURL(), wechat: url}
 	sys.platform = platformBucketOf(t, ctx, nc)
 	return sys
 }
@@ -351,5 +354,57 @@ func TestUpdateAuthorizedExchangesTheNewCode(t *testing.T) {
 		t.Error("the record does not hold the refresh token the new code gave")
 	case after.Code != "":
 		t.Error("the record keeps the spent code")
+	}
+}
+
+// TestAgentServesAuthorizerTokens: `wxtoken agent` finds an authorizer's
+// key in the bucket and serves its token as any app's, from WeChat's own
+// path and in the calls it forwards.
+func TestAgentServesAuthorizerTokens(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
+	if _, _, err := sys.fake.PushTicket(ctx, sys.hook, componentApp); err != nil {
+		t.Fatal(err)
+	}
+	tokens := testenv.Entries(t, sys.tokens, authorizerA)
+	if _, err := sys.fake.Authorize(ctx, sys.hook, componentApp, authorizerA); err != nil {
+		t.Fatal(err)
+	}
+	token := nextPut(t, ctx, tokens).AccessToken
+	agent := startWxtoken(t, "agent", nil, "agent", "--nats-url", sys.natsURL, "--listen", "127.0.0.1:0", "--wechat-base-url", sys.wechat,
+		"--keys", componentApp+","+authorizerA)
+	agent.waitOutput(t, ctx, "agent listening")
+	base := "http://" + listenAddr(t, agent.output.String())
+	awaitReady(t, ctx, agent, base+"/readyz")
+
+	var answer struct {
+		AccessToken string `json:"access_token"`
+	}
+	getJSON(t, base+"/cgi-bin/token?grant_type=client_credential&appid="+authorizerA+"&secret=unused", &answer)
+	if answer.AccessToken != token {
+		t.Errorf("the agent's /cgi-bin/token gave %.12q..., want the authorizer's token", answer.AccessToken)
+	}
+	var users struct {
+		ErrCode int `json:"errcode"`
+	}
+	getJSON(t, base+"/app/"+authorizerA+"/cgi-bin/user/get", &users)
+	if ok, _ := sys.fake.APICalls(fakewechat.PathUserList); users.ErrCode != 0 || ok != 1 {
+		t.Errorf("a call forwarded with the authorizer's token: errcode %d", users.ErrCode)
+	}
+	if got := sys.fake.LastAPICall(fakewechat.PathUserList).Token; got != token {
+		t.Errorf("the forwarded call carried %.12q..., want the authorizer's token", got)
+	}
+}
+
+// getJSON decodes the JSON answer of a GET of url into v.
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %s: %v", url, resp.Status, err)
 	}
 }
