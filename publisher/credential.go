@@ -87,8 +87,9 @@ func (r *Refresher) setRecord(a *credential, rev uint64, rec *kv.Credential) {
 // credentialSet is the credentials the refresher keeps fresh. It is
 // immutable: SetApps replaces it whole, so that readers need no lock.
 type credentialSet struct {
-	byKey map[string]*credential
-	order []*credential // configuration order, each token before its tickets
+	byKey    map[string]*credential
+	order    []*credential                 // configuration order, each token before its tickets
+	children map[*credential][]*credential // what is fetched with each token: its tickets, a platform's authorizers
 }
 
 func (r *Refresher) credential(key string) *credential { return r.apps.Load().byKey[key] }
@@ -120,6 +121,12 @@ func newCredentialSet(apps []App, authorizers map[string]authorizerEntry, old *c
 		}
 	}
 	authorizerCredentials(set, authorizers, old, log)
+	set.children = map[*credential][]*credential{}
+	for _, c := range set.order {
+		if c.parent != nil {
+			set.children[c.parent] = append(set.children[c.parent], c)
+		}
+	}
 	return set
 }
 

@@ -156,6 +156,9 @@ func (r *Refresher) observe(e jetstream.KeyValueEntry) {
 			r.announceStored(a)
 		}
 		r.plan(t, a)
+		if rec != nil {
+			r.wakeChildren(t, a)
+		}
 	}
 }
 

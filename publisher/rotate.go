@@ -75,6 +75,9 @@ func (r *Refresher) fly(t *term, a *credential, f *flight, m mode, reason string
 		close(f.done)
 		r.announceStored(a)
 		r.plan(t, a)
+		if out.rec != nil {
+			r.wakeChildren(t, a)
+		}
 	}()
 	out = r.rotate(t, a, m, reason, base)
 }
@@ -286,7 +289,12 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 	var used uint64
 	if a.parent != nil {
 		token, rev, err := r.tokenFor(t, a.parent)
-		if err != nil {
+		var waiting *parentWaitError
+		switch {
+		case errors.As(err, &waiting):
+			r.waitForParent(a, waiting)
+			return issuedValue{}, 0, err
+		case err != nil:
 			if !errors.Is(err, errEnding) {
 				r.failed(a, err, Secret{})
 			}

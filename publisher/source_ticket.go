@@ -3,6 +3,7 @@ package publisher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -114,11 +115,58 @@ func (r *Refresher) tokenFor(t *term, p *credential) (kv.Credential, uint64, err
 	}
 	p.mu.Lock()
 	rec, rev = p.validRecord(r.cfg.Clock.now()), p.rev
+	until := p.retryAt
 	p.mu.Unlock()
 	if rec == nil {
-		return kv.Credential{}, 0, fmt.Errorf("publisher: %s has no valid access_token to fetch tickets with", p.key)
+		return kv.Credential{}, 0, &parentWaitError{parent: p.key, until: until}
 	}
 	return *rec, rev, nil
+}
+
+// parentWaitError is a fetch that needs its parent's token (a ticket's
+// app, an authorizer's platform) while the parent has none: it waits,
+// quietly, until the parent's next attempt or until the parent gets one
+// (wakeChildren), whichever comes first. The parent's own failure is what
+// is logged and announced.
+type parentWaitError struct {
+	parent string
+	until  time.Time // the parent's next attempt; zero if not known
+}
+
+func (e *parentWaitError) Error() string {
+	return fmt.Sprintf("publisher: %s has no valid access_token to fetch with", e.parent)
+}
+
+// waitForParent makes a, whose parent has no token, wait for it.
+func (r *Refresher) waitForParent(a *credential, err *parentWaitError) {
+	now := r.cfg.Clock.now()
+	a.mu.Lock()
+	a.failures++
+	until := err.until
+	if !until.After(now) {
+		until = now.Add(retryDelay(a.failures, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax))
+	}
+	a.retryAt, a.lastErr = until, err
+	a.mu.Unlock()
+	r.log.Debug("waiting for the token it is fetched with", "key", a.key, "parent", err.parent,
+		"next_attempt", until.UTC().Format(time.RFC3339))
+}
+
+// wakeChildren lets the credentials fetched with p's token go at once,
+// those that waited for p to get one, now that it has one.
+func (r *Refresher) wakeChildren(t *term, p *credential) {
+	for _, c := range r.apps.Load().children[p] {
+		c.mu.Lock()
+		var waiting *parentWaitError
+		woken := errors.As(c.lastErr, &waiting)
+		if woken {
+			c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
+		}
+		c.mu.Unlock()
+		if woken {
+			r.plan(t, c)
+		}
+	}
 }
 
 // renewToken sends p's token, which a ticket call refused at revision

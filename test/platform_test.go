@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -46,7 +47,7 @@ type platformSystem struct {
 	hook     string // the callback URL
 	tokens   jetstream.KeyValue
 	platform jetstream.KeyValue
-	logs     *syncBuffer
+	logs     *notifyingBuffer
 	failed   *nats.Subscription // the platform's failure events, from before the refresher started
 	natsURL  string
 	wechat   string // the fake's base URL
@@ -64,14 +65,14 @@ func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, 
 	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := newNotifyingBuffer()
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log(logs.String())
 		}
 	})
 	cfg.Apps = append(cfg.Apps, platformApp())
-	cfg.UpstreamURL, cfg.Logger = url, logs.logger()
+	cfg.UpstreamURL, cfg.Logger = url, textLogger(logs)
 	running := testenv.Refresher(t, nc, cfg)
 	sys := platformSystem{nc: nc, fake: fake, hook: serveHTTP(t, running.Refresher.Callback()) + "/", tokens: openBucket(t, ctx, nc),
 		logs: logs, failed: failed, natsURL: srv.ClientURL(), wechat: url}
@@ -406,5 +407,40 @@ func getJSON(t *testing.T, url string, v any) {
 	defer resp.Body.Close()
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatalf("GET %s: %s: %v", url, resp.Status, err)
+	}
+}
+
+// TestAuthorizersWaitQuietlyForTheFirstTicket: accounts that authorize a
+// platform before WeChat's first push wait for the component token without
+// a log line each, and get their tokens the moment it comes.
+func TestAuthorizersWaitQuietlyForTheFirstTicket(t *testing.T) {
+	const accounts = 20
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
+	rotated := followRotations(t, sys.tokens)
+	var ids []string
+	for i := range accounts {
+		id := fmt.Sprintf("wx00000000000b%04d", i)
+		ids = append(ids, id)
+		if answer, err := sys.fake.Authorize(ctx, sys.hook, componentApp, id); err != nil || answer != "success" {
+			t.Fatalf("authorize %s: %q, %v", id, answer, err)
+		}
+	}
+	// Each has tried, and waits for the component token.
+	if err := sys.logs.waitForCount(ctx, "waiting for the token it is fetched with", accounts); err != nil {
+		t.Fatalf("the authorizers did not all wait for the component token: %v", err)
+	}
+	if _, _, err := sys.fake.PushTicket(ctx, sys.hook, componentApp); err != nil {
+		t.Fatal(err)
+	}
+	rotated.awaitEach(t, ctx, "after the first push", ids, nil)
+	lines := sys.logs.linesWith("level=WARN")
+	for _, line := range sys.logs.linesWith("level=ERROR") {
+		if !strings.Contains(line, "the platform has no verify ticket") {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) > 0 {
+		t.Errorf("%d warnings or errors beyond the platform's own missing ticket, first: %s", len(lines), lines[0])
 	}
 }
