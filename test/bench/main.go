@@ -3,9 +3,10 @@
 // the same run. Results print as benchmark lines (benchstat reads them) and
 // as a final table. See BENCHMARKS.md.
 //
-//	go run ./test/bench                          # every part (about 8 minutes)
+//	go run ./test/bench                          # every part (about 17 minutes)
 //	go run ./test/bench -part propagation -n 1000
 //	go run ./test/bench -part agent              # wxtoken agent against redis and nginx
+//	go run ./test/bench -part authorizers -authorizers 10000 -rate 50   # a platform's authorizers, then a restart
 //	go run ./test/bench -smoke                   # every part, tiny, as in CI
 package main
 
@@ -33,14 +34,15 @@ func main() {
 	minForce := flag.Duration("min-force", time.Nanosecond, "internal: min force interval of the system role")
 	natsURL := flag.String("nats", "", "internal: NATS URL of the footprint role")
 	counts := flag.String("counts", "1,100", "footprint: app counts to follow, ascending")
-	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, storm, quota, apps, footprint, agent, or all")
+	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, storm, quota, apps, footprint, agent, authorizers, or all")
 	n := flag.String("n", "100,1000", "propagation: subscriber counts, comma-separated")
 	rotations := flag.Int("rotations", 40, "propagation: least rotations per subscriber count (small counts get more, for at least 20,000 samples)")
 	stormN := flag.Int("storm", 1000, "storm: subscribers reporting the same stale token")
 	speed := flag.Float64("speed", 10000, "quota: how much faster than real time the simulated day runs")
 	apps := flag.Int("apps", 10000, "apps: apps in one refresher")
 	tickets := flag.Bool("tickets", false, "apps: give each app a jsapi ticket too (two credentials per app)")
-	rate := flag.Float64("rate", 50, "apps: --upstream-rate of the refresher")
+	rate := flag.Float64("rate", 50, "apps, authorizers: --upstream-rate of the refresher")
+	authorizers := flag.Int("authorizers", 10000, "authorizers: authorizers of one third-party platform in one refresher")
 	steady := flag.Duration("steady", time.Minute, "apps: steady-state window for CPU")
 	reads := flag.Int("reads", 10000, "agent: fresh-connection reads per server per round")
 	freshClients := flag.Int("clients", 1, "agent: clients making the fresh-connection reads at once, like PHP-FPM workers")
@@ -74,7 +76,7 @@ func main() {
 		// milliseconds: on a busy machine the ticket fetched with it
 		// can meet it dead every time, and no ticket is ever stored.
 		*n, *rotations, *stormN, *speed, *apps, *rate, *steady, *counts = "10", 1, 10, 20000, 100, 1000, time.Second, "1,5"
-		*tickets = true
+		*tickets, *authorizers = true, 100
 		smokeRun = true
 	}
 	if *cpuProfile != "" {
@@ -197,6 +199,26 @@ func main() {
 			requireTools: *requireTools, smoke: smokeRun})
 		fmt.Fprintln(stderr)
 		table = append(table, agentRows(a)...)
+	}
+	if run("authorizers") {
+		a := manyAuthorizers(*authorizers, *rate)
+		fmt.Fprintln(stderr)
+		benchLine(fmt.Sprintf("Authorizers/n=%d", a.authorizers), 1, fmt.Sprintf("%.1f", a.allTokens.Seconds()), "s-to-all-tokens",
+			a.maxPerSecond, "max-calls/s", a.peakRSS, "peak-rss-bytes", a.restartTotal(), "restart-calls")
+		fmt.Printf("# authorizers: first run %s; restart ready in %s, calls counted for %s after the first process exited: %s; "+
+			"restart peak RSS %d bytes; %d of %d tokens invalid, %d refresh tokens WeChat no longer takes\n",
+			describeCalls(a.firstCalls), a.restartReady.Round(time.Millisecond), a.restartWatched.Round(time.Millisecond),
+			describeCalls(a.restartCalls), a.restartPeakRSS, a.invalid, a.tokens, a.staleRefresh)
+		table = append(table, row{fmt.Sprintf("8 authorizers n=%d", a.authorizers), fmt.Sprintf("one platform, --upstream-rate %g; then a restart", a.rate),
+			fmt.Sprintf("all %d tokens in the bucket in %.1f s; max %d calls in any 1 s (%d per calendar second); peak RSS %.0f MB; "+
+				"restart: %d calls to WeChat in %.1f s, %d of %d tokens valid, peak RSS %.0f MB",
+				a.tokens, a.allTokens.Seconds(), a.maxPerSecond, a.maxPerBucket, float64(a.peakRSS)/(1<<20),
+				a.restartTotal(), a.restartWatched.Seconds(), a.tokens-a.invalid, a.tokens, float64(a.restartPeakRSS)/(1<<20)),
+			fmt.Sprintf("pacing floor %d / %g = %.1f s", a.authorizers+1, a.rate, a.pacingFloor.Seconds()),
+			fmt.Sprintf("%.3fx floor", a.allTokens.Seconds()/a.pacingFloor.Seconds()),
+			"≤ rate/s, ≤ 1.1x floor, ≤ 200 MB, restart 0 calls, every token valid",
+			verdict(float64(a.maxPerSecond) <= a.rate && a.allTokens.Seconds() <= 1.1*a.pacingFloor.Seconds() &&
+				a.peakRSS <= 200<<20 && a.restartPeakRSS <= 200<<20 && a.restartTotal() == 0 && a.invalid == 0)})
 	}
 
 	fmt.Println()
