@@ -316,6 +316,13 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 	case classOf(err) == classTicket:
 		r.startPush(t, a, secret)
 		r.failed(a, err, secret)
+		if ticket, ok := r.platforms.ticket(a.key); ok && ticket.Ticket != g.ticket {
+			// A push came in while the fetch was under way: the next
+			// fetch, when this flight lands, takes it.
+			a.mu.Lock()
+			a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+			a.mu.Unlock()
+		}
 	case errors.As(err, &ue) && ue.ErrCode == codeSpent && g.code != "":
 		r.spendCode(t, a, g.code)
 	}
