@@ -76,24 +76,20 @@ func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, 
 	running := testenv.Refresher(t, nc, cfg)
 	sys := platformSystem{nc: nc, fake: fake, hook: serveHTTP(t, running.Refresher.Callback()) + "/", tokens: openBucket(t, ctx, nc),
 		logs: logs, failed: failed, natsURL: srv.ClientURL(), wechat: url}
-	sys.platform = platformBucketOf(t, ctx, nc)
-	return sys
-}
-
-// platformBucketOf waits for the refresher to create the platform bucket.
-func platformBucketOf(t *testing.T, ctx context.Context, nc *nats.Conn) jetstream.KeyValue {
-	t.Helper()
-	js, _ := jetstream.New(nc)
-	for {
-		b, err := js.KeyValue(ctx, kv.DefaultPlatformBucket)
-		if err == nil {
-			return b
+	// The callback stores pushes once the refresher has opened the
+	// platform bucket; it is ready after that.
+	for err := running.Refresher.Ready(); err != nil; err = running.Refresher.Ready() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the refresher never got ready: %v", err)
+		case <-time.After(10 * time.Millisecond): // polled: readiness announces nothing
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("no platform bucket: %v", err)
-		}
-		<-time.After(20 * time.Millisecond) // polled: the bucket's creation announces nothing
 	}
+	js, _ := jetstream.New(nc)
+	if sys.platform, err = js.KeyValue(ctx, kv.DefaultPlatformBucket); err != nil {
+		t.Fatal(err)
+	}
+	return sys
 }
 
 // authorizerRecord reads the authorizer's record in the platform bucket.
