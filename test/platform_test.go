@@ -92,6 +92,20 @@ func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, 
 	return sys
 }
 
+// authorized pushes a ticket and has authorizer authorize the platform,
+// and returns the authorizer's first token and the key's puts after it.
+func (sys platformSystem) authorized(t *testing.T, ctx context.Context, authorizer string) (kv.Record, <-chan jetstream.KeyValueEntry) {
+	t.Helper()
+	if _, _, err := sys.fake.PushTicket(ctx, sys.hook, componentApp); err != nil {
+		t.Fatal(err)
+	}
+	tokens := testenv.Entries(t, sys.tokens, authorizer)
+	if _, err := sys.fake.Authorize(ctx, sys.hook, componentApp, authorizer); err != nil {
+		t.Fatal(err)
+	}
+	return nextPut(t, ctx, tokens), tokens
+}
+
 // authorizerRecord reads the authorizer's record in the platform bucket.
 func authorizerRecord(t *testing.T, ctx context.Context, b jetstream.KeyValue, appid string) (kv.Authorizer, jetstream.KeyValueEntry) {
 	t.Helper()
@@ -330,14 +344,7 @@ func TestAuthorizerRefreshTokenRefused(t *testing.T) {
 func TestUpdateAuthorizedExchangesTheNewCode(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
-	if _, _, err := sys.fake.PushTicket(ctx, sys.hook, componentApp); err != nil {
-		t.Fatal(err)
-	}
-	tokens := testenv.Entries(t, sys.tokens, authorizerA)
-	if _, err := sys.fake.Authorize(ctx, sys.hook, componentApp, authorizerA); err != nil {
-		t.Fatal(err)
-	}
-	first := nextPut(t, ctx, tokens)
+	first, tokens := sys.authorized(t, ctx, authorizerA)
 	before, _ := authorizerRecord(t, ctx, sys.platform, authorizerA)
 	if answer, err := sys.fake.UpdateAuthorization(ctx, sys.hook, componentApp, authorizerA); err != nil || answer != "success" {
 		t.Fatalf("updateauthorized: %q, %v", answer, err)
@@ -360,14 +367,8 @@ func TestUpdateAuthorizedExchangesTheNewCode(t *testing.T) {
 func TestAgentServesAuthorizerTokens(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
 	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
-	if _, _, err := sys.fake.PushTicket(ctx, sys.hook, componentApp); err != nil {
-		t.Fatal(err)
-	}
-	tokens := testenv.Entries(t, sys.tokens, authorizerA)
-	if _, err := sys.fake.Authorize(ctx, sys.hook, componentApp, authorizerA); err != nil {
-		t.Fatal(err)
-	}
-	token := nextPut(t, ctx, tokens).AccessToken
+	first, _ := sys.authorized(t, ctx, authorizerA)
+	token := first.AccessToken
 	agent := startWxtoken(t, "agent", nil, "agent", "--nats-url", sys.natsURL, "--listen", "127.0.0.1:0", "--wechat-base-url", sys.wechat,
 		"--keys", componentApp+","+authorizerA)
 	agent.waitOutput(t, ctx, "agent listening")

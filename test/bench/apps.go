@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -41,22 +42,8 @@ type appsResult struct {
 // (each with a jsapi ticket when tickets is set), against NATS and the
 // fake WeChat in this process.
 func manyApps(n int, tickets bool, rate float64, steady time.Duration) appsResult {
-	dir, err := os.MkdirTemp("", "wxtoken-bench-apps")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	binary := filepath.Join(dir, "wxtoken")
-	if out, err := exec.Command("go", "build", "-o", binary, "github.com/wxtoken/wxtoken/cmd/wxtoken").CombinedOutput(); err != nil {
-		log.Fatalf("go build of cmd/wxtoken (run the benchmark from the repository root): %v\n%s", err, out)
-	}
-
-	opts, _ := embedded.Options("127.0.0.1:-1", filepath.Join(dir, "nats"))
-	srv, err := embedded.Start(opts, nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.Shutdown()
+	dir, binary, srv, cleanup := childRig("wxtoken-bench-apps")
+	defer cleanup()
 	fake := fakewechat.New(fakewechat.Config{})
 	var (
 		mu    sync.Mutex
@@ -155,6 +142,31 @@ func manyApps(n int, tickets bool, rate float64, steady time.Duration) appsResul
 		maxPerSecond: maxInWindow(calls, time.Second), maxPerBucket: maxPerCalendarSecond(calls),
 		cpuPerHour: time.Duration(float64(cpu) * float64(time.Hour) / float64(window)),
 		cpuShare:   float64(cpu) / float64(window), peakRSS: peakRSS(cmd.Process.Pid),
+	}
+}
+
+// childRig makes a temporary directory, builds the wxtoken binary into it
+// and starts an embedded NATS server that stores there, for a part that
+// runs the refresher as its own process. cleanup stops and removes it all.
+func childRig(name string) (dir, binary string, srv *server.Server, cleanup func()) {
+	dir, err := os.MkdirTemp("", name)
+	if err != nil {
+		log.Fatal(err)
+	}
+	binary = filepath.Join(dir, "wxtoken")
+	if out, err := exec.Command("go", "build", "-o", binary, "github.com/wxtoken/wxtoken/cmd/wxtoken").CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		log.Fatalf("go build of cmd/wxtoken (run the benchmark from the repository root): %v\n%s", err, out)
+	}
+	opts, _ := embedded.Options("127.0.0.1:-1", filepath.Join(dir, "nats"))
+	srv, err = embedded.Start(opts, nil)
+	if err != nil {
+		os.RemoveAll(dir)
+		log.Fatal(err)
+	}
+	return dir, binary, srv, func() {
+		srv.Shutdown()
+		os.RemoveAll(dir)
 	}
 }
 

@@ -20,7 +20,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -74,22 +73,8 @@ var tokenPaths = []string{fakewechat.PathComponentToken, fakewechat.PathAuthoriz
 // platform of n authorizers, against NATS and the fake WeChat in this
 // process; then stops it and starts it again.
 func manyAuthorizers(n int, rate float64) authorizersResult {
-	dir, err := os.MkdirTemp("", "wxtoken-bench-authorizers")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	binary := filepath.Join(dir, "wxtoken")
-	if out, err := exec.Command("go", "build", "-o", binary, "github.com/wxtoken/wxtoken/cmd/wxtoken").CombinedOutput(); err != nil {
-		log.Fatalf("go build of cmd/wxtoken (run the benchmark from the repository root): %v\n%s", err, out)
-	}
-
-	opts, _ := embedded.Options("127.0.0.1:-1", filepath.Join(dir, "nats"))
-	srv, err := embedded.Start(opts, nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer srv.Shutdown()
+	dir, binary, srv, cleanup := childRig("wxtoken-bench-authorizers")
+	defer cleanup()
 	fake := fakewechat.New(fakewechat.Config{})
 	if err := fake.AddPlatform(benchComponent, benchComponentSecret, benchMessageToken, benchAESKey); err != nil {
 		log.Fatal(err)
