@@ -389,23 +389,36 @@ func (r *Refresher) dropRevoked(t *term) {
 	if len(revoked) == 0 {
 		return
 	}
+	for _, appid := range revoked {
+		if r.dropToken(t, appid) {
+			r.platforms.mu.Lock()
+			delete(r.platforms.revoked, appid)
+			r.platforms.mu.Unlock()
+		}
+	}
+}
+
+// dropToken deletes the token of an authorizer that withdrew, unless it is
+// a credential again (authorized anew). It reports whether the key holds
+// no token of it any more.
+func (r *Refresher) dropToken(t *term, appid string) bool {
+	if r.credential(appid) != nil {
+		return true
+	}
 	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
 	defer cancel()
-	for _, appid := range revoked {
-		if r.credential(appid) != nil {
-			continue
-		}
-		e, err := t.bucket.Get(ctx, appid)
-		if err != nil {
-			continue // gone already, or the next term tries again
-		}
-		if err := t.bucket.Delete(ctx, appid, jetstream.LastRevision(e.Revision())); err == nil {
-			r.log.Info("authorizer withdrew its authorization: its token is removed", "authorizer", appid)
-		}
-		r.platforms.mu.Lock()
-		delete(r.platforms.revoked, appid)
-		r.platforms.mu.Unlock()
+	e, err := t.bucket.Get(ctx, appid)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return true
+	case err != nil:
+		return false // the next term tries again
 	}
+	if err := t.bucket.Delete(ctx, appid, jetstream.LastRevision(e.Revision())); err != nil {
+		return false
+	}
+	r.log.Info("authorizer withdrew its authorization: its token is removed", "authorizer", appid)
+	return true
 }
 
 // Callback returns the handler of the platforms' authorization-event URL,

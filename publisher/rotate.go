@@ -78,6 +78,11 @@ func (r *Refresher) fly(t *term, a *credential, f *flight, m mode, reason string
 		if out.rec != nil {
 			r.wakeChildren(t, a)
 		}
+		if a.auth != nil && out.refreshed && r.credential(a.key) != a {
+			// The authorizer withdrew while its token was fetched: the
+			// token just stored goes too.
+			r.dropToken(t, a.key)
+		}
 	}()
 	out = r.rotate(t, a, m, reason, base)
 }

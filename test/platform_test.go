@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -55,13 +56,19 @@ type platformSystem struct {
 
 func startPlatform(t *testing.T, ctx context.Context, wechat fakewechat.Config, cfg publisher.Config) platformSystem {
 	t.Helper()
+	fake, url := testenv.WeChat(t, wechat)
+	return startPlatformAt(t, ctx, fake, url, cfg)
+}
+
+// startPlatformAt is startPlatform with the fake served at url.
+func startPlatformAt(t *testing.T, ctx context.Context, fake *fakewechat.Server, url string, cfg publisher.Config) platformSystem {
+	t.Helper()
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
 	failed, err := nc.SubscribeSync(kv.Subjects{}.Failed(componentApp))
 	if err != nil {
 		t.Fatal(err)
 	}
-	fake, url := testenv.WeChat(t, wechat)
 	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
 		t.Fatal(err)
 	}
@@ -439,5 +446,78 @@ func TestAuthorizersWaitQuietlyForTheFirstTicket(t *testing.T) {
 	}
 	if len(lines) > 0 {
 		t.Errorf("%d warnings or errors beyond the platform's own missing ticket, first: %s", len(lines), lines[0])
+	}
+}
+
+// TestWithdrawalDuringARefreshLeavesNoToken: an account withdraws while
+// its token is being refreshed; the token that fetch stores afterwards is
+// deleted too.
+func TestWithdrawalDuringARefreshLeavesNoToken(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	fake := fakewechat.New(fakewechat.Config{})
+	// WeChat answers api_authorizer_token, and the answer is held on the
+	// way until the test lets it go.
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	url := serveHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != fakewechat.PathAuthorizerTok {
+			fake.ServeHTTP(w, r)
+			return
+		}
+		answer := httptest.NewRecorder()
+		fake.ServeHTTP(answer, r)
+		entered <- struct{}{}
+		<-release
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(answer.Body.Bytes())
+	}))
+	sys := startPlatformAt(t, ctx, fake, url, publisher.Config{})
+	first, tokens := sys.authorized(t, ctx, authorizerA)
+	events := make(chan jetstream.KeyValueOp, 16)
+	testenv.Follow(t, &kvwatch.Follower{Bucket: sys.tokens, Key: authorizerA, OnEntry: func(e jetstream.KeyValueEntry) {
+		events <- e.Operation()
+	}})
+	if op := <-events; op != jetstream.KeyValuePut {
+		t.Fatalf("first entry %s, want the first token", op)
+	}
+	sub, err := subscriber.New(ctx, sys.nc, authorizerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	fake.Revoke(first.AccessToken)
+	refreshed := make(chan error, 1)
+	go func() {
+		_, err := sub.Refresh(ctx, sub.Token().Revision)
+		refreshed <- err
+	}()
+	<-entered // WeChat issued a token; the answer has not arrived
+	if _, err := fake.Unauthorize(ctx, sys.hook, componentApp, authorizerA); err != nil {
+		t.Fatal(err)
+	}
+	// The withdrawal deletes the key; then the late answer is stored, and
+	// deleted again.
+	if op := nextOp(t, ctx, events); op != jetstream.KeyValueDelete {
+		t.Fatalf("after the withdrawal the key got a %s, want a delete", op)
+	}
+	close(release)
+	if late := nextPut(t, ctx, tokens); late.AccessToken == first.AccessToken {
+		t.Fatal("the late answer's token is the first one")
+	}
+	for op := nextOp(t, ctx, events); op != jetstream.KeyValueDelete; op = nextOp(t, ctx, events) {
+	}
+	if _, err := sys.tokens.Get(ctx, authorizerA); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("the withdrawn authorizer's key: %v, want it deleted", err)
+	}
+	<-refreshed
+}
+
+func nextOp(t *testing.T, ctx context.Context, ch <-chan jetstream.KeyValueOp) jetstream.KeyValueOp {
+	t.Helper()
+	select {
+	case op := <-ch:
+		return op
+	case <-ctx.Done():
+		t.Fatal("no entry")
+		return 0
 	}
 }
