@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -174,6 +175,28 @@ type Authorizer struct {
 	// its authorization, and its token is no longer kept.
 	Unauthorized bool `json:"unauthorized,omitempty"`
 }
+
+// String describes the record without its refresh token or code, which
+// are never to be printed: fmt, a panic's text and a log line all get
+// this.
+func (a Authorizer) String() string {
+	state := "active"
+	switch {
+	case a.Unauthorized:
+		state = "unauthorized"
+	case a.RefreshToken == "" && a.Code != "":
+		state = "awaiting code exchange"
+	case a.RefreshToken == "":
+		state = "no refresh token"
+	}
+	return fmt.Sprintf("authorizer %s of %s (%s, issued %s)", a.AppID, a.ComponentAppID, state, a.IssuedAt.UTC().Format(time.RFC3339))
+}
+
+// GoString is String, for %#v.
+func (a Authorizer) GoString() string { return a.String() }
+
+// LogValue is String, for slog.
+func (a Authorizer) LogValue() slog.Value { return slog.StringValue(a.String()) }
 
 // Active reports whether the authorizer's token is to be kept: it has not
 // withdrawn, and there is a refresh token or a code to get one with.

@@ -2,7 +2,10 @@ package kv_test
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -83,6 +86,20 @@ func TestVerifyTicketRecordIsChecked(t *testing.T) {
 	for _, data := range []string{"", "{", `{"component_appid":"` + platformApp + `"}`, "[]"} {
 		if _, err := kv.DecodeVerifyTicket(platformApp, []byte(data)); err == nil {
 			t.Errorf("DecodeVerifyTicket(%q) was taken", data)
+		}
+	}
+}
+
+// TestAuthorizerNeverPrintsItsSecrets: however a record is printed or
+// logged, its refresh token and code stay out.
+func TestAuthorizerNeverPrintsItsSecrets(t *testing.T) {
+	a := kv.Authorizer{ComponentAppID: platformApp, AppID: "wx00000000000a0001", RefreshToken: "refreshtoken@@@secret",
+		Code: "queryauthcode@@@secret", IssuedAt: time.Unix(1_800_000_000, 0)}
+	var logged strings.Builder
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("record", "authorizer", a)
+	for _, out := range []string{fmt.Sprint(a), fmt.Sprintf("%+v", a), fmt.Sprintf("%#v", a), fmt.Sprintf("%v", []kv.Authorizer{a}), logged.String()} {
+		if strings.Contains(out, "@@@secret") || !strings.Contains(out, "wx00000000000a0001") {
+			t.Errorf("printed as %q", out)
 		}
 	}
 }

@@ -262,11 +262,11 @@ func authorizerCredentials(set *credentialSet, authorizers map[string]authorizer
 // holdRefresh keeps the refresh token a fetch returned, until saveRefresh
 // stores it. code is the authorization code the fetch spent, if any.
 func (r *Refresher) holdRefresh(a *credential, issued issuedValue, code string) {
-	if a.auth == nil || issued.Refresh == "" {
+	if a.auth == nil || issued.Refresh.IsZero() {
 		return
 	}
 	a.mu.Lock()
-	a.auth.unsaved = &kv.Authorizer{RefreshToken: issued.Refresh, IssuedAt: issued.At, Code: code}
+	a.auth.unsaved = &kv.Authorizer{RefreshToken: issued.Refresh.Reveal(), IssuedAt: issued.At, Code: code}
 	a.mu.Unlock()
 }
 

@@ -163,7 +163,7 @@ func (a authorizerAnswer) issued() (issuedValue, error) {
 		if kv.ValidateToken(a.Refresh) != nil {
 			return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "unusable authorizer_refresh_token"}
 		}
-		v.Refresh = a.Refresh
+		v.Refresh = NewSecret(a.Refresh)
 	}
 	return v, nil
 }

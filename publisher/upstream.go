@@ -78,7 +78,7 @@ type issuedValue struct {
 	At time.Time
 	// Refresh is the authorizer_refresh_token that came with an
 	// authorizer's token, to be stored before the token is.
-	Refresh string
+	Refresh Secret
 }
 
 // upstreamClient calls WeChat's token and token-check APIs.
