@@ -107,7 +107,7 @@ func newCredentialSet(apps []App, authorizers map[string]authorizerEntry, old *c
 	}
 	for _, app := range apps {
 		token := old.find(app.Key())
-		if token == nil {
+		if token == nil || token.auth != nil || token.parent != nil {
 			token = &credential{key: app.Key(), kind: kv.KindToken, secret: app.Secret, src: sourceOf(app)}
 		}
 		add(token)

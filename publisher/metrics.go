@@ -162,7 +162,10 @@ func (c tokenCollector) collectPlatforms(ch chan<- prometheus.Metric, now time.T
 		}
 	}
 	for _, a := range c.r.credentialList() {
-		if _, ok := a.src.(componentSource); !ok {
+		a.mu.Lock()
+		_, platform := a.src.(componentSource)
+		a.mu.Unlock()
+		if !platform {
 			continue
 		}
 		if t, ok := c.r.platforms.ticket(a.key); ok {

@@ -101,6 +101,13 @@ func (r *Refresher) observePlatform(e jetstream.KeyValueEntry) {
 			r.logPanic(p)
 		}
 	}()
+	// The credentials are made again once a burst of entries is in,
+	// whatever its last entry is.
+	defer func() {
+		if e.Delta() == 0 {
+			r.rebuildIfChanged()
+		}
+	}()
 	if component, ok := strings.CutSuffix(e.Key(), ".verify_ticket"); ok {
 		r.observeTicket(component, e)
 		return
@@ -140,14 +147,64 @@ func (r *Refresher) observePlatform(e jetstream.KeyValueEntry) {
 		p.revoked[appid] = true
 		p.changed = true
 	}
-	rebuild := p.changed && p.synced && e.Delta() == 0
 	p.mu.Unlock()
 
 	if c := r.credential(appid); c != nil && c.auth != nil && active {
 		r.takeRecord(c, e.Revision(), rec)
 	}
+}
+
+// rebuildIfChanged makes the credentials again if authorizers came or went
+// since they were made, once the bucket has been read.
+func (r *Refresher) rebuildIfChanged() {
+	r.platforms.mu.Lock()
+	rebuild := r.platforms.changed && r.platforms.synced
+	r.platforms.mu.Unlock()
 	if rebuild {
 		r.rebuild()
+	}
+}
+
+// resyncAuthorizers gives the authorizers of set the records that came in
+// after the snapshot set was made from, while no credential of set could
+// take them.
+func (r *Refresher) resyncAuthorizers(set *credentialSet) {
+	r.platforms.mu.Lock()
+	var behind []*credential
+	var entries []authorizerEntry
+	for _, c := range set.order {
+		if c.auth == nil {
+			continue
+		}
+		e, ok := r.platforms.authorizers[c.key]
+		c.mu.Lock()
+		if ok && e.rev > c.auth.rev {
+			behind, entries = append(behind, c), append(entries, e)
+		}
+		c.mu.Unlock()
+	}
+	r.platforms.mu.Unlock()
+	for i, c := range behind {
+		r.takeRecord(c, entries[i].rev, entries[i].record)
+	}
+}
+
+// readRecord reads an authorizer's record before a fetch, and takes it in
+// if it is newer than the one the follower gave. A failed read leaves the
+// record known: the fetch goes on with it.
+func (r *Refresher) readRecord(t *term, a *credential) {
+	b := r.platformBucket.Load()
+	if b == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	defer cancel()
+	e, err := (*b).Get(ctx, kv.AuthorizerKey(a.auth.component, a.key))
+	if err != nil {
+		return
+	}
+	if rec, err := kv.DecodeAuthorizer(e.Key(), e.Value()); err == nil && rec.Active() {
+		r.takeRecord(a, e.Revision(), rec)
 	}
 }
 
@@ -273,11 +330,41 @@ func (r *Refresher) holdRefresh(a *credential, issued issuedValue, code string) 
 // saveRefresh stores the refresh token WeChat returned and the platform
 // bucket does not hold yet, if any, with a compare-and-swap: a newer one
 // (by when it was issued) stays, and an authorizer that withdrew meanwhile
-// stays withdrawn. Only then does the credential use it.
+// stays withdrawn. Only then does the credential use it. The write goes on
+// when the lease is lost: any replica may make it, and WeChat may already
+// have ended the token before it.
 func (r *Refresher) saveRefresh(t *term, a *credential) error {
 	if a.auth == nil {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.work), kvTimeout)
+	defer cancel()
+	return r.storeRefresh(ctx, a)
+}
+
+// flushRefresh stores, at the end of a term, the refresh tokens WeChat
+// returned that are not stored yet: a lost lease or a shutdown must not
+// leave one only in memory.
+func (r *Refresher) flushRefresh() {
+	for _, a := range r.credentialList() {
+		if a.auth == nil {
+			continue
+		}
+		a.mu.Lock()
+		unsaved := a.auth.unsaved != nil
+		a.mu.Unlock()
+		if !unsaved {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+		if err := r.storeRefresh(ctx, a); err != nil {
+			r.log.Error("a refresh token WeChat returned could not be stored; it is held in memory", "authorizer", a.key, "error", err)
+		}
+		cancel()
+	}
+}
+
+func (r *Refresher) storeRefresh(ctx context.Context, a *credential) error {
 	a.mu.Lock()
 	unsaved, component := a.auth.unsaved, a.auth.component
 	a.mu.Unlock()
@@ -288,8 +375,6 @@ func (r *Refresher) saveRefresh(t *term, a *credential) error {
 	if b == nil {
 		return errors.New("publisher: the platform bucket is not open")
 	}
-	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
-	defer cancel()
 	rec, rev, _, err := kv.UpdateAuthorizer(ctx, *b, component, a.key, func(held kv.Authorizer, found bool) (kv.Authorizer, bool) {
 		if found && (held.Unauthorized || held.IssuedAt.After(unsaved.IssuedAt)) {
 			return held, false
@@ -340,8 +425,8 @@ func (r *Refresher) spendCode(t *term, a *credential, code string) {
 
 // grantFor fills in what a platform's or an authorizer's fetch needs
 // beyond the secret: the newest verify ticket, or a code to exchange.
-func (r *Refresher) grantFor(a *credential, g *grant) {
-	switch a.src.(type) {
+func (r *Refresher) grantFor(a *credential, src source, g *grant) {
+	switch src.(type) {
 	case componentSource:
 		if ticket, ok := r.platforms.ticket(a.key); ok {
 			g.ticket = ticket.Ticket

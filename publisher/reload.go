@@ -96,6 +96,7 @@ func (r *Refresher) replaceCredentials(apps []App, why string) {
 	// Out of the set first, so that no request finds them; then marked,
 	// so that nothing armed before goes on.
 	r.apps.Store(next)
+	r.resyncAuthorizers(next)
 	for _, a := range old.order {
 		if next.byKey[a.key] == nil {
 			a.remove()

@@ -289,8 +289,17 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 	if corpid, _, ok := kv.SplitWeComKey(a.key); ok {
 		appid = corpid
 	}
+	if a.auth != nil {
+		// The refresh token another leader stored may not have reached
+		// this one's follower yet: asking with an older one would end the
+		// newest.
+		r.readRecord(t, a)
+		a.mu.Lock()
+		secret = a.secret
+		a.mu.Unlock()
+	}
 	g := grant{appid: appid, secret: secret}
-	r.grantFor(a, &g)
+	r.grantFor(a, src, &g)
 	var used uint64
 	if a.parent != nil {
 		token, rev, err := r.tokenFor(t, a.parent)

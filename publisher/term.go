@@ -107,6 +107,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 		endTerm()
 		t.drain()
 		r.disarm()
+		r.flushRefresh()
 	}()
 	r.catchUp(tctx)
 	// What the bucket holds may never have been announced: the leader

@@ -1,0 +1,104 @@
+package publisher
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// entry is a platform bucket entry as the follower delivers it.
+type entry struct {
+	key   string
+	value []byte
+	rev   uint64
+	delta uint64
+}
+
+func (e entry) Bucket() string                  { return kv.DefaultPlatformBucket }
+func (e entry) Key() string                     { return e.key }
+func (e entry) Value() []byte                   { return e.value }
+func (e entry) Revision() uint64                { return e.rev }
+func (e entry) Created() time.Time              { return time.Time{} }
+func (e entry) Delta() uint64                   { return e.delta }
+func (e entry) Operation() jetstream.KeyValueOp { return jetstream.KeyValuePut }
+
+// TestAuthorizersComeInWhateverEndsTheBurst: an authorizer's record
+// followed, in the same burst, by a verify ticket still makes the
+// authorizer a credential, and a later record of it reaches that
+// credential.
+func TestAuthorizersComeInWhateverEndsTheBurst(t *testing.T) {
+	const component, authorizer = "wx00000000000c0a01", "wx00000000000a0001"
+	nc, _ := jetStream(t)
+	platform := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
+	r, err := New(nc, Config{Apps: []App{platform}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.platformsSynced()
+	now := time.Now()
+	record := func(refresh string, issued time.Time) []byte {
+		data, err := kv.EncodeAuthorizer(kv.Authorizer{ComponentAppID: component, AppID: authorizer, RefreshToken: refresh, IssuedAt: issued})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	ticket, _ := kv.EncodeVerifyTicket(kv.VerifyTicket{ComponentAppID: component, Ticket: "ticket", CreateTime: now, ReceivedAt: now})
+	r.observePlatform(entry{key: kv.AuthorizerKey(component, authorizer), value: record("refresh-1", now), rev: 5, delta: 1})
+	r.observePlatform(entry{key: kv.VerifyTicketKey(component), value: ticket, rev: 6, delta: 0})
+	c := r.credential(authorizer)
+	if c == nil || c.auth == nil || c.secret.Reveal() != "refresh-1" {
+		t.Fatalf("after a burst that ended with a ticket the authorizer is %+v, want a credential with its refresh token", c)
+	}
+	r.observePlatform(entry{key: kv.AuthorizerKey(component, authorizer), value: record("refresh-2", now.Add(time.Minute)), rev: 7, delta: 0})
+	if got := r.credential(authorizer); got != c || c.secret.Reveal() != "refresh-2" {
+		t.Error("a newer record did not reach the authorizer's credential")
+	}
+}
+
+// TestTermEndStoresRefreshTokensLeftInMemory: a refresh token WeChat
+// returned and the term could not store goes into the platform bucket when
+// the term ends, lost lease or shutdown.
+func TestTermEndStoresRefreshTokensLeftInMemory(t *testing.T) {
+	const component, authorizer = "wx00000000000c0a01", "wx00000000000a0001"
+	nc, _ := jetStream(t)
+	platform := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
+	r, err := New(nc, Config{Apps: []App{platform}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	b, err := r.openPlatformBucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.platformBucket.Store(&b)
+	old := time.Now().Add(-time.Hour)
+	rec, rev, _, err := kv.UpdateAuthorizer(ctx, b, component, authorizer, func(kv.Authorizer, bool) (kv.Authorizer, bool) {
+		return kv.Authorizer{RefreshToken: "refresh-old", IssuedAt: old}, true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := kv.EncodeAuthorizer(rec)
+	r.platformsSynced()
+	r.observePlatform(entry{key: kv.AuthorizerKey(component, authorizer), value: data, rev: rev})
+	c := r.credential(authorizer)
+	if c == nil {
+		t.Fatal("no credential for the authorizer")
+	}
+	r.holdRefresh(c, issuedValue{Refresh: NewSecret("refresh-new"), At: time.Now()}, "")
+
+	r.flushRefresh()
+	stored, _, _, err := kv.UpdateAuthorizer(ctx, b, component, authorizer, func(kv.Authorizer, bool) (kv.Authorizer, bool) { return kv.Authorizer{}, false })
+	if err != nil || stored.RefreshToken != "refresh-new" {
+		t.Errorf("the bucket holds %v (%v), want the refresh token held in memory", stored, err)
+	}
+	if c.secret.Reveal() != "refresh-new" {
+		t.Error("the credential does not use the stored refresh token")
+	}
+}
