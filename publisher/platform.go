@@ -279,7 +279,7 @@ func (r *Refresher) platformsSynced() {
 func (r *Refresher) rebuild() {
 	r.reloading.Lock()
 	defer r.reloading.Unlock()
-	r.replaceCredentials(r.configured, "authorizers changed")
+	r.replaceCredentials(r.configured, whyAuthorizers)
 }
 
 // authorizerCredentials adds to set a credential for each active

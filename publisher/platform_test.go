@@ -26,18 +26,27 @@ func (e entry) Created() time.Time              { return time.Time{} }
 func (e entry) Delta() uint64                   { return e.delta }
 func (e entry) Operation() jetstream.KeyValueOp { return jetstream.KeyValuePut }
 
-// TestAuthorizersComeInWhateverEndsTheBurst: an authorizer's record
-// followed, in the same burst, by a verify ticket still makes the
-// authorizer a credential, and a later record of it reaches that
-// credential.
-func TestAuthorizersComeInWhateverEndsTheBurst(t *testing.T) {
-	const component, authorizer = "wx00000000000c0a01", "wx00000000000a0001"
+// The platform of these tests, and an account that authorized it.
+const component, authorizer = "wx00000000000c0a01", "wx00000000000a0001"
+
+// platformRefresher returns a refresher of the platform, not running.
+func platformRefresher(t *testing.T) *Refresher {
+	t.Helper()
 	nc, _ := jetStream(t)
 	platform := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
 	r, err := New(nc, Config{Apps: []App{platform}, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+// TestAuthorizersComeInWhateverEndsTheBurst: an authorizer's record
+// followed, in the same burst, by a verify ticket still makes the
+// authorizer a credential, and a later record of it reaches that
+// credential.
+func TestAuthorizersComeInWhateverEndsTheBurst(t *testing.T) {
+	r := platformRefresher(t)
 	r.platformsSynced()
 	now := time.Now()
 	record := func(refresh string, issued time.Time) []byte {
@@ -64,13 +73,7 @@ func TestAuthorizersComeInWhateverEndsTheBurst(t *testing.T) {
 // returned and the term could not store goes into the platform bucket when
 // the term ends, lost lease or shutdown.
 func TestTermEndStoresRefreshTokensLeftInMemory(t *testing.T) {
-	const component, authorizer = "wx00000000000c0a01", "wx00000000000a0001"
-	nc, _ := jetStream(t)
-	platform := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
-	r, err := New(nc, Config{Apps: []App{platform}, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := platformRefresher(t)
 	ctx := t.Context()
 	b, err := r.openPlatformBucket(ctx)
 	if err != nil {

@@ -69,9 +69,15 @@ func (r *Refresher) SetApps(apps []App) error {
 	}
 	r.secrets.add(apps)
 	r.configured = apps
-	r.replaceCredentials(apps, "apps reloaded")
+	r.replaceCredentials(apps, whyReload)
 	return nil
 }
+
+// Why replaceCredentials runs, as its log line says.
+const (
+	whyReload      = "apps reloaded"
+	whyAuthorizers = "authorizers changed"
+)
 
 // replaceCredentials makes the credentials of apps and of the authorizers
 // of their platforms, puts them in place of the ones before, and logs why
@@ -104,8 +110,12 @@ func (r *Refresher) replaceCredentials(apps []App, why string) {
 			removed = append(removed, a.key)
 		}
 	}
-	r.log.Info(why, "apps", len(next.order), "added", summary(added), "removed", summary(removed),
-		"changed", summary(rekeyed))
+	// A reload always says what it did; authorizers, only when some came
+	// or went.
+	if why == whyReload || len(added)+len(removed) > 0 {
+		r.log.Info(why, "apps", len(next.order), "added", summary(added), "removed", summary(removed),
+			"changed", summary(rekeyed))
+	}
 
 	// The bucket's follower dropped the keys of apps it did not know.
 	// Once it has read the bucket, read theirs (a rotation reads a key it

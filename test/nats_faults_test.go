@@ -273,26 +273,8 @@ func TestClusterSurvivesLosingANode(t *testing.T) {
 	testenv.Refresher(t, testenv.Connect(t, all), publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: wechatURL, Replicas: 3})
 	sub := newSubscriber(t, ctx, testenv.Connect(t, all))
 
-	nc := testenv.Connect(t, all)
-	js, _ := jetstream.New(nc)
-	stream, err := js.Stream(ctx, "KV_"+kv.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.Config.Replicas != 3 {
-		t.Fatalf("token bucket has %d replicas, want 3", info.Config.Replicas)
-	}
-	victim := info.Cluster.Leader
-	for i, s := range servers {
-		if s.Name() == victim {
-			stops[i]()
-			t.Logf("shut down %s, the token stream's leader", victim)
-		}
-	}
+	js, _ := jetstream.New(testenv.Connect(t, all))
+	stopStreamLeader(t, ctx, js, "KV_"+kv.DefaultBucket, servers, stops)
 
 	// Scheduled rotations go on: the subscriber sees two new tokens.
 	seen := sub.Token().Revision
@@ -311,6 +293,29 @@ func TestClusterSurvivesLosingANode(t *testing.T) {
 	}
 	if fresh.Value != fake.Current(appA) {
 		t.Error("refreshed token is not WeChat's current one")
+	}
+}
+
+// stopStreamLeader shuts down the server that leads stream, which must
+// have 3 replicas.
+func stopStreamLeader(t *testing.T, ctx context.Context, js jetstream.JetStream, stream string, servers []*server.Server, stops []func()) {
+	t.Helper()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Replicas != 3 {
+		t.Fatalf("stream %s has %d replicas, want 3", stream, info.Config.Replicas)
+	}
+	for i, s := range servers {
+		if s.Name() == info.Cluster.Leader {
+			stops[i]()
+			t.Logf("shut down %s, the leader of %s", s.Name(), stream)
+		}
 	}
 }
 

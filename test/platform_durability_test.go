@@ -211,20 +211,7 @@ func TestAuthorizersSurviveKillsRestartsAndANodeLost(t *testing.T) {
 	// 3. A node is lost for good: the one that leads the platform stream.
 	before = rotated.snapshot()
 	rotated.awaitSome(t, ctx, "before losing a node", authorizers, before, half)
-	stream, err := js.Stream(ctx, "KV_"+kv.DefaultPlatformBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, s := range servers {
-		if s.Name() == info.Cluster.Leader {
-			stops[i]()
-			t.Logf("lost %s, the platform stream's leader", s.Name())
-		}
-	}
+	stopStreamLeader(t, ctx, js, "KV_"+kv.DefaultPlatformBucket, servers, stops)
 	rotated.awaitEach(t, ctx, "after losing a node", authorizers, before)
 	t.Logf("every authorizer rotated after the node loss by %s", time.Since(began).Round(time.Millisecond))
 
