@@ -53,7 +53,6 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &Refresher{}
-	tm := &term{ctx: ctx, work: ctx, bucket: b}
 	now := time.Now()
 	put := func(rec kv.Credential, rev uint64) uint64 {
 		data, _ := kv.EncodeCredential(rec)
@@ -69,7 +68,7 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 
 	deposed := kv.NewCredential("wx1", "deposed-leaders", 2*time.Hour, now.Add(-5*time.Second))
 	deposedData, _ := kv.EncodeCredential(deposed)
-	rev, stored, ours, err := r.store(tm, "wx1", deposed, deposedData, base)
+	rev, stored, ours, err := r.store(ctx, b, "wx1", deposed, deposedData, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +86,7 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 	}
 	fresh := kv.NewCredential("wx1", "fresh", 2*time.Hour, now.Add(time.Second))
 	freshData, _ := kv.EncodeCredential(fresh)
-	rev, stored, ours, err = r.store(tm, "wx1", fresh, freshData, newRev)
+	rev, stored, ours, err = r.store(ctx, b, "wx1", fresh, freshData, newRev)
 	if err != nil || !ours || rev <= garbage || stored.Value != "fresh" {
 		t.Fatalf("store over garbage: ours %v rev %d token %q err %v", ours, rev, stored.Value, err)
 	}

@@ -197,7 +197,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	r.campaigning.Store(true)
 	defer r.campaigning.Store(false)
 	for {
-		held, err := l.acquire(ctx)
+		held, err := r.campaign(ctx, l, bucket)
 		if err != nil {
 			return nil // ctx ended
 		}
@@ -210,4 +210,21 @@ func (r *Refresher) Run(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// campaign waits until this replica holds the lease. Meanwhile it stores
+// what the last term left only in memory (see leftover.go); once it leads,
+// its rotations do.
+func (r *Refresher) campaign(ctx context.Context, l *lease, bucket jetstream.KeyValue) (*heldLease, error) {
+	storing, stopStoring := context.WithCancel(ctx)
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		r.storeLeftovers(storing, bucket)
+	}()
+	defer func() {
+		stopStoring()
+		<-stored
+	}()
+	return l.acquire(ctx)
 }
