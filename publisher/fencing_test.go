@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -222,4 +223,103 @@ func TestNoLeaseBesideALeaderThatAnswers(t *testing.T) {
 		held.release()
 		t.Fatal("the starting replica took the lease beside a leader that answers")
 	}
+}
+
+// TestLeaseInDoubtWhileRenewalsFail: a renewal that fails puts the lease in
+// doubt at once, long before it might lapse and with NATS connected, so
+// that no call to WeChat starts; the next renewal that succeeds lifts the
+// doubt.
+func TestLeaseInDoubtWhileRenewalsFail(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, js := jetStream(t)
+	failed := make(chan struct{}, 16)
+	cfg := Config{Bucket: kv.DefaultBucket, LeaseTTL: 3 * time.Second, UpstreamTimeout: time.Second, Replicas: 1, Instance: "leader",
+		Logger: slog.New(onMessage("lease renewal failed", failed))}
+	l, err := openLease(ctx, nc, js, cfg, func() bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := l.acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.release()
+	awaitConfirmed(t, ctx, held)
+
+	// The lease stream refuses every write: the renewal fails, though the
+	// server answers.
+	stream, err := js.Stream(ctx, bucket.StreamName(l.name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := stream.CachedInfo().Config
+	accepting := refusing
+	refusing.MaxMsgSize = 1
+	if _, err := js.UpdateStream(ctx, refusing); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-failed:
+	case <-ctx.Done():
+		t.Fatal("no renewal failed")
+	}
+	if ok, _ := held.confirmed(); ok {
+		t.Error("the lease is confirmed after a renewal failed")
+	}
+	if left := held.remaining(); left <= 0 || nc.Status() != nats.CONNECTED {
+		t.Fatalf("lease left %s, NATS %s: the test wants a lease in doubt, not lost or disconnected", left, nc.Status())
+	}
+
+	if _, err := js.UpdateStream(ctx, accepting); err != nil {
+		t.Fatal(err)
+	}
+	awaitConfirmed(t, ctx, held)
+	select {
+	case <-held.lost():
+		t.Error("the lease was lost")
+	default:
+	}
+}
+
+// awaitConfirmed waits until h is confirmed, failing if it is lost first.
+func awaitConfirmed(t *testing.T, ctx context.Context, h *heldLease) {
+	t.Helper()
+	for {
+		ok, next := h.confirmed()
+		if ok {
+			return
+		}
+		select {
+		case <-next:
+		case <-h.lost():
+			t.Fatal("the lease was lost")
+		case <-ctx.Done():
+			t.Fatal("the lease was never confirmed")
+		}
+	}
+}
+
+// onMessage is a log handler that sends on ch, without blocking, for each
+// record whose message starts with prefix.
+func onMessage(prefix string, ch chan<- struct{}) slog.Handler {
+	return messageHandler{prefix: prefix, ch: ch}
+}
+
+type messageHandler struct {
+	prefix string
+	ch     chan<- struct{}
+}
+
+func (h messageHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h messageHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h messageHandler) WithGroup(string) slog.Handler            { return h }
+func (h messageHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, h.prefix) {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }

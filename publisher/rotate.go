@@ -398,11 +398,12 @@ func (r *Refresher) firstAppearance(a *credential, value string) (kv.Credential,
 	return kv.Credential{}, false
 }
 
-// callUpstream makes one call to WeChat through the pacer, if the lease
-// surely covers it, and records it: in the metrics under api, and as the
-// credential's failure if it fails (but for a token refused and a platform
-// without a ticket, which the caller handles, and WeChat's count of forced
-// refreshes spent, which pauses nothing). A failure while the term ends is errEnding.
+// callUpstream makes one call to WeChat through the pacer, once the lease
+// is known to be held and if it surely covers the call, and records it: in
+// the metrics under api, and as the credential's failure if it fails (but
+// for a token refused and a platform without a ticket, which the caller
+// handles, and WeChat's count of forced refreshes spent, which pauses
+// nothing). A failure while the term ends is errEnding.
 //
 // before, if not nil, runs once the call is sure to go: it counts the call
 // against a budget (forced refreshes, WeCom's ticket limits), and an error
@@ -413,8 +414,8 @@ func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secr
 	}
 	// A fetch can outlast its timeout's start by the whole timeout, and a
 	// request once sent cannot be taken back: none starts that the lease
-	// might not cover.
-	if t.leaseLeft != nil && t.leaseLeft() < r.cfg.UpstreamTimeout {
+	// might not cover, nor while it is in doubt.
+	if !t.coversCall(r.cfg.UpstreamTimeout) {
 		return issuedValue{}, 0, errEnding
 	}
 	if before != nil {
