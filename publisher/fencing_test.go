@@ -323,3 +323,67 @@ func (h messageHandler) Handle(_ context.Context, r slog.Record) error {
 	}
 	return nil
 }
+
+// TestLeftoverTokenGoesOnlyOverAnOlderOne: a token a deposed leader could
+// not store is written between terms over the one it replaced, but never
+// over a newer one another leader stored meanwhile, seen or not.
+func TestLeftoverTokenGoesOnlyOverAnOlderOne(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	leader := newTestLeader(t, ctx, fakewechat.Config{}, Config{})
+	b, a := leader.bucket, leader.r.credential("wx1")
+	now := time.Now()
+	put := func(rec kv.Credential, rev uint64) uint64 {
+		data, _ := kv.EncodeCredential(rec)
+		rev, err := casPut(ctx, b, "wx1", data, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	leave := func(rec kv.Credential) {
+		a.mu.Lock()
+		a.pending = &rec
+		a.mu.Unlock()
+	}
+	stored := func() (uint64, string) {
+		e, err := b.Get(ctx, "wx1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := kv.DecodeCredential("wx1", e.Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision(), rec.Value
+	}
+	replaced := kv.NewCredential("wx1", "replaced", 2*time.Hour, now.Add(-time.Hour))
+	base := put(replaced, 0)
+	a.mu.Lock()
+	a.rev, a.rec = base, &replaced
+	a.mu.Unlock()
+
+	// Another leader stored a newer token, which this replica has not seen.
+	leave(kv.NewCredential("wx1", "deposed-leaders", 2*time.Hour, now.Add(-time.Minute)))
+	newer := put(kv.NewCredential("wx1", "new-leaders", 2*time.Hour, now), base)
+	if leader.r.storeLeftover(ctx, b, a) {
+		t.Fatal("the leftover is still left")
+	}
+	if rev, value := stored(); rev != newer || value != "new-leaders" {
+		t.Fatalf("the bucket holds %q at revision %d, want the newer token at %d", value, rev, newer)
+	}
+
+	// A leftover fetched after what the bucket holds goes in.
+	leave(kv.NewCredential("wx1", "fetched-last", 2*time.Hour, now.Add(time.Second)))
+	if leader.r.storeLeftover(ctx, b, a) {
+		t.Fatal("the leftover is still left")
+	}
+	if rev, value := stored(); rev <= newer || value != "fetched-last" {
+		t.Fatalf("the bucket holds %q at revision %d, want the leftover after %d", value, rev, newer)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.pending != nil {
+		t.Error("the stored leftover is still pending")
+	}
+}
