@@ -83,7 +83,7 @@ func (r *Refresher) storeLeftoversOnce(ctx context.Context, b jetstream.KeyValue
 // stored, if any, in that order, as a rotation does, and reports whether
 // one is still left.
 func (r *Refresher) storeLeftover(ctx context.Context, b jetstream.KeyValue, a *credential) (left bool) {
-	if a.auth != nil {
+	if r.refreshLeft(a) {
 		attempt, cancel := context.WithTimeout(ctx, kvTimeout)
 		err := r.storeRefresh(attempt, a)
 		cancel()
@@ -125,6 +125,17 @@ func (r *Refresher) storeLeftover(ctx context.Context, b jetstream.KeyValue, a *
 	r.log.Info("token fetched before the leadership ended is stored", "key", a.key, "revision", rev,
 		"reason", rec.Reason, "fetched_at", rec.FetchedAt.Format(time.RFC3339Nano), "expires_at", rec.ExpiresAt.Format(time.RFC3339))
 	return false
+}
+
+// refreshLeft reports whether a is an authorizer with a refresh token
+// WeChat returned that is not stored yet.
+func (r *Refresher) refreshLeft(a *credential) bool {
+	if a.auth == nil {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.auth.unsaved != nil
 }
 
 // leftoverToken returns a's token fetched but not stored, if it still
