@@ -308,7 +308,7 @@ func (r *Refresher) writeBack(t *term, a *credential, rec kv.Credential) (bool, 
 	if err != nil {
 		return false, err
 	}
-	rev, stored, _, err := r.store(t, a.key, rec, data, 0)
+	rev, stored, _, err := r.store(t.work, t.bucket, a.key, rec, data, 0)
 	if err != nil {
 		a.mu.Lock()
 		if a.pending == nil {

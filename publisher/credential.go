@@ -56,6 +56,14 @@ func (a *credential) due(now time.Time) time.Time {
 	return maxTime(a.refreshAt, a.quietUntil)
 }
 
+// pendingSuperseded reports whether the bucket holds a newer token than the
+// one fetched but not stored (another leader's, while this replica could
+// not write): WeChat has ended the older one, or will, so it must not be
+// stored. Callers hold a.mu.
+func (a *credential) pendingSuperseded() bool {
+	return a.pending != nil && a.rec != nil && a.rec.FetchedAt.After(a.pending.FetchedAt)
+}
+
 func maxTime(a, b time.Time) time.Time {
 	if a.After(b) {
 		return a

@@ -23,7 +23,7 @@ func TestRequestNamingARevisionARotationStoredWaitsForIt(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	tm := &term{ctx: ctx, work: ctx, onPanic: r.logPanic, leaseLeft: func() time.Duration { return time.Hour }}
+	tm := &term{ctx: ctx, work: ctx, onPanic: r.logPanic, lease: &fakeLease{left: time.Hour}}
 	now := time.Now()
 	first, second := kv.NewCredential("wx1", "token-1", 2*time.Hour, now), kv.NewCredential("wx1", "token-2", 2*time.Hour, now)
 	stale := uint64(2)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,7 +54,6 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &Refresher{}
-	tm := &term{ctx: ctx, work: ctx, bucket: b}
 	now := time.Now()
 	put := func(rec kv.Credential, rev uint64) uint64 {
 		data, _ := kv.EncodeCredential(rec)
@@ -69,7 +69,7 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 
 	deposed := kv.NewCredential("wx1", "deposed-leaders", 2*time.Hour, now.Add(-5*time.Second))
 	deposedData, _ := kv.EncodeCredential(deposed)
-	rev, stored, ours, err := r.store(tm, "wx1", deposed, deposedData, base)
+	rev, stored, ours, err := r.store(ctx, b, "wx1", deposed, deposedData, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestStoreNeverReplacesNewerToken(t *testing.T) {
 	}
 	fresh := kv.NewCredential("wx1", "fresh", 2*time.Hour, now.Add(time.Second))
 	freshData, _ := kv.EncodeCredential(fresh)
-	rev, stored, ours, err = r.store(tm, "wx1", fresh, freshData, newRev)
+	rev, stored, ours, err = r.store(ctx, b, "wx1", fresh, freshData, newRev)
 	if err != nil || !ours || rev <= garbage || stored.Value != "fresh" {
 		t.Fatalf("store over garbage: ours %v rev %d token %q err %v", ours, rev, stored.Value, err)
 	}
@@ -222,5 +222,168 @@ func TestNoLeaseBesideALeaderThatAnswers(t *testing.T) {
 	if held, err := starting.acquire(attempt); err == nil {
 		held.release()
 		t.Fatal("the starting replica took the lease beside a leader that answers")
+	}
+}
+
+// TestLeaseInDoubtWhileRenewalsFail: a renewal that fails puts the lease in
+// doubt at once, long before it might lapse and with NATS connected, so
+// that no call to WeChat starts; the next renewal that succeeds lifts the
+// doubt.
+func TestLeaseInDoubtWhileRenewalsFail(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, js := jetStream(t)
+	failed := make(chan struct{}, 16)
+	cfg := Config{Bucket: kv.DefaultBucket, LeaseTTL: 3 * time.Second, UpstreamTimeout: time.Second, Replicas: 1, Instance: "leader",
+		Logger: slog.New(onMessage("lease renewal failed", failed))}
+	l, err := openLease(ctx, nc, js, cfg, func() bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := l.acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.release()
+	awaitConfirmed(t, ctx, held)
+
+	// The lease stream refuses every write: the renewal fails, though the
+	// server answers.
+	stream, err := js.Stream(ctx, bucket.StreamName(l.name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := stream.CachedInfo().Config
+	accepting := refusing
+	refusing.MaxMsgSize = 1
+	if _, err := js.UpdateStream(ctx, refusing); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-failed:
+	case <-ctx.Done():
+		t.Fatal("no renewal failed")
+	}
+	if ok, _ := held.confirmed(); ok {
+		t.Error("the lease is confirmed after a renewal failed")
+	}
+	if left := held.remaining(); left <= 0 || nc.Status() != nats.CONNECTED {
+		t.Fatalf("lease left %s, NATS %s: the test wants a lease in doubt, not lost or disconnected", left, nc.Status())
+	}
+
+	if _, err := js.UpdateStream(ctx, accepting); err != nil {
+		t.Fatal(err)
+	}
+	awaitConfirmed(t, ctx, held)
+	select {
+	case <-held.lost():
+		t.Error("the lease was lost")
+	default:
+	}
+}
+
+// awaitConfirmed waits until h is confirmed, failing if it is lost first.
+func awaitConfirmed(t *testing.T, ctx context.Context, h *heldLease) {
+	t.Helper()
+	for {
+		ok, next := h.confirmed()
+		if ok {
+			return
+		}
+		select {
+		case <-next:
+		case <-h.lost():
+			t.Fatal("the lease was lost")
+		case <-ctx.Done():
+			t.Fatal("the lease was never confirmed")
+		}
+	}
+}
+
+// onMessage is a log handler that sends on ch, without blocking, for each
+// record whose message starts with prefix.
+func onMessage(prefix string, ch chan<- struct{}) slog.Handler {
+	return messageHandler{prefix: prefix, ch: ch}
+}
+
+type messageHandler struct {
+	prefix string
+	ch     chan<- struct{}
+}
+
+func (h messageHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h messageHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h messageHandler) WithGroup(string) slog.Handler            { return h }
+func (h messageHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.HasPrefix(r.Message, h.prefix) {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// TestLeftoverTokenGoesOnlyOverAnOlderOne: a token a deposed leader could
+// not store is written between terms over the one it replaced, but never
+// over a newer one another leader stored meanwhile, seen or not.
+func TestLeftoverTokenGoesOnlyOverAnOlderOne(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	leader := newTestLeader(t, ctx, fakewechat.Config{}, Config{})
+	b, a := leader.bucket, leader.r.credential("wx1")
+	now := time.Now()
+	put := func(rec kv.Credential, rev uint64) uint64 {
+		data, _ := kv.EncodeCredential(rec)
+		rev, err := casPut(ctx, b, "wx1", data, rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	leave := func(rec kv.Credential) {
+		a.mu.Lock()
+		a.pending = &rec
+		a.mu.Unlock()
+	}
+	stored := func() (uint64, string) {
+		e, err := b.Get(ctx, "wx1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := kv.DecodeCredential("wx1", e.Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision(), rec.Value
+	}
+	replaced := kv.NewCredential("wx1", "replaced", 2*time.Hour, now.Add(-time.Hour))
+	base := put(replaced, 0)
+	a.mu.Lock()
+	a.rev, a.rec = base, &replaced
+	a.mu.Unlock()
+
+	// Another leader stored a newer token, which this replica has not seen.
+	leave(kv.NewCredential("wx1", "deposed-leaders", 2*time.Hour, now.Add(-time.Minute)))
+	newer := put(kv.NewCredential("wx1", "new-leaders", 2*time.Hour, now), base)
+	if leader.r.storeLeftover(ctx, b, a) {
+		t.Fatal("the leftover is still left")
+	}
+	if rev, value := stored(); rev != newer || value != "new-leaders" {
+		t.Fatalf("the bucket holds %q at revision %d, want the newer token at %d", value, rev, newer)
+	}
+
+	// A leftover fetched after what the bucket holds goes in.
+	leave(kv.NewCredential("wx1", "fetched-last", 2*time.Hour, now.Add(time.Second)))
+	if leader.r.storeLeftover(ctx, b, a) {
+		t.Fatal("the leftover is still left")
+	}
+	if rev, value := stored(); rev <= newer || value != "fetched-last" {
+		t.Fatalf("the bucket holds %q at revision %d, want the leftover after %d", value, rev, newer)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.pending != nil {
+		t.Error("the stored leftover is still pending")
 	}
 }

@@ -219,6 +219,12 @@ type heldLease struct {
 	rev        uint64 // of the lease's last write; renew's own until done closes
 	lostOnce   sync.Once
 	validUntil atomic.Int64 // Unix nanoseconds until which the lease surely holds
+
+	// What renew knows of the renewals, for confirmed.
+	mu        sync.Mutex
+	renewedAt time.Time     // when the last successful renewal (or the take) was sent
+	failing   bool          // the last renewal attempt failed
+	renewed   chan struct{} // closed, and replaced, at each successful renewal
 }
 
 func (h *heldLease) lost() <-chan struct{} { return h.lostCh }
@@ -226,6 +232,47 @@ func (h *heldLease) lost() <-chan struct{} { return h.lostCh }
 // remaining is how long the lease surely still holds.
 func (h *heldLease) remaining() time.Duration {
 	return time.Until(time.Unix(0, h.validUntil.Load()))
+}
+
+// renewalGrace is how late a renewal may succeed, after a third of the TTL
+// since the last, before the lease is in doubt: a renewal takes
+// milliseconds, and a call to WeChat that finds the lease in doubt only
+// waits for the next one.
+func (l *lease) renewalGrace() time.Duration { return l.ttl / 12 }
+
+// confirmed reports whether the lease is known to be held now: NATS is
+// connected, the last renewal succeeded, and the next is not overdue. A
+// leader cut off from NATS keeps its lease until it might lapse, but
+// could not store what it fetched, and a standby takes over soon after:
+// no call to WeChat starts while the lease is in doubt. next is closed at
+// the next successful renewal.
+func (h *heldLease) confirmed() (held bool, next <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.renewed == nil { // before renew's first word
+		h.renewed = make(chan struct{})
+	}
+	overdue := time.Since(h.renewedAt) > h.l.ttl/3+h.l.renewalGrace()
+	held = !h.failing && !overdue && h.remaining() > 0 && h.l.nc.Status() == nats.CONNECTED
+	return held, h.renewed
+}
+
+// confirm records a successful renewal sent at sent.
+func (h *heldLease) confirm(sent time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.renewedAt, h.failing = sent, false
+	if h.renewed != nil {
+		close(h.renewed)
+	}
+	h.renewed = make(chan struct{})
+}
+
+// doubt records a failed renewal.
+func (h *heldLease) doubt() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.failing = true
 }
 
 // acquire waits until this replica holds the lease or ctx ends.
@@ -318,6 +365,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 // moment it must stop.
 func (h *heldLease) renew(sent time.Time) {
 	defer close(h.done)
+	h.confirm(sent) // the take
 	l := h.l
 	validUntil := sent.Add(l.ttl - l.margin)
 	every := l.ttl / 3
@@ -342,10 +390,14 @@ func (h *heldLease) renew(sent time.Time) {
 		ctx, cancel := context.WithDeadline(context.Background(), attemptEnd)
 		err := h.update(ctx)
 		cancel()
+		if err != nil {
+			h.doubt()
+		}
 		switch {
 		case err == nil:
 			validUntil = sent.Add(l.ttl - l.margin)
 			h.validUntil.Store(validUntil.UnixNano())
+			h.confirm(sent)
 			expired.Reset(time.Until(validUntil))
 			next.Reset(every)
 		case isConflict(err):

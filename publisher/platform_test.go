@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -103,5 +104,66 @@ func TestTermEndStoresRefreshTokensLeftInMemory(t *testing.T) {
 	}
 	if c.secret.Reveal() != "refresh-new" {
 		t.Error("the credential does not use the stored refresh token")
+	}
+}
+
+// TestLeftoverRefreshTokenGoesInBeforeTheToken: between terms, an
+// authorizer's token left in memory is stored only after the refresh
+// token WeChat returned with it, as in a rotation: never a token whose
+// refresh token could be lost.
+func TestLeftoverRefreshTokenGoesInBeforeTheToken(t *testing.T) {
+	r := platformRefresher(t)
+	ctx := t.Context()
+	tokens, err := bucket.Open(ctx, r.js, r.bucketConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	platforms, err := r.openPlatformBucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := time.Now()
+	rec, rev, _, err := kv.UpdateAuthorizer(ctx, platforms, component, authorizer, func(kv.Authorizer, bool) (kv.Authorizer, bool) {
+		return kv.Authorizer{RefreshToken: "refresh-old", IssuedAt: issued.Add(-time.Hour)}, true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := kv.EncodeAuthorizer(rec)
+	r.platformsSynced()
+	r.observePlatform(entry{key: kv.AuthorizerKey(component, authorizer), value: data, rev: rev})
+	c := r.credential(authorizer)
+	if c == nil {
+		t.Fatal("no credential for the authorizer")
+	}
+	r.holdRefresh(c, issuedValue{Refresh: NewSecret("refresh-new"), At: issued}, "")
+	token := kv.NewCredential(authorizer, "authorizer-token", 2*time.Hour, issued)
+	c.mu.Lock()
+	c.pending = &token
+	c.mu.Unlock()
+
+	// The platform bucket is not open yet: the refresh token cannot be
+	// stored, so neither is the token.
+	if !r.storeLeftover(ctx, tokens, c) {
+		t.Fatal("nothing left, though the refresh token could not be stored")
+	}
+	if _, err := tokens.Get(ctx, authorizer); err == nil {
+		t.Fatal("the token was stored before its refresh token")
+	}
+
+	r.platformBucket.Store(&platforms)
+	if r.storeLeftover(ctx, tokens, c) {
+		t.Fatal("still left once the platform bucket is open")
+	}
+	stored, _, _, err := kv.UpdateAuthorizer(ctx, platforms, component, authorizer, func(kv.Authorizer, bool) (kv.Authorizer, bool) { return kv.Authorizer{}, false })
+	if err != nil || stored.RefreshToken != "refresh-new" {
+		t.Errorf("the platform bucket holds %v (%v), want the refresh token held in memory", stored, err)
+	}
+	e, err := tokens.Get(ctx, authorizer)
+	if err != nil {
+		t.Fatalf("the token was not stored: %v", err)
+	}
+	if got, _ := kv.DecodeCredential(authorizer, e.Value()); got.Value != "authorizer-token" {
+		t.Errorf("the bucket holds %q, want the token left in memory", got.Value)
 	}
 }

@@ -91,11 +91,9 @@ func (r *Refresher) fly(t *term, a *credential, f *flight, m mode, reason string
 func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base outcome) outcome {
 	now := r.cfg.Clock.now()
 	a.mu.Lock()
-	if a.pending != nil && a.rec != nil && a.rec.FetchedAt.After(a.pending.FetchedAt) {
-		// The bucket holds a newer token than the one left to store
-		// (another leader's, while this one was away): WeChat has killed
-		// the older one, or will. The rotation was for it alone unless
-		// the newer one is due too.
+	if a.pendingSuperseded() {
+		// The rotation was for the token left to store alone unless the
+		// newer one is due too.
 		a.pending = nil
 		if a.due(now).After(now) {
 			a.mu.Unlock()
@@ -151,17 +149,11 @@ func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base o
 		return base
 	}
 	if err := r.saveRefresh(t, a); err != nil {
-		a.mu.Lock()
-		a.pending = &rec
-		a.mu.Unlock()
-		return r.notStored(t, a, err, base)
+		return r.unstored(t, a, rec, err, base)
 	}
 	rev, stored, ours, err := r.storeRepairing(t, a, rec, data, base.rev)
 	if err != nil {
-		a.mu.Lock()
-		a.pending = &rec
-		a.mu.Unlock()
-		return r.notStored(t, a, fmt.Errorf("publisher: token fetched but not stored: %w", err), base)
+		return r.unstored(t, a, rec, fmt.Errorf("publisher: token fetched but not stored: %w", err), base)
 	}
 	a.mu.Lock()
 	a.pending = nil
@@ -182,6 +174,22 @@ func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base o
 			"expires_at", rec.ExpiresAt.Format(time.RFC3339), "upstream_latency", latency.Round(time.Millisecond))
 	}
 	return outcome{rev: rev, rec: &rec, refreshed: true}
+}
+
+// unstored ends a rotation whose token could not be written: the token is
+// kept, to be written by the next rotation (after a backoff), or, if the
+// term ended, by this replica between terms (storeLeftovers). Dropping it
+// would cost more than a fetch: WeChat ends the token in the bucket five
+// minutes after this one was issued, and nobody else knows.
+func (r *Refresher) unstored(t *term, a *credential, rec kv.Credential, err error, base outcome) outcome {
+	a.mu.Lock()
+	a.pending = &rec
+	a.mu.Unlock()
+	if t.work.Err() != nil {
+		r.log.Warn("token fetched but not stored before the leadership ended; it is stored once NATS answers, unless a newer one is",
+			"key", a.key, "fetched_at", rec.FetchedAt.Format(time.RFC3339Nano), "error", err)
+	}
+	return r.notStored(t, a, err, base)
 }
 
 // notStored ends a rotation whose write failed: what it fetched is kept to
@@ -390,11 +398,12 @@ func (r *Refresher) firstAppearance(a *credential, value string) (kv.Credential,
 	return kv.Credential{}, false
 }
 
-// callUpstream makes one call to WeChat through the pacer, if the lease
-// surely covers it, and records it: in the metrics under api, and as the
-// credential's failure if it fails (but for a token refused and a platform
-// without a ticket, which the caller handles, and WeChat's count of forced
-// refreshes spent, which pauses nothing). A failure while the term ends is errEnding.
+// callUpstream makes one call to WeChat through the pacer, once the lease
+// is known to be held and if it surely covers the call, and records it: in
+// the metrics under api, and as the credential's failure if it fails (but
+// for a token refused and a platform without a ticket, which the caller
+// handles, and WeChat's count of forced refreshes spent, which pauses
+// nothing). A failure while the term ends is errEnding.
 //
 // before, if not nil, runs once the call is sure to go: it counts the call
 // against a budget (forced refreshes, WeCom's ticket limits), and an error
@@ -405,8 +414,8 @@ func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secr
 	}
 	// A fetch can outlast its timeout's start by the whole timeout, and a
 	// request once sent cannot be taken back: none starts that the lease
-	// might not cover.
-	if t.leaseLeft != nil && t.leaseLeft() < r.cfg.UpstreamTimeout {
+	// might not cover, nor while it is in doubt.
+	if !t.coversCall(r.cfg.UpstreamTimeout) {
 		return issuedValue{}, 0, errEnding
 	}
 	if before != nil {
@@ -447,7 +456,7 @@ func (r *Refresher) storeRepairing(t *term, a *credential, rec kv.Credential, da
 	a.mu.Lock()
 	known := a.rev
 	a.mu.Unlock()
-	rev, stored, ours, err := r.store(t, a.key, rec, data, baseRev)
+	rev, stored, ours, err := r.store(t.work, t.bucket, a.key, rec, data, baseRev)
 	// In one bucket revisions only grow: a write below one seen before
 	// went to a bucket created again.
 	wentBack := err == nil && rev < known
@@ -460,7 +469,7 @@ func (r *Refresher) storeRepairing(t *term, a *credential, rec kv.Credential, da
 		if err := r.repair(t, problem); err != nil {
 			return 0, kv.Credential{}, false, err
 		}
-		return r.store(t, a.key, rec, data, baseRev)
+		return r.store(t.work, t.bucket, a.key, rec, data, baseRev)
 	case wentBack:
 		return 0, kv.Credential{}, false, fmt.Errorf("publisher: written at revision %d, below the %d seen before (looked at the bucket: %v)",
 			rev, known, looked)
@@ -489,24 +498,24 @@ func (r *Refresher) lookUp(t *term, appid string) (*outcome, error) {
 	return &outcome{rev: e.Revision(), rec: &rec}, nil
 }
 
-// store writes rec, encoded as data, with compare-and-swap on baseRev, the
-// revision the rotation started from, and returns the revision and record
-// the key holds afterwards. If the key moved meanwhile, the newer of the two
-// tokens wins: the stored one (ours is false) if it was fetched no earlier
-// than ours, otherwise ours, written over the revision found. A key found
-// holding this very token holds ours: a write whose answer was lost, or
-// one a repair carried over.
-func (r *Refresher) store(t *term, appid string, rec kv.Credential, data []byte, baseRev uint64) (rev uint64, stored kv.Credential, ours bool, err error) {
+// store writes rec, encoded as data, to b with compare-and-swap on baseRev,
+// the revision the rotation started from, within ctx and kvTimeout, and
+// returns the revision and record the key holds afterwards. If the key
+// moved meanwhile, the newer of the two tokens wins: the stored one (ours
+// is false) if it was fetched no earlier than ours, otherwise ours, written
+// over the revision found. A key found holding this very token holds ours:
+// a write whose answer was lost, or one a repair carried over.
+func (r *Refresher) store(ctx context.Context, b jetstream.KeyValue, appid string, rec kv.Credential, data []byte, baseRev uint64) (rev uint64, stored kv.Credential, ours bool, err error) {
 	r.life.writes.RLock()
 	defer r.life.writes.RUnlock()
-	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
-	rev, err = casPut(ctx, t.bucket, appid, data, baseRev)
+	rev, err = casPut(ctx, b, appid, data, baseRev)
 	if !isConflict(err) {
 		return rev, rec, err == nil, err
 	}
 	var found uint64
-	e, err := t.bucket.Get(ctx, appid)
+	e, err := b.Get(ctx, appid)
 	switch {
 	case err == nil:
 		found = e.Revision()
@@ -521,7 +530,7 @@ func (r *Refresher) store(t *term, appid string, rec kv.Credential, data []byte,
 	case !errors.Is(err, jetstream.ErrKeyNotFound):
 		return 0, kv.Credential{}, false, err
 	}
-	rev, err = casPut(ctx, t.bucket, appid, data, found)
+	rev, err = casPut(ctx, b, appid, data, found)
 	return rev, rec, err == nil, err
 }
 

@@ -20,9 +20,9 @@ type term struct {
 	// not thrown away; when the lease is lost it ends at once.
 	work   context.Context
 	bucket jetstream.KeyValue
-	// leaseLeft is how long the lease surely lasts: no fetch starts that
-	// could outlast it.
-	leaseLeft func() time.Duration
+	// lease is the term's lease: no fetch starts while it is in doubt, or
+	// that could outlast it. Nil in tests that hold no lease.
+	lease leadership
 
 	onPanic func(any) // a goroutine's panic is logged, not fatal
 
@@ -66,11 +66,34 @@ func (t *term) drain() {
 	t.wg.Wait()
 }
 
-// leadership is what a term needs of the lease: when it is gone, and how
-// long it surely lasts.
+// coversCall waits until the lease is known to be held, and reports
+// whether it surely covers a call that may take d; false if the term ends
+// first. A call to WeChat cannot be taken back once sent, and a token that
+// a leader cut off from NATS fetched is one it cannot store, while the
+// leader after it fetches another.
+func (t *term) coversCall(d time.Duration) bool {
+	if t.lease == nil {
+		return true
+	}
+	for {
+		held, next := t.lease.confirmed()
+		if held {
+			return t.lease.remaining() >= d
+		}
+		select {
+		case <-next:
+		case <-t.ctx.Done():
+			return false
+		}
+	}
+}
+
+// leadership is what a term needs of the lease: when it is gone, how long
+// it surely lasts, and whether it is known to be held now.
 type leadership interface {
 	lost() <-chan struct{}
 	remaining() time.Duration
+	confirmed() (held bool, next <-chan struct{})
 }
 
 // lead runs the leader's duties until ctx ends or the lease is lost: it
@@ -95,7 +118,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 		case <-led:
 		}
 	}()
-	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic, leaseLeft: lease.remaining}
+	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic, lease: lease}
 	r.term.Store(t)
 	defer r.term.Store(nil)
 	// However the term ends, it ends whole: nothing it started outlives it.
@@ -197,7 +220,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	r.campaigning.Store(true)
 	defer r.campaigning.Store(false)
 	for {
-		held, err := l.acquire(ctx)
+		held, err := r.campaign(ctx, l, bucket)
 		if err != nil {
 			return nil // ctx ended
 		}
@@ -210,4 +233,21 @@ func (r *Refresher) Run(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// campaign waits until this replica holds the lease. Meanwhile it stores
+// what the last term left only in memory (see leftover.go); once it leads,
+// its rotations do.
+func (r *Refresher) campaign(ctx context.Context, l *lease, bucket jetstream.KeyValue) (*heldLease, error) {
+	storing, stopStoring := context.WithCancel(ctx)
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		r.storeLeftovers(storing, bucket)
+	}()
+	defer func() {
+		stopStoring()
+		<-stored
+	}()
+	return l.acquire(ctx)
 }

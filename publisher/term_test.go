@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -23,6 +24,9 @@ type fakeLease struct {
 
 func (f *fakeLease) lost() <-chan struct{}    { return f.lostCh }
 func (f *fakeLease) remaining() time.Duration { return f.left }
+func (f *fakeLease) confirmed() (bool, <-chan struct{}) {
+	return true, nil
+}
 
 // hangingWeChat answers nothing: each token request waits until the client
 // gives up. started is closed at the first request; calls counts them.
@@ -116,5 +120,61 @@ func TestNoFetchTheLeaseMightNotCover(t *testing.T) {
 	}
 	if n := calls.Load(); n != 0 {
 		t.Errorf("%d fetches started with too little lease left", n)
+	}
+}
+
+// doubtfulLease is a lease in doubt until confirm: asked receives (without
+// blocking) each time a fetch asks whether it is held.
+type doubtfulLease struct {
+	fakeLease
+	held  atomic.Bool
+	next  chan struct{}
+	asked chan struct{}
+}
+
+func (d *doubtfulLease) confirmed() (bool, <-chan struct{}) {
+	if d.held.Load() {
+		return true, nil
+	}
+	select {
+	case d.asked <- struct{}{}:
+	default:
+	}
+	return false, d.next
+}
+
+func (d *doubtfulLease) confirm() {
+	d.held.Store(true)
+	close(d.next)
+}
+
+// TestFetchWaitsWhileTheLeaseIsInDoubt: a fetch that falls due while the
+// lease is in doubt (a renewal failed or is late, NATS disconnected) does
+// not start, and goes as soon as a renewal confirms the lease.
+func TestFetchWaitsWhileTheLeaseIsInDoubt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	leader := newTestLeader(t, ctx, fakewechat.Config{}, Config{})
+	lease := &doubtfulLease{fakeLease: fakeLease{lostCh: make(chan struct{}), left: time.Hour},
+		next: make(chan struct{}), asked: make(chan struct{}, 1)}
+	led := make(chan error, 1)
+	termCtx, endTerm := context.WithCancel(ctx)
+	go func() { led <- leader.r.lead(termCtx, leader.bucket, lease) }()
+	defer func() {
+		endTerm()
+		<-led
+	}()
+
+	select { // the first token is due at once
+	case <-lease.asked:
+	case <-ctx.Done():
+		t.Fatal("no fetch asked whether the lease is held")
+	}
+	if n := leader.fake.Calls("wx1"); n != 0 {
+		t.Fatalf("%d fetches while the lease was in doubt", n)
+	}
+	lease.confirm()
+	if err := leader.fake.WaitCalls(ctx, "wx1", 1); err != nil {
+		t.Fatalf("no fetch once the lease was confirmed: %v", err)
 	}
 }

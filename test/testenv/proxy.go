@@ -8,8 +8,8 @@ import (
 )
 
 // Proxy forwards TCP connections to a target until Cut, which drops every
-// connection and refuses new ones: a network partition between one client
-// and its server, the rest of the test untouched.
+// connection and refuses new ones until Heal: a network partition between
+// one client and its server, the rest of the test untouched.
 type Proxy struct {
 	target string
 	ln     net.Listener
@@ -47,6 +47,14 @@ func (p *Proxy) Cut() {
 		c.Close()
 	}
 	p.conns = nil
+}
+
+// Heal ends a Cut: new connections are forwarded again, so a client that
+// reconnects gets through.
+func (p *Proxy) Heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
 }
 
 func (p *Proxy) accept() {
