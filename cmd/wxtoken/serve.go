@@ -11,14 +11,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
@@ -164,6 +161,17 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		return usagef("--callback-addr serves third-party platforms, and the apps file has none (platforms:)")
 	}
 
+	// The store directory is locked before anything starts, the demo's
+	// fake WeChat included: a second serve on it is told at once, and
+	// about that rather than about a port.
+	var ownNATS *embeddedNATS
+	if f.nats.url == "" {
+		if ownNATS, err = f.lockEmbedded(); err != nil {
+			return err
+		}
+		defer ownNATS.release()
+	}
+
 	ctx, stop := signalContext()
 	defer stop()
 	if f.demo {
@@ -179,7 +187,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	// ends the refresher: nothing more can come of it.
 	ctx, closedNATS := context.WithCancelCause(ctx)
 	defer closedNATS(nil)
-	nc, shutdownNATS, err := f.connect(log, func(err error) { closedNATS(err) })
+	nc, shutdownNATS, err := f.connect(log, ownNATS, func(err error) { closedNATS(err) })
 	if err != nil {
 		return err
 	}
@@ -272,12 +280,13 @@ func loadApps(file string, getenv func(string) string) ([]publisher.App, error) 
 	return apps, nil
 }
 
-// connect connects to --nats-url, or starts the embedded server and connects
-// to it. The returned func closes the connection and stops the server.
-// closed is told when the connection closes for good before that.
-func (f *serveFlags) connect(log *slog.Logger, closed func(error)) (*nats.Conn, func(), error) {
+// connect connects to --nats-url, or starts the embedded server (when
+// own is not nil) and connects to it. The returned func closes the
+// connection and stops the server. closed is told when the connection
+// closes for good before that.
+func (f *serveFlags) connect(log *slog.Logger, own *embeddedNATS, closed func(error)) (*nats.Conn, func(), error) {
 	opts := f.nats.longLived("wxtoken serve", log, closed)
-	if f.nats.url != "" {
+	if own == nil {
 		nc, err := f.nats.dialForever(opts, log)
 		if err != nil {
 			return nil, nil, err
@@ -285,19 +294,18 @@ func (f *serveFlags) connect(log *slog.Logger, closed func(error)) (*nats.Conn, 
 		return nc, nc.Close, nil
 	}
 
-	srv, err := f.startEmbedded(log)
+	srv, stopServer, err := own.start(log)
 	if err != nil {
 		return nil, nil, err
 	}
 	nc, err := nats.Connect(srv.ClientURL(), append(opts, nats.InProcessServer(srv))...)
 	if err != nil {
-		srv.Shutdown()
+		stopServer()
 		return nil, nil, fmt.Errorf("cannot connect to the embedded NATS server: %w", err)
 	}
 	return nc, func() {
 		nc.Close()
-		srv.Shutdown()
-		srv.WaitForShutdown()
+		stopServer()
 	}, nil
 }
 
@@ -333,37 +341,6 @@ func throttledWarning(log *slog.Logger, every time.Duration, msg string) func(ar
 		log.Warn(msg, args...)
 		last, skipped = time.Now(), 0
 	}
-}
-
-func (f *serveFlags) startEmbedded(log *slog.Logger) (*server.Server, error) {
-	dataDir, err := filepath.Abs(f.dataDir)
-	if err != nil {
-		return nil, err
-	}
-	opts, err := embedded.Options(f.listen, dataDir)
-	if err != nil {
-		return nil, err
-	}
-	if f.natsConfig != "" {
-		// The file's settings, except where a flag (or its variable) says
-		// otherwise.
-		listen := opts
-		if opts, err = embedded.FromConfigFile(f.natsConfig, dataDir); err != nil {
-			return nil, err
-		}
-		if f.cmd.given("nats-listen") {
-			opts.Host, opts.Port = listen.Host, listen.Port
-		}
-		if f.cmd.given("data-dir") {
-			opts.StoreDir = dataDir
-		}
-	}
-	srv, err := embedded.Start(opts, log.With("component", "nats-server"))
-	if err != nil {
-		return nil, fmt.Errorf("cannot start the embedded NATS server on %s: %w", net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)), err)
-	}
-	log.Info("embedded NATS server running", "clients", srv.ClientURL(), "data_dir", opts.StoreDir)
-	return srv, nil
 }
 
 // demoSecret is the demo app's AppSecret at the fake WeChat.
