@@ -75,15 +75,24 @@ func TestClientCommands(t *testing.T) {
 			t.Errorf("status %+v", status)
 		}
 	})
-	t.Run("refresh reports what the refresher did", func(t *testing.T) {
+	t.Run("refresh reports what the refresher did, and why not", func(t *testing.T) {
 		out, _, code := runWxtoken(t, env, "refresh", appA)
-		if code != 0 || !strings.Contains(out, "not refreshed") {
+		if code != 0 || !strings.HasPrefix(out, appA+": not refreshed: the current value is valid and no revision was named as rejected (--force names the current one)") {
 			t.Errorf("exit %d: %s", code, out)
+		}
+		out, _, code = runWxtoken(t, env, "refresh", appA, "--force")
+		if code != 0 || !strings.HasPrefix(out, appA+": not refreshed: WeChat still accepts this token (the refresher asked it with getcallbackip), so it stays;") {
+			t.Errorf("--force of a token WeChat accepts: exit %d: %s", code, out)
 		}
 		fake.Issue(appA)
 		out, _, code = runWxtoken(t, env, "refresh", appA, "--force")
 		if code != 0 || !strings.HasPrefix(out, appA+": refreshed; revision") {
 			t.Errorf("--force: exit %d: %s", code, out)
+		}
+		old := strconv.FormatUint(e.Revision(), 10)
+		out, _, code = runWxtoken(t, env, "refresh", appA, "--stale-revision", old)
+		if code != 0 || !strings.HasPrefix(out, appA+": not refreshed: revision "+old+" was already replaced by a newer one;") {
+			t.Errorf("--stale-revision of a replaced token: exit %d: %s", code, out)
 		}
 	})
 	t.Run("watch streams rotations", func(t *testing.T) {
