@@ -60,6 +60,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		"sign":        sign,
 		"agent":       agentCommand,
 		"authorizers": authorizers,
+		"demo":        demoCommand,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {
