@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -102,6 +103,27 @@ func TestServeDemo(t *testing.T) {
 	}
 	if now := demoCredential(t, ctx, agentURL, ""); now.Revision <= held.Revision {
 		t.Errorf("the agent holds revision %d after its retry, want one after the rejected %d", now.Revision, held.Revision)
+	}
+
+	// A second demo (a data dir of its own) on the same fake WeChat port
+	// says so; the defaults are the fixed ports.
+	second := startWxtoken(t, "second demo", nil, "serve", "--demo", "--demo-wechat-listen", wechatListen,
+		"--nats-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--demo-agent-listen", "off")
+	code = second.wait(t, testenv.Context(t, 10*time.Second))
+	if want := "demo: the fake WeChat cannot listen on " + wechatListen + ": it is in use"; code != 1 || !strings.Contains(second.output.String(), want) {
+		t.Errorf("a second demo on %s: exit %d, %q; want 1 and %q", wechatListen, code, second.output.String(), want)
+	}
+	help, _, _ := runWxtoken(t, nil, "serve", "--help")
+	for _, want := range []string{"(default 127.0.0.1:8181) [$WXTOKEN_DEMO_WECHAT_LISTEN]", "(default 127.0.0.1:8180) [$WXTOKEN_DEMO_AGENT_LISTEN]"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("serve --help lacks %q", want)
+		}
+	}
+
+	// SIGTERM stops the agent, the refresher and NATS, and exits 0.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.wait(t, ctx); code != 0 {
+		t.Errorf("SIGTERM: exit status %d, want 0", code)
 	}
 }
 
