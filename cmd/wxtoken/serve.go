@@ -27,9 +27,9 @@ requests. With no --nats-url it starts an embedded NATS server with JetStream
 (data in --data-dir, clients on --nats-listen), so this one command runs the
 whole system; the data directory is locked while it runs, so that a second
 serve on it exits instead of corrupting it. Apps come from --apps, or from
-WECHAT_APPID with WECHAT_APPSECRET or WECHAT_APPSECRET_FILE. Third-party platforms (platforms:
-in the apps file) need --callback-addr on at least one replica, for the
-verify tickets and authorization events WeChat pushes.
+WECHAT_APPID with WECHAT_APPSECRET or WECHAT_APPSECRET_FILE. Third-party
+platforms (platforms: in the apps file) need --callback-addr on at least one
+replica, for the verify tickets and authorization events WeChat pushes.
 
 SIGHUP reloads the apps file and the secrets (other settings need a
 restart); SIGTERM or SIGINT finishes the fetches under way, releases the
