@@ -275,3 +275,60 @@ func clientEnv() []string {
 	}
 	return env
 }
+
+// TestReadmePythonSnippetGoesOnAfterA429 runs the README's Python snippet
+// as printed, against an agent, right after a forced refresh of its app
+// that found the token valid: with a long --min-force-interval, the
+// snippet's own refresh is answered 429 (rate_limited), and it goes on with
+// the value the agent holds.
+func TestReadmePythonSnippetGoesOnAfterA429(t *testing.T) {
+	python := clientInterpreter(t, "python3", "-c", "import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)")
+	snippet := readmeBlock(t, "Python 3, standard library only:\n", "python")
+	ctx := testenv.Context(t, 60*time.Second)
+	// Tokens of two hours: no scheduled rotation runs between the
+	// snippet's read and its refresh.
+	sys := startAgentSystem(t, agentSystemOptions{WeChat: fakewechat.Config{ExpiresIn: 2 * time.Hour},
+		RefresherEnv: []string{"WXTOKEN_MIN_FORCE_INTERVAL=1h"}})
+	held := awaitEndpoint(t, ctx, sys.NC, sys.AppID)
+	if reply := request(t, ctx, sys.NC, sys.AppID, kv.RefreshRequest{StaleRevision: &held.Revision}); reply.Refreshed || reply.Error != nil {
+		t.Fatalf("the forced refresh before the snippet: %+v, want the valid token kept", reply)
+	}
+
+	script := strings.NewReplacer("http://127.0.0.1:8180", sys.URL, "wx1234567890abcdef", sys.AppID).Replace(snippet) + "print(token)\n"
+	cmd := exec.CommandContext(ctx, python, "-c", script)
+	cmd.Env = clientEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the README's Python snippet: %v\n%s\n--- the script:\n%s", err, out, script)
+	}
+	if want := sys.token(t, ctx, sys.AppID, held.Revision); string(out) != want+"\n" {
+		t.Errorf("the snippet went on with %.12q..., want the token held, %.12s...", out, want)
+	}
+	_, metrics := httpGet(t, sys.URL+"/metrics")
+	if !strings.Contains(metrics, `wxtoken_agent_refreshes_total{outcome="rate_limited"} 1`) {
+		t.Errorf("the agent counted no rate-limited refresh: the snippet did not meet a 429\n%s", metrics)
+	}
+}
+
+// readmeBlock returns the first ```lang code block after the line marker
+// in the README.
+func readmeBlock(t *testing.T, marker, lang string) string {
+	t.Helper()
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok := strings.Cut(string(readme), marker)
+	if !ok {
+		t.Fatalf("README.md has no %q", marker)
+	}
+	_, block, ok := strings.Cut(after, "```"+lang+"\n")
+	if !ok {
+		t.Fatalf("README.md has no ```%s block after %q", lang, marker)
+	}
+	block, _, ok = strings.Cut(block, "```")
+	if !ok {
+		t.Fatalf("the ```%s block after %q does not end", lang, marker)
+	}
+	return block
+}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -75,15 +76,24 @@ func TestClientCommands(t *testing.T) {
 			t.Errorf("status %+v", status)
 		}
 	})
-	t.Run("refresh reports what the refresher did", func(t *testing.T) {
+	t.Run("refresh reports what the refresher did, and why not", func(t *testing.T) {
 		out, _, code := runWxtoken(t, env, "refresh", appA)
-		if code != 0 || !strings.Contains(out, "not refreshed") {
+		if code != 0 || !strings.HasPrefix(out, appA+": not refreshed: the current value is valid and no revision was named as rejected (--force names the current one)") {
 			t.Errorf("exit %d: %s", code, out)
+		}
+		out, _, code = runWxtoken(t, env, "refresh", appA, "--force")
+		if code != 0 || !strings.HasPrefix(out, appA+": not refreshed: WeChat still accepts this token (the refresher asked it with getcallbackip), so it stays;") {
+			t.Errorf("--force of a token WeChat accepts: exit %d: %s", code, out)
 		}
 		fake.Issue(appA)
 		out, _, code = runWxtoken(t, env, "refresh", appA, "--force")
 		if code != 0 || !strings.HasPrefix(out, appA+": refreshed; revision") {
 			t.Errorf("--force: exit %d: %s", code, out)
+		}
+		old := strconv.FormatUint(e.Revision(), 10)
+		out, _, code = runWxtoken(t, env, "refresh", appA, "--stale-revision", old)
+		if code != 0 || !strings.HasPrefix(out, appA+": not refreshed: revision "+old+" was already replaced by a newer one;") {
+			t.Errorf("--stale-revision of a replaced token: exit %d: %s", code, out)
 		}
 	})
 	t.Run("watch streams rotations", func(t *testing.T) {
@@ -308,4 +318,36 @@ func metricValue(t *testing.T, exposition, series string) float64 {
 	}
 	t.Fatalf("no %s in /metrics", series)
 	return 0
+}
+
+// TestVersion: `wxtoken version` and `wxtoken --version` print the version
+// and the build the Go toolchain recorded; the overview names them, and the
+// WeCom keys beside the official accounts' ones.
+func TestVersion(t *testing.T) {
+	out, errOut, code := runWxtoken(t, nil, "version")
+	if code != 0 || errOut != "" {
+		t.Fatalf("version: exit %d, stderr %q", code, errOut)
+	}
+	if first, _, _ := strings.Cut(out, "\n"); first != "wxtoken "+publisher.Version {
+		t.Errorf("version's first line is %q, want %q", first, "wxtoken "+publisher.Version)
+	}
+	for _, want := range []string{"module  github.com/wxtoken/wxtoken ", "go      " + runtime.Version() + " "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("version lacks %q:\n%s", want, out)
+		}
+	}
+	if again, _, code := runWxtoken(t, nil, "--version"); code != 0 || again != out {
+		t.Errorf("--version: exit %d:\n%s\nwant what version printed:\n%s", code, again, out)
+	}
+	if _, errOut, code := runWxtoken(t, nil, "version", "extra"); code != 2 || !strings.Contains(errOut, "no arguments") {
+		t.Errorf("version extra: exit %d, %q; want 2", code, errOut)
+	}
+
+	help, _, code := runWxtoken(t, nil, "--help")
+	for _, want := range []string{"wxtoken version", "--version", "CORPID-AGENT (its token)", "CORPID-AGENT.jsapi_ticket",
+		"CORPID-AGENT.agent_config_ticket", "wxtoken demo reject APPID"} {
+		if code != 0 || !strings.Contains(help, want) {
+			t.Errorf("--help: exit %d, lacks %q:\n%s", code, want, help)
+		}
+	}
 }

@@ -52,8 +52,9 @@ const agentExamples = `  # Beside a PHP-FPM pool, every key the service user may
   wxtoken agent --listen unix:/run/wxtoken/agent.sock --keys wx1234567890abcdef,wx1234567890abcdef.jsapi_ticket
   curl -s --unix-socket /run/wxtoken/agent.sock http://agent/v1/credentials/wx1234567890abcdef
 
-  # Try it beside "wxtoken serve --demo": give the fake WeChat's URL from its log
-  wxtoken agent --wechat-base-url http://127.0.0.1:PORT`
+  # "wxtoken serve --demo" runs an agent of its own on 127.0.0.1:8180; another one
+  # beside it forwards to the demo's fake WeChat
+  wxtoken agent --listen 127.0.0.1:8182 --wechat-base-url http://127.0.0.1:8181`
 
 type agentFlags struct {
 	nats      natsFlags

@@ -226,8 +226,8 @@ refresher check it with WeChat and rotate it if WeChat no longer accepts it
 	ctx, cancel := context.WithTimeout(context.Background(), 2*clientTimeout)
 	defer cancel()
 	var msg *nats.Msg
+	var req kv.RefreshRequest
 	err = nc.do(ctx, func(ctx context.Context) error {
-		var req kv.RefreshRequest
 		if force {
 			_, rev, err := readCredential(ctx, nc.Conn, n.bucket, appid)
 			if err != nil {
@@ -260,12 +260,31 @@ refresher check it with WeChat and rotate it if WeChat no longer accepts it
 		}
 		return fmt.Errorf("%s: %s", reply.Error.Code, reply.Error.Message)
 	}
-	what := "not refreshed (the current token is valid)"
-	if reply.Refreshed {
-		what = "refreshed"
-	}
-	fmt.Fprintf(stdout, "%s: %s; revision %d, expires %s\n", appid, what, reply.Revision, reply.ExpiresAt.Format(time.RFC3339))
+	fmt.Fprintf(stdout, "%s: %s; revision %d, expires %s\n", appid, refreshOutcome(appid, req.StaleRevision, reply),
+		reply.Revision, reply.ExpiresAt.Format(time.RFC3339))
 	return nil
+}
+
+// refreshOutcome says what the refresher did with a request that named
+// stale (nil: none), and why when it kept the value it had.
+func refreshOutcome(key string, stale *uint64, reply kv.RefreshReply) string {
+	_, kind := kv.SplitKey(key)
+	ticket := kind == kv.KindJSAPITicket || kind == kv.KindWxCardTicket || kind == kv.KindAgentConfigTicket
+	switch {
+	case reply.Refreshed:
+		return "refreshed"
+	case stale == nil:
+		return "not refreshed: the current value is valid and no revision was named as rejected (--force names the current one)"
+	case *stale < reply.Revision:
+		return fmt.Sprintf("not refreshed: revision %d was already replaced by a newer one", *stale)
+	case ticket:
+		return "not refreshed: WeChat gave the same ticket again, as it does until a ticket expires"
+	}
+	why := "not refreshed: WeChat still accepts this token (the refresher asked it with getcallbackip), so it stays"
+	if key == demoAppID || key == demoStableAppID {
+		why += "; `wxtoken demo reject " + key + "` makes the demo's fake WeChat reject it"
+	}
+	return why
 }
 
 // tokenStatus is one row of `wxtoken status`.

@@ -1,5 +1,5 @@
 // Command wxtoken is the central WeChat access_token server (serve) and the
-// tools to look at it (get, watch, refresh, status, sign).
+// tools to look at it (get, watch, refresh, status, sign, version).
 package main
 
 import (
@@ -21,8 +21,9 @@ import (
 const overview = `wxtoken keeps WeChat access_tokens, and the JS-SDK tickets fetched with them,
 fresh in a NATS JetStream KV bucket: one central refresher fetches each before
 it expires, and every service reads it from the bucket instead of fetching its
-own. A KEY is an appid (its access_token) or APPID.jsapi_ticket or
-APPID.wx_card_ticket.
+own. A KEY is an appid (its access_token), APPID.jsapi_ticket or
+APPID.wx_card_ticket; for a WeCom (企业微信) app, CORPID-AGENT (its token),
+CORPID-AGENT.jsapi_ticket or CORPID-AGENT.agent_config_ticket.
 
 Usage:
   wxtoken serve [flags]             run the refresher (with an embedded NATS unless --nats-url)
@@ -34,6 +35,8 @@ Usage:
   wxtoken agent [flags]             serve the keys over local HTTP, for services with no NATS
                                     client and for WeChat SDKs (their base URL)
   wxtoken authorizers import|list   import third-party platforms' authorizers, or list them
+  wxtoken demo reject APPID         make the fake WeChat of "serve --demo" reject a token
+  wxtoken version                   print the version (also --version)
 
 Run "wxtoken COMMAND --help" for a command's flags and examples.
 `
@@ -51,6 +54,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 		return 0
 	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args[0] = "version"
+	}
 	commands := map[string]func([]string, func(string) string, io.Writer, io.Writer) error{
 		"serve":       serve,
 		"get":         get,
@@ -60,6 +66,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		"sign":        sign,
 		"agent":       agentCommand,
 		"authorizers": authorizers,
+		"demo":        demoCommand,
+		"version":     versionCommand,
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

@@ -7,22 +7,16 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
-	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 )
@@ -31,17 +25,19 @@ const serveSummary = `Run the refresher: fetch each app's access_token from WeCh
 expires, store it in the token bucket, publish rotations, answer refresh
 requests. With no --nats-url it starts an embedded NATS server with JetStream
 (data in --data-dir, clients on --nats-listen), so this one command runs the
-whole system. Apps come from --apps, or from WECHAT_APPID with
-WECHAT_APPSECRET or WECHAT_APPSECRET_FILE. Third-party platforms (platforms:
-in the apps file) need --callback-addr on at least one replica, for the
-verify tickets and authorization events WeChat pushes.
+whole system; the data directory is locked while it runs, so that a second
+serve on it exits instead of corrupting it. Apps come from --apps, or from
+WECHAT_APPID with WECHAT_APPSECRET or WECHAT_APPSECRET_FILE. Third-party
+platforms (platforms: in the apps file) need --callback-addr on at least one
+replica, for the verify tickets and authorization events WeChat pushes.
 
 SIGHUP reloads the apps file and the secrets (other settings need a
 restart); SIGTERM or SIGINT finishes the fetches under way, releases the
 leader lease and exits.`
 
-const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo app with 60s tokens and a
-  # jsapi_ticket, and a stable_token demo app
+const serveExamples = `  # Try it: embedded NATS, a fake WeChat on 127.0.0.1:8181, a demo app with 60s
+  # tokens and a jsapi_ticket, a stable_token demo app, and the agent on
+  # 127.0.0.1:8180; "wxtoken demo reject APPID" makes the fake reject a token
   wxtoken serve --demo
 
   # One app, embedded NATS
@@ -54,13 +50,6 @@ const serveExamples = `  # Try it: embedded NATS, embedded fake WeChat, a demo a
   # Many apps against a NATS cluster
   wxtoken serve --apps /etc/wxtoken/apps.yaml \
     --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222 --replicas 3`
-
-// The demo apps' appids, 18 characters like real ones: a classic app with
-// a jsapi_ticket, and a stable_token app.
-const (
-	demoAppID       = "wxdemo0123456789ab"
-	demoStableAppID = "wxdemostable012345"
-)
 
 type serveFlags struct {
 	cmd        *command
@@ -78,6 +67,8 @@ type serveFlags struct {
 	logFormat  string
 	logLevel   string
 	demo       bool
+	demoWeChat string // the demo's fake WeChat: host:port
+	demoAgent  string // the demo's agent: host:port, or off
 }
 
 func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -114,7 +105,11 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"KV bucket of the platforms' verify tickets and refresh tokens")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
-	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat and two demo apps: tokens of 60s with a jsapi_ticket, and a stable_token app")
+	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat, two demo apps (tokens of 60s with a jsapi_ticket, and a\nstable_token app) and an agent; --min-force-interval is 5s unless given")
+	c.String(&f.demoWeChat, "demo-wechat-listen", "WXTOKEN_DEMO_WECHAT_LISTEN", defaultDemoWeChatListen,
+		"with --demo: `host:port` of the fake WeChat (loopback only)")
+	c.String(&f.demoAgent, "demo-agent-listen", "WXTOKEN_DEMO_AGENT_LISTEN", defaultDemoAgentListen,
+		"with --demo: `host:port` of the agent (loopback only), or off")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
@@ -135,6 +130,14 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if f.demo && f.appsFile != "" {
 		return usagef("--demo brings its own app and fake WeChat; drop --apps")
 	}
+	for _, flag := range []struct{ name, addr string }{{"demo-wechat-listen", f.demoWeChat}, {"demo-agent-listen", f.demoAgent}} {
+		if !f.demo && c.given(flag.name) {
+			return usagef("--%s is for --demo", flag.name)
+		}
+		if err := checkDemoListen(flag.name, flag.addr); f.demo && err != nil {
+			return err
+		}
+	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
 	if err != nil {
 		return err
@@ -146,15 +149,15 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 
 	apps := func() ([]publisher.App, error) {
 		if f.demo {
-			return []publisher.App{
-				{AppID: demoAppID, Secret: publisher.NewSecret(demoSecret), Tickets: []publisher.Ticket{publisher.TicketJSAPI}},
-				{AppID: demoStableAppID, Secret: publisher.NewSecret(demoSecret), TokenAPI: publisher.TokenAPIStable},
-			}, nil
+			return demoApps(), nil
 		}
 		return loadApps(f.appsFile, getenv)
 	}
 	if f.cfg.Apps, err = apps(); err != nil {
 		return err
+	}
+	if f.demo && !c.given("min-force-interval") {
+		f.cfg.MinForceInterval = demoMinForceInterval
 	}
 	// Everything the flags say is checked before anything starts.
 	if err := f.cfg.Validate(); err != nil {
@@ -164,22 +167,33 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		return usagef("--callback-addr serves third-party platforms, and the apps file has none (platforms:)")
 	}
 
-	ctx, stop := signalContext()
-	defer stop()
-	if f.demo {
-		url, shutdown, err := startDemoWeChat(log)
-		if err != nil {
+	// The store directory is locked before anything starts, the demo's
+	// fake WeChat included: a second serve on it is told at once, and
+	// about that rather than about a port.
+	var ownNATS *embeddedNATS
+	if f.nats.url == "" {
+		if ownNATS, err = f.lockEmbedded(); err != nil {
 			return err
 		}
-		defer shutdown()
-		f.cfg.UpstreamURL, f.cfg.WeComURL = url, url
+		defer ownNATS.release()
+	}
+
+	ctx, stop := signalContext()
+	defer stop()
+	var d *demo
+	if f.demo {
+		if d, err = f.startDemo(log); err != nil {
+			return err
+		}
+		defer d.stop()
+		f.cfg.UpstreamURL, f.cfg.WeComURL = d.wechatURL, d.wechatURL
 	}
 
 	// A connection closed for good (NATS refused the credentials twice)
 	// ends the refresher: nothing more can come of it.
 	ctx, closedNATS := context.WithCancelCause(ctx)
 	defer closedNATS(nil)
-	nc, shutdownNATS, err := f.connect(log, func(err error) { closedNATS(err) })
+	nc, shutdownNATS, err := f.connect(log, ownNATS, func(err error) { closedNATS(err) })
 	if err != nil {
 		return err
 	}
@@ -205,10 +219,15 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		}
 		defer cb.stop()
 	}
-	if f.demo {
+	if d != nil {
+		stopAgent, err := d.startAgent(nc, log)
+		if err != nil {
+			return err
+		}
+		defer stopAgent()
 		log.Info("demo: watch the tokens and the ticket rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`; "+
 			"sign a page with `go run ./cmd/wxtoken sign "+demoAppID+" https://example.com/`",
-			"apps", demoAppID+","+demoStableAppID)
+			"apps", demoAppID+","+demoStableAppID, "min_force_interval", f.cfg.MinForceInterval)
 	}
 	reloads, stopReloads := context.WithCancel(ctx)
 	reloaded := make(chan struct{})
@@ -272,12 +291,13 @@ func loadApps(file string, getenv func(string) string) ([]publisher.App, error) 
 	return apps, nil
 }
 
-// connect connects to --nats-url, or starts the embedded server and connects
-// to it. The returned func closes the connection and stops the server.
-// closed is told when the connection closes for good before that.
-func (f *serveFlags) connect(log *slog.Logger, closed func(error)) (*nats.Conn, func(), error) {
+// connect connects to --nats-url, or starts the embedded server (when
+// own is not nil) and connects to it. The returned func closes the
+// connection and stops the server. closed is told when the connection
+// closes for good before that.
+func (f *serveFlags) connect(log *slog.Logger, own *embeddedNATS, closed func(error)) (*nats.Conn, func(), error) {
 	opts := f.nats.longLived("wxtoken serve", log, closed)
-	if f.nats.url != "" {
+	if own == nil {
 		nc, err := f.nats.dialForever(opts, log)
 		if err != nil {
 			return nil, nil, err
@@ -285,19 +305,18 @@ func (f *serveFlags) connect(log *slog.Logger, closed func(error)) (*nats.Conn, 
 		return nc, nc.Close, nil
 	}
 
-	srv, err := f.startEmbedded(log)
+	srv, stopServer, err := own.start(log)
 	if err != nil {
 		return nil, nil, err
 	}
 	nc, err := nats.Connect(srv.ClientURL(), append(opts, nats.InProcessServer(srv))...)
 	if err != nil {
-		srv.Shutdown()
+		stopServer()
 		return nil, nil, fmt.Errorf("cannot connect to the embedded NATS server: %w", err)
 	}
 	return nc, func() {
 		nc.Close()
-		srv.Shutdown()
-		srv.WaitForShutdown()
+		stopServer()
 	}, nil
 }
 
@@ -333,62 +352,4 @@ func throttledWarning(log *slog.Logger, every time.Duration, msg string) func(ar
 		log.Warn(msg, args...)
 		last, skipped = time.Now(), 0
 	}
-}
-
-func (f *serveFlags) startEmbedded(log *slog.Logger) (*server.Server, error) {
-	dataDir, err := filepath.Abs(f.dataDir)
-	if err != nil {
-		return nil, err
-	}
-	opts, err := embedded.Options(f.listen, dataDir)
-	if err != nil {
-		return nil, err
-	}
-	if f.natsConfig != "" {
-		// The file's settings, except where a flag (or its variable) says
-		// otherwise.
-		listen := opts
-		if opts, err = embedded.FromConfigFile(f.natsConfig, dataDir); err != nil {
-			return nil, err
-		}
-		if f.cmd.given("nats-listen") {
-			opts.Host, opts.Port = listen.Host, listen.Port
-		}
-		if f.cmd.given("data-dir") {
-			opts.StoreDir = dataDir
-		}
-	}
-	srv, err := embedded.Start(opts, log.With("component", "nats-server"))
-	if err != nil {
-		return nil, fmt.Errorf("cannot start the embedded NATS server on %s: %w", net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port)), err)
-	}
-	log.Info("embedded NATS server running", "clients", srv.ClientURL(), "data_dir", opts.StoreDir)
-	return srv, nil
-}
-
-// demoSecret is the demo app's AppSecret at the fake WeChat.
-const demoSecret = "demo-secret-not-a-real-one"
-
-// startDemoWeChat serves a fake WeChat on a loopback port. Its tokens live
-// 60s, so the demo shows a rotation about every 30s; a stable token is
-// renewed in its last 40s, and a ticket lives 90s.
-func startDemoWeChat(log *slog.Logger) (string, func(), error) {
-	fake := fakewechat.New(fakewechat.Config{ExpiresIn: 60 * time.Second, Overlap: 30 * time.Second,
-		StableRenewBefore: 40 * time.Second, TicketExpiresIn: 90 * time.Second})
-	fake.AddApp(demoAppID, demoSecret)
-	fake.AddApp(demoStableAppID, demoSecret)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, fmt.Errorf("demo: cannot start the fake WeChat: %w", err)
-	}
-	srv := &http.Server{Handler: fake, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("demo: fake WeChat stopped", "error", err)
-		}
-	}()
-	url := "http://" + ln.Addr().String()
-	log.Info("demo: fake WeChat running", "url", url, "token_lifetime", "60s", "ticket_lifetime", "90s",
-		"agent", "go run ./cmd/wxtoken agent --wechat-base-url "+url)
-	return url, func() { srv.Shutdown(context.Background()) }, nil
 }

@@ -128,6 +128,29 @@ func (a *slogAdapter) Debugf(format string, v ...any)  { a.log(slog.LevelDebug, 
 func (a *slogAdapter) Tracef(format string, v ...any)  { a.log(slog.LevelDebug-4, format, v) }
 
 func (a *slogAdapter) Fatalf(format string, v ...any) {
-	a.fatal.set(fmt.Errorf(format, v...))
+	a.fatal.set(newFatalError(format, v))
 	a.log(slog.LevelError, format, v)
 }
+
+// fatalError is what the server reported through Fatalf. It wraps the
+// first error among the arguments, which the server formats with %q: a
+// caller can then tell "address already in use" (errors.Is with
+// syscall.EADDRINUSE) from other failures.
+type fatalError struct {
+	msg   string
+	cause error
+}
+
+func newFatalError(format string, v []any) *fatalError {
+	e := &fatalError{msg: fmt.Sprintf(format, v...)}
+	for _, arg := range v {
+		if err, ok := arg.(error); ok {
+			e.cause = err
+			break
+		}
+	}
+	return e
+}
+
+func (e *fatalError) Error() string { return e.msg }
+func (e *fatalError) Unwrap() error { return e.cause }

@@ -264,6 +264,26 @@ func (s *Server) Revoke(token string) {
 	}
 }
 
+// Reject makes appid's current tokens, classic and stable, stop working at
+// once (Revoke), and returns how many it ended: 0 before the app's first
+// token. It is an error for an app the fake does not know.
+func (s *Server) Reject(appid string) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.apps[appid]
+	if !ok || a.secret == "" {
+		return 0, fmt.Errorf("fakewechat: no app %q", appid)
+	}
+	n := 0
+	for _, t := range []*issued{a.current, a.stable} {
+		if t != nil && !t.dead {
+			t.dead = true
+			n++
+		}
+	}
+	return n, nil
+}
+
 // Issue fetches a token for appid as another client would (a second,
 // misbehaving central server, say): it invalidates the previous token after
 // the overlap. It counts neither in Calls nor against the quota.
