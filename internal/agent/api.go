@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,7 +23,7 @@ import (
 //
 //	GET  /v1/credentials/{key}               the value, its revision and expiry; ETag, long poll, text/plain
 //	POST /v1/credentials/{key}/refresh       replace the revision named, which WeChat rejected
-//	GET  /v1/jssdk/{key}/config?url=         a signed wx.config
+//	GET  /v1/jssdk/{key}/config?url=         a signed wx.config (url alone, url-encoded)
 //	GET  /v1/jssdk/{key}/agent-config?url=   a signed wx.agentConfig (WeCom)
 func (a *Agent) serveAPI(x *exchange, rest string) {
 	parts := strings.Split(rest, "/")
@@ -371,17 +373,20 @@ func (a *Agent) askRefresh(ctx context.Context, f *followed, stale uint64, reaso
 }
 
 func (a *Agent) serveJSSDK(x *exchange, key, which string) {
-	if _, kind := kv.SplitKey(key); kind != kv.KindToken {
+	if app, kind := kv.SplitKey(key); kind != kv.KindToken {
+		if kv.ValidateKey(key) == nil { // a ticket's key: the agent picks the ticket itself
+			x.fail(http.StatusBadRequest, "bad_request", "/v1/jssdk/ takes the app's key, not a ticket's: use /v1/jssdk/%s/%s", app, which)
+			return
+		}
 		x.fail(http.StatusNotFound, "unknown_key", "/v1/jssdk/{key}/: the key is an appid or a WeCom corpid-agent, not %.80q", key)
 		return
 	}
-	page := x.r.URL.Query().Get("url")
-	if page == "" {
-		x.fail(http.StatusBadRequest, "bad_request", "url: the page's URL, as location.href.split('#')[0] gives it")
+	page, err := pageURL(x.r.URL.RawQuery)
+	if err != nil {
+		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
 		return
 	}
 	var config any
-	var err error
 	if which == "config" {
 		f := a.lookup(x, kv.Key(key, kv.KindJSAPITicket))
 		if f == nil {
@@ -405,4 +410,42 @@ func (a *Agent) serveJSSDK(x *exchange, key, which string) {
 	default:
 		x.writeJSON(http.StatusOK, config)
 	}
+}
+
+// encodePageURL is what a jssdk request whose page URL came cut or changed
+// is told to do.
+const encodePageURL = "url-encode the page URL (encodeURIComponent(location.href.split('#')[0]) in the page, urlencode($url) in PHP)"
+
+// pageURL returns the page URL of a jssdk request's query, which takes
+// url and nothing else. A page URL with a query of its own that came
+// unencoded is cut at its first "&", the rest arriving as parameters of
+// their own, and a "+" in it arrives as a space: signed as it came, the
+// wx.config would fail in the browser with "invalid signature". So
+// another parameter, a second url, or a space (which no page URL has)
+// are refused.
+func pageURL(rawQuery string) (string, error) {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return "", fmt.Errorf("the query does not parse: %s", encodePageURL)
+	}
+	var others []string
+	for name := range q {
+		if name != "url" {
+			others = append(others, fmt.Sprintf("%.40q", name))
+		}
+	}
+	pages := q["url"]
+	switch {
+	case len(others) > 0:
+		slices.Sort(others)
+		return "", fmt.Errorf("%s: this path takes url alone, and %s came beside it, the rest of a page URL that was not encoded",
+			encodePageURL, strings.Join(others, ", "))
+	case len(pages) == 0 || pages[0] == "":
+		return "", errors.New("url: the page's URL, as location.href.split('#')[0] gives it, url-encoded")
+	case len(pages) > 1:
+		return "", fmt.Errorf("%s: url came %d times", encodePageURL, len(pages))
+	case strings.Contains(pages[0], " "):
+		return "", fmt.Errorf("%s: it has a space, which no page URL has (a \"+\" not encoded arrives as one)", encodePageURL)
+	}
+	return pages[0], nil
 }
