@@ -107,6 +107,9 @@ func (a *Agent) usable(x *exchange, f *followed) (subscriber.Token, bool) {
 		x.fail(http.StatusServiceUnavailable, "expired", "the value of %s expired at %s and was not replaced (is the refresher running?)",
 			f.key, t.ExpiresAt.UTC().Format(time.RFC3339))
 		return t, false
+	case errors.Is(err, subscriber.ErrClosed):
+		x.fail(http.StatusServiceUnavailable, "unavailable", "%s: the agent is stopping", f.key)
+		return t, false
 	case err != nil:
 		x.fail(http.StatusServiceUnavailable, "unavailable", "%s: %v", f.key, err)
 		return t, false
@@ -339,17 +342,78 @@ func (a *Agent) refresh(x *exchange, f *followed, stale uint64, reason string) (
 	case err == nil:
 		return t, true
 	case errors.Is(err, subscriber.ErrRateLimited):
-		x.fail(http.StatusTooManyRequests, "rate_limited", "%v", err)
+		a.rateLimited(x, f.key, t, err)
 	case errors.Is(err, subscriber.ErrUnknownApp):
 		x.fail(http.StatusNotFound, "unknown_key", "the refresher keeps no %s", f.key)
 	case errors.Is(err, subscriber.ErrUpstream):
-		x.fail(http.StatusBadGateway, "upstream", "%v", err)
+		x.fail(http.StatusBadGateway, "upstream", "%s", a.refreshFailure(err))
 	case refusedAsBad(err):
-		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+		x.fail(http.StatusBadRequest, "bad_request", "%s", a.refreshFailure(err))
 	default:
-		x.fail(http.StatusServiceUnavailable, "unavailable", "no new value within %s: %v", a.cfg.RefreshTimeout, err)
+		x.fail(http.StatusServiceUnavailable, "unavailable", "%s", a.refreshFailure(err))
 	}
 	return t, false
+}
+
+// refreshFailure says why a refresh failed, in the words its client needs:
+// the refresher's own message, or what did not answer, without the
+// prefixes of the packages the error passed through (the log has those).
+func (a *Agent) refreshFailure(err error) string {
+	var refused *subscriber.RefreshError
+	switch {
+	case errors.As(err, &refused):
+		return refused.Message
+	case errors.Is(err, subscriber.ErrUnavailable):
+		return fmt.Sprintf("no refresher answered within %s: is wxtoken serve running, and may this agent's NATS user reach it?", a.cfg.RefreshTimeout)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("the refresher answered, but the new value did not arrive within %s", a.cfg.RefreshTimeout)
+	case errors.Is(err, context.Canceled):
+		return "the request ended before the refresher answered"
+	case errors.Is(err, subscriber.ErrClosed):
+		return "the agent is stopping"
+	}
+	return "asking the refresher failed: " + err.Error()
+}
+
+// defaultRetryAfter is Retry-After when the refresher does not say when a
+// forced refresh may go again (one older than retry_after): the
+// refresher's default --min-force-interval, the longest its default waits.
+const defaultRetryAfter = 30 * time.Second
+
+// rateLimited answers a refresh the refresher refused because a forced
+// refresh of the key ran too recently: with the value held (its revision
+// and expiry, as the refresher's reply names them), and Retry-After.
+func (a *Agent) rateLimited(x *exchange, key string, t subscriber.Token, err error) {
+	wait := defaultRetryAfter
+	var refused *subscriber.RefreshError
+	if errors.As(err, &refused) && refused.RetryAfter > 0 {
+		wait = refused.RetryAfter
+	}
+	x.header().Set("Retry-After", strconv.Itoa(kv.RetryAfterSeconds(wait)))
+	x.outcome = "rate_limited"
+	x.writeJSON(http.StatusTooManyRequests, rateLimitedAnswer{
+		Error:     apiError{Code: "rate_limited", Message: a.refreshFailure(err)},
+		Key:       key,
+		Revision:  t.Revision,
+		ExpiresAt: t.ExpiresAt.UTC().Format(time.RFC3339),
+		ExpiresIn: secondsLeft(t, time.Now()),
+	})
+}
+
+// apiError is the error of the own API's answers.
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// rateLimitedAnswer is a 429's body: the error, and the value the agent
+// holds, which a forced refresh may replace after Retry-After.
+type rateLimitedAnswer struct {
+	Error     apiError `json:"error"`
+	Key       string   `json:"key"`
+	Revision  uint64   `json:"revision"`
+	ExpiresAt string   `json:"expires_at"`
+	ExpiresIn int64    `json:"expires_in"`
 }
 
 // refusedAsBad reports whether the refresher refused the request itself
@@ -386,27 +450,30 @@ func (a *Agent) serveJSSDK(x *exchange, key, which string) {
 		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
 		return
 	}
+	ticket := kv.Key(key, kv.KindJSAPITicket)
+	if which == "agent-config" {
+		ticket = kv.Key(key, kv.KindAgentConfigTicket)
+	}
+	f := a.lookup(x, ticket)
+	if f == nil {
+		return
+	}
+	if _, ok := a.usable(x, f); !ok {
+		return
+	}
 	var config any
 	if which == "config" {
-		f := a.lookup(x, kv.Key(key, kv.KindJSAPITicket))
-		if f == nil {
-			return
-		}
 		config, err = jssdk.Sign(f.sub, page)
 	} else {
-		f := a.lookup(x, kv.Key(key, kv.KindAgentConfigTicket))
-		if f == nil {
-			return
-		}
 		config, err = jssdk.SignAgentConfig(f.sub, page)
 	}
 	switch {
-	case errors.Is(err, subscriber.ErrExpired):
-		x.fail(http.StatusServiceUnavailable, "expired", "%v", err)
-	case errors.Is(err, subscriber.ErrClosed):
-		x.fail(http.StatusServiceUnavailable, "unavailable", "%v", err)
-	case err != nil:
-		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+	case errors.Is(err, subscriber.ErrExpired), errors.Is(err, subscriber.ErrClosed):
+		// It expired, or the agent began to stop, since usable said it
+		// could be used.
+		x.fail(http.StatusServiceUnavailable, "unavailable", "%s cannot be used right now; ask again", f.key)
+	case err != nil: // the one error left is the page URL's
+		x.fail(http.StatusBadRequest, "bad_request", "url: %.200q is not a page's absolute http(s) URL, as location.href.split('#')[0] gives it", page)
 	default:
 		x.writeJSON(http.StatusOK, config)
 	}
