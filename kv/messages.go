@@ -167,6 +167,17 @@ const (
 type ReplyError struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// RetryAfter, with CodeRateLimited, is how many seconds until a
+	// forced refresh of the key may be asked for again; 0 when the
+	// refresher does not say.
+	RetryAfter int `json:"retry_after,omitempty"`
+}
+
+// RetryAfterSeconds is a wait as ReplyError.RetryAfter counts it: whole
+// seconds, rounded up, and at least 1, so that a client that waits that
+// long is not refused again.
+func RetryAfterSeconds(wait time.Duration) int {
+	return max(int((wait+time.Second-1)/time.Second), 1)
 }
 
 func (e *ReplyError) Error() string { return e.Code + ": " + e.Message }

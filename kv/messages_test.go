@@ -61,6 +61,8 @@ func TestRefreshReplyWireFormat(t *testing.T) {
 			`{"error":{"code":"unknown_app","message":"no"}}`},
 		{kv.RefreshReply{AppID: "wx1", Revision: 43, ExpiresAt: at, Error: &kv.ReplyError{Code: kv.CodeRateLimited, Message: "wait"}},
 			`{"appid":"wx1","revision":43,"expires_at":"2026-11-21T12:00:00Z","error":{"code":"rate_limited","message":"wait"}}`},
+		{kv.RefreshReply{AppID: "wx1", Revision: 43, ExpiresAt: at, Error: &kv.ReplyError{Code: kv.CodeRateLimited, Message: "wait", RetryAfter: 27}},
+			`{"appid":"wx1","revision":43,"expires_at":"2026-11-21T12:00:00Z","error":{"code":"rate_limited","message":"wait","retry_after":27}}`},
 	} {
 		data, err := json.Marshal(tc.reply)
 		if err != nil {
@@ -74,7 +76,7 @@ func TestRefreshReplyWireFormat(t *testing.T) {
 			t.Fatal(err)
 		}
 		if back.Revision != tc.reply.Revision || back.Refreshed != tc.reply.Refreshed || !back.ExpiresAt.Equal(tc.reply.ExpiresAt) ||
-			(back.Error == nil) != (tc.reply.Error == nil) {
+			(back.Error == nil) != (tc.reply.Error == nil) || (back.Error != nil && *back.Error != *tc.reply.Error) {
 			t.Errorf("round trip of %s gave %+v", data, back)
 		}
 	}
@@ -102,5 +104,15 @@ func TestSubjects(t *testing.T) {
 func TestValueSubject(t *testing.T) {
 	if got := (kv.Subjects{}).Value("wx1"); got != "wechat.token.value.wx1" {
 		t.Errorf("Value = %q", got)
+	}
+}
+
+func TestRetryAfterSecondsRoundsUp(t *testing.T) {
+	for wait, want := range map[time.Duration]int{
+		27 * time.Second: 27, 26*time.Second + time.Millisecond: 27, time.Millisecond: 1, 0: 1, -time.Second: 1,
+	} {
+		if got := kv.RetryAfterSeconds(wait); got != want {
+			t.Errorf("RetryAfterSeconds(%s) = %d, want %d", wait, got, want)
+		}
 	}
 }

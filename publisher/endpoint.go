@@ -149,8 +149,10 @@ func (r *Refresher) admit(t *term, appid string, data []byte) admission {
 		f = a.flight
 	case !a.lastForced.IsZero() && now.Sub(a.lastForced) < r.cfg.MinForceInterval:
 		reply := currentReply(a.key, cur, valid, false)
+		since := now.Sub(a.lastForced)
 		reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: fmt.Sprintf(
-			"a forced refresh of %s ran %s ago; at most one per %s", a.key, now.Sub(a.lastForced).Round(time.Second), r.cfg.MinForceInterval)}
+			"a forced refresh of %s ran %s ago; at most one per %s", a.key, since.Round(time.Second), r.cfg.MinForceInterval),
+			RetryAfter: kv.RetryAfterSeconds(r.cfg.MinForceInterval - since)}
 		return answer(reply, outcomeRateLimited)
 	default:
 		a.lastForced = now
@@ -189,10 +191,10 @@ func (r *Refresher) await(t *term, appid string, data []byte, ad admission) (kv.
 		reply := currentReply(a.key, out.rev, out.rec, false)
 		var spent *budgetError
 		if errors.As(out.err, &spent) {
-			reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: out.err.Error()}
+			reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: spent.reason, RetryAfter: kv.RetryAfterSeconds(spent.wait)}
 			return reply, outcomeRateLimited
 		}
-		reply.Error = &kv.ReplyError{Code: kv.CodeUpstream, Message: out.err.Error()}
+		reply.Error = &kv.ReplyError{Code: kv.CodeUpstream, Message: replyMessage(out.err)}
 		return reply, outcomeError
 	case !started:
 		return currentReply(a.key, out.rev, out.rec, out.refreshed), outcomeDeduped
@@ -218,6 +220,11 @@ func (r *Refresher) publishReply(replyTo string, reply kv.RefreshReply) {
 		r.log.Warn("refresh reply not sent", "error", err)
 	}
 }
+
+// replyMessage is an error's text for a reply, which people read (the
+// agent passes it on to its clients): without the "publisher: " that
+// each error of this package starts with, however many are wrapped.
+func replyMessage(err error) string { return strings.ReplaceAll(err.Error(), "publisher: ", "") }
 
 // currentReply names revision rev; rec may be nil when there is no valid token.
 func currentReply(key string, rev uint64, rec *kv.Credential, refreshed bool) kv.RefreshReply {

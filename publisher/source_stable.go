@@ -78,6 +78,7 @@ func (stableSource) repeated(held kv.Credential, window time.Duration, now time.
 // budget of them is spent or the last one is too recent.
 type budgetError struct {
 	reason string
+	wait   time.Duration // until a forced refresh may be asked for again
 }
 
 func (e *budgetError) Error() string { return "publisher: " + e.reason }
@@ -137,7 +138,7 @@ func (r *Refresher) spendForce(t *term, appid string) error {
 		}
 		if since := now.Sub(budget.Last); since >= 0 && since < stableForceSpacing {
 			return &budgetError{reason: fmt.Sprintf("a forced refresh of %s was asked for %s ago; WeChat refreshes at most once per %s",
-				appid, since.Round(time.Second), stableForceSpacing)}
+				appid, since.Round(time.Second), stableForceSpacing), wait: stableForceSpacing - since}
 		}
 		budget.Used++
 		budget.Last = now
@@ -165,5 +166,5 @@ func (r *Refresher) forcesSpent(appid string, errcode int, reason string) error 
 	next := now.Add(untilQuotaReset(now)).UTC()
 	r.log.Error("forced refresh refused: "+reason, "appid", appid, "next_attempt", next.Format(time.RFC3339))
 	r.publishFailure(kv.FailureEvent{AppID: appid, ErrCode: errcode, ErrMsg: reason, Class: string(classQuota), NextAttempt: next})
-	return &budgetError{reason: reason}
+	return &budgetError{reason: reason, wait: untilQuotaReset(now)}
 }

@@ -3,6 +3,7 @@ package subscriber
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/wxtoken/wxtoken/internal/wechaterr"
 	"github.com/wxtoken/wxtoken/kv"
@@ -41,6 +42,9 @@ var (
 type RefreshError struct {
 	Code    string // kv.CodeRateLimited, kv.CodeUnknownApp, ...
 	Message string
+	// RetryAfter, when rate-limited, is how long until a forced refresh
+	// of the key may be asked for again; 0 when the refresher did not say.
+	RetryAfter time.Duration
 }
 
 func (e *RefreshError) Error() string { return "subscriber: refresher: " + e.Code + ": " + e.Message }
@@ -61,7 +65,7 @@ func (e *RefreshError) Is(target error) bool {
 }
 
 func refreshError(e *kv.ReplyError) error {
-	return &RefreshError{Code: e.Code, Message: e.Message}
+	return &RefreshError{Code: e.Code, Message: e.Message, RetryAfter: time.Duration(e.RetryAfter) * time.Second}
 }
 
 // TokenRejected reports whether a WeChat errcode says that an API call's

@@ -338,6 +338,9 @@ func TestRefreshErrorsAreTheSubscribers(t *testing.T) {
 	fake.Issue(appA)
 	_, err = sub.Refresh(ctx, first.Revision)
 	check("a second forced refresh at once", err, subscriber.ErrRateLimited)
+	if limited := (*subscriber.RefreshError)(nil); errors.As(err, &limited) && (limited.RetryAfter < time.Second || limited.RetryAfter > 3*time.Second) {
+		t.Errorf("rate-limited with RetryAfter %s, want what is left of the 3s since the first forced refresh", limited.RetryAfter)
+	}
 
 	// An app this refresher does not keep, found in the bucket.
 	b := testenv.Bucket(t, ctx, nc)

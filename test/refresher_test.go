@@ -228,6 +228,9 @@ func TestForcedRefreshesAreRateLimited(t *testing.T) {
 	if second.Revision != first.Revision || second.Refreshed {
 		t.Errorf("rate_limited reply names %+v, want the current revision %d", second, first.Revision)
 	}
+	if hour := int(time.Hour / time.Second); second.Error.RetryAfter < hour-30 || second.Error.RetryAfter > hour {
+		t.Errorf("rate_limited reply says retry_after %d, want the seconds left of the hour since the first (about %d)", second.Error.RetryAfter, hour)
+	}
 	if got := fake.Calls(appA); got != calls {
 		t.Errorf("rate-limited request made %d upstream calls", got-calls)
 	}

@@ -229,8 +229,9 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 	awaitEndpoint(t, ctx, nc, appA)
 	fake.Revoke(fake.Stable(appA))
 	reply = refresh(reply.Revision)
-	if reply.Error == nil || reply.Error.Code != kv.CodeRateLimited || !strings.Contains(reply.Error.Message, "30s") {
-		t.Fatalf("a forced refresh within 30 s of the last, after a failover: %+v, want rate_limited naming the 30 s", reply)
+	if reply.Error == nil || reply.Error.Code != kv.CodeRateLimited || !strings.Contains(reply.Error.Message, "30s") ||
+		reply.Error.RetryAfter < 1 || reply.Error.RetryAfter > 30 || strings.Contains(reply.Error.Message, "publisher:") {
+		t.Fatalf("a forced refresh within 30 s of the last, after a failover: %+v, want rate_limited naming the 30 s, and retry_after within them", reply)
 	}
 	if fake.Forced(appA) != 2 {
 		t.Fatalf("%d forced refreshes at WeChat, want still 2", fake.Forced(appA))
@@ -247,8 +248,11 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	reply = refresh(reply.Revision)
-	if reply.Error == nil || reply.Error.Code != kv.CodeRateLimited || !strings.Contains(reply.Error.Message, "20 forced refreshes") {
-		t.Fatalf("a forced refresh with the day's 20 spent: %+v, want rate_limited saying so", reply)
+	china := time.Now().In(time.FixedZone("UTC+8", 8*3600))
+	untilMidnight := int(time.Until(time.Date(china.Year(), china.Month(), china.Day()+1, 0, 0, 0, 0, china.Location())) / time.Second)
+	if reply.Error == nil || reply.Error.Code != kv.CodeRateLimited || !strings.Contains(reply.Error.Message, "20 forced refreshes") ||
+		reply.Error.RetryAfter < untilMidnight-5 || reply.Error.RetryAfter > untilMidnight+5 {
+		t.Fatalf("a forced refresh with the day's 20 spent: %+v, want rate_limited saying so, and retry_after until midnight China time", reply)
 	}
 	ev, _ := nextEvent[kv.FailureEvent](t, ctx, failed)
 	if ev.Class != "quota" || !strings.Contains(ev.ErrMsg, "20 forced refreshes") || ev.NextAttempt.IsZero() {

@@ -30,7 +30,8 @@ over NATS (the "service" user of nats.conf suffices) and keeps them in
 memory. It answers:
   GET  /v1/credentials/KEY           the value, revision, expires_at (ETag, long poll ?wait=, text/plain)
   POST /v1/credentials/KEY/refresh   {"stale_revision":N}: replace a value WeChat rejected
-  GET  /v1/jssdk/KEY/config?url=     a signed wx.config (and /agent-config for WeCom)
+  GET  /v1/jssdk/APPID/config?url=   a signed wx.config, the page URL url-encoded (and
+                                     /agent-config for WeCom)
   GET  /cgi-bin/token, POST /cgi-bin/stable_token, GET /cgi-bin/ticket/getticket,
   GET  /cgi-bin/gettoken (WeCom)     WeChat's own token paths, from memory
   anything else                      forwarded to WeChat with the current access_token put in,

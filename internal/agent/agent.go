@@ -60,6 +60,10 @@ const (
 	defaultRefreshTimeout  = 15 * time.Second
 	defaultMaxWait         = 60 * time.Second
 	defaultBodyTimeout     = 60 * time.Second
+	// A key of Keys not held after this is warned about: time enough to
+	// read every key that is in the bucket, and for a refresher starting
+	// beside the agent to store its first values.
+	defaultMissingKeyWait = 5 * time.Second
 )
 
 // Agent serves the credentials it follows over HTTP.
@@ -75,6 +79,10 @@ type Agent struct {
 	cancel   context.CancelFunc
 	running  sync.Once
 	draining chan struct{} // closed by Drain: long polls answer at once
+
+	// missingKeyWait is how long a key of Keys may take to be held before
+	// the agent warns that the bucket does not have it.
+	missingKeyWait time.Duration
 }
 
 // New checks cfg and returns an agent that has not started following its
@@ -137,6 +145,8 @@ func New(cfg Config) (*Agent, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		draining: make(chan struct{}),
+
+		missingKeyWait: defaultMissingKeyWait,
 	}
 	a.clients.Store(clients)
 	a.keys = newKeySet(a)

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,7 +23,7 @@ import (
 //
 //	GET  /v1/credentials/{key}               the value, its revision and expiry; ETag, long poll, text/plain
 //	POST /v1/credentials/{key}/refresh       replace the revision named, which WeChat rejected
-//	GET  /v1/jssdk/{key}/config?url=         a signed wx.config
+//	GET  /v1/jssdk/{key}/config?url=         a signed wx.config (url alone, url-encoded)
 //	GET  /v1/jssdk/{key}/agent-config?url=   a signed wx.agentConfig (WeCom)
 func (a *Agent) serveAPI(x *exchange, rest string) {
 	parts := strings.Split(rest, "/")
@@ -104,6 +106,9 @@ func (a *Agent) usable(x *exchange, f *followed) (subscriber.Token, bool) {
 	case errors.Is(err, subscriber.ErrExpired):
 		x.fail(http.StatusServiceUnavailable, "expired", "the value of %s expired at %s and was not replaced (is the refresher running?)",
 			f.key, t.ExpiresAt.UTC().Format(time.RFC3339))
+		return t, false
+	case errors.Is(err, subscriber.ErrClosed):
+		x.fail(http.StatusServiceUnavailable, "unavailable", "%s: the agent is stopping", f.key)
 		return t, false
 	case err != nil:
 		x.fail(http.StatusServiceUnavailable, "unavailable", "%s: %v", f.key, err)
@@ -337,17 +342,78 @@ func (a *Agent) refresh(x *exchange, f *followed, stale uint64, reason string) (
 	case err == nil:
 		return t, true
 	case errors.Is(err, subscriber.ErrRateLimited):
-		x.fail(http.StatusTooManyRequests, "rate_limited", "%v", err)
+		a.rateLimited(x, f.key, t, err)
 	case errors.Is(err, subscriber.ErrUnknownApp):
 		x.fail(http.StatusNotFound, "unknown_key", "the refresher keeps no %s", f.key)
 	case errors.Is(err, subscriber.ErrUpstream):
-		x.fail(http.StatusBadGateway, "upstream", "%v", err)
+		x.fail(http.StatusBadGateway, "upstream", "%s", a.refreshFailure(err))
 	case refusedAsBad(err):
-		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+		x.fail(http.StatusBadRequest, "bad_request", "%s", a.refreshFailure(err))
 	default:
-		x.fail(http.StatusServiceUnavailable, "unavailable", "no new value within %s: %v", a.cfg.RefreshTimeout, err)
+		x.fail(http.StatusServiceUnavailable, "unavailable", "%s", a.refreshFailure(err))
 	}
 	return t, false
+}
+
+// refreshFailure says why a refresh failed, in the words its client needs:
+// the refresher's own message, or what did not answer, without the
+// prefixes of the packages the error passed through (the log has those).
+func (a *Agent) refreshFailure(err error) string {
+	var refused *subscriber.RefreshError
+	switch {
+	case errors.As(err, &refused):
+		return refused.Message
+	case errors.Is(err, subscriber.ErrUnavailable):
+		return fmt.Sprintf("no refresher answered within %s: is wxtoken serve running, and may this agent's NATS user reach it?", a.cfg.RefreshTimeout)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("the refresher answered, but the new value did not arrive within %s", a.cfg.RefreshTimeout)
+	case errors.Is(err, context.Canceled):
+		return "the request ended before the refresher answered"
+	case errors.Is(err, subscriber.ErrClosed):
+		return "the agent is stopping"
+	}
+	return "asking the refresher failed: " + err.Error()
+}
+
+// defaultRetryAfter is Retry-After when the refresher does not say when a
+// forced refresh may go again (one older than retry_after): the
+// refresher's default --min-force-interval, the longest its default waits.
+const defaultRetryAfter = 30 * time.Second
+
+// rateLimited answers a refresh the refresher refused because a forced
+// refresh of the key ran too recently: with the value held (its revision
+// and expiry, as the refresher's reply names them), and Retry-After.
+func (a *Agent) rateLimited(x *exchange, key string, t subscriber.Token, err error) {
+	wait := defaultRetryAfter
+	var refused *subscriber.RefreshError
+	if errors.As(err, &refused) && refused.RetryAfter > 0 {
+		wait = refused.RetryAfter
+	}
+	x.header().Set("Retry-After", strconv.Itoa(kv.RetryAfterSeconds(wait)))
+	x.outcome = "rate_limited"
+	x.writeJSON(http.StatusTooManyRequests, rateLimitedAnswer{
+		Error:     apiError{Code: "rate_limited", Message: a.refreshFailure(err)},
+		Key:       key,
+		Revision:  t.Revision,
+		ExpiresAt: t.ExpiresAt.UTC().Format(time.RFC3339),
+		ExpiresIn: secondsLeft(t, time.Now()),
+	})
+}
+
+// apiError is the error of the own API's answers.
+type apiError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// rateLimitedAnswer is a 429's body: the error, and the value the agent
+// holds, which a forced refresh may replace after Retry-After.
+type rateLimitedAnswer struct {
+	Error     apiError `json:"error"`
+	Key       string   `json:"key"`
+	Revision  uint64   `json:"revision"`
+	ExpiresAt string   `json:"expires_at"`
+	ExpiresIn int64    `json:"expires_in"`
 }
 
 // refusedAsBad reports whether the refresher refused the request itself
@@ -371,38 +437,82 @@ func (a *Agent) askRefresh(ctx context.Context, f *followed, stale uint64, reaso
 }
 
 func (a *Agent) serveJSSDK(x *exchange, key, which string) {
-	if _, kind := kv.SplitKey(key); kind != kv.KindToken {
+	if app, kind := kv.SplitKey(key); kind != kv.KindToken {
+		if kv.ValidateKey(key) == nil { // a ticket's key: the agent picks the ticket itself
+			x.fail(http.StatusBadRequest, "bad_request", "/v1/jssdk/ takes the app's key, not a ticket's: use /v1/jssdk/%s/%s", app, which)
+			return
+		}
 		x.fail(http.StatusNotFound, "unknown_key", "/v1/jssdk/{key}/: the key is an appid or a WeCom corpid-agent, not %.80q", key)
 		return
 	}
-	page := x.r.URL.Query().Get("url")
-	if page == "" {
-		x.fail(http.StatusBadRequest, "bad_request", "url: the page's URL, as location.href.split('#')[0] gives it")
+	page, err := pageURL(x.r.URL.RawQuery)
+	if err != nil {
+		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+		return
+	}
+	ticket := kv.Key(key, kv.KindJSAPITicket)
+	if which == "agent-config" {
+		ticket = kv.Key(key, kv.KindAgentConfigTicket)
+	}
+	f := a.lookup(x, ticket)
+	if f == nil {
+		return
+	}
+	if _, ok := a.usable(x, f); !ok {
 		return
 	}
 	var config any
-	var err error
 	if which == "config" {
-		f := a.lookup(x, kv.Key(key, kv.KindJSAPITicket))
-		if f == nil {
-			return
-		}
 		config, err = jssdk.Sign(f.sub, page)
 	} else {
-		f := a.lookup(x, kv.Key(key, kv.KindAgentConfigTicket))
-		if f == nil {
-			return
-		}
 		config, err = jssdk.SignAgentConfig(f.sub, page)
 	}
 	switch {
-	case errors.Is(err, subscriber.ErrExpired):
-		x.fail(http.StatusServiceUnavailable, "expired", "%v", err)
-	case errors.Is(err, subscriber.ErrClosed):
-		x.fail(http.StatusServiceUnavailable, "unavailable", "%v", err)
-	case err != nil:
-		x.fail(http.StatusBadRequest, "bad_request", "%v", err)
+	case errors.Is(err, subscriber.ErrExpired), errors.Is(err, subscriber.ErrClosed):
+		// It expired, or the agent began to stop, since usable said it
+		// could be used.
+		x.fail(http.StatusServiceUnavailable, "unavailable", "%s cannot be used right now; ask again", f.key)
+	case err != nil: // the one error left is the page URL's
+		x.fail(http.StatusBadRequest, "bad_request", "url: %.200q is not a page's absolute http(s) URL, as location.href.split('#')[0] gives it", page)
 	default:
 		x.writeJSON(http.StatusOK, config)
 	}
+}
+
+// encodePageURL is what a jssdk request whose page URL came cut or changed
+// is told to do.
+const encodePageURL = "url-encode the page URL (encodeURIComponent(location.href.split('#')[0]) in the page, urlencode($url) in PHP)"
+
+// pageURL returns the page URL of a jssdk request's query, which takes
+// url and nothing else. A page URL with a query of its own that came
+// unencoded is cut at its first "&", the rest arriving as parameters of
+// their own, and a "+" in it arrives as a space: signed as it came, the
+// wx.config would fail in the browser with "invalid signature". So
+// another parameter, a second url, or a space (which no page URL has)
+// are refused.
+func pageURL(rawQuery string) (string, error) {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return "", fmt.Errorf("the query does not parse: %s", encodePageURL)
+	}
+	var others []string
+	for name := range q {
+		if name != "url" {
+			others = append(others, fmt.Sprintf("%.40q", name))
+		}
+	}
+	pages := q["url"]
+	switch {
+	case len(others) > 0:
+		slices.Sort(others)
+		return "", fmt.Errorf("%s: this path takes url alone, and %s came beside it, the rest of a page URL that was not encoded",
+			encodePageURL, strings.Join(others, ", "))
+	case len(pages) == 0 || pages[0] == "":
+		return "", errors.New("url: the page's URL, as location.href.split('#')[0] gives it, url-encoded")
+	case len(pages) > 1:
+		return "", fmt.Errorf("%s: url came %d times", encodePageURL, len(pages))
+	case strings.Contains(pages[0], " "):
+		return "", fmt.Errorf("%s: it has a space, which no page URL has (a \"+\" not encoded arrives as one)", encodePageURL)
+	}
+	return pages[0], nil
 }

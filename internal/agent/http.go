@@ -60,7 +60,9 @@ func (x *exchange) writeJSON(status int, v any) {
 // fail answers the own API's error shape.
 func (x *exchange) fail(status int, code, format string, args ...any) {
 	x.outcome = code
-	x.writeJSON(status, map[string]any{"error": map[string]string{"code": code, "message": fmt.Sprintf(format, args...)}})
+	x.writeJSON(status, struct {
+		Error apiError `json:"error"`
+	}{apiError{Code: code, Message: fmt.Sprintf(format, args...)}})
 }
 
 // wechatError answers WeChat's error shape: an SDK reads errcode, whatever

@@ -73,6 +73,11 @@ func (ks *keySet) start(ctx context.Context) {
 		for _, key := range ks.a.cfg.Keys {
 			ks.follow(ctx, key)
 		}
+		ks.followed.Add(1)
+		go func() {
+			defer ks.followed.Done()
+			ks.warnMissing(ctx)
+		}()
 		return
 	}
 	ks.followed.Add(1)
@@ -128,6 +133,72 @@ func (ks *keySet) discover(ctx context.Context) {
 		delay = min(2*delay, 5*time.Second)
 	}
 	<-ctx.Done()
+}
+
+// warnMissing warns once of each key of Keys still not held after
+// missingKeyWait. A key the bucket does not have (a typo, an app the
+// refresher does not keep) would otherwise show only in /readyz; it is
+// still followed, and served once it appears.
+func (ks *keySet) warnMissing(ctx context.Context) {
+	wait := time.NewTimer(ks.a.missingKeyWait)
+	defer wait.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-wait.C:
+	}
+	var missing []string
+	ks.mu.RLock()
+	for _, key := range ks.a.cfg.Keys {
+		if ks.held[key] == nil {
+			missing = append(missing, key)
+		}
+	}
+	ks.mu.RUnlock()
+	if len(missing) == 0 {
+		return
+	}
+	log, bucket := ks.a.log, ks.a.cfg.Bucket
+	absent, err := ks.absent(ctx, missing)
+	for _, key := range missing {
+		switch {
+		case err != nil:
+			log.Warn("a key of --keys has no value yet, and the bucket could not be read to say why", "key", key,
+				"waited", ks.a.missingKeyWait, "bucket", bucket, "error", err)
+		case absent[key]:
+			log.Warn("a key of --keys is not in the bucket: check it against `wxtoken status` and the refresher's apps file; "+
+				"it is served once it appears", "key", key, "waited", ks.a.missingKeyWait, "bucket", bucket)
+		default:
+			log.Warn("a key of --keys is in the bucket, but no value of it could be used yet", "key", key,
+				"waited", ks.a.missingKeyWait, "bucket", bucket)
+		}
+	}
+}
+
+// absent returns which of keys the bucket has no value of (none ever, or
+// deleted). Each is read alone: a bucket may hold thousands of keys.
+func (ks *keySet) absent(ctx context.Context, keys []string) (map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(ks.a.cfg.Conn)
+	if err != nil {
+		return nil, err
+	}
+	b, err := kv.Bind(ctx, js, ks.a.cfg.Bucket)
+	if err != nil {
+		return nil, err
+	}
+	absent := map[string]bool{}
+	for _, key := range keys {
+		_, err := b.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			absent[key] = true
+		case err != nil:
+			return nil, err
+		}
+	}
+	return absent, nil
 }
 
 // list returns the bucket's credential keys (not its force budgets).

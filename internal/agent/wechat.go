@@ -184,7 +184,7 @@ func (a *Agent) serveStableToken(x *exchange, prefixKey string) {
 		a.bound(x, a.cfg.RefreshTimeout)
 		_, err := a.askRefresh(x.r.Context(), f, f.sub.Token().Revision, "stable_token force_refresh")
 		if err != nil && !errors.Is(err, subscriber.ErrRateLimited) {
-			x.wechatError(http.StatusOK, -1, "upstream", "system busy: no new token: %v", err)
+			x.wechatError(http.StatusOK, -1, "upstream", "system busy: no new token: %s", a.refreshFailure(err))
 			return
 		}
 	}

@@ -36,7 +36,7 @@
  */
 
 const SEND_BODY = '{"touser":"oFAKE0000000000000000000001","msgtype":"text","text":{"content":"hello from wxtoken agent"}}';
-const PAGE_URL = 'https://shop.example.com/pay?order=42';
+const PAGE_URL = 'https://shop.example.com/pay?order=42&from=menu';
 
 $step = '-';
 
@@ -346,7 +346,7 @@ if (!errcode_is($reply, 0) || !isset($reply['ticket']) || $reply['ticket'] !== $
     || !isset($reply['expires_in']) || !is_int($reply['expires_in'])) {
     fail('getticket through the agent, want the held ticket: ' . json_encode($reply));
 }
-$config = wechat_call("$agent/v1/jssdk/$appid/config?url=" . rawurlencode(PAGE_URL));
+$config = wechat_call("$agent/v1/jssdk/$appid/config?url=" . urlencode(PAGE_URL)); // as the README writes it
 if (!isset($config['appId'], $config['nonceStr'], $config['timestamp'], $config['signature']) || $config['appId'] !== $appid) {
     fail("wx.config for $appid: " . json_encode($config));
 }
