@@ -103,6 +103,16 @@ func checkAppID(appid string) error {
 	return nil
 }
 
+// checkTypedAppID checks an appid an operator typed (in the apps file or
+// the environment): one WeChat could have issued. A Config built in code
+// may name its apps with any key (checkAppID).
+func checkTypedAppID(appid string) error {
+	if err := checkAppID(appid); err != nil {
+		return err
+	}
+	return kv.ValidateWeChatAppID(appid)
+}
+
 // checkIdentity reports what is wrong with how the app is named.
 func (a App) checkIdentity() error {
 	switch {
@@ -287,6 +297,11 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 	if err := app.checkIdentity(); err != nil {
 		return App{}, err
 	}
+	if !app.wecom() {
+		if err := checkTypedAppID(app.AppID); err != nil {
+			return App{}, err
+		}
+	}
 	name := "app " + app.Key()
 	if app.wecom() {
 		name = "WeCom app " + app.Key()
@@ -338,7 +353,7 @@ func resolveSecret(field, inline, envName, file string, getenv func(string) stri
 }
 
 func (e platformEntry) resolve(getenv func(string) string) (App, error) {
-	if err := checkAppID(e.ComponentAppID); err != nil {
+	if err := checkTypedAppID(e.ComponentAppID); err != nil {
 		return App{}, fmt.Errorf("component_appid: %w", err)
 	}
 	name := "platform " + e.ComponentAppID
@@ -369,7 +384,7 @@ func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
 	if appid == "" {
 		return App{}, false, nil
 	}
-	if err := checkAppID(appid); err != nil {
+	if err := checkTypedAppID(appid); err != nil {
 		return App{}, true, fmt.Errorf("publisher: WECHAT_APPID: %w", err)
 	}
 	api := TokenAPI(getenv("WECHAT_TOKEN_API"))
