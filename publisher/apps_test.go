@@ -89,7 +89,7 @@ func TestParseAppsErrors(t *testing.T) {
 		"missing file": {"apps:\n  - appid: wx000000000000000a\n    secret_file: /nonexistent/wx", "/nonexistent/wx"},
 		"bad appid":    {"apps:\n  - appid: wx.1\n    secret: a", "wx.1"},
 		"duplicate":    {"apps:\n  - appid: wx000000000000000a\n    secret: a\n  - appid: wx000000000000000a\n    secret: b", "twice"},
-		"not yaml":     {"apps: [", "not a valid apps file"},
+		"not yaml":     {"apps: [", "line 1: not YAML"},
 		"token api":    {"apps:\n  - appid: wx000000000000000a\n    secret: a\n    token_api: stabel", `app wx000000000000000a: token_api "stabel" is not`},
 		"ticket":       {"apps:\n  - appid: wx000000000000000a\n    secret: a\n    tickets: [jsapi, agent]", `app wx000000000000000a: tickets: "agent" is not`},
 		"ticket twice": {"apps:\n  - appid: wx000000000000000a\n    secret: a\n    tickets: [jsapi, jsapi]", `app wx000000000000000a: tickets: "jsapi" is listed twice`},
@@ -232,5 +232,36 @@ func TestMalformedAppIDRefusedAtLoad(t *testing.T) {
 	// WeCom's corpids are not appids.
 	if _, err := ParseApps([]byte("apps:\n  - corpid: ww1234567890abcdef\n    agent: \"1000002\"\n    secret: s"), env(nil)); err != nil {
 		t.Errorf("a WeCom app: %v", err)
+	}
+}
+
+// TestAppsFileErrorsNameTheLine: a mistake in the apps file is reported at
+// its line, as file:line; an unknown key is listed against the valid keys,
+// with no Go type in sight.
+func TestAppsFileErrorsNameTheLine(t *testing.T) {
+	const good = "apps:\n  - appid: wx000000000000000a\n    secret: a\n"
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"typo": {good + "  - appid: wx000000000000000b\n    secret_evn: X\n",
+			`apps.yaml:5: unknown key "secret_evn" in apps[1] (did you mean secret_env?); the keys there are agent, appid, corpid, secret, secret_env, secret_file, tickets, token_api`},
+		"platform typo": {"platforms:\n  - component_appid: wx000000000000000a\n    secret: s\n    message_token: t\n    encoding_aes_key: " + testAESKey + "\n    aes_key: x\n",
+			`apps.yaml:6: unknown key "aes_key" in platforms[0]; the keys there are component_appid, encoding_aes_key, encoding_aes_key_env, encoding_aes_key_file, message_token, message_token_env, message_token_file, secret, secret_env, secret_file`},
+		"bad indent": {good + "  - appid: wx000000000000000b\n    secret: b\n   tickets: [jsapi]\n",
+			`apps.yaml:6: not YAML: did not find expected '-' indicator (check the indentation`},
+		"an app's mistake": {good + "  - appid: wx000000000000000b\n    secret: b\n    token_api: stabel\n",
+			`apps.yaml:4: apps[1]: app wx000000000000000b: token_api "stabel" is not "token" or "stable"`},
+		"tickets not a list": {good + "    tickets: jsapi\n",
+			`apps.yaml:4: apps[0].tickets must be a list`},
+	} {
+		path := filepath.Join(t.TempDir(), "apps.yaml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadAppsFile(path, env(nil))
+		if want := "publisher: apps file " + filepath.Dir(path) + "/" + tc.want; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: %v\nwant %s...", name, err, want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "publisher.") || strings.Contains(err.Error(), "Entry")) {
+			t.Errorf("%s: a Go type in the error: %v", name, err)
+		}
 	}
 }
