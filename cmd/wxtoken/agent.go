@@ -108,13 +108,13 @@ func agentCommand(args []string, getenv func(string) string, stdout, stderr io.W
 	if f.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
 		if err != nil {
-			return fmt.Errorf("--listen-tls-cert: %w", err)
+			return usagef("--listen-tls-cert: %v", err)
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	if f.authFile != "" {
 		if f.cfg.Clients, err = agent.LoadClients(f.authFile); err != nil {
-			return err
+			return usageError{err.Error()}
 		}
 	}
 	// The listener first: a port in use is an error at once, not after

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -135,6 +136,12 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if f.demo && f.appsFile != "" {
 		return usagef("--demo brings its own app and fake WeChat; drop --apps")
 	}
+	if err := f.checkAddrs(); err != nil {
+		return err
+	}
+	if err := f.checkNoZero(); err != nil {
+		return err
+	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
 	if err != nil {
 		return err
@@ -235,6 +242,63 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	return err
 }
 
+// checkAddrs refuses an address that would fail only once NATS and the
+// refresher are up.
+func (f *serveFlags) checkAddrs() error {
+	for _, a := range []struct{ flag, addr, example string }{
+		{"http-addr", f.httpAddr, "127.0.0.1:9090"},
+		{"callback-addr", f.callback, "127.0.0.1:8090"},
+		{"nats-listen", f.listen, embedded.DefaultListen},
+	} {
+		if a.addr == "" || (a.flag == "nats-listen" && f.nats.url != "") {
+			continue
+		}
+		if err := checkAddr(a.addr); err != nil {
+			_, port, _ := strings.Cut(a.example, ":")
+			return usagef("--%s %q: write host:port, such as %s, or :%s for every interface", a.flag, a.addr, a.example, port)
+		}
+	}
+	return nil
+}
+
+// checkAddr checks a host:port to listen on: the port a number (-1 and 0
+// pick one) or a service name.
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if port == "-1" {
+		return nil
+	}
+	_, err = net.LookupPort("tcp", port)
+	return err
+}
+
+// checkNoZero refuses a zero that publisher.Config would take for "the
+// default": --upstream-rate 0 must not silently become 50. The flags'
+// defaults are not zero, so a zero was given.
+func (f *serveFlags) checkNoZero() error {
+	for _, z := range []struct {
+		flag string
+		zero bool
+		give string
+	}{
+		{"upstream-rate", f.cfg.UpstreamRate == 0, "at least 0.01 (calls per second; 0.01 is one every 100 s)"},
+		{"refresh-before", f.cfg.RefreshBefore == 0, "a positive duration such as 10m"},
+		{"min-force-interval", f.cfg.MinForceInterval == 0, "a positive duration such as 30s"},
+		{"lease-ttl", f.cfg.LeaseTTL == 0, "a duration of at least 1s, such as 10s"},
+		{"upstream-timeout", f.cfg.UpstreamTimeout == 0, "a positive duration such as 5s, at most half --lease-ttl"},
+		{"replicas", f.replicas == 0, "1, or 3 in a 3-node cluster"},
+		{"history", f.history == 0, "a number from 1 to 64"},
+	} {
+		if z.zero {
+			return usagef("--%s 0: give %s", z.flag, z.give)
+		}
+	}
+	return nil
+}
+
 // reload reads the apps again, with their secrets, and hands them to the
 // refresher. An apps file that does not load leaves the running apps as
 // they are.
@@ -250,18 +314,19 @@ func reload(log *slog.Logger, refresher *publisher.Refresher, apps func() ([]pub
 }
 
 // loadApps reads the apps file and the single app of the environment.
+// What is wrong with them is a usage error: the configuration cannot run.
 func loadApps(file string, getenv func(string) string) ([]publisher.App, error) {
 	var apps []publisher.App
 	if file != "" {
 		fromFile, err := publisher.LoadAppsFile(file, getenv)
 		if err != nil {
-			return nil, err
+			return nil, usageError{err.Error()}
 		}
 		apps = fromFile
 	}
 	app, ok, err := publisher.AppFromEnv(getenv)
 	if err != nil {
-		return nil, err
+		return nil, usageError{err.Error()}
 	}
 	if ok {
 		apps = append(apps, app)
