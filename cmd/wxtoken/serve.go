@@ -105,7 +105,8 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Duration(&f.cfg.MinForceInterval, "min-force-interval", "WXTOKEN_MIN_FORCE_INTERVAL", publisher.DefaultMinForceInterval,
 		"least time between two forced refreshes of one app")
 	c.Duration(&f.cfg.LeaseTTL, "lease-ttl", "WXTOKEN_LEASE_TTL", publisher.DefaultLeaseTTL, "leader lease lifetime; a standby takes over about this long after the leader dies")
-	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "WXTOKEN_UPSTREAM_TIMEOUT", publisher.DefaultUpstreamTimeout, "timeout of one WeChat call (at most half the lease TTL)")
+	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "WXTOKEN_UPSTREAM_TIMEOUT", publisher.DefaultUpstreamTimeout,
+		"bound of one call to WeChat for a token or ticket (at most half the lease TTL;\nnot the agent's --upstream-timeout, which bounds a forwarded API call)")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")
@@ -115,7 +116,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"KV bucket of the platforms' verify tickets and refresh tokens")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
-	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat and two demo apps: tokens of 60s with a jsapi_ticket, and a stable_token app")
+	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat and two demo apps: tokens of 60s with a jsapi_ticket, and a stable_token app\n(no variable, on purpose: a fake WeChat is asked for on the command line)")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
