@@ -195,6 +195,32 @@ func ValidateAppID(appid string) error {
 	return nil
 }
 
+// weChatAppIDLength is the length of every appid WeChat issues: "wx" and 16
+// more characters.
+const weChatAppIDLength = 18
+
+// ValidateWeChatAppID checks an appid as WeChat issues them to official
+// accounts, mini programs and third-party platforms: "wx" and 16 lowercase
+// letters or digits. ValidateAppID is the rule for a key, which WeCom's
+// "<corpid>-<agent>" keys pass too; this is the rule for an appid an
+// operator types, so that a mistyped one is refused when it is read, not
+// answered 40013 (invalid appid) by WeChat at the first fetch.
+func ValidateWeChatAppID(appid string) error {
+	var wrong string
+	switch bad := strings.IndexFunc(appid, func(c rune) bool { return !('0' <= c && c <= '9' || 'a' <= c && c <= 'z') }); {
+	case len(appid) != weChatAppIDLength:
+		wrong = fmt.Sprintf("has %d characters", len(appid))
+	case !strings.HasPrefix(appid, "wx"):
+		wrong = `does not start with "wx"`
+	case bad >= 0:
+		wrong = fmt.Sprintf("has %q at %d", appid[bad], bad)
+	default:
+		return nil
+	}
+	return fmt.Errorf(`appid %.64q %s: a WeChat appid is 18 characters, "wx" and 16 lowercase letters or digits, `+
+		"such as wx1234567890abcdef (copy it from the account's 基本配置 or 开发设置 page)", appid, wrong)
+}
+
 // ValidateBucketName checks a token bucket's name as JetStream does: 1 or
 // more characters from [A-Za-z0-9_-].
 func ValidateBucketName(name string) error {

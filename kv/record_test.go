@@ -126,3 +126,24 @@ func TestValidateAppID(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateWeChatAppID(t *testing.T) {
+	for _, ok := range []string{"wx1234567890abcdef", "wxdemo0123456789ab", "wx0000000000000000"} {
+		if err := kv.ValidateWeChatAppID(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for bad, says := range map[string]string{
+		"wx123456789012345":   "has 17 characters",
+		"wx12345678901234567": "has 19 characters",
+		"":                    "has 0 characters",
+		"ww1234567890abcdef":  `does not start with "wx"`,
+		"wx1234567890ABCDEF":  `has 'A' at 12`,
+		"wx1234567890abcde-":  `has '-' at 17`,
+	} {
+		err := kv.ValidateWeChatAppID(bad)
+		if err == nil || !strings.Contains(err.Error(), says) || !strings.Contains(err.Error(), `a WeChat appid is 18 characters, "wx" and 16`) {
+			t.Errorf("%q: %v, want an error that says %s and gives the rule", bad, err, says)
+		}
+	}
+}

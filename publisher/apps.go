@@ -1,7 +1,6 @@
 package publisher
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +9,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/wxtoken/wxtoken/internal/yamlfile"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -103,6 +103,16 @@ func checkAppID(appid string) error {
 	return nil
 }
 
+// checkTypedAppID checks an appid an operator typed (in the apps file or
+// the environment): one WeChat could have issued. A Config built in code
+// may name its apps with any key (checkAppID).
+func checkTypedAppID(appid string) error {
+	if err := checkAppID(appid); err != nil {
+		return err
+	}
+	return kv.ValidateWeChatAppID(appid)
+}
+
 // checkIdentity reports what is wrong with how the app is named.
 func (a App) checkIdentity() error {
 	switch {
@@ -187,6 +197,7 @@ type appsFile struct {
 }
 
 type platformEntry struct {
+	line               int    // where the entry starts in the file
 	ComponentAppID     string `yaml:"component_appid"`
 	Secret             string `yaml:"secret"`
 	SecretEnv          string `yaml:"secret_env"`
@@ -200,26 +211,34 @@ type platformEntry struct {
 }
 
 type appEntry struct {
-	AppID      string     `yaml:"appid"`
-	CorpID     string     `yaml:"corpid"`
-	Agent      string     `yaml:"agent"`
-	Secret     string     `yaml:"secret"`
-	SecretEnv  string     `yaml:"secret_env"`
-	SecretFile string     `yaml:"secret_file"`
-	TokenAPI   string     `yaml:"token_api"`
-	Tickets    ticketList `yaml:"tickets"`
+	line       int      // where the entry starts in the file
+	AppID      string   `yaml:"appid"`
+	CorpID     string   `yaml:"corpid"`
+	Agent      string   `yaml:"agent"`
+	Secret     string   `yaml:"secret"`
+	SecretEnv  string   `yaml:"secret_env"`
+	SecretFile string   `yaml:"secret_file"`
+	TokenAPI   string   `yaml:"token_api"`
+	Tickets    []string `yaml:"tickets"`
 }
 
-// ticketList is the tickets field: a YAML list, with an error that names
-// the field when it is something else.
-type ticketList []string
-
-func (l *ticketList) UnmarshalYAML(n *yaml.Node) error {
-	var list []string
-	if n.Kind != yaml.SequenceNode || n.Decode(&list) != nil {
-		return fmt.Errorf("line %d: tickets must be a list such as [jsapi, wx_card]", n.Line)
+// UnmarshalYAML decodes the entry and notes its line, for its errors.
+func (e *appEntry) UnmarshalYAML(n *yaml.Node) error {
+	type plain appEntry
+	if err := n.Decode((*plain)(e)); err != nil {
+		return err
 	}
-	*l = list
+	e.line = n.Line
+	return nil
+}
+
+// UnmarshalYAML decodes the entry and notes its line, for its errors.
+func (e *platformEntry) UnmarshalYAML(n *yaml.Node) error {
+	type plain platformEntry
+	if err := n.Decode((*plain)(e)); err != nil {
+		return err
+	}
+	e.line = n.Line
 	return nil
 }
 
@@ -237,43 +256,48 @@ func LoadAppsFile(path string, getenv func(string) string) ([]App, error) {
 	if len(data) > maxAppsFileSize {
 		return nil, fmt.Errorf("publisher: apps file %s is larger than %d bytes", path, maxAppsFileSize)
 	}
-	apps, err := ParseApps(data, getenv)
+	apps, err := parseApps(path, data, getenv)
 	if err != nil {
-		return nil, fmt.Errorf("publisher: apps file %s: %w", path, err)
+		return nil, fmt.Errorf("publisher: apps file %w", err)
 	}
 	return apps, nil
 }
 
 // ParseApps parses the content of an apps file. Unknown keys are errors, so
 // that a misspelt "secret_evn" fails loudly instead of leaving an app
-// without its secret.
+// without its secret. An error names the line it is about.
 func ParseApps(data []byte, getenv func(string) string) ([]App, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
+	return parseApps("", data, getenv)
+}
+
+// parseApps parses the apps file named file (or "" for text of no file).
+// Every error starts with the file's name, as file:line where it has a
+// line.
+func parseApps(file string, data []byte, getenv func(string) string) ([]App, error) {
 	var f appsFile
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("not a valid apps file: %w", err)
+	if err := yamlfile.Decode(file, data, &f); err != nil {
+		return nil, err
 	}
 	if len(f.Apps) == 0 && len(f.Platforms) == 0 {
-		return nil, errors.New(`no apps: the file needs a list under "apps:" or "platforms:"`)
+		return nil, yamlfile.At(file, 0, errors.New(`no apps: the file needs a list under "apps:" or "platforms:"`))
 	}
 	apps := make([]App, 0, len(f.Apps)+len(f.Platforms))
 	for i, e := range f.Apps {
 		app, err := e.resolve(getenv)
 		if err != nil {
-			return nil, fmt.Errorf("apps[%d]: %w", i, err)
+			return nil, yamlfile.At(file, e.line, fmt.Errorf("apps[%d]: %w", i, err))
 		}
 		apps = append(apps, app)
 	}
 	for i, e := range f.Platforms {
 		app, err := e.resolve(getenv)
 		if err != nil {
-			return nil, fmt.Errorf("platforms[%d]: %w", i, err)
+			return nil, yamlfile.At(file, e.line, fmt.Errorf("platforms[%d]: %w", i, err))
 		}
 		apps = append(apps, app)
 	}
 	if err := checkUnique(apps); err != nil {
-		return nil, err
+		return nil, yamlfile.At(file, 0, err)
 	}
 	return apps, nil
 }
@@ -286,6 +310,11 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 	app := App{AppID: e.AppID, CorpID: e.CorpID, Agent: e.Agent, TokenAPI: TokenAPI(e.TokenAPI), Tickets: tickets}
 	if err := app.checkIdentity(); err != nil {
 		return App{}, err
+	}
+	if !app.wecom() {
+		if err := checkTypedAppID(app.AppID); err != nil {
+			return App{}, err
+		}
 	}
 	name := "app " + app.Key()
 	if app.wecom() {
@@ -338,7 +367,7 @@ func resolveSecret(field, inline, envName, file string, getenv func(string) stri
 }
 
 func (e platformEntry) resolve(getenv func(string) string) (App, error) {
-	if err := checkAppID(e.ComponentAppID); err != nil {
+	if err := checkTypedAppID(e.ComponentAppID); err != nil {
 		return App{}, fmt.Errorf("component_appid: %w", err)
 	}
 	name := "platform " + e.ComponentAppID
@@ -369,7 +398,7 @@ func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
 	if appid == "" {
 		return App{}, false, nil
 	}
-	if err := checkAppID(appid); err != nil {
+	if err := checkTypedAppID(appid); err != nil {
 		return App{}, true, fmt.Errorf("publisher: WECHAT_APPID: %w", err)
 	}
 	api := TokenAPI(getenv("WECHAT_TOKEN_API"))

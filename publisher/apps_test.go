@@ -57,11 +57,11 @@ apps:
 	if b := apps[1]; b.TokenAPI != TokenAPIStable || len(b.Tickets) != 0 {
 		t.Errorf("second app %+v", b)
 	}
-	app, _, err := AppFromEnv(env(map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s", "WECHAT_TOKEN_API": "stable"}))
+	app, _, err := AppFromEnv(env(map[string]string{"WECHAT_APPID": "wx000000000000000a", "WECHAT_APPSECRET": "s", "WECHAT_TOKEN_API": "stable"}))
 	if err != nil || app.TokenAPI != TokenAPIStable {
 		t.Errorf("from the environment: %+v, %v", app, err)
 	}
-	if _, _, err := AppFromEnv(env(map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s", "WECHAT_TOKEN_API": "x"})); err == nil ||
+	if _, _, err := AppFromEnv(env(map[string]string{"WECHAT_APPID": "wx000000000000000a", "WECHAT_APPSECRET": "s", "WECHAT_TOKEN_API": "x"})); err == nil ||
 		!strings.Contains(err.Error(), "WECHAT_TOKEN_API") {
 		t.Errorf("a bad WECHAT_TOKEN_API: %v", err)
 	}
@@ -82,18 +82,18 @@ func TestParseAppsErrors(t *testing.T) {
 	tests := map[string]struct{ yaml, inErr string }{
 		"empty":        {``, "apps"},
 		"no list":      {`apps: []`, "no apps"},
-		"typo":         {"apps:\n  - appid: wx1\n    secret_evn: X", "secret_evn"},
-		"no secret":    {"apps:\n  - appid: wx1", "exactly one"},
-		"two secrets":  {"apps:\n  - appid: wx1\n    secret: a\n    secret_env: B", "exactly one"},
-		"unset env":    {"apps:\n  - appid: wx1\n    secret_env: NOT_SET", "NOT_SET"},
-		"missing file": {"apps:\n  - appid: wx1\n    secret_file: /nonexistent/wx", "/nonexistent/wx"},
+		"typo":         {"apps:\n  - appid: wx000000000000000a\n    secret_evn: X", "secret_evn"},
+		"no secret":    {"apps:\n  - appid: wx000000000000000a", "exactly one"},
+		"two secrets":  {"apps:\n  - appid: wx000000000000000a\n    secret: a\n    secret_env: B", "exactly one"},
+		"unset env":    {"apps:\n  - appid: wx000000000000000a\n    secret_env: NOT_SET", "NOT_SET"},
+		"missing file": {"apps:\n  - appid: wx000000000000000a\n    secret_file: /nonexistent/wx", "/nonexistent/wx"},
 		"bad appid":    {"apps:\n  - appid: wx.1\n    secret: a", "wx.1"},
-		"duplicate":    {"apps:\n  - appid: wx1\n    secret: a\n  - appid: wx1\n    secret: b", "twice"},
-		"not yaml":     {"apps: [", "not a valid apps file"},
-		"token api":    {"apps:\n  - appid: wx1\n    secret: a\n    token_api: stabel", `app wx1: token_api "stabel" is not`},
-		"ticket":       {"apps:\n  - appid: wx1\n    secret: a\n    tickets: [jsapi, agent]", `app wx1: tickets: "agent" is not`},
-		"ticket twice": {"apps:\n  - appid: wx1\n    secret: a\n    tickets: [jsapi, jsapi]", `app wx1: tickets: "jsapi" is listed twice`},
-		"tickets type": {"apps:\n  - appid: wx1\n    secret: a\n    tickets: jsapi", "tickets"},
+		"duplicate":    {"apps:\n  - appid: wx000000000000000a\n    secret: a\n  - appid: wx000000000000000a\n    secret: b", "twice"},
+		"not yaml":     {"apps: [", "line 1: not YAML"},
+		"token api":    {"apps:\n  - appid: wx000000000000000a\n    secret: a\n    token_api: stabel", `app wx000000000000000a: token_api "stabel" is not`},
+		"ticket":       {"apps:\n  - appid: wx000000000000000a\n    secret: a\n    tickets: [jsapi, agent]", `app wx000000000000000a: tickets: "agent" is not`},
+		"ticket twice": {"apps:\n  - appid: wx000000000000000a\n    secret: a\n    tickets: [jsapi, jsapi]", `app wx000000000000000a: tickets: "jsapi" is listed twice`},
+		"tickets type": {"apps:\n  - appid: wx000000000000000a\n    secret: a\n    tickets: jsapi", "tickets"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -104,7 +104,7 @@ func TestParseAppsErrors(t *testing.T) {
 		})
 	}
 	// An error about an app never quotes its secret.
-	_, err := ParseApps([]byte("apps:\n  - appid: wx1\n    secret: s3cr3t\n    secret_env: X"), env(nil))
+	_, err := ParseApps([]byte("apps:\n  - appid: wx000000000000000a\n    secret: s3cr3t\n    secret_env: X"), env(nil))
 	if err == nil || strings.Contains(err.Error(), "s3cr3t") {
 		t.Errorf("error %v", err)
 	}
@@ -121,10 +121,10 @@ func TestAppFromEnv(t *testing.T) {
 		inErr  string
 	}{
 		"unset":       {map[string]string{}, false, "", ""},
-		"secret":      {map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s"}, true, "s", ""},
-		"secret file": {map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET_FILE": file}, true, "from-file", ""},
-		"both":        {map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s", "WECHAT_APPSECRET_FILE": file}, true, "", "not both"},
-		"neither":     {map[string]string{"WECHAT_APPID": "wx1"}, true, "", "WECHAT_APPSECRET"},
+		"secret":      {map[string]string{"WECHAT_APPID": "wx000000000000000a", "WECHAT_APPSECRET": "s"}, true, "s", ""},
+		"secret file": {map[string]string{"WECHAT_APPID": "wx000000000000000a", "WECHAT_APPSECRET_FILE": file}, true, "from-file", ""},
+		"both":        {map[string]string{"WECHAT_APPID": "wx000000000000000a", "WECHAT_APPSECRET": "s", "WECHAT_APPSECRET_FILE": file}, true, "", "not both"},
+		"neither":     {map[string]string{"WECHAT_APPID": "wx000000000000000a"}, true, "", "WECHAT_APPSECRET"},
 		"bad appid":   {map[string]string{"WECHAT_APPID": "wx 1", "WECHAT_APPSECRET": "s"}, true, "", "WECHAT_APPID"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -180,7 +180,7 @@ platforms:
 	}
 
 	// A file of platforms alone is an apps file.
-	if _, err := ParseApps([]byte("platforms:\n  - component_appid: wx1\n    secret: s\n    message_token: t\n    encoding_aes_key: "+testAESKey), env(nil)); err != nil {
+	if _, err := ParseApps([]byte("platforms:\n  - component_appid: wx000000000000000a\n    secret: s\n    message_token: t\n    encoding_aes_key: "+testAESKey), env(nil)); err != nil {
 		t.Errorf("platforms alone: %v", err)
 	}
 }
@@ -188,14 +188,14 @@ platforms:
 func TestParsePlatformErrors(t *testing.T) {
 	const ok = "    secret: s\n    message_token: t\n    encoding_aes_key: " + testAESKey
 	tests := map[string]struct{ yaml, inErr string }{
-		"no token":     {"platforms:\n  - component_appid: wx1\n    secret: s\n    encoding_aes_key: " + testAESKey, "message_token"},
-		"short key":    {"platforms:\n  - component_appid: wx1\n    secret: s\n    message_token: t\n    encoding_aes_key: tooshort", "43-character"},
-		"no key":       {"platforms:\n  - component_appid: wx1\n    secret: s\n    message_token: t", "encoding_aes_key"},
-		"two tokens":   {"platforms:\n  - component_appid: wx1\n" + ok + "\n    message_token_env: X", "exactly one of message_token_env"},
+		"no token":     {"platforms:\n  - component_appid: wx000000000000000a\n    secret: s\n    encoding_aes_key: " + testAESKey, "message_token"},
+		"short key":    {"platforms:\n  - component_appid: wx000000000000000a\n    secret: s\n    message_token: t\n    encoding_aes_key: tooshort", "43-character"},
+		"no key":       {"platforms:\n  - component_appid: wx000000000000000a\n    secret: s\n    message_token: t", "encoding_aes_key"},
+		"two tokens":   {"platforms:\n  - component_appid: wx000000000000000a\n" + ok + "\n    message_token_env: X", "exactly one of message_token_env"},
 		"bad appid":    {"platforms:\n  - component_appid: wx-1\n" + ok, "component_appid"},
-		"as an app":    {"apps:\n  - appid: wx1\n    secret: a\nplatforms:\n  - component_appid: wx1\n" + ok, "twice"},
-		"unknown":      {"platforms:\n  - component_appid: wx1\n" + ok + "\n    tickets: [jsapi]", "tickets"},
-		"unset secret": {"platforms:\n  - component_appid: wx1\n    secret_env: NOPE\n    message_token: t\n    encoding_aes_key: " + testAESKey, "NOPE"},
+		"as an app":    {"apps:\n  - appid: wx000000000000000a\n    secret: a\nplatforms:\n  - component_appid: wx000000000000000a\n" + ok, "twice"},
+		"unknown":      {"platforms:\n  - component_appid: wx000000000000000a\n" + ok + "\n    tickets: [jsapi]", "tickets"},
+		"unset secret": {"platforms:\n  - component_appid: wx000000000000000a\n    secret_env: NOPE\n    message_token: t\n    encoding_aes_key: " + testAESKey, "NOPE"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -207,5 +207,61 @@ func TestParsePlatformErrors(t *testing.T) {
 				t.Errorf("the error quotes the EncodingAESKey: %v", err)
 			}
 		})
+	}
+}
+
+// TestMalformedAppIDRefusedAtLoad: an appid WeChat cannot have (17
+// characters, say) is refused when the apps file or the environment is
+// read, with the rule, instead of being answered 40013 at the first fetch.
+func TestMalformedAppIDRefusedAtLoad(t *testing.T) {
+	const short = "wx123456789012345" // 17 characters
+	const rule = `a WeChat appid is 18 characters, "wx" and 16 lowercase letters or digits`
+	for name, yaml := range map[string]string{
+		"app":      "apps:\n  - appid: " + short + "\n    secret: s",
+		"platform": "platforms:\n  - component_appid: " + short + "\n    secret: s\n    message_token: t\n    encoding_aes_key: " + testAESKey,
+	} {
+		_, err := ParseApps([]byte(yaml), env(nil))
+		if err == nil || !strings.Contains(err.Error(), short) || !strings.Contains(err.Error(), rule) {
+			t.Errorf("%s: %v, want the appid refused with the rule", name, err)
+		}
+	}
+	_, _, err := AppFromEnv(env(map[string]string{"WECHAT_APPID": short, "WECHAT_APPSECRET": "s"}))
+	if err == nil || !strings.Contains(err.Error(), "WECHAT_APPID") || !strings.Contains(err.Error(), rule) {
+		t.Errorf("WECHAT_APPID: %v, want the appid refused with the rule", err)
+	}
+	// WeCom's corpids are not appids.
+	if _, err := ParseApps([]byte("apps:\n  - corpid: ww1234567890abcdef\n    agent: \"1000002\"\n    secret: s"), env(nil)); err != nil {
+		t.Errorf("a WeCom app: %v", err)
+	}
+}
+
+// TestAppsFileErrorsNameTheLine: a mistake in the apps file is reported at
+// its line, as file:line; an unknown key is listed against the valid keys,
+// with no Go type in sight.
+func TestAppsFileErrorsNameTheLine(t *testing.T) {
+	const good = "apps:\n  - appid: wx000000000000000a\n    secret: a\n"
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"typo": {good + "  - appid: wx000000000000000b\n    secret_evn: X\n",
+			`apps.yaml:5: unknown key "secret_evn" in apps[1] (did you mean secret_env?); the keys there are agent, appid, corpid, secret, secret_env, secret_file, tickets, token_api`},
+		"platform typo": {"platforms:\n  - component_appid: wx000000000000000a\n    secret: s\n    message_token: t\n    encoding_aes_key: " + testAESKey + "\n    aes_key: x\n",
+			`apps.yaml:6: unknown key "aes_key" in platforms[0]; the keys there are component_appid, encoding_aes_key, encoding_aes_key_env, encoding_aes_key_file, message_token, message_token_env, message_token_file, secret, secret_env, secret_file`},
+		"bad indent": {good + "  - appid: wx000000000000000b\n    secret: b\n   tickets: [jsapi]\n",
+			`apps.yaml:6: not YAML: did not find expected '-' indicator (check the indentation`},
+		"an app's mistake": {good + "  - appid: wx000000000000000b\n    secret: b\n    token_api: stabel\n",
+			`apps.yaml:4: apps[1]: app wx000000000000000b: token_api "stabel" is not "token" or "stable"`},
+		"tickets not a list": {good + "    tickets: jsapi\n",
+			`apps.yaml:4: apps[0].tickets must be a list`},
+	} {
+		path := filepath.Join(t.TempDir(), "apps.yaml")
+		if err := os.WriteFile(path, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadAppsFile(path, env(nil))
+		if want := "publisher: apps file " + filepath.Dir(path) + "/" + tc.want; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: %v\nwant %s...", name, err, want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "publisher.") || strings.Contains(err.Error(), "Entry")) {
+			t.Errorf("%s: a Go type in the error: %v", name, err)
+		}
 	}
 }

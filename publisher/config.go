@@ -171,9 +171,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	if !(c.UpstreamRate >= MinUpstreamRate) || math.IsInf(c.UpstreamRate, 1) {
 		errs = append(errs, fmt.Errorf("upstream rate %g is not a number of calls per second of at least %g", c.UpstreamRate, MinUpstreamRate))
 	}
-	schedule, err := cron.ParseStandard(c.Schedule)
+	schedule, err := parseSchedule(c.Schedule)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("schedule %q: %w", c.Schedule, err))
+		errs = append(errs, err)
 	}
 	if c.History < 1 || c.History > 64 {
 		errs = append(errs, fmt.Errorf("history %d is not between 1 and 64", c.History))

@@ -2,6 +2,9 @@ package publisher
 
 import (
 	"log/slog"
+	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -46,5 +49,45 @@ func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
 	// leave "-new" behind.
 	if got := r.secrets.scrubber().scrub("s1 s1-new s2"); got != "[REDACTED] [REDACTED] [REDACTED]" {
 		t.Errorf("scrubbed %q: old and new secrets are not all scrubbed", got)
+	}
+}
+
+// TestReloadLineAsDocumented: the line a reload logs has the fields the
+// README shows (operators grep for them), no more and no fewer.
+func TestReloadLineAsDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := regexp.MustCompile("`" + whyReload + ` ((?:[a-z_]+=\S*\s*)+)` + "`").FindSubmatch(readme)
+	if documented == nil {
+		t.Fatalf("the README shows no %q line", whyReload)
+	}
+	nc, _ := jetStream(t)
+	var logs strings.Builder
+	r, err := New(nc, Config{Apps: []App{{AppID: "wx1", Secret: NewSecret("s1")}}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetApps([]App{{AppID: "wx1", Secret: NewSecret("s1-new")}, {AppID: "wx2", Secret: NewSecret("s2")}}); err != nil {
+		t.Fatal(err)
+	}
+	_, logged, found := strings.Cut(logs.String(), `msg="`+whyReload+`" `)
+	if !found {
+		t.Fatalf("no %q line in the log:\n%s", whyReload, logs.String())
+	}
+	logged, _, _ = strings.Cut(logged, "\n")
+	fields := regexp.MustCompile(`(?:^|\s)([a-z_]+)=`)
+	keys := func(s string) (out []string) {
+		for _, m := range fields.FindAllStringSubmatch(s, -1) {
+			out = append(out, m[1])
+		}
+		return out
+	}
+	if got, want := keys(logged), keys(string(documented[1])); !slices.Equal(got, want) {
+		t.Errorf("the reload line logs %q, the README documents %q", got, want)
+	}
+	if !strings.Contains(logged, "added=wx2") || !strings.Contains(logged, "changed=wx1") {
+		t.Errorf("the reload line %q does not name the app added and the one whose secret changed", logged)
 	}
 }

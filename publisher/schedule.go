@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"encoding/binary"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
@@ -48,6 +49,17 @@ func (r *Refresher) check(t *term) {
 			r.rotateIfDue(t, a)
 		}()
 	}
+}
+
+// parseSchedule parses the cron spec of the refresh check. Its error says
+// what to write, then what cron found wrong.
+func parseSchedule(spec string) (cron.Schedule, error) {
+	schedule, err := cron.ParseStandard(spec)
+	if err != nil {
+		return nil, fmt.Errorf("schedule %q: write @every 30s or five cron fields "+
+			"(minute hour day-of-month month day-of-week, such as */5 * * * *); %w", spec, err)
+	}
+	return schedule, nil
 }
 
 // rotateIfDue rotates the app's token if it is due, and waits for it.

@@ -105,7 +105,9 @@ func TestConfigErrors(t *testing.T) {
 	}{
 		"no apps":          {Config{}, "no apps"},
 		"no secret":        {Config{Apps: []App{{AppID: "wx1"}}}, "no secret"},
-		"bad schedule":     {Config{Apps: app, Schedule: "every minute"}, "schedule"},
+		"bad schedule":     {Config{Apps: app, Schedule: "every minute"}, `schedule "every minute": write @every 30s or five cron fields`},
+		"every, no unit":   {Config{Apps: app, Schedule: "@every 30"}, `schedule "@every 30": write @every 30s or five cron fields`},
+		"six fields":       {Config{Apps: app, Schedule: "0 */5 * * * *"}, `write @every 30s or five cron fields (minute hour day-of-month month day-of-week, such as */5 * * * *)`},
 		"short lease":      {Config{Apps: app, LeaseTTL: 500 * time.Millisecond}, "lease-ttl"},
 		"slow upstream":    {Config{Apps: app, UpstreamTimeout: 8 * time.Second}, "upstream-timeout"},
 		"bad prefix":       {Config{Apps: app, SubjectPrefix: "a.*"}, "prefix"},

@@ -70,11 +70,11 @@ apps:
 	}
 	for name, tc := range map[string]struct{ yaml, inErr string }{
 		"no agent":      {"apps:\n  - corpid: ww1\n    secret: s", "needs agent"},
-		"both ids":      {"apps:\n  - corpid: ww1\n    appid: wx1\n    agent: a\n    secret: s", "not both"},
-		"agent of app":  {"apps:\n  - appid: wx1\n    agent: a\n    secret: s", "agent belongs to a WeCom app"},
+		"both ids":      {"apps:\n  - corpid: ww1\n    appid: wx000000000000000a\n    agent: a\n    secret: s", "not both"},
+		"agent of app":  {"apps:\n  - appid: wx000000000000000a\n    agent: a\n    secret: s", "agent belongs to a WeCom app"},
 		"stable wecom":  {"apps:\n  - corpid: ww1\n    agent: a\n    secret: s\n    token_api: stable", "WeCom has gettoken alone"},
 		"card on wecom": {"apps:\n  - corpid: ww1\n    agent: a\n    secret: s\n    tickets: [wx_card]", `WeCom app ww1-a: tickets: "wx_card" is not`},
-		"agent_config":  {"apps:\n  - appid: wx1\n    secret: s\n    tickets: [agent_config]", `app wx1: tickets: "agent_config" is not`},
+		"agent_config":  {"apps:\n  - appid: wx000000000000000a\n    secret: s\n    tickets: [agent_config]", `app wx000000000000000a: tickets: "agent_config" is not`},
 		"dash":          {"apps:\n  - corpid: ww-1\n    agent: a\n    secret: s", "not a corp id"},
 		"appid dash":    {"apps:\n  - appid: ww1-2\n    secret: s", `has a "-"`},
 		"same twice":    {"apps:\n  - corpid: ww1\n    agent: a\n    secret: s\n  - corpid: ww1\n    agent: a\n    secret: t", "twice"},

@@ -149,6 +149,10 @@ func TestClientCommands(t *testing.T) {
 			{[]string{"serve", "--demo", "--schedule", "whenever"}, nil, 2, "schedule"},
 			{[]string{"serve", "--demo", "--subject-prefix", "a.*"}, nil, 2, "subject prefix"},
 			{[]string{"serve", "--data-dir", "/tmp/x"}, env, 2, "--data-dir is for the embedded NATS server"},
+			{[]string{"serve", "--demo", "--data-dir", t.TempDir(), "--nats-listen", "127.0.0.1:-1", "--http-addr", "9090"}, nil, 2, `--http-addr "9090": write host:port`},
+			{[]string{"serve", "--demo", "--data-dir", t.TempDir(), "--nats-listen", "127.0.0.1:-1", "--upstream-rate", "0"}, nil, 2, "--upstream-rate 0: give at least 0.01"},
+			{[]string{"serve", "--apps", "/nonexistent/apps.yaml"}, nil, 2, "apps file: open /nonexistent/apps.yaml"},
+			{[]string{"get", appA}, []string{"NATS_URL=http://" + ln.Addr().String()}, 2, "http:// is not NATS"},
 			{[]string{"refresh", appA, "--stale-revision", "-5"}, env, 2, "negative"},
 			{[]string{"get", appA, "--subject-prefix", "x"}, env, 2, "not defined: -subject-prefix"},
 		} {

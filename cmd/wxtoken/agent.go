@@ -83,13 +83,16 @@ func agentCommand(args []string, getenv func(string) string, stdout, stderr io.W
 	c.String(&f.authFile, "auth-file", "WXTOKEN_AGENT_AUTH_FILE", "", "YAML `file` of clients: bearer tokens and the keys each may use")
 	c.String(&f.tlsCert, "listen-tls-cert", "WXTOKEN_AGENT_TLS_CERT", "", "certificate `file` to serve HTTPS with")
 	c.String(&f.tlsKey, "listen-tls-key", "WXTOKEN_AGENT_TLS_KEY", "", "key `file` of --listen-tls-cert")
-	c.Bool(&f.insecure, "insecure-listen", "", false, "allow a non-loopback --listen without --auth-file and TLS")
-	c.Int64(&f.cfg.MaxRetryBody, "max-retry-body", "", 1<<20, "`bytes` of a request body kept to retry the call with a new token; longer\nbodies (media uploads) stream through and are not retried")
-	c.Int64(&f.cfg.MaxBody, "max-body", "", 32<<20, "largest request body, in `bytes`")
-	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "", 30*time.Second, "bound of one call to WeChat, its answer included")
-	c.Duration(&f.cfg.RefreshTimeout, "refresh-timeout", "", 15*time.Second, "bound of the wait for the refresher's new value")
-	c.Duration(&f.cfg.MaxWait, "max-wait", "", 60*time.Second, "longest long poll (?wait=)")
-	c.Duration(&f.cfg.BodyTimeout, "body-timeout", "", 60*time.Second, "a request body must arrive within this")
+	// No variable, on purpose: opening the agent to the network is said on
+	// its command line, where ps and the unit file show it.
+	c.Bool(&f.insecure, "insecure-listen", "", false, "allow a non-loopback --listen without --auth-file and TLS (no variable, on\npurpose: it must show on the command line)")
+	c.Size(&f.cfg.MaxRetryBody, "max-retry-body", "WXTOKEN_AGENT_MAX_RETRY_BODY", 1<<20, "largest request body kept to retry the call with a new token (bytes, or with\nKiB, MiB or GiB); longer bodies (media uploads) stream through and are not\nretried")
+	c.Size(&f.cfg.MaxBody, "max-body", "WXTOKEN_AGENT_MAX_BODY", 32<<20, "largest request body (bytes, or with KiB, MiB or GiB)")
+	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "WXTOKEN_AGENT_UPSTREAM_TIMEOUT", 30*time.Second,
+		"bound of one forwarded call to WeChat, its answer included (not serve's\n--upstream-timeout, which bounds a token fetch)")
+	c.Duration(&f.cfg.RefreshTimeout, "refresh-timeout", "WXTOKEN_AGENT_REFRESH_TIMEOUT", 15*time.Second, "bound of the wait for the refresher's new value")
+	c.Duration(&f.cfg.MaxWait, "max-wait", "WXTOKEN_AGENT_MAX_WAIT", 60*time.Second, "longest long poll (?wait=)")
+	c.Duration(&f.cfg.BodyTimeout, "body-timeout", "WXTOKEN_AGENT_BODY_TIMEOUT", 60*time.Second, "a request body must arrive within this")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
@@ -110,13 +113,13 @@ func agentCommand(args []string, getenv func(string) string, stdout, stderr io.W
 	if f.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
 		if err != nil {
-			return fmt.Errorf("--listen-tls-cert: %w", err)
+			return usagef("--listen-tls-cert: %v", err)
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	if f.authFile != "" {
 		if f.cfg.Clients, err = agent.LoadClients(f.authFile); err != nil {
-			return err
+			return usageError{err.Error()}
 		}
 	}
 	// The listener first: a port in use is an error at once, not after

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -146,6 +147,9 @@ func (n *natsFlags) register(c *command, urlUsage string, with int) {
 }
 
 func (n *natsFlags) check() error {
+	if err := checkNATSURLs(n.url); err != nil {
+		return usageError{err.Error()}
+	}
 	if (n.tlsCert == "") != (n.tlsKey == "") {
 		return usagef("--tls-cert and --tls-key go together")
 	}
@@ -224,11 +228,11 @@ func (n *natsFlags) dialForever(opts []nats.Option, log *slog.Logger) (*nats.Con
 	unreachable := throttledWarning(log, natsLogEvery, "cannot reach NATS; retrying")
 	nc, err := nats.Connect(n.url, append(opts,
 		nats.RetryOnFailedConnect(true),
-		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { unreachable("url", n.url, "error", err) }),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) { unreachable("url", n.redactedURLs(), "error", err) }),
 		nats.ConnectHandler(func(nc *nats.Conn) { log.Info("connected to NATS", "server", nc.ConnectedUrlRedacted()) }),
 	)...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", n.url, err)
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", n.redactedURLs(), err)
 	}
 	return nc, nil
 }
@@ -249,9 +253,9 @@ func (n *natsFlags) connect(name string) (*client, error) {
 	if err := n.check(); err != nil {
 		return nil, err
 	}
-	url := n.url
-	if url == "" {
-		url = nats.DefaultURL
+	servers := n.url
+	if servers == "" {
+		servers = nats.DefaultURL
 	}
 	c := &client{denied: make(chan error, 16), closed: make(chan struct{})}
 	onClosed := nats.ClosedHandler(func(*nats.Conn) { close(c.closed) })
@@ -266,9 +270,9 @@ func (n *natsFlags) connect(name string) (*client, error) {
 		}
 	})
 	opts := append(n.options(name), nats.Timeout(5*time.Second), nats.MaxReconnects(0), onError, onClosed)
-	nc, err := nats.Connect(url, opts...)
+	nc, err := nats.Connect(servers, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", url, err)
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", cmp.Or(n.redactedURLs(), servers), err)
 	}
 	c.Conn = nc
 	return c, nil

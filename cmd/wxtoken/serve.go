@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -95,7 +97,8 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Duration(&f.cfg.MinForceInterval, "min-force-interval", "WXTOKEN_MIN_FORCE_INTERVAL", publisher.DefaultMinForceInterval,
 		"least time between two forced refreshes of one app")
 	c.Duration(&f.cfg.LeaseTTL, "lease-ttl", "WXTOKEN_LEASE_TTL", publisher.DefaultLeaseTTL, "leader lease lifetime; a standby takes over about this long after the leader dies")
-	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "WXTOKEN_UPSTREAM_TIMEOUT", publisher.DefaultUpstreamTimeout, "timeout of one WeChat call (at most half the lease TTL)")
+	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "WXTOKEN_UPSTREAM_TIMEOUT", publisher.DefaultUpstreamTimeout,
+		"bound of one call to WeChat for a token or ticket (at most half the lease TTL;\nnot the agent's --upstream-timeout, which bounds a forwarded API call)")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")
@@ -105,7 +108,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"KV bucket of the platforms' verify tickets and refresh tokens")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
-	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat, two demo apps (tokens of 60s with a jsapi_ticket, and a\nstable_token app) and an agent; --min-force-interval is 5s unless given")
+	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat, two demo apps (tokens of 60s with a jsapi_ticket, and a\nstable_token app) and an agent; --min-force-interval is 5s unless given\n(no variable, on purpose: a fake WeChat is asked for on the command line)")
 	c.String(&f.demoWeChat, "demo-wechat-listen", "WXTOKEN_DEMO_WECHAT_LISTEN", defaultDemoWeChatListen,
 		"with --demo: `host:port` of the fake WeChat (loopback only)")
 	c.String(&f.demoAgent, "demo-agent-listen", "WXTOKEN_DEMO_AGENT_LISTEN", defaultDemoAgentListen,
@@ -137,6 +140,12 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		if err := checkDemoListen(flag.name, flag.addr); f.demo && err != nil {
 			return err
 		}
+	}
+	if err := f.checkAddrs(); err != nil {
+		return err
+	}
+	if err := f.checkNoZero(); err != nil {
+		return err
 	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
 	if err != nil {
@@ -254,6 +263,63 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	return err
 }
 
+// checkAddrs refuses an address that would fail only once NATS and the
+// refresher are up.
+func (f *serveFlags) checkAddrs() error {
+	for _, a := range []struct{ flag, addr, example string }{
+		{"http-addr", f.httpAddr, "127.0.0.1:9090"},
+		{"callback-addr", f.callback, "127.0.0.1:8090"},
+		{"nats-listen", f.listen, embedded.DefaultListen},
+	} {
+		if a.addr == "" || (a.flag == "nats-listen" && f.nats.url != "") {
+			continue
+		}
+		if err := checkAddr(a.addr); err != nil {
+			_, port, _ := strings.Cut(a.example, ":")
+			return usagef("--%s %q: write host:port, such as %s, or :%s for every interface", a.flag, a.addr, a.example, port)
+		}
+	}
+	return nil
+}
+
+// checkAddr checks a host:port to listen on: the port a number (-1 and 0
+// pick one) or a service name.
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if port == "-1" {
+		return nil
+	}
+	_, err = net.LookupPort("tcp", port)
+	return err
+}
+
+// checkNoZero refuses a zero that publisher.Config would take for "the
+// default": --upstream-rate 0 must not silently become 50. The flags'
+// defaults are not zero, so a zero was given.
+func (f *serveFlags) checkNoZero() error {
+	for _, z := range []struct {
+		flag string
+		zero bool
+		give string
+	}{
+		{"upstream-rate", f.cfg.UpstreamRate == 0, "at least 0.01 (calls per second; 0.01 is one every 100 s)"},
+		{"refresh-before", f.cfg.RefreshBefore == 0, "a positive duration such as 10m"},
+		{"min-force-interval", f.cfg.MinForceInterval == 0, "a positive duration such as 30s"},
+		{"lease-ttl", f.cfg.LeaseTTL == 0, "a duration of at least 1s, such as 10s"},
+		{"upstream-timeout", f.cfg.UpstreamTimeout == 0, "a positive duration such as 5s, at most half --lease-ttl"},
+		{"replicas", f.replicas == 0, "1, or 3 in a 3-node cluster"},
+		{"history", f.history == 0, "a number from 1 to 64"},
+	} {
+		if z.zero {
+			return usagef("--%s 0: give %s", z.flag, z.give)
+		}
+	}
+	return nil
+}
+
 // reload reads the apps again, with their secrets, and hands them to the
 // refresher. An apps file that does not load leaves the running apps as
 // they are.
@@ -269,18 +335,19 @@ func reload(log *slog.Logger, refresher *publisher.Refresher, apps func() ([]pub
 }
 
 // loadApps reads the apps file and the single app of the environment.
+// What is wrong with them is a usage error: the configuration cannot run.
 func loadApps(file string, getenv func(string) string) ([]publisher.App, error) {
 	var apps []publisher.App
 	if file != "" {
 		fromFile, err := publisher.LoadAppsFile(file, getenv)
 		if err != nil {
-			return nil, err
+			return nil, usageError{err.Error()}
 		}
 		apps = fromFile
 	}
 	app, ok, err := publisher.AppFromEnv(getenv)
 	if err != nil {
-		return nil, err
+		return nil, usageError{err.Error()}
 	}
 	if ok {
 		apps = append(apps, app)

@@ -24,7 +24,7 @@ func TestLoadClientsNamesTheClientAndTheField(t *testing.T) {
 		"clients:\n  - token: 0123456789abcdef\n    keys: ['*']":                                                                         "name is required",
 		"clients:\n  - name: a\n    token: 0123456789abcdef\n    keys: ['*']\n  - name: a\n    token: 0123456789abcdeX\n    keys: ['*']": `client 2 ("a"): the name is taken`,
 		"clients:\n  - name: a\n    token: 0123456789abcdef\n    keys: ['*']\n  - name: b\n    token: 0123456789abcdef\n    keys: ['*']": "another client's too",
-		"clients:\n  - name: a\n    token: 0123456789abcdef\n    key: ['*']":                                                             "field key not found",
+		"clients:\n  - name: a\n    token: 0123456789abcdef\n    key: ['*']":                                                             `unknown key "key" in clients[0] (did you mean keys?)`,
 	}
 	for file, want := range cases {
 		path := filepath.Join(t.TempDir(), "auth.yaml")
@@ -166,6 +166,31 @@ func TestNamedRevisionAndWait(t *testing.T) {
 	for _, s := range []string{"soon", "-5s", "-1"} {
 		if _, err := parseWait(s, time.Minute); err == nil {
 			t.Errorf("parseWait(%q) was taken", s)
+		}
+	}
+}
+
+// TestAuthFileErrorsNameTheLine: a mistake in the auth file is reported at
+// its line, as file:line; an unknown key is listed against the valid keys,
+// with no Go type in sight.
+func TestAuthFileErrorsNameTheLine(t *testing.T) {
+	const client = "clients:\n  - name: shop\n    token: 0123456789abcdef\n"
+	for name, tc := range map[string]struct{ yaml, want string }{
+		"unknown key": {client + "    key: ['*']\n",
+			`:4: unknown key "key" in clients[0] (did you mean keys?); the keys there are keys, name, token, token_sha256`},
+		"bad indent": {client + "   keys: ['*']\n",
+			`:4: not YAML: did not find expected '-' indicator (check the indentation`},
+		"not a list": {"clients:\n  name: shop\n",
+			`:2: clients must be a list`},
+	} {
+		path := filepath.Join(t.TempDir(), "auth.yaml")
+		os.WriteFile(path, []byte(tc.yaml), 0o600)
+		_, err := LoadClients(path)
+		if want := "auth file " + path + tc.want; err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%s: %v\nwant %s...", name, err, want)
+		}
+		if err != nil && (strings.Contains(err.Error(), "struct") || strings.Contains(err.Error(), "0123456789abcdef")) {
+			t.Errorf("%s: a Go type or the token in the error: %v", name, err)
 		}
 	}
 }

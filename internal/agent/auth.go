@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -11,8 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	"go.yaml.in/yaml/v3"
-
+	"github.com/wxtoken/wxtoken/internal/yamlfile"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -51,10 +49,8 @@ func LoadClients(path string) ([]Client, error) {
 			Keys        []string `yaml:"keys"`
 		} `yaml:"clients"`
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&file); err != nil {
-		return nil, fmt.Errorf("auth file %s: %w", path, err)
+	if err := yamlfile.Decode(path, data, &file); err != nil {
+		return nil, fmt.Errorf("auth file %w", err)
 	}
 	if len(file.Clients) == 0 {
 		return nil, fmt.Errorf("auth file %s: no clients", path)
