@@ -107,6 +107,103 @@ func (rig *restartRig) leaders() int {
 	return n
 }
 
+// refreshSubscriptions lists the server's subscriptions on the refresh
+// endpoint's subject, each as "<connection name> sid <sid>".
+func (rig *restartRig) refreshSubscriptions(t *testing.T) []string {
+	t.Helper()
+	connz, err := rig.srv.Connz(&server.ConnzOptions{Subscriptions: true, SubscriptionsDetail: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var subs []string
+	for _, c := range connz.Conns {
+		for _, sub := range c.SubsDetail {
+			if sub.Subject == (kv.Subjects{}).Refresh(">") {
+				subs = append(subs, fmt.Sprintf("%s sid %s", c.Name, sub.Sid))
+			}
+		}
+	}
+	return subs
+}
+
+// TestRefreshRequestsAnsweredAfterNATSRestart restarts NATS (same port, same
+// store) for long enough that the leader steps down, under one refresher
+// and under two replicas. Every refresh request sent from 1 s after the
+// restart on is answered, and the server holds exactly one subscription on
+// the refresh subject: the leader's. The endpoint of the term that ended
+// during the outage is gone. (micro stops an endpoint by draining it; a
+// drain begun while nats.go reconnects was resubscribed on the new server
+// and then dropped by the client alone: the server kept a member of the
+// queue group that nobody answered for, and sent it its share of requests.)
+func TestRefreshRequestsAnsweredAfterNATSRestart(t *testing.T) {
+	for _, replicas := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d replicas", replicas), func(t *testing.T) {
+			ctx := testenv.Context(t, 60*time.Second)
+			rig := startRestartRig(t, replicas)
+			awaitEndpoint(t, ctx, rig.nc, appA)
+			restarted := rig.outage(t, ctx, 0)
+			// The contract's window: from 1 s after the restart on.
+			select {
+			case <-time.After(time.Until(restarted.Add(time.Second))):
+			case <-ctx.Done():
+				t.Fatal(ctx.Err())
+			}
+			// With a second member in the queue group, each request goes
+			// to it with even odds: 50 all answered by chance is 2^-50.
+			sent := time.Since(restarted)
+			if failed := requestBurst(ctx, rig.nc, 50); len(failed) > 0 {
+				t.Errorf("%d of 50 refresh requests sent %s after the restart got no answer, the first: %v",
+					len(failed), sent.Round(time.Millisecond), failed[0])
+			}
+			if subs := rig.refreshSubscriptions(t); len(subs) != 1 || rig.leaders() != 1 {
+				t.Errorf("the server holds %d subscriptions on %s %v, and %d replicas lead; want one of each",
+					len(subs), (kv.Subjects{}).Refresh(">"), subs, rig.leaders())
+			}
+		})
+	}
+}
+
+// requestBurst sends n refresh requests for appA at once, each given 2 s,
+// and returns why those that got no valid answer failed.
+func requestBurst(ctx context.Context, nc *nats.Conn, n int) []error {
+	var (
+		mu     sync.Mutex
+		failed []error
+		wg     sync.WaitGroup
+	)
+	for range n {
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			err := answered(rctx, nc)
+			if err != nil {
+				mu.Lock()
+				failed = append(failed, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return failed
+}
+
+// answered sends one refresh request for appA and checks that the reply
+// names the current token.
+func answered(ctx context.Context, nc *nats.Conn) error {
+	msg, err := nc.RequestWithContext(ctx, (kv.Subjects{}).Refresh(appA), nil)
+	if err != nil {
+		return err
+	}
+	var reply kv.RefreshReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil {
+		return fmt.Errorf("reply %q: %w", msg.Data, err)
+	}
+	if reply.Error != nil || reply.Revision == 0 {
+		return fmt.Errorf("reply %q", msg.Data)
+	}
+	return nil
+}
+
 // TestLeaderBackRightAfterNATSRestart restarts NATS under two replicas,
 // twice: once as soon as the leader has stepped down for want of a renewal,
 // once a lease TTL after that, when its lease has lapsed. Each time it
