@@ -235,7 +235,7 @@ func (h *heldLease) remaining() time.Duration {
 // acquire waits until this replica holds the lease or ctx ends.
 func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 	holder := kv.LeaseHolder{Instance: l.instance, Term: newTerm()}
-	ours := func(term string) bool { return term == holder.Term || term == l.lastTerm }
+	ours := func(term string) bool { return term != "" && (term == holder.Term || term == l.lastTerm) }
 	defer func() { l.lastTerm = holder.Term }()
 
 	// Wake at once when the leader releases the lease (a delete marker).
