@@ -225,7 +225,8 @@ func TestLeaderBackRightAfterNATSRestart(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
 	rig := startRestartRig(t, 2)
 	awaitEndpoint(t, ctx, rig.nc, appA)
-	leases := followLease(t, ctx, rig.nc)
+	leases, stopFollowing := followLease(t, ctx, rig.nc)
+	defer stopFollowing() // while the last server runs: stopping a watch asks the server
 	for i, longer := range []time.Duration{0, restartLeaseTTL} {
 		leases.mark()
 		led := strings.Count(rig.logs.String(), "became leader")
@@ -282,8 +283,8 @@ type leaseWrites struct {
 }
 
 // followLease starts following the lease key and returns once it has read
-// the key.
-func followLease(t *testing.T, ctx context.Context, nc *nats.Conn) *leaseWrites {
+// the key; stop stops following.
+func followLease(t *testing.T, ctx context.Context, nc *nats.Conn) (w *leaseWrites, stop func()) {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -293,10 +294,16 @@ func followLease(t *testing.T, ctx context.Context, nc *nats.Conn) *leaseWrites 
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &leaseWrites{ch: make(chan kv.LeaseHolder, 1024), seen: map[string]bool{}}
+	w = &leaseWrites{ch: make(chan kv.LeaseHolder, 1024), seen: map[string]bool{}}
 	synced := make(chan struct{})
 	var once sync.Once
-	testenv.Follow(t, &kvwatch.Follower{Bucket: b, Key: kv.LeaseKey, Conn: nc,
+	follow, stopFollowing := context.WithCancel(context.Background())
+	followed := make(chan struct{})
+	stop = func() {
+		stopFollowing()
+		<-followed
+	}
+	f := &kvwatch.Follower{Bucket: b, Key: kv.LeaseKey, Conn: nc,
 		OnSynced: func() { once.Do(func() { close(synced) }) },
 		OnEntry: func(e jetstream.KeyValueEntry) {
 			var h kv.LeaseHolder
@@ -306,13 +313,18 @@ func followLease(t *testing.T, ctx context.Context, nc *nats.Conn) *leaseWrites 
 				default: // nobody reads: drop rather than block the follower
 				}
 			}
-		}})
+		}}
+	go func() {
+		defer close(followed)
+		f.Run(follow)
+	}()
 	select {
 	case <-synced:
 	case <-ctx.Done():
+		stop()
 		t.Fatal("the lease key was never read")
 	}
-	return w
+	return w, stop
 }
 
 // mark makes every term received so far old: a write of an old term that
