@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,6 +45,11 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 				respond(req, errorReply(kv.CodeUnavailable, "internal error (logged)"))
 			}
 		}()
+		if t.ctx.Err() != nil { // the term ended; its endpoint stops soon (see stopEndpoint)
+			r.metrics.request(outcomeError)
+			respond(req, errorReply(kv.CodeUnavailable, "the refresher is stepping down"))
+			return
+		}
 		appid := strings.TrimPrefix(req.Subject(), prefix)
 		data := bytes.Clone(req.Data()) // decided again, maybe, after the handler returned
 		ad := r.admit(t, appid, data)
@@ -83,6 +89,26 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 		return nil, fmt.Errorf("publisher: refresh endpoint: %w", err)
 	}
 	return svc, nil
+}
+
+// stopEndpoint stops the refresh service of a term that ended, once the
+// connection is up. micro stops a service by draining its subscriptions,
+// and a drain begun while nats.go reconnects goes wrong: nats.go holds the
+// UNSUB back, since it subscribes again on reconnect only what is still
+// subscribed, but a draining subscription stays subscribed until a flush
+// comes back, after the reconnect. So the new server gets the endpoint's
+// subscription again, and the client then drops it alone: the server keeps
+// a member of the queue group that nobody answers for, and sends it its
+// share of the refresh requests until the connection is lost again. Until
+// it stops, the ended term's endpoint answers that the refresher is
+// stepping down. A refresher that stops while NATS is away stops it at
+// once rather than wait: only a connection that outlives the refresher and
+// reconnects keeps the orphan.
+func (r *Refresher) stopEndpoint(ctx context.Context, svc micro.Service) {
+	awaitConnection(ctx, r.nc)
+	if err := svc.Stop(); err != nil {
+		r.log.Warn("refresh endpoint did not stop cleanly", "error", err)
+	}
 }
 
 // admission is how admit decided a refresh request.

@@ -137,6 +137,65 @@ func TestLeaseLapsesWithoutRenewal(t *testing.T) {
 	}
 }
 
+// TestReplicaTakesOverItsOwnLease: a replica whose lease ended on its side
+// while the key still holds its term (it stepped down during a NATS outage
+// and the server kept, or was sent on reconnect, its last renewal) takes
+// the key over at once, instead of standing by behind itself until it
+// lapses. A namesake (same instance, another process) and a value with no
+// term are another replica's, and wait for the lapse.
+func TestReplicaTakesOverItsOwnLease(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, js := jetStream(t)
+	const ttl = 2 * time.Second
+	cfg := Config{Bucket: kv.DefaultBucket, LeaseTTL: ttl, UpstreamTimeout: time.Second, Replicas: 1,
+		Logger: slog.New(slog.DiscardHandler), Instance: "r0"}
+	hasTokens := func() bool { return true }
+	l, err := openLease(ctx, nc, js, cfg, hasTokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := l.acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(held.stop) // its term ends here; the key keeps its last write
+	<-held.done
+	held.end()
+
+	// A quarter of the TTL is far less than the wait for the lapse.
+	standsBy := func(who *lease) bool {
+		attempt, stop := context.WithTimeout(ctx, ttl/4)
+		defer stop()
+		h, err := who.acquire(attempt)
+		if err == nil {
+			h.release()
+		}
+		return err != nil
+	}
+	namesake, err := openLease(ctx, nc, js, cfg, hasTokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !standsBy(namesake) {
+		t.Error("a namesake took over another process's lease")
+	}
+	if standsBy(l) {
+		t.Fatal("the replica stood by behind its own lease")
+	}
+	termless, _ := json.Marshal(kv.LeaseHolder{Instance: "r9"})
+	if _, err := l.bucket.Put(ctx, kv.LeaseKey, termless); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := openLease(ctx, nc, js, cfg, hasTokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !standsBy(fresh) {
+		t.Error("a replica that never led took over a lease with no term")
+	}
+}
+
 // TestNoSecondLeaderAfterTheLeaseBucketIsDeleted: the lease bucket is
 // deleted under a leader, and a replica that starts meanwhile creates it
 // again. While tokens exist a leader may be alive, so the new replica

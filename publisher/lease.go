@@ -47,6 +47,10 @@ type lease struct {
 	// hasTokens reports whether a token was ever stored: if not, this is
 	// a fresh deployment, and no leader can be alive.
 	hasTokens func() bool
+	// lastTerm is the term of this replica's last acquisition, which the
+	// key may still hold after that lease ended (see take). Only acquire
+	// uses it.
+	lastTerm string
 }
 
 // openLease binds the lease bucket, or creates it with cfg.LeaseTTL. An
@@ -277,9 +281,9 @@ func (h *heldLease) doubt() {
 
 // acquire waits until this replica holds the lease or ctx ends.
 func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
-	var term [8]byte
-	rand.Read(term[:])
-	holder := kv.LeaseHolder{Instance: l.instance, Term: hex.EncodeToString(term[:])}
+	holder := kv.LeaseHolder{Instance: l.instance, Term: newTerm()}
+	ours := func(term string) bool { return term != "" && (term == holder.Term || term == l.lastTerm) }
+	defer func() { l.lastTerm = holder.Term }()
 
 	// Wake at once when the leader releases the lease (a delete marker).
 	wake := make(chan struct{}, 1)
@@ -300,10 +304,21 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 			}
 		}}).Run(watchCtx)
 	}()
+	// And when the connection comes back: the server may have restarted,
+	// and the lease be free, or this replica's.
+	reconnected := l.nc.StatusChanged(nats.CONNECTED)
+	defer l.nc.RemoveStatusListener(reconnected)
 
 	logged := false
 	var seen freshBucket
 	for {
+		// A lease write sent while NATS is away waits in nats.go's buffer
+		// and goes out when the connection is back, after this attempt
+		// gave up on it: try only on a live connection.
+		awaitConnection(ctx, l.nc)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		if wait, ok := l.mayTake(ctx, &seen); !ok {
 			t := time.NewTimer(wait)
 			select {
@@ -314,36 +329,28 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 			}
 			continue
 		}
-		holder.Since = time.Now().UTC()
-		value, _ := json.Marshal(holder)
-		sent := time.Now()
-		rev, err := l.bucket.Create(ctx, kv.LeaseKey, value)
+		h, other, err := l.take(ctx, holder, ours)
 		if err == nil {
-			h := &heldLease{l: l, holder: holder, value: value, rev: rev,
-				lostCh: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
-			h.validUntil.Store(sent.Add(l.ttl - l.margin).UnixNano())
-			go h.renew(sent)
 			return h, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		wait := l.ttl / 2
-		if isConflict(err) {
+		switch {
+		case other != nil:
 			// Someone holds it: sleep until it would lapse unless renewed.
-			if e, gerr := l.bucket.Get(ctx, kv.LeaseKey); gerr == nil {
-				if !logged {
-					var other kv.LeaseHolder
-					json.Unmarshal(e.Value(), &other)
-					l.log.Info("standing by: another replica leads", "leader", other.Instance)
-					logged = true
-				}
-				// The server checks ages at least every 250ms.
-				wait = min(max(time.Until(e.Created().Add(l.ttl+250*time.Millisecond)), 50*time.Millisecond), l.ttl/2)
-			} else if errors.Is(gerr, jetstream.ErrKeyNotFound) {
-				wait = 0 // lapsed or released between the two calls
+			if !logged {
+				var leader kv.LeaseHolder
+				json.Unmarshal(other.Value(), &leader)
+				l.log.Info("standing by: another replica leads", "leader", leader.Instance)
+				logged = true
 			}
-		} else {
+			// The server checks ages at least every 250ms.
+			wait = min(max(time.Until(other.Created().Add(l.ttl+250*time.Millisecond)), 50*time.Millisecond), l.ttl/2)
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			wait = 0 // lapsed or released between the two calls
+		case !isConflict(err):
 			l.log.Warn("cannot reach the lease bucket; retrying", "error", err)
 		}
 		t := time.NewTimer(wait)
@@ -353,9 +360,61 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 			return nil, ctx.Err()
 		case <-wake:
 			t.Stop()
+		case <-reconnected:
+			t.Stop()
 		case <-t.C:
 		}
 	}
+}
+
+// take makes one attempt at the lease for holder: it creates the key, or
+// takes over a key that holds a term of this replica's (ours). When another
+// replica holds the key, it returns that replica's entry with the conflict.
+//
+// The key can hold this replica's term although it does not lead: a Create
+// whose answer was lost, or the lease of its last term, which it gave up
+// when it could not renew in time. A renewal given up during a NATS outage
+// is even written after it: nats.go sends what it buffered while
+// disconnected when it reconnects. Nobody else wrote the key since, so
+// nobody else leads, and the replica takes the key over with
+// compare-and-swap on that write, at once, instead of standing by behind
+// itself until the lease lapses.
+func (l *lease) take(ctx context.Context, holder kv.LeaseHolder, ours func(term string) bool) (*heldLease, jetstream.KeyValueEntry, error) {
+	holder.Since = time.Now().UTC()
+	value, _ := json.Marshal(holder)
+	sent := time.Now()
+	rev, err := l.bucket.Create(ctx, kv.LeaseKey, value)
+	if isConflict(err) {
+		e, gerr := l.bucket.Get(ctx, kv.LeaseKey)
+		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			return nil, nil, gerr
+		}
+		if gerr != nil {
+			return nil, nil, err
+		}
+		var cur kv.LeaseHolder
+		if json.Unmarshal(e.Value(), &cur) != nil || !ours(cur.Term) {
+			return nil, e, err
+		}
+		sent = time.Now()
+		rev, err = l.bucket.Update(ctx, kv.LeaseKey, value, e.Revision())
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	h := &heldLease{l: l, holder: holder, value: value, rev: rev,
+		lostCh: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	h.validUntil.Store(sent.Add(l.ttl - l.margin).UnixNano())
+	go h.renew(sent)
+	return h, nil, nil
+}
+
+// newTerm returns a random term: it tells one acquisition from another,
+// and this replica from a restarted namesake.
+func newTerm() string {
+	var term [8]byte
+	rand.Read(term[:])
+	return hex.EncodeToString(term[:])
 }
 
 // renew keeps the lease until release, or closes lost when it cannot: the

@@ -135,6 +135,25 @@ func (r *Refresher) awaitConnected(ctx context.Context) error {
 	}
 }
 
+// awaitConnection returns once nc is connected, closed for good, or ctx
+// ends. What is sent while nats.go reconnects waits in its buffer and goes
+// out when the connection is back, however long after its sender gave up
+// on it: a write that must not land late waits here first.
+func awaitConnection(ctx context.Context, nc *nats.Conn) {
+	changed := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer nc.RemoveStatusListener(changed)
+	for {
+		if st := nc.Status(); st == nats.CONNECTED || st == nats.CLOSED {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
 // humanError is a start-up error that retrying cannot fix.
 type humanError struct{ err error }
 

@@ -155,9 +155,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 
 	<-tctx.Done()
 	<-c.Stop().Done()
-	if err := svc.Stop(); err != nil {
-		r.log.Warn("refresh endpoint did not stop cleanly", "error", err)
-	}
+	r.stopEndpoint(ctx, svc)
 	return nil
 }
 
