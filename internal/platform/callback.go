@@ -113,9 +113,8 @@ func (c *Callback) read(w http.ResponseWriter, r *http.Request) (Event, int, err
 	if err != nil {
 		return Event{}, http.StatusBadRequest, errors.New("timestamp: seconds")
 	}
-	now := c.now()
-	if d := now.Sub(time.Unix(sent, 0)); d > skew || d < -skew {
-		return Event{}, http.StatusBadRequest, fmt.Errorf("timestamp %s from now: not a fresh push", d.Round(time.Second))
+	if err := checkFresh(time.Unix(sent, 0), c.now()); err != nil {
+		return Event{}, http.StatusBadRequest, err
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
@@ -163,6 +162,39 @@ func (c *Callback) read(w http.ResponseWriter, r *http.Request) (Event, int, err
 		return Event{}, http.StatusBadRequest, errors.New("an authorization event with no authorizer")
 	}
 	return ev, http.StatusOK, nil
+}
+
+// checkFresh refuses a push sent further than skew from now, saying when
+// it was sent and how far off that is: a replay is old, a clock that is
+// wrong makes every push look old or in the future.
+func checkFresh(sent, now time.Time) error {
+	within := fmt.Sprintf("WeChat's pushes are within %d minutes", int(skew.Minutes()))
+	switch d := now.Sub(sent); {
+	case d > skew:
+		return fmt.Errorf("timestamp %s is %s old; %s", sent.UTC().Format(time.RFC3339), age(d), within)
+	case d < -skew:
+		return fmt.Errorf("timestamp %s is %s in the future; %s (is this server's clock right?)", sent.UTC().Format(time.RFC3339), age(-d), within)
+	}
+	return nil
+}
+
+// age says a duration the way a person would: in years or days when it is
+// that long, to the second otherwise.
+func age(d time.Duration) string {
+	const day, year = 24 * time.Hour, 365 * 24 * time.Hour
+	plural := func(n int64, unit string) string {
+		if n == 1 {
+			return "1 " + unit
+		}
+		return fmt.Sprintf("%d %ss", n, unit)
+	}
+	switch {
+	case d >= year:
+		return plural(int64(d/year), "year")
+	case d >= 2*day:
+		return plural(int64(d/day), "day")
+	}
+	return d.Round(time.Second).String()
 }
 
 // fresh records a push's signature until it stops being fresh, and
