@@ -509,9 +509,15 @@ func (r *Refresher) dropToken(t *term, appid string) bool {
 // Callback returns the handler of the platforms' authorization-event URL,
 // for any replica: the pushes it takes in are stored in the platform
 // bucket, where the leader finds them. It answers 503 until the bucket is
-// open.
+// open, to a push and to a GET, a load balancer's health check.
 func (r *Refresher) Callback() http.Handler {
 	return &platform.Callback{
+		Ready: func() error {
+			if r.platformBucket.Load() == nil {
+				return errors.New("the platform bucket is not open yet (the refresher is starting, or cannot reach NATS)")
+			}
+			return nil
+		},
 		Crypter: func(component string) *wxcrypt.Crypter {
 			m := r.crypters.Load()
 			if m == nil {

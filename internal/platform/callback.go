@@ -52,8 +52,13 @@ const (
 // genuine push of a configured platform gets a 4xx and reaches no one. A
 // replay is refused by the replica that took the push in; another replica
 // may take it again, so OnEvent must be idempotent, as storing a ticket
-// only when it is newer is.
+// only when it is newer is. Until Ready says it can take pushes, a push
+// is answered 503 (WeChat pushes it again later); a GET or HEAD answers
+// Ready itself, 200 or 503, for a load balancer's health check.
 type Callback struct {
+	// Ready says why pushes cannot be taken in yet, or nil. Nil: always
+	// ready.
+	Ready func() error
 	// Crypter returns the crypter of the platform of a component appid,
 	// or nil if there is no such platform here.
 	Crypter func(componentAppID string) *wxcrypt.Crypter
@@ -75,9 +80,20 @@ func (c *Callback) now() time.Time {
 }
 
 func (c *Callback) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "POST only", http.StatusMethodNotAllowed)
+	switch r.Method {
+	case http.MethodPost:
+	case http.MethodGet, http.MethodHead:
+		c.serveHealth(w)
+		return
+	default:
+		w.Header().Set("Allow", "POST, GET, HEAD")
+		http.Error(w, "POST for WeChat's pushes; GET for the health check", http.StatusMethodNotAllowed)
+		return
+	}
+	if err := c.notReady(); err != nil {
+		c.logger().Warn("push refused: not ready to take pushes in yet; WeChat pushes again", "error", err)
+		w.Header().Set("Retry-After", retryAfter)
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	ev, status, err := c.read(w, r)
@@ -93,6 +109,27 @@ func (c *Callback) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	io.WriteString(w, "success")
+}
+
+// retryAfter is the Retry-After of a 503: start-up takes seconds.
+const retryAfter = "5"
+
+func (c *Callback) notReady() error {
+	if c.Ready == nil {
+		return nil
+	}
+	return c.Ready()
+}
+
+// serveHealth answers a health check: 200 once pushes can be taken in.
+func (c *Callback) serveHealth(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	if err := c.notReady(); err != nil {
+		w.Header().Set("Retry-After", retryAfter)
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ready\n")
 }
 
 func (c *Callback) logger() *slog.Logger {

@@ -154,15 +154,16 @@ func TestCallbackTakesGenuinePushesAndRefusesTheRest(t *testing.T) {
 	if ev := got(); len(ev) != 3 || ev[2].InfoType != InfoUnauthorized {
 		t.Errorf("events %+v, want the withdrawal", ev)
 	}
-	if status, _ := func() (int, string) {
-		resp, err := http.Get(srv.URL + "/wechat/callback")
+	for method, want := range map[string]int{http.MethodGet: http.StatusOK, http.MethodPut: http.StatusMethodNotAllowed} {
+		req, _ := http.NewRequest(method, srv.URL+"/wechat/callback", nil)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		return resp.StatusCode, ""
-	}(); status != http.StatusMethodNotAllowed {
-		t.Errorf("GET = %d, want 405", status)
+		if resp.StatusCode != want {
+			t.Errorf("%s = %d, want %d", method, resp.StatusCode, want)
+		}
 	}
 }
 
