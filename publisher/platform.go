@@ -60,6 +60,7 @@ type platforms struct {
 	tickets     map[string]kv.VerifyTicket // by component appid
 	authorizers map[string]authorizerEntry // the active ones, by authorizer appid
 	revoked     map[string]bool            // authorizer appids that withdrew: their tokens go
+	records     map[string]uint64          // the platforms recorded as served, by component appid: their revisions
 	synced      bool                       // the follower delivered what the bucket held
 	changed     bool                       // authorizers changed since the credentials were built
 }
@@ -70,7 +71,8 @@ type authorizerEntry struct {
 }
 
 func newPlatforms() *platforms {
-	return &platforms{tickets: map[string]kv.VerifyTicket{}, authorizers: map[string]authorizerEntry{}, revoked: map[string]bool{}}
+	return &platforms{tickets: map[string]kv.VerifyTicket{}, authorizers: map[string]authorizerEntry{}, revoked: map[string]bool{},
+		records: map[string]uint64{}}
 }
 
 func (p *platforms) ticket(component string) (kv.VerifyTicket, bool) {
@@ -112,6 +114,16 @@ func (r *Refresher) observePlatform(e jetstream.KeyValueEntry) {
 		r.observeTicket(component, e)
 		return
 	}
+	if component, ok := kv.SplitPlatformKey(e.Key()); ok {
+		r.platforms.mu.Lock()
+		if e.Operation() == jetstream.KeyValuePut {
+			r.platforms.records[component] = e.Revision()
+		} else {
+			delete(r.platforms.records, component)
+		}
+		r.platforms.mu.Unlock()
+		return
+	}
 	component, appid, ok := kv.SplitAuthorizerKey(e.Key())
 	if !ok {
 		return
@@ -151,6 +163,59 @@ func (r *Refresher) observePlatform(e jetstream.KeyValueEntry) {
 
 	if c := r.credential(appid); c != nil && c.auth != nil && active {
 		r.takeRecord(c, e.Revision(), rec)
+	}
+}
+
+// tendPlatforms records in the platform bucket each platform of apps, and
+// forgets those no longer among them, so that the tools know which
+// platforms this deployment serves; and it warns, a line per platform,
+// about authorizers of a platform not among apps: nobody keeps their
+// tokens. It runs at start, once the bucket has been read, and at every
+// reload.
+func (r *Refresher) tendPlatforms(ctx context.Context, apps []App) {
+	b := r.platformBucket.Load()
+	if b == nil {
+		return
+	}
+	served := map[string]bool{}
+	for _, app := range apps {
+		if app.platform() {
+			served[app.AppID] = true
+		}
+	}
+	p := r.platforms
+	p.mu.Lock()
+	recorded := maps.Clone(p.records)
+	orphans := map[string]int{}
+	for _, e := range p.authorizers {
+		if c := e.record.ComponentAppID; !served[c] {
+			orphans[c]++
+		}
+	}
+	p.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
+	defer cancel()
+	for _, c := range slices.Sorted(maps.Keys(served)) {
+		if _, ok := recorded[c]; ok {
+			continue
+		}
+		if _, err := kv.RecordPlatform(ctx, *b, c, r.cfg.Clock.now()); err != nil {
+			r.log.Warn("cannot record the platform in the platform bucket; `wxtoken authorizers import` will not know it is served", "component_appid", c, "error", err)
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(recorded)) {
+		if served[c] {
+			continue
+		}
+		err := (*b).Delete(ctx, kv.PlatformKey(c), jetstream.LastRevision(recorded[c]))
+		if err != nil && !isConflict(err) { // recorded again meanwhile: served after all
+			r.log.Warn("cannot drop the record of a platform no longer in the apps file", "component_appid", c, "error", err)
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(orphans)) {
+		r.log.Warn("the platform bucket holds authorizers of a platform that is not in the apps file: nobody keeps their tokens; "+
+			"add it under platforms:, or delete its authorizers if it is gone", "component_appid", c, "authorizers", orphans[c])
 	}
 }
 

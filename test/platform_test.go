@@ -521,3 +521,66 @@ func nextOp(t *testing.T, ctx context.Context, ch <-chan jetstream.KeyValueOp) j
 		return 0
 	}
 }
+
+// TestServeRecordsItsPlatformsAndWarnsOfOthers: the refresher records each
+// platform it serves in the platform bucket, since when, and forgets one it
+// no longer serves; authorizers of a platform it does not serve, whose
+// tokens nobody keeps, get one warning per platform at start and at each
+// reload, with their count.
+func TestServeRecordsItsPlatformsAndWarnsOfOthers(t *testing.T) {
+	const unknown = "wx00000000000c0aff"
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultPlatformBucket, History: 16, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		putAuthorizer(t, ctx, b, kv.Authorizer{ComponentAppID: unknown, AppID: fmt.Sprintf("wx00000000000e%04d", i),
+			RefreshToken: "refreshtoken@@@orphan", IssuedAt: time.Now()})
+	}
+	if _, err := kv.RecordPlatform(ctx, b, unknown, time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	forgotten := make(chan jetstream.KeyValueOp, 4)
+	testenv.Follow(t, &kvwatch.Follower{Bucket: b, Key: kv.PlatformKey(unknown), OnEntry: func(e jetstream.KeyValueEntry) { forgotten <- e.Operation() }})
+	if op := nextOp(t, ctx, forgotten); op != jetstream.KeyValuePut {
+		t.Fatalf("the old record: %s", op)
+	}
+	recorded := testenv.Entries(t, b, kv.PlatformKey(componentApp))
+
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
+		t.Fatal(err)
+	}
+	logs := newNotifyingBuffer()
+	started := time.Now().Truncate(time.Second)
+	running := testenv.Refresher(t, nc, publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url, Logger: textLogger(logs)})
+
+	e := testenv.Next(t, ctx, recorded)
+	p, err := kv.DecodeConfiguredPlatform(componentApp, e.Value())
+	if err != nil || p.ConfiguredAt.Before(started) || p.ConfiguredAt.After(time.Now()) {
+		t.Errorf("the platform's record %+v (%v): want the refresher's start", p, err)
+	}
+	if op := nextOp(t, ctx, forgotten); op != jetstream.KeyValueDelete {
+		t.Errorf("the record of the platform no longer served got a %s, want a delete", op)
+	}
+	const warning = "component_appid=" + unknown + " authorizers=3"
+	if err := logs.waitFor(ctx, warning); err != nil {
+		t.Fatalf("no warning about the authorizers of %s: %v\n%s", unknown, err, logs.String())
+	}
+	if err := running.Refresher.SetApps([]publisher.App{platformApp()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := logs.waitForCount(ctx, warning, 2); err != nil {
+		t.Fatalf("no warning at the reload: %v", err)
+	}
+	if lines := logs.linesWith(warning); len(lines) != 2 || !strings.Contains(lines[0], "level=WARN") {
+		t.Errorf("want one WARN line at start and one at the reload, got %q", lines)
+	}
+	// Recorded again by the reload, it keeps the time it was first served.
+	if again, err := b.Get(ctx, kv.PlatformKey(componentApp)); err != nil || again.Revision() != e.Revision() {
+		t.Errorf("the reload wrote the platform's record again (%v)", err)
+	}
+}
