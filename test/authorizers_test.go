@@ -32,9 +32,27 @@ const (
 )
 
 // platformNATS starts a NATS server with the platform bucket, as `wxtoken
-// serve` creates it, and returns the bucket and the environment of a
-// wxtoken command that talks to it.
+// serve` creates it with platformC and platformD in its apps file, and
+// returns the bucket and the environment of a wxtoken command that talks
+// to it.
 func platformNATS(t *testing.T, ctx context.Context) (jetstream.JetStream, jetstream.KeyValue, []string) {
+	t.Helper()
+	js, b, env := emptyPlatformNATS(t, ctx)
+	for _, c := range []string{platformC, platformD} {
+		if _, err := kv.RecordPlatform(ctx, b, c, servedSince); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return js, b, env
+}
+
+// servedSince is when the refresher of platformNATS first served its
+// platforms.
+var servedSince = time.Now().Add(-time.Hour)
+
+// emptyPlatformNATS is platformNATS with no platform recorded in the
+// bucket.
+func emptyPlatformNATS(t *testing.T, ctx context.Context) (jetstream.JetStream, jetstream.KeyValue, []string) {
 	t.Helper()
 	srv := testenv.NATS(t)
 	js, err := jetstream.New(testenv.Connect(t, srv.ClientURL()))
@@ -208,6 +226,7 @@ func TestAuthorizersImportJSON(t *testing.T) {
 func TestAuthorizersImportRefusesBadFilesAndWritesNothing(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
 	js, _, env := platformNATS(t, ctx)
+	before := lastSequence(t, ctx, js)
 	long := "refreshtoken@@@" + strings.Repeat("L", kv.MaxTokenLength)
 	secrets := []string{"refreshtoken@@@good-one", "refreshtoken@@@good-two", "refreshtoken@@@dup", "refreshtoken@@@swapped", long, "refreshtoken@@@other"}
 	good := authA + " refreshtoken@@@good-one\n" + authB + " refreshtoken@@@good-two\n"
@@ -260,8 +279,8 @@ func TestAuthorizersImportRefusesBadFilesAndWritesNothing(t *testing.T) {
 				t.Errorf("stderr %q", errOut)
 			}
 			noSecrets(t, secrets, out, errOut)
-			if seq := lastSequence(t, ctx, js); seq != 0 {
-				t.Fatalf("the bucket was written to (revision %d)", seq)
+			if seq := lastSequence(t, ctx, js); seq != before {
+				t.Fatalf("the bucket was written to (revision %d, was %d)", seq, before)
 			}
 		})
 	}
@@ -497,6 +516,54 @@ func TestAuthorizersList(t *testing.T) {
 	})
 }
 
+// TestAuthorizersImportRefusesAPlatformNobodyServes: authorizers imported
+// for a platform no refresher serves would be kept by nobody; the import
+// says so, names the platforms served, and writes nothing, unless --force.
+func TestAuthorizersImportRefusesAPlatformNobodyServes(t *testing.T) {
+	const platformX = "wx000000000000000x"
+	ctx := testenv.Context(t, 30*time.Second)
+	js, b, env := platformNATS(t, ctx)
+	lines := importFile(t, authA+" refreshtoken@@@served-or-not\n")
+	before := lastSequence(t, ctx, js)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		input string
+		inErr string
+	}{
+		{"lines", []string{"--component", platformX, lines}, "",
+			"platform " + platformX + " is not served by the refresher (it serves " + platformC + ", " + platformD + "): add it to the apps file under platforms:"},
+		{"a dry run", []string{"--component", platformX, "--dry-run", lines}, "", "platform " + platformX + " is not served by the refresher"},
+		{"entries of a platform served and two not", []string{"-"},
+			`[{"component_appid": "` + platformC + `", "appid": "` + authA + `", "refresh_token": "refreshtoken@@@served-or-not"},
+			  {"component_appid": "` + platformX + `", "appid": "` + authA + `", "refresh_token": "refreshtoken@@@served-or-not"},
+			  {"component_appid": "wx000000000000000y", "appid": "` + authA + `", "refresh_token": "refreshtoken@@@served-or-not"}]`,
+			"platforms " + platformX + ", wx000000000000000y are not served by the refresher (it serves "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := runWxtokenInput(t, env, tc.input, append([]string{"authorizers", "import"}, tc.args...)...)
+			if code != 1 || out != "" || !strings.Contains(errOut, tc.inErr) || !strings.Contains(errOut, "or give --force to import anyway; nothing was written") ||
+				strings.Count(errOut, "\n") != 1 {
+				t.Errorf("exit %d, stdout %q, stderr %q; want 1 and %q", code, out, errOut, tc.inErr)
+			}
+			noSecrets(t, []string{"refreshtoken@@@served-or-not"}, out, errOut)
+			if seq := lastSequence(t, ctx, js); seq != before {
+				t.Errorf("the bucket was written to (revision %d, was %d)", seq, before)
+			}
+		})
+	}
+	if out, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", platformX, "--force", lines); code != 0 || out != "1 imported, 0 kept (already held), 0 replaced\n" {
+		t.Errorf("--force: exit %d, stderr %q:\n%s", code, errOut, out)
+	}
+	wantImported(t, ctx, b, platformX, authA, "refreshtoken@@@served-or-not", time.Now().Add(-time.Minute), time.Now())
+
+	_, _, env = emptyPlatformNATS(t, ctx)
+	if _, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", platformC, lines); code != 1 ||
+		!strings.Contains(errOut, "platform "+platformC+" is not served by the refresher (it serves none yet)") {
+		t.Errorf("no platform served: exit %d, stderr %q", code, errOut)
+	}
+}
+
 func TestAuthorizersWithoutTheBucket(t *testing.T) {
 	env := []string{"NATS_URL=" + testenv.NATS(t).ClientURL()}
 	file := importFile(t, authA+" refreshtoken@@@nowhere\n")
@@ -527,7 +594,8 @@ func TestAuthorizersImportFailureExits(t *testing.T) {
 	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultPlatformBucket, History: 16, MaxValueSize: 16}); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, code := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "authorizers", "import", "--component", platformC,
+	// --force: a platform's record does not fit in the bucket either.
+	out, errOut, code := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "authorizers", "import", "--component", platformC, "--force",
 		importFile(t, authA+" refreshtoken@@@refused\n"))
 	if code != 1 || out != "0 imported, 0 kept (already held), 0 replaced\n" ||
 		!strings.HasPrefix(errOut, "wxtoken authorizers: line 1, "+authA+" of platform "+platformC+": ") || strings.Count(errOut, "\n") != 1 {
@@ -565,7 +633,7 @@ func TestAuthorizersCommandLine(t *testing.T) {
 		}
 	}
 	for sub, flags := range map[string][]string{
-		"import": {"--component", "--platform-bucket", "--replace", "--dry-run", "--nats-url", "--nats-user"},
+		"import": {"--component", "--platform-bucket", "--replace", "--dry-run", "--force", "--nats-url", "--nats-user"},
 		"list":   {"--component", "--platform-bucket", "--bucket", "--json", "--nats-url"},
 	} {
 		out, _, code := runWxtoken(t, nil, "authorizers", sub, "--help")

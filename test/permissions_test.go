@@ -276,7 +276,8 @@ func TestNATSConfRoles(t *testing.T) {
 			t.Fatal(err)
 		}
 		env := []string{"NATS_URL=" + srv.ClientURL(), "NATS_USER=refresher", "NATS_PASSWORD=" + passwords["refresher"]}
-		if out, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", component, file); code != 0 || !strings.Contains(out, "1 imported") {
+		// --force: this refresher serves no platform.
+		if out, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", component, "--force", file); code != 0 || !strings.Contains(out, "1 imported") {
 			t.Errorf("import as refresher: exit %d, stderr %q:\n%s", code, errOut, out)
 		}
 		out, errOut, code := runWxtoken(t, env, "authorizers", "list")
