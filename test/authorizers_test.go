@@ -412,7 +412,7 @@ func TestAuthorizersList(t *testing.T) {
 	for _, row := range []string{
 		`(?m)^PLATFORM\s+AUTHORIZERS\s+VERIFY TICKET$`,
 		`(?m)^` + platformC + `\s+3\s+received 5m\d+s ago$`,
-		`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's push$`,
+		`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's first push since ` + regexp.QuoteMeta(servedSince.UTC().Format(time.RFC3339)) + `, 1h0m\d+s ago$`,
 		`(?m)^COMPONENT\s+AUTHORIZER\s+STATE\s+REFRESH TOKEN\s+ISSUED\s+ACCESS TOKEN$`,
 		`(?m)^` + platformC + `\s+` + authA + `\s+active\s+` + fingerprintOf("refreshtoken@@@list-a") + `\s+1h0m\d+s ago\s+expires in (1h59m\d+s|2h0m0s)$`,
 		`(?m)^` + platformC + `\s+` + authB + `\s+awaiting code exchange\s+-\s+-\s+-$`,
@@ -434,7 +434,7 @@ func TestAuthorizersList(t *testing.T) {
 		for _, row := range []string{
 			`(?m)^` + authA + `\s+access_token\s`,
 			`(?m)^` + platformC + `\s+3\s+received 5m\d+s ago$`,
-			`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's push$`,
+			`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's first push since ` + regexp.QuoteMeta(servedSince.UTC().Format(time.RFC3339)) + `, 1h0m\d+s ago$`,
 		} {
 			if !regexp.MustCompile(row).MatchString(out) {
 				t.Errorf("no row %s in:\n%s", row, out)
@@ -453,6 +453,7 @@ func TestAuthorizersList(t *testing.T) {
 			Platforms   []struct {
 				ComponentAppID   string    `json:"component_appid"`
 				Authorizers      int       `json:"authorizers"`
+				ConfiguredAt     time.Time `json:"configured_at"`
 				TicketCreateTime time.Time `json:"verify_ticket_create_time"`
 				TicketReceivedAt time.Time `json:"verify_ticket_received_at"`
 			} `json:"platforms"`
@@ -474,7 +475,7 @@ func TestAuthorizersList(t *testing.T) {
 		noSecrets(t, secrets, out, errOut)
 		if list.Bucket != kv.DefaultPlatformBucket || list.TokenBucket != kv.DefaultBucket || len(list.Platforms) != 2 ||
 			list.Platforms[0].ComponentAppID != platformC || list.Platforms[0].Authorizers != 3 || list.Platforms[0].TicketReceivedAt.IsZero() ||
-			list.Platforms[1].ComponentAppID != platformD || !list.Platforms[1].TicketReceivedAt.IsZero() {
+			list.Platforms[1].ComponentAppID != platformD || !list.Platforms[1].TicketReceivedAt.IsZero() || !list.Platforms[1].ConfiguredAt.Equal(servedSince) {
 			t.Errorf("platforms %+v", list.Platforms)
 		}
 		var states []string
@@ -500,11 +501,11 @@ func TestAuthorizersList(t *testing.T) {
 	})
 	t.Run("one platform", func(t *testing.T) {
 		out, errOut, code := runWxtoken(t, env, "authorizers", "list", "--component", platformD)
-		if code != 0 || strings.Contains(out, platformC) || !strings.Contains(out, authF) || !strings.Contains(out, "waiting for WeChat's push") {
+		if code != 0 || strings.Contains(out, platformC) || !strings.Contains(out, authF) || !strings.Contains(out, "waiting for WeChat's first push since") {
 			t.Errorf("exit %d, stderr %q:\n%s", code, errOut, out)
 		}
 		out, _, code = runWxtoken(t, env, "authorizers", "list", "--component", "wx0000000000000new")
-		if code != 0 || !regexp.MustCompile(`(?m)^wx0000000000000new\s+0\s+none: waiting for WeChat's push$`).MatchString(out) {
+		if code != 0 || !regexp.MustCompile(`(?m)^wx0000000000000new\s+0\s+none: no refresher serves this platform$`).MatchString(out) {
 			t.Errorf("a platform with nothing yet: exit %d:\n%s", code, out)
 		}
 	})

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -582,5 +583,28 @@ func TestServeRecordsItsPlatformsAndWarnsOfOthers(t *testing.T) {
 	// Recorded again by the reload, it keeps the time it was first served.
 	if again, err := b.Get(ctx, kv.PlatformKey(componentApp)); err != nil || again.Revision() != e.Revision() {
 		t.Errorf("the reload wrote the platform's record again (%v)", err)
+	}
+}
+
+// TestAFreshPlatformShowsItWaitsForTheFirstPush: a platform the refresher
+// serves, with no verify ticket yet and no authorizer, shows in `status
+// --platforms` and `authorizers list` as waiting for WeChat's first push,
+// since the refresher first served it: when an operator looks.
+func TestAFreshPlatformShowsItWaitsForTheFirstPush(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
+	e := testenv.Next(t, ctx, testenv.Entries(t, sys.platform, kv.PlatformKey(componentApp)))
+	served, err := kv.DecodeConfiguredPlatform(componentApp, e.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile(`(?m)^` + componentApp + `\s+0\s+none: waiting for WeChat's first push since ` +
+		regexp.QuoteMeta(served.ConfiguredAt.UTC().Format(time.RFC3339)) + `, \d+s ago$`)
+	env := []string{"NATS_URL=" + sys.natsURL}
+	for _, args := range [][]string{{"status", "--platforms"}, {"authorizers", "list"}} {
+		out, errOut, code := runWxtoken(t, env, args...)
+		if code != 0 || !row.MatchString(out) {
+			t.Errorf("%v: exit %d, stderr %q; no row %s in:\n%s", args, code, errOut, row, out)
+		}
 	}
 }
