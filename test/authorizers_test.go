@@ -582,6 +582,43 @@ func TestAuthorizersWithoutTheBucket(t *testing.T) {
 	}
 }
 
+// TestStatusPlatformsWithoutTheBucket: a NATS where no refresher with a
+// platform has run has no platform bucket; `status --platforms` says so
+// beside the tokens, and exits 0: it is not an error.
+func TestStatusPlatformsWithoutTheBucket(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	js, err := jetstream.New(testenv.Connect(t, srv.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	access, _ := kv.Encode(kv.NewRecord(authA, "accesstoken@@@status", 2*time.Hour, time.Now()))
+	if _, err := tokens.Put(ctx, authA, access); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"NATS_URL=" + srv.ClientURL()}
+	const note = `no platform bucket "wechat_platform" at this NATS: ` + "`wxtoken serve` creates it when its apps file has the platform"
+	out, errOut, code := runWxtoken(t, env, "status", "--platforms")
+	if code != 0 || errOut != "" || !regexp.MustCompile(`(?m)^`+authA+`\s+access_token\s`).MatchString(out) ||
+		!strings.Contains(out, "\nplatforms: none: "+note) {
+		t.Errorf("exit %d, stderr %q:\n%s", code, errOut, out)
+	}
+	out, errOut, code = runWxtoken(t, env, "status", "--platforms", "--json")
+	var status struct {
+		Tokens    []json.RawMessage `json:"tokens"`
+		Platforms []json.RawMessage `json:"platforms"`
+		Note      string            `json:"platforms_note"`
+	}
+	if err := json.Unmarshal([]byte(out), &status); code != 0 || err != nil || len(status.Tokens) != 1 || status.Platforms == nil ||
+		len(status.Platforms) != 0 || !strings.HasPrefix(status.Note, note) {
+		t.Errorf("--json: exit %d, %v, stderr %q:\n%s", code, err, errOut, out)
+	}
+}
+
 // TestAuthorizersImportFailureExits: a write the server refuses (here, a
 // bucket whose values must be tiny) fails the import, after the summary
 // of what was written.

@@ -85,6 +85,10 @@ func checkPlatformFlags(component, bucket string) error {
 	return nil
 }
 
+// errNoPlatformBucket is wrapped by bindPlatform's error when the bucket
+// does not exist: no refresher with a platform has run against this NATS.
+var errNoPlatformBucket = errors.New("no platform bucket")
+
 // bindPlatform binds the platform bucket; only `wxtoken serve` creates it.
 func bindPlatform(ctx context.Context, nc *nats.Conn, name string) (jetstream.KeyValue, error) {
 	js, err := jetstream.New(nc)
@@ -93,7 +97,7 @@ func bindPlatform(ctx context.Context, nc *nats.Conn, name string) (jetstream.Ke
 	}
 	b, err := js.KeyValue(ctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, fmt.Errorf("no platform bucket %q at this NATS: `wxtoken serve` creates it when its apps file has the platform (under \"platforms:\")", name)
+		return nil, fmt.Errorf("%w %q at this NATS: `wxtoken serve` creates it when its apps file has the platform (under \"platforms:\")", errNoPlatformBucket, name)
 	}
 	if err != nil {
 		return nil, describeNATSError(err)

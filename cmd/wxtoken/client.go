@@ -320,10 +320,15 @@ each third-party platform's verify ticket and number of authorizers too
 		leader = readLeader(ctx, nc.Conn, n.bucket)
 		return nil
 	})
-	var platforms []platformRow
+	platforms := []platformRow{}
+	var noPlatforms string // why there are none: no platform bucket, which is no error
 	if withPlatforms {
 		if err := nc.do(ctx, func(ctx context.Context) error {
 			b, err := bindPlatform(ctx, nc.Conn, platformBucket)
+			if errors.Is(err, errNoPlatformBucket) {
+				noPlatforms = err.Error()
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -339,6 +344,9 @@ each third-party platform's verify ticket and number of authorizers too
 		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows}
 		if withPlatforms {
 			out["platforms"] = platforms
+		}
+		if noPlatforms != "" {
+			out["platforms_note"] = noPlatforms
 		}
 		return enc.Encode(out)
 	}
@@ -371,6 +379,10 @@ each third-party platform's verify ticket and number of authorizers too
 		return err
 	}
 	fmt.Fprintln(stdout)
+	if noPlatforms != "" {
+		fmt.Fprintf(stdout, "platforms: none: %s\n", noPlatforms)
+		return nil
+	}
 	return printPlatforms(stdout, platforms, now)
 }
 
