@@ -1,15 +1,18 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -605,6 +608,85 @@ func TestAFreshPlatformShowsItWaitsForTheFirstPush(t *testing.T) {
 		out, errOut, code := runWxtoken(t, env, args...)
 		if code != 0 || !row.MatchString(out) {
 			t.Errorf("%v: exit %d, stderr %q; no row %s in:\n%s", args, code, errOut, row, out)
+		}
+	}
+}
+
+// lastRequest keeps the last request it passed on, to send again.
+type lastRequest struct {
+	next http.Handler
+	mu   sync.Mutex
+	uri  string
+	body []byte
+}
+
+func (l *lastRequest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	l.mu.Lock()
+	l.uri, l.body = r.URL.RequestURI(), body
+	l.mu.Unlock()
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	l.next.ServeHTTP(w, r)
+}
+
+// replayTo sends the last request again to base, and returns the status.
+func (l *lastRequest) replayTo(t *testing.T, base string) int {
+	t.Helper()
+	l.mu.Lock()
+	uri, body := l.uri, l.body
+	l.mu.Unlock()
+	resp, err := http.Post(base+uri, "text/xml", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestReplayToAnotherReplicaIsRefused: a push taken in by one replica's
+// callback and replayed to another's is refused there too, as a replay:
+// the replicas share the pushes they took in, for 20 minutes.
+func TestReplayToAnotherReplicaIsRefused(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{Instance: "a"})
+	other := testenv.Refresher(t, testenv.Connect(t, sys.natsURL), publisher.Config{Instance: "b", Apps: []publisher.App{platformApp()},
+		UpstreamURL: sys.wechat, Logger: textLogger(sys.logs)})
+	for err := other.Refresher.Ready(); err != nil; err = other.Refresher.Ready() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the second replica never got ready: %v", err)
+		case <-time.After(10 * time.Millisecond): // polled: readiness announces nothing
+		}
+	}
+	taken := &lastRequest{next: other.Refresher.Callback()}
+	otherHook := serveHTTP(t, taken) + "/"
+
+	for _, push := range []func() (string, error){
+		func() (string, error) {
+			_, answer, err := sys.fake.PushTicket(ctx, otherHook, componentApp)
+			return answer, err
+		},
+		func() (string, error) { return sys.fake.Authorize(ctx, otherHook, componentApp, authorizerA) },
+	} {
+		if answer, err := push(); err != nil || answer != "success" {
+			t.Fatalf("a push to the second replica: %q, %v", answer, err)
+		}
+		if status := taken.replayTo(t, sys.hook); status != http.StatusConflict {
+			t.Errorf("the push replayed to the first replica: %d, want 409", status)
+		}
+		if status := taken.replayTo(t, otherHook); status != http.StatusConflict {
+			t.Errorf("the push replayed to the replica that took it: %d, want 409", status)
+		}
+	}
+	js, _ := jetstream.New(sys.nc)
+	replays, err := js.KeyValue(ctx, kv.ReplayBucket(kv.DefaultPlatformBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := replays.Status(ctx); err != nil || st.TTL() != 20*time.Minute || st.Values() != 2 {
+		t.Errorf("replay bucket: %v; want the two pushes, kept 20 minutes", err)
+		if err == nil {
+			t.Errorf("it holds %d, kept %s", st.Values(), st.TTL())
 		}
 	}
 }

@@ -44,17 +44,33 @@ const (
 	// skew is how far a push's timestamp may be from the clock: WeChat
 	// sends it as it pushes; an older one is a replay.
 	skew = 10 * time.Minute
+	// replayTimeout bounds each use of the shared replay guard: WeChat
+	// waits 5 s for the answer, and OnEvent needs most of them.
+	replayTimeout = time.Second
 )
+
+// ReplayGuard remembers the pushes taken in, by msg_signature, for every
+// replica, for as long as a push is fresh.
+type ReplayGuard interface {
+	// Taken reports whether a push of this signature was taken in.
+	Taken(ctx context.Context, sig string) (bool, error)
+	// Take records that the push of this signature was taken in.
+	Take(ctx context.Context, sig, componentAppID string) error
+}
 
 // Callback is the http.Handler of the authorization-event URL. It checks
 // msg_signature, decrypts the push, checks that it is for the platform it
 // names, hands it to OnEvent and replies "success". What is not a fresh,
-// genuine push of a configured platform gets a 4xx and reaches no one. A
-// replay is refused by the replica that took the push in; another replica
-// may take it again, so OnEvent must be idempotent, as storing a ticket
-// only when it is newer is. Until Ready says it can take pushes, a push
-// is answered 503 (WeChat pushes it again later); a GET or HEAD answers
-// Ready itself, 200 or 503, for a load balancer's health check.
+// genuine push of a configured platform gets a 4xx and reaches no one.
+// Until Ready says it can take pushes, a push is answered 503 (WeChat
+// pushes it again later); a GET or HEAD answers Ready itself, 200 or 503,
+// for a load balancer's health check.
+//
+// A replay is refused by the replica that took the push in, and, through
+// Replays, by every other. Replays failing does not refuse a push: the
+// replica's own guard still holds, and OnEvent must be idempotent anyway
+// (storing a ticket only when it is newer is), since two replicas may take
+// the same push at the same moment.
 type Callback struct {
 	// Ready says why pushes cannot be taken in yet, or nil. Nil: always
 	// ready.
@@ -65,6 +81,8 @@ type Callback struct {
 	// OnEvent takes a push in. An error answers 500, and WeChat pushes
 	// again later.
 	OnEvent func(context.Context, Event) error
+	// Replays, if set, remembers the pushes taken in for every replica.
+	Replays ReplayGuard
 	Logger  *slog.Logger
 	Now     func() time.Time // time.Now
 
@@ -102,13 +120,44 @@ func (c *Callback) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), status)
 		return
 	}
+	sig := r.URL.Query().Get("msg_signature")
 	if err := c.OnEvent(r.Context(), ev); err != nil {
-		c.forget(r.URL.Query().Get("msg_signature")) // WeChat's next push of it is taken
+		c.forget(sig) // WeChat's next push of it is taken
 		c.logger().Error("push not taken in", "component_appid", ev.ComponentAppID, "info_type", ev.InfoType, "error", err)
 		http.Error(w, "not taken in; push again", http.StatusInternalServerError)
 		return
 	}
+	c.remember(r.Context(), sig, ev.ComponentAppID)
 	io.WriteString(w, "success")
+}
+
+// takenElsewhere reports whether another replica took the push in, as far
+// as the shared guard knows: when it cannot say, the push is taken.
+func (c *Callback) takenElsewhere(ctx context.Context, sig string) bool {
+	if c.Replays == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, replayTimeout)
+	defer cancel()
+	taken, err := c.Replays.Taken(ctx, sig)
+	if err != nil {
+		c.logger().Warn("the replay guard the replicas share cannot be read; only this replica's own refuses replays", "error", err)
+	}
+	return taken
+}
+
+// remember records in the shared guard a push taken in. A failure leaves
+// only this replica's own guard to refuse its replays.
+func (c *Callback) remember(ctx context.Context, sig, component string) {
+	if c.Replays == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), replayTimeout)
+	defer cancel()
+	if err := c.Replays.Take(ctx, sig, component); err != nil {
+		c.logger().Warn("cannot record the push in the replay guard the replicas share; only this replica's own refuses its replays",
+			"component_appid", component, "error", err)
+	}
 }
 
 // retryAfter is the Retry-After of a 503: start-up takes seconds.
@@ -174,6 +223,9 @@ func (c *Callback) read(w http.ResponseWriter, r *http.Request) (Event, int, err
 	}
 	if !c.fresh(sig, time.Unix(sent, 0).Add(skew)) {
 		return Event{}, http.StatusConflict, errors.New("a replay of a push taken in")
+	}
+	if c.takenElsewhere(r.Context(), sig) {
+		return Event{}, http.StatusConflict, errors.New("a replay of a push another replica took in")
 	}
 	var msg struct {
 		AppID      string `xml:"AppId"`
