@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -495,9 +496,9 @@ func (r *Refresher) dropRevoked(t *term) {
 	}
 }
 
-// dropToken deletes the token of an authorizer that withdrew, unless it is
-// a credential again (authorized anew). It reports whether the key holds
-// no token of it any more.
+// dropToken removes the token of an authorizer that withdrew, unless it is
+// a credential again (authorized anew), and announces the removal. It
+// reports whether the key holds no token of it any more.
 func (r *Refresher) dropToken(t *term, appid string) bool {
 	if r.credential(appid) != nil {
 		return true
@@ -511,11 +512,28 @@ func (r *Refresher) dropToken(t *term, appid string) bool {
 	case err != nil:
 		return false // the next term tries again
 	}
-	if err := t.bucket.Delete(ctx, appid, jetstream.LastRevision(e.Revision())); err != nil {
+	rev, err := kv.Remove(ctx, r.js, t.bucket.Bucket(), appid, e.Revision(), kv.RemovedUnauthorized)
+	if err != nil {
 		return false
 	}
-	r.log.Info("authorizer withdrew its authorization: its token is removed", "authorizer", appid)
+	r.announceRemoval(appid, rev, kv.RemovedUnauthorized)
+	r.log.Info("authorizer withdrew its authorization: its token is removed", "authorizer", appid, "revision", rev)
 	return true
+}
+
+// announceRemoval tells the subscribers of key's values, then whoever
+// follows the events, that it was removed at revision rev: they stop using
+// the token they hold.
+func (r *Refresher) announceRemoval(key string, rev uint64, reason string) {
+	if err := r.nc.PublishMsg(kv.RemovalMsg(r.subjects, key, rev, reason)); err != nil {
+		r.log.Warn("removal not published to the subscribers", "key", key, "error", err)
+	}
+	r.nc.FlushTimeout(valueFlushWait)
+	appid, kind := kv.SplitKey(key)
+	ev, _ := json.Marshal(kv.RemovalEvent{AppID: appid, Kind: kind, Revision: rev, Reason: reason, RemovedAt: r.cfg.Clock.now().UTC()})
+	if err := r.nc.Publish(r.subjects.Removed(key), ev); err != nil {
+		r.log.Warn("removal event not published", "key", key, "error", err)
+	}
 }
 
 // Callback returns the handler of the platforms' authorization-event URL,

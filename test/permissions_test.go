@@ -168,8 +168,21 @@ func TestNATSConfRoles(t *testing.T) {
 			t.Errorf("the token changed after the refused Put: %v", err)
 		}
 	})
+	t.Run("service hears of removals", func(t *testing.T) {
+		removed, err := service.nc.SubscribeSync(kv.Subjects{}.Removed(">"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		service.nc.Flush() // the server has the subscription before the event
+		if err := refresher.nc.Publish(kv.Subjects{}.Removed(appA), []byte(`{"appid":"`+appA+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := removed.NextMsgWithContext(ctx); err != nil {
+			t.Fatalf("the service did not receive the refresher's removal event: %v", err)
+		}
+	})
 	t.Run("service may not announce", func(t *testing.T) {
-		for _, subject := range []string{kv.Subjects{}.Value(appA), kv.Subjects{}.Rotated(appA), kv.Subjects{}.Failed(appA)} {
+		for _, subject := range []string{kv.Subjects{}.Value(appA), kv.Subjects{}.Rotated(appA), kv.Subjects{}.Failed(appA), kv.Subjects{}.Removed(appA)} {
 			service.nc.Publish(subject, []byte(`{"appid":"forged"}`))
 			service.nc.Flush()
 			service.denied(t, ctx, subject)

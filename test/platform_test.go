@@ -690,3 +690,111 @@ func TestReplayToAnotherReplicaIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestWithdrawnAuthorizerIsSaidRemoved: an account withdraws its
+// authorization; the removal is published as an event, and on the key's
+// Value subject with its header, for services in any language; a
+// subscriber following the key, the agent serving it, and a subscriber
+// that comes later all say "removed" rather than serving the last token.
+func TestWithdrawnAuthorizerIsSaidRemoved(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
+	removedEvents, err := sys.nc.SubscribeSync(kv.Subjects{}.Removed(">"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	values, err := sys.nc.SubscribeSync(kv.Subjects{}.Value(authorizerA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys.authorized(t, ctx, authorizerA)
+	sub, err := subscriber.New(ctx, sys.nc, authorizerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	held := sub.Token()
+	agent := startWxtoken(t, "agent", nil, "agent", "--nats-url", sys.natsURL, "--listen", "127.0.0.1:0", "--wechat-base-url", sys.wechat,
+		"--keys", authorizerA)
+	agent.waitOutput(t, ctx, "agent listening")
+	base := "http://" + listenAddr(t, agent.output.String())
+	awaitReady(t, ctx, agent, base+"/readyz")
+	// A long poll under way when the key goes is answered at once.
+	polled := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/credentials/"+authorizerA+"?wait=60", nil)
+		req.Header.Set("If-None-Match", `"`+strconv.FormatUint(held.Revision, 10)+`"`)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			close(polled)
+			return
+		}
+		polled <- resp
+	}()
+	for {
+		if m, err := values.NextMsgWithContext(ctx); err != nil || kv.RemovalReason(m.Header) != "" {
+			t.Fatalf("a removal on the Value subject before the withdrawal: %v", err)
+		} else if rev, _, _ := kv.DecodeValueMsg(m); rev == held.Revision {
+			break
+		}
+	}
+	if answer, err := sys.fake.Unauthorize(ctx, sys.hook, componentApp, authorizerA); err != nil || answer != "success" {
+		t.Fatalf("unauthorize: %q, %v", answer, err)
+	}
+
+	ev, _ := nextEvent[kv.RemovalEvent](t, ctx, removedEvents)
+	if ev.AppID != authorizerA || ev.Reason != kv.RemovedUnauthorized || ev.Revision <= held.Revision || time.Since(ev.RemovedAt) > time.Minute {
+		t.Errorf("removal event %+v", ev)
+	}
+	m, err := values.NextMsgWithContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev, body, err := kv.DecodeValueMsg(m); err != nil || rev != ev.Revision || len(body) != 0 || m.Header.Get("Wxtoken-Removed") != "unauthorized" {
+		t.Errorf("on the Value subject: revision %d, body %q, headers %v (%v); want the removal at %d", rev, body, m.Header, err, ev.Revision)
+	}
+
+	select {
+	case <-sub.Updated():
+	case <-ctx.Done():
+		t.Fatal("Updated did not fire for the removal")
+	}
+	if _, err := sub.Current(); !errors.Is(err, subscriber.ErrRemoved) || !strings.Contains(err.Error(), "withdrew its authorization") {
+		t.Errorf("Current after the withdrawal: %v, want ErrRemoved", err)
+	}
+	if _, err := sub.Refresh(ctx, sub.Token().Revision); !errors.Is(err, subscriber.ErrRemoved) {
+		t.Errorf("Refresh after the withdrawal: %v, want ErrRemoved", err)
+	}
+	if _, err := (&http.Client{Transport: sub.Transport(nil)}).Get(sys.wechat + "/cgi-bin/getcallbackip"); !errors.Is(err, subscriber.ErrRemoved) {
+		t.Errorf("a call through Transport after the withdrawal: %v, want ErrRemoved", err)
+	}
+	if _, err := subscriber.New(ctx, sys.nc, authorizerA); !errors.Is(err, subscriber.ErrRemoved) {
+		t.Errorf("a subscriber that comes after the withdrawal: %v, want ErrRemoved", err)
+	}
+
+	var answer struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	if resp := <-polled; resp == nil || resp.StatusCode != http.StatusGone {
+		t.Errorf("the long poll under way: %v, want 410", resp)
+	} else {
+		resp.Body.Close()
+	}
+	resp, err := http.Get(base + "/v1/credentials/" + authorizerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&answer)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGone || answer.Error.Code != "removed" || !strings.Contains(answer.Error.Message, authorizerA+" was removed at revision") {
+		t.Errorf("the agent's read: %d %+v, want 410 removed", resp.StatusCode, answer.Error)
+	}
+	var wechat struct {
+		ErrCode int `json:"errcode"`
+	}
+	getJSON(t, base+"/cgi-bin/token?grant_type=client_credential&appid="+authorizerA+"&secret=unused", &wechat)
+	if wechat.ErrCode != 61003 {
+		t.Errorf("the agent's /cgi-bin/token: errcode %d, want 61003", wechat.ErrCode)
+	}
+}
