@@ -133,6 +133,84 @@ func isWrongLastSequence(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
+// PlatformKey is the key of the record of a platform the refresher serves:
+// "<component_appid>.platform".
+func PlatformKey(componentAppID string) string { return componentAppID + ".platform" }
+
+// platformSuffix ends every PlatformKey.
+const platformSuffix = ".platform"
+
+// SplitPlatformKey returns the component appid a PlatformKey names.
+func SplitPlatformKey(key string) (componentAppID string, ok bool) {
+	component, found := strings.CutSuffix(key, platformSuffix)
+	if !found || ValidateAppID(component) != nil {
+		return "", false
+	}
+	return component, true
+}
+
+// PlatformsKeys is the key filter of every platform's record.
+const PlatformsKeys = "*" + platformSuffix
+
+// ConfiguredPlatform is the record under PlatformKey: the refresher keeps
+// one for each platform of its apps file, from the moment it first serves
+// it, so that the tools know which platforms it serves (an import for any
+// other would be kept for nobody) and since when a platform waits for
+// WeChat's first push. It holds no secret.
+type ConfiguredPlatform struct {
+	ComponentAppID string    `json:"component_appid"`
+	ConfiguredAt   time.Time `json:"configured_at"` // when a refresher first served it
+}
+
+// Validate checks the record's fields.
+func (p ConfiguredPlatform) Validate() error {
+	switch {
+	case ValidateAppID(p.ComponentAppID) != nil:
+		return fmt.Errorf("%w: component_appid %.40q", ErrInvalidPlatformRecord, p.ComponentAppID)
+	case p.ConfiguredAt.IsZero():
+		return fmt.Errorf("%w: configured_at is required", ErrInvalidPlatformRecord)
+	}
+	return nil
+}
+
+// DecodeConfiguredPlatform decodes and validates the record of
+// componentAppID.
+func DecodeConfiguredPlatform(componentAppID string, data []byte) (ConfiguredPlatform, error) {
+	var p ConfiguredPlatform
+	if len(data) > MaxRecordSize {
+		return ConfiguredPlatform{}, fmt.Errorf("%w: %d bytes", ErrInvalidPlatformRecord, len(data))
+	}
+	if err := json.Unmarshal(data, &p); err != nil {
+		return ConfiguredPlatform{}, fmt.Errorf("%w: %v", ErrInvalidPlatformRecord, err)
+	}
+	if err := p.Validate(); err != nil {
+		return ConfiguredPlatform{}, err
+	}
+	if p.ComponentAppID != componentAppID {
+		return ConfiguredPlatform{}, fmt.Errorf("%w: the record names %s, not %s", ErrInvalidPlatformRecord, p.ComponentAppID, componentAppID)
+	}
+	return p, nil
+}
+
+// RecordPlatform records that the refresher serves the platform, since
+// now, unless a record says since when already: that one stays. It
+// reports whether it wrote.
+func RecordPlatform(ctx context.Context, b jetstream.KeyValue, componentAppID string, now time.Time) (bool, error) {
+	p := ConfiguredPlatform{ComponentAppID: componentAppID, ConfiguredAt: now.UTC()}
+	if err := p.Validate(); err != nil {
+		return false, err
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return false, err
+	}
+	_, err = b.Create(ctx, PlatformKey(componentAppID), data)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // AuthorizerKey is the key of an authorizer's record:
 // "<component_appid>.authorizer.<authorizer_appid>".
 func AuthorizerKey(componentAppID, authorizerAppID string) string {

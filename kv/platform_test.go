@@ -103,3 +103,34 @@ func TestAuthorizerNeverPrintsItsSecrets(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordPlatformKeepsTheFirstTime: a platform's record says since when
+// a refresher first served it; recording it again (another replica, a
+// restart) keeps that time.
+func TestRecordPlatformKeepsTheFirstTime(t *testing.T) {
+	b := platformBucket(t)
+	ctx := testenv.Context(t, 10*time.Second)
+	first := time.Date(2026, 12, 1, 8, 0, 0, 0, time.FixedZone("CST", 8*3600))
+	for i, at := range []time.Time{first, first.Add(time.Hour)} {
+		wrote, err := kv.RecordPlatform(ctx, b, platformApp, at)
+		if err != nil || wrote != (i == 0) {
+			t.Fatalf("record %d: wrote %v, %v", i, wrote, err)
+		}
+	}
+	e, err := b.Get(ctx, kv.PlatformKey(platformApp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := kv.DecodeConfiguredPlatform(platformApp, e.Value())
+	if err != nil || !p.ConfiguredAt.Equal(first) || p.ConfiguredAt.Location() != time.UTC {
+		t.Errorf("record %+v, %v; want the first time, in UTC", p, err)
+	}
+	if c, ok := kv.SplitPlatformKey(e.Key()); !ok || c != platformApp {
+		t.Errorf("SplitPlatformKey(%q) = %q, %v", e.Key(), c, ok)
+	}
+	for _, bad := range []string{`{"component_appid":"` + platformApp + `"}`, `{"component_appid":"wx0000000000000bad","configured_at":"2026-12-01T00:00:00Z"}`, `[]`} {
+		if _, err := kv.DecodeConfiguredPlatform(platformApp, []byte(bad)); err == nil {
+			t.Errorf("%s decoded", bad)
+		}
+	}
+}

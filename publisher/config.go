@@ -41,7 +41,8 @@ type Config struct {
 	Bucket string // token bucket; kv.DefaultBucket
 	// PlatformBucket holds third-party platforms' verify tickets and
 	// their authorizers' refresh tokens; kv.DefaultPlatformBucket. It is
-	// opened only when Apps has a platform.
+	// opened only when Apps has a platform, and so is the callbacks'
+	// replay bucket beside it (kv.ReplayBucket).
 	PlatformBucket string
 	Replicas       int    // replicas of the buckets; 1
 	History        int    // revisions kept per key; 1

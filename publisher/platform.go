@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -60,6 +61,7 @@ type platforms struct {
 	tickets     map[string]kv.VerifyTicket // by component appid
 	authorizers map[string]authorizerEntry // the active ones, by authorizer appid
 	revoked     map[string]bool            // authorizer appids that withdrew: their tokens go
+	records     map[string]uint64          // the platforms recorded as served, by component appid: their revisions
 	synced      bool                       // the follower delivered what the bucket held
 	changed     bool                       // authorizers changed since the credentials were built
 }
@@ -70,7 +72,8 @@ type authorizerEntry struct {
 }
 
 func newPlatforms() *platforms {
-	return &platforms{tickets: map[string]kv.VerifyTicket{}, authorizers: map[string]authorizerEntry{}, revoked: map[string]bool{}}
+	return &platforms{tickets: map[string]kv.VerifyTicket{}, authorizers: map[string]authorizerEntry{}, revoked: map[string]bool{},
+		records: map[string]uint64{}}
 }
 
 func (p *platforms) ticket(component string) (kv.VerifyTicket, bool) {
@@ -110,6 +113,16 @@ func (r *Refresher) observePlatform(e jetstream.KeyValueEntry) {
 	}()
 	if component, ok := strings.CutSuffix(e.Key(), ".verify_ticket"); ok {
 		r.observeTicket(component, e)
+		return
+	}
+	if component, ok := kv.SplitPlatformKey(e.Key()); ok {
+		r.platforms.mu.Lock()
+		if e.Operation() == jetstream.KeyValuePut {
+			r.platforms.records[component] = e.Revision()
+		} else {
+			delete(r.platforms.records, component)
+		}
+		r.platforms.mu.Unlock()
 		return
 	}
 	component, appid, ok := kv.SplitAuthorizerKey(e.Key())
@@ -483,9 +496,9 @@ func (r *Refresher) dropRevoked(t *term) {
 	}
 }
 
-// dropToken deletes the token of an authorizer that withdrew, unless it is
-// a credential again (authorized anew). It reports whether the key holds
-// no token of it any more.
+// dropToken removes the token of an authorizer that withdrew, unless it is
+// a credential again (authorized anew), and announces the removal. It
+// reports whether the key holds no token of it any more.
 func (r *Refresher) dropToken(t *term, appid string) bool {
 	if r.credential(appid) != nil {
 		return true
@@ -499,19 +512,42 @@ func (r *Refresher) dropToken(t *term, appid string) bool {
 	case err != nil:
 		return false // the next term tries again
 	}
-	if err := t.bucket.Delete(ctx, appid, jetstream.LastRevision(e.Revision())); err != nil {
+	rev, err := kv.Remove(ctx, r.js, t.bucket.Bucket(), appid, e.Revision(), kv.RemovedUnauthorized)
+	if err != nil {
 		return false
 	}
-	r.log.Info("authorizer withdrew its authorization: its token is removed", "authorizer", appid)
+	r.announceRemoval(appid, rev, kv.RemovedUnauthorized)
+	r.log.Info("authorizer withdrew its authorization: its token is removed", "authorizer", appid, "revision", rev)
 	return true
+}
+
+// announceRemoval tells the subscribers of key's values, then whoever
+// follows the events, that it was removed at revision rev: they stop using
+// the token they hold.
+func (r *Refresher) announceRemoval(key string, rev uint64, reason string) {
+	if err := r.nc.PublishMsg(kv.RemovalMsg(r.subjects, key, rev, reason)); err != nil {
+		r.log.Warn("removal not published to the subscribers", "key", key, "error", err)
+	}
+	r.nc.FlushTimeout(valueFlushWait)
+	appid, kind := kv.SplitKey(key)
+	ev, _ := json.Marshal(kv.RemovalEvent{AppID: appid, Kind: kind, Revision: rev, Reason: reason, RemovedAt: r.cfg.Clock.now().UTC()})
+	if err := r.nc.Publish(r.subjects.Removed(key), ev); err != nil {
+		r.log.Warn("removal event not published", "key", key, "error", err)
+	}
 }
 
 // Callback returns the handler of the platforms' authorization-event URL,
 // for any replica: the pushes it takes in are stored in the platform
 // bucket, where the leader finds them. It answers 503 until the bucket is
-// open.
+// open, to a push and to a GET, a load balancer's health check.
 func (r *Refresher) Callback() http.Handler {
 	return &platform.Callback{
+		Ready: func() error {
+			if r.platformBucket.Load() == nil {
+				return errors.New("the platform bucket is not open yet (the refresher is starting, or cannot reach NATS)")
+			}
+			return nil
+		},
 		Crypter: func(component string) *wxcrypt.Crypter {
 			m := r.crypters.Load()
 			if m == nil {
@@ -520,6 +556,7 @@ func (r *Refresher) Callback() http.Handler {
 			return (*m)[component]
 		},
 		OnEvent: r.takeEvent,
+		Replays: r.replays,
 		Logger:  r.log,
 		Now:     r.cfg.Clock.now,
 	}

@@ -2,12 +2,16 @@ package publisher
 
 import (
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -165,5 +169,50 @@ func TestLeftoverRefreshTokenGoesInBeforeTheToken(t *testing.T) {
 	}
 	if got, _ := kv.DecodeCredential(authorizer, e.Value()); got.Value != "authorizer-token" {
 		t.Errorf("the bucket holds %q, want the token left in memory", got.Value)
+	}
+}
+
+// TestCallbackAnswers503UntilThePlatformBucketIsOpen: before the platform
+// bucket is open a push cannot be stored, so the callback answers 503, to
+// WeChat's push (which it makes again later) and to a load balancer's
+// health check (a GET) alike; once the bucket is open, the push is taken.
+func TestCallbackAnswers503UntilThePlatformBucketIsOpen(t *testing.T) {
+	r := platformRefresher(t)
+	fake := fakewechat.New(fakewechat.Config{})
+	if err := fake.AddPlatform(component, "s", "t", testAESKey); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(r.Callback())
+	defer srv.Close()
+	health := func() int {
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	answer, err := fake.Authorize(t.Context(), srv.URL, component, authorizer)
+	if err == nil || !strings.Contains(err.Error(), "503") {
+		t.Errorf("a push before the bucket is open: %q, %v; want 503", answer, err)
+	}
+	if status := health(); status != http.StatusServiceUnavailable {
+		t.Errorf("the health check before the bucket is open: %d, want 503", status)
+	}
+
+	b, err := r.openPlatformBucket(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.platformBucket.Store(&b)
+	if status := health(); status != http.StatusOK {
+		t.Errorf("the health check once the bucket is open: %d, want 200", status)
+	}
+	if answer, err := fake.Authorize(t.Context(), srv.URL, component, authorizer); err != nil || answer != "success" {
+		t.Errorf("a push once the bucket is open: %q, %v", answer, err)
+	}
+	if _, err := b.Get(t.Context(), kv.AuthorizerKey(component, authorizer)); err != nil {
+		t.Errorf("the push was not stored: %v", err)
 	}
 }

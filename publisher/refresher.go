@@ -54,6 +54,7 @@ type Refresher struct {
 	platformBucket atomic.Pointer[jetstream.KeyValue] // once open; only with platforms
 	platforms      *platforms
 	crypters       atomic.Pointer[map[string]*wxcrypt.Crypter] // the platforms' pushes, by component appid
+	replays        *replayGuard                                // the callbacks', shared by the replicas
 
 	life bucketLife // the token bucket's: see bucket.go
 
@@ -96,6 +97,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		log:       cfg.Logger,
 		life:      newBucketLife(),
 		platforms: newPlatforms(),
+		replays:   newReplayGuard(js, cfg),
 	}
 	if err := r.setCrypters(cfg.Apps); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)

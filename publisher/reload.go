@@ -70,6 +70,7 @@ func (r *Refresher) SetApps(apps []App) error {
 	r.secrets.add(apps)
 	r.configured = apps
 	r.replaceCredentials(apps, whyReload)
+	r.tendPlatforms(context.Background(), apps)
 	return nil
 }
 

@@ -73,14 +73,17 @@ func (r *Refresher) fly(t *term, a *credential, f *flight, m mode, reason string
 		a.mu.Unlock()
 		f.out = out
 		close(f.done)
-		r.announceStored(a)
+		// An authorizer that withdrew while its token was fetched: the
+		// token just stored goes too, and is never announced.
+		withdrawn := a.auth != nil && out.refreshed && r.credential(a.key) != a
+		if !withdrawn {
+			r.announceStored(a)
+		}
 		r.plan(t, a)
 		if out.rec != nil {
 			r.wakeChildren(t, a)
 		}
-		if a.auth != nil && out.refreshed && r.credential(a.key) != a {
-			// The authorizer withdrew while its token was fetched: the
-			// token just stored goes too.
+		if withdrawn {
 			r.dropToken(t, a.key)
 		}
 	}()
@@ -164,7 +167,9 @@ func (r *Refresher) rotate(t *term, a *credential, m mode, reason string, base o
 		// valid one, and nothing of ours was written.
 		return outcome{rev: rev, rec: &stored}
 	}
-	r.announce(a, rev, rec, data)
+	if a.auth == nil || r.credential(a.key) == a {
+		r.announce(a, rev, rec, data)
+	} // else an authorizer that withdrew meanwhile: its token is removed next, unannounced
 	r.metrics.rotation(a.key, rec.Reason)
 	if a.kind == kv.KindToken {
 		r.log.Info("token rotated", "appid", a.key, "revision", rev, "reason", rec.Reason,

@@ -176,18 +176,26 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return err
 	}
 	followCtx, stopFollowing := context.WithCancel(ctx)
-	followed, watched, platformsFollowed := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	followed, watched, platformsFollowed, tended := make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{})
 	defer func() {
 		stopFollowing()
 		<-followed
 		<-watched
 		<-platformsFollowed
+		<-tended
 	}()
 	// The authorizers are known before the token bucket is read, so that
 	// the follower takes in their tokens with everyone else's.
 	if !r.followPlatforms(followCtx, platformsFollowed) {
+		close(tended)
 		return nil
 	}
+	go func() {
+		defer close(tended)
+		r.reloading.Lock() // a reload tends them too: one at a time
+		defer r.reloading.Unlock()
+		r.tendPlatforms(followCtx, r.configured)
+	}()
 	synced := r.life.nextSync()
 	follower := &kvwatch.Follower{
 		Bucket:  bucket,

@@ -18,6 +18,11 @@ var (
 	ErrExpired = errors.New("subscriber: token expired")
 	// ErrInvalidOption is wrapped by New's error for an option it refuses.
 	ErrInvalidOption = errors.New("subscriber: invalid option")
+	// ErrRemoved is wrapped by Current, Refresh, Transport's requests and
+	// New when the refresher removed the key for good: the token of an
+	// authorizer that withdrew its authorization from the platform. A value
+	// stored under the key later (the account authorizes again) ends it.
+	ErrRemoved = errors.New("subscriber: key removed")
 
 	// The refresher's answers to a refresh request that failed, wrapped
 	// by a *RefreshError.

@@ -25,7 +25,8 @@ import (
 // wraps ErrUnavailable and ctx's error. The refresher's own answers come as
 // a *RefreshError, which errors.Is matches to ErrRateLimited (a forced
 // refresh of the app ran too recently), ErrUpstream (WeChat did not give a
-// new token) or ErrUnknownApp. After Close it returns ErrClosed.
+// new token) or ErrUnknownApp. A key the refresher removed for good gets an
+// error wrapping ErrRemoved. After Close it returns ErrClosed.
 func (s *Subscriber) Refresh(ctx context.Context, stale uint64) (Token, error) {
 	return s.refresh(ctx, stale, "")
 }
@@ -33,6 +34,9 @@ func (s *Subscriber) Refresh(ctx context.Context, stale uint64) (Token, error) {
 func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (Token, error) {
 	if s.isClosed() {
 		return Token{}, ErrClosed
+	}
+	if err := s.removedError(); err != nil {
+		return s.Token(), err // nothing to refresh: the refresher answers unknown_app
 	}
 	// Close ends a Refresh under way too, whatever ctx the caller gave.
 	ctx, cancel := context.WithCancel(ctx)
@@ -68,6 +72,9 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 			}
 			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.key, ctx.Err())
 		case !retryable(err):
+			if removed := s.removedError(); removed != nil {
+				return s.Token(), removed // removed while the request was out
+			}
 			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.key, err)
 		}
 		s.opts.logger.Debug("refresh request not answered, retrying", "appid", s.key, "error", err)

@@ -8,7 +8,8 @@
 //
 // The lifecycle: New waits for the first token; Token reads it, with no
 // I/O and no lock, for every WeChat call; Current says when the token in
-// memory is expired or the subscriber closed; Refresh, or Transport, reacts
+// memory is expired, removed for good (an authorizer that withdrew) or the
+// subscriber closed; Refresh, or Transport, reacts
 // to WeChat rejecting it; Updated, Done and the OnRotate and OnError
 // callbacks tell of changes; Close ends it all.
 //
@@ -54,9 +55,11 @@ type Subscriber struct {
 	opts     options
 	subjects kv.Subjects
 
+	js      jetstream.JetStream
 	bucket  atomic.Pointer[jetstream.KeyValue] // once bound
 	current atomic.Pointer[Token]
-	before  atomic.Pointer[Token] // the one current held before, for Refresh
+	removal atomic.Pointer[removal] // the key's removal, until a newer value
+	before  atomic.Pointer[Token]   // the one current held before, for Refresh
 	lastErr atomic.Pointer[error]
 	staleAt atomic.Int64 // Unix nanoseconds: when the held token needs looking after
 
@@ -112,6 +115,7 @@ func New(ctx context.Context, nc *nats.Conn, key string, opts ...Option) (*Subsc
 	s := &Subscriber{
 		key:      key,
 		nc:       nc,
+		js:       js,
 		opts:     o,
 		subjects: kv.Subjects{Prefix: o.subjectPrefix},
 		updated:  make(chan struct{}, 1),
@@ -129,6 +133,9 @@ func New(ctx context.Context, nc *nats.Conn, key string, opts ...Option) (*Subsc
 	}()
 	if _, err := s.waitNewer(ctx, 0); err != nil {
 		s.Close()
+		if errors.Is(err, ErrRemoved) {
+			return nil, err
+		}
 		if last := s.Err(); last != nil {
 			err = fmt.Errorf("%w (last problem: %w)", err, last)
 		}
@@ -172,6 +179,9 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 		Key:    s.key,
 		Conn:   s.nc,
 		OnEntry: func(e jetstream.KeyValueEntry) {
+			if e.Operation() != jetstream.KeyValuePut {
+				s.lookForRemoval(ctx, bucket) // or someone's delete, which the refresher writes over
+			}
 			s.apply(e.Revision(), e.Operation(), e.Value())
 		},
 		OnError: func(err error) {
@@ -247,6 +257,10 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 				s.report(err)
 				continue
 			}
+			if reason := kv.RemovalReason(m.Header); reason != "" {
+				s.remove(rev, reason)
+				continue
+			}
 			s.apply(rev, jetstream.KeyValuePut, record)
 		case <-reconnected:
 			s.get(ctx, bucket)
@@ -281,7 +295,11 @@ func (s *Subscriber) get(ctx context.Context, bucket jetstream.KeyValue) {
 			s.apply(e.Revision(), e.Operation(), e.Value())
 			return
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			return // the refresher has not written it yet: it will be republished
+			// Not written yet (it will be published), deleted by someone
+			// (the refresher writes it again), or removed for good, which
+			// its delete marker says.
+			s.lookForRemoval(ctx, bucket)
+			return
 		case ctx.Err() != nil:
 			return
 		}
@@ -302,10 +320,7 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	// one at a time, or an older one could overwrite a newer.
 	s.applying.Lock()
 	defer s.applying.Unlock()
-	if s.stopped {
-		return
-	}
-	if cur := s.current.Load(); cur != nil && cur.Revision >= revision {
+	if s.stopped || s.holdsNewer(revision) {
 		return // already held, or older than what is held
 	}
 	if op != jetstream.KeyValuePut {
@@ -320,10 +335,27 @@ func (s *Subscriber) apply(revision uint64, op jetstream.KeyValueOp, value []byt
 	t := &Token{Value: rec.Value, Revision: revision, ExpiresAt: rec.ExpiresAt}
 	s.before.Store(s.current.Load())
 	s.current.Store(t)
+	s.removal.Store(nil) // a value after a removal: the key is back
 	swapprobe.Swapped(s.key, revision)
 	s.staleAt.Store(rec.ExpiresAt.Add(-min(rec.Lifetime()/4, time.Minute)).UnixNano())
 	s.lastErr.Store(nil)
 	s.cb.overcome()
+	s.changedLocked()
+}
+
+// holdsNewer reports whether the subscriber holds revision already, or a
+// newer one: a token, or the key's removal. Callers hold s.applying.
+func (s *Subscriber) holdsNewer(revision uint64) bool {
+	if cur := s.current.Load(); cur != nil && cur.Revision >= revision {
+		return true
+	}
+	r := s.removal.Load()
+	return r != nil && r.revision >= revision
+}
+
+// changedLocked wakes what waits on a change, and Updated. Callers hold
+// s.applying.
+func (s *Subscriber) changedLocked() {
 	s.mu.Lock()
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -353,14 +385,20 @@ func (s *Subscriber) Token() Token {
 }
 
 // Current returns the current token, and an error if it cannot be used:
-// ErrClosed after Close, or an error wrapping ErrExpired when it has
-// expired (the refresher did not replace it in time). The token is
-// returned in either case.
+// ErrClosed after Close, an error wrapping ErrRemoved when the refresher
+// removed the key for good (an authorizer that withdrew its authorization
+// from the platform), or one wrapping ErrExpired when it has expired (the
+// refresher did not replace it in time). The last token is returned in
+// every case.
 func (s *Subscriber) Current() (Token, error) {
 	t := s.Token()
-	switch {
-	case s.isClosed():
+	if s.isClosed() {
 		return t, ErrClosed
+	}
+	if err := s.removedError(); err != nil {
+		return t, err
+	}
+	switch {
 	case t.Expired(time.Now()):
 		return t, fmt.Errorf("%w: %s's token at revision %d expired at %s", ErrExpired, s.key, t.Revision,
 			t.ExpiresAt.UTC().Format(time.RFC3339))
@@ -377,8 +415,9 @@ func (s *Subscriber) AppID() string {
 	return appid
 }
 
-// Updated returns a channel that receives a value after the token changed.
-// It holds at most one pending notification: read Token after receiving.
+// Updated returns a channel that receives a value after the token changed,
+// or the key was removed for good (Current says ErrRemoved). It holds at
+// most one pending notification: read Token, or Current, after receiving.
 // It is closed by Close, so `for range sub.Updated()` ends with the
 // subscriber.
 func (s *Subscriber) Updated() <-chan struct{} { return s.updated }
@@ -406,6 +445,9 @@ func (s *Subscriber) waitNewer(ctx context.Context, revision uint64) (Token, err
 		s.mu.Unlock()
 		if t := s.current.Load(); t != nil && t.Revision > revision {
 			return *t, nil
+		}
+		if err := s.removedError(); err != nil {
+			return s.Token(), err
 		}
 		select {
 		case <-changed:

@@ -23,7 +23,8 @@ const refreshTimeout = 15 * time.Second
 //
 // A request whose body cannot be replayed (no GetBody) is not retried. A
 // subscriber that follows a ticket has no token to add: its Transport
-// answers every request with an error.
+// answers every request with an error; so does one whose key was removed
+// (ErrRemoved).
 func (s *Subscriber) Transport(base http.RoundTripper) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
@@ -39,6 +40,9 @@ type transport struct {
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if t.sub.isClosed() {
 		return nil, ErrClosed
+	}
+	if err := t.sub.removedError(); err != nil {
+		return nil, err
 	}
 	if _, kind := kv.SplitKey(t.sub.key); kind != kv.KindToken {
 		return nil, fmt.Errorf("subscriber: %s is a %s, not an access_token to call WeChat with", t.sub.key, kind)

@@ -32,9 +32,27 @@ const (
 )
 
 // platformNATS starts a NATS server with the platform bucket, as `wxtoken
-// serve` creates it, and returns the bucket and the environment of a
-// wxtoken command that talks to it.
+// serve` creates it with platformC and platformD in its apps file, and
+// returns the bucket and the environment of a wxtoken command that talks
+// to it.
 func platformNATS(t *testing.T, ctx context.Context) (jetstream.JetStream, jetstream.KeyValue, []string) {
+	t.Helper()
+	js, b, env := emptyPlatformNATS(t, ctx)
+	for _, c := range []string{platformC, platformD} {
+		if _, err := kv.RecordPlatform(ctx, b, c, servedSince); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return js, b, env
+}
+
+// servedSince is when the refresher of platformNATS first served its
+// platforms.
+var servedSince = time.Now().Add(-time.Hour)
+
+// emptyPlatformNATS is platformNATS with no platform recorded in the
+// bucket.
+func emptyPlatformNATS(t *testing.T, ctx context.Context) (jetstream.JetStream, jetstream.KeyValue, []string) {
 	t.Helper()
 	srv := testenv.NATS(t)
 	js, err := jetstream.New(testenv.Connect(t, srv.ClientURL()))
@@ -208,6 +226,7 @@ func TestAuthorizersImportJSON(t *testing.T) {
 func TestAuthorizersImportRefusesBadFilesAndWritesNothing(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
 	js, _, env := platformNATS(t, ctx)
+	before := lastSequence(t, ctx, js)
 	long := "refreshtoken@@@" + strings.Repeat("L", kv.MaxTokenLength)
 	secrets := []string{"refreshtoken@@@good-one", "refreshtoken@@@good-two", "refreshtoken@@@dup", "refreshtoken@@@swapped", long, "refreshtoken@@@other"}
 	good := authA + " refreshtoken@@@good-one\n" + authB + " refreshtoken@@@good-two\n"
@@ -260,8 +279,8 @@ func TestAuthorizersImportRefusesBadFilesAndWritesNothing(t *testing.T) {
 				t.Errorf("stderr %q", errOut)
 			}
 			noSecrets(t, secrets, out, errOut)
-			if seq := lastSequence(t, ctx, js); seq != 0 {
-				t.Fatalf("the bucket was written to (revision %d)", seq)
+			if seq := lastSequence(t, ctx, js); seq != before {
+				t.Fatalf("the bucket was written to (revision %d, was %d)", seq, before)
 			}
 		})
 	}
@@ -393,7 +412,7 @@ func TestAuthorizersList(t *testing.T) {
 	for _, row := range []string{
 		`(?m)^PLATFORM\s+AUTHORIZERS\s+VERIFY TICKET$`,
 		`(?m)^` + platformC + `\s+3\s+received 5m\d+s ago$`,
-		`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's push$`,
+		`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's first push since ` + regexp.QuoteMeta(servedSince.UTC().Format(time.RFC3339)) + `, 1h0m\d+s ago$`,
 		`(?m)^COMPONENT\s+AUTHORIZER\s+STATE\s+REFRESH TOKEN\s+ISSUED\s+ACCESS TOKEN$`,
 		`(?m)^` + platformC + `\s+` + authA + `\s+active\s+` + fingerprintOf("refreshtoken@@@list-a") + `\s+1h0m\d+s ago\s+expires in (1h59m\d+s|2h0m0s)$`,
 		`(?m)^` + platformC + `\s+` + authB + `\s+awaiting code exchange\s+-\s+-\s+-$`,
@@ -415,7 +434,7 @@ func TestAuthorizersList(t *testing.T) {
 		for _, row := range []string{
 			`(?m)^` + authA + `\s+access_token\s`,
 			`(?m)^` + platformC + `\s+3\s+received 5m\d+s ago$`,
-			`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's push$`,
+			`(?m)^` + platformD + `\s+2\s+none: waiting for WeChat's first push since ` + regexp.QuoteMeta(servedSince.UTC().Format(time.RFC3339)) + `, 1h0m\d+s ago$`,
 		} {
 			if !regexp.MustCompile(row).MatchString(out) {
 				t.Errorf("no row %s in:\n%s", row, out)
@@ -434,6 +453,7 @@ func TestAuthorizersList(t *testing.T) {
 			Platforms   []struct {
 				ComponentAppID   string    `json:"component_appid"`
 				Authorizers      int       `json:"authorizers"`
+				ConfiguredAt     time.Time `json:"configured_at"`
 				TicketCreateTime time.Time `json:"verify_ticket_create_time"`
 				TicketReceivedAt time.Time `json:"verify_ticket_received_at"`
 			} `json:"platforms"`
@@ -455,7 +475,7 @@ func TestAuthorizersList(t *testing.T) {
 		noSecrets(t, secrets, out, errOut)
 		if list.Bucket != kv.DefaultPlatformBucket || list.TokenBucket != kv.DefaultBucket || len(list.Platforms) != 2 ||
 			list.Platforms[0].ComponentAppID != platformC || list.Platforms[0].Authorizers != 3 || list.Platforms[0].TicketReceivedAt.IsZero() ||
-			list.Platforms[1].ComponentAppID != platformD || !list.Platforms[1].TicketReceivedAt.IsZero() {
+			list.Platforms[1].ComponentAppID != platformD || !list.Platforms[1].TicketReceivedAt.IsZero() || !list.Platforms[1].ConfiguredAt.Equal(servedSince) {
 			t.Errorf("platforms %+v", list.Platforms)
 		}
 		var states []string
@@ -481,11 +501,11 @@ func TestAuthorizersList(t *testing.T) {
 	})
 	t.Run("one platform", func(t *testing.T) {
 		out, errOut, code := runWxtoken(t, env, "authorizers", "list", "--component", platformD)
-		if code != 0 || strings.Contains(out, platformC) || !strings.Contains(out, authF) || !strings.Contains(out, "waiting for WeChat's push") {
+		if code != 0 || strings.Contains(out, platformC) || !strings.Contains(out, authF) || !strings.Contains(out, "waiting for WeChat's first push since") {
 			t.Errorf("exit %d, stderr %q:\n%s", code, errOut, out)
 		}
 		out, _, code = runWxtoken(t, env, "authorizers", "list", "--component", "wx0000000000000new")
-		if code != 0 || !regexp.MustCompile(`(?m)^wx0000000000000new\s+0\s+none: waiting for WeChat's push$`).MatchString(out) {
+		if code != 0 || !regexp.MustCompile(`(?m)^wx0000000000000new\s+0\s+none: no refresher serves this platform$`).MatchString(out) {
 			t.Errorf("a platform with nothing yet: exit %d:\n%s", code, out)
 		}
 	})
@@ -495,6 +515,54 @@ func TestAuthorizersList(t *testing.T) {
 			t.Errorf("exit %d, stderr %q:\n%s", code, errOut, out)
 		}
 	})
+}
+
+// TestAuthorizersImportRefusesAPlatformNobodyServes: authorizers imported
+// for a platform no refresher serves would be kept by nobody; the import
+// says so, names the platforms served, and writes nothing, unless --force.
+func TestAuthorizersImportRefusesAPlatformNobodyServes(t *testing.T) {
+	const platformX = "wx000000000000000x"
+	ctx := testenv.Context(t, 30*time.Second)
+	js, b, env := platformNATS(t, ctx)
+	lines := importFile(t, authA+" refreshtoken@@@served-or-not\n")
+	before := lastSequence(t, ctx, js)
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		input string
+		inErr string
+	}{
+		{"lines", []string{"--component", platformX, lines}, "",
+			"platform " + platformX + " is not served by the refresher (it serves " + platformC + ", " + platformD + "): add it to the apps file under platforms:"},
+		{"a dry run", []string{"--component", platformX, "--dry-run", lines}, "", "platform " + platformX + " is not served by the refresher"},
+		{"entries of a platform served and two not", []string{"-"},
+			`[{"component_appid": "` + platformC + `", "appid": "` + authA + `", "refresh_token": "refreshtoken@@@served-or-not"},
+			  {"component_appid": "` + platformX + `", "appid": "` + authA + `", "refresh_token": "refreshtoken@@@served-or-not"},
+			  {"component_appid": "wx000000000000000y", "appid": "` + authA + `", "refresh_token": "refreshtoken@@@served-or-not"}]`,
+			"platforms " + platformX + ", wx000000000000000y are not served by the refresher (it serves "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, errOut, code := runWxtokenInput(t, env, tc.input, append([]string{"authorizers", "import"}, tc.args...)...)
+			if code != 1 || out != "" || !strings.Contains(errOut, tc.inErr) || !strings.Contains(errOut, "or give --force to import anyway; nothing was written") ||
+				strings.Count(errOut, "\n") != 1 {
+				t.Errorf("exit %d, stdout %q, stderr %q; want 1 and %q", code, out, errOut, tc.inErr)
+			}
+			noSecrets(t, []string{"refreshtoken@@@served-or-not"}, out, errOut)
+			if seq := lastSequence(t, ctx, js); seq != before {
+				t.Errorf("the bucket was written to (revision %d, was %d)", seq, before)
+			}
+		})
+	}
+	if out, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", platformX, "--force", lines); code != 0 || out != "1 imported, 0 kept (already held), 0 replaced\n" {
+		t.Errorf("--force: exit %d, stderr %q:\n%s", code, errOut, out)
+	}
+	wantImported(t, ctx, b, platformX, authA, "refreshtoken@@@served-or-not", time.Now().Add(-time.Minute), time.Now())
+
+	_, _, env = emptyPlatformNATS(t, ctx)
+	if _, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", platformC, lines); code != 1 ||
+		!strings.Contains(errOut, "platform "+platformC+" is not served by the refresher (it serves none yet)") {
+		t.Errorf("no platform served: exit %d, stderr %q", code, errOut)
+	}
 }
 
 func TestAuthorizersWithoutTheBucket(t *testing.T) {
@@ -514,6 +582,43 @@ func TestAuthorizersWithoutTheBucket(t *testing.T) {
 	}
 }
 
+// TestStatusPlatformsWithoutTheBucket: a NATS where no refresher with a
+// platform has run has no platform bucket; `status --platforms` says so
+// beside the tokens, and exits 0: it is not an error.
+func TestStatusPlatformsWithoutTheBucket(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	js, err := jetstream.New(testenv.Connect(t, srv.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	access, _ := kv.Encode(kv.NewRecord(authA, "accesstoken@@@status", 2*time.Hour, time.Now()))
+	if _, err := tokens.Put(ctx, authA, access); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"NATS_URL=" + srv.ClientURL()}
+	const note = `no platform bucket "wechat_platform" at this NATS: ` + "`wxtoken serve` creates it when its apps file has the platform"
+	out, errOut, code := runWxtoken(t, env, "status", "--platforms")
+	if code != 0 || errOut != "" || !regexp.MustCompile(`(?m)^`+authA+`\s+access_token\s`).MatchString(out) ||
+		!strings.Contains(out, "\nplatforms: none: "+note) {
+		t.Errorf("exit %d, stderr %q:\n%s", code, errOut, out)
+	}
+	out, errOut, code = runWxtoken(t, env, "status", "--platforms", "--json")
+	var status struct {
+		Tokens    []json.RawMessage `json:"tokens"`
+		Platforms []json.RawMessage `json:"platforms"`
+		Note      string            `json:"platforms_note"`
+	}
+	if err := json.Unmarshal([]byte(out), &status); code != 0 || err != nil || len(status.Tokens) != 1 || status.Platforms == nil ||
+		len(status.Platforms) != 0 || !strings.HasPrefix(status.Note, note) {
+		t.Errorf("--json: exit %d, %v, stderr %q:\n%s", code, err, errOut, out)
+	}
+}
+
 // TestAuthorizersImportFailureExits: a write the server refuses (here, a
 // bucket whose values must be tiny) fails the import, after the summary
 // of what was written.
@@ -527,7 +632,8 @@ func TestAuthorizersImportFailureExits(t *testing.T) {
 	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultPlatformBucket, History: 16, MaxValueSize: 16}); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, code := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "authorizers", "import", "--component", platformC,
+	// --force: a platform's record does not fit in the bucket either.
+	out, errOut, code := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "authorizers", "import", "--component", platformC, "--force",
 		importFile(t, authA+" refreshtoken@@@refused\n"))
 	if code != 1 || out != "0 imported, 0 kept (already held), 0 replaced\n" ||
 		!strings.HasPrefix(errOut, "wxtoken authorizers: line 1, "+authA+" of platform "+platformC+": ") || strings.Count(errOut, "\n") != 1 {
@@ -565,7 +671,7 @@ func TestAuthorizersCommandLine(t *testing.T) {
 		}
 	}
 	for sub, flags := range map[string][]string{
-		"import": {"--component", "--platform-bucket", "--replace", "--dry-run", "--nats-url", "--nats-user"},
+		"import": {"--component", "--platform-bucket", "--replace", "--dry-run", "--force", "--nats-url", "--nats-user"},
 		"list":   {"--component", "--platform-bucket", "--bucket", "--json", "--nats-url"},
 	} {
 		out, _, code := runWxtoken(t, nil, "authorizers", sub, "--help")

@@ -115,6 +115,14 @@ func TestClientCommands(t *testing.T) {
 		if !strings.Contains(watcher.output.String(), appA+` FAILED errcode=40164 class=config next_attempt=`) {
 			t.Errorf("watch printed:\n%s", watcher.output.String())
 		}
+		removal, _ := json.Marshal(kv.RemovalEvent{AppID: appA, Revision: 42, Reason: kv.RemovedUnauthorized, RemovedAt: time.Now()})
+		if err := nc.Publish(kv.Subjects{}.Removed(appA), removal); err != nil {
+			t.Fatal(err)
+		}
+		watcher.waitOutput(t, ctx, "REMOVED")
+		if !strings.Contains(watcher.output.String(), appA+` REMOVED revision=42 reason=unauthorized`) {
+			t.Errorf("watch printed:\n%s", watcher.output.String())
+		}
 		watcher.cmd.Process.Signal(syscall.SIGINT)
 		if code := watcher.wait(t, ctx); code != 0 {
 			t.Errorf("watch exited %d after SIGINT", code)

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -167,8 +168,21 @@ func TestNATSConfRoles(t *testing.T) {
 			t.Errorf("the token changed after the refused Put: %v", err)
 		}
 	})
+	t.Run("service hears of removals", func(t *testing.T) {
+		removed, err := service.nc.SubscribeSync(kv.Subjects{}.Removed(">"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		service.nc.Flush() // the server has the subscription before the event
+		if err := refresher.nc.Publish(kv.Subjects{}.Removed(appA), []byte(`{"appid":"`+appA+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := removed.NextMsgWithContext(ctx); err != nil {
+			t.Fatalf("the service did not receive the refresher's removal event: %v", err)
+		}
+	})
 	t.Run("service may not announce", func(t *testing.T) {
-		for _, subject := range []string{kv.Subjects{}.Value(appA), kv.Subjects{}.Rotated(appA), kv.Subjects{}.Failed(appA)} {
+		for _, subject := range []string{kv.Subjects{}.Value(appA), kv.Subjects{}.Rotated(appA), kv.Subjects{}.Failed(appA), kv.Subjects{}.Removed(appA)} {
 			service.nc.Publish(subject, []byte(`{"appid":"forged"}`))
 			service.nc.Flush()
 			service.denied(t, ctx, subject)
@@ -269,6 +283,31 @@ func TestNATSConfRoles(t *testing.T) {
 			t.Errorf("the authorizer changed after the refused Put: %v", err)
 		}
 
+		// The replay bucket beside it, the same: the refresher's alone.
+		const sig = "0123456789abcdef0123456789abcdef01234567"
+		replays, err := jsOf(refresher).CreateOrUpdateKeyValue(ctx, kv.ReplayConfig(kv.DefaultPlatformBucket, 1))
+		if err != nil {
+			t.Fatalf("refresher cannot create the replay bucket: %v", err)
+		}
+		if err := kv.TakePush(ctx, replays, sig, kv.TakenPush{ComponentAppID: component, TakenAt: time.Now()}); err != nil {
+			t.Errorf("refresher cannot record a push: %v", err)
+		}
+		if taken, err := kv.PushTaken(ctx, replays, sig); err != nil || !taken {
+			t.Errorf("refresher cannot read a push it recorded: %v, %v", taken, err)
+		}
+		if _, err := jsOf(service).KeyValue(short(), kv.ReplayBucket(kv.DefaultPlatformBucket)); err == nil {
+			t.Error("service bound the replay bucket")
+		}
+		for _, subject := range []string{
+			"$JS.API.STREAM.INFO.KV_wechat_platform_replay",
+			"$JS.API.DIRECT.GET.KV_wechat_platform_replay.$KV.wechat_platform_replay." + sig,
+			"$KV.wechat_platform_replay." + sig,
+		} {
+			service.nc.Publish(subject, nil)
+			service.nc.Flush()
+			service.denied(t, ctx, subject)
+		}
+
 		// The CLI, as each user: the refresher imports and lists, the
 		// service is refused.
 		file := filepath.Join(t.TempDir(), "authorizers.txt")
@@ -276,7 +315,8 @@ func TestNATSConfRoles(t *testing.T) {
 			t.Fatal(err)
 		}
 		env := []string{"NATS_URL=" + srv.ClientURL(), "NATS_USER=refresher", "NATS_PASSWORD=" + passwords["refresher"]}
-		if out, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", component, file); code != 0 || !strings.Contains(out, "1 imported") {
+		// --force: this refresher serves no platform.
+		if out, errOut, code := runWxtoken(t, env, "authorizers", "import", "--component", component, "--force", file); code != 0 || !strings.Contains(out, "1 imported") {
 			t.Errorf("import as refresher: exit %d, stderr %q:\n%s", code, errOut, out)
 		}
 		out, errOut, code := runWxtoken(t, env, "authorizers", "list")
@@ -354,4 +394,46 @@ func TestNATSConfRoles(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestReplayGuardFallsBackWhenItsBucketIsRefused: with a nats.conf from
+// before the replay bucket, the refresher may not have it; pushes are
+// still taken in (a warning says what to grant), and each replica's own
+// guard still refuses the replays it sees.
+func TestReplayGuardFallsBackWhenItsBucketIsRefused(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := rolesServerEdited(t, func(conf string) string {
+		var kept []string
+		for _, line := range strings.Split(conf, "\n") {
+			if !strings.Contains(line, "wechat_platform_replay") {
+				kept = append(kept, line)
+			}
+		}
+		return strings.Join(kept, "\n")
+	})
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
+		t.Fatal(err)
+	}
+	logs := newNotifyingBuffer()
+	refresher := testenv.Refresher(t, connectAs(t, srv, "refresher").nc,
+		publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url, Logger: textLogger(logs)})
+	for err := refresher.Refresher.Ready(); err != nil; err = refresher.Refresher.Ready() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the refresher never got ready: %v", err)
+		case <-time.After(10 * time.Millisecond): // polled: readiness announces nothing
+		}
+	}
+	taken := &lastRequest{next: refresher.Refresher.Callback()}
+	hook := serveHTTP(t, taken) + "/"
+	if _, answer, err := fake.PushTicket(ctx, hook, componentApp); err != nil || answer != "success" {
+		t.Fatalf("a push without the shared replay guard: %q, %v; want it taken in", answer, err)
+	}
+	if status := taken.replayTo(t, hook); status != http.StatusConflict {
+		t.Errorf("the push replayed to the replica that took it: %d, want 409", status)
+	}
+	if err := logs.waitFor(ctx, "replay bucket wechat_platform_replay (the refresher needs nats.conf's permissions on it"); err != nil {
+		t.Errorf("no warning naming the replay bucket and the fix: %v\n%s", err, logs.String())
+	}
 }

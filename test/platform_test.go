@@ -1,14 +1,18 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -519,5 +523,278 @@ func nextOp(t *testing.T, ctx context.Context, ch <-chan jetstream.KeyValueOp) j
 	case <-ctx.Done():
 		t.Fatal("no entry")
 		return 0
+	}
+}
+
+// TestServeRecordsItsPlatformsAndWarnsOfOthers: the refresher records each
+// platform it serves in the platform bucket, since when, and forgets one it
+// no longer serves; authorizers of a platform it does not serve, whose
+// tokens nobody keeps, get one warning per platform at start and at each
+// reload, with their count.
+func TestServeRecordsItsPlatformsAndWarnsOfOthers(t *testing.T) {
+	const unknown = "wx00000000000c0aff"
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultPlatformBucket, History: 16, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		putAuthorizer(t, ctx, b, kv.Authorizer{ComponentAppID: unknown, AppID: fmt.Sprintf("wx00000000000e%04d", i),
+			RefreshToken: "refreshtoken@@@orphan", IssuedAt: time.Now()})
+	}
+	if _, err := kv.RecordPlatform(ctx, b, unknown, time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	forgotten := make(chan jetstream.KeyValueOp, 4)
+	testenv.Follow(t, &kvwatch.Follower{Bucket: b, Key: kv.PlatformKey(unknown), OnEntry: func(e jetstream.KeyValueEntry) { forgotten <- e.Operation() }})
+	if op := nextOp(t, ctx, forgotten); op != jetstream.KeyValuePut {
+		t.Fatalf("the old record: %s", op)
+	}
+	recorded := testenv.Entries(t, b, kv.PlatformKey(componentApp))
+
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	if err := fake.AddPlatform(componentApp, componentSecret, componentToken, componentAESKey); err != nil {
+		t.Fatal(err)
+	}
+	logs := newNotifyingBuffer()
+	started := time.Now().Truncate(time.Second)
+	running := testenv.Refresher(t, nc, publisher.Config{Apps: []publisher.App{platformApp()}, UpstreamURL: url, Logger: textLogger(logs)})
+
+	e := testenv.Next(t, ctx, recorded)
+	p, err := kv.DecodeConfiguredPlatform(componentApp, e.Value())
+	if err != nil || p.ConfiguredAt.Before(started) || p.ConfiguredAt.After(time.Now()) {
+		t.Errorf("the platform's record %+v (%v): want the refresher's start", p, err)
+	}
+	if op := nextOp(t, ctx, forgotten); op != jetstream.KeyValueDelete {
+		t.Errorf("the record of the platform no longer served got a %s, want a delete", op)
+	}
+	const warning = "component_appid=" + unknown + " authorizers=3"
+	if err := logs.waitFor(ctx, warning); err != nil {
+		t.Fatalf("no warning about the authorizers of %s: %v\n%s", unknown, err, logs.String())
+	}
+	if err := running.Refresher.SetApps([]publisher.App{platformApp()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := logs.waitForCount(ctx, warning, 2); err != nil {
+		t.Fatalf("no warning at the reload: %v", err)
+	}
+	if lines := logs.linesWith(warning); len(lines) != 2 || !strings.Contains(lines[0], "level=WARN") {
+		t.Errorf("want one WARN line at start and one at the reload, got %q", lines)
+	}
+	// Recorded again by the reload, it keeps the time it was first served.
+	if again, err := b.Get(ctx, kv.PlatformKey(componentApp)); err != nil || again.Revision() != e.Revision() {
+		t.Errorf("the reload wrote the platform's record again (%v)", err)
+	}
+}
+
+// TestAFreshPlatformShowsItWaitsForTheFirstPush: a platform the refresher
+// serves, with no verify ticket yet and no authorizer, shows in `status
+// --platforms` and `authorizers list` as waiting for WeChat's first push,
+// since the refresher first served it: when an operator looks.
+func TestAFreshPlatformShowsItWaitsForTheFirstPush(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
+	e := testenv.Next(t, ctx, testenv.Entries(t, sys.platform, kv.PlatformKey(componentApp)))
+	served, err := kv.DecodeConfiguredPlatform(componentApp, e.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile(`(?m)^` + componentApp + `\s+0\s+none: waiting for WeChat's first push since ` +
+		regexp.QuoteMeta(served.ConfiguredAt.UTC().Format(time.RFC3339)) + `, \d+s ago$`)
+	env := []string{"NATS_URL=" + sys.natsURL}
+	for _, args := range [][]string{{"status", "--platforms"}, {"authorizers", "list"}} {
+		out, errOut, code := runWxtoken(t, env, args...)
+		if code != 0 || !row.MatchString(out) {
+			t.Errorf("%v: exit %d, stderr %q; no row %s in:\n%s", args, code, errOut, row, out)
+		}
+	}
+}
+
+// lastRequest keeps the last request it passed on, to send again.
+type lastRequest struct {
+	next http.Handler
+	mu   sync.Mutex
+	uri  string
+	body []byte
+}
+
+func (l *lastRequest) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	l.mu.Lock()
+	l.uri, l.body = r.URL.RequestURI(), body
+	l.mu.Unlock()
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	l.next.ServeHTTP(w, r)
+}
+
+// replayTo sends the last request again to base, and returns the status.
+func (l *lastRequest) replayTo(t *testing.T, base string) int {
+	t.Helper()
+	l.mu.Lock()
+	uri, body := l.uri, l.body
+	l.mu.Unlock()
+	resp, err := http.Post(base+uri, "text/xml", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestReplayToAnotherReplicaIsRefused: a push taken in by one replica's
+// callback and replayed to another's is refused there too, as a replay:
+// the replicas share the pushes they took in, for 20 minutes.
+func TestReplayToAnotherReplicaIsRefused(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{Instance: "a"})
+	other := testenv.Refresher(t, testenv.Connect(t, sys.natsURL), publisher.Config{Instance: "b", Apps: []publisher.App{platformApp()},
+		UpstreamURL: sys.wechat, Logger: textLogger(sys.logs)})
+	for err := other.Refresher.Ready(); err != nil; err = other.Refresher.Ready() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the second replica never got ready: %v", err)
+		case <-time.After(10 * time.Millisecond): // polled: readiness announces nothing
+		}
+	}
+	taken := &lastRequest{next: other.Refresher.Callback()}
+	otherHook := serveHTTP(t, taken) + "/"
+
+	for _, push := range []func() (string, error){
+		func() (string, error) {
+			_, answer, err := sys.fake.PushTicket(ctx, otherHook, componentApp)
+			return answer, err
+		},
+		func() (string, error) { return sys.fake.Authorize(ctx, otherHook, componentApp, authorizerA) },
+	} {
+		if answer, err := push(); err != nil || answer != "success" {
+			t.Fatalf("a push to the second replica: %q, %v", answer, err)
+		}
+		if status := taken.replayTo(t, sys.hook); status != http.StatusConflict {
+			t.Errorf("the push replayed to the first replica: %d, want 409", status)
+		}
+		if status := taken.replayTo(t, otherHook); status != http.StatusConflict {
+			t.Errorf("the push replayed to the replica that took it: %d, want 409", status)
+		}
+	}
+	js, _ := jetstream.New(sys.nc)
+	replays, err := js.KeyValue(ctx, kv.ReplayBucket(kv.DefaultPlatformBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := replays.Status(ctx); err != nil || st.TTL() != 20*time.Minute || st.Values() != 2 {
+		t.Errorf("replay bucket: %v; want the two pushes, kept 20 minutes", err)
+		if err == nil {
+			t.Errorf("it holds %d, kept %s", st.Values(), st.TTL())
+		}
+	}
+}
+
+// TestWithdrawnAuthorizerIsSaidRemoved: an account withdraws its
+// authorization; the removal is published as an event, and on the key's
+// Value subject with its header, for services in any language; a
+// subscriber following the key, the agent serving it, and a subscriber
+// that comes later all say "removed" rather than serving the last token.
+func TestWithdrawnAuthorizerIsSaidRemoved(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	sys := startPlatform(t, ctx, fakewechat.Config{}, publisher.Config{})
+	removedEvents, err := sys.nc.SubscribeSync(kv.Subjects{}.Removed(">"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	values, err := sys.nc.SubscribeSync(kv.Subjects{}.Value(authorizerA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys.authorized(t, ctx, authorizerA)
+	sub, err := subscriber.New(ctx, sys.nc, authorizerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	held := sub.Token()
+	agent := startWxtoken(t, "agent", nil, "agent", "--nats-url", sys.natsURL, "--listen", "127.0.0.1:0", "--wechat-base-url", sys.wechat,
+		"--keys", authorizerA)
+	agent.waitOutput(t, ctx, "agent listening")
+	base := "http://" + listenAddr(t, agent.output.String())
+	awaitReady(t, ctx, agent, base+"/readyz")
+	// A long poll under way when the key goes is answered at once.
+	polled := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/credentials/"+authorizerA+"?wait=60", nil)
+		req.Header.Set("If-None-Match", `"`+strconv.FormatUint(held.Revision, 10)+`"`)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			close(polled)
+			return
+		}
+		polled <- resp
+	}()
+	for {
+		if m, err := values.NextMsgWithContext(ctx); err != nil || kv.RemovalReason(m.Header) != "" {
+			t.Fatalf("a removal on the Value subject before the withdrawal: %v", err)
+		} else if rev, _, _ := kv.DecodeValueMsg(m); rev == held.Revision {
+			break
+		}
+	}
+	if answer, err := sys.fake.Unauthorize(ctx, sys.hook, componentApp, authorizerA); err != nil || answer != "success" {
+		t.Fatalf("unauthorize: %q, %v", answer, err)
+	}
+
+	ev, _ := nextEvent[kv.RemovalEvent](t, ctx, removedEvents)
+	if ev.AppID != authorizerA || ev.Reason != kv.RemovedUnauthorized || ev.Revision <= held.Revision || time.Since(ev.RemovedAt) > time.Minute {
+		t.Errorf("removal event %+v", ev)
+	}
+	m, err := values.NextMsgWithContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev, body, err := kv.DecodeValueMsg(m); err != nil || rev != ev.Revision || len(body) != 0 || m.Header.Get("Wxtoken-Removed") != "unauthorized" {
+		t.Errorf("on the Value subject: revision %d, body %q, headers %v (%v); want the removal at %d", rev, body, m.Header, err, ev.Revision)
+	}
+
+	select {
+	case <-sub.Updated():
+	case <-ctx.Done():
+		t.Fatal("Updated did not fire for the removal")
+	}
+	if _, err := sub.Current(); !errors.Is(err, subscriber.ErrRemoved) || !strings.Contains(err.Error(), "withdrew its authorization") {
+		t.Errorf("Current after the withdrawal: %v, want ErrRemoved", err)
+	}
+	if _, err := sub.Refresh(ctx, sub.Token().Revision); !errors.Is(err, subscriber.ErrRemoved) {
+		t.Errorf("Refresh after the withdrawal: %v, want ErrRemoved", err)
+	}
+	if _, err := (&http.Client{Transport: sub.Transport(nil)}).Get(sys.wechat + "/cgi-bin/getcallbackip"); !errors.Is(err, subscriber.ErrRemoved) {
+		t.Errorf("a call through Transport after the withdrawal: %v, want ErrRemoved", err)
+	}
+	if _, err := subscriber.New(ctx, sys.nc, authorizerA); !errors.Is(err, subscriber.ErrRemoved) {
+		t.Errorf("a subscriber that comes after the withdrawal: %v, want ErrRemoved", err)
+	}
+
+	var answer struct {
+		Error struct{ Code, Message string } `json:"error"`
+	}
+	if resp := <-polled; resp == nil || resp.StatusCode != http.StatusGone {
+		t.Errorf("the long poll under way: %v, want 410", resp)
+	} else {
+		resp.Body.Close()
+	}
+	resp, err := http.Get(base + "/v1/credentials/" + authorizerA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&answer)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGone || answer.Error.Code != "removed" || !strings.Contains(answer.Error.Message, authorizerA+" was removed at revision") {
+		t.Errorf("the agent's read: %d %+v, want 410 removed", resp.StatusCode, answer.Error)
+	}
+	var wechat struct {
+		ErrCode int `json:"errcode"`
+	}
+	getJSON(t, base+"/cgi-bin/token?grant_type=client_credential&appid="+authorizerA+"&secret=unused", &wechat)
+	if wechat.ErrCode != 61003 {
+		t.Errorf("the agent's /cgi-bin/token: errcode %d, want 61003", wechat.ErrCode)
 	}
 }

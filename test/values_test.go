@@ -3,6 +3,8 @@ package test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +80,56 @@ func TestSubscriberWatchesBucketWithoutValues(t *testing.T) {
 	rev := put("second")
 	if tok := awaitNewer(t, ctx, sub, rev-1); tok.Value != "second" {
 		t.Errorf("after a put: %q", tok.Value)
+	}
+}
+
+// TestWatchingSubscriberTellsARemovalFromADelete: a subscriber that
+// watches the key (no values published) reads the delete marker's header:
+// a key removed for good is said removed, one deleted by someone (which
+// the refresher writes again) keeps its last token, and a value stored
+// after a removal ends it.
+func TestWatchingSubscriberTellsARemovalFromADelete(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket, History: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(token string) uint64 { return putRecord(t, ctx, b, token, time.Hour) }
+	put("first")
+	logs := newNotifyingBuffer()
+	sub := newSubscriber(t, ctx, nc, subscriber.WithLogger(textLogger(logs)))
+
+	if err := b.Delete(ctx, appA); err != nil {
+		t.Fatal(err)
+	}
+	if err := logs.waitFor(ctx, "token key was deleted; keeping the last token"); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := sub.Current(); err != nil || tok.Value != "first" {
+		t.Errorf("after someone's delete: %q, %v; want the last token", tok.Value, err)
+	}
+	rev := put("second")
+	awaitNewer(t, ctx, sub, rev-1)
+
+	removedAt, err := kv.Remove(ctx, js, kv.DefaultBucket, appA, rev, kv.RemovedUnauthorized)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := sub.Current(); !errors.Is(err, subscriber.ErrRemoved); _, err = sub.Current() {
+		select {
+		case <-sub.Updated():
+		case <-ctx.Done():
+			t.Fatalf("never said removed: %v", err)
+		}
+	}
+	if _, err := sub.Current(); !strings.Contains(err.Error(), fmt.Sprintf("%s was removed at revision %d", appA, removedAt)) {
+		t.Errorf("Current: %v", err)
+	}
+	awaitNewer(t, ctx, sub, put("third")-1)
+	if tok, err := sub.Current(); err != nil || tok.Value != "third" {
+		t.Errorf("a value after the removal: %q, %v; want it served", tok.Value, err)
 	}
 }
 

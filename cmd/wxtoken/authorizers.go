@@ -85,6 +85,10 @@ func checkPlatformFlags(component, bucket string) error {
 	return nil
 }
 
+// errNoPlatformBucket is wrapped by bindPlatform's error when the bucket
+// does not exist: no refresher with a platform has run against this NATS.
+var errNoPlatformBucket = errors.New("no platform bucket")
+
 // bindPlatform binds the platform bucket; only `wxtoken serve` creates it.
 func bindPlatform(ctx context.Context, nc *nats.Conn, name string) (jetstream.KeyValue, error) {
 	js, err := jetstream.New(nc)
@@ -93,7 +97,7 @@ func bindPlatform(ctx context.Context, nc *nats.Conn, name string) (jetstream.Ke
 	}
 	b, err := js.KeyValue(ctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, fmt.Errorf("no platform bucket %q at this NATS: `wxtoken serve` creates it when its apps file has the platform (under \"platforms:\")", name)
+		return nil, fmt.Errorf("%w %q at this NATS: `wxtoken serve` creates it when its apps file has the platform (under \"platforms:\")", errNoPlatformBucket, name)
 	}
 	if err != nil {
 		return nil, describeNATSError(err)
@@ -112,7 +116,9 @@ and, optionally, component_appid.
 The whole file is checked before anything is written: one problem anywhere
 and nothing is. An authorizer that holds a refresh token already keeps it,
 unless --replace. Tokens are never printed, only their fingerprints
-(sha256: and the first 8 hex digits of the token's SHA-256).`
+(sha256: and the first 8 hex digits of the token's SHA-256).
+A platform that no refresher serves (wxtoken serve records the platforms
+of its apps file in the platform bucket) is refused, unless --force.`
 
 const importExamples = `  wxtoken authorizers import --component wx1234567890abcdef authorizers.txt
   wxtoken authorizers import --dry-run exported.json
@@ -122,12 +128,13 @@ const importExamples = `  wxtoken authorizers import --component wx1234567890abc
 func importAuthorizers(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var n natsFlags
 	var component, bucket string
-	var replace, dryRun bool
+	var replace, dryRun, force bool
 	c := newCommand("authorizers import", "FILE", importSummary, importExamples)
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", 0)
 	platformFlags(c, &component, &bucket, "component `appid` of the platform the authorizers authorized (required unless\nevery JSON entry has its component_appid)")
 	c.Bool(&replace, "replace", "", false, "overwrite the refresh token of an authorizer that holds one (default: keep it)")
 	c.Bool(&dryRun, "dry-run", "", false, "check the file and report what would be done; write nothing")
+	c.Bool(&force, "force", "", false, "import for a platform the refresher does not serve (yet): its authorizers wait for it")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
@@ -173,8 +180,10 @@ func importAuthorizers(args []string, getenv func(string) string, stdout, stderr
 	bindCtx, cancel := context.WithTimeout(ctx, clientTimeout)
 	defer cancel()
 	if err := nc.do(bindCtx, func(ctx context.Context) (err error) {
-		b, err = bindPlatform(ctx, nc.Conn, bucket)
-		return err
+		if b, err = bindPlatform(ctx, nc.Conn, bucket); err != nil || force {
+			return err
+		}
+		return checkServed(ctx, b, entries)
 	}); err != nil {
 		return err
 	}

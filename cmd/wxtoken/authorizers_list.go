@@ -44,6 +44,9 @@ type authorizerRow struct {
 type platformRow struct {
 	ComponentAppID string `json:"component_appid"`
 	Authorizers    int    `json:"authorizers"`
+	// ConfiguredAt is when a refresher first served the platform; absent
+	// when none serves it.
+	ConfiguredAt time.Time `json:"configured_at,omitzero"`
 	// The verify ticket's times, absent while there is none.
 	TicketCreateTime time.Time `json:"verify_ticket_create_time,omitzero"` // WeChat's
 	TicketReceivedAt time.Time `json:"verify_ticket_received_at,omitzero"`
@@ -56,7 +59,8 @@ exchanged for a refresh token; unauthorized), the refresh token's
 fingerprint (sha256: and the first 8 hex digits of its SHA-256, never the
 token) and age, and when its access_token in the token bucket expires
 ("-" when there is none or the bucket cannot be read). Above them, each
-platform's verify ticket: how long ago WeChat pushed it.`
+platform's verify ticket: how long ago WeChat pushed it, or since when the
+refresher waits for WeChat's first push.`
 
 // ticketLifetime is how long WeChat says a verify ticket lives.
 const ticketLifetime = 12 * time.Hour
@@ -139,23 +143,30 @@ func printAuthorizers(stdout io.Writer, platforms []platformRow, rows []authoriz
 
 // printPlatforms prints each platform's authorizer count and verify ticket.
 func printPlatforms(stdout io.Writer, platforms []platformRow, now time.Time) error {
-	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" }
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "PLATFORM\tAUTHORIZERS\tVERIFY TICKET")
 	for _, p := range platforms {
-		ticket := "none: waiting for WeChat's push"
-		switch {
-		case p.Error != "":
-			ticket = stateInvalid + ": " + p.Error
-		case p.TicketReceivedAt.IsZero():
-		case now.Sub(p.TicketReceivedAt) > ticketLifetime:
-			ticket = "received " + ago(p.TicketReceivedAt) + ", past its 12h lifetime"
-		default:
-			ticket = "received " + ago(p.TicketReceivedAt)
-		}
-		fmt.Fprintf(w, "%s\t%d\t%s\n", p.ComponentAppID, p.Authorizers, ticket)
+		fmt.Fprintf(w, "%s\t%d\t%s\n", p.ComponentAppID, p.Authorizers, p.ticketState(now))
 	}
 	return w.Flush()
+}
+
+// ticketState says what a platform's verify ticket is: how old, or since
+// when the refresher waits for the first, or that no refresher serves the
+// platform to receive one.
+func (p platformRow) ticketState(now time.Time) string {
+	ago := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() + " ago" }
+	switch {
+	case p.Error != "":
+		return stateInvalid + ": " + p.Error
+	case p.TicketReceivedAt.IsZero() && p.ConfiguredAt.IsZero():
+		return "none: no refresher serves this platform"
+	case p.TicketReceivedAt.IsZero():
+		return "none: waiting for WeChat's first push since " + p.ConfiguredAt.UTC().Format(time.RFC3339) + ", " + ago(p.ConfiguredAt)
+	case now.Sub(p.TicketReceivedAt) > ticketLifetime:
+		return "received " + ago(p.TicketReceivedAt) + ", past its 12h lifetime"
+	}
+	return "received " + ago(p.TicketReceivedAt)
 }
 
 // printAuthorizerRows prints the table of authorizers.
@@ -191,7 +202,7 @@ func readPlatforms(ctx context.Context, b jetstream.KeyValue, component string) 
 	if component == "" {
 		w, err = b.WatchAll(ctx, jetstream.IgnoreDeletes())
 	} else {
-		w, err = b.WatchFiltered(ctx, []string{kv.AuthorizersOf(component), kv.VerifyTicketKey(component)}, jetstream.IgnoreDeletes())
+		w, err = b.WatchFiltered(ctx, []string{kv.AuthorizersOf(component), kv.VerifyTicketKey(component), kv.PlatformKey(component)}, jetstream.IgnoreDeletes())
 	}
 	if err != nil {
 		return nil, nil, describeNATSError(err)
@@ -225,6 +236,13 @@ func readPlatforms(ctx context.Context, b jetstream.KeyValue, component string) 
 		if c, appid, ok := kv.SplitAuthorizerKey(e.Key()); ok {
 			platform(c).Authorizers++
 			rows = append(rows, authorizerRowOf(c, appid, e))
+			continue
+		}
+		if c, ok := kv.SplitPlatformKey(e.Key()); ok {
+			p := platform(c)
+			if served, err := kv.DecodeConfiguredPlatform(c, e.Value()); err == nil {
+				p.ConfiguredAt = served.ConfiguredAt
+			}
 			continue
 		}
 		c, ok := strings.CutSuffix(e.Key(), kv.VerifyTicketKey(""))

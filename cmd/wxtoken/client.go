@@ -113,7 +113,7 @@ func oneKey(c *command, args []string, getenv func(string) string, stdout io.Wri
 func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var n natsFlags
 	var asJSON bool
-	c := newCommand("watch", "[KEY]", "Print rotations and failures as they happen, one line each, until interrupted.\nWith no KEY, every key's: tokens and tickets.",
+	c := newCommand("watch", "[KEY]", "Print rotations, failures and removals as they happen, one line each, until\ninterrupted. With no KEY, every key's: tokens and tickets.",
 		"  wxtoken watch\n  wxtoken watch wx1234567890abcdef --json\n  wxtoken watch wx1234567890abcdef.jsapi_ticket")
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withSubject)
 	c.Bool(&asJSON, "json", "", false, "print each event's JSON as published")
@@ -139,7 +139,7 @@ func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	defer nc.Close()
 	subjects := kv.Subjects{Prefix: n.prefix}
 	events := make(chan *nats.Msg, 64)
-	for _, subject := range []string{subjects.Rotated(appid), subjects.Failed(appid)} {
+	for _, subject := range []string{subjects.Rotated(appid), subjects.Failed(appid), subjects.Removed(appid)} {
 		if _, err := nc.ChanSubscribe(subject, events); err != nil {
 			return describeNATSError(err)
 		}
@@ -155,7 +155,7 @@ func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		return fmt.Errorf("permission denied: %w", err)
 	default:
 	}
-	fmt.Fprintf(stderr, "watching %s and %s (Ctrl-C to stop)\n", subjects.Rotated(appid), subjects.Failed(appid))
+	fmt.Fprintf(stderr, "watching %s, %s and %s (Ctrl-C to stop)\n", subjects.Rotated(appid), subjects.Failed(appid), subjects.Removed(appid))
 	ctx, stop := signalContext()
 	defer stop()
 	for {
@@ -169,16 +169,23 @@ func watch(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 				fmt.Fprintln(stdout, string(m.Data))
 				continue
 			}
-			fmt.Fprintln(stdout, describeEvent(strings.HasPrefix(m.Subject, subjects.Failed("")), m.Data))
+			fmt.Fprintln(stdout, describeEvent(m.Subject, subjects, m.Data))
 		}
 	}
 }
 
-// describeEvent renders a rotated or, if failed, a failed event as one line.
-func describeEvent(failed bool, data []byte) string {
+// describeEvent renders a rotated, failed or removed event as one line.
+func describeEvent(subject string, subjects kv.Subjects, data []byte) string {
 	undecodable := "undecodable event: " + strconv.Quote(string(data))
 	now := time.Now().UTC().Format(time.RFC3339)
-	if failed {
+	if strings.HasPrefix(subject, subjects.Removed("")) {
+		var ev kv.RemovalEvent
+		if json.Unmarshal(data, &ev) != nil {
+			return undecodable
+		}
+		return fmt.Sprintf("%s %s REMOVED revision=%d reason=%s", now, kv.Key(ev.AppID, ev.Kind), ev.Revision, ev.Reason)
+	}
+	if strings.HasPrefix(subject, subjects.Failed("")) {
 		var ev kv.FailureEvent
 		if json.Unmarshal(data, &ev) != nil {
 			return undecodable
@@ -339,10 +346,15 @@ each third-party platform's verify ticket and number of authorizers too
 		leader = readLeader(ctx, nc.Conn, n.bucket)
 		return nil
 	})
-	var platforms []platformRow
+	platforms := []platformRow{}
+	var noPlatforms string // why there are none: no platform bucket, which is no error
 	if withPlatforms {
 		if err := nc.do(ctx, func(ctx context.Context) error {
 			b, err := bindPlatform(ctx, nc.Conn, platformBucket)
+			if errors.Is(err, errNoPlatformBucket) {
+				noPlatforms = err.Error()
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -358,6 +370,9 @@ each third-party platform's verify ticket and number of authorizers too
 		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows}
 		if withPlatforms {
 			out["platforms"] = platforms
+		}
+		if noPlatforms != "" {
+			out["platforms_note"] = noPlatforms
 		}
 		return enc.Encode(out)
 	}
@@ -390,6 +405,10 @@ each third-party platform's verify ticket and number of authorizers too
 		return err
 	}
 	fmt.Fprintln(stdout)
+	if noPlatforms != "" {
+		fmt.Fprintf(stdout, "platforms: none: %s\n", noPlatforms)
+		return nil
+	}
 	return printPlatforms(stdout, platforms, now)
 }
 

@@ -103,6 +103,9 @@ func etag(revision uint64) string { return `"` + strconv.FormatUint(revision, 10
 func (a *Agent) usable(x *exchange, f *followed) (subscriber.Token, bool) {
 	t, err := a.current(x.r.Context(), f)
 	switch {
+	case errors.Is(err, subscriber.ErrRemoved):
+		x.fail(http.StatusGone, "removed", "%s", removedMessage(err))
+		return t, false
 	case errors.Is(err, subscriber.ErrExpired):
 		x.fail(http.StatusServiceUnavailable, "expired", "the value of %s expired at %s and was not replaced (is the refresher running?)",
 			f.key, t.ExpiresAt.UTC().Format(time.RFC3339))
@@ -115,6 +118,11 @@ func (a *Agent) usable(x *exchange, f *followed) (subscriber.Token, bool) {
 		return t, false
 	}
 	return t, true
+}
+
+// removedMessage says why a key is gone, without the subscriber's prefix.
+func removedMessage(err error) string {
+	return strings.TrimPrefix(err.Error(), subscriber.ErrRemoved.Error()+": ")
 }
 
 // expiredGrace is how long a request waits for the successor of a value
@@ -341,6 +349,8 @@ func (a *Agent) refresh(x *exchange, f *followed, stale uint64, reason string) (
 	switch {
 	case err == nil:
 		return t, true
+	case errors.Is(err, subscriber.ErrRemoved):
+		x.fail(http.StatusGone, "removed", "%s", removedMessage(err))
 	case errors.Is(err, subscriber.ErrRateLimited):
 		a.rateLimited(x, f.key, t, err)
 	case errors.Is(err, subscriber.ErrUnknownApp):
@@ -468,6 +478,8 @@ func (a *Agent) serveJSSDK(x *exchange, key, which string) {
 		config, err = jssdk.SignAgentConfig(f.sub, page)
 	}
 	switch {
+	case errors.Is(err, subscriber.ErrRemoved):
+		x.fail(http.StatusGone, "removed", "%s", removedMessage(err))
 	case errors.Is(err, subscriber.ErrExpired), errors.Is(err, subscriber.ErrClosed):
 		// It expired, or the agent began to stop, since usable said it
 		// could be used.

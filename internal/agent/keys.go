@@ -251,6 +251,12 @@ func (ks *keySet) subscribe(ctx context.Context, key string) {
 		subscriber.WithSubjectPrefix(cfg.SubjectPrefix),
 		subscriber.WithLogger(ks.a.log),
 		subscriber.OnRotate(func(_ *subscriber.Subscriber, t subscriber.Token) { ks.rotated(f, t) }),
+		subscriber.OnError(func(_ *subscriber.Subscriber, err error) {
+			if errors.Is(err, subscriber.ErrRemoved) {
+				ks.a.log.Warn("key removed: it is answered 410 removed from now on", "key", key, "error", err)
+				f.wake() // long polls answer it at once
+			}
+		}),
 	}
 	delay := time.Second
 	for {
@@ -307,6 +313,11 @@ func (ks *keySet) rotated(f *followed, t subscriber.Token) {
 		}
 		ks.mu.Unlock()
 	}
+	f.wake()
+}
+
+// wake tells the long polls on the key that it changed.
+func (f *followed) wake() {
 	f.mu.Lock()
 	close(f.changed)
 	f.changed = make(chan struct{})
@@ -416,6 +427,9 @@ func (f *followed) waitNewer(ctx context.Context, revision uint64, draining <-ch
 		f.mu.Unlock()
 		if t := f.sub.Token(); t.Revision > revision {
 			return t
+		}
+		if _, err := f.sub.Current(); errors.Is(err, subscriber.ErrRemoved) {
+			return f.sub.Token() // the poll is answered: removed
 		}
 		select {
 		case <-changed:

@@ -143,9 +143,14 @@ func (a *Agent) answerToken(x *exchange, f *followed, wecom bool) {
 }
 
 // wechatUsable is usable with WeChat's answers: -1, system busy, while the
-// value has expired.
+// value has expired; 61003, as WeChat answers for an account that has not
+// authorized the platform, once the key is removed.
 func (a *Agent) wechatUsable(x *exchange, f *followed) (subscriber.Token, bool) {
 	t, err := a.current(x.r.Context(), f)
+	if errors.Is(err, subscriber.ErrRemoved) {
+		x.wechatError(http.StatusOK, 61003, "removed", "component is not authorized by this account: %s", removedMessage(err))
+		return t, false
+	}
 	if err != nil {
 		x.wechatError(http.StatusOK, -1, "expired", "system busy: the value of %s expired and was not replaced (is the refresher running?)", f.key)
 		return t, false

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -153,14 +154,43 @@ func TestCallbackTakesGenuinePushesAndRefusesTheRest(t *testing.T) {
 	if ev := got(); len(ev) != 3 || ev[2].InfoType != InfoUnauthorized {
 		t.Errorf("events %+v, want the withdrawal", ev)
 	}
-	if status, _ := func() (int, string) {
-		resp, err := http.Get(srv.URL + "/wechat/callback")
+	for method, want := range map[string]int{http.MethodGet: http.StatusOK, http.MethodPut: http.StatusMethodNotAllowed} {
+		req, _ := http.NewRequest(method, srv.URL+"/wechat/callback", nil)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		return resp.StatusCode, ""
-	}(); status != http.StatusMethodNotAllowed {
-		t.Errorf("GET = %d, want 405", status)
+		if resp.StatusCode != want {
+			t.Errorf("%s = %d, want %d", method, resp.StatusCode, want)
+		}
+	}
+}
+
+// TestStaleTimestampSaysHowFarOff: a push whose timestamp is far from the
+// clock is refused with the time it names and how far off that is, in
+// words an operator reads at a glance, past or future.
+func TestStaleTimestampSaysHowFarOff(t *testing.T) {
+	now := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	cb := &Callback{Now: func() time.Time { return now },
+		Crypter: func(string) *wxcrypt.Crypter { return nil },
+		OnEvent: func(context.Context, Event) error { return nil }}
+	srv := httptest.NewServer(cb)
+	defer srv.Close()
+	for _, tc := range []struct {
+		sent time.Time
+		want string
+	}{
+		{time.Unix(0, 0), "timestamp 1970-01-01T00:00:00Z is 56 years old; WeChat's pushes are within 10 minutes"},
+		{now.Add(-400 * 24 * time.Hour), "timestamp 2025-10-27T08:00:00Z is 1 year old; WeChat's pushes are within 10 minutes"},
+		{now.Add(-3*24*time.Hour - time.Hour), "timestamp 2026-11-28T07:00:00Z is 3 days old; WeChat's pushes are within 10 minutes"},
+		{now.Add(-2*time.Hour - 3*time.Second), "timestamp 2026-12-01T05:59:57Z is 2h0m3s old; WeChat's pushes are within 10 minutes"},
+		{now.Add(15 * time.Minute), "timestamp 2026-12-01T08:15:00Z is 15m0s in the future; WeChat's pushes are within 10 minutes (is this server's clock right?)"},
+	} {
+		query := "/?msg_signature=x&nonce=1&timestamp=" + strconv.FormatInt(tc.sent.Unix(), 10)
+		status, body := send(t, srv.URL, query, "<xml/>")
+		if status != http.StatusBadRequest || strings.TrimSpace(body) != tc.want {
+			t.Errorf("timestamp %s: %d %q, want 400 %q", tc.sent, status, body, tc.want)
+		}
 	}
 }

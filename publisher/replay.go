@@ -1,0 +1,102 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// replayRetry is how long the replay guard waits before it tries again to
+// open a bucket it could not: pushes come every 10 minutes, and each try
+// may cost a push its answer's time.
+const replayRetry = time.Minute
+
+// replayGuard is the callbacks' shared memory of the pushes taken in: the
+// replay bucket beside the platform bucket (kv.ReplayBucket), created by
+// the refresher. It is a second line: when the bucket cannot be opened
+// (NATS away, or a nats.conf from before it that does not let the
+// refresher have it) each replica's own guard still refuses the replays
+// it sees, and no push is refused for it.
+type replayGuard struct {
+	js       jetstream.JetStream
+	config   jetstream.KeyValueConfig
+	now      func() time.Time
+	mu       sync.Mutex
+	bucket   jetstream.KeyValue // once open
+	opening  bool               // a try is under way: nobody waits for it
+	failedAt time.Time          // the last failed try
+	failure  error
+}
+
+// errReplayOpening answers a push that comes while the bucket is being
+// opened: it does not wait, as WeChat does not for its answer.
+var errReplayOpening = errors.New("publisher: the replay bucket is being opened")
+
+func newReplayGuard(js jetstream.JetStream, cfg Config) *replayGuard {
+	return &replayGuard{js: js, config: kv.ReplayConfig(cfg.PlatformBucket, cfg.Replicas), now: cfg.Clock.now}
+}
+
+// open creates or opens the bucket, at most once per replayRetry after a
+// failure, and one try at a time.
+func (g *replayGuard) open(ctx context.Context) (jetstream.KeyValue, error) {
+	g.mu.Lock()
+	switch {
+	case g.bucket != nil:
+		defer g.mu.Unlock()
+		return g.bucket, nil
+	case g.opening:
+		g.mu.Unlock()
+		return nil, errReplayOpening
+	case g.failure != nil && g.now().Sub(g.failedAt) < replayRetry:
+		defer g.mu.Unlock()
+		return nil, g.failure
+	}
+	g.opening = true
+	g.mu.Unlock()
+	b, err := g.js.CreateOrUpdateKeyValue(ctx, g.config)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.opening = false
+	if err != nil {
+		g.failedAt = g.now()
+		g.failure = fmt.Errorf("publisher: replay bucket %s (the refresher needs nats.conf's permissions on it; tried again within %s): %w",
+			g.config.Bucket, replayRetry, err)
+		return nil, g.failure
+	}
+	g.bucket, g.failure = b, nil
+	return b, nil
+}
+
+// Taken implements platform.ReplayGuard.
+func (g *replayGuard) Taken(ctx context.Context, sig string) (bool, error) {
+	b, err := g.open(ctx)
+	if err != nil {
+		return false, err
+	}
+	return kv.PushTaken(ctx, b, sig)
+}
+
+// Take implements platform.ReplayGuard.
+func (g *replayGuard) Take(ctx context.Context, sig, componentAppID string) error {
+	b, err := g.open(ctx)
+	if err != nil {
+		return err
+	}
+	return kv.TakePush(ctx, b, sig, kv.TakenPush{ComponentAppID: componentAppID, TakenAt: g.now()})
+}
+
+// openReplays opens the replay guard's bucket, at start and at reloads,
+// so that a refresher that may not have it says so then, not at a push.
+func (r *Refresher) openReplays(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	if _, err := r.replays.open(ctx); err != nil {
+		r.log.Warn("the replay guard the replicas share is not open; each replica's callback refuses only the replays it sees itself", "error", err)
+	}
+}
