@@ -45,6 +45,11 @@ func TestServeDemo(t *testing.T) {
 	}
 	agentURL, wechatURL := "http://"+agentListen, "http://"+wechatListen
 	awaitReady(t, ctx, p, agentURL+"/readyz")
+	// A newcomer's first screen holds no warning: the agent starts once
+	// the refresher has made the bucket, not before, to warn it is missing.
+	if warnings := p.output.linesWith("level=WARN"); len(warnings) > 0 {
+		t.Errorf("the demo warned as it started:\n%s", strings.Join(warnings, "\n"))
+	}
 	env := []string{"NATS_URL=nats://" + natsListen}
 	reject := func() {
 		t.Helper()

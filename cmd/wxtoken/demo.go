@@ -149,8 +149,11 @@ func demoWeChatHandler(fake *fakewechat.Server, log *slog.Logger) http.Handler {
 
 // startAgent runs the agent in this process on the listener startDemo
 // opened, following every key over nc and forwarding API calls to the fake
-// WeChat. The returned func stops it; it must run before nc closes.
-func (d *demo) startAgent(nc *nats.Conn, log *slog.Logger) (func(), error) {
+// WeChat. It starts once the refresher beside it is ready (ready returns
+// nil), so that it finds the bucket the refresher creates instead of
+// warning that there is none. The returned func stops it; it must run
+// before nc closes.
+func (d *demo) startAgent(nc *nats.Conn, ready func() error, log *slog.Logger) (func(), error) {
 	if d.agentLn == nil {
 		return func() {}, nil
 	}
@@ -162,13 +165,32 @@ func (d *demo) startAgent(nc *nats.Conn, log *slog.Logger) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	a.Run()
 	srv := a.Server()
-	go srv.Serve(d.agentLn)
-	agentURL := "http://" + d.agentLn.Addr().String()
-	log.Info("demo: agent listening, forwarding to the fake WeChat", "url", agentURL,
-		"try", "curl -s "+agentURL+"/v1/credentials/"+demoAppID)
+	waiting, stopWaiting := context.WithCancel(context.Background())
+	started := make(chan bool, 1)
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for ready() != nil {
+			select {
+			case <-waiting.Done():
+				started <- false
+				return
+			case <-tick.C:
+			}
+		}
+		a.Run()
+		go srv.Serve(d.agentLn)
+		agentURL := "http://" + d.agentLn.Addr().String()
+		log.Info("demo: agent listening, forwarding to the fake WeChat", "url", agentURL,
+			"try", "curl -s "+agentURL+"/v1/credentials/"+demoAppID)
+		started <- true
+	}()
 	return func() {
+		stopWaiting()
+		if !<-started {
+			return
+		}
 		a.Drain()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -229,7 +229,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		defer cb.stop()
 	}
 	if d != nil {
-		stopAgent, err := d.startAgent(nc, log)
+		stopAgent, err := d.startAgent(nc, refresher.Ready, log)
 		if err != nil {
 			return err
 		}
