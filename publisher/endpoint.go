@@ -177,7 +177,7 @@ func (r *Refresher) admit(t *term, appid string, data []byte) admission {
 		reply := currentReply(a.key, cur, valid, false)
 		since := now.Sub(a.lastForced)
 		reply.Error = &kv.ReplyError{Code: kv.CodeRateLimited, Message: fmt.Sprintf(
-			"a forced refresh of %s ran %s ago; at most one per %s", a.key, since.Round(time.Second), r.cfg.MinForceInterval),
+			"a forced refresh of %s ran %s ago; at most one per %s", a.key, elapsed(since), r.cfg.MinForceInterval),
 			RetryAfter: kv.RetryAfterSeconds(r.cfg.MinForceInterval - since)}
 		return answer(reply, outcomeRateLimited)
 	default:

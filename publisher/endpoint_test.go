@@ -3,6 +3,7 @@ package publisher
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,5 +61,33 @@ func TestRequestNamingARevisionARotationStoredWaitsForIt(t *testing.T) {
 		if reply.Error == nil || reply.Error.Code != kv.CodeRateLimited || reply.Revision != 2 {
 			t.Errorf("observed %v: reply %+v, want rate_limited at revision 2", observed, reply)
 		}
+	}
+}
+
+// TestRateLimitedSaysHowLongAgoWithoutRoundingUpToTheLimit: a forced
+// refresh 4.6s ago, at most one per 5s: the answer must not say "ran 5s
+// ago; at most one per 5s", which reads as a refusal that should not be.
+func TestRateLimitedSaysHowLongAgoWithoutRoundingUpToTheLimit(t *testing.T) {
+	nc, _ := jetStream(t)
+	now := time.Now()
+	r, err := New(nc, Config{Apps: []App{{AppID: "wx1", Secret: NewSecret("a-secret-of-some-length")}},
+		UpstreamURL: "http://127.0.0.1:1", MinForceInterval: 5 * time.Second, Clock: Clock{Now: func() time.Time { return now }},
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm := &term{ctx: t.Context(), work: t.Context(), onPanic: r.logPanic, lease: &fakeLease{left: time.Hour}}
+	held := kv.NewCredential("wx1", "token-1", 2*time.Hour, now)
+	a := r.credential("wx1")
+	a.mu.Lock()
+	a.rev, a.rec, a.lastForced = 7, &held, now.Add(-4600*time.Millisecond)
+	a.mu.Unlock()
+	stale := uint64(7)
+	ad := r.admit(tm, "wx1", kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale}))
+	if ad.f != nil || ad.reply.Error == nil || ad.reply.Error.Code != kv.CodeRateLimited {
+		t.Fatalf("admitted %+v, want rate_limited at once", ad)
+	}
+	if want := "ran 4.6s ago; at most one per 5s"; !strings.Contains(ad.reply.Error.Message, want) {
+		t.Errorf("message %q, want it to say %q", ad.reply.Error.Message, want)
 	}
 }

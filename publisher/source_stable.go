@@ -138,7 +138,7 @@ func (r *Refresher) spendForce(t *term, appid string) error {
 		}
 		if since := now.Sub(budget.Last); since >= 0 && since < stableForceSpacing {
 			return &budgetError{reason: fmt.Sprintf("a forced refresh of %s was asked for %s ago; WeChat refreshes at most once per %s",
-				appid, since.Round(time.Second), stableForceSpacing), wait: stableForceSpacing - since}
+				appid, elapsed(since), stableForceSpacing), wait: stableForceSpacing - since}
 		}
 		budget.Used++
 		budget.Last = now

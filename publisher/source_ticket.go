@@ -184,7 +184,7 @@ func (r *Refresher) renewToken(t *term, p *credential, used uint64) (kv.Credenti
 	case !p.lastForced.IsZero() && now.Sub(p.lastForced) < r.cfg.MinForceInterval:
 		p.mu.Unlock()
 		return kv.Credential{}, 0, fmt.Errorf("publisher: the ticket call refused the token of %s, which was force-refreshed %s ago; at most one per %s",
-			p.key, now.Sub(p.lastForced).Round(time.Second), r.cfg.MinForceInterval)
+			p.key, elapsed(now.Sub(p.lastForced)), r.cfg.MinForceInterval)
 	default:
 		p.lastForced = now
 		f, _ = r.startOrJoin(t, p, modeForced, kv.ReasonRequested)
