@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -241,5 +242,94 @@ func TestLeaderCutOffStartsNoFetch(t *testing.T) {
 	}
 	if testenv.Record(t, e).AccessToken != fake.Current(appA) {
 		t.Error("the bucket does not hold WeChat's newest token")
+	}
+}
+
+// TestRefreshRequestsAnsweredAfterPartitionHeals: the leader, connected to
+// NATS through a relay, is cut off until it steps down and the standby,
+// connected directly, takes over; then the network heals. Every refresh
+// request sent from 1 s after the heal on is answered, those naming no
+// revision and those naming an older one alike, and the server holds one
+// subscription on the refresh subject, the new leader's: the endpoint of
+// the term that ended while cut off is gone, and the replica that lost the
+// lead stands by.
+func TestRefreshRequestsAnsweredAfterPartitionHeals(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	apps := testenv.Apps(fake, appA)
+	logs := newNotifyingBuffer()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("replicas' logs:\n%s", logs.String())
+		}
+	})
+	relay := testenv.NewProxy(t, srv.Addr().String())
+	reconnected := make(chan struct{}, 1)
+	replica := func(name string, nc *nats.Conn) *testenv.Running {
+		return testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url,
+			LeaseTTL: restartLeaseTTL, UpstreamTimeout: restartLeaseTTL / 4,
+			Instance: name, Logger: textLogger(logs).With("replica", name)})
+	}
+	cutOff := replica("cut-off", testenv.Connect(t, relay.URL(), nats.Name("cut-off"),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			select {
+			case reconnected <- struct{}{}:
+			default:
+			}
+		})))
+	nc := testenv.Connect(t, srv.ClientURL(), nats.Name("test"))
+	awaitEndpoint(t, ctx, nc, appA) // cut-off leads
+	// A second token, so that requests can name an older revision.
+	bucket := testenv.Bucket(t, ctx, nc)
+	first, err := bucket.Get(ctx, appA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.Revoke(testenv.Record(t, first).AccessToken)
+	if reply := refreshAnswered(t, ctx, nc, appA, first.Revision()); reply.Error != nil || !reply.Refreshed {
+		t.Fatalf("a forced refresh was answered %+v, want a new token", reply)
+	}
+	standby := replica("standby", testenv.Connect(t, srv.ClientURL(), nats.Name("standby")))
+	if err := logs.waitFor(ctx, "standing by"); err != nil {
+		t.Fatalf("the second replica never stood by: %v", err)
+	}
+
+	relay.Cut()
+	if err := logs.waitFor(ctx, "leadership lost"); err != nil {
+		t.Fatalf("the leader never stepped down while cut off: %v", err)
+	}
+	if err := logs.waitForCount(ctx, "became leader", 2); err != nil {
+		t.Fatalf("the standby never took over: %v", err)
+	}
+	relay.Heal()
+	healed := time.Now()
+	select {
+	case <-reconnected:
+	case <-ctx.Done():
+		t.Fatal("the replica cut off never reconnected")
+	}
+	// The contract's window: from 1 s after the heal on.
+	select {
+	case <-time.After(time.Until(healed.Add(time.Second))):
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	older := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: revision(first.Revision())})
+	bodies := make([][]byte, 50)
+	for i := 0; i < len(bodies); i += 2 {
+		bodies[i] = older
+	}
+	sent := time.Since(healed)
+	if failed := requestBurst(ctx, nc, bodies); len(failed) > 0 {
+		t.Errorf("%d of %d refresh requests sent %s after the heal got no answer, the first: %v",
+			len(failed), len(bodies), sent.Round(time.Millisecond), failed[0])
+	}
+	subs := refreshSubscriptions(t, srv)
+	if len(subs) != 1 || !strings.HasPrefix(subs[0], "standby ") {
+		t.Errorf("the server holds %d subscriptions on %s %v; want one, the standby's", len(subs), kv.Subjects{}.Refresh(">"), subs)
+	}
+	if cutOff.Leading() || !standby.Leading() {
+		t.Errorf("leading: cut-off %v, standby %v; want the standby alone", cutOff.Leading(), standby.Leading())
 	}
 }
