@@ -107,11 +107,11 @@ func (rig *restartRig) leaders() int {
 	return n
 }
 
-// refreshSubscriptions lists the server's subscriptions on the refresh
-// endpoint's subject, each as "<connection name> sid <sid>".
-func (rig *restartRig) refreshSubscriptions(t *testing.T) []string {
+// refreshSubscriptions lists srv's subscriptions on the refresh endpoint's
+// subject, each as "<connection name> sid <sid>".
+func refreshSubscriptions(t *testing.T, srv *server.Server) []string {
 	t.Helper()
-	connz, err := rig.srv.Connz(&server.ConnzOptions{Subscriptions: true, SubscriptionsDetail: true})
+	connz, err := srv.Connz(&server.ConnzOptions{Subscriptions: true, SubscriptionsDetail: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,11 +151,11 @@ func TestRefreshRequestsAnsweredAfterNATSRestart(t *testing.T) {
 			// With a second member in the queue group, each request goes
 			// to it with even odds: 50 all answered by chance is 2^-50.
 			sent := time.Since(restarted)
-			if failed := requestBurst(ctx, rig.nc, 50); len(failed) > 0 {
+			if failed := requestBurst(ctx, rig.nc, make([][]byte, 50)); len(failed) > 0 {
 				t.Errorf("%d of 50 refresh requests sent %s after the restart got no answer, the first: %v",
 					len(failed), sent.Round(time.Millisecond), failed[0])
 			}
-			if subs := rig.refreshSubscriptions(t); len(subs) != 1 || rig.leaders() != 1 {
+			if subs := refreshSubscriptions(t, rig.srv); len(subs) != 1 || rig.leaders() != 1 {
 				t.Errorf("the server holds %d subscriptions on %s %v, and %d replicas lead; want one of each",
 					len(subs), (kv.Subjects{}).Refresh(">"), subs, rig.leaders())
 			}
@@ -163,19 +163,20 @@ func TestRefreshRequestsAnsweredAfterNATSRestart(t *testing.T) {
 	}
 }
 
-// requestBurst sends n refresh requests for appA at once, each given 2 s,
-// and returns why those that got no valid answer failed.
-func requestBurst(ctx context.Context, nc *nats.Conn, n int) []error {
+// requestBurst sends a refresh request for appA with each body at once
+// (a nil body names no stale revision), each given 2 s, and returns why
+// those that got no valid answer failed.
+func requestBurst(ctx context.Context, nc *nats.Conn, bodies [][]byte) []error {
 	var (
 		mu     sync.Mutex
 		failed []error
 		wg     sync.WaitGroup
 	)
-	for range n {
+	for _, body := range bodies {
 		wg.Go(func() {
 			rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
-			err := answered(rctx, nc)
+			err := answered(rctx, nc, body)
 			if err != nil {
 				mu.Lock()
 				failed = append(failed, err)
@@ -187,10 +188,10 @@ func requestBurst(ctx context.Context, nc *nats.Conn, n int) []error {
 	return failed
 }
 
-// answered sends one refresh request for appA and checks that the reply
-// names the current token.
-func answered(ctx context.Context, nc *nats.Conn) error {
-	msg, err := nc.RequestWithContext(ctx, (kv.Subjects{}).Refresh(appA), nil)
+// answered sends one refresh request for appA with body and checks that
+// the reply names a token, without error.
+func answered(ctx context.Context, nc *nats.Conn, body []byte) error {
+	msg, err := nc.RequestWithContext(ctx, (kv.Subjects{}).Refresh(appA), body)
 	if err != nil {
 		return err
 	}

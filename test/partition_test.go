@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -242,4 +244,132 @@ func TestLeaderCutOffStartsNoFetch(t *testing.T) {
 	if testenv.Record(t, e).AccessToken != fake.Current(appA) {
 		t.Error("the bucket does not hold WeChat's newest token")
 	}
+}
+
+// TestRefreshRequestsAnsweredAfterPartitionHeals: the leader, connected to
+// NATS through a relay, is cut off until it steps down and the standby,
+// connected directly, takes over; then the network heals. Every refresh
+// request sent from 1 s after the heal on is answered, those naming no
+// revision and those naming an older one alike, and the server holds one
+// subscription on the refresh subject, the new leader's: the endpoint of
+// the term that ended while cut off is gone, and the replica that lost the
+// lead stands by.
+//
+// Two kinds of partition: one that resets the connections, after which
+// the replica cut off reconnects, and nats.go subscribes its ended term's
+// endpoint again until it stops (stopped while reconnecting, it was left
+// an orphan on the server); and one that resets nothing, where what was
+// sent meanwhile, its endpoint's unsubscription included, arrives at the
+// heal.
+func TestRefreshRequestsAnsweredAfterPartitionHeals(t *testing.T) {
+	for _, partition := range []struct {
+		name  string
+		cut   func(*testenv.Proxy)
+		reset bool
+	}{
+		{"connections reset", (*testenv.Proxy).Cut, true},
+		{"silent", (*testenv.Proxy).Stall, false},
+	} {
+		t.Run(partition.name, func(t *testing.T) {
+			ctx := testenv.Context(t, 30*time.Second)
+			h := startPartitionedPair(t, ctx)
+			partition.cut(h.relay)
+			if err := h.logs.waitFor(ctx, "leadership lost"); err != nil {
+				t.Fatalf("the leader never stepped down while cut off: %v", err)
+			}
+			if err := h.logs.waitForCount(ctx, "became leader", 2); err != nil {
+				t.Fatalf("the standby never took over: %v", err)
+			}
+			h.relay.Heal()
+			healed := time.Now()
+			if partition.reset {
+				select {
+				case <-h.reconnected:
+					t.Logf("the replica cut off reconnected %s after the heal", time.Since(healed).Round(time.Millisecond))
+				case <-ctx.Done():
+					t.Fatal("the replica cut off never reconnected")
+				}
+			}
+			// The contract's window: from 1 s after the heal on.
+			select {
+			case <-time.After(time.Until(healed.Add(time.Second))):
+			case <-ctx.Done():
+				t.Fatal(ctx.Err())
+			}
+			// With a second member in the queue group, each request goes
+			// to it with even odds: 50 all answered by chance is 2^-50.
+			older := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: revision(h.older)})
+			bodies := make([][]byte, 50)
+			for i := 0; i < len(bodies); i += 2 {
+				bodies[i] = older
+			}
+			sent := time.Since(healed)
+			if failed := requestBurst(ctx, h.nc, bodies); len(failed) > 0 {
+				t.Errorf("%d of %d refresh requests sent %s after the heal got no answer, the first: %v",
+					len(failed), len(bodies), sent.Round(time.Millisecond), failed[0])
+			}
+			subs := refreshSubscriptions(t, h.srv)
+			if len(subs) != 1 || !strings.HasPrefix(subs[0], "standby ") {
+				t.Errorf("the server holds %d subscriptions on %s %v; want one, the standby's", len(subs), kv.Subjects{}.Refresh(">"), subs)
+			}
+			if h.cutOff.Leading() || !h.standby.Leading() {
+				t.Errorf("leading: cut-off %v, standby %v; want the standby alone", h.cutOff.Leading(), h.standby.Leading())
+			}
+		})
+	}
+}
+
+// partitionedPair is two replicas of one refresher: cut-off, the leader,
+// connected to NATS through relay, and standby, connected directly, as is
+// the test's own connection nc. The bucket holds a second token, so that
+// requests can name an older revision.
+type partitionedPair struct {
+	srv             *server.Server
+	relay           *testenv.Proxy
+	nc              *nats.Conn
+	cutOff, standby *testenv.Running
+	logs            *notifyingBuffer
+	reconnected     chan struct{} // cut-off's connection is back
+	older           uint64        // the first token's revision
+}
+
+func startPartitionedPair(t *testing.T, ctx context.Context) *partitionedPair {
+	t.Helper()
+	h := &partitionedPair{srv: testenv.NATS(t), logs: newNotifyingBuffer(), reconnected: make(chan struct{}, 1)}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("replicas' logs:\n%s", h.logs.String())
+		}
+	})
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	apps := testenv.Apps(fake, appA)
+	replica := func(name string, nc *nats.Conn) *testenv.Running {
+		return testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url,
+			LeaseTTL: restartLeaseTTL, UpstreamTimeout: restartLeaseTTL / 4,
+			Instance: name, Logger: textLogger(h.logs).With("replica", name)})
+	}
+	h.relay = testenv.NewProxy(t, h.srv.Addr().String())
+	h.cutOff = replica("cut-off", testenv.Connect(t, h.relay.URL(), nats.Name("cut-off"),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			select {
+			case h.reconnected <- struct{}{}:
+			default:
+			}
+		})))
+	h.nc = testenv.Connect(t, h.srv.ClientURL(), nats.Name("test"))
+	awaitEndpoint(t, ctx, h.nc, appA) // cut-off leads
+	first, err := testenv.Bucket(t, ctx, h.nc).Get(ctx, appA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.older = first.Revision()
+	fake.Revoke(testenv.Record(t, first).AccessToken)
+	if reply := refreshAnswered(t, ctx, h.nc, appA, h.older); reply.Error != nil || !reply.Refreshed {
+		t.Fatalf("a forced refresh was answered %+v, want a new token", reply)
+	}
+	h.standby = replica("standby", testenv.Connect(t, h.srv.ClientURL(), nats.Name("standby")))
+	if err := h.logs.waitFor(ctx, "standing by"); err != nil {
+		t.Fatalf("the second replica never stood by: %v", err)
+	}
+	return h
 }

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -9,14 +8,17 @@ import (
 
 // Proxy forwards TCP connections to a target until Cut, which drops every
 // connection and refuses new ones until Heal: a network partition between
-// one client and its server, the rest of the test untouched.
+// one client and its server, the rest of the test untouched. Stall is the
+// other kind of partition, one that resets no connection.
 type Proxy struct {
 	target string
 	ln     net.Listener
 
-	mu    sync.Mutex
-	cut   bool
-	conns []net.Conn
+	mu      sync.Mutex
+	cut     bool
+	stalled bool
+	flowing *sync.Cond // signalled when a stall ends, by Heal or Cut
+	conns   []net.Conn
 }
 
 // NewProxy listens on 127.0.0.1 and forwards to target ("host:port").
@@ -27,6 +29,7 @@ func NewProxy(t testing.TB, target string) *Proxy {
 		t.Fatal(err)
 	}
 	p := &Proxy{target: target, ln: ln}
+	p.flowing = sync.NewCond(&p.mu)
 	go p.accept()
 	t.Cleanup(func() {
 		ln.Close()
@@ -47,14 +50,36 @@ func (p *Proxy) Cut() {
 		c.Close()
 	}
 	p.conns = nil
+	p.flowing.Broadcast() // what a stall held back goes nowhere now
 }
 
-// Heal ends a Cut: new connections are forwarded again, so a client that
-// reconnects gets through.
+// Stall holds back every byte in both directions and closes nothing, until
+// Heal: a partition that neither end notices until its pings go
+// unanswered. What was sent meanwhile arrives after Heal, as TCP delivers
+// it once a network heals.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = true
+}
+
+// Heal ends a Cut, so that a client that reconnects gets through, or a
+// Stall, so that the connections carry on.
 func (p *Proxy) Heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = false
+	p.cut, p.stalled = false, false
+	p.flowing.Broadcast()
+}
+
+// awaitFlowing returns once bytes may be forwarded: no Stall, or a Cut
+// since (the write then fails on the closed connection).
+func (p *Proxy) awaitFlowing() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.stalled && !p.cut {
+		p.flowing.Wait()
+	}
 }
 
 func (p *Proxy) accept() {
@@ -77,13 +102,28 @@ func (p *Proxy) accept() {
 		}
 		p.conns = append(p.conns, client, server)
 		p.mu.Unlock()
-		go pipe(client, server)
-		go pipe(server, client)
+		go p.pipe(client, server)
+		go p.pipe(server, client)
 	}
 }
 
-func pipe(dst, src net.Conn) {
-	io.Copy(dst, src)
-	dst.Close()
-	src.Close()
+// pipe forwards src to dst, holding each read back while the proxy is
+// stalled: unread bytes then fill the sockets' buffers, and the sender's
+// writes block as they would behind a partition.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer src.Close()
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.awaitFlowing()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
