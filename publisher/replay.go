@@ -29,13 +29,13 @@ type replayGuard struct {
 	now      func() time.Time
 	mu       sync.Mutex
 	bucket   jetstream.KeyValue // once open
-	opening  bool               // a try is under way: nobody waits for it
+	trying   chan struct{}      // closed when the try under way ends; nil when none is
 	failedAt time.Time          // the last failed try
 	failure  error
 }
 
-// errReplayOpening answers a push that comes while the bucket is being
-// opened: it does not wait, as WeChat does not for its answer.
+// errReplayOpening answers a push whose bound ran out while another try
+// to open the bucket was still under way.
 var errReplayOpening = errors.New("publisher: the replay bucket is being opened")
 
 func newReplayGuard(js jetstream.JetStream, cfg Config) *replayGuard {
@@ -43,34 +43,48 @@ func newReplayGuard(js jetstream.JetStream, cfg Config) *replayGuard {
 }
 
 // open creates or opens the bucket, at most once per replayRetry after a
-// failure, and one try at a time.
+// failure, and one try at a time. A push that comes while a try is under
+// way (at start, when WeChat's pushes may come before the bucket is open)
+// waits for it within its own bound: the answer takes milliseconds, and a
+// push taken in meanwhile would otherwise find no shared guard, and say so
+// in a warning, for no fault of anyone's.
 func (g *replayGuard) open(ctx context.Context) (jetstream.KeyValue, error) {
-	g.mu.Lock()
-	switch {
-	case g.bucket != nil:
-		defer g.mu.Unlock()
-		return g.bucket, nil
-	case g.opening:
+	for {
+		g.mu.Lock()
+		switch {
+		case g.bucket != nil:
+			defer g.mu.Unlock()
+			return g.bucket, nil
+		case g.trying != nil:
+			trying := g.trying
+			g.mu.Unlock()
+			select {
+			case <-trying:
+				continue
+			case <-ctx.Done():
+				return nil, errReplayOpening
+			}
+		case g.failure != nil && g.now().Sub(g.failedAt) < replayRetry:
+			defer g.mu.Unlock()
+			return nil, g.failure
+		}
+		trying := make(chan struct{})
+		g.trying = trying
 		g.mu.Unlock()
-		return nil, errReplayOpening
-	case g.failure != nil && g.now().Sub(g.failedAt) < replayRetry:
+		b, err := g.js.CreateOrUpdateKeyValue(ctx, g.config)
+		g.mu.Lock()
 		defer g.mu.Unlock()
-		return nil, g.failure
+		g.trying = nil
+		close(trying)
+		if err != nil {
+			g.failedAt = g.now()
+			g.failure = fmt.Errorf("publisher: replay bucket %s (the refresher needs nats.conf's permissions on it; tried again within %s): %w",
+				g.config.Bucket, replayRetry, err)
+			return nil, g.failure
+		}
+		g.bucket, g.failure = b, nil
+		return b, nil
 	}
-	g.opening = true
-	g.mu.Unlock()
-	b, err := g.js.CreateOrUpdateKeyValue(ctx, g.config)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.opening = false
-	if err != nil {
-		g.failedAt = g.now()
-		g.failure = fmt.Errorf("publisher: replay bucket %s (the refresher needs nats.conf's permissions on it; tried again within %s): %w",
-			g.config.Bucket, replayRetry, err)
-		return nil, g.failure
-	}
-	g.bucket, g.failure = b, nil
-	return b, nil
 }
 
 // Taken implements platform.ReplayGuard.
