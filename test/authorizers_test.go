@@ -38,6 +38,7 @@ const (
 func platformNATS(t *testing.T, ctx context.Context) (jetstream.JetStream, jetstream.KeyValue, []string) {
 	t.Helper()
 	js, b, env := emptyPlatformNATS(t, ctx)
+	servedSince = time.Now().Add(-time.Hour)
 	for _, c := range []string{platformC, platformD} {
 		if _, err := kv.RecordPlatform(ctx, b, c, servedSince); err != nil {
 			t.Fatal(err)
@@ -46,9 +47,10 @@ func platformNATS(t *testing.T, ctx context.Context) (jetstream.JetStream, jetst
 	return js, b, env
 }
 
-// servedSince is when the refresher of platformNATS first served its
-// platforms.
-var servedSince = time.Now().Add(-time.Hour)
+// servedSince is when the refresher of the last platformNATS first served
+// its platforms: an hour before the test, whenever it runs (the tests that
+// use it do not run in parallel).
+var servedSince time.Time
 
 // emptyPlatformNATS is platformNATS with no platform recorded in the
 // bucket.
