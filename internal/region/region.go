@@ -1,0 +1,358 @@
+// Package region makes and reads a region's copy of the token bucket.
+//
+// A region is a NATS server (or cluster) with a JetStream domain of its
+// own, joined to the hub's NATS by a leaf connection. Its copy is a KV
+// mirror of the hub's bucket, in the region's domain and named like it, so
+// that services there bind "wechat_tokens" as they do at the hub and read
+// it with direct gets and watches served by the region's own servers,
+// through a partition too. On nats-server 2.10 and newer the copy also
+// republishes each value it stores on the value subject, the message the
+// refresher publishes at the hub (kv.DecodeValueMsg reads both), so a
+// value crosses the WAN once per region, inside the mirror, and a region
+// that was cut off hands its services what it missed the moment it catches
+// up. The lease, the writable bucket and the refresh endpoint stay in the
+// hub.
+//
+// Add creates a copy (wxtoken region add), Of reads one's state from its
+// stream info (wxtoken status), and Monitor follows the copies from the
+// hub (wxtoken_region_lag_seconds).
+package region
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// Config says which copy Add makes.
+type Config struct {
+	Hub      string      // the hub's JetStream domain
+	Bucket   string      // the token bucket; kv.DefaultBucket
+	Subjects kv.Subjects // where values are published
+	// Keys are the keys the copy holds, each a key or a pattern with NATS
+	// wildcards ("wx1234567890abcdef.>" is its tickets); none: every key.
+	Keys     []string
+	Replicas int // of the copy in the region; 1
+}
+
+// regionMetadata names the region in its copy's metadata, for status.
+const regionMetadata = "wxtoken.region"
+
+// Copy is what a region's copy of the token bucket says of itself.
+type Copy struct {
+	Region      string        // the region's JetStream domain ("" when the copy does not say)
+	Hub         string        // the hub's domain it copies
+	Keys        []string      // the keys it holds, as patterns; none: every key
+	Republishes bool          // it republishes the values it stores on the value subjects
+	Values      uint64        // messages it holds
+	Behind      uint64        // values it still lacked when it last heard from the hub
+	Heard       time.Duration // since it last heard from the hub (a value, or the heartbeat every second or few); -1: never
+	Problem     string        // what JetStream says keeps it from the hub, if anything
+}
+
+// Current reports whether the copy held every value of the hub's bucket
+// when it last heard from it.
+func (c Copy) Current() bool { return c.Heard >= 0 && c.Behind == 0 && c.Problem == "" }
+
+// Of reads the state of a region's copy from its stream's info; ok is
+// false when the stream is not one (the hub's bucket, say).
+func Of(info *jetstream.StreamInfo) (c Copy, ok bool) {
+	m := info.Config.Mirror
+	if m == nil || m.External == nil {
+		return Copy{}, false
+	}
+	hub, ok := domainOf(m.External.APIPrefix)
+	if !ok {
+		return Copy{}, false
+	}
+	c = Copy{
+		Region:      info.Config.Metadata[regionMetadata],
+		Hub:         hub,
+		Keys:        filterKeys(m),
+		Republishes: info.Config.RePublish != nil,
+		Values:      info.State.Msgs,
+		Heard:       -1,
+	}
+	if mi := info.Mirror; mi != nil {
+		c.Behind = mi.Lag
+		if mi.Active >= 0 {
+			c.Heard = mi.Active
+		}
+		if mi.Error != nil {
+			c.Problem = mi.Error.Description
+		}
+	}
+	return c, true
+}
+
+// apiPrefix is the API of the JetStream domain domain.
+func apiPrefix(domain string) string { return "$JS." + domain + ".API" }
+
+// domainOf is the domain of a JetStream API prefix.
+func domainOf(prefix string) (string, bool) {
+	domain, ok := strings.CutPrefix(prefix, "$JS.")
+	if !ok {
+		return "", false
+	}
+	domain, ok = strings.CutSuffix(domain, ".API")
+	return domain, ok && domain != "" && !strings.Contains(domain, ".")
+}
+
+// Errors of Add that say what to do.
+var (
+	// ErrNoDomain: the region's NATS has no JetStream domain of its own.
+	ErrNoDomain = errors.New("region: this NATS server has no JetStream domain: a region's NATS needs one of its own " +
+		"(jetstream { domain: shanghai }, as nats-region.conf has), joined to the hub by a leaf connection")
+	// ErrHubUnreachable: the hub's bucket cannot be reached from the region.
+	ErrHubUnreachable = errors.New("region: the hub's bucket cannot be reached from this NATS")
+)
+
+// Add creates the copy of the hub's token bucket in the region whose NATS
+// nc is connected to, and returns once it holds what the hub's holds. A
+// copy that is there already, made the same way, is left as it is (and
+// waited for the same way); one made otherwise is an error that says how
+// to replace it.
+func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
+	cfg = cfg.withDefaults()
+	filters, err := keySubjects(cfg.Bucket, cfg.Keys)
+	if err != nil {
+		return Copy{}, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return Copy{}, fmt.Errorf("region: %w", err)
+	}
+	region, err := ownDomain(ctx, js, cfg.Hub)
+	if err != nil {
+		return Copy{}, err
+	}
+	hub, err := hubBucket(ctx, nc, cfg)
+	if err != nil {
+		return Copy{}, err
+	}
+	republish := since210(nc.ConnectedServerVersion())
+	if len(filters) > 1 && !republish {
+		return Copy{}, fmt.Errorf("region: a copy of more than one key pattern (%s) needs nats-server 2.10 or newer in the region, "+
+			"and this one is %s: give one pattern, or upgrade", strings.Join(cfg.Keys, ","), nc.ConnectedServerVersion())
+	}
+	want := copyConfig(cfg, region, hub, filters, republish)
+	if err := create(ctx, js, cfg, want); err != nil {
+		return Copy{}, err
+	}
+	return awaitCurrent(ctx, js, cfg.Bucket, region)
+}
+
+func (c Config) withDefaults() Config {
+	c.Bucket = cmp.Or(c.Bucket, kv.DefaultBucket)
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	return c
+}
+
+// ownDomain returns the JetStream domain of the region's NATS, and refuses
+// a NATS without one, or the hub's own.
+func ownDomain(ctx context.Context, js jetstream.JetStream, hub string) (string, error) {
+	info, err := js.AccountInfo(ctx)
+	if err != nil {
+		return "", fmt.Errorf("region: ask this NATS for its JetStream domain (the NATS user needs $JS.API.INFO): %w", err)
+	}
+	switch info.Domain {
+	case "":
+		return "", ErrNoDomain
+	case hub:
+		return "", fmt.Errorf("region: this NATS is the hub's (its JetStream domain is %q): run region add against the region's NATS", hub)
+	}
+	return info.Domain, nil
+}
+
+// hubBucket returns the configuration of the hub's bucket, reached through
+// the hub's domain.
+func hubBucket(ctx context.Context, nc *nats.Conn, cfg Config) (jetstream.StreamConfig, error) {
+	js, err := jetstream.NewWithDomain(nc, cfg.Hub)
+	if err != nil {
+		return jetstream.StreamConfig{}, fmt.Errorf("region: %w", err)
+	}
+	stream, err := js.Stream(ctx, bucket.StreamName(cfg.Bucket))
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return jetstream.StreamConfig{}, fmt.Errorf("region: the hub (domain %q) has no bucket %q: start wxtoken serve at the hub first", cfg.Hub, cfg.Bucket)
+	case err != nil:
+		return jetstream.StreamConfig{}, fmt.Errorf("%w: through domain %q (%v): is the leaf connection to the hub up, "+
+			"is %q the hub's JetStream domain, and may this NATS user ask %s.STREAM.INFO.%s?",
+			ErrHubUnreachable, cfg.Hub, err, cfg.Hub, apiPrefix(cfg.Hub), bucket.StreamName(cfg.Bucket))
+	}
+	hub := stream.CachedInfo().Config
+	if hub.Mirror != nil {
+		return jetstream.StreamConfig{}, fmt.Errorf("region: the bucket %q of domain %q is itself a copy: name the hub's domain", cfg.Bucket, cfg.Hub)
+	}
+	return hub, nil
+}
+
+// since210 reports whether a nats-server of version is 2.10 or newer: one
+// that can republish what a mirror stores (nats-server#4010) and filter a
+// mirror by several subjects.
+func since210(version string) bool {
+	parts := strings.SplitN(version, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(parts[1])
+	return err1 == nil && err2 == nil && (major > 2 || major == 2 && minor >= 10)
+}
+
+// copyConfig is the KV configuration of the copy: a mirror of the hub's
+// bucket, named like it, keeping what it keeps.
+func copyConfig(cfg Config, region string, hub jetstream.StreamConfig, filters []string, republish bool) jetstream.KeyValueConfig {
+	mirror := &jetstream.StreamSource{Name: cfg.Bucket, Domain: cfg.Hub}
+	switch {
+	case len(filters) == 1:
+		mirror.FilterSubject = filters[0] // works on nats-server 2.9 too
+	case len(filters) > 1:
+		for _, f := range filters {
+			mirror.SubjectTransforms = append(mirror.SubjectTransforms, jetstream.SubjectTransformConfig{Source: f, Destination: f})
+		}
+	}
+	c := jetstream.KeyValueConfig{
+		Bucket:       cfg.Bucket,
+		Description:  fmt.Sprintf("wxtoken: region %s's read-only copy of the hub's %s (domain %s)", region, cfg.Bucket, cfg.Hub),
+		History:      uint8(max(min(hub.MaxMsgsPerSubject, jetstream.KeyValueMaxHistory), 1)),
+		MaxValueSize: hub.MaxMsgSize,
+		Replicas:     cfg.Replicas,
+		Storage:      jetstream.FileStorage,
+		Mirror:       mirror,
+	}
+	if republish {
+		// Older servers refuse a mirror that republishes, and keep no
+		// metadata: there services follow their keys with a KV watch.
+		c.RePublish = &jetstream.RePublish{Source: "$KV." + cfg.Bucket + ".>", Destination: cfg.Subjects.Value(">")}
+		c.Metadata = kv.Metadata(cfg.Subjects)
+		c.Metadata[regionMetadata] = region
+	}
+	return c
+}
+
+// create creates the copy, or checks that the one there is made the same
+// way.
+func create(ctx context.Context, js jetstream.JetStream, cfg Config, want jetstream.KeyValueConfig) error {
+	stream, err := js.Stream(ctx, bucket.StreamName(cfg.Bucket))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if _, err := js.CreateKeyValue(ctx, want); err != nil {
+			return fmt.Errorf("region: create the copy %q: %w", cfg.Bucket, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("region: look for a bucket %q here: %w", cfg.Bucket, err)
+	}
+	return sameCopy(stream.CachedInfo(), cfg, want)
+}
+
+// sameCopy reports how an existing bucket differs from the copy wanted,
+// and what to do about it, or nil.
+func sameCopy(info *jetstream.StreamInfo, cfg Config, want jetstream.KeyValueConfig) error {
+	replace := fmt.Sprintf("delete it (nats kv del %s, against this region's NATS: services here read nothing until it is back) and add it again", cfg.Bucket)
+	have, ok := Of(info)
+	switch {
+	case !ok:
+		return fmt.Errorf("region: this region has a bucket %q of its own, not a copy of the hub's "+
+			"(a refresher run here without --js-domain %s?): stop what writes it, %s", cfg.Bucket, cfg.Hub, replace)
+	case have.Hub != cfg.Hub:
+		return fmt.Errorf("region: the bucket %q here copies domain %q, not %q: %s", cfg.Bucket, have.Hub, cfg.Hub, replace)
+	case !slices.Equal(have.Keys, filterKeys(want.Mirror)):
+		return fmt.Errorf("region: the copy %q here holds the keys %s, not %s: %s", cfg.Bucket,
+			describeKeys(have.Keys), describeKeys(filterKeys(want.Mirror)), replace)
+	}
+	return nil
+}
+
+func describeKeys(keys []string) string {
+	if len(keys) == 0 {
+		return "every key"
+	}
+	return strings.Join(keys, ",")
+}
+
+// awaitCurrent waits until the copy has heard from the hub and holds every
+// value the hub's bucket held then.
+func awaitCurrent(ctx context.Context, js jetstream.JetStream, name, region string) (Copy, error) {
+	for {
+		stream, err := js.Stream(ctx, bucket.StreamName(name))
+		var c Copy
+		if err == nil {
+			c, _ = Of(stream.CachedInfo())
+			c.Region = region
+			if c.Current() {
+				return c, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			why := cmp.Or(c.Problem, "it has not heard from the hub yet")
+			if err != nil {
+				why = err.Error()
+			}
+			return c, fmt.Errorf("region: the copy %q is there, but not current: %s", name, why)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// keySubjects are the subjects of the key patterns in bucket.
+func keySubjects(bucket string, keys []string) ([]string, error) {
+	var subjects []string
+	for _, key := range keys {
+		if err := validatePattern(key); err != nil {
+			return nil, err
+		}
+		subjects = append(subjects, "$KV."+bucket+"."+key)
+	}
+	slices.Sort(subjects)
+	return slices.Compact(subjects), nil
+}
+
+// validatePattern checks a key pattern: a key's tokens, of which any may
+// be "*" and the last ">".
+func validatePattern(pattern string) error {
+	tokens := strings.Split(pattern, ".")
+	for i, tok := range tokens {
+		switch {
+		case tok == "*", tok == ">" && i == len(tokens)-1:
+		case tok == "" || strings.ContainsAny(tok, "*> \t\r\n"):
+			return fmt.Errorf("region: key %q: write a key, or a pattern such as wx1234567890abcdef.> (its tickets)", pattern)
+		}
+	}
+	return nil
+}
+
+// filterKeys are the key patterns of a copy's filter, sorted.
+func filterKeys(m *jetstream.StreamSource) []string {
+	var subjects []string
+	if m.FilterSubject != "" {
+		subjects = append(subjects, m.FilterSubject)
+	}
+	for _, tr := range m.SubjectTransforms {
+		subjects = append(subjects, tr.Source)
+	}
+	keys := make([]string, 0, len(subjects))
+	for _, s := range subjects {
+		// $KV.<bucket>.<key>
+		if parts := strings.SplitN(s, ".", 3); len(parts) == 3 {
+			keys = append(keys, parts[2])
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
