@@ -68,14 +68,11 @@ func (c Copy) Current() bool { return c.Heard >= 0 && c.Behind == 0 && c.Problem
 // Of reads the state of a region's copy from its stream's info; ok is
 // false when the stream is not one (the hub's bucket, say).
 func Of(info *jetstream.StreamInfo) (c Copy, ok bool) {
-	m := info.Config.Mirror
-	if m == nil || m.External == nil {
-		return Copy{}, false
-	}
-	hub, ok := domainOf(m.External.APIPrefix)
+	hub, ok := bucket.CopyOf(info)
 	if !ok {
 		return Copy{}, false
 	}
+	m := info.Config.Mirror
 	c = Copy{
 		Region:      info.Config.Metadata[regionMetadata],
 		Hub:         hub,
@@ -98,16 +95,6 @@ func Of(info *jetstream.StreamInfo) (c Copy, ok bool) {
 
 // apiPrefix is the API of the JetStream domain domain.
 func apiPrefix(domain string) string { return "$JS." + domain + ".API" }
-
-// domainOf is the domain of a JetStream API prefix.
-func domainOf(prefix string) (string, bool) {
-	domain, ok := strings.CutPrefix(prefix, "$JS.")
-	if !ok {
-		return "", false
-	}
-	domain, ok = strings.CutSuffix(domain, ".API")
-	return domain, ok && domain != "" && !strings.Contains(domain, ".")
-}
 
 // Errors of Add that say what to do.
 var (
