@@ -1,11 +1,10 @@
 package publisher
 
 import (
-	"fmt"
-	"strings"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/internal/region"
 )
 
 // A replica in a region (Config.JSDomain) is connected to the region's
@@ -27,10 +26,10 @@ func jetStreamOf(nc *nats.Conn, domain string, opts ...jetstream.JetStreamOpt) (
 	return jetstream.NewWithDomain(nc, domain, opts...)
 }
 
-// checkDomain checks a JetStream domain: one token of a NATS subject.
+// checkDomain checks Config.JSDomain.
 func checkDomain(domain string) error {
-	if strings.ContainsAny(domain, ". *>\t\r\n") {
-		return fmt.Errorf("js-domain %q: write the hub's JetStream domain, one word such as hub", domain)
+	if domain == "" {
+		return nil
 	}
-	return nil
+	return region.ValidateDomain(domain)
 }

@@ -47,7 +47,7 @@ func startSmallWorld(t *testing.T, ctx context.Context) smallWorld {
 }
 
 // TestRefresherInARegionWithoutItsDomainIsRefused: a refresher started
-// against a region's NATS without --js-domain would find the region's
+// against a region's NATS without --hub-domain would find the region's
 // read-only copy where it expects the bucket, and a lease bucket of the
 // region's own, where it would lead beside the hub's leader. It stops at
 // once instead, saying which option it lacks, having created nothing in
@@ -64,8 +64,8 @@ func TestRefresherInARegionWithoutItsDomainIsRefused(t *testing.T) {
 	run, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	err = r.Run(run)
-	if err == nil || run.Err() != nil || !strings.Contains(err.Error(), "--js-domain hub") {
-		t.Fatalf("Run returned %v; want at once an error naming --js-domain hub", err)
+	if err == nil || run.Err() != nil || !strings.Contains(err.Error(), "--hub-domain hub") {
+		t.Fatalf("Run returned %v; want at once an error naming --hub-domain hub", err)
 	}
 	js, _ := jetstream.New(w.regionNC)
 	if _, err := js.KeyValue(ctx, kv.LeaseBucket(kv.DefaultBucket)); !errors.Is(err, jetstream.ErrBucketNotFound) {

@@ -86,7 +86,7 @@ func refuseCopy(ctx context.Context, js jetstream.JetStream, name string) error 
 	info := stream.CachedInfo()
 	if domain, ok := CopyOf(info); ok {
 		return fmt.Errorf("%w of the bucket %q of JetStream domain %q (this is a region's NATS): "+
-			"a refresher in a region leads only through the hub's buckets: give it --js-domain %s", ErrReadOnlyCopy, name, domain, domain)
+			"a refresher in a region leads only through the hub's buckets: give it --hub-domain %s", ErrReadOnlyCopy, name, domain, domain)
 	}
 	if info.Config.Mirror != nil {
 		return fmt.Errorf("%w: %q mirrors %s: run the refresher against the bucket it mirrors", ErrReadOnlyCopy, name, info.Config.Mirror.Name)

@@ -55,6 +55,9 @@ func NewMonitor(nc *nats.Conn, bucketName string, regions []string, reg promethe
 	}
 	began := time.Now()
 	for _, r := range regions {
+		if err := ValidateDomain(r); err != nil {
+			return nil, fmt.Errorf("region: %w", err)
+		}
 		if _, dup := m.streams[r]; dup {
 			return nil, fmt.Errorf("region: %q is named twice", r)
 		}

@@ -93,6 +93,15 @@ func Of(info *jetstream.StreamInfo) (c Copy, ok bool) {
 	return c, true
 }
 
+// ValidateDomain checks the name of a JetStream domain: one token of a
+// NATS subject, as the domain is in $JS.<domain>.API.
+func ValidateDomain(domain string) error {
+	if domain == "" || strings.ContainsAny(domain, ". *>\t\r\n") {
+		return fmt.Errorf("JetStream domain %q: write a domain as nats-server's jetstream { domain: ... } has it, one word such as hub", domain)
+	}
+	return nil
+}
+
 // apiPrefix is the API of the JetStream domain domain.
 func apiPrefix(domain string) string { return "$JS." + domain + ".API" }
 
@@ -112,6 +121,9 @@ var (
 // to replace it.
 func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
 	cfg = cfg.withDefaults()
+	if err := ValidateDomain(cfg.Hub); err != nil {
+		return Copy{}, fmt.Errorf("region: %w", err)
+	}
 	filters, err := keySubjects(cfg.Bucket, cfg.Keys)
 	if err != nil {
 		return Copy{}, err
@@ -255,7 +267,7 @@ func sameCopy(info *jetstream.StreamInfo, cfg Config, want jetstream.KeyValueCon
 	switch {
 	case !ok:
 		return fmt.Errorf("region: this region has a bucket %q of its own, not a copy of the hub's "+
-			"(a refresher run here without --js-domain %s?): stop what writes it, %s", cfg.Bucket, cfg.Hub, replace)
+			"(a refresher run here without --hub-domain %s?): stop what writes it, %s", cfg.Bucket, cfg.Hub, replace)
 	case have.Hub != cfg.Hub:
 		return fmt.Errorf("region: the bucket %q here copies domain %q, not %q: %s", cfg.Bucket, have.Hub, cfg.Hub, replace)
 	case !slices.Equal(have.Keys, filterKeys(want.Mirror)):

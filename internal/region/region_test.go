@@ -174,7 +174,7 @@ func TestAddSaysWhatIsWrong(t *testing.T) {
 			}
 		}
 		_, err := region.Add(ctx, w.regionNC, region.Config{Hub: "hub", Bucket: "own"})
-		if err == nil || !strings.Contains(err.Error(), `a bucket "own" of its own, not a copy of the hub's (a refresher run here without --js-domain hub?)`) {
+		if err == nil || !strings.Contains(err.Error(), `a bucket "own" of its own, not a copy of the hub's (a refresher run here without --hub-domain hub?)`) {
 			t.Errorf("got %v", err)
 		}
 	})
