@@ -388,7 +388,7 @@ region about its copy.`,
 		enc.SetIndent("", "  ")
 		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows}
 		if inRegion {
-			out["region"] = here
+			out["region"] = newCopyJSON(here)
 		}
 		if regions != "" {
 			out["regions"] = regionRows

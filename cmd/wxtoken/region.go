@@ -163,10 +163,32 @@ func readCopy(ctx context.Context, nc *nats.Conn, bucket string) (region.Copy, b
 	return c, err == nil
 }
 
+// copyJSON is a region's copy in `wxtoken status --json`.
+type copyJSON struct {
+	Region           string   `json:"region,omitempty"`
+	Hub              string   `json:"hub"`
+	Keys             []string `json:"keys,omitempty"` // none: every key
+	Republishes      bool     `json:"republishes"`
+	Values           uint64   `json:"values"`
+	Behind           uint64   `json:"behind"`
+	LastHeardSeconds float64  `json:"last_heard_seconds"` // -1: never
+	Problem          string   `json:"problem,omitempty"`
+}
+
+func newCopyJSON(c region.Copy) *copyJSON {
+	heard := -1.0
+	if c.Heard >= 0 {
+		heard = c.Heard.Seconds()
+	}
+	return &copyJSON{Region: c.Region, Hub: c.Hub, Keys: c.Keys, Republishes: c.Republishes, Values: c.Values,
+		Behind: c.Behind, LastHeardSeconds: heard, Problem: c.Problem}
+}
+
 // regionRow is a region's line in `wxtoken status --regions`.
 type regionRow struct {
 	Region string       `json:"region"`
-	Copy   *region.Copy `json:"copy,omitempty"`
+	copied *region.Copy // nil: no answer
+	Copy   *copyJSON    `json:"copy,omitempty"`
 	Error  string       `json:"error,omitempty"`
 }
 
@@ -181,7 +203,7 @@ func readRegions(ctx context.Context, nc *nats.Conn, bucket string, regions []st
 			var c region.Copy
 			if c, err = region.Ask(ctx, js, bucket); err == nil {
 				c.Region = r
-				row.Copy = &c
+				row.copied, row.Copy = &c, newCopyJSON(c)
 			}
 		}
 		if err != nil {
@@ -195,10 +217,10 @@ func readRegions(ctx context.Context, nc *nats.Conn, bucket string, regions []st
 // printRegions prints each region's line.
 func printRegions(w io.Writer, rows []regionRow, bucket string) {
 	for _, r := range rows {
-		if r.Copy == nil {
+		if r.copied == nil {
 			fmt.Fprintf(w, "region %s: no answer from its copy of %s (%s): a partition, or no copy there (wxtoken region add)\n", r.Region, bucket, r.Error)
 			continue
 		}
-		fmt.Fprintln(w, describeCopy(*r.Copy, bucket, false))
+		fmt.Fprintln(w, describeCopy(*r.copied, bucket, false))
 	}
 }

@@ -19,10 +19,12 @@ import (
 // connection, and exports how old each copy may be as
 // wxtoken_region_lag_seconds{region}: the time since the copy was last
 // known to hold every value of the hub's bucket. While a region answers
-// that is the time since its copy last heard from the hub (a second or so:
-// the hub's mirror heartbeat); while it does not (a partition) it grows
-// from the last answer on. A region never reached since the Monitor began
-// counts from then.
+// that its copy is current, it is the time since its copy last heard from
+// the hub, as of the last answer (a second or so: the hub's mirror
+// heartbeat); from the first question it does not answer so (a
+// partition, a copy behind), it grows with the clock from the last time
+// the copy was known current. A region never reached since the Monitor
+// began counts from then.
 type Monitor struct {
 	streams map[string]jetstream.JetStream // each region's JetStream, by domain
 	bucket  string
@@ -30,8 +32,9 @@ type Monitor struct {
 	log     *slog.Logger
 
 	mu      sync.Mutex
-	current map[string]time.Time // when each copy was last known current
-	told    map[string]string    // what was last logged of each region
+	current map[string]time.Time     // when each copy was last known current
+	heard   map[string]time.Duration // its last answer's Heard, while its answers say it is current
+	told    map[string]string        // what was last logged of each region
 }
 
 // MonitorEvery is how often Monitor asks each region.
@@ -51,6 +54,7 @@ func NewMonitor(nc *nats.Conn, bucketName string, regions []string, reg promethe
 		every:   MonitorEvery,
 		log:     log,
 		current: map[string]time.Time{},
+		heard:   map[string]time.Duration{},
 		told:    map[string]string{},
 	}
 	began := time.Now()
@@ -82,6 +86,9 @@ func NewMonitor(nc *nats.Conn, bucketName string, regions []string, reg promethe
 func (m *Monitor) Lag(region string) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if heard, ok := m.heard[region]; ok {
+		return heard
+	}
 	return time.Since(m.current[region])
 }
 
@@ -114,6 +121,7 @@ func (m *Monitor) ask(ctx context.Context, region string, js jetstream.JetStream
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	delete(m.heard, region) // until it says again that it is current
 	switch {
 	case err != nil:
 		m.tell(region, slog.LevelWarn, "cannot reach the region's copy of the token bucket; its age grows until it answers", "error", err)
@@ -125,6 +133,7 @@ func (m *Monitor) ask(ctx context.Context, region string, js jetstream.JetStream
 		if known := asked.Add(-c.Heard); known.After(m.current[region]) {
 			m.current[region] = known
 		}
+		m.heard[region] = c.Heard
 		m.tell(region, slog.LevelInfo, "the region's copy of the token bucket is current")
 	}
 }
