@@ -91,6 +91,13 @@ runs against; --hub-domain names the hub's.`,
 		return err
 	}
 	fmt.Fprintln(stdout, describeCopy(copied, n.bucket, true))
+	if copied.Durable {
+		fmt.Fprintln(stdout, "It follows the hub's bucket through a durable consumer of the hub's, which it takes up again the moment a partition heals.")
+	} else {
+		fmt.Fprintln(stdout, "It follows the hub's bucket through an ephemeral consumer, as nats-server before 2.15 (here or at the hub) does: "+
+			"after a partition longer than 10 s it may take a minute or more to catch up. nats-server 2.15 or newer, at the hub and here, "+
+			"catches up the moment the link is back: upgrade, delete the copy and add it again.")
+	}
 	if copied.Republishes {
 		fmt.Fprintf(stdout, "It republishes each value on %s, as the refresher does at the hub: services here follow their keys as they do there.\n",
 			kv.Subjects{Prefix: n.prefix}.Value(">"))

@@ -26,6 +26,7 @@ import (
 // the copy was known current. A region never reached since the Monitor
 // began counts from then.
 type Monitor struct {
+	hub     jetstream.JetStream            // the hub's own
 	streams map[string]jetstream.JetStream // each region's JetStream, by domain
 	bucket  string
 	every   time.Duration
@@ -40,6 +41,11 @@ type Monitor struct {
 // MonitorEvery is how often Monitor asks each region.
 const MonitorEvery = 5 * time.Second
 
+// consumerCheckAfter is how long a copy that the hub can reach may go
+// without hearing from the hub before Monitor looks at its consumer: a
+// durable one's heartbeat comes every second.
+const consumerCheckAfter = 3 * time.Second
+
 // askTimeout bounds one question to a region: across a WAN, and not worth
 // waiting on longer while the next comes MonitorEvery later.
 const askTimeout = 3 * time.Second
@@ -48,7 +54,12 @@ const askTimeout = 3 * time.Second
 // (their JetStream domains) reached through nc, with its metric registered
 // with reg. Run starts it.
 func NewMonitor(nc *nats.Conn, bucketName string, regions []string, reg prometheus.Registerer, log *slog.Logger) (*Monitor, error) {
+	hub, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("region: %w", err)
+	}
 	m := &Monitor{
+		hub:     hub,
 		streams: map[string]jetstream.JetStream{},
 		bucket:  bucketName,
 		every:   MonitorEvery,
@@ -119,6 +130,9 @@ func (m *Monitor) ask(ctx context.Context, region string, js jetstream.JetStream
 	if ctx.Err() != nil {
 		return
 	}
+	if err == nil && (!c.Current() || c.Heard > consumerCheckAfter) {
+		m.keepConsumer(ctx, region, c)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.heard, region) // until it says again that it is current
@@ -135,6 +149,24 @@ func (m *Monitor) ask(ctx context.Context, region string, js jetstream.JetStream
 		}
 		m.heard[region] = c.Heard
 		m.tell(region, slog.LevelInfo, "the region's copy of the token bucket is current")
+	}
+}
+
+// keepConsumer puts back the hub's consumer that region's copy c follows,
+// if it has one: a deletion of the hub's bucket, which the refresher
+// repairs, takes it along, and the copy cannot make another.
+func (m *Monitor) keepConsumer(ctx context.Context, region string, c Copy) {
+	if c.consumer == nil {
+		return
+	}
+	filters, err := keySubjects(m.bucket, c.Keys)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(ctx, askTimeout)
+		defer cancel()
+		_, err = ensureConsumer(ctx, m.hub, region, m.bucket, filters)
+	}
+	if err != nil {
+		m.log.Warn("cannot put back the hub's consumer of the region's copy", "region", region, "consumer", c.consumer.Name, "error", err)
 	}
 }
 

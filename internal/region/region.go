@@ -10,8 +10,13 @@
 // refresher publishes at the hub (kv.DecodeValueMsg reads both), so a
 // value crosses the WAN once per region, inside the mirror, and a region
 // that was cut off hands its services what it missed the moment it catches
-// up. The lease, the writable bucket and the refresh endpoint stay in the
-// hub.
+// up. On nats-server 2.15 and newer, at the hub and in the region, the
+// copy follows the hub's bucket through a durable consumer of the hub's
+// (wxtoken_region_<region>), which it takes up again the moment the leaf
+// connection is back; the ephemeral consumer of older servers is retried
+// on a backoff that, after a partition longer than 10 s, leaves the copy
+// behind for tens of seconds more. The lease, the writable bucket and the
+// refresh endpoint stay in the hub.
 //
 // Add creates a copy (wxtoken region add), Of reads one's state from its
 // stream info (wxtoken status), and Monitor follows the copies from the
@@ -55,10 +60,13 @@ type Copy struct {
 	Hub         string        // the hub's domain it copies
 	Keys        []string      // the keys it holds, as patterns; none: every key
 	Republishes bool          // it republishes the values it stores on the value subjects
+	Durable     bool          // it follows the hub through a durable consumer of the hub's, taken up again at once after a partition
 	Values      uint64        // messages it holds
 	Behind      uint64        // values it still lacked when it last heard from the hub
 	Heard       time.Duration // since it last heard from the hub (a value, or the heartbeat every second or few); -1: never
 	Problem     string        // what JetStream says keeps it from the hub, if anything
+
+	consumer *jetstream.StreamConsumerSource // its durable consumer at the hub, if any
 }
 
 // Current reports whether the copy held every value of the hub's bucket
@@ -78,8 +86,10 @@ func Of(info *jetstream.StreamInfo) (c Copy, ok bool) {
 		Hub:         hub,
 		Keys:        filterKeys(m),
 		Republishes: info.Config.RePublish != nil,
+		Durable:     m.Consumer != nil,
 		Values:      info.State.Msgs,
 		Heard:       -1,
+		consumer:    m.Consumer,
 	}
 	if mi := info.Mirror; mi != nil {
 		c.Behind = mi.Lag
@@ -136,16 +146,27 @@ func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
 	if err != nil {
 		return Copy{}, err
 	}
-	hub, err := hubBucket(ctx, nc, cfg)
+	hubJS, err := jetstream.NewWithDomain(nc, cfg.Hub)
+	if err != nil {
+		return Copy{}, fmt.Errorf("region: %w", err)
+	}
+	hub, err := hubBucket(ctx, hubJS, cfg)
 	if err != nil {
 		return Copy{}, err
 	}
-	republish := since210(nc.ConnectedServerVersion())
+	version := nc.ConnectedServerVersion()
+	republish := atLeast(version, 2, 10)
 	if len(filters) > 1 && !republish {
 		return Copy{}, fmt.Errorf("region: a copy of more than one key pattern (%s) needs nats-server 2.10 or newer in the region, "+
-			"and this one is %s: give one pattern, or upgrade", strings.Join(cfg.Keys, ","), nc.ConnectedServerVersion())
+			"and this one is %s: give one pattern, or upgrade", strings.Join(cfg.Keys, ","), version)
 	}
-	want := copyConfig(cfg, region, hub, filters, republish)
+	var durable *jetstream.StreamConsumerSource
+	if atLeast(version, 2, 15) {
+		if durable, err = ensureConsumer(ctx, hubJS, region, cfg.Bucket, filters); err != nil {
+			return Copy{}, err
+		}
+	}
+	want := copyConfig(cfg, region, hub, filters, republish, durable)
 	if err := create(ctx, js, cfg, want); err != nil {
 		return Copy{}, err
 	}
@@ -177,12 +198,8 @@ func ownDomain(ctx context.Context, js jetstream.JetStream, hub string) (string,
 }
 
 // hubBucket returns the configuration of the hub's bucket, reached through
-// the hub's domain.
-func hubBucket(ctx context.Context, nc *nats.Conn, cfg Config) (jetstream.StreamConfig, error) {
-	js, err := jetstream.NewWithDomain(nc, cfg.Hub)
-	if err != nil {
-		return jetstream.StreamConfig{}, fmt.Errorf("region: %w", err)
-	}
+// js, the hub's JetStream.
+func hubBucket(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.StreamConfig, error) {
 	stream, err := js.Stream(ctx, bucket.StreamName(cfg.Bucket))
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -199,23 +216,25 @@ func hubBucket(ctx context.Context, nc *nats.Conn, cfg Config) (jetstream.Stream
 	return hub, nil
 }
 
-// since210 reports whether a nats-server of version is 2.10 or newer: one
-// that can republish what a mirror stores (nats-server#4010) and filter a
-// mirror by several subjects.
-func since210(version string) bool {
+// atLeast reports whether a nats-server of version is major.minor or
+// newer. 2.10 can republish what a mirror stores (nats-server#4010) and
+// filter a mirror by several subjects; 2.15 takes a mirror's durable
+// consumer up again the moment it hears from it (nats-server#8323).
+func atLeast(version string, major, minor int) bool {
 	parts := strings.SplitN(version, ".", 3)
 	if len(parts) < 2 {
 		return false
 	}
-	major, err1 := strconv.Atoi(parts[0])
-	minor, err2 := strconv.Atoi(parts[1])
-	return err1 == nil && err2 == nil && (major > 2 || major == 2 && minor >= 10)
+	maj, err1 := strconv.Atoi(parts[0])
+	min, err2 := strconv.Atoi(parts[1])
+	return err1 == nil && err2 == nil && (maj > major || maj == major && min >= minor)
 }
 
 // copyConfig is the KV configuration of the copy: a mirror of the hub's
 // bucket, named like it, keeping what it keeps.
-func copyConfig(cfg Config, region string, hub jetstream.StreamConfig, filters []string, republish bool) jetstream.KeyValueConfig {
-	mirror := &jetstream.StreamSource{Name: cfg.Bucket, Domain: cfg.Hub}
+func copyConfig(cfg Config, region string, hub jetstream.StreamConfig, filters []string, republish bool,
+	durable *jetstream.StreamConsumerSource) jetstream.KeyValueConfig {
+	mirror := &jetstream.StreamSource{Name: cfg.Bucket, Domain: cfg.Hub, Consumer: durable}
 	switch {
 	case len(filters) == 1:
 		mirror.FilterSubject = filters[0] // works on nats-server 2.9 too

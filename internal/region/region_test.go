@@ -244,3 +244,58 @@ func awaitLag(t *testing.T, ctx context.Context, m *region.Monitor, ok func(time
 		}
 	}
 }
+
+// TestMonitorPutsBackTheHubsConsumer: a copy follows a durable consumer of
+// the hub's, which a deletion of the hub's bucket (repaired by the
+// refresher) takes along. The hub's Monitor puts it back, and the copy
+// holds the new bucket's values.
+func TestMonitorPutsBackTheHubsConsumer(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	w := newWorld(t, ctx)
+	put(t, ctx, w.hub, appA, "token-1")
+	c, err := region.Add(ctx, w.regionNC, region.Config{Hub: "hub"})
+	if err != nil || !c.Durable {
+		t.Fatalf("copy %+v (%v), want one with a durable consumer", c, err)
+	}
+	hubNC := testenv.Connect(t, w.hubURL)
+	hubJS, _ := jetstream.New(hubNC)
+	if err := hubJS.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
+		t.Fatal(err)
+	}
+	again, err := bucket.Open(ctx, hubJS, bucket.Config{}) // as the refresher's repair does
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := put(t, ctx, again, appA, "token-2")
+
+	m, err := region.NewMonitor(hubNC, kv.DefaultBucket, []string{"shanghai"}, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	region.SetMonitorEvery(m, 100*time.Millisecond)
+	mctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.Run(mctx)
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-done
+	})
+	js, _ := jetstream.New(w.regionNC)
+	copied, err := kv.Bind(ctx, js, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if e, err := copied.Get(ctx, appA); err == nil && e.Revision() == rev {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the copy never got the new bucket's revision %d", rev)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
