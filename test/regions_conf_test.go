@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -12,8 +13,13 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/internal/region"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
@@ -122,15 +128,113 @@ func hubCluster(t *testing.T, ctx context.Context) ([]*server.Server, []*server.
 	return servers, all, strings.Join(urls, ",")
 }
 
-// awaitNoViolation fails the test if errs gets a permission violation.
-func permissionErrors(t testing.TB) (nats.Option, <-chan error) {
-	errs := make(chan error, 64)
-	return nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-		select {
-		case errs <- err:
-		default:
+// TestNATSRegionConfRoles: nats.conf as a hub and nats-region.conf, with
+// their users. In a region, the service reads the copy and asks the hub
+// for refreshes, and may write neither the copy nor the hub's bucket, nor
+// ask the hub's JetStream anything; the region's refresher reaches only
+// the hub's buckets, never streams of the region's own; and the region's
+// server takes the hub's events, never the refresher's values, which the
+// copy republishes instead.
+func TestNATSRegionConfRoles(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	hubOpts := hubConfOptions(t)
+	hub := testenv.StartNATS(t, hubOpts)
+	fake, wechatURL := testenv.WeChat(t, fakewechat.Config{})
+	hubRefresher := connectUser(t, hub.ClientURL(), "refresher")
+	testenv.Refresher(t, hubRefresher, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: wechatURL, MinForceInterval: time.Nanosecond})
+	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, connectUser(t, hub.ClientURL(), "admin")), appA))
+	regionSrv := testenv.StartNATS(t, regionConfOptions(t, "shanghai", testenv.LeafAddr(hubOpts)))
+	testenv.AwaitLeaf(t, ctx, regionSrv)
+	if _, err := region.Add(ctx, connectUser(t, regionSrv.ClientURL(), "admin"), region.Config{Hub: "hub"}); err != nil {
+		t.Fatalf("admin cannot add the region's copy: %v", err)
+	}
+	short := func() context.Context { return testenv.Context(t, time.Second) }
+
+	service := roleOf(t, regionSrv.ClientURL(), "service")
+	js, _ := jetstream.New(service.nc)
+	copied, err := kv.Bind(ctx, js, "")
+	if err != nil {
+		t.Fatalf("service cannot bind the copy: %v", err)
+	}
+	held, err := copied.Get(ctx, appA)
+	if err != nil {
+		t.Fatalf("service cannot get a token from the copy: %v", err)
+	}
+	// The hub's leader answers (WeChat says the token still works).
+	if reply := refreshAnswered(t, ctx, service.nc, appA, held.Revision()); reply.Error != nil || reply.Revision != held.Revision() {
+		t.Fatalf("service's refresh request from the region: %+v", reply)
+	}
+
+	t.Run("service may not write the copy or the hub's bucket", func(t *testing.T) {
+		if _, err := copied.Put(short(), appA, []byte(`{"appid":"forged"}`)); err == nil {
+			t.Error("service's Put succeeded")
 		}
-	}), errs
+		// A copy's handle sends puts to the hub's bucket, through the
+		// hub's domain.
+		service.denied(t, ctx, "$JS.hub.API.$KV.wechat_tokens."+appA)
+		service.nc.Publish("$KV.wechat_tokens."+appA, []byte(`{"appid":"forged"}`))
+		service.nc.Flush()
+		service.denied(t, ctx, "$KV.wechat_tokens."+appA)
+		hubJS, _ := jetstream.NewWithDomain(service.nc, "hub")
+		if _, err := hubJS.Stream(short(), "KV_wechat_tokens"); err == nil {
+			t.Error("service asked the hub's JetStream")
+		}
+		service.denied(t, ctx, "$JS.hub.API.STREAM.INFO.KV_wechat_tokens")
+	})
+	t.Run("the region's refresher reaches only the hub's buckets", func(t *testing.T) {
+		refresher := roleOf(t, regionSrv.ClientURL(), "refresher")
+		// The API request itself (jetstream.CreateKeyValue stops earlier,
+		// at the account info it may not read either).
+		refresher.nc.Publish("$JS.API.STREAM.CREATE.KV_wechat_tokens_leader", []byte(`{"name":"KV_wechat_tokens_leader","subjects":["$KV.wechat_tokens_leader.>"]}`))
+		refresher.nc.Flush()
+		refresher.denied(t, ctx, "$JS.API.STREAM.CREATE.KV_wechat_tokens_leader")
+		local, _ := jetstream.New(connectUser(t, regionSrv.ClientURL(), "admin"))
+		if _, err := local.Stream(ctx, "KV_wechat_tokens_leader"); !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Errorf("the region has a lease bucket of its own: %v", err)
+		}
+		hubJS, _ := jetstream.NewWithDomain(refresher.nc, "hub")
+		if _, err := hubJS.KeyValue(ctx, kv.LeaseBucket(kv.DefaultBucket)); err != nil {
+			t.Errorf("the region's refresher cannot reach the hub's lease: %v", err)
+		}
+	})
+	t.Run("the region takes the hub's events, and not its values", func(t *testing.T) {
+		events, _ := service.nc.SubscribeSync(kv.Subjects{}.Rotated(appA))
+		values, _ := service.nc.SubscribeSync(kv.Subjects{}.Value(appA))
+		service.nc.Flush()
+		// The hub learns of the region's subscriptions a moment later,
+		// across the leaf: announce until the region hears.
+		for {
+			hubRefresher.Publish(kv.Subjects{}.Rotated(appA), []byte(`{"appid":"`+appA+`"}`))
+			if _, err := events.NextMsg(100 * time.Millisecond); err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal("no rotation event crossed to the region")
+			}
+		}
+		// A value the copy never stores, which only the leaf could bring,
+		// then an event, on the same connection and the same leaf: had
+		// the value crossed, it would be here once the event is.
+		hubRefresher.Publish(kv.Subjects{}.Value(appA), []byte("not from the copy"))
+		hubRefresher.Publish(kv.Subjects{}.Rotated(appA), []byte(`{"appid":"`+appA+`"}`))
+		if _, err := events.NextMsgWithContext(ctx); err != nil {
+			t.Fatalf("no rotation event crossed to the region: %v", err)
+		}
+		if m, err := values.NextMsg(0); err == nil {
+			t.Errorf("the refresher's value crossed to the region: %q", m.Data)
+		}
+	})
 }
 
-var _ = time.Second
+// roleOf connects to url as a user of the configurations, collecting the
+// permission violations the server reports.
+func roleOf(t *testing.T, url, name string) user {
+	t.Helper()
+	violations := make(chan error, 64)
+	nc := connectUser(t, url, name, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			violations <- err
+		}
+	}))
+	return user{nc: nc, violations: violations}
+}

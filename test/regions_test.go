@@ -31,8 +31,12 @@ import (
 )
 
 // regionPartition is how long TestRegionsThroughAPartition keeps its
-// regions cut off: by default as long as its steps take (seconds); the
-// issue's 60 s partition with -regions.partition=60s.
+// regions cut off: by default as long as its steps take (about 5 s); the
+// issue's 60 s partition with -regions.partition=60s. A partition of more
+// than 10 to 20 s is the one that tells a copy's durable consumer from an
+// ephemeral one: a region's server gives up on an ephemeral consumer it
+// has not heard from, and makes the next one only on a backoff that runs
+// on after the heal.
 var regionPartition = flag.Duration("regions.partition", 0, "TestRegionsThroughAPartition: least time the regions stay cut off")
 
 // wanDelay is the relay's delay between the hub and a region, each way.
