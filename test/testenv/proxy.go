@@ -25,21 +25,34 @@ type Proxy struct {
 	conns   []net.Conn
 }
 
-// NewProxy listens on 127.0.0.1 and forwards to target ("host:port").
+// NewProxy listens on 127.0.0.1 and forwards to target ("host:port"),
+// until cleanup.
 func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := StartProxy(target)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// StartProxy is NewProxy for a program (the benchmark): Close stops it.
+func StartProxy(target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
 	}
 	p := &Proxy{target: target, ln: ln}
 	p.flowing = sync.NewCond(&p.mu)
 	go p.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		p.Cut()
-	})
-	return p
+	return p, nil
+}
+
+// Close stops accepting and drops every connection.
+func (p *Proxy) Close() {
+	p.ln.Close()
+	p.Cut()
 }
 
 // URL is the proxy's NATS URL.

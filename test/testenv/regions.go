@@ -53,6 +53,13 @@ func RegionNATS(t testing.TB, domain, hub, user, password string) *server.Server
 	if err != nil {
 		t.Fatal(err)
 	}
+	RegionOptions(opts, domain, hub, user, password)
+	return StartNATS(t, opts)
+}
+
+// RegionOptions makes opts a region's server: JetStream domain domain, its
+// leaf connection to hub, as user:password when user is not empty.
+func RegionOptions(opts *server.Options, domain, hub, user, password string) {
 	opts.ServerName = "region-" + domain
 	opts.JetStreamDomain = domain
 	u := &url.URL{Scheme: "nats-leaf", Host: hub}
@@ -60,7 +67,6 @@ func RegionNATS(t testing.TB, domain, hub, user, password string) *server.Server
 		u.User = url.UserPassword(user, password)
 	}
 	opts.LeafNode.Remotes = []*server.RemoteLeafOpts{{URLs: []*url.URL{u}}}
-	return StartNATS(t, opts)
 }
 
 // AwaitLeaf waits until s has a leaf connection.
