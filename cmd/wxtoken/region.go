@@ -94,18 +94,12 @@ runs against; --hub-domain names the hub's.`,
 	if copied.Durable {
 		fmt.Fprintln(stdout, "It follows the hub's bucket through a durable consumer of the hub's, which it takes up again the moment a partition heals.")
 	} else {
-		fmt.Fprintln(stdout, "It follows the hub's bucket through an ephemeral consumer, as nats-server before 2.15 (here or at the hub) does: "+
+		fmt.Fprintln(stdout, "It follows the hub's bucket through an ephemeral consumer, as with nats-server before 2.15 (here or at the hub): "+
 			"after a partition longer than 10 s it may take a minute or more to catch up. nats-server 2.15 or newer, at the hub and here, "+
 			"catches up the moment the link is back: upgrade, delete the copy and add it again.")
 	}
-	if copied.Republishes {
-		fmt.Fprintf(stdout, "It republishes each value on %s, as the refresher does at the hub: services here follow their keys as they do there.\n",
-			kv.Subjects{Prefix: n.prefix}.Value(">"))
-	} else {
-		fmt.Fprintf(stdout, "This nats-server (%s) cannot republish a copy's values: services here follow their keys with a KV watch, "+
-			"a JetStream consumer each (1000 per stream by default). nats-server 2.10 or newer lifts that: upgrade, delete the copy "+
-			"(nats kv del %s) and add it again.\n", nc.ConnectedServerVersion(), n.bucket)
-	}
+	fmt.Fprintf(stdout, "It republishes each value on %s, as the refresher does at the hub: services here follow their keys as they do there.\n",
+		kv.Subjects{Prefix: n.prefix}.Value(">"))
 	return nil
 }
 

@@ -5,12 +5,12 @@
 // mirror of the hub's bucket, in the region's domain and named like it, so
 // that services there bind "wechat_tokens" as they do at the hub and read
 // it with direct gets and watches served by the region's own servers,
-// through a partition too. On nats-server 2.10 and newer the copy also
-// republishes each value it stores on the value subject, the message the
-// refresher publishes at the hub (kv.DecodeValueMsg reads both), so a
-// value crosses the WAN once per region, inside the mirror, and a region
-// that was cut off hands its services what it missed the moment it catches
-// up. On nats-server 2.15 and newer, at the hub and in the region, the
+// through a partition too. The copy also republishes each value it stores
+// on the value subject, the message the refresher publishes at the hub
+// (kv.DecodeValueMsg reads both), so a value crosses the WAN once per
+// region, inside the mirror, and a region that was cut off hands its
+// services what it missed the moment it catches up. A region's NATS is
+// nats-server 2.10 or newer; the hub's may be 2.9. On nats-server 2.15 and newer, at the hub and in the region, the
 // copy follows the hub's bucket through a durable consumer of the hub's
 // (wxtoken_region_<region>), which it takes up again the moment the leaf
 // connection is back; the ephemeral consumer of older servers is retried
@@ -155,10 +155,11 @@ func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
 		return Copy{}, err
 	}
 	version := nc.ConnectedServerVersion()
-	republish := atLeast(version, 2, 10)
-	if len(filters) > 1 && !republish {
-		return Copy{}, fmt.Errorf("region: a copy of more than one key pattern (%s) needs nats-server 2.10 or newer in the region, "+
-			"and this one is %s: give one pattern, or upgrade", strings.Join(cfg.Keys, ","), version)
+	if !atLeast(version, 2, 10) {
+		// Seen with Debian's 2.9.10: the mirror runs, and the region's
+		// JetStream answers no request from then on.
+		return Copy{}, fmt.Errorf("region: a region's NATS needs nats-server 2.10 or newer, and this one is %s: "+
+			"its JetStream stops answering once a copy of another domain's bucket runs (the hub may stay on 2.9)", version)
 	}
 	var durable *jetstream.StreamConsumerSource
 	if atLeast(version, 2, 15) {
@@ -166,7 +167,7 @@ func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
 			return Copy{}, err
 		}
 	}
-	want := copyConfig(cfg, region, hub, filters, republish, durable)
+	want := copyConfig(cfg, region, hub, filters, durable)
 	if err := create(ctx, js, cfg, want); err != nil {
 		return Copy{}, err
 	}
@@ -217,8 +218,8 @@ func hubBucket(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstre
 }
 
 // atLeast reports whether a nats-server of version is major.minor or
-// newer. 2.10 can republish what a mirror stores (nats-server#4010) and
-// filter a mirror by several subjects; 2.15 takes a mirror's durable
+// newer. 2.10 republishes what a mirror stores (nats-server#4010) and
+// filters a mirror by several subjects; 2.15 takes a mirror's durable
 // consumer up again the moment it hears from it (nats-server#8323).
 func atLeast(version string, major, minor int) bool {
 	parts := strings.SplitN(version, ".", 3)
@@ -230,44 +231,54 @@ func atLeast(version string, major, minor int) bool {
 	return err1 == nil && err2 == nil && (maj > major || maj == major && min >= minor)
 }
 
-// copyConfig is the KV configuration of the copy: a mirror of the hub's
-// bucket, named like it, keeping what it keeps.
-func copyConfig(cfg Config, region string, hub jetstream.StreamConfig, filters []string, republish bool,
-	durable *jetstream.StreamConsumerSource) jetstream.KeyValueConfig {
-	mirror := &jetstream.StreamSource{Name: cfg.Bucket, Domain: cfg.Hub, Consumer: durable}
+// copyConfig is the stream of the copy: a KV bucket's, as nats.go makes
+// one, mirroring the hub's bucket, named like it, keeping what it keeps.
+// Not nats.go's CreateKeyValue, which sets mirror_direct on a mirror: that
+// would make the copy answer direct gets of a stream of its own name a
+// second time (nothing across domains needs it), and nats-server 2.9 can
+// hang on it.
+func copyConfig(cfg Config, region string, hub jetstream.StreamConfig, filters []string, durable *jetstream.StreamConsumerSource) jetstream.StreamConfig {
+	mirror := &jetstream.StreamSource{
+		Name:     bucket.StreamName(cfg.Bucket),
+		External: &jetstream.ExternalStream{APIPrefix: apiPrefix(cfg.Hub)},
+		Consumer: durable,
+	}
 	switch {
 	case len(filters) == 1:
-		mirror.FilterSubject = filters[0] // works on nats-server 2.9 too
+		mirror.FilterSubject = filters[0]
 	case len(filters) > 1:
 		for _, f := range filters {
 			mirror.SubjectTransforms = append(mirror.SubjectTransforms, jetstream.SubjectTransformConfig{Source: f, Destination: f})
 		}
 	}
-	c := jetstream.KeyValueConfig{
-		Bucket:       cfg.Bucket,
-		Description:  fmt.Sprintf("wxtoken: region %s's read-only copy of the hub's %s (domain %s)", region, cfg.Bucket, cfg.Hub),
-		History:      uint8(max(min(hub.MaxMsgsPerSubject, jetstream.KeyValueMaxHistory), 1)),
-		MaxValueSize: hub.MaxMsgSize,
-		Replicas:     cfg.Replicas,
-		Storage:      jetstream.FileStorage,
-		Mirror:       mirror,
+	c := jetstream.StreamConfig{
+		Name:              bucket.StreamName(cfg.Bucket),
+		Description:       fmt.Sprintf("wxtoken: region %s's read-only copy of the hub's %s (domain %s)", region, cfg.Bucket, cfg.Hub),
+		MaxMsgsPerSubject: max(min(hub.MaxMsgsPerSubject, jetstream.KeyValueMaxHistory), 1),
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		MaxMsgSize:        hub.MaxMsgSize,
+		MaxConsumers:      -1,
+		Storage:           jetstream.FileStorage,
+		Replicas:          cfg.Replicas,
+		Discard:           jetstream.DiscardNew,
+		AllowRollup:       true,
+		DenyDelete:        true,
+		AllowDirect:       true,
+		Mirror:            mirror,
+		RePublish:         &jetstream.RePublish{Source: "$KV." + cfg.Bucket + ".>", Destination: cfg.Subjects.Value(">")},
+		Metadata:          kv.Metadata(cfg.Subjects),
 	}
-	if republish {
-		// Older servers refuse a mirror that republishes, and keep no
-		// metadata: there services follow their keys with a KV watch.
-		c.RePublish = &jetstream.RePublish{Source: "$KV." + cfg.Bucket + ".>", Destination: cfg.Subjects.Value(">")}
-		c.Metadata = kv.Metadata(cfg.Subjects)
-		c.Metadata[regionMetadata] = region
-	}
+	c.Metadata[regionMetadata] = region
 	return c
 }
 
 // create creates the copy, or checks that the one there is made the same
 // way.
-func create(ctx context.Context, js jetstream.JetStream, cfg Config, want jetstream.KeyValueConfig) error {
+func create(ctx context.Context, js jetstream.JetStream, cfg Config, want jetstream.StreamConfig) error {
 	stream, err := js.Stream(ctx, bucket.StreamName(cfg.Bucket))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		if _, err := js.CreateKeyValue(ctx, want); err != nil {
+		if _, err := js.CreateStream(ctx, want); err != nil {
 			return fmt.Errorf("region: create the copy %q: %w", cfg.Bucket, err)
 		}
 		return nil
@@ -280,7 +291,7 @@ func create(ctx context.Context, js jetstream.JetStream, cfg Config, want jetstr
 
 // sameCopy reports how an existing bucket differs from the copy wanted,
 // and what to do about it, or nil.
-func sameCopy(info *jetstream.StreamInfo, cfg Config, want jetstream.KeyValueConfig) error {
+func sameCopy(info *jetstream.StreamInfo, cfg Config, want jetstream.StreamConfig) error {
 	replace := fmt.Sprintf("delete it (nats kv del %s, against this region's NATS: services here read nothing until it is back) and add it again", cfg.Bucket)
 	have, ok := Of(info)
 	switch {
