@@ -299,3 +299,19 @@ func TestMonitorPutsBackTheHubsConsumer(t *testing.T) {
 		}
 	}
 }
+
+// TestServerVersions: the versions that tell what a region's NATS can do.
+func TestServerVersions(t *testing.T) {
+	for _, tc := range []struct {
+		version      string
+		major, minor int
+		want         bool
+	}{
+		{"2.9.10", 2, 10, false}, {"2.10.0", 2, 10, true}, {"2.14.3", 2, 15, false}, {"2.15.2", 2, 15, true},
+		{"3.0.0", 2, 15, true}, {"2.15.0-beta.1", 2, 15, true}, {"", 2, 10, false}, {"x.y", 2, 10, false},
+	} {
+		if got := region.AtLeast(tc.version, tc.major, tc.minor); got != tc.want {
+			t.Errorf("%q at least %d.%d: %v", tc.version, tc.major, tc.minor, got)
+		}
+	}
+}
