@@ -1,22 +1,23 @@
 // Package region makes and reads a region's copy of the token bucket.
 //
-// A region is a NATS server (or cluster) with a JetStream domain of its
-// own, joined to the hub's NATS by a leaf connection. Its copy is a KV
-// mirror of the hub's bucket, in the region's domain and named like it, so
-// that services there bind "wechat_tokens" as they do at the hub and read
-// it with direct gets and watches served by the region's own servers,
-// through a partition too. The copy also republishes each value it stores
-// on the value subject, the message the refresher publishes at the hub
-// (kv.DecodeValueMsg reads both), so a value crosses the WAN once per
-// region, inside the mirror, and a region that was cut off hands its
-// services what it missed the moment it catches up. A region's NATS is
-// nats-server 2.10 or newer; the hub's may be 2.9. On nats-server 2.15 and newer, at the hub and in the region, the
-// copy follows the hub's bucket through a durable consumer of the hub's
-// (wxtoken_region_<region>), which it takes up again the moment the leaf
-// connection is back; the ephemeral consumer of older servers is retried
-// on a backoff that, after a partition longer than 10 s, leaves the copy
-// behind for tens of seconds more. The lease, the writable bucket and the
-// refresh endpoint stay in the hub.
+// A region is a NATS server (or cluster), nats-server 2.10 or newer, with
+// a JetStream domain of its own, joined to the hub's NATS by a leaf
+// connection. Its copy is a KV mirror of the hub's bucket, in the region's
+// domain and named like it, so that services there bind "wechat_tokens" as
+// they do at the hub and read it with direct gets and watches served by
+// the region's own servers, through a partition too. The copy republishes
+// each value it stores on the value subject, the message the refresher
+// publishes at the hub (kv.DecodeValueMsg reads both): a value crosses the
+// WAN once per region, inside the mirror, and a region that was cut off
+// hands its services what it missed the moment it catches up.
+//
+// With nats-server 2.15 or newer at the hub and in the region, the copy
+// follows a durable consumer of the hub's (consumer.go), which the region
+// takes up again the moment the leaf connection is back; the ephemeral
+// consumer of older servers is made again only on a backoff that, after a
+// partition longer than 10 s, leaves the copy behind for tens of seconds
+// more. The lease, the writable bucket and the refresh endpoint stay in
+// the hub.
 //
 // Add creates a copy (wxtoken region add), Of reads one's state from its
 // stream info (wxtoken status), and Monitor follows the copies from the
@@ -138,6 +139,13 @@ func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
 	if err != nil {
 		return Copy{}, err
 	}
+	version := nc.ConnectedServerVersion()
+	if !atLeast(version, 2, 10) {
+		// Seen with Debian's 2.9.10: the mirror runs, and the region's
+		// JetStream answers no request from then on.
+		return Copy{}, fmt.Errorf("region: a region's NATS needs nats-server 2.10 or newer, and this one is %s: "+
+			"its JetStream stops answering once a copy of another domain's bucket runs (the hub may stay on 2.9)", version)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return Copy{}, fmt.Errorf("region: %w", err)
@@ -153,13 +161,6 @@ func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
 	hub, err := hubBucket(ctx, hubJS, cfg)
 	if err != nil {
 		return Copy{}, err
-	}
-	version := nc.ConnectedServerVersion()
-	if !atLeast(version, 2, 10) {
-		// Seen with Debian's 2.9.10: the mirror runs, and the region's
-		// JetStream answers no request from then on.
-		return Copy{}, fmt.Errorf("region: a region's NATS needs nats-server 2.10 or newer, and this one is %s: "+
-			"its JetStream stops answering once a copy of another domain's bucket runs (the hub may stay on 2.9)", version)
 	}
 	var durable *jetstream.StreamConsumerSource
 	if atLeast(version, 2, 15) {
@@ -226,17 +227,16 @@ func atLeast(version string, major, minor int) bool {
 	if len(parts) < 2 {
 		return false
 	}
-	maj, err1 := strconv.Atoi(parts[0])
-	min, err2 := strconv.Atoi(parts[1])
-	return err1 == nil && err2 == nil && (maj > major || maj == major && min >= minor)
+	gotMajor, err1 := strconv.Atoi(parts[0])
+	gotMinor, err2 := strconv.Atoi(parts[1])
+	return err1 == nil && err2 == nil && (gotMajor > major || gotMajor == major && gotMinor >= minor)
 }
 
 // copyConfig is the stream of the copy: a KV bucket's, as nats.go makes
 // one, mirroring the hub's bucket, named like it, keeping what it keeps.
 // Not nats.go's CreateKeyValue, which sets mirror_direct on a mirror: that
-// would make the copy answer direct gets of a stream of its own name a
-// second time (nothing across domains needs it), and nats-server 2.9 can
-// hang on it.
+// would make the copy answer the direct gets of a stream of its own name a
+// second time, which nothing across domains needs.
 func copyConfig(cfg Config, region string, hub jetstream.StreamConfig, filters []string, durable *jetstream.StreamConsumerSource) jetstream.StreamConfig {
 	mirror := &jetstream.StreamSource{
 		Name:     bucket.StreamName(cfg.Bucket),
