@@ -199,10 +199,26 @@ func ownDomain(ctx context.Context, js jetstream.JetStream, hub string) (string,
 	return info.Domain, nil
 }
 
+// leafSettles is how long a hub's JetStream that does not answer yet is
+// asked again: a leaf connection that has just come up carries the
+// interest in the hub's API a moment after it.
+const leafSettles = 3 * time.Second
+
 // hubBucket returns the configuration of the hub's bucket, reached through
 // js, the hub's JetStream.
 func hubBucket(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.StreamConfig, error) {
-	stream, err := js.Stream(ctx, bucket.StreamName(cfg.Bucket))
+	var stream jetstream.Stream
+	var err error
+	for settled := time.Now().Add(leafSettles); ; {
+		stream, err = js.Stream(ctx, bucket.StreamName(cfg.Bucket))
+		if !errors.Is(err, nats.ErrNoResponders) || time.Now().After(settled) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		return jetstream.StreamConfig{}, fmt.Errorf("region: the hub (domain %q) has no bucket %q: start wxtoken serve at the hub first", cfg.Hub, cfg.Bucket)
