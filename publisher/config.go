@@ -47,6 +47,10 @@ type Config struct {
 	Replicas       int    // replicas of the buckets; 1
 	History        int    // revisions kept per key; 1
 	SubjectPrefix  string // kv.DefaultSubjectPrefix
+	// JSDomain is the JetStream domain of the hub's buckets, for a replica
+	// in a region, connected to the region's NATS (see region.go); empty:
+	// the buckets of the NATS it is connected to.
+	JSDomain string
 
 	// Schedule is the cron spec of the refresh check; DefaultSchedule.
 	Schedule string
@@ -141,6 +145,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 		errs = append(errs, err)
 	}
 	if err := kv.ValidateSubjectPrefix(c.SubjectPrefix); err != nil {
+		errs = append(errs, err)
+	}
+	if err := checkDomain(c.JSDomain); err != nil {
 		errs = append(errs, err)
 	}
 	for _, d := range []struct {

@@ -73,7 +73,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	}
 	// Asynchronous writes (a repair carrying values over) give up on an
 	// acknowledgement that does not come, rather than wait forever.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(kvTimeout), jetstream.WithDefaultTimeout(requestTimeout))
+	js, err := jetStreamOf(nc, cfg.JSDomain, jetstream.WithPublishAsyncTimeout(kvTimeout), jetstream.WithDefaultTimeout(requestTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}

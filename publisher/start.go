@@ -164,7 +164,7 @@ func (e *humanError) Unwrap() error { return e.err }
 // fix, saying what to do about it; otherwise nil. since is the
 // connection's last error before the attempt that failed with err.
 func needsHuman(nc *nats.Conn, since, err error) error {
-	if he := (*humanError)(nil); errors.As(err, &he) {
+	if he := (*humanError)(nil); errors.As(err, &he) || errors.Is(err, bucket.ErrReadOnlyCopy) {
 		return err
 	}
 	// JetStream's error codes (nats-server's errors.json) for a bucket

@@ -261,7 +261,7 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 				s.remove(rev, reason)
 				continue
 			}
-			s.apply(rev, jetstream.KeyValuePut, record)
+			s.apply(rev, kv.ValueOperation(m.Header), record)
 		case <-reconnected:
 			s.get(ctx, bucket)
 		case <-stale.C:

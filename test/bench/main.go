@@ -7,6 +7,7 @@
 //	go run ./test/bench -part propagation -n 1000
 //	go run ./test/bench -part agent              # wxtoken agent against redis and nginx
 //	go run ./test/bench -part authorizers -authorizers 10000 -rate 50   # a platform's authorizers, then a restart
+//	go run ./test/bench -part regions -region-n 100 -partition 60s      # two regions behind 30 ms links, then a partition
 //	go run ./test/bench -smoke                   # every part, tiny, as in CI
 package main
 
@@ -34,7 +35,7 @@ func main() {
 	minForce := flag.Duration("min-force", time.Nanosecond, "internal: min force interval of the system role")
 	natsURL := flag.String("nats", "", "internal: NATS URL of the footprint role")
 	counts := flag.String("counts", "1,100", "footprint: app counts to follow, ascending")
-	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, storm, quota, apps, footprint, agent, authorizers, or all")
+	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, storm, quota, apps, footprint, agent, authorizers, regions, or all")
 	n := flag.String("n", "100,1000", "propagation: subscriber counts, comma-separated")
 	rotations := flag.Int("rotations", 40, "propagation: least rotations per subscriber count (small counts get more, for at least 20,000 samples)")
 	stormN := flag.Int("storm", 1000, "storm: subscribers reporting the same stale token")
@@ -52,6 +53,10 @@ func main() {
 	requireTools := flag.Bool("require-tools", false, "agent: fail when redis-server, nginx or wrk is missing instead of skipping")
 	bareBody := flag.String("body", "", "internal: the JSON file the bare role serves")
 	bareUpstream := flag.String("upstream", "", "internal: the URL the bare role proxies to")
+	regionN := flag.Int("region-n", 100, "regions: subscribers at the hub and in each of the two regions")
+	regionRotations := flag.Int("region-rotations", 50, "regions: rotations measured")
+	delay := flag.Duration("delay", 30*time.Millisecond, "regions: the links' delay between the hub and each region, each way")
+	partition := flag.Duration("partition", time.Minute, "regions: how long the regions are cut off")
 	smoke := flag.Bool("smoke", false, "run every part at a tiny size, to check that the program works")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process to `file`")
 	flag.Parse()
@@ -67,6 +72,9 @@ func main() {
 	case "bare":
 		runBare(*bareBody, *bareUpstream)
 		return
+	case "regions":
+		runRegionsSystem(*delay)
+		return
 	case "":
 	default:
 		log.Fatalf("unknown role %q", *role)
@@ -77,6 +85,7 @@ func main() {
 		// can meet it dead every time, and no ticket is ever stored.
 		*n, *rotations, *stormN, *speed, *apps, *rate, *steady, *counts = "10", 1, 10, 20000, 100, 1000, time.Second, "1,5"
 		*tickets, *authorizers = true, 100
+		*regionN, *regionRotations, *partition = 5, 2, 2*time.Second
 		smokeRun = true
 	}
 	if *cpuProfile != "" {
@@ -219,6 +228,11 @@ func main() {
 			"≤ rate/s, ≤ 1.1x floor, ≤ 200 MB, restart 0 calls, every token valid",
 			verdict(float64(a.maxPerSecond) <= a.rate && a.allTokens.Seconds() <= 1.1*a.pacingFloor.Seconds() &&
 				a.peakRSS <= 200<<20 && a.restartPeakRSS <= 200<<20 && a.restartTotal() == 0 && a.invalid == 0)})
+	}
+	if run("regions") {
+		r := regionsBench(*regionN, *regionRotations, *delay, *partition)
+		fmt.Fprintln(stderr)
+		table = append(table, regionsRows(r)...)
 	}
 
 	fmt.Println()
