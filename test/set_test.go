@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -488,5 +489,288 @@ func TestSetSaysARemovedKeyRemoved(t *testing.T) {
 				t.Errorf("a value after the removal: %q, %v; want it served", tok.Value, err)
 			}
 		})
+	}
+}
+
+// TestSetRefreshAndTransport: a Set's key is refreshed as a Subscriber's
+// token is: Refresh naming the rejected revision returns WeChat's new
+// token, Transport retries a call WeChat rejected, and a refresh the
+// refresher rate-limits comes back as a *RefreshError saying when to ask
+// again. A key the Set holds nothing of is refused with ErrUnknownKey.
+func TestSetRefreshAndTransport(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	sys := startSetSystem(t, ctx, 2, publisher.Config{MinForceInterval: time.Hour})
+	set := newSet(t, ctx, testenv.Connect(t, sys.srv.ClientURL()))
+	appid := setApp(0)
+
+	sys.fake.Issue(appid) // WeChat rejects the token held
+	held := set.Token(appid)
+	fresh, err := set.Refresh(ctx, appid, held.Revision)
+	if err != nil || fresh.Revision <= held.Revision || fresh.Value != sys.fake.Current(appid) {
+		t.Fatalf("Refresh: %+v, %v; want WeChat's new token", fresh, err)
+	}
+	if set.Token(appid) != fresh {
+		t.Errorf("Token after Refresh: %+v, want %+v", set.Token(appid), fresh)
+	}
+
+	sys.fake.Issue(appid) // rejected again, within the refresher's hour
+	_, err = set.Refresh(ctx, appid, fresh.Revision)
+	var refused *subscriber.RefreshError
+	if !errors.Is(err, subscriber.ErrRateLimited) || !errors.As(err, &refused) || refused.RetryAfter <= 0 || refused.RetryAfter > time.Hour {
+		t.Errorf("a refresh within --min-force-interval: %v, want ErrRateLimited with a RetryAfter", err)
+	}
+
+	other := setApp(1)
+	sys.fake.Issue(other)
+	client := &http.Client{Transport: set.Transport(other, nil)}
+	if code := callbackIPErrcode(t, ctx, client, sys.wechatURL); code != 0 {
+		t.Errorf("a call through Transport after a rejection: errcode %d, want 0 (refreshed and retried)", code)
+	}
+	if set.Token(other).Value != sys.fake.Current(other) {
+		t.Error("the Set does not hold the token Transport's refresh brought")
+	}
+
+	if _, err := set.Refresh(ctx, "wx0000000000000bad", 1); !errors.Is(err, subscriber.ErrUnknownKey) {
+		t.Errorf("Refresh of a key not held: %v, want ErrUnknownKey", err)
+	}
+	client = &http.Client{Transport: set.Transport("wx0000000000000bad", nil)}
+	if _, err := client.Get(sys.wechatURL + "/cgi-bin/getcallbackip"); !errors.Is(err, subscriber.ErrUnknownKey) {
+		t.Errorf("Transport of a key not held: %v, want ErrUnknownKey", err)
+	}
+}
+
+// callbackIPErrcode calls getcallbackip through client and returns the
+// answer's errcode.
+func callbackIPErrcode(t *testing.T, ctx context.Context, client *http.Client, base string) int {
+	t.Helper()
+	a := callWith(t, ctx, client, http.MethodGet, base+"/cgi-bin/getcallbackip", nil)
+	return a.errcode(t)
+}
+
+// TestSetWatchesWhenValuesAreForbidden: with a nats.conf from before the
+// published values (no subscribe permission on them), a Set notices the
+// refusal, watches the bucket instead, and follows rotations.
+func TestSetWatchesWhenValuesAreForbidden(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	srv := rolesServerEdited(t, func(conf string) string {
+		service := strings.Index(conf, "SERVICE = {")
+		i := service + strings.Index(conf[service:], `"wechat.token.value.>",`)
+		return conf[:i] + conf[i+len(`"wechat.token.value.>",`):]
+	})
+	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
+	testenv.Refresher(t, connectAs(t, srv, "refresher").nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url,
+		MinForceInterval: time.Nanosecond})
+	service := connectAs(t, srv, "service").nc
+	awaitEndpoint(t, ctx, service, appA)
+	var logs syncBuffer
+	set := newSet(t, ctx, service, subscriber.WithLogger(logs.logger()))
+	if tok := set.Token(appA); tok.Value != fake.Current(appA) {
+		t.Fatalf("the first token: %+v", tok)
+	}
+	fake.Issue(appA)
+	fresh, err := set.Refresh(ctx, appA, set.Token(appA).Revision)
+	if err != nil || fresh.Value != fake.Current(appA) {
+		t.Fatalf("refresh without the value permission: %+v, %v", fresh, err)
+	}
+	if !strings.Contains(logs.String(), "may not subscribe to the published tokens") {
+		t.Errorf("the refusal was not logged:\n%s", logs.String())
+	}
+}
+
+// TestSetLooksForANewValueBeforeExpiry: with nobody announcing anything,
+// a Set whose value of a key is about to expire reads the bucket and
+// finds the newer one.
+func TestSetLooksForANewValueBeforeExpiry(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	js, _ := jetstream.New(nc)
+	b, err := bucket.Open(ctx, js, bucket.Config{}) // values are said to be published
+	if err != nil {
+		t.Fatal(err)
+	}
+	putRecord(t, ctx, b, "long-lived-one", 2*time.Hour) // keys that need nothing do not hold the others back
+	data, _ := kv.Encode(kv.NewRecord(appB, "long-lived-two", 2*time.Hour, time.Now()))
+	if _, err := b.Put(ctx, appB, data); err != nil {
+		t.Fatal(err)
+	}
+	set := newSet(t, ctx, nc)
+	data, _ = kv.Encode(kv.NewRecord(appC, "short-lived", 2*time.Second, time.Now()))
+	if _, err := b.Put(ctx, appC, data); err != nil {
+		t.Fatal(err)
+	}
+	// The Set learns of appC only by its published value.
+	rev, _ := b.Get(ctx, appC)
+	nc.PublishMsg(kv.ValueMsg(kv.Subjects{}, appC, rev.Revision(), data))
+	awaitSetNewer(t, ctx, set, appC, 0)
+	data, _ = kv.Encode(kv.NewRecord(appC, "its-successor", 2*time.Hour, time.Now()))
+	successor, err := b.Put(ctx, appC, data) // never announced
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := awaitSetNewer(t, ctx, set, appC, successor-1); tok.Value != "its-successor" {
+		t.Errorf("the Set holds %q", tok.Value)
+	}
+	if tok, err := set.Current(appC); err != nil {
+		t.Errorf("Current after the sweep: %+v, %v; want the successor, not yet expired", tok, err)
+	}
+}
+
+const (
+	appB = "wxb000000000000002"
+	appC = "wxc000000000000003"
+)
+
+// TestSetLifecycle: callbacks start once NewSet has returned, with the
+// first value of every key; Close from a callback returns; after Close,
+// Updated and Done are closed, Current, Refresh and Transport say
+// ErrClosed, Token still gives the last values, and nothing the Set
+// started is left running.
+func TestSetLifecycle(t *testing.T) {
+	ctx := testenv.Context(t, 60*time.Second)
+	sys := startSetSystem(t, ctx, 5, publisher.Config{})
+	nc := testenv.Connect(t, sys.srv.ClientURL())
+	// nats.go starts a goroutine of the connection's own at its first
+	// request: started now, it is not counted as the Set's.
+	awaitEndpoint(t, ctx, nc, setApp(0))
+	before := goroutines()
+
+	returned := make(chan struct{})
+	var set *subscriber.Set
+	firsts := make(chan string, 100)
+	rotations := make(chan string, 100)
+	calls := 0 // the callback goroutine's
+	set, err := subscriber.NewSet(ctx, nc,
+		subscriber.OnSetRotate(func(s *subscriber.Set, key string, tok subscriber.Token) {
+			select {
+			case <-returned:
+			default:
+				t.Errorf("OnSetRotate(%s) before NewSet returned", key)
+			}
+			if s.Token(key) != tok {
+				t.Errorf("OnSetRotate(%s): %+v, the Set holds %+v", key, tok, s.Token(key))
+			}
+			if calls++; calls <= len(sys.keys()) {
+				firsts <- key
+				return
+			}
+			rotations <- key
+			s.Close() // from a callback
+			rotations <- "closed"
+		}),
+		subscriber.OnSetError(func(*subscriber.Set, string, error) {}))
+	close(returned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for range sys.keys() {
+		select {
+		case key := <-firsts:
+			got = append(got, key)
+		case <-ctx.Done():
+			t.Fatalf("OnSetRotate had %v", got)
+		}
+	}
+	if slices.Sort(got); !slices.Equal(got, slices.Sorted(slices.Values(sys.keys()))) {
+		t.Errorf("OnSetRotate's first values: %v, want one of each key", got)
+	}
+	ranged := make(chan struct{})
+	go func() {
+		defer close(ranged)
+		for range set.Updated() {
+		}
+	}()
+
+	sys.rotate(t, ctx, setApp(2))
+	for _, want := range []string{setApp(2), "closed"} {
+		select {
+		case key := <-rotations:
+			if key != want {
+				t.Errorf("OnSetRotate: %s, want %s", key, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no %s from OnSetRotate", want)
+		}
+	}
+	select {
+	case <-set.Done():
+	case <-ctx.Done():
+		t.Fatal("Done not closed after Close from a callback")
+	}
+	select {
+	case <-ranged:
+	case <-ctx.Done():
+		t.Fatal("for range set.Updated() did not end with Close")
+	}
+	returns(t, "a second Close", time.Second, func() { set.Close() })
+	held := set.Token(setApp(2))
+	if tok, err := set.Current(setApp(2)); !errors.Is(err, subscriber.ErrClosed) || tok != held || held.Revision == 0 {
+		t.Errorf("Current after Close: %+v, %v; want the last value and ErrClosed", tok, err)
+	}
+	if _, err := set.Refresh(ctx, setApp(2), held.Revision); !errors.Is(err, subscriber.ErrClosed) {
+		t.Errorf("Refresh after Close: %v", err)
+	}
+	client := &http.Client{Transport: set.Transport(setApp(2), nil)}
+	if _, err := client.Get(sys.wechatURL + "/cgi-bin/getcallbackip"); !errors.Is(err, subscriber.ErrClosed) {
+		t.Errorf("Transport after Close: %v", err)
+	}
+	if after := settlesTo(before); after > before {
+		buf := make([]byte, 1<<20)
+		t.Errorf("%d goroutines before NewSet, %d after Close:\n%s", before, after, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestSetOptionsAreChecked: NewSet refuses what it cannot use, a
+// Subscriber's callbacks among them, and New refuses a Set's options, at
+// once and with ErrInvalidOption.
+func TestSetOptionsAreChecked(t *testing.T) {
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	for name, opt := range map[string]subscriber.Option{
+		"OnRotate":          subscriber.OnRotate(func(*subscriber.Subscriber, subscriber.Token) {}),
+		"OnError":           subscriber.OnError(func(*subscriber.Subscriber, error) {}),
+		"nil OnSetRotate":   subscriber.OnSetRotate(nil),
+		"nil OnSetError":    subscriber.OnSetError(nil),
+		"no keys":           subscriber.WithKeys(),
+		"a key of no kind":  subscriber.WithKeys(appA, appA+".force_budget"),
+		"nil logger":        subscriber.WithLogger(nil),
+		"nil option":        nil,
+		"a bucket with a *": subscriber.WithBucket("a*"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			var set *subscriber.Set
+			var err error
+			returns(t, "NewSet", 5*time.Second, func() { set, err = subscriber.NewSet(context.Background(), nc, opt) })
+			if !errors.Is(err, subscriber.ErrInvalidOption) {
+				t.Errorf("NewSet: %v, want ErrInvalidOption", err)
+			}
+			if set != nil {
+				set.Close()
+			}
+		})
+	}
+	for name, opt := range map[string]subscriber.Option{
+		"WithKeys":    subscriber.WithKeys(appA),
+		"OnSetRotate": subscriber.OnSetRotate(func(*subscriber.Set, string, subscriber.Token) {}),
+		"OnSetError":  subscriber.OnSetError(func(*subscriber.Set, string, error) {}),
+	} {
+		t.Run("New with "+name, func(t *testing.T) {
+			var err error
+			returns(t, "New", 5*time.Second, func() { _, err = subscriber.New(context.Background(), nc, appA, opt) })
+			if !errors.Is(err, subscriber.ErrInvalidOption) {
+				t.Errorf("New: %v, want ErrInvalidOption", err)
+			}
+		})
+	}
+}
+
+// TestNewSetGivesUpWithItsContext: with no bucket (no refresher ever ran),
+// NewSet returns when its context ends, saying what it waited for.
+func TestNewSetGivesUpWithItsContext(t *testing.T) {
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err := subscriber.NewSet(ctx, nc)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, kv.ErrNoBucket) {
+		t.Errorf("NewSet without a bucket: %v, want the deadline and the missing bucket", err)
 	}
 }
