@@ -61,12 +61,12 @@ type System struct {
 	bucket    jetstream.KeyValue
 	refresher *publisher.Refresher
 
-	mu   sync.Mutex     // guards apps and kept
+	mu   sync.Mutex      // guards apps and kept
 	kept []publisher.App // the apps the refresher keeps
 
-	stop      context.CancelFunc
-	ran       chan error
-	closing   sync.Once
+	stop    context.CancelFunc
+	ran     chan error
+	closing sync.Once
 }
 
 // Start runs a System keeping a token and tickets for each appid, and
