@@ -99,20 +99,38 @@ func FillBucket(tb testing.TB, url string, keys []string) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	b, err := bucket.Open(ctx, js, bucket.Config{})
-	if err != nil {
+	if err := Fill(ctx, js, keys); err != nil {
 		tb.Fatal(err)
 	}
-	for _, key := range keys {
-		// A token as long as WeChat's (about 160 characters).
-		data, err := kv.Encode(kv.NewRecord(key, strings.Repeat("T", 150)+key, 2*time.Hour, time.Now()))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		if _, err := b.Put(ctx, key, data); err != nil {
-			tb.Fatal(err)
-		}
+}
+
+// Fill is FillBucket on a JetStream context of the caller's.
+func Fill(ctx context.Context, js jetstream.JetStream, keys []string) error {
+	b, err := bucket.Open(ctx, js, bucket.Config{})
+	if err != nil {
+		return err
 	}
+	// Many writes in flight at once: 10,000 one after another take seconds.
+	var wg sync.WaitGroup
+	errs := make(chan error, len(keys))
+	sem := make(chan struct{}, 64)
+	for _, key := range keys {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			// A token as long as WeChat's (about 160 characters).
+			data, err := kv.Encode(kv.NewRecord(key, strings.Repeat("T", 150)+key, 2*time.Hour, time.Now()))
+			if err == nil {
+				_, err = b.Put(ctx, key, data)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", key, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
 
 // SetTokenRead measures subscriber.Set.Token from all Ps at once, with the
