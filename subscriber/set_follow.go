@@ -226,8 +226,8 @@ func (s *Set) read(ctx context.Context, bucket jetstream.KeyValue, from uint64) 
 			}
 			idle.Reset(s.opts.requestTimeout)
 			last = max(last, e.Revision())
-			if e.Operation() != jetstream.KeyValuePut {
-				deleted = append(deleted, e.Key())
+			if e.Operation() != jetstream.KeyValuePut && s.follows(e.Key()) {
+				deleted = append(deleted, e.Key()) // removed for good, or by someone: its marker says
 			}
 			s.apply(e.Key(), e.Revision(), e.Operation(), e.Value())
 		}

@@ -13,6 +13,11 @@
 // to WeChat rejecting it; Updated, Done and the OnRotate and OnError
 // callbacks tell of changes; Close ends it all.
 //
+// A process that serves many keys (a third-party platform's backend, its
+// authorizers) follows them with one Set instead: one subscription and one
+// read of the bucket for them all, and per key the promises of a
+// Subscriber.
+//
 // Package wxtokentest gives a service's own tests a refresher, a NATS
 // server and a fake WeChat in one call.
 package subscriber
