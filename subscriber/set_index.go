@@ -3,6 +3,7 @@ package subscriber
 import (
 	"encoding/binary"
 	"iter"
+	"math/bits"
 	"math/rand/v2"
 	"sync/atomic"
 	"unsafe"
@@ -115,31 +116,36 @@ func (t *table) all() iter.Seq[*entry] {
 }
 
 // hashKey hashes key with seed, a word at a time: keys are short (an
-// appid is 18 bytes), and the runtime's hash costs a call.
+// appid is 18 bytes), and the runtime's hash costs a call. It is
+// wyhash's scheme: each pair of words is folded into the state with one
+// 64x64 -> 128-bit multiply.
 func hashKey(seed uint64, key string) uint64 {
-	h := seed ^ uint64(len(key))*0x9e3779b97f4a7c15
-	b := unsafe.Slice(unsafe.StringData(key), len(key))
-	if len(b) < 8 {
-		var w uint64
-		for i, c := range b {
-			w |= uint64(c) << (8 * i)
+	const p0, p1 = 0xa0761d6478bd642f, 0xe7037ed1a0b428db
+	n := len(key)
+	b := unsafe.Slice(unsafe.StringData(key), n)
+	seed ^= p0
+	var a, c uint64
+	switch {
+	case n > 16:
+		for rest := b; len(rest) > 16; rest = rest[16:] {
+			seed = mum(binary.LittleEndian.Uint64(rest)^p1, binary.LittleEndian.Uint64(rest[8:])^seed)
 		}
-		return mix(h ^ w)
+		// The last two words end at the key's end, overlapping those before.
+		a, c = binary.LittleEndian.Uint64(b[n-16:]), binary.LittleEndian.Uint64(b[n-8:])
+	case n >= 8:
+		a, c = binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[n-8:])
+	default:
+		for i, x := range b {
+			a |= uint64(x) << (8 * i)
+		}
 	}
-	for ; len(b) > 8; b = b[8:] {
-		h = mix(h ^ binary.LittleEndian.Uint64(b))
-	}
-	// The last word ends at the key's end, overlapping the one before.
-	return mix(h ^ binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(key[len(key)-8:]), 8)))
+	return mum(p1^uint64(n), mum(a^p1, c^seed))
 }
 
-// mix is a 64-bit finaliser: every bit of x moves every bit of the result.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	return x ^ x>>31
+// mum folds the 128-bit product of a and b into 64 bits.
+func mum(a, b uint64) uint64 {
+	hi, lo := bits.Mul64(a, b)
+	return hi ^ lo
 }
 
 // sameKey reports whether a and b are equal, a word at a time.
