@@ -21,9 +21,10 @@ type options struct {
 	requestTimeout time.Duration
 
 	// A Set's.
-	keys        []string // nil: every key
-	onSetRotate func(*Set, string, Token)
-	onSetError  func(*Set, string, error)
+	keys         []string // nil: every key
+	onSetRotate  func(*Set, string, Token)
+	onSetError   func(*Set, string, error)
+	pendingLimit int // values nats.go queues before it drops them; 0: its default (a test's knob)
 }
 
 // forSubscriber refuses the options only a Set can use.

@@ -56,6 +56,9 @@ func (s *Set) followValues(ctx context.Context, bucket jetstream.KeyValue) bool 
 		if sub, err = s.nc.Subscribe(subject, s.take); err == nil {
 			closed := ended
 			sub.SetClosedHandler(func(string) { close(closed) })
+			if limit := s.opts.pendingLimit; limit > 0 {
+				sub.SetPendingLimits(limit, -1)
+			}
 			fctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
 			err = s.nc.FlushWithContext(fctx) // a refused subscription is reported before the flush's answer
 			cancel()
@@ -89,6 +92,8 @@ func (s *Set) followValues(ctx context.Context, bucket jetstream.KeyValue) bool 
 	s.catchUp(ctx, bucket)
 	sweep := time.NewTimer(s.untilSweep())
 	defer sweep.Stop()
+	lookForDrops := time.NewTicker(dropCheck)
+	defer lookForDrops.Stop()
 	dropped := 0
 	for {
 		select {
@@ -96,22 +101,27 @@ func (s *Set) followValues(ctx context.Context, bucket jetstream.KeyValue) bool 
 			return true
 		case <-reconnected:
 			s.catchUp(ctx, bucket)
-		case <-s.sooner:
-			sweep.Reset(s.untilSweep())
-		case <-sweep.C:
-			// Values nats.go dropped (this process fell behind by half a
-			// million of them) are read as a reconnect's are.
+		case <-lookForDrops.C:
+			// Values nats.go dropped (this process fell half a million
+			// behind) are read as a reconnect's are.
 			if n, err := sub.Dropped(); err == nil && n > dropped {
 				s.opts.logger.Warn("values were dropped while this process was too busy to take them in; reading what was missed",
 					"dropped", n-dropped)
 				dropped = n
 				s.catchUp(ctx, bucket)
 			}
+		case <-s.sooner:
+			sweep.Reset(s.untilSweep())
+		case <-sweep.C:
 			s.sweep(ctx, bucket)
 			sweep.Reset(s.untilSweep())
 		}
 	}
 }
+
+// dropCheck is how often the subscription is asked whether nats.go dropped
+// values.
+const dropCheck = time.Second
 
 // unsubscribe ends sub, and waits until nats.go has stopped delivering its
 // messages (ended is closed): nothing the Set started outlives Close.
