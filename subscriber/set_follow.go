@@ -67,7 +67,7 @@ func (s *Set) followValues(ctx context.Context, bucket jetstream.KeyValue) bool 
 			break
 		}
 		if sub != nil {
-			unsubscribe(sub, ended)
+			s.unsubscribe(sub, ended)
 		}
 		if ctx.Err() != nil {
 			return true
@@ -79,7 +79,7 @@ func (s *Set) followValues(ctx context.Context, bucket jetstream.KeyValue) bool 
 		case <-time.After(time.Second):
 		}
 	}
-	defer unsubscribe(sub, ended)
+	defer s.unsubscribe(sub, ended)
 	if err := s.nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `"`+subject+`"`) {
 		s.opts.logger.Warn("may not subscribe to the published tokens: grant subscribe on them (see nats.conf)", "subject", subject)
 		return false
@@ -124,10 +124,14 @@ func (s *Set) followValues(ctx context.Context, bucket jetstream.KeyValue) bool 
 const dropCheck = time.Second
 
 // unsubscribe ends sub, and waits until nats.go has stopped delivering its
-// messages (ended is closed): nothing the Set started outlives Close.
-func unsubscribe(sub *nats.Subscription, ended <-chan struct{}) {
+// messages (ended is closed): nothing the Set started outlives Close. On a
+// closed connection nats.go's goroutine has ended, or ends at once, and
+// may have done so before it had a closed handler to call.
+func (s *Set) unsubscribe(sub *nats.Subscription, ended <-chan struct{}) {
 	sub.Unsubscribe()
-	<-ended
+	if !s.nc.IsClosed() {
+		<-ended
+	}
 }
 
 // take takes in one message of the Value subjects.

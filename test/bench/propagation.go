@@ -14,7 +14,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/swapprobe"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/subscriber"
@@ -121,12 +120,13 @@ func (f *fleet) close() {
 type propagated struct {
 	wxtoken dist
 	// core: a core NATS message of the same size, published to the same
-	// connections, from before the publish to each receipt.
+	// connections by a plain client beside the refresher, from before the
+	// publish to each receipt.
 	core dist
 	// durable: a JetStream compare-and-swap write of the same bytes to a
 	// bucket like the token bucket, its acknowledgement, then the core
-	// publish; from the write's timestamp in the stream to each receipt,
-	// as wxtoken's is measured. A rotation must be stored before it is
+	// publish, by a plain client beside the refresher; from the write's
+	// timestamp in the stream to each receipt, as wxtoken's is measured. A rotation must be stored before it is
 	// announced, so this is wxtoken's real floor.
 	durable dist
 	// durableClient: the same, from before the write request left the
@@ -191,17 +191,7 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 	if err != nil {
 		log.Fatal(err)
 	}
-	payload := make([]byte, len(first.Value())) // the floors carry as much as a token record
-	// The durable floor writes to a bucket made as the token bucket is.
-	floorBucket, err := bucket.Open(ctx, js, bucket.Config{Name: "bench_floor"})
-	if err != nil {
-		log.Fatal(err)
-	}
-	floorRev, err := floorBucket.Put(ctx, "floor", payload)
-	if err != nil {
-		log.Fatal(err)
-	}
-
+	size := len(first.Value()) // the floors carry as much as a token record
 	var wxtoken, core, durable, durableClient []time.Duration
 	rotate := func(round int) {
 		runtime.GC() // each round starts with no garbage to collect, in every kind
@@ -232,37 +222,35 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 			wxtoken = append(wxtoken, at.Sub(stored.Created()))
 		}
 	}
-	coreFloor := func(round int) {
+	// The floors' messages leave the system's process, from a plain
+	// client on a connection of its own, as the refresher's values do.
+	floor := func(durable bool, round int) (arrivals []time.Time, reply floorReply) {
 		runtime.GC()
-		sent := time.Now()
-		binary.BigEndian.PutUint64(payload, uint64(round))
-		if err := control.Publish(coreFloorSubject, payload); err != nil {
-			log.Fatal(err)
-		}
-		for _, at := range f.await(f.core, uint64(round)) {
-			core = append(core, at.Sub(sent))
-		}
-	}
-	durableFloor := func(round int) {
-		runtime.GC()
-		sent := time.Now()
-		binary.BigEndian.PutUint64(payload, uint64(round))
-		// As the refresher stores a value: a compare-and-swap on the
-		// key's last revision, acknowledged, then announced.
-		if floorRev, err = floorBucket.Update(ctx, "floor", payload, floorRev); err != nil {
-			log.Fatal(err)
-		}
-		if err := control.Publish(durableFloorSubject, payload); err != nil {
-			log.Fatal(err)
-		}
-		arrivals := f.await(f.durable, uint64(round))
-		stored, err := floorBucket.GetRevision(ctx, "floor", floorRev)
+		req, _ := json.Marshal(floorRequest{Durable: durable, Round: uint64(round), Size: size})
+		msg, err := control.Request("bench.floor", req, 10*time.Second)
 		if err != nil {
 			log.Fatal(err)
 		}
+		if err := json.Unmarshal(msg.Data, &reply); err != nil {
+			log.Fatal(err)
+		}
+		m := f.core
+		if durable {
+			m = f.durable
+		}
+		return f.await(m, uint64(round)), reply
+	}
+	coreFloor := func(round int) {
+		arrivals, reply := floor(false, round)
 		for _, at := range arrivals {
-			durable = append(durable, at.Sub(stored.Created()))
-			durableClient = append(durableClient, at.Sub(sent))
+			core = append(core, at.Sub(reply.Sent))
+		}
+	}
+	durableFloor := func(round int) {
+		arrivals, reply := floor(true, round)
+		for _, at := range arrivals {
+			durable = append(durable, at.Sub(reply.Stored))
+			durableClient = append(durableClient, at.Sub(reply.Sent))
 		}
 	}
 	kinds := []func(int){rotate, coreFloor, durableFloor}

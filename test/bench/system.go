@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -18,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
@@ -89,6 +92,7 @@ func runSystem(expires, minForce time.Duration, apps int) {
 		fake.Issue(app)
 		m.Respond(nil)
 	})
+	serveFloors(srv.ClientURL())
 	fmt.Printf("NATS_URL=%s\n", srv.ClientURL())
 	bufio.NewReader(os.Stdin).ReadString('\n') // until the parent goes away
 	cancel()
@@ -154,4 +158,78 @@ func (s *system) awaitKeys(n int) {
 		}
 		progress("waiting for the system's %d tokens", n)
 	}
+}
+
+// floorRequest asks the system's plain client for one floor message.
+type floorRequest struct {
+	Durable bool   `json:"durable"` // a compare-and-swap write first
+	Round   uint64 `json:"round"`
+	Size    int    `json:"size"`
+}
+
+// floorReply says when the floor message left: before its write (or its
+// publish), and when the write was stored, on the server's clock.
+type floorReply struct {
+	Sent   time.Time `json:"sent"`
+	Stored time.Time `json:"stored"`
+}
+
+// serveFloors runs, in the system's process and on a connection of its own
+// as the refresher's is, the plain client whose messages are the floors:
+// on "bench.floor", a core publish to the floor subject, or (durable) a
+// compare-and-swap write of the same bytes to a bucket made as the token
+// bucket is, its acknowledgement, then the publish. It answers when each
+// left.
+func serveFloors(url string) {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	floor, err := bucket.Open(ctx, js, bucket.Config{Name: "bench_floor"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	rev, err := floor.Put(ctx, "floor", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	control, err := nats.Connect(url) // its requests do not queue behind the floor's messages
+	if err != nil {
+		log.Fatal(err)
+	}
+	control.Subscribe("bench.floor", func(m *nats.Msg) {
+		var req floorRequest
+		if err := json.Unmarshal(m.Data, &req); err != nil {
+			log.Fatal(err)
+		}
+		runtime.GC() // as the rotations' rounds
+		payload := make([]byte, max(req.Size, 8))
+		binary.BigEndian.PutUint64(payload, req.Round)
+		var reply floorReply
+		subject := coreFloorSubject
+		reply.Sent = time.Now()
+		if req.Durable {
+			// As the refresher stores a value: a compare-and-swap on the
+			// key's last revision, acknowledged, then announced.
+			if rev, err = floor.Update(ctx, "floor", payload, rev); err != nil {
+				log.Fatal(err)
+			}
+			subject = durableFloorSubject
+		}
+		if err := nc.Publish(subject, payload); err != nil {
+			log.Fatal(err)
+		}
+		nc.Flush() // as the refresher flushes a new value at once
+		if req.Durable {
+			stored, err := floor.GetRevision(ctx, "floor", rev)
+			if err != nil {
+				log.Fatal(err)
+			}
+			reply.Stored = stored.Created()
+		}
+		data, _ := json.Marshal(reply)
+		m.Respond(data)
+	})
 }
