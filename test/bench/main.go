@@ -334,7 +334,7 @@ func propagationRows(name, part, measure string, p propagated, what string) []ro
 		kind string
 		d    dist
 	}{{what, p.wxtoken}, {"durable-floor", p.durable}, {"durable-floor-from-request", p.durableClient}, {"core-floor", p.core}} {
-		benchLine(name+"/"+l.kind, l.d.n, fmt.Sprintf("%.3f", ms(l.d.p50)), "p50-ms",
+		benchLine(name+"/"+l.kind, l.d.n, fmt.Sprintf("%.3f", ms(l.d.p50)), "p50-ms", fmt.Sprintf("%.3f", ms(l.d.p90)), "p90-ms",
 			fmt.Sprintf("%.3f", ms(l.d.p99)), "p99-ms", fmt.Sprintf("%.3f", ms(l.d.max)), "max-ms")
 	}
 	durable := float64(p.wxtoken.p99) / float64(p.durable.p99)
