@@ -196,8 +196,8 @@ func (s *Set) catchUp(ctx context.Context, bucket jetstream.KeyValue) {
 // stored from revision from on. It returns once it has taken in what the
 // bucket held when the read started.
 func (s *Set) read(ctx context.Context, bucket jetstream.KeyValue, from uint64) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
 	var opts []jetstream.WatchOpt
 	if from > 0 {
 		opts = append(opts, jetstream.ResumeFromRevision(from))
@@ -212,9 +212,11 @@ func (s *Set) read(ctx context.Context, bucket jetstream.KeyValue, from uint64) 
 	if err != nil {
 		return err
 	}
-	// Stop deletes the consumer with a JetStream request: the loop goes on
-	// meanwhile, and Close waits for it.
-	defer s.workers.Go(func() { w.Stop() })
+	// The consumer ends with wctx: nats.go then unsubscribes and deletes
+	// it, on a goroutine of its own, with a JetStream request. That request
+	// waits out its 5 s timeout when the connection dropped meanwhile, and
+	// neither the loop nor Close waits for it (the server drops an inactive
+	// consumer anyway).
 	// A read of 10,000 keys takes a fraction of a second; one that stops
 	// delivering has lost its server.
 	idle := time.NewTimer(s.opts.requestTimeout)
