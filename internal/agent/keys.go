@@ -221,11 +221,19 @@ func (ks *keySet) holdLocked(set *subscriber.Set, key string) *followed {
 	return f
 }
 
+// loggedKeys is the most keys a log line names: past it, it counts them
+// (an agent may serve a platform's thousands of authorizers).
+const loggedKeys = 32
+
 // logReadyLocked logs the agent becoming ready. Callers hold ks.mu.
 func (ks *keySet) logReadyLocked() {
 	ready := ks.readyLocked() == nil
 	if ready && !ks.wasReady {
-		ks.a.log.Info("agent ready", "keys", strings.Join(ks.sortedLocked(), ","))
+		if len(ks.held) > loggedKeys {
+			ks.a.log.Info("agent ready", "keys", len(ks.held))
+		} else {
+			ks.a.log.Info("agent ready", "keys", strings.Join(ks.sortedLocked(), ","))
+		}
 	}
 	ks.wasReady = ready
 }
@@ -326,6 +334,9 @@ func (ks *keySet) readyLocked() error {
 	}
 	if len(ks.wanted) == 0 {
 		return fmt.Errorf("bucket %s has no keys yet (is the refresher running?)", ks.a.cfg.Bucket)
+	}
+	if len(ks.held) == len(ks.wanted) { // every key held is wanted: none is missing
+		return nil
 	}
 	var missing []string
 	for key := range ks.wanted {
