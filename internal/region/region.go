@@ -162,6 +162,10 @@ func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
 	if err != nil {
 		return Copy{}, err
 	}
+	newest, err := newestSequence(ctx, hubJS, cfg.Bucket, filters)
+	if err != nil {
+		return Copy{}, err
+	}
 	var durable *jetstream.StreamConsumerSource
 	if atLeast(version, 2, 15) {
 		if durable, err = ensureConsumer(ctx, hubJS, region, cfg.Bucket, filters); err != nil {
@@ -172,7 +176,7 @@ func Add(ctx context.Context, nc *nats.Conn, cfg Config) (Copy, error) {
 	if err := create(ctx, js, cfg, want); err != nil {
 		return Copy{}, err
 	}
-	return awaitCurrent(ctx, js, cfg.Bucket, region)
+	return awaitCurrent(ctx, js, cfg.Bucket, region, newest)
 }
 
 func (c Config) withDefaults() Config {
@@ -330,22 +334,55 @@ func describeKeys(keys []string) string {
 	return strings.Join(keys, ",")
 }
 
+// newestSequence is the sequence of the newest message of the hub's bucket
+// that a copy holding filters (none: every key) holds; 0 when it has none.
+func newestSequence(ctx context.Context, hub jetstream.JetStream, bucketName string, filters []string) (uint64, error) {
+	stream, err := hub.Stream(ctx, bucket.StreamName(bucketName))
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrHubUnreachable, err)
+	}
+	if len(filters) == 0 {
+		filters = []string{"$KV." + bucketName + ".>"}
+	}
+	var newest uint64
+	for _, subject := range filters {
+		m, err := stream.GetLastMsgForSubject(ctx, subject)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return 0, fmt.Errorf("%w: read the newest message of %s: %v", ErrHubUnreachable, subject, err)
+		default:
+			newest = max(newest, m.Sequence)
+		}
+	}
+	return newest, nil
+}
+
 // awaitCurrent waits until the copy has heard from the hub and holds every
-// value the hub's bucket held then.
-func awaitCurrent(ctx context.Context, js jetstream.JetStream, name, region string) (Copy, error) {
+// value the hub's bucket held when Add began: up to the hub's sequence
+// newest, which a copy keeps. The mirror's own lag is not enough: a copy
+// just made has heard from the hub, and reports no lag, a moment before
+// the first value reaches it.
+func awaitCurrent(ctx context.Context, js jetstream.JetStream, name, region string, newest uint64) (Copy, error) {
 	for {
 		stream, err := js.Stream(ctx, bucket.StreamName(name))
 		var c Copy
+		var held uint64
 		if err == nil {
-			c, _ = Of(stream.CachedInfo())
+			info := stream.CachedInfo()
+			held = info.State.LastSeq
+			c, _ = Of(info)
 			c.Region = region
-			if c.Current() {
+			if c.Current() && info.State.LastSeq >= newest {
 				return c, nil
 			}
 		}
 		select {
 		case <-ctx.Done():
 			why := cmp.Or(c.Problem, "it has not heard from the hub yet")
+			if c.Current() {
+				why = fmt.Sprintf("it holds the hub's values up to %d of %d", held, newest)
+			}
 			if err != nil {
 				why = err.Error()
 			}

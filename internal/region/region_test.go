@@ -262,9 +262,19 @@ func TestMonitorPutsBackTheHubsConsumer(t *testing.T) {
 	if err := hubJS.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
-	again, err := bucket.Open(ctx, hubJS, bucket.Config{}) // as the refresher's repair does
-	if err != nil {
-		t.Fatal(err)
+	// Made again as the refresher's repair does, retrying: the server may
+	// refuse a stream of the name it has just deleted for a moment ("error
+	// creating store for stream").
+	var again jetstream.KeyValue
+	for again == nil {
+		again, err = bucket.Open(ctx, hubJS, bucket.Config{})
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				t.Fatal(err)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
 	}
 	rev := put(t, ctx, again, appA, "token-2")
 
