@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -252,6 +253,25 @@ func awaitMetaLeader(t *testing.T, ctx context.Context, servers []*server.Server
 				t.Logf("%s: peers %v leader %v js %v", s.Name(), s.JetStreamClusterPeers(), s.JetStreamIsLeader(), s.JetStreamEnabled())
 			}
 			t.Fatal("cluster never formed")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// awaitBucketAnswers waits until reads of a bucket just created in a
+// cluster are answered: its stream has a leader, and its replicas answer
+// direct gets, a moment after the creation is acknowledged (until then a
+// read finds no responders).
+func awaitBucketAnswers(t *testing.T, ctx context.Context, b jetstream.KeyValue) {
+	t.Helper()
+	for {
+		_, err := b.Get(ctx, "wxtoken-test-probe")
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("bucket %s never answered a read: %v", b.Bucket(), err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

@@ -148,6 +148,7 @@ func TestAuthorizersSurviveKillsRestartsAndANodeLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	awaitBucketAnswers(t, ctx, platformBucket)
 	authorizers := make([]string, durabilityAuthorizers)
 	for i := range authorizers {
 		authorizers[i] = fmt.Sprintf("wx%016x", 0xa000000+i)
