@@ -2,7 +2,6 @@ package publisher
 
 import (
 	"context"
-	"encoding/json"
 	"log/slog"
 	"strings"
 	"sync/atomic"
@@ -183,7 +182,7 @@ func TestReplicaTakesOverItsOwnLease(t *testing.T) {
 	if standsBy(l) {
 		t.Fatal("the replica stood by behind its own lease")
 	}
-	termless, _ := json.Marshal(kv.LeaseHolder{Instance: "r9"})
+	termless := kv.EncodeLeaseHolder(kv.LeaseHolder{Instance: "r9"})
 	if _, err := l.bucket.Put(ctx, kv.LeaseKey, termless); err != nil {
 		t.Fatal(err)
 	}
@@ -239,8 +238,7 @@ func TestNoSecondLeaderAfterTheLeaseBucketIsDeleted(t *testing.T) {
 	// The leader's renewals took the lease again in the new bucket.
 	for {
 		if e, err := other.bucket.Get(ctx, kv.LeaseKey); err == nil {
-			var h kv.LeaseHolder
-			if json.Unmarshal(e.Value(), &h) == nil && h.Term == held.holder.Term {
+			if h, err := kv.DecodeLeaseHolder(e.Value()); err == nil && h.Term == held.holder.Term {
 				break
 			}
 		}

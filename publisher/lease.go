@@ -341,8 +341,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 		case other != nil:
 			// Someone holds it: sleep until it would lapse unless renewed.
 			if !logged {
-				var leader kv.LeaseHolder
-				json.Unmarshal(other.Value(), &leader)
+				leader, _ := kv.DecodeLeaseHolder(other.Value())
 				l.log.Info("standing by: another replica leads", "leader", leader.Instance)
 				logged = true
 			}
@@ -381,7 +380,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 // itself until the lease lapses.
 func (l *lease) take(ctx context.Context, holder kv.LeaseHolder, ours func(term string) bool) (*heldLease, jetstream.KeyValueEntry, error) {
 	holder.Since = time.Now().UTC()
-	value, _ := json.Marshal(holder)
+	value := kv.EncodeLeaseHolder(holder)
 	sent := time.Now()
 	rev, err := l.bucket.Create(ctx, kv.LeaseKey, value)
 	if isConflict(err) {
@@ -392,8 +391,7 @@ func (l *lease) take(ctx context.Context, holder kv.LeaseHolder, ours func(term 
 		if gerr != nil {
 			return nil, nil, err
 		}
-		var cur kv.LeaseHolder
-		if json.Unmarshal(e.Value(), &cur) != nil || !ours(cur.Term) {
+		if cur, derr := kv.DecodeLeaseHolder(e.Value()); derr != nil || !ours(cur.Term) {
 			return nil, e, err
 		}
 		sent = time.Now()
@@ -499,8 +497,7 @@ func (h *heldLease) retake(ctx context.Context, err error) (uint64, error) {
 	e, gerr := h.l.bucket.Get(ctx, kv.LeaseKey)
 	switch {
 	case gerr == nil:
-		var cur kv.LeaseHolder
-		if json.Unmarshal(e.Value(), &cur) == nil && cur.Term == h.holder.Term {
+		if cur, derr := kv.DecodeLeaseHolder(e.Value()); derr == nil && cur.Term == h.holder.Term {
 			return h.l.bucket.Update(ctx, kv.LeaseKey, h.value, e.Revision())
 		}
 	case errors.Is(gerr, jetstream.ErrKeyNotFound):

@@ -427,8 +427,11 @@ func readLeader(ctx context.Context, nc *nats.Conn, bucket string) *kv.LeaseHold
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return &kv.LeaseHolder{}
 	}
-	var h kv.LeaseHolder
-	if err != nil || json.Unmarshal(e.Value(), &h) != nil {
+	if err != nil {
+		return nil
+	}
+	h, err := kv.DecodeLeaseHolder(e.Value())
+	if err != nil {
 		return nil
 	}
 	return &h
