@@ -34,10 +34,6 @@ import (
 // the next push before it restarts the push again; a push ends the wait.
 const ticketWait = 10 * time.Minute
 
-// authCodeLifetime is how long an authorization code can be exchanged,
-// for an event that does not say.
-const authCodeLifetime = time.Hour
-
 // platformHistory is the revisions the platform bucket keeps per key: an
 // authorizer's refresh tokens before the current one, for an operator who
 // must look back.
@@ -388,16 +384,11 @@ func (r *Refresher) storeRefresh(ctx context.Context, a *credential) error {
 	if b == nil {
 		return errors.New("publisher: the platform bucket is not open")
 	}
-	rec, rev, _, err := kv.UpdateAuthorizer(ctx, *b, component, a.key, func(held kv.Authorizer, found bool) (kv.Authorizer, bool) {
-		if found && (held.Unauthorized || held.IssuedAt.After(unsaved.IssuedAt)) {
-			return held, false
+	rec, rev, _, err := kv.UpdateAuthorizer(ctx, *b, component, a.key, func(held kv.Authorizer, _ bool) (kv.Authorizer, bool) {
+		if held.Unauthorized {
+			return held, false // withdrawn meanwhile: it stays so
 		}
-		next := held
-		next.RefreshToken, next.IssuedAt = unsaved.RefreshToken, unsaved.IssuedAt
-		if next.Code == unsaved.Code {
-			next.Code, next.CodeExpiresAt = "", time.Time{}
-		}
-		return next, true
+		return held.WithRefreshToken(unsaved.RefreshToken, unsaved.IssuedAt, unsaved.Code)
 	})
 	if err != nil {
 		return fmt.Errorf("publisher: the refresh token WeChat returned for %s is not stored yet: %w", a.key, err)
@@ -603,29 +594,15 @@ func (r *Refresher) takeEvent(ctx context.Context, ev platform.Event) error {
 		r.log.Info("push of a kind wxtoken does not use; answered", "component_appid", ev.ComponentAppID, "info_type", ev.InfoType)
 		return nil
 	}
-	if err := kv.ValidateAppID(ev.Authorizer); err != nil || strings.Contains(ev.Authorizer, "-") {
+	if kv.ValidateID(ev.Authorizer) != nil {
 		r.log.Warn("authorization event with an authorizer appid that is not one; answered, not kept", "component_appid", ev.ComponentAppID)
 		return nil
 	}
-	_, _, wrote, err := kv.UpdateAuthorizer(ctx, *b, ev.ComponentAppID, ev.Authorizer, func(held kv.Authorizer, found bool) (kv.Authorizer, bool) {
-		// WeChat's CreateTime is in seconds: of two events of one second,
-		// the one not in yet goes in, but a withdrawal stays.
-		withdrawn := ev.InfoType == platform.InfoUnauthorized
-		switch {
-		case found && held.EventTime.After(ev.CreateTime):
-			return held, false // a newer event is in
-		case found && held.EventTime.Equal(ev.CreateTime) && (held.Unauthorized || !withdrawn && held.Code == ev.Code):
-			return held, false // this event is in
-		}
+	_, _, wrote, err := kv.UpdateAuthorizer(ctx, *b, ev.ComponentAppID, ev.Authorizer, func(held kv.Authorizer, _ bool) (kv.Authorizer, bool) {
 		if ev.InfoType == platform.InfoUnauthorized {
-			return kv.Authorizer{Unauthorized: true, EventTime: ev.CreateTime}, true
+			return held.Withdrawn(ev.CreateTime)
 		}
-		held.Unauthorized, held.EventTime = false, ev.CreateTime
-		held.Code, held.CodeExpiresAt = ev.Code, ev.CodeExpiresAt
-		if !held.CodeExpiresAt.After(ev.CreateTime) {
-			held.CodeExpiresAt = ev.CreateTime.Add(authCodeLifetime) // WeChat's: an hour
-		}
-		return held, ev.Code != "" || held.RefreshToken != ""
+		return held.Authorized(ev.CreateTime, ev.Code, ev.CodeExpiresAt)
 	})
 	if err == nil && wrote {
 		r.log.Info("authorization event taken in", "component_appid", ev.ComponentAppID, "authorizer", ev.Authorizer, "info_type", ev.InfoType)

@@ -17,14 +17,9 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// The states of an authorizer in `wxtoken authorizers list`.
-const (
-	stateActive       = "active"
-	stateAwaitingCode = "awaiting code exchange" // a code, no refresh token yet
-	stateUnauthorized = "unauthorized"
-	stateNoToken      = "no refresh token"
-	stateInvalid      = "invalid record"
-)
+// stateInvalid is the state `wxtoken authorizers list` gives a record it
+// cannot decode; kv.Authorizer.State names the others.
+const stateInvalid = "invalid record"
 
 // authorizerRow is one authorizer in `wxtoken authorizers list`.
 type authorizerRow struct {
@@ -275,16 +270,7 @@ func authorizerRowOf(component, appid string, e jetstream.KeyValueEntry) authori
 		row.State, row.Error = stateInvalid, err.Error()
 		return row
 	}
-	switch {
-	case a.Unauthorized:
-		row.State = stateUnauthorized
-	case a.RefreshToken != "":
-		row.State = stateActive
-	case a.Code != "":
-		row.State = stateAwaitingCode
-	default:
-		row.State = stateNoToken
-	}
+	row.State = a.State()
 	if a.RefreshToken != "" {
 		row.RefreshToken, row.IssuedAt = fingerprint(a.RefreshToken), a.IssuedAt
 	}
