@@ -112,16 +112,16 @@ func (r *Refresher) forceStable(t *term, a *credential, secret Secret) (issuedVa
 func (r *Refresher) spendForce(t *term, appid string) error {
 	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
 	defer cancel()
-	key := kv.ForceBudgetKey(appid)
+	key := forceBudgetKey(appid)
 	for attempt := 1; ; attempt++ {
 		now := r.cfg.Clock.now()
-		budget := kv.ForceBudget{AppID: appid}
+		budget := forceBudget{AppID: appid}
 		var rev uint64
 		e, err := t.bucket.Get(ctx, key)
 		switch {
 		case err == nil:
 			rev = e.Revision()
-			if b, err := kv.DecodeForceBudgetFor(appid, e.Value()); err == nil {
+			if b, err := decodeForceBudget(appid, e.Value()); err == nil {
 				budget = b
 			} else {
 				r.log.Warn("the force budget in the bucket is undecodable; counting from zero", "appid", appid, "error", err)
@@ -142,7 +142,7 @@ func (r *Refresher) spendForce(t *term, appid string) error {
 		}
 		budget.Used++
 		budget.Last = now
-		data, err := kv.EncodeForceBudget(budget)
+		data, err := encodeForceBudget(budget)
 		if err != nil {
 			return err
 		}

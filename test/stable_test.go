@@ -143,16 +143,29 @@ func TestStableAnswerRepeatingTheTokenWritesNothing(t *testing.T) {
 	}
 }
 
-// forceBudget reads appA's force budget from the bucket.
-func forceBudget(t *testing.T, ctx context.Context, b jetstream.KeyValue) kv.ForceBudget {
+// forceBudgetKey is the key of appA's force budget, as the README's wire
+// contract names it.
+const forceBudgetKey = appA + ".force_budget"
+
+// forceBudget is the value of a force budget key, as the README's wire
+// contract has it.
+type forceBudget struct {
+	AppID string    `json:"appid"`
+	Day   string    `json:"day"`
+	Used  int       `json:"used"`
+	Last  time.Time `json:"last"`
+}
+
+// readForceBudget reads appA's force budget from the bucket.
+func readForceBudget(t *testing.T, ctx context.Context, b jetstream.KeyValue) forceBudget {
 	t.Helper()
-	e, err := b.Get(ctx, kv.ForceBudgetKey(appA))
+	e, err := b.Get(ctx, forceBudgetKey)
 	if err != nil {
 		t.Fatalf("force budget: %v", err)
 	}
-	budget, err := kv.DecodeForceBudgetFor(appA, e.Value())
-	if err != nil {
-		t.Fatal(err)
+	var budget forceBudget
+	if err := json.Unmarshal(e.Value(), &budget); err != nil || budget.AppID != appA {
+		t.Fatalf("force budget %s: %v, want appid %s", e.Value(), err, appA)
 	}
 	return budget
 }
@@ -202,7 +215,7 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 	if fake.Forced(appA) != 1 {
 		t.Fatalf("%d forced refreshes at WeChat, want only the other deployment's", fake.Forced(appA))
 	}
-	if _, err := b.Get(ctx, kv.ForceBudgetKey(appA)); err == nil {
+	if _, err := b.Get(ctx, forceBudgetKey); err == nil {
 		t.Error("a force budget was spent on a token a normal call replaced")
 	}
 
@@ -216,7 +229,7 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 	if fake.Forced(appA) != 2 {
 		t.Fatalf("%d forced refreshes at WeChat, want 2", fake.Forced(appA))
 	}
-	if budget := forceBudget(t, ctx, b); budget.Used != 1 || (budget.Day != day && budget.Day != chinaToday()) {
+	if budget := readForceBudget(t, ctx, b); budget.Used != 1 || (budget.Day != day && budget.Day != chinaToday()) {
 		t.Fatalf("force budget %+v, want 1 used today", budget)
 	}
 
@@ -243,8 +256,8 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spent, _ := kv.EncodeForceBudget(kv.ForceBudget{AppID: appA, Day: chinaToday(), Used: 20, Last: time.Now().Add(-time.Minute)})
-	if _, err := b.Put(ctx, kv.ForceBudgetKey(appA), spent); err != nil {
+	spent, _ := json.Marshal(forceBudget{AppID: appA, Day: chinaToday(), Used: 20, Last: time.Now().Add(-time.Minute).UTC()})
+	if _, err := b.Put(ctx, forceBudgetKey, spent); err != nil {
 		t.Fatal(err)
 	}
 	reply = refresh(reply.Revision)

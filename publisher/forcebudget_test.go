@@ -1,26 +1,28 @@
-package kv
+package publisher
 
 import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
 )
 
 func TestForceBudgetRoundTrip(t *testing.T) {
-	b := ForceBudget{AppID: "wx1234567890abcdef", Day: "2026-12-01", Used: 3, Last: time.Date(2026, 12, 1, 1, 2, 3, 0, time.UTC)}
-	data, err := EncodeForceBudget(b)
+	b := forceBudget{AppID: "wx1234567890abcdef", Day: "2026-12-01", Used: 3, Last: time.Date(2026, 12, 1, 1, 2, 3, 0, time.UTC)}
+	data, err := encodeForceBudget(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := `{"appid":"wx1234567890abcdef","day":"2026-12-01","used":3,"last":"2026-12-01T01:02:03Z"}`; string(data) != want {
 		t.Fatalf("encoded %s, want %s", data, want)
 	}
-	got, err := DecodeForceBudgetFor(b.AppID, data)
+	got, err := decodeForceBudget(b.AppID, data)
 	if err != nil || got != b {
 		t.Fatalf("decoded %+v, %v", got, err)
 	}
-	if ForceBudgetKey(b.AppID) != "wx1234567890abcdef.force_budget" {
-		t.Fatalf("key %s", ForceBudgetKey(b.AppID))
+	if forceBudgetKey(b.AppID) != "wx1234567890abcdef.force_budget" {
+		t.Fatalf("key %s", forceBudgetKey(b.AppID))
 	}
 }
 
@@ -34,8 +36,8 @@ func TestForceBudgetRefusesWhatIsNotOne(t *testing.T) {
 		"bad appid":   `{"appid":"wx.app","day":"2026-12-01","used":1}`,
 		"wrong types": `{"appid":"wxapp","day":"2026-12-01","used":"1"}`,
 	} {
-		if _, err := DecodeForceBudgetFor("wxapp", []byte(data)); !errors.Is(err, ErrInvalidRecord) {
-			t.Errorf("%s: error %v, want ErrInvalidRecord", name, err)
+		if _, err := decodeForceBudget("wxapp", []byte(data)); !errors.Is(err, kv.ErrInvalidRecord) {
+			t.Errorf("%s: error %v, want kv.ErrInvalidRecord", name, err)
 		}
 	}
 }
