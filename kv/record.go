@@ -2,9 +2,9 @@
 // KV bucket that holds the credentials, the JSON record stored under each key
 // (an appid or a WeCom "<corpid>-<agent>" for a token, "<key>.<kind>" for a
 // ticket; see Credential and ValidateKey), and the messages on the
-// wechat.token.* subjects. Services in other languages
-// read the same bucket and subjects, so everything here is a public contract
-// (see DESIGN.md in the repository).
+// wechat.token.* subjects. Services in other languages read the same
+// bucket and subjects, so everything here is a public contract: the
+// README's "Wire contract" section is its description.
 package kv
 
 import (
@@ -28,9 +28,10 @@ const MaxRecordSize = 16 << 10
 // token record.
 var ErrInvalidRecord = errors.New("kv: invalid token record")
 
-// Record is the value stored under an appid key in the token bucket.
-// Times are UTC and second-precise on the wire (RFC 3339).
-type Record struct {
+// record is the value stored under a token's key in the token bucket, as
+// Credential encodes and decodes it. Times are UTC and second-precise on
+// the wire (RFC 3339).
+type record struct {
 	AppID       string    `json:"appid"`
 	AccessToken string    `json:"access_token"`
 	ExpiresIn   int64     `json:"expires_in"` // seconds, as WeChat returned it
@@ -46,19 +47,19 @@ type Record struct {
 	API string `json:"api,omitempty"`
 }
 
-// Record.API values.
+// The values of a token record's "api" (Credential.API).
 const (
 	APIStableToken = "stable_token" // /cgi-bin/stable_token
 	APIWeCom       = "wecom"        // WeCom's /cgi-bin/gettoken, under a "<corpid>-<agent>" key
 )
 
-// NewRecord builds the record for a token fetched at fetchedAt that WeChat
+// newRecord builds the record for a token fetched at fetchedAt that WeChat
 // said lives for expiresIn.
-func NewRecord(appid, token string, expiresIn time.Duration, fetchedAt time.Time) Record {
+func newRecord(appid, token string, expiresIn time.Duration, fetchedAt time.Time) record {
 	// The wire carries whole seconds; truncating fetched_at (and not rounding)
 	// keeps expires_at from moving later than the real expiry.
 	fetchedAt = fetchedAt.UTC().Truncate(time.Second)
-	return Record{
+	return record{
 		AppID:       appid,
 		AccessToken: token,
 		ExpiresIn:   int64(expiresIn / time.Second),
@@ -67,14 +68,8 @@ func NewRecord(appid, token string, expiresIn time.Duration, fetchedAt time.Time
 	}
 }
 
-// Lifetime is how long the token was issued for.
-func (r Record) Lifetime() time.Duration { return r.ExpiresAt.Sub(r.FetchedAt) }
-
-// ValidAt reports whether the token has not expired at t.
-func (r Record) ValidAt(t time.Time) bool { return t.Before(r.ExpiresAt) }
-
-// Validate checks the record against the contract.
-func (r Record) Validate() error {
+// validate checks the record against the contract.
+func (r record) validate() error {
 	if err := ValidateAppID(r.AppID); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidRecord, err)
 	}
@@ -132,10 +127,10 @@ func printableASCII(s string) bool {
 	return true
 }
 
-// Encode validates r and returns its JSON. A record that fails validation is
+// encodeRecord validates r and returns its JSON. A record that fails validation is
 // never encoded, so nothing invalid reaches the bucket through this package.
-func Encode(r Record) ([]byte, error) {
-	if err := r.Validate(); err != nil {
+func encodeRecord(r record) ([]byte, error) {
+	if err := r.validate(); err != nil {
 		return nil, err
 	}
 	r.FetchedAt = r.FetchedAt.UTC()
@@ -143,33 +138,34 @@ func Encode(r Record) ([]byte, error) {
 	return json.Marshal(r)
 }
 
-// Decode parses and validates a record. Unknown fields are ignored, as the
+// decodeRecord parses and validates a record. Unknown fields are ignored, as the
 // contract asks of every reader.
-func Decode(data []byte) (Record, error) {
+func decodeRecord(data []byte) (record, error) {
 	if len(data) > MaxRecordSize {
-		return Record{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidRecord, len(data), MaxRecordSize)
+		return record{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidRecord, len(data), MaxRecordSize)
 	}
 	r, ok := decodeCanonical(data)
 	if !ok {
 		if err := json.Unmarshal(data, &r); err != nil {
-			return Record{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+			return record{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
 		}
 	}
-	if err := r.Validate(); err != nil {
-		return Record{}, err
+	if err := r.validate(); err != nil {
+		return record{}, err
 	}
 	return r, nil
 }
 
-// DecodeFor decodes a record read under the key appid and checks that it
-// names that app: a record copied under the wrong key is as bad as garbage.
-func DecodeFor(appid string, data []byte) (Record, error) {
-	r, err := Decode(data)
+// decodeRecordFor decodes a record read under the key appid and checks
+// that it names that app: a record copied under the wrong key is as bad as
+// garbage.
+func decodeRecordFor(appid string, data []byte) (record, error) {
+	r, err := decodeRecord(data)
 	if err != nil {
-		return Record{}, err
+		return record{}, err
 	}
 	if r.AppID != appid {
-		return Record{}, fmt.Errorf("%w: record names appid %q, stored under %q", ErrInvalidRecord, r.AppID, appid)
+		return record{}, fmt.Errorf("%w: record names appid %q, stored under %q", ErrInvalidRecord, r.AppID, appid)
 	}
 	return r, nil
 }

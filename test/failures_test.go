@@ -77,8 +77,8 @@ func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
 
 	e := testenv.Next(t, ctx, entries)
 	rec := testenv.Record(t, e)
-	if rec.AccessToken != fake.Current(appA) {
-		t.Errorf("bucket holds %.12q..., WeChat's token is %.12q...", rec.AccessToken, fake.Current(appA))
+	if rec.Value != fake.Current(appA) {
+		t.Errorf("bucket holds %.12q..., WeChat's token is %.12q...", rec.Value, fake.Current(appA))
 	}
 	if got := fake.Calls(appA); got != len(faults)+1 {
 		t.Errorf("%d calls, want %d failures and one success", got, len(faults))
@@ -123,8 +123,8 @@ func TestLastGoodTokenStaysWhileWeChatFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := kv.NewRecord(appA, "the-last-good-token", 2*time.Second, time.Now())
-	data, _ := kv.Encode(good)
+	good := kv.NewCredential(appA, "the-last-good-token", 2*time.Second, time.Now())
+	data, _ := kv.EncodeCredential(good)
 	rev, err := b.Put(ctx, appA, data)
 	if err != nil {
 		t.Fatal(err)
@@ -151,7 +151,7 @@ func TestLastGoodTokenStaysWhileWeChatFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if now.Revision() != rev || testenv.Record(t, now).AccessToken != good.AccessToken {
+	if now.Revision() != rev || testenv.Record(t, now).Value != good.Value {
 		t.Fatalf("bucket changed to revision %d while WeChat failed", now.Revision())
 	}
 	select {
@@ -161,7 +161,7 @@ func TestLastGoodTokenStaysWhileWeChatFails(t *testing.T) {
 	}
 
 	fake.Heal(appA)
-	if rotated := testenv.Record(t, testenv.Next(t, ctx, entries)); rotated.AccessToken != fake.Current(appA) {
+	if rotated := testenv.Record(t, testenv.Next(t, ctx, entries)); rotated.Value != fake.Current(appA) {
 		t.Error("the token written after WeChat recovered is not WeChat's current one")
 	}
 }
@@ -233,7 +233,7 @@ func TestQuotaWaitsForMidnightInChina(t *testing.T) {
 		t.Fatalf("failure event %s, want quota until %s", data, midnight.UTC())
 	}
 	next := testenv.Record(t, testenv.Next(t, ctx, entries))
-	if next.FetchedAt.Before(midnight) || next.AccessToken == first.AccessToken {
+	if next.FetchedAt.Before(midnight) || next.Value == first.Value {
 		t.Errorf("token after the quota fetched at %s, want at or after %s", next.FetchedAt, midnight.UTC())
 	}
 	if got := fake.Calls(appA); got != 3 {
@@ -291,7 +291,7 @@ func TestTokenFetchedButNotStoredIsStoredLater(t *testing.T) {
 
 	setMaxMsgSize(kv.MaxRecordSize)
 	stored := testenv.Record(t, testenv.Next(t, ctx, entries))
-	if stored.AccessToken != fake.Current(appA) {
+	if stored.Value != fake.Current(appA) {
 		t.Error("the bucket does not hold the token WeChat issued on the second fetch")
 	}
 	if got := fake.Calls(appA); got != 2 {

@@ -174,7 +174,7 @@ func TestCurrentSaysWhatIsWrong(t *testing.T) {
 	// hand, fetched three hours ago for two.
 	refresher.Stop()
 	b := testenv.Bucket(t, ctx, nc)
-	data, _ := kv.Encode(kv.NewRecord(appA, "an-expired-token", 2*time.Hour, time.Now().Add(-3*time.Hour)))
+	data, _ := kv.EncodeCredential(kv.NewCredential(appA, "an-expired-token", 2*time.Hour, time.Now().Add(-3*time.Hour)))
 	rev, err := b.Put(ctx, appA, data)
 	if err != nil {
 		t.Fatal(err)
@@ -345,7 +345,7 @@ func TestRefreshErrorsAreTheSubscribers(t *testing.T) {
 	// An app this refresher does not keep, found in the bucket.
 	b := testenv.Bucket(t, ctx, nc)
 	const other = "wxnotmine000000001"
-	data, _ := kv.Encode(kv.NewRecord(other, "someone-elses", time.Hour, time.Now()))
+	data, _ := kv.EncodeCredential(kv.NewCredential(other, "someone-elses", time.Hour, time.Now()))
 	if _, err := b.Put(ctx, other, data); err != nil {
 		t.Fatal(err)
 	}

@@ -66,10 +66,10 @@ func TestStableTokenIsReplacedInItsLastMinutes(t *testing.T) {
 
 	first := testenv.Record(t, testenv.Next(t, ctx, entries))
 	second := testenv.Record(t, testenv.Next(t, ctx, entries))
-	if second.AccessToken == first.AccessToken {
+	if second.Value == first.Value {
 		t.Fatal("the rotation stored the same token again")
 	}
-	if ok, code := fake.Valid(first.AccessToken); !ok {
+	if ok, code := fake.Valid(first.Value); !ok {
 		t.Errorf("the replaced token stopped working at once (errcode %d): it should live out its time", code)
 	}
 	if left := time.Until(first.ExpiresAt); left <= 0 {
@@ -108,8 +108,8 @@ func TestStableAnswerRepeatingTheTokenWritesNothing(t *testing.T) {
 	// The bucket says it expires in 4 s: the refresher thinks it due.
 	b := openBucket(t, ctx, nc)
 	now := time.Now().UTC().Truncate(time.Second)
-	stored := kv.Record{AppID: appA, AccessToken: held, ExpiresIn: 3600, FetchedAt: now.Add(-time.Hour), ExpiresAt: now.Add(4 * time.Second)}
-	data, _ := kv.Encode(stored)
+	stored := kv.Credential{Key: appA, Value: held, ExpiresIn: 3600, FetchedAt: now.Add(-time.Hour), ExpiresAt: now.Add(4 * time.Second)}
+	data, _ := kv.EncodeCredential(stored)
 	rev, err := b.Create(ctx, appA, data)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func TestStableAnswerRepeatingTheTokenWritesNothing(t *testing.T) {
 		t.Errorf("revision %d written %s before the stored token's expiry: an answer repeating a valid token must write nothing",
 			next.Revision(), stored.ExpiresAt.Sub(written))
 	}
-	if rec.AccessToken != held {
+	if rec.Value != held {
 		t.Error("once the stored record expired, WeChat's same token should have gone in with its real expiry")
 	}
 	if rec.ExpiresAt.Sub(written) < time.Hour {
@@ -209,7 +209,7 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 	if reply.Error != nil || !reply.Refreshed {
 		t.Fatalf("a token dead by another's forced refresh: %+v", reply)
 	}
-	if got := testenv.Record(t, mustGet(t, ctx, b, appA)); got.AccessToken != theirs {
+	if got := testenv.Record(t, mustGet(t, ctx, b, appA)); got.Value != theirs {
 		t.Fatal("the token stored is not the one WeChat now gives")
 	}
 	if fake.Forced(appA) != 1 {

@@ -96,19 +96,19 @@ func KVGetPerCall(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
-		var rec kv.Record
+		var rec kv.Credential
 		for pb.Next() {
 			e, err := bucket.Get(ctx, App)
 			if err != nil {
 				b.Error(err)
 				return
 			}
-			if rec, err = kv.DecodeFor(App, e.Value()); err != nil {
+			if rec, err = kv.DecodeCredential(App, e.Value()); err != nil {
 				b.Error(err)
 				return
 			}
 		}
-		value := rec.AccessToken
+		value := rec.Value
 		sink.Store(&value)
 	})
 }
