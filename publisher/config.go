@@ -17,7 +17,7 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// Defaults of Config, as DESIGN.md lists them.
+// Defaults of Config; the README lists them with their flags.
 const (
 	DefaultSchedule         = "@every 30s"
 	DefaultRefreshBefore    = 10 * time.Minute

@@ -83,7 +83,7 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 	}
 	err = svc.AddEndpoint("refresh", micro.HandlerFunc(handler),
 		micro.WithEndpointSubject(r.subjects.Refresh(">")), // appids, and "<appid>.<kind>"
-		micro.WithEndpointMetadata(map[string]string{"contract": "DESIGN.md: refresh request"}))
+		micro.WithEndpointMetadata(map[string]string{"contract": "README.md#wire-contract"}))
 	if err != nil {
 		svc.Stop()
 		return nil, fmt.Errorf("publisher: refresh endpoint: %w", err)

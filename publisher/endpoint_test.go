@@ -2,11 +2,18 @@ package publisher
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -89,5 +96,60 @@ func TestRateLimitedSaysHowLongAgoWithoutRoundingUpToTheLimit(t *testing.T) {
 	}
 	if want := "ran 4.6s ago; at most one per 5s"; !strings.Contains(ad.reply.Error.Message, want) {
 		t.Errorf("message %q, want it to say %q", ad.reply.Error.Message, want)
+	}
+}
+
+// TestEndpointMetadataNamesAFileTheRepositoryHas: `nats micro info
+// wxtoken` says where the refresh endpoint's contract is written: a
+// section of a file this repository has.
+func TestEndpointMetadataNamesAFileTheRepositoryHas(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	leader := newTestLeader(t, ctx, fakewechat.Config{}, Config{})
+	leader.lead(t, ctx, leader.bucket)
+	leader.refresh(t, ctx, nil) // the endpoint is served
+	subject, err := micro.ControlSubject(micro.InfoVerb, kv.ServiceName, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := leader.nc.RequestWithContext(ctx, subject, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info micro.Info
+	if err := json.Unmarshal(msg.Data, &info); err != nil || len(info.Endpoints) != 1 {
+		t.Fatalf("micro info %s: %v", msg.Data, err)
+	}
+	contract := info.Endpoints[0].Metadata["contract"]
+	file, anchor, _ := strings.Cut(contract, "#")
+	text, err := os.ReadFile(filepath.Join(moduleRoot(t), file))
+	if err != nil {
+		t.Fatalf("the endpoint's contract is %q: %v", contract, err)
+	}
+	heading := regexp.MustCompile(`(?m)^#+ (.+)$`)
+	for _, h := range heading.FindAllSubmatch(text, -1) {
+		if strings.ReplaceAll(strings.ToLower(string(h[1])), " ", "-") == anchor {
+			return
+		}
+	}
+	t.Errorf("the endpoint's contract is %q: %s has no section #%s", contract, file, anchor)
+}
+
+// moduleRoot returns the directory of the module's go.mod, above the test's.
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory")
+		}
+		dir = parent
 	}
 }
