@@ -13,8 +13,8 @@
 // to WeChat rejecting it; Updated, Done and the OnRotate and OnError
 // callbacks tell of changes; Close ends it all.
 //
-// Package wxtokentest gives a service's own tests a refresher, a NATS
-// server and a fake WeChat in one call.
+// A service's own tests get a refresher, a NATS server and a fake WeChat
+// in one call from package wxtokentest.
 package subscriber
 
 import (
