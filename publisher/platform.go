@@ -451,9 +451,9 @@ func (r *Refresher) startPush(t *term, a *credential, secret Secret) {
 	if err := r.pacer.wait(t.ctx); err != nil {
 		return
 	}
-	body := fmt.Sprintf(`{"component_appid":%q,"component_secret":%q}`, a.key, secret.Reveal())
+	body, _ := json.Marshal(map[string]string{"component_appid": a.key, "component_secret": secret.Reveal()})
 	clock := time.Now()
-	status, answer, err := r.upstream.do(t.work, http.MethodPost, "cgi-bin/component/api_start_push_ticket", nil, []byte(body), secret.Reveal())
+	status, answer, err := r.upstream.do(t.work, http.MethodPost, "cgi-bin/component/api_start_push_ticket", nil, body, secret.Reveal())
 	if err == nil {
 		var ok struct{}
 		err = decodePlatformAnswer(status, answer, componentErrcodes, &ok)

@@ -216,3 +216,28 @@ func TestCallbackAnswers503UntilThePlatformBucketIsOpen(t *testing.T) {
 		t.Errorf("the push was not stored: %v", err)
 	}
 }
+
+// TestStartPushBodyIsJSON: the request that asks WeChat to push the verify
+// ticket again is JSON whatever the secret holds. Go's %q quoting is not
+// JSON's: a DEL is "\x7f" to Go and "\u007f" to JSON, and WeChat refuses
+// a body that is no JSON.
+func TestStartPushBodyIsJSON(t *testing.T) {
+	const secret = "component\x7fsecret\x01"
+	fake := fakewechat.New(fakewechat.Config{})
+	if err := fake.AddPlatform(component, secret, "t", testAESKey); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	nc, _ := jetStream(t)
+	app := App{AppID: component, Secret: NewSecret(secret), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
+	r, err := New(nc, Config{Apps: []App{app}, UpstreamURL: srv.URL, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm := &term{ctx: t.Context(), work: t.Context(), onPanic: r.logPanic, lease: &fakeLease{left: time.Hour}}
+	r.startPush(tm, r.credential(component), app.Secret)
+	if n := fake.StartPushCalls(component); n != 1 {
+		t.Errorf("WeChat took %d requests to push the ticket again, want 1", n)
+	}
+}
