@@ -19,6 +19,7 @@ import (
 
 // Defaults of Config; the README lists them with their flags.
 const (
+	DefaultUpstreamURL      = "https://api.weixin.qq.com" // WeChat's API
 	DefaultSchedule         = "@every 30s"
 	DefaultRefreshBefore    = 10 * time.Minute
 	DefaultMinForceInterval = 30 * time.Second

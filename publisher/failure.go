@@ -8,17 +8,18 @@ import (
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // failed records a failed fetch and decides when the next may happen.
 // used is the secret the fetch used, if it was one.
 func (r *Refresher) failed(a *credential, err error, used Secret) {
-	class := classOf(err)
-	var ue *upstreamError
+	class := upstream.ClassOf(err)
+	var ue *upstream.Error
 	errors.As(err, &ue)
 	now := r.cfg.Clock.now()
 	a.mu.Lock()
-	if class == classConfig && !used.IsZero() && used.Reveal() != a.secret.Reveal() {
+	if class == upstream.ClassConfig && !used.IsZero() && used.Reveal() != a.secret.Reveal() {
 		// Refused with a secret a reload replaced meanwhile: no pause,
 		// the next fetch goes at once with the new one.
 		a.mu.Unlock()
@@ -31,15 +32,15 @@ func (r *Refresher) failed(a *credential, err error, used Secret) {
 	switch {
 	case errors.As(err, &paused):
 		wait = max(paused.until.Sub(now), 0)
-	case class == classConfig:
+	case class == upstream.ClassConfig:
 		wait = r.cfg.ConfigErrorBackoff
-	case class == classQuota:
+	case class == upstream.ClassQuota:
 		// All apps resume at midnight; the pacer spreads them.
-		wait = untilQuotaReset(now)
-	case class == classTicket:
+		wait = upstream.UntilQuotaReset(now)
+	case class == upstream.ClassTicket:
 		// A push ends the wait (observeTicket).
 		wait = ticketWait
-	case class == classFrequency:
+	case class == upstream.ClassFrequency:
 		wait = untilFrequencyReset(now, a.failures)
 	default:
 		wait = retryDelay(a.failures, r.cfg.RetryBackoff, r.cfg.RetryBackoffMax)
@@ -48,12 +49,12 @@ func (r *Refresher) failed(a *credential, err error, used Secret) {
 	failures := a.failures
 	a.mu.Unlock()
 
-	if class == classRetry {
+	if class == upstream.ClassRetry {
 		r.log.Warn("token not rotated, will retry", "appid", a.key, "error", err,
 			"failures", failures, "retry_in", wait.Round(time.Millisecond))
 		return
 	}
-	r.log.Error("token fetch refused: "+ue.meaning(), "appid", a.key, "errcode", ue.ErrCode,
+	r.log.Error("token fetch refused: "+ue.Meaning(), "appid", a.key, "errcode", ue.ErrCode,
 		"errmsg", ue.ErrMsg, "class", string(class), "next_attempt", now.Add(wait).Format(time.RFC3339))
 	appid, kind := kv.SplitKey(a.key)
 	r.publishFailure(kv.FailureEvent{
@@ -88,31 +89,9 @@ var errEnding = errors.New("publisher: refresher is stopping or lost its leaders
 // errPanicked is the outcome of a rotation that panicked.
 var errPanicked = errors.New("publisher: rotation failed with a panic (logged)")
 
-// secretScrubber removes every AppSecret, plain or URL-encoded, from a
-// text. It guards the one thing no type can keep a secret out of: the text
-// of a panic.
-type secretScrubber []string
-
-func (s secretScrubber) scrub(text string) string {
-	for _, secret := range s {
-		text = scrub(text, secret)
-	}
-	return text
-}
-
 // logPanic logs a recovered panic and its stack, scrubbed of secrets.
 func (r *Refresher) logPanic(p any) {
 	scrub := r.secrets.scrubber()
-	r.log.Error("recovered from a panic", "panic", scrub.scrub(fmt.Sprint(p)),
-		"stack", scrub.scrub(string(debug.Stack())))
-}
-
-// classOf is the class of a failed fetch; failures that are not WeChat's
-// answers (a panic, say) are transient.
-func classOf(err error) errClass {
-	var ue *upstreamError
-	if errors.As(err, &ue) {
-		return ue.class
-	}
-	return classRetry
+	r.log.Error("recovered from a panic", "panic", scrub.Scrub(fmt.Sprint(p)),
+		"stack", scrub.Scrub(string(debug.Stack())))
 }

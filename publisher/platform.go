@@ -18,6 +18,7 @@ import (
 	"github.com/wxtoken/wxtoken/internal/platform"
 	"github.com/wxtoken/wxtoken/internal/wxcrypt"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // A third-party platform (开放平台) is an app whose token is the
@@ -227,7 +228,7 @@ func (r *Refresher) takeRecord(c *credential, rev uint64, rec kv.Authorizer) {
 			c.auth.unsaved = nil
 			c.secret = NewSecret(rec.RefreshToken)
 		}
-		if classOf(c.lastErr) == classConfig {
+		if upstream.ClassOf(c.lastErr) == upstream.ClassConfig {
 			// A new code or refresh token: the one refused is replaced.
 			c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
 		}
@@ -260,7 +261,7 @@ func (r *Refresher) observeTicket(component string, e jetstream.KeyValueEntry) {
 		return
 	}
 	c.mu.Lock()
-	waiting := classOf(c.lastErr) == classTicket
+	waiting := upstream.ClassOf(c.lastErr) == upstream.ClassTicket
 	if waiting {
 		c.failures, c.retryAt, c.lastErr = 0, time.Time{}, nil
 	}
@@ -448,20 +449,20 @@ func (r *Refresher) grantFor(a *credential, src source, g *grant) {
 // token fetch found none that works. The fetch's failure (an ERROR line
 // and a failure event) says why; this says what was done.
 func (r *Refresher) startPush(t *term, a *credential, secret Secret) {
-	if err := r.pacer.wait(t.ctx); err != nil {
+	if err := r.pacer.Wait(t.ctx); err != nil {
 		return
 	}
 	body, _ := json.Marshal(map[string]string{"component_appid": a.key, "component_secret": secret.Reveal()})
 	clock := time.Now()
-	status, answer, err := r.upstream.do(t.work, http.MethodPost, "cgi-bin/component/api_start_push_ticket", nil, body, secret.Reveal())
+	status, answer, err := r.wechat.Do(t.work, http.MethodPost, "cgi-bin/component/api_start_push_ticket", nil, body, secret.Reveal())
 	if err == nil {
 		var ok struct{}
-		err = decodePlatformAnswer(status, answer, componentErrcodes, &ok)
+		err = upstream.DecodeJSON(status, answer, upstream.ComponentCodes, &ok)
 	}
 	result := "ok"
 	if err != nil {
-		result = string(classOf(err))
-		r.log.Warn("cannot restart the verify ticket push", "component_appid", a.key, "error", scrubErrMsg(err, secret.Reveal()))
+		result = string(upstream.ClassOf(err))
+		r.log.Warn("cannot restart the verify ticket push", "component_appid", a.key, "error", upstream.ScrubErrMsg(err, secret.Reveal()))
 	} else {
 		r.log.Info("asked WeChat to push the verify ticket again", "component_appid", a.key)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // entry is a platform bucket entry as the follower delivers it.
@@ -99,7 +100,7 @@ func TestTermEndStoresRefreshTokensLeftInMemory(t *testing.T) {
 	if c == nil {
 		t.Fatal("no credential for the authorizer")
 	}
-	r.holdRefresh(c, issuedValue{Refresh: NewSecret("refresh-new"), At: time.Now()}, "")
+	r.holdRefresh(c, issuedValue{Issued: upstream.Issued{At: time.Now()}, Refresh: NewSecret("refresh-new")}, "")
 
 	r.flushRefresh()
 	stored, _, _, err := kv.UpdateAuthorizer(ctx, b, component, authorizer, func(kv.Authorizer, bool) (kv.Authorizer, bool) { return kv.Authorizer{}, false })
@@ -140,7 +141,7 @@ func TestLeftoverRefreshTokenGoesInBeforeTheToken(t *testing.T) {
 	if c == nil {
 		t.Fatal("no credential for the authorizer")
 	}
-	r.holdRefresh(c, issuedValue{Refresh: NewSecret("refresh-new"), At: issued}, "")
+	r.holdRefresh(c, issuedValue{Issued: upstream.Issued{At: issued}, Refresh: NewSecret("refresh-new")}, "")
 	token := kv.NewCredential(authorizer, "authorizer-token", 2*time.Hour, issued)
 	c.mu.Lock()
 	c.pending = &token

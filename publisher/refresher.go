@@ -26,6 +26,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/wxcrypt"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // kvTimeout bounds one bucket operation.
@@ -38,9 +39,9 @@ type Refresher struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	subjects kv.Subjects
-	upstream *upstreamClient // WeChat's API
-	wecom    *upstreamClient // WeCom's
-	pacer    *pacer
+	wechat   *upstream.Client // WeChat's API
+	wecom    *upstream.Client // WeCom's
+	pacer    *upstream.Pacer
 	limits   hourlyLimits // WeCom's on tickets
 	log      *slog.Logger
 
@@ -77,11 +78,11 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	upstream, err := newUpstreamClient(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout)
+	wechat, err := upstream.New(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout)
 	if err != nil {
 		return nil, err
 	}
-	wecom, err := newUpstreamClient(cfg.WeComURL, cfg.HTTPClient, cfg.UpstreamTimeout)
+	wecom, err := upstream.New(cfg.WeComURL, cfg.HTTPClient, cfg.UpstreamTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
 	}
@@ -91,9 +92,9 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		nc:        nc,
 		js:        js,
 		subjects:  kv.Subjects{Prefix: cfg.SubjectPrefix},
-		upstream:  upstream,
+		wechat:    wechat,
 		wecom:     wecom,
-		pacer:     newPacer(cfg.UpstreamRate),
+		pacer:     upstream.NewPacer(cfg.UpstreamRate),
 		log:       cfg.Logger,
 		life:      newBucketLife(),
 		platforms: newPlatforms(),
@@ -196,9 +197,9 @@ func (r *Refresher) Ready() error {
 }
 
 // clientFor returns the client of the API src calls.
-func (r *Refresher) clientFor(src source) *upstreamClient {
+func (r *Refresher) clientFor(src source) *upstream.Client {
 	if src.wecom() {
 		return r.wecom
 	}
-	return r.upstream
+	return r.wechat
 }

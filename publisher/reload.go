@@ -10,15 +10,17 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // secrets is every AppSecret the refresher was ever given, for scrubbing:
 // one removed by a reload may still sit in the text of a panic.
 type secrets struct {
-	list atomic.Pointer[secretScrubber]
+	list atomic.Pointer[upstream.Scrubber]
 }
 
-func (s *secrets) scrubber() secretScrubber {
+func (s *secrets) scrubber() upstream.Scrubber {
 	if p := s.list.Load(); p != nil {
 		return *p
 	}
@@ -168,7 +170,7 @@ func (a *credential) update(app App) (changed bool) {
 	}
 	a.secret, a.src = app.Secret, src
 	a.quietUntil = time.Time{}
-	if classOf(a.lastErr) == classConfig {
+	if upstream.ClassOf(a.lastErr) == upstream.ClassConfig {
 		a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
 	}
 	return true

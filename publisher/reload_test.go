@@ -47,7 +47,7 @@ func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
 	}
 	// The old secret is a prefix of the new: scrubbing it first would
 	// leave "-new" behind.
-	if got := r.secrets.scrubber().scrub("s1 s1-new s2"); got != "[REDACTED] [REDACTED] [REDACTED]" {
+	if got := r.secrets.scrubber().Scrub("s1 s1-new s2"); got != "[REDACTED] [REDACTED] [REDACTED]" {
 		t.Errorf("scrubbed %q: old and new secrets are not all scrubbed", got)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // mode is why a rotation runs.
@@ -231,7 +232,7 @@ func (r *Refresher) fetch(t *term, a *credential, m mode, reason string, base ou
 		// WeChat first. If the check itself fails, the rejection the
 		// service saw is the better evidence, so rotate.
 		checkStart := time.Now()
-		valid, err := r.clientFor(src).checkToken(t.ctx, held.Value)
+		valid, err := r.clientFor(src).CheckToken(t.ctx, held.Value)
 		r.metrics.upstreamCall(a.key, "check", checkResult(valid, err), time.Since(checkStart))
 		switch {
 		case err == nil && valid:
@@ -261,14 +262,14 @@ func (r *Refresher) fetch(t *term, a *credential, m mode, reason string, base ou
 				return stop(err)
 			}
 			if issued.Value == held.Value {
-				err := &upstreamError{class: classRetry, ErrMsg: "a forced " + stable.api() + " refresh returned the dead token again"}
+				err := &upstream.Error{Class: upstream.ClassRetry, ErrMsg: "a forced " + stable.api() + " refresh returned the dead token again"}
 				r.failed(a, err, secret)
 				return stop(err)
 			}
 		case verifiedDead:
 			// WeChat (or WeCom) says the token is dead and gives it
 			// again: keeping it would tell services it still works.
-			err := &upstreamError{class: classRetry, ErrMsg: "WeChat says the token is dead and " + src.api() + " returned it again"}
+			err := &upstream.Error{Class: upstream.ClassRetry, ErrMsg: "WeChat says the token is dead and " + src.api() + " returned it again"}
 			r.failed(a, err, secret)
 			return stop(err)
 		default:
@@ -336,11 +337,11 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 	client := r.clientFor(src)
 	call := func(ctx context.Context) (issuedValue, error) { return src.fetch(ctx, client, g) }
 	issued, latency, err := r.callUpstream(t, a, src.api(), secret, before, call)
-	var ue *upstreamError
+	var ue *upstream.Error
 	switch {
 	case err == nil:
 		r.holdRefresh(a, issued, g.code)
-	case classOf(err) == classTicket:
+	case upstream.ClassOf(err) == upstream.ClassTicket:
 		r.startPush(t, a, secret)
 		r.failed(a, err, secret)
 		if ticket, ok := r.platforms.ticket(a.key); ok && ticket.Ticket != g.ticket {
@@ -350,10 +351,10 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 			a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
 			a.mu.Unlock()
 		}
-	case errors.As(err, &ue) && ue.ErrCode == codeSpent && g.code != "":
+	case errors.As(err, &ue) && ue.ErrCode == upstream.CodeSpent && g.code != "":
 		r.spendCode(t, a, g.code)
 	}
-	if a.parent == nil || classOf(err) != classToken {
+	if a.parent == nil || upstream.ClassOf(err) != upstream.ClassToken {
 		return issued, latency, err
 	}
 	refused := err
@@ -375,7 +376,7 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 	if err == nil {
 		r.holdRefresh(a, issued, g.code)
 	}
-	if classOf(err) == classToken {
+	if upstream.ClassOf(err) == upstream.ClassToken {
 		r.failed(a, err, Secret{}) // refused again: retried with backoff
 	}
 	return issued, latency, err
@@ -414,7 +415,7 @@ func (r *Refresher) firstAppearance(a *credential, value string) (kv.Credential,
 // against a budget (forced refreshes, WeCom's ticket limits), and an error
 // from it stops the call, as the credential's failure.
 func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secret, before func() error, call func(context.Context) (issuedValue, error)) (issuedValue, time.Duration, error) {
-	if err := r.pacer.wait(t.ctx); err != nil {
+	if err := r.pacer.Wait(t.ctx); err != nil {
 		return issuedValue{}, 0, errEnding
 	}
 	// A fetch can outlast its timeout's start by the whole timeout, and a
@@ -441,9 +442,9 @@ func (r *Refresher) callUpstream(t *term, a *credential, api string, secret Secr
 		if t.work.Err() != nil {
 			return issuedValue{}, 0, errEnding
 		}
-		class := classOf(err)
+		class := upstream.ClassOf(err)
 		r.metrics.upstreamCall(a.key, api, string(class), latency)
-		if class != classToken && class != classTicket && !(api == "stable_token_force" && class == classQuota) {
+		if class != upstream.ClassToken && class != upstream.ClassTicket && !(api == "stable_token_force" && class == upstream.ClassQuota) {
 			r.failed(a, err, secret)
 		}
 		return issuedValue{}, 0, err

@@ -168,16 +168,6 @@ func spreadOf(appid string, rev uint64, span time.Duration) time.Duration {
 	return time.Duration(h.Sum64() % uint64(span))
 }
 
-// chinaTime is UTC+8, where WeChat's daily quota resets at midnight.
-var chinaTime = time.FixedZone("UTC+8", 8*60*60)
-
-// untilQuotaReset is the time from now to the next 00:00 China time.
-func untilQuotaReset(now time.Time) time.Duration {
-	c := now.In(chinaTime)
-	midnight := time.Date(c.Year(), c.Month(), c.Day()+1, 0, 0, 0, 0, chinaTime)
-	return midnight.Sub(now)
-}
-
 // retryDelay is the pause after the given number of consecutive transient
 // failures: exponential, capped, half of it random so that replicas and
 // apps that failed together do not retry together.
@@ -200,10 +190,10 @@ func (l cronLogger) Info(msg string, keysAndValues ...any) {
 func (l cronLogger) Error(err error, msg string, keysAndValues ...any) {
 	for i, v := range keysAndValues {
 		if s, ok := v.(string); ok {
-			keysAndValues[i] = l.secrets.scrubber().scrub(s)
+			keysAndValues[i] = l.secrets.scrubber().Scrub(s)
 		}
 	}
-	l.log.Error("cron: "+msg, append([]any{"error", l.secrets.scrubber().scrub(err.Error())}, keysAndValues...)...)
+	l.log.Error("cron: "+msg, append([]any{"error", l.secrets.scrubber().Scrub(err.Error())}, keysAndValues...)...)
 }
 
 var _ cron.Logger = cronLogger{}

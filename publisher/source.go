@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // source is how a kind of credential is fetched, and what the refresh loop
@@ -14,7 +15,7 @@ type source interface {
 	// "jsapi_ticket", ...) and logs.
 	api() string
 	// fetch asks WeChat for the credential, in the API's normal mode.
-	fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error)
+	fetch(ctx context.Context, u *upstream.Client, g grant) (issuedValue, error)
 	// window is how long before its expiry a value is replaced, given the
 	// configured RefreshBefore: the API may only issue a new value inside
 	// some last stretch of the old one's life.
@@ -29,6 +30,14 @@ type source interface {
 	// wecom reports whether it calls WeCom's API (--wecom-base-url)
 	// rather than WeChat's.
 	wecom() bool
+}
+
+// issuedValue is a value as WeChat issued it, with the
+// authorizer_refresh_token that came with an authorizer's token, to be
+// stored before the token is.
+type issuedValue struct {
+	upstream.Issued
+	Refresh Secret
 }
 
 // grant is what a fetch needs: an app's secret for its token, the app's

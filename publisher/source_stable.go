@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // WeChat's rules for stable_token.
@@ -33,16 +34,16 @@ type stableSource struct{}
 
 func (stableSource) api() string { return "stable_token" }
 
-func (stableSource) fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error) {
+func (stableSource) fetch(ctx context.Context, u *upstream.Client, g grant) (issuedValue, error) {
 	return callStable(ctx, u, g.appid, g.secret, false)
 }
 
 // force asks for a new token that ends the current one.
-func (stableSource) force(ctx context.Context, u *upstreamClient, appid string, secret Secret) (issuedValue, error) {
+func (stableSource) force(ctx context.Context, u *upstream.Client, appid string, secret Secret) (issuedValue, error) {
 	return callStable(ctx, u, appid, secret, true)
 }
 
-func callStable(ctx context.Context, u *upstreamClient, appid string, secret Secret, force bool) (issuedValue, error) {
+func callStable(ctx context.Context, u *upstream.Client, appid string, secret Secret, force bool) (issuedValue, error) {
 	body, err := json.Marshal(struct {
 		GrantType    string `json:"grant_type"`
 		AppID        string `json:"appid"`
@@ -50,14 +51,14 @@ func callStable(ctx context.Context, u *upstreamClient, appid string, secret Sec
 		ForceRefresh bool   `json:"force_refresh"`
 	}{"client_credential", appid, secret.Reveal(), force})
 	if err != nil {
-		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "cannot build request"}
+		return issuedValue{}, &upstream.Error{Class: upstream.ClassRetry, ErrMsg: "cannot build request"}
 	}
-	status, answer, err := u.postJSON(ctx, "cgi-bin/stable_token", body, secret.Reveal())
+	status, answer, err := u.PostJSON(ctx, "cgi-bin/stable_token", nil, body, secret.Reveal())
 	if err != nil {
 		return issuedValue{}, err
 	}
-	f, err := decodeTokenResponse(status, answer)
-	return f, scrubErrMsg(err, secret.Reveal())
+	f, err := upstream.DecodeToken(status, answer, upstream.TokenCodes)
+	return issuedValue{Issued: f}, upstream.ScrubErrMsg(err, secret.Reveal())
 }
 
 // window stays inside the renewal stretch, spread included (a fifth of the
@@ -96,10 +97,10 @@ func (r *Refresher) forceStable(t *term, a *credential, secret Secret) (issuedVa
 	r.log.Warn("WeChat says the stable token is dead and returns it still: forcing a refresh", "appid", a.key)
 	spend := func() error { return r.spendForce(t, a.key) }
 	issued, latency, err := r.callUpstream(t, a, "stable_token_force", secret, spend, func(ctx context.Context) (issuedValue, error) {
-		return stableSource{}.force(ctx, r.upstream, a.key, secret)
+		return stableSource{}.force(ctx, r.wechat, a.key, secret)
 	})
-	var ue *upstreamError
-	if errors.As(err, &ue) && ue.class == classQuota {
+	var ue *upstream.Error
+	if errors.As(err, &ue) && ue.Class == upstream.ClassQuota {
 		// WeChat's own count of forced refreshes is spent: normal calls
 		// still work, so nothing else pauses.
 		return issuedValue{}, 0, r.forcesSpent(a.key, ue.ErrCode, fmt.Sprintf("WeChat refused a forced refresh of %s: %s", a.key, ue.ErrMsg))
@@ -129,12 +130,12 @@ func (r *Refresher) spendForce(t *term, appid string) error {
 		case !errors.Is(err, jetstream.ErrKeyNotFound):
 			return fmt.Errorf("publisher: cannot read the force budget of %s: %w", appid, err)
 		}
-		if today := now.In(chinaTime).Format(time.DateOnly); budget.Day != today {
+		if today := now.In(upstream.ChinaTime).Format(time.DateOnly); budget.Day != today {
 			budget.Day, budget.Used = today, 0
 		}
 		if budget.Used >= stableForcesPerDay {
 			return r.forcesSpent(appid, 0, fmt.Sprintf("the %d forced refreshes of %s for today (China time) are spent; the next is possible in %s",
-				stableForcesPerDay, appid, untilQuotaReset(now).Round(time.Minute)))
+				stableForcesPerDay, appid, upstream.UntilQuotaReset(now).Round(time.Minute)))
 		}
 		if since := now.Sub(budget.Last); since >= 0 && since < stableForceSpacing {
 			return &budgetError{reason: fmt.Sprintf("a forced refresh of %s was asked for %s ago; WeChat refreshes at most once per %s",
@@ -163,8 +164,8 @@ func (r *Refresher) spendForce(t *term, appid string) error {
 // its expiry.
 func (r *Refresher) forcesSpent(appid string, errcode int, reason string) error {
 	now := r.cfg.Clock.now()
-	next := now.Add(untilQuotaReset(now)).UTC()
+	next := now.Add(upstream.UntilQuotaReset(now)).UTC()
 	r.log.Error("forced refresh refused: "+reason, "appid", appid, "next_attempt", next.Format(time.RFC3339))
-	r.publishFailure(kv.FailureEvent{AppID: appid, ErrCode: errcode, ErrMsg: reason, Class: string(classQuota), NextAttempt: next})
-	return &budgetError{reason: reason, wait: untilQuotaReset(now)}
+	r.publishFailure(kv.FailureEvent{AppID: appid, ErrCode: errcode, ErrMsg: reason, Class: string(upstream.ClassQuota), NextAttempt: next})
+	return &budgetError{reason: reason, wait: upstream.UntilQuotaReset(now)}
 }

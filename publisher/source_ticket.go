@@ -2,15 +2,13 @@ package publisher
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
 	"time"
 
-	"github.com/wxtoken/wxtoken/internal/wechaterr"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // ticketSource is GET /cgi-bin/ticket/getticket, called with the app's
@@ -23,14 +21,14 @@ type ticketSource struct{ kind Ticket }
 
 func (s ticketSource) api() string { return s.kind.kind() }
 
-func (s ticketSource) fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error) {
+func (s ticketSource) fetch(ctx context.Context, u *upstream.Client, g grant) (issuedValue, error) {
 	q := url.Values{"access_token": {g.token}, "type": {string(s.kind)}}
-	status, body, err := u.get(ctx, "cgi-bin/ticket/getticket", q, g.token)
+	status, body, err := u.Get(ctx, "cgi-bin/ticket/getticket", q, g.token)
 	if err != nil {
 		return issuedValue{}, err
 	}
-	v, err := decodeTicketResponse(status, body)
-	return v, scrubErrMsg(err, g.token)
+	v, err := upstream.DecodeTicket(status, body, upstream.TicketCodes)
+	return issuedValue{Issued: v}, upstream.ScrubErrMsg(err, g.token)
 }
 
 func (ticketSource) window(refreshBefore time.Duration) time.Duration { return refreshBefore }
@@ -44,50 +42,6 @@ func (ticketSource) repeated(held kv.Credential, window time.Duration, now time.
 }
 
 func (ticketSource) wecom() bool { return false }
-
-// ticketErrcodes are what getticket's errcodes mean; tokens refused are
-// classToken, and codes not listed are transient.
-var ticketErrcodes = map[int]errcodeInfo{
-	-1:    {classRetry, "WeChat is busy"},
-	45009: {classQuota, "the daily quota of ticket fetches is used up"},
-	40164: {classConfig, "this server's IP address is not on the app's whitelist"},
-	48001: {classConfig, "the app is not authorised for this API"},
-}
-
-// decodeTicketResponse interprets an answer to getticket:
-// {"errcode":0,"errmsg":"ok","ticket":"...","expires_in":7200}.
-func decodeTicketResponse(status int, body []byte) (issuedValue, error) {
-	if err := checkAnswer(status, body); err != nil {
-		return issuedValue{}, err
-	}
-	var a struct {
-		Ticket    *string         `json:"ticket"`
-		ExpiresIn json.RawMessage `json:"expires_in"`
-		ErrCode   int             `json:"errcode"`
-		ErrMsg    string          `json:"errmsg"`
-	}
-	if err := json.Unmarshal(body, &a); err != nil {
-		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "undecodable answer: " + describeJSONError(err)}
-	}
-	switch info, known := ticketErrcodes[a.ErrCode]; {
-	case wechaterr.TokenRejected(a.ErrCode):
-		return issuedValue{}, &upstreamError{ErrCode: a.ErrCode, ErrMsg: a.ErrMsg, class: classToken, means: "the access_token it was asked with is not valid"}
-	case known:
-		return issuedValue{}, &upstreamError{ErrCode: a.ErrCode, ErrMsg: a.ErrMsg, class: info.class, means: info.meaning}
-	case a.ErrCode != 0:
-		return issuedValue{}, &upstreamError{ErrCode: a.ErrCode, ErrMsg: a.ErrMsg, class: classRetry, means: "unknown errcode"}
-	case a.Ticket == nil:
-		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "answer has neither ticket nor errcode"}
-	}
-	if err := kv.ValidateToken(*a.Ticket); err != nil {
-		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: "unusable ticket: " + err.Error()}
-	}
-	secs, err := strconv.ParseInt(string(a.ExpiresIn), 10, 64)
-	if err != nil || secs <= 0 || secs > int64(maxExpiresIn/time.Second) {
-		return issuedValue{}, &upstreamError{class: classRetry, ErrMsg: fmt.Sprintf("expires_in %.20q is not a number of seconds in 1..%d", a.ExpiresIn, int64(maxExpiresIn/time.Second))}
-	}
-	return issuedValue{Value: *a.Ticket, ExpiresIn: time.Duration(secs) * time.Second}, nil
-}
 
 // tokenFor returns the current token of p, the app a ticket is fetched
 // with, and its revision: after the rotation of it under way, if any, and

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // classicSource is GET /cgi-bin/token. Every call issues a new token and
@@ -15,20 +16,20 @@ type classicSource struct{}
 
 func (classicSource) api() string { return "token" }
 
-// fetch asks WeChat for a new token. Every failure is an *upstreamError
+// fetch asks WeChat for a new token. Every failure is an *upstream.Error
 // whose text holds neither the secret nor the URL.
-func (classicSource) fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error) {
+func (classicSource) fetch(ctx context.Context, u *upstream.Client, g grant) (issuedValue, error) {
 	q := url.Values{
 		"grant_type": {"client_credential"},
 		"appid":      {g.appid},
 		"secret":     {g.secret.Reveal()},
 	}
-	status, body, err := u.get(ctx, "cgi-bin/token", q, g.secret.Reveal())
+	status, body, err := u.Get(ctx, "cgi-bin/token", q, g.secret.Reveal())
 	if err != nil {
 		return issuedValue{}, err
 	}
-	f, err := decodeTokenResponse(status, body)
-	return f, scrubErrMsg(err, g.secret.Reveal())
+	f, err := upstream.DecodeToken(status, body, upstream.TokenCodes)
+	return issuedValue{Issued: f}, upstream.ScrubErrMsg(err, g.secret.Reveal())
 }
 
 // window: any time before expiry will do.

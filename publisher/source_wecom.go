@@ -2,13 +2,13 @@ package publisher
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"sync"
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // DefaultWeComURL is WeCom's (企业微信) API.
@@ -24,14 +24,14 @@ type wecomSource struct{}
 
 func (wecomSource) api() string { return "wecom_token" }
 
-func (wecomSource) fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error) {
+func (wecomSource) fetch(ctx context.Context, u *upstream.Client, g grant) (issuedValue, error) {
 	q := url.Values{"corpid": {g.appid}, "corpsecret": {g.secret.Reveal()}}
-	status, body, err := u.get(ctx, "cgi-bin/gettoken", q, g.secret.Reveal())
+	status, body, err := u.Get(ctx, "cgi-bin/gettoken", q, g.secret.Reveal())
 	if err != nil {
 		return issuedValue{}, err
 	}
-	v, err := decodeTokenAnswer(status, body, classifyWeCom)
-	return v, scrubErrMsg(err, g.secret.Reveal())
+	v, err := upstream.DecodeToken(status, body, upstream.WeComCodes)
+	return issuedValue{Issued: v}, upstream.ScrubErrMsg(err, g.secret.Reveal())
 }
 
 func (wecomSource) window(refreshBefore time.Duration) time.Duration { return refreshBefore }
@@ -43,23 +43,6 @@ func (wecomSource) repeated(held kv.Credential, window time.Duration, now time.T
 }
 
 func (wecomSource) wecom() bool { return true }
-
-// wecomErrcodes are what WeCom's errcodes mean for gettoken and the ticket
-// calls; codes not listed are transient.
-var wecomErrcodes = map[int]errcodeInfo{
-	-1:    {classRetry, "WeCom is busy"},
-	40001: {classConfig, "the app secret (corpsecret) is wrong"},
-	40013: {classConfig, "the corpid is invalid"},
-	60020: {classConfig, "this server's IP address is not among the app's trusted IPs"},
-	45009: {classFrequency, "WeCom's call frequency limit is reached"},
-}
-
-func classifyWeCom(errcode int) (errClass, string) {
-	if info, ok := wecomErrcodes[errcode]; ok {
-		return info.class, info.meaning
-	}
-	return classRetry, "unknown errcode"
-}
 
 // untilFrequencyReset is the pause after consecutive 45009s from WeCom:
 // to the next minute after the first, to the next hour after more.
@@ -79,23 +62,19 @@ type wecomTicketSource struct{ kind Ticket }
 
 func (s wecomTicketSource) api() string { return "wecom_" + s.kind.kind() }
 
-func (s wecomTicketSource) fetch(ctx context.Context, u *upstreamClient, g grant) (issuedValue, error) {
+func (s wecomTicketSource) fetch(ctx context.Context, u *upstream.Client, g grant) (issuedValue, error) {
 	path, q := "cgi-bin/get_jsapi_ticket", url.Values{"access_token": {g.token}}
 	if s.kind == TicketAgentConfig {
 		path = "cgi-bin/ticket/get"
 		q.Set("type", "agent_config")
 	}
-	status, body, err := u.get(ctx, path, q, g.token)
+	status, body, err := u.Get(ctx, path, q, g.token)
 	if err != nil {
 		return issuedValue{}, err
 	}
-	v, err := decodeTicketResponse(status, body)
-	var ue *upstreamError
-	if errors.As(err, &ue) && ue.class != classToken {
-		// WeCom's codes, not WeChat's: 45009 is its hourly limit.
-		ue.class, ue.means = classifyWeCom(ue.ErrCode)
-	}
-	return v, scrubErrMsg(err, g.token)
+	// WeCom's codes, not WeChat's: 45009 is its hourly limit.
+	v, err := upstream.DecodeTicket(status, body, upstream.WeComCodes)
+	return issuedValue{Issued: v}, upstream.ScrubErrMsg(err, g.token)
 }
 
 func (wecomTicketSource) window(refreshBefore time.Duration) time.Duration { return refreshBefore }

@@ -1,11 +1,11 @@
-package publisher
+package upstream
 
 import (
 	"context"
 	"time"
 )
 
-// pacer lets upstream calls go one at a time, on an even schedule decided
+// Pacer lets upstream calls go one at a time, on an even schedule decided
 // as each call goes, so that no second ever sees more calls leave than the
 // ceiling it was made for.
 //
@@ -22,7 +22,7 @@ import (
 // has up to one interval of slack: a call that woke a little late still
 // keeps it, instead of every late wake-up lengthening it, and a stall lets
 // at most two calls go together.
-type pacer struct {
+type Pacer struct {
 	interval time.Duration // between calls on schedule
 	slack    time.Duration // how early a call may go, at most interval
 	turn     chan struct{} // held by the one waiter whose call goes next
@@ -36,15 +36,15 @@ type pacer struct {
 // bunch a little on their way.
 const paceMargin = 0.05
 
-// newPacer returns a pacer that lets at most ceiling calls go within any
+// NewPacer returns a pacer that lets at most ceiling calls go within any
 // one second, by when it lets them go.
-func newPacer(ceiling float64) *pacer {
+func NewPacer(ceiling float64) *Pacer {
 	pace := ceiling * (1 - paceMargin)
 	interval := time.Duration(float64(time.Second) / pace)
 	// Within one second, calls on schedule number at most pace+1, and the
 	// slack adds slack/interval more: that must stay within the ceiling.
 	slackCalls := min(max(ceiling*paceMargin-1, 0), 1)
-	return &pacer{
+	return &Pacer{
 		interval: interval,
 		slack:    time.Duration(slackCalls * float64(interval)),
 		turn:     make(chan struct{}, 1),
@@ -53,8 +53,8 @@ func newPacer(ceiling float64) *pacer {
 	}
 }
 
-// wait blocks until the caller's call may go, or ctx ends.
-func (p *pacer) wait(ctx context.Context) error {
+// Wait blocks until the caller's call may go, or ctx ends.
+func (p *Pacer) Wait(ctx context.Context) error {
 	select {
 	case p.turn <- struct{}{}:
 	case <-ctx.Done():

@@ -1,4 +1,4 @@
-package publisher
+package upstream
 
 import (
 	"context"
@@ -36,19 +36,19 @@ func (c *stallingClock) sleep(_ context.Context, d time.Duration) error {
 }
 
 // pacerOn returns a pacer for ceiling that runs on clock.
-func pacerOn(clock *stallingClock, ceiling float64) *pacer {
-	p := newPacer(ceiling)
+func pacerOn(clock *stallingClock, ceiling float64) *Pacer {
+	p := NewPacer(ceiling)
 	p.now, p.sleep = clock.now, clock.sleep
 	return p
 }
 
 // departures runs n calls through p one after another, and returns when
 // each went by clock.
-func departures(t *testing.T, p *pacer, clock *stallingClock, n int) []time.Time {
+func departures(t *testing.T, p *Pacer, clock *stallingClock, n int) []time.Time {
 	t.Helper()
 	var left []time.Time
 	for range n {
-		if err := p.wait(context.Background()); err != nil {
+		if err := p.Wait(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		left = append(left, clock.now())
@@ -73,7 +73,7 @@ func TestPacerNeverExceedsItsCeiling(t *testing.T) {
 	for _, ceiling := range []float64{1, 2, 5, 10, 20, 21.5, 29.9, 30, 39, 40, 41, 50, 1000} {
 		// Sleeps overshoot by up to a third of an interval, and one in ten
 		// by up to ten intervals: late timers and stalls.
-		interval := newPacer(ceiling).interval
+		interval := NewPacer(ceiling).interval
 		random := rand.New(rand.NewPCG(1, uint64(ceiling*10)))
 		stalls := make([]time.Duration, 10*int(ceiling)+20)
 		for i := range stalls {
@@ -129,7 +129,7 @@ func TestPacerKeepsTheScheduleWhenWakingLate(t *testing.T) {
 
 func TestPacerPacesConcurrentCallers(t *testing.T) {
 	const callers = 20
-	p := newPacer(500)
+	p := NewPacer(500)
 	var (
 		mu   sync.Mutex
 		left []time.Time
@@ -145,7 +145,7 @@ func TestPacerPacesConcurrentCallers(t *testing.T) {
 	}
 	for range callers {
 		wg.Go(func() {
-			if err := p.wait(context.Background()); err != nil {
+			if err := p.Wait(context.Background()); err != nil {
 				t.Error(err)
 			}
 		})
@@ -163,14 +163,14 @@ func TestPacerLetsNoCallGoForAnEndedContext(t *testing.T) {
 	for range 100 {
 		// A fresh pacer: the turn is free and the call is due, so only
 		// the context can stop it.
-		if err := newPacer(50).wait(ctx); !errors.Is(err, context.Canceled) {
+		if err := NewPacer(50).Wait(ctx); !errors.Is(err, context.Canceled) {
 			t.Fatalf("wait with an ended context: %v, want context.Canceled", err)
 		}
 	}
 }
 
 func TestPacerQueuedWaiterThatGivesUpReturns(t *testing.T) {
-	p := newPacer(50)
+	p := NewPacer(50)
 	sleeping := make(chan struct{})
 	p.sleep = func(ctx context.Context, d time.Duration) error {
 		close(sleeping)
@@ -179,18 +179,18 @@ func TestPacerQueuedWaiterThatGivesUpReturns(t *testing.T) {
 	}
 	// The first two calls may go at once; the third holds the turn, asleep.
 	for range 2 {
-		if err := p.wait(context.Background()); err != nil {
+		if err := p.Wait(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}
 	holding, release := context.WithCancel(context.Background())
 	held := make(chan error)
-	go func() { held <- p.wait(holding) }()
+	go func() { held <- p.Wait(holding) }()
 	<-sleeping
 
 	ctx, cancel := context.WithCancel(context.Background())
 	gaveUp := make(chan error)
-	go func() { gaveUp <- p.wait(ctx) }() // queued behind the holder
+	go func() { gaveUp <- p.Wait(ctx) }() // queued behind the holder
 	cancel()
 	select {
 	case err := <-gaveUp:
