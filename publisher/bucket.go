@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
@@ -99,15 +98,6 @@ func (b *bucketLife) followerSynced() {
 	b.synced = make(chan struct{})
 }
 
-// bucketMayBeGone reports whether err is what a bucket operation returns
-// when the bucket's stream does not exist. A stream between leaders
-// answers some of these too, so the stream is looked up before anything
-// is created.
-func bucketMayBeGone(err error) bool {
-	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
-		errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrBucketNotFound)
-}
-
 // watchBucket looks at the token bucket until ctx ends.
 func (r *Refresher) watchBucket(ctx context.Context) {
 	t := time.NewTicker(bucketCheckEvery)
@@ -143,7 +133,7 @@ func (r *Refresher) checkBucket(ctx context.Context) {
 // bucket could not be looked at. A bucket created again since the last
 // look is followed anew.
 func (r *Refresher) inspect(ctx context.Context) (problem error, looked bool) {
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
+	ctx, cancel := context.WithTimeout(ctx, bucket.Timeout)
 	defer cancel()
 	// Counted before the look: a write meanwhile is in what it sees.
 	last, valid := r.life.lastRev.Load(), r.validTokens()
@@ -197,7 +187,7 @@ func (r *Refresher) catchUp(ctx context.Context) {
 	if !r.life.resyncing.Load() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
+	ctx, cancel := context.WithTimeout(ctx, bucket.Timeout)
 	defer cancel()
 	select {
 	case <-synced:
@@ -211,7 +201,7 @@ func (r *Refresher) catchUp(ctx context.Context) {
 // returns nil once the bucket is fit.
 func (r *Refresher) repair(t *term, why error) error {
 	r.life.writes.Lock()
-	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	ctx, cancel := context.WithTimeout(t.work, bucket.Timeout)
 	defer cancel()
 	// Writes that found the bucket broken together repair it once.
 	if problem, looked := r.inspect(ctx); looked && problem == nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -105,7 +106,7 @@ func (r *Refresher) serve(t *term) (micro.Service, error) {
 // once rather than wait: only a connection that outlives the refresher and
 // reconnects keeps the orphan.
 func (r *Refresher) stopEndpoint(ctx context.Context, svc micro.Service) {
-	awaitConnection(ctx, r.nc)
+	bucket.AwaitConnection(ctx, r.nc)
 	if err := svc.Stop(); err != nil {
 		r.log.Warn("refresh endpoint did not stop cleanly", "error", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -84,7 +85,7 @@ func (r *Refresher) storeLeftoversOnce(ctx context.Context, b jetstream.KeyValue
 // one is still left.
 func (r *Refresher) storeLeftover(ctx context.Context, b jetstream.KeyValue, a *credential) (left bool) {
 	if r.refreshLeft(a) {
-		attempt, cancel := context.WithTimeout(ctx, kvTimeout)
+		attempt, cancel := context.WithTimeout(ctx, bucket.Timeout)
 		err := r.storeRefresh(attempt, a)
 		cancel()
 		if err != nil {

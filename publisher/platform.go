@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/internal/platform"
 	"github.com/wxtoken/wxtoken/internal/wxcrypt"
@@ -207,7 +208,7 @@ func (r *Refresher) readRecord(t *term, a *credential) {
 	if b == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	ctx, cancel := context.WithTimeout(t.work, bucket.Timeout)
 	defer cancel()
 	e, err := (*b).Get(ctx, kv.AuthorizerKey(a.auth.component, a.key))
 	if err != nil {
@@ -347,7 +348,7 @@ func (r *Refresher) saveRefresh(t *term, a *credential) error {
 	if a.auth == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.work), kvTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.work), bucket.Timeout)
 	defer cancel()
 	return r.storeRefresh(ctx, a)
 }
@@ -366,7 +367,7 @@ func (r *Refresher) flushRefresh() {
 		if !unsaved {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), bucket.Timeout)
 		if err := r.storeRefresh(ctx, a); err != nil {
 			r.log.Error("a refresh token WeChat returned could not be stored; it is held in memory", "authorizer", a.key, "error", err)
 		}
@@ -414,7 +415,7 @@ func (r *Refresher) spendCode(t *term, a *credential, code string) {
 	if b == nil || a.auth == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	ctx, cancel := context.WithTimeout(t.work, bucket.Timeout)
 	defer cancel()
 	_, _, _, err := kv.UpdateAuthorizer(ctx, *b, a.auth.component, a.key, func(held kv.Authorizer, found bool) (kv.Authorizer, bool) {
 		if !found || held.Code != code {
@@ -495,7 +496,7 @@ func (r *Refresher) dropToken(t *term, appid string) bool {
 	if r.credential(appid) != nil {
 		return true
 	}
-	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	ctx, cancel := context.WithTimeout(t.work, bucket.Timeout)
 	defer cancel()
 	e, err := t.bucket.Get(ctx, appid)
 	switch {
@@ -582,7 +583,7 @@ func (r *Refresher) takeEvent(ctx context.Context, ev platform.Event) error {
 	if b == nil {
 		return errNoPlatformBucket
 	}
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
+	ctx, cancel := context.WithTimeout(ctx, bucket.Timeout)
 	defer cancel()
 	now := r.cfg.Clock.now()
 	switch ev.InfoType {

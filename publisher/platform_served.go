@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -38,7 +39,7 @@ func (r *Refresher) tendPlatforms(ctx context.Context, apps []App) {
 	}
 	p.mu.Unlock()
 
-	wctx, cancel := context.WithTimeout(ctx, kvTimeout)
+	wctx, cancel := context.WithTimeout(ctx, bucket.Timeout)
 	defer cancel()
 	for _, c := range slices.Sorted(maps.Keys(served)) {
 		if _, ok := recorded[c]; ok {
@@ -53,7 +54,7 @@ func (r *Refresher) tendPlatforms(ctx context.Context, apps []App) {
 			continue
 		}
 		err := (*b).Delete(wctx, kv.PlatformKey(c), jetstream.LastRevision(recorded[c]))
-		if err != nil && !isConflict(err) { // recorded again meanwhile: served after all
+		if err != nil && !bucket.IsConflict(err) { // recorded again meanwhile: served after all
 			r.log.Warn("cannot drop the record of a platform no longer in the apps file", "component_appid", c, "error", err)
 		}
 	}

@@ -18,19 +18,16 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/wxcrypt"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
-
-// kvTimeout bounds one bucket operation.
-const kvTimeout = 5 * time.Second
 
 // Refresher keeps the tokens of its apps fresh in the token bucket.
 type Refresher struct {
@@ -74,7 +71,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	}
 	// Asynchronous writes (a repair carrying values over) give up on an
 	// acknowledgement that does not come, rather than wait forever.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(kvTimeout), jetstream.WithDefaultTimeout(requestTimeout))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(bucket.Timeout), jetstream.WithDefaultTimeout(requestTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}

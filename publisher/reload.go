@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
@@ -124,8 +125,8 @@ func (r *Refresher) replaceCredentials(apps []App, why string) {
 	// Once it has read the bucket, read theirs (a rotation reads a key it
 	// knows nothing of before it fetches, too); before, it will deliver
 	// them.
-	if bucket := r.bucket.Load(); bucket != nil && r.synced.Load() {
-		r.readKeys(*bucket, added)
+	if b := r.bucket.Load(); b != nil && r.synced.Load() {
+		r.readKeys(*b, added)
 	}
 	if t := r.term.Load(); t != nil {
 		for _, id := range slices.Concat(added, rekeyed) {
@@ -140,12 +141,12 @@ func (r *Refresher) replaceCredentials(apps []App, why string) {
 }
 
 // readKeys takes in the bucket's values of appids, as the follower would,
-// within one kvTimeout for them all.
-func (r *Refresher) readKeys(bucket jetstream.KeyValue, appids []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+// within one bucket.Timeout for them all.
+func (r *Refresher) readKeys(b jetstream.KeyValue, appids []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), bucket.Timeout)
 	defer cancel()
 	for _, id := range appids {
-		e, err := bucket.Get(ctx, id)
+		e, err := b.Get(ctx, id)
 		switch {
 		case err == nil:
 			r.observe(e)

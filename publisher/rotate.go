@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
@@ -466,7 +467,7 @@ func (r *Refresher) storeRepairing(t *term, a *credential, rec kv.Credential, da
 	// In one bucket revisions only grow: a write below one seen before
 	// went to a bucket created again.
 	wentBack := err == nil && rev < known
-	if !wentBack && (err == nil || !bucketMayBeGone(err)) {
+	if !wentBack && (err == nil || !bucket.MayBeGone(err)) {
 		return rev, stored, ours, err
 	}
 	problem, looked := r.inspect(t.work)
@@ -487,7 +488,7 @@ func (r *Refresher) storeRepairing(t *term, a *credential, rec kv.Credential, da
 // valid token; nil if it holds none (missing, deleted, expired or
 // undecodable), an error if it cannot be read.
 func (r *Refresher) lookUp(t *term, appid string) (*outcome, error) {
-	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	ctx, cancel := context.WithTimeout(t.work, bucket.Timeout)
 	defer cancel()
 	e, err := t.bucket.Get(ctx, appid)
 	switch {
@@ -505,7 +506,7 @@ func (r *Refresher) lookUp(t *term, appid string) (*outcome, error) {
 }
 
 // store writes rec, encoded as data, to b with compare-and-swap on baseRev,
-// the revision the rotation started from, within ctx and kvTimeout, and
+// the revision the rotation started from, within ctx and bucket.Timeout, and
 // returns the revision and record the key holds afterwards. If the key
 // moved meanwhile, the newer of the two tokens wins: the stored one (ours
 // is false) if it was fetched no earlier than ours, otherwise ours, written
@@ -514,10 +515,10 @@ func (r *Refresher) lookUp(t *term, appid string) (*outcome, error) {
 func (r *Refresher) store(ctx context.Context, b jetstream.KeyValue, appid string, rec kv.Credential, data []byte, baseRev uint64) (rev uint64, stored kv.Credential, ours bool, err error) {
 	r.life.writes.RLock()
 	defer r.life.writes.RUnlock()
-	ctx, cancel := context.WithTimeout(ctx, kvTimeout)
+	ctx, cancel := context.WithTimeout(ctx, bucket.Timeout)
 	defer cancel()
 	rev, err = casPut(ctx, b, appid, data, baseRev)
-	if !isConflict(err) {
+	if !bucket.IsConflict(err) {
 		return rev, rec, err == nil, err
 	}
 	var found uint64
@@ -546,10 +547,6 @@ func casPut(ctx context.Context, b jetstream.KeyValue, key string, data []byte, 
 		return b.Create(ctx, key, data)
 	}
 	return b.Update(ctx, key, data, rev)
-}
-
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }
 
 // valueFlushWait bounds the wait for the server's answer to the flush

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
@@ -111,7 +112,7 @@ func (r *Refresher) forceStable(t *term, a *credential, secret Secret) (issuedVa
 // spendForce takes one forced refresh from appid's budget, or says why it
 // cannot: the day's are spent, or the last was under 30 s ago.
 func (r *Refresher) spendForce(t *term, appid string) error {
-	ctx, cancel := context.WithTimeout(t.work, kvTimeout)
+	ctx, cancel := context.WithTimeout(t.work, bucket.Timeout)
 	defer cancel()
 	key := forceBudgetKey(appid)
 	for attempt := 1; ; attempt++ {
@@ -151,7 +152,7 @@ func (r *Refresher) spendForce(t *term, appid string) error {
 		switch {
 		case err == nil:
 			return nil
-		case isConflict(err) && attempt < 3:
+		case bucket.IsConflict(err) && attempt < 3:
 			continue // another writer counted one: count again
 		}
 		return fmt.Errorf("publisher: cannot count the forced refresh of %s in the bucket: %w", appid, err)

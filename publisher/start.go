@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/publisher/internal/lease"
 )
 
 // Start-up is full of errors that pass by themselves: a NATS server that is
@@ -28,7 +29,7 @@ const (
 	// while a fresh cluster elects its meta leader can go unanswered
 	// although the next one, a moment later, succeeds: a short bound lets
 	// the refresher start within a couple of seconds of the cluster, not
-	// a full kvTimeout later. It bounds each request, not an attempt of
+	// a full bucket.Timeout later. It bounds each request, not an attempt of
 	// several, so that a cluster that is merely slow gets through.
 	requestTimeout = 2 * time.Second
 	// startLogEvery spaces the warnings of a start-up that keeps failing.
@@ -37,7 +38,7 @@ const (
 
 // open waits for NATS and opens the token and lease buckets, retrying
 // until they open, ctx ends, or an error needs a human.
-func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error) {
+func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease.Lease, error) {
 	var logged time.Time
 	var bucket jetstream.KeyValue // kept once open: attempts go on from there
 	for attempt := 1; ; attempt++ {
@@ -80,7 +81,7 @@ func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error
 // openOnce makes one attempt to open what is not open yet: the token
 // bucket (kept in *tokens once open), then the lease. Each request is
 // bounded by requestTimeout.
-func (r *Refresher) openOnce(ctx context.Context, tokens *jetstream.KeyValue) (*lease, error) {
+func (r *Refresher) openOnce(ctx context.Context, tokens *jetstream.KeyValue) (*lease.Lease, error) {
 	if *tokens == nil {
 		b, err := bucket.Open(ctx, r.js, r.bucketConfig())
 		if err != nil {
@@ -100,7 +101,10 @@ func (r *Refresher) openOnce(ctx context.Context, tokens *jetstream.KeyValue) (*
 		}
 		r.platformBucket.Store(&b)
 	}
-	return openLease(ctx, r.nc, r.js, r.cfg, func() bool { return r.life.lastRev.Load() > 0 })
+	return lease.Open(ctx, r.nc, r.js, lease.Config{
+		TokenBucket: r.cfg.Bucket, TTL: r.cfg.LeaseTTL, UpstreamTimeout: r.cfg.UpstreamTimeout, Replicas: r.cfg.Replicas,
+		Instance: r.cfg.Instance, Logger: r.log, HasTokens: func() bool { return r.life.lastRev.Load() > 0 },
+	})
 }
 
 func (r *Refresher) bucketConfig() bucket.Config {
@@ -135,25 +139,6 @@ func (r *Refresher) awaitConnected(ctx context.Context) error {
 	}
 }
 
-// awaitConnection returns once nc is connected, closed for good, or ctx
-// ends. What is sent while nats.go reconnects waits in its buffer and goes
-// out when the connection is back, however long after its sender gave up
-// on it: a write that must not land late waits here first.
-func awaitConnection(ctx context.Context, nc *nats.Conn) {
-	changed := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
-	defer nc.RemoveStatusListener(changed)
-	for {
-		if st := nc.Status(); st == nats.CONNECTED || st == nats.CLOSED {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		}
-	}
-}
-
 // humanError is a start-up error that retrying cannot fix.
 type humanError struct{ err error }
 
@@ -164,7 +149,7 @@ func (e *humanError) Unwrap() error { return e.err }
 // fix, saying what to do about it; otherwise nil. since is the
 // connection's last error before the attempt that failed with err.
 func needsHuman(nc *nats.Conn, since, err error) error {
-	if he := (*humanError)(nil); errors.As(err, &he) {
+	if he, me := (*humanError)(nil), (*lease.MisconfiguredError)(nil); errors.As(err, &he) || errors.As(err, &me) {
 		return err
 	}
 	// JetStream's error codes (nats-server's errors.json) for a bucket

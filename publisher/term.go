@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/robfig/cron/v3"
 	"github.com/wxtoken/wxtoken/internal/kvwatch"
+	"github.com/wxtoken/wxtoken/publisher/internal/lease"
 )
 
 // term is one period of leadership and everything that runs during it.
@@ -66,39 +67,23 @@ func (t *term) drain() {
 	t.wg.Wait()
 }
 
-// coversCall waits until the lease is known to be held, and reports
-// whether it surely covers a call that may take d; false if the term ends
-// first. A call to WeChat cannot be taken back once sent, and a token that
-// a leader cut off from NATS fetched is one it cannot store, while the
-// leader after it fetches another.
+// coversCall reports whether the term's lease surely covers a call that
+// may take d, once it is known to be held (see lease.Held.Covers); false
+// if the term ends first.
 func (t *term) coversCall(d time.Duration) bool {
-	if t.lease == nil {
-		return true
-	}
-	for {
-		held, next := t.lease.confirmed()
-		if held {
-			return t.lease.remaining() >= d
-		}
-		select {
-		case <-next:
-		case <-t.ctx.Done():
-			return false
-		}
-	}
+	return t.lease == nil || t.lease.Covers(t.ctx, d)
 }
 
-// leadership is what a term needs of the lease: when it is gone, how long
-// it surely lasts, and whether it is known to be held now.
+// leadership is what a term needs of the lease: when it is gone, and
+// whether it covers a call.
 type leadership interface {
-	lost() <-chan struct{}
-	remaining() time.Duration
-	confirmed() (held bool, next <-chan struct{})
+	Lost() <-chan struct{}
+	Covers(ctx context.Context, d time.Duration) bool
 }
 
 // lead runs the leader's duties until ctx ends or the lease is lost: it
 // serves the refresh endpoint and runs the schedule.
-func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease leadership) error {
+func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, held leadership) error {
 	tctx, endTerm := context.WithCancel(ctx)
 	defer endTerm()
 	work, endWork := context.WithCancel(context.WithoutCancel(ctx))
@@ -109,7 +94,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 		// Watched until lead returns, the draining included: a lease lost
 		// while fetches finish at shutdown still cuts them short.
 		select {
-		case <-lease.lost():
+		case <-held.Lost():
 			// From here on this replica may not call WeChat: whatever
 			// is under way is cut short now, before cleaning up.
 			r.setLeading(false)
@@ -118,7 +103,7 @@ func (r *Refresher) lead(ctx context.Context, bucket jetstream.KeyValue, lease l
 		case <-led:
 		}
 	}()
-	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic, lease: lease}
+	t := &term{ctx: tctx, work: work, bucket: bucket, onPanic: r.logPanic, lease: held}
 	r.term.Store(t)
 	defer r.term.Store(nil)
 	// However the term ends, it ends whole: nothing it started outlives it.
@@ -234,7 +219,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		r.log.Info("became leader", "instance", r.cfg.Instance)
 		err = r.lead(ctx, bucket, held)
 		r.setLeading(false)
-		held.release()
+		held.Release()
 		if err != nil || ctx.Err() != nil {
 			return err
 		}
@@ -244,7 +229,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 // campaign waits until this replica holds the lease. Meanwhile it stores
 // what the last term left only in memory (see leftover.go); once it leads,
 // its rotations do.
-func (r *Refresher) campaign(ctx context.Context, l *lease, bucket jetstream.KeyValue) (*heldLease, error) {
+func (r *Refresher) campaign(ctx context.Context, l *lease.Lease, bucket jetstream.KeyValue) (*lease.Held, error) {
 	storing, stopStoring := context.WithCancel(ctx)
 	stored := make(chan struct{})
 	go func() {
@@ -255,5 +240,5 @@ func (r *Refresher) campaign(ctx context.Context, l *lease, bucket jetstream.Key
 		stopStoring()
 		<-stored
 	}()
-	return l.acquire(ctx)
+	return l.Acquire(ctx)
 }

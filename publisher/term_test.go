@@ -22,11 +22,10 @@ type fakeLease struct {
 	left   time.Duration
 }
 
-func (f *fakeLease) lost() <-chan struct{}    { return f.lostCh }
-func (f *fakeLease) remaining() time.Duration { return f.left }
-func (f *fakeLease) confirmed() (bool, <-chan struct{}) {
-	return true, nil
-}
+func (f *fakeLease) Lost() <-chan struct{} { return f.lostCh }
+
+// Covers: the lease is held, and covers calls shorter than what is left.
+func (f *fakeLease) Covers(_ context.Context, d time.Duration) bool { return f.left >= d }
 
 // hangingWeChat answers nothing: each token request waits until the client
 // gives up. started is closed at the first request; calls counts them.
@@ -132,15 +131,20 @@ type doubtfulLease struct {
 	asked chan struct{}
 }
 
-func (d *doubtfulLease) confirmed() (bool, <-chan struct{}) {
-	if d.held.Load() {
-		return true, nil
+// Covers waits, as the lease's fence does, until the lease is confirmed.
+func (d *doubtfulLease) Covers(ctx context.Context, left time.Duration) bool {
+	if !d.held.Load() {
+		select {
+		case d.asked <- struct{}{}:
+		default:
+		}
+		select {
+		case <-d.next:
+		case <-ctx.Done():
+			return false
+		}
 	}
-	select {
-	case d.asked <- struct{}{}:
-	default:
-	}
-	return false, d.next
+	return d.fakeLease.Covers(ctx, left)
 }
 
 func (d *doubtfulLease) confirm() {

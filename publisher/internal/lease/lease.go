@@ -1,4 +1,9 @@
-package publisher
+// Package lease is the refresher's leadership: one replica at a time holds
+// the lease and may call WeChat (Acquire), for as long as it renews it; the
+// fence (Held.Covers) lets no call start that the lease might not cover,
+// nor while it is in doubt. It knows nothing of tokens: the refresher's
+// loop runs a term while it holds a lease, and ends it when Lost closes.
+package lease
 
 import (
 	"context"
@@ -33,7 +38,21 @@ import (
 // before the server stamped it, minus a margin: it steps down before the
 // server can let another replica take over.
 
-type lease struct {
+// Config is how a replica takes part in the election.
+type Config struct {
+	TokenBucket     string        // the lease bucket is kv.LeaseBucket(TokenBucket)
+	TTL             time.Duration // how long a lease lasts without renewal, for a bucket this creates
+	UpstreamTimeout time.Duration // the longest call to WeChat: a lease must last twice as long
+	Replicas        int           // of the lease bucket, for a bucket this creates
+	Instance        string        // this replica's name in the lease and in logs
+	Logger          *slog.Logger
+	// HasTokens reports whether a token was ever stored: if not, this is
+	// a fresh deployment, and no leader can be alive.
+	HasTokens func() bool
+}
+
+// Lease is this replica's side of the election.
+type Lease struct {
 	nc          *nats.Conn
 	js          jetstream.JetStream
 	tokenBucket string
@@ -44,25 +63,24 @@ type lease struct {
 	margin      time.Duration
 	instance    string
 	log         *slog.Logger
-	// hasTokens reports whether a token was ever stored: if not, this is
-	// a fresh deployment, and no leader can be alive.
-	hasTokens func() bool
+	hasTokens   func() bool // Config.HasTokens
 	// lastTerm is the term of this replica's last acquisition, which the
 	// key may still hold after that lease ended (see take). Only acquire
 	// uses it.
 	lastTerm string
 }
 
-// openLease binds the lease bucket, or creates it with cfg.LeaseTTL. An
-// existing bucket is never changed: its MaxAge is the lease TTL every
-// replica must share, and shortening it under a running leader would
-// expire that leader's lease at once while it still believes it leads.
-// A replica configured with another TTL uses the bucket's and says so.
-func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, hasTokens func() bool) (*lease, error) {
-	name := kv.LeaseBucket(cfg.Bucket)
+// Open binds the lease bucket, or creates it with cfg.TTL. An existing
+// bucket is never changed: its MaxAge is the lease TTL every replica must
+// share, and shortening it under a running leader would expire that
+// leader's lease at once while it still believes it leads. A replica
+// configured with another TTL uses the bucket's and says so. A bucket no
+// lease can be held in is a *MisconfiguredError.
+func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Lease, error) {
+	name := kv.LeaseBucket(cfg.TokenBucket)
 	b, err := js.KeyValue(ctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		b, err = createLeaseBucket(ctx, js, name, cfg.LeaseTTL, cfg.Replicas)
+		b, err = createLeaseBucket(ctx, js, name, cfg.TTL, cfg.Replicas)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("publisher: open lease bucket: %w", err)
@@ -74,18 +92,18 @@ func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg C
 	ttl := st.TTL()
 	switch {
 	case ttl <= 0:
-		return nil, &humanError{fmt.Errorf("publisher: lease bucket %s has no TTL, so a lease would never lapse; delete it and restart", name)}
+		return nil, &MisconfiguredError{fmt.Sprintf("publisher: lease bucket %s has no TTL, so a lease would never lapse; delete it and restart", name)}
 	case cfg.UpstreamTimeout > ttl/2:
-		return nil, &humanError{fmt.Errorf("publisher: the lease bucket's TTL %s is shorter than twice the upstream timeout %s: "+
+		return nil, &MisconfiguredError{fmt.Sprintf("publisher: the lease bucket's TTL %s is shorter than twice the upstream timeout %s: "+
 			"lower --upstream-timeout, or stop every replica and delete the bucket %s", ttl, cfg.UpstreamTimeout, name)}
-	case ttl != cfg.LeaseTTL:
+	case ttl != cfg.TTL:
 		cfg.Logger.Warn("using the lease bucket's TTL, not --lease-ttl: replicas must share one; to change it, stop every replica and delete the bucket",
-			"bucket", name, "ttl", ttl, "lease_ttl", cfg.LeaseTTL)
+			"bucket", name, "ttl", ttl, "lease_ttl", cfg.TTL)
 	}
-	return &lease{
+	return &Lease{
 		nc:          nc,
 		js:          js,
-		tokenBucket: cfg.Bucket,
+		tokenBucket: cfg.TokenBucket,
 		name:        name,
 		replicas:    cfg.Replicas,
 		bucket:      b,
@@ -93,9 +111,15 @@ func openLease(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg C
 		margin:      min(time.Second, ttl/10),
 		instance:    cfg.Instance,
 		log:         cfg.Logger,
-		hasTokens:   hasTokens,
+		hasTokens:   cfg.HasTokens,
 	}, nil
 }
+
+// MisconfiguredError is a lease bucket that retrying cannot fix; it says
+// what to do.
+type MisconfiguredError struct{ msg string }
+
+func (e *MisconfiguredError) Error() string { return e.msg }
 
 // createLeaseBucket creates the lease bucket, or binds it when another
 // replica was quicker.
@@ -128,7 +152,7 @@ func createLeaseBucket(ctx context.Context, js jetstream.JetStream, name string,
 // ensureBucket creates the lease bucket again, with the TTL in use, if it
 // is gone, and reports whether it has never been written to, and when it
 // was created. The handle l.bucket keeps working on a new bucket.
-func (l *lease) ensureBucket(ctx context.Context) (fresh bool, created time.Time, err error) {
+func (l *Lease) ensureBucket(ctx context.Context) (fresh bool, created time.Time, err error) {
 	stream, err := l.js.Stream(ctx, bucket.StreamName(l.name))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		l.log.Error("the lease bucket is gone (deleted?): creating it again", "bucket", l.name, "ttl", l.ttl)
@@ -153,7 +177,7 @@ type freshBucket struct {
 
 // mayTake reports whether this replica may try to take the lease now, and
 // if not, how long to wait. seen is what it saw before, kept across calls.
-func (l *lease) mayTake(ctx context.Context, seen *freshBucket) (time.Duration, bool) {
+func (l *Lease) mayTake(ctx context.Context, seen *freshBucket) (time.Duration, bool) {
 	fresh, created, err := l.ensureBucket(ctx)
 	if err != nil || !fresh {
 		*seen = freshBucket{}
@@ -175,7 +199,7 @@ func (l *lease) mayTake(ctx context.Context, seen *freshBucket) (time.Duration, 
 
 // leaderAnswers reports whether a leader of this deployment answers micro
 // discovery: a leader serves its refresh endpoint for its whole term.
-func (l *lease) leaderAnswers(ctx context.Context) bool {
+func (l *Lease) leaderAnswers(ctx context.Context) bool {
 	subject, err := micro.ControlSubject(micro.PingVerb, kv.ServiceName, "")
 	if err != nil {
 		return false
@@ -211,9 +235,9 @@ func (l *lease) leaderAnswers(ctx context.Context) bool {
 // leaderPingWait bounds the wait for a leader's answer to discovery.
 const leaderPingWait = 250 * time.Millisecond
 
-// heldLease is a lease this replica holds until lost closes or release.
-type heldLease struct {
-	l      *lease
+// Held is a lease this replica holds until Lost closes or Release.
+type Held struct {
+	l      *Lease
 	holder kv.LeaseHolder
 	value  []byte
 
@@ -231,10 +255,12 @@ type heldLease struct {
 	renewed   chan struct{} // closed, and replaced, at each successful renewal
 }
 
-func (h *heldLease) lost() <-chan struct{} { return h.lostCh }
+// Lost is closed when the lease is, or may be, gone: from then on this
+// replica may not call WeChat.
+func (h *Held) Lost() <-chan struct{} { return h.lostCh }
 
 // remaining is how long the lease surely still holds.
-func (h *heldLease) remaining() time.Duration {
+func (h *Held) remaining() time.Duration {
 	return time.Until(time.Unix(0, h.validUntil.Load()))
 }
 
@@ -242,7 +268,7 @@ func (h *heldLease) remaining() time.Duration {
 // since the last, before the lease is in doubt: a renewal takes
 // milliseconds, and a call to WeChat that finds the lease in doubt only
 // waits for the next one.
-func (l *lease) renewalGrace() time.Duration { return l.ttl / 12 }
+func (l *Lease) renewalGrace() time.Duration { return l.ttl / 12 }
 
 // confirmed reports whether the lease is known to be held now: NATS is
 // connected, the last renewal succeeded, and the next is not overdue. A
@@ -250,7 +276,7 @@ func (l *lease) renewalGrace() time.Duration { return l.ttl / 12 }
 // could not store what it fetched, and a standby takes over soon after:
 // no call to WeChat starts while the lease is in doubt. next is closed at
 // the next successful renewal.
-func (h *heldLease) confirmed() (held bool, next <-chan struct{}) {
+func (h *Held) confirmed() (held bool, next <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.renewed == nil { // before renew's first word
@@ -261,8 +287,27 @@ func (h *heldLease) confirmed() (held bool, next <-chan struct{}) {
 	return held, h.renewed
 }
 
+// Covers waits until the lease is known to be held, and reports whether
+// it surely covers a call that may take d; false if ctx ends first. A call
+// to WeChat cannot be taken back once sent, and a token that a leader cut
+// off from NATS fetched is one it cannot store, while the leader after it
+// fetches another.
+func (h *Held) Covers(ctx context.Context, d time.Duration) bool {
+	for {
+		held, next := h.confirmed()
+		if held {
+			return h.remaining() >= d
+		}
+		select {
+		case <-next:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
 // confirm records a successful renewal sent at sent.
-func (h *heldLease) confirm(sent time.Time) {
+func (h *Held) confirm(sent time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.renewedAt, h.failing = sent, false
@@ -273,14 +318,14 @@ func (h *heldLease) confirm(sent time.Time) {
 }
 
 // doubt records a failed renewal.
-func (h *heldLease) doubt() {
+func (h *Held) doubt() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.failing = true
 }
 
-// acquire waits until this replica holds the lease or ctx ends.
-func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
+// Acquire waits until this replica holds the lease or ctx ends.
+func (l *Lease) Acquire(ctx context.Context) (*Held, error) {
 	holder := kv.LeaseHolder{Instance: l.instance, Term: newTerm()}
 	ours := func(term string) bool { return term != "" && (term == holder.Term || term == l.lastTerm) }
 	defer func() { l.lastTerm = holder.Term }()
@@ -315,7 +360,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 		// A lease write sent while NATS is away waits in nats.go's buffer
 		// and goes out when the connection is back, after this attempt
 		// gave up on it: try only on a live connection.
-		awaitConnection(ctx, l.nc)
+		bucket.AwaitConnection(ctx, l.nc)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -349,7 +394,7 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 			wait = min(max(time.Until(other.Created().Add(l.ttl+250*time.Millisecond)), 50*time.Millisecond), l.ttl/2)
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			wait = 0 // lapsed or released between the two calls
-		case !isConflict(err):
+		case !bucket.IsConflict(err):
 			l.log.Warn("cannot reach the lease bucket; retrying", "error", err)
 		}
 		t := time.NewTimer(wait)
@@ -378,12 +423,12 @@ func (l *lease) acquire(ctx context.Context) (*heldLease, error) {
 // nobody else leads, and the replica takes the key over with
 // compare-and-swap on that write, at once, instead of standing by behind
 // itself until the lease lapses.
-func (l *lease) take(ctx context.Context, holder kv.LeaseHolder, ours func(term string) bool) (*heldLease, jetstream.KeyValueEntry, error) {
+func (l *Lease) take(ctx context.Context, holder kv.LeaseHolder, ours func(term string) bool) (*Held, jetstream.KeyValueEntry, error) {
 	holder.Since = time.Now().UTC()
 	value := kv.EncodeLeaseHolder(holder)
 	sent := time.Now()
 	rev, err := l.bucket.Create(ctx, kv.LeaseKey, value)
-	if isConflict(err) {
+	if bucket.IsConflict(err) {
 		e, gerr := l.bucket.Get(ctx, kv.LeaseKey)
 		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
 			return nil, nil, gerr
@@ -400,7 +445,7 @@ func (l *lease) take(ctx context.Context, holder kv.LeaseHolder, ours func(term 
 	if err != nil {
 		return nil, nil, err
 	}
-	h := &heldLease{l: l, holder: holder, value: value, rev: rev,
+	h := &Held{l: l, holder: holder, value: value, rev: rev,
 		lostCh: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	h.validUntil.Store(sent.Add(l.ttl - l.margin).UnixNano())
 	go h.renew(sent)
@@ -420,7 +465,7 @@ func newTerm() string {
 // it might lapse. No renewal attempt outlasts the lease: an attempt that
 // hangs on an unreachable server would otherwise hold the leader past the
 // moment it must stop.
-func (h *heldLease) renew(sent time.Time) {
+func (h *Held) renew(sent time.Time) {
 	defer close(h.done)
 	h.confirm(sent) // the take
 	l := h.l
@@ -457,7 +502,7 @@ func (h *heldLease) renew(sent time.Time) {
 			h.confirm(sent)
 			expired.Reset(time.Until(validUntil))
 			next.Reset(every)
-		case isConflict(err):
+		case bucket.IsConflict(err):
 			h.lose("another replica took the lease")
 			return
 		case !time.Now().Before(validUntil):
@@ -471,9 +516,9 @@ func (h *heldLease) renew(sent time.Time) {
 }
 
 // update renews with compare-and-swap.
-func (h *heldLease) update(ctx context.Context) error {
+func (h *Held) update(ctx context.Context) error {
 	newRev, err := h.l.bucket.Update(ctx, kv.LeaseKey, h.value, h.rev)
-	if isConflict(err) || bucketMayBeGone(err) {
+	if bucket.IsConflict(err) || bucket.MayBeGone(err) {
 		newRev, err = h.retake(ctx, err)
 	}
 	if err == nil {
@@ -487,8 +532,8 @@ func (h *heldLease) update(ctx context.Context) error {
 // succeeded but its answer was lost), it renews over it. If the lease went
 // with its bucket, it takes the lease again in the new one (which nobody
 // else takes for a TTL). Otherwise err stands.
-func (h *heldLease) retake(ctx context.Context, err error) (uint64, error) {
-	if !isConflict(err) {
+func (h *Held) retake(ctx context.Context, err error) (uint64, error) {
+	if !bucket.IsConflict(err) {
 		if fresh, _, berr := h.l.ensureBucket(ctx); berr == nil && fresh {
 			return h.l.bucket.Create(ctx, kv.LeaseKey, h.value)
 		}
@@ -509,14 +554,14 @@ func (h *heldLease) retake(ctx context.Context, err error) (uint64, error) {
 	return 0, err
 }
 
-func (h *heldLease) lose(why string) {
+func (h *Held) lose(why string) {
 	if h.end() {
 		h.l.log.Warn("leadership lost: "+why, "instance", h.l.instance)
 	}
 }
 
 // end closes lost, once, and reports whether this call did.
-func (h *heldLease) end() (ended bool) {
+func (h *Held) end() (ended bool) {
 	h.lostOnce.Do(func() {
 		h.validUntil.Store(0)
 		close(h.lostCh)
@@ -525,15 +570,15 @@ func (h *heldLease) end() (ended bool) {
 	return ended
 }
 
-// release stops renewing and, unless the lease was lost, deletes it so that
-// a standby takes over at once instead of after the TTL.
-func (h *heldLease) release() {
+// Release stops renewing and, unless the lease was lost, deletes it so
+// that a standby takes over at once instead of after the TTL.
+func (h *Held) Release() {
 	close(h.stop)
 	<-h.done
 	if !h.end() {
 		return // lost already: the key is not ours to delete
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), bucket.Timeout)
 	defer cancel()
 	if err := h.l.bucket.Delete(ctx, kv.LeaseKey, jetstream.LastRevision(h.rev)); err != nil {
 		h.l.log.Warn("lease not released; a standby takes over when it lapses", "error", err)
