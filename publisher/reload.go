@@ -64,7 +64,10 @@ func (r *Refresher) SetApps(apps []App) error {
 	}
 	r.reloading.Lock()
 	defer r.reloading.Unlock()
-	if hasPlatforms(apps) && !hasPlatforms(r.configured) {
+	// The platform bucket is opened at start, when the apps have a
+	// platform, and followed until the refresher stops: whatever a reload
+	// removed since.
+	if hasPlatforms(apps) && !hasPlatforms(r.cfg.Apps) {
 		return errors.New("publisher: apps: a reload cannot add the first platform: the platform bucket is opened at start; restart wxtoken")
 	}
 	if err := r.setCrypters(apps); err != nil {

@@ -91,3 +91,27 @@ func TestReloadLineAsDocumented(t *testing.T) {
 		t.Errorf("the reload line %q does not name the app added and the one whose secret changed", logged)
 	}
 }
+
+// TestReloadAddsBackAPlatformItRemoved: the platform bucket is opened at
+// start when the apps have a platform, and followed until the refresher
+// stops. A reload that removed every platform leaves it open, so a later
+// reload may add a platform again: only a refresher started with none
+// needs a restart for its first.
+func TestReloadAddsBackAPlatformItRemoved(t *testing.T) {
+	nc, _ := jetStream(t)
+	plain := App{AppID: "wx1", Secret: NewSecret("s1")}
+	platform := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
+	r, err := New(nc, Config{Apps: []App{plain, platform}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetApps([]App{plain}); err != nil {
+		t.Fatalf("a reload without the platform: %v", err)
+	}
+	if err := r.SetApps([]App{plain, platform}); err != nil {
+		t.Errorf("a reload that adds the platform back: %v, want it taken", err)
+	}
+	if c := r.credential(component); c == nil {
+		t.Error("the platform added back has no credential")
+	}
+}
