@@ -1,6 +1,8 @@
 package publisher
 
 import (
+	"context"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
@@ -240,5 +243,89 @@ func TestStartPushBodyIsJSON(t *testing.T) {
 	r.startPush(tm, r.credential(component), app.Secret)
 	if n := fake.StartPushCalls(component); n != 1 {
 		t.Errorf("WeChat took %d requests to push the ticket again, want 1", n)
+	}
+}
+
+// TestNoVerifyTicketMakesNoCall: a platform that has no verify ticket yet
+// cannot fetch its component token, and asking WeChat for one without a
+// ticket is no call at all: it does not wait for the pacer's turn (here
+// one call in 105 s: the push restart must have the turn), is not refused
+// for a lease too short to cover a call, and is not counted as a call to
+// WeChat. WeChat is asked to push a ticket, and the failure says why.
+func TestNoVerifyTicketMakesNoCall(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		left time.Duration // of the lease
+	}{
+		{"the lease covers a call", time.Hour},
+		{"the lease is too short for a call", time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			fake := fakewechat.New(fakewechat.Config{})
+			if err := fake.AddPlatform(component, "s", "t", testAESKey); err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(fake)
+			defer srv.Close()
+			nc, js := jetStream(t)
+			reg := prometheus.NewRegistry()
+			app := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
+			r, err := New(nc, Config{Apps: []App{app}, UpstreamURL: srv.URL, UpstreamRate: MinUpstreamRate, UpstreamTimeout: time.Second,
+				Registerer: reg, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			platforms, err := r.openPlatformBucket(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.platformBucket.Store(&platforms)
+			tokens, err := bucket.Open(ctx, js, r.bucketConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			failed, err := nc.SubscribeSync(kv.Subjects{}.Failed(component))
+			if err != nil {
+				t.Fatal(err)
+			}
+			termCtx, endTerm := context.WithCancel(ctx)
+			led := make(chan error, 1)
+			go func() { led <- r.lead(termCtx, tokens, &fakeLease{lostCh: make(chan struct{}), left: tc.left}) }()
+			defer func() {
+				endTerm()
+				<-led
+			}()
+
+			msg, err := failed.NextMsgWithContext(ctx)
+			if err != nil {
+				t.Fatalf("no failure event: %v", err)
+			}
+			var ev kv.FailureEvent
+			if err := json.Unmarshal(msg.Data, &ev); err != nil || ev.Class != "ticket" {
+				t.Errorf("failure event %s, want class ticket", msg.Data)
+			}
+			if n := fake.StartPushCalls(component); n != 1 {
+				t.Errorf("WeChat was asked %d times to push a ticket, want once", n)
+			}
+			calls := map[string]float64{}
+			families, _ := reg.Gather()
+			for _, f := range families {
+				if f.GetName() != "wxtoken_upstream_requests_total" {
+					continue
+				}
+				for _, m := range f.GetMetric() {
+					for _, l := range m.GetLabel() {
+						if l.GetName() == "api" {
+							calls[l.GetValue()] += m.GetCounter().GetValue()
+						}
+					}
+				}
+			}
+			if calls["component_token"] != 0 || calls["start_push_ticket"] != 1 {
+				t.Errorf("calls counted by API: %v, want the push restart alone", calls)
+			}
+		})
 	}
 }

@@ -331,6 +331,12 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 		}
 		g.token, used = token.Value, rev
 	}
+	if _, ok := src.(componentSource); ok && g.ticket == "" {
+		// No ticket, no call: nothing waits for the pacer or the lease.
+		err := errNoTicket()
+		r.ticketRefused(t, a, secret, "", err)
+		return issuedValue{}, 0, err
+	}
 	var before func() error
 	if _, ok := src.(wecomTicketSource); ok {
 		before = func() error { return r.limits.take(a.key, r.cfg.Clock.now()) }
@@ -343,15 +349,7 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 	case err == nil:
 		r.holdRefresh(a, issued, g.code)
 	case upstream.ClassOf(err) == upstream.ClassTicket:
-		r.startPush(t, a, secret)
-		r.failed(a, err, secret)
-		if ticket, ok := r.platforms.ticket(a.key); ok && ticket.Ticket != g.ticket {
-			// A push came in while the fetch was under way: the next
-			// fetch, when this flight lands, takes it.
-			a.mu.Lock()
-			a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
-			a.mu.Unlock()
-		}
+		r.ticketRefused(t, a, secret, g.ticket, err)
 	case errors.As(err, &ue) && ue.ErrCode == upstream.CodeSpent && g.code != "":
 		r.spendCode(t, a, g.code)
 	}
@@ -381,6 +379,21 @@ func (r *Refresher) fetchFrom(t *term, a *credential, src source, secret Secret)
 		r.failed(a, err, Secret{}) // refused again: retried with backoff
 	}
 	return issued, latency, err
+}
+
+// ticketRefused records that a platform's component token could not be
+// fetched for want of a verify ticket that works (used, "" when there was
+// none), and asks WeChat to push one.
+func (r *Refresher) ticketRefused(t *term, a *credential, secret Secret, used string, err error) {
+	r.startPush(t, a, secret)
+	r.failed(a, err, secret)
+	if ticket, ok := r.platforms.ticket(a.key); ok && ticket.Ticket != used {
+		// A push came in while the fetch was under way: the next
+		// fetch, when this flight lands, takes it.
+		a.mu.Lock()
+		a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
+		a.mu.Unlock()
+	}
 }
 
 // firstAppearance returns the record of another credential of the same

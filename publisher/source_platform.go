@@ -41,11 +41,14 @@ type componentSource struct{}
 
 func (componentSource) api() string { return "component_token" }
 
+// errNoTicket is a component token not asked for: no verify ticket has
+// been pushed yet.
+func errNoTicket() error {
+	return &upstream.Error{Class: upstream.ClassTicket, ErrMsg: "no component_verify_ticket has been pushed yet",
+		Means: "the platform has no verify ticket: WeChat is asked to push one"}
+}
+
 func (componentSource) fetch(ctx context.Context, u *upstream.Client, g grant) (issuedValue, error) {
-	if g.ticket == "" {
-		return issuedValue{}, &upstream.Error{Class: upstream.ClassTicket, ErrMsg: "no component_verify_ticket has been pushed yet",
-			Means: "the platform has no verify ticket: WeChat is asked to push one"}
-	}
 	body, _ := json.Marshal(map[string]string{
 		"component_appid": g.appid, "component_appsecret": g.secret.Reveal(), "component_verify_ticket": g.ticket,
 	})
