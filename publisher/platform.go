@@ -286,11 +286,15 @@ func (r *Refresher) platformsSynced() {
 	}
 }
 
-// rebuild makes the credentials again after authorizers came or went.
+// rebuild makes the credentials again after authorizers came or went. It
+// runs on the platform bucket's follower, which reads the token bucket for
+// the credentials added on another goroutine: a slow token bucket must not
+// hold up the platform's next entries.
 func (r *Refresher) rebuild() {
 	r.reloading.Lock()
-	defer r.reloading.Unlock()
-	r.replaceCredentials(r.configured, whyAuthorizers)
+	added := r.replaceCredentials(r.configured, whyAuthorizers)
+	r.reloading.Unlock()
+	r.background.Go(func() { r.readAdded(added) })
 }
 
 // authorizerCredentials adds to set a credential for each active

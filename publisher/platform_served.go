@@ -11,17 +11,23 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// tendPlatforms records in the platform bucket each platform of apps, and
+// tendPlatforms records in the platform bucket each platform of the apps, and
 // forgets those no longer among them, so that the tools know which
 // platforms this deployment serves; it warns, a line per platform, about
 // authorizers of a platform not among apps: nobody keeps their tokens; and
 // it opens the callbacks' replay guard. It runs at start, once the bucket
-// has been read, and at every reload.
-func (r *Refresher) tendPlatforms(ctx context.Context, apps []App) {
+// has been read, and at every reload, one at a time, with the apps
+// configured then.
+func (r *Refresher) tendPlatforms(ctx context.Context) {
 	b := r.platformBucket.Load()
 	if b == nil {
 		return
 	}
+	r.tending.Lock()
+	defer r.tending.Unlock()
+	r.reloading.Lock()
+	apps := r.configured
+	r.reloading.Unlock()
 	served := map[string]bool{}
 	for _, app := range apps {
 		if app.platform() {

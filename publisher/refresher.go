@@ -43,8 +43,10 @@ type Refresher struct {
 	log      *slog.Logger
 
 	apps       atomic.Pointer[credentialSet]
-	reloading  sync.Mutex // one change of the credentials at a time
-	configured []App      // the apps of the last SetApps, under reloading
+	reloading  sync.Mutex     // one change of the credentials at a time
+	configured []App          // the apps of the last SetApps, under reloading
+	tending    sync.Mutex     // one tending of the platform bucket at a time (tendPlatforms)
+	background sync.WaitGroup // reads of the token bucket for credentials added (rebuild); Run waits for them
 	secrets    secrets
 	metrics    *metrics
 	bucket     atomic.Pointer[jetstream.KeyValue] // once open

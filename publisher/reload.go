@@ -62,22 +62,34 @@ func (r *Refresher) SetApps(apps []App) error {
 	if err := checkApps(apps); err != nil {
 		return fmt.Errorf("publisher: apps: %w", err)
 	}
-	r.reloading.Lock()
-	defer r.reloading.Unlock()
 	// The platform bucket is opened at start, when the apps have a
 	// platform, and followed until the refresher stops: whatever a reload
 	// removed since.
 	if hasPlatforms(apps) && !hasPlatforms(r.cfg.Apps) {
 		return errors.New("publisher: apps: a reload cannot add the first platform: the platform bucket is opened at start; restart wxtoken")
 	}
+	added, err := r.reload(apps)
+	if err != nil {
+		return err
+	}
+	// No lock is held for the buckets' I/O: a slow bucket holds up no
+	// other change of the credentials.
+	r.readAdded(added)
+	r.tendPlatforms(context.Background())
+	return nil
+}
+
+// reload puts apps in place of the apps configured, and returns the keys
+// of the credentials it added.
+func (r *Refresher) reload(apps []App) ([]string, error) {
+	r.reloading.Lock()
+	defer r.reloading.Unlock()
 	if err := r.setCrypters(apps); err != nil {
-		return fmt.Errorf("publisher: apps: %w", err)
+		return nil, fmt.Errorf("publisher: apps: %w", err)
 	}
 	r.secrets.add(apps)
 	r.configured = apps
-	r.replaceCredentials(apps, whyReload)
-	r.tendPlatforms(context.Background(), apps)
-	return nil
+	return r.replaceCredentials(apps, whyReload), nil
 }
 
 // Why replaceCredentials runs, as its log line says.
@@ -88,11 +100,13 @@ const (
 
 // replaceCredentials makes the credentials of apps and of the authorizers
 // of their platforms, puts them in place of the ones before, and logs why
-// with what changed. Callers hold r.reloading.
-func (r *Refresher) replaceCredentials(apps []App, why string) {
+// with what changed. It returns the keys added, whose values the caller
+// reads (readAdded) once it no longer holds r.reloading. Callers hold
+// r.reloading.
+func (r *Refresher) replaceCredentials(apps []App, why string) (added []string) {
 	old := r.apps.Load()
 	next := newCredentialSet(apps, r.platforms.snapshot(), old, r.log.Warn)
-	var added, removed, rekeyed []string
+	var removed, rekeyed []string
 	for _, app := range apps {
 		if a := old.find(app.Key()); a != nil && a.update(app) {
 			a.mu.Lock()
@@ -124,13 +138,6 @@ func (r *Refresher) replaceCredentials(apps []App, why string) {
 			"changed", summary(rekeyed))
 	}
 
-	// The bucket's follower dropped the keys of apps it did not know.
-	// Once it has read the bucket, read theirs (a rotation reads a key it
-	// knows nothing of before it fetches, too); before, it will deliver
-	// them.
-	if b := r.bucket.Load(); b != nil && r.synced.Load() {
-		r.readKeys(*b, added)
-	}
 	if t := r.term.Load(); t != nil {
 		for _, id := range slices.Concat(added, rekeyed) {
 			a := next.byKey[id]
@@ -140,6 +147,17 @@ func (r *Refresher) replaceCredentials(apps []App, why string) {
 		if len(removed) > 0 {
 			t.spawn(func() { r.dropRevoked(t) })
 		}
+	}
+	return added
+}
+
+// readAdded reads the values of the credentials just added. The bucket's
+// follower dropped the keys of apps it did not know: once it has read the
+// bucket, read theirs (a rotation reads a key it knows nothing of before
+// it fetches, too); before, it will deliver them.
+func (r *Refresher) readAdded(added []string) {
+	if b := r.bucket.Load(); b != nil && r.synced.Load() && len(added) > 0 {
+		r.readKeys(*b, added)
 	}
 }
 

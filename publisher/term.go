@@ -168,6 +168,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		<-watched
 		<-platformsFollowed
 		<-tended
+		r.background.Wait()
 	}()
 	// The authorizers are known before the token bucket is read, so that
 	// the follower takes in their tokens with everyone else's.
@@ -177,9 +178,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 	go func() {
 		defer close(tended)
-		r.reloading.Lock() // a reload tends them too: one at a time
-		defer r.reloading.Unlock()
-		r.tendPlatforms(followCtx, r.configured)
+		r.tendPlatforms(followCtx)
 	}()
 	synced := r.life.nextSync()
 	follower := &kvwatch.Follower{
