@@ -11,6 +11,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/yamlfile"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/platform"
 )
 
 // App is one WeChat app the refresher keeps a token for: an official
@@ -58,6 +59,33 @@ func (a App) wecom() bool { return a.CorpID != "" }
 
 // platform reports whether the app is a third-party platform.
 func (a App) platform() bool { return a.Platform != nil }
+
+// hasPlatforms reports whether any of apps is a third-party platform.
+func hasPlatforms(apps []App) bool {
+	return slices.ContainsFunc(apps, App.platform)
+}
+
+// api names the API the app's token is fetched with: a reload that
+// changes it gives the app another source.
+func (a App) api() string {
+	switch {
+	case a.platform():
+		return "component"
+	case a.wecom():
+		return "wecom"
+	}
+	return string(a.TokenAPI.orClassic())
+}
+
+// check reports whether the message token and EncodingAESKey can check and
+// decrypt pushes, without quoting either.
+func (p *Platform) check() error {
+	if p.MessageToken.IsZero() {
+		return errors.New("a platform needs its message token (message_token)")
+	}
+	_, err := platform.Crypter(platform.Platform{AppID: "wx0000000000000000", MessageToken: p.MessageToken, EncodingAESKey: p.EncodingAESKey})
+	return err
+}
 
 // Ticket names a ticket kind of the apps file's tickets list.
 type Ticket string

@@ -19,7 +19,8 @@ import (
 
 // Defaults of Config; the README lists them with their flags.
 const (
-	DefaultUpstreamURL      = "https://api.weixin.qq.com" // WeChat's API
+	DefaultUpstreamURL      = "https://api.weixin.qq.com"   // WeChat's API
+	DefaultWeComURL         = "https://qyapi.weixin.qq.com" // WeCom's (企业微信) API
 	DefaultSchedule         = "@every 30s"
 	DefaultRefreshBefore    = 10 * time.Minute
 	DefaultMinForceInterval = 30 * time.Second
@@ -237,4 +238,15 @@ func setDefault(d *time.Duration, def time.Duration) {
 	if *d == 0 {
 		*d = def
 	}
+}
+
+// parseSchedule parses the cron spec of the refresh check. Its error says
+// what to write, then what cron found wrong.
+func parseSchedule(spec string) (cron.Schedule, error) {
+	schedule, err := cron.ParseStandard(spec)
+	if err != nil {
+		return nil, fmt.Errorf("schedule %q: write @every 30s or five cron fields "+
+			"(minute hour day-of-month month day-of-week, such as */5 * * * *); %w", spec, err)
+	}
+	return schedule, nil
 }

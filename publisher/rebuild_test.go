@@ -2,192 +2,162 @@ package publisher
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net"
+	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/internal/natstest"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
 // TestASlowTokenBucketStallsNoPlatformUpdateOrReload: authorizers that
 // come make the credentials again, on the platform bucket's follower, and
-// the token bucket is read for the keys added. With the token bucket out
-// of reach (its reads stalled, not refused), neither the follower (its
-// next platform entry) nor a reload waits for that read.
+// the token bucket is read for the keys added. With the token bucket's
+// reads out of reach (refused without an answer, so each waits until it
+// gives up), neither the follower (its next entry) nor a reload waits for
+// that read.
 func TestASlowTokenBucketStallsNoPlatformUpdateOrReload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, js := jetStream(t)
-	gaveUp := make(chan struct{}, 1)
-	app := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
-	r, err := New(nc, Config{Apps: []App{app}, Logger: slog.New(onMessage("cannot read the tokens of apps just added", gaveUp))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	platforms, err := r.openPlatformBucket(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.platformBucket.Store(&platforms)
-	if _, err := bucket.Open(ctx, js, r.bucketConfig()); err != nil {
-		t.Fatal(err)
-	}
-	// The token bucket as the refresher reads it, through a relay.
-	relay := newStallingRelay(t, nc.ConnectedUrl())
-	far, err := nats.Connect(relay.url())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer far.Close()
-	farJS, _ := jetstream.New(far)
-	tokens, err := farJS.KeyValue(ctx, kv.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.bucket.Store(&tokens)
-	r.synced.Store(true)
-	r.platformsSynced()
-
-	relay.stall()
-	defer relay.heal()
-	data, _ := kv.EncodeAuthorizer(kv.Authorizer{ComponentAppID: component, AppID: authorizer, RefreshToken: "refresh", IssuedAt: time.Now()})
-	followed := make(chan struct{})
-	go func() {
-		defer close(followed)
-		r.observePlatform(entry{key: kv.AuthorizerKey(component, authorizer), value: data, rev: 1})
-	}()
-	select {
-	case <-followed:
-	case <-ctx.Done():
-		t.Fatal("the platform entry was never taken in")
-	}
-	select {
-	case <-gaveUp:
-		t.Fatal("the platform bucket's follower waited for the token bucket until the read gave up")
-	default:
-	}
-	if r.credential(authorizer) == nil {
-		t.Fatal("the authorizer is no credential")
-	}
-	if err := r.SetApps([]App{app}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-gaveUp:
-		t.Error("the reload waited for the token bucket until the read gave up")
-	default:
-	}
-}
-
-// stallingRelay forwards TCP connections to a NATS server; stall holds
-// every byte back, closing nothing, until heal.
-type stallingRelay struct {
-	ln      net.Listener
-	target  string
-	mu      sync.Mutex
-	stalled bool
-	flowing *sync.Cond
-}
-
-func newStallingRelay(t *testing.T, natsURL string) *stallingRelay {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := net.ResolveTCPAddr("tcp", natsURL[len("nats://"):])
-	r := &stallingRelay{ln: ln, target: u.String()}
-	r.flowing = sync.NewCond(&r.mu)
-	go r.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		r.heal()
+	// The refresher may not read a value of the token bucket: a direct
+	// get is refused, which a client learns only when it gives up.
+	srv := natstest.Server(t, func(o *server.Options) {
+		all := &server.SubjectPermission{Allow: []string{">"}}
+		o.Users = []*server.User{
+			{Username: "admin", Password: "admin"},
+			{Username: "refresher", Password: "refresher", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.DIRECT.GET.KV_" + kv.DefaultBucket + ".>"}},
+				Subscribe: all,
+			}},
+		}
 	})
-	return r
-}
+	nc, _ := natstest.Connect(t, srv.ClientURL(), nats.UserInfo("refresher", "refresher"))
+	_, admin := natstest.Connect(t, srv.ClientURL(), nats.UserInfo("admin", "admin"))
 
-func (r *stallingRelay) url() string { return "nats://" + r.ln.Addr().String() }
+	logs := &logLines{}
+	platform := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
+	r, err := New(nc, Config{Apps: []App{platform}, Logger: slog.New(logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.creds.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.platforms.Open(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.creds.FollowerSynced() // the token bucket has been read: keys added are read one by one
+	followed := make(chan struct{})
+	followCtx, stopFollowing := context.WithCancel(ctx)
+	defer func() {
+		stopFollowing()
+		<-followed
+	}()
+	if !r.platforms.Follow(followCtx, nc, followed) {
+		t.Fatal("the platform bucket was never read")
+	}
+	platforms, err := admin.KeyValue(ctx, kv.DefaultPlatformBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authorize := func(appid string) {
+		t.Helper()
+		data, _ := kv.EncodeAuthorizer(kv.Authorizer{ComponentAppID: component, AppID: appid, RefreshToken: "refresh", IssuedAt: time.Now()})
+		if _, err := platforms.Put(ctx, kv.AuthorizerKey(component, appid), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const gaveUp = "cannot read the tokens of apps just added"
 
-func (r *stallingRelay) accept() {
-	for {
-		c, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", r.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		go r.pipe(c, s)
-		go r.pipe(s, c)
+	// The first authorizer's read waits; the follower takes in the next
+	// entry meanwhile.
+	authorize(authorizer)
+	if err := logs.await(ctx, whyAuthorizers+`.* added=`+authorizer); err != nil {
+		t.Fatal(err)
+	}
+	const second = "wx00000000000a0002"
+	authorize(second)
+	if err := logs.await(ctx, whyAuthorizers+`.* added=`+second); err != nil {
+		t.Fatal(err)
+	}
+	if logs.has(gaveUp) {
+		t.Fatal("the platform bucket's follower waited for the token bucket until the read gave up")
+	}
+	if err := r.SetApps([]App{platform}); err != nil {
+		t.Fatal(err)
+	}
+	if logs.has(gaveUp) {
+		t.Error("the reload waited for the token bucket until the read gave up")
 	}
 }
 
-func (r *stallingRelay) pipe(dst, src net.Conn) {
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		r.mu.Lock()
-		for r.stalled {
-			r.flowing.Wait()
-		}
-		r.mu.Unlock()
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			if err != io.EOF {
-				src.Close()
-			}
-			return
-		}
-	}
+// logLines is a log handler that keeps each record's message and
+// attributes as a line, and says when a line matches.
+type logLines struct {
+	mu      sync.Mutex
+	lines   []string
+	changed chan struct{}
 }
 
-func (r *stallingRelay) stall() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.stalled = true
-}
+func (l *logLines) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logLines) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logLines) WithGroup(string) slog.Handler            { return l }
 
-func (r *stallingRelay) heal() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.stalled = false
-	r.flowing.Broadcast()
-}
-
-// onMessage is a log handler that sends on ch, without blocking, for each
-// record whose message starts with prefix.
-func onMessage(prefix string, ch chan<- struct{}) slog.Handler {
-	return messageHandler{prefix: prefix, ch: ch}
-}
-
-type messageHandler struct {
-	prefix string
-	ch     chan<- struct{}
-}
-
-func (h messageHandler) Enabled(context.Context, slog.Level) bool { return true }
-func (h messageHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
-func (h messageHandler) WithGroup(string) slog.Handler            { return h }
-func (h messageHandler) Handle(_ context.Context, r slog.Record) error {
-	if len(r.Message) >= len(h.prefix) && r.Message[:len(h.prefix)] == h.prefix {
-		select {
-		case h.ch <- struct{}{}:
-		default:
-		}
+func (l *logLines) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	r.Attrs(func(a slog.Attr) bool {
+		b.WriteString(" " + a.Key + "=" + a.Value.String())
+		return true
+	})
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, b.String())
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
 	}
 	return nil
+}
+
+// has reports whether a line holds s.
+func (l *logLines) has(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// await waits until a line matches pattern, a regular expression.
+func (l *logLines) await(ctx context.Context, pattern string) error {
+	re := regexp.MustCompile(pattern)
+	for {
+		l.mu.Lock()
+		for _, line := range l.lines {
+			if re.MatchString(line) {
+				l.mu.Unlock()
+				return nil
+			}
+		}
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }

@@ -1,68 +1,51 @@
-// Package publisher is the central token server: it fetches each app's
-// access_token from WeChat (/cgi-bin/token or /cgi-bin/stable_token) before
-// it expires, and the JS-SDK tickets fetched with it, stores each in the
-// token bucket under its key with compare-and-swap, announces every
-// rotation, and answers refresh requests from services that saw a value
-// rejected. Replicas elect one leader through a lease; only the leader
-// talks to WeChat.
-//
-// Each key is a credential (credential.go) with a source, the API that
-// fetches it (source_token.go, source_stable.go, source_ticket.go); the
-// loop that makes it due, fetches, stores and announces it is the same
-// for every kind (schedule.go, rotate.go).
 package publisher
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/robfig/cron/v3"
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
-	"github.com/wxtoken/wxtoken/internal/wxcrypt"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/lease"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
+	"github.com/wxtoken/wxtoken/publisher/internal/platform"
+	"github.com/wxtoken/wxtoken/publisher/internal/source"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
+// Version is reported by the refresh service to `nats micro info`.
+const Version = "0.1.0"
+
 // Refresher keeps the tokens of its apps fresh in the token bucket.
 type Refresher struct {
-	cfg      Config
-	schedule cron.Schedule
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	subjects kv.Subjects
-	wechat   *upstream.Client // WeChat's API
-	wecom    *upstream.Client // WeCom's
-	pacer    *upstream.Pacer
-	limits   hourlyLimits // WeCom's on tickets
-	log      *slog.Logger
+	cfg       Config
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	log       *slog.Logger
+	wechat    *upstream.Client // WeChat's API
+	wecom     *upstream.Client // WeCom's
+	limits    *source.HourlyLimits
+	creds     *loop.Credentials
+	platforms *platform.Platforms
+	metrics   *metrics
+	secrets   secrets
 
-	apps       atomic.Pointer[credentialSet]
+	start      startup
 	reloading  sync.Mutex     // one change of the credentials at a time
 	configured []App          // the apps of the last SetApps, under reloading
-	tending    sync.Mutex     // one tending of the platform bucket at a time (tendPlatforms)
 	background sync.WaitGroup // reads of the token bucket for credentials added (rebuild); Run waits for them
-	secrets    secrets
-	metrics    *metrics
-	bucket     atomic.Pointer[jetstream.KeyValue] // once open
 
-	platformBucket atomic.Pointer[jetstream.KeyValue] // once open; only with platforms
-	platforms      *platforms
-	crypters       atomic.Pointer[map[string]*wxcrypt.Crypter] // the platforms' pushes, by component appid
-	replays        *replayGuard                                // the callbacks', shared by the replicas
-
-	life bucketLife // the token bucket's: see bucket.go
-
-	term        atomic.Pointer[term] // the leadership term under way, if any
 	leading     atomic.Bool
-	waiting     atomic.Pointer[error] // why start-up is still retrying
-	synced      atomic.Bool           // the token bucket has been read
-	campaigning atomic.Bool           // Run is past start-up, leading or standing by
+	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
 
 // New checks cfg and returns a refresher that uses nc. Run starts it.
@@ -85,93 +68,152 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
 	}
-	r := &Refresher{
-		cfg:       cfg,
-		schedule:  schedule,
-		nc:        nc,
-		js:        js,
-		subjects:  kv.Subjects{Prefix: cfg.SubjectPrefix},
-		wechat:    wechat,
-		wecom:     wecom,
-		pacer:     upstream.NewPacer(cfg.UpstreamRate),
-		log:       cfg.Logger,
-		life:      newBucketLife(),
-		platforms: newPlatforms(),
-		replays:   newReplayGuard(js, cfg),
-	}
-	if err := r.setCrypters(cfg.Apps); err != nil {
+	r := &Refresher{cfg: cfg, nc: nc, js: js, log: cfg.Logger, wechat: wechat, wecom: wecom, limits: &source.HourlyLimits{},
+		start: startup{nc: nc, log: cfg.Logger}}
+	r.metrics = newMetrics(cfg.Registerer, r)
+	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
+	r.creds = loop.New(loop.Config{
+		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
+		Schedule: schedule, ScheduleSpec: cfg.Schedule,
+		RefreshBefore: cfg.RefreshBefore, MinForceInterval: cfg.MinForceInterval, UpstreamTimeout: cfg.UpstreamTimeout,
+		RetryBackoff: cfg.RetryBackoff, RetryBackoffMax: cfg.RetryBackoffMax, ConfigErrorBackoff: cfg.ConfigErrorBackoff,
+		Pacer: upstream.NewPacer(cfg.UpstreamRate), Instance: cfg.Instance, Version: Version,
+		Now: cfg.Clock.now, AfterFunc: cfg.Clock.afterFunc, Logger: cfg.Logger, Metrics: r.metrics, Scrubber: r.secrets.scrubber,
+	})
+	r.platforms = platform.New(js, platform.Config{
+		Bucket: cfg.PlatformBucket, Replicas: cfg.Replicas, History: cfg.History, Now: cfg.Clock.now, Logger: cfg.Logger,
+		OnTicket:      r.ticketPushed,
+		OnAuthorizers: r.rebuild,
+		OnRecord:      r.creds.Renew,
+		OnWithdrawn:   func(appid string) { r.creds.Remove(appid, source.Withdrawal(appid, r.log)) },
+	})
+	if _, err := r.reload(cfg.Apps, ""); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	r.configured = cfg.Apps
-	r.apps.Store(newCredentialSet(cfg.Apps, nil, nil, r.log.Warn))
-	r.secrets.add(cfg.Apps)
-	r.metrics = newMetrics(cfg.Registerer, r)
 	return r, nil
 }
 
-// observe takes in an entry of the token bucket: the refresher's own writes
-// coming back, and anything anyone else wrote.
-func (r *Refresher) observe(e jetstream.KeyValueEntry) {
+// Run runs the refresher until ctx ends. It waits for NATS, opens the
+// buckets (retrying what may pass by itself, such as a cluster still
+// forming; see Ready), and follows the token bucket for its whole life
+// (standbys too, so that their metrics are live and a takeover starts from
+// a complete view), then campaigns for the lease: as leader it refreshes
+// and serves refresh requests, as standby it waits to take over. It
+// returns nil after a clean stop, which releases the lease so that a
+// standby takes over at once.
+func (r *Refresher) Run(ctx context.Context) error {
+	tokens, l, err := r.open(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: a clean stop
+		}
+		return err
+	}
+	followCtx, stopFollowing := context.WithCancel(ctx)
+	var following sync.WaitGroup
 	defer func() {
-		if p := recover(); p != nil {
-			r.logPanic(p)
-		}
+		stopFollowing()
+		following.Wait()
+		r.background.Wait()
 	}()
-	r.life.saw(e.Revision())
-	a := r.credential(e.Key())
-	if a == nil {
-		return // another deployment's app, or a reserved "<appid>.<kind>" key
+	if !r.follow(followCtx, tokens, &following) {
+		return nil // ctx ended
 	}
-	a.mu.Lock()
-	if e.Revision() <= a.rev {
-		a.mu.Unlock()
-		return
-	}
-	var rec *kv.Credential
-	if e.Operation() == jetstream.KeyValuePut {
-		decoded, err := kv.DecodeCredential(a.key, e.Value())
+
+	r.campaigning.Store(true)
+	defer r.campaigning.Store(false)
+	for {
+		held, err := r.campaign(ctx, l, tokens)
 		if err != nil {
-			r.log.Warn("token bucket holds an undecodable value; replacing it", "appid", a.key, "revision", e.Revision(), "error", err)
-		} else {
-			rec = &decoded
+			return nil // ctx ended
 		}
-	}
-	t := r.term.Load()
-	// On the leader, an older token over a newer one that is still valid
-	// (a backup restored, a repair carrying old values over): the newer
-	// one goes back in, as a token fetched but not stored, and the older
-	// one is not announced.
-	held := a.validRecord(r.cfg.Clock.now())
-	older := t != nil && rec != nil && held != nil && rec.Value != held.Value && rec.FetchedAt.Before(held.FetchedAt)
-	switch {
-	case older && a.pending == nil:
-		a.pending = held
-		r.log.Warn("the token bucket holds an older token than the one known; writing the newer back",
-			"appid", a.key, "revision", e.Revision())
-	case a.pending != nil && rec != nil && !rec.FetchedAt.Before(a.pending.FetchedAt):
-		a.pending = nil // the bucket holds it, or a newer one
-	}
-	r.setRecord(a, e.Revision(), rec)
-	a.mu.Unlock()
-	if t != nil {
-		if !older {
-			r.announceStored(a)
-		}
-		r.plan(t, a)
-		if rec != nil {
-			r.wakeChildren(t, a)
+		err = r.lead(ctx, tokens, held)
+		held.Release()
+		if err != nil || ctx.Err() != nil {
+			return err
 		}
 	}
 }
 
-// Leading reports whether this replica currently leads: whether it may
-// call WeChat.
-func (r *Refresher) Leading() bool { return r.leading.Load() }
+// follow starts what every replica runs for its whole life: the followers
+// of the platform bucket and of the token bucket, the looks at the token
+// bucket, and the first tending of the platforms. It returns once both
+// buckets have been read; false if ctx ended first.
+func (r *Refresher) follow(ctx context.Context, tokens jetstream.KeyValue, following *sync.WaitGroup) bool {
+	// The authorizers are known before the token bucket is read, so that
+	// the follower takes in their tokens with everyone else's.
+	platformsFollowed := make(chan struct{})
+	following.Go(func() { <-platformsFollowed })
+	if !r.platforms.Follow(ctx, r.nc, platformsFollowed) {
+		return false
+	}
+	following.Go(func() { r.platforms.Tend(ctx) })
+	synced := r.creds.NextSync()
+	follower := &kvwatch.Follower{
+		Bucket:   tokens,
+		Key:      ">",
+		Conn:     r.nc,
+		OnEntry:  r.creds.Observe,
+		OnSynced: r.creds.FollowerSynced,
+		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
+		Rewatch:  r.creds.Rewatch(),
+	}
+	following.Go(func() { follower.Run(ctx) })
+	following.Go(func() { r.creds.WatchBucket(ctx) })
+	select {
+	case <-synced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// campaign waits until this replica holds the lease. Meanwhile it stores
+// what the last term left only in memory (see loop.StoreLeftovers); once
+// it leads, its rotations do.
+func (r *Refresher) campaign(ctx context.Context, l *lease.Lease, tokens jetstream.KeyValue) (*lease.Held, error) {
+	storing, stopStoring := context.WithCancel(ctx)
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		r.creds.StoreLeftovers(storing, tokens)
+	}()
+	defer func() {
+		stopStoring()
+		<-stored
+	}()
+	return l.Acquire(ctx)
+}
+
+// lead leads for one term, while held lasts: the loop's duties, then the
+// platforms' refresh tokens, which a lost lease or a shutdown must not
+// leave only in memory.
+func (r *Refresher) lead(ctx context.Context, tokens jetstream.KeyValue, held loop.Leadership) error {
+	r.setLeading(true)
+	r.log.Info("became leader", "instance", r.cfg.Instance)
+	led := make(chan struct{})
+	go func() {
+		select {
+		case <-held.Lost(): // from here on this replica may not call WeChat
+			r.setLeading(false)
+		case <-led:
+		}
+	}()
+	err := r.creds.Lead(ctx, tokens, held)
+	close(led)
+	r.setLeading(false)
+	r.platforms.Flush()
+	return err
+}
 
 func (r *Refresher) setLeading(leading bool) {
 	r.leading.Store(leading)
 	r.metrics.setLeading(leading)
 }
+
+// Leading reports whether this replica currently leads: whether it may
+// call WeChat.
+func (r *Refresher) Leading() bool { return r.leading.Load() }
 
 // Ready says why the refresher cannot do its part yet, or nil: it is
 // connected to NATS, has opened and read the token bucket, and leads or
@@ -180,14 +222,14 @@ func (r *Refresher) Ready() error {
 	if st := r.nc.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("publisher: NATS connection is %s", st)
 	}
-	if err := r.waiting.Load(); err != nil {
-		return *err
+	if err := r.start.err(); err != nil {
+		return err
 	}
-	if err := r.life.problem.Load(); err != nil {
-		return *err
+	if err := r.creds.Problem(); err != nil {
+		return err
 	}
 	switch {
-	case !r.synced.Load():
+	case !r.creds.Synced():
 		return errors.New("publisher: the token bucket has not been read yet")
 	case !r.campaigning.Load():
 		return errors.New("publisher: not running")
@@ -195,10 +237,8 @@ func (r *Refresher) Ready() error {
 	return nil
 }
 
-// clientFor returns the client of the API src calls.
-func (r *Refresher) clientFor(src source) *upstream.Client {
-	if src.wecom() {
-		return r.wecom
-	}
-	return r.wechat
-}
+// Callback returns the handler of the platforms' authorization-event URL,
+// for any replica: the pushes it takes in are stored in the platform
+// bucket, where the leader finds them. It answers 503 until the bucket is
+// open, to a push and to a GET, a load balancer's health check.
+func (r *Refresher) Callback() http.Handler { return r.platforms.Handler() }

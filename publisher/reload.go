@@ -7,11 +7,11 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
+	"github.com/wxtoken/wxtoken/publisher/internal/platform"
+	"github.com/wxtoken/wxtoken/publisher/internal/source"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
@@ -68,146 +68,146 @@ func (r *Refresher) SetApps(apps []App) error {
 	if hasPlatforms(apps) && !hasPlatforms(r.cfg.Apps) {
 		return errors.New("publisher: apps: a reload cannot add the first platform: the platform bucket is opened at start; restart wxtoken")
 	}
-	added, err := r.reload(apps)
+	added, err := r.reload(apps, whyReload)
 	if err != nil {
-		return err
+		return fmt.Errorf("publisher: apps: %w", err)
 	}
 	// No lock is held for the buckets' I/O: a slow bucket holds up no
 	// other change of the credentials.
-	r.readAdded(added)
-	r.tendPlatforms(context.Background())
+	r.creds.Read(added)
+	r.platforms.Tend(context.Background())
 	return nil
 }
 
-// reload puts apps in place of the apps configured, and returns the keys
-// of the credentials it added.
-func (r *Refresher) reload(apps []App) ([]string, error) {
-	r.reloading.Lock()
-	defer r.reloading.Unlock()
-	if err := r.setCrypters(apps); err != nil {
-		return nil, fmt.Errorf("publisher: apps: %w", err)
-	}
-	r.secrets.add(apps)
-	r.configured = apps
-	return r.replaceCredentials(apps, whyReload), nil
-}
-
-// Why replaceCredentials runs, as its log line says.
+// Why the credentials are made again, as the log line says.
 const (
 	whyReload      = "apps reloaded"
 	whyAuthorizers = "authorizers changed"
 )
 
-// replaceCredentials makes the credentials of apps and of the authorizers
-// of their platforms, puts them in place of the ones before, and logs why
-// with what changed. It returns the keys added, whose values the caller
-// reads (readAdded) once it no longer holds r.reloading. Callers hold
-// r.reloading.
-func (r *Refresher) replaceCredentials(apps []App, why string) (added []string) {
-	old := r.apps.Load()
-	next := newCredentialSet(apps, r.platforms.snapshot(), old, r.log.Warn)
-	var removed, rekeyed []string
-	for _, app := range apps {
-		if a := old.find(app.Key()); a != nil && a.update(app) {
-			a.mu.Lock()
-			r.setRecord(a, a.rev, a.rec) // its refresh window may have changed
-			a.mu.Unlock()
-			rekeyed = append(rekeyed, app.Key())
+// reload puts apps in place of the apps configured, makes the credentials
+// again (why is the log line's message, "" for none), and returns the keys
+// of the credentials it added.
+func (r *Refresher) reload(apps []App, why string) ([]string, error) {
+	r.reloading.Lock()
+	defer r.reloading.Unlock()
+	if err := r.platforms.Serve(platformsOf(apps)); err != nil {
+		return nil, err
+	}
+	r.secrets.add(apps)
+	previous := r.configured
+	r.configured = apps
+	return r.replace(previous, why), nil
+}
+
+// rebuild makes the credentials again after authorizers came or went. It
+// runs on the platform bucket's follower, which reads the token bucket for
+// the credentials added on another goroutine: a slow token bucket must not
+// hold up the platform's next entries.
+func (r *Refresher) rebuild() {
+	r.reloading.Lock()
+	added := r.replace(r.configured, whyAuthorizers)
+	r.reloading.Unlock()
+	r.background.Go(func() { r.creds.Read(added) })
+}
+
+// replace makes the credentials of the apps configured and of the
+// authorizers of their platforms, puts them in place of the ones before,
+// and logs why with what changed; previous are the apps before, whose
+// credentials stay, renewed if their secret or API changed. It returns the
+// keys added. Callers hold r.reloading.
+func (r *Refresher) replace(previous []App, why string) (added []string) {
+	before := map[string]App{}
+	for _, app := range previous {
+		before[app.Key()] = app
+	}
+	var descs []loop.Desc
+	var renewed []string
+	for _, app := range r.configured {
+		old, had := before[app.Key()]
+		renew := had && (old.Secret.Reveal() != app.Secret.Reveal() || old.api() != app.api())
+		if renew {
+			renewed = append(renewed, app.Key())
+		}
+		descs = append(descs, loop.Desc{Key: app.Key(), Kind: kv.KindToken, Source: r.sourceOf(app), Renewed: renew})
+		for _, t := range app.Tickets {
+			descs = append(descs, loop.Desc{Key: kv.Key(app.Key(), t.kind()), Kind: t.kind(), Parent: app.Key(), Source: r.ticketSourceOf(app, t)})
 		}
 	}
-	for _, c := range next.order {
-		if old.find(c.key) == nil {
-			added = append(added, c.key)
-		}
-	}
-	// Out of the set first, so that no request finds them; then marked,
-	// so that nothing armed before goes on.
-	r.apps.Store(next)
-	r.resyncAuthorizers(next)
-	for _, a := range old.order {
-		if next.byKey[a.key] == nil {
-			a.remove()
-			r.metrics.forget(a)
-			removed = append(removed, a.key)
-		}
-	}
+	descs = append(descs, r.authorizersOf(descs)...)
+	ch := r.creds.Replace(descs)
 	// A reload always says what it did; authorizers, only when some came
 	// or went.
-	if why == whyReload || len(added)+len(removed) > 0 {
-		r.log.Info(why, "apps", len(next.order), "added", summary(added), "removed", summary(removed),
-			"changed", summary(rekeyed))
+	if why == whyReload || why != "" && len(ch.Added)+len(ch.Removed) > 0 {
+		r.log.Info(why, "apps", r.creds.Len(), "added", summary(ch.Added), "removed", summary(ch.Removed),
+			"changed", summary(renewed))
 	}
-
-	if t := r.term.Load(); t != nil {
-		for _, id := range slices.Concat(added, rekeyed) {
-			a := next.byKey[id]
-			r.announceStored(a)
-			r.plan(t, a)
-		}
-		if len(removed) > 0 {
-			t.spawn(func() { r.dropRevoked(t) })
-		}
-	}
-	return added
+	return ch.Added
 }
 
-// readAdded reads the values of the credentials just added. The bucket's
-// follower dropped the keys of apps it did not know: once it has read the
-// bucket, read theirs (a rotation reads a key it knows nothing of before
-// it fetches, too); before, it will deliver them.
-func (r *Refresher) readAdded(added []string) {
-	if b := r.bucket.Load(); b != nil && r.synced.Load() && len(added) > 0 {
-		r.readKeys(*b, added)
+// authorizersOf describes a credential for each active authorizer of a
+// platform among descs.
+func (r *Refresher) authorizersOf(descs []loop.Desc) []loop.Desc {
+	platforms, taken := map[string]bool{}, map[string]bool{}
+	for _, d := range descs {
+		taken[d.Key] = true
+		if _, ok := d.Source.(*source.Component); ok {
+			platforms[d.Key] = true
+		}
 	}
-}
-
-// readKeys takes in the bucket's values of appids, as the follower would,
-// within one bucket.Timeout for them all.
-func (r *Refresher) readKeys(b jetstream.KeyValue, appids []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), bucket.Timeout)
-	defer cancel()
-	for _, id := range appids {
-		e, err := b.Get(ctx, id)
+	var authorizers []loop.Desc
+	for _, a := range r.platforms.Authorizers() {
 		switch {
-		case err == nil:
-			r.observe(e)
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case ctx.Err() != nil:
-			r.log.Warn("cannot read the tokens of apps just added; their rotations will", "error", err)
-			return
+		case !platforms[a.Component]:
+			continue // a platform no longer configured
+		case taken[a.AppID]:
+			r.log.Warn("an authorizer's appid is an app of the apps file too; its token is kept as the app's", "authorizer", a.AppID)
+			continue
+		}
+		authorizers = append(authorizers, loop.Desc{Key: a.AppID, Kind: kv.KindToken, Parent: a.Component,
+			Source: source.NewAuthorizer(a.Component, a.AppID, r.platforms, r.wechat, r.log)})
+	}
+	return authorizers
+}
+
+// sourceOf returns the source of an app's token.
+func (r *Refresher) sourceOf(app App) loop.Source {
+	switch {
+	case app.platform():
+		return source.NewComponent(app.AppID, app.Secret, r.wechat, r.platforms)
+	case app.wecom():
+		return source.NewWeComToken(app.CorpID, app.Secret, r.wecom)
+	case app.TokenAPI == TokenAPIStable:
+		return source.NewStable(app.AppID, app.Secret, r.wechat)
+	}
+	return source.NewToken(app.AppID, app.Secret, r.wechat)
+}
+
+// ticketSourceOf returns the source of an app's ticket.
+func (r *Refresher) ticketSourceOf(app App, t Ticket) loop.Source {
+	if app.wecom() {
+		return source.NewWeComTicket(t.kind(), r.wecom, r.limits)
+	}
+	return source.NewTicket(t.kind(), r.wechat)
+}
+
+// ticketPushed lets a platform's component token that waited for a verify
+// ticket go, now that one came.
+func (r *Refresher) ticketPushed(component string) {
+	if r.creds.Retry(component, source.WaitsForTicket) {
+		r.log.Info("verify ticket pushed: fetching the component token", "component_appid", component)
+	}
+}
+
+// platformsOf returns the platforms among apps.
+func platformsOf(apps []App) []platform.Platform {
+	var platforms []platform.Platform
+	for _, app := range apps {
+		if app.platform() {
+			platforms = append(platforms, platform.Platform{AppID: app.AppID, MessageToken: app.Platform.MessageToken, EncodingAESKey: app.Platform.EncodingAESKey})
 		}
 	}
-}
-
-// update gives the app its secret and token API and reports whether
-// either changed. A fetch WeChat refused before (a configuration error)
-// may go at once with the new ones, rather than after the
-// configuration-error pause.
-func (a *credential) update(app App) (changed bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	src := sourceOf(app)
-	if a.secret.Reveal() == app.Secret.Reveal() && a.src == src {
-		return false
-	}
-	a.secret, a.src = app.Secret, src
-	a.quietUntil = time.Time{}
-	if upstream.ClassOf(a.lastErr) == upstream.ClassConfig {
-		a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
-	}
-	return true
-}
-
-// remove marks the app removed by a reload: no timer is set for it again,
-// and none of its own fires.
-func (a *credential) remove() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.removed = true
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
-	}
+	return platforms
 }
 
 // summary lists a few appids for a log line.

@@ -8,6 +8,8 @@ import (
 	"testing"
 )
 
+const secretText = "s3cr3t-AppSecret/+="
+
 // TestAppNeverPrintsItsSecret: an App printed or logged shows no secret
 // (Secret's own printing is tested with it, in package upstream).
 func TestAppNeverPrintsItsSecret(t *testing.T) {
