@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +19,8 @@ type metrics struct {
 	requests *prometheus.CounterVec   // outcome
 	leader   prometheus.Gauge
 	repaired prometheus.Counter
+
+	leading atomic.Bool // what leader shows: Refresher.Leading
 }
 
 func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
@@ -91,7 +94,9 @@ func (m *metrics) Forget(key, kind, api string) {
 	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid, "kind": label})
 }
 
+// setLeading records whether this replica leads.
 func (m *metrics) setLeading(leading bool) {
+	m.leading.Store(leading)
 	if leading {
 		m.leader.Set(1)
 	} else {

@@ -31,20 +31,12 @@ type Refresher struct {
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	log       *slog.Logger
-	wechat    *upstream.Client // WeChat's API
-	wecom     *upstream.Client // WeCom's
-	limits    *source.HourlyLimits
-	creds     *loop.Credentials
+	creds     *loop.Credentials // the loop
 	platforms *platform.Platforms
+	apps      *reloader // makes the loop's credentials of the apps
 	metrics   *metrics
-	secrets   secrets
+	start     startup
 
-	start      startup
-	reloading  sync.Mutex     // one change of the credentials at a time
-	configured []App          // the apps of the last SetApps, under reloading
-	background sync.WaitGroup // reads of the token bucket for credentials added (rebuild); Run waits for them
-
-	leading     atomic.Bool
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
 
@@ -68,8 +60,8 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
 	}
-	r := &Refresher{cfg: cfg, nc: nc, js: js, log: cfg.Logger, wechat: wechat, wecom: wecom, limits: &source.HourlyLimits{},
-		start: startup{nc: nc, log: cfg.Logger}}
+	r := &Refresher{cfg: cfg, nc: nc, js: js, log: cfg.Logger, start: startup{nc: nc, log: cfg.Logger},
+		apps: &reloader{wechat: wechat, wecom: wecom, limits: &source.HourlyLimits{}, log: cfg.Logger}}
 	r.metrics = newMetrics(cfg.Registerer, r)
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
 	r.creds = loop.New(loop.Config{
@@ -78,16 +70,17 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		RefreshBefore: cfg.RefreshBefore, MinForceInterval: cfg.MinForceInterval, UpstreamTimeout: cfg.UpstreamTimeout,
 		RetryBackoff: cfg.RetryBackoff, RetryBackoffMax: cfg.RetryBackoffMax, ConfigErrorBackoff: cfg.ConfigErrorBackoff,
 		Pacer: upstream.NewPacer(cfg.UpstreamRate), Instance: cfg.Instance, Version: Version,
-		Now: cfg.Clock.now, AfterFunc: cfg.Clock.afterFunc, Logger: cfg.Logger, Metrics: r.metrics, Scrubber: r.secrets.scrubber,
+		Now: cfg.Clock.now, AfterFunc: cfg.Clock.afterFunc, Logger: cfg.Logger, Metrics: r.metrics, Scrubber: r.apps.secrets.scrubber,
 	})
 	r.platforms = platform.New(js, platform.Config{
 		Bucket: cfg.PlatformBucket, Replicas: cfg.Replicas, History: cfg.History, Now: cfg.Clock.now, Logger: cfg.Logger,
-		OnTicket:      r.ticketPushed,
-		OnAuthorizers: r.rebuild,
+		OnTicket:      r.apps.ticketPushed,
+		OnAuthorizers: r.apps.rebuild,
 		OnRecord:      r.creds.Renew,
 		OnWithdrawn:   func(appid string) { r.creds.Remove(appid, source.Withdrawal(appid, r.log)) },
 	})
-	if _, err := r.reload(cfg.Apps, ""); err != nil {
+	r.apps.creds, r.apps.platforms = r.creds, r.platforms
+	if _, err := r.apps.reload(cfg.Apps, ""); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
 	return r, nil
@@ -114,7 +107,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	defer func() {
 		stopFollowing()
 		following.Wait()
-		r.background.Wait()
+		r.apps.background.Wait()
 	}()
 	if !r.follow(followCtx, tokens, &following) {
 		return nil // ctx ended
@@ -189,31 +182,26 @@ func (r *Refresher) campaign(ctx context.Context, l *lease.Lease, tokens jetstre
 // platforms' refresh tokens, which a lost lease or a shutdown must not
 // leave only in memory.
 func (r *Refresher) lead(ctx context.Context, tokens jetstream.KeyValue, held loop.Leadership) error {
-	r.setLeading(true)
+	r.metrics.setLeading(true)
 	r.log.Info("became leader", "instance", r.cfg.Instance)
 	led := make(chan struct{})
 	go func() {
 		select {
 		case <-held.Lost(): // from here on this replica may not call WeChat
-			r.setLeading(false)
+			r.metrics.setLeading(false)
 		case <-led:
 		}
 	}()
 	err := r.creds.Lead(ctx, tokens, held)
 	close(led)
-	r.setLeading(false)
+	r.metrics.setLeading(false)
 	r.platforms.Flush()
 	return err
 }
 
-func (r *Refresher) setLeading(leading bool) {
-	r.leading.Store(leading)
-	r.metrics.setLeading(leading)
-}
-
 // Leading reports whether this replica currently leads: whether it may
 // call WeChat.
-func (r *Refresher) Leading() bool { return r.leading.Load() }
+func (r *Refresher) Leading() bool { return r.metrics.leading.Load() }
 
 // Ready says why the refresher cannot do its part yet, or nil: it is
 // connected to NATS, has opened and read the token bucket, and leads or

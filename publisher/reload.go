@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/wxtoken/wxtoken/kv"
@@ -28,7 +30,7 @@ func (s *secrets) scrubber() upstream.Scrubber {
 	return nil
 }
 
-// add is called under the refresher's reload lock, never concurrently.
+// add is called under the reloader's lock, never concurrently.
 func (s *secrets) add(apps []App) {
 	list := slices.Clone(s.scrubber())
 	for _, app := range apps {
@@ -68,7 +70,7 @@ func (r *Refresher) SetApps(apps []App) error {
 	if hasPlatforms(apps) && !hasPlatforms(r.cfg.Apps) {
 		return errors.New("publisher: apps: a reload cannot add the first platform: the platform bucket is opened at start; restart wxtoken")
 	}
-	added, err := r.reload(apps, whyReload)
+	added, err := r.apps.reload(apps, whyReload)
 	if err != nil {
 		return fmt.Errorf("publisher: apps: %w", err)
 	}
@@ -85,61 +87,81 @@ const (
 	whyAuthorizers = "authorizers changed"
 )
 
+// reloader makes the loop's credentials: those of the apps configured,
+// what is fetched with their tokens, and the authorizers of their
+// platforms, each with the source that fetches it. It makes them again
+// on every reload and whenever authorizers come or go.
+type reloader struct {
+	creds     *loop.Credentials
+	platforms *platform.Platforms
+	wechat    *upstream.Client // WeChat's API
+	wecom     *upstream.Client // WeCom's
+	limits    *source.HourlyLimits
+	log       *slog.Logger
+	secrets   secrets
+
+	mu         sync.Mutex // one change of the credentials at a time
+	configured []App      // the apps of the last reload, under mu
+	// background is the reads of the token bucket for the credentials a
+	// change of authorizers added (rebuild); Run waits for them.
+	background sync.WaitGroup
+}
+
 // reload puts apps in place of the apps configured, makes the credentials
 // again (why is the log line's message, "" for none), and returns the keys
 // of the credentials it added.
-func (r *Refresher) reload(apps []App, why string) ([]string, error) {
-	r.reloading.Lock()
-	defer r.reloading.Unlock()
-	if err := r.platforms.Serve(platformsOf(apps)); err != nil {
+func (l *reloader) reload(apps []App, why string) ([]string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.platforms.Serve(platformsOf(apps)); err != nil {
 		return nil, err
 	}
-	r.secrets.add(apps)
-	previous := r.configured
-	r.configured = apps
-	return r.replace(previous, why), nil
+	l.secrets.add(apps)
+	previous := l.configured
+	l.configured = apps
+	return l.replace(previous, why), nil
 }
 
 // rebuild makes the credentials again after authorizers came or went. It
 // runs on the platform bucket's follower, which reads the token bucket for
 // the credentials added on another goroutine: a slow token bucket must not
 // hold up the platform's next entries.
-func (r *Refresher) rebuild() {
-	r.reloading.Lock()
-	added := r.replace(r.configured, whyAuthorizers)
-	r.reloading.Unlock()
-	r.background.Go(func() { r.creds.Read(added) })
+func (l *reloader) rebuild() {
+	l.mu.Lock()
+	added := l.replace(l.configured, whyAuthorizers)
+	l.mu.Unlock()
+	l.background.Go(func() { l.creds.Read(added) })
 }
 
 // replace makes the credentials of the apps configured and of the
 // authorizers of their platforms, puts them in place of the ones before,
 // and logs why with what changed; previous are the apps before, whose
 // credentials stay, renewed if their secret or API changed. It returns the
-// keys added. Callers hold r.reloading.
-func (r *Refresher) replace(previous []App, why string) (added []string) {
+// keys added. Callers hold l.mu.
+func (l *reloader) replace(previous []App, why string) (added []string) {
 	before := map[string]App{}
 	for _, app := range previous {
 		before[app.Key()] = app
 	}
 	var descs []loop.Desc
 	var renewed []string
-	for _, app := range r.configured {
+	for _, app := range l.configured {
 		old, had := before[app.Key()]
 		renew := had && (old.Secret.Reveal() != app.Secret.Reveal() || old.api() != app.api())
 		if renew {
 			renewed = append(renewed, app.Key())
 		}
-		descs = append(descs, loop.Desc{Key: app.Key(), Kind: kv.KindToken, Source: r.sourceOf(app), Renewed: renew})
+		descs = append(descs, loop.Desc{Key: app.Key(), Kind: kv.KindToken, Source: l.sourceOf(app), Renewed: renew})
 		for _, t := range app.Tickets {
-			descs = append(descs, loop.Desc{Key: kv.Key(app.Key(), t.kind()), Kind: t.kind(), Parent: app.Key(), Source: r.ticketSourceOf(app, t)})
+			descs = append(descs, loop.Desc{Key: kv.Key(app.Key(), t.kind()), Kind: t.kind(), Parent: app.Key(), Source: l.ticketSourceOf(app, t)})
 		}
 	}
-	descs = append(descs, r.authorizersOf(descs)...)
-	ch := r.creds.Replace(descs)
+	descs = append(descs, l.authorizersOf(descs)...)
+	ch := l.creds.Replace(descs)
 	// A reload always says what it did; authorizers, only when some came
 	// or went.
 	if why == whyReload || why != "" && len(ch.Added)+len(ch.Removed) > 0 {
-		r.log.Info(why, "apps", r.creds.Len(), "added", summary(ch.Added), "removed", summary(ch.Removed),
+		l.log.Info(why, "apps", l.creds.Len(), "added", summary(ch.Added), "removed", summary(ch.Removed),
 			"changed", summary(renewed))
 	}
 	return ch.Added
@@ -147,7 +169,7 @@ func (r *Refresher) replace(previous []App, why string) (added []string) {
 
 // authorizersOf describes a credential for each active authorizer of a
 // platform among descs.
-func (r *Refresher) authorizersOf(descs []loop.Desc) []loop.Desc {
+func (l *reloader) authorizersOf(descs []loop.Desc) []loop.Desc {
 	platforms, taken := map[string]bool{}, map[string]bool{}
 	for _, d := range descs {
 		taken[d.Key] = true
@@ -156,46 +178,46 @@ func (r *Refresher) authorizersOf(descs []loop.Desc) []loop.Desc {
 		}
 	}
 	var authorizers []loop.Desc
-	for _, a := range r.platforms.Authorizers() {
+	for _, a := range l.platforms.Authorizers() {
 		switch {
 		case !platforms[a.Component]:
 			continue // a platform no longer configured
 		case taken[a.AppID]:
-			r.log.Warn("an authorizer's appid is an app of the apps file too; its token is kept as the app's", "authorizer", a.AppID)
+			l.log.Warn("an authorizer's appid is an app of the apps file too; its token is kept as the app's", "authorizer", a.AppID)
 			continue
 		}
 		authorizers = append(authorizers, loop.Desc{Key: a.AppID, Kind: kv.KindToken, Parent: a.Component,
-			Source: source.NewAuthorizer(a.Component, a.AppID, r.platforms, r.wechat, r.log)})
+			Source: source.NewAuthorizer(a.Component, a.AppID, l.platforms, l.wechat, l.log)})
 	}
 	return authorizers
 }
 
 // sourceOf returns the source of an app's token.
-func (r *Refresher) sourceOf(app App) loop.Source {
+func (l *reloader) sourceOf(app App) loop.Source {
 	switch {
 	case app.platform():
-		return source.NewComponent(app.AppID, app.Secret, r.wechat, r.platforms)
+		return source.NewComponent(app.AppID, app.Secret, l.wechat, l.platforms)
 	case app.wecom():
-		return source.NewWeComToken(app.CorpID, app.Secret, r.wecom)
+		return source.NewWeComToken(app.CorpID, app.Secret, l.wecom)
 	case app.TokenAPI == TokenAPIStable:
-		return source.NewStable(app.AppID, app.Secret, r.wechat)
+		return source.NewStable(app.AppID, app.Secret, l.wechat)
 	}
-	return source.NewToken(app.AppID, app.Secret, r.wechat)
+	return source.NewToken(app.AppID, app.Secret, l.wechat)
 }
 
 // ticketSourceOf returns the source of an app's ticket.
-func (r *Refresher) ticketSourceOf(app App, t Ticket) loop.Source {
+func (l *reloader) ticketSourceOf(app App, t Ticket) loop.Source {
 	if app.wecom() {
-		return source.NewWeComTicket(t.kind(), r.wecom, r.limits)
+		return source.NewWeComTicket(t.kind(), l.wecom, l.limits)
 	}
-	return source.NewTicket(t.kind(), r.wechat)
+	return source.NewTicket(t.kind(), l.wechat)
 }
 
 // ticketPushed lets a platform's component token that waited for a verify
 // ticket go, now that one came.
-func (r *Refresher) ticketPushed(component string) {
-	if r.creds.Retry(component, source.WaitsForTicket) {
-		r.log.Info("verify ticket pushed: fetching the component token", "component_appid", component)
+func (l *reloader) ticketPushed(component string) {
+	if l.creds.Retry(component, source.WaitsForTicket) {
+		l.log.Info("verify ticket pushed: fetching the component token", "component_appid", component)
 	}
 }
 

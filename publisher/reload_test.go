@@ -43,7 +43,7 @@ func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
 		if err := r.SetApps(tc.apps); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
 		}
-		if got := keys(); got != "wx1" || len(r.configured) != 1 || r.configured[0].Secret.Reveal() != "s1" || logs.has(whyReload) {
+		if got := keys(); got != "wx1" || len(r.apps.configured) != 1 || r.apps.configured[0].Secret.Reveal() != "s1" || logs.has(whyReload) {
 			t.Errorf("%s: the running apps changed: %s", tc.name, got)
 		}
 	}
@@ -57,7 +57,7 @@ func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
 	}
 	// The old secret is a prefix of the new: scrubbing it first would
 	// leave "-new" behind.
-	if got := r.secrets.scrubber().Scrub("s1 s1-new s2"); got != "[REDACTED] [REDACTED] [REDACTED]" {
+	if got := r.apps.secrets.scrubber().Scrub("s1 s1-new s2"); got != "[REDACTED] [REDACTED] [REDACTED]" {
 		t.Errorf("scrubbed %q: old and new secrets are not all scrubbed", got)
 	}
 }
