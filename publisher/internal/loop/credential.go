@@ -13,9 +13,10 @@ import (
 // fresh: an app's access_token, or what is fetched with it. What it is
 // (key, kind, parent) is fixed for its life, and how it is fetched is an
 // immutable identity a reload may replace; what changes with each
-// rotation (state), the rotation under way (flight) and the timer that
-// wakes it (wakeup) are guarded by its mutex, which this file alone
-// takes.
+// rotation (state, state.go), the rotation under way (flight) and the
+// timer that wakes it (wakeup) are guarded by its mutex, which only this
+// file, parents.go (a child's wait for its parent's token) and demand.go
+// (a refresh request) take.
 type credential struct {
 	key    string      // its key in the token bucket: an appid, "<corpid>-<agent>", or "<key>.<kind>"
 	kind   string      // kv.KindToken, or the ticket's kind
@@ -60,45 +61,6 @@ func newIdentity(src Source) *identity {
 
 func (c *credential) id() *identity { return c.ident.Load() }
 
-// state is what the refresher knows of a credential's key, and what it
-// decided about it.
-type state struct {
-	removed    bool           // by a reload: no longer refreshed
-	rev        uint64         // newest revision of the key seen; 0 when there is none
-	rec        *kv.Credential // the value at rev; nil when absent, deleted or undecodable
-	refreshAt  time.Time      // when rec enters its refresh window, spread included
-	lastForced time.Time      // start of the last forced refresh
-	failures   int            // consecutive failed rotations (fetch or write)
-	retryAt    time.Time      // no fetch before this, after a failure
-	lastErr    error          // the failure that set retryAt
-	pending    *kv.Credential // fetched but not stored yet: written before anything is fetched
-	announced  uint64         // the newest revision this replica published on the Value subject
-	quietUntil time.Time      // WeChat answered with the value held: not asked again before this
-	// gen counts the changes of what a fetch is made with (a secret a
-	// reload replaced, an authorizer's newer refresh token): a refusal of
-	// the one before is no failure.
-	gen uint64
-	// retryIf, set by a Retry that came while a flight was under way,
-	// lifts the pause of the failure that flight records, if it matches.
-	retryIf func(error) bool
-}
-
-// flight is the credential's current attempt: one rotation, shared by
-// everyone who needs one while it runs.
-type flight struct {
-	from uint64 // the revision it replaces
-	done chan struct{}
-	out  outcome // set before done closes
-}
-
-// outcome is what a rotation left in the bucket.
-type outcome struct {
-	rev       uint64
-	rec       *kv.Credential // nil when there is no valid value
-	refreshed bool
-	err       error
-}
-
 // wakeup is the timer that makes a credential rotate when it falls due.
 type wakeup struct {
 	timer *time.Timer
@@ -126,30 +88,6 @@ func (c *credential) due(now time.Time) time.Time {
 	return later(s.refreshAt, s.quietUntil)
 }
 
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
-
-// pendingSuperseded reports whether the bucket holds a newer value than
-// the one fetched but not stored (another leader's, while this replica
-// could not write): WeChat has ended the older one, or will, so it must
-// not be stored. Callers hold c.mu.
-func (s *state) pendingSuperseded() bool {
-	return s.pending != nil && s.rec != nil && s.rec.FetchedAt.After(s.pending.FetchedAt)
-}
-
-// validRecord returns the value held if it has not expired. Callers hold
-// c.mu.
-func (s *state) validRecord(now time.Time) *kv.Credential {
-	if s.rec != nil && s.rec.ValidAt(now) {
-		return s.rec
-	}
-	return nil
-}
-
 // setRecord records the value at rev, and when it falls due within
 // window, given the value's lifetime. Callers hold c.mu.
 func (c *credential) setRecord(rev uint64, rec *kv.Credential, window func(time.Duration) time.Duration) {
@@ -162,12 +100,6 @@ func (c *credential) setRecord(rev uint64, rec *kv.Credential, window func(time.
 		w := window(rec.Lifetime())
 		s.refreshAt = rec.ExpiresAt.Add(-w - spreadOf(c.key, rev, w/5))
 	}
-}
-
-// clearFailure forgets the failures: the next fetch may go at once.
-// Callers hold c.mu.
-func (s *state) clearFailure() {
-	s.failures, s.retryAt, s.lastErr = 0, time.Time{}, nil
 }
 
 // startOrJoin returns the credential's rotation under way, or starts one
@@ -442,4 +374,86 @@ func (c *credential) restoring(now time.Time) (rec *kv.Credential, busy, pending
 		c.st.retryAt = time.Time{}
 	}
 	return rec, busy, pending
+}
+
+// A credential's wakeup: the timer that makes it rotate when it falls due.
+// The loop plans it whenever what it knows of the credential changed; a
+// term stops every timer when it ends.
+
+// remove marks the credential removed by a reload: no timer is set for it
+// again, and none of its own fires.
+func (c *credential) remove() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.st.removed = true
+	c.disarm()
+}
+
+// armLocked sets the credential's timer to due, unless it is already set
+// no later, the credential was removed or the term is ending (ending
+// tells); fire runs when it goes off. Callers hold c.mu.
+func (c *credential) armLocked(due, now time.Time, ending func() bool, afterFunc func(time.Duration, func()) *time.Timer, fire func()) {
+	// An ended term (a caller may hold one) must not touch the timer the
+	// next term set.
+	if c.st.removed || ending() {
+		return
+	}
+	w := &c.wake
+	if w.timer != nil {
+		if !w.at.After(due) {
+			return
+		}
+		w.timer.Stop()
+		w.timer = nil
+	}
+	w.gen++
+	gen := w.gen
+	w.at = due
+	w.timer = afterFunc(max(due.Sub(now), 0), func() {
+		c.mu.Lock()
+		if c.wake.gen == gen {
+			c.wake.timer = nil
+		}
+		c.mu.Unlock()
+		fire()
+	})
+}
+
+// plan arms the timer for when the credential falls due, unless a flight
+// under way will plan when it lands.
+func (c *credential) plan(now time.Time, ending func() bool, afterFunc func(time.Duration, func()) *time.Timer, fire func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.flight != nil {
+		return
+	}
+	c.armLocked(c.due(now), now, ending, afterFunc, fire)
+}
+
+// dueOrArm reports whether the credential is due at now; if not, it arms
+// the timer for when it is.
+func (c *credential) dueOrArm(now time.Time, ending func() bool, afterFunc func(time.Duration, func()) *time.Timer, fire func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	due := c.due(now)
+	if due.After(now) {
+		c.armLocked(due, now, ending, afterFunc, fire)
+		return false
+	}
+	return true
+}
+
+// disarm stops the timer. Callers hold c.mu.
+func (c *credential) disarm() {
+	if c.wake.timer != nil {
+		c.wake.timer.Stop()
+		c.wake.timer = nil
+	}
+}
+
+// stopTimer stops the timer of a term that ends.
+func (c *credential) stopTimer() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.disarm()
 }

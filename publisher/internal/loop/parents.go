@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -96,4 +97,77 @@ func (c *Credentials) renewToken(t *term, p *credential, used uint64) (kv.Creden
 		}
 	}
 	return c.tokenFor(t, p)
+}
+
+// What a child asks of its parent, decided under the parent's lock, and
+// the waiting of a child whose parent has no token, under the child's.
+
+// waitForParent makes c, whose parent has no token, wait for it: until
+// err.until, or after a backoff of its own (delay, given its failures in
+// a row) when that is past.
+func (c *credential) waitForParent(err *parentWaitError, now time.Time, delay func(failures int) time.Duration) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.st.failures++
+	until := err.until
+	if !until.After(now) {
+		until = now.Add(delay(c.st.failures))
+	}
+	c.st.retryAt, c.st.lastErr = until, err
+	return until
+}
+
+// parentCame lifts the wait of a credential that waited for its parent's
+// token, now that the parent has one; it reports whether it waited.
+func (c *credential) parentCame() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var waiting *parentWaitError
+	if !errors.As(c.st.lastErr, &waiting) {
+		return false
+	}
+	c.st.clearFailure()
+	return true
+}
+
+// parentToken returns the parent's valid value and revision, or the
+// flight to wait for: one started, shared with its own schedule, when it
+// has none and is due; none while it waits after a failure or a repeated
+// answer.
+func (c *credential) parentToken(now time.Time, start func(f *flight, base outcome) bool) (rec *kv.Credential, rev uint64, f *flight) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, rec, rev = c.flight, c.st.validRecord(now), c.st.rev
+	if f == nil && rec == nil && !now.Before(c.due(now)) {
+		f, _ = c.startOrJoin(start)
+	}
+	return rec, rev, f
+}
+
+// parentAfter returns the parent's valid value, revision and next attempt
+// once its flight landed.
+func (c *credential) parentAfter(now time.Time) (rec *kv.Credential, rev uint64, until time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st.validRecord(now), c.st.rev, c.st.retryAt
+}
+
+// force starts a forced rotation of the credential, whose token a call
+// made with revision used refused, or joins the one under way; it returns
+// nil when the token was replaced meanwhile, and an error when a forced
+// refresh ran within minInterval (since says how long ago).
+func (c *credential) force(used uint64, now time.Time, minInterval time.Duration, start func(f *flight, base outcome) bool) (f *flight, since time.Duration, limited bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.flight != nil:
+		return c.flight, 0, false
+	case c.st.rev != used: // replaced meanwhile
+		return nil, 0, false
+	case !c.st.lastForced.IsZero() && now.Sub(c.st.lastForced) < minInterval:
+		return nil, now.Sub(c.st.lastForced), true
+	}
+	c.st.lastForced = now
+	f, _ = c.startOrJoin(start)
+	return f, 0, false
 }
