@@ -26,10 +26,10 @@
 //   - internal/upstream: the HTTP client of WeChat's APIs, what their
 //     answers mean, the pacer, and the secrets the calls carry.
 //
-// Reading order: refresher.go (New, Run: start-up, following the buckets,
-// campaigning, leading), reload.go (the apps made credentials of the
+// Reading order: refresher.go (Config, New, Run: start-up, following the
+// buckets, campaigning, leading), reload.go (the apps made credentials of the
 // loop, on start and on every reload or change of authorizers), then the
 // loop's package doc, and a kind in internal/source (token.go is the
-// simplest). start.go, metrics.go, apps.go and config.go can be read when
-// needed.
+// simplest). start.go, metrics.go, apps.go and config.go (Config's
+// defaults and checks) can be read when needed.
 package publisher

@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/kvwatch"
@@ -24,6 +26,61 @@ import (
 
 // Version is reported by the refresh service to `nats micro info`.
 const Version = "0.1.0"
+
+// Config is the refresher's configuration. Zero fields take the defaults.
+type Config struct {
+	Apps []App
+
+	Bucket string // token bucket; kv.DefaultBucket
+	// PlatformBucket holds third-party platforms' verify tickets and
+	// their authorizers' refresh tokens; kv.DefaultPlatformBucket. It is
+	// opened only when Apps has a platform, and so is the callbacks'
+	// replay bucket beside it (kv.ReplayBucket).
+	PlatformBucket string
+	Replicas       int    // replicas of the buckets; 1
+	History        int    // revisions kept per key; 1
+	SubjectPrefix  string // kv.DefaultSubjectPrefix
+
+	// Schedule is the cron spec of the refresh check; DefaultSchedule.
+	Schedule string
+	// RefreshBefore is how long before expiry a token is replaced. For a
+	// token that lives less than twice as long it is cut to half the
+	// lifetime, so short-lived tokens are replaced in time too.
+	RefreshBefore time.Duration
+	// MinForceInterval is the least time between two forced refreshes of one app.
+	MinForceInterval time.Duration
+	// LeaseTTL is how long the leader's lease lasts without renewal.
+	LeaseTTL time.Duration
+
+	// RetryBackoff and RetryBackoffMax bound the pause after transient
+	// failures: it doubles per consecutive failure from RetryBackoff up to
+	// RetryBackoffMax, half of it random; 1s and 1m by default.
+	RetryBackoff, RetryBackoffMax time.Duration
+	// ConfigErrorBackoff is the pause after a configuration error (wrong
+	// secret, IP not whitelisted): such errors need a human, and calling
+	// again sooner would only burn quota; 10m by default.
+	ConfigErrorBackoff time.Duration
+
+	UpstreamURL     string        // DefaultUpstreamURL
+	WeComURL        string        // WeCom's API, for WeCom apps; DefaultWeComURL
+	UpstreamTimeout time.Duration // per call; DefaultUpstreamTimeout
+	// UpstreamRate paces token fetches across all apps, in calls per
+	// second, so ten thousand apps do not all call in the same second.
+	UpstreamRate float64
+	HTTPClient   *http.Client
+
+	// Registerer, if set, receives the refresher's Prometheus metrics.
+	Registerer prometheus.Registerer
+
+	// Instance names this replica in the lease and in logs; hostname and pid
+	// by default.
+	Instance string
+	// Logger receives the refresher's logs; nothing is logged when nil.
+	Logger *slog.Logger
+	// Clock is the time the refresher decides and schedules by; the real
+	// clock by default. (Leases always run on real time.)
+	Clock Clock
+}
 
 // Refresher keeps the tokens of its apps fresh in the token bucket.
 type Refresher struct {
