@@ -1,8 +1,8 @@
-// Package jssdk signs WeChat JS-SDK configurations with a ticket the
-// subscriber holds in memory: wx.config with the app's jsapi_ticket (or a
-// WeCom corp's), WeCom's wx.agentConfig with an app's agent_config ticket,
-// and the card (卡券) signature with its wx_card ticket. Nothing here does I/O:
-// a page's configuration costs a SHA-1.
+// Package jssdk signs WeChat JS-SDK configurations with a ticket a
+// subscriber (or a subscriber.Set) holds in memory: wx.config with the
+// app's jsapi_ticket (or a WeCom corp's), WeCom's wx.agentConfig with an
+// app's agent_config ticket, and the card (卡券) signature with its wx_card
+// ticket. Nothing here does I/O: a page's configuration costs a SHA-1.
 package jssdk
 
 import (
@@ -54,32 +54,43 @@ type Config struct {
 	Signature string `json:"signature"`
 }
 
-// ErrNotJSAPITicket is returned by Sign for a subscriber that does not
-// follow a jsapi_ticket key.
+// Ticket is a ticket held in memory: a *subscriber.Subscriber that follows
+// one, or a key of a subscriber.Set (Set.Member).
+type Ticket interface {
+	// Key is the ticket's key, "<appid>.jsapi_ticket" say.
+	Key() string
+	// Current is the ticket, or why it cannot be used.
+	Current() (subscriber.Token, error)
+}
+
+// ErrNotJSAPITicket is returned by Sign for a ticket whose key is not a
+// jsapi_ticket's.
 var ErrNotJSAPITicket = errors.New("jssdk: the subscriber does not follow a jsapi_ticket")
 
 // Sign returns the wx.config for the page at pageURL, signed with the
-// jsapi_ticket that sub follows ("<appid>.jsapi_ticket", or a WeCom
-// corp's "<corpid>-<agent>.jsapi_ticket", signed for the corp), with the current
-// time and a fresh nonce. It fails if the ticket cannot be used (the
-// subscriber is closed, or the ticket expired and was not replaced), or if
-// pageURL is not an absolute http(s) URL.
-func Sign(sub *subscriber.Subscriber, pageURL string) (Config, error) {
-	if _, kind := kv.SplitKey(sub.Key()); kind != kv.KindJSAPITicket {
-		return Config{}, fmt.Errorf("%w: it follows %s", ErrNotJSAPITicket, sub.Key())
+// jsapi_ticket held ("<appid>.jsapi_ticket", or a WeCom corp's
+// "<corpid>-<agent>.jsapi_ticket", signed for the corp): a Subscriber's, or a Set's
+// (set.Member(key)), with the current time and a fresh nonce. It fails if
+// the ticket cannot be used (the subscriber or set is closed, the ticket
+// expired and was not replaced, or a set holds none), or if pageURL is not
+// an absolute http(s) URL.
+func Sign(ticket Ticket, pageURL string) (Config, error) {
+	key := ticket.Key()
+	appid, kind := kv.SplitKey(key)
+	if kind != kv.KindJSAPITicket {
+		return Config{}, fmt.Errorf("%w: it follows %s", ErrNotJSAPITicket, key)
 	}
 	if err := checkPageURL(pageURL); err != nil {
 		return Config{}, err
 	}
-	ticket, err := sub.Current()
+	held, err := ticket.Current()
 	if err != nil {
 		return Config{}, fmt.Errorf("jssdk: %w", err)
 	}
-	appid := sub.AppID()
-	if corpid, _, ok := kv.SplitWeComKey(sub.Key()); ok {
+	if corpid, _, ok := kv.SplitWeComKey(key); ok {
 		appid = corpid // WeCom's wx.config names the corp
 	}
-	return NewConfig(appid, ticket.Value, pageURL, time.Now())
+	return NewConfig(appid, held.Value, pageURL, time.Now())
 }
 
 // AgentConfig is what a WeCom page passes to wx.agentConfig (with its
@@ -92,26 +103,28 @@ type AgentConfig struct {
 	Signature string `json:"signature"`
 }
 
-// ErrNotAgentConfigTicket is returned by SignAgentConfig for a subscriber
-// that does not follow a WeCom app's agent_config ticket.
+// ErrNotAgentConfigTicket is returned by SignAgentConfig for a ticket
+// whose key is not a WeCom app's agent_config ticket's.
 var ErrNotAgentConfigTicket = errors.New("jssdk: the subscriber does not follow an agent_config_ticket")
 
 // SignAgentConfig returns the wx.agentConfig of the WeCom page at pageURL,
-// signed (as wx.config is) with the agent_config ticket sub follows
-// ("<corpid>-<agentid>.agent_config_ticket"), now and with a fresh nonce.
-func SignAgentConfig(sub *subscriber.Subscriber, pageURL string) (AgentConfig, error) {
-	corpid, agent, wecom := kv.SplitWeComKey(sub.Key())
-	if _, kind := kv.SplitKey(sub.Key()); kind != kv.KindAgentConfigTicket || !wecom {
-		return AgentConfig{}, fmt.Errorf("%w: it follows %s", ErrNotAgentConfigTicket, sub.Key())
+// signed (as wx.config is) with the agent_config ticket held
+// ("<corpid>-<agentid>.agent_config_ticket": a Subscriber's, or a Set's),
+// now and with a fresh nonce.
+func SignAgentConfig(ticket Ticket, pageURL string) (AgentConfig, error) {
+	key := ticket.Key()
+	corpid, agent, wecom := kv.SplitWeComKey(key)
+	if _, kind := kv.SplitKey(key); kind != kv.KindAgentConfigTicket || !wecom {
+		return AgentConfig{}, fmt.Errorf("%w: it follows %s", ErrNotAgentConfigTicket, key)
 	}
 	if err := checkPageURL(pageURL); err != nil {
 		return AgentConfig{}, err
 	}
-	ticket, err := sub.Current()
+	held, err := ticket.Current()
 	if err != nil {
 		return AgentConfig{}, fmt.Errorf("jssdk: %w", err)
 	}
-	c, err := NewConfig(corpid, ticket.Value, pageURL, time.Now())
+	c, err := NewConfig(corpid, held.Value, pageURL, time.Now())
 	if err != nil {
 		return AgentConfig{}, err
 	}

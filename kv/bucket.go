@@ -73,9 +73,17 @@ func ValueMsg(subjects Subjects, appid string, revision uint64, record []byte) *
 	return m
 }
 
-// DecodeValueMsg returns the revision and record of a value message.
+// DecodeValueMsg returns the revision and record of a value message: one
+// the refresher published, its revision in RevisionHeader, or one a
+// region's copy of the bucket (`wxtoken region add`) republished as it
+// stored it, its revision in the stream's Nats-Sequence header. A copy
+// keeps the hub's sequences, so both are the hub bucket's revision.
 func DecodeValueMsg(m *nats.Msg) (revision uint64, record []byte, err error) {
-	revision, err = strconv.ParseUint(m.Header.Get(RevisionHeader), 10, 64)
+	text := m.Header.Get(RevisionHeader)
+	if text == "" {
+		text = m.Header.Get(jetstream.SequenceHeader)
+	}
+	revision, err = strconv.ParseUint(text, 10, 64)
 	if err != nil || revision == 0 {
 		return 0, nil, fmt.Errorf("kv: value message on %s without a revision", m.Subject)
 	}
@@ -115,4 +123,18 @@ func ReadAll(ctx context.Context, b jetstream.KeyValue, filters ...string) ([]je
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// ValueOperation is what a value message carries: a value, or the delete
+// or purge marker of its key, which a region's copy republishes as it
+// stores it (the refresher publishes values only, and a removal, which
+// RemovalReason tells).
+func ValueOperation(h nats.Header) jetstream.KeyValueOp {
+	switch h.Get(kvOperation) {
+	case kvDelete:
+		return jetstream.KeyValueDelete
+	case kvPurge:
+		return jetstream.KeyValuePurge
+	}
+	return jetstream.KeyValuePut
 }

@@ -47,6 +47,7 @@ type RemovalEvent struct {
 const (
 	kvOperation = "KV-Operation"
 	kvDelete    = "DEL"
+	kvPurge     = "PURGE"
 )
 
 // Remove deletes key from bucket (named bucketName) with a compare-and-swap

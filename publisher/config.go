@@ -88,6 +88,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	if err := kv.ValidateSubjectPrefix(c.SubjectPrefix); err != nil {
 		errs = append(errs, err)
 	}
+	if err := checkDomain(c.JSDomain); err != nil {
+		errs = append(errs, err)
+	}
 	for _, d := range []struct {
 		name  string
 		value time.Duration

@@ -40,6 +40,10 @@ type Config struct {
 	Replicas       int    // replicas of the buckets; 1
 	History        int    // revisions kept per key; 1
 	SubjectPrefix  string // kv.DefaultSubjectPrefix
+	// JSDomain is the JetStream domain of the hub's buckets, for a replica
+	// in a region, connected to the region's NATS (see region.go); empty:
+	// the buckets of the NATS it is connected to.
+	JSDomain string
 
 	// Schedule is the cron spec of the refresh check; DefaultSchedule.
 	Schedule string
@@ -105,7 +109,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	}
 	// Asynchronous writes (a repair carrying values over) give up on an
 	// acknowledgement that does not come, rather than wait forever.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(bucket.Timeout), jetstream.WithDefaultTimeout(requestTimeout))
+	js, err := jetStreamOf(nc, cfg.JSDomain, jetstream.WithPublishAsyncTimeout(bucket.Timeout), jetstream.WithDefaultTimeout(requestTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}

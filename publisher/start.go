@@ -171,7 +171,7 @@ func (e *humanError) Unwrap() error { return e.err }
 // fix, saying what to do about it; otherwise nil. since is the
 // connection's last error before the attempt that failed with err.
 func needsHuman(nc *nats.Conn, since, err error) error {
-	if he, me := (*humanError)(nil), (*lease.MisconfiguredError)(nil); errors.As(err, &he) || errors.As(err, &me) {
+	if he, me := (*humanError)(nil), (*lease.MisconfiguredError)(nil); errors.As(err, &he) || errors.As(err, &me) || errors.Is(err, bucket.ErrReadOnlyCopy) {
 		return err
 	}
 	return bucket.NeedsHuman(nc, since, err)

@@ -10,3 +10,9 @@ import (
 func BenchmarkToken(b *testing.B) { benchkit.TokenRead(b) }
 
 func BenchmarkTokenKVGetPerCall(b *testing.B) { benchkit.KVGetPerCall(b) }
+
+// A Set's read of a key, with 10,000 keys held: go test -bench SetToken -benchmem ./subscriber
+func BenchmarkSetToken(b *testing.B) { benchkit.SetTokenRead(b, false) }
+
+// The same, each goroutine reading every key in turn.
+func BenchmarkSetTokenEveryKey(b *testing.B) { benchkit.SetTokenRead(b, true) }

@@ -1,22 +1,85 @@
 package subscriber
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 )
+
+// gate is the lifecycle of a callback goroutine, a Subscriber's or a
+// Set's: callbacks begin once the constructor has returned, run one at a
+// time, and none starts once Close was called; Close does not wait for one
+// under way (it may be the very caller).
+type gate struct {
+	life  context.Context // ends with Close
+	ready chan struct{}   // closed when the constructor has returned
+	ended chan struct{}   // closed when the callback goroutine has ended, or never ran
+	begun atomic.Bool     // start was called
+
+	mu      sync.Mutex
+	closed  bool // no callback starts any more
+	running bool // a callback is under way
+}
+
+// init readies the gate; when no callback is wanted, ended is closed at
+// once.
+func (g *gate) init(life context.Context, wanted bool) {
+	g.life, g.ready, g.ended = life, make(chan struct{}), make(chan struct{})
+	if !wanted {
+		close(g.ended)
+	}
+}
+
+// start lets callbacks begin: the constructor has returned.
+func (g *gate) start() {
+	g.begun.Store(true)
+	close(g.ready)
+}
+
+// stop lets no callback start any more, and reports whether one is under
+// way.
+func (g *gate) stop() (running bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	return g.running
+}
+
+// await waits for start, and reports false if Close came first.
+func (g *gate) await() bool {
+	select {
+	case <-g.ready:
+		return true
+	case <-g.life.Done():
+		return false
+	}
+}
+
+// call runs f unless Close was called, and reports whether it did: no
+// callback starts once Close was called.
+func (g *gate) call(f func()) bool {
+	g.mu.Lock()
+	if g.closed || g.life.Err() != nil {
+		g.mu.Unlock()
+		return false
+	}
+	g.running = true
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.running = false
+		g.mu.Unlock()
+	}()
+	f()
+	return true
+}
 
 // callbacks runs OnRotate and OnError on the subscriber's callback
 // goroutine: one at a time, under no lock that delivery or Refresh needs,
 // and only once New has returned.
 type callbacks struct {
-	s     *Subscriber
-	ready chan struct{} // closed when New has returned the subscriber
-	ended chan struct{} // closed when the callback goroutine has ended, or never ran
-	begun atomic.Bool   // start was called
-
-	mu      sync.Mutex
-	closed  bool // no callback starts any more
-	running bool // a callback is under way
+	gate
+	s *Subscriber
 
 	// The latest problem for OnError, not yet passed on; a good token
 	// since clears it. errReported signals one.
@@ -26,27 +89,12 @@ type callbacks struct {
 }
 
 func (c *callbacks) init(s *Subscriber) {
-	c.s, c.ready, c.ended, c.errReported = s, make(chan struct{}), make(chan struct{}), make(chan struct{}, 1)
-	if s.opts.onRotate == nil && s.opts.onError == nil {
-		close(c.ended)
-		return
+	c.s, c.errReported = s, make(chan struct{}, 1)
+	wanted := s.opts.onRotate != nil || s.opts.onError != nil
+	c.gate.init(s.ctx, wanted)
+	if wanted {
+		go c.loop()
 	}
-	go c.loop()
-}
-
-// start lets callbacks begin: New has returned.
-func (c *callbacks) start() {
-	c.begun.Store(true)
-	close(c.ready)
-}
-
-// stop lets no callback start any more, and reports whether one is under
-// way.
-func (c *callbacks) stop() (running bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.closed = true
-	return c.running
 }
 
 // reportError hands err to OnError, in place of a problem not yet passed
@@ -84,9 +132,7 @@ func (c *callbacks) takeError() error {
 func (c *callbacks) loop() {
 	defer close(c.ended)
 	s := c.s
-	select {
-	case <-c.ready:
-	case <-s.ctx.Done():
+	if !c.await() {
 		return
 	}
 	var last uint64
@@ -114,23 +160,4 @@ func (c *callbacks) loop() {
 			return
 		}
 	}
-}
-
-// call runs f unless the subscriber is closed, or closing, and reports
-// whether it did: no callback starts once Close was called.
-func (c *callbacks) call(f func()) bool {
-	c.mu.Lock()
-	if c.closed || c.s.ctx.Err() != nil {
-		c.mu.Unlock()
-		return false
-	}
-	c.running = true
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		c.running = false
-		c.mu.Unlock()
-	}()
-	f()
-	return true
 }

@@ -23,6 +23,10 @@ var (
 	// authorizer that withdrew its authorization from the platform. A value
 	// stored under the key later (the account authorizes again) ends it.
 	ErrRemoved = errors.New("subscriber: key removed")
+	// ErrUnknownKey is wrapped by a Set's calls for a key it holds
+	// nothing of: one the bucket has no value of (yet), or, with
+	// WithKeys, one not among its keys.
+	ErrUnknownKey = errors.New("subscriber: no such key")
 
 	// The refresher's answers to a refresh request that failed, wrapped
 	// by a *RefreshError.

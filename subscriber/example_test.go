@@ -3,6 +3,7 @@ package subscriber_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
@@ -171,6 +172,72 @@ func ExampleOnRotate() {
 	fmt.Println("first, then the rotated one:", next > first && next == rev)
 	// Output:
 	// first, then the rotated one: true
+}
+
+// A third-party platform's backend serves every account that authorized
+// the platform: one Set follows all their tokens (and tickets) on one
+// subscription, each read with no I/O and no lock, and holds a new
+// account's the moment the refresher stores it.
+func ExampleNewSet() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The accounts' appids; in production, the platform's authorizers.
+	sys, err := wxtokentest.New(ctx, "wxa00000000000a001", "wxa00000000000a002")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sys.Close()
+	nc, err := nats.Connect(sys.URL(), nats.MaxReconnects(-1))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer nc.Close()
+
+	set, err := subscriber.NewSet(ctx, nc) // every key in the bucket, and each new one
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer set.Close()
+
+	// A request for one account: its token, as Subscriber.Current gives it.
+	if _, err := set.Current("wxa00000000000a001"); err == nil {
+		fmt.Println("a001 usable")
+	}
+	// Its WeChat calls: the token put in, refreshed and retried on 40001.
+	wechat := &http.Client{Transport: set.Transport("wxa00000000000a002", nil), Timeout: 10 * time.Second}
+	sys.Reject("wxa00000000000a002")
+	fmt.Println("a002 errcode after a rejection:", callbackIP(wechat, sys.WeChatURL(), ""))
+
+	// An account authorizes the platform: the set holds it, without a restart.
+	if err := sys.AddApps(ctx, "wxa00000000000a003"); err != nil {
+		log.Fatal(err)
+	}
+	until(ctx, set, func() bool { return set.Token("wxa00000000000a003").Revision > 0 })
+	fmt.Println("a003 held:", set.Token("wxa00000000000a003").Value == sys.Token("wxa00000000000a003"))
+
+	// An account withdraws its authorization: its key is said removed.
+	if err := sys.Withdraw(ctx, "wxa00000000000a001"); err != nil {
+		log.Fatal(err)
+	}
+	until(ctx, set, func() bool { _, err := set.Current("wxa00000000000a001"); return err != nil })
+	_, err = set.Current("wxa00000000000a001")
+	fmt.Println("a001 removed:", errors.Is(err, subscriber.ErrRemoved))
+	// Output:
+	// a001 usable
+	// a002 errcode after a rejection: 0
+	// a003 held: true
+	// a001 removed: true
+}
+
+// until waits until ok, looking again each time the set changes.
+func until(ctx context.Context, set *subscriber.Set, ok func() bool) {
+	for !ok() {
+		select {
+		case <-set.Updated():
+		case <-ctx.Done():
+			log.Fatal(ctx.Err())
+		}
+	}
 }
 
 // start runs a System for appID and a subscriber following it; stop ends

@@ -7,8 +7,9 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// Option configures a Subscriber. New refuses an option it cannot use with
-// an error that wraps ErrInvalidOption.
+// Option configures a Subscriber or a Set. New and NewSet refuse an option
+// they cannot use with an error that wraps ErrInvalidOption: OnRotate and
+// OnError are a Subscriber's, WithKeys, OnSetRotate and OnSetError a Set's.
 type Option func(*options) error
 
 type options struct {
@@ -18,6 +19,31 @@ type options struct {
 	onRotate       func(*Subscriber, Token)
 	onError        func(*Subscriber, error)
 	requestTimeout time.Duration
+
+	// A Set's.
+	keys         []string // nil: every key
+	onSetRotate  func(*Set, string, Token)
+	onSetError   func(*Set, string, error)
+	pendingLimit int // values nats.go queues before it drops them; 0: its default (a test's knob)
+}
+
+// forSubscriber refuses the options only a Set can use.
+func (o *options) forSubscriber() error {
+	switch {
+	case o.keys != nil:
+		return invalidOption("WithKeys is an option of NewSet: New follows the one key it is given")
+	case o.onSetRotate != nil, o.onSetError != nil:
+		return invalidOption("OnSetRotate and OnSetError are options of NewSet: New takes OnRotate and OnError")
+	}
+	return nil
+}
+
+// forSet refuses the options only a Subscriber can use.
+func (o *options) forSet() error {
+	if o.onRotate != nil || o.onError != nil {
+		return invalidOption("OnRotate and OnError are options of New: NewSet takes OnSetRotate and OnSetError")
+	}
+	return nil
 }
 
 func defaultOptions() options {
@@ -108,6 +134,61 @@ func WithRequestTimeout(d time.Duration) Option {
 			return invalidOption("WithRequestTimeout: %s is not positive", d)
 		}
 		o.requestTimeout = d
+		return nil
+	}
+}
+
+// WithKeys makes a Set follow only the keys given (appids, or
+// "<appid>.<kind>" for a ticket), instead of every key in the bucket and
+// each new one. A key the bucket does not have yet is held the moment the
+// refresher stores it.
+func WithKeys(keys ...string) Option {
+	return func(o *options) error {
+		if len(keys) == 0 {
+			return invalidOption("WithKeys: no keys (leave the option out to follow every key)")
+		}
+		for _, key := range keys {
+			if err := kv.ValidateKey(key); err != nil {
+				return invalidOption("WithKeys: %v", err)
+			}
+		}
+		o.keys = append(o.keys, keys...)
+		return nil
+	}
+}
+
+// OnSetRotate calls fn with each new value of a key of the Set, the first
+// included, once NewSet has returned: with the Set, the key and its token.
+//
+// Callbacks (OnSetRotate's and OnSetError's) run one at a time on the
+// Set's callback goroutine, under no lock the Set needs: fn may call
+// Refresh, Token, Close, or make WeChat calls through Transport. If a
+// key's values arrive faster than fn returns, fn gets its newest and the
+// ones between are skipped; keys wait their turn, none is skipped.
+func OnSetRotate(fn func(s *Set, key string, t Token)) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return invalidOption("OnSetRotate: nil func")
+		}
+		o.onSetRotate = fn
+		return nil
+	}
+}
+
+// OnSetError calls fn with the problems the Set meets while it keeps the
+// last good values (a key's value that does not decode, say), on the
+// callback goroutine (see OnSetRotate): with the Set, the key the problem
+// is about ("" for the Set's own, such as a bucket it cannot read), and the
+// problem. A key removed for good is told here too (errors.Is(err,
+// ErrRemoved)). Problems met before NewSet returns are not passed on. If a
+// key's problems come faster than fn returns, fn gets the latest, and none
+// that a good value of the key has overcome since.
+func OnSetError(fn func(s *Set, key string, err error)) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return invalidOption("OnSetError: nil func")
+		}
+		o.onSetError = fn
 		return nil
 	}
 }

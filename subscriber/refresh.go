@@ -28,25 +28,67 @@ import (
 // new token) or ErrUnknownApp. A key the refresher removed for good gets an
 // error wrapping ErrRemoved. After Close it returns ErrClosed.
 func (s *Subscriber) Refresh(ctx context.Context, stale uint64) (Token, error) {
-	return s.refresh(ctx, stale, "")
+	return refresh(ctx, s, stale, "")
 }
 
-func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (Token, error) {
-	if s.isClosed() {
+// followedKey is a key that Refresh and Transport work on: a Subscriber's,
+// or one of a Set's.
+type followedKey interface {
+	Key() string
+	Token() Token
+	// via is what the key is followed through.
+	via() link
+	// removedError wraps ErrRemoved while the key is removed.
+	removedError() error
+	// valueAt returns the value held at revision, if it is the current
+	// one or the one before.
+	valueAt(revision uint64) (string, bool)
+	// waitNewer waits until a value newer than revision is held, or the
+	// key is removed (its error then wraps ErrRemoved); ErrClosed after
+	// Close.
+	waitNewer(ctx context.Context, revision uint64) (Token, error)
+	// readKey reads the key from the bucket now, and takes in what it
+	// finds.
+	readKey(ctx context.Context)
+}
+
+// link is what a Subscriber, or a Set, follows its keys through.
+type link struct {
+	nc       *nats.Conn
+	subjects kv.Subjects
+	opts     *options
+	life     context.Context // ends with Close
+}
+
+func (l link) closed() bool { return l.life.Err() != nil }
+
+func (s *Subscriber) via() link {
+	return link{nc: s.nc, subjects: s.subjects, opts: &s.opts, life: s.ctx}
+}
+
+func (s *Subscriber) readKey(ctx context.Context) {
+	if b := s.bucket.Load(); b != nil {
+		s.get(ctx, *b)
+	}
+}
+
+func refresh(ctx context.Context, k followedKey, stale uint64, reason string) (Token, error) {
+	l, key := k.via(), k.Key()
+	if l.closed() {
 		return Token{}, ErrClosed
 	}
-	if err := s.removedError(); err != nil {
-		return s.Token(), err // nothing to refresh: the refresher answers unknown_app
+	if err := k.removedError(); err != nil {
+		return k.Token(), err // nothing to refresh: the refresher answers unknown_app
 	}
 	// Close ends a Refresh under way too, whatever ctx the caller gave.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer context.AfterFunc(s.ctx, cancel)()
-	rejected, known := s.valueAt(stale)
+	defer context.AfterFunc(l.life, cancel)()
+	rejected, known := k.valueAt(stale)
 	req := kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale, Reason: reason})
 	delay := 100 * time.Millisecond
 	for {
-		if t := s.Token(); t.Revision > stale {
+		if t := k.Token(); t.Revision > stale {
 			if !known || t.Value != rejected {
 				return t, nil // rotated meanwhile, by schedule or by another service's request
 			}
@@ -57,34 +99,34 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 			req = kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &stale, Reason: reason})
 			continue
 		}
-		reply, err := s.ask(ctx, req)
+		reply, err := ask(ctx, l, key, req)
 		switch {
 		case err == nil:
 			if reply.Revision <= stale {
-				return s.Token(), nil // not rotated: WeChat says the token works
+				return k.Token(), nil // not rotated: WeChat says the token works
 			}
-			return s.awaitRevision(ctx, reply.Revision)
-		case s.isClosed():
-			return s.Token(), ErrClosed
+			return awaitRevision(ctx, k, reply.Revision)
+		case l.closed():
+			return k.Token(), ErrClosed
 		case ctx.Err() != nil:
 			if retryable(err) {
-				return s.Token(), fmt.Errorf("subscriber: refresh %s: %w: %w", s.key, ErrUnavailable, ctx.Err())
+				return k.Token(), fmt.Errorf("subscriber: refresh %s: %w: %w", key, ErrUnavailable, ctx.Err())
 			}
-			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.key, ctx.Err())
+			return k.Token(), fmt.Errorf("subscriber: refresh %s: %w", key, ctx.Err())
 		case !retryable(err):
-			if removed := s.removedError(); removed != nil {
-				return s.Token(), removed // removed while the request was out
+			if removed := k.removedError(); removed != nil {
+				return k.Token(), removed // removed while the request was out
 			}
-			return s.Token(), fmt.Errorf("subscriber: refresh %s: %w", s.key, err)
+			return k.Token(), fmt.Errorf("subscriber: refresh %s: %w", key, err)
 		}
-		s.opts.logger.Debug("refresh request not answered, retrying", "appid", s.key, "error", err)
+		l.opts.logger.Debug("refresh request not answered, retrying", "appid", key, "error", err)
 		wait := delay/2 + rand.N(delay/2+1)
 		delay = min(2*delay, 2*time.Second)
-		switch t, err := s.waitNewerFor(ctx, wait, stale); {
+		switch t, err := waitNewerFor(ctx, k, wait, stale); {
 		case err == nil:
 			return t, nil
 		case errors.Is(err, ErrClosed):
-			return s.Token(), ErrClosed
+			return k.Token(), ErrClosed
 		}
 	}
 }
@@ -92,7 +134,12 @@ func (s *Subscriber) refresh(ctx context.Context, stale uint64, reason string) (
 // valueAt returns the value held at revision, if it is the current one or
 // the one before.
 func (s *Subscriber) valueAt(revision uint64) (string, bool) {
-	for _, t := range []*Token{s.current.Load(), s.before.Load()} {
+	return valueAt(revision, s.current.Load(), s.before.Load())
+}
+
+// valueAt returns the value of whichever of held is at revision.
+func valueAt(revision uint64, held ...*Token) (string, bool) {
+	for _, t := range held {
 		if t != nil && t.Revision == revision {
 			return t.Value, true
 		}
@@ -100,19 +147,19 @@ func (s *Subscriber) valueAt(revision uint64) (string, bool) {
 	return "", false
 }
 
-// waitNewerFor is waitNewer bounded by d.
-func (s *Subscriber) waitNewerFor(ctx context.Context, d time.Duration, revision uint64) (Token, error) {
+// waitNewerFor is k's waitNewer bounded by d.
+func waitNewerFor(ctx context.Context, k followedKey, d time.Duration, revision uint64) (Token, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	return s.waitNewer(ctx, revision)
+	return k.waitNewer(ctx, revision)
 }
 
-// ask sends one refresh request and decodes the reply. An error the
-// refresher answered with is returned as the error, a *RefreshError.
-func (s *Subscriber) ask(ctx context.Context, req []byte) (kv.RefreshReply, error) {
-	rctx, cancel := context.WithTimeout(ctx, s.opts.requestTimeout)
+// ask sends one refresh request for key and decodes the reply. An error
+// the refresher answered with is returned as the error, a *RefreshError.
+func ask(ctx context.Context, l link, key string, req []byte) (kv.RefreshReply, error) {
+	rctx, cancel := context.WithTimeout(ctx, l.opts.requestTimeout)
 	defer cancel()
-	msg, err := s.nc.RequestWithContext(rctx, s.subjects.Refresh(s.key), req)
+	msg, err := l.nc.RequestWithContext(rctx, l.subjects.Refresh(key), req)
 	if err != nil {
 		return kv.RefreshReply{}, err
 	}
@@ -141,23 +188,22 @@ func retryable(err error) bool {
 // reading it from the bucket itself.
 const lateValue = time.Second
 
-// awaitRevision waits until the subscriber holds revision (or a newer one).
-// The new value normally arrives within milliseconds of the refresher's
-// reply; if it does not (the refresher died between writing and announcing
-// it), it is read from the bucket.
-func (s *Subscriber) awaitRevision(ctx context.Context, revision uint64) (Token, error) {
-	if t, err := s.waitNewerFor(ctx, lateValue, revision-1); err == nil {
+// awaitRevision waits until k holds revision (or a newer one). The new
+// value normally arrives within milliseconds of the refresher's reply; if
+// it does not (the refresher died between writing and announcing it), it
+// is read from the bucket.
+func awaitRevision(ctx context.Context, k followedKey, revision uint64) (Token, error) {
+	if t, err := waitNewerFor(ctx, k, lateValue, revision-1); err == nil {
 		return t, nil
 	}
-	if s.isClosed() {
-		return s.Token(), ErrClosed
+	l := k.via()
+	if l.closed() {
+		return k.Token(), ErrClosed
 	}
 	if ctx.Err() != nil {
-		return s.Token(), ctx.Err()
+		return k.Token(), ctx.Err()
 	}
-	if b := s.bucket.Load(); b != nil {
-		s.opts.logger.Warn("refreshed token not announced in time; reading it from the bucket", "appid", s.key, "revision", revision)
-		s.get(ctx, *b)
-	}
-	return s.waitNewer(ctx, revision-1)
+	l.opts.logger.Warn("refreshed token not announced in time; reading it from the bucket", "appid", k.Key(), "revision", revision)
+	k.readKey(ctx)
+	return k.waitNewer(ctx, revision-1)
 }

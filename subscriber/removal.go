@@ -36,8 +36,10 @@ func (s *Subscriber) remove(revision uint64, reason string) {
 }
 
 // removedError wraps ErrRemoved while the key is removed; nil otherwise.
-func (s *Subscriber) removedError() error {
-	r := s.removal.Load()
+func (s *Subscriber) removedError() error { return s.removal.Load().error(s.key) }
+
+// error wraps ErrRemoved, saying why key was removed; nil for no removal.
+func (r *removal) error(key string) error {
 	if r == nil {
 		return nil
 	}
@@ -45,7 +47,7 @@ func (s *Subscriber) removedError() error {
 	if why == kv.RemovedUnauthorized {
 		why = "the account withdrew its authorization from the platform"
 	}
-	return fmt.Errorf("%w: %s was removed at revision %d: %s", ErrRemoved, s.key, r.revision, why)
+	return fmt.Errorf("%w: %s was removed at revision %d: %s", ErrRemoved, key, r.revision, why)
 }
 
 // lookForRemoval reads whether the key's delete marker says it was removed

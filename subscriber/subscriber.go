@@ -13,6 +13,11 @@
 // to WeChat rejecting it; Updated, Done and the OnRotate and OnError
 // callbacks tell of changes; Close ends it all.
 //
+// A process that serves many keys (a third-party platform's backend, its
+// authorizers) follows them with one Set instead: one subscription and one
+// read of the bucket for them all, and per key the promises of a
+// Subscriber.
+//
 // A service's own tests get a refresher, a NATS server and a fake WeChat
 // in one call from package wxtokentest.
 package subscriber
@@ -107,6 +112,9 @@ func New(ctx context.Context, nc *nats.Conn, key string, opts ...Option) (*Subsc
 			return nil, err
 		}
 	}
+	if err := o.forSubscriber(); err != nil {
+		return nil, err
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("subscriber: %w", err)
@@ -147,25 +155,9 @@ func New(ctx context.Context, nc *nats.Conn, key string, opts ...Option) (*Subsc
 
 // run binds the bucket, retrying until it exists, then follows the key.
 func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
-	var bucket jetstream.KeyValue
-	var published bool
-	delay := 50 * time.Millisecond
-	for {
-		b, err := kv.Bind(ctx, js, s.opts.bucket)
-		if err == nil {
-			bucket = b
-			published, err = kv.PublishesValues(ctx, b, s.subjects)
-		}
-		if err == nil {
-			break
-		}
-		s.report(err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 5*time.Second)
+	bucket, published, ok := bind(ctx, js, s.opts.bucket, s.subjects, s.report)
+	if !ok {
+		return
 	}
 	s.bucket.Store(&bucket)
 	if published && s.followValues(ctx, bucket) {
@@ -189,6 +181,29 @@ func (s *Subscriber) run(ctx context.Context, js jetstream.JetStream) {
 		},
 	}
 	f.Run(ctx)
+}
+
+// bind binds the bucket, retrying until it exists or ctx ends (ok is then
+// false), and reports whether its refresher publishes the values it stores.
+// Each failure is reported.
+func bind(ctx context.Context, js jetstream.JetStream, name string, subjects kv.Subjects, report func(error)) (bucket jetstream.KeyValue, published, ok bool) {
+	delay := 50 * time.Millisecond
+	for {
+		b, err := kv.Bind(ctx, js, name)
+		if err == nil {
+			published, err = kv.PublishesValues(ctx, b, subjects)
+		}
+		if err == nil {
+			return b, published, true
+		}
+		report(err)
+		select {
+		case <-ctx.Done():
+			return nil, false, false
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
 }
 
 // followValues follows the key with no JetStream consumer: a core
@@ -261,7 +276,7 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 				s.remove(rev, reason)
 				continue
 			}
-			s.apply(rev, jetstream.KeyValuePut, record)
+			s.apply(rev, kv.ValueOperation(m.Header), record)
 		case <-reconnected:
 			s.get(ctx, bucket)
 		case <-stale.C:

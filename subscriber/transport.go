@@ -26,28 +26,38 @@ const refreshTimeout = 15 * time.Second
 // answers every request with an error; so does one whose key was removed
 // (ErrRemoved).
 func (s *Subscriber) Transport(base http.RoundTripper) http.RoundTripper {
+	return newTransport(s, base)
+}
+
+func newTransport(k followedKey, base http.RoundTripper) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	return &transport{sub: s, base: base}
+	return &transport{key: k, base: base}
 }
 
 type transport struct {
-	sub  *Subscriber
+	key  followedKey
 	base http.RoundTripper
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if t.sub.isClosed() {
+	l, key := t.key.via(), t.key.Key()
+	if l.closed() {
 		return nil, ErrClosed
 	}
-	if err := t.sub.removedError(); err != nil {
+	if err := t.key.removedError(); err != nil {
 		return nil, err
 	}
-	if _, kind := kv.SplitKey(t.sub.key); kind != kv.KindToken {
-		return nil, fmt.Errorf("subscriber: %s is a %s, not an access_token to call WeChat with", t.sub.key, kind)
+	if h, ok := t.key.(interface{ held() error }); ok { // a Set's key: one it may hold nothing of
+		if err := h.held(); err != nil {
+			return nil, err
+		}
 	}
-	token := t.sub.Token()
+	if _, kind := kv.SplitKey(key); kind != kv.KindToken {
+		return nil, fmt.Errorf("subscriber: %s is a %s, not an access_token to call WeChat with", key, kind)
+	}
+	token := t.key.Token()
 	resp, err := t.base.RoundTrip(withToken(req, token.Value))
 	if err != nil {
 		return nil, err
@@ -61,10 +71,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), refreshTimeout)
 	defer cancel()
-	fresh, rerr := t.sub.refresh(ctx, token.Revision, strconv.Itoa(code))
+	fresh, rerr := refresh(ctx, t.key, token.Revision, strconv.Itoa(code))
 	if rerr != nil || fresh.Value == token.Value {
-		t.sub.opts.logger.Warn("WeChat rejected the token and no newer one came",
-			"appid", t.sub.key, "errcode", code, "revision", token.Revision, "error", rerr)
+		l.opts.logger.Warn("WeChat rejected the token and no newer one came",
+			"appid", key, "errcode", code, "revision", token.Revision, "error", rerr)
 		return resp, nil
 	}
 	retry := withToken(req, fresh.Value)

@@ -101,6 +101,14 @@ func (h *host) command(cmd string) error {
 		return h.groupadd(w[1:])
 	case "usermod":
 		return h.usermod(w[1:])
+	case "gpasswd":
+		return h.gpasswd(w[1:])
+	case "rm":
+		return h.rm(w[1:])
+	case "chmod":
+		return h.chmod(w[1:])
+	case "chown":
+		return h.chown(w[1:])
 	case "apt", "apt-get":
 		if slices.Contains(w, "nats-server") { // the package makes its user
 			h.groups["nats"] = true
@@ -194,6 +202,9 @@ func (h *host) install(args []string) error {
 		return fmt.Errorf("install: target %s is not a directory", dest)
 	}
 	for _, src := range sources {
+		if strings.HasPrefix(src, "/etc/") && h.nodes[src] == nil {
+			return fmt.Errorf("install: cannot stat '%s': No such file or directory", src)
+		}
 		target := dest
 		if into {
 			target = path.Join(dest, path.Base(src))
@@ -202,6 +213,84 @@ func (h *host) install(args []string) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// rm removes files (not directories; no options).
+func (h *host) rm(args []string) error {
+	for _, p := range args {
+		n := h.nodes[path.Clean(p)]
+		switch {
+		case strings.HasPrefix(p, "-"):
+			return fmt.Errorf("rm: the model does not know %s", p)
+		case n == nil:
+			return fmt.Errorf("rm: cannot remove '%s': No such file or directory", p)
+		case n.dir:
+			return fmt.Errorf("rm: cannot remove '%s': Is a directory", p)
+		}
+		delete(h.nodes, path.Clean(p))
+	}
+	return nil
+}
+
+// chmod OCTAL PATH...
+func (h *host) chmod(args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("chmod: a mode and a path")
+	}
+	m, err := strconv.ParseUint(args[0], 8, 12)
+	if err != nil {
+		return fmt.Errorf("chmod: the model knows only octal modes, not %q", args[0])
+	}
+	for _, p := range args[1:] {
+		n := h.nodes[path.Clean(p)]
+		if n == nil {
+			return fmt.Errorf("chmod: cannot access '%s': No such file or directory", p)
+		}
+		n.mode = fs.FileMode(m)
+	}
+	return nil
+}
+
+// chown USER:GROUP PATH...
+func (h *host) chown(args []string) error {
+	if len(args) < 2 {
+		return fmt.Errorf("chown: an owner and a path")
+	}
+	owner, group, ok := strings.Cut(args[0], ":")
+	switch {
+	case !ok:
+		return fmt.Errorf("chown: the model knows only USER:GROUP, not %q", args[0])
+	case h.users[owner] == nil:
+		return fmt.Errorf("chown: invalid user: '%s'", args[0])
+	case !h.groups[group]:
+		return fmt.Errorf("chown: invalid group: '%s'", args[0])
+	}
+	for _, p := range args[1:] {
+		n := h.nodes[path.Clean(p)]
+		if n == nil {
+			return fmt.Errorf("chown: cannot access '%s': No such file or directory", p)
+		}
+		n.owner, n.group = owner, group
+	}
+	return nil
+}
+
+// gpasswd -d USER GROUP takes USER out of GROUP (not its primary group).
+func (h *host) gpasswd(args []string) error {
+	if len(args) != 3 || args[0] != "-d" {
+		return fmt.Errorf("gpasswd: the model knows only -d USER GROUP")
+	}
+	acct := h.users[args[1]]
+	switch {
+	case acct == nil:
+		return fmt.Errorf("gpasswd: user '%s' does not exist", args[1])
+	case !h.groups[args[2]]:
+		return fmt.Errorf("gpasswd: group '%s' does not exist", args[2])
+	case !acct.member[args[2]]:
+		return fmt.Errorf("gpasswd: user '%s' is not a member of '%s'", args[1], args[2])
+	}
+	delete(acct.member, args[2])
 	return nil
 }
 
@@ -505,8 +594,10 @@ func installLines(t *testing.T, file string) []string {
 }
 
 // readmeDeployLines returns the lines of the sh blocks of the README's
-// Deploying section: those before its agent step, and those from it on.
-func readmeDeployLines(t *testing.T) (beforeAgent, agent []string) {
+// Deploying section: those before its agent step, those from it on, and
+// those of its paragraph on upgrading a host set up by the earlier units,
+// which are not for a fresh host.
+func readmeDeployLines(t *testing.T) (beforeAgent, agent, upgrade []string) {
 	t.Helper()
 	data, err := os.ReadFile("../README.md")
 	if err != nil {
@@ -517,16 +608,23 @@ func readmeDeployLines(t *testing.T) (beforeAgent, agent []string) {
 		t.Fatal("README.md has no Deploying section")
 	}
 	section, _, _ = strings.Cut(section, "\n## ")
-	inBlock, seenAgent := false, false
+	inBlock, seenAgent, seenUpgrade := false, false, false
 	for line := range strings.Lines(section) {
 		line = strings.TrimRight(line, "\n")
 		switch {
 		case strings.HasPrefix(line, "**4. The agent**"):
 			seenAgent = true
+		case strings.HasPrefix(line, "*Upgrading"):
+			seenUpgrade = true
 		case line == "```sh":
 			inBlock = true
 		case strings.HasPrefix(line, "```"):
+			if inBlock && seenUpgrade {
+				seenUpgrade = false // the upgrade's block ended
+			}
 			inBlock = false
+		case inBlock && seenUpgrade:
+			upgrade = append(upgrade, line)
 		case inBlock && seenAgent:
 			agent = append(agent, line)
 		case inBlock:
@@ -536,7 +634,7 @@ func readmeDeployLines(t *testing.T) (beforeAgent, agent []string) {
 	if !seenAgent {
 		t.Fatal(`README.md's Deploying section has no "**4. The agent**" step`)
 	}
-	return beforeAgent, agent
+	return beforeAgent, agent, upgrade
 }
 
 // proc is a process's credentials: its user, its group, and every group

@@ -19,7 +19,7 @@ import (
 func TestDeployInstallLinesRunAgain(t *testing.T) {
 	refresherLines := installLines(t, "../deploy/wxtoken.service")
 	agentLines := installLines(t, "../deploy/wxtoken-agent.service")
-	natsLines, agentReadme := readmeDeployLines(t)
+	natsLines, agentReadme, _ := readmeDeployLines(t)
 	for _, install := range []struct {
 		name  string
 		lines []string
@@ -43,22 +43,67 @@ func TestDeployInstallLinesRunAgain(t *testing.T) {
 
 // TestDeployGivesTheAgentsClientsTheSocketAndNoSecret: on a host with NATS,
 // the refresher and the agent installed as the unit files and the README
-// say, a member of the group of the agent's socket (PHP-FPM's user) may
-// connect to the socket and read no secret: not the refresher's
-// environment file (its NATS password, AppSecrets), apps file and secret
-// files, not the agent's environment file, not NATS's passwords. The
-// socket's group grants nothing else. Each service reads what it needs,
-// and the agent none of the refresher's secrets.
+// say, the agent's clients reach its socket and no secret
+// (checkSecretsApart).
 func TestDeployGivesTheAgentsClientsTheSocketAndNoSecret(t *testing.T) {
 	refresher := loadUnit(t, "../deploy/wxtoken.service")
 	agentUnit := loadUnit(t, "../deploy/wxtoken-agent.service")
-	natsLines, agentReadme := readmeDeployLines(t)
+	natsLines, agentReadme, _ := readmeDeployLines(t)
 	h := newHost()
 	for _, line := range slices.Concat(natsLines, installLines(t, refresher.path), installLines(t, agentUnit.path), agentReadme) {
 		if err := h.run(line); err != nil {
 			t.Errorf("installing: %v", err) // TestDeployInstallLinesRunAgain says more
 		}
 	}
+	checkSecretsApart(t, h, refresher, agentUnit)
+}
+
+// TestDeployUpgradeFromTheEarlierUnits: a host set up by the units before
+// the agent had a user and a socket group of its own (the agent as user
+// wxtoken, agent.env beside the refresher's env, the PHP-FPM user in group
+// wxtoken, which read the AppSecrets) ends, after the new install lines
+// and the README's upgrade commands, as a fresh host would: its clients
+// reach the socket and read no secret.
+func TestDeployUpgradeFromTheEarlierUnits(t *testing.T) {
+	refresher := loadUnit(t, "../deploy/wxtoken.service")
+	agentUnit := loadUnit(t, "../deploy/wxtoken-agent.service")
+	_, agentReadme, upgrade := readmeDeployLines(t)
+	if len(upgrade) == 0 {
+		t.Fatal("the README's Deploying section has no upgrade commands")
+	}
+	h := newHost()
+	earlier := []string{ // the units' install lines at e4999a7, and the README's advice then
+		"useradd --system --no-create-home --shell /usr/sbin/nologin wxtoken",
+		"install -d -m 750 -o root -g wxtoken /etc/wxtoken",
+		"install -m 640 -o root -g wxtoken apps.yaml env /etc/wxtoken/",
+		"install -m 640 -o root -g wxtoken agent.env /etc/wxtoken/",
+		"usermod -a -G wxtoken www-data",
+	}
+	for _, line := range earlier {
+		if err := h.run(line); err != nil {
+			t.Fatalf("the earlier install: %v", err)
+		}
+	}
+	for _, line := range slices.Concat(installLines(t, refresher.path), installLines(t, agentUnit.path), agentReadme, upgrade) {
+		if err := h.run(line); err != nil {
+			t.Errorf("upgrading: %v", err)
+		}
+	}
+	if h.nodes["/etc/wxtoken/agent.env"] != nil {
+		t.Error("the earlier agent.env is still in /etc/wxtoken")
+	}
+	checkSecretsApart(t, h, refresher, agentUnit)
+}
+
+// checkSecretsApart starts both units on h and checks that a member of the
+// group of the agent's socket (PHP-FPM's user) may connect to the socket
+// and read no secret: not the refresher's environment file (its NATS
+// password, AppSecrets), apps file and secret files, not the agent's
+// environment file, not NATS's passwords. The socket's group grants
+// nothing else. Each service reads what it needs, and the agent none of
+// the refresher's secrets.
+func checkSecretsApart(t *testing.T, h *host, refresher, agentUnit unit) {
+	t.Helper()
 	refresherProc, err := h.start(refresher, 0)
 	if err != nil {
 		t.Fatal(err)

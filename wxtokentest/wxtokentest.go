@@ -10,7 +10,10 @@
 //
 // Each app has its jsapi_ticket and wx_card ticket kept too, under
 // "<appid>.jsapi_ticket" and "<appid>.wx_card_ticket", so that a service
-// can test signing (package jssdk) as well.
+// can test signing (package jssdk) as well. A service that follows many
+// apps with a subscriber.Set (a third-party platform's backend, serving
+// the accounts that authorized it) tests their coming and going with
+// AddApps and Withdraw.
 //
 // The fake WeChat answers /cgi-bin/token, /cgi-bin/ticket/getticket and
 // /cgi-bin/getcallbackip (at WeChatURL) as WeChat does: a token lives two
@@ -29,6 +32,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -55,9 +59,14 @@ type System struct {
 	fake      *fakewechat.Server
 	nc        *nats.Conn
 	bucket    jetstream.KeyValue
-	stop      context.CancelFunc
-	ran       chan error
-	closing   sync.Once
+	refresher *publisher.Refresher
+
+	mu   sync.Mutex      // guards apps and kept
+	kept []publisher.App // the apps the refresher keeps
+
+	stop    context.CancelFunc
+	ran     chan error
+	closing sync.Once
 }
 
 // Start runs a System keeping a token and tickets for each appid, and
@@ -105,20 +114,13 @@ func (s *System) start(ctx context.Context, appids []string) error {
 	}
 	s.fake = fakewechat.New(fakewechat.Config{Overlap: -1})
 	s.wechat = httptest.NewServer(s.fake)
-	apps := make([]publisher.App, len(appids))
-	for i, id := range appids {
-		s.apps[id] = true
-		secret := "wxtokentest-secret-of-" + id
-		s.fake.AddApp(id, secret)
-		apps[i] = publisher.App{AppID: id, Secret: publisher.NewSecret(secret),
-			Tickets: []publisher.Ticket{publisher.TicketJSAPI, publisher.TicketWxCard}}
-	}
+	s.kept = s.register(appids)
 	s.natsURL, s.wechatURL = s.srv.ClientURL(), s.wechat.URL
 	if s.nc, err = nats.Connect(s.natsURL); err != nil {
 		return err
 	}
 	refresher, err := publisher.New(s.nc, publisher.Config{
-		Apps:             apps,
+		Apps:             s.kept,
 		UpstreamURL:      s.wechat.URL,
 		UpstreamTimeout:  2 * time.Second,
 		MinForceInterval: time.Nanosecond, // Rotate as often as a test likes
@@ -128,31 +130,112 @@ func (s *System) start(ctx context.Context, appids []string) error {
 	if err != nil {
 		return err
 	}
+	s.refresher = refresher
 	run, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	go func() { s.ran <- refresher.Run(run) }()
+	return s.awaitStored(ctx, appids)
+}
 
-	wait := ctx
+// register gives each app a secret of its own at the fake WeChat, and
+// returns the apps for the refresher, each with its tickets.
+func (s *System) register(appids []string) []publisher.App {
+	apps := make([]publisher.App, len(appids))
+	for i, id := range appids {
+		s.apps[id] = true
+		secret := "wxtokentest-secret-of-" + id
+		s.fake.AddApp(id, secret)
+		apps[i] = publisher.App{AppID: id, Secret: publisher.NewSecret(secret),
+			Tickets: []publisher.Ticket{publisher.TicketJSAPI, publisher.TicketWxCard}}
+	}
+	return apps
+}
+
+// awaitStored waits until the bucket holds the token and tickets of each
+// app.
+func (s *System) awaitStored(ctx context.Context, appids []string) error {
 	js, err := jetstream.New(s.nc)
 	if err != nil {
 		return err
 	}
 	for {
 		if s.bucket == nil {
-			s.bucket, _ = kv.Bind(wait, js, "")
+			s.bucket, _ = kv.Bind(ctx, js, "")
 		}
-		if s.bucket != nil && s.allStored(wait, appids) {
+		if s.bucket != nil && s.allStored(ctx, appids) {
 			return nil
 		}
 		select {
 		case err := <-s.ran:
 			s.ran <- err
 			return fmt.Errorf("the refresher stopped: %v", err)
-		case <-wait.Done():
-			return fmt.Errorf("no tokens yet: %w", wait.Err())
+		case <-ctx.Done():
+			return fmt.Errorf("no tokens yet: %w", ctx.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// AddApps has the refresher keep more apps (a platform's accounts that
+// authorized it, say), each with its tickets, and returns once their
+// values are in the bucket: a subscriber.Set that follows every key holds
+// them at once. ctx bounds the wait.
+func (s *System) AddApps(ctx context.Context, appids ...string) error {
+	s.mu.Lock()
+	for _, id := range appids {
+		if s.apps[id] {
+			s.mu.Unlock()
+			return fmt.Errorf("wxtokentest: %s is kept already", id)
+		}
+	}
+	s.kept = append(s.kept, s.register(appids)...)
+	err := s.refresher.SetApps(s.kept)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("wxtokentest: %w", err)
+	}
+	if err := s.awaitStored(ctx, appids); err != nil {
+		return fmt.Errorf("wxtokentest: %w", err)
+	}
+	return nil
+}
+
+// Withdraw removes appid's token and tickets for good, as the refresher
+// does for an account that withdrew its authorization from the platform:
+// the refresher stops keeping them, and services following the keys say
+// they are removed (subscriber.ErrRemoved; wxtoken agent's 410).
+func (s *System) Withdraw(ctx context.Context, appid string) error {
+	s.app(appid)
+	s.mu.Lock()
+	s.kept = slices.DeleteFunc(s.kept, func(a publisher.App) bool { return a.AppID == appid })
+	err := s.refresher.SetApps(s.kept)
+	s.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("wxtokentest: %w", err)
+	}
+	js, err := jetstream.New(s.nc)
+	if err != nil {
+		return fmt.Errorf("wxtokentest: %w", err)
+	}
+	for _, kind := range []string{kv.KindToken, kv.KindJSAPITicket, kv.KindWxCardTicket} {
+		key := kv.Key(appid, kind)
+		e, err := s.bucket.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("wxtokentest: withdraw %s: %w", key, err)
+		}
+		rev, err := kv.Remove(ctx, js, s.bucket.Bucket(), key, e.Revision(), kv.RemovedUnauthorized)
+		if err != nil {
+			return fmt.Errorf("wxtokentest: withdraw %s: %w", key, err)
+		}
+		if err := s.nc.PublishMsg(kv.RemovalMsg(kv.Subjects{}, key, rev, kv.RemovedUnauthorized)); err != nil {
+			return fmt.Errorf("wxtokentest: withdraw %s: %w", key, err)
+		}
+		ev, _ := json.Marshal(kv.RemovalEvent{AppID: appid, Kind: kind, Revision: rev, Reason: kv.RemovedUnauthorized, RemovedAt: time.Now().UTC()})
+		if err := s.nc.Publish(kv.Subjects{}.Removed(key), ev); err != nil {
+			return fmt.Errorf("wxtokentest: withdraw %s: %w", key, err)
+		}
+	}
+	return s.nc.FlushWithContext(ctx)
 }
 
 func (s *System) allStored(ctx context.Context, appids []string) bool {
@@ -199,6 +282,8 @@ func (s *System) WeChatURL() string { return s.wechatURL }
 // app panics unless the System keeps appid: a test that names another is
 // wrong, and counts of an app nobody keeps would pass by accident.
 func (s *System) app(appid string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !s.apps[appid] {
 		panic(fmt.Sprintf("wxtokentest: this System keeps no app %q", appid))
 	}

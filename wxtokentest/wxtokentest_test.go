@@ -2,6 +2,7 @@ package wxtokentest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -96,4 +97,58 @@ func ExampleNew() {
 	// Output:
 	// WeChat accepts the token: false
 	// after a refresh: true with 2 fetches in all
+}
+
+// TestSystemAddsAndWithdrawsApps: a Set that follows every key holds an
+// app added later, with its tickets, and says an app withdrawn removed.
+func TestSystemAddsAndWithdrawsApps(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sys := wxtokentest.Start(t, app)
+	nc, err := nats.Connect(sys.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	set, err := subscriber.NewSet(ctx, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer set.Close()
+
+	const added = "wxfedcba0987654321"
+	if err := sys.AddApps(ctx, added); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{added, added + ".jsapi_ticket", added + ".wx_card_ticket"} {
+		for set.Token(key).Revision == 0 {
+			select {
+			case <-set.Updated():
+			case <-ctx.Done():
+				t.Fatalf("the set never held %s", key)
+			}
+		}
+	}
+	if tok, err := set.Current(added); err != nil || tok.Value != sys.Token(added) {
+		t.Errorf("Current(%s) = %+v, %v; want WeChat's token", added, tok, err)
+	}
+	if err := sys.AddApps(ctx, added); err == nil {
+		t.Error("AddApps of an app kept already: no error")
+	}
+
+	if err := sys.Withdraw(ctx, app); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{app, app + ".jsapi_ticket", app + ".wx_card_ticket"} {
+		for _, err := set.Current(key); !errors.Is(err, subscriber.ErrRemoved); _, err = set.Current(key) {
+			select {
+			case <-set.Updated():
+			case <-ctx.Done():
+				t.Fatalf("%s never said removed: %v", key, err)
+			}
+		}
+	}
+	if _, err := set.Current(added); err != nil {
+		t.Errorf("the app still kept: %v", err)
+	}
 }

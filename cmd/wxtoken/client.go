@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/region"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -251,6 +252,9 @@ refresher check it with WeChat and rotate it if WeChat no longer accepts it
 		return err
 	})
 	if errors.Is(err, nats.ErrNoResponders) {
+		if here, ok := readCopy(ctx, nc.Conn, n.bucket); ok {
+			return fmt.Errorf("no refresher answers: the refresher is the hub's, and %s", describeCopy(here, n.bucket, false))
+		}
 		return errors.New("no refresher answers (is `wxtoken serve` running against this NATS?)")
 	}
 	if err != nil {
@@ -309,23 +313,32 @@ type tokenStatus struct {
 func status(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	var n natsFlags
 	var asJSON, withPlatforms bool
-	var platformBucket string
+	var platformBucket, regions string
 	c := newCommand("status", "", `Show every token and ticket in the bucket: its kind and the API that issued
 it, revision, age (for a ticket, since its value first appeared), time to
 expiry, why it was last rotated, and which replica leads. With --platforms,
 each third-party platform's verify ticket and number of authorizers too
-(that needs the refresher's NATS user: the platform bucket is its alone).`,
-		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'\n  wxtoken status --platforms --nats-user refresher")
+(that needs the refresher's NATS user: the platform bucket is its alone).
+In a region, against the region's NATS, it reads the region's copy and says
+when that last heard from the hub; with --regions, at the hub, it asks each
+region about its copy.`,
+		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'\n  wxtoken status --platforms --nats-user refresher\n  wxtoken status --regions shanghai,shenzhen")
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket)
 	c.Bool(&asJSON, "json", "", false, "print JSON instead of a table")
 	c.Bool(&withPlatforms, "platforms", "", false, "show the third-party platforms' verify tickets and authorizer counts")
 	c.String(&platformBucket, "platform-bucket", "WXTOKEN_PLATFORM_BUCKET", kv.DefaultPlatformBucket, "name of the platform KV bucket (with --platforms)")
+	c.String(&regions, "regions", "WXTOKEN_REGIONS", "", "the regions (JetStream domains, comma-separated) to ask about their copies of the bucket")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
 	}
 	if len(rest) > 0 {
 		return usagef("unexpected argument %q", rest[0])
+	}
+	for _, r := range splitList(regions) {
+		if err := region.ValidateDomain(r); err != nil {
+			return usagef("--regions: %v", err)
+		}
 	}
 	nc, err := n.connect("wxtoken status")
 	if err != nil {
@@ -341,11 +354,17 @@ each third-party platform's verify ticket and number of authorizers too
 	}); err != nil {
 		return err
 	}
+	// In a region the bucket is a copy, and the lease is the hub's.
+	here, inRegion := readCopy(ctx, nc.Conn, n.bucket)
 	var leader *kv.LeaseHolder // stays nil, "unknown", if this user may not read the lease
 	nc.do(ctx, func(ctx context.Context) error {
-		leader = readLeader(ctx, nc.Conn, n.bucket)
+		leader = readLeader(ctx, nc.Conn, n.bucket, here.Hub)
 		return nil
 	})
+	var regionRows []regionRow
+	if regions != "" {
+		regionRows = readRegions(ctx, nc.Conn, n.bucket, splitList(regions))
+	}
 	platforms := []platformRow{}
 	var noPlatforms string // why there are none: no platform bucket, which is no error
 	if withPlatforms {
@@ -368,6 +387,12 @@ each third-party platform's verify ticket and number of authorizers too
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows}
+		if inRegion {
+			out["region"] = newCopyJSON(here)
+		}
+		if regions != "" {
+			out["regions"] = regionRows
+		}
 		if withPlatforms {
 			out["platforms"] = platforms
 		}
@@ -383,6 +408,10 @@ each third-party platform's verify ticket and number of authorizers too
 	case leader.Instance != "":
 		leaderName = leader.Instance
 	}
+	if inRegion {
+		fmt.Fprintln(stdout, describeCopy(here, n.bucket, false))
+	}
+	printRegions(stdout, regionRows, n.bucket)
 	now := time.Now()
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "KEY\tKIND\tAPI\tREVISION\tAGE\tEXPIRES IN\tREASON\tLEADER")
@@ -413,9 +442,14 @@ each third-party platform's verify ticket and number of authorizers too
 }
 
 // readLeader returns the lease holder: an empty one when no replica leads,
-// nil when the lease cannot be read (no permission, say).
-func readLeader(ctx context.Context, nc *nats.Conn, bucket string) *kv.LeaseHolder {
+// nil when the lease cannot be read (no permission, or a hub out of
+// reach). The lease is in the JetStream domain hub, or in the one nc is
+// connected to when hub is empty.
+func readLeader(ctx context.Context, nc *nats.Conn, bucket, hub string) *kv.LeaseHolder {
 	js, err := jetstream.New(nc)
+	if hub != "" {
+		js, err = jetstream.NewWithDomain(nc, hub)
+	}
 	if err != nil {
 		return nil
 	}

@@ -36,6 +36,7 @@ Usage:
   wxtoken agent [flags]             serve the keys over local HTTP, for services with no NATS
                                     client and for WeChat SDKs (their base URL)
   wxtoken authorizers import|list   import third-party platforms' authorizers, or list them
+  wxtoken region add                create a region's copy of the token bucket, against its NATS
   wxtoken demo reject APPID         make the fake WeChat of "serve --demo" reject a token
   wxtoken version                   print the version (also --version)
 
@@ -67,6 +68,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		"sign":        sign,
 		"agent":       agentCommand,
 		"authorizers": authorizers,
+		"region":      regionCommand,
 		"demo":        demoCommand,
 		"version":     versionCommand,
 	}

@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
+	"github.com/wxtoken/wxtoken/internal/region"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 )
@@ -71,6 +73,7 @@ type serveFlags struct {
 	demo       bool
 	demoWeChat string // the demo's fake WeChat: host:port
 	demoAgent  string // the demo's agent: host:port, or off
+	regions    string // the regions whose copies to follow, comma-separated
 }
 
 func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -106,6 +109,10 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"serve the third-party platforms' authorization-event URL, POST "+callbackPath+", on `host:port` (every replica may)")
 	c.String(&f.cfg.PlatformBucket, "platform-bucket", "WXTOKEN_PLATFORM_BUCKET", kv.DefaultPlatformBucket,
 		"KV bucket of the platforms' verify tickets and refresh tokens")
+	c.String(&f.cfg.JSDomain, "hub-domain", "WXTOKEN_HUB_DOMAIN", "",
+		"for a replica in a region, connected to the region's NATS: the hub's JetStream domain,\nwhere its buckets and its lease are")
+	c.String(&f.regions, "regions", "WXTOKEN_REGIONS", "",
+		"the regions (their JetStream domains, comma-separated) whose copies of the bucket to follow,\nas wxtoken_region_lag_seconds{region}")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat, two demo apps (tokens of 60s with a jsapi_ticket, and a\nstable_token app) and an agent; --min-force-interval is 5s unless given\n(no variable, on purpose: a fake WeChat is asked for on the command line)")
@@ -146,6 +153,11 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	}
 	if err := f.checkNoZero(); err != nil {
 		return err
+	}
+	for _, r := range splitList(f.regions) {
+		if err := region.ValidateDomain(r); err != nil {
+			return usagef("--regions: %v", err)
+		}
 	}
 	log, err := newLogger(stderr, f.logFormat, f.logLevel)
 	if err != nil {
@@ -214,6 +226,13 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	if f.regions != "" {
+		stopMonitor, err := followRegions(ctx, nc, f.nats.bucket, splitList(f.regions), reg, log)
+		if err != nil {
+			return err
+		}
+		defer stopMonitor()
+	}
 	if f.httpAddr != "" {
 		ops, err := startOps(f.httpAddr, reg, refresher.Ready, log)
 		if err != nil {
@@ -261,6 +280,25 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	}
 	log.Info("stopped")
 	return err
+}
+
+// followRegions follows the regions' copies of bucket until the returned
+// func is called.
+func followRegions(ctx context.Context, nc *nats.Conn, bucket string, regions []string, reg prometheus.Registerer, log *slog.Logger) (func(), error) {
+	m, err := region.NewMonitor(nc, bucket, regions, reg, log)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("--regions: %v", err)}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.Run(ctx)
+	}()
+	return func() {
+		cancel()
+		<-done
+	}, nil
 }
 
 // checkAddrs refuses an address that would fail only once NATS and the

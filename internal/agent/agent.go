@@ -1,10 +1,11 @@
 // Package agent is `wxtoken agent`: a process beside services that cannot
 // hold a NATS connection (PHP-FPM, cron jobs, shell scripts). It follows
-// keys of the token bucket through package subscriber, keeps them in
-// memory, and answers over local HTTP: its own small JSON API, WeChat's own
-// token and ticket paths from memory, and every other WeChat API call
-// forwarded with the current token put in. A service, or an SDK pointed at
-// the agent by its base URL, then never fetches a token itself.
+// the keys of the token bucket on one subscriber.Set (one subscription, a
+// few hundred bytes per key), keeps them in memory, and answers over local
+// HTTP: its own small JSON API, WeChat's own token and ticket paths from
+// memory, and every other WeChat API call forwarded with the current token
+// put in. A service, or an SDK pointed at the agent by its base URL, then
+// never fetches a token itself.
 package agent
 
 import (

@@ -10,35 +10,37 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/subscriber"
 )
 
-// keySet holds a subscriber per key served, and knows which key a token
-// value belongs to.
+// keySet follows the keys served on one subscriber.Set (one subscription,
+// one read of the bucket, a few hundred bytes per key), and knows which key
+// a token value belongs to.
 type keySet struct {
-	a *Agent
+	a   *Agent
+	set atomic.Pointer[subscriber.Set] // once it has read the bucket
 
 	mu       sync.RWMutex
-	wanted   map[string]bool      // every key being followed, held or not yet
-	held     map[string]*followed // the keys with a value in memory
+	wanted   map[string]bool      // every key served, held or not yet
+	held     map[string]*followed // the keys with a value, or a removal, in memory
 	byToken  map[string]string    // a token of ours, current or recent, -> its key
 	listed   bool                 // every key of the bucket is wanted (or --keys were given)
 	wasReady bool                 // as last logged
 	closed   bool
-	followed sync.WaitGroup // the goroutines starting subscribers
+	followed sync.WaitGroup // the goroutines starting the set and warning of missing keys
 }
 
-// followed is one key's subscriber, with what long polls wait on.
+// followed is what the agent keeps of one key: the Set's reads of it, and
+// what long polls wait on.
 type followed struct {
 	key string
-	sub *subscriber.Subscriber
+	sub subscriber.Member
 
 	mu      sync.Mutex
-	changed chan struct{} // closed and replaced when a new value is held
+	changed chan struct{} // closed and dropped when a new value is held; made by the first long poll
 	recent  []string      // a token key's values, the current one first
 	warned  uint64        // the last revision logged as served expired
 
@@ -64,75 +66,62 @@ func newKeySet(a *Agent) *keySet {
 	return &keySet{a: a, wanted: map[string]bool{}, held: map[string]*followed{}, byToken: map[string]string{}}
 }
 
-// start follows the configured keys, or discovers them.
+// start follows the configured keys, or every key of the bucket.
 func (ks *keySet) start(ctx context.Context) {
-	if len(ks.a.cfg.Keys) > 0 {
+	if keys := ks.a.cfg.Keys; len(keys) > 0 {
 		ks.mu.Lock()
 		ks.listed = true
-		ks.mu.Unlock()
-		for _, key := range ks.a.cfg.Keys {
-			ks.follow(ctx, key)
+		for _, key := range keys {
+			ks.wanted[key] = true
 		}
-		ks.followed.Add(1)
-		go func() {
-			defer ks.followed.Done()
-			ks.warnMissing(ctx)
-		}()
-		return
+		ks.mu.Unlock()
+		ks.followed.Go(func() { ks.warnMissing(ctx) })
 	}
-	ks.followed.Add(1)
-	go func() {
-		defer ks.followed.Done()
-		ks.discover(ctx)
-	}()
+	ks.followed.Go(func() { ks.follow(ctx) })
 }
 
-// discover follows every credential key in the bucket, and each new one
-// the refresher announces.
-func (ks *keySet) discover(ctx context.Context) {
-	log := ks.a.log
-	subjects := kv.Subjects{Prefix: ks.a.cfg.SubjectPrefix}
-	// Subscribed before the keys are listed: no key announced in between
-	// is missed.
-	announced, err := ks.a.cfg.Conn.Subscribe(subjects.Rotated(">"), func(m *nats.Msg) {
-		key := strings.TrimPrefix(m.Subject, subjects.Rotated(""))
-		if kv.ValidateKey(key) == nil {
-			ks.follow(ctx, key)
-		}
-	})
-	if err != nil {
-		log.Warn("cannot follow new keys as they are announced; restart the agent to serve them", "error", err)
-	} else {
-		defer announced.Unsubscribe()
+// follow starts the Set, which waits for the bucket to exist and reads it,
+// and takes in what it holds.
+func (ks *keySet) follow(ctx context.Context) {
+	cfg := ks.a.cfg
+	opts := []subscriber.Option{
+		subscriber.WithBucket(cfg.Bucket),
+		subscriber.WithSubjectPrefix(cfg.SubjectPrefix),
+		subscriber.WithLogger(ks.a.log),
+		subscriber.OnSetRotate(func(set *subscriber.Set, key string, t subscriber.Token) { ks.rotated(set, key, t) }),
+		subscriber.OnSetError(func(set *subscriber.Set, key string, err error) {
+			if errors.Is(err, subscriber.ErrRemoved) {
+				ks.a.log.Warn("key removed: it is answered 410 removed from now on", "key", key, "error", err)
+				ks.hold(set, key).wake() // long polls answer it at once
+			}
+		}),
 	}
-	js, err := jetstream.New(ks.a.cfg.Conn)
+	if len(cfg.Keys) > 0 {
+		opts = append(opts, subscriber.WithKeys(cfg.Keys...))
+	}
+	set, err := subscriber.NewSet(ctx, cfg.Conn, opts...)
 	if err != nil {
-		log.Error("cannot use JetStream", "error", err)
+		if ctx.Err() == nil { // the options are the agent's own: this is a bug
+			ks.a.log.Error("cannot follow the keys", "error", err)
+		}
 		return
 	}
-	delay := 100 * time.Millisecond
-	for {
-		keys, err := ks.list(ctx, js)
-		if err == nil {
-			for _, key := range keys {
-				ks.follow(ctx, key)
-			}
-			ks.mu.Lock()
-			ks.listed = true
-			ks.logReadyLocked()
-			ks.mu.Unlock()
-			log.Info("serving every key in the bucket", "bucket", ks.a.cfg.Bucket, "keys", strings.Join(keys, ","))
-			break
-		}
-		log.Warn("cannot list the bucket's keys yet; retrying (or give --keys)", "bucket", ks.a.cfg.Bucket, "error", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 5*time.Second)
+	ks.set.Store(set)
+	keys := set.Keys()
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.closed {
+		set.Close()
+		return
 	}
-	<-ctx.Done()
+	for _, key := range keys {
+		ks.holdLocked(set, key)
+	}
+	if len(cfg.Keys) == 0 {
+		ks.listed = true
+		ks.a.log.Info("serving every key in the bucket", "bucket", cfg.Bucket, "keys", len(keys))
+	}
+	ks.logReadyLocked()
 }
 
 // warnMissing warns once of each key of Keys still not held after
@@ -201,105 +190,59 @@ func (ks *keySet) absent(ctx context.Context, keys []string) (map[string]bool, e
 	return absent, nil
 }
 
-// list returns the bucket's credential keys (not its force budgets).
-func (ks *keySet) list(ctx context.Context, js jetstream.JetStream) ([]string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	b, err := kv.Bind(ctx, js, ks.a.cfg.Bucket)
-	if err != nil {
-		return nil, err
+// hold returns key's followed, made and held if it is not yet: set holds
+// a value of key, or its removal.
+func (ks *keySet) hold(set *subscriber.Set, key string) *followed {
+	ks.mu.RLock()
+	f := ks.held[key]
+	ks.mu.RUnlock()
+	if f != nil {
+		return f
 	}
-	all, err := b.Keys(ctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var keys []string
-	for _, key := range all {
-		if kv.ValidateKey(key) == nil {
-			keys = append(keys, key)
-		}
-	}
-	slices.Sort(keys)
-	return keys, nil
-}
-
-// follow starts following key, unless it is already.
-func (ks *keySet) follow(ctx context.Context, key string) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	if ks.wanted[key] || ks.closed {
-		return
+	return ks.holdLocked(set, key)
+}
+
+// holdLocked is hold. A key held once the bucket's keys are listed is
+// logged; those listed are not, each: there may be thousands. Callers
+// hold ks.mu.
+func (ks *keySet) holdLocked(set *subscriber.Set, key string) *followed {
+	if f := ks.held[key]; f != nil {
+		return f
 	}
+	f := &followed{key: key, sub: set.Member(key)}
+	ks.held[key] = f
 	ks.wanted[key] = true
-	ks.wasReady = false // until this key is held too
-	ks.followed.Add(1)
-	go func() {
-		defer ks.followed.Done()
-		ks.subscribe(ctx, key)
-	}()
+	if ks.listed {
+		ks.a.log.Info("holding key", "key", key, "revision", f.sub.Token().Revision)
+	}
+	ks.logReadyLocked()
+	return f
 }
 
-// subscribe waits for key's first value and holds its subscriber.
-func (ks *keySet) subscribe(ctx context.Context, key string) {
-	f := &followed{key: key, changed: make(chan struct{})}
-	cfg := ks.a.cfg
-	opts := []subscriber.Option{
-		subscriber.WithBucket(cfg.Bucket),
-		subscriber.WithSubjectPrefix(cfg.SubjectPrefix),
-		subscriber.WithLogger(ks.a.log),
-		subscriber.OnRotate(func(_ *subscriber.Subscriber, t subscriber.Token) { ks.rotated(f, t) }),
-		subscriber.OnError(func(_ *subscriber.Subscriber, err error) {
-			if errors.Is(err, subscriber.ErrRemoved) {
-				ks.a.log.Warn("key removed: it is answered 410 removed from now on", "key", key, "error", err)
-				f.wake() // long polls answer it at once
-			}
-		}),
-	}
-	delay := time.Second
-	for {
-		sub, err := subscriber.New(ctx, cfg.Conn, key, opts...)
-		if err == nil {
-			f.sub = sub
-			break
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		ks.a.log.Warn("cannot follow key; retrying", "key", key, "error", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 30*time.Second)
-	}
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	if ks.closed {
-		f.sub.Close()
-		return
-	}
-	ks.held[key] = f // its token is known as ours by rotated, and by ofToken until then
-	ks.a.log.Info("holding key", "key", key, "revision", f.sub.Token().Revision)
-	ks.logReadyLocked()
-}
+// loggedKeys is the most keys a log line names: past it, it counts them
+// (an agent may serve a platform's thousands of authorizers).
+const loggedKeys = 32
 
 // logReadyLocked logs the agent becoming ready. Callers hold ks.mu.
 func (ks *keySet) logReadyLocked() {
 	ready := ks.readyLocked() == nil
 	if ready && !ks.wasReady {
-		ks.a.log.Info("agent ready", "keys", strings.Join(ks.sortedLocked(), ","))
+		if len(ks.held) > loggedKeys {
+			ks.a.log.Info("agent ready", "keys", len(ks.held))
+		} else {
+			ks.a.log.Info("agent ready", "keys", strings.Join(ks.sortedLocked(), ","))
+		}
 	}
 	ks.wasReady = ready
 }
 
 // rotated takes in a key's new value: long polls are told, and a token is
 // known as ours.
-func (ks *keySet) rotated(f *followed, t subscriber.Token) {
-	if _, kind := kv.SplitKey(f.key); kind == kv.KindToken {
+func (ks *keySet) rotated(set *subscriber.Set, key string, t subscriber.Token) {
+	f := ks.hold(set, key)
+	if _, kind := kv.SplitKey(key); kind == kv.KindToken {
 		ks.mu.Lock()
 		if ks.byToken[t.Value] != f.key {
 			ks.byToken[t.Value] = f.key
@@ -319,12 +262,24 @@ func (ks *keySet) rotated(f *followed, t subscriber.Token) {
 // wake tells the long polls on the key that it changed.
 func (f *followed) wake() {
 	f.mu.Lock()
-	close(f.changed)
-	f.changed = make(chan struct{})
+	if f.changed != nil {
+		close(f.changed)
+		f.changed = nil
+	}
 	f.mu.Unlock()
 }
 
-// get returns the key's subscriber, or nil when none holds a value.
+// next returns the channel closed at the key's next change.
+func (f *followed) next() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.changed == nil {
+		f.changed = make(chan struct{})
+	}
+	return f.changed
+}
+
+// get returns the key's followed, or nil when the agent holds no value.
 func (ks *keySet) get(key string) *followed {
 	ks.mu.RLock()
 	defer ks.mu.RUnlock()
@@ -380,6 +335,9 @@ func (ks *keySet) readyLocked() error {
 	if len(ks.wanted) == 0 {
 		return fmt.Errorf("bucket %s has no keys yet (is the refresher running?)", ks.a.cfg.Bucket)
 	}
+	if len(ks.held) == len(ks.wanted) { // every key held is wanted: none is missing
+		return nil
+	}
 	var missing []string
 	for key := range ks.wanted {
 		if ks.held[key] == nil {
@@ -402,17 +360,15 @@ func (ks *keySet) sortedLocked() []string {
 	return keys
 }
 
-// close closes every subscriber, once the goroutines starting them (which
-// end with the agent's context) have ended.
+// close closes the Set, once the goroutine starting it (which ends with
+// the agent's context) has ended.
 func (ks *keySet) close() {
 	ks.mu.Lock()
 	ks.closed = true
 	ks.mu.Unlock()
 	ks.followed.Wait()
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	for _, f := range ks.held {
-		f.sub.Close()
+	if set := ks.set.Load(); set != nil {
+		set.Close()
 	}
 }
 
@@ -422,9 +378,7 @@ func (f *followed) waitNewer(ctx context.Context, revision uint64, draining <-ch
 	for {
 		// The channel is taken before the token is read: a rotation after
 		// the read closes it.
-		f.mu.Lock()
-		changed := f.changed
-		f.mu.Unlock()
+		changed := f.next()
 		if t := f.sub.Token(); t.Revision > revision {
 			return t
 		}

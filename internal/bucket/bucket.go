@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -49,6 +50,49 @@ func Recreate(ctx context.Context, js jetstream.JetStream, cfg Config, last uint
 // StreamName is the name of the JetStream stream behind the bucket name.
 func StreamName(bucket string) string { return "KV_" + bucket }
 
+// CopyOf reports whether the stream of info is a copy of a bucket in
+// another JetStream domain (a region's copy of the hub's: a mirror whose
+// origin is reached through that domain's API), and that domain.
+func CopyOf(info *jetstream.StreamInfo) (domain string, ok bool) {
+	m := info.Config.Mirror
+	if m == nil || m.External == nil {
+		return "", false
+	}
+	domain, ok = strings.CutPrefix(m.External.APIPrefix, "$JS.")
+	if !ok {
+		return "", false
+	}
+	domain, ok = strings.CutSuffix(domain, ".API")
+	return domain, ok && domain != "" && !strings.Contains(domain, ".")
+}
+
+// ErrReadOnlyCopy is returned by Open for a bucket that is a mirror: a
+// region's copy of the hub's bucket, which only the hub's refresher
+// writes, through the hub's. A refresher that took it for the bucket would
+// also take a lease of the region's own, and lead beside the hub's leader.
+var ErrReadOnlyCopy = errors.New("bucket: the bucket here is a read-only copy")
+
+// refuseCopy returns ErrReadOnlyCopy, saying how to reach the bucket it
+// copies, if the bucket name is a mirror.
+func refuseCopy(ctx context.Context, js jetstream.JetStream, name string) error {
+	stream, err := js.Stream(ctx, StreamName(name))
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bucket: look at %q: %w", name, err)
+	}
+	info := stream.CachedInfo()
+	if domain, ok := CopyOf(info); ok {
+		return fmt.Errorf("%w of the bucket %q of JetStream domain %q (this is a region's NATS): "+
+			"a refresher in a region leads only through the hub's buckets: give it --hub-domain %s", ErrReadOnlyCopy, name, domain, domain)
+	}
+	if info.Config.Mirror != nil {
+		return fmt.Errorf("%w: %q mirrors %s: run the refresher against the bucket it mirrors", ErrReadOnlyCopy, name, info.Config.Mirror.Name)
+	}
+	return nil
+}
+
 // revisionMargin is how far past the last revision its caller saw the
 // revisions of a recreated bucket begin: it covers writes the caller's
 // watch had not delivered yet, and costs nothing.
@@ -84,6 +128,11 @@ func open(ctx context.Context, js jetstream.JetStream, cfg Config, last uint64) 
 	}
 	if cfg.Replicas < 0 {
 		return nil, false, fmt.Errorf("bucket: replicas %d is negative", cfg.Replicas)
+	}
+	// Updating a mirror into a bucket of its own is not refused by every
+	// server: look first.
+	if err := refuseCopy(ctx, js, cfg.Name); err != nil {
+		return nil, false, err
 	}
 	b, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:       cfg.Name,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,6 +36,7 @@ var ErrRewatch = errors.New("kvwatch: watching again on request")
 type Follower struct {
 	Bucket jetstream.KeyValue
 	Key    string     // a key or a wildcard such as ">"
+	Keys   []string   // several keys (or wildcards), in place of Key
 	Conn   *nats.Conn // the bucket's connection; optional
 
 	// OnEntry receives every entry, puts, deletes and purges alike.
@@ -107,7 +109,13 @@ func (f *Follower) watchOnce(ctx context.Context, last *uint64, healthy func(), 
 	if *last > 0 {
 		opts = append(opts, jetstream.ResumeFromRevision(*last+1))
 	}
-	w, err := f.Bucket.Watch(ctx, f.Key, opts...)
+	var w jetstream.KeyWatcher
+	var err error
+	if len(f.Keys) > 0 {
+		w, err = f.Bucket.WatchFiltered(ctx, slices.Clone(f.Keys), opts...) // it writes over the slice
+	} else {
+		w, err = f.Bucket.Watch(ctx, f.Key, opts...)
+	}
 	if err != nil {
 		return err
 	}

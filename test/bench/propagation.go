@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log"
+	"math/rand/v2"
 	"runtime"
 	"sync"
 	"time"
@@ -18,54 +19,61 @@ import (
 	"github.com/wxtoken/wxtoken/subscriber"
 )
 
-// fleet is n service connections in this process, each with a subscriber
-// for benchApp and a core subscription for the floor measurement. A new
-// token is recorded the moment a subscriber swaps it in, a floor message
-// in its subscription's callback: each the first code after the one
-// hand-off from nats.go's reader.
+// fleet is n service connections in this process, each following the
+// keys (a Subscriber of benchApp, or a Set of every key) and subscribed to
+// the floors' subjects. A new value is recorded the moment a subscriber or
+// set swaps it in, a floor message in its subscription's callback: each
+// the first code after the one hand-off from nats.go's reader.
 type fleet struct {
-	conns []*nats.Conn
-	subs  []*subscriber.Subscriber
+	conns   []*nats.Conn
+	closers []func() error
 
 	mu       sync.Mutex
-	rotated  map[uint64][]time.Time // when each subscriber held each revision
-	floor    map[uint64][]time.Time // when each connection got each floor message
+	rotated  map[uint64][]time.Time // when each follower held each revision
+	core     map[uint64][]time.Time // when each connection got each core floor message
+	durable  map[uint64][]time.Time // when each connection got each durable floor message
 	progress chan struct{}          // a value after every arrival
 }
 
-const floorSubject = "bench.floor"
+const (
+	coreFloorSubject    = "bench.floor.core"
+	durableFloorSubject = "bench.floor.durable"
+)
 
-func newFleet(url string, n int) *fleet {
-	f := &fleet{rotated: map[uint64][]time.Time{}, floor: map[uint64][]time.Time{}, progress: make(chan struct{}, 1)}
+// newFleet connects n services to url, each following with follow (which
+// returns what closes it).
+func newFleet(url string, n int, follow func(ctx context.Context, nc *nats.Conn) (func() error, error)) *fleet {
+	f := &fleet{core: map[uint64][]time.Time{}, durable: map[uint64][]time.Time{}, rotated: map[uint64][]time.Time{},
+		progress: make(chan struct{}, 1)}
 	f.conns = make([]*nats.Conn, n)
-	f.subs = make([]*subscriber.Subscriber, n)
+	f.closers = make([]func() error, n)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
+			sem <- struct{}{}
 			defer func() { <-sem }()
 			nc, err := nats.Connect(url, nats.MaxReconnects(-1))
 			if err != nil {
 				log.Fatal(err)
 			}
-			nc.Subscribe(floorSubject, func(m *nats.Msg) {
-				at := time.Now()
-				f.arrived(f.floor, binary.BigEndian.Uint64(m.Data), at)
-			})
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			for subject, m := range map[string]map[uint64][]time.Time{coreFloorSubject: f.core, durableFloorSubject: f.durable} {
+				nc.Subscribe(subject, func(msg *nats.Msg) {
+					at := time.Now()
+					f.arrived(m, binary.BigEndian.Uint64(msg.Data), at)
+				})
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			sub, err := subscriber.New(ctx, nc, benchApp)
+			closer, err := follow(ctx, nc)
 			if err != nil {
 				log.Fatal(err)
 			}
-			f.conns[i], f.subs[i] = nc, sub
-		}()
+			f.conns[i], f.closers[i] = nc, closer
+		})
 	}
 	wg.Wait()
-	// The instant each subscriber swaps a new token in: when its Token()
+	// The instant each follower swaps a new value in: when its Token()
 	// starts returning it.
 	swapprobe.Set(func(_ string, revision uint64) { f.arrived(f.rotated, revision, time.Now()) })
 	return f
@@ -101,21 +109,73 @@ func (f *fleet) await(m map[uint64][]time.Time, key uint64) []time.Time {
 
 func (f *fleet) close() {
 	swapprobe.Set(nil)
-	for i := range f.subs {
-		f.subs[i].Close()
+	for i := range f.conns {
+		f.closers[i]()
 		f.conns[i].Close()
 	}
 }
 
+// propagated is what one propagation run measured: wxtoken's latency from
+// the KV write to each follower holding the value, and the floors'.
+type propagated struct {
+	wxtoken dist
+	// core: a core NATS message of the same size, published to the same
+	// connections by a plain client beside the refresher, from before the
+	// publish to each receipt.
+	core dist
+	// durable: a JetStream compare-and-swap write of the same bytes to a
+	// bucket like the token bucket, its acknowledgement, then the core
+	// publish, by a plain client beside the refresher; from the write's
+	// timestamp in the stream to each receipt, as wxtoken's is measured. A rotation must be stored before it is
+	// announced, so this is wxtoken's real floor.
+	durable dist
+	// durableClient: the same, from before the write request left the
+	// client (the wording): one loopback crossing more than
+	// wxtoken's measure counts.
+	durableClient dist
+}
+
 // propagation measures the time from the refresher's KV write of a new
-// token to each of n subscribers holding it, over rotations rotations, and
-// the floor: a core NATS message of the same size published to the same n
-// connections.
-func propagation(n, rotations int) (watch, floor dist) {
-	sys := startSystem(2*time.Hour, time.Nanosecond)
+// token to each of n subscribers of benchApp holding it, over rotations
+// rotations, and the floors to the same n connections.
+func propagation(n, rotations int) propagated {
+	sys := startSystem(2*time.Hour, time.Nanosecond, 1)
 	defer sys.stop()
-	f := newFleet(sys.url, n)
+	f := newFleet(sys.url, n, func(ctx context.Context, nc *nats.Conn) (func() error, error) {
+		sub, err := subscriber.New(ctx, nc, benchApp)
+		if err != nil {
+			return nil, err
+		}
+		return sub.Close, nil
+	})
 	defer f.close()
+	return measure(sys, f, fmt.Sprintf("n=%d", n), rotations, func(int) string { return benchApp })
+}
+
+// setPropagation measures the same with n Sets, each on its own
+// connection, following every one of keys keys, and rotations of keys
+// picked at random.
+func setPropagation(n, keys, rotations int) propagated {
+	sys := startSystem(2*time.Hour, time.Nanosecond, keys)
+	defer sys.stop()
+	sys.awaitKeys(keys)
+	f := newFleet(sys.url, n, func(ctx context.Context, nc *nats.Conn) (func() error, error) {
+		set, err := subscriber.NewSet(ctx, nc)
+		if err != nil {
+			return nil, err
+		}
+		if held := len(set.Keys()); held != keys {
+			return nil, fmt.Errorf("a set holds %d keys, want %d", held, keys)
+		}
+		return set.Close, nil
+	})
+	defer f.close()
+	return measure(sys, f, fmt.Sprintf("sets n=%d keys=%d", n, keys), rotations, func(int) string { return benchKey(rand.N(keys)) })
+}
+
+// measure runs rotations rounds of a real rotation of the key pick(round)
+// names, a core floor and a durable floor, in turns.
+func measure(sys *system, f *fleet, name string, rotations int, pick func(round int) string) propagated {
 	control, err := nats.Connect(sys.url)
 	if err != nil {
 		log.Fatal(err)
@@ -123,62 +183,85 @@ func propagation(n, rotations int) (watch, floor dist) {
 	defer control.Close()
 	js, _ := jetstream.New(control)
 	ctx := context.Background()
-	bucket, err := kv.Bind(ctx, js, "")
+	tokens, err := kv.Bind(ctx, js, "")
 	if err != nil {
 		log.Fatal(err)
 	}
-	first, _ := bucket.Get(ctx, benchApp)
-	payload := make([]byte, len(first.Value())) // the floor carries as much as a token record
-
-	var subLat, floorLat []time.Duration
-	rev := first.Revision()
-	rotate := func() {
-		runtime.GC() // each round starts with no garbage to collect, in both kinds
-		// A real rotation: WeChat invalidates the token, a service asks.
-		if _, err := control.Request("bench.invalidate", nil, 5*time.Second); err != nil {
+	first, err := tokens.Get(ctx, benchApp)
+	if err != nil {
+		log.Fatal(err)
+	}
+	size := len(first.Value()) // the floors carry as much as a token record
+	var wxtoken, core, durable, durableClient []time.Duration
+	rotate := func(round int) {
+		runtime.GC() // each round starts with no garbage to collect, in every kind
+		key := pick(round)
+		e, err := tokens.Get(ctx, key)
+		if err != nil {
 			log.Fatal(err)
 		}
-		msg, err := control.Request(kv.Subjects{}.Refresh(benchApp), kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &rev}), 10*time.Second)
+		rev := e.Revision()
+		// A real rotation: WeChat invalidates the token, a service asks.
+		if _, err := control.Request("bench.invalidate", []byte(key), 5*time.Second); err != nil {
+			log.Fatal(err)
+		}
+		msg, err := control.Request(kv.Subjects{}.Refresh(key), kv.EncodeRefreshRequest(kv.RefreshRequest{StaleRevision: &rev}), 10*time.Second)
 		if err != nil {
 			log.Fatal(err)
 		}
 		var reply kv.RefreshReply
 		if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Error != nil || !reply.Refreshed {
-			log.Fatalf("refresh: %s", msg.Data)
+			log.Fatalf("refresh %s: %s", key, msg.Data)
 		}
-		rev = reply.Revision
-		arrivals := f.await(f.rotated, rev)
-		e, err := bucket.GetRevision(ctx, benchApp, rev)
+		arrivals := f.await(f.rotated, reply.Revision)
+		stored, err := tokens.GetRevision(ctx, key, reply.Revision)
 		if err != nil {
 			log.Fatal(err)
 		}
 		for _, at := range arrivals {
-			subLat = append(subLat, at.Sub(e.Created()))
+			wxtoken = append(wxtoken, at.Sub(stored.Created()))
 		}
 	}
-	fanOut := func(i int) {
+	// The floors' messages leave the system's process, from a plain
+	// client on a connection of its own, as the refresher's values do.
+	floor := func(durable bool, round int) (arrivals []time.Time, reply floorReply) {
 		runtime.GC()
-		sent := time.Now()
-		binary.BigEndian.PutUint64(payload, uint64(i))
-		if err := control.Publish(floorSubject, payload); err != nil {
+		req, _ := json.Marshal(floorRequest{Durable: durable, Round: uint64(round), Size: size})
+		msg, err := control.Request("bench.floor", req, 10*time.Second)
+		if err != nil {
 			log.Fatal(err)
 		}
-		for _, at := range f.await(f.floor, uint64(i)) {
-			floorLat = append(floorLat, at.Sub(sent))
+		if err := json.Unmarshal(msg.Data, &reply); err != nil {
+			log.Fatal(err)
+		}
+		m := f.core
+		if durable {
+			m = f.durable
+		}
+		return f.await(m, uint64(round)), reply
+	}
+	coreFloor := func(round int) {
+		arrivals, reply := floor(false, round)
+		for _, at := range arrivals {
+			core = append(core, at.Sub(reply.Sent))
 		}
 	}
-	for i := range rotations {
-		// Alternate which goes first, so that neither always follows the other.
-		if i%2 == 0 {
-			rotate()
-			fanOut(i)
-		} else {
-			fanOut(i)
-			rotate()
+	durableFloor := func(round int) {
+		arrivals, reply := floor(true, round)
+		for _, at := range arrivals {
+			durable = append(durable, at.Sub(reply.Stored))
+			durableClient = append(durableClient, at.Sub(reply.Sent))
 		}
-		progress("propagation n=%d: rotation %d/%d", n, i+1, rotations)
 	}
-	return summarize(subLat), summarize(floorLat)
+	kinds := []func(int){rotate, coreFloor, durableFloor}
+	for round := range rotations {
+		// Take turns at going first, so that none always follows another.
+		for i := range kinds {
+			kinds[(round+i)%len(kinds)](round)
+		}
+		progress("propagation %s: round %d/%d", name, round+1, rotations)
+	}
+	return propagated{wxtoken: summarize(wxtoken), core: summarize(core), durable: summarize(durable), durableClient: summarize(durableClient)}
 }
 
 var lastProgress struct {

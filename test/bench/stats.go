@@ -8,8 +8,8 @@ import (
 
 // dist summarises latencies.
 type dist struct {
-	n             int
-	p50, p99, max time.Duration
+	n                  int
+	p50, p90, p99, max time.Duration
 }
 
 func summarize(samples []time.Duration) dist {
@@ -19,7 +19,7 @@ func summarize(samples []time.Duration) dist {
 	s := slices.Clone(samples)
 	slices.Sort(s)
 	at := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))] }
-	return dist{n: len(s), p50: at(0.50), p99: at(0.99), max: s[len(s)-1]}
+	return dist{n: len(s), p50: at(0.50), p90: at(0.90), p99: at(0.99), max: s[len(s)-1]}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

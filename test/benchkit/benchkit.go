@@ -6,8 +6,10 @@ package benchkit
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
@@ -72,6 +75,106 @@ func TokenRead(b *testing.B) {
 		var tok subscriber.Token
 		for pb.Next() {
 			tok = sub.Token()
+		}
+		value := tok.Value
+		sink.Store(&value)
+	})
+}
+
+// SetKeys is how many keys the Set benchmarks follow: a platform's 10,000
+// authorizers.
+const SetKeys = 10000
+
+// SetKey is the i-th key of the Set benchmarks.
+func SetKey(i int) string { return fmt.Sprintf("wxset%013d", i) }
+
+// FillBucket creates the token bucket on the server at url, as a refresher
+// does (it says its values are published), and stores a valid token under
+// each of keys: what a Set reads at start.
+func FillBucket(tb testing.TB, url string, keys []string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	js, err := jetstream.New(testenv.Connect(tb, url))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := Fill(ctx, js, keys); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// Fill is FillBucket on a JetStream context of the caller's.
+func Fill(ctx context.Context, js jetstream.JetStream, keys []string) error {
+	b, err := bucket.Open(ctx, js, bucket.Config{})
+	if err != nil {
+		return err
+	}
+	// Many writes in flight at once: 10,000 one after another take seconds.
+	var wg sync.WaitGroup
+	errs := make(chan error, len(keys))
+	sem := make(chan struct{}, 64)
+	for _, key := range keys {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			// A token as long as WeChat's (about 160 characters).
+			data, err := kv.EncodeCredential(kv.NewCredential(key, strings.Repeat("T", 150)+key, 2*time.Hour, time.Now()))
+			if err == nil {
+				_, err = b.Put(ctx, key, data)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("%s: %w", key, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// SetTokenRead measures subscriber.Set.Token from all Ps at once, with the
+// Set following SetKeys keys. With every false, each goroutine reads a key
+// of its own, as Token() is measured for a Subscriber: the cost of finding
+// the key. With every true, each goroutine reads every key in turn, as a
+// platform's backend serving requests for all its accounts may: the keys'
+// entries are then seldom in a CPU cache, and the read waits on memory.
+// The keys asked for lie side by side in memory, read in order, so that
+// the misses counted are the Set's own.
+func SetTokenRead(b *testing.B, every bool) {
+	srv := testenv.NATS(b)
+	var all strings.Builder
+	for i := range SetKeys {
+		all.WriteString(SetKey(i))
+	}
+	keys := make([]string, SetKeys)
+	for i, n := 0, len(SetKey(0)); i < SetKeys; i++ {
+		keys[i] = all.String()[i*n : (i+1)*n]
+	}
+	FillBucket(b, srv.ClientURL(), keys)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	set, err := subscriber.NewSet(ctx, testenv.Connect(b, srv.ClientURL()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { set.Close() })
+	if len(set.Keys()) != SetKeys {
+		b.Fatalf("the set holds %d keys, want %d", len(set.Keys()), SetKeys)
+	}
+	var goroutines atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(goroutines.Add(1)*1009) % SetKeys // a key of its own
+		var tok subscriber.Token
+		for pb.Next() {
+			tok = set.Token(keys[i])
+			if every {
+				if i++; i == SetKeys {
+					i = 0
+				}
+			}
 		}
 		value := tok.Value
 		sink.Store(&value)
