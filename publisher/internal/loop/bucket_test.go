@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/internal/natstest"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
@@ -87,12 +88,7 @@ func TestBucketCreatedAgainWithRevisionsStartingOverIsRepaired(t *testing.T) {
 	}
 	// Created again by someone else (an operator's nats kv add, an older
 	// wxtoken): revisions from 1.
-	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket, Storage: jetstream.FileStorage}); err != nil {
-		t.Fatal(err)
-	}
-	if bucket, err = js.KeyValue(ctx, kv.DefaultBucket); err != nil {
-		t.Fatal(err)
-	}
+	bucket = natstest.CreateBucketAgain(t, ctx, js)
 	updates, err := bucket.Watch(ctx, "wx1")
 	if err != nil {
 		t.Fatal(err)
