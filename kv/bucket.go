@@ -90,6 +90,41 @@ func DecodeValueMsg(m *nats.Msg) (revision uint64, record []byte, err error) {
 	return revision, m.Data, nil
 }
 
+// ReadAll returns the newest value of every key of b, or of the keys that
+// filters match when there are any, read with one watch that stops once
+// it has delivered them. Deleted keys are left out. It returns ctx's error
+// when ctx ends first.
+func ReadAll(ctx context.Context, b jetstream.KeyValue, filters ...string) ([]jetstream.KeyValueEntry, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var w jetstream.KeyWatcher
+	var err error
+	if len(filters) == 0 {
+		w, err = b.WatchAll(ctx, jetstream.IgnoreDeletes())
+	} else {
+		w, err = b.WatchFiltered(ctx, filters, jetstream.IgnoreDeletes())
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	var all []jetstream.KeyValueEntry
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return nil, fmt.Errorf("kv: the watch of bucket %s closed before it was read", b.Bucket())
+			case e == nil:
+				return all, nil
+			}
+			all = append(all, e)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
 // ValueOperation is what a value message carries: a value, or the delete
 // or purge marker of its key, which a region's copy republishes as it
 // stores it (the refresher publishes values only, and a removal, which

@@ -7,59 +7,59 @@ import "bytes"
 // RFC 3339. Every subscriber decodes every rotation, so this is on the
 // path whose speed is measured; anything else, valid or not, gets ok false
 // and is left to encoding/json. The fuzz target checks that the two agree.
-func decodeCanonical(b []byte) (r Record, ok bool) {
+func decodeCanonical(b []byte) (r record, ok bool) {
 	var fetched, expires []byte
 	if b, ok = expect(b, `{"appid":"`); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	var s []byte
 	if s, b, ok = plainString(b); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	r.AppID = string(s)
 	if b, ok = expect(b, `,"access_token":"`); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	if s, b, ok = plainString(b); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	r.AccessToken = string(s)
 	if b, ok = expect(b, `,"expires_in":`); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	if r.ExpiresIn, b, ok = plainInt(b); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	if b, ok = expect(b, `,"fetched_at":"`); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	if fetched, b, ok = plainString(b); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	if b, ok = expect(b, `,"expires_at":"`); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	if expires, b, ok = plainString(b); !ok {
-		return Record{}, false
+		return record{}, false
 	}
 	if rest, found := expect(b, `,"reason":"`); found {
 		if s, b, ok = plainString(rest); !ok {
-			return Record{}, false
+			return record{}, false
 		}
 		r.Reason = string(s)
 	}
 	if rest, found := expect(b, `,"api":"`); found {
 		if s, b, ok = plainString(rest); !ok {
-			return Record{}, false
+			return record{}, false
 		}
 		r.API = string(s)
 	}
 	if string(b) != "}" {
-		return Record{}, false
+		return record{}, false
 	}
 	// UnmarshalText is what encoding/json uses for time.Time, strictness included.
 	if r.FetchedAt.UnmarshalText(fetched) != nil || r.ExpiresAt.UnmarshalText(expires) != nil {
-		return Record{}, false
+		return record{}, false
 	}
 	return r, true
 }

@@ -11,11 +11,11 @@ import (
 // Kinds of keys in the token bucket. A key is "<appid>" for an app's
 // access_token, or "<appid>.<kind>" for what hangs off that token.
 const (
-	KindToken        = ""               // "<appid>": the access_token record (Record)
-	KindJSAPITicket  = "jsapi_ticket"   // "<appid>.jsapi_ticket": the JS-SDK ticket for wx.config (TicketRecord)
-	KindWxCardTicket = "wx_card_ticket" // "<appid>.wx_card_ticket": the card (卡券) api_ticket (TicketRecord)
+	KindToken        = ""               // "<appid>": the access_token record (record)
+	KindJSAPITicket  = "jsapi_ticket"   // "<appid>.jsapi_ticket": the JS-SDK ticket for wx.config (a ticket record)
+	KindWxCardTicket = "wx_card_ticket" // "<appid>.wx_card_ticket": the card (卡券) api_ticket (a ticket record)
 	// KindAgentConfigTicket is "<corpid>-<agent>.agent_config_ticket": a
-	// WeCom app's ticket for wx.agentConfig (TicketRecord). A WeCom key's
+	// WeCom app's ticket for wx.agentConfig (a ticket record). A WeCom key's
 	// jsapi_ticket is the corp's ticket for wx.config.
 	KindAgentConfigTicket = "agent_config_ticket"
 )
@@ -50,8 +50,8 @@ func Key(appid, kind string) string {
 	return appid + "." + kind
 }
 
-// IsTicketKind reports whether kind is one of ticketKinds.
-func IsTicketKind(kind string) bool { return slices.Contains(ticketKinds, kind) }
+// isTicketKind reports whether kind is one of ticketKinds.
+func isTicketKind(kind string) bool { return slices.Contains(ticketKinds, kind) }
 
 // ValidateKey checks that key names a credential: an appid (see
 // ValidateAppID), or an appid and a ticket kind joined by a dot.
@@ -60,7 +60,7 @@ func ValidateKey(key string) error {
 	if err := ValidateAppID(appid); err != nil {
 		return err
 	}
-	if dotted && !IsTicketKind(kind) {
+	if dotted && !isTicketKind(kind) {
 		return fmt.Errorf("key %.80q: %.32q is not a credential kind (%s)", key, kind, strings.Join(ticketKinds, ", "))
 	}
 	return nil
@@ -80,15 +80,15 @@ type Credential struct {
 	FetchedAt time.Time
 	ExpiresAt time.Time
 	Reason    string
-	API       string // a token's Record.API
+	API       string // a token's record.API
 }
 
 // NewCredential builds the credential for a value fetched at fetchedAt
 // that WeChat said lives for expiresIn, with the times cut to seconds as
-// NewRecord does.
+// the token record does.
 func NewCredential(key, value string, expiresIn time.Duration, fetchedAt time.Time) Credential {
 	appid, _ := SplitKey(key)
-	r := NewRecord(appid, value, expiresIn, fetchedAt)
+	r := newRecord(appid, value, expiresIn, fetchedAt)
 	return Credential{Key: key, Value: value, ExpiresIn: r.ExpiresIn, FetchedAt: r.FetchedAt, ExpiresAt: r.ExpiresAt}
 }
 
@@ -107,13 +107,13 @@ func DecodeCredential(key string, data []byte) (Credential, error) {
 	appid, kind := SplitKey(key)
 	switch {
 	case kind == KindToken:
-		r, err := DecodeFor(appid, data)
+		r, err := decodeRecordFor(appid, data)
 		if err != nil {
 			return Credential{}, err
 		}
 		return Credential{Key: key, Value: r.AccessToken, ExpiresIn: r.ExpiresIn, FetchedAt: r.FetchedAt, ExpiresAt: r.ExpiresAt, Reason: r.Reason, API: r.API}, nil
-	case IsTicketKind(kind):
-		t, err := DecodeTicket(data)
+	case isTicketKind(kind):
+		t, err := decodeTicket(data)
 		if err != nil {
 			return Credential{}, err
 		}
@@ -132,14 +132,14 @@ func EncodeCredential(c Credential) ([]byte, error) {
 	}
 	appid, kind := SplitKey(c.Key)
 	if kind == KindToken {
-		return Encode(Record{AppID: appid, AccessToken: c.Value, ExpiresIn: c.ExpiresIn, FetchedAt: c.FetchedAt, ExpiresAt: c.ExpiresAt, Reason: c.Reason, API: c.API})
+		return encodeRecord(record{AppID: appid, AccessToken: c.Value, ExpiresIn: c.ExpiresIn, FetchedAt: c.FetchedAt, ExpiresAt: c.ExpiresAt, Reason: c.Reason, API: c.API})
 	}
-	return EncodeTicket(TicketRecord{AppID: appid, Kind: kind, Ticket: c.Value, ExpiresIn: c.ExpiresIn, FetchedAt: c.FetchedAt, ExpiresAt: c.ExpiresAt, Reason: c.Reason})
+	return encodeTicket(ticketRecord{AppID: appid, Kind: kind, Ticket: c.Value, ExpiresIn: c.ExpiresIn, FetchedAt: c.FetchedAt, ExpiresAt: c.ExpiresAt, Reason: c.Reason})
 }
 
-// TicketRecord is the value stored under "<appid>.<kind>" for a ticket
+// ticketRecord is the value stored under "<appid>.<kind>" for a ticket
 // kind. Times are UTC and second-precise on the wire.
-type TicketRecord struct {
+type ticketRecord struct {
 	AppID     string    `json:"appid"` // the app whose access_token fetched it
 	Kind      string    `json:"kind"`  // KindJSAPITicket or KindWxCardTicket
 	Ticket    string    `json:"ticket"`
@@ -149,10 +149,10 @@ type TicketRecord struct {
 	Reason    string    `json:"reason,omitempty"`
 }
 
-// Validate checks the ticket record against the contract: as a token
+// validate checks the ticket record against the contract: as a token
 // record, with the ticket in place of the token and a known kind.
-func (t TicketRecord) Validate() error {
-	if !IsTicketKind(t.Kind) {
+func (t ticketRecord) validate() error {
+	if !isTicketKind(t.Kind) {
 		return fmt.Errorf("%w: kind %.32q is not a ticket kind", ErrInvalidRecord, t.Kind)
 	}
 	if err := ValidateAppID(t.AppID); err != nil {
@@ -164,27 +164,27 @@ func (t TicketRecord) Validate() error {
 	return validateTimes(t.ExpiresIn, t.FetchedAt, t.ExpiresAt)
 }
 
-// EncodeTicket validates t and returns its JSON.
-func EncodeTicket(t TicketRecord) ([]byte, error) {
-	if err := t.Validate(); err != nil {
+// encodeTicket validates t and returns its JSON.
+func encodeTicket(t ticketRecord) ([]byte, error) {
+	if err := t.validate(); err != nil {
 		return nil, err
 	}
 	t.FetchedAt, t.ExpiresAt = t.FetchedAt.UTC(), t.ExpiresAt.UTC()
 	return json.Marshal(t)
 }
 
-// DecodeTicket parses and validates a ticket record. Unknown fields are
+// decodeTicket parses and validates a ticket record. Unknown fields are
 // ignored.
-func DecodeTicket(data []byte) (TicketRecord, error) {
+func decodeTicket(data []byte) (ticketRecord, error) {
 	if len(data) > MaxRecordSize {
-		return TicketRecord{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidRecord, len(data), MaxRecordSize)
+		return ticketRecord{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidRecord, len(data), MaxRecordSize)
 	}
-	var t TicketRecord
+	var t ticketRecord
 	if err := json.Unmarshal(data, &t); err != nil {
-		return TicketRecord{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+		return ticketRecord{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
 	}
-	if err := t.Validate(); err != nil {
-		return TicketRecord{}, err
+	if err := t.validate(); err != nil {
+		return ticketRecord{}, err
 	}
 	return t, nil
 }

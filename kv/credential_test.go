@@ -38,7 +38,7 @@ func TestTokenCredentialIsTodaysRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := DecodeFor("wx1234567890abcdef", data)
+	r, err := decodeRecordFor("wx1234567890abcdef", data)
 	if err != nil || r.AccessToken != "TOKEN" || !r.ExpiresAt.Equal(c.ExpiresAt) {
 		t.Fatalf("a token credential read as today's record: %+v, %v", r, err)
 	}
@@ -68,7 +68,7 @@ func TestTicketRecordRefusesWhatIsNotOne(t *testing.T) {
 		"backwards":    `{"appid":"wx1","kind":"jsapi_ticket","ticket":"T","expires_in":7200,"fetched_at":"2026-12-01T12:00:00Z","expires_at":"2026-12-01T10:00:00Z"}`,
 		"garbage":      `{`,
 	} {
-		if _, err := DecodeTicket([]byte(data)); !errors.Is(err, ErrInvalidRecord) {
+		if _, err := decodeTicket([]byte(data)); !errors.Is(err, ErrInvalidRecord) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}

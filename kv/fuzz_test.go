@@ -1,31 +1,29 @@
-package kv_test
+package kv
 
 import (
 	"encoding/json"
 	"testing"
-
-	"github.com/wxtoken/wxtoken/kv"
 )
 
-// FuzzDecode: whatever is in the bucket, Decode returns a valid record or an
+// FuzzDecode: whatever is in the bucket, the token record decoder returns a valid record or an
 // error, never panics, and what it accepts survives a round trip.
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":7200,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T12:00:00Z"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		rec, err := kv.Decode(data)
+		rec, err := decodeRecord(data)
 		if err != nil {
 			return
 		}
-		if err := rec.Validate(); err != nil {
-			t.Fatalf("Decode accepted an invalid record: %v", err)
+		if err := rec.validate(); err != nil {
+			t.Fatalf("decodeRecord accepted an invalid record: %v", err)
 		}
-		again, err := kv.Encode(rec)
+		again, err := encodeRecord(rec)
 		if err != nil {
-			t.Fatalf("Encode of a decoded record: %v", err)
+			t.Fatalf("encodeRecord of a decoded record: %v", err)
 		}
-		back, err := kv.Decode(again)
+		back, err := decodeRecord(again)
 		if err != nil {
-			t.Fatalf("Decode of an encoded record: %v", err)
+			t.Fatalf("decodeRecord of an encoded record: %v", err)
 		}
 		if back.AccessToken != rec.AccessToken || back.AppID != rec.AppID || !back.ExpiresAt.Equal(rec.ExpiresAt) {
 			t.Fatalf("round trip changed %+v into %+v", rec, back)
@@ -38,11 +36,11 @@ func FuzzDecode(f *testing.F) {
 func FuzzDecodeRefreshRequest(f *testing.F) {
 	f.Add([]byte(`{"stale_revision":42,"reason":"40001"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		req, err := kv.DecodeRefreshRequest(data)
+		req, err := DecodeRefreshRequest(data)
 		if err != nil {
 			return
 		}
-		back, err := kv.DecodeRefreshRequest(kv.EncodeRefreshRequest(req))
+		back, err := DecodeRefreshRequest(EncodeRefreshRequest(req))
 		if err != nil {
 			t.Fatalf("re-decoding %+v: %v", req, err)
 		}
@@ -60,11 +58,11 @@ func FuzzCanonicalMatchesEncodingJSON(f *testing.F) {
 	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":345,"fetched_at":"2026-11-21T10:00:00Z","expires_at":"2026-11-21T10:05:45Z","reason":"scheduled","api":"stable_token"}`))
 	f.Add([]byte(`{"appid":"wx1","access_token":"T","expires_in":-0,"fetched_at":"2026-11-21T10:00:00+08:00","expires_at":"2026-11-21T12:00:00.5Z"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fast, ok := kv.DecodeCanonicalForTest(data)
+		fast, ok := decodeCanonical(data)
 		if !ok {
 			return
 		}
-		var slow kv.Record
+		var slow record
 		if err := json.Unmarshal(data, &slow); err != nil {
 			t.Fatalf("fast path accepted what encoding/json refuses (%v): %q", err, data)
 		}

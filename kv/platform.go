@@ -254,20 +254,34 @@ type Authorizer struct {
 	Unauthorized bool `json:"unauthorized,omitempty"`
 }
 
+// The states of an authorizer's record, as State names them.
+const (
+	stateActive       = "active"
+	stateAwaitingCode = "awaiting code exchange" // authorized, the code not yet exchanged for a refresh token
+	stateUnauthorized = "unauthorized"
+	stateNoToken      = "no refresh token"
+)
+
+// State names what the record says of the authorizer: active (it has a
+// refresh token), awaiting code exchange (an authorization code, no
+// refresh token yet), unauthorized (it withdrew), or no refresh token.
+func (a Authorizer) State() string {
+	switch {
+	case a.Unauthorized:
+		return stateUnauthorized
+	case a.RefreshToken != "":
+		return stateActive
+	case a.Code != "":
+		return stateAwaitingCode
+	}
+	return stateNoToken
+}
+
 // String describes the record without its refresh token or code, which
 // are never to be printed: fmt, a panic's text and a log line all get
 // this.
 func (a Authorizer) String() string {
-	state := "active"
-	switch {
-	case a.Unauthorized:
-		state = "unauthorized"
-	case a.RefreshToken == "" && a.Code != "":
-		state = "awaiting code exchange"
-	case a.RefreshToken == "":
-		state = "no refresh token"
-	}
-	return fmt.Sprintf("authorizer %s of %s (%s, issued %s)", a.AppID, a.ComponentAppID, state, a.IssuedAt.UTC().Format(time.RFC3339))
+	return fmt.Sprintf("authorizer %s of %s (%s, issued %s)", a.AppID, a.ComponentAppID, a.State(), a.IssuedAt.UTC().Format(time.RFC3339))
 }
 
 // GoString is String, for %#v.
@@ -282,12 +296,67 @@ func (a Authorizer) Active() bool {
 	return !a.Unauthorized && (a.RefreshToken != "" || a.Code != "")
 }
 
+// A record changes by the rules below, whoever changes it (the refresher's
+// callback and its fetches, `wxtoken authorizers import`), each time with
+// a compare-and-swap (UpdateAuthorizer) that applies the rule again to a
+// record another writer changed meanwhile.
+
+// authCodeLifetime is how long WeChat lets an authorization code be
+// exchanged, for an event that does not say.
+const authCodeLifetime = time.Hour
+
+// WithRefreshToken returns the record with the refresh token WeChat issued
+// at issuedAt, and whether that changes it: the newest issued wins, so a
+// refresh token issued after this one stays. An authorization code not yet
+// exchanged stays too, unless it is spent, the code the call that issued
+// the token exchanged. The rest of the record (a withdrawal included) is
+// kept: the caller decides whether a withdrawn record may take a token.
+func (a Authorizer) WithRefreshToken(token string, issuedAt time.Time, spent string) (Authorizer, bool) {
+	if a.RefreshToken != "" && a.IssuedAt.After(issuedAt) {
+		return a, false
+	}
+	a.RefreshToken, a.IssuedAt = token, issuedAt
+	if spent != "" && a.Code == spent {
+		a.Code, a.CodeExpiresAt = "", time.Time{}
+	}
+	return a, true
+}
+
+// Authorized returns the record after an authorization event (authorized,
+// or updateauthorized) of time at that gave code, usable until
+// codeExpiresAt (an hour from the event when that is not after it), and
+// whether that changes it. The newest event wins; WeChat's event times
+// are in seconds, so of two events of one second the one not in yet goes
+// in, but a withdrawal stays. The refresh token is kept: the code is
+// exchanged for a new one, and until then the old one works.
+func (a Authorizer) Authorized(at time.Time, code string, codeExpiresAt time.Time) (Authorizer, bool) {
+	if a.EventTime.After(at) || a.EventTime.Equal(at) && (a.Unauthorized || a.Code == code) {
+		return a, false
+	}
+	a.Unauthorized, a.EventTime = false, at
+	a.Code, a.CodeExpiresAt = code, codeExpiresAt
+	if !a.CodeExpiresAt.After(at) {
+		a.CodeExpiresAt = at.Add(authCodeLifetime)
+	}
+	return a, code != "" || a.RefreshToken != ""
+}
+
+// Withdrawn returns the record after the unauthorized event of time at,
+// and whether that changes it: unless a newer event is in, the record
+// keeps nothing but the withdrawal.
+func (a Authorizer) Withdrawn(at time.Time) (Authorizer, bool) {
+	if a.EventTime.After(at) || a.EventTime.Equal(at) && a.Unauthorized {
+		return a, false
+	}
+	return Authorizer{ComponentAppID: a.ComponentAppID, AppID: a.AppID, Unauthorized: true, EventTime: at}, true
+}
+
 // Validate checks the record's fields.
 func (a Authorizer) Validate() error {
 	switch {
 	case ValidateAppID(a.ComponentAppID) != nil:
 		return fmt.Errorf("%w: component_appid %.40q", ErrInvalidPlatformRecord, a.ComponentAppID)
-	case ValidateAppID(a.AppID) != nil || strings.Contains(a.AppID, "-"):
+	case ValidateID(a.AppID) != nil:
 		return fmt.Errorf("%w: authorizer_appid %.40q", ErrInvalidPlatformRecord, a.AppID)
 	case a.RefreshToken != "" && ValidateToken(a.RefreshToken) != nil:
 		return fmt.Errorf("%w: the refresh token is not 1 to %d printable characters", ErrInvalidPlatformRecord, MaxTokenLength)

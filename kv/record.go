@@ -2,16 +2,15 @@
 // KV bucket that holds the credentials, the JSON record stored under each key
 // (an appid or a WeCom "<corpid>-<agent>" for a token, "<key>.<kind>" for a
 // ticket; see Credential and ValidateKey), and the messages on the
-// wechat.token.* subjects. Services in other languages
-// read the same bucket and subjects, so everything here is a public contract
-// (see DESIGN.md in the repository).
+// wechat.token.* subjects. Services in other languages read the same
+// bucket and subjects, so everything here is a public contract: the
+// README's "Wire contract" section is its description.
 package kv
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -29,9 +28,10 @@ const MaxRecordSize = 16 << 10
 // token record.
 var ErrInvalidRecord = errors.New("kv: invalid token record")
 
-// Record is the value stored under an appid key in the token bucket.
-// Times are UTC and second-precise on the wire (RFC 3339).
-type Record struct {
+// record is the value stored under a token's key in the token bucket, as
+// Credential encodes and decodes it. Times are UTC and second-precise on
+// the wire (RFC 3339).
+type record struct {
 	AppID       string    `json:"appid"`
 	AccessToken string    `json:"access_token"`
 	ExpiresIn   int64     `json:"expires_in"` // seconds, as WeChat returned it
@@ -47,19 +47,19 @@ type Record struct {
 	API string `json:"api,omitempty"`
 }
 
-// Record.API values.
+// The values of a token record's "api" (Credential.API).
 const (
 	APIStableToken = "stable_token" // /cgi-bin/stable_token
 	APIWeCom       = "wecom"        // WeCom's /cgi-bin/gettoken, under a "<corpid>-<agent>" key
 )
 
-// NewRecord builds the record for a token fetched at fetchedAt that WeChat
+// newRecord builds the record for a token fetched at fetchedAt that WeChat
 // said lives for expiresIn.
-func NewRecord(appid, token string, expiresIn time.Duration, fetchedAt time.Time) Record {
+func newRecord(appid, token string, expiresIn time.Duration, fetchedAt time.Time) record {
 	// The wire carries whole seconds; truncating fetched_at (and not rounding)
 	// keeps expires_at from moving later than the real expiry.
 	fetchedAt = fetchedAt.UTC().Truncate(time.Second)
-	return Record{
+	return record{
 		AppID:       appid,
 		AccessToken: token,
 		ExpiresIn:   int64(expiresIn / time.Second),
@@ -68,14 +68,8 @@ func NewRecord(appid, token string, expiresIn time.Duration, fetchedAt time.Time
 	}
 }
 
-// Lifetime is how long the token was issued for.
-func (r Record) Lifetime() time.Duration { return r.ExpiresAt.Sub(r.FetchedAt) }
-
-// ValidAt reports whether the token has not expired at t.
-func (r Record) ValidAt(t time.Time) bool { return t.Before(r.ExpiresAt) }
-
-// Validate checks the record against the contract.
-func (r Record) Validate() error {
+// validate checks the record against the contract.
+func (r record) validate() error {
 	if err := ValidateAppID(r.AppID); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidRecord, err)
 	}
@@ -133,10 +127,10 @@ func printableASCII(s string) bool {
 	return true
 }
 
-// Encode validates r and returns its JSON. A record that fails validation is
+// encodeRecord validates r and returns its JSON. A record that fails validation is
 // never encoded, so nothing invalid reaches the bucket through this package.
-func Encode(r Record) ([]byte, error) {
-	if err := r.Validate(); err != nil {
+func encodeRecord(r record) ([]byte, error) {
+	if err := r.validate(); err != nil {
 		return nil, err
 	}
 	r.FetchedAt = r.FetchedAt.UTC()
@@ -144,95 +138,34 @@ func Encode(r Record) ([]byte, error) {
 	return json.Marshal(r)
 }
 
-// Decode parses and validates a record. Unknown fields are ignored, as the
+// decodeRecord parses and validates a record. Unknown fields are ignored, as the
 // contract asks of every reader.
-func Decode(data []byte) (Record, error) {
+func decodeRecord(data []byte) (record, error) {
 	if len(data) > MaxRecordSize {
-		return Record{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidRecord, len(data), MaxRecordSize)
+		return record{}, fmt.Errorf("%w: %d bytes, more than %d", ErrInvalidRecord, len(data), MaxRecordSize)
 	}
 	r, ok := decodeCanonical(data)
 	if !ok {
 		if err := json.Unmarshal(data, &r); err != nil {
-			return Record{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
+			return record{}, fmt.Errorf("%w: %w", ErrInvalidRecord, err)
 		}
 	}
-	if err := r.Validate(); err != nil {
-		return Record{}, err
+	if err := r.validate(); err != nil {
+		return record{}, err
 	}
 	return r, nil
 }
 
-// DecodeFor decodes a record read under the key appid and checks that it
-// names that app: a record copied under the wrong key is as bad as garbage.
-func DecodeFor(appid string, data []byte) (Record, error) {
-	r, err := Decode(data)
+// decodeRecordFor decodes a record read under the key appid and checks
+// that it names that app: a record copied under the wrong key is as bad as
+// garbage.
+func decodeRecordFor(appid string, data []byte) (record, error) {
+	r, err := decodeRecord(data)
 	if err != nil {
-		return Record{}, err
+		return record{}, err
 	}
 	if r.AppID != appid {
-		return Record{}, fmt.Errorf("%w: record names appid %q, stored under %q", ErrInvalidRecord, r.AppID, appid)
+		return record{}, fmt.Errorf("%w: record names appid %q, stored under %q", ErrInvalidRecord, r.AppID, appid)
 	}
 	return r, nil
-}
-
-// appIDMaxLength bounds an appid. WeChat appids are 18 characters; corp and
-// component ids are of the same order.
-const appIDMaxLength = 64
-
-// ValidateAppID checks that appid can be a KV key and a single NATS subject
-// token: 1 to 64 characters from [A-Za-z0-9_-]. Dots are excluded because
-// keys "<appid>.<kind>" are reserved for other credentials of the same app.
-func ValidateAppID(appid string) error {
-	if appid == "" {
-		return errors.New("appid is empty")
-	}
-	if len(appid) > appIDMaxLength {
-		return fmt.Errorf("appid has %d characters, more than %d", len(appid), appIDMaxLength)
-	}
-	if i := strings.IndexFunc(appid, func(c rune) bool { return !isAppIDChar(c) }); i >= 0 {
-		return fmt.Errorf("appid %q: character %q at %d is not one of A-Z a-z 0-9 _ -", appid, appid[i], i)
-	}
-	return nil
-}
-
-// weChatAppIDLength is the length of every appid WeChat issues: "wx" and 16
-// more characters.
-const weChatAppIDLength = 18
-
-// ValidateWeChatAppID checks an appid as WeChat issues them to official
-// accounts, mini programs and third-party platforms: "wx" and 16 lowercase
-// letters or digits. ValidateAppID is the rule for a key, which WeCom's
-// "<corpid>-<agent>" keys pass too; this is the rule for an appid an
-// operator types, so that a mistyped one is refused when it is read, not
-// answered 40013 (invalid appid) by WeChat at the first fetch.
-func ValidateWeChatAppID(appid string) error {
-	var wrong string
-	switch bad := strings.IndexFunc(appid, func(c rune) bool { return !('0' <= c && c <= '9' || 'a' <= c && c <= 'z') }); {
-	case len(appid) != weChatAppIDLength:
-		wrong = fmt.Sprintf("has %d characters", len(appid))
-	case !strings.HasPrefix(appid, "wx"):
-		wrong = `does not start with "wx"`
-	case bad >= 0:
-		wrong = fmt.Sprintf("has %q at %d", appid[bad], bad)
-	default:
-		return nil
-	}
-	return fmt.Errorf(`appid %.64q %s: a WeChat appid is 18 characters, "wx" and 16 lowercase letters or digits, `+
-		"such as wx1234567890abcdef (copy it from the account's 基本配置 or 开发设置 page)", appid, wrong)
-}
-
-// ValidateBucketName checks a token bucket's name as JetStream does: 1 or
-// more characters from [A-Za-z0-9_-].
-func ValidateBucketName(name string) error {
-	if name == "" {
-		return errors.New("bucket name is empty")
-	}
-	if i := strings.IndexFunc(name, func(c rune) bool { return !isAppIDChar(c) }); i >= 0 {
-		return fmt.Errorf("bucket name %q: character %q at %d is not one of A-Z a-z 0-9 _ -", name, name[i], i)
-	}
-	return nil
-}
-
-func isAppIDChar(c rune) bool {
-	return c == '_' || c == '-' || ('0' <= c && c <= '9') || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')
 }

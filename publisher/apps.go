@@ -11,6 +11,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/yamlfile"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/platform"
 )
 
 // App is one WeChat app the refresher keeps a token for: an official
@@ -59,6 +60,33 @@ func (a App) wecom() bool { return a.CorpID != "" }
 // platform reports whether the app is a third-party platform.
 func (a App) platform() bool { return a.Platform != nil }
 
+// hasPlatforms reports whether any of apps is a third-party platform.
+func hasPlatforms(apps []App) bool {
+	return slices.ContainsFunc(apps, App.platform)
+}
+
+// api names the API the app's token is fetched with: a reload that
+// changes it gives the app another source.
+func (a App) api() string {
+	switch {
+	case a.platform():
+		return "component"
+	case a.wecom():
+		return "wecom"
+	}
+	return string(a.TokenAPI.orClassic())
+}
+
+// check reports whether the message token and EncodingAESKey can check and
+// decrypt pushes, without quoting either.
+func (p *Platform) check() error {
+	if p.MessageToken.IsZero() {
+		return errors.New("a platform needs its message token (message_token)")
+	}
+	_, err := platform.Crypter(platform.Platform{AppID: "wx0000000000000000", MessageToken: p.MessageToken, EncodingAESKey: p.EncodingAESKey})
+	return err
+}
+
 // Ticket names a ticket kind of the apps file's tickets list.
 type Ticket string
 
@@ -90,24 +118,11 @@ func checkTickets(tickets []Ticket, wecom bool) error {
 	return nil
 }
 
-// checkAppID checks an official account's appid: a key, and without the
-// "-" that marks a WeCom app's "<corpid>-<agent>" (WeChat's appids have
-// none).
-func checkAppID(appid string) error {
-	if err := kv.ValidateAppID(appid); err != nil {
-		return err
-	}
-	if strings.Contains(appid, "-") {
-		return fmt.Errorf(`appid %q has a "-", which WeChat's appids never have: a key with one names a WeCom app (corpid and agent)`, appid)
-	}
-	return nil
-}
-
 // checkTypedAppID checks an appid an operator typed (in the apps file or
 // the environment): one WeChat could have issued. A Config built in code
-// may name its apps with any key (checkAppID).
+// may name its apps with any key (kv.ValidateID).
 func checkTypedAppID(appid string) error {
-	if err := checkAppID(appid); err != nil {
+	if err := kv.ValidateID(appid); err != nil {
 		return err
 	}
 	return kv.ValidateWeChatAppID(appid)
@@ -123,22 +138,22 @@ func (a App) checkIdentity() error {
 	case a.platform() && (a.CorpID != "" || a.TokenAPI != "" || len(a.Tickets) > 0):
 		return fmt.Errorf("platform %s: a component appid has no corpid, token_api or tickets", a.AppID)
 	case a.platform():
-		if err := checkAppID(a.AppID); err != nil {
+		if err := kv.ValidateID(a.AppID); err != nil {
 			return err
 		}
 		return a.Platform.check()
 	case a.CorpID == "":
-		return checkAppID(a.AppID)
+		return kv.ValidateID(a.AppID)
 	case a.TokenAPI != "" && a.TokenAPI != TokenAPIClassic:
 		return fmt.Errorf("token_api %q is for official accounts; WeCom has gettoken alone", a.TokenAPI)
 	}
-	if err := kv.ValidateAppID(a.CorpID); err != nil || strings.Contains(a.CorpID, "-") {
+	if kv.ValidateID(a.CorpID) != nil {
 		return fmt.Errorf("corpid %.64q is not a corp id (A-Z a-z 0-9 _)", a.CorpID)
 	}
 	if a.Agent == "" {
 		return errors.New(`a WeCom app needs agent: its agentid, or a name for a secret of no agent (such as "contacts")`)
 	}
-	if err := kv.ValidateAppID(a.Agent); err != nil || strings.Contains(a.Agent, "-") {
+	if kv.ValidateID(a.Agent) != nil {
 		return fmt.Errorf("agent %.64q is not an agentid or a name (A-Z a-z 0-9 _)", a.Agent)
 	}
 	return kv.ValidateAppID(a.Key())

@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wxtoken/wxtoken/internal/natstest"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -65,15 +68,21 @@ apps:
 		!strings.Contains(err.Error(), "WECHAT_TOKEN_API") {
 		t.Errorf("a bad WECHAT_TOKEN_API: %v", err)
 	}
-	set := newCredentialSet(apps, nil, nil, nil)
-	var keys []string
-	for _, c := range set.order {
-		keys = append(keys, c.key)
+	nc, _ := natstest.JetStream(t)
+	r, err := New(nc, Config{Apps: apps})
+	if err != nil {
+		t.Fatal(err)
 	}
+	var keys []string
+	parents := map[string]string{}
+	r.creds.Each(func(v loop.Value) {
+		keys = append(keys, v.Key)
+		parents[v.Key] = v.Parent
+	})
 	if got := strings.Join(keys, " "); got != "wx000000000000000a wx000000000000000a.jsapi_ticket wx000000000000000a.wx_card_ticket wx000000000000000b" {
 		t.Errorf("credentials %s", got)
 	}
-	if set.byKey["wx000000000000000a.jsapi_ticket"].parent != set.byKey["wx000000000000000a"] {
+	if parents["wx000000000000000a.jsapi_ticket"] != "wx000000000000000a" {
 		t.Error("a ticket's parent is not its app's token")
 	}
 }
@@ -147,6 +156,9 @@ func TestAppFromEnv(t *testing.T) {
 
 const testAESKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
+// The platform of these tests, and an account that authorized it.
+const component, authorizer = "wx00000000000c0a01", "wx00000000000a0001"
+
 // TestParsePlatforms: a platform takes its secret, message token and
 // EncodingAESKey each from the environment, a file or the file itself; its
 // token is the component token under the component appid.
@@ -174,9 +186,19 @@ platforms:
 		p.Platform.MessageToken.Reveal() != "msg-token" || p.Platform.EncodingAESKey.Reveal() != testAESKey {
 		t.Errorf("platform %s: a secret is wrong", p.Key())
 	}
-	set := newCredentialSet(apps, nil, nil, nil)
-	if c := set.byKey["wx00000000000c0a01"]; c == nil || c.src.api() != "component_token" {
-		t.Errorf("the platform's credential is %+v, want its component token", c)
+	nc, _ := natstest.JetStream(t)
+	r, err := New(nc, Config{Apps: apps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var api string
+	r.creds.Each(func(v loop.Value) {
+		if v.Key == "wx00000000000c0a01" {
+			api = v.API
+		}
+	})
+	if api != "component_token" {
+		t.Errorf("the platform's credential is fetched with %q, want its component token", api)
 	}
 
 	// A file of platforms alone is an apps file.
@@ -262,6 +284,39 @@ func TestAppsFileErrorsNameTheLine(t *testing.T) {
 		}
 		if err != nil && (strings.Contains(err.Error(), "publisher.") || strings.Contains(err.Error(), "Entry")) {
 			t.Errorf("%s: a Go type in the error: %v", name, err)
+		}
+	}
+}
+func TestWeComAppsInTheAppsFile(t *testing.T) {
+	apps, err := ParseApps([]byte(`
+apps:
+  - corpid: ww1234567890abcdef
+    agent: "1000002"
+    secret: s
+    tickets: [jsapi, agent_config]
+  - corpid: ww1234567890abcdef
+    agent: contacts
+    secret: t
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if apps[0].Key() != "ww1234567890abcdef-1000002" || apps[1].Key() != "ww1234567890abcdef-contacts" {
+		t.Errorf("keys %s %s", apps[0].Key(), apps[1].Key())
+	}
+	for name, tc := range map[string]struct{ yaml, inErr string }{
+		"no agent":      {"apps:\n  - corpid: ww1\n    secret: s", "needs agent"},
+		"both ids":      {"apps:\n  - corpid: ww1\n    appid: wx000000000000000a\n    agent: a\n    secret: s", "not both"},
+		"agent of app":  {"apps:\n  - appid: wx000000000000000a\n    agent: a\n    secret: s", "agent belongs to a WeCom app"},
+		"stable wecom":  {"apps:\n  - corpid: ww1\n    agent: a\n    secret: s\n    token_api: stable", "WeCom has gettoken alone"},
+		"card on wecom": {"apps:\n  - corpid: ww1\n    agent: a\n    secret: s\n    tickets: [wx_card]", `WeCom app ww1-a: tickets: "wx_card" is not`},
+		"agent_config":  {"apps:\n  - appid: wx000000000000000a\n    secret: s\n    tickets: [agent_config]", `app wx000000000000000a: tickets: "agent_config" is not`},
+		"dash":          {"apps:\n  - corpid: ww-1\n    agent: a\n    secret: s", "not a corp id"},
+		"appid dash":    {"apps:\n  - appid: ww1-2\n    secret: s", `has a "-"`},
+		"same twice":    {"apps:\n  - corpid: ww1\n    agent: a\n    secret: s\n  - corpid: ww1\n    agent: a\n    secret: t", "twice"},
+	} {
+		if _, err := ParseApps([]byte(tc.yaml), env(nil)); err == nil || !strings.Contains(err.Error(), tc.inErr) {
+			t.Errorf("%s: %v, want an error saying %q", name, err, tc.inErr)
 		}
 	}
 }

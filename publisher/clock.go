@@ -26,13 +26,3 @@ func (c Clock) afterFunc(d time.Duration, f func()) *time.Timer {
 	}
 	return c.AfterFunc(d, f)
 }
-
-// elapsed is d as a message says it: cut, never rounded, so that "ran 5s
-// ago; at most one per 5s" cannot be said of 4.6s; to a tenth of a second
-// under 10s, where whole seconds would hide most of it.
-func elapsed(d time.Duration) time.Duration {
-	if d < 10*time.Second {
-		return d.Truncate(100 * time.Millisecond)
-	}
-	return d.Truncate(time.Second)
-}

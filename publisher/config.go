@@ -5,20 +5,20 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/robfig/cron/v3"
 
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// Defaults of Config, as DESIGN.md lists them.
+// Defaults of Config; the README lists them with their flags.
 const (
+	DefaultUpstreamURL      = "https://api.weixin.qq.com"   // WeChat's API
+	DefaultWeComURL         = "https://qyapi.weixin.qq.com" // WeCom's (企业微信) API
 	DefaultSchedule         = "@every 30s"
 	DefaultRefreshBefore    = 10 * time.Minute
 	DefaultMinForceInterval = 30 * time.Second
@@ -33,65 +33,6 @@ const (
 	DefaultRetryBackoffMax    = time.Minute
 	DefaultConfigErrorBackoff = 10 * time.Minute
 )
-
-// Config is the refresher's configuration. Zero fields take the defaults.
-type Config struct {
-	Apps []App
-
-	Bucket string // token bucket; kv.DefaultBucket
-	// PlatformBucket holds third-party platforms' verify tickets and
-	// their authorizers' refresh tokens; kv.DefaultPlatformBucket. It is
-	// opened only when Apps has a platform, and so is the callbacks'
-	// replay bucket beside it (kv.ReplayBucket).
-	PlatformBucket string
-	Replicas       int    // replicas of the buckets; 1
-	History        int    // revisions kept per key; 1
-	SubjectPrefix  string // kv.DefaultSubjectPrefix
-	// JSDomain is the JetStream domain of the hub's buckets, for a replica
-	// in a region, connected to the region's NATS (see region.go); empty:
-	// the buckets of the NATS it is connected to.
-	JSDomain string
-
-	// Schedule is the cron spec of the refresh check; DefaultSchedule.
-	Schedule string
-	// RefreshBefore is how long before expiry a token is replaced. For a
-	// token that lives less than twice as long it is cut to half the
-	// lifetime, so short-lived tokens are replaced in time too.
-	RefreshBefore time.Duration
-	// MinForceInterval is the least time between two forced refreshes of one app.
-	MinForceInterval time.Duration
-	// LeaseTTL is how long the leader's lease lasts without renewal.
-	LeaseTTL time.Duration
-
-	// RetryBackoff and RetryBackoffMax bound the pause after transient
-	// failures: it doubles per consecutive failure from RetryBackoff up to
-	// RetryBackoffMax, half of it random; 1s and 1m by default.
-	RetryBackoff, RetryBackoffMax time.Duration
-	// ConfigErrorBackoff is the pause after a configuration error (wrong
-	// secret, IP not whitelisted): such errors need a human, and calling
-	// again sooner would only burn quota; 10m by default.
-	ConfigErrorBackoff time.Duration
-
-	UpstreamURL     string        // DefaultUpstreamURL
-	WeComURL        string        // WeCom's API, for WeCom apps; DefaultWeComURL
-	UpstreamTimeout time.Duration // per call; DefaultUpstreamTimeout
-	// UpstreamRate paces token fetches across all apps, in calls per
-	// second, so ten thousand apps do not all call in the same second.
-	UpstreamRate float64
-	HTTPClient   *http.Client
-
-	// Registerer, if set, receives the refresher's Prometheus metrics.
-	Registerer prometheus.Registerer
-
-	// Instance names this replica in the lease and in logs; hostname and pid
-	// by default.
-	Instance string
-	// Logger receives the refresher's logs; nothing is logged when nil.
-	Logger *slog.Logger
-	// Clock is the time the refresher decides and schedules by; the real
-	// clock by default. (Leases always run on real time.)
-	Clock Clock
-}
 
 // withDefaults returns c with zero fields set and checks it.
 func (c Config) withDefaults() (Config, cron.Schedule, error) {
@@ -243,4 +184,15 @@ func setDefault(d *time.Duration, def time.Duration) {
 	if *d == 0 {
 		*d = def
 	}
+}
+
+// parseSchedule parses the cron spec of the refresh check. Its error says
+// what to write, then what cron found wrong.
+func parseSchedule(spec string) (cron.Schedule, error) {
+	schedule, err := cron.ParseStandard(spec)
+	if err != nil {
+		return nil, fmt.Errorf("schedule %q: write @every 30s or five cron fields "+
+			"(minute hour day-of-month month day-of-week, such as */5 * * * *); %w", spec, err)
+	}
+	return schedule, nil
 }

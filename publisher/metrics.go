@@ -1,11 +1,13 @@
 package publisher
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
 )
 
 // metrics are the refresher's Prometheus metrics. They are registered with
@@ -17,18 +19,9 @@ type metrics struct {
 	requests *prometheus.CounterVec   // outcome
 	leader   prometheus.Gauge
 	repaired prometheus.Counter
-}
 
-// Refresh request outcomes, the values of wxtoken_refresh_requests_total's
-// outcome label.
-const (
-	outcomeRefreshed   = "refreshed"    // this request's forced refresh rotated the token
-	outcomeDeduped     = "deduped"      // answered by a rotation someone else caused
-	outcomeStillValid  = "still_valid"  // WeChat said the token works: not rotated
-	outcomeRateLimited = "rate_limited" // a forced refresh ran too recently
-	outcomeCurrent     = "current"      // no stale revision: the current token's metadata
-	outcomeError       = "error"        // bad request, unknown app, upstream failure, unavailable
-)
+	leading atomic.Bool // what leader shows: Refresher.Leading
+}
 
 func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 	m := &metrics{
@@ -64,15 +57,15 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 	return m
 }
 
-// upstreamCall counts a call to WeChat for the credential of key.
-func (m *metrics) upstreamCall(key, api, result string, took time.Duration) {
+// UpstreamCall counts a call to WeChat for the credential of key.
+func (m *metrics) UpstreamCall(key, api, result string, took time.Duration) {
 	appid, _ := kv.SplitKey(key)
 	m.upstream.WithLabelValues(appid, api, result).Inc()
 	m.latency.WithLabelValues(api).Observe(took.Seconds())
 }
 
-// rotation counts a value written for the credential of key.
-func (m *metrics) rotation(key, reason string) {
+// Rotation counts a value written for the credential of key.
+func (m *metrics) Rotation(key, reason string) {
 	appid, kind := labelsOf(key)
 	m.rotated.WithLabelValues(appid, kind, reason).Inc()
 }
@@ -86,20 +79,24 @@ func labelsOf(key string) (appid, kind string) {
 	return appid, kind
 }
 
-func (m *metrics) request(outcome string) { m.requests.WithLabelValues(outcome).Inc() }
+func (m *metrics) Request(outcome string) { m.requests.WithLabelValues(outcome).Inc() }
 
-// forget drops the series of a credential a reload removed.
-func (m *metrics) forget(c *credential) {
-	appid, kind := labelsOf(c.key)
-	m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": c.src.api()})
-	if c.kind == kv.KindToken {
+func (m *metrics) Repaired() { m.repaired.Inc() }
+
+// Forget drops the series of a credential a reload removed.
+func (m *metrics) Forget(key, kind, api string) {
+	appid, label := labelsOf(key)
+	m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": api})
+	if kind == kv.KindToken {
 		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "check"})
 		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "stable_token_force"})
 	}
-	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid, "kind": kind})
+	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid, "kind": label})
 }
 
+// setLeading records whether this replica leads.
 func (m *metrics) setLeading(leading bool) {
+	m.leading.Store(leading)
 	if leading {
 		m.leader.Set(1)
 	} else {
@@ -138,49 +135,29 @@ func (c tokenCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c tokenCollector) Collect(ch chan<- prometheus.Metric) {
 	now := c.r.cfg.Clock.now()
-	for _, a := range c.r.credentialList() {
-		a.mu.Lock()
-		rec := a.rec
-		a.mu.Unlock()
-		if rec == nil {
-			continue
+	authorizers := map[string]int{} // by platform: the credentials fetched with its token
+	c.r.creds.Each(func(v loop.Value) {
+		authorizers[v.Parent]++
+		if v.Record == nil {
+			return
 		}
-		appid, kind := labelsOf(a.key)
-		ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, rec.ExpiresAt.Sub(now).Seconds(), appid, kind)
-		ch <- prometheus.MustNewConstMetric(fetchedDesc, prometheus.GaugeValue, float64(rec.FetchedAt.Unix()), appid, kind)
-	}
-	c.collectPlatforms(ch, now)
+		appid, kind := labelsOf(v.Key)
+		ch <- prometheus.MustNewConstMetric(expiresInDesc, prometheus.GaugeValue, v.Record.ExpiresAt.Sub(now).Seconds(), appid, kind)
+		ch <- prometheus.MustNewConstMetric(fetchedDesc, prometheus.GaugeValue, float64(v.Record.FetchedAt.Unix()), appid, kind)
+	})
+	c.collectPlatforms(ch, now, authorizers)
 }
 
 // collectPlatforms reports each configured platform's ticket and
 // authorizers.
-func (c tokenCollector) collectPlatforms(ch chan<- prometheus.Metric, now time.Time) {
-	counts := map[string]int{}
-	for _, a := range c.r.credentialList() {
-		if a.auth != nil {
-			counts[a.auth.component]++
-		}
-	}
-	for _, a := range c.r.credentialList() {
-		a.mu.Lock()
-		_, platform := a.src.(componentSource)
-		a.mu.Unlock()
-		if !platform {
+func (c tokenCollector) collectPlatforms(ch chan<- prometheus.Metric, now time.Time, authorizers map[string]int) {
+	for _, component := range c.r.platforms.Served() {
+		if !c.r.creds.Has(component) {
 			continue
 		}
-		if t, ok := c.r.platforms.ticket(a.key); ok {
-			ch <- prometheus.MustNewConstMetric(ticketAgeDesc, prometheus.GaugeValue, now.Sub(t.CreateTime).Seconds(), a.key)
+		if t, ok := c.r.platforms.Ticket(component); ok {
+			ch <- prometheus.MustNewConstMetric(ticketAgeDesc, prometheus.GaugeValue, now.Sub(t.CreateTime).Seconds(), component)
 		}
-		ch <- prometheus.MustNewConstMetric(authorizersDesc, prometheus.GaugeValue, float64(counts[a.key]), a.key)
+		ch <- prometheus.MustNewConstMetric(authorizersDesc, prometheus.GaugeValue, float64(authorizers[component]), component)
 	}
-}
-
-func checkResult(valid bool, err error) string {
-	switch {
-	case err != nil:
-		return "error"
-	case valid:
-		return "valid"
-	}
-	return "invalid"
 }

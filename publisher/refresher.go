@@ -1,68 +1,104 @@
-// Package publisher is the central token server: it fetches each app's
-// access_token from WeChat (/cgi-bin/token or /cgi-bin/stable_token) before
-// it expires, and the JS-SDK tickets fetched with it, stores each in the
-// token bucket under its key with compare-and-swap, announces every
-// rotation, and answers refresh requests from services that saw a value
-// rejected. Replicas elect one leader through a lease; only the leader
-// talks to WeChat.
-//
-// Each key is a credential (credential.go) with a source, the API that
-// fetches it (source_token.go, source_stable.go, source_ticket.go); the
-// loop that makes it due, fetches, stores and announces it is the same
-// for every kind (schedule.go, rotate.go).
 package publisher
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/robfig/cron/v3"
+	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/wxtoken/wxtoken/internal/wxcrypt"
+	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/lease"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
+	"github.com/wxtoken/wxtoken/publisher/internal/platform"
+	"github.com/wxtoken/wxtoken/publisher/internal/source"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
-// kvTimeout bounds one bucket operation.
-const kvTimeout = 5 * time.Second
+// Version is reported by the refresh service to `nats micro info`.
+const Version = "0.1.0"
+
+// Config is the refresher's configuration. Zero fields take the defaults.
+type Config struct {
+	Apps []App
+
+	Bucket string // token bucket; kv.DefaultBucket
+	// PlatformBucket holds third-party platforms' verify tickets and
+	// their authorizers' refresh tokens; kv.DefaultPlatformBucket. It is
+	// opened only when Apps has a platform, and so is the callbacks'
+	// replay bucket beside it (kv.ReplayBucket).
+	PlatformBucket string
+	Replicas       int    // replicas of the buckets; 1
+	History        int    // revisions kept per key; 1
+	SubjectPrefix  string // kv.DefaultSubjectPrefix
+	// JSDomain is the JetStream domain of the hub's buckets, for a replica
+	// in a region, connected to the region's NATS (see region.go); empty:
+	// the buckets of the NATS it is connected to.
+	JSDomain string
+
+	// Schedule is the cron spec of the refresh check; DefaultSchedule.
+	Schedule string
+	// RefreshBefore is how long before expiry a token is replaced. For a
+	// token that lives less than twice as long it is cut to half the
+	// lifetime, so short-lived tokens are replaced in time too.
+	RefreshBefore time.Duration
+	// MinForceInterval is the least time between two forced refreshes of one app.
+	MinForceInterval time.Duration
+	// LeaseTTL is how long the leader's lease lasts without renewal.
+	LeaseTTL time.Duration
+
+	// RetryBackoff and RetryBackoffMax bound the pause after transient
+	// failures: it doubles per consecutive failure from RetryBackoff up to
+	// RetryBackoffMax, half of it random; 1s and 1m by default.
+	RetryBackoff, RetryBackoffMax time.Duration
+	// ConfigErrorBackoff is the pause after a configuration error (wrong
+	// secret, IP not whitelisted): such errors need a human, and calling
+	// again sooner would only burn quota; 10m by default.
+	ConfigErrorBackoff time.Duration
+
+	UpstreamURL     string        // DefaultUpstreamURL
+	WeComURL        string        // WeCom's API, for WeCom apps; DefaultWeComURL
+	UpstreamTimeout time.Duration // per call; DefaultUpstreamTimeout
+	// UpstreamRate paces token fetches across all apps, in calls per
+	// second, so ten thousand apps do not all call in the same second.
+	UpstreamRate float64
+	HTTPClient   *http.Client
+
+	// Registerer, if set, receives the refresher's Prometheus metrics.
+	Registerer prometheus.Registerer
+
+	// Instance names this replica in the lease and in logs; hostname and pid
+	// by default.
+	Instance string
+	// Logger receives the refresher's logs; nothing is logged when nil.
+	Logger *slog.Logger
+	// Clock is the time the refresher decides and schedules by; the real
+	// clock by default. (Leases always run on real time.)
+	Clock Clock
+}
 
 // Refresher keeps the tokens of its apps fresh in the token bucket.
 type Refresher struct {
-	cfg      Config
-	schedule cron.Schedule
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	subjects kv.Subjects
-	upstream *upstreamClient // WeChat's API
-	wecom    *upstreamClient // WeCom's
-	pacer    *pacer
-	limits   hourlyLimits // WeCom's on tickets
-	log      *slog.Logger
+	cfg       Config
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	log       *slog.Logger
+	creds     *loop.Credentials // the loop
+	platforms *platform.Platforms
+	apps      *reloader // makes the loop's credentials of the apps
+	metrics   *metrics
+	start     startup
 
-	apps       atomic.Pointer[credentialSet]
-	reloading  sync.Mutex // one change of the credentials at a time
-	configured []App      // the apps of the last SetApps, under reloading
-	secrets    secrets
-	metrics    *metrics
-	bucket     atomic.Pointer[jetstream.KeyValue] // once open
-
-	platformBucket atomic.Pointer[jetstream.KeyValue] // once open; only with platforms
-	platforms      *platforms
-	crypters       atomic.Pointer[map[string]*wxcrypt.Crypter] // the platforms' pushes, by component appid
-	replays        *replayGuard                                // the callbacks', shared by the replicas
-
-	life bucketLife // the token bucket's: see bucket.go
-
-	term        atomic.Pointer[term] // the leadership term under way, if any
-	leading     atomic.Bool
-	waiting     atomic.Pointer[error] // why start-up is still retrying
-	synced      atomic.Bool           // the token bucket has been read
-	campaigning atomic.Bool           // Run is past start-up, leading or standing by
+	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
 
 // New checks cfg and returns a refresher that uses nc. Run starts it.
@@ -73,105 +109,160 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	}
 	// Asynchronous writes (a repair carrying values over) give up on an
 	// acknowledgement that does not come, rather than wait forever.
-	js, err := jetStreamOf(nc, cfg.JSDomain, jetstream.WithPublishAsyncTimeout(kvTimeout), jetstream.WithDefaultTimeout(requestTimeout))
+	js, err := jetStreamOf(nc, cfg.JSDomain, jetstream.WithPublishAsyncTimeout(bucket.Timeout), jetstream.WithDefaultTimeout(requestTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	upstream, err := newUpstreamClient(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout)
+	wechat, err := upstream.New(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout)
 	if err != nil {
 		return nil, err
 	}
-	wecom, err := newUpstreamClient(cfg.WeComURL, cfg.HTTPClient, cfg.UpstreamTimeout)
+	wecom, err := upstream.New(cfg.WeComURL, cfg.HTTPClient, cfg.UpstreamTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
 	}
-	r := &Refresher{
-		cfg:       cfg,
-		schedule:  schedule,
-		nc:        nc,
-		js:        js,
-		subjects:  kv.Subjects{Prefix: cfg.SubjectPrefix},
-		upstream:  upstream,
-		wecom:     wecom,
-		pacer:     newPacer(cfg.UpstreamRate),
-		log:       cfg.Logger,
-		life:      newBucketLife(),
-		platforms: newPlatforms(),
-		replays:   newReplayGuard(js, cfg),
-	}
-	if err := r.setCrypters(cfg.Apps); err != nil {
+	r := &Refresher{cfg: cfg, nc: nc, js: js, log: cfg.Logger, start: startup{nc: nc, log: cfg.Logger},
+		apps: &reloader{wechat: wechat, wecom: wecom, limits: &source.HourlyLimits{}, log: cfg.Logger}}
+	r.metrics = newMetrics(cfg.Registerer, r)
+	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
+	r.creds = loop.New(loop.Config{
+		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
+		Schedule: schedule, ScheduleSpec: cfg.Schedule,
+		RefreshBefore: cfg.RefreshBefore, MinForceInterval: cfg.MinForceInterval, UpstreamTimeout: cfg.UpstreamTimeout,
+		RetryBackoff: cfg.RetryBackoff, RetryBackoffMax: cfg.RetryBackoffMax, ConfigErrorBackoff: cfg.ConfigErrorBackoff,
+		Pacer: upstream.NewPacer(cfg.UpstreamRate), Instance: cfg.Instance, Version: Version,
+		Now: cfg.Clock.now, AfterFunc: cfg.Clock.afterFunc, Logger: cfg.Logger, Metrics: r.metrics, Scrubber: r.apps.secrets.scrubber,
+	})
+	r.platforms = platform.New(js, platform.Config{
+		Bucket: cfg.PlatformBucket, Replicas: cfg.Replicas, History: cfg.History, Now: cfg.Clock.now, Logger: cfg.Logger,
+		OnTicket:      r.apps.ticketPushed,
+		OnAuthorizers: r.apps.rebuild,
+		OnRecord:      r.creds.Renew,
+		OnWithdrawn:   func(appid string) { r.creds.Remove(appid, source.Withdrawal(appid, r.log)) },
+	})
+	r.apps.creds, r.apps.platforms = r.creds, r.platforms
+	if _, err := r.apps.reload(cfg.Apps, ""); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	r.configured = cfg.Apps
-	r.apps.Store(newCredentialSet(cfg.Apps, nil, nil, r.log.Warn))
-	r.secrets.add(cfg.Apps)
-	r.metrics = newMetrics(cfg.Registerer, r)
 	return r, nil
 }
 
-// observe takes in an entry of the token bucket: the refresher's own writes
-// coming back, and anything anyone else wrote.
-func (r *Refresher) observe(e jetstream.KeyValueEntry) {
+// Run runs the refresher until ctx ends. It waits for NATS, opens the
+// buckets (retrying what may pass by itself, such as a cluster still
+// forming; see Ready), and follows the token bucket for its whole life
+// (standbys too, so that their metrics are live and a takeover starts from
+// a complete view), then campaigns for the lease: as leader it refreshes
+// and serves refresh requests, as standby it waits to take over. It
+// returns nil after a clean stop, which releases the lease so that a
+// standby takes over at once.
+func (r *Refresher) Run(ctx context.Context) error {
+	tokens, l, err := r.open(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: a clean stop
+		}
+		return err
+	}
+	followCtx, stopFollowing := context.WithCancel(ctx)
+	var following sync.WaitGroup
 	defer func() {
-		if p := recover(); p != nil {
-			r.logPanic(p)
+		stopFollowing()
+		following.Wait()
+		r.apps.background.Wait()
+	}()
+	if !r.follow(followCtx, tokens, &following) {
+		return nil // ctx ended
+	}
+
+	r.campaigning.Store(true)
+	defer r.campaigning.Store(false)
+	for {
+		held, err := r.campaign(ctx, l, tokens)
+		if err != nil {
+			return nil // ctx ended
+		}
+		err = r.lead(ctx, tokens, held)
+		held.Release()
+		if err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
+// follow starts what every replica runs for its whole life: the followers
+// of the platform bucket and of the token bucket, the looks at the token
+// bucket, and the first tending of the platforms. It returns once both
+// buckets have been read; false if ctx ended first.
+func (r *Refresher) follow(ctx context.Context, tokens jetstream.KeyValue, following *sync.WaitGroup) bool {
+	// The authorizers are known before the token bucket is read, so that
+	// the follower takes in their tokens with everyone else's.
+	platformsFollowed := make(chan struct{})
+	following.Go(func() { <-platformsFollowed })
+	if !r.platforms.Follow(ctx, r.nc, platformsFollowed) {
+		return false
+	}
+	following.Go(func() { r.platforms.Tend(ctx) })
+	synced := r.creds.NextSync()
+	follower := &kvwatch.Follower{
+		Bucket:   tokens,
+		Key:      ">",
+		Conn:     r.nc,
+		OnEntry:  r.creds.Observe,
+		OnSynced: r.creds.FollowerSynced,
+		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
+		Rewatch:  r.creds.Rewatch(),
+	}
+	following.Go(func() { follower.Run(ctx) })
+	following.Go(func() { r.creds.WatchBucket(ctx) })
+	select {
+	case <-synced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// campaign waits until this replica holds the lease. Meanwhile it stores
+// what the last term left only in memory (see loop.StoreLeftovers); once
+// it leads, its rotations do.
+func (r *Refresher) campaign(ctx context.Context, l *lease.Lease, tokens jetstream.KeyValue) (*lease.Held, error) {
+	storing, stopStoring := context.WithCancel(ctx)
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		r.creds.StoreLeftovers(storing, tokens)
+	}()
+	defer func() {
+		stopStoring()
+		<-stored
+	}()
+	return l.Acquire(ctx)
+}
+
+// lead leads for one term, while held lasts: the loop's duties, then the
+// platforms' refresh tokens, which a lost lease or a shutdown must not
+// leave only in memory.
+func (r *Refresher) lead(ctx context.Context, tokens jetstream.KeyValue, held loop.Leadership) error {
+	r.metrics.setLeading(true)
+	r.log.Info("became leader", "instance", r.cfg.Instance)
+	led := make(chan struct{})
+	go func() {
+		select {
+		case <-held.Lost(): // from here on this replica may not call WeChat
+			r.metrics.setLeading(false)
+		case <-led:
 		}
 	}()
-	r.life.saw(e.Revision())
-	a := r.credential(e.Key())
-	if a == nil {
-		return // another deployment's app, or a reserved "<appid>.<kind>" key
-	}
-	a.mu.Lock()
-	if e.Revision() <= a.rev {
-		a.mu.Unlock()
-		return
-	}
-	var rec *kv.Credential
-	if e.Operation() == jetstream.KeyValuePut {
-		decoded, err := kv.DecodeCredential(a.key, e.Value())
-		if err != nil {
-			r.log.Warn("token bucket holds an undecodable value; replacing it", "appid", a.key, "revision", e.Revision(), "error", err)
-		} else {
-			rec = &decoded
-		}
-	}
-	t := r.term.Load()
-	// On the leader, an older token over a newer one that is still valid
-	// (a backup restored, a repair carrying old values over): the newer
-	// one goes back in, as a token fetched but not stored, and the older
-	// one is not announced.
-	held := a.validRecord(r.cfg.Clock.now())
-	older := t != nil && rec != nil && held != nil && rec.Value != held.Value && rec.FetchedAt.Before(held.FetchedAt)
-	switch {
-	case older && a.pending == nil:
-		a.pending = held
-		r.log.Warn("the token bucket holds an older token than the one known; writing the newer back",
-			"appid", a.key, "revision", e.Revision())
-	case a.pending != nil && rec != nil && !rec.FetchedAt.Before(a.pending.FetchedAt):
-		a.pending = nil // the bucket holds it, or a newer one
-	}
-	r.setRecord(a, e.Revision(), rec)
-	a.mu.Unlock()
-	if t != nil {
-		if !older {
-			r.announceStored(a)
-		}
-		r.plan(t, a)
-		if rec != nil {
-			r.wakeChildren(t, a)
-		}
-	}
+	err := r.creds.Lead(ctx, tokens, held)
+	close(led)
+	r.metrics.setLeading(false)
+	r.platforms.Flush()
+	return err
 }
 
 // Leading reports whether this replica currently leads: whether it may
 // call WeChat.
-func (r *Refresher) Leading() bool { return r.leading.Load() }
-
-func (r *Refresher) setLeading(leading bool) {
-	r.leading.Store(leading)
-	r.metrics.setLeading(leading)
-}
+func (r *Refresher) Leading() bool { return r.metrics.leading.Load() }
 
 // Ready says why the refresher cannot do its part yet, or nil: it is
 // connected to NATS, has opened and read the token bucket, and leads or
@@ -180,14 +271,14 @@ func (r *Refresher) Ready() error {
 	if st := r.nc.Status(); st != nats.CONNECTED {
 		return fmt.Errorf("publisher: NATS connection is %s", st)
 	}
-	if err := r.waiting.Load(); err != nil {
-		return *err
+	if err := r.start.err(); err != nil {
+		return err
 	}
-	if err := r.life.problem.Load(); err != nil {
-		return *err
+	if err := r.creds.Problem(); err != nil {
+		return err
 	}
 	switch {
-	case !r.synced.Load():
+	case !r.creds.Synced():
 		return errors.New("publisher: the token bucket has not been read yet")
 	case !r.campaigning.Load():
 		return errors.New("publisher: not running")
@@ -195,10 +286,8 @@ func (r *Refresher) Ready() error {
 	return nil
 }
 
-// clientFor returns the client of the API src calls.
-func (r *Refresher) clientFor(src source) *upstreamClient {
-	if src.wecom() {
-		return r.wecom
-	}
-	return r.upstream
-}
+// Callback returns the handler of the platforms' authorization-event URL,
+// for any replica: the pushes it takes in are stored in the platform
+// bucket, where the leader finds them. It answers 503 until the bucket is
+// open, to a push and to a GET, a load balancer's health check.
+func (r *Refresher) Callback() http.Handler { return r.platforms.Handler() }

@@ -4,28 +4,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
-	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
+	"github.com/wxtoken/wxtoken/publisher/internal/platform"
+	"github.com/wxtoken/wxtoken/publisher/internal/source"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // secrets is every AppSecret the refresher was ever given, for scrubbing:
 // one removed by a reload may still sit in the text of a panic.
 type secrets struct {
-	list atomic.Pointer[secretScrubber]
+	list atomic.Pointer[upstream.Scrubber]
 }
 
-func (s *secrets) scrubber() secretScrubber {
+func (s *secrets) scrubber() upstream.Scrubber {
 	if p := s.list.Load(); p != nil {
 		return *p
 	}
 	return nil
 }
 
-// add is called under the refresher's reload lock, never concurrently.
+// add is called under the reloader's lock, never concurrently.
 func (s *secrets) add(apps []App) {
 	list := slices.Clone(s.scrubber())
 	for _, app := range apps {
@@ -59,131 +64,172 @@ func (r *Refresher) SetApps(apps []App) error {
 	if err := checkApps(apps); err != nil {
 		return fmt.Errorf("publisher: apps: %w", err)
 	}
-	r.reloading.Lock()
-	defer r.reloading.Unlock()
-	if hasPlatforms(apps) && !hasPlatforms(r.configured) {
+	// The platform bucket is opened at start, when the apps have a
+	// platform, and followed until the refresher stops: whatever a reload
+	// removed since.
+	if hasPlatforms(apps) && !hasPlatforms(r.cfg.Apps) {
 		return errors.New("publisher: apps: a reload cannot add the first platform: the platform bucket is opened at start; restart wxtoken")
 	}
-	if err := r.setCrypters(apps); err != nil {
+	added, err := r.apps.reload(apps, whyReload)
+	if err != nil {
 		return fmt.Errorf("publisher: apps: %w", err)
 	}
-	r.secrets.add(apps)
-	r.configured = apps
-	r.replaceCredentials(apps, whyReload)
-	r.tendPlatforms(context.Background(), apps)
+	// No lock is held for the buckets' I/O: a slow bucket holds up no
+	// other change of the credentials.
+	r.creds.Read(added)
+	r.platforms.Tend(context.Background())
 	return nil
 }
 
-// Why replaceCredentials runs, as its log line says.
+// Why the credentials are made again, as the log line says.
 const (
 	whyReload      = "apps reloaded"
 	whyAuthorizers = "authorizers changed"
 )
 
-// replaceCredentials makes the credentials of apps and of the authorizers
-// of their platforms, puts them in place of the ones before, and logs why
-// with what changed. Callers hold r.reloading.
-func (r *Refresher) replaceCredentials(apps []App, why string) {
-	old := r.apps.Load()
-	next := newCredentialSet(apps, r.platforms.snapshot(), old, r.log.Warn)
-	var added, removed, rekeyed []string
-	for _, app := range apps {
-		if a := old.find(app.Key()); a != nil && a.update(app) {
-			a.mu.Lock()
-			r.setRecord(a, a.rev, a.rec) // its refresh window may have changed
-			a.mu.Unlock()
-			rekeyed = append(rekeyed, app.Key())
+// reloader makes the loop's credentials: those of the apps configured,
+// what is fetched with their tokens, and the authorizers of their
+// platforms, each with the source that fetches it. It makes them again
+// on every reload and whenever authorizers come or go.
+type reloader struct {
+	creds     *loop.Credentials
+	platforms *platform.Platforms
+	wechat    *upstream.Client // WeChat's API
+	wecom     *upstream.Client // WeCom's
+	limits    *source.HourlyLimits
+	log       *slog.Logger
+	secrets   secrets
+
+	mu         sync.Mutex // one change of the credentials at a time
+	configured []App      // the apps of the last reload, under mu
+	// background is the reads of the token bucket for the credentials a
+	// change of authorizers added (rebuild); Run waits for them.
+	background sync.WaitGroup
+}
+
+// reload puts apps in place of the apps configured, makes the credentials
+// again (why is the log line's message, "" for none), and returns the keys
+// of the credentials it added.
+func (l *reloader) reload(apps []App, why string) ([]string, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.platforms.Serve(platformsOf(apps)); err != nil {
+		return nil, err
+	}
+	l.secrets.add(apps)
+	previous := l.configured
+	l.configured = apps
+	return l.replace(previous, why), nil
+}
+
+// rebuild makes the credentials again after authorizers came or went. It
+// runs on the platform bucket's follower, which reads the token bucket for
+// the credentials added on another goroutine: a slow token bucket must not
+// hold up the platform's next entries.
+func (l *reloader) rebuild() {
+	l.mu.Lock()
+	added := l.replace(l.configured, whyAuthorizers)
+	l.mu.Unlock()
+	l.background.Go(func() { l.creds.Read(added) })
+}
+
+// replace makes the credentials of the apps configured and of the
+// authorizers of their platforms, puts them in place of the ones before,
+// and logs why with what changed; previous are the apps before, whose
+// credentials stay, renewed if their secret or API changed. It returns the
+// keys added. Callers hold l.mu.
+func (l *reloader) replace(previous []App, why string) (added []string) {
+	before := map[string]App{}
+	for _, app := range previous {
+		before[app.Key()] = app
+	}
+	var descs []loop.Desc
+	var renewed []string
+	for _, app := range l.configured {
+		old, had := before[app.Key()]
+		renew := had && (old.Secret.Reveal() != app.Secret.Reveal() || old.api() != app.api())
+		if renew {
+			renewed = append(renewed, app.Key())
+		}
+		descs = append(descs, loop.Desc{Key: app.Key(), Kind: kv.KindToken, Source: l.sourceOf(app), Renewed: renew})
+		for _, t := range app.Tickets {
+			descs = append(descs, loop.Desc{Key: kv.Key(app.Key(), t.kind()), Kind: t.kind(), Parent: app.Key(), Source: l.ticketSourceOf(app, t)})
 		}
 	}
-	for _, c := range next.order {
-		if old.find(c.key) == nil {
-			added = append(added, c.key)
-		}
-	}
-	// Out of the set first, so that no request finds them; then marked,
-	// so that nothing armed before goes on.
-	r.apps.Store(next)
-	r.resyncAuthorizers(next)
-	for _, a := range old.order {
-		if next.byKey[a.key] == nil {
-			a.remove()
-			r.metrics.forget(a)
-			removed = append(removed, a.key)
-		}
-	}
+	descs = append(descs, l.authorizersOf(descs)...)
+	ch := l.creds.Replace(descs)
 	// A reload always says what it did; authorizers, only when some came
 	// or went.
-	if why == whyReload || len(added)+len(removed) > 0 {
-		r.log.Info(why, "apps", len(next.order), "added", summary(added), "removed", summary(removed),
-			"changed", summary(rekeyed))
+	if why == whyReload || why != "" && len(ch.Added)+len(ch.Removed) > 0 {
+		l.log.Info(why, "apps", l.creds.Len(), "added", summary(ch.Added), "removed", summary(ch.Removed),
+			"changed", summary(renewed))
 	}
-
-	// The bucket's follower dropped the keys of apps it did not know.
-	// Once it has read the bucket, read theirs (a rotation reads a key it
-	// knows nothing of before it fetches, too); before, it will deliver
-	// them.
-	if bucket := r.bucket.Load(); bucket != nil && r.synced.Load() {
-		r.readKeys(*bucket, added)
-	}
-	if t := r.term.Load(); t != nil {
-		for _, id := range slices.Concat(added, rekeyed) {
-			a := next.byKey[id]
-			r.announceStored(a)
-			r.plan(t, a)
-		}
-		if len(removed) > 0 {
-			t.spawn(func() { r.dropRevoked(t) })
-		}
-	}
+	return ch.Added
 }
 
-// readKeys takes in the bucket's values of appids, as the follower would,
-// within one kvTimeout for them all.
-func (r *Refresher) readKeys(bucket jetstream.KeyValue, appids []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
-	defer cancel()
-	for _, id := range appids {
-		e, err := bucket.Get(ctx, id)
+// authorizersOf describes a credential for each active authorizer of a
+// platform among descs.
+func (l *reloader) authorizersOf(descs []loop.Desc) []loop.Desc {
+	platforms, taken := map[string]bool{}, map[string]bool{}
+	for _, d := range descs {
+		taken[d.Key] = true
+		if _, ok := d.Source.(*source.Component); ok {
+			platforms[d.Key] = true
+		}
+	}
+	var authorizers []loop.Desc
+	for _, a := range l.platforms.Authorizers() {
 		switch {
-		case err == nil:
-			r.observe(e)
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case ctx.Err() != nil:
-			r.log.Warn("cannot read the tokens of apps just added; their rotations will", "error", err)
-			return
+		case !platforms[a.Component]:
+			continue // a platform no longer configured
+		case taken[a.AppID]:
+			l.log.Warn("an authorizer's appid is an app of the apps file too; its token is kept as the app's", "authorizer", a.AppID)
+			continue
+		}
+		authorizers = append(authorizers, loop.Desc{Key: a.AppID, Kind: kv.KindToken, Parent: a.Component,
+			Source: source.NewAuthorizer(a.Component, a.AppID, l.platforms, l.wechat, l.log)})
+	}
+	return authorizers
+}
+
+// sourceOf returns the source of an app's token.
+func (l *reloader) sourceOf(app App) loop.Source {
+	switch {
+	case app.platform():
+		return source.NewComponent(app.AppID, app.Secret, l.wechat, l.platforms)
+	case app.wecom():
+		return source.NewWeComToken(app.CorpID, app.Secret, l.wecom)
+	case app.TokenAPI == TokenAPIStable:
+		return source.NewStable(app.AppID, app.Secret, l.wechat)
+	}
+	return source.NewToken(app.AppID, app.Secret, l.wechat)
+}
+
+// ticketSourceOf returns the source of an app's ticket.
+func (l *reloader) ticketSourceOf(app App, t Ticket) loop.Source {
+	if app.wecom() {
+		return source.NewWeComTicket(t.kind(), l.wecom, l.limits)
+	}
+	return source.NewTicket(t.kind(), l.wechat)
+}
+
+// ticketPushed lets a platform's component token that waited for a verify
+// ticket go, now that one came.
+func (l *reloader) ticketPushed(component string) {
+	if l.creds.Retry(component, source.WaitsForTicket) {
+		l.log.Info("verify ticket pushed: fetching the component token", "component_appid", component)
+	}
+}
+
+// platformsOf returns the platforms among apps.
+func platformsOf(apps []App) []platform.Platform {
+	var platforms []platform.Platform
+	for _, app := range apps {
+		if app.platform() {
+			platforms = append(platforms, platform.Platform{AppID: app.AppID, MessageToken: app.Platform.MessageToken, EncodingAESKey: app.Platform.EncodingAESKey})
 		}
 	}
-}
-
-// update gives the app its secret and token API and reports whether
-// either changed. A fetch WeChat refused before (a configuration error)
-// may go at once with the new ones, rather than after the
-// configuration-error pause.
-func (a *credential) update(app App) (changed bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	src := sourceOf(app)
-	if a.secret.Reveal() == app.Secret.Reveal() && a.src == src {
-		return false
-	}
-	a.secret, a.src = app.Secret, src
-	a.quietUntil = time.Time{}
-	if classOf(a.lastErr) == classConfig {
-		a.failures, a.retryAt, a.lastErr = 0, time.Time{}, nil
-	}
-	return true
-}
-
-// remove marks the app removed by a reload: no timer is set for it again,
-// and none of its own fires.
-func (a *credential) remove() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.removed = true
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
-	}
+	return platforms
 }
 
 // summary lists a few appids for a log line.

@@ -7,16 +7,25 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/wxtoken/wxtoken/internal/natstest"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
 )
 
 // TestSetAppsRefusesWhatNewRefuses: a reload with apps that New would
 // refuse changes nothing.
 func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
-	nc, _ := jetStream(t)
+	nc, _ := natstest.JetStream(t)
 	running := []App{{AppID: "wx1", Secret: NewSecret("s1")}}
-	r, err := New(nc, Config{Apps: running, Logger: slog.New(slog.DiscardHandler)})
+	logs := &logLines{}
+	r, err := New(nc, Config{Apps: running, Logger: slog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	keys := func() string {
+		var keys []string
+		r.creds.Each(func(v loop.Value) { keys = append(keys, v.Key) })
+		return strings.Join(keys, " ")
 	}
 	for _, tc := range []struct {
 		name string
@@ -34,20 +43,21 @@ func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
 		if err := r.SetApps(tc.apps); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
 		}
-		if list := r.credentialList(); len(list) != 1 || list[0].key != "wx1" || list[0].secret.Reveal() != "s1" {
-			t.Errorf("%s: the running apps changed", tc.name)
+		if got := keys(); got != "wx1" || len(r.apps.configured) != 1 || r.apps.configured[0].Secret.Reveal() != "s1" || logs.has(whyReload) {
+			t.Errorf("%s: the running apps changed: %s", tc.name, got)
 		}
 	}
-	before := r.credential("wx1")
 	if err := r.SetApps([]App{{AppID: "wx1", Secret: NewSecret("s1-new")}, {AppID: "wx2", Secret: NewSecret("s2")}}); err != nil {
 		t.Fatal(err)
 	}
-	if a := r.credential("wx1"); a != before || a.secret.Reveal() != "s1-new" || r.credential("wx2") == nil {
-		t.Error("a reload did not keep the app's state with its new secret, or did not add the new app")
+	// wx1 stays, with its state (not added again), and takes its new
+	// secret (changed); wx2 comes.
+	if got := keys(); got != "wx1 wx2" || !logs.has(whyReload+" apps=2 added=wx2 removed= changed=wx1") {
+		t.Errorf("a reload did not keep the app's state with its new secret, or did not add the new app: %s, %q", got, logs.lines)
 	}
 	// The old secret is a prefix of the new: scrubbing it first would
 	// leave "-new" behind.
-	if got := r.secrets.scrubber().scrub("s1 s1-new s2"); got != "[REDACTED] [REDACTED] [REDACTED]" {
+	if got := r.apps.secrets.scrubber().Scrub("s1 s1-new s2"); got != "[REDACTED] [REDACTED] [REDACTED]" {
 		t.Errorf("scrubbed %q: old and new secrets are not all scrubbed", got)
 	}
 }
@@ -63,7 +73,7 @@ func TestReloadLineAsDocumented(t *testing.T) {
 	if documented == nil {
 		t.Fatalf("the README shows no %q line", whyReload)
 	}
-	nc, _ := jetStream(t)
+	nc, _ := natstest.JetStream(t)
 	var logs strings.Builder
 	r, err := New(nc, Config{Apps: []App{{AppID: "wx1", Secret: NewSecret("s1")}}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
@@ -89,5 +99,29 @@ func TestReloadLineAsDocumented(t *testing.T) {
 	}
 	if !strings.Contains(logged, "added=wx2") || !strings.Contains(logged, "changed=wx1") {
 		t.Errorf("the reload line %q does not name the app added and the one whose secret changed", logged)
+	}
+}
+
+// TestReloadAddsBackAPlatformItRemoved: the platform bucket is opened at
+// start when the apps have a platform, and followed until the refresher
+// stops. A reload that removed every platform leaves it open, so a later
+// reload may add a platform again: only a refresher started with none
+// needs a restart for its first.
+func TestReloadAddsBackAPlatformItRemoved(t *testing.T) {
+	nc, _ := natstest.JetStream(t)
+	plain := App{AppID: "wx1", Secret: NewSecret("s1")}
+	platform := App{AppID: component, Secret: NewSecret("s"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}}
+	r, err := New(nc, Config{Apps: []App{plain, platform}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetApps([]App{plain}); err != nil {
+		t.Fatalf("a reload without the platform: %v", err)
+	}
+	if err := r.SetApps([]App{plain, platform}); err != nil {
+		t.Errorf("a reload that adds the platform back: %v, want it taken", err)
+	}
+	if !r.creds.Has(component) {
+		t.Error("the platform added back has no credential")
 	}
 }

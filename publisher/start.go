@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/publisher/internal/lease"
 )
 
 // Start-up is full of errors that pass by themselves: a NATS server that is
@@ -28,127 +32,130 @@ const (
 	// while a fresh cluster elects its meta leader can go unanswered
 	// although the next one, a moment later, succeeds: a short bound lets
 	// the refresher start within a couple of seconds of the cluster, not
-	// a full kvTimeout later. It bounds each request, not an attempt of
+	// a full bucket.Timeout later. It bounds each request, not an attempt of
 	// several, so that a cluster that is merely slow gets through.
 	requestTimeout = 2 * time.Second
 	// startLogEvery spaces the warnings of a start-up that keeps failing.
 	startLogEvery = 5 * time.Second
 )
 
-// open waits for NATS and opens the token and lease buckets, retrying
-// until they open, ctx ends, or an error needs a human.
-func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease, error) {
+// startup is the refresher's start: it waits for NATS and opens the
+// buckets, retrying, and says meanwhile what it waits for (err).
+type startup struct {
+	nc      *nats.Conn
+	log     *slog.Logger
+	waiting atomic.Pointer[error] // why start-up is still retrying
+}
+
+// err is why start-up is still retrying, or nil.
+func (s *startup) err() error {
+	if err := s.waiting.Load(); err != nil {
+		return *err
+	}
+	return nil
+}
+
+// setWaiting records why the refresher is not running yet.
+func (s *startup) setWaiting(err error) {
+	if err != nil {
+		err = fmt.Errorf("publisher: starting, retrying: %w", err)
+		s.waiting.Store(&err)
+		return
+	}
+	s.waiting.Store(nil)
+}
+
+// open waits for NATS and makes attempts until one succeeds, ctx ends, or
+// an error needs a human. Each attempt (attempt) opens what is not open
+// yet.
+func (s *startup) open(ctx context.Context, attempt func(context.Context) error) error {
 	var logged time.Time
-	var bucket jetstream.KeyValue // kept once open: attempts go on from there
-	for attempt := 1; ; attempt++ {
+	for n := 1; ; n++ {
 		// Waiting for the connection is not a failed attempt: the buckets
 		// are tried the moment it is up. The connection reports its own
 		// trouble.
-		if err := r.awaitConnected(ctx); err != nil {
-			return nil, nil, err
+		if err := s.awaitConnected(ctx); err != nil {
+			return err
 		}
-		began, since := time.Now(), r.nc.LastError()
-		l, err := r.openOnce(ctx, &bucket)
+		began, since := time.Now(), s.nc.LastError()
+		err := attempt(ctx)
 		if err == nil {
-			r.waiting.Store(nil)
-			r.bucket.Store(&bucket)
-			return bucket, l, nil
+			s.setWaiting(nil)
+			return nil
 		}
 		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
+			return ctx.Err()
 		}
-		if fatal := needsHuman(r.nc, since, err); fatal != nil {
-			return nil, nil, fatal
+		if fatal := needsHuman(s.nc, since, err); fatal != nil {
+			return fatal
 		}
-		r.setWaiting(err)
+		s.setWaiting(err)
 		if time.Since(logged) >= startLogEvery {
-			r.log.Warn("cannot open the buckets yet; retrying", "attempt", attempt, "error", err)
+			s.log.Warn("cannot open the buckets yet; retrying", "attempt", n, "error", err)
 			logged = time.Now()
 		}
 		// An attempt that timed out has waited already: on a cluster that
 		// is forming, the next one should go as soon as it may succeed.
-		t := time.NewTimer(max(retryDelay(attempt, startRetryMin, startRetryMax)-time.Since(began), startRetryMin))
+		t := time.NewTimer(max(retryDelay(n, startRetryMin, startRetryMax)-time.Since(began), startRetryMin))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, nil, ctx.Err()
+			return ctx.Err()
 		case <-t.C:
 		}
 	}
 }
 
-// openOnce makes one attempt to open what is not open yet: the token
-// bucket (kept in *tokens once open), then the lease. Each request is
-// bounded by requestTimeout.
-func (r *Refresher) openOnce(ctx context.Context, tokens *jetstream.KeyValue) (*lease, error) {
-	if *tokens == nil {
-		b, err := bucket.Open(ctx, r.js, r.bucketConfig())
-		if err != nil {
-			return nil, fmt.Errorf("publisher: %w", err)
-		}
-		if st, err := b.Status(ctx); err == nil {
-			if kvs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-				r.life.created.Store(kvs.StreamInfo().Created.UnixNano())
+// open waits for NATS and opens the token bucket, the platform bucket
+// when the apps have a platform, and the lease bucket (see startup.open).
+func (r *Refresher) open(ctx context.Context) (jetstream.KeyValue, *lease.Lease, error) {
+	var tokens jetstream.KeyValue // kept once open: attempts go on from there
+	var l *lease.Lease
+	err := r.start.open(ctx, func(ctx context.Context) (err error) {
+		if tokens == nil {
+			if tokens, err = r.creds.Open(ctx); err != nil {
+				return err
 			}
 		}
-		*tokens = b
-	}
-	if hasPlatforms(r.cfg.Apps) && r.platformBucket.Load() == nil {
-		b, err := r.openPlatformBucket(ctx)
-		if err != nil {
-			return nil, err
+		if hasPlatforms(r.cfg.Apps) && !r.platforms.Opened() {
+			if err := r.platforms.Open(ctx); err != nil {
+				return err
+			}
 		}
-		r.platformBucket.Store(&b)
-	}
-	return openLease(ctx, r.nc, r.js, r.cfg, func() bool { return r.life.lastRev.Load() > 0 })
+		l, err = lease.Open(ctx, r.nc, r.js, lease.Config{
+			TokenBucket: r.cfg.Bucket, TTL: r.cfg.LeaseTTL, UpstreamTimeout: r.cfg.UpstreamTimeout, Replicas: r.cfg.Replicas,
+			Instance: r.cfg.Instance, Logger: r.log, HasTokens: r.creds.HasTokens,
+		})
+		return err
+	})
+	return tokens, l, err
 }
 
-func (r *Refresher) bucketConfig() bucket.Config {
-	return bucket.Config{Name: r.cfg.Bucket, Replicas: r.cfg.Replicas, History: r.cfg.History, Subjects: r.subjects}
-}
-
-// setWaiting records why the refresher is not running yet, for Ready.
-func (r *Refresher) setWaiting(err error) {
-	err = fmt.Errorf("publisher: starting, retrying: %w", err)
-	r.waiting.Store(&err)
+// retryDelay is the pause after the given number of failed attempts:
+// exponential, capped, half of it random so that replicas that failed
+// together do not retry together.
+func retryDelay(attempts int, base, ceiling time.Duration) time.Duration {
+	d := min(base<<min(max(attempts-1, 0), 16), ceiling)
+	return d/2 + rand.N(d/2+1)
 }
 
 // awaitConnected returns once the connection is up, and an error that
 // needs a human if it is closed for good.
-func (r *Refresher) awaitConnected(ctx context.Context) error {
-	changed := r.nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
-	defer r.nc.RemoveStatusListener(changed)
+func (s *startup) awaitConnected(ctx context.Context) error {
+	changed := s.nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
+	defer s.nc.RemoveStatusListener(changed)
 	for {
-		switch st := r.nc.Status(); st {
+		switch st := s.nc.Status(); st {
 		case nats.CONNECTED:
 			return nil
 		case nats.CLOSED:
-			return &humanError{fmt.Errorf("publisher: the NATS connection is closed: %v", r.nc.LastError())}
+			return &humanError{fmt.Errorf("publisher: the NATS connection is closed: %v", s.nc.LastError())}
 		default:
-			r.setWaiting(fmt.Errorf("not connected to NATS (%s)", st))
+			s.setWaiting(fmt.Errorf("not connected to NATS (%s)", st))
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-changed:
-		}
-	}
-}
-
-// awaitConnection returns once nc is connected, closed for good, or ctx
-// ends. What is sent while nats.go reconnects waits in its buffer and goes
-// out when the connection is back, however long after its sender gave up
-// on it: a write that must not land late waits here first.
-func awaitConnection(ctx context.Context, nc *nats.Conn) {
-	changed := nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
-	defer nc.RemoveStatusListener(changed)
-	for {
-		if st := nc.Status(); st == nats.CONNECTED || st == nats.CLOSED {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
 		case <-changed:
 		}
 	}
@@ -164,33 +171,8 @@ func (e *humanError) Unwrap() error { return e.err }
 // fix, saying what to do about it; otherwise nil. since is the
 // connection's last error before the attempt that failed with err.
 func needsHuman(nc *nats.Conn, since, err error) error {
-	if he := (*humanError)(nil); errors.As(err, &he) || errors.Is(err, bucket.ErrReadOnlyCopy) {
+	if he, me := (*humanError)(nil), (*lease.MisconfiguredError)(nil); errors.As(err, &he) || errors.As(err, &me) || errors.Is(err, bucket.ErrReadOnlyCopy) {
 		return err
 	}
-	// JetStream's error codes (nats-server's errors.json) for a bucket
-	// that cannot be made what this refresher asks for.
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		switch apiErr.ErrorCode {
-		case 10052, 10061: // invalid stream configuration; replicas cannot be updated
-			return fmt.Errorf("%w: an existing bucket's configuration cannot be changed to this refresher's "+
-				"(--replicas, --history): start it with the bucket's settings, or delete the bucket "+
-				"(nats kv del) and let wxtoken create it again", err)
-		case 10074: // replicas > 1 not supported in non-clustered mode
-			return fmt.Errorf("%w: --replicas above 1 needs a NATS cluster; this server is not clustered", err)
-		case 10065: // subjects overlap with an existing stream
-			return fmt.Errorf("%w: another stream captures the bucket's subjects: remove it or use another --bucket", err)
-		case jetstream.JSErrCodeJetStreamNotEnabledForAccount:
-			return fmt.Errorf("%w: enable JetStream for this NATS account", err)
-		}
-	}
-	// A request the server refuses for lack of permission gets no answer;
-	// the refusal comes back apart, as the connection's last error. Any
-	// refusal during the attempt counts: a JetStream request denied, or
-	// the reply subject (a wrong --inbox-prefix) refused.
-	if last := nc.LastError(); !errors.Is(last, since) && errors.Is(last, nats.ErrPermissionViolation) {
-		return fmt.Errorf("publisher: the NATS user may not do what the refresher needs (%v): give it the refresher's "+
-			"permissions of nats.conf, with its inbox prefix", last)
-	}
-	return nil
+	return bucket.NeedsHuman(nc, since, err)
 }

@@ -29,7 +29,7 @@ func TestSetReadsTheValuesNATSDropped(t *testing.T) {
 	}
 	key := func(i int) string { return fmt.Sprintf("wxd%015d", i) }
 	put := func(i int, token string) (uint64, []byte) {
-		data, _ := kv.Encode(kv.NewRecord(key(i), token, time.Hour, time.Now()))
+		data, _ := kv.EncodeCredential(kv.NewCredential(key(i), token, time.Hour, time.Now()))
 		rev, err := b.Put(ctx, key(i), data)
 		if err != nil {
 			t.Fatal(err)

@@ -18,8 +18,8 @@
 // read of the bucket for them all, and per key the promises of a
 // Subscriber.
 //
-// Package wxtokentest gives a service's own tests a refresher, a NATS
-// server and a fake WeChat in one call.
+// A service's own tests get a refresher, a NATS server and a fake WeChat
+// in one call from package wxtokentest.
 package subscriber
 
 import (

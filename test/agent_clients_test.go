@@ -131,7 +131,7 @@ func checkAgentClient(t *testing.T, ctx context.Context, sys *agentSystem, inter
 	}
 	recovered := step("f proxy-recovered").revision(t, "revision")
 	last := fake.LastAPICall(fakewechat.PathSendMessage)
-	if want := records[recovered].AccessToken; last.Token != want {
+	if want := records[recovered].Value; last.Token != want {
 		t.Errorf("the agent's retry of custom/send went with %.12s..., want the token of revision %d, %.12s...", last.Token, recovered, want)
 	}
 	sum := sha256.Sum256([]byte(clientSendBody))
@@ -142,7 +142,7 @@ func checkAgentClient(t *testing.T, ctx context.Context, sys *agentSystem, inter
 		t.Errorf("the agent forwarded the client's Cookie %q", c)
 	}
 	held := step("d refresh").revision(t, "revision")
-	if got, want := fake.LastAPICall(fakewechat.PathUserList).Token, records[held].AccessToken; got != want {
+	if got, want := fake.LastAPICall(fakewechat.PathUserList).Token, records[held].Value; got != want {
 		t.Errorf("user/get went with %.12s..., want the token of revision %d the agent held, %.12s...", got, held, want)
 	}
 }

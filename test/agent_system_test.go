@@ -214,12 +214,12 @@ func (sys *agentSystem) stop(t *testing.T, ctx context.Context) {
 // the test has seen that revision.
 func (sys *agentSystem) token(t testing.TB, ctx context.Context, appid string, rev uint64) string {
 	t.Helper()
-	return sys.tokens.await(t, ctx, appid, rev).AccessToken
+	return sys.tokens.await(t, ctx, appid, rev).Value
 }
 
 // records returns every token record of appid the bucket has held, by
 // revision, once the test has seen the bucket's latest revision of appid.
-func (sys *agentSystem) records(t testing.TB, ctx context.Context, appid string) map[uint64]kv.Record {
+func (sys *agentSystem) records(t testing.TB, ctx context.Context, appid string) map[uint64]kv.Credential {
 	t.Helper()
 	e, err := sys.Bucket.Get(ctx, appid)
 	if err != nil {
@@ -233,20 +233,20 @@ func (sys *agentSystem) records(t testing.TB, ctx context.Context, appid string)
 // revision, from the first.
 type revisionLog struct {
 	mu      sync.Mutex
-	records map[string]map[uint64]kv.Record
+	records map[string]map[uint64]kv.Credential
 	changed chan struct{} // closed and replaced at each record
 }
 
 func followTokens(t testing.TB, bucket jetstream.KeyValue, appids []string) *revisionLog {
 	t.Helper()
-	l := &revisionLog{records: map[string]map[uint64]kv.Record{}, changed: make(chan struct{})}
+	l := &revisionLog{records: map[string]map[uint64]kv.Credential{}, changed: make(chan struct{})}
 	for _, appid := range appids {
-		l.records[appid] = map[uint64]kv.Record{}
+		l.records[appid] = map[uint64]kv.Credential{}
 		testenv.Follow(t, &kvwatch.Follower{Bucket: bucket, Key: appid, OnEntry: func(e jetstream.KeyValueEntry) {
 			if e.Operation() != jetstream.KeyValuePut {
 				return
 			}
-			rec, err := kv.DecodeFor(appid, e.Value())
+			rec, err := kv.DecodeCredential(appid, e.Value())
 			if err != nil {
 				return // a record that does not decode holds no token a test could revoke
 			}
@@ -260,7 +260,7 @@ func followTokens(t testing.TB, bucket jetstream.KeyValue, appids []string) *rev
 	return l
 }
 
-func (l *revisionLog) await(t testing.TB, ctx context.Context, appid string, rev uint64) kv.Record {
+func (l *revisionLog) await(t testing.TB, ctx context.Context, appid string, rev uint64) kv.Credential {
 	t.Helper()
 	for {
 		l.mu.Lock()
@@ -278,10 +278,10 @@ func (l *revisionLog) await(t testing.TB, ctx context.Context, appid string, rev
 	}
 }
 
-func (l *revisionLog) snapshot(appid string) map[uint64]kv.Record {
+func (l *revisionLog) snapshot(appid string) map[uint64]kv.Credential {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make(map[uint64]kv.Record, len(l.records[appid]))
+	out := make(map[uint64]kv.Credential, len(l.records[appid]))
 	for rev, rec := range l.records[appid] {
 		out[rev] = rec
 	}

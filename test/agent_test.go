@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
@@ -566,28 +568,41 @@ func waitForPoll(t *testing.T, ctx context.Context, sys *agentSystem) {
 // TestAgentWaitsForTheSuccessorOfAnExpiredTicket: WeChat gives the same
 // ticket until it expires, so the refresher replaces one only then; a read
 // in the second between gets the successor, not an error.
+//
+// The refresher (in this process) and the fake WeChat run on a clock an
+// hour and 30 s behind the agent's, the wall's: the hour-long ticket they
+// hold is valid to them and has expired by the agent's clock. Moving their
+// clock past its expiry has the refresher replace it: a read the agent
+// holds meanwhile gets the successor.
 func TestAgentWaitsForTheSuccessorOfAnExpiredTicket(t *testing.T) {
-	sys := startAgentSystem(t, agentSystemOptions{WeChat: fakewechat.Config{ExpiresIn: time.Hour, TicketExpiresIn: 4 * time.Second}})
 	ctx := testenv.Context(t, 30*time.Second)
-	url := sys.URL + "/v1/credentials/" + sys.AppID + ".jsapi_ticket"
-	var first struct {
+	var clock shiftedClock
+	clock.offset.Store(int64(-(time.Hour + 30*time.Second)))
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, wechatURL := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 4 * time.Hour, TicketExpiresIn: time.Hour, Now: clock.now})
+	apps := testenv.Apps(fake, appA)
+	apps[0].Tickets = []publisher.Ticket{publisher.TicketJSAPI}
+	key := kv.Key(appA, kv.KindJSAPITicket)
+	tickets := testenv.Entries(t, openBucket(t, ctx, nc), key)
+	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: wechatURL, Schedule: "@every 1s",
+		Clock: publisher.Clock{Now: clock.now, AfterFunc: clock.afterFunc}})
+	first := testenv.Next(t, ctx, tickets)
+	if expires := testenv.Record(t, first).ExpiresAt; time.Now().Before(expires) {
+		t.Fatalf("the first ticket expires at %s, want it expired by the agent's clock", expires)
+	}
+	sys := &agentSystem{NATSURL: srv.ClientURL(), WeChatURL: wechatURL}
+	sys.startAgent(t, ctx)
+
+	clock.offset.Store(int64(time.Second)) // the ticket has expired for the refresher too
+	got := call(t, ctx, "GET", sys.URL+"/v1/credentials/"+key, nil)
+	var next struct {
 		Revision  uint64    `json:"revision"`
 		ExpiresAt time.Time `json:"expires_at"`
 	}
-	decodeJSON(t, call(t, ctx, "GET", url, nil).body, &first)
-	// The event waited for is the ticket's expiry, a time the record names.
-	select {
-	case <-time.After(time.Until(first.ExpiresAt)):
-	case <-ctx.Done():
-		t.Fatal(ctx.Err())
-	}
-	got := call(t, ctx, "GET", url, nil)
-	var next struct {
-		Revision uint64 `json:"revision"`
-	}
 	decodeJSON(t, got.body, &next)
-	if got.status != http.StatusOK || next.Revision <= first.Revision {
-		t.Errorf("a read as the ticket expired = %d %s, want its successor (revision > %d)", got.status, got.body, first.Revision)
+	if got.status != http.StatusOK || next.Revision <= first.Revision() || !time.Now().Before(next.ExpiresAt) {
+		t.Errorf("a read as the ticket expired = %d %s, want its successor (revision > %d)", got.status, got.body, first.Revision())
 	}
 }
 

@@ -401,7 +401,7 @@ func TestAuthorizersList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	access, _ := kv.Encode(kv.NewRecord(authA, "accesstoken@@@list-a", 2*time.Hour, now))
+	access, _ := kv.EncodeCredential(kv.NewCredential(authA, "accesstoken@@@list-a", 2*time.Hour, now))
 	if _, err := tokens.Put(ctx, authA, access); err != nil {
 		t.Fatal(err)
 	}
@@ -598,7 +598,7 @@ func TestStatusPlatformsWithoutTheBucket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	access, _ := kv.Encode(kv.NewRecord(authA, "accesstoken@@@status", 2*time.Hour, time.Now()))
+	access, _ := kv.EncodeCredential(kv.NewCredential(authA, "accesstoken@@@status", 2*time.Hour, time.Now()))
 	if _, err := tokens.Put(ctx, authA, access); err != nil {
 		t.Fatal(err)
 	}

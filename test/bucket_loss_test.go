@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"encoding/json"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,8 +23,8 @@ func leaseHolder(t *testing.T, ctx context.Context, js jetstream.JetStream) kv.L
 		if err == nil {
 			var e jetstream.KeyValueEntry
 			if e, err = b.Get(ctx, kv.LeaseKey); err == nil {
-				var h kv.LeaseHolder
-				if err := json.Unmarshal(e.Value(), &h); err != nil {
+				h, err := kv.DecodeLeaseHolder(e.Value())
+				if err != nil {
 					t.Fatal(err)
 				}
 				return h

@@ -77,8 +77,8 @@ func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
 
 	e := testenv.Next(t, ctx, entries)
 	rec := testenv.Record(t, e)
-	if rec.AccessToken != fake.Current(appA) {
-		t.Errorf("bucket holds %.12q..., WeChat's token is %.12q...", rec.AccessToken, fake.Current(appA))
+	if rec.Value != fake.Current(appA) {
+		t.Errorf("bucket holds %.12q..., WeChat's token is %.12q...", rec.Value, fake.Current(appA))
 	}
 	if got := fake.Calls(appA); got != len(faults)+1 {
 		t.Errorf("%d calls, want %d failures and one success", got, len(faults))
@@ -112,9 +112,9 @@ func TestTransientFailuresBackOffAndNeverWriteBadRecords(t *testing.T) {
 // after; nothing is written until WeChat gives a new token.
 //
 // The good token is in the bucket before the refresher starts, and WeChat
-// fails from the start: a token the refresher fetched first could fall due
-// at once (fetched_at is cut to the second, and it lives 2s), and its
-// second fetch would race the test's failing of WeChat.
+// fails from the start. The refresher's clock, not the wall's, takes the
+// token into its refresh window and past its expiry: each fetch it then
+// makes is one event to wait on.
 func TestLastGoodTokenStaysWhileWeChatFails(t *testing.T) {
 	ctx := testenv.Context(t, 60*time.Second)
 	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
@@ -123,45 +123,58 @@ func TestLastGoodTokenStaysWhileWeChatFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := kv.NewRecord(appA, "the-last-good-token", 2*time.Second, time.Now())
-	data, _ := kv.Encode(good)
+	good := kv.NewCredential(appA, "the-last-good-token", time.Hour, time.Now())
+	data, _ := kv.EncodeCredential(good)
 	rev, err := b.Put(ctx, appA, data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	entries := testenv.Entries(t, b, appA)
 	testenv.Next(t, ctx, entries) // the good token itself
-	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 2 * time.Second})
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
 	apps := testenv.Apps(fake, appA)
 	fake.Fail(appA, fakewechat.Fault{Status: 503})
+	var clock shiftedClock
 	// A token in the bucket and no lease bucket yet: the refresher leaves
 	// the new lease bucket a lease TTL to a leader that may be alive.
-	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url,
+	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: url, Schedule: "@every 1s",
 		LeaseTTL: time.Second, UpstreamTimeout: 500 * time.Millisecond,
-		RetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond})
+		RetryBackoff: 50 * time.Millisecond, RetryBackoffMax: 100 * time.Millisecond,
+		Clock: publisher.Clock{Now: clock.now, AfterFunc: clock.afterFunc}})
 
-	// Let the refresher retry through the refresh window and past expiry:
-	// each fetch it makes is one event to wait on.
-	for !time.Now().After(good.ExpiresAt) {
-		if err := fake.WaitCalls(ctx, appA, fake.Calls(appA)+1); err != nil {
+	unchanged := func(when string) {
+		t.Helper()
+		now, err := b.Get(ctx, appA)
+		if err != nil {
 			t.Fatal(err)
 		}
+		if now.Revision() != rev || testenv.Record(t, now).Value != good.Value {
+			t.Fatalf("%s: bucket changed to revision %d while WeChat failed", when, now.Revision())
+		}
+		select {
+		case e := <-entries:
+			t.Fatalf("%s: revision %d written while WeChat failed", when, e.Revision())
+		default:
+		}
 	}
-	now, err := b.Get(ctx, appA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if now.Revision() != rev || testenv.Record(t, now).AccessToken != good.AccessToken {
-		t.Fatalf("bucket changed to revision %d while WeChat failed", now.Revision())
-	}
-	select {
-	case e := <-entries:
-		t.Fatalf("revision %d written while WeChat failed", e.Revision())
-	default:
+	for _, at := range []struct {
+		when   string
+		offset time.Duration // of the refresher's clock from now
+	}{
+		{"in the refresh window", time.Hour - 5*time.Minute},
+		{"past the expiry", time.Hour + time.Minute},
+	} {
+		clock.offset.Store(int64(at.offset))
+		// Two fetches: the second starts after the first failed, and
+		// so after the refresher has decided what to do about it.
+		if err := fake.WaitCalls(ctx, appA, fake.Calls(appA)+2); err != nil {
+			t.Fatalf("%s: %v", at.when, err)
+		}
+		unchanged(at.when)
 	}
 
 	fake.Heal(appA)
-	if rotated := testenv.Record(t, testenv.Next(t, ctx, entries)); rotated.AccessToken != fake.Current(appA) {
+	if rotated := testenv.Record(t, testenv.Next(t, ctx, entries)); rotated.Value != fake.Current(appA) {
 		t.Error("the token written after WeChat recovered is not WeChat's current one")
 	}
 }
@@ -233,7 +246,7 @@ func TestQuotaWaitsForMidnightInChina(t *testing.T) {
 		t.Fatalf("failure event %s, want quota until %s", data, midnight.UTC())
 	}
 	next := testenv.Record(t, testenv.Next(t, ctx, entries))
-	if next.FetchedAt.Before(midnight) || next.AccessToken == first.AccessToken {
+	if next.FetchedAt.Before(midnight) || next.Value == first.Value {
 		t.Errorf("token after the quota fetched at %s, want at or after %s", next.FetchedAt, midnight.UTC())
 	}
 	if got := fake.Calls(appA); got != 3 {
@@ -291,7 +304,7 @@ func TestTokenFetchedButNotStoredIsStoredLater(t *testing.T) {
 
 	setMaxMsgSize(kv.MaxRecordSize)
 	stored := testenv.Record(t, testenv.Next(t, ctx, entries))
-	if stored.AccessToken != fake.Current(appA) {
+	if stored.Value != fake.Current(appA) {
 		t.Error("the bucket does not hold the token WeChat issued on the second fetch")
 	}
 	if got := fake.Calls(appA); got != 2 {

@@ -174,7 +174,7 @@ func TestCurrentSaysWhatIsWrong(t *testing.T) {
 	// hand, fetched three hours ago for two.
 	refresher.Stop()
 	b := testenv.Bucket(t, ctx, nc)
-	data, _ := kv.Encode(kv.NewRecord(appA, "an-expired-token", 2*time.Hour, time.Now().Add(-3*time.Hour)))
+	data, _ := kv.EncodeCredential(kv.NewCredential(appA, "an-expired-token", 2*time.Hour, time.Now().Add(-3*time.Hour)))
 	rev, err := b.Put(ctx, appA, data)
 	if err != nil {
 		t.Fatal(err)
@@ -316,8 +316,9 @@ func TestRefreshErrorsAreTheSubscribers(t *testing.T) {
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
 	fake, url := testenv.WeChat(t, fakewechat.Config{Overlap: -1})
+	var clock shiftedClock
 	refresher := testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url,
-		MinForceInterval: 3 * time.Second})
+		MinForceInterval: 3 * time.Second, Clock: publisher.Clock{Now: clock.now, AfterFunc: clock.afterFunc}})
 	sub := newSubscriber(t, ctx, nc)
 
 	check := func(name string, err error, want error) {
@@ -345,7 +346,7 @@ func TestRefreshErrorsAreTheSubscribers(t *testing.T) {
 	// An app this refresher does not keep, found in the bucket.
 	b := testenv.Bucket(t, ctx, nc)
 	const other = "wxnotmine000000001"
-	data, _ := kv.Encode(kv.NewRecord(other, "someone-elses", time.Hour, time.Now()))
+	data, _ := kv.EncodeCredential(kv.NewCredential(other, "someone-elses", time.Hour, time.Now()))
 	if _, err := b.Put(ctx, other, data); err != nil {
 		t.Fatal(err)
 	}
@@ -357,18 +358,12 @@ func TestRefreshErrorsAreTheSubscribers(t *testing.T) {
 	_, err = stranger.Refresh(ctx, stranger.Token().Revision)
 	check("an app the refresher does not keep", err, subscriber.ErrUnknownApp)
 
-	// WeChat refuses: upstream.
+	// WeChat refuses, once the interval since the last forced refresh has
+	// passed on the refresher's clock: upstream.
+	clock.offset.Store(int64(3 * time.Second))
 	fake.Fail(appA, fakewechat.Fault{ErrCode: 40164})
 	fake.Issue(appA)
 	_, err = sub.Refresh(ctx, sub.Token().Revision)
-	for errors.Is(err, subscriber.ErrRateLimited) { // until the interval since the last forced refresh passed
-		select {
-		case <-ctx.Done():
-			t.Fatal(err)
-		case <-time.After(100 * time.Millisecond):
-		}
-		_, err = sub.Refresh(ctx, sub.Token().Revision)
-	}
 	check("WeChat refusing", err, subscriber.ErrUpstream)
 
 	// No refresher: unavailable once the context ends.

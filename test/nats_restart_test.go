@@ -307,8 +307,7 @@ func followLease(t *testing.T, ctx context.Context, nc *nats.Conn) (w *leaseWrit
 	f := &kvwatch.Follower{Bucket: b, Key: kv.LeaseKey, Conn: nc,
 		OnSynced: func() { once.Do(func() { close(synced) }) },
 		OnEntry: func(e jetstream.KeyValueEntry) {
-			var h kv.LeaseHolder
-			if e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &h) == nil {
+			if h, err := kv.DecodeLeaseHolder(e.Value()); e.Operation() == jetstream.KeyValuePut && err == nil {
 				select {
 				case w.ch <- h:
 				default: // nobody reads: drop rather than block the follower

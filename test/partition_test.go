@@ -141,7 +141,7 @@ func TestTokenFetchedBeforeLeaseLossIsStored(t *testing.T) {
 	// WeChat ends the token; a service sees it rejected and asks for a
 	// new one. a's fetch reaches WeChat, which issues the token, and a is
 	// cut off before it hears the answer.
-	fake.Revoke(testenv.Record(t, first).AccessToken)
+	fake.Revoke(testenv.Record(t, first).Value)
 	fetch.arm()
 	askRefresh(t, nc, appA, first.Revision())
 	fetch.await(t, ctx)
@@ -160,7 +160,7 @@ func TestTokenFetchedBeforeLeaseLossIsStored(t *testing.T) {
 			t.Fatalf("10s after the network healed, the bucket still holds revision %d, a token WeChat ended; "+
 				"the token a fetched was never stored", first.Revision())
 		}
-		if testenv.Record(t, e).AccessToken == issued {
+		if testenv.Record(t, e).Value == issued {
 			break
 		}
 	}
@@ -209,7 +209,7 @@ func TestLeaderCutOffStartsNoFetch(t *testing.T) {
 	// one. a asks WeChat whether the token works, and is cut off before it
 	// hears "no": the fetch falls due on a leader that knows it is cut off
 	// from NATS.
-	fake.Revoke(testenv.Record(t, first).AccessToken)
+	fake.Revoke(testenv.Record(t, first).Value)
 	check.arm()
 	askRefresh(t, nc, appA, first.Revision())
 	check.await(t, ctx)
@@ -241,7 +241,7 @@ func TestLeaderCutOffStartsNoFetch(t *testing.T) {
 		t.Errorf("WeChat issued %d tokens for the %d rotations the bucket shows: the leader cut off from NATS fetched one it could not store",
 			issued, rotations)
 	}
-	if testenv.Record(t, e).AccessToken != fake.Current(appA) {
+	if testenv.Record(t, e).Value != fake.Current(appA) {
 		t.Error("the bucket does not hold WeChat's newest token")
 	}
 }
@@ -363,7 +363,7 @@ func startPartitionedPair(t *testing.T, ctx context.Context) *partitionedPair {
 		t.Fatal(err)
 	}
 	h.older = first.Revision()
-	fake.Revoke(testenv.Record(t, first).AccessToken)
+	fake.Revoke(testenv.Record(t, first).Value)
 	if reply := refreshAnswered(t, ctx, h.nc, appA, h.older); reply.Error != nil || !reply.Refreshed {
 		t.Fatalf("a forced refresh was answered %+v, want a new token", reply)
 	}

@@ -164,7 +164,7 @@ func TestNATSConfRoles(t *testing.T) {
 		service.denied(t, ctx, "$KV.wechat_tokens."+appA)
 		adminBucket, _ := kv.Bind(ctx, jsOf(admin), "")
 		e, err := adminBucket.Get(ctx, appA)
-		if err != nil || e.Revision() != fresh.Revision || testenv.Record(t, e).AccessToken != fresh.Value {
+		if err != nil || e.Revision() != fresh.Revision || testenv.Record(t, e).Value != fresh.Value {
 			t.Errorf("the token changed after the refused Put: %v", err)
 		}
 	})

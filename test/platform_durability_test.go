@@ -233,7 +233,7 @@ func TestAuthorizersSurviveKillsRestartsAndANodeLost(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: no token: %v", id, err)
 		}
-		if ok, _ := fake.Valid(testenv.Record(t, e).AccessToken); !ok {
+		if ok, _ := fake.Valid(testenv.Record(t, e).Value); !ok {
 			dead++
 		}
 	}

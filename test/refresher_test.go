@@ -69,8 +69,8 @@ func TestFirstTokenIsFetchedAndAnnounced(t *testing.T) {
 	entries := testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA)
 	e := testenv.Next(t, ctx, entries)
 	rec := testenv.Record(t, e)
-	if rec.AccessToken != fake.Current(appA) {
-		t.Errorf("bucket holds %.12q..., WeChat issued %.12q...", rec.AccessToken, fake.Current(appA))
+	if rec.Value != fake.Current(appA) {
+		t.Errorf("bucket holds %.12q..., WeChat issued %.12q...", rec.Value, fake.Current(appA))
 	}
 	if rec.ExpiresIn != 7200 || rec.Lifetime() != 7200*time.Second {
 		t.Errorf("expires_in %d, lifetime %s; want 7200s", rec.ExpiresIn, rec.Lifetime())
@@ -111,7 +111,7 @@ func TestShortLivedTokensAreReplacedBeforeExpiry(t *testing.T) {
 		}
 		// Overlap -1: WeChat kills the previous token the moment it issues
 		// this one, so the bucket must already hold this one.
-		if ok, code := fake.Valid(rec.AccessToken); !ok && time.Now().Before(rec.ExpiresAt) {
+		if ok, code := fake.Valid(rec.Value); !ok && time.Now().Before(rec.ExpiresAt) {
 			t.Fatalf("rotation %d: WeChat says the stored token is invalid (errcode %d)", i, code)
 		}
 		prev = rec

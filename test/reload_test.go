@@ -85,7 +85,7 @@ func TestSIGHUPReloadsApps(t *testing.T) {
 	hup()
 	first := testenv.Next(t, ctx, entriesB)
 	t.Logf("SIGHUP to the new app's first token: %s", time.Since(sent).Round(time.Millisecond))
-	if ok, code := fake.Valid(testenv.Record(t, first).AccessToken); !ok {
+	if ok, code := fake.Valid(testenv.Record(t, first).Value); !ok {
 		t.Errorf("the new app's token is rejected with %d", code)
 	}
 	if got := fake.Calls(appA); got != 1 {
@@ -106,7 +106,7 @@ func TestSIGHUPReloadsApps(t *testing.T) {
 	if !reply.Refreshed || reply.Error != nil {
 		t.Fatalf("refresh with the new secret: %+v", reply)
 	}
-	if e := testenv.Next(t, ctx, entriesB); e.Revision() != reply.Revision || testenv.Record(t, e).AccessToken != fake.Current(appB) {
+	if e := testenv.Next(t, ctx, entriesB); e.Revision() != reply.Revision || testenv.Record(t, e).Value != fake.Current(appB) {
 		t.Errorf("revision %d stored, want WeChat's new token at %d", e.Revision(), reply.Revision)
 	}
 	if strings.Contains(one.output.String(), "new-secret-of-b") || strings.Contains(two.output.String(), "new-secret-of-b") {

@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strings"
 	"sync"
@@ -234,8 +233,8 @@ func leaseHolders(t *testing.T, ctx context.Context, nc *nats.Conn) <-chan lease
 	testenv.Follow(t, &kvwatch.Follower{Bucket: b, Key: kv.LeaseKey, OnEntry: func(e jetstream.KeyValueEntry) {
 		ev := leaseEvent{at: e.Created()}
 		if e.Operation() == jetstream.KeyValuePut {
-			var h kv.LeaseHolder
-			if json.Unmarshal(e.Value(), &h) != nil {
+			h, err := kv.DecodeLeaseHolder(e.Value())
+			if err != nil {
 				return
 			}
 			ev.instance = h.Instance

@@ -78,7 +78,7 @@ func TestSecretAppearsNowhere(t *testing.T) {
 	// A clock that panics, with a secret in the panic, inside the cron job.
 	var armed atomic.Bool
 	clock := func() time.Time {
-		if armed.Load() && calledFrom("publisher.(*Refresher).check") && armed.CompareAndSwap(true, false) {
+		if armed.Load() && calledFrom("publisher/internal/loop.(*Credentials).check") && armed.CompareAndSwap(true, false) {
 			panic("clock broke while the job held " + marker + "-of-" + healthy)
 		}
 		return time.Now()

@@ -304,7 +304,7 @@ func TestSetReadsWhatItMissedWhileAway(t *testing.T) {
 	// A key the refresher does not keep, so that it does not write it
 	// again once removed, as it would an app's.
 	removed := setApp(8)
-	data, _ := kv.Encode(kv.NewRecord(removed, "put-by-hand", time.Hour, time.Now()))
+	data, _ := kv.EncodeCredential(kv.NewCredential(removed, "put-by-hand", time.Hour, time.Now()))
 	removedFrom, err := sys.bucket.Put(ctx, removed, data)
 	if err != nil {
 		t.Fatal(err)
@@ -402,7 +402,7 @@ func TestSetKeepsTheLastGoodValue(t *testing.T) {
 // mustRecord encodes a record of appA's.
 func mustRecord(t *testing.T, token string) []byte {
 	t.Helper()
-	data, err := kv.Encode(kv.NewRecord(appA, token, time.Hour, time.Now()))
+	data, err := kv.EncodeCredential(kv.NewCredential(appA, token, time.Hour, time.Now()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -592,12 +592,12 @@ func TestSetLooksForANewValueBeforeExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	putRecord(t, ctx, b, "long-lived-one", 2*time.Hour) // keys that need nothing do not hold the others back
-	data, _ := kv.Encode(kv.NewRecord(appB, "long-lived-two", 2*time.Hour, time.Now()))
+	data, _ := kv.EncodeCredential(kv.NewCredential(appB, "long-lived-two", 2*time.Hour, time.Now()))
 	if _, err := b.Put(ctx, appB, data); err != nil {
 		t.Fatal(err)
 	}
 	set := newSet(t, ctx, nc)
-	data, _ = kv.Encode(kv.NewRecord(appC, "short-lived", 2*time.Second, time.Now()))
+	data, _ = kv.EncodeCredential(kv.NewCredential(appC, "short-lived", 2*time.Second, time.Now()))
 	if _, err := b.Put(ctx, appC, data); err != nil {
 		t.Fatal(err)
 	}
@@ -605,7 +605,7 @@ func TestSetLooksForANewValueBeforeExpiry(t *testing.T) {
 	rev, _ := b.Get(ctx, appC)
 	nc.PublishMsg(kv.ValueMsg(kv.Subjects{}, appC, rev.Revision(), data))
 	awaitSetNewer(t, ctx, set, appC, 0)
-	data, _ = kv.Encode(kv.NewRecord(appC, "its-successor", 2*time.Hour, time.Now()))
+	data, _ = kv.EncodeCredential(kv.NewCredential(appC, "its-successor", 2*time.Hour, time.Now()))
 	successor, err := b.Put(ctx, appC, data) // never announced
 	if err != nil {
 		t.Fatal(err)

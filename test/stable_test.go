@@ -66,10 +66,10 @@ func TestStableTokenIsReplacedInItsLastMinutes(t *testing.T) {
 
 	first := testenv.Record(t, testenv.Next(t, ctx, entries))
 	second := testenv.Record(t, testenv.Next(t, ctx, entries))
-	if second.AccessToken == first.AccessToken {
+	if second.Value == first.Value {
 		t.Fatal("the rotation stored the same token again")
 	}
-	if ok, code := fake.Valid(first.AccessToken); !ok {
+	if ok, code := fake.Valid(first.Value); !ok {
 		t.Errorf("the replaced token stopped working at once (errcode %d): it should live out its time", code)
 	}
 	if left := time.Until(first.ExpiresAt); left <= 0 {
@@ -108,8 +108,8 @@ func TestStableAnswerRepeatingTheTokenWritesNothing(t *testing.T) {
 	// The bucket says it expires in 4 s: the refresher thinks it due.
 	b := openBucket(t, ctx, nc)
 	now := time.Now().UTC().Truncate(time.Second)
-	stored := kv.Record{AppID: appA, AccessToken: held, ExpiresIn: 3600, FetchedAt: now.Add(-time.Hour), ExpiresAt: now.Add(4 * time.Second)}
-	data, _ := kv.Encode(stored)
+	stored := kv.Credential{Key: appA, Value: held, ExpiresIn: 3600, FetchedAt: now.Add(-time.Hour), ExpiresAt: now.Add(4 * time.Second)}
+	data, _ := kv.EncodeCredential(stored)
 	rev, err := b.Create(ctx, appA, data)
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func TestStableAnswerRepeatingTheTokenWritesNothing(t *testing.T) {
 		t.Errorf("revision %d written %s before the stored token's expiry: an answer repeating a valid token must write nothing",
 			next.Revision(), stored.ExpiresAt.Sub(written))
 	}
-	if rec.AccessToken != held {
+	if rec.Value != held {
 		t.Error("once the stored record expired, WeChat's same token should have gone in with its real expiry")
 	}
 	if rec.ExpiresAt.Sub(written) < time.Hour {
@@ -143,16 +143,29 @@ func TestStableAnswerRepeatingTheTokenWritesNothing(t *testing.T) {
 	}
 }
 
-// forceBudget reads appA's force budget from the bucket.
-func forceBudget(t *testing.T, ctx context.Context, b jetstream.KeyValue) kv.ForceBudget {
+// forceBudgetKey is the key of appA's force budget, as the README's wire
+// contract names it.
+const forceBudgetKey = appA + ".force_budget"
+
+// forceBudget is the value of a force budget key, as the README's wire
+// contract has it.
+type forceBudget struct {
+	AppID string    `json:"appid"`
+	Day   string    `json:"day"`
+	Used  int       `json:"used"`
+	Last  time.Time `json:"last"`
+}
+
+// readForceBudget reads appA's force budget from the bucket.
+func readForceBudget(t *testing.T, ctx context.Context, b jetstream.KeyValue) forceBudget {
 	t.Helper()
-	e, err := b.Get(ctx, kv.ForceBudgetKey(appA))
+	e, err := b.Get(ctx, forceBudgetKey)
 	if err != nil {
 		t.Fatalf("force budget: %v", err)
 	}
-	budget, err := kv.DecodeForceBudgetFor(appA, e.Value())
-	if err != nil {
-		t.Fatal(err)
+	var budget forceBudget
+	if err := json.Unmarshal(e.Value(), &budget); err != nil || budget.AppID != appA {
+		t.Fatalf("force budget %s: %v, want appid %s", e.Value(), err, appA)
 	}
 	return budget
 }
@@ -196,13 +209,13 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 	if reply.Error != nil || !reply.Refreshed {
 		t.Fatalf("a token dead by another's forced refresh: %+v", reply)
 	}
-	if got := testenv.Record(t, mustGet(t, ctx, b, appA)); got.AccessToken != theirs {
+	if got := testenv.Record(t, mustGet(t, ctx, b, appA)); got.Value != theirs {
 		t.Fatal("the token stored is not the one WeChat now gives")
 	}
 	if fake.Forced(appA) != 1 {
 		t.Fatalf("%d forced refreshes at WeChat, want only the other deployment's", fake.Forced(appA))
 	}
-	if _, err := b.Get(ctx, kv.ForceBudgetKey(appA)); err == nil {
+	if _, err := b.Get(ctx, forceBudgetKey); err == nil {
 		t.Error("a force budget was spent on a token a normal call replaced")
 	}
 
@@ -216,7 +229,7 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 	if fake.Forced(appA) != 2 {
 		t.Fatalf("%d forced refreshes at WeChat, want 2", fake.Forced(appA))
 	}
-	if budget := forceBudget(t, ctx, b); budget.Used != 1 || (budget.Day != day && budget.Day != chinaToday()) {
+	if budget := readForceBudget(t, ctx, b); budget.Used != 1 || (budget.Day != day && budget.Day != chinaToday()) {
 		t.Fatalf("force budget %+v, want 1 used today", budget)
 	}
 
@@ -243,8 +256,8 @@ func TestStableForcedRefreshIsForADeadTokenOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spent, _ := kv.EncodeForceBudget(kv.ForceBudget{AppID: appA, Day: chinaToday(), Used: 20, Last: time.Now().Add(-time.Minute)})
-	if _, err := b.Put(ctx, kv.ForceBudgetKey(appA), spent); err != nil {
+	spent, _ := json.Marshal(forceBudget{AppID: appA, Day: chinaToday(), Used: 20, Last: time.Now().Add(-time.Minute).UTC()})
+	if _, err := b.Put(ctx, forceBudgetKey, spent); err != nil {
 		t.Fatal(err)
 	}
 	reply = refresh(reply.Revision)

@@ -161,7 +161,7 @@ func TestReplicasStartTogetherOnAFreshCluster(t *testing.T) {
 	}
 	nc := testenv.Connect(t, urls)
 	e := testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), appA))
-	if ok, code := fake.Valid(testenv.Record(t, e).AccessToken); !ok {
+	if ok, code := fake.Valid(testenv.Record(t, e).Value); !ok {
 		t.Errorf("the stored token is rejected with %d", code)
 	}
 	js, _ := jetstream.New(nc)

@@ -324,7 +324,7 @@ func TestSubscriberReportsGarbageItReads(t *testing.T) {
 			if err := logs.waitFor(ctx, "invalid token record"); err != nil {
 				t.Fatalf("the garbage was not reported while New waited: %v", err)
 			}
-			data, _ := kv.Encode(kv.NewRecord(appA, "good", time.Hour, time.Now()))
+			data, _ := kv.EncodeCredential(kv.NewCredential(appA, "good", time.Hour, time.Now()))
 			if _, err := b.Put(ctx, appA, data); err != nil {
 				t.Fatal(err)
 			}

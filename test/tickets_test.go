@@ -26,10 +26,14 @@ func ticketApps(fake *fakewechat.Server, appids ...string) []publisher.App {
 	return apps
 }
 
-// ticket decodes a ticket entry, failing the test if it is not one.
-func ticket(t *testing.T, e jetstream.KeyValueEntry) kv.TicketRecord {
+// ticket decodes a ticket entry, failing the test if it is not one: a
+// ticket record whose appid and kind name its key.
+func ticket(t *testing.T, e jetstream.KeyValueEntry) kv.Credential {
 	t.Helper()
-	rec, err := kv.DecodeTicket(e.Value())
+	if _, kind := kv.SplitKey(e.Key()); kind == kv.KindToken {
+		t.Fatalf("%s revision %d is no ticket's key", e.Key(), e.Revision())
+	}
+	rec, err := kv.DecodeCredential(e.Key(), e.Value())
 	if err != nil {
 		t.Fatalf("%s revision %d: %v", e.Key(), e.Revision(), err)
 	}
@@ -56,7 +60,7 @@ func TestTicketsAreKeptBesideTheirToken(t *testing.T) {
 	for typ, ch := range map[string]<-chan jetstream.KeyValueEntry{"jsapi": jsapi, "wx_card": card} {
 		rec := ticket(t, testenv.Next(t, ctx, ch))
 		want, valid := fake.Ticket(appA, typ)
-		if rec.Ticket != want || !valid || rec.AppID != appA || rec.Kind != typ+"_ticket" {
+		if rec.Value != want || !valid || rec.Key != kv.Key(appA, typ+"_ticket") {
 			t.Errorf("%s: stored %+v, want the fake's valid %s ticket", typ, rec, typ)
 		}
 		// Counted from the fetch that first saw it: no later than WeChat's
@@ -111,12 +115,12 @@ func TestTicketsAcrossTokenRotationsNeverUseADeadToken(t *testing.T) {
 		if seen[e.Key()] == nil {
 			seen[e.Key()] = map[string]bool{}
 		}
-		if seen[e.Key()][rec.Ticket] {
+		if seen[e.Key()][rec.Value] {
 			t.Fatalf("%s: the same ticket stored twice: a repeated value must write nothing", e.Key())
 		}
-		seen[e.Key()][rec.Ticket] = true
+		seen[e.Key()][rec.Value] = true
 		typ := kind[:len(kind)-len("_ticket")]
-		if current, _ := fake.Ticket(appid, typ); current == rec.Ticket {
+		if current, _ := fake.Ticket(appid, typ); current == rec.Value {
 			// Counted from its first appearance: never past WeChat's expiry.
 			if real := fake.TicketExpiresAt(appid, typ); rec.ExpiresAt.After(real) {
 				t.Fatalf("%s: the record says the ticket expires %s, WeChat %s", e.Key(), rec.ExpiresAt, real)
@@ -161,14 +165,14 @@ func TestTicketCallRefusingTheTokenRefreshesTheTokenOnce(t *testing.T) {
 	callsBefore, _, _ := fake.TicketCalls(appA, "jsapi")
 	issuedBefore := fake.Issued(appA)
 
-	fake.Revoke(first.AccessToken)
+	fake.Revoke(first.Value)
 	stale := held.Revision()
 	reply := request(t, ctx, nc, appA+".jsapi_ticket", kv.RefreshRequest{StaleRevision: &stale})
 	if reply.Error != nil {
 		t.Fatalf("ticket refresh: %+v", reply.Error)
 	}
 	renewed := testenv.Record(t, testenv.Next(t, ctx, tokens))
-	if renewed.AccessToken == first.AccessToken || renewed.Reason != kv.ReasonRequested {
+	if renewed.Value == first.Value || renewed.Reason != kv.ReasonRequested {
 		t.Fatalf("token after the ticket call refused it: %+v", renewed)
 	}
 	calls, _, dead := fake.TicketCalls(appA, "jsapi")

@@ -199,7 +199,7 @@ func TestRefreshReadsAValueNeverAnnounced(t *testing.T) {
 // operator (or a leader that dies before announcing it) would.
 func putRecord(t *testing.T, ctx context.Context, b jetstream.KeyValue, token string, lifetime time.Duration) uint64 {
 	t.Helper()
-	data, _ := kv.Encode(kv.NewRecord(appA, token, lifetime, time.Now()))
+	data, _ := kv.EncodeCredential(kv.NewCredential(appA, token, lifetime, time.Now()))
 	rev, err := b.Put(ctx, appA, data)
 	if err != nil {
 		t.Fatal(err)

@@ -47,13 +47,13 @@ func TestWeComAppsOfACorpNeverShareAKey(t *testing.T) {
 	testenv.Refresher(t, nc, publisher.Config{Apps: apps, UpstreamURL: "http://127.0.0.1:1", WeComURL: url})
 
 	agent, contacts := testenv.Record(t, testenv.Next(t, ctx, agentTokens)), testenv.Record(t, testenv.Next(t, ctx, contactsTokens))
-	if agent.AccessToken == contacts.AccessToken {
+	if agent.Value == contacts.Value {
 		t.Fatal("two app secrets of one corp share a token")
 	}
-	if agent.AccessToken != fake.Current(agentKey) || contacts.AccessToken != fake.Current(contactsKey) {
+	if agent.Value != fake.Current(agentKey) || contacts.Value != fake.Current(contactsKey) {
 		t.Error("a stored token is not the one WeCom gave that app secret")
 	}
-	if agent.API != kv.APIWeCom || agent.AppID != agentKey {
+	if agent.API != kv.APIWeCom || agent.Key != agentKey {
 		t.Errorf("record %+v: want appid %s and api wecom", agent, agentKey)
 	}
 
@@ -191,7 +191,7 @@ func TestWeComCorpTicketCountsFromItsFirstAppearance(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := ticket(t, testenv.Next(t, ctx, later))
-	if again.Ticket != seen.Ticket {
+	if again.Value != seen.Value {
 		t.Fatal("the corp's two apps got different jsapi tickets: the fake should give one per corp")
 	}
 	if !again.FetchedAt.Equal(seen.FetchedAt) || !again.ExpiresAt.Equal(seen.ExpiresAt) {

@@ -65,8 +65,8 @@ func fingerprint(token string) string {
 }
 
 // isAuthorizerAppID reports whether s can be a platform's or an
-// authorizer's appid: no "-", which only WeCom keys have.
-func isAuthorizerAppID(s string) bool { return kv.ValidateAppID(s) == nil && !strings.Contains(s, "-") }
+// authorizer's appid.
+func isAuthorizerAppID(s string) bool { return kv.ValidateID(s) == nil }
 
 // platformFlags are the flags both subcommands take besides the NATS ones.
 func platformFlags(c *command, component, bucket *string, componentUsage string) {
@@ -391,22 +391,28 @@ type importResult struct {
 }
 
 // apply returns the record to store for e over the one held (found false:
-// none, or an undecodable one), and what that is.
+// none, or an undecodable one), and what that is. The file's token goes
+// in as one issued now, by kv's rule: the newest issued wins, and an
+// authorization code not yet exchanged stays for the refresher.
 func (e importEntry) apply(held kv.Authorizer, found, replace bool, now time.Time) (kv.Authorizer, importResult) {
-	next := kv.Authorizer{RefreshToken: e.refreshToken, IssuedAt: now}
 	if !found || held.Unauthorized {
-		return next, importResult{outcome: imported}
+		held = kv.Authorizer{} // an import authorizes a withdrawn account anew
 	}
-	// An authorization code not yet exchanged stays for the refresher.
-	next.Code, next.CodeExpiresAt, next.EventTime = held.Code, held.CodeExpiresAt, held.EventTime
-	switch {
-	case held.RefreshToken == "":
-		return next, importResult{outcome: imported}
-	case held.RefreshToken == e.refreshToken || !replace || held.IssuedAt.After(now):
-		// A token issued after now, by a refresher whose clock is ahead,
-		// is newer than the file's: the newest issued wins.
+	keep := func() (kv.Authorizer, importResult) {
 		return held, importResult{outcome: kept, held: fingerprint(held.RefreshToken), same: held.RefreshToken == e.refreshToken,
 			newer: held.IssuedAt.After(now)}
+	}
+	if held.RefreshToken != "" && (held.RefreshToken == e.refreshToken || !replace) {
+		return keep()
+	}
+	next, newer := held.WithRefreshToken(e.refreshToken, now, "")
+	switch {
+	case !newer:
+		// A token issued after now, by a refresher whose clock is ahead,
+		// is newer than the file's.
+		return keep()
+	case held.RefreshToken == "":
+		return next, importResult{outcome: imported}
 	}
 	return next, importResult{outcome: replaced}
 }

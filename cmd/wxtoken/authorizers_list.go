@@ -17,14 +17,9 @@ import (
 	"github.com/wxtoken/wxtoken/kv"
 )
 
-// The states of an authorizer in `wxtoken authorizers list`.
-const (
-	stateActive       = "active"
-	stateAwaitingCode = "awaiting code exchange" // a code, no refresh token yet
-	stateUnauthorized = "unauthorized"
-	stateNoToken      = "no refresh token"
-	stateInvalid      = "invalid record"
-)
+// stateInvalid is the state `wxtoken authorizers list` gives a record it
+// cannot decode; kv.Authorizer.State names the others.
+const stateInvalid = "invalid record"
 
 // authorizerRow is one authorizer in `wxtoken authorizers list`.
 type authorizerRow struct {
@@ -197,17 +192,14 @@ func printAuthorizerRows(stdout io.Writer, rows []authorizerRow, now time.Time) 
 // readPlatforms reads the platform bucket (the keys of one platform, if
 // component is not empty) with one watch.
 func readPlatforms(ctx context.Context, b jetstream.KeyValue, component string) ([]platformRow, []authorizerRow, error) {
-	var w jetstream.KeyWatcher
-	var err error
-	if component == "" {
-		w, err = b.WatchAll(ctx, jetstream.IgnoreDeletes())
-	} else {
-		w, err = b.WatchFiltered(ctx, []string{kv.AuthorizersOf(component), kv.VerifyTicketKey(component), kv.PlatformKey(component)}, jetstream.IgnoreDeletes())
+	var filters []string
+	if component != "" {
+		filters = []string{kv.AuthorizersOf(component), kv.VerifyTicketKey(component), kv.PlatformKey(component)}
 	}
+	entries, err := readBucket(ctx, b, filters...)
 	if err != nil {
-		return nil, nil, describeNATSError(err)
+		return nil, nil, err
 	}
-	defer w.Stop()
 	platforms := map[string]*platformRow{}
 	platform := func(component string) *platformRow {
 		if platforms[component] == nil {
@@ -219,20 +211,7 @@ func readPlatforms(ctx context.Context, b jetstream.KeyValue, component string) 
 		platform(component)
 	}
 	rows := []authorizerRow{}
-	for {
-		var e jetstream.KeyValueEntry
-		select {
-		case <-ctx.Done():
-			return nil, nil, fmt.Errorf("reading bucket %s: %w", b.Bucket(), ctx.Err())
-		case got, ok := <-w.Updates():
-			if !ok {
-				return nil, nil, fmt.Errorf("reading bucket %s: watch closed", b.Bucket())
-			}
-			e = got
-		}
-		if e == nil {
-			break
-		}
+	for _, e := range entries {
 		if c, appid, ok := kv.SplitAuthorizerKey(e.Key()); ok {
 			platform(c).Authorizers++
 			rows = append(rows, authorizerRowOf(c, appid, e))
@@ -275,16 +254,7 @@ func authorizerRowOf(component, appid string, e jetstream.KeyValueEntry) authori
 		row.State, row.Error = stateInvalid, err.Error()
 		return row
 	}
-	switch {
-	case a.Unauthorized:
-		row.State = stateUnauthorized
-	case a.RefreshToken != "":
-		row.State = stateActive
-	case a.Code != "":
-		row.State = stateAwaitingCode
-	default:
-		row.State = stateNoToken
-	}
+	row.State = a.State()
 	if a.RefreshToken != "" {
 		row.RefreshToken, row.IssuedAt = fingerprint(a.RefreshToken), a.IssuedAt
 	}
@@ -306,27 +276,18 @@ func readExpiries(ctx context.Context, nc *nats.Conn, bucket string, rows []auth
 	if err != nil {
 		return nil
 	}
-	w, err := b.WatchAll(ctx, jetstream.IgnoreDeletes())
+	entries, err := kv.ReadAll(ctx, b)
 	if err != nil {
 		return nil
 	}
-	defer w.Stop()
 	expiries := map[string]time.Time{}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			switch {
-			case !ok:
-				return nil
-			case e == nil:
-				return expiries
-			case want[e.Key()]:
-				if c, err := kv.DecodeCredential(e.Key(), e.Value()); err == nil {
-					expiries[e.Key()] = c.ExpiresAt
-				}
-			}
+	for _, e := range entries {
+		if !want[e.Key()] {
+			continue
+		}
+		if c, err := kv.DecodeCredential(e.Key(), e.Value()); err == nil {
+			expiries[e.Key()] = c.ExpiresAt
 		}
 	}
+	return expiries
 }

@@ -461,8 +461,11 @@ func readLeader(ctx context.Context, nc *nats.Conn, bucket, hub string) *kv.Leas
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return &kv.LeaseHolder{}
 	}
-	var h kv.LeaseHolder
-	if err != nil || json.Unmarshal(e.Value(), &h) != nil {
+	if err != nil {
+		return nil
+	}
+	h, err := kv.DecodeLeaseHolder(e.Value())
+	if err != nil {
 		return nil
 	}
 	return &h
@@ -474,36 +477,38 @@ func readAll(ctx context.Context, nc *nats.Conn, bucket string) ([]tokenStatus, 
 	if err != nil {
 		return nil, err
 	}
-	w, err := b.WatchAll(ctx, jetstream.IgnoreDeletes())
+	entries, err := readBucket(ctx, b)
 	if err != nil {
-		return nil, describeNATSError(err)
+		return nil, err
 	}
-	defer w.Stop()
 	var rows []tokenStatus
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("reading bucket %s: %w", bucket, ctx.Err())
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, fmt.Errorf("reading bucket %s: watch closed", bucket)
-			}
-			if e == nil {
-				return rows, nil
-			}
-			if kv.ValidateKey(e.Key()) != nil {
-				continue // a force budget, or a kind this version does not know
-			}
-			row := tokenStatus{AppID: e.Key(), Kind: kindOf(e.Key()), Revision: e.Revision()}
-			if rec, err := kv.DecodeCredential(e.Key(), e.Value()); err != nil {
-				row.Error = err.Error()
-			} else {
-				row.FetchedAt, row.ExpiresAt, row.Reason = rec.FetchedAt, rec.ExpiresAt, rec.Reason
-				row.API = apiOf(e.Key(), rec)
-			}
-			rows = append(rows, row)
+	for _, e := range entries {
+		if kv.ValidateKey(e.Key()) != nil {
+			continue // a force budget, or a kind this version does not know
 		}
+		row := tokenStatus{AppID: e.Key(), Kind: kindOf(e.Key()), Revision: e.Revision()}
+		if rec, err := kv.DecodeCredential(e.Key(), e.Value()); err != nil {
+			row.Error = err.Error()
+		} else {
+			row.FetchedAt, row.ExpiresAt, row.Reason = rec.FetchedAt, rec.ExpiresAt, rec.Reason
+			row.API = apiOf(e.Key(), rec)
+		}
+		rows = append(rows, row)
 	}
+	return rows, nil
+}
+
+// readBucket reads every value of b, or of the keys filters match, with
+// kv.ReadAll; an error says what NATS refused, or that the time ran out.
+func readBucket(ctx context.Context, b jetstream.KeyValue, filters ...string) ([]jetstream.KeyValueEntry, error) {
+	entries, err := kv.ReadAll(ctx, b, filters...)
+	switch {
+	case err == nil:
+		return entries, nil
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("reading bucket %s: %w", b.Bucket(), ctx.Err())
+	}
+	return nil, describeNATSError(err)
 }
 
 // kindOf names the kind of a key for `wxtoken status`.

@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -172,7 +171,7 @@ func settle(ctx context.Context, js jetstream.JetStream, b jetstream.KeyValue, l
 	}
 	var carried []jetstream.KeyValueEntry
 	if info.State.Msgs > 0 {
-		if carried, err = values(ctx, b); err != nil {
+		if carried, err = kv.ReadAll(ctx, b); err != nil {
 			return false, fmt.Errorf("read what it holds: %w", err)
 		}
 	}
@@ -247,30 +246,4 @@ func carry(ctx context.Context, js jetstream.JetStream, bucket string, entries [
 func isWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
-}
-
-// values returns the newest value of every key in b.
-func values(ctx context.Context, b jetstream.KeyValue) ([]jetstream.KeyValueEntry, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := b.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, err
-	}
-	defer w.Stop()
-	var all []jetstream.KeyValueEntry
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, kvwatch.ErrWatchClosed
-			}
-			if e == nil {
-				return all, nil
-			}
-			all = append(all, e)
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
 }

@@ -1,7 +1,6 @@
 package bucket_test
 
 import (
-	"context"
 	"errors"
 	"testing"
 	"time"
@@ -9,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
+	"github.com/wxtoken/wxtoken/internal/natstest"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
@@ -34,7 +34,7 @@ func TestRevisionsStartAtTheBucketsCreation(t *testing.T) {
 	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
-	createAgain(t, ctx, js)
+	natstest.CreateBucketAgain(t, ctx, js)
 	moved, err := bucket.Open(ctx, js, bucket.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +46,7 @@ func TestRevisionsStartAtTheBucketsCreation(t *testing.T) {
 	if err := js.DeleteKeyValue(ctx, kv.DefaultBucket); err != nil {
 		t.Fatal(err)
 	}
-	filled := createAgain(t, ctx, js)
+	filled := natstest.CreateBucketAgain(t, ctx, js)
 	if _, err := filled.Put(ctx, "wx1", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
@@ -56,34 +56,6 @@ func TestRevisionsStartAtTheBucketsCreation(t *testing.T) {
 	}
 	if e, err := opened.Get(ctx, "wx1"); err != nil || e.Revision() != 1 {
 		t.Errorf("a bucket with values was moved by Open: %v", err)
-	}
-}
-
-// streamStoreFailed is the JetStream error code of a stream whose store
-// could not be made: after a file-stored stream is deleted, the server
-// removes its directory a moment later, and a stream of the same name
-// created meanwhile fails so.
-const streamStoreFailed = 10049
-
-// createAgain creates the token bucket, as someone other than wxtoken
-// would, just after it was deleted: it tries again while the server is
-// still removing the old one's store.
-func createAgain(t *testing.T, ctx context.Context, js jetstream.JetStream) jetstream.KeyValue {
-	t.Helper()
-	for {
-		b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: kv.DefaultBucket, Storage: jetstream.FileStorage})
-		var apiErr *jetstream.APIError
-		switch {
-		case err == nil:
-			return b
-		case !errors.As(err, &apiErr) || apiErr.ErrorCode != streamStoreFailed:
-			t.Fatal(err)
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the bucket could not be created again: %v", err)
-		case <-time.After(10 * time.Millisecond):
-		}
 	}
 }
 

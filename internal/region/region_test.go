@@ -53,7 +53,7 @@ func newWorld(t *testing.T, ctx context.Context) world {
 
 func put(t *testing.T, ctx context.Context, b jetstream.KeyValue, key, token string) uint64 {
 	t.Helper()
-	data, err := kv.Encode(kv.NewRecord(key, token, 2*time.Hour, time.Now()))
+	data, err := kv.EncodeCredential(kv.NewCredential(key, token, 2*time.Hour, time.Now()))
 	if err != nil {
 		t.Fatal(err)
 	}

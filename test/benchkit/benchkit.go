@@ -119,7 +119,7 @@ func Fill(ctx context.Context, js jetstream.JetStream, keys []string) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			// A token as long as WeChat's (about 160 characters).
-			data, err := kv.Encode(kv.NewRecord(key, strings.Repeat("T", 150)+key, 2*time.Hour, time.Now()))
+			data, err := kv.EncodeCredential(kv.NewCredential(key, strings.Repeat("T", 150)+key, 2*time.Hour, time.Now()))
 			if err == nil {
 				_, err = b.Put(ctx, key, data)
 			}
@@ -199,19 +199,19 @@ func KVGetPerCall(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
-		var rec kv.Record
+		var rec kv.Credential
 		for pb.Next() {
 			e, err := bucket.Get(ctx, App)
 			if err != nil {
 				b.Error(err)
 				return
 			}
-			if rec, err = kv.DecodeFor(App, e.Value()); err != nil {
+			if rec, err = kv.DecodeCredential(App, e.Value()); err != nil {
 				b.Error(err)
 				return
 			}
 		}
-		value := rec.AccessToken
+		value := rec.Value
 		sink.Store(&value)
 	})
 }

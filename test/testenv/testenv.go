@@ -225,9 +225,9 @@ func Next(t testing.TB, ctx context.Context, ch <-chan jetstream.KeyValueEntry) 
 }
 
 // Record decodes an entry of the token bucket, failing the test if it does not.
-func Record(t testing.TB, e jetstream.KeyValueEntry) kv.Record {
+func Record(t testing.TB, e jetstream.KeyValueEntry) kv.Credential {
 	t.Helper()
-	rec, err := kv.DecodeFor(e.Key(), e.Value())
+	rec, err := kv.DecodeCredential(e.Key(), e.Value())
 	if err != nil {
 		t.Fatalf("revision %d: %v", e.Revision(), err)
 	}

@@ -1,0 +1,35 @@
+// Package publisher is the central token server: it fetches each app's
+// access_token from WeChat (/cgi-bin/token or /cgi-bin/stable_token)
+// before it expires, and what is fetched with it (JS-SDK tickets, WeCom's
+// tokens and tickets, third-party platforms' and their authorizers'
+// tokens), stores each in the token bucket under its key with
+// compare-and-swap, announces every rotation, and answers refresh
+// requests from services that saw a value rejected. Replicas elect one
+// leader through a lease; only the leader talks to WeChat.
+//
+// This package is the refresher's face: what it is given (Config, the
+// apps file), its life (New, Run, SetApps, Ready) and what it shows
+// (metrics, the platforms' callback). The work is done by its internal
+// packages; none of them imports one listed above it:
+//
+//   - internal/source: the kinds of credentials, one file each: how each
+//     is fetched, and what else differs by kind, as the loop's optional
+//     interfaces.
+//   - internal/loop: the loop every credential goes through, whatever its
+//     kind: due, fetch, store, announce, back off; the refresh endpoint;
+//     the token bucket's life. It owns each credential's state.
+//   - internal/platform: third-party platforms: the platform bucket, the
+//     verify tickets and authorizers' refresh tokens it holds, and the
+//     callback WeChat pushes to.
+//   - internal/lease: leadership, and the fence that lets no call to
+//     WeChat start that the lease might not cover.
+//   - internal/upstream: the HTTP client of WeChat's APIs, what their
+//     answers mean, the pacer, and the secrets the calls carry.
+//
+// Reading order: refresher.go (Config, New, Run: start-up, following the
+// buckets, campaigning, leading), reload.go (the apps made credentials of the
+// loop, on start and on every reload or change of authorizers), then the
+// loop's package doc, and a kind in internal/source (token.go is the
+// simplest). start.go, metrics.go, apps.go and config.go (Config's
+// defaults and checks) can be read when needed.
+package publisher

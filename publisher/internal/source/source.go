@@ -1,0 +1,42 @@
+// Package source holds the kinds of credentials the refresher keeps, one
+// file each: how each is fetched from WeChat (or WeCom), and whatever else
+// differs by kind, as the optional interfaces of package loop: token.go
+// (GET /cgi-bin/token), stable.go (stable_token, its forced mode and its
+// budget), ticket.go (JS-SDK tickets), wecom.go (WeCom's tokens and
+// tickets, its hourly limits, a corp's shared ticket), component.go (a
+// third-party platform's token, its verify ticket and push), authorizer.go
+// (an authorizer's token and its refresh token). A new kind is a new file
+// here: the loop does not change.
+package source
+
+import (
+	"time"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// tokenRepeated is what follows a token API answering with the token held
+// (only stable_token does, before its renewal stretch): while the held
+// record is valid, nothing is written and WeChat is asked again after an
+// eighth of the window; once it has expired by the record, the token goes
+// in again with the time WeChat says it has left.
+func tokenRepeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
+	if !held.ValidAt(now) {
+		return time.Time{}, true
+	}
+	return now.Add(max(window/8, time.Second)), false
+}
+
+// firstAppearanceRepeated is what follows an API answering with the value
+// held when it gives the same value for as long as it is valid (tickets,
+// WeCom's gettoken): the value's expiry was counted from its first
+// appearance and stays. It is asked for again a second after the held
+// value expires by that count: the record's expiry is cut to the second,
+// and WeChat's is up to that much later. Past that, ask again soon, then
+// less and less often.
+func firstAppearanceRepeated(held kv.Credential, window time.Duration, now time.Time) (time.Time, bool) {
+	if held.ValidAt(now) {
+		return held.ExpiresAt.Add(time.Second), false
+	}
+	return now.Add(min(max(now.Sub(held.ExpiresAt), time.Second), max(window/8, time.Second))), false
+}
