@@ -334,7 +334,7 @@ func TestAuthorizerRefreshTokenRefused(t *testing.T) {
 	if _, err := sub.Refresh(ctx, sub.Token().Revision); err == nil || sys.fake.Calls(authorizerA) != calls {
 		t.Errorf("a second refresh request during the pause called WeChat again (%v)", err)
 	}
-	if len(sys.logs.linesWith("level=ERROR")) == 0 || len(sys.logs.linesWith("61023")) == 0 {
+	if len(sys.logs.linesWith("level=ERROR")) == 0 || len(sys.logs.linesWith("errcode=61023")) == 0 {
 		t.Error("no ERROR line for the refused refresh token")
 	}
 	// The other authorizer's token is refreshed as before.
