@@ -85,14 +85,23 @@ func (a authorizersResult) rssTarget() int64 {
 // tokenPaths are the calls that fetch a token: what the pacer paces.
 var tokenPaths = []string{fakewechat.PathComponentToken, fakewechat.PathAuthorizerTok}
 
+// authorizersOptions are the authorizers part's flags.
+type authorizersOptions struct {
+	authorizers int
+	rate        float64
+	// profileDir: the first process serves --pprof, and its CPU profile
+	// while filling the bucket, its heap once full and its CPU profile in
+	// steady state are written there.
+	profileDir string
+	// memLimit, if not empty, is the refresher processes' GOMEMLIMIT.
+	memLimit string
+}
+
 // manyAuthorizers runs the real wxtoken binary as its own process with a
 // platform of n authorizers, against NATS and the fake WeChat in this
 // process; then stops it and starts it again.
-//
-// With profileDir, the first process serves --pprof, and its CPU profile
-// while filling the bucket, its heap once full and its CPU profile in
-// steady state are written there.
-func manyAuthorizers(n int, rate float64, profileDir string) authorizersResult {
+func manyAuthorizers(o authorizersOptions) authorizersResult {
+	n, rate, profileDir := o.authorizers, o.rate, o.profileDir
 	dir, binary, srv, cleanup := childRig("wxtoken-bench-authorizers")
 	defer cleanup()
 	fake := fakewechat.New(fakewechat.Config{})
@@ -159,7 +168,11 @@ func manyAuthorizers(n int, rate float64, profileDir string) authorizersResult {
 		firstArgs = append(slices.Clone(args), "--http-addr", firstOps, "--pprof")
 	}
 	started := time.Now()
-	first := startChild(binary, firstArgs...)
+	var env []string
+	if o.memLimit != "" {
+		env = []string{"GOMEMLIMIT=" + o.memLimit}
+	}
+	first := startChild(binary, env, firstArgs...)
 	defer first.stop()
 	pushTicket(fake, "http://"+callback+"/wechat/platform/events", first)
 	var fillProfile sync.WaitGroup
@@ -184,7 +197,7 @@ func manyAuthorizers(n int, rate float64, profileDir string) authorizersResult {
 	// the platform bucket; there is nothing to fetch.
 	opsAddr := freePort()
 	restarted := time.Now()
-	second := startChild(binary, append(args, "--http-addr", opsAddr)...)
+	second := startChild(binary, env, append(args, "--http-addr", opsAddr)...)
 	defer second.stop()
 	awaitReady(second, opsAddr)
 	ready := time.Since(restarted)
@@ -271,8 +284,13 @@ type child struct {
 	err  error         // its exit, once done is closed
 }
 
-func startChild(binary string, args ...string) *child {
+// startChild starts binary with args, in this process's environment plus
+// env.
+func startChild(binary string, env []string, args ...string) *child {
 	c := &child{cmd: exec.Command(binary, args...), log: &childLog{}, done: make(chan struct{})}
+	if len(env) > 0 {
+		c.cmd.Env = append(os.Environ(), env...)
+	}
 	c.cmd.Stderr = c.log
 	// Should the benchmark die, so does the refresher: it would retry
 	// its vanished NATS server for ever.

@@ -66,6 +66,7 @@ func main() {
 	partition := flag.Duration("partition", time.Minute, "regions: how long the regions are cut off")
 	smoke := flag.Bool("smoke", false, "run every part at a tiny size, to check that the program works")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process to `file`")
+	memLimit := flag.String("refresher-gomemlimit", "", "authorizers: the refresher's GOMEMLIMIT, such as 400MiB (default: none, Go's default)")
 	profileDir := flag.String("profiles", "", "authorizers: write the refresher's CPU profiles (filling the bucket, steady) and heap (bucket full) to `directory`")
 	flag.Parse()
 	log.SetFlags(0)
@@ -268,7 +269,7 @@ func main() {
 		table = append(table, agentRows(a)...)
 	}
 	if run("authorizers") {
-		a := manyAuthorizers(*authorizers, *rate, *profileDir)
+		a := manyAuthorizers(authorizersOptions{authorizers: *authorizers, rate: *rate, profileDir: *profileDir, memLimit: *memLimit})
 		fmt.Fprintln(stderr)
 		benchLine(fmt.Sprintf("Authorizers/n=%d", a.authorizers), 1, fmt.Sprintf("%.1f", a.allTokens.Seconds()), "s-to-all-tokens",
 			a.maxPerSecond, "max-calls/s", a.peakRSS, "peak-rss-bytes", fmt.Sprintf("%.3f", a.steadyCPU), "steady-cpu-s/s", a.restartTotal(), "restart-calls")
