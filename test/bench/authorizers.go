@@ -33,11 +33,6 @@ const (
 	benchAESKey          = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG" // 43 characters
 )
 
-// steadyWindow is how long the refresher's CPU is measured once it holds
-// every token: longer than --schedule's 30 s, so that it takes in at least
-// one refresh check of every credential.
-const steadyWindow = 40 * time.Second
-
 // restartWindow is how long the restarted refresher is watched after it
 // is ready, at least: the measurement window for its calls to WeChat.
 const restartWindow = 10 * time.Second
@@ -54,7 +49,7 @@ type authorizersResult struct {
 	maxPerBucket int           // most token calls in any calendar second
 	firstCalls   map[string]int
 	peakRSS      int64   // bytes, of the first process
-	steadyCPU    float64 // the first process's CPU seconds a second over steadyWindow, once it held every token
+	steadyCPU    float64 // the first process's CPU seconds a second over window, once it held every token
 
 	restartCalls   map[string]int // calls to WeChat from the first process's exit on, by path
 	restartReady   time.Duration  // from the second process's start until /readyz answered 200
@@ -95,6 +90,10 @@ type authorizersOptions struct {
 	profileDir string
 	// memLimit, if not empty, is the refresher processes' GOMEMLIMIT.
 	memLimit string
+	// steady is how long the refresher's CPU is measured once it holds
+	// every token: past --schedule's 30 s, it takes in at least one
+	// refresh check of every credential.
+	steady time.Duration
 }
 
 // manyAuthorizers runs the real wxtoken binary as its own process with a
@@ -165,6 +164,9 @@ func manyAuthorizers(o authorizersOptions) authorizersResult {
 	firstArgs := args
 	firstOps := freePort()
 	if profileDir != "" {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			log.Fatal(err)
+		}
 		firstArgs = append(slices.Clone(args), "--http-addr", firstOps, "--pprof")
 	}
 	started := time.Now()
@@ -188,7 +190,7 @@ func manyAuthorizers(o authorizersOptions) authorizersResult {
 	if profileDir != "" {
 		saveProfile(firstOps, "heap", filepath.Join(profileDir, "full.heap"))
 	}
-	steadyCPU := steadyCPU(first, firstOps, profileDir)
+	steadyCPU := steadyCPU(first, o.steady, firstOps, profileDir)
 	peak := peakRSS(first.cmd.Process.Pid)
 	first.stop()
 	stopped := time.Now()
@@ -241,16 +243,16 @@ func manyAuthorizers(o authorizersOptions) authorizersResult {
 }
 
 // steadyCPU is the CPU the refresher uses, in seconds a second, over
-// steadyWindow while it holds every token and has nothing to fetch: the
+// window while it holds every token and has nothing to fetch: the
 // refresh checks and the lease. With profileDir, a CPU profile of the
 // same window is written there.
-func steadyCPU(c *child, opsAddr, profileDir string) float64 {
+func steadyCPU(c *child, window time.Duration, opsAddr, profileDir string) float64 {
 	from, at := processCPU(c.cmd.Process.Pid), time.Now()
 	if profileDir != "" {
-		saveProfile(opsAddr, fmt.Sprintf("profile?seconds=%d", int(steadyWindow.Seconds())), filepath.Join(profileDir, "steady.cpu"))
+		saveProfile(opsAddr, fmt.Sprintf("profile?seconds=%d", int(window.Seconds())), filepath.Join(profileDir, "steady.cpu"))
 	}
-	for time.Since(at) < steadyWindow {
-		progress("authorizers: every token held, measuring CPU, %s of %s", time.Since(at).Round(time.Second), steadyWindow)
+	for time.Since(at) < window {
+		progress("authorizers: every token held, measuring CPU, %s of %s", time.Since(at).Round(time.Second), window)
 		select {
 		case <-c.done:
 			c.exited("its steady CPU was measured")

@@ -51,7 +51,7 @@ func main() {
 	tickets := flag.Bool("tickets", false, "apps: give each app a jsapi ticket too (two credentials per app)")
 	rate := flag.Float64("rate", 50, "apps, authorizers: --upstream-rate of the refresher")
 	authorizers := flag.Int("authorizers", 10000, "authorizers: authorizers of one third-party platform in one refresher")
-	steady := flag.Duration("steady", time.Minute, "apps: steady-state window for CPU")
+	steady := flag.Duration("steady", time.Minute, "apps, authorizers: steady-state window for CPU")
 	reads := flag.Int("reads", 10000, "agent: fresh-connection reads per server per round")
 	freshClients := flag.Int("clients", 1, "agent: clients making the fresh-connection reads at once, like PHP-FPM workers")
 	agentRounds := flag.Int("rounds", 5, "agent: rounds of the fresh-connection reads and of wrk, alternating between servers")
@@ -269,7 +269,7 @@ func main() {
 		table = append(table, agentRows(a)...)
 	}
 	if run("authorizers") {
-		a := manyAuthorizers(authorizersOptions{authorizers: *authorizers, rate: *rate, profileDir: *profileDir, memLimit: *memLimit})
+		a := manyAuthorizers(authorizersOptions{authorizers: *authorizers, rate: *rate, profileDir: *profileDir, memLimit: *memLimit, steady: *steady})
 		fmt.Fprintln(stderr)
 		benchLine(fmt.Sprintf("Authorizers/n=%d", a.authorizers), 1, fmt.Sprintf("%.1f", a.allTokens.Seconds()), "s-to-all-tokens",
 			a.maxPerSecond, "max-calls/s", a.peakRSS, "peak-rss-bytes", fmt.Sprintf("%.3f", a.steadyCPU), "steady-cpu-s/s", a.restartTotal(), "restart-calls")
@@ -281,7 +281,7 @@ func main() {
 			fmt.Sprintf("all %d tokens in the bucket in %.1f s; max %d calls in any 1 s (%d per calendar second); peak RSS %.0f MB; "+
 				"then %.3f CPU-s/s over %s holding them; "+
 				"restart: %d calls to WeChat in %.1f s, %d of %d tokens valid, peak RSS %.0f MB",
-				a.tokens, a.allTokens.Seconds(), a.maxPerSecond, a.maxPerBucket, float64(a.peakRSS)/(1<<20), a.steadyCPU, steadyWindow,
+				a.tokens, a.allTokens.Seconds(), a.maxPerSecond, a.maxPerBucket, float64(a.peakRSS)/(1<<20), a.steadyCPU, *steady,
 				a.restartTotal(), a.restartWatched.Seconds(), a.tokens-a.invalid, a.tokens, float64(a.restartPeakRSS)/(1<<20)),
 			fmt.Sprintf("pacing floor %d / %g = %.1f s", a.authorizers+1, a.rate, a.pacingFloor.Seconds()),
 			fmt.Sprintf("%.3fx floor", a.allTokens.Seconds()/a.pacingFloor.Seconds()),
