@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,13 +17,17 @@ import (
 
 // opsServer serves /metrics, /healthz and /readyz.
 type opsServer struct {
-	srv *http.Server
+	srv  *http.Server
+	addr string // where it listens
 }
 
 // startOps listens on addr. ready says why the process cannot serve yet,
-// or nil.
-func startOps(addr string, reg *prometheus.Registry, ready func() error, log *slog.Logger) (*opsServer, error) {
+// or nil. withPprof adds Go's profiles under /debug/pprof/.
+func startOps(addr string, reg *prometheus.Registry, ready func() error, withPprof bool, log *slog.Logger) (*opsServer, error) {
 	mux := http.NewServeMux()
+	if withPprof {
+		servePprof(mux)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -38,7 +43,7 @@ func startOps(addr string, reg *prometheus.Registry, ready func() error, log *sl
 	if err != nil {
 		return nil, fmt.Errorf("--http-addr: %w", err)
 	}
-	o := &opsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
+	o := &opsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, addr: ln.Addr().String()}
 	go func() {
 		if err := o.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics and health server stopped", "error", err)
@@ -46,6 +51,16 @@ func startOps(addr string, reg *prometheus.Registry, ready func() error, log *sl
 	}()
 	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
 	return o, nil
+}
+
+// servePprof adds Go's CPU, heap, goroutine and other profiles, and the
+// execution trace, under /debug/pprof/: what `go tool pprof` reads. Not
+// /debug/pprof/cmdline: a command line may carry what a log may not.
+func servePprof(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
 
 // callbackPath is where the authorization-event URL is served.

@@ -67,6 +67,7 @@ type serveFlags struct {
 	history    int
 	cfg        publisher.Config
 	httpAddr   string
+	pprof      bool // serve /debug/pprof/ on httpAddr
 	callback   string
 	logFormat  string
 	logLevel   string
@@ -105,6 +106,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")
+	c.Bool(&f.pprof, "pprof", "WXTOKEN_PPROF", false, "with --http-addr: also serve Go's profiles (CPU, heap, goroutines) under /debug/pprof/")
 	c.String(&f.callback, "callback-addr", "WXTOKEN_CALLBACK_ADDR", "",
 		"serve the third-party platforms' authorization-event URL, POST "+callbackPath+", on `host:port` (every replica may)")
 	c.String(&f.cfg.PlatformBucket, "platform-bucket", "WXTOKEN_PLATFORM_BUCKET", kv.DefaultPlatformBucket,
@@ -150,6 +152,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	}
 	if err := f.checkAddrs(); err != nil {
 		return err
+	}
+	if f.pprof && f.httpAddr == "" {
+		return usagef("--pprof serves the profiles on --http-addr: give --http-addr too")
 	}
 	if err := f.checkNoZero(); err != nil {
 		return err
@@ -234,7 +239,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		defer stopMonitor()
 	}
 	if f.httpAddr != "" {
-		ops, err := startOps(f.httpAddr, reg, refresher.Ready, log)
+		ops, err := startOps(f.httpAddr, reg, refresher.Ready, f.pprof, log)
 		if err != nil {
 			return err
 		}

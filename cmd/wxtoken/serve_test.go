@@ -53,6 +53,7 @@ func TestServeBadConfigurationExits2(t *testing.T) {
 	app := map[string]string{"WECHAT_APPID": "wx1234567890abcdef", "WECHAT_APPSECRET": "s"}
 	for _, r := range []refused{
 		{serve("--http-addr", "9090"), app, `--http-addr "9090": write host:port, such as 127.0.0.1:9090, or :9090 for every interface`},
+		{serve("--pprof"), app, "--pprof serves the profiles on --http-addr: give --http-addr too"},
 		{serve("--apps", platform, "--callback-addr", "8090"), nil, `--callback-addr "8090": write host:port, such as 127.0.0.1:8090`},
 		{[]string{"serve", "--nats-listen", "4222", "--data-dir", dir}, app, `--nats-listen "4222": write host:port, such as 127.0.0.1:4222`},
 		{serve("--apps", badKey), nil, badKey + `:3: unknown key "secret_evn" in apps[0] (did you mean secret_env?)`},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"maps"
 	"net/http"
@@ -47,7 +48,8 @@ type authorizersResult struct {
 	maxPerSecond int           // most token calls in any one-second window (sliding)
 	maxPerBucket int           // most token calls in any calendar second
 	firstCalls   map[string]int
-	peakRSS      int64 // bytes, of the first process
+	peakRSS      int64   // bytes, of the first process
+	steadyCPU    float64 // the first process's CPU seconds a second over window, once it held every token
 
 	restartCalls   map[string]int // calls to WeChat from the first process's exit on, by path
 	restartReady   time.Duration  // from the second process's start until /readyz answered 200
@@ -66,13 +68,39 @@ func (a authorizersResult) restartTotal() int {
 	return total
 }
 
+// rssTarget is the refresher's peak RSS allowed: 200 MB up to 10,000
+// authorizers (issue 16), 500 MB beyond, up to 100,000 (issue 21).
+func (a authorizersResult) rssTarget() int64 {
+	if a.authorizers <= 10000 {
+		return 200 << 20
+	}
+	return 500 << 20
+}
+
 // tokenPaths are the calls that fetch a token: what the pacer paces.
 var tokenPaths = []string{fakewechat.PathComponentToken, fakewechat.PathAuthorizerTok}
+
+// authorizersOptions are the authorizers part's flags.
+type authorizersOptions struct {
+	authorizers int
+	rate        float64
+	// profileDir: the first process serves --pprof, and its CPU profile
+	// while filling the bucket, its heap once full and its CPU profile in
+	// steady state are written there.
+	profileDir string
+	// memLimit, if not empty, is the refresher processes' GOMEMLIMIT.
+	memLimit string
+	// steady is how long the refresher's CPU is measured once it holds
+	// every token: past --schedule's 30 s, it takes in at least one
+	// refresh check of every credential.
+	steady time.Duration
+}
 
 // manyAuthorizers runs the real wxtoken binary as its own process with a
 // platform of n authorizers, against NATS and the fake WeChat in this
 // process; then stops it and starts it again.
-func manyAuthorizers(n int, rate float64) authorizersResult {
+func manyAuthorizers(o authorizersOptions) authorizersResult {
+	n, rate, profileDir := o.authorizers, o.rate, o.profileDir
 	dir, binary, srv, cleanup := childRig("wxtoken-bench-authorizers")
 	defer cleanup()
 	fake := fakewechat.New(fakewechat.Config{})
@@ -133,11 +161,36 @@ func manyAuthorizers(n int, rate float64) authorizersResult {
 		"--upstream-rate", strconv.FormatFloat(rate, 'f', -1, 64), "--callback-addr", callback, "--log-level", "warn"}
 	floor := time.Duration(float64(n+1) / rate * float64(time.Second))
 
+	firstArgs := args
+	firstOps := freePort()
+	if profileDir != "" {
+		if err := os.MkdirAll(profileDir, 0o755); err != nil {
+			log.Fatal(err)
+		}
+		firstArgs = append(slices.Clone(args), "--http-addr", firstOps, "--pprof")
+	}
 	started := time.Now()
-	first := startChild(binary, args...)
+	var env []string
+	if o.memLimit != "" {
+		env = []string{"GOMEMLIMIT=" + o.memLimit}
+	}
+	first := startChild(binary, env, firstArgs...)
 	defer first.stop()
 	pushTicket(fake, "http://"+callback+"/wechat/platform/events", first)
+	var fillProfile sync.WaitGroup
+	if profileDir != "" {
+		// The middle of the fill: the pacer at full rate.
+		seconds := max(5, min(60, int(floor.Seconds()/2)))
+		fillProfile.Go(func() {
+			saveProfile(firstOps, fmt.Sprintf("profile?seconds=%d", seconds), filepath.Join(profileDir, "fill.cpu"))
+		})
+	}
 	allTokens := awaitTokens(js, keys, started, first, 2*floor+time.Minute)
+	fillProfile.Wait()
+	if profileDir != "" {
+		saveProfile(firstOps, "heap", filepath.Join(profileDir, "full.heap"))
+	}
+	steadyCPU := steadyCPU(first, o.steady, firstOps, profileDir)
 	peak := peakRSS(first.cmd.Process.Pid)
 	first.stop()
 	stopped := time.Now()
@@ -146,7 +199,7 @@ func manyAuthorizers(n int, rate float64) authorizersResult {
 	// the platform bucket; there is nothing to fetch.
 	opsAddr := freePort()
 	restarted := time.Now()
-	second := startChild(binary, append(args, "--http-addr", opsAddr)...)
+	second := startChild(binary, env, append(args, "--http-addr", opsAddr)...)
 	defer second.stop()
 	awaitReady(second, opsAddr)
 	ready := time.Since(restarted)
@@ -183,9 +236,45 @@ func manyAuthorizers(n int, rate float64) authorizersResult {
 	return authorizersResult{
 		authorizers: n, rate: rate, allTokens: allTokens, pacingFloor: floor,
 		maxPerSecond: maxInWindow(tokenCalls, time.Second), maxPerBucket: maxPerCalendarSecond(tokenCalls),
-		firstCalls: firstCalls, peakRSS: peak,
+		firstCalls: firstCalls, peakRSS: peak, steadyCPU: steadyCPU,
 		restartCalls: restartCalls, restartReady: ready, restartWatched: watched, restartPeakRSS: restartPeak,
 		tokens: len(keys), invalid: invalid, staleRefresh: stale,
+	}
+}
+
+// steadyCPU is the CPU the refresher uses, in seconds a second, over
+// window while it holds every token and has nothing to fetch: the
+// refresh checks and the lease. With profileDir, a CPU profile of the
+// same window is written there.
+func steadyCPU(c *child, window time.Duration, opsAddr, profileDir string) float64 {
+	from, at := processCPU(c.cmd.Process.Pid), time.Now()
+	if profileDir != "" {
+		saveProfile(opsAddr, fmt.Sprintf("profile?seconds=%d", int(window.Seconds())), filepath.Join(profileDir, "steady.cpu"))
+	}
+	for time.Since(at) < window {
+		progress("authorizers: every token held, measuring CPU, %s of %s", time.Since(at).Round(time.Second), window)
+		select {
+		case <-c.done:
+			c.exited("its steady CPU was measured")
+		case <-time.After(100 * time.Millisecond): // the measurement window
+		}
+	}
+	return (processCPU(c.cmd.Process.Pid) - from).Seconds() / time.Since(at).Seconds()
+}
+
+// saveProfile writes the refresher's /debug/pprof/<what> to path.
+func saveProfile(opsAddr, what, path string) {
+	resp, err := http.Get("http://" + opsAddr + "/debug/pprof/" + what)
+	if err != nil {
+		log.Fatalf("authorizers: profile %s: %v", what, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		log.Fatalf("authorizers: profile %s: %s %v", what, resp.Status, err)
+	}
+	if err := os.WriteFile(path, body, 0o644); err != nil {
+		log.Fatal(err)
 	}
 }
 
@@ -197,8 +286,13 @@ type child struct {
 	err  error         // its exit, once done is closed
 }
 
-func startChild(binary string, args ...string) *child {
+// startChild starts binary with args, in this process's environment plus
+// env.
+func startChild(binary string, env []string, args ...string) *child {
 	c := &child{cmd: exec.Command(binary, args...), log: &childLog{}, done: make(chan struct{})}
+	if len(env) > 0 {
+		c.cmd.Env = append(os.Environ(), env...)
+	}
 	c.cmd.Stderr = c.log
 	// Should the benchmark die, so does the refresher: it would retry
 	// its vanished NATS server for ever.
