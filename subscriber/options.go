@@ -1,8 +1,13 @@
 package subscriber
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -44,6 +49,34 @@ func (o *options) forSet() error {
 		return invalidOption("OnRotate and OnError are options of New: NewSet takes OnSetRotate and OnSetError")
 	}
 	return nil
+}
+
+// setUp checks nc, applies opts over the defaults and checks them with
+// fits (what a Subscriber or a Set can use): what New and NewSet share.
+func setUp(nc *nats.Conn, opts []Option, fits func(*options) error) (options, jetstream.JetStream, error) {
+	switch {
+	case nc == nil:
+		return options{}, nil, errors.New("subscriber: nil NATS connection")
+	case nc.IsClosed():
+		return options{}, nil, errors.New("subscriber: the NATS connection is closed")
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		if opt == nil {
+			return options{}, nil, invalidOption("nil Option")
+		}
+		if err := opt(&o); err != nil {
+			return options{}, nil, err
+		}
+	}
+	if err := fits(&o); err != nil {
+		return options{}, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return options{}, nil, fmt.Errorf("subscriber: %w", err)
+	}
+	return o, js, nil
 }
 
 func defaultOptions() options {

@@ -2,7 +2,6 @@ package subscriber
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -97,27 +96,9 @@ type keyError struct {
 // lives until it has delivered what the Set needs; the NATS user needs the
 // permissions of nats.conf's service user.
 func NewSet(ctx context.Context, nc *nats.Conn, opts ...Option) (*Set, error) {
-	switch {
-	case nc == nil:
-		return nil, errors.New("subscriber: nil NATS connection")
-	case nc.IsClosed():
-		return nil, errors.New("subscriber: the NATS connection is closed")
-	}
-	o := defaultOptions()
-	for _, opt := range opts {
-		if opt == nil {
-			return nil, invalidOption("nil Option")
-		}
-		if err := opt(&o); err != nil {
-			return nil, err
-		}
-	}
-	if err := o.forSet(); err != nil {
-		return nil, err
-	}
-	js, err := jetstream.New(nc)
+	o, js, err := setUp(nc, opts, (*options).forSet)
 	if err != nil {
-		return nil, fmt.Errorf("subscriber: %w", err)
+		return nil, err
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	subjects := kv.Subjects{Prefix: o.subjectPrefix}

@@ -95,29 +95,12 @@ type Subscriber struct {
 // ErrInvalidOption, and so are an appid that cannot be one and a closed
 // connection.
 func New(ctx context.Context, nc *nats.Conn, key string, opts ...Option) (*Subscriber, error) {
-	switch err := kv.ValidateKey(key); {
-	case err != nil:
+	if err := kv.ValidateKey(key); err != nil {
 		return nil, fmt.Errorf("subscriber: %w", err)
-	case nc == nil:
-		return nil, errors.New("subscriber: nil NATS connection")
-	case nc.IsClosed():
-		return nil, errors.New("subscriber: the NATS connection is closed")
 	}
-	o := defaultOptions()
-	for _, opt := range opts {
-		if opt == nil {
-			return nil, invalidOption("nil Option")
-		}
-		if err := opt(&o); err != nil {
-			return nil, err
-		}
-	}
-	if err := o.forSubscriber(); err != nil {
-		return nil, err
-	}
-	js, err := jetstream.New(nc)
+	o, js, err := setUp(nc, opts, (*options).forSubscriber)
 	if err != nil {
-		return nil, fmt.Errorf("subscriber: %w", err)
+		return nil, err
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	s := &Subscriber{
