@@ -205,17 +205,7 @@ func TestMonitorCountsTheAgeOfACopyCutOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	region.SetMonitorEvery(m, 100*time.Millisecond)
-	mctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		m.Run(mctx)
-	}()
-	t.Cleanup(func() {
-		stop()
-		<-done
-	})
+	runMonitor(t, ctx, m)
 	awaitLag(t, ctx, m, func(lag time.Duration) bool { return lag < 2*time.Second }, "under 2s while connected")
 
 	relay.Cut()
@@ -282,17 +272,7 @@ func TestMonitorPutsBackTheHubsConsumer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	region.SetMonitorEvery(m, 100*time.Millisecond)
-	mctx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		m.Run(mctx)
-	}()
-	t.Cleanup(func() {
-		stop()
-		<-done
-	})
+	runMonitor(t, ctx, m)
 	js, _ := jetstream.New(w.regionNC)
 	copied, err := kv.Bind(ctx, js, "")
 	if err != nil {
@@ -324,4 +304,19 @@ func TestServerVersions(t *testing.T) {
 			t.Errorf("%q at least %d.%d: %v", tc.version, tc.major, tc.minor, got)
 		}
 	}
+}
+
+// runMonitor runs m, asking every 100 ms, until the test ends.
+func runMonitor(t *testing.T, ctx context.Context, m *region.Monitor) {
+	region.SetMonitorEvery(m, 100*time.Millisecond)
+	ctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-done
+	})
 }
