@@ -98,14 +98,7 @@ func TestReplicaTakesOverItsOwnLease(t *testing.T) {
 	const ttl = 2 * time.Second
 	cfg := Config{TokenBucket: kv.DefaultBucket, TTL: ttl, UpstreamTimeout: time.Second, Replicas: 1,
 		Logger: slog.New(slog.DiscardHandler), Instance: "r0", HasTokens: func() bool { return true }}
-	l, err := Open(ctx, nc, js, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, err := l.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, held := acquire(t, ctx, nc, js, cfg)
 	close(held.stop) // its term ends here; the key keeps its last write
 	<-held.done
 	held.end()
@@ -157,14 +150,7 @@ func TestNoSecondLeaderAfterTheLeaseBucketIsDeleted(t *testing.T) {
 	var tokens atomic.Bool
 	cfg := Config{TokenBucket: kv.DefaultBucket, TTL: 3 * time.Second, UpstreamTimeout: time.Second, Replicas: 1,
 		Logger: slog.New(slog.DiscardHandler), Instance: "leader", HasTokens: tokens.Load}
-	l, err := Open(ctx, nc, js, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, err := l.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, held := acquire(t, ctx, nc, js, cfg)
 	defer held.Release()
 	tokens.Store(true)
 	if err := js.DeleteKeyValue(ctx, kv.LeaseBucket(cfg.TokenBucket)); err != nil {
@@ -246,14 +232,7 @@ func TestLeaseInDoubtWhileRenewalsFail(t *testing.T) {
 	failed := make(chan struct{}, 16)
 	cfg := Config{TokenBucket: kv.DefaultBucket, TTL: 3 * time.Second, UpstreamTimeout: time.Second, Replicas: 1, Instance: "leader",
 		Logger: slog.New(onMessage("lease renewal failed", failed)), HasTokens: func() bool { return false }}
-	l, err := Open(ctx, nc, js, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, err := l.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, held := acquire(t, ctx, nc, js, cfg)
 	defer held.Release()
 	awaitConfirmed(t, ctx, held)
 
@@ -350,4 +329,18 @@ func (h messageHandler) Handle(_ context.Context, r slog.Record) error {
 		}
 	}
 	return nil
+}
+
+// acquire opens the lease of cfg and takes it.
+func acquire(t *testing.T, ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config) (*Lease, *Held) {
+	t.Helper()
+	l, err := Open(ctx, nc, js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := l.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, held
 }
