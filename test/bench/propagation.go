@@ -28,12 +28,20 @@ type fleet struct {
 	conns   []*nats.Conn
 	closers []func() error
 
-	mu       sync.Mutex
-	rotated  map[uint64][]time.Time // when each follower held each revision
-	core     map[uint64][]time.Time // when each connection got each core floor message
-	durable  map[uint64][]time.Time // when each connection got each durable floor message
-	progress chan struct{}          // a value after every arrival
+	arrivals
+	rotated map[uint64][]time.Time // when each follower held each revision
+	core    map[uint64][]time.Time // when each connection got each core floor message
+	durable map[uint64][]time.Time // when each connection got each durable floor message
 }
+
+// arrivals guards a fleet's records of when each message arrived, and
+// says on progress that one did.
+type arrivals struct {
+	mu       sync.Mutex
+	progress chan struct{} // a value after every arrival
+}
+
+func newArrivals() arrivals { return arrivals{progress: make(chan struct{}, 1)} }
 
 const (
 	coreFloorSubject    = "bench.floor.core"
@@ -43,8 +51,7 @@ const (
 // newFleet connects n services to url, each following with follow (which
 // returns what closes it).
 func newFleet(url string, n int, follow func(ctx context.Context, nc *nats.Conn) (func() error, error)) *fleet {
-	f := &fleet{core: map[uint64][]time.Time{}, durable: map[uint64][]time.Time{}, rotated: map[uint64][]time.Time{},
-		progress: make(chan struct{}, 1)}
+	f := &fleet{arrivals: newArrivals(), core: map[uint64][]time.Time{}, durable: map[uint64][]time.Time{}, rotated: map[uint64][]time.Time{}}
 	f.conns = make([]*nats.Conn, n)
 	f.closers = make([]func() error, n)
 	var wg sync.WaitGroup
@@ -79,12 +86,12 @@ func newFleet(url string, n int, follow func(ctx context.Context, nc *nats.Conn)
 	return f
 }
 
-func (f *fleet) arrived(m map[uint64][]time.Time, key uint64, at time.Time) {
-	f.mu.Lock()
+func (a *arrivals) arrived(m map[uint64][]time.Time, key uint64, at time.Time) {
+	a.mu.Lock()
 	m[key] = append(m[key], at)
-	f.mu.Unlock()
+	a.mu.Unlock()
 	select {
-	case f.progress <- struct{}{}:
+	case a.progress <- struct{}{}:
 	default:
 	}
 }

@@ -154,10 +154,9 @@ type regionFleet struct {
 	conns []*nats.Conn
 	subs  []*subscriber.Subscriber
 
-	mu       sync.Mutex
-	held     map[uint64][]time.Time // when each subscriber held each revision
-	core     map[uint64][]time.Time // when each connection got each core message
-	progress chan struct{}
+	arrivals
+	held map[uint64][]time.Time // when each subscriber held each revision
+	core map[uint64][]time.Time // when each connection got each core message
 }
 
 // regionsCoreSubject carries the regions part's core messages, published
@@ -166,7 +165,7 @@ type regionFleet struct {
 const regionsCoreSubject = "bench.regions.core"
 
 func newRegionFleet(name, url string, n int) *regionFleet {
-	f := &regionFleet{name: name, held: map[uint64][]time.Time{}, core: map[uint64][]time.Time{}, progress: make(chan struct{}, 1)}
+	f := &regionFleet{name: name, arrivals: newArrivals(), held: map[uint64][]time.Time{}, core: map[uint64][]time.Time{}}
 	f.conns, f.subs = make([]*nats.Conn, n), make([]*subscriber.Subscriber, n)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
@@ -195,16 +194,6 @@ func newRegionFleet(name, url string, n int) *regionFleet {
 	}
 	wg.Wait()
 	return f
-}
-
-func (f *regionFleet) arrived(m map[uint64][]time.Time, key uint64, at time.Time) {
-	f.mu.Lock()
-	m[key] = append(m[key], at)
-	f.mu.Unlock()
-	select {
-	case f.progress <- struct{}{}:
-	default:
-	}
 }
 
 // await waits until every connection recorded key in m, and returns when
