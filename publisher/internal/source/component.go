@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
@@ -93,13 +92,7 @@ func WaitsForTicket(err error) bool { return upstream.ClassOf(err) == upstream.C
 // (an ERROR line and a failure event) says why; this says what was done.
 func (s *Component) startPush(a *loop.Attempt) {
 	err := a.Do("start_push_ticket", func(ctx context.Context) error {
-		body, _ := json.Marshal(map[string]string{"component_appid": s.appid, "component_secret": s.secret.Reveal()})
-		status, answer, err := s.client.Do(ctx, http.MethodPost, "cgi-bin/component/api_start_push_ticket", nil, body, s.secret.Reveal())
-		if err == nil {
-			var ok struct{}
-			err = upstream.DecodeJSON(status, answer, upstream.ComponentCodes, &ok)
-		}
-		return err
+		return ProbeComponent(ctx, s.client, s.appid, s.secret)
 	})
 	switch {
 	case errors.Is(err, loop.ErrEnding):
