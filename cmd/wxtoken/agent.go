@@ -251,6 +251,8 @@ func (f *agentFlags) configure() error {
 		return usagef("--max-retry-body is over --max-body")
 	case f.cfg.UpstreamTimeout <= 0 || f.cfg.RefreshTimeout <= 0 || f.cfg.MaxWait <= 0 || f.cfg.BodyTimeout <= 0:
 		return usagef("--upstream-timeout, --refresh-timeout, --max-wait and --body-timeout must be positive")
+	case f.cfg.WeChatRecheck <= 0:
+		return usagef("--wechat-base-recheck %s: give a positive duration such as 10m", f.cfg.WeChatRecheck)
 	}
 	f.cfg.Bucket, f.cfg.SubjectPrefix = f.nats.bucket, f.nats.prefix
 	return nil

@@ -356,6 +356,7 @@ func (f *serveFlags) checkNoZero() error {
 		{"min-force-interval", f.cfg.MinForceInterval == 0, "a positive duration such as 30s"},
 		{"lease-ttl", f.cfg.LeaseTTL == 0, "a duration of at least 1s, such as 10s"},
 		{"upstream-timeout", f.cfg.UpstreamTimeout == 0, "a positive duration such as 5s, at most half --lease-ttl"},
+		{"wechat-base-recheck", f.cfg.UpstreamRecheck == 0, "a positive duration such as 10m"},
 		{"replicas", f.replicas == 0, "1, or 3 in a 3-node cluster"},
 		{"history", f.history == 0, "a number from 1 to 64"},
 	} {
