@@ -1,10 +1,11 @@
 // Package upstream is the refresher's HTTP client of WeChat's (and
-// WeCom's) APIs: the calls, what their answers mean (Error, with its
-// Class, from the errcode tables), the pacing of the calls (Pacer), and
-// the secrets the calls carry (Secret, and scrubbing them from every
-// error). It knows nothing of credentials, buckets or leadership: the
-// sources say which API fetches what, and the refresher's loop decides
-// when.
+// WeCom's) APIs: the calls, each to the base internal/failover says
+// (api.weixin.qq.com, or api2.weixin.qq.com when the first fails), what
+// their answers mean (Error, with its Class, from the errcode tables), the
+// pacing of the calls (Pacer), and the secrets the calls carry (Secret,
+// and scrubbing them from every error). It knows nothing of credentials,
+// buckets or leadership: the sources say which API fetches what, and the
+// refresher's loop decides when.
 package upstream
 
 import (
