@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
-	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/internal/kvwatch"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/lease"
@@ -120,14 +119,14 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	wechat, err := upstream.New(cfg.UpstreamURL, failover.Config{API: "WeChat", Recheck: cfg.UpstreamRecheck, Logger: cfg.Logger},
-		cfg.HTTPClient, cfg.UpstreamTimeout)
+	wechat, err := upstream.New(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout,
+		upstream.WithFailover("WeChat", cfg.UpstreamRecheck, cfg.Logger))
 	if err != nil {
 		return nil, err
 	}
 	// WeCom has one API domain, qyapi.weixin.qq.com: its client never
 	// moves, and has no health of its own in the metrics.
-	wecom, err := upstream.New(cfg.WeComURL, failover.Config{API: "WeCom", Logger: cfg.Logger}, cfg.HTTPClient, cfg.UpstreamTimeout)
+	wecom, err := upstream.New(cfg.WeComURL, cfg.HTTPClient, cfg.UpstreamTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
@@ -50,7 +49,7 @@ const gateClass upstream.Class = "gate"
 const gatePause = 42 * time.Minute
 
 func newTestKind(t *testing.T, wechatURL, appid, secret string) *testKind {
-	client, err := upstream.New(wechatURL, failover.Config{}, nil, time.Hour) // the term's contexts bound it
+	client, err := upstream.New(wechatURL, nil, time.Hour) // the term's contexts bound it
 	if err != nil {
 		t.Fatal(err)
 	}

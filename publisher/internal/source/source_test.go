@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/publisher/internal/loop"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
@@ -39,7 +38,7 @@ func TestFetchTokenFromFake(t *testing.T) {
 			fake.AddApp("wx1", secretText)
 			srv := httptest.NewServer(fake)
 			defer srv.Close()
-			up, err := upstream.New(srv.URL, failover.Config{}, nil, time.Second)
+			up, err := upstream.New(srv.URL, nil, time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -73,7 +72,7 @@ func TestStableForceReplacesTheToken(t *testing.T) {
 	fake.AddApp("wx1", secretText)
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
-	up, _ := upstream.New(srv.URL, failover.Config{}, nil, time.Second)
+	up, _ := upstream.New(srv.URL, nil, time.Second)
 	ctx := context.Background()
 	s := NewStable("wx1", upstream.NewSecret(secretText), up)
 	first, err := s.call(ctx, false)
@@ -108,7 +107,7 @@ func TestUpstreamErrorsHoldNoSecret(t *testing.T) {
 	ln.Close()
 
 	for name, base := range map[string]string{"timeout": hang.URL, "refused": closed, "redirect": redirect.URL} {
-		up, err := upstream.New(base, failover.Config{}, nil, 200*time.Millisecond)
+		up, err := upstream.New(base, nil, 200*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}

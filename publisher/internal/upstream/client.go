@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -42,11 +43,14 @@ type Client struct {
 }
 
 // New returns a client for the API at baseURLs, a comma-separated list
-// of bases in order of preference, followed as fo says (its URLs are
-// baseURLs'). Each call is bounded by timeout. client may be nil;
-// redirects are never followed, so a secret in the query can only go to a
-// configured base.
-func New(baseURLs string, fo failover.Config, client *http.Client, timeout time.Duration) (*Client, error) {
+// of bases in order of preference (one URL is a list of one). Each call is
+// bounded by timeout. client may be nil; redirects are never followed, so
+// a secret in the query can only go to a configured base.
+func New(baseURLs string, client *http.Client, timeout time.Duration, opts ...Option) (*Client, error) {
+	var fo failover.Config
+	for _, o := range opts {
+		o(&fo)
+	}
 	urls, err := failover.Parse(baseURLs)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: upstream URL: %w", err)
@@ -65,6 +69,21 @@ func New(baseURLs string, fo failover.Config, client *http.Client, timeout time.
 	}
 	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return &Client{bases: bases, client: &c, timeout: timeout}, nil
+}
+
+// Option sets how a client follows its bases.
+type Option func(*failover.Config)
+
+// WithFailover names the API in the log lines of the bases' moves, sends
+// them to log, and sets how long calls stay on a later base before one
+// tries the first again (failover.DefaultRecheck when zero).
+func WithFailover(api string, recheck time.Duration, log *slog.Logger) Option {
+	return func(c *failover.Config) { c.API, c.Recheck, c.Logger = api, recheck, log }
+}
+
+// withClock makes the bases keep time by now, for tests.
+func withClock(now func() time.Time) Option {
+	return func(c *failover.Config) { c.Now = now }
 }
 
 // Bases are the client's bases, for their health.

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/wxtoken/wxtoken/internal/failover"
 )
 
 // base is one of WeChat's API bases in a test: it counts the calls it gets
@@ -75,7 +73,7 @@ const recheck = 10 * time.Minute
 func twoBases(t *testing.T, first, second string) (*Client, *testClock) {
 	t.Helper()
 	clock := &testClock{now: time.Now()}
-	c, err := New(first+","+second, failover.Config{Recheck: recheck, API: "WeChat", Now: clock.Now}, nil, 200*time.Millisecond)
+	c, err := New(first+","+second, nil, 200*time.Millisecond, WithFailover("WeChat", recheck, nil), withClock(clock.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
