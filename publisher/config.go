@@ -12,12 +12,15 @@ import (
 
 	"github.com/robfig/cron/v3"
 
+	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
 // Defaults of Config; the README lists them with their flags.
 const (
-	DefaultUpstreamURL      = "https://api.weixin.qq.com"   // WeChat's API
+	// DefaultUpstreamURL is WeChat's API, its nearest entry and then the
+	// fallback WeChat documents for when it fails (异地容灾).
+	DefaultUpstreamURL      = "https://api.weixin.qq.com,https://api2.weixin.qq.com"
 	DefaultWeComURL         = "https://qyapi.weixin.qq.com" // WeCom's (企业微信) API
 	DefaultSchedule         = "@every 30s"
 	DefaultRefreshBefore    = 10 * time.Minute
@@ -25,6 +28,7 @@ const (
 	DefaultLeaseTTL         = 10 * time.Second
 	DefaultUpstreamTimeout  = 5 * time.Second
 	DefaultUpstreamRate     = 50.0
+	DefaultUpstreamRecheck  = failover.DefaultRecheck
 
 	// MinUpstreamRate is the slowest pacing accepted: one fetch in 100 s.
 	MinUpstreamRate = 0.01
@@ -58,6 +62,7 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	setDefault(&c.MinForceInterval, DefaultMinForceInterval)
 	setDefault(&c.LeaseTTL, DefaultLeaseTTL)
 	setDefault(&c.UpstreamTimeout, DefaultUpstreamTimeout)
+	setDefault(&c.UpstreamRecheck, DefaultUpstreamRecheck)
 	setDefault(&c.RetryBackoff, DefaultRetryBackoff)
 	setDefault(&c.RetryBackoffMax, DefaultRetryBackoffMax)
 	setDefault(&c.ConfigErrorBackoff, DefaultConfigErrorBackoff)
@@ -88,6 +93,14 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	if err := kv.ValidateSubjectPrefix(c.SubjectPrefix); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := failover.Parse(c.UpstreamURL); err != nil {
+		errs = append(errs, fmt.Errorf("wechat-base-url: %w", err))
+	}
+	if _, err := failover.Parse(c.WeComURL); err != nil {
+		errs = append(errs, fmt.Errorf("wecom-base-url: %w", err))
+	} else if strings.Contains(c.WeComURL, ",") {
+		errs = append(errs, fmt.Errorf("wecom-base-url %q: WeCom has one API domain; give one URL", c.WeComURL))
+	}
 	if err := checkDomain(c.JSDomain); err != nil {
 		errs = append(errs, err)
 	}
@@ -96,7 +109,7 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 		value time.Duration
 	}{
 		{"refresh-before", c.RefreshBefore}, {"min-force-interval", c.MinForceInterval},
-		{"lease-ttl", c.LeaseTTL}, {"upstream-timeout", c.UpstreamTimeout},
+		{"lease-ttl", c.LeaseTTL}, {"upstream-timeout", c.UpstreamTimeout}, {"wechat-base-recheck", c.UpstreamRecheck},
 		{"retry backoff", c.RetryBackoff}, {"retry backoff max", c.RetryBackoffMax}, {"config error backoff", c.ConfigErrorBackoff},
 	} {
 		if d.value < 0 {

@@ -65,7 +65,13 @@ type Config struct {
 	// again sooner would only burn quota; 10m by default.
 	ConfigErrorBackoff time.Duration
 
-	UpstreamURL     string        // DefaultUpstreamURL
+	// UpstreamURL is WeChat's API bases, comma-separated, in order of
+	// preference: a call goes to the next after two failures in a row on
+	// one (no answer, HTTP 5xx, errcode -1), and one call tries the first
+	// again UpstreamRecheck later (failover.DefaultRecheck); see the README's
+	// "WeChat's second domain". DefaultUpstreamURL.
+	UpstreamURL     string
+	UpstreamRecheck time.Duration
 	WeComURL        string        // WeCom's API, for WeCom apps; DefaultWeComURL
 	UpstreamTimeout time.Duration // per call; DefaultUpstreamTimeout
 	// UpstreamRate paces token fetches across all apps, in calls per
@@ -113,10 +119,13 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	wechat, err := upstream.New(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout)
+	wechat, err := upstream.New(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout,
+		upstream.WithFailover("WeChat", cfg.UpstreamRecheck, cfg.Logger))
 	if err != nil {
 		return nil, err
 	}
+	// WeCom has one API domain, qyapi.weixin.qq.com: its client never
+	// moves, and has no health of its own in the metrics.
 	wecom, err := upstream.New(cfg.WeComURL, cfg.HTTPClient, cfg.UpstreamTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
@@ -124,6 +133,9 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	r := &Refresher{cfg: cfg, nc: nc, js: js, log: cfg.Logger, start: startup{nc: nc, log: cfg.Logger},
 		apps: &reloader{wechat: wechat, wecom: wecom, limits: &source.HourlyLimits{}, log: cfg.Logger}}
 	r.metrics = newMetrics(cfg.Registerer, r)
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(wechat.Bases().Collector("wxtoken_upstream"))
+	}
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
 	r.creds = loop.New(loop.Config{
 		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},

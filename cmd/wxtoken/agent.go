@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/wxtoken/wxtoken/internal/agent"
+	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 )
@@ -78,7 +78,10 @@ func agentCommand(args []string, getenv func(string) string, stdout, stderr io.W
 	f.nats.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket|withSubject)
 	c.String(&f.keys, "keys", "WXTOKEN_AGENT_KEYS", "", "comma-separated `keys` to serve (default every key in the bucket, and new ones as\nthey appear)")
 	c.String(&f.listen, "listen", "WXTOKEN_AGENT_LISTEN", "127.0.0.1:8180", "`address` to serve on: host:port, or unix:/path/agent.sock (mode 0660)")
-	c.String(&f.wechat, "wechat-base-url", "WECHAT_BASE_URL", publisher.DefaultUpstreamURL, "WeChat API base `URL` that calls are forwarded to")
+	c.String(&f.wechat, "wechat-base-url", "WECHAT_BASE_URL", publisher.DefaultUpstreamURL,
+		"WeChat API base `URLs` that calls are forwarded to, comma-separated, in order: two\nfailures in a row on one (no answer, HTTP 5xx, errcode -1) move calls to the next")
+	c.Duration(&f.cfg.WeChatRecheck, "wechat-base-recheck", "WECHAT_BASE_RECHECK", publisher.DefaultUpstreamRecheck,
+		"after this long on a later --wechat-base-url, one call tries the first again")
 	c.String(&f.wecom, "wecom-base-url", "WECOM_BASE_URL", publisher.DefaultWeComURL, "WeCom (企业微信) API base `URL`, for WeCom keys")
 	c.String(&f.authFile, "auth-file", "WXTOKEN_AGENT_AUTH_FILE", "", "YAML `file` of clients: bearer tokens and the keys each may use")
 	c.String(&f.tlsCert, "listen-tls-cert", "WXTOKEN_AGENT_TLS_CERT", "", "certificate `file` to serve HTTPS with")
@@ -231,16 +234,16 @@ func (f *agentFlags) configure() error {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return usagef("--listen-tls-cert and --listen-tls-key go together")
 	}
-	for _, b := range []struct {
-		flag, value string
-		dst         **url.URL
-	}{{"--wechat-base-url", f.wechat, &f.cfg.WeChatBase}, {"--wecom-base-url", f.wecom, &f.cfg.WeComBase}} {
-		u, err := url.Parse(b.value)
-		if err != nil {
-			return usagef("%s: %v", b.flag, err)
-		}
-		*b.dst = u
+	wechat, err := failover.Parse(f.wechat)
+	if err != nil {
+		return usagef("--wechat-base-url: %v", err)
 	}
+	f.cfg.WeChatBase, f.cfg.WeChatFallbacks = wechat[0], wechat[1:]
+	wecom, err := failover.Parse(f.wecom)
+	if err != nil || len(wecom) != 1 {
+		return usagef("--wecom-base-url: give WeCom's one base URL, such as %s", publisher.DefaultWeComURL)
+	}
+	f.cfg.WeComBase = wecom[0]
 	switch {
 	case f.cfg.MaxRetryBody <= 0 || f.cfg.MaxBody <= 0:
 		return usagef("--max-retry-body and --max-body: a positive number of bytes")
@@ -248,6 +251,8 @@ func (f *agentFlags) configure() error {
 		return usagef("--max-retry-body is over --max-body")
 	case f.cfg.UpstreamTimeout <= 0 || f.cfg.RefreshTimeout <= 0 || f.cfg.MaxWait <= 0 || f.cfg.BodyTimeout <= 0:
 		return usagef("--upstream-timeout, --refresh-timeout, --max-wait and --body-timeout must be positive")
+	case f.cfg.WeChatRecheck <= 0:
+		return usagef("--wechat-base-recheck %s: give a positive duration such as 10m", f.cfg.WeChatRecheck)
 	}
 	f.cfg.Bucket, f.cfg.SubjectPrefix = f.nats.bucket, f.nats.prefix
 	return nil

@@ -91,7 +91,10 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.String(&f.natsConfig, "nats-config", "WXTOKEN_NATS_CONFIG", "", "embedded NATS: nats-server configuration `file` (users, TLS, ...)")
 	c.String(&f.dataDir, "data-dir", "WXTOKEN_DATA_DIR", "wxtoken-data", "embedded NATS: JetStream storage `directory`")
 	c.String(&f.appsFile, "apps", "WXTOKEN_APPS", "", "apps `file` (YAML); see the README")
-	c.String(&f.baseURL, "wechat-base-url", "WECHAT_BASE_URL", publisher.DefaultUpstreamURL, "WeChat API base `URL`")
+	c.String(&f.baseURL, "wechat-base-url", "WECHAT_BASE_URL", publisher.DefaultUpstreamURL,
+		"WeChat API base `URLs`, comma-separated, in order: two failures in a row on one\n(no answer, HTTP 5xx, errcode -1) move calls to the next")
+	c.Duration(&f.cfg.UpstreamRecheck, "wechat-base-recheck", "WECHAT_BASE_RECHECK", publisher.DefaultUpstreamRecheck,
+		"after this long on a later --wechat-base-url, one call tries the first again")
 	c.String(&f.cfg.WeComURL, "wecom-base-url", "WECOM_BASE_URL", publisher.DefaultWeComURL, "WeCom (企业微信) API base `URL`, for apps with a corpid")
 	c.Int(&f.replicas, "replicas", "WXTOKEN_REPLICAS", 1, "replicas of the KV buckets (3 in a 3-node cluster)")
 	c.Int(&f.history, "history", "WXTOKEN_HISTORY", 1, "revisions kept per token key (1-64)")
@@ -353,6 +356,7 @@ func (f *serveFlags) checkNoZero() error {
 		{"min-force-interval", f.cfg.MinForceInterval == 0, "a positive duration such as 30s"},
 		{"lease-ttl", f.cfg.LeaseTTL == 0, "a duration of at least 1s, such as 10s"},
 		{"upstream-timeout", f.cfg.UpstreamTimeout == 0, "a positive duration such as 5s, at most half --lease-ttl"},
+		{"wechat-base-recheck", f.cfg.UpstreamRecheck == 0, "a positive duration such as 10m"},
 		{"replicas", f.replicas == 0, "1, or 3 in a 3-node cluster"},
 		{"history", f.history == 0, "a number from 1 to 64"},
 	} {

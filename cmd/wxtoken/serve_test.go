@@ -23,6 +23,7 @@ func TestServeRefusesAZeroItWouldReplace(t *testing.T) {
 		{[]string{"--min-force-interval", "0"}, nil, "--min-force-interval 0: give a positive duration such as 30s"},
 		{[]string{"--lease-ttl", "0s"}, nil, "--lease-ttl 0: give a duration of at least 1s, such as 10s"},
 		{[]string{"--upstream-timeout", "0s"}, nil, "--upstream-timeout 0: give a positive duration such as 5s"},
+		{[]string{"--wechat-base-recheck", "0s"}, nil, "--wechat-base-recheck 0: give a positive duration such as 10m"},
 		{[]string{"--replicas", "0"}, nil, "--replicas 0: give 1, or 3 in a 3-node cluster"},
 		{[]string{"--history", "0"}, nil, "--history 0: give a number from 1 to 64"},
 	} {
@@ -60,6 +61,12 @@ func TestServeBadConfigurationExits2(t *testing.T) {
 		{serve("--apps", shortID), nil, `appid "wx123456789012345" has 17 characters`},
 		{serve("--apps", filepath.Join(dir, "missing.yaml")), nil, "missing.yaml: no such file"},
 		{serve(), map[string]string{"WECHAT_APPID": "wx123456789012345", "WECHAT_APPSECRET": "s"}, `WECHAT_APPID: appid "wx123456789012345" has 17 characters`},
+		{[]string{"serve", "--wechat-base-url", "https://api.weixin.qq.com,ftp://api2.weixin.qq.com", "--nats-listen", "127.0.0.1:-1", "--data-dir", dir}, app,
+			`wechat-base-url: entry 2: "ftp://api2.weixin.qq.com" is not an http(s) URL`},
+		{[]string{"serve", "--wechat-base-url", "https://api.weixin.qq.com,", "--nats-listen", "127.0.0.1:-1", "--data-dir", dir}, app,
+			`wechat-base-url: entry 2 of "https://api.weixin.qq.com," is empty`},
+		{[]string{"serve", "--wechat-base-url", "https://api.weixin.qq.com", "--wechat-base-recheck", "-1m", "--nats-listen", "127.0.0.1:-1", "--data-dir", dir}, app,
+			"wechat-base-recheck -1m0s is negative"},
 	} {
 		r.check(t)
 	}

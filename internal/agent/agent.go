@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -37,7 +38,13 @@ type Config struct {
 	SubjectPrefix string // kv.DefaultSubjectPrefix
 
 	WeChatBase *url.URL // where API calls are forwarded; required
-	WeComBase  *url.URL // the same for WeCom keys; required
+	// WeChatFallbacks are WeChat's further bases, in order
+	// (api2.weixin.qq.com): two failures in a row on one (no answer, HTTP
+	// 5xx, errcode -1) move calls to the next, and one call tries
+	// WeChatBase again WeChatRecheck later (failover.DefaultRecheck).
+	WeChatFallbacks []*url.URL
+	WeChatRecheck   time.Duration
+	WeComBase       *url.URL // the same for WeCom keys, which have one base; required
 
 	Clients []Client // who may call, and which keys each may use; none: anyone, every key
 
@@ -74,6 +81,8 @@ type Agent struct {
 	keys     *keySet
 	clients  atomic.Pointer[clientSet] // nil: anyone may use every key
 	upstream *http.Client
+	wechat   *failover.Bases // where WeChat calls go
+	wecom    *failover.Bases // WeCom's one base
 	metrics  *metrics
 
 	ctx      context.Context // ends with Close
@@ -97,6 +106,9 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: --keys: %w", err)
 		}
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	cfg.Bucket = cmp.Or(cfg.Bucket, kv.DefaultBucket)
 	cfg.SubjectPrefix = cmp.Or(cfg.SubjectPrefix, kv.DefaultSubjectPrefix)
 	if err := kv.ValidateBucketName(cfg.Bucket); err != nil {
@@ -109,9 +121,15 @@ func New(cfg Config) (*Agent, error) {
 		if base == nil {
 			return nil, fmt.Errorf("agent: no %s base URL", name)
 		}
-		if err := checkBase(base); err != nil {
-			return nil, fmt.Errorf("agent: the %s base URL: %w", name, err)
-		}
+	}
+	wechat, err := failover.New(failover.Config{URLs: append([]*url.URL{cfg.WeChatBase}, cfg.WeChatFallbacks...),
+		Recheck: cfg.WeChatRecheck, API: "WeChat", Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("agent: the WeChat base URLs: %w", err)
+	}
+	wecom, err := failover.New(failover.Config{URLs: []*url.URL{cfg.WeComBase}, API: "WeCom", Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("agent: the WeCom base URL: %w", err)
 	}
 	for _, d := range []time.Duration{cfg.UpstreamTimeout, cfg.RefreshTimeout, cfg.MaxWait, cfg.BodyTimeout} {
 		if d < 0 {
@@ -130,9 +148,6 @@ func New(cfg Config) (*Agent, error) {
 	cfg.RefreshTimeout = cmp.Or(cfg.RefreshTimeout, defaultRefreshTimeout)
 	cfg.MaxWait = cmp.Or(cfg.MaxWait, defaultMaxWait)
 	cfg.BodyTimeout = cmp.Or(cfg.BodyTimeout, defaultBodyTimeout)
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
 	clients, err := newClientSet(cfg.Clients)
 	if err != nil {
 		return nil, err
@@ -142,7 +157,9 @@ func New(cfg Config) (*Agent, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		upstream: newUpstreamClient(),
-		metrics:  newMetrics(cfg.Registry),
+		wechat:   wechat,
+		wecom:    wecom,
+		metrics:  newMetrics(cfg.Registry, wechat),
 		ctx:      ctx,
 		cancel:   cancel,
 		draining: make(chan struct{}),
@@ -152,20 +169,6 @@ func New(cfg Config) (*Agent, error) {
 	a.clients.Store(clients)
 	a.keys = newKeySet(a)
 	return a, nil
-}
-
-// checkBase refuses a base URL that cannot be WeChat's: the agent sends
-// tokens there.
-func checkBase(u *url.URL) error {
-	switch {
-	case u.Scheme != "https" && u.Scheme != "http":
-		return fmt.Errorf("%q is not an http(s) URL", u.Redacted())
-	case u.Host == "":
-		return fmt.Errorf("%q has no host", u.Redacted())
-	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
-		return fmt.Errorf("%q must be a scheme, a host and at most a path", u.Redacted())
-	}
-	return nil
 }
 
 // Run follows the keys until Close. It returns at once; a second call does

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/subscriber"
 )
 
@@ -22,7 +23,7 @@ type metrics struct {
 	handler   http.Handler
 }
 
-func newMetrics(reg *prometheus.Registry) *metrics {
+func newMetrics(reg *prometheus.Registry, wechat *failover.Bases) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_agent_requests_total",
@@ -49,7 +50,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	reg.MustRegister(m.requests, m.proxy, m.retries, m.refreshes, m.polls)
+	reg.MustRegister(m.requests, m.proxy, m.retries, m.refreshes, m.polls, wechat.Collector("wxtoken_agent_upstream"))
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/internal/wechaterr"
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -65,9 +66,9 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	if f == nil {
 		return
 	}
-	base := a.cfg.WeChatBase
+	bases := a.wechat
 	if _, _, wecom := kv.SplitWeComKey(key); wecom {
-		base = a.cfg.WeComBase
+		bases = a.wecom
 	}
 	if r.ContentLength > a.cfg.MaxBody {
 		x.wechatError(http.StatusRequestEntityTooLarge, -1, "too_large", "the body is over %d bytes", a.cfg.MaxBody)
@@ -82,11 +83,14 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	if !ok {
 		return
 	}
-	call := upstreamCall{client: a.upstream, method: r.Method, base: base, path: path, query: query, header: r.Header, timeout: a.cfg.UpstreamTimeout}
+	// The call and its retry with a new token go to one base: the retry
+	// is about the token, not the base.
+	target := bases.Pick()
+	call := upstreamCall{client: a.upstream, method: r.Method, base: target.URL(), path: path, query: query, header: r.Header, timeout: a.cfg.UpstreamTimeout}
 	start := time.Now()
 	resp, done, err := call.do(r.Context(), t.Value, body)
+	code := 0 // the errcode of the answer, when it was read to find it
 	if body.buffered && err == nil {
-		var code int
 		if code, resp, err = wechaterr.Peek(resp); err != nil {
 			done()
 		} else if wechaterr.TokenRejected(code) {
@@ -96,11 +100,12 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 				done()
 				a.metrics.retried()
 				resp, done, err = call.do(r.Context(), fresh.Value, body)
-				t = fresh
+				t, code = fresh, 0
 			}
 		}
 	}
 	a.metrics.proxied(time.Since(start))
+	report(r.Context(), target, resp, code, err, t.Value)
 	if err != nil {
 		a.upstreamFailed(x, err, t.Value)
 		return
@@ -183,14 +188,40 @@ func (a *Agent) readBody(x *exchange) (requestBody, error) {
 	return requestBody{buffered: true, data: head}, nil
 }
 
-// upstreamFailed answers a call WeChat gave no answer to. The error's
-// text never has the URL, which has the token.
-func (a *Agent) upstreamFailed(x *exchange, err error, token string) {
+// report tells the bases how the call's base did: no answer, HTTP 5xx or
+// errcode -1 count against it (the errcode is known only of a body read
+// to find it), anything else is the base working. A call its client gave
+// up, or whose body was too large, says nothing of the base.
+func report(ctx context.Context, target failover.Call, resp *http.Response, errcode int, err error, token string) {
+	var tooLarge *http.MaxBytesError
+	switch {
+	case ctx.Err() != nil || errors.As(err, &tooLarge):
+		target.Abandoned()
+	case err != nil:
+		target.Failed(noURL(err, token))
+	case resp.StatusCode >= 500:
+		target.Failed("HTTP " + strconv.Itoa(resp.StatusCode))
+	case failover.Failing(resp.StatusCode, errcode):
+		target.Failed("errcode -1 (WeChat is busy)")
+	default:
+		target.Succeeded()
+	}
+}
+
+// noURL is an error's text without the URL Go's client puts in it, which
+// has the token, and without the token.
+func noURL(err error, token string) string {
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
-	msg := strings.ReplaceAll(err.Error(), token, "[token]")
+	return strings.ReplaceAll(err.Error(), token, "[token]")
+}
+
+// upstreamFailed answers a call WeChat gave no answer to. The error's
+// text never has the URL, which has the token.
+func (a *Agent) upstreamFailed(x *exchange, err error, token string) {
+	msg := noURL(err, token)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):

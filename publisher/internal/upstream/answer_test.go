@@ -114,7 +114,7 @@ func TestDecodeCheckResponse(t *testing.T) {
 }
 
 func TestNewUpstreamRejectsBadURL(t *testing.T) {
-	for _, u := range []string{"", "api.weixin.qq.com", "ftp://x", "http://"} {
+	for _, u := range []string{"", "api.weixin.qq.com", "ftp://x", "http://", "https://api.weixin.qq.com,", "https://api.weixin.qq.com,ftp://x"} {
 		if _, err := New(u, nil, time.Second); err == nil {
 			t.Errorf("%q accepted", u)
 		}
