@@ -130,7 +130,7 @@ func (k *secretKeeper) probe(ctx context.Context, app App, secret Secret) (secre
 			Message: fmt.Sprintf("WeChat answered errcode %d (%s): %s", ue.ErrCode, ue.Meaning(), ue.ErrMsg)}, false
 	}
 	return secretset.Answer{Outcome: secretset.Refused,
-		Message: "could not check it with WeChat from here, so not taken: " + k.r.apps.secrets.scrubber().Scrub(err.Error())}, false
+		Message: "could not check it with WeChat from here (no verdict, so nothing changed): " + k.r.apps.secrets.scrubber().Scrub(err.Error())}, false
 }
 
 func unknownApp(key string) secretset.Answer {
