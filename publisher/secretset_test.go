@@ -196,3 +196,66 @@ func TestReloadVerifiesAChangedSecretFile(t *testing.T) {
 		t.Fatal("a secret reached the logs")
 	}
 }
+
+// TestTakeProbesEachKindWithItsOwnCall: a WeCom app (its key
+// "<corpid>-<agent>") is probed with gettoken, a platform (its component
+// appid) with api_start_push_ticket; each refuses its old secret after a
+// reset and takes the new one.
+func TestTakeProbesEachKindWithItsOwnCall(t *testing.T) {
+	const corp, agent, component = "ww1234567890abcdef", "1000002", "wx0123456789abcdef"
+	fake := fakewechat.New(fakewechat.Config{})
+	fake.AddWeComApp(corp, agent, "corp-secret-1")
+	if err := fake.AddPlatform(component, "component-secret-1", "t", testAESKey); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	nc, _ := natstest.JetStream(t)
+	r, err := New(nc, Config{UpstreamURL: srv.URL, WeComURL: srv.URL, UpstreamTimeout: time.Second, Apps: []App{
+		{CorpID: corp, Agent: agent, Secret: NewSecret("corp-secret-1")},
+		{AppID: component, Secret: NewSecret("component-secret-1"), Platform: &Platform{MessageToken: NewSecret("t"), EncodingAESKey: NewSecret(testAESKey)}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ key, old string }{{corp + "-" + agent, "corp-secret-1"}, {component, "component-secret-1"}} {
+		newSecret, err := fake.ResetSecret(tc.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := r.keeper.Take(context.Background(), tc.key, []byte(tc.old)); a.Outcome != secretset.Refused || a.ErrCode == 0 {
+			t.Errorf("%s: the old secret after a reset: %+v, want WeChat's refusal", tc.key, a)
+		}
+		if a := r.keeper.Take(context.Background(), tc.key, []byte(newSecret)); !a.Took() {
+			t.Errorf("%s: the new secret: %+v, want taken", tc.key, a)
+		}
+		if app, _ := r.apps.app(tc.key); app.Secret.Reveal() != newSecret {
+			t.Errorf("%s: the new secret is not the running one", tc.key)
+		}
+	}
+}
+
+// TestReloadKeepsTheRunningSecretWhenTheNewOneIsFrozen: 40243 is a
+// refusal too, and its ERROR says to unfreeze or reset.
+func TestReloadKeepsTheRunningSecretWhenTheNewOneIsFrozen(t *testing.T) {
+	f := newKeeperFixture(t)
+	newSecret, err := f.fake.ResetSecret(fileApp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.fake.Freeze(fileApp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.secretFile, []byte(newSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.r.SetApps(f.load()); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.running(t, fileApp); got != "file-secret-1" {
+		t.Fatal("a frozen secret was used")
+	}
+	if !f.logs.has("unfreeze it in WeChat's console (it takes about 10 minutes), or reset it there and give the new one with `wxtoken secret set " + fileApp + "` appid=" + fileApp + " errcode=40243") {
+		t.Fatalf("no ERROR with 40243 and its fix: %q", f.logs.lines)
+	}
+}

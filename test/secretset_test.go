@@ -123,6 +123,9 @@ func TestSecretSetRotatesWithoutARestart(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("secret set with the new secret: exit %d, output:\n%s", code, out)
 	}
+	if strings.Contains(out, newSecret) {
+		t.Error("secret set printed the secret")
+	}
 	for _, want := range []string{
 		"checked by the leader one: WeChat accepts the secret of " + appA,
 		"one (leader): taken, written to " + secretFile,
