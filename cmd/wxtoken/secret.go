@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -172,7 +173,7 @@ func setSecret(ctx context.Context, nc *nats.Conn, prefix, key string, secret []
 		return fmt.Errorf("the leader %s did not answer the check: %w; nothing changed", leader.Instance, describeNATSError(err))
 	}
 	if a.Outcome != secretset.Checked {
-		return fmt.Errorf("the leader %s refused the secret of %s: %s; nothing changed", leader.Instance, key, describeAnswer(a))
+		return fmt.Errorf("the leader %s refused the secret of %s: %s; nothing changed", leader.Instance, key, cmp.Or(a.Message, string(a.Outcome)))
 	}
 	fmt.Fprintf(stdout, "checked by the leader %s: WeChat accepts the secret of %s\n", leader.Instance, key)
 
