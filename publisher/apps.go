@@ -36,6 +36,10 @@ type App struct {
 	// the component_access_token, under the component appid. The tokens
 	// of the accounts that authorized it are kept under their appids.
 	Platform *Platform
+
+	// secretFrom is where Secret was read (the apps file or the
+	// environment), for a secret set at run time (secretset.go).
+	secretFrom secretSource
 }
 
 // Platform is what a third-party platform's pushes are checked and
@@ -345,7 +349,7 @@ func (e appEntry) resolve(getenv func(string) string) (App, error) {
 	if err != nil {
 		return App{}, fmt.Errorf("%s: %w", name, err)
 	}
-	app.Secret = secret
+	app.Secret, app.secretFrom = secret, secretSource{file: e.SecretFile, env: e.SecretEnv, inline: e.Secret != ""}
 	if !app.wecom() {
 		app.TokenAPI = app.TokenAPI.orClassic()
 	}
@@ -398,7 +402,8 @@ func (e platformEntry) resolve(getenv func(string) string) (App, error) {
 	if err != nil {
 		return App{}, fmt.Errorf("%s: %w", name, err)
 	}
-	app := App{AppID: e.ComponentAppID, Secret: secret, Platform: &Platform{MessageToken: token, EncodingAESKey: key}}
+	app := App{AppID: e.ComponentAppID, Secret: secret, Platform: &Platform{MessageToken: token, EncodingAESKey: key},
+		secretFrom: secretSource{file: e.SecretFile, env: e.SecretEnv, inline: e.Secret != ""}}
 	if err := app.checkIdentity(); err != nil {
 		return App{}, err
 	}
@@ -421,6 +426,7 @@ func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
 		return App{}, true, fmt.Errorf("publisher: WECHAT_TOKEN_API: %w", err)
 	}
 	secret, file := getenv("WECHAT_APPSECRET"), getenv("WECHAT_APPSECRET_FILE")
+	from := secretSource{env: "WECHAT_APPSECRET"}
 	switch {
 	case secret != "" && file != "":
 		return App{}, true, errors.New("publisher: set WECHAT_APPSECRET or WECHAT_APPSECRET_FILE, not both")
@@ -429,11 +435,11 @@ func AppFromEnv(getenv func(string) string) (app App, ok bool, err error) {
 		if err != nil {
 			return App{}, true, fmt.Errorf("publisher: WECHAT_APPSECRET_FILE: %w", err)
 		}
-		secret = s
+		secret, from = s, secretSource{file: file}
 	case secret == "":
 		return App{}, true, fmt.Errorf("publisher: WECHAT_APPID is %s but neither WECHAT_APPSECRET nor WECHAT_APPSECRET_FILE is set", appid)
 	}
-	return App{AppID: appid, Secret: NewSecret(secret), TokenAPI: api.orClassic()}, true, nil
+	return App{AppID: appid, Secret: NewSecret(secret), TokenAPI: api.orClassic(), secretFrom: from}, true, nil
 }
 
 // readSecretFile reads a secret file (a Docker or systemd secret, say),

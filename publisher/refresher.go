@@ -101,6 +101,7 @@ type Refresher struct {
 	creds     *loop.Credentials // the loop
 	platforms *platform.Platforms
 	apps      *reloader // makes the loop's credentials of the apps
+	keeper    *secretKeeper
 	metrics   *metrics
 	start     startup
 
@@ -153,6 +154,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		OnWithdrawn:   func(appid string) { r.creds.Remove(appid, source.Withdrawal(appid, r.log)) },
 	})
 	r.apps.creds, r.apps.platforms = r.creds, r.platforms
+	r.keeper = &secretKeeper{r: r, held: map[string]held{}}
 	if _, err := r.apps.reload(cfg.Apps, ""); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
@@ -168,6 +170,11 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 // returns nil after a clean stop, which releases the lease so that a
 // standby takes over at once.
 func (r *Refresher) Run(ctx context.Context) error {
+	stopSecrets, err := r.serveSecrets()
+	if err != nil {
+		return err
+	}
+	defer stopSecrets()
 	tokens, l, err := r.open(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

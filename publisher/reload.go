@@ -59,7 +59,8 @@ func (s *secrets) add(apps []App) {
 // answered unknown_app; their keys stay in the bucket, valid until they
 // expire, and a rotation under way for one still stores its token. apps
 // is checked as New checks Config.Apps: if it is refused, nothing
-// changes.
+// changes. A secret that changed is probed first, and not used if WeChat
+// refuses it (verifySecrets).
 func (r *Refresher) SetApps(apps []App) error {
 	if err := checkApps(apps); err != nil {
 		return fmt.Errorf("publisher: apps: %w", err)
@@ -70,7 +71,9 @@ func (r *Refresher) SetApps(apps []App) error {
 	if hasPlatforms(apps) && !hasPlatforms(r.cfg.Apps) {
 		return errors.New("publisher: apps: a reload cannot add the first platform: the platform bucket is opened at start; restart wxtoken")
 	}
-	added, err := r.apps.reload(apps, whyReload)
+	r.keeper.mu.Lock()
+	added, err := r.apps.reload(r.keeper.verifySecrets(apps), whyReload)
+	r.keeper.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("publisher: apps: %w", err)
 	}
@@ -239,4 +242,30 @@ func summary(ids []string) string {
 		return strings.Join(ids, ",")
 	}
 	return fmt.Sprintf("%s and %d more", strings.Join(ids[:most], ","), len(ids)-most)
+}
+
+// app returns the configured app of key.
+func (l *reloader) app(key string) (App, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	i := slices.IndexFunc(l.configured, func(a App) bool { return a.Key() == key })
+	if i < 0 {
+		return App{}, false
+	}
+	return l.configured[i], true
+}
+
+// setSecret gives the configured app of key secret, as a reload that
+// changed it alone would.
+func (l *reloader) setSecret(key string, secret Secret) error {
+	l.mu.Lock()
+	apps := slices.Clone(l.configured)
+	l.mu.Unlock()
+	i := slices.IndexFunc(apps, func(a App) bool { return a.Key() == key })
+	if i < 0 {
+		return fmt.Errorf("publisher: no app %s (removed meanwhile)", key)
+	}
+	apps[i].Secret = secret
+	_, err := l.reload(apps, "")
+	return err
 }

@@ -2,12 +2,14 @@ package publisher
 
 import (
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/internal/natstest"
 	"github.com/wxtoken/wxtoken/publisher/internal/loop"
 )
@@ -17,8 +19,13 @@ import (
 func TestSetAppsRefusesWhatNewRefuses(t *testing.T) {
 	nc, _ := natstest.JetStream(t)
 	running := []App{{AppID: "wx1", Secret: NewSecret("s1")}}
+	// The secret changed below is probed before it is used.
+	fake := fakewechat.New(fakewechat.Config{})
+	fake.AddApp("wx1", "s1-new")
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
 	logs := &logLines{}
-	r, err := New(nc, Config{Apps: running, Logger: slog.New(logs)})
+	r, err := New(nc, Config{Apps: running, UpstreamURL: srv.URL, Logger: slog.New(logs)})
 	if err != nil {
 		t.Fatal(err)
 	}

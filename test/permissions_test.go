@@ -16,6 +16,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
+	"github.com/wxtoken/wxtoken/internal/secretset"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/subscriber"
@@ -217,6 +218,31 @@ func TestNATSConfRoles(t *testing.T) {
 		}
 		refresher.nc.Flush()
 		refresher.denied(t, ctx, "_INBOX_service.>")
+	})
+	t.Run("only the admin asks the replicas about secrets", func(t *testing.T) {
+		prefix := kv.DefaultSubjectPrefix
+		replicas, err := secretset.Discover(ctx, admin.nc, prefix, 5*time.Second, 1)
+		if err != nil || len(replicas) != 1 {
+			t.Fatalf("admin's discovery: %+v, %v; want the refresher", replicas, err)
+		}
+		if a, err := secretset.Check(ctx, admin.nc, prefix, replicas[0], appA, []byte("secret-of-"+appA)); err != nil || a.Outcome != secretset.Checked {
+			t.Fatalf("admin's check: %+v, %v; want checked", a, err)
+		}
+		subjects := secretset.Subjects{Prefix: prefix}
+		for name, u := range map[string]user{"service": service, "refresher": refresher} {
+			for _, subject := range []string{subjects.Replicas(), subjects.Check(replicas[0].ID), subjects.Take(replicas[0].ID)} {
+				u.nc.Publish(subject, nil)
+				u.nc.Flush()
+				t.Logf("%s may not publish on %s", name, subject)
+				u.denied(t, ctx, subject)
+			}
+		}
+		// Nobody but a refresher may pose as a replica and be sent a copy.
+		if _, err := service.nc.SubscribeSync(prefix + ".admin.secret.>"); err != nil {
+			t.Fatal(err)
+		}
+		service.nc.Flush()
+		service.denied(t, ctx, prefix+".admin.secret.>")
 	})
 	t.Run("admin may do anything", func(t *testing.T) {
 		b, err := kv.Bind(ctx, jsOf(admin), "")

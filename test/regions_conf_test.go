@@ -18,6 +18,7 @@ import (
 	"github.com/wxtoken/wxtoken/internal/embedded"
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/internal/region"
+	"github.com/wxtoken/wxtoken/internal/secretset"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/test/testenv"
@@ -195,6 +196,31 @@ func TestNATSRegionConfRoles(t *testing.T) {
 		hubJS, _ := jetstream.NewWithDomain(refresher.nc, "hub")
 		if _, err := hubJS.KeyValue(ctx, kv.LeaseBucket(kv.DefaultBucket)); err != nil {
 			t.Errorf("the region's refresher cannot reach the hub's lease: %v", err)
+		}
+	})
+	t.Run("the region's refresher answers secret set from the hub", func(t *testing.T) {
+		standby := testenv.Refresher(t, connectUser(t, regionSrv.ClientURL(), "refresher"), publisher.Config{
+			Apps:        []publisher.App{{AppID: appA, Secret: publisher.NewSecret("secret-of-" + appA)}},
+			UpstreamURL: wechatURL, Instance: "region-s", JSDomain: "hub"})
+		admin := connectUser(t, hub.ClientURL(), "admin")
+		// Its subscription crosses the leaf a moment after it starts: ask
+		// until both replicas answer.
+		var replicas []secretset.Replica
+		for len(replicas) < 2 {
+			if ctx.Err() != nil {
+				t.Fatalf("the region's replica never answered the hub's admin: %+v", replicas)
+			}
+			var err error
+			if replicas, err = secretset.Discover(ctx, admin, kv.DefaultSubjectPrefix, 500*time.Millisecond, 2); err != nil {
+				t.Fatal(err)
+			}
+		}
+		region := replicas[1] // the leader comes first
+		if region.Instance != "region-s" || region.Leading || standby.Leading() {
+			t.Fatalf("replicas %+v: want the hub's leader, then region-s", replicas)
+		}
+		if a, err := secretset.Check(ctx, admin, kv.DefaultSubjectPrefix, region, appA, []byte("secret-of-"+appA)); err != nil || a.Outcome != secretset.Checked {
+			t.Fatalf("the region's replica checked: %+v, %v", a, err)
 		}
 	})
 	t.Run("the region takes the hub's events, and not its values", func(t *testing.T) {

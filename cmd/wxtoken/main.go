@@ -37,6 +37,8 @@ Usage:
                                     client and for WeChat SDKs (their base URL)
   wxtoken authorizers import|list   import third-party platforms' authorizers, or list them
   wxtoken region add                create a region's copy of the token bucket, against its NATS
+  wxtoken secret set KEY < FILE     give every replica a new AppSecret without a restart (checked
+                                    with WeChat first; never on the command line)
   wxtoken demo reject APPID         make the fake WeChat of "serve --demo" reject a token
   wxtoken version                   print the version (also --version)
 
@@ -70,6 +72,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		"authorizers": authorizers,
 		"region":      regionCommand,
 		"demo":        demoCommand,
+		"secret":      secretCommand,
 		"version":     versionCommand,
 	}
 	cmd, ok := commands[args[0]]

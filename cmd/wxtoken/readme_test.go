@@ -20,7 +20,7 @@ const (
 )
 
 // clientCommands are the commands that only talk to NATS.
-var clientCommands = []string{"get", "watch", "refresh", "status", "sign", "authorizers import", "authorizers list", "region add"}
+var clientCommands = []string{"get", "watch", "refresh", "status", "sign", "authorizers import", "authorizers list", "region add", "secret set"}
 
 // TestREADMETablesMatchHelp: every flag a command's --help prints is in
 // the README's table for that command, with the environment variable
@@ -74,7 +74,7 @@ func checkCommandsCovered(t *testing.T) {
 	known := append([]string{"serve", "agent", "demo reject", "version"}, clientCommands...)
 	for _, m := range regexp.MustCompile(`(?m)^  wxtoken (\S+) ?(\S*)`).FindAllStringSubmatch(overview, -1) {
 		names := []string{m[1]}
-		if m[1] == "authorizers" || m[1] == "demo" || m[1] == "region" { // "authorizers import|list", "demo reject", "region add"
+		if m[1] == "authorizers" || m[1] == "demo" || m[1] == "region" || m[1] == "secret" { // "authorizers import|list", "demo reject", "region add", "secret set"
 			names = nil
 			for _, sub := range strings.Split(m[2], "|") {
 				names = append(names, m[1]+" "+sub)

@@ -82,6 +82,7 @@ type Server struct {
 
 type app struct {
 	secret  string
+	frozen  bool // the secret is frozen (secrets.go): token calls get 40243
 	current *issued
 	faults  []Fault // consumed one per fetch
 	sticky  *Fault  // answered to every fetch while set
@@ -455,6 +456,8 @@ func credentialError(appid, secret, grantType string, a *app) map[string]any {
 		return errReply(40013, "")
 	case secret != a.secret:
 		return errReply(40125, "")
+	case a.frozen:
+		return errReply(40243, "")
 	}
 	return nil
 }

@@ -311,13 +311,17 @@ func (s *Server) servePlatform(w http.ResponseWriter, r *http.Request) {
 	case PathStartPush:
 		s.mu.Lock()
 		p := s.platforms[req.ComponentAppID]
-		ok := p != nil && p.secret == req.StartPushSecret
+		known, ok := p != nil, p != nil && p.secret == req.StartPushSecret
 		if ok {
 			p.startPush++
 		}
 		s.mu.Unlock()
-		if !ok {
+		switch {
+		case !known:
 			writeJSON(w, errReply(61011, "invalid component"))
+			return
+		case !ok:
+			writeJSON(w, errReply(40125, ""))
 			return
 		}
 		writeJSON(w, map[string]any{"errcode": 0, "errmsg": "ok"})

@@ -318,8 +318,8 @@ func (c *credential) retry(waiting func(error) bool) bool {
 
 // renew records that what a fetch is made with changed (a reload's secret,
 // an authorizer's newer refresh token): a fetch refused with the one
-// before may go at once, and a value WeChat repeated may be asked for
-// again.
+// before may go at once, forced or not, and a value WeChat repeated may be
+// asked for again.
 func (c *credential) renew(id *identity, window func(time.Duration) time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -333,6 +333,11 @@ func (c *credential) renew(id *identity, window func(time.Duration) time.Duratio
 	c.st.gen++
 	if upstream.ClassOf(c.st.lastErr) == upstream.ClassConfig {
 		c.st.clearFailure()
+		// A forced refresh refused for what was just replaced rotated
+		// nothing: the service that saw the value rejected may ask again
+		// now, and be served with the new secret, not told to wait out
+		// the least interval between forced refreshes.
+		c.st.lastForced = time.Time{}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/internal/natstest"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // TestRequestNamingARevisionARotationStoredWaitsForIt: a rotation stores
@@ -153,5 +154,44 @@ func moduleRoot(t *testing.T) string {
 			t.Fatal("no go.mod above the test's directory")
 		}
 		dir = parent
+	}
+}
+
+// TestRenewAfterARefusedSecretLetsAForcedRefreshGoAtOnce: a forced
+// refresh that WeChat refused for the secret (40125) rotated nothing;
+// once a new secret renews the credential, the service's next forced
+// refresh goes at once instead of being rate_limited. Without that
+// refusal, renewing keeps the least interval.
+func TestRenewAfterARefusedSecretLetsAForcedRefreshGoAtOnce(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name    string
+		lastErr error
+		forced  bool
+	}{
+		{"refused for the secret", &upstream.Error{ErrCode: 40125, Class: upstream.ClassConfig}, true},
+		{"no refusal", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := unreachableLoop(t, func(cfg *Config) {
+				cfg.MinForceInterval = time.Hour
+				cfg.Now = func() time.Time { return now }
+			})
+			held := kv.NewCredential("wx1", "token-1", 2*time.Hour, now)
+			a := r.credential("wx1")
+			a.mu.Lock()
+			a.st.rev, a.st.rec, a.st.lastForced = 7, &held, now.Add(-time.Second)
+			a.mu.Unlock()
+			if tc.lastErr != nil {
+				a.pause(now.Add(time.Hour), tc.lastErr)
+			}
+			r.Replace([]Desc{{Key: "wx1", Kind: kv.KindToken, Renewed: true,
+				Source: newTestKind(t, "http://127.0.0.1:1", "wx1", "the-new-secret-of-some-length")}})
+			stale := uint64(7)
+			ad := a.admit(&stale, now, time.Hour, func(*flight, outcome, mode, string) bool { return true })
+			if ad.forced != tc.forced || (!tc.forced && ad.verdict != rateLimitedVerdict) {
+				t.Fatalf("forced %v, verdict %v; want forced %v (else rate_limited)", ad.forced, ad.verdict, tc.forced)
+			}
+		})
 	}
 }

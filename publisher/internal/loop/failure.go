@@ -52,7 +52,11 @@ func (c *Credentials) failed(cr *credential, a *Attempt, err error) {
 	}
 	var ue *upstream.Error
 	errors.As(err, &ue)
-	c.log.Error("token fetch refused: "+ue.Meaning(), "appid", cr.key, "errcode", ue.ErrCode,
+	msg := "token fetch refused: " + ue.Meaning()
+	if fix := upstream.SecretFix(err, cr.key); fix != "" {
+		msg += ": " + fix
+	}
+	c.log.Error(msg, "appid", cr.key, "errcode", ue.ErrCode,
 		"errmsg", ue.ErrMsg, "class", string(class), "next_attempt", now.Add(wait).Format(time.RFC3339))
 	c.publishFailure(cr.key, ue.ErrCode, ue.ErrMsg, class, now.Add(wait))
 }
