@@ -96,6 +96,7 @@ type Refresher struct {
 	platforms *platform.Platforms
 	apps      *reloader // makes the loop's credentials of the apps
 	metrics   *metrics
+	logins    *loginServer
 	start     startup
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
@@ -124,6 +125,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	r := &Refresher{cfg: cfg, nc: nc, js: js, log: cfg.Logger, start: startup{nc: nc, log: cfg.Logger},
 		apps: &reloader{wechat: wechat, wecom: wecom, limits: &source.HourlyLimits{}, log: cfg.Logger}}
 	r.metrics = newMetrics(cfg.Registerer, r)
+	r.logins = newLoginServer(r)
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
 	r.creds = loop.New(loop.Config{
 		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
@@ -173,6 +175,11 @@ func (r *Refresher) Run(ctx context.Context) error {
 	if !r.follow(followCtx, tokens, &following) {
 		return nil // ctx ended
 	}
+	stopLogins, err := r.logins.serve()
+	if err != nil {
+		return fmt.Errorf("publisher: answering logins: %w", err)
+	}
+	defer stopLogins()
 
 	r.campaigning.Store(true)
 	defer r.campaigning.Store(false)
