@@ -219,4 +219,3 @@ func TestLoginsTheRefresherRefuses(t *testing.T) {
 		t.Errorf("refused logins counted: %v, want 2", rep.logins("refused"))
 	}
 }
-
