@@ -169,6 +169,12 @@ func (a *Agent) loginFailed(x *exchange, key string, err error) {
 		x.wechatError(http.StatusServiceUnavailable, -1, "unavailable",
 			"system busy: no refresher answers logins on %s: is wxtoken serve running, and may this agent's NATS user publish there (nats.conf's agent user)?", subject)
 		return
+	case (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) && a.loginRefused():
+		// The server refused the request, and said so only to the
+		// connection's error handler: the request waited for nothing.
+		x.wechatError(http.StatusServiceUnavailable, -1, "unavailable",
+			"system busy: this agent's NATS user may not publish %s: run the agent as nats.conf's agent user", subject)
+		return
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
 		a.log.Warn("the refresher did not answer a login in time", "subject", subject, "timeout", a.cfg.UpstreamTimeout)
 		x.wechatError(http.StatusGatewayTimeout, -1, "upstream_timeout",
@@ -177,4 +183,11 @@ func (a *Agent) loginFailed(x *exchange, key string, err error) {
 	}
 	a.log.Warn("login request failed", "subject", subject, "error", err)
 	x.wechatError(http.StatusServiceUnavailable, -1, "unavailable", "system busy: asking the refresher failed: %v", err)
+}
+
+// loginRefused reports whether the NATS server's last word to the agent
+// was that it may not publish a login request.
+func (a *Agent) loginRefused() bool {
+	err := a.cfg.Conn.LastError()
+	return err != nil && strings.Contains(err.Error(), "Permissions Violation for Publish to \""+kv.Subjects{Prefix: a.cfg.SubjectPrefix}.Login(""))
 }
