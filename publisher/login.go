@@ -97,10 +97,17 @@ func (s *loginServer) exchange(key string, data []byte) kv.LoginReply {
 	if err != nil {
 		return refused(kv.CodeBadRequest, err.Error())
 	}
+	if err := kv.ValidateKey(key); err != nil {
+		return refused(kv.CodeBadRequest, err.Error())
+	}
 	path := metricPath(req.Path)
 	q, sensitive, reply := s.query(key, req)
 	if reply != nil {
-		s.count.WithLabelValues(key, path, "refused").Inc()
+		label := key
+		if reply.Error.Code == kv.CodeUnknownApp {
+			label = "unknown" // whoever may ask must not grow the series at will
+		}
+		s.count.WithLabelValues(label, path, "refused").Inc()
 		return *reply
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.r.cfg.UpstreamTimeout)

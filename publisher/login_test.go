@@ -219,3 +219,27 @@ func TestLoginsTheRefresherRefuses(t *testing.T) {
 		t.Errorf("refused logins counted: %v, want 2", rep.logins("refused"))
 	}
 }
+
+// TestALoginWeChatDoesNotAnswer: the agent is told that WeChat gave no
+// answer, in words with neither the secret nor the code, and so is the log.
+func TestALoginWeChatDoesNotAnswer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	gone := httptest.NewServer(nil)
+	gone.Close() // refuses every connection
+	srv := natstest.Server(t, nil)
+	rep := runLoginReplica(t, ctx, srv.ClientURL(), gone.URL, "a")
+	nc, _ := natstest.Connect(t, srv.ClientURL())
+
+	const code = "a-code-that-must-stay-unsaid"
+	reply := askLogin(t, ctx, nc, loginApp, kv.LoginRequest{Path: kv.LoginJSCode2Session, Code: code, GrantType: "authorization_code"})
+	if reply.Error == nil || reply.Error.Code != kv.CodeUpstream || strings.Contains(reply.Error.Message, code) || strings.Contains(reply.Error.Message, loginSecret) {
+		t.Errorf("the reply: %+v, want upstream, without the code or the secret", reply)
+	}
+	if !rep.logs.has("login exchange got no answer from WeChat") || rep.logs.has(code) || rep.logs.has(loginSecret) {
+		t.Errorf("the log: %q, want the failure, without the code or the secret", rep.logs.lines)
+	}
+	if rep.logins("unanswered") != 1 {
+		t.Errorf("unanswered logins counted: %v, want 1", rep.logins("unanswered"))
+	}
+}
