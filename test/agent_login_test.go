@@ -119,8 +119,8 @@ func TestLoginBackendsExchangeCodesThroughTheAgentWithNoSecret(t *testing.T) {
 	seen := map[string]int{}
 	for _, call := range calls {
 		seen[call.Code]++
-		if !call.Secret || call.AppID != appA || call.ErrCode != 0 {
-			t.Errorf("WeChat saw %+v, want the secret and a success", call)
+		if !call.Secret || call.AppID != appA || call.ErrCode != 0 || call.From != "127.0.0.1" {
+			t.Errorf("WeChat saw %+v, want the secret and a success, from the refresher's host", call)
 		}
 	}
 	for code, user := range codes {

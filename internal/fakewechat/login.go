@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"net"
 	"net/http"
 	"net/url"
 	"time"
@@ -62,7 +63,8 @@ type LoginCall struct {
 	// Secret says that a secret came (secret or appsecret), and
 	// ComponentToken that a component_access_token did, right or wrong.
 	Secret, ComponentToken bool
-	ErrCode                int // of the answer; 0 for a success
+	ErrCode                int    // of the answer; 0 for a success
+	From                   string // the caller's address, without its port
 }
 
 // LoginCode issues a mini program's login code for user of appid, as
@@ -114,7 +116,8 @@ func (s *Server) logins() *loginBook {
 
 func (s *Server) serveLogin(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	call := LoginCall{Path: r.URL.Path, AppID: q.Get("appid"),
+	from, _, _ := net.SplitHostPort(r.RemoteAddr)
+	call := LoginCall{Path: r.URL.Path, AppID: q.Get("appid"), From: from,
 		Secret:         q.Get("secret") != "" || q.Get("appsecret") != "",
 		ComponentToken: q.Get("component_access_token") != ""}
 	refresh := r.URL.Path == PathOAuthRefreshToken || r.URL.Path == PathComponentRefreshToken

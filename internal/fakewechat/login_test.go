@@ -60,7 +60,7 @@ func TestALoginCodeWorksOnceWithinFiveMinutesAndWithTheSecret(t *testing.T) {
 	}
 
 	calls := s.LoginCalls()
-	if len(calls) != 6 || calls[0].Code != code || !calls[0].Secret || calls[0].ErrCode != 40125 || calls[1].ErrCode != 0 {
+	if len(calls) != 6 || calls[0].Code != code || !calls[0].Secret || calls[0].ErrCode != 40125 || calls[1].ErrCode != 0 || calls[0].From != "192.0.2.1" {
 		t.Errorf("the calls seen: %+v", calls)
 	}
 }
