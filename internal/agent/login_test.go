@@ -257,3 +257,24 @@ func TestTheAuthFilesLoginList(t *testing.T) {
 		t.Errorf("a ticket's key in login: %v", err)
 	}
 }
+
+// TestALoginNoRefresherAnswers: with no refresher on NATS, a login is
+// answered at once, 503 with errcode -1, saying what to check.
+func TestALoginNoRefresherAnswers(t *testing.T) {
+	ctx := testenv.Context(t, 10*time.Second)
+	nc := testenv.Connect(t, testenv.NATS(t).ClientURL())
+	base, _ := url.Parse("http://127.0.0.1:1")
+	a, err := New(Config{Conn: nc, Keys: []string{loginAppA}, WeChatBase: base, WeComBase: base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Run()
+	t.Cleanup(func() { a.Close() })
+	web := httptest.NewServer(a.Server().Handler)
+	t.Cleanup(web.Close)
+
+	status, body := get(t, ctx, web.URL+"/sns/jscode2session?appid="+loginAppA+"&grant_type=authorization_code&js_code=c")
+	if status != http.StatusServiceUnavailable || !strings.Contains(body, `"errcode":-1`) || !strings.Contains(body, "is wxtoken serve running") {
+		t.Errorf("a login with no refresher = %d %s", status, body)
+	}
+}
