@@ -191,3 +191,35 @@ func (a *Agent) loginRefused() bool {
 	err := a.cfg.Conn.LastError()
 	return err != nil && strings.Contains(err.Error(), "Permissions Violation for Publish to \""+kv.Subjects{Prefix: a.cfg.SubjectPrefix}.Login(""))
 }
+
+// forwardUserCall forwards a web login's own calls (/sns/userinfo,
+// /sns/auth) to WeChat as they came: they are made with the user's
+// access_token, from /sns/oauth2/access_token, not the app's, and the
+// app's put in, as every other path gets it, would name no user.
+func (a *Agent) forwardUserCall(x *exchange, path string) {
+	r := x.r
+	if r.Method != http.MethodGet {
+		x.header().Set("Allow", "GET")
+		x.wechatError(http.StatusMethodNotAllowed, -1, "bad_request", "%s is called with GET, not %.16s", path, r.Method)
+		return
+	}
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		x.wechatError(http.StatusBadRequest, -1, "bad_request", "the query does not parse")
+		return
+	}
+	token := q.Get("access_token")
+	if token == "" {
+		x.wechatError(http.StatusOK, 41001, "bad_request", "access_token missing: the user's, as /sns/oauth2/access_token gave it")
+		return
+	}
+	a.bound(x, a.cfg.UpstreamTimeout)
+	call := upstreamCall{client: a.upstream, method: http.MethodGet, base: a.cfg.WeChatBase, path: path, query: q, header: r.Header, timeout: a.cfg.UpstreamTimeout}
+	resp, done, err := call.do(r.Context(), token, requestBody{buffered: true})
+	if err != nil {
+		a.upstreamFailed(x, err, token)
+		return
+	}
+	defer done()
+	passBack(x, resp)
+}

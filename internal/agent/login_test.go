@@ -140,7 +140,7 @@ func TestALoginThroughTheAgentCarriesNoSecretFromTheCaller(t *testing.T) {
 
 	// A web page's login and its renewal.
 	status, answer := la.login(t, ctx, "web", "/sns/oauth2/access_token?appid="+loginAppB+"&grant_type=authorization_code&code="+
-		url.QueryEscape(la.fake.OAuthCode(loginAppB, "web-user", "snsapi_base")))
+		url.QueryEscape(la.fake.OAuthCode(loginAppB, "web-user", "snsapi_userinfo")))
 	refresh, _ := answer["refresh_token"].(string)
 	if status != http.StatusOK || refresh == "" {
 		t.Fatalf("the web login: %d %v", status, answer)
@@ -148,6 +148,15 @@ func TestALoginThroughTheAgentCarriesNoSecretFromTheCaller(t *testing.T) {
 	status, answer = la.login(t, ctx, "web", "/app/"+loginAppB+"/sns/oauth2/refresh_token?grant_type=refresh_token&refresh_token="+url.QueryEscape(refresh))
 	if status != http.StatusOK || answer["openid"] != fakewechat.OpenID(loginAppB, "web-user") {
 		t.Errorf("the renewal: %d %v", status, answer)
+	}
+	// The user's profile, with the user's token: passed on as it came,
+	// not replaced by the app's, under the app's base URL too.
+	userToken, _ := answer["access_token"].(string)
+	for _, prefix := range []string{"", "/app/" + loginAppB} {
+		status, answer = la.login(t, ctx, "web", prefix+"/sns/userinfo?access_token="+url.QueryEscape(userToken)+"&openid="+fakewechat.OpenID(loginAppB, "web-user"))
+		if status != http.StatusOK || answer["nickname"] != "web-user" {
+			t.Errorf("%s/sns/userinfo with the user's token: %d %v", prefix, status, answer)
+		}
 	}
 }
 

@@ -49,6 +49,9 @@ func (a *Agent) serveWeChat(x *exchange, prefixKey, path string) {
 		kv.LoginComponentJSCode2Session, kv.LoginComponentAccessToken, kv.LoginComponentRefreshToken:
 		x.class = "login"
 		a.serveLogin(x, prefixKey, path)
+	case "/sns/userinfo", "/sns/auth":
+		x.class = "login"
+		a.forwardUserCall(x, path)
 	default:
 		x.class = "proxy"
 		a.proxy(x, prefixKey, path)

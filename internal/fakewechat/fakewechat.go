@@ -404,6 +404,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case PathJSCode2Session, PathOAuthAccessToken, PathOAuthRefreshToken,
 		PathComponentJSCode2Session, PathComponentAccessToken, PathComponentRefreshToken:
 		s.serveLogin(w, r)
+	case PathUserInfo, PathUserAuth:
+		s.serveUser(w, r)
 	default:
 		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
 	}

@@ -27,6 +27,9 @@ const (
 	PathComponentJSCode2Session = "/sns/component/jscode2session"
 	PathComponentAccessToken    = "/sns/oauth2/component/access_token"
 	PathComponentRefreshToken   = "/sns/oauth2/component/refresh_token"
+	// A web login's own calls, with the user's access_token.
+	PathUserInfo = "/sns/userinfo"
+	PathUserAuth = "/sns/auth"
 )
 
 const (
@@ -39,6 +42,7 @@ const (
 type loginBook struct {
 	codes   map[string]*loginCode
 	refresh map[string]*webRefresh // a web login's refresh tokens, by value
+	users   map[string]*webRefresh // a web login's access tokens, by value: whose, and until when
 	calls   []LoginCall
 }
 
@@ -109,7 +113,7 @@ func digest(s string) string {
 // logins returns the login book. Callers hold s.mu.
 func (s *Server) logins() *loginBook {
 	if s.login == nil {
-		s.login = &loginBook{codes: map[string]*loginCode{}, refresh: map[string]*webRefresh{}}
+		s.login = &loginBook{codes: map[string]*loginCode{}, refresh: map[string]*webRefresh{}, users: map[string]*webRefresh{}}
 	}
 	return s.login
 }
@@ -205,7 +209,7 @@ func (s *Server) componentLoginError(componentAppID, token, appid string, now ti
 func (s *Server) webLogin(appid, user, scope string, now time.Time) map[string]any {
 	refresh := s.unique("webrefresh")
 	s.logins().refresh[refresh] = &webRefresh{appid: appid, user: user, scope: scope, expires: now.Add(webRefreshLifetime)}
-	return s.webTokens(appid, user, scope, refresh)
+	return s.webTokens(appid, user, scope, refresh, now)
 }
 
 // renewWebLogin answers a refresh of a web login. Callers hold s.mu.
@@ -217,12 +221,39 @@ func (s *Server) renewWebLogin(appid, refresh string, now time.Time) map[string]
 	case !now.Before(r.expires):
 		return errReply(42002, "refresh_token timeout")
 	}
-	return s.webTokens(appid, r.user, r.scope, refresh)
+	return s.webTokens(appid, r.user, r.scope, refresh, now)
 }
 
-func (s *Server) webTokens(appid, user, scope, refresh string) map[string]any {
-	return map[string]any{"access_token": s.unique("webtoken"), "expires_in": webAccessTokenExpiry, "refresh_token": refresh,
+// webTokens issues a web login's user token. Callers hold s.mu.
+func (s *Server) webTokens(appid, user, scope, refresh string, now time.Time) map[string]any {
+	token := s.unique("webtoken")
+	s.logins().users[token] = &webRefresh{appid: appid, user: user, scope: scope, expires: now.Add(webAccessTokenExpiry * time.Second)}
+	return map[string]any{"access_token": token, "expires_in": webAccessTokenExpiry, "refresh_token": refresh,
 		"openid": OpenID(appid, user), "scope": scope, "unionid": UnionID(user)}
+}
+
+// serveUser answers a web login's own calls: the user's profile
+// (/sns/userinfo, with scope snsapi_userinfo) or whether the user's token
+// works (/sns/auth), with the user's access_token and openid.
+func (s *Server) serveUser(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	s.mu.Lock()
+	u, ok := s.logins().users[q.Get("access_token")]
+	s.mu.Unlock()
+	switch {
+	case q.Get("access_token") == "":
+		writeJSON(w, errReply(41001, ""))
+	case !ok || !s.cfg.Now().Before(u.expires):
+		writeJSON(w, errReply(40001, ""))
+	case q.Get("openid") != OpenID(u.appid, u.user):
+		writeJSON(w, errReply(40003, "invalid openid"))
+	case r.URL.Path == PathUserAuth:
+		writeJSON(w, map[string]any{"errcode": 0, "errmsg": "ok"})
+	case u.scope != "snsapi_userinfo":
+		writeJSON(w, errReply(48001, "api unauthorized"))
+	default:
+		writeJSON(w, map[string]any{"openid": q.Get("openid"), "nickname": u.user, "unionid": UnionID(u.user)})
+	}
 }
 
 func sessionKey() string {

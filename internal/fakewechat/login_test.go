@@ -77,6 +77,14 @@ func TestAWebLoginRenewsWithItsRefreshTokenAndNoSecret(t *testing.T) {
 	if refresh == "" || answer["access_token"] == "" || answer["openid"] != OpenID(app, "dave") || answer["scope"] != "snsapi_userinfo" {
 		t.Fatalf("the exchange: %v", answer)
 	}
+	user := url.Values{"access_token": {answer["access_token"].(string)}, "openid": {OpenID(app, "dave")}}
+	if profile := login(t, s, PathUserInfo, user); profile["nickname"] != "dave" {
+		t.Errorf("the user's profile with the user's token: %v", profile)
+	}
+	user.Set("access_token", "forged")
+	if got := errcodeOf(login(t, s, PathUserInfo, user)); got != 40001 {
+		t.Errorf("the user's profile with a forged token: errcode %d, want 40001", got)
+	}
 	renew := url.Values{"appid": {app}, "grant_type": {"refresh_token"}, "refresh_token": {refresh}}
 	c.advance(29 * 24 * time.Hour)
 	if answer := login(t, s, PathOAuthRefreshToken, renew); answer["access_token"] == "" || answer["refresh_token"] != refresh {
