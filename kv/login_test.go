@@ -36,3 +36,34 @@ func TestALoginReplyCarriesWeChatsBytesAsTheyCame(t *testing.T) {
 		t.Errorf("the subject is %s", Subjects{}.Login("wx1"))
 	}
 }
+
+// FuzzDecodeLoginRequest: whatever arrives on the login subject is a
+// request naming a login path, which encodes and decodes back to itself,
+// or ErrBadLoginRequest; never a panic.
+func FuzzDecodeLoginRequest(f *testing.F) {
+	for _, seed := range []string{
+		`{"path":"/sns/jscode2session","code":"c","grant_type":"authorization_code"}`,
+		`{"path":"/sns/oauth2/refresh_token","refresh_token":"r","grant_type":"refresh_token"}`,
+		`{"path":"/sns/component/jscode2session","code":"c","component_appid":"wxc"}`,
+		`{"path":"/cgi-bin/token"}`, `{"path":null}`, `[]`, ``, `{"path":"/sns/jscode2session","code":1}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, err := DecodeLoginRequest(data)
+		if err != nil {
+			if !errors.Is(err, ErrBadLoginRequest) {
+				t.Fatalf("%q: %v, not ErrBadLoginRequest", data, err)
+			}
+			return
+		}
+		again, _ := json.Marshal(req)
+		if len(again) > MaxLoginRequestSize {
+			return // escaped on the way out ("<" is six bytes), it no longer fits
+		}
+		back, err := DecodeLoginRequest(again)
+		if err != nil || back != req {
+			t.Fatalf("%q decoded to %+v, which came back as %+v, %v", data, req, back, err)
+		}
+	})
+}
