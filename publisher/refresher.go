@@ -103,6 +103,7 @@ type Refresher struct {
 	apps      *reloader // makes the loop's credentials of the apps
 	keeper    *secretKeeper
 	metrics   *metrics
+	logins    *loginServer
 	start     startup
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
@@ -137,6 +138,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(wechat.Bases().Collector("wxtoken_upstream"))
 	}
+	r.logins = newLoginServer(r)
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
 	r.creds = loop.New(loop.Config{
 		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
@@ -192,6 +194,11 @@ func (r *Refresher) Run(ctx context.Context) error {
 	if !r.follow(followCtx, tokens, &following) {
 		return nil // ctx ended
 	}
+	stopLogins, err := r.logins.serve()
+	if err != nil {
+		return fmt.Errorf("publisher: answering logins: %w", err)
+	}
+	defer stopLogins()
 
 	r.campaigning.Store(true)
 	defer r.campaigning.Store(false)

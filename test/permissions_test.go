@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -26,7 +27,7 @@ import (
 // shopApp is the app of the one-app example in nats.conf.
 const shopApp = "wx1234567890abcdef"
 
-var passwords = map[string]string{"refresher": "pw-refresher", "service": "pw-service", "admin": "pw-admin", "shop": "pw-shop"}
+var passwords = map[string]string{"refresher": "pw-refresher", "service": "pw-service", "agent": "pw-agent", "admin": "pw-admin", "shop": "pw-shop"}
 
 // rolesServer starts a server with the repository's nats.conf, its one-app
 // example switched on (the "#>" lines), on a free loopback port.
@@ -210,6 +211,33 @@ func TestNATSConfRoles(t *testing.T) {
 			}
 			service.nc.Flush()
 			service.denied(t, ctx, subject)
+		}
+	})
+	t.Run("the agent may ask for logins, a service may not", func(t *testing.T) {
+		agent := connectAs(t, srv, "agent")
+		if sub, err := subscriber.New(ctx, agent.nc, appA); err != nil {
+			t.Errorf("the agent cannot follow a token as a service does: %v", err)
+		} else {
+			sub.Close()
+		}
+		data, _ := json.Marshal(kv.LoginRequest{Path: kv.LoginJSCode2Session, Code: fake.LoginCode(appA, "someone"), GrantType: "authorization_code"})
+		msg, err := agent.nc.RequestWithContext(ctx, kv.Subjects{}.Login(appA), data)
+		var reply kv.LoginReply
+		if err != nil || json.Unmarshal(msg.Data, &reply) != nil || !strings.Contains(string(reply.Body), `"openid"`) {
+			t.Errorf("the agent's login request: %v, %+v", err, reply)
+		}
+		// A service would exchange any code of any app, past the agent's
+		// auth file.
+		service.nc.Publish(kv.Subjects{}.Login(appA), data)
+		service.nc.Flush()
+		service.denied(t, ctx, kv.Subjects{}.Login(appA))
+		// Nor may either answer in the refresher's place, and be sent codes.
+		for _, u := range []user{service, agent} {
+			if _, err := u.nc.SubscribeSync("wechat.token.login.>"); err != nil {
+				t.Fatal(err)
+			}
+			u.nc.Flush()
+			u.denied(t, ctx, "wechat.token.login.>")
 		}
 	})
 	t.Run("refresher may not read services' replies", func(t *testing.T) {

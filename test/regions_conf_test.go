@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -181,6 +182,32 @@ func TestNATSRegionConfRoles(t *testing.T) {
 			t.Error("service asked the hub's JetStream")
 		}
 		service.denied(t, ctx, "$JS.hub.API.STREAM.INFO.KV_wechat_tokens")
+	})
+	t.Run("the region's agent exchanges logins at the hub's refresher", func(t *testing.T) {
+		agent := roleOf(t, regionSrv.ClientURL(), "agent")
+		data, _ := json.Marshal(kv.LoginRequest{Path: kv.LoginJSCode2Session, Code: fake.LoginCode(appA, "someone"), GrantType: "authorization_code"})
+		// The hub's queue subscription reaches the region a moment after
+		// the leaf connects: ask until it has.
+		for {
+			attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+			msg, err := agent.nc.RequestWithContext(attempt, kv.Subjects{}.Login(appA), data)
+			cancel()
+			if err == nil {
+				var reply kv.LoginReply
+				if json.Unmarshal(msg.Data, &reply) != nil || !strings.Contains(string(reply.Body), fakewechat.OpenID(appA, "someone")) {
+					t.Errorf("the login's reply: %s", msg.Data)
+				}
+				break
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("no refresher answered the region's login: %v", err)
+			case <-time.After(10 * time.Millisecond): // no responders yet: the hub's interest is crossing
+			}
+		}
+		service.nc.Publish(kv.Subjects{}.Login(appA), data)
+		service.nc.Flush()
+		service.denied(t, ctx, kv.Subjects{}.Login(appA))
 	})
 	t.Run("the region's refresher reaches only the hub's buckets", func(t *testing.T) {
 		refresher := roleOf(t, regionSrv.ClientURL(), "refresher")

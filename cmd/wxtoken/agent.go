@@ -26,14 +26,18 @@ import (
 const agentSummary = `Serve the tokens and tickets of the bucket over local HTTP, for services
 that hold no NATS connection (PHP-FPM, cron jobs, shell scripts) and for
 WeChat SDKs pointed at the agent by their API base URL. It follows the keys
-over NATS (the "service" user of nats.conf suffices) and keeps them in
-memory. It answers:
+over NATS (as the "agent" user of nats.conf) and keeps them in memory.
+It answers:
   GET  /v1/credentials/KEY           the value, revision, expires_at (ETag, long poll ?wait=, text/plain)
   POST /v1/credentials/KEY/refresh   {"stale_revision":N}: replace a value WeChat rejected
   GET  /v1/jssdk/APPID/config?url=   a signed wx.config, the page URL url-encoded (and
                                      /agent-config for WeCom)
   GET  /cgi-bin/token, POST /cgi-bin/stable_token, GET /cgi-bin/ticket/getticket,
   GET  /cgi-bin/gettoken (WeCom)     WeChat's own token paths, from memory
+  GET  /sns/jscode2session, /sns/oauth2/access_token, /sns/oauth2/refresh_token
+       (and /sns/component/..., /sns/oauth2/component/...)
+                                     login codes exchanged by the refresher, which puts
+                                     the secret in; a request carrying one is refused
   anything else                      forwarded to WeChat with the current access_token put in,
                                      and retried once with a new one if WeChat rejects it
   /app/KEY/...                       the same, for one app: an SDK's base URL

@@ -177,7 +177,7 @@ func TestAuthFileErrorsNameTheLine(t *testing.T) {
 	const client = "clients:\n  - name: shop\n    token: 0123456789abcdef\n"
 	for name, tc := range map[string]struct{ yaml, want string }{
 		"unknown key": {client + "    key: ['*']\n",
-			`:4: unknown key "key" in clients[0] (did you mean keys?); the keys there are keys, name, token, token_sha256`},
+			`:4: unknown key "key" in clients[0] (did you mean keys?); the keys there are keys, login, name, token, token_sha256`},
 		"bad indent": {client + "   keys: ['*']\n",
 			`:4: not YAML: did not find expected '-' indicator (check the indentation`},
 		"not a list": {"clients:\n  name: shop\n",

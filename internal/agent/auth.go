@@ -20,6 +20,9 @@ type Client struct {
 	Name        string
 	TokenSHA256 [sha256.Size]byte // of the bearer token; the token itself is kept nowhere
 	Keys        []string
+	// Login is the keys whose users' login codes it may exchange ("*":
+	// every key); nil: those of Keys, empty: none.
+	Login []string
 }
 
 // allKeys in a Client's Keys lets it use every key.
@@ -34,6 +37,7 @@ const minTokenLength = 16
 //	  - name: shop
 //	    token_sha256: 9f86d081...   # hex of sha256(token); or token: "..."
 //	    keys: [wx1234567890abcdef, wx1234567890abcdef.jsapi_ticket]
+//	    login: [wx1234567890abcdef]  # optional; absent: the keys above
 //
 // Every error names the client and the field.
 func LoadClients(path string) ([]Client, error) {
@@ -43,10 +47,11 @@ func LoadClients(path string) ([]Client, error) {
 	}
 	var file struct {
 		Clients []struct {
-			Name        string   `yaml:"name"`
-			Token       string   `yaml:"token"`
-			TokenSHA256 string   `yaml:"token_sha256"`
-			Keys        []string `yaml:"keys"`
+			Name        string    `yaml:"name"`
+			Token       string    `yaml:"token"`
+			TokenSHA256 string    `yaml:"token_sha256"`
+			Keys        []string  `yaml:"keys"`
+			Login       *[]string `yaml:"login"`
 		} `yaml:"clients"`
 	}
 	if err := yamlfile.Decode(path, data, &file); err != nil {
@@ -59,6 +64,9 @@ func LoadClients(path string) ([]Client, error) {
 	for i, c := range file.Clients {
 		where := fmt.Sprintf("auth file %s: client %d (%q)", path, i+1, c.Name)
 		cl := Client{Name: c.Name, Keys: c.Keys}
+		if c.Login != nil {
+			cl.Login = append([]string{}, *c.Login...) // empty, not nil: no login at all
+		}
 		switch {
 		case c.Token != "" && c.TokenSHA256 != "":
 			return nil, fmt.Errorf("%s: give token or token_sha256, not both", where)
@@ -116,6 +124,14 @@ func newClientSet(clients []Client) (*clientSet, error) {
 				return nil, fmt.Errorf("%s: keys: %w", where, err)
 			}
 		}
+		for _, key := range c.Login {
+			if key == allKeys {
+				continue
+			}
+			if _, kind := kv.SplitKey(key); kv.ValidateKey(key) != nil || kind != kv.KindToken {
+				return nil, fmt.Errorf("%s: login: %.80q is not an appid", where, key)
+			}
+		}
 	}
 	return &clientSet{clients: clients}, nil
 }
@@ -126,6 +142,23 @@ type caller struct{ client *Client }
 // may reports whether the caller may use key.
 func (c caller) may(key string) bool {
 	return c.client == nil || slices.Contains(c.client.Keys, allKeys) || slices.Contains(c.client.Keys, key)
+}
+
+// mayLogin reports whether the caller may exchange login codes of key.
+func (c caller) mayLogin(key string) bool {
+	if c.client == nil || c.client.Login == nil {
+		return c.may(key)
+	}
+	return slices.Contains(c.client.Login, allKeys) || slices.Contains(c.client.Login, key)
+}
+
+// name is the caller's name in a log line: the client's, or its address
+// when the agent has no clients.
+func (c caller) name(r *http.Request) string {
+	if c.client != nil {
+		return c.client.Name
+	}
+	return "an unnamed client at " + r.RemoteAddr
 }
 
 // identify returns the request's caller; ok is false when the agent has

@@ -20,6 +20,7 @@ type metrics struct {
 	retries   prometheus.Counter
 	refreshes *prometheus.CounterVec
 	polls     prometheus.Gauge
+	secrets   *prometheus.CounterVec // path
 	handler   http.Handler
 }
 
@@ -27,7 +28,7 @@ func newMetrics(reg *prometheus.Registry, wechat *failover.Bases) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_agent_requests_total",
-			Help: "Requests to the agent, by path class (read, refresh, jssdk, wechat_token, wechat_ticket, proxy, ops, bad, other) and outcome.",
+			Help: "Requests to the agent, by path class (read, refresh, jssdk, wechat_token, wechat_ticket, login, proxy, ops, bad, other) and outcome.",
 		}, []string{"class", "outcome"}),
 		proxy: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "wxtoken_agent_proxy_duration_seconds",
@@ -46,11 +47,15 @@ func newMetrics(reg *prometheus.Registry, wechat *failover.Bases) *metrics {
 			Name: "wxtoken_agent_long_polls",
 			Help: "Long polls waiting for a new value.",
 		}),
+		secrets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxtoken_agent_requests_with_secret_total",
+			Help: "Login requests refused because they carried a secret (secret, appsecret, component_access_token), by path: a service that still holds the AppSecret sent each; the WARN line names it.",
+		}, []string{"path"}),
 	}
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	reg.MustRegister(m.requests, m.proxy, m.retries, m.refreshes, m.polls, wechat.Collector("wxtoken_agent_upstream"))
+	reg.MustRegister(m.requests, m.proxy, m.retries, m.refreshes, m.polls, m.secrets, wechat.Collector("wxtoken_agent_upstream"))
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
 }

@@ -112,6 +112,12 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	}
 	bodyRead(x) // a streamed body has gone to WeChat by now
 	defer done()
+	passBack(x, resp)
+}
+
+// passBack answers WeChat's answer as it came, but for the connection's
+// own headers, and closes its body.
+func passBack(x *exchange, resp *http.Response) {
 	defer resp.Body.Close()
 	connection := resp.Header.Values("Connection")
 	for k, vv := range resp.Header {

@@ -45,6 +45,13 @@ func (a *Agent) serveWeChat(x *exchange, prefixKey, path string) {
 			kind = kv.KindAgentConfigTicket
 		}
 		a.serveTicket(x, prefixKey, true, kind)
+	case kv.LoginJSCode2Session, kv.LoginOAuthAccessToken, kv.LoginOAuthRefreshToken,
+		kv.LoginComponentJSCode2Session, kv.LoginComponentAccessToken, kv.LoginComponentRefreshToken:
+		x.class = "login"
+		a.serveLogin(x, prefixKey, path)
+	case "/sns/userinfo", "/sns/auth":
+		x.class = "login"
+		a.forwardUserCall(x, path)
 	default:
 		x.class = "proxy"
 		a.proxy(x, prefixKey, path)

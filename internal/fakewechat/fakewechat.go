@@ -76,6 +76,7 @@ type Server struct {
 	platforms      map[string]*platform   // third-party platforms, by component appid
 	refreshSerials map[string]int         // every refresh token issued, to its order
 	lostRefreshes  int                    // refreshes made with the refresh token before the newest
+	login          *loginBook             // login codes and calls: login.go
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
 }
@@ -379,7 +380,8 @@ func (s *Server) mint() string {
 // ServeHTTP answers the token APIs (/cgi-bin/token, /cgi-bin/stable_token,
 // WeCom's /cgi-bin/gettoken), the ticket APIs, /cgi-bin/getcallbackip and
 // a few business APIs (PathSendMessage, PathUserList, PathUploadMedia) and
-// the open platform's component APIs (openplatform.go).
+// the open platform's component APIs (openplatform.go), and the login paths
+// (login.go).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/cgi-bin/token":
@@ -400,6 +402,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveAPI(w, r)
 	case PathComponentToken, PathStartPush, PathQueryAuth, PathAuthorizerTok:
 		s.servePlatform(w, r)
+	case PathJSCode2Session, PathOAuthAccessToken, PathOAuthRefreshToken,
+		PathComponentJSCode2Session, PathComponentAccessToken, PathComponentRefreshToken:
+		s.serveLogin(w, r)
+	case PathUserInfo, PathUserAuth:
+		s.serveUser(w, r)
 	default:
 		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
 	}

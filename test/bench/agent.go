@@ -110,53 +110,9 @@ type agentResult struct {
 
 // agentBench runs part "agent".
 func agentBench(o agentOptions) agentResult {
-	dir, err := os.MkdirTemp("", "wxtoken-bench-agent")
-	if err != nil {
-		fatalf("agent: %v", err)
-	}
-	defer os.RemoveAll(dir)
-	// nginx's worker may run as another user: let it read the JSON.
-	os.Chmod(dir, 0o755)
-
-	progress("agent: building cmd/wxtoken")
-	binary := filepath.Join(dir, "wxtoken")
-	if out, err := exec.Command("go", "build", "-o", binary, "github.com/wxtoken/wxtoken/cmd/wxtoken").CombinedOutput(); err != nil {
-		fatalf("go build of cmd/wxtoken (run the benchmark from the repository root): %v\n%s", err, out)
-	}
-
-	opts, _ := embedded.Options("127.0.0.1:-1", filepath.Join(dir, "nats"))
-	srv, err := embedded.Start(opts, nil)
-	if err != nil {
-		fatalf("agent: %v", err)
-	}
-	defer srv.Shutdown()
-	fake := fakewechat.New(fakewechat.Config{})
-	fake.AddApp(benchApp, "bench-secret")
-	wechat := httptest.NewServer(fake)
-	defer wechat.Close()
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		fatalf("agent: %v", err)
-	}
-	defer nc.Close()
-	r, err := publisher.New(nc, publisher.Config{
-		Apps:        []publisher.App{{AppID: benchApp, Secret: publisher.NewSecret("bench-secret")}},
-		UpstreamURL: wechat.URL, Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		fatalf("agent: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-
-	progress("agent: starting wxtoken agent")
-	agent := startAgent(binary, dir, srv.ClientURL(), wechat.URL)
-	defer agent.stop()
+	sys := startAgentBench("agent")
+	defer sys.stop()
+	dir, fake, wechat, agent := sys.dir, sys.fake, sys.wechat, sys.agent
 	credPath := "/v1/credentials/" + benchApp
 	body, token := agentCredential(agent.addr, credPath)
 
@@ -180,6 +136,81 @@ func agentBench(o agentOptions) agentResult {
 		fatalf("agent: the fake WeChat counted %d good and %d refused calls of %s, expected %d good", ok, rejected, fakewechat.PathUserList, 3*calls)
 	}
 	return res
+}
+
+// agentSystem is what parts "agent" and "login" measure: an embedded NATS
+// server, the fake WeChat with benchApp and a refresher of it in this
+// process, and `wxtoken agent` (the binary, built from ./cmd/wxtoken)
+// serving benchApp, ready.
+type agentSystem struct {
+	dir    string
+	fake   *fakewechat.Server
+	wechat *httptest.Server
+	agent  *process
+	stops  []func() // in the order to call them
+}
+
+// startAgentBench starts the agentSystem of part.
+func startAgentBench(part string) *agentSystem {
+	dir, err := os.MkdirTemp("", "wxtoken-bench-"+part)
+	if err != nil {
+		fatalf("%s: %v", part, err)
+	}
+	sys := &agentSystem{dir: dir}
+	sys.stops = append(sys.stops, func() { os.RemoveAll(dir) })
+	// nginx's worker may run as another user: let it read the JSON.
+	os.Chmod(dir, 0o755)
+
+	progress("%s: building cmd/wxtoken", part)
+	binary := filepath.Join(dir, "wxtoken")
+	if out, err := exec.Command("go", "build", "-o", binary, "github.com/wxtoken/wxtoken/cmd/wxtoken").CombinedOutput(); err != nil {
+		fatalf("go build of cmd/wxtoken (run the benchmark from the repository root): %v\n%s", err, out)
+	}
+
+	opts, _ := embedded.Options("127.0.0.1:-1", filepath.Join(dir, "nats"))
+	srv, err := embedded.Start(opts, nil)
+	if err != nil {
+		fatalf("%s: %v", part, err)
+	}
+	sys.stops = append([]func(){srv.Shutdown}, sys.stops...)
+	sys.fake = fakewechat.New(fakewechat.Config{})
+	sys.fake.AddApp(benchApp, benchSecret)
+	sys.wechat = httptest.NewServer(sys.fake)
+	sys.stops = append([]func(){sys.wechat.Close}, sys.stops...)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		fatalf("%s: %v", part, err)
+	}
+	sys.stops = append([]func(){nc.Close}, sys.stops...)
+	r, err := publisher.New(nc, publisher.Config{
+		Apps:        []publisher.App{{AppID: benchApp, Secret: publisher.NewSecret(benchSecret)}},
+		UpstreamURL: sys.wechat.URL, Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		fatalf("%s: %v", part, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	sys.stops = append([]func(){func() {
+		cancel()
+		<-done
+	}}, sys.stops...)
+
+	progress("%s: starting wxtoken agent", part)
+	sys.agent = startAgent(binary, dir, srv.ClientURL(), sys.wechat.URL)
+	sys.stops = append([]func(){sys.agent.stop}, sys.stops...)
+	return sys
+}
+
+// benchSecret is benchApp's AppSecret at the fake WeChat.
+const benchSecret = "bench-secret"
+
+// stop stops what startAgentBench started, the last first.
+func (sys *agentSystem) stop() {
+	for _, stop := range sys.stops {
+		stop()
+	}
 }
 
 // process is a server this benchmark started.

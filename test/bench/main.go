@@ -6,6 +6,7 @@
 //	go run ./test/bench                          # every part (about 17 minutes)
 //	go run ./test/bench -part propagation -n 1000
 //	go run ./test/bench -part agent              # wxtoken agent against redis and nginx
+//	go run ./test/bench -part login              # a login call through the agent against one made directly
 //	go run ./test/bench -part authorizers -authorizers 10000 -rate 50   # a platform's authorizers, then a restart
 //	go run ./test/bench -part regions -region-n 100 -partition 60s      # two regions behind 30 ms links, then a partition
 //	go run ./test/bench -part sets,follow,agentkeys -agent-before main   # 10,000 keys on one Set
@@ -38,7 +39,7 @@ func main() {
 	systemApps := flag.Int("system-apps", 1, "internal: apps of the system role")
 	followMode := flag.String("mode", "", "internal: set or subscribers, for the follow role")
 	counts := flag.String("counts", "1,100", "footprint: app counts to follow, ascending")
-	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, sets, storm, quota, apps, footprint, follow, agent, agentkeys, authorizers, regions, or all")
+	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, sets, storm, quota, apps, footprint, follow, agent, login, agentkeys, authorizers, regions, or all")
 	n := flag.String("n", "100,1000", "propagation: subscriber counts, comma-separated")
 	rotations := flag.Int("rotations", 40, "propagation: least rotations per subscriber count (small counts get more, for at least 20,000 samples)")
 	sets := flag.Int("sets", 100, "sets: Sets (each on a connection of its own) following every key")
@@ -56,7 +57,7 @@ func main() {
 	freshClients := flag.Int("clients", 1, "agent: clients making the fresh-connection reads at once, like PHP-FPM workers")
 	agentRounds := flag.Int("rounds", 5, "agent: rounds of the fresh-connection reads and of wrk, alternating between servers")
 	wrkArgs := flag.String("wrk", "-t2 -c32 -d5s", "agent: wrk's settings, the same for each server")
-	calls := flag.Int("calls", 10000, "agent: calls through the agent, and as many direct and through a bare Go proxy")
+	calls := flag.Int("calls", 10000, "agent: calls through the agent, and as many direct and through a bare Go proxy; login: exchanges each way")
 	requireTools := flag.Bool("require-tools", false, "agent: fail when redis-server, nginx or wrk is missing instead of skipping")
 	bareBody := flag.String("body", "", "internal: the JSON file the bare role serves")
 	bareUpstream := flag.String("upstream", "", "internal: the URL the bare role proxies to")
@@ -267,6 +268,15 @@ func main() {
 			requireTools: *requireTools, smoke: smokeRun})
 		fmt.Fprintln(stderr)
 		table = append(table, agentRows(a)...)
+	}
+	if run("login") {
+		exchanges := *calls
+		if smokeRun {
+			exchanges = 50
+		}
+		l := loginBench(exchanges)
+		fmt.Fprintln(stderr)
+		table = append(table, loginRows(l)...)
 	}
 	if run("authorizers") {
 		a := manyAuthorizers(authorizersOptions{authorizers: *authorizers, rate: *rate, profileDir: *profileDir, memLimit: *memLimit, steady: *steady})

@@ -129,6 +129,20 @@ func (c *Credentials) list() []*credential { return c.set.Load().order }
 // Has reports whether key is a credential of the set.
 func (c *Credentials) Has(key string) bool { return c.credential(key) != nil }
 
+// Valid returns the value held of key if it has not expired: what a
+// replica, leader or not, may use the token for without fetching one (a
+// login exchange with a platform's component token, say).
+func (c *Credentials) Valid(key string) (kv.Credential, bool) {
+	cr := c.credential(key)
+	if cr == nil {
+		return kv.Credential{}, false
+	}
+	if rec := cr.valid(c.now()); rec != nil {
+		return *rec, true
+	}
+	return kv.Credential{}, false
+}
+
 // Len is the number of credentials.
 func (c *Credentials) Len() int { return len(c.list()) }
 
