@@ -76,6 +76,7 @@ type Server struct {
 	platforms      map[string]*platform   // third-party platforms, by component appid
 	refreshSerials map[string]int         // every refresh token issued, to its order
 	lostRefreshes  int                    // refreshes made with the refresh token before the newest
+	whitelists     map[string]Whitelist   // IP whitelists, by appid (whitelist.go)
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
 }
@@ -380,6 +381,9 @@ func (s *Server) mint() string {
 // a few business APIs (PathSendMessage, PathUserList, PathUploadMedia) and
 // the open platform's component APIs (openplatform.go).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.refusedByWhitelist(w, r) {
+		return
+	}
 	switch r.URL.Path {
 	case "/cgi-bin/token":
 		s.serveToken(w, r)
