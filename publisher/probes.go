@@ -118,8 +118,9 @@ func (p *probes) pause(ctx context.Context, d time.Duration, retries map[string]
 			return true
 		}
 		delete(retries, key)
-		if i := slices.IndexFunc(p.targets(), func(a App) bool { return a.Key() == key }); i >= 0 {
-			p.probe(ctx, p.targets()[i], retries)
+		apps := p.targets() // a reload may have removed it meanwhile
+		if i := slices.IndexFunc(apps, func(a App) bool { return a.Key() == key }); i >= 0 {
+			p.probe(ctx, apps[i], retries)
 		}
 	}
 }
@@ -150,12 +151,19 @@ func (p *probes) probe(ctx context.Context, app App, retries map[string]time.Tim
 	if !changed {
 		return
 	}
+	defer p.publishNow()
 	switch {
 	case !v.OK:
 		p.log.Error("this replica cannot lead "+key+": "+v.Fix, "appid", key, "errcode", v.ErrCode, "problem", v.Problem, "errmsg", v.ErrMsg)
 	case had && !last.OK:
 		p.log.Info("this replica can lead "+key+" again: WeChat accepts its secret from here", "appid", key)
 	}
+}
+
+// publishNow has this replica's state published at once, rather than at
+// the next third of a lease TTL: a verdict changed, or the replica began
+// to campaign.
+func (p *probes) publishNow() {
 	select {
 	case p.changed <- struct{}{}:
 	default:

@@ -189,6 +189,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 
 	r.campaigning.Store(true)
 	defer r.campaigning.Store(false)
+	r.probes.publishNow() // standing: a worse replica may defer now
 	for {
 		held, err := r.campaign(ctx, l, tokens)
 		if err != nil {
