@@ -24,16 +24,20 @@ import (
 //
 //	A replica defers while another replica is alive (its key was written
 //	within a lease TTL), has read the token bucket and campaigns or leads
-//	(Standing), and cannot lead fewer apps. Deferring, it does not
-//	campaign; leading, it releases the lease, as a clean stop does.
+//	(Standing), and has fewer apps it cannot lead (a lower CannotLead).
+//	Deferring, it does not campaign; leading, it releases the lease, as
+//	a clean stop does.
 //
-// Fewer-apps-it-cannot-lead is a strict order, so the replicas that can
-// lead the most never defer: among live replicas someone always
-// campaigns, and a lone replica leads whatever it cannot do. A deferring
-// replica campaigns again as soon as no better replica is alive: the
-// better one stopped cleanly (its key is deleted), or died (its key is not
-// renewed: at most a TTL after its last write, as its lease would). The
-// rule only says whether a replica tries; taking the lease is Acquire's
+// A lower CannotLead is a strict order, so the replicas with the lowest
+// never defer: among live replicas someone always campaigns, and a lone
+// replica leads whatever it cannot do. A deferring replica campaigns again
+// as soon as no better replica is alive: the better one stopped cleanly
+// (its key is deleted), or died (its key is not renewed). A replica judges
+// another's life by when it itself last saw that one's state, on its own
+// clock, never by another machine's: a TTL after the last write it saw,
+// looked at every third of a TTL; a state read at start may already be a
+// TTL old, so a dead replica is deferred to for at most two TTLs. The rule
+// only says whether a replica tries; taking the lease is Acquire's
 // compare-and-swap as before, so one writer and the fence are untouched.
 //
 // The states are in a bucket of their own and not in the lease bucket: a
@@ -206,9 +210,9 @@ func (p *Peers) Updated() <-chan struct{} {
 	return p.updated
 }
 
-// Better returns the best live, standing replica that cannot lead fewer
-// apps than this one (the rule above); ok false when there is none, and
-// this replica may campaign.
+// Better returns the best live, standing replica with fewer apps it
+// cannot lead than this one (the rule above); ok false when there is
+// none, and this replica may campaign.
 func (p *Peers) Better() (best kv.ReplicaState, ok bool) {
 	own := p.cfg.State().CannotLead
 	p.mu.Lock()
