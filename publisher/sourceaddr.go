@@ -18,6 +18,13 @@ func (c Config) checkSourceAddr() error {
 	case c.HTTPClient != nil:
 		return errors.New("wechat-source-addr and an HTTP client of one's own: set the local address in that client's transport")
 	}
+	// An address this host does not have would fail every call to WeChat
+	// later, each as a network error; say so now.
+	conn, err := net.ListenPacket("udp", net.JoinHostPort(c.SourceAddr, "0"))
+	if err != nil {
+		return fmt.Errorf("wechat-source-addr %s is not an address of this host (`ip addr` lists them): %v", c.SourceAddr, err)
+	}
+	conn.Close()
 	return nil
 }
 
