@@ -29,6 +29,7 @@ const (
 	DefaultUpstreamTimeout  = 5 * time.Second
 	DefaultUpstreamRate     = 50.0
 	DefaultUpstreamRecheck  = failover.DefaultRecheck
+	DefaultProbeEvery       = time.Hour // serve's --probe-every; Config's zero probes nothing
 
 	// MinUpstreamRate is the slowest pacing accepted: one fetch in 100 s.
 	MinUpstreamRate = 0.01
@@ -123,6 +124,12 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	// waiting on WeChat when its lease passes to another replica.
 	if c.UpstreamTimeout > c.LeaseTTL/2 {
 		errs = append(errs, fmt.Errorf("upstream-timeout %s must be at most half the lease-ttl %s", c.UpstreamTimeout, c.LeaseTTL))
+	}
+	if err := c.checkSourceAddr(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ProbeEvery < 0 {
+		errs = append(errs, fmt.Errorf("probe-every %s is negative (0 turns the probes off)", c.ProbeEvery))
 	}
 	if c.RetryBackoffMax < c.RetryBackoff {
 		errs = append(errs, fmt.Errorf("retry backoff max %s is below the retry backoff %s", c.RetryBackoffMax, c.RetryBackoff))

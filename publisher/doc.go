@@ -22,7 +22,10 @@
 //     verify tickets and authorizers' refresh tokens it holds, and the
 //     callback WeChat pushes to.
 //   - internal/lease: leadership, and the fence that lets no call to
-//     WeChat start that the lease might not cover.
+//     WeChat start that the lease might not cover; and the replicas'
+//     published states, which decide who campaigns (peers.go).
+//   - internal/standby: what a replica knows of whether it could lead:
+//     each app's verdict from its probes, and the fix for each refusal.
 //   - internal/upstream: the HTTP client of WeChat's APIs, what their
 //     answers mean, the pacer, and the secrets the calls carry.
 //
@@ -34,5 +37,7 @@
 // every replica with the secrets it holds, apart from the loop), start.go,
 // metrics.go, apps.go, config.go (Config's defaults and checks) and
 // secretset.go (a secret set at run time, and a reloaded one checked
-// before use) can be read when needed.
+// before use) can be read when needed, and so can probes.go (each
+// replica proves it could lead) and standing.go (a replica that could
+// lead fewer apps than another does not campaign).
 package publisher

@@ -78,6 +78,14 @@ type Config struct {
 	// second, so ten thousand apps do not all call in the same second.
 	UpstreamRate float64
 	HTTPClient   *http.Client
+	// SourceAddr is the local IP address the calls to WeChat and WeCom go
+	// out from, the one an app's IP whitelist must hold; the system's
+	// choice when empty. Not with HTTPClient.
+	SourceAddr string
+	// ProbeEvery is how often this replica asks WeChat whether it could
+	// use each app's secret (probes.go), spread over the interval; 0
+	// probes nothing. serve's --probe-every is DefaultProbeEvery.
+	ProbeEvery time.Duration
 
 	// Registerer, if set, receives the refresher's Prometheus metrics.
 	Registerer prometheus.Registerer
@@ -105,6 +113,8 @@ type Refresher struct {
 	metrics   *metrics
 	logins    *loginServer
 	start     startup
+	probes    *probes      // could this replica lead? (probes.go)
+	peers     *lease.Peers // the replicas' states; nil without them (standing.go)
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
@@ -121,14 +131,14 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}
-	wechat, err := upstream.New(cfg.UpstreamURL, cfg.HTTPClient, cfg.UpstreamTimeout,
+	wechat, err := upstream.New(cfg.UpstreamURL, cfg.upstreamHTTPClient(), cfg.UpstreamTimeout,
 		upstream.WithFailover("WeChat", cfg.UpstreamRecheck, cfg.Logger))
 	if err != nil {
 		return nil, err
 	}
 	// WeCom has one API domain, qyapi.weixin.qq.com: its client never
 	// moves, and has no health of its own in the metrics.
-	wecom, err := upstream.New(cfg.WeComURL, cfg.HTTPClient, cfg.UpstreamTimeout)
+	wecom, err := upstream.New(cfg.WeComURL, cfg.upstreamHTTPClient(), cfg.UpstreamTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
 	}
@@ -139,6 +149,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		cfg.Registerer.MustRegister(wechat.Bases().Collector("wxtoken_upstream"))
 	}
 	r.logins = newLoginServer(r)
+	r.probes = newProbes(cfg, r.apps)
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
 	r.creds = loop.New(loop.Config{
 		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
@@ -177,6 +188,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopSecrets()
+	defer r.startProbes(ctx)()
 	tokens, l, err := r.open(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -199,15 +211,19 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return fmt.Errorf("publisher: answering logins: %w", err)
 	}
 	defer stopLogins()
+	r.standBy(followCtx, l, &following)
 
 	r.campaigning.Store(true)
 	defer r.campaigning.Store(false)
+	r.probes.publishNow() // standing: a worse replica may defer now
 	for {
 		held, err := r.campaign(ctx, l, tokens)
 		if err != nil {
 			return nil // ctx ended
 		}
-		err = r.lead(ctx, tokens, held)
+		term, endTerm := r.whileBest(ctx)
+		err = r.lead(term, tokens, held)
+		endTerm()
 		held.Release()
 		if err != nil || ctx.Err() != nil {
 			return err
@@ -262,7 +278,7 @@ func (r *Refresher) campaign(ctx context.Context, l *lease.Lease, tokens jetstre
 		stopStoring()
 		<-stored
 	}()
-	return l.Acquire(ctx)
+	return r.acquire(ctx, l)
 }
 
 // lead leads for one term, while held lasts: the loop's duties, then the
@@ -309,7 +325,7 @@ func (r *Refresher) Ready() error {
 	case !r.campaigning.Load():
 		return errors.New("publisher: not running")
 	}
-	return nil
+	return r.probes.problem(r.Leading())
 }
 
 // Callback returns the handler of the platforms' authorization-event URL,

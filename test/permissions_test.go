@@ -272,6 +272,31 @@ func TestNATSConfRoles(t *testing.T) {
 		service.nc.Flush()
 		service.denied(t, ctx, prefix+".admin.secret.>")
 	})
+	t.Run("the refresher publishes what it could lead; a service may not read it", func(t *testing.T) {
+		name := kv.ReplicasBucket(kv.DefaultBucket)
+		b, err := jsOf(admin).KeyValue(ctx, name)
+		if err != nil {
+			t.Fatalf("the refresher made no replicas bucket: %v", err)
+		}
+		w, err := b.WatchAll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		for e := range w.Updates() {
+			if e == nil {
+				continue // the initial values are done; the first write may come after
+			}
+			if s, err := kv.DecodeReplicaState(e.Value()); err != nil || s.Instance == "" {
+				t.Errorf("the refresher's state: %v", err)
+			}
+			break
+		}
+		if _, err := jsOf(service).KeyValue(short(), name); err == nil {
+			t.Error("service bound the replicas bucket")
+		}
+		service.denied(t, ctx, "$JS.API.STREAM.INFO.KV_"+name)
+	})
 	t.Run("admin may do anything", func(t *testing.T) {
 		b, err := kv.Bind(ctx, jsOf(admin), "")
 		if err != nil {

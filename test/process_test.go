@@ -68,10 +68,13 @@ type process struct {
 }
 
 // startWxtoken runs the binary with args and env (added to a minimal one).
+// A serve probes no secret unless env says how often: the tests before
+// the probes count WeChat's calls and give the fetches their faults, which
+// a probe would take (probe_test.go sets WXTOKEN_PROBE_EVERY).
 func startWxtoken(t *testing.T, name string, env []string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(wxtokenBinary(t), args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "WXTOKEN_PROBE_EVERY=0"}, env...)
 	cmd.Dir = t.TempDir()
 	p := &process{name: name, cmd: cmd, output: newNotifyingBuffer(), exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.output, p.output

@@ -316,7 +316,9 @@ func status(args []string, getenv func(string) string, stdout, _ io.Writer) erro
 	var platformBucket, regions string
 	c := newCommand("status", "", `Show every token and ticket in the bucket: its kind and the API that issued
 it, revision, age (for a ticket, since its value first appeared), time to
-expiry, why it was last rotated, and which replica leads. With --platforms,
+expiry, why it was last rotated, and which replica leads; then every live
+replica, and the apps each cannot lead from where it stands (its probes'
+verdicts: IP not whitelisted, secret wrong or frozen) with the fix. With --platforms,
 each third-party platform's verify ticket and number of authorizers too
 (that needs the refresher's NATS user: the platform bucket is its alone).
 In a region, against the region's NATS, it reads the region's copy and says
@@ -361,6 +363,7 @@ region about its copy.`,
 		leader = readLeader(ctx, nc.Conn, n.bucket, here.Hub)
 		return nil
 	})
+	replicas := readReplicas(ctx, nc.Conn, n.bucket, here.Hub)
 	var regionRows []regionRow
 	if regions != "" {
 		regionRows = readRegions(ctx, nc.Conn, n.bucket, splitList(regions))
@@ -386,7 +389,7 @@ region about its copy.`,
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows}
+		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows, "replicas": replicas}
 		if inRegion {
 			out["region"] = newCopyJSON(here)
 		}
@@ -430,7 +433,10 @@ region about its copy.`,
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.AppID, r.Kind, r.API, r.Revision, now.Sub(r.FetchedAt).Round(time.Second), expires, reason, leaderName)
 	}
-	if err := w.Flush(); err != nil || !withPlatforms {
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if err := printReplicas(stdout, replicas, now); err != nil || !withPlatforms {
 		return err
 	}
 	fmt.Fprintln(stdout)

@@ -106,6 +106,10 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Duration(&f.cfg.LeaseTTL, "lease-ttl", "WXTOKEN_LEASE_TTL", publisher.DefaultLeaseTTL, "leader lease lifetime; a standby takes over about this long after the leader dies")
 	c.Duration(&f.cfg.UpstreamTimeout, "upstream-timeout", "WXTOKEN_UPSTREAM_TIMEOUT", publisher.DefaultUpstreamTimeout,
 		"bound of one call to WeChat for a token or ticket (at most half the lease TTL;\nnot the agent's --upstream-timeout, which bounds a forwarded API call)")
+	c.String(&f.cfg.SourceAddr, "wechat-source-addr", "WECHAT_SOURCE_ADDR", "",
+		"local IP `address` the calls to WeChat and WeCom go out from: the one in the apps' IP whitelists\n(default: the system's choice)")
+	c.Duration(&f.cfg.ProbeEvery, "probe-every", "WXTOKEN_PROBE_EVERY", publisher.DefaultProbeEvery,
+		"probe each app's secret from this replica at start and this often (0: off), to prove it could lead")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")

@@ -77,6 +77,7 @@ type Server struct {
 	refreshSerials map[string]int         // every refresh token issued, to its order
 	lostRefreshes  int                    // refreshes made with the refresh token before the newest
 	login          *loginBook             // login codes and calls: login.go
+	whitelists     map[string]Whitelist   // IP whitelists, by appid (whitelist.go)
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
 }
@@ -383,6 +384,9 @@ func (s *Server) mint() string {
 // the open platform's component APIs (openplatform.go), and the login paths
 // (login.go).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.refusedByWhitelist(w, r) {
+		return
+	}
 	switch r.URL.Path {
 	case "/cgi-bin/token":
 		s.serveToken(w, r)

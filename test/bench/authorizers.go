@@ -158,7 +158,8 @@ func manyAuthorizers(o authorizersOptions) authorizersResult {
 
 	callback := freePort()
 	args := []string{"serve", "--nats-url", srv.ClientURL(), "--apps", apps, "--wechat-base-url", wechat.URL,
-		"--upstream-rate", strconv.FormatFloat(rate, 'f', -1, 64), "--callback-addr", callback, "--log-level", "warn"}
+		"--upstream-rate", strconv.FormatFloat(rate, 'f', -1, 64), "--callback-addr", callback, "--log-level", "warn",
+		"--probe-every", "0"} // no probes, as in the apps part
 	floor := time.Duration(float64(n+1) / rate * float64(time.Second))
 
 	firstArgs := args

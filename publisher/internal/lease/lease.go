@@ -3,6 +3,8 @@
 // fence (Held.Covers) lets no call start that the lease might not cover,
 // nor while it is in doubt. It knows nothing of tokens: the refresher's
 // loop runs a term while it holds a lease, and ends it when Lost closes.
+// Peers (peers.go) are the replicas' published states, by which a replica
+// that could lead fewer apps than another does not campaign.
 package lease
 
 import (

@@ -1,0 +1,45 @@
+package kv
+
+import "testing"
+
+func TestReplicaKeyIsAValidKeyOfAnyInstance(t *testing.T) {
+	for in, want := range map[string]string{"host-42": "host-42", "web.example.com-7": "web_example_com-7", "": "_", "a b/c": "a_b_c"} {
+		if got := ReplicaKey(in); got != want || ValidateBucketName(got) != nil {
+			t.Errorf("ReplicaKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestReplicaStateRoundTrip(t *testing.T) {
+	s := ReplicaState{Instance: "host-2", Standing: true, Probed: 3, CannotLead: 1,
+		Apps: []ReplicaApp{{AppID: "wx1234567890abcdef", ErrCode: 40164, Address: "203.0.113.7", Problem: "p", Fix: "f"}}}
+	back, err := DecodeReplicaState(EncodeReplicaState(s))
+	if err != nil || back.Instance != s.Instance || !back.Standing || back.CannotLead != 1 || len(back.Apps) != 1 || back.Apps[0].Address != "203.0.113.7" {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+	for _, bad := range []string{`{}`, `{"instance":"x","cannot_lead":-1}`, `not json`} {
+		if _, err := DecodeReplicaState([]byte(bad)); err == nil {
+			t.Errorf("%s decoded", bad)
+		}
+	}
+}
+
+// FuzzDecodeReplicaState: whatever a replica's key holds, the decoder
+// returns a state with an instance or an error, never panics, and what it
+// accepts survives a round trip.
+func FuzzDecodeReplicaState(f *testing.F) {
+	f.Add([]byte(`{"instance":"host-2","at":"2026-11-21T10:00:00Z","standing":true,"leading":false,"probed":3,"cannot_lead":1,"apps":[{"appid":"wx1234567890abcdef","errcode":40164,"address":"203.0.113.7","problem":"p","fix":"f","checked_at":"2026-11-21T10:00:00Z"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := DecodeReplicaState(data)
+		if err != nil {
+			return
+		}
+		if s.Instance == "" || s.CannotLead < 0 {
+			t.Fatalf("accepted %+v", s)
+		}
+		back, err := DecodeReplicaState(EncodeReplicaState(s))
+		if err != nil || back.Instance != s.Instance || back.CannotLead != s.CannotLead || len(back.Apps) != len(s.Apps) {
+			t.Fatalf("round trip changed %+v into %+v (%v)", s, back, err)
+		}
+	})
+}

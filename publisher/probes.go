@@ -1,0 +1,207 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/standby"
+)
+
+// Every replica, standbys included, proves that it could lead: it asks
+// WeChat, with each kind's call that changes nothing there (probe.go),
+// whether it can use each app's secret from its own address, at start and
+// every Config.ProbeEvery after. A refusal that needs a human (40164 IP
+// not whitelisted, 89503 awaiting the administrator, 40125 wrong secret,
+// 40243 frozen, ...) becomes the app's state on this replica: an ERROR
+// line with the fix once per change, wxtoken_replica_can_lead{appid},
+// Ready's answer, and the state the replica publishes for the others
+// (standing.go), which decides who campaigns for the lease.
+
+// probePace is the least time between two probes of the start round: an
+// apps file of hundreds of apps is probed in a minute or so, not in one
+// burst. After it, the apps are probed one at a time, spread evenly over
+// the interval.
+const probePace = 100 * time.Millisecond
+
+// probes runs this replica's probes and holds their verdicts.
+type probes struct {
+	every   time.Duration
+	apps    *reloader
+	table   standby.Table
+	canLead *prometheus.GaugeVec // appid
+	log     *slog.Logger
+	now     func() time.Time
+	changed chan struct{} // a verdict changed: publish the state now
+}
+
+func newProbes(cfg Config, apps *reloader) *probes {
+	p := &probes{every: cfg.ProbeEvery, apps: apps, log: cfg.Logger, now: cfg.Clock.now, changed: make(chan struct{}, 1),
+		canLead: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wxtoken_replica_can_lead",
+			Help: "1 if this replica's last probe proved it can use the app's secret from its address (it could lead the app), 0 if WeChat refused (IP not whitelisted, secret wrong or frozen); absent before the first verdict.",
+		}, []string{"appid"})}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(p.canLead)
+	}
+	return p
+}
+
+// run probes until ctx ends: the start round at probePace, then one app
+// every interval/apps. An answer that proves nothing (a network error,
+// WeChat busy) keeps the last verdict, and the app is probed again sooner.
+func (p *probes) run(ctx context.Context) {
+	if p.every <= 0 {
+		return
+	}
+	retries := map[string]time.Time{} // by key: when to probe again
+	for first := true; ctx.Err() == nil; first = false {
+		apps := p.targets()
+		gap := p.every / time.Duration(max(len(apps), 1))
+		if first {
+			gap = min(gap, probePace)
+		}
+		if len(apps) == 0 && !p.pause(ctx, p.every, retries) {
+			return
+		}
+		for _, app := range apps {
+			p.probe(ctx, app, retries)
+			if !p.pause(ctx, gap, retries) {
+				return
+			}
+		}
+	}
+}
+
+// targets returns the apps configured now, and forgets the verdicts of
+// those a reload removed. Every configured app has a secret: an
+// authorizer's is its platform's, probed as the platform.
+func (p *probes) targets() []App {
+	p.apps.mu.Lock()
+	apps := slices.Clone(p.apps.configured)
+	p.apps.mu.Unlock()
+	keys := make([]string, len(apps))
+	for i, app := range apps {
+		keys[i] = app.Key()
+	}
+	for _, key := range p.table.Keep(keys) {
+		p.canLead.DeleteLabelValues(key)
+	}
+	return apps
+}
+
+// pause waits d, probing again meanwhile the apps whose retry falls due;
+// false if ctx ended.
+func (p *probes) pause(ctx context.Context, d time.Duration, retries map[string]time.Time) bool {
+	end := time.Now().Add(d)
+	for {
+		next, key := end, ""
+		for k, at := range retries {
+			if at.Before(next) {
+				next, key = at, k
+			}
+		}
+		t := time.NewTimer(time.Until(next))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		if key == "" {
+			return true
+		}
+		delete(retries, key)
+		apps := p.targets() // a reload may have removed it meanwhile
+		if i := slices.IndexFunc(apps, func(a App) bool { return a.Key() == key }); i >= 0 {
+			p.probe(ctx, apps[i], retries)
+		}
+	}
+}
+
+// probeRetry is how soon an app whose probe proved nothing is probed again.
+func (p *probes) probeRetry() time.Duration { return min(p.every/10, time.Minute) }
+
+// probe probes app once and records the verdict.
+func (p *probes) probe(ctx context.Context, app App, retries map[string]time.Time) {
+	key := app.Key()
+	err := p.apps.probe(ctx, app, app.Secret)
+	if ctx.Err() != nil {
+		return
+	}
+	v, decided := standby.Judge(key, err, p.now())
+	if !decided {
+		p.log.Debug("probe inconclusive; the last verdict stands", "appid", key, "error", err)
+		retries[key] = time.Now().Add(p.probeRetry())
+		return
+	}
+	delete(retries, key)
+	last, had, changed := p.table.Record(key, v)
+	if v.OK {
+		p.canLead.WithLabelValues(key).Set(1)
+	} else {
+		p.canLead.WithLabelValues(key).Set(0)
+	}
+	if !changed {
+		return
+	}
+	defer p.publishNow()
+	switch {
+	case !v.OK:
+		p.log.Error("this replica cannot lead "+key+": "+v.Fix, "appid", key, "errcode", v.ErrCode, "problem", v.Problem, "errmsg", v.ErrMsg)
+	case had && !last.OK:
+		p.log.Info("this replica can lead "+key+" again: WeChat accepts its secret from here", "appid", key)
+	}
+}
+
+// publishNow has this replica's state published at once, rather than at
+// the next third of a lease TTL: a verdict changed, or the replica began
+// to campaign.
+func (p *probes) publishNow() {
+	select {
+	case p.changed <- struct{}{}:
+	default:
+	}
+}
+
+// state is what this replica publishes of its verdicts: the apps it
+// cannot lead, at most maxReplicaApps of them listed.
+func (p *probes) state() (probed int, cannot []kv.ReplicaApp, count int) {
+	probed, verdicts := p.table.Summary()
+	for _, v := range verdicts[:min(len(verdicts), maxReplicaApps)] {
+		cannot = append(cannot, kv.ReplicaApp{AppID: v.AppID, ErrCode: v.ErrCode, Address: v.Address,
+			Problem: v.Problem, Fix: v.Fix, CheckedAt: v.CheckedAt.UTC()})
+	}
+	return probed, cannot, len(verdicts)
+}
+
+// maxReplicaApps bounds the apps a replica's state lists, to keep it well
+// inside a record's size; the count covers them all.
+const maxReplicaApps = 40
+
+// problem says which apps this replica cannot lead, and why, or nil.
+func (p *probes) problem(leading bool) error {
+	_, verdicts := p.table.Summary()
+	if len(verdicts) == 0 {
+		return nil
+	}
+	what := "this replica could not take over"
+	if leading {
+		what = "this replica leads, but cannot fetch"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "publisher: %s %d app(s): WeChat refuses them from where it stands", what, len(verdicts))
+	for _, v := range verdicts[:min(len(verdicts), 10)] {
+		fmt.Fprintf(&b, "; %s: errcode %d (%s): %s", v.AppID, v.ErrCode, v.Problem, v.Fix)
+	}
+	if len(verdicts) > 10 {
+		fmt.Fprintf(&b, "; and %d more (wxtoken status lists them)", len(verdicts)-10)
+	}
+	return fmt.Errorf("%s", b.String())
+}
