@@ -313,6 +313,11 @@ func (c *credential) retry(waiting func(error) bool) bool {
 		return false
 	}
 	c.st.clearFailure()
+	// A forced refresh refused for what was waited on rotated nothing:
+	// a service that saw the value rejected may ask again now, as after
+	// a renewal, not wait out the least interval between forced
+	// refreshes.
+	c.st.lastForced = time.Time{}
 	return true
 }
 
