@@ -82,7 +82,7 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config
 	name := kv.LeaseBucket(cfg.TokenBucket)
 	b, err := js.KeyValue(ctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		b, err = createLeaseBucket(ctx, js, name, cfg.TTL, cfg.Replicas)
+		b, err = createTTLBucket(ctx, js, name, leaseDescription, cfg.TTL, cfg.Replicas)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("publisher: open lease bucket: %w", err)
@@ -123,12 +123,18 @@ type MisconfiguredError struct{ msg string }
 
 func (e *MisconfiguredError) Error() string { return e.msg }
 
-// createLeaseBucket creates the lease bucket, or binds it when another
-// replica was quicker.
-func createLeaseBucket(ctx context.Context, js jetstream.JetStream, name string, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
+// Descriptions of the lease package's buckets.
+const (
+	leaseDescription = "wxtoken: leader lease of the refresher replicas"
+	peersDescription = "wxtoken: what each refresher replica could lead, a key per replica"
+)
+
+// createTTLBucket creates one of the lease package's buckets, whose keys
+// lapse after ttl, or binds it when another replica was quicker.
+func createTTLBucket(ctx context.Context, js jetstream.JetStream, name, description string, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
 	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      name,
-		Description: "wxtoken: leader lease of the refresher replicas",
+		Description: description,
 		History:     1,
 		TTL:         ttl,
 		Replicas:    replicas,
@@ -158,7 +164,7 @@ func (l *Lease) ensureBucket(ctx context.Context) (fresh bool, created time.Time
 	stream, err := l.js.Stream(ctx, bucket.StreamName(l.name))
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		l.log.Error("the lease bucket is gone (deleted?): creating it again", "bucket", l.name, "ttl", l.ttl)
-		if _, err := createLeaseBucket(ctx, l.js, l.name, l.ttl, l.replicas); err != nil {
+		if _, err := createTTLBucket(ctx, l.js, l.name, leaseDescription, l.ttl, l.replicas); err != nil {
 			l.log.Error("the lease bucket could not be created again; retrying", "bucket", l.name, "error", err)
 			return false, time.Time{}, err
 		}

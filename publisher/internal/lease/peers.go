@@ -86,7 +86,7 @@ func OpenPeers(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg P
 	name := kv.ReplicasBucket(cfg.TokenBucket)
 	b, err := js.KeyValue(ctx, name)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		b, err = createPeersBucket(ctx, js, name, cfg.TTL, cfg.Replicas)
+		b, err = createTTLBucket(ctx, js, name, peersDescription, cfg.TTL, cfg.Replicas)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("publisher: open replicas bucket %s: %w", name, err)
@@ -101,21 +101,6 @@ func OpenPeers(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg P
 	}
 	return &Peers{cfg: cfg, js: js, nc: nc, name: name, bucket: b, key: kv.ReplicaKey(cfg.Instance), ttl: ttl,
 		seen: map[string]peer{}, updated: make(chan struct{}), synced: make(chan struct{})}, nil
-}
-
-func createPeersBucket(ctx context.Context, js jetstream.JetStream, name string, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
-	b, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      name,
-		Description: "wxtoken: what each refresher replica could lead, a key per replica",
-		History:     1,
-		TTL:         ttl,
-		Replicas:    replicas,
-		Storage:     jetstream.FileStorage,
-	})
-	if errors.Is(err, jetstream.ErrBucketExists) {
-		b, err = js.KeyValue(ctx, name)
-	}
-	return b, err
 }
 
 // Run publishes this replica's state and follows the others' until ctx
@@ -159,7 +144,7 @@ func (p *Peers) publish(ctx context.Context) (created bool) {
 	state.Instance, state.At = p.cfg.Instance, time.Now()
 	_, err := p.bucket.Put(ctx, p.key, kv.EncodeReplicaState(state))
 	if err != nil && bucket.MayBeGone(err) {
-		if _, cerr := createPeersBucket(ctx, p.js, p.name, p.ttl, p.cfg.Replicas); cerr == nil {
+		if _, cerr := createTTLBucket(ctx, p.js, p.name, peersDescription, p.ttl, p.cfg.Replicas); cerr == nil {
 			_, err = p.bucket.Put(ctx, p.key, kv.EncodeReplicaState(state))
 			created = err == nil
 		}
