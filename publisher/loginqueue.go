@@ -56,7 +56,7 @@ func (r *Refresher) answersLogins() (bool, string) {
 	cannot := r.probes.cannotLead()
 	switch {
 	case r.Leading() && cannot > 0:
-		return true, "it leads, though WeChat refuses " + strconv.Itoa(cannot) + " app(s) from here: no replica can do better"
+		return true, "it leads, though WeChat refuses " + strconv.Itoa(cannot) + " app(s) from here: their logins get WeChat's refusal"
 	case r.Leading():
 		return true, "it leads"
 	case cannot > 0:
