@@ -3,11 +3,14 @@ package publisher
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/internal/natstest"
@@ -85,5 +88,62 @@ func TestOnlyAReplicaThatCanUseTheSecretAnswersLogins(t *testing.T) {
 	reply := login(fake.LoginCode(appid, "late"))
 	if reply.Error != nil || !strings.Contains(string(reply.Body), `"errcode":40164`) || !strings.Contains(string(reply.Body), "invalid ip 127.0.0.3") {
 		t.Errorf("a login to the lone bad replica: error %v, body %s; want WeChat's 40164 for 127.0.0.3, unchanged", reply.Error, reply.Body)
+	}
+}
+
+// TestALoginUnderWayWhenItsReplicaLeavesIsAnswered: a replica that leaves
+// the queue group (here: it hands the lease over, and WeChat refuses it)
+// still answers the login it was exchanging when it left.
+func TestALoginUnderWayWhenItsReplicaLeavesIsAnswered(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const appid, secret = "wxstand00000000003", "the-secret-of-the-app"
+	fake := fakewechat.New(fakewechat.Config{})
+	fake.AddApp(appid, secret)
+	fake.SetWhitelist(appid, fakewechat.Whitelist{Allowed: []string{"127.0.0.2"}})
+	// WeChat holds the login call until the test lets it answer.
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	wechat := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == fakewechat.PathJSCode2Session {
+			arrived <- struct{}{}
+			<-release
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	defer wechat.Close()
+	defer close(release)
+	srv := natstest.Server(t, nil)
+	app := App{AppID: appid, Secret: NewSecret(secret)}
+	patient := func(cfg *Config) { cfg.UpstreamTimeout, cfg.LeaseTTL = 10*time.Second, 20*time.Second } // the held call must not time out
+
+	_, badLog, _ := runStandingReplica(t, ctx, srv.ClientURL(), wechat.URL, app, "bad", "127.0.0.3", patient)
+	badLog.await(t, ctx, "answering logins in the queue group: it leads", 1)
+	leftBefore := strings.Count(badLog.String(), "left the login queue group")
+
+	nc, _ := natstest.Connect(t, srv.ClientURL())
+	data, _ := json.Marshal(kv.LoginRequest{Path: kv.LoginJSCode2Session, Code: fake.LoginCode(appid, "held"), GrantType: "authorization_code"})
+	answered := make(chan *nats.Msg, 1)
+	go func() {
+		waiting, stop := context.WithTimeout(ctx, 15*time.Second) // the held call is released well before
+		defer stop()
+		msg, err := nc.RequestWithContext(waiting, kv.Subjects{}.Login(appid), data)
+		if err != nil {
+			msg = &nats.Msg{Data: []byte(err.Error())}
+		}
+		answered <- msg
+	}()
+	select {
+	case <-arrived: // the bad replica, alone in the group, is exchanging it
+	case <-ctx.Done():
+		t.Fatal("the login never reached WeChat")
+	}
+
+	runStandingReplica(t, ctx, srv.ClientURL(), wechat.URL, app, "good", "127.0.0.2", patient)
+	badLog.await(t, ctx, "left the login queue group", leftBefore+1)
+	release <- struct{}{}
+	msg := <-answered
+	var reply kv.LoginReply
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Error != nil || !strings.Contains(string(reply.Body), "invalid ip 127.0.0.3") {
+		t.Errorf("the login under way: %s (error %v), want the bad replica's answer, WeChat's 40164", msg.Data, reply.Error)
 	}
 }

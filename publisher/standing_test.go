@@ -51,14 +51,19 @@ func (l *awaitedLog) await(t *testing.T, ctx context.Context, s string, n int) {
 
 // runStandingReplica runs a refresher of app on NATS at natsURL against
 // the fake at wechat, its calls leaving from addr, until the test ends or
-// the returned stop is called; it returns at once.
-func runStandingReplica(t *testing.T, ctx context.Context, natsURL, wechat string, app App, instance, addr string) (*Refresher, *awaitedLog, func()) {
+// the returned stop is called; it returns at once. tune, if any, changes
+// the Config before New.
+func runStandingReplica(t *testing.T, ctx context.Context, natsURL, wechat string, app App, instance, addr string, tune ...func(*Config)) (*Refresher, *awaitedLog, func()) {
 	t.Helper()
 	nc, _ := natstest.Connect(t, natsURL)
 	logs := newAwaitedLog()
-	r, err := New(nc, Config{Apps: []App{app}, UpstreamURL: wechat, SourceAddr: addr,
+	cfg := Config{Apps: []App{app}, UpstreamURL: wechat, SourceAddr: addr,
 		ProbeEvery: time.Hour, LeaseTTL: 2 * time.Second, UpstreamTimeout: time.Second, Instance: instance,
-		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	r, err := New(nc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
