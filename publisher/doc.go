@@ -33,8 +33,9 @@
 // buckets, campaigning, leading), reload.go (the apps made credentials of the
 // loop, on start and on every reload or change of authorizers), then the
 // loop's package doc, and a kind in internal/source (token.go is the
-// simplest). login.go (the agent's login-code exchanges, answered by
-// every replica with the secrets it holds, apart from the loop), start.go,
+// simplest). login.go (the agent's login-code exchanges, answered with
+// the secrets the replica holds, apart from the loop; loginqueue.go: by
+// every replica WeChat accepts them from, and by the leader), start.go,
 // metrics.go, apps.go, config.go (Config's defaults and checks) and
 // secretset.go (a secret set at run time, and a reloaded one checked
 // before use) can be read when needed, and so can probes.go (each

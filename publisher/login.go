@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,10 +18,12 @@ import (
 // Login exchanges: a service's backend turns a user's login code into the
 // user's openid and session_key (or a web page's user token) with the
 // app's AppSecret, which only the refresher holds. The agent asks on
-// kv.Subjects.Login(key); every replica answers in one queue group, the
+// kv.Subjects.Login(key); the replicas answer in one queue group, the
 // leader or not, because an exchange fetches no access_token and ends
 // none: it reads the secret (or the platform's component token, which it
-// never fetches), and each code goes to one replica, so to WeChat once.
+// never fetches), and each code goes to one replica, so to WeChat once. A
+// replica WeChat refuses from where it stands stays out of the group
+// unless it leads (loginqueue.go).
 // WeChat's answer goes back unchanged. Neither the code nor the answer is
 // logged, kept, or put in a metric label.
 
@@ -37,10 +38,11 @@ type loginServer struct {
 	count   *prometheus.CounterVec // appid, path, result
 	slots   chan struct{}
 	running sync.WaitGroup
+	recheck chan struct{} // buffer 1: whether to answer may have changed (loginqueue.go)
 }
 
 func newLoginServer(r *Refresher) *loginServer {
-	s := &loginServer{r: r, slots: make(chan struct{}, maxLoginsInFlight),
+	s := &loginServer{r: r, slots: make(chan struct{}, maxLoginsInFlight), recheck: make(chan struct{}, 1),
 		count: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_logins_total",
 			Help: "Login-code exchanges this replica made for the agent, by app, path (jscode2session, oauth2_access_token, oauth2_refresh_token and their component_ forms) and result (ok, code: the user's code or refresh token refused, config: the secret, appid or IP refused, busy, error: another errcode, unanswered: WeChat gave no answer, refused: not sent to WeChat).",
@@ -49,23 +51,6 @@ func newLoginServer(r *Refresher) *loginServer {
 		r.cfg.Registerer.MustRegister(s.count)
 	}
 	return s
-}
-
-// serve answers login requests until stop is called; stop waits for the
-// exchanges under way.
-func (s *loginServer) serve() (stop func(), err error) {
-	subject := kv.Subjects{Prefix: s.r.cfg.SubjectPrefix}.Login("*")
-	sub, err := s.r.nc.QueueSubscribe(subject, kv.LoginQueue, s.handle)
-	if err != nil {
-		return nil, err
-	}
-	// Ready then says the replica answers logins: the server has the
-	// subscription.
-	s.r.nc.FlushTimeout(time.Second)
-	return func() {
-		sub.Unsubscribe()
-		s.running.Wait()
-	}, nil
 }
 
 // handle takes one request off the subscription and answers it on a

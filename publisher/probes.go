@@ -39,6 +39,9 @@ type probes struct {
 	log     *slog.Logger
 	now     func() time.Time
 	changed chan struct{} // a verdict changed: publish the state now
+	// onChange, if set, is called after a verdict changed or was
+	// forgotten: whether this replica answers logins may have changed.
+	onChange func()
 }
 
 func newProbes(cfg Config, apps *reloader) *probes {
@@ -90,8 +93,12 @@ func (p *probes) targets() []App {
 	for i, app := range apps {
 		keys[i] = app.Key()
 	}
-	for _, key := range p.table.Keep(keys) {
+	forgotten := p.table.Keep(keys)
+	for _, key := range forgotten {
 		p.canLead.DeleteLabelValues(key)
+	}
+	if len(forgotten) > 0 {
+		p.notify()
 	}
 	return apps
 }
@@ -152,6 +159,7 @@ func (p *probes) probe(ctx context.Context, app App, retries map[string]time.Tim
 		return
 	}
 	defer p.publishNow()
+	defer p.notify()
 	switch {
 	case !v.OK:
 		p.log.Error("this replica cannot lead "+key+": "+v.Fix, "appid", key, "errcode", v.ErrCode, "problem", v.Problem, "errmsg", v.ErrMsg)
@@ -168,6 +176,20 @@ func (p *probes) publishNow() {
 	case p.changed <- struct{}{}:
 	default:
 	}
+}
+
+// notify calls onChange, if set.
+func (p *probes) notify() {
+	if p.onChange != nil {
+		p.onChange()
+	}
+}
+
+// cannotLead is how many apps this replica's last verdicts say it cannot
+// use the secret of.
+func (p *probes) cannotLead() int {
+	_, verdicts := p.table.Summary()
+	return len(verdicts)
 }
 
 // state is what this replica publishes of its verdicts: the apps it

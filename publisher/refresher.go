@@ -150,6 +150,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	}
 	r.logins = newLoginServer(r)
 	r.probes = newProbes(cfg, r.apps)
+	r.probes.onChange = r.logins.standingChanged
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
 	r.creds = loop.New(loop.Config{
 		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
@@ -285,21 +286,28 @@ func (r *Refresher) campaign(ctx context.Context, l *lease.Lease, tokens jetstre
 // platforms' refresh tokens, which a lost lease or a shutdown must not
 // leave only in memory.
 func (r *Refresher) lead(ctx context.Context, tokens jetstream.KeyValue, held loop.Leadership) error {
-	r.metrics.setLeading(true)
+	r.setLeading(true)
 	r.log.Info("became leader", "instance", r.cfg.Instance)
 	led := make(chan struct{})
 	go func() {
 		select {
 		case <-held.Lost(): // from here on this replica may not call WeChat
-			r.metrics.setLeading(false)
+			r.setLeading(false)
 		case <-led:
 		}
 	}()
 	err := r.creds.Lead(ctx, tokens, held)
 	close(led)
-	r.metrics.setLeading(false)
+	r.setLeading(false)
 	r.platforms.Flush()
 	return err
+}
+
+// setLeading records whether this replica leads, and has the login server
+// look again whether to answer logins (loginqueue.go).
+func (r *Refresher) setLeading(leading bool) {
+	r.metrics.setLeading(leading)
+	r.logins.standingChanged()
 }
 
 // Leading reports whether this replica currently leads: whether it may

@@ -49,6 +49,40 @@ func (l *awaitedLog) await(t *testing.T, ctx context.Context, s string, n int) {
 	}
 }
 
+// runStandingReplica runs a refresher of app on NATS at natsURL against
+// the fake at wechat, its calls leaving from addr, until the test ends or
+// the returned stop is called; it returns at once. tune, if any, changes
+// the Config before New.
+func runStandingReplica(t *testing.T, ctx context.Context, natsURL, wechat string, app App, instance, addr string, tune ...func(*Config)) (*Refresher, *awaitedLog, func()) {
+	t.Helper()
+	nc, _ := natstest.Connect(t, natsURL)
+	logs := newAwaitedLog()
+	cfg := Config{Apps: []App{app}, UpstreamURL: wechat, SourceAddr: addr,
+		ProbeEvery: time.Hour, LeaseTTL: 2 * time.Second, UpstreamTimeout: time.Second, Instance: instance,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	r, err := New(nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(run) }()
+	var once sync.Once
+	stopped := func() {
+		once.Do(func() {
+			stop()
+			if err := <-done; err != nil {
+				t.Errorf("%s: Run: %v", instance, err)
+			}
+		})
+	}
+	t.Cleanup(stopped)
+	return r, logs, stopped
+}
+
 // TestReplicaThatCannotLeadDefersWhileOneThatCanStands runs two
 // refreshers against one NATS and a WeChat that whitelists the address of
 // one of them (127.0.0.2). The other (127.0.0.3), alone, leads; it hands
@@ -65,28 +99,7 @@ func TestReplicaThatCannotLeadDefersWhileOneThatCanStands(t *testing.T) {
 	defer wechat.Close()
 	srv := natstest.Server(t, nil)
 	start := func(instance, addr string) (*Refresher, *awaitedLog, func()) {
-		nc, _ := natstest.Connect(t, srv.ClientURL())
-		logs := newAwaitedLog()
-		r, err := New(nc, Config{Apps: []App{{AppID: appid, Secret: NewSecret(secret)}}, UpstreamURL: wechat.URL, SourceAddr: addr,
-			ProbeEvery: time.Hour, LeaseTTL: 2 * time.Second, UpstreamTimeout: time.Second, Instance: instance,
-			Logger: slog.New(slog.NewTextHandler(logs, nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		run, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- r.Run(run) }()
-		var once sync.Once
-		stopped := func() {
-			once.Do(func() {
-				stop()
-				if err := <-done; err != nil {
-					t.Errorf("%s: Run: %v", instance, err)
-				}
-			})
-		}
-		t.Cleanup(stopped)
-		return r, logs, stopped
+		return runStandingReplica(t, ctx, srv.ClientURL(), wechat.URL, App{AppID: appid, Secret: NewSecret(secret)}, instance, addr)
 	}
 
 	bad, badLog, _ := start("bad", "127.0.0.3")

@@ -90,3 +90,43 @@ func TestWhitelistRefusesOtherAddressesNamingThem(t *testing.T) {
 		t.Error("a mini program's token API from 127.0.0.3 was refused: its whitelist guards only the AppSecret APIs")
 	}
 }
+
+// TestWhitelistGuardsTheLoginExchanges: a code exchanged with the secret
+// from an address the whitelist lacks gets 40164 and is not spent (WeChat
+// refuses the call before it looks at the code); from a whitelisted one it
+// logs the user in.
+func TestWhitelistGuardsTheLoginExchanges(t *testing.T) {
+	const mini = "wxmini000000000000"
+	s := New(Config{})
+	s.AddApp(mini, "secret")
+	s.SetWhitelist(mini, Whitelist{Allowed: []string{"127.0.0.2"}})
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	code := s.LoginCode(mini, "user")
+	login := srv.URL + PathJSCode2Session + "?grant_type=authorization_code&appid=" + mini + "&secret=secret&js_code=" + code
+	answer := func(c *http.Client) (errcode int, errmsg, openid string) {
+		resp, err := c.Get(login)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var got struct {
+			ErrCode int    `json:"errcode"`
+			ErrMsg  string `json:"errmsg"`
+			OpenID  string `json:"openid"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+			t.Fatal(err)
+		}
+		return got.ErrCode, got.ErrMsg, got.OpenID
+	}
+	if errcode, errmsg, _ := answer(clientFrom("127.0.0.3")); errcode != 40164 || !strings.HasPrefix(errmsg, "invalid ip 127.0.0.3 ") {
+		t.Errorf("a login from 127.0.0.3: errcode %d %q, want 40164 naming the address", errcode, errmsg)
+	}
+	if n := len(s.LoginCalls()); n != 0 {
+		t.Errorf("%d login calls recorded for a call refused by the whitelist, want none", n)
+	}
+	if errcode, _, openid := answer(clientFrom("127.0.0.2")); errcode != 0 || openid != OpenID(mini, "user") {
+		t.Errorf("the same code from 127.0.0.2: errcode %d, openid %q; want the user logged in", errcode, openid)
+	}
+}

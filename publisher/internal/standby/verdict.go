@@ -73,12 +73,19 @@ func fixOf(appid string, errcode int, addr string) string {
 		return fmt.Sprintf("an administrator of %s must confirm calls from %s: WeChat asked for it in the administrator's WeChat", appid, where)
 	case 89507:
 		return fmt.Sprintf("an administrator of %s refused calls from %s for an hour: confirm the address, or wait", appid, where)
-	case 40001, 40125:
-		return fmt.Sprintf("the AppSecret of %s is wrong or was reset: put the current one in the apps file and reload (SIGHUP)", appid)
+	case 40001, 40125: // 40001 on a probe, which sends no token: the secret
+		return fmt.Sprintf("the AppSecret of %s is wrong or was reset: %s", appid, secretFix(40125, appid))
 	case 40243:
-		return fmt.Sprintf("the AppSecret of %s is frozen: unfreeze it in the console (Development, Basic configuration); it takes about 10 minutes", appid)
+		return fmt.Sprintf("the AppSecret of %s is frozen: %s", appid, secretFix(40243, appid))
 	case 40013, 61011:
 		return fmt.Sprintf("WeChat does not know the appid %s: check it in the apps file", appid)
 	}
 	return fmt.Sprintf("see what errcode %d means for %s", errcode, appid)
+}
+
+// secretFix is the fix for a secret WeChat refused with errcode in the
+// words of a refused fetch's ERROR (upstream.SecretFix: the console, then
+// `wxtoken secret set`), and the apps file as the other way in.
+func secretFix(errcode int, appid string) string {
+	return upstream.SecretFix(&upstream.Error{ErrCode: errcode}, appid) + " (or put it in the apps file and reload with SIGHUP)"
 }
