@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -144,18 +147,70 @@ func (x *exchange) refuseSecret(why string) {
 
 // reportSecret counts a request that carried a secret, and warns naming
 // the client, the path and the parameter: the service that sent it still
-// holds the secret.
+// holds the secret. Every one is counted; the warning comes once a
+// secretWarnEvery per client, path and parameter, since an SDK may send
+// its secret with every token call.
 func (a *Agent) reportSecret(x *exchange) {
 	if x.secret == "" {
 		return
 	}
-	a.metrics.secrets.WithLabelValues(secretLabel(x.path)).Inc()
+	label := secretLabel(x.path)
+	a.metrics.secrets.WithLabelValues(label).Inc()
+	if !a.secretWarnings.due(secretWarning{clientOf(x), label, x.secret}, time.Now()) {
+		return
+	}
 	what := "answered it without the secret, which went nowhere"
 	if x.outcome == "secret_sent" {
 		what = "refused it"
 	}
 	a.log.Warn("a request carried a secret, and the agent "+what+": the service that sent it still holds the secret; remove it from its configuration",
-		"client", x.caller.name(x.r), "path", truncate(x.path, 100), "parameter", x.secret, "in", x.secretIn)
+		"client", x.caller.name(x.r), "path", truncate(x.path, 100), "parameter", x.secret, "in", x.secretIn,
+		"repeats", "once a minute at most for this client, path and parameter; wxtoken_agent_requests_with_secret_total counts every one")
+}
+
+// secretWarnEvery is how often a client's secret on one path is warned
+// about at most.
+const secretWarnEvery = time.Minute
+
+// secretWarning is what a warning of a secret is about.
+type secretWarning struct{ client, path, parameter string }
+
+// clientOf is who sent a request, for secretWarnings: the client's name,
+// or its address without the port when the agent has no clients.
+func clientOf(x *exchange) string {
+	if x.caller.client != nil {
+		return x.caller.client.Name
+	}
+	host, _, err := net.SplitHostPort(x.r.RemoteAddr)
+	if err != nil {
+		return x.r.RemoteAddr
+	}
+	return host
+}
+
+// secretWarnings remembers when each warning of a secret was last given.
+// The zero value is ready.
+type secretWarnings struct {
+	mu   sync.Mutex
+	last map[secretWarning]time.Time
+}
+
+// maxSecretWarnings bounds secretWarnings: without an auth file, clients
+// are addresses, as many as there are hosts.
+const maxSecretWarnings = 1024
+
+// due reports whether w is to be warned about at now, and if so notes it.
+func (s *secretWarnings) due(w secretWarning, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if last, ok := s.last[w]; ok && now.Sub(last) < secretWarnEvery {
+		return false
+	}
+	if s.last == nil || len(s.last) >= maxSecretWarnings {
+		s.last = map[secretWarning]time.Time{} // forgets, at worst, warnings not due for a minute
+	}
+	s.last[w] = now
+	return true
 }
 
 // truncate cuts s to at most n bytes: a path in a log line is the

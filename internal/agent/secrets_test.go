@@ -149,30 +149,36 @@ func TestEveryRequestThatCarriesASecretIsCountedAndNoneIsForwarded(t *testing.T)
 		t.Errorf("requests with a secret counted: %v, want %v", got, want)
 	}
 
-	var warned []logRecord
-	for len(warned) < len(answered)+len(refused) {
-		warned = append(warned, awaitLog(t, ctx, la.records, "warning of a secret",
-			func(r logRecord) bool {
-				return r.level == slog.LevelWarn && strings.HasPrefix(r.msg, "a request carried a secret")
-			},
-			func(logRecord) {}))
-	}
-	params := map[string]bool{}
-	for _, w := range warned {
-		params[w.attrs["parameter"]] = true
-		if w.attrs["client"] != "web" {
-			t.Errorf("the warning names client %q, want web: %v", w.attrs["client"], w.attrs)
-		}
-		for _, v := range append([]string{w.msg}, mapValues(w.attrs)...) {
-			if strings.Contains(v, leaked) {
-				t.Errorf("the warning shows the secret: %q %v", w.msg, w.attrs)
+	// One warning per client, path and parameter: the second token call
+	// with a secret, and the second proxied call with an appsecret, are
+	// counted above but not warned about again. Another client's request
+	// ends the lines to read.
+	la.call(t, ctx, "shop", "GET", "/cgi-bin/token?grant_type=client_credential&appid="+loginAppA+"&secret="+leaked, "", "")
+	var warned []string
+	awaitLog(t, ctx, la.records, "warning of shop's secret",
+		func(r logRecord) bool { return r.level == slog.LevelWarn && r.attrs["client"] == "shop" },
+		func(r logRecord) {
+			if r.level != slog.LevelWarn {
+				return
 			}
-		}
+			if !strings.HasPrefix(r.msg, "a request carried a secret") || r.attrs["client"] != "web" {
+				t.Errorf("a warning: %q %v, want one of a secret web sent", r.msg, r.attrs)
+			}
+			for _, v := range append([]string{r.msg}, mapValues(r.attrs)...) {
+				if strings.Contains(v, leaked) {
+					t.Errorf("the warning shows the secret: %q %v", r.msg, r.attrs)
+				}
+			}
+			warned = append(warned, r.attrs["path"]+" "+r.attrs["parameter"]+" in "+r.attrs["in"])
+		})
+	wantWarned := []string{
+		"/cgi-bin/token secret in query", "/cgi-bin/stable_token secret in body",
+		"/sns/oauth2/access_token secret in query", "/sns/userinfo secret in query",
+		"/cgi-bin/user/get appsecret in query", "/cgi-bin/component/api_component_token component_appsecret in body",
+		"/cgi-bin/message/custom/send corpsecret in body",
 	}
-	for _, p := range []string{"secret", "appsecret", "component_appsecret", "corpsecret"} {
-		if !params[p] {
-			t.Errorf("no warning named the parameter %s: %v", p, params)
-		}
+	if strings.Join(warned, "\n") != strings.Join(wantWarned, "\n") {
+		t.Errorf("warned of:\n%s\nwant:\n%s", strings.Join(warned, "\n"), strings.Join(wantWarned, "\n"))
 	}
 }
 
