@@ -82,8 +82,8 @@ func (la loginAgent) secretsCounted(t *testing.T) map[string]float64 {
 // TestEveryRequestThatCarriesASecretIsCountedAndNoneIsForwarded: a secret
 // under any of its names, in the query (any of its values), a form or a
 // JSON body, is counted by path and warned about naming the client and
-// never the value, on every path. The token paths still answer from
-// memory; the login paths and the paths forwarded to WeChat refuse it, and
+// never the value, on every path. The token paths and the own API still
+// answer from memory; the login paths and the paths forwarded to WeChat refuse it, and
 // WeChat sees none of it. An empty secret is none.
 func TestEveryRequestThatCarriesASecretIsCountedAndNoneIsForwarded(t *testing.T) {
 	ctx := testenv.Context(t, 30*time.Second)
@@ -103,6 +103,10 @@ func TestEveryRequestThatCarriesASecretIsCountedAndNoneIsForwarded(t *testing.T)
 		if status != http.StatusOK || answer["access_token"] != la.fake.Current(loginAppA) {
 			t.Errorf("%s %s %s: %d %v, want the token held", c.method, c.path, c.body, status, answer)
 		}
+	}
+	// The own API answers too.
+	if status, answer := la.call(t, ctx, "web", "GET", "/v1/credentials/"+loginAppA+"?appsecret="+leaked, "", ""); status != http.StatusOK || answer["value"] != la.fake.Current(loginAppA) {
+		t.Errorf("/v1/credentials with an appsecret: %d %v, want the token held", status, answer)
 	}
 	refused := []struct{ method, path, contentType, body string }{
 		{"GET", "/sns/oauth2/access_token?appid=" + loginAppB + "&grant_type=authorization_code&code=c&secret=&secret=" + leaked, "", ""},
@@ -138,7 +142,7 @@ func TestEveryRequestThatCarriesASecretIsCountedAndNoneIsForwarded(t *testing.T)
 	if n := len(la.fake.LoginCalls()); n != 0 {
 		t.Errorf("WeChat saw %d login calls, want none", n)
 	}
-	want := map[string]float64{"/cgi-bin/token": 2, "/cgi-bin/stable_token": 2, "/sns/oauth2/access_token": 1, "/sns/userinfo": 1, "proxy": 4}
+	want := map[string]float64{"/v1/": 1, "/cgi-bin/token": 2, "/cgi-bin/stable_token": 2, "/sns/oauth2/access_token": 1, "/sns/userinfo": 1, "proxy": 4}
 	got := la.secretsCounted(t)
 	for path, n := range want {
 		if got[path] != n {
@@ -172,7 +176,7 @@ func TestEveryRequestThatCarriesASecretIsCountedAndNoneIsForwarded(t *testing.T)
 			warned = append(warned, r.attrs["path"]+" "+r.attrs["parameter"]+" in "+r.attrs["in"])
 		})
 	wantWarned := []string{
-		"/cgi-bin/token secret in query", "/cgi-bin/stable_token secret in body",
+		"/cgi-bin/token secret in query", "/cgi-bin/stable_token secret in body", "/v1/credentials/" + loginAppA + " appsecret in query",
 		"/sns/oauth2/access_token secret in query", "/sns/userinfo secret in query",
 		"/cgi-bin/user/get appsecret in query", "/cgi-bin/component/api_component_token component_appsecret in body",
 		"/cgi-bin/message/custom/send corpsecret in body",
@@ -182,7 +186,10 @@ func TestEveryRequestThatCarriesASecretIsCountedAndNoneIsForwarded(t *testing.T)
 	}
 }
 
-func TestJSONAndQuerySecrets(t *testing.T) {
+// TestASecretIsFoundUnderEachNameAndEncoding: a query's secret in any of
+// its values or escaped, a JSON body's however often or escaped its name,
+// a form's; not an empty one, nor a field of the call's own.
+func TestASecretIsFoundUnderEachNameAndEncoding(t *testing.T) {
 	for _, tc := range []struct {
 		body string
 		want string
