@@ -75,6 +75,30 @@ func TestServeDemo(t *testing.T) {
 		t.Errorf("user/get through the agent: %v, want the fake's two followers", answer)
 	}
 
+	// A newcomer logs the demo user in: a code from the fake, as wx.login
+	// gives one, exchanged at the agent's jscode2session, once.
+	if want := `try_login="code=$(curl -s '` + wechatURL + `/demo/login_code?appid=` + demoApp + `'); curl -s '` + agentURL +
+		`/sns/jscode2session?appid=` + demoApp + `&grant_type=authorization_code&js_code='$code"`; !strings.Contains(logs, want) {
+		t.Errorf("the demo's log lacks the login commands %s:\n%s", want, logs)
+	}
+	status, loginCode := httpGet(t, wechatURL+"/demo/login_code?appid="+demoApp)
+	loginCode = strings.TrimSpace(loginCode)
+	if status != http.StatusOK || loginCode == "" {
+		t.Fatalf("GET /demo/login_code: %d %q", status, loginCode)
+	}
+	exchange := agentURL + "/sns/jscode2session?appid=" + demoApp + "&grant_type=authorization_code&js_code=" + loginCode
+	var session map[string]any
+	if getJSON(t, exchange, &session); session["openid"] == nil || session["session_key"] == nil {
+		t.Errorf("the demo code exchanged at the agent: %v, want an openid and a session_key", session)
+	}
+	session = nil
+	if getJSON(t, exchange, &session); session["errcode"] != 40163.0 {
+		t.Errorf("the demo code exchanged again: %v, want errcode 40163", session)
+	}
+	if status, body := httpGet(t, wechatURL+"/demo/login_code?appid=wx0000000000000000"); status != http.StatusNotFound || !strings.Contains(body, demoApp) {
+		t.Errorf("a login code of an app not the demo's: %d %q, want 404 naming the demo's apps", status, body)
+	}
+
 	// A token WeChat accepts is kept, and the line says why.
 	out, _, code := runWxtoken(t, env, "refresh", demoApp, "--force")
 	if code != 0 || !strings.Contains(out, "not refreshed: WeChat still accepts this token (the refresher asked it with getcallbackip)") ||

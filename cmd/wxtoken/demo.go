@@ -134,6 +134,7 @@ func demoListenError(what, flag, addr string, err error) error {
 func demoWeChatHandler(fake *fakewechat.Server, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", fake)
+	handleDemoLoginCode(mux, fake, log)
 	mux.HandleFunc("POST "+demoRejectPath+"{appid}", func(w http.ResponseWriter, r *http.Request) {
 		appid := r.PathValue("appid")
 		n, err := fake.Reject(appid)
@@ -183,7 +184,7 @@ func (d *demo) startAgent(nc *nats.Conn, ready func() error, log *slog.Logger) (
 		go srv.Serve(d.agentLn)
 		agentURL := "http://" + d.agentLn.Addr().String()
 		log.Info("demo: agent listening, forwarding to the fake WeChat", "url", agentURL,
-			"try", "curl -s "+agentURL+"/v1/credentials/"+demoAppID)
+			"try", "curl -s "+agentURL+"/v1/credentials/"+demoAppID, "try_login", demoLoginCommands(d.wechatURL, agentURL))
 		started <- true
 	}()
 	return func() {

@@ -110,7 +110,7 @@ func secretSet(args []string, getenv func(string) string, stdout, _ io.Writer) e
 	if wait <= 0 || replicas < 0 {
 		return usagef("--wait must be positive and --replicas at least 0")
 	}
-	secret, err := readNewSecret(file)
+	secret, err := readNewSecret(file, os.Stdin)
 	if err != nil {
 		return err
 	}
@@ -127,16 +127,20 @@ func secretSet(args []string, getenv func(string) string, stdout, _ io.Writer) e
 }
 
 // readNewSecret reads the secret from file, or from stdin when file is "".
-func readNewSecret(file string) ([]byte, error) {
+// A stdin that is a device is refused: a terminal would show the secret as
+// it is typed, and /dev/null (what a service manager or `< /dev/null`
+// gives) holds none; either way the secret was meant to come another way.
+func readNewSecret(file string, stdin *os.File) ([]byte, error) {
 	var data []byte
 	var err error
 	if file != "" {
 		data, err = os.ReadFile(file)
 	} else {
-		if fi, serr := os.Stdin.Stat(); serr == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			return nil, usagef("stdin is a terminal (a character device), which would show the secret as it is typed: pipe it (printf %%s \"$SECRET\" | wxtoken secret set KEY), redirect a file (< FILE) or give --file")
+		if fi, serr := stdin.Stat(); serr == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			return nil, usagef("stdin is a device (a terminal, which would show the secret as it is typed, or /dev/null), not a pipe or a file: " +
+				"pipe the secret in (printf %%s \"$SECRET\" | wxtoken secret set KEY), redirect a file (< FILE) or give --file")
 		}
-		data, err = io.ReadAll(io.LimitReader(os.Stdin, maxSecretSize+1))
+		data, err = io.ReadAll(io.LimitReader(stdin, maxSecretSize+1))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the secret: %w", err)

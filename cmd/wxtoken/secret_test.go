@@ -34,3 +34,33 @@ func TestSecretSetRefusesASecretOnTheCommandLine(t *testing.T) {
 		r.check(t)
 	}
 }
+
+// TestSecretSetSaysWhatItsStdinIs: a stdin that is a device (here
+// /dev/null, as `< /dev/null` or a service manager gives it) is refused as
+// a device, not called a terminal, and says how to give the secret; a pipe
+// gives it.
+func TestSecretSetSaysWhatItsStdinIs(t *testing.T) {
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
+	_, err = readNewSecret("", devNull)
+	if err == nil || !strings.HasPrefix(err.Error(), "stdin is a device (a terminal, which would show the secret as it is typed, or /dev/null), not a pipe or a file: ") ||
+		!strings.Contains(err.Error(), "give --file") {
+		t.Errorf("stdin /dev/null: %v, want it refused as a device, naming --file", err)
+	}
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	go func() {
+		w.WriteString("0123456789abcdef0123456789abcdef\n")
+		w.Close()
+	}()
+	if secret, err := readNewSecret("", r); err != nil || string(secret) != "0123456789abcdef0123456789abcdef" {
+		t.Errorf("a secret piped in: %q, %v", secret, err)
+	}
+}

@@ -85,6 +85,8 @@ type Agent struct {
 	wecom    *failover.Bases // WeCom's one base
 	metrics  *metrics
 
+	secretWarnings secretWarnings // when each client was last warned of a secret (secrets.go)
+
 	ctx      context.Context // ends with Close
 	cancel   context.CancelFunc
 	running  sync.Once

@@ -28,6 +28,9 @@ type exchange struct {
 	caller  caller
 	class   string // the path class, for the metrics
 	outcome string
+	path    string // the WeChat path or /v1/ path asked, without an /app/KEY/ prefix
+
+	secret, secretIn string // the secret parameter the request carried, and where (secrets.go)
 
 	clearWriteDeadline bool // bound set one
 }
@@ -38,6 +41,7 @@ func (a *Agent) finish(x *exchange) {
 	if x.clearWriteDeadline {
 		http.NewResponseController(x.w).SetWriteDeadline(time.Time{})
 	}
+	a.reportSecret(x)
 	a.metrics.observe(x)
 }
 
@@ -127,7 +131,9 @@ func (a *Agent) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.caller = c
 	path := collapseSlashes(r.URL.Path)
+	x.carried(querySecret(r.URL.RawQuery), "query")
 	if rest, ok := strings.CutPrefix(path, "/v1/"); ok {
+		x.path = path
 		a.serveAPI(x, rest)
 		return
 	}
@@ -143,6 +149,7 @@ func (a *Agent) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		path = "/" + tail
 	}
+	x.path = path
 	a.serveWeChat(x, key, path)
 }
 

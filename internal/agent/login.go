@@ -21,10 +21,11 @@ import (
 // component token) in and calls WeChat, and passes WeChat's answer back
 // unchanged. Neither code nor answer is kept, logged or counted by key.
 
-// secretParams are the parameters a login request must not carry: the
-// agent refuses such a request rather than forward a secret, and counts
-// it, so that the services still holding one can be found.
-var secretParams = []string{"secret", "appsecret", "component_access_token", "component_appsecret"}
+// loginRefusedParams are the parameters a login request must not carry:
+// a secret, or the platform's component token, which the refresher puts
+// in. Such a request is refused rather than forwarded, and counted
+// (secrets.go), so that the services still holding one can be found.
+var loginRefusedParams = append(append([]string(nil), secretNames...), "component_access_token")
 
 // serveLogin answers a login path: the app is the /app/KEY/ prefix's, or
 // appid's, or the one app the caller may log users in to.
@@ -40,12 +41,8 @@ func (a *Agent) serveLogin(x *exchange, prefixKey, path string) {
 		x.wechatError(http.StatusBadRequest, -1, "bad_request", "the query does not parse")
 		return
 	}
-	if carried := carriedSecret(q); carried != "" {
-		a.metrics.secrets.WithLabelValues(path).Inc()
-		a.log.Warn("refused a login request that carried a secret: the service that sent it still holds one; remove it from its configuration",
-			"client", x.caller.name(r), "path", path, "parameter", carried)
-		x.wechatError(http.StatusBadRequest, 40125, "secret_sent",
-			"invalid appsecret: send no %s: wxtoken puts it in; remove it from this service's configuration (an SDK's secret setting can be empty)", carried)
+	if x.carried(carriedParam(q, loginRefusedParams), "query"); x.secret != "" {
+		x.refuseSecret("wxtoken puts it in")
 		return
 	}
 	key := a.loginKey(x, prefixKey, q.Get("appid"))
@@ -64,17 +61,6 @@ func (a *Agent) serveLogin(x *exchange, prefixKey, path string) {
 		return
 	}
 	a.answerLogin(x, reply)
-}
-
-// carriedSecret names the secret parameter q carries, if any. An empty one
-// is none: an SDK configured with an empty secret sends it so.
-func carriedSecret(q url.Values) string {
-	for _, p := range secretParams {
-		if q.Get(p) != "" {
-			return p
-		}
-	}
-	return ""
 }
 
 // loginKey returns the app a login call is for, or answers why there is
@@ -206,6 +192,10 @@ func (a *Agent) forwardUserCall(x *exchange, path string) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		x.wechatError(http.StatusBadRequest, -1, "bad_request", "the query does not parse")
+		return
+	}
+	if x.secret != "" {
+		x.refuseSecret("the agent forwards no secret to WeChat, and " + path + " takes none")
 		return
 	}
 	token := q.Get("access_token")

@@ -40,6 +40,14 @@ var loginTokens = map[string]string{"shop": "shop-token-0123456789", "web": "web
 
 func startLoginAgent(t *testing.T, ctx context.Context) loginAgent {
 	t.Helper()
+	return startLoginAgentVia(t, ctx, nil)
+}
+
+// startLoginAgentVia is startLoginAgent with the agent's calls to WeChat
+// going to via(fake) rather than to the fake itself (the refresher's go to
+// the fake); a nil via is none.
+func startLoginAgentVia(t *testing.T, ctx context.Context, via func(*fakewechat.Server) http.Handler) loginAgent {
+	t.Helper()
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
 	fake, wechat := testenv.WeChat(t, fakewechat.Config{})
@@ -52,6 +60,11 @@ func startLoginAgent(t *testing.T, ctx context.Context) loginAgent {
 		return Client{Name: name, TokenSHA256: sha256.Sum256([]byte(loginTokens[name])), Keys: keys, Login: login}
 	}
 	la := loginAgent{fake: fake, reg: prometheus.NewRegistry(), records: make(chan logRecord, 256)}
+	if via != nil {
+		front := httptest.NewServer(via(fake))
+		t.Cleanup(front.Close)
+		wechat = front.URL
+	}
 	base, _ := url.Parse(wechat)
 	a, err := New(Config{Conn: nc, WeChatBase: base, WeComBase: base, Registry: la.reg, Logger: slog.New(recordingHandler{la.records}),
 		Clients: []Client{

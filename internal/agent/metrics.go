@@ -49,7 +49,7 @@ func newMetrics(reg *prometheus.Registry, wechat *failover.Bases) *metrics {
 		}),
 		secrets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_agent_requests_with_secret_total",
-			Help: "Login requests refused because they carried a secret (secret, appsecret, component_access_token), by path: a service that still holds the AppSecret sent each; the WARN line names it.",
+			Help: "Requests that carried a secret (secret, appsecret, corpsecret, component_appsecret; on a login path component_access_token too), by path (a path the agent answers itself, /v1/, or proxy for a forwarded call): a service that still holds the secret sent each; a WARN line (once a minute per client, path and parameter) names it.",
 		}, []string{"path"}),
 	}
 	if reg == nil {

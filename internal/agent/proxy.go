@@ -56,6 +56,10 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 		x.wechatError(http.StatusBadRequest, -1, "bad_request", "the query does not parse")
 		return
 	}
+	if x.secret != "" {
+		x.refuseSecret(forwardsNoSecret)
+		return
+	}
 	key := prefixKey
 	if key == "" {
 		if key = a.callerOf(x, query.Get("access_token")); key == "" {
@@ -76,6 +80,10 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	}
 	body, err := a.readBody(x)
 	if err != nil {
+		return
+	}
+	if x.carried(bodySecret(r.Header.Get("Content-Type"), body.data), "body"); x.secret != "" {
+		x.refuseSecret(forwardsNoSecret)
 		return
 	}
 	a.bound(x, a.longestCall())
@@ -114,6 +122,10 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	defer done()
 	passBack(x, resp)
 }
+
+// forwardsNoSecret is why a forwarded call with a secret is refused.
+const forwardsNoSecret = "the agent forwards no secret to WeChat; a call that needs the AppSecret is wxtoken serve's to make " +
+	"(clear the quota with /cgi-bin/clear_quota, which takes the token the agent puts in)"
 
 // passBack answers WeChat's answer as it came, but for the connection's
 // own headers, and closes its body.

@@ -14,7 +14,8 @@ import (
 // serveWeChat answers WeChat's token and ticket paths from memory, in
 // WeChat's shapes, and forwards every other call. prefixKey is the key of
 // the /app/{key}/ prefix, or "": then the request names the app (appid,
-// corpid or access_token). A secret in the request is never read.
+// corpid or access_token). A secret in the request is never used: it is
+// counted, and refused where the request would take it to WeChat (secrets.go).
 func (a *Agent) serveWeChat(x *exchange, prefixKey, path string) {
 	q := x.r.URL.Query()
 	switch path {
@@ -180,6 +181,7 @@ func (a *Agent) serveStableToken(x *exchange, prefixKey string) {
 		return
 	}
 	bodyRead(x)
+	x.carried(jsonSecret(body), "body") // counted; the body goes nowhere
 	var req struct {
 		AppID        string `json:"appid"`
 		ForceRefresh bool   `json:"force_refresh"`

@@ -19,7 +19,10 @@ import (
 // phone's wx.login, a browser's authorize redirect: LoginCode and
 // OAuthCode), works once, within 5 minutes; otherwise 40029, and 40163
 // when it is used again. A web login's refresh token works 30 days, and
-// renews without the secret.
+// renews without the secret. The exchanges that take the secret are
+// refused as a token fetch is: from an address off the app's IP whitelist
+// (40164, whitelist.go), with the secret of before a reset (40125), and
+// while the secret is frozen (40243, secrets.go).
 const (
 	PathJSCode2Session          = "/sns/jscode2session"
 	PathOAuthAccessToken        = "/sns/oauth2/access_token"
@@ -162,8 +165,10 @@ func (s *Server) loginAnswer(path string, q url.Values, code string, refresh boo
 			return errReply(40013, "")
 		case q.Get("secret") == "":
 			return errReply(41004, "")
-		case q.Get("secret") != a.secret:
+		case q.Get("secret") != a.secret: // a reset ends the old one at once
 			return errReply(40125, "")
+		case a.frozen:
+			return errReply(40243, "")
 		}
 	}
 	grant := "authorization_code"

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
@@ -130,5 +131,80 @@ func TestAComponentLoginNeedsThePlatformsTokenAndAnAuthorizedAccount(t *testing.
 	}
 	if calls := s.LoginCalls(); !calls[1].ComponentToken || calls[1].Secret {
 		t.Errorf("the call seen: %+v", calls[1])
+	}
+}
+
+// TestTheLoginExchangesAreGuardedAsTheSecretIs: jscode2session and
+// oauth2/access_token take the AppSecret, so a mini program's whitelist
+// guards them (40164 naming the address), a frozen secret gets 40243 and
+// the secret of before a reset 40125; none of these uses up the code. The
+// renewal, which takes no secret, is not guarded by a mini program's
+// whitelist.
+func TestTheLoginExchangesAreGuardedAsTheSecretIs(t *testing.T) {
+	const app, secret = "wx00000000000010a3", "the-secret"
+	s := New(Config{})
+	s.AddApp(app, secret)
+	s.SetWhitelist(app, Whitelist{Allowed: []string{"127.0.0.2"}})
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	good, bad := clientFrom("127.0.0.2"), clientFrom("127.0.0.3")
+	exchange := func(c *http.Client, path, codeParam, code, secret string) (int, string) {
+		t.Helper()
+		q := url.Values{"appid": {app}, "secret": {secret}, codeParam: {code}, "grant_type": {"authorization_code"}}
+		resp, err := c.Get(srv.URL + path + "?" + q.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var answer struct {
+			ErrCode int    `json:"errcode"`
+			ErrMsg  string `json:"errmsg"`
+			OpenID  string `json:"openid"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil {
+			t.Fatal(err)
+		}
+		if answer.ErrCode == 0 && answer.OpenID != OpenID(app, "frank") {
+			t.Fatalf("%s: neither frank's openid nor an errcode: %+v", path, answer)
+		}
+		return answer.ErrCode, answer.ErrMsg
+	}
+
+	mini, web := s.LoginCode(app, "frank"), s.OAuthCode(app, "frank", "snsapi_base")
+	for _, c := range []struct{ path, param, code string }{{PathJSCode2Session, "js_code", mini}, {PathOAuthAccessToken, "code", web}} {
+		code, msg := exchange(bad, c.path, c.param, c.code, secret)
+		if code != 40164 || !strings.HasPrefix(msg, "invalid ip 127.0.0.3 ipv6 ::ffff:127.0.0.3, not in whitelist") {
+			t.Errorf("%s from 127.0.0.3: errcode %d %q, want 40164 naming the address", c.path, code, msg)
+		}
+	}
+	renew := url.Values{"appid": {app}, "grant_type": {"refresh_token"}, "refresh_token": {"none-such"}}
+	if resp, err := bad.Get(srv.URL + PathOAuthRefreshToken + "?" + renew.Encode()); err != nil {
+		t.Fatal(err)
+	} else {
+		var answer struct{ ErrCode int }
+		json.NewDecoder(resp.Body).Decode(&answer)
+		resp.Body.Close()
+		if answer.ErrCode != 40030 {
+			t.Errorf("a renewal from 127.0.0.3: errcode %d, want 40030 (the refresh token's, not the whitelist's)", answer.ErrCode)
+		}
+	}
+
+	s.Freeze(app)
+	if code, _ := exchange(good, PathJSCode2Session, "js_code", mini, secret); code != 40243 {
+		t.Errorf("jscode2session with a frozen secret: errcode %d, want 40243", code)
+	}
+	if code, _ := exchange(good, PathOAuthAccessToken, "code", web, secret); code != 40243 {
+		t.Errorf("oauth2/access_token with a frozen secret: errcode %d, want 40243", code)
+	}
+	s.Unfreeze(app)
+	fresh, err := s.ResetSecret(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := exchange(good, PathJSCode2Session, "js_code", mini, secret); code != 40125 {
+		t.Errorf("jscode2session with the secret of before the reset: errcode %d, want 40125", code)
+	}
+	if code, msg := exchange(good, PathJSCode2Session, "js_code", mini, fresh); code != 0 {
+		t.Errorf("the code, refused until now, with the new secret from 127.0.0.2: errcode %d %s, want frank's session", code, msg)
 	}
 }

@@ -9,8 +9,8 @@ import (
 // does (WECHAT.md §8): reset it, freeze it, unfreeze it.
 //
 // A reset ends the old secret at once ("旧的 AppSecret 将立即失效"): every
-// call that carries it (/cgi-bin/token, stable_token, a platform's
-// component calls, WeCom's gettoken) is refused with 40125 (WeCom: 40001,
+// call that carries it (/cgi-bin/token, stable_token, the login
+// exchanges, a platform's component calls, WeCom's gettoken) is refused with 40125 (WeCom: 40001,
 // its wrong-secret errcode) from that moment. The tokens issued before it
 // keep working until they expire or are replaced: WeChat documents
 // nothing else (a mini-game notice speaks of "几分钟过渡期" for the
@@ -45,7 +45,8 @@ func (s *Server) ResetSecret(key string) (string, error) {
 }
 
 // Freeze freezes the app's secret: its token calls (/cgi-bin/token,
-// stable_token) get 40243 until Unfreeze, with the right secret; a wrong
+// stable_token) and login exchanges (jscode2session, oauth2/access_token)
+// get 40243 until Unfreeze, with the right secret; a wrong
 // one still gets 40125. WeChat takes about 10 minutes to freeze or
 // unfreeze; the fake does it at once.
 func (s *Server) Freeze(appid string) error { return s.setFrozen(appid, true) }

@@ -22,9 +22,8 @@ type Whitelist struct {
 	Awaiting []string
 	// EveryAPI is an official account's whitelist, which every server API
 	// checks; a mini program's (EveryAPI false) guards only the AppSecret
-	// APIs: token, stable_token, the login exchanges that carry the secret
-	// (jscode2session, oauth2/access_token) and the platform's component
-	// APIs.
+	// APIs: token, stable_token, jscode2session, oauth2/access_token and
+	// the platform's component APIs.
 	EveryAPI bool
 }
 
@@ -79,9 +78,13 @@ func (s *Server) appOfCall(r *http.Request) (appid string, secretAPI bool) {
 		return bodyField(r, "appid"), true
 	case PathComponentToken, PathStartPush:
 		return bodyField(r, "component_appid"), true
-	case PathJSCode2Session, PathOAuthAccessToken: // they carry the secret
+	case PathJSCode2Session, PathOAuthAccessToken:
+		// A login code exchanged with the AppSecret: among a mini
+		// program's "three AppSecret APIs" (WECHAT.md §8).
 		return q.Get("appid"), true
-	case PathOAuthRefreshToken: // the user's refresh token, no secret
+	case PathOAuthRefreshToken:
+		// Needs no secret: guarded by an official account's whitelist,
+		// which guards every API, only.
 		return q.Get("appid"), false
 	case "/cgi-bin/gettoken", "/cgi-bin/get_jsapi_ticket", "/cgi-bin/ticket/get":
 		return "", false
