@@ -170,15 +170,35 @@ func (p *probes) publishNow() {
 	}
 }
 
-// state is what this replica publishes of its verdicts: the apps it
-// cannot lead, at most maxReplicaApps of them listed.
-func (p *probes) state() (probed int, cannot []kv.ReplicaApp, count int) {
-	probed, verdicts := p.table.Summary()
+// state is what this replica publishes of its verdicts: how many apps
+// its probes judged of those configured, and the apps it cannot lead, at
+// most maxReplicaApps of them listed. With its probes off it has nothing
+// to judge (configured 0): it is complete, and counts no app it cannot
+// lead, as before replicas probed. Its operator chose not to have it
+// checked; deferring to no one, and being deferred to, is what it did
+// then, and a replica that never judges must not be left out for good.
+func (p *probes) state() (probed, configured int, cannot []kv.ReplicaApp, count int) {
+	keys := p.configuredKeys()
+	probed, verdicts := p.table.Summary(keys)
+	if p.every > 0 {
+		configured = len(keys)
+	}
 	for _, v := range verdicts[:min(len(verdicts), maxReplicaApps)] {
 		cannot = append(cannot, kv.ReplicaApp{AppID: v.AppID, ErrCode: v.ErrCode, Address: v.Address,
 			Problem: v.Problem, Fix: v.Fix, CheckedAt: v.CheckedAt.UTC()})
 	}
-	return probed, cannot, len(verdicts)
+	return probed, configured, cannot, len(verdicts)
+}
+
+// configuredKeys returns the keys of the apps configured now.
+func (p *probes) configuredKeys() []string {
+	p.apps.mu.Lock()
+	defer p.apps.mu.Unlock()
+	keys := make([]string, len(p.apps.configured))
+	for i, app := range p.apps.configured {
+		keys[i] = app.Key()
+	}
+	return keys
 }
 
 // maxReplicaApps bounds the apps a replica's state lists, to keep it well
@@ -187,7 +207,7 @@ const maxReplicaApps = 40
 
 // problem says which apps this replica cannot lead, and why, or nil.
 func (p *probes) problem(leading bool) error {
-	_, verdicts := p.table.Summary()
+	_, verdicts := p.table.Summary(p.configuredKeys())
 	if len(verdicts) == 0 {
 		return nil
 	}

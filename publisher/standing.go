@@ -59,8 +59,8 @@ func (r *Refresher) standBy(ctx context.Context, l *lease.Lease, following *sync
 
 // replicaState is what this replica publishes.
 func (r *Refresher) replicaState() kv.ReplicaState {
-	probed, apps, cannot := r.probes.state()
-	return kv.ReplicaState{Standing: r.campaigning.Load(), Leading: r.Leading(), Probed: probed, CannotLead: cannot, Apps: apps}
+	probed, configured, apps, cannot := r.probes.state()
+	return kv.ReplicaState{Standing: r.campaigning.Load(), Leading: r.Leading(), Probed: probed, Configured: configured, CannotLead: cannot, Apps: apps}
 }
 
 // acquire campaigns for the lease while no better replica stands (see
