@@ -93,19 +93,26 @@ const (
 )
 
 // round probes each app configured now, gap apart: probePace at most if
-// fast, the interval spread over the apps otherwise.
+// fast, the interval spread over the apps otherwise. After the last app it
+// waits the interval's share in either case: the next round's first app
+// was probed a share ago at the least, not probePace ago.
 func (p *probes) round(ctx context.Context, fast bool, retries map[string]time.Time) waited {
 	apps := p.targets()
-	gap := p.every / time.Duration(max(len(apps), 1))
+	share := p.every / time.Duration(max(len(apps), 1))
+	gap := share
 	if fast {
-		gap = min(gap, probePace)
+		gap = min(share, probePace)
 	}
 	if len(apps) == 0 {
 		return p.pause(ctx, p.every, retries)
 	}
-	for _, app := range apps {
+	for i, app := range apps {
 		p.probe(ctx, app, retries)
-		if w := p.pause(ctx, gap, retries); w != elapsed {
+		wait := gap
+		if i == len(apps)-1 {
+			wait = share
+		}
+		if w := p.pause(ctx, wait, retries); w != elapsed {
 			return w
 		}
 	}
