@@ -21,10 +21,11 @@ import (
 // every Config.ProbeEvery after and at once on a reload; a new secret's
 // probe before it is used (secretset.go) is the app's verdict too. A
 // refusal that needs a human (40164 IP not whitelisted, 89503 awaiting
-// the administrator, 40125 wrong secret, 40243 frozen, ...) becomes the app's state on this replica: an ERROR
-// line with the fix once per change, wxtoken_replica_can_lead{appid},
-// Ready's answer, and the state the replica publishes for the others
-// (standing.go), which decides who campaigns for the lease.
+// the administrator, 40125 wrong secret, 40243 frozen, ...) becomes the
+// app's state on this replica: an ERROR line with the fix once per
+// change, wxtoken_replica_can_lead{appid}, Ready's answer, and the state
+// the replica publishes for the others (standing.go), which decides who
+// campaigns for the lease.
 
 // probePace is the least time between two probes of the start round: an
 // apps file of hundreds of apps is probed in a minute or so, not in one
