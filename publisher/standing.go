@@ -13,8 +13,8 @@ import (
 // A replica that cannot lead an app does not take the lease while one
 // that can is alive: each replica publishes what its probes proved
 // (probes.go) in the replicas bucket, and campaigns only while no live,
-// standing replica can lead more apps; leading, it hands over to one that
-// appears. The rule and why it never leaves the replicas leaderless are
+// standing replica that has probed every app can lead more apps; leading,
+// it hands over to one that appears. The rule and why it never leaves the replicas leaderless are
 // in internal/lease/peers.go.
 
 // peersSyncWait bounds the wait for the replicas' states before a first
