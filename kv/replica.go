@@ -41,13 +41,21 @@ type ReplicaState struct {
 	// campaigns for the lease or leads: it could take over now.
 	Standing bool `json:"standing"`
 	Leading  bool `json:"leading"`
-	// Probed counts the apps it has a verdict on; CannotLead those whose
-	// verdict is that it cannot use them from where it stands, listed in
-	// Apps with why.
+	// Probed counts the apps it has a verdict on, of the Configured its
+	// probes must judge (every app of its apps file; 0 when its probes are
+	// off); CannotLead those whose verdict is that it cannot use them from
+	// where it stands, listed in Apps with why.
 	Probed     int          `json:"probed"`
+	Configured int          `json:"configured"`
 	CannotLead int          `json:"cannot_lead"`
 	Apps       []ReplicaApp `json:"apps,omitempty"`
 }
+
+// Complete reports whether the replica has a verdict on every app it
+// probes, so that CannotLead is its whole count and not the part of a
+// round under way. A state without Configured (a replica whose probes are
+// off, or one from before the field) is complete.
+func (s ReplicaState) Complete() bool { return s.Probed >= s.Configured }
 
 // ReplicaApp is an app a replica cannot lead, and why.
 type ReplicaApp struct {
@@ -75,7 +83,7 @@ func DecodeReplicaState(data []byte) (ReplicaState, error) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		return ReplicaState{}, fmt.Errorf("kv: replica state: %w", err)
 	}
-	if s.Instance == "" || s.CannotLead < 0 {
+	if s.Instance == "" || s.CannotLead < 0 || s.Probed < 0 || s.Configured < 0 {
 		return ReplicaState{}, fmt.Errorf("kv: replica state without an instance or with a negative count")
 	}
 	return s, nil

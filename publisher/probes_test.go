@@ -74,9 +74,9 @@ func TestProbesReportEachChangeOnceWithTheFix(t *testing.T) {
 	if err := p.problem(false); err == nil || !strings.Contains(err.Error(), "could not take over") || !strings.Contains(err.Error(), fix) {
 		t.Errorf("Ready of a standby: %v, want it could not take over, and the fix", err)
 	}
-	probed, apps, cannot := p.state()
-	if probed != 1 || cannot != 1 || len(apps) != 1 || apps[0].ErrCode != 40164 || apps[0].Address != "127.0.0.3" {
-		t.Errorf("published state: probed %d, cannot %d, %+v; want the app refused at 127.0.0.3", probed, cannot, apps)
+	probed, configured, apps, cannot := p.state()
+	if probed != 1 || configured != 1 || cannot != 1 || len(apps) != 1 || apps[0].ErrCode != 40164 || apps[0].Address != "127.0.0.3" {
+		t.Errorf("published state: probed %d of %d, cannot %d, %+v; want the app refused at 127.0.0.3", probed, configured, cannot, apps)
 	}
 
 	// WeChat out of reach proves nothing: the verdict stands, and the app
@@ -127,7 +127,7 @@ func TestProbesStartAtOnce(t *testing.T) {
 		p.run(runCtx)
 	}()
 	for {
-		if probed, _, _ := p.state(); probed == len(apps) {
+		if probed, _, _, _ := p.state(); probed == len(apps) {
 			break
 		}
 		select {
@@ -138,7 +138,7 @@ func TestProbesStartAtOnce(t *testing.T) {
 	}
 	stop()
 	<-done
-	if _, _, cannot := p.state(); cannot != 0 {
+	if _, _, _, cannot := p.state(); cannot != 0 {
 		t.Errorf("%d apps refused; want both accepted", cannot)
 	}
 }

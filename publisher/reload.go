@@ -60,8 +60,10 @@ func (s *secrets) add(apps []App) {
 // expire, and a rotation under way for one still stores its token. apps
 // is checked as New checks Config.Apps: if it is refused, nothing
 // changes. A secret that changed is probed first, and not used if WeChat
-// refuses it (verifySecrets).
+// refuses it (verifySecrets). Every app is probed again at once, whether
+// the apps were taken or not (probes.reprobe).
 func (r *Refresher) SetApps(apps []App) error {
+	defer r.probes.reprobe()
 	if err := checkApps(apps); err != nil {
 		return fmt.Errorf("publisher: apps: %w", err)
 	}
@@ -72,7 +74,13 @@ func (r *Refresher) SetApps(apps []App) error {
 		return errors.New("publisher: apps: a reload cannot add the first platform: the platform bucket is opened at start; restart wxtoken")
 	}
 	r.keeper.mu.Lock()
-	added, err := r.apps.reload(r.keeper.verifySecrets(apps), whyReload)
+	verified, passed := r.keeper.verifySecrets(apps)
+	added, err := r.apps.reload(verified, whyReload)
+	if err == nil {
+		for _, key := range passed {
+			r.probes.passed(key)
+		}
+	}
 	r.keeper.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("publisher: apps: %w", err)

@@ -82,6 +82,7 @@ func (k *secretKeeper) Take(ctx context.Context, key string, secret []byte) secr
 	if err := k.r.apps.setSecret(key, s); err != nil {
 		return secretset.Answer{Outcome: secretset.Refused, Message: err.Error()}
 	}
+	k.r.probes.passed(key) // the probe above is the verdict on the secret in use
 	k.r.log.Info("secret set: the new secret is in use", "appid", key)
 	return k.persist(app, s)
 }
@@ -146,8 +147,9 @@ func unknownApp(key string) secretset.Answer {
 // refusing it for want of an answer would leave the replica running on
 // another secret than its configuration's for no reason. A secret set at
 // run time and held in memory is kept while the source still gives the
-// one it replaced.
-func (k *secretKeeper) verifySecrets(apps []App) []App {
+// one it replaced. passed are the apps whose new secret WeChat accepted:
+// once it is in use, that is the app's verdict (probes.passed).
+func (k *secretKeeper) verifySecrets(apps []App) (verified []App, passed []string) {
 	apps = slices.Clone(apps)
 	for i, app := range apps {
 		running, ok := k.r.apps.app(app.Key())
@@ -168,6 +170,7 @@ func (k *secretKeeper) verifySecrets(apps []App) []App {
 		cancel()
 		switch {
 		case err == nil:
+			passed = append(passed, key)
 		case refusesSecret(err):
 			apps[i].Secret = running.Secret
 			var ue *upstream.Error
@@ -182,7 +185,7 @@ func (k *secretKeeper) verifySecrets(apps []App) []App {
 				"error", k.r.apps.secrets.scrubber().Scrub(err.Error()))
 		}
 	}
-	return apps
+	return apps, passed
 }
 
 // refusesSecret reports whether WeChat's answer says the secret (or the

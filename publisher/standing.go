@@ -13,8 +13,8 @@ import (
 // A replica that cannot lead an app does not take the lease while one
 // that can is alive: each replica publishes what its probes proved
 // (probes.go) in the replicas bucket, and campaigns only while no live,
-// standing replica can lead more apps; leading, it hands over to one that
-// appears. The rule and why it never leaves the replicas leaderless are
+// standing replica that has probed every app can lead more apps; leading,
+// it hands over to one that appears. The rule and why it never leaves the replicas leaderless are
 // in internal/lease/peers.go.
 
 // peersSyncWait bounds the wait for the replicas' states before a first
@@ -59,8 +59,8 @@ func (r *Refresher) standBy(ctx context.Context, l *lease.Lease, following *sync
 
 // replicaState is what this replica publishes.
 func (r *Refresher) replicaState() kv.ReplicaState {
-	probed, apps, cannot := r.probes.state()
-	return kv.ReplicaState{Standing: r.campaigning.Load(), Leading: r.Leading(), Probed: probed, CannotLead: cannot, Apps: apps}
+	probed, configured, apps, cannot := r.probes.state()
+	return kv.ReplicaState{Standing: r.campaigning.Load(), Leading: r.Leading(), Probed: probed, Configured: configured, CannotLead: cannot, Apps: apps}
 }
 
 // acquire campaigns for the lease while no better replica stands (see

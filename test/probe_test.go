@@ -76,7 +76,7 @@ func TestStandbyNotWhitelistedNeverLeadsWhileTheWhitelistedOneLives(t *testing.T
 		return r["good"].Leading && r["good"].CannotLead == 0 && r["bad"].Standing && !r["bad"].Leading && r["bad"].CannotLead == 1
 	})
 	out, stderr, code := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "status")
-	for _, want := range []string{`(?m)^bad\s+standby\s+1\s+1\s`, `(?m)^good\s+leader\s+1\s+0\s`,
+	for _, want := range []string{`(?m)^bad\s+standby\s+1/1\s+1\s`, `(?m)^good\s+leader\s+1/1\s+0\s`,
 		`(?m)^bad cannot lead ` + appA + `: errcode 40164 \(.*\): ` + regexp.QuoteMeta(fix)} {
 		if code != 0 || !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("wxtoken status (exit %d) does not match %s:\n%s%s", code, want, out, stderr)
@@ -104,7 +104,7 @@ func TestStandbyNotWhitelistedNeverLeadsWhileTheWhitelistedOneLives(t *testing.T
 	bad.waitOutput(t, ctx, "campaigning: no live replica can lead more apps than this one")
 	awaitReadyzSaying(t, ctx, badOps, "this replica leads, but cannot fetch 1 app(s)", fix)
 	awaitReplicas(t, ctx, nc, func(r map[string]kv.ReplicaState) bool { return r["bad"].Leading && r["bad"].CannotLead == 1 })
-	if out, _, _ := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "status"); !regexp.MustCompile(`(?m)^bad\s+leader\s+1\s+1\s`).MatchString(out) ||
+	if out, _, _ := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "status"); !regexp.MustCompile(`(?m)^bad\s+leader\s+1/1\s+1\s`).MatchString(out) ||
 		!strings.Contains(out, "bad cannot lead "+appA) {
 		t.Errorf("wxtoken status after the takeover does not show the bad replica leading with its error:\n%s", out)
 	}

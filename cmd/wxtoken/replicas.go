@@ -64,7 +64,7 @@ func printReplicas(w io.Writer, replicas []kv.ReplicaState, now time.Time) error
 		case r.Standing:
 			role = "standby"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s ago\n", r.Instance, role, r.Probed, r.CannotLead, now.Sub(r.At).Round(time.Second))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s ago\n", r.Instance, role, probedOf(r), r.CannotLead, now.Sub(r.At).Round(time.Second))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -78,4 +78,17 @@ func printReplicas(w io.Writer, replicas []kv.ReplicaState, now time.Time) error
 		}
 	}
 	return nil
+}
+
+// probedOf is how many apps a replica's probes judged, of how many: "12/30"
+// while its first round is under way (its CANNOT LEAD is a part, and no
+// replica defers to it yet), "-" when its probes are off.
+func probedOf(r kv.ReplicaState) string {
+	switch {
+	case r.Configured > 0:
+		return fmt.Sprintf("%d/%d", r.Probed, r.Configured)
+	case r.Probed > 0: // a replica from before "configured"
+		return fmt.Sprint(r.Probed)
+	}
+	return "-"
 }

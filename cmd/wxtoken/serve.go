@@ -36,7 +36,7 @@ platforms (platforms: in the apps file) need --callback-addr on at least one
 replica, for the verify tickets and authorization events WeChat pushes.
 
 SIGHUP reloads the apps file and the secrets (other settings need a
-restart); SIGTERM or SIGINT finishes the fetches under way, releases the
+restart), and probes every app again at once; SIGTERM or SIGINT finishes the fetches under way, releases the
 leader lease and exits.`
 
 const serveExamples = `  # Try it: embedded NATS, a fake WeChat on 127.0.0.1:8181, a demo app with 60s

@@ -24,12 +24,17 @@ import (
 //
 //	A replica defers while another replica is alive (its key was written
 //	within a lease TTL), has read the token bucket and campaigns or leads
-//	(Standing), and has fewer apps it cannot lead (a lower CannotLead).
-//	Deferring, it does not campaign; leading, it releases the lease, as
-//	a clean stop does.
+//	(Standing), has a verdict on every app it probes (Complete), and has
+//	fewer apps it cannot lead (a lower CannotLead). Deferring, it does
+//	not campaign; leading, it releases the lease, as a clean stop does.
 //
-// A lower CannotLead is a strict order, so the replicas with the lowest
-// never defer: among live replicas someone always campaigns, and a lone
+// A replica whose first round of probes is under way counts only the
+// apps judged so far, too few: deferring to it would hand the lease to a
+// replica that may be the worst of all, and take it back a round later.
+// Its own count only grows, so it may itself defer to a complete one
+// with fewer. A lower CannotLead is a strict order, so the complete
+// replicas with the lowest never defer, and incomplete ones are deferred
+// to by nobody: among live replicas someone always campaigns, and a lone
 // replica leads whatever it cannot do. A deferring replica campaigns again
 // as soon as no better replica is alive: the better one stopped cleanly
 // (its key is deleted), or died (its key is not renewed). A replica judges
@@ -195,9 +200,9 @@ func (p *Peers) Updated() <-chan struct{} {
 	return p.updated
 }
 
-// Better returns the best live, standing replica with fewer apps it
-// cannot lead than this one (the rule above); ok false when there is
-// none, and this replica may campaign.
+// Better returns the best live, standing, complete replica with fewer
+// apps it cannot lead than this one (the rule above); ok false when there
+// is none, and this replica may campaign.
 func (p *Peers) Better() (best kv.ReplicaState, ok bool) {
 	own := p.cfg.State().CannotLead
 	p.mu.Lock()
@@ -205,7 +210,7 @@ func (p *Peers) Better() (best kv.ReplicaState, ok bool) {
 	for key, o := range p.seen {
 		s := o.state
 		switch {
-		case key == p.key, time.Since(o.seen) >= p.ttl, !s.Standing, s.CannotLead >= own:
+		case key == p.key, time.Since(o.seen) >= p.ttl, !s.Standing, !s.Complete(), s.CannotLead >= own:
 			continue
 		case !ok, s.CannotLead < best.CannotLead, s.CannotLead == best.CannotLead && s.Instance < best.Instance:
 			best, ok = s, true

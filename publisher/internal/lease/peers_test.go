@@ -19,20 +19,27 @@ type testPeer struct {
 	*Peers
 	cannot   atomic.Int64
 	standing atomic.Bool
+	probing  atomic.Bool // its first round of probes is under way
 	changed  chan struct{}
 	stop     func()
 }
 
-// startPeer runs the Peers of instance, standing, cannot leading cannot apps.
-func startPeer(t *testing.T, nc *nats.Conn, js jetstream.JetStream, instance string, cannot int) *testPeer {
+// startPeer runs the Peers of instance, standing, cannot leading cannot
+// apps, and probing if its first round of probes is under way.
+func startPeer(t *testing.T, nc *nats.Conn, js jetstream.JetStream, instance string, cannot int, probing bool) *testPeer {
 	t.Helper()
 	p := &testPeer{changed: make(chan struct{}, 1)}
 	p.cannot.Store(int64(cannot))
 	p.standing.Store(true)
+	p.probing.Store(probing)
 	peers, err := OpenPeers(t.Context(), nc, js, PeersConfig{TokenBucket: kv.DefaultBucket, TTL: time.Second, Replicas: 1,
 		Instance: instance, Logger: slog.New(slog.DiscardHandler), Changed: p.changed,
 		State: func() kv.ReplicaState {
-			return kv.ReplicaState{Standing: p.standing.Load(), CannotLead: int(p.cannot.Load())}
+			s := kv.ReplicaState{Standing: p.standing.Load(), CannotLead: int(p.cannot.Load()), Probed: 30, Configured: 30}
+			if p.probing.Load() {
+				s.Probed = 2
+			}
+			return s
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -82,13 +89,13 @@ func TestPeersDeferToABetterReplicaOnlyWhileItStands(t *testing.T) {
 	defer cancel()
 	nc, js := jetStream(t)
 
-	bad := startPeer(t, nc, js, "bad", 1)
+	bad := startPeer(t, nc, js, "bad", 1, false)
 	<-bad.Synced()
 	if best, ok := bad.Better(); ok {
 		t.Fatalf("a lone replica defers to %+v: it must lead, whatever it cannot do", best)
 	}
 
-	good := startPeer(t, nc, js, "good", 0)
+	good := startPeer(t, nc, js, "good", 0, false)
 	if best := awaitBetter(t, ctx, bad, true); best.Instance != "good" || best.CannotLead != 0 {
 		t.Errorf("the bad replica defers to %+v, want good", best)
 	}
@@ -122,4 +129,50 @@ func TestPeersDeferToABetterReplicaOnlyWhileItStands(t *testing.T) {
 		t.Errorf("deferring to %+v, want the replica that just wrote", best)
 	}
 	awaitBetter(t, ctx, bad, false)
+}
+
+// TestPeersDeferToNoReplicaStillProbing: a replica whose first round of
+// probes is under way counts too few apps it cannot lead; nobody defers
+// to it, the leader of the better count included, until it has judged
+// every app. It may defer to a complete one itself.
+func TestPeersDeferToNoReplicaStillProbing(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, js := jetStream(t)
+
+	leader := startPeer(t, nc, js, "leader", 10, false)
+	<-leader.Synced()
+	starting := startPeer(t, nc, js, "starting", 0, true) // 2 apps judged of 30 so far
+	<-starting.Synced()
+	awaitBetter(t, ctx, starting, false) // the leader is worse than its count so far
+
+	// The starting replica has published one state, incomplete: once the
+	// leader has seen it, it must not defer.
+	for seen := false; !seen; {
+		updated := leader.Updated()
+		leader.mu.Lock()
+		_, seen = leader.seen[kv.ReplicaKey("starting")]
+		leader.mu.Unlock()
+		if seen {
+			break
+		}
+		select {
+		case <-updated:
+		case <-ctx.Done():
+			t.Fatal("the leader never saw the starting replica")
+		}
+	}
+	if best, ok := leader.Better(); ok {
+		t.Errorf("the leader defers to %+v, whose probes are under way", best)
+	}
+
+	starting.set(11, true) // it judged more: worse than the leader, which it defers to
+	if best := awaitBetter(t, ctx, starting, true); best.Instance != "leader" {
+		t.Errorf("the starting replica defers to %+v, want the leader", best)
+	}
+	starting.probing.Store(false)
+	starting.set(0, true) // complete, and better: the leader defers now
+	if best := awaitBetter(t, ctx, leader, true); best.Instance != "starting" {
+		t.Errorf("the leader defers to %+v, want the replica now complete", best)
+	}
 }

@@ -50,15 +50,26 @@ type AppVerdict struct {
 	Verdict
 }
 
-// Summary returns how many apps have a verdict, and the verdicts of those
-// this replica cannot lead, by appid.
-func (t *Table) Summary() (probed int, cannot []AppVerdict) {
+// Summary returns how many of appids (the apps configured now) have a
+// verdict, and the verdicts of those this replica cannot lead, by appid. A
+// verdict on an app a reload removed, not yet forgotten by Keep, counts
+// for nothing: it must not make a round look complete that has not judged
+// an app added in its place.
+func (t *Table) Summary(appids []string) (probed int, cannot []AppVerdict) {
+	configured := make(map[string]bool, len(appids))
+	for _, appid := range appids {
+		configured[appid] = true
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, appid := range slices.Sorted(maps.Keys(t.verdicts)) {
+		if !configured[appid] {
+			continue
+		}
+		probed++
 		if v := t.verdicts[appid]; !v.OK {
 			cannot = append(cannot, AppVerdict{appid, v})
 		}
 	}
-	return len(t.verdicts), cannot
+	return probed, cannot
 }

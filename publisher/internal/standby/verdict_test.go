@@ -80,7 +80,7 @@ func TestTableChangesOncePerChangeOfState(t *testing.T) {
 			t.Errorf("step %d (%+v): changed %v, want %v", i, s.v, changed, s.changed)
 		}
 	}
-	if probed, cannot := table.Summary(); probed != 1 || len(cannot) != 0 {
+	if probed, cannot := table.Summary([]string{appid}); probed != 1 || len(cannot) != 0 {
 		t.Errorf("summary: %d probed, cannot lead %v; want 1 and none", probed, cannot)
 	}
 	table.Record("wxother0000000000a", refused("203.0.113.7"))
