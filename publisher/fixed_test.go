@@ -30,6 +30,9 @@ func refusedOldSecret(t *testing.T, f *keeperFixture) string {
 	if err := f.r.probes.problem(false); err == nil || !strings.Contains(err.Error(), fileApp+": errcode 40125") {
 		t.Fatalf("after a reset, the probe of the old secret: %v; want the app refused with 40125", err)
 	}
+	if in, why := f.r.answersLogins(); in {
+		t.Fatalf("a standby WeChat refuses answers logins: %s", why)
+	}
 	select { // the state was published: start afresh
 	case <-f.r.probes.changed:
 	default:
@@ -38,10 +41,13 @@ func refusedOldSecret(t *testing.T, f *keeperFixture) string {
 }
 
 // assertCanLeadAgain checks that f's replica can lead fileApp, by every
-// sign: Ready's problem, the published count, the metric, and a state
-// published at once.
+// sign: Ready's problem, the published count, the metric, a state
+// published at once, and its place in the login queue group.
 func assertCanLeadAgain(t *testing.T, f *keeperFixture) {
 	t.Helper()
+	if in, why := f.r.answersLogins(); !in {
+		t.Errorf("the replica stays out of the login queue group: %s", why)
+	}
 	if err := f.r.probes.problem(false); err != nil {
 		t.Errorf("Ready: %v; want no app this replica cannot lead", err)
 	}
