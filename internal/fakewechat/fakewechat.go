@@ -8,6 +8,19 @@
 // 30 s; its tokens are apart from the classic ones. getcallbackip answers by
 // the token's validity. Tests and `wxtoken serve --demo` run against it;
 // faults can be injected per app.
+//
+// Quota (quota.go): every call an app's credential got served
+// counts against (app, path) for the China day, whoever made it: a second
+// client with the same secret is counted as wxtoken is (Issue is not: it
+// is the fake's own shortcut). A call refused first (a wrong secret, a
+// dead token, the whitelist) does not count, nor one refused for the limit:
+// each path has a daily limit (the token's Config.DailyQuota, 2000;
+// stable_token 500,000; 100,000 for the rest, where WeChat gives no number;
+// SetQuotaLimit per app) past which calls get 45009 until 00:00 China time
+// on the fake's clock. api_authorizer_token counts against the platform,
+// whose component token asks quota/get for it. quota/get answers
+// {daily_limit, used, remain} (used off by SetQuotaSkew, up to 1%), with
+// 76003, 76021 and 76022 for paths it does not take.
 package fakewechat
 
 import (
@@ -25,7 +38,7 @@ import (
 type Config struct {
 	ExpiresIn   time.Duration    // lifetime of a token; 7200s
 	Overlap     time.Duration    // how long a replaced token keeps working; 5m (negative: none)
-	DailyQuota  int              // token fetches per app per China day; 2000 (negative: unlimited)
+	DailyQuota  int              // token (and component token) fetches per app per China day; 2000 (negative: unlimited)
 	TokenLength int              // characters per token; 152
 	Now         func() time.Time // clock; time.Now
 
@@ -78,6 +91,7 @@ type Server struct {
 	lostRefreshes  int                    // refreshes made with the refresh token before the newest
 	login          *loginBook             // login codes and calls: login.go
 	whitelists     map[string]Whitelist   // IP whitelists, by appid (whitelist.go)
+	quota          *quotaBook             // calls per app, path and day; limits (quota.go)
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
 }
@@ -88,19 +102,15 @@ type app struct {
 	current *issued
 	faults  []Fault // consumed one per fetch
 	sticky  *Fault  // answered to every fetch while set
-	day     string  // China-time date the quota counter belongs to
-	used    int     // fetches that issued a token on that day
 	calls   int     // every token request (either API) naming this app
 	issues  int     // tokens issued, by either API
 	checks  int     // getcallbackip requests with one of this app's tokens
 
-	stable     *issued   // the current stable token
-	stableDay  string    // China-time date stableUsed belongs to
-	stableUsed int       // stable_token calls that day
-	forceDay   string    // China-time date forceUsed belongs to
-	forceUsed  int       // forced refreshes that day
-	forced     int       // forced refreshes that issued a token, ever
-	lastForce  time.Time // the last forced refresh that issued a token
+	stable    *issued   // the current stable token
+	forceDay  string    // China-time date forceUsed belongs to
+	forceUsed int       // forced refreshes that day
+	forced    int       // forced refreshes that issued a token, ever
+	lastForce time.Time // the last forced refresh that issued a token
 
 	tickets map[string]*ticketState // by type: jsapi, wx_card; WeCom's jsapi, agent_config
 	corpid  string                  // a WeCom app's corp; "" for an official account's
@@ -382,7 +392,7 @@ func (s *Server) mint() string {
 // WeCom's /cgi-bin/gettoken), the ticket APIs, /cgi-bin/getcallbackip and
 // a few business APIs (PathSendMessage, PathUserList, PathUploadMedia) and
 // the open platform's component APIs (openplatform.go), and the login paths
-// (login.go).
+// (login.go), and quota/get (quota.go).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.refusedByWhitelist(w, r) {
 		return
@@ -411,6 +421,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveLogin(w, r)
 	case PathUserInfo, PathUserAuth:
 		s.serveUser(w, r)
+	case PathQuotaGet:
+		s.serveQuotaGet(w, r)
 	default:
 		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
 	}
@@ -478,13 +490,9 @@ func (s *Server) tokenReply(appid, secret, grantType string, a *app, now time.Ti
 	if e := credentialError(appid, secret, grantType, a); e != nil {
 		return e
 	}
-	if day := chinaDay(now); a.day != day {
-		a.day, a.used = day, 0
+	if spent := s.take(appid, PathToken, now); spent != nil {
+		return spent
 	}
-	if s.cfg.DailyQuota > 0 && a.used >= s.cfg.DailyQuota {
-		return errReply(45009, "")
-	}
-	a.used++
 	t := s.issue(appid, a, now)
 	return map[string]any{"access_token": t.value, "expires_in": int(s.cfg.ExpiresIn / time.Second)}
 }
@@ -495,10 +503,18 @@ func (s *Server) serveCallbackIP(w http.ResponseWriter, r *http.Request) {
 	if t, ok := s.tokens[token]; ok {
 		s.app(t.appid).checks++
 	}
-	ok, code := s.valid(token, s.cfg.Now())
+	now := s.cfg.Now()
+	ok, code := s.valid(token, now)
+	var answer map[string]any
+	switch {
+	case !ok:
+		answer = errReply(code, "")
+	default:
+		answer = s.take(s.tokens[token].appid, PathGetCallbackIP, now)
+	}
 	s.mu.Unlock()
-	if !ok {
-		writeJSON(w, errReply(code, ""))
+	if answer != nil {
+		writeJSON(w, answer)
 		return
 	}
 	writeJSON(w, map[string]any{"ip_list": []string{"127.0.0.1"}})
@@ -555,6 +571,9 @@ var messages = map[int]string{
 	43002: "require POST method",
 	47001: "data format error",
 	40097: "invalid args",
+	76003: "cgi_path must start with /",
+	76021: "cgi_path not found, please check",
+	76022: "could not use this cgi_path，no permission",
 	45009: "reach max api daily quota limit",
 	45011: "api minute-quota reach limit  mustslower  retry next minute",
 	89501: "此IP正在等待管理员确认,请联系管理员",
