@@ -9,7 +9,7 @@
 // the token's validity. Tests and `wxtoken serve --demo` run against it;
 // faults can be injected per app.
 //
-// Quota (quota.go): every call an app's credential got served
+// Quota (quota.go, clear.go): every call an app's credential got served
 // counts against (app, path) for the China day, whoever made it: a second
 // client with the same secret is counted as wxtoken is (Issue is not: it
 // is the fake's own shortcut). A call refused first (a wrong secret, a
@@ -20,7 +20,11 @@
 // on the fake's clock. api_authorizer_token counts against the platform,
 // whose component token asks quota/get for it. quota/get answers
 // {daily_limit, used, remain} (used off by SetQuotaSkew, up to 1%), with
-// 76003, 76021 and 76022 for paths it does not take.
+// 76003, 76021 and 76022 for paths it does not take. quota/clear resets one
+// path (50 a month); clear_quota (with a token) and clear_quota/v2 (with
+// the secret, in the body or the query) reset every path from the
+// account's 10 a month, which ConsoleClear spends too; past a budget 48006,
+// an unverified account (SetVerified) 48001; months are China months.
 package fakewechat
 
 import (
@@ -63,6 +67,12 @@ type Config struct {
 	// in a sliding hour (100), and WeComCorpTicketsPerHour a corp's
 	// jsapi ticket calls (400); more get 45009.
 	WeComTicketsPerHour, WeComCorpTicketsPerHour int
+
+	// ClearAPILimit is quota/clear's resets per account and China month;
+	// 50. ClearAccountLimit is the whole-account resets per account and
+	// China month, shared by clear_quota, clear_quota/v2 and the console;
+	// 10. Negative: unlimited. More get 48006 (clear.go).
+	ClearAPILimit, ClearAccountLimit int
 }
 
 // Fault replaces the normal answer of one token fetch.
@@ -91,7 +101,7 @@ type Server struct {
 	lostRefreshes  int                    // refreshes made with the refresh token before the newest
 	login          *loginBook             // login codes and calls: login.go
 	whitelists     map[string]Whitelist   // IP whitelists, by appid (whitelist.go)
-	quota          *quotaBook             // calls per app, path and day; limits (quota.go)
+	quota          *quotaBook             // calls per app, path and day; limits; clears (quota.go, clear.go)
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
 }
@@ -164,6 +174,12 @@ func New(cfg Config) *Server {
 	}
 	if cfg.WeComCorpTicketsPerHour == 0 {
 		cfg.WeComCorpTicketsPerHour = 400
+	}
+	if cfg.ClearAPILimit == 0 {
+		cfg.ClearAPILimit = 50
+	}
+	if cfg.ClearAccountLimit == 0 {
+		cfg.ClearAccountLimit = 10
 	}
 	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{}),
 		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}, apis: map[string]*apiState{}, platforms: map[string]*platform{},
@@ -392,7 +408,7 @@ func (s *Server) mint() string {
 // WeCom's /cgi-bin/gettoken), the ticket APIs, /cgi-bin/getcallbackip and
 // a few business APIs (PathSendMessage, PathUserList, PathUploadMedia) and
 // the open platform's component APIs (openplatform.go), and the login paths
-// (login.go), and quota/get (quota.go).
+// (login.go), and the quota APIs (quota.go, clear.go).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.refusedByWhitelist(w, r) {
 		return
@@ -423,6 +439,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveUser(w, r)
 	case PathQuotaGet:
 		s.serveQuotaGet(w, r)
+	case PathQuotaClear:
+		s.serveQuotaClear(w, r)
+	case PathClearQuota:
+		s.serveClearQuota(w, r)
+	case PathClearQuotaV2:
+		s.serveClearQuotaV2(w, r)
 	default:
 		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
 	}
@@ -571,6 +593,8 @@ var messages = map[int]string{
 	43002: "require POST method",
 	47001: "data format error",
 	40097: "invalid args",
+	48001: "api unauthorized",
+	48006: "forbid to clear quota because of reaching the limit",
 	76003: "cgi_path must start with /",
 	76021: "cgi_path not found, please check",
 	76022: "could not use this cgi_path，no permission",

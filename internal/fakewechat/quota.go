@@ -17,6 +17,9 @@ import (
 // dead token, the whitelist, the limit itself) does not count.
 const (
 	PathQuotaGet      = "/cgi-bin/openapi/quota/get"
+	PathQuotaClear    = "/cgi-bin/openapi/quota/clear"
+	PathClearQuota    = "/cgi-bin/clear_quota"
+	PathClearQuotaV2  = "/cgi-bin/clear_quota/v2"
 	PathGetTicket     = "/cgi-bin/ticket/getticket"
 	PathToken         = "/cgi-bin/token"
 	PathStableToken   = "/cgi-bin/stable_token"
@@ -42,15 +45,19 @@ var countedPaths = map[string]bool{
 	PathToken: true, PathStableToken: true, PathGetTicket: true, PathGetCallbackIP: true,
 	PathSendMessage: true, PathUserList: true, PathUploadMedia: true,
 	PathComponentToken: true, PathAuthorizerTok: true,
-	PathQuotaGet: true,
+	PathQuotaGet: true, PathQuotaClear: true, PathClearQuota: true, PathClearQuotaV2: true,
 }
 
-// quotaBook is every app's calls per path and China day, and the limits
-// set apart from the defaults. Callers hold s.mu.
+// quotaBook is every app's calls per path and China day, the limits set
+// apart from the defaults, and the clears of each China month (clear.go).
+// Callers hold s.mu.
 type quotaBook struct {
-	used   map[quotaKey]dayCount
-	limits map[quotaKey]int
-	skew   map[string]float64 // by appid: what quota/get adds to used, as a fraction
+	used       map[quotaKey]dayCount
+	limits     map[quotaKey]int
+	skew       map[string]float64 // by appid: what quota/get adds to used, as a fraction
+	clears     map[clearKey]int
+	unverified map[string]bool
+	noClear    map[string]int // paths quota/clear refuses, to the errcode it answers
 }
 
 type quotaKey struct{ appid, path string }
@@ -65,7 +72,8 @@ type dayCount struct {
 // quotas returns the quota book. Callers hold s.mu.
 func (s *Server) quotas() *quotaBook {
 	if s.quota == nil {
-		s.quota = &quotaBook{used: map[quotaKey]dayCount{}, limits: map[quotaKey]int{}, skew: map[string]float64{}}
+		s.quota = &quotaBook{used: map[quotaKey]dayCount{}, limits: map[quotaKey]int{}, skew: map[string]float64{},
+			clears: map[clearKey]int{}, unverified: map[string]bool{}, noClear: map[string]int{}}
 	}
 	return s.quota
 }
@@ -150,7 +158,7 @@ func (s *Server) serveQuotaGet(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// cgiPath reads {"cgi_path"} and checks it as quota/get does:
+// cgiPath reads {"cgi_path"} and checks it as quota/get and quota/clear do:
 // 76003 without a leading slash, 76022 for /sns/ paths or a path of the
 // other kind of token (a component path asked with an account's token, or
 // the reverse), 76021 for a path the fake does not count. Callers hold s.mu.
