@@ -25,6 +25,11 @@
 // the secret, in the body or the query) reset every path from the
 // account's 10 a month, which ConsoleClear spends too; past a budget 48006,
 // an unverified account (SetVerified) 48001; months are China months.
+//
+// rid (rid.go): every error answer's errmsg ends in " rid: <id>", and the
+// fake keeps the request by that rid for 7 days on its clock, with every
+// secret, token and code in it replaced; rid/get shows it to the account it
+// belongs to only, and never for /sns/ APIs (76001).
 package fakewechat
 
 import (
@@ -102,6 +107,7 @@ type Server struct {
 	login          *loginBook             // login codes and calls: login.go
 	whitelists     map[string]Whitelist   // IP whitelists, by appid (whitelist.go)
 	quota          *quotaBook             // calls per app, path and day; limits; clears (quota.go, clear.go)
+	rids           map[string]*ridRecord  // the requests that got an error, by rid (rid.go)
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
 }
@@ -408,11 +414,20 @@ func (s *Server) mint() string {
 // WeCom's /cgi-bin/gettoken), the ticket APIs, /cgi-bin/getcallbackip and
 // a few business APIs (PathSendMessage, PathUserList, PathUploadMedia) and
 // the open platform's component APIs (openplatform.go), and the login paths
-// (login.go), and the quota APIs (quota.go, clear.go).
+// (login.go), and the quota and rid APIs (quota.go, clear.go, rid.go).
+// Every error answer's errmsg ends in " rid: <id>", and the request is kept
+// by that rid for rid/get.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.refusedByWhitelist(w, r) {
+	rec := s.record(w, r)
+	defer s.finish(rec, r, s.ridOwner(r))
+	if s.refusedByWhitelist(rec, r) {
 		return
 	}
+	s.route(rec, r)
+}
+
+// route answers r by its path.
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/cgi-bin/token":
 		s.serveToken(w, r)
@@ -445,8 +460,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveClearQuota(w, r)
 	case PathClearQuotaV2:
 		s.serveClearQuotaV2(w, r)
+	case PathRidGet:
+		s.serveRidGet(w, r)
 	default:
-		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
+		writeJSON(w, errReply(40066, ""))
 	}
 }
 
@@ -593,8 +610,10 @@ var messages = map[int]string{
 	43002: "require POST method",
 	47001: "data format error",
 	40097: "invalid args",
+	40066: "invalid url",
 	48001: "api unauthorized",
 	48006: "forbid to clear quota because of reaching the limit",
+	76001: "rid not found",
 	76003: "cgi_path must start with /",
 	76021: "cgi_path not found, please check",
 	76022: "could not use this cgi_path，no permission",
@@ -608,7 +627,7 @@ func errReply(code int, msg string) map[string]any {
 	if msg == "" {
 		msg = messages[code]
 	}
-	return map[string]any{"errcode": code, "errmsg": msg + " rid: 6571f2a1-" + strconv.Itoa(rand.IntN(1e6))}
+	return map[string]any{"errcode": code, "errmsg": msg + " rid: " + newRid()}
 }
 
 // writeJSON answers v as WeChat does: JSON with no newline after it.

@@ -20,6 +20,7 @@ const (
 	PathQuotaClear    = "/cgi-bin/openapi/quota/clear"
 	PathClearQuota    = "/cgi-bin/clear_quota"
 	PathClearQuotaV2  = "/cgi-bin/clear_quota/v2"
+	PathRidGet        = "/cgi-bin/openapi/rid/get"
 	PathGetTicket     = "/cgi-bin/ticket/getticket"
 	PathToken         = "/cgi-bin/token"
 	PathStableToken   = "/cgi-bin/stable_token"
@@ -45,7 +46,7 @@ var countedPaths = map[string]bool{
 	PathToken: true, PathStableToken: true, PathGetTicket: true, PathGetCallbackIP: true,
 	PathSendMessage: true, PathUserList: true, PathUploadMedia: true,
 	PathComponentToken: true, PathAuthorizerTok: true,
-	PathQuotaGet: true, PathQuotaClear: true, PathClearQuota: true, PathClearQuotaV2: true,
+	PathQuotaGet: true, PathQuotaClear: true, PathClearQuota: true, PathClearQuotaV2: true, PathRidGet: true,
 }
 
 // quotaBook is every app's calls per path and China day, the limits set
