@@ -377,6 +377,9 @@ func (s *Server) queryAuth(componentAppID, componentToken, code string, now time
 	if e := s.componentError(componentAppID, componentToken, now); e != nil {
 		return e
 	}
+	if spent := s.take(componentAppID, PathQueryAuth, now); spent != nil {
+		return spent
+	}
 	p := s.platforms[componentAppID]
 	c, ok := p.codes[code]
 	delete(p.codes, code)

@@ -33,7 +33,9 @@ const (
 // stable_token's (500,000). It gives no number for getticket nor the
 // component paths (WECHAT.md §7): the fake picks 100,000 for getticket and
 // the authorizer token, 2000 for the component token (as the token's), and
-// 100,000 for every other path it serves.
+// 100,000 for every other path it serves. The platform's paths made with
+// its component token (api_authorizer_token, api_query_auth) count against
+// the platform.
 const (
 	TestAccountTokenLimit = 200
 	stableTokenLimit      = 500000
@@ -45,7 +47,7 @@ const (
 var countedPaths = map[string]bool{
 	PathToken: true, PathStableToken: true, PathGetTicket: true, PathGetCallbackIP: true,
 	PathSendMessage: true, PathUserList: true, PathUploadMedia: true,
-	PathComponentToken: true, PathAuthorizerTok: true,
+	PathComponentToken: true, PathAuthorizerTok: true, PathQueryAuth: true,
 	PathQuotaGet: true, PathQuotaClear: true, PathClearQuota: true, PathClearQuotaV2: true, PathRidGet: true,
 }
 

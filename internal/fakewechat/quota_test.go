@@ -236,7 +236,8 @@ func TestAnAuthorizerTokenIsCountedAgainstThePlatform(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, _ := wxcrypt.New(platformToken, platformKey, platformApp)
-	hook := httptest.NewServer(&callback{c: c})
+	cb := &callback{c: c}
+	hook := httptest.NewServer(cb)
 	defer hook.Close()
 	ticket, _, err := s.PushTicket(ctx, hook.URL, platformApp)
 	if err != nil {
@@ -261,5 +262,13 @@ func TestAnAuthorizerTokenIsCountedAgainstThePlatform(t *testing.T) {
 	}
 	if _, used, _ := quotaOf(t, base, component, PathComponentToken); used != 1 {
 		t.Errorf("component token: used %d, want 1", used)
+	}
+	if _, err := s.Authorize(ctx, hook.URL, platformApp, "wx00000000000a0002"); err != nil {
+		t.Fatal(err)
+	}
+	post(t, base, PathQueryAuth+"?component_access_token="+component,
+		map[string]string{"component_appid": platformApp, "authorization_code": cb.got()[1].Code})
+	if mine, theirs := s.QuotaUsed(platformApp, PathQueryAuth), s.QuotaUsed("wx00000000000a0002", PathQueryAuth); mine != 1 || theirs != 0 {
+		t.Errorf("api_query_auth counted %d against the platform, %d against the authorizer; want 1, 0", mine, theirs)
 	}
 }
