@@ -94,7 +94,17 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	token := r.URL.Query().Get("access_token")
 	s.mu.Lock()
 	a := s.api(r.URL.Path)
-	ok, code := s.valid(token, s.cfg.Now())
+	now := s.cfg.Now()
+	ok, code := s.valid(token, now)
+	var spent map[string]any
+	if ok {
+		spent = s.take(s.tokens[token].appid, r.URL.Path, now)
+	}
+	if spent != nil {
+		s.mu.Unlock()
+		writeJSON(w, spent)
+		return
+	}
 	if ok {
 		a.ok++
 		a.last = APICall{Token: token, BodySHA256: hex.EncodeToString(sum.Sum(nil)), BodyLen: n, Header: r.Header.Clone()}

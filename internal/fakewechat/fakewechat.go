@@ -8,6 +8,28 @@
 // 30 s; its tokens are apart from the classic ones. getcallbackip answers by
 // the token's validity. Tests and `wxtoken serve --demo` run against it;
 // faults can be injected per app.
+//
+// Quota (quota.go, clear.go): every call an app's credential got served
+// counts against (app, path) for the China day, whoever made it: a second
+// client with the same secret is counted as wxtoken is (Issue is not: it
+// is the fake's own shortcut). A call refused first (a wrong secret, a
+// dead token, the whitelist) does not count, nor one refused for the limit:
+// each path has a daily limit (the token's Config.DailyQuota, 2000;
+// stable_token 500,000; 100,000 for the rest, where WeChat gives no number;
+// SetQuotaLimit per app) past which calls get 45009 until 00:00 China time
+// on the fake's clock. api_authorizer_token counts against the platform,
+// whose component token asks quota/get for it. quota/get answers
+// {daily_limit, used, remain} (used off by SetQuotaSkew, up to 1%), with
+// 76003, 76021 and 76022 for paths it does not take. quota/clear resets one
+// path (50 a month); clear_quota (with a token) and clear_quota/v2 (with
+// the secret, in the body or the query) reset every path from the
+// account's 10 a month, which ConsoleClear spends too; past a budget 48006,
+// an unverified account (SetVerified) 48001; months are China months.
+//
+// rid (rid.go): every error answer's errmsg ends in " rid: <id>", and the
+// fake keeps the request by that rid for 7 days on its clock, with every
+// secret, token and code in it replaced; rid/get shows it to the account it
+// belongs to only, and never for /sns/ APIs (76001).
 package fakewechat
 
 import (
@@ -25,7 +47,7 @@ import (
 type Config struct {
 	ExpiresIn   time.Duration    // lifetime of a token; 7200s
 	Overlap     time.Duration    // how long a replaced token keeps working; 5m (negative: none)
-	DailyQuota  int              // token fetches per app per China day; 2000 (negative: unlimited)
+	DailyQuota  int              // token (and component token) fetches per app per China day; 2000 (negative: unlimited)
 	TokenLength int              // characters per token; 152
 	Now         func() time.Time // clock; time.Now
 
@@ -50,6 +72,12 @@ type Config struct {
 	// in a sliding hour (100), and WeComCorpTicketsPerHour a corp's
 	// jsapi ticket calls (400); more get 45009.
 	WeComTicketsPerHour, WeComCorpTicketsPerHour int
+
+	// ClearAPILimit is quota/clear's resets per account and China month;
+	// 50. ClearAccountLimit is the whole-account resets per account and
+	// China month, shared by clear_quota, clear_quota/v2 and the console;
+	// 10. Negative: unlimited. More get 48006 (clear.go).
+	ClearAPILimit, ClearAccountLimit int
 }
 
 // Fault replaces the normal answer of one token fetch.
@@ -78,6 +106,8 @@ type Server struct {
 	lostRefreshes  int                    // refreshes made with the refresh token before the newest
 	login          *loginBook             // login codes and calls: login.go
 	whitelists     map[string]Whitelist   // IP whitelists, by appid (whitelist.go)
+	quota          *quotaBook             // calls per app, path and day; limits; clears (quota.go, clear.go)
+	rids           map[string]*ridRecord  // the requests that got an error, by rid (rid.go)
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
 }
@@ -88,19 +118,15 @@ type app struct {
 	current *issued
 	faults  []Fault // consumed one per fetch
 	sticky  *Fault  // answered to every fetch while set
-	day     string  // China-time date the quota counter belongs to
-	used    int     // fetches that issued a token on that day
 	calls   int     // every token request (either API) naming this app
 	issues  int     // tokens issued, by either API
 	checks  int     // getcallbackip requests with one of this app's tokens
 
-	stable     *issued   // the current stable token
-	stableDay  string    // China-time date stableUsed belongs to
-	stableUsed int       // stable_token calls that day
-	forceDay   string    // China-time date forceUsed belongs to
-	forceUsed  int       // forced refreshes that day
-	forced     int       // forced refreshes that issued a token, ever
-	lastForce  time.Time // the last forced refresh that issued a token
+	stable    *issued   // the current stable token
+	forceDay  string    // China-time date forceUsed belongs to
+	forceUsed int       // forced refreshes that day
+	forced    int       // forced refreshes that issued a token, ever
+	lastForce time.Time // the last forced refresh that issued a token
 
 	tickets map[string]*ticketState // by type: jsapi, wx_card; WeCom's jsapi, agent_config
 	corpid  string                  // a WeCom app's corp; "" for an official account's
@@ -154,6 +180,12 @@ func New(cfg Config) *Server {
 	}
 	if cfg.WeComCorpTicketsPerHour == 0 {
 		cfg.WeComCorpTicketsPerHour = 400
+	}
+	if cfg.ClearAPILimit == 0 {
+		cfg.ClearAPILimit = 50
+	}
+	if cfg.ClearAccountLimit == 0 {
+		cfg.ClearAccountLimit = 10
 	}
 	return &Server{cfg: cfg, apps: map[string]*app{}, tokens: map[string]*issued{}, called: make(chan struct{}),
 		wecom: map[string]string{}, corpTickets: map[string][]time.Time{}, apis: map[string]*apiState{}, platforms: map[string]*platform{},
@@ -382,11 +414,20 @@ func (s *Server) mint() string {
 // WeCom's /cgi-bin/gettoken), the ticket APIs, /cgi-bin/getcallbackip and
 // a few business APIs (PathSendMessage, PathUserList, PathUploadMedia) and
 // the open platform's component APIs (openplatform.go), and the login paths
-// (login.go).
+// (login.go), and the quota and rid APIs (quota.go, clear.go, rid.go).
+// Every error answer's errmsg ends in " rid: <id>", and the request is kept
+// by that rid for rid/get.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.refusedByWhitelist(w, r) {
+	rec := s.record(w, r)
+	defer s.finish(rec, r, s.ridOwner(r))
+	if s.refusedByWhitelist(rec, r) {
 		return
 	}
+	s.route(rec, r)
+}
+
+// route answers r by its path.
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/cgi-bin/token":
 		s.serveToken(w, r)
@@ -411,8 +452,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveLogin(w, r)
 	case PathUserInfo, PathUserAuth:
 		s.serveUser(w, r)
+	case PathQuotaGet:
+		s.serveQuotaGet(w, r)
+	case PathQuotaClear:
+		s.serveQuotaClear(w, r)
+	case PathClearQuota:
+		s.serveClearQuota(w, r)
+	case PathClearQuotaV2:
+		s.serveClearQuotaV2(w, r)
+	case PathRidGet:
+		s.serveRidGet(w, r)
 	default:
-		writeJSON(w, map[string]any{"errcode": 40066, "errmsg": "invalid url"})
+		writeJSON(w, errReply(40066, ""))
 	}
 }
 
@@ -478,13 +529,9 @@ func (s *Server) tokenReply(appid, secret, grantType string, a *app, now time.Ti
 	if e := credentialError(appid, secret, grantType, a); e != nil {
 		return e
 	}
-	if day := chinaDay(now); a.day != day {
-		a.day, a.used = day, 0
+	if spent := s.take(appid, PathToken, now); spent != nil {
+		return spent
 	}
-	if s.cfg.DailyQuota > 0 && a.used >= s.cfg.DailyQuota {
-		return errReply(45009, "")
-	}
-	a.used++
 	t := s.issue(appid, a, now)
 	return map[string]any{"access_token": t.value, "expires_in": int(s.cfg.ExpiresIn / time.Second)}
 }
@@ -495,10 +542,18 @@ func (s *Server) serveCallbackIP(w http.ResponseWriter, r *http.Request) {
 	if t, ok := s.tokens[token]; ok {
 		s.app(t.appid).checks++
 	}
-	ok, code := s.valid(token, s.cfg.Now())
+	now := s.cfg.Now()
+	ok, code := s.valid(token, now)
+	var answer map[string]any
+	switch {
+	case !ok:
+		answer = errReply(code, "")
+	default:
+		answer = s.take(s.tokens[token].appid, PathGetCallbackIP, now)
+	}
 	s.mu.Unlock()
-	if !ok {
-		writeJSON(w, errReply(code, ""))
+	if answer != nil {
+		writeJSON(w, answer)
 		return
 	}
 	writeJSON(w, map[string]any{"ip_list": []string{"127.0.0.1"}})
@@ -555,6 +610,13 @@ var messages = map[int]string{
 	43002: "require POST method",
 	47001: "data format error",
 	40097: "invalid args",
+	40066: "invalid url",
+	48001: "api unauthorized",
+	48006: "forbid to clear quota because of reaching the limit",
+	76001: "rid not found",
+	76003: "cgi_path must start with /",
+	76021: "cgi_path not found, please check",
+	76022: "could not use this cgi_path，no permission",
 	45009: "reach max api daily quota limit",
 	45011: "api minute-quota reach limit  mustslower  retry next minute",
 	89501: "此IP正在等待管理员确认,请联系管理员",
@@ -565,7 +627,7 @@ func errReply(code int, msg string) map[string]any {
 	if msg == "" {
 		msg = messages[code]
 	}
-	return map[string]any{"errcode": code, "errmsg": msg + " rid: 6571f2a1-" + strconv.Itoa(rand.IntN(1e6))}
+	return map[string]any{"errcode": code, "errmsg": msg + " rid: " + newRid()}
 }
 
 // writeJSON answers v as WeChat does: JSON with no newline after it.

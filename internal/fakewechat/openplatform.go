@@ -305,6 +305,9 @@ func (s *Server) servePlatform(w http.ResponseWriter, r *http.Request) {
 			case !now.Before(expires):
 				return errReply(61005, "component ticket is expired")
 			}
+			if spent := s.take(req.ComponentAppID, PathComponentToken, now); spent != nil {
+				return spent
+			}
 			t := s.issue(req.ComponentAppID, a, now)
 			return map[string]any{"component_access_token": t.value, "expires_in": int(s.cfg.ExpiresIn / time.Second)}
 		})
@@ -340,6 +343,12 @@ func (s *Server) servePlatform(w http.ResponseWriter, r *http.Request) {
 			if !p.authorized[req.AuthorizerAppID] || !pair.accepts(req.AuthorizerRefresh) {
 				return errReply(61023, "refresh_token is invalid")
 			}
+			// Counted against the platform: the call is the platform's, made
+			// with its component token, and quota/get answers a component
+			// path only to a component token.
+			if spent := s.take(req.ComponentAppID, PathAuthorizerTok, now); spent != nil {
+				return spent
+			}
 			if req.AuthorizerRefresh != pair.newest {
 				s.lostRefreshes++
 			}
@@ -367,6 +376,9 @@ func (s *Server) componentError(componentAppID, token string, now time.Time) map
 func (s *Server) queryAuth(componentAppID, componentToken, code string, now time.Time) map[string]any {
 	if e := s.componentError(componentAppID, componentToken, now); e != nil {
 		return e
+	}
+	if spent := s.take(componentAppID, PathQueryAuth, now); spent != nil {
+		return spent
 	}
 	p := s.platforms[componentAppID]
 	c, ok := p.codes[code]

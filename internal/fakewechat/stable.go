@@ -37,13 +37,9 @@ func (s *Server) stableReply(req stableRequest, a *app, now time.Time) map[strin
 	if e := credentialError(req.AppID, req.Secret, req.GrantType, a); e != nil {
 		return e
 	}
-	if day := chinaDay(now); a.stableDay != day {
-		a.stableDay, a.stableUsed = day, 0
+	if spent := s.take(req.AppID, PathStableToken, now); spent != nil {
+		return spent
 	}
-	if s.cfg.DailyQuota > 0 && a.stableUsed >= s.cfg.DailyQuota {
-		return errReply(45009, "")
-	}
-	a.stableUsed++
 	cur := a.stable
 	live := cur != nil && now.Before(cur.expiresAt)
 	switch {

@@ -31,6 +31,10 @@ func (s *Server) serveTicket(w http.ResponseWriter, r *http.Request) {
 	case typ != "jsapi" && typ != "wx_card":
 		writeJSON(w, errReply(40097, ""))
 	default:
+		if spent := s.take(t.appid, PathGetTicket, now); spent != nil {
+			writeJSON(w, spent)
+			return
+		}
 		writeJSON(w, s.ticketAnswer(st, t.appid, now))
 	}
 }

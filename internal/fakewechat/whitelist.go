@@ -76,6 +76,11 @@ func (s *Server) appOfCall(r *http.Request) (appid string, secretAPI bool) {
 		return q.Get("appid"), true
 	case "/cgi-bin/stable_token":
 		return bodyField(r, "appid"), true
+	case PathClearQuotaV2:
+		if appid := bodyField(r, "appid"); appid != "" {
+			return appid, true
+		}
+		return q.Get("appid"), true
 	case PathComponentToken, PathStartPush:
 		return bodyField(r, "component_appid"), true
 	case PathJSCode2Session, PathOAuthAccessToken:
