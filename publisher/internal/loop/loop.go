@@ -28,6 +28,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/ledger"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
@@ -68,6 +69,8 @@ type Metrics interface {
 	Repaired()
 	// Forget drops the series of a credential a reload removed.
 	Forget(key, kind, api string)
+	// InvalidatedElsewhere counts a token of key another party ended.
+	InvalidatedElsewhere(key string)
 }
 
 // Credentials is the set of credentials the refresher keeps fresh, and the
@@ -85,12 +88,13 @@ type Credentials struct {
 	life     bucketLife                         // the token bucket's: see bucket.go
 	synced   atomic.Bool                        // the token bucket has been read
 	removals removals                           // keys to remove for good: see removal.go
+	ledger   *ledger.Book                       // the apps' ledgers: see ledger.go
 }
 
 // New returns the loop of no credentials; Replace gives it some.
 func New(cfg Config) *Credentials {
 	c := &Credentials{cfg: cfg, subjects: cfg.Bucket.Subjects, log: cfg.Logger, metrics: cfg.Metrics, pacer: cfg.Pacer,
-		life: newBucketLife(), removals: removals{keys: map[string]*Removal{}}}
+		life: newBucketLife(), removals: removals{keys: map[string]*Removal{}}, ledger: ledger.New()}
 	c.set.Store(&set{byKey: map[string]*credential{}})
 	return c
 }

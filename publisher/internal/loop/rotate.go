@@ -218,6 +218,7 @@ func (c *Credentials) fetch(t *term, cr *credential, id *identity, m mode, reaso
 			return stop(nil)
 		case err == nil:
 			verifiedDead = true
+			c.judgeDeath(t, cr, id, base.rev, *held)
 		case t.ctx.Err() == nil:
 			c.log.Warn("refresh request: could not check the token, rotating", "appid", cr.key, "error", err)
 		}
@@ -360,6 +361,9 @@ func (c *Credentials) callUpstream(t *term, cr *credential, api string, budget f
 		if err := budget(); err != nil {
 			return upstream.Issued{}, 0, err
 		}
+	}
+	if err := c.count(t, cr, api); err != nil {
+		return upstream.Issued{}, 0, err
 	}
 	at := c.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
