@@ -19,9 +19,11 @@ import (
 )
 
 // attempts bounds the writes of one change that other writers keep
-// beating: each lost race means another replica counted, and the next
-// read sees it.
-const attempts = 5
+// beating: each lost race means another writer counted, and the next read
+// sees it. Writers are few (the leader; a standby's probes; a leader
+// whose term just ended), so a long run of lost races is no race but a
+// fault.
+const attempts = 20
 
 // Book writes the ledgers of a token bucket with compare-and-swap. It
 // remembers the last ledger it read or wrote of each app with its
