@@ -13,7 +13,8 @@
 // of leadership), schedule.go (when a credential rotates), rotate.go (a
 // rotation: fetch, store, announce), parents.go (credentials fetched with
 // another's token, and their waiting for it), failure.go, endpoint.go and
-// demand.go (refresh requests), then bucket.go, leftover.go and
+// demand.go (refresh requests), ledger.go (each call counted before it
+// goes; a token another party ended), then bucket.go, leftover.go and
 // removal.go (the bucket's life around the rotations).
 package loop
 
