@@ -173,3 +173,28 @@ func awaitCurrent(t *testing.T, ctx context.Context, nc *nats.Conn, rev uint64) 
 		}
 	}
 }
+
+// TestProbesAreCountedInTheLedger: a replica's probe of the secret (a
+// stable_token call in normal mode, for a /cgi-bin/token app too) counts
+// at WeChat, so it is counted in the app's ledger beside the fetches.
+func TestProbesAreCountedInTheLedger(t *testing.T) {
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, url := testenv.WeChat(t, fakewechat.Config{})
+	b := openBucket(t, ctx, nc)
+	ledgers := testenv.Entries(t, b, kv.LedgerKey(appA))
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, ProbeEvery: time.Hour})
+	for {
+		var l ledger
+		if err := json.Unmarshal(testenv.Next(t, ctx, ledgers).Value(), &l); err != nil {
+			t.Fatal(err)
+		}
+		if l.Calls["token"] >= 1 && l.Calls["stable_token"] >= 1 {
+			if l.Calls["token"] != fake.Issued(appA) || l.LastEnding.IsZero() {
+				t.Errorf("ledger counts %d token fetches (last ending %s), WeChat issued %d", l.Calls["token"], l.LastEnding, fake.Issued(appA))
+			}
+			return
+		}
+	}
+}

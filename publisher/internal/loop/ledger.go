@@ -1,9 +1,13 @@
 package loop
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -22,7 +26,7 @@ func (c *Credentials) count(t *term, cr *credential, api string) error {
 	appid, _ := kv.SplitKey(cr.key)
 	ender := cr.id().ender
 	ends := ender != nil && ender.Ends(api)
-	err := c.ledger.Count(t.work, t.bucket, appid, api, c.now(), ends)
+	err := c.countIn(t.work, t.bucket, appid, api, ends)
 	switch {
 	case err == nil:
 		return nil
@@ -91,4 +95,71 @@ func (c *Credentials) publishElsewhere(key string, dead kv.Elsewhere) {
 	if err := c.cfg.Conn.Publish(c.subjects.Failed(key), data); err != nil {
 		c.log.Warn("failure event not published", "key", key, "error", err)
 	}
+}
+
+// CountApart counts in appid's ledger a call to WeChat made apart from the
+// loop (a replica's probe of a secret), under api, before it is made: it
+// ends no token, and counts at WeChat as any other. Before the token
+// bucket is open (a replica's first probes) the call is kept, and counted
+// with the app's next count.
+func (c *Credentials) CountApart(ctx context.Context, appid, api string) error {
+	b := c.bucket.Load()
+	if b == nil {
+		c.apart.keep(appid, map[string]int{api: 1})
+		return nil
+	}
+	return c.countIn(ctx, *b, appid, api, false)
+}
+
+// countIn counts the call under api in appid's ledger in b, with the
+// calls kept for it while there was no bucket (kept again if the count
+// fails).
+func (c *Credentials) countIn(ctx context.Context, b jetstream.KeyValue, appid, api string, ends bool) error {
+	kept := c.apart.take(appid)
+	now := c.now()
+	err := c.ledger.Update(ctx, b, appid, func(l *kv.Ledger) bool {
+		for api, n := range kept {
+			for range n {
+				l.Count(api, now, false)
+			}
+		}
+		l.Count(api, now, ends)
+		return true
+	})
+	if err != nil {
+		c.apart.keep(appid, kept)
+	}
+	return err
+}
+
+// uncounted is the calls made before there was a ledger to count them in,
+// by appid and API.
+type uncounted struct {
+	mu    sync.Mutex
+	calls map[string]map[string]int
+}
+
+func (u *uncounted) keep(appid string, calls map[string]int) {
+	if len(calls) == 0 {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.calls == nil {
+		u.calls = map[string]map[string]int{}
+	}
+	if u.calls[appid] == nil {
+		u.calls[appid] = map[string]int{}
+	}
+	for api, n := range calls {
+		u.calls[appid][api] += n
+	}
+}
+
+func (u *uncounted) take(appid string) map[string]int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	calls := u.calls[appid]
+	delete(u.calls, appid)
+	return calls
 }

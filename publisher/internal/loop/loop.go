@@ -90,6 +90,7 @@ type Credentials struct {
 	synced   atomic.Bool                        // the token bucket has been read
 	removals removals                           // keys to remove for good: see removal.go
 	ledger   *ledger.Book                       // the apps' ledgers: see ledger.go
+	apart    uncounted                          // calls made before the bucket was open: see ledger.go
 }
 
 // New returns the loop of no credentials; Replace gives it some.
