@@ -58,29 +58,35 @@ type Elsewhere struct {
 }
 
 // Count counts one call under api at now, and, if ends, records it as the
-// last call that ends the app's token. A new China day or month starts
-// its count from zero.
+// last call that ends the app's token (unless a later one is recorded). A
+// new China day or month starts its count from zero; a call of a day or
+// month before the ledger's (one counted late) is not counted in it.
 func (l *Ledger) Count(api string, now time.Time, ends bool) {
 	if l.Since.IsZero() {
 		l.Since = now.UTC()
 	}
 	china := now.In(chinaTime)
-	if day := china.Format(time.DateOnly); l.Day != day || l.Calls == nil {
+	if day := china.Format(time.DateOnly); day > l.Day || l.Calls == nil {
 		l.Day, l.Calls = day, map[string]int{}
 	}
-	if month := china.Format("2006-01"); l.Month != month || l.MonthCalls == nil {
+	if month := china.Format("2006-01"); month > l.Month || l.MonthCalls == nil {
 		l.Month, l.MonthCalls = month, map[string]int{}
 	}
-	l.Calls[api]++
-	l.MonthCalls[api]++
-	if ends {
-		if l.LastEnding.Truncate(time.Second).Equal(now.Truncate(time.Second)) {
-			l.LastEndingCalls++
-		} else {
-			l.LastEndingCalls = 1
-		}
-		l.LastEnding = now.UTC()
+	if china.Format(time.DateOnly) == l.Day {
+		l.Calls[api]++
 	}
+	if china.Format("2006-01") == l.Month {
+		l.MonthCalls[api]++
+	}
+	if !ends || now.Before(l.LastEnding) {
+		return
+	}
+	if l.LastEnding.Truncate(time.Second).Equal(now.Truncate(time.Second)) {
+		l.LastEndingCalls++
+	} else {
+		l.LastEndingCalls = 1
+	}
+	l.LastEnding = now.UTC()
 }
 
 // Ours reports whether a token fetched at fetchedAt (a record's

@@ -24,6 +24,10 @@ func TestLedgerCountsByChinaDayAndMonth(t *testing.T) {
 	if !l.Since.Equal(night) || !l.LastEnding.Equal(night.Add(time.Minute)) || l.LastEndingCalls != 1 {
 		t.Fatalf("since %s, last ending %s (%d in its second)", l.Since, l.LastEnding, l.LastEndingCalls)
 	}
+	l.Count("token", night.Add(30*time.Second), true) // a call of yesterday, counted late
+	if l.Day != "2026-12-01" || l.Calls["token"] != 1 || l.MonthCalls["token"] != 1 || !l.LastEnding.Equal(night.Add(time.Minute)) {
+		t.Fatalf("a late count of yesterday's call changed today's: %+v", l)
+	}
 	data, err := EncodeLedger(l)
 	if err != nil {
 		t.Fatal(err)

@@ -83,14 +83,14 @@ type Credentials struct {
 	metrics  Metrics
 	pacer    *upstream.Pacer
 
-	set      atomic.Pointer[set]
-	bucket   atomic.Pointer[jetstream.KeyValue] // the token bucket, once open
-	term     atomic.Pointer[term]               // the leadership term under way, if any
-	life     bucketLife                         // the token bucket's: see bucket.go
-	synced   atomic.Bool                        // the token bucket has been read
-	removals removals                           // keys to remove for good: see removal.go
-	ledger   *ledger.Book                       // the apps' ledgers: see ledger.go
-	apart    uncounted                          // calls made before the bucket was open: see ledger.go
+	set       atomic.Pointer[set]
+	bucket    atomic.Pointer[jetstream.KeyValue] // the token bucket, once open
+	term      atomic.Pointer[term]               // the leadership term under way, if any
+	life      bucketLife                         // the token bucket's: see bucket.go
+	synced    atomic.Bool                        // the token bucket has been read
+	removals  removals                           // keys to remove for good: see removal.go
+	ledger    *ledger.Book                       // the apps' ledgers: see ledger.go
+	uncounted uncounted                          // calls made but not counted yet: see ledger.go
 }
 
 // New returns the loop of no credentials; Replace gives it some.
