@@ -88,9 +88,22 @@ type FailureEvent struct {
 	Kind        string    `json:"kind,omitempty"` // as RotationEvent's
 	ErrCode     int       `json:"errcode"`
 	ErrMsg      string    `json:"errmsg"`
-	Class       string    `json:"class"` // config, quota or retry
+	Class       string    `json:"class"` // config, quota or retry; or ClassInvalidatedElsewhere
 	NextAttempt time.Time `json:"next_attempt"`
+
+	// What an invalidated_elsewhere event adds: when WeChat said the token
+	// was dead, its revision, its expiry, and how long before it it died.
+	At                  time.Time `json:"at,omitzero"`
+	Revision            uint64    `json:"revision,omitempty"`
+	ExpiresAt           time.Time `json:"expires_at,omitzero"`
+	BeforeExpirySeconds int64     `json:"before_expiry_seconds,omitempty"`
 }
+
+// ClassInvalidatedElsewhere is the class of a failure event that says
+// another party holding the app's secret ended a token the refresher
+// stored: WeChat said it was dead before its expiry, and the refresher
+// made no call since its fetch that could have ended it.
+const ClassInvalidatedElsewhere = "invalidated_elsewhere"
 
 // MaxRefreshRequestSize bounds a refresh request body.
 const MaxRefreshRequestSize = 1024

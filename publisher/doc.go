@@ -26,6 +26,9 @@
 //     published states, which decide who campaigns (peers.go).
 //   - internal/standby: what a replica knows of whether it could lead:
 //     each app's verdict from its probes, and the fix for each refusal.
+//   - internal/ledger: the count of the refresher's own calls to WeChat,
+//     per app, in the token bucket, which tells a token another party
+//     ended from one the refresher ended itself.
 //   - internal/upstream: the HTTP client of WeChat's APIs, what their
 //     answers mean, the pacer, and the secrets the calls carry.
 //

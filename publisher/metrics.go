@@ -13,12 +13,13 @@ import (
 // metrics are the refresher's Prometheus metrics. They are registered with
 // Config.Registerer when one is given; otherwise they count unseen.
 type metrics struct {
-	upstream *prometheus.CounterVec   // appid, api, result
-	latency  *prometheus.HistogramVec // api
-	rotated  *prometheus.CounterVec   // appid, kind, reason
-	requests *prometheus.CounterVec   // outcome
-	leader   prometheus.Gauge
-	repaired prometheus.Counter
+	upstream  *prometheus.CounterVec   // appid, api, result
+	latency   *prometheus.HistogramVec // api
+	rotated   *prometheus.CounterVec   // appid, kind, reason
+	requests  *prometheus.CounterVec   // outcome
+	leader    prometheus.Gauge
+	repaired  prometheus.Counter
+	elsewhere *prometheus.CounterVec // appid
 
 	leading atomic.Bool // what leader shows: Refresher.Leading
 }
@@ -50,9 +51,13 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 			Name: "wxtoken_bucket_repairs_total",
 			Help: "Times this replica repaired the token bucket: created it again after a deletion, moved revisions that started over, wrote back missing tokens.",
 		}),
+		elsewhere: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxtoken_tokens_invalidated_elsewhere_total",
+			Help: "Tokens of the app WeChat said were dead before their expiry with no call of wxtoken's since their fetch that could end them: another party holds the AppSecret (see the README, \"Tokens killed by someone else\").",
+		}, []string{"appid"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, m.repaired, tokenCollector{r})
+		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, m.repaired, m.elsewhere, tokenCollector{r})
 	}
 	return m
 }
@@ -83,6 +88,12 @@ func (m *metrics) Request(outcome string) { m.requests.WithLabelValues(outcome).
 
 func (m *metrics) Repaired() { m.repaired.Inc() }
 
+// InvalidatedElsewhere counts a token of key another party ended.
+func (m *metrics) InvalidatedElsewhere(key string) {
+	appid, _ := kv.SplitKey(key)
+	m.elsewhere.WithLabelValues(appid).Inc()
+}
+
 // Forget drops the series of a credential a reload removed.
 func (m *metrics) Forget(key, kind, api string) {
 	appid, label := labelsOf(key)
@@ -90,6 +101,7 @@ func (m *metrics) Forget(key, kind, api string) {
 	if kind == kv.KindToken {
 		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "check"})
 		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "stable_token_force"})
+		m.elsewhere.DeleteLabelValues(appid)
 	}
 	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid, "kind": label})
 }

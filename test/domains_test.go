@@ -187,8 +187,8 @@ func followBucket(t *testing.T, ctx context.Context, b jetstream.KeyValue) *held
 	go func() {
 		defer close(done)
 		for e := range w.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
+			if e == nil || e.Operation() != jetstream.KeyValuePut || kv.ValidateKey(e.Key()) != nil {
+				continue // a ledger, or a key of no credential
 			}
 			rec, err := kv.DecodeCredential(e.Key(), e.Value())
 			if err != nil {

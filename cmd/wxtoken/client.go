@@ -318,7 +318,9 @@ func status(args []string, getenv func(string) string, stdout, _ io.Writer) erro
 it, revision, age (for a ticket, since its value first appeared), time to
 expiry, why it was last rotated, and which replica leads; then every live
 replica, and the apps each cannot lead from where it stands (its probes'
-verdicts: IP not whitelisted, secret wrong or frozen) with the fix. With --platforms,
+verdicts: IP not whitelisted, secret wrong or frozen) with the fix; and, for
+each app whose token another system holding its AppSecret ended, the last
+such token. With --platforms,
 each third-party platform's verify ticket and number of authorizers too
 (that needs the refresher's NATS user: the platform bucket is its alone).
 In a region, against the region's NATS, it reads the region's copy and says
@@ -364,6 +366,7 @@ region about its copy.`,
 		return nil
 	})
 	replicas := readReplicas(ctx, nc.Conn, n.bucket, here.Hub)
+	elsewhere := readElsewhere(ctx, nc.Conn, n.bucket)
 	var regionRows []regionRow
 	if regions != "" {
 		regionRows = readRegions(ctx, nc.Conn, n.bucket, splitList(regions))
@@ -389,7 +392,7 @@ region about its copy.`,
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows, "replicas": replicas}
+		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows, "replicas": replicas, "invalidated_elsewhere": elsewhere}
 		if inRegion {
 			out["region"] = newCopyJSON(here)
 		}
@@ -434,6 +437,9 @@ region about its copy.`,
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.AppID, r.Kind, r.API, r.Revision, now.Sub(r.FetchedAt).Round(time.Second), expires, reason, leaderName)
 	}
 	if err := w.Flush(); err != nil {
+		return err
+	}
+	if err := printElsewhere(stdout, elsewhere, now); err != nil {
 		return err
 	}
 	if err := printReplicas(stdout, replicas, now); err != nil || !withPlatforms {

@@ -39,6 +39,7 @@ type identity struct {
 	urgent   Urgent
 	budgeter Budgeter
 	forcer   Forcer
+	ender    Ender
 	recorder Recorder
 	saver    Saver
 	remover  Remover
@@ -52,6 +53,7 @@ func newIdentity(src Source) *identity {
 	id.urgent, _ = src.(Urgent)
 	id.budgeter, _ = src.(Budgeter)
 	id.forcer, _ = src.(Forcer)
+	id.ender, _ = src.(Ender)
 	id.recorder, _ = src.(Recorder)
 	id.saver, _ = src.(Saver)
 	id.remover, _ = src.(Remover)

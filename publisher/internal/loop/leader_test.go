@@ -46,6 +46,7 @@ func (discard) Rotation(string, string)                            {}
 func (discard) Request(string)                                     {}
 func (discard) Repaired()                                          {}
 func (discard) Forget(string, string, string)                      {}
+func (discard) InvalidatedElsewhere(string)                        {}
 
 // testLeader is the loop of the credential wx1, an app of the test kind
 // (kind_test.go) against a fake WeChat, on an embedded JetStream server,

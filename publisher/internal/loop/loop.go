@@ -13,7 +13,8 @@
 // of leadership), schedule.go (when a credential rotates), rotate.go (a
 // rotation: fetch, store, announce), parents.go (credentials fetched with
 // another's token, and their waiting for it), failure.go, endpoint.go and
-// demand.go (refresh requests), then bucket.go, leftover.go and
+// demand.go (refresh requests), ledger.go (each call counted before it
+// goes; a token another party ended), then bucket.go, leftover.go and
 // removal.go (the bucket's life around the rotations).
 package loop
 
@@ -28,6 +29,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/bucket"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/ledger"
 	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
@@ -68,6 +70,8 @@ type Metrics interface {
 	Repaired()
 	// Forget drops the series of a credential a reload removed.
 	Forget(key, kind, api string)
+	// InvalidatedElsewhere counts a token of key another party ended.
+	InvalidatedElsewhere(key string)
 }
 
 // Credentials is the set of credentials the refresher keeps fresh, and the
@@ -79,18 +83,20 @@ type Credentials struct {
 	metrics  Metrics
 	pacer    *upstream.Pacer
 
-	set      atomic.Pointer[set]
-	bucket   atomic.Pointer[jetstream.KeyValue] // the token bucket, once open
-	term     atomic.Pointer[term]               // the leadership term under way, if any
-	life     bucketLife                         // the token bucket's: see bucket.go
-	synced   atomic.Bool                        // the token bucket has been read
-	removals removals                           // keys to remove for good: see removal.go
+	set       atomic.Pointer[set]
+	bucket    atomic.Pointer[jetstream.KeyValue] // the token bucket, once open
+	term      atomic.Pointer[term]               // the leadership term under way, if any
+	life      bucketLife                         // the token bucket's: see bucket.go
+	synced    atomic.Bool                        // the token bucket has been read
+	removals  removals                           // keys to remove for good: see removal.go
+	ledger    *ledger.Book                       // the apps' ledgers: see ledger.go
+	uncounted uncounted                          // calls made but not counted yet: see ledger.go
 }
 
 // New returns the loop of no credentials; Replace gives it some.
 func New(cfg Config) *Credentials {
 	c := &Credentials{cfg: cfg, subjects: cfg.Bucket.Subjects, log: cfg.Logger, metrics: cfg.Metrics, pacer: cfg.Pacer,
-		life: newBucketLife(), removals: removals{keys: map[string]*Removal{}}}
+		life: newBucketLife(), removals: removals{keys: map[string]*Removal{}}, ledger: ledger.New()}
 	c.set.Store(&set{byKey: map[string]*credential{}})
 	return c
 }

@@ -204,6 +204,7 @@ func (c *Credentials) fetch(t *term, cr *credential, id *identity, m mode, reaso
 		held = nil
 	}
 	verifiedDead := false
+	var suspect *kv.Elsewhere // a token another party may have ended: see ledger.go
 	if m == modeForced && held != nil && id.checker != nil {
 		// One confused service must not invalidate everyone's value: ask
 		// WeChat first. If the check itself fails, the rejection the
@@ -218,6 +219,7 @@ func (c *Credentials) fetch(t *term, cr *credential, id *identity, m mode, reaso
 			return stop(nil)
 		case err == nil:
 			verifiedDead = true
+			suspect = c.suspect(t, cr, id, base.rev, *held)
 		case t.ctx.Err() == nil:
 			c.log.Warn("refresh request: could not check the token, rotating", "appid", cr.key, "error", err)
 		}
@@ -226,6 +228,9 @@ func (c *Credentials) fetch(t *term, cr *credential, id *identity, m mode, reaso
 	issued, err := c.fetchFrom(t, cr, id, a)
 	if err != nil {
 		return stop(err)
+	}
+	if suspect != nil && issued.Value != held.Value {
+		c.blame(t, cr, *suspect)
 	}
 	if base.rec != nil && issued.Value == base.rec.Value {
 		switch {
@@ -360,6 +365,9 @@ func (c *Credentials) callUpstream(t *term, cr *credential, api string, budget f
 		if err := budget(); err != nil {
 			return upstream.Issued{}, 0, err
 		}
+	}
+	if err := c.count(t, cr, api); err != nil {
+		return upstream.Issued{}, 0, err
 	}
 	at := c.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says

@@ -71,6 +71,17 @@ type Forcer interface {
 	Force(ctx context.Context, a *Attempt, held kv.Credential, verified bool) (upstream.Issued, error)
 }
 
+// Ender is a source whose value held another holder of the app's secret
+// can end early (/cgi-bin/token: a fetch by anyone ends the token before it
+// five minutes later; stable_token: a forced refresh by anyone ends it at
+// once). Ends says whether the refresher's own call under api (the name
+// the call is counted under) ends it: the ledger records when the last
+// such call went, so that a token WeChat says is dead can be told to be
+// the refresher's own doing or another party's.
+type Ender interface {
+	Ends(api string) bool
+}
+
 // Recorder is a source that makes the record of what it fetched itself:
 // the API that issued it, or an expiry counted from when another
 // credential first held the value. Without it the record is
@@ -165,6 +176,9 @@ func (a *Attempt) Call(api string, budget func() error, call func(context.Contex
 func (a *Attempt) Do(api string, call func(context.Context) error) error {
 	if err := a.c.pacer.Wait(a.t.ctx); err != nil {
 		return ErrEnding
+	}
+	if err := a.c.count(a.t, a.cr, api); err != nil {
+		return err
 	}
 	clock := time.Now()
 	err := call(a.t.work)

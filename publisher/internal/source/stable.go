@@ -92,6 +92,9 @@ func (*Stable) Record(a *loop.Attempt, issued upstream.Issued) kv.Credential {
 	return rec
 }
 
+// stableForceAPI names a forced refresh in the metrics and the ledger.
+const stableForceAPI = "stable_token_force"
+
 // notVerified declines a forced refresh when WeChat could not say whether
 // the token is dead: forcing ends it for everyone, and costs one of the
 // day's 20.
@@ -106,7 +109,7 @@ func (s *Stable) Force(ctx context.Context, a *loop.Attempt, held kv.Credential,
 		return upstream.Issued{}, &loop.Declined{Reason: notVerified}
 	}
 	a.Log().Warn("WeChat says the stable token is dead and returns it still: forcing a refresh", "appid", a.Key)
-	issued, err := a.Call("stable_token_force", func() error { return s.spend(a) }, func(ctx context.Context) (upstream.Issued, error) {
+	issued, err := a.Call(stableForceAPI, func() error { return s.spend(a) }, func(ctx context.Context) (upstream.Issued, error) {
 		return s.call(ctx, true)
 	})
 	var ue *upstream.Error
@@ -183,7 +186,12 @@ func (s *Stable) spent(a *loop.Attempt, errcode int, reason string) error {
 	return &loop.Declined{Reason: reason, Wait: upstream.UntilQuotaReset(now)}
 }
 
+// Ends says that only a forced refresh ends the token held: a call in
+// normal mode returns it, or a new one that leaves it working.
+func (*Stable) Ends(api string) bool { return api == stableForceAPI }
+
 var (
+	_ loop.Ender    = (*Stable)(nil)
 	_ loop.Source   = (*Stable)(nil)
 	_ loop.Checker  = (*Stable)(nil)
 	_ loop.Forcer   = (*Stable)(nil)

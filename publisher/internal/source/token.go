@@ -55,7 +55,12 @@ func (s *Token) Check(ctx context.Context, token string) (bool, error) {
 	return s.client.CheckToken(ctx, token)
 }
 
+// Ends says that the refresher's own fetch ends the token held: WeChat
+// ends every earlier token five minutes after a fetch.
+func (t *Token) Ends(api string) bool { return api == t.API() }
+
 var (
 	_ loop.Source  = (*Token)(nil)
 	_ loop.Checker = (*Token)(nil)
+	_ loop.Ender   = (*Token)(nil)
 )

@@ -1,0 +1,86 @@
+package kv
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestLedgerCountsByChinaDayAndMonth(t *testing.T) {
+	var l Ledger
+	l.AppID = "wx1234567890abcdef"
+	// 15:59 UTC on the 30th is 23:59 in China; a minute later it is the
+	// 1st of December there.
+	night := time.Date(2026, 11, 30, 15, 59, 0, 0, time.UTC)
+	l.Count("token", night, true)
+	l.Count("jsapi_ticket", night, false)
+	if l.Day != "2026-11-30" || l.Month != "2026-11" || l.Calls["token"] != 1 || l.MonthCalls["jsapi_ticket"] != 1 {
+		t.Fatalf("before China midnight: %+v", l)
+	}
+	l.Count("token", night.Add(time.Minute), true)
+	if l.Day != "2026-12-01" || l.Month != "2026-12" || l.Calls["token"] != 1 || l.Calls["jsapi_ticket"] != 0 || l.MonthCalls["token"] != 1 {
+		t.Fatalf("after China midnight the day and the month start again: %+v", l)
+	}
+	if !l.Since.Equal(night) || !l.LastEnding.Equal(night.Add(time.Minute)) || l.LastEndingCalls != 1 {
+		t.Fatalf("since %s, last ending %s (%d in its second)", l.Since, l.LastEnding, l.LastEndingCalls)
+	}
+	l.Count("token", night.Add(30*time.Second), true) // a call of yesterday, counted late
+	if l.Day != "2026-12-01" || l.Calls["token"] != 1 || l.MonthCalls["token"] != 1 || !l.LastEnding.Equal(night.Add(time.Minute)) {
+		t.Fatalf("a late count of yesterday's call changed today's: %+v", l)
+	}
+	data, err := EncodeLedger(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeLedger(l.AppID, data)
+	if err != nil || back.Calls["token"] != 1 || !back.LastEnding.Equal(l.LastEnding) {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+	if _, err := DecodeLedger("wxffffffffffffffff", data); !errors.Is(err, ErrInvalidRecord) {
+		t.Errorf("a ledger under another app's key: %v", err)
+	}
+	for name, bad := range map[string]string{
+		"no day":        `{"appid":"wx1234567890abcdef","month":"2026-12"}`,
+		"bad api":       `{"appid":"wx1234567890abcdef","day":"2026-12-01","month":"2026-12","calls":{"A B":1}}`,
+		"negative":      `{"appid":"wx1234567890abcdef","day":"2026-12-01","month":"2026-12","calls":{"token":-1}}`,
+		"not an object": `[]`,
+	} {
+		if _, err := DecodeLedger("wx1234567890abcdef", []byte(bad)); !errors.Is(err, ErrInvalidRecord) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// TestLedgerOurs: whose doing a dead token was, by fetched_at (whole
+// seconds) against the ledger's calls that end a token.
+func TestLedgerOurs(t *testing.T) {
+	base := time.Date(2026, 12, 1, 2, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return base.Add(d) }
+	ledger := func(calls ...time.Time) Ledger {
+		l := Ledger{AppID: "wx1234567890abcdef"}
+		l.Count("stable_token", at(0), false)
+		for _, c := range calls {
+			l.Count("token", c, true)
+		}
+		return l
+	}
+	for _, tc := range []struct {
+		name    string
+		l       Ledger
+		fetched time.Time
+		ours    bool
+	}{
+		{"no ledger: cannot tell", Ledger{}, at(time.Hour), true},
+		{"fetched before the ledger began", ledger(), at(-time.Second), true},
+		{"its own fetch only", ledger(at(10*time.Second + 300*time.Millisecond)), at(10 * time.Second), false},
+		{"nothing that ends since", ledger(at(5 * time.Second)), at(10 * time.Second), false},
+		{"a later fetch", ledger(at(10*time.Second+300*time.Millisecond), at(11*time.Second)), at(10 * time.Second), true},
+		{"a second fetch in its second", ledger(at(10*time.Second+100*time.Millisecond), at(10*time.Second+700*time.Millisecond)), at(10 * time.Second), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.l.Ours(tc.fetched); got != tc.ours {
+				t.Errorf("Ours = %v, want %v (ledger %+v)", got, tc.ours, tc.l)
+			}
+		})
+	}
+}
