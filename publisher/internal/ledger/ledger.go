@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -106,6 +107,9 @@ func (bk *Book) Update(ctx context.Context, b jetstream.KeyValue, appid string, 
 			return nil
 		case bucket.IsConflict(err) && attempt < attempts:
 			p.rev = 0 // another writer counted: read, and count again
+			if err := partWriters(ctx, attempt); err != nil {
+				return fmt.Errorf("publisher: cannot count in the ledger of %s: %w", appid, err)
+			}
 			continue
 		}
 		p.rev = 0
@@ -151,4 +155,18 @@ func (p *page) read(ctx context.Context, b jetstream.KeyValue, appid string) err
 		p.l = l
 	}
 	return nil
+}
+
+// partWriters waits a random while, up to a millisecond per race lost so
+// far: two writers that lost to each other would otherwise read and write
+// again in step, and lose again.
+func partWriters(ctx context.Context, lost int) error {
+	t := time.NewTimer(rand.N(time.Duration(lost) * time.Millisecond))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
