@@ -224,6 +224,22 @@ func Next(t testing.TB, ctx context.Context, ch <-chan jetstream.KeyValueEntry) 
 	}
 }
 
+// CountUpTo takes the values ch delivers until the one at revision last
+// and returns how many it took. A key's revisions do not follow one
+// another (other keys are written between them: the apps' ledgers beside
+// their tokens), so a key's rotations are counted on its watch.
+func CountUpTo(t testing.TB, ctx context.Context, ch <-chan jetstream.KeyValueEntry, last uint64) int {
+	t.Helper()
+	n := 0
+	for {
+		e := Next(t, ctx, ch)
+		n++
+		if e.Revision() >= last {
+			return n
+		}
+	}
+}
+
 // Record decodes an entry of the token bucket, failing the test if it does not.
 func Record(t testing.TB, e jetstream.KeyValueEntry) kv.Credential {
 	t.Helper()
