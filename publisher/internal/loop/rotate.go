@@ -369,6 +369,11 @@ func (c *Credentials) callUpstream(t *term, cr *credential, api string, budget f
 	if err := c.count(t, cr, api); err != nil {
 		return upstream.Issued{}, 0, err
 	}
+	// The count was a round trip to the bucket: the term may have ended,
+	// or the lease come into doubt, meanwhile.
+	if t.ctx.Err() != nil || !t.coversCall(c.cfg.UpstreamTimeout) {
+		return upstream.Issued{}, 0, ErrEnding
+	}
 	at := c.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	issued, err := call(t.work)

@@ -180,6 +180,9 @@ func (a *Attempt) Do(api string, call func(context.Context) error) error {
 	if err := a.c.count(a.t, a.cr, api); err != nil {
 		return err
 	}
+	if a.t.ctx.Err() != nil { // the term ended during the count's round trip
+		return ErrEnding
+	}
 	clock := time.Now()
 	err := call(a.t.work)
 	result := "ok"
