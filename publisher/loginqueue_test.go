@@ -28,11 +28,7 @@ func TestOnlyAReplicaThatCanUseTheSecretAnswersLogins(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const appid, secret = "wxstand00000000002", "the-secret-of-the-app"
-	fake := fakewechat.New(fakewechat.Config{})
-	fake.AddApp(appid, secret)
-	fake.SetWhitelist(appid, fakewechat.Whitelist{Allowed: []string{"127.0.0.2"}})
-	wechat := httptest.NewServer(fake)
-	defer wechat.Close()
+	fake, wechat := goodOnlyWeChat(t, appid, secret)
 	srv := natstest.Server(t, nil)
 	app := App{AppID: appid, Secret: NewSecret(secret)}
 	const (

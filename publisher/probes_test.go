@@ -44,11 +44,7 @@ func TestProbesReportEachChangeOnceWithTheFix(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const appid, secret = "wxprobe00000000001", "the-secret-of-the-probed-app"
-	fake := fakewechat.New(fakewechat.Config{})
-	fake.AddApp(appid, secret)
-	fake.SetWhitelist(appid, fakewechat.Whitelist{Allowed: []string{"127.0.0.2"}})
-	srv := httptest.NewServer(fake)
-	defer srv.Close()
+	fake, srv := goodOnlyWeChat(t, appid, secret)
 
 	var logs lockedBuffer
 	reg := prometheus.NewRegistry()

@@ -92,11 +92,7 @@ func TestReplicaThatCannotLeadDefersWhileOneThatCanStands(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const appid, secret = "wxstand00000000001", "the-secret-of-the-app"
-	fake := fakewechat.New(fakewechat.Config{})
-	fake.AddApp(appid, secret)
-	fake.SetWhitelist(appid, fakewechat.Whitelist{Allowed: []string{"127.0.0.2"}})
-	wechat := httptest.NewServer(fake)
-	defer wechat.Close()
+	_, wechat := goodOnlyWeChat(t, appid, secret)
 	srv := natstest.Server(t, nil)
 	start := func(instance, addr string) (*Refresher, *awaitedLog, func()) {
 		return runStandingReplica(t, ctx, srv.ClientURL(), wechat.URL, App{AppID: appid, Secret: NewSecret(secret)}, instance, addr)
@@ -127,4 +123,16 @@ func TestReplicaThatCannotLeadDefersWhileOneThatCanStands(t *testing.T) {
 	if n := strings.Count(badLog.String(), "level=ERROR msg=\"this replica cannot lead"); n != 1 {
 		t.Errorf("%d ERROR lines for one refusal", n)
 	}
+}
+
+// goodOnlyWeChat is a fake WeChat with one app whose IP whitelist holds
+// the good replica's address, 127.0.0.2, alone, served until t ends.
+func goodOnlyWeChat(t *testing.T, appid, secret string) (*fakewechat.Server, *httptest.Server) {
+	t.Helper()
+	fake := fakewechat.New(fakewechat.Config{})
+	fake.AddApp(appid, secret)
+	fake.SetWhitelist(appid, fakewechat.Whitelist{Allowed: []string{"127.0.0.2"}})
+	srv := httptest.NewServer(fake)
+	t.Cleanup(srv.Close)
+	return fake, srv
 }
