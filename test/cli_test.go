@@ -111,7 +111,9 @@ func TestClientCommands(t *testing.T) {
 		if err := nc.Publish(kv.Subjects{}.Failed(appA), failure); err != nil {
 			t.Fatal(err)
 		}
-		watcher.waitOutput(t, ctx, "FAILED")
+		// fake.Issue above was another party's fetch: the refresher may
+		// say so first (class invalidated_elsewhere), so wait for this one.
+		watcher.waitOutput(t, ctx, "FAILED errcode=40164")
 		if !strings.Contains(watcher.output.String(), appA+` FAILED errcode=40164 class=config next_attempt=`) {
 			t.Errorf("watch printed:\n%s", watcher.output.String())
 		}
