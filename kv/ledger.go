@@ -41,6 +41,13 @@ type Ledger struct {
 	LastEndingCalls int `json:"last_ending_calls,omitempty"`
 	// Elsewhere is the last token of the app another party ended.
 	Elsewhere *Elsewhere `json:"invalidated_elsewhere,omitempty"`
+
+	// The guardian's part (quota.go): WeChat's count of the app's calls
+	// per API path as last read, by path; the last growth of another
+	// party's calls; the last rescue of a spent quota.
+	Quota   map[string]QuotaReading `json:"quota,omitempty"`
+	Foreign *ForeignFetch           `json:"foreign_fetch,omitempty"`
+	Rescue  *Rescue                 `json:"rescue,omitempty"`
 }
 
 // Elsewhere is a token the refresher stored that WeChat said was dead
@@ -131,7 +138,7 @@ func (l Ledger) validate() error {
 			}
 		}
 	}
-	return nil
+	return l.validateGuardian()
 }
 
 // EncodeLedger validates l and returns its JSON.
@@ -168,5 +175,6 @@ func (l Ledger) Clone() Ledger {
 		e := *l.Elsewhere
 		l.Elsewhere = &e
 	}
+	l.cloneGuardian()
 	return l
 }

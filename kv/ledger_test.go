@@ -84,3 +84,31 @@ func TestLedgerOurs(t *testing.T) {
 		})
 	}
 }
+
+func TestLedgerKeepsTheGuardiansPartAndChecksItsPaths(t *testing.T) {
+	at := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
+	l := Ledger{AppID: "wx1234567890abcdef"}
+	l.Count("token", at, true)
+	l.Quota = map[string]QuotaReading{"/cgi-bin/token": {At: at, DailyLimit: 2000, Used: 7, Remain: 1993, Ours: 5, Others: 2, RateLimit: &RateLimit{CallCount: 100, RefreshSecond: 60}}}
+	l.Foreign = &ForeignFetch{At: at, Path: "/cgi-bin/token", Others: 2, Count: 1}
+	l.Rescue = &Rescue{At: at, Path: "/cgi-bin/token", API: "clear_quota", Outcome: "rescued", Count: 1}
+	data, err := EncodeLedger(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeLedger(l.AppID, data)
+	if err != nil || back.Quota["/cgi-bin/token"].Others != 2 || back.Quota["/cgi-bin/token"].RateLimit.CallCount != 100 ||
+		back.Foreign.Count != 1 || back.Rescue.API != "clear_quota" {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+	c := back.Clone()
+	c.Quota["/cgi-bin/token"].RateLimit.CallCount = 1
+	c.Foreign.Count, c.Rescue.Count = 9, 9
+	if back.Quota["/cgi-bin/token"].RateLimit.CallCount != 100 || back.Foreign.Count != 1 || back.Rescue.Count != 1 {
+		t.Errorf("a clone shares the guardian's part with its original: %+v", back)
+	}
+	l.Quota["cgi-bin/token"] = QuotaReading{}
+	if _, err := EncodeLedger(l); !errors.Is(err, ErrInvalidRecord) {
+		t.Errorf("a quota reading of a path without a leading /: %v", err)
+	}
+}

@@ -91,3 +91,15 @@ func BenchmarkCount(b *testing.B) {
 		}
 	}
 }
+
+func TestCallsAddsEveryNameOfAPath(t *testing.T) {
+	calls := map[string]int{"stable_token": 3, "stable_token_force": 1, "jsapi_ticket": 2, "wx_card_ticket": 1, "wecom_token": 5}
+	for path, want := range map[string]int{"/cgi-bin/stable_token": 4, "/cgi-bin/ticket/getticket": 3, "/cgi-bin/token": 0} {
+		if got := Calls(calls, path); got != want {
+			t.Errorf("Calls(%s) = %d, want %d", path, got, want)
+		}
+	}
+	if Path("wecom_token") != "" {
+		t.Errorf("WeCom's token has a path quota/get is asked of: %q", Path("wecom_token"))
+	}
+}
