@@ -88,7 +88,7 @@ type FailureEvent struct {
 	Kind        string    `json:"kind,omitempty"` // as RotationEvent's
 	ErrCode     int       `json:"errcode"`
 	ErrMsg      string    `json:"errmsg"`
-	Class       string    `json:"class"` // config, quota or retry; or ClassInvalidatedElsewhere
+	Class       string    `json:"class"` // config, quota or retry; or ClassInvalidatedElsewhere, ClassForeignFetch
 	NextAttempt time.Time `json:"next_attempt"`
 
 	// What an invalidated_elsewhere event adds: when WeChat said the token
@@ -97,6 +97,13 @@ type FailureEvent struct {
 	Revision            uint64    `json:"revision,omitempty"`
 	ExpiresAt           time.Time `json:"expires_at,omitzero"`
 	BeforeExpirySeconds int64     `json:"before_expiry_seconds,omitempty"`
+
+	// What a foreign_fetch event adds (with At): the API path, the calls
+	// to it another party made on At's China day, and how many more than
+	// at the last reading of the same day.
+	Path   string `json:"cgi_path,omitempty"`
+	Others int64  `json:"others,omitempty"`
+	Growth int64  `json:"growth,omitempty"`
 }
 
 // ClassInvalidatedElsewhere is the class of a failure event that says
@@ -104,6 +111,12 @@ type FailureEvent struct {
 // stored: WeChat said it was dead before its expiry, and the refresher
 // made no call since its fetch that could have ended it.
 const ClassInvalidatedElsewhere = "invalidated_elsewhere"
+
+// ClassForeignFetch is the class of a failure event that says WeChat's
+// quota/get counts more calls to an API path that issues the app's
+// credentials than the refresher made: another party holding the app's
+// secret fetches them.
+const ClassForeignFetch = "foreign_fetch"
 
 // MaxRefreshRequestSize bounds a refresh request body.
 const MaxRefreshRequestSize = 1024
