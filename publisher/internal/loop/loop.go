@@ -19,6 +19,7 @@
 package loop
 
 import (
+	"context"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,10 @@ type Config struct {
 	// Scrubber returns every secret the refresher was ever given, to keep
 	// out of the text of a panic.
 	Scrubber func() upstream.Scrubber
+	// Duty, if set, runs on each term apart from the rotations (the quota
+	// poller), until the context it is given ends with the term; its
+	// calls to WeChat go through LeaderCall.
+	Duty func(ctx context.Context)
 }
 
 // Metrics is what the loop counts.

@@ -20,6 +20,7 @@ type mode int
 const (
 	modeScheduled mode = iota // the value is due (or missing): fetch
 	modeForced                // a service saw the current value rejected: check, then fetch
+	modeChecked               // the guardian saw another party's fetch: check, then fetch; blame nobody
 )
 
 // fly runs the flight f of cr on the term, unless the term is ending; it
@@ -205,7 +206,7 @@ func (c *Credentials) fetch(t *term, cr *credential, id *identity, m mode, reaso
 	}
 	verifiedDead := false
 	var suspect *kv.Elsewhere // a token another party may have ended: see ledger.go
-	if m == modeForced && held != nil && id.checker != nil {
+	if m != modeScheduled && held != nil && id.checker != nil {
 		// One confused service must not invalidate everyone's value: ask
 		// WeChat first. If the check itself fails, the rejection the
 		// service saw is the better evidence, so rotate.
@@ -219,7 +220,9 @@ func (c *Credentials) fetch(t *term, cr *credential, id *identity, m mode, reaso
 			return stop(nil)
 		case err == nil:
 			verifiedDead = true
-			suspect = c.suspect(t, cr, id, base.rev, *held)
+			if m == modeForced { // modeChecked: the guardian already said whose doing it was
+				suspect = c.suspect(t, cr, id, base.rev, *held)
+			}
 		case t.ctx.Err() == nil:
 			c.log.Warn("refresh request: could not check the token, rotating", "appid", cr.key, "error", err)
 		}
@@ -234,7 +237,7 @@ func (c *Credentials) fetch(t *term, cr *credential, id *identity, m mode, reaso
 	}
 	if base.rec != nil && issued.Value == base.rec.Value {
 		switch {
-		case id.forcer != nil && m == modeForced && held != nil:
+		case id.forcer != nil && m != modeScheduled && held != nil:
 			// The API returns the value WeChat says is dead: only its
 			// forced mode replaces it.
 			if issued, err = id.forcer.Force(t.ctx, a, *held, verifiedDead); err != nil {

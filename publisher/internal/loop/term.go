@@ -135,6 +135,9 @@ func (c *Credentials) Lead(ctx context.Context, bucket jetstream.KeyValue, held 
 	// The first check runs now, through the same wrappers as the scheduled
 	// ones, rather than a period later.
 	t.spawn(cr.Entry(id).WrappedJob.Run)
+	if c.cfg.Duty != nil {
+		t.spawn(func() { c.cfg.Duty(tctx) })
+	}
 	c.log.Info("leading: refreshing tokens", "credentials", c.Len(), "schedule", c.cfg.ScheduleSpec)
 
 	<-tctx.Done()
