@@ -30,6 +30,7 @@ const (
 	DefaultUpstreamRate     = 50.0
 	DefaultUpstreamRecheck  = failover.DefaultRecheck
 	DefaultProbeEvery       = time.Hour // serve's --probe-every; Config's zero probes nothing
+	DefaultQuotaEvery       = time.Hour // serve's --quota-every; Config's zero asks nothing
 
 	// MinUpstreamRate is the slowest pacing accepted: one fetch in 100 s.
 	MinUpstreamRate = 0.01
@@ -130,6 +131,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	}
 	if c.ProbeEvery < 0 {
 		errs = append(errs, fmt.Errorf("probe-every %s is negative (0 turns the probes off)", c.ProbeEvery))
+	}
+	if c.QuotaEvery < 0 {
+		errs = append(errs, fmt.Errorf("quota-every %s is negative (0 turns the quota poller off)", c.QuotaEvery))
 	}
 	if c.RetryBackoffMax < c.RetryBackoff {
 		errs = append(errs, fmt.Errorf("retry backoff max %s is below the retry backoff %s", c.RetryBackoffMax, c.RetryBackoff))

@@ -86,6 +86,11 @@ type Config struct {
 	// use each app's secret (probes.go), spread over the interval; 0
 	// probes nothing. serve's --probe-every is DefaultProbeEvery.
 	ProbeEvery time.Duration
+	// QuotaEvery is how often the leader asks WeChat's quota/get how many
+	// calls to the paths that issue each app's credentials were made today,
+	// to see another party's (quota.go), spread over the interval; 0 asks
+	// nothing. serve's --quota-every is DefaultQuotaEvery.
+	QuotaEvery time.Duration
 
 	// Registerer, if set, receives the refresher's Prometheus metrics.
 	Registerer prometheus.Registerer
@@ -115,6 +120,7 @@ type Refresher struct {
 	start     startup
 	probes    *probes      // could this replica lead? (probes.go)
 	peers     *lease.Peers // the replicas' states; nil without them (standing.go)
+	quota     *quotaPoller // nil when Config.QuotaEvery is 0
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
@@ -151,6 +157,9 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 	r.logins = newLoginServer(r)
 	r.probes = newProbes(cfg, r.apps)
 	r.probes.onChange = r.logins.standingChanged
+	if cfg.QuotaEvery > 0 {
+		r.quota = newQuotaPoller(r, cfg.QuotaEvery)
+	}
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
 	r.creds = loop.New(loop.Config{
 		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
@@ -159,6 +168,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		RetryBackoff: cfg.RetryBackoff, RetryBackoffMax: cfg.RetryBackoffMax, ConfigErrorBackoff: cfg.ConfigErrorBackoff,
 		Pacer: upstream.NewPacer(cfg.UpstreamRate), Instance: cfg.Instance, Version: Version,
 		Now: cfg.Clock.now, AfterFunc: cfg.Clock.afterFunc, Logger: cfg.Logger, Metrics: r.metrics, Scrubber: r.apps.secrets.scrubber,
+		Duty: r.quota.duty(),
 	})
 	r.platforms = platform.New(js, platform.Config{
 		Bucket: cfg.PlatformBucket, Replicas: cfg.Replicas, History: cfg.History, Now: cfg.Clock.now, Logger: cfg.Logger,
@@ -212,6 +222,11 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return fmt.Errorf("publisher: answering logins: %w", err)
 	}
 	defer stopLogins()
+	stopListening, err := r.listenForUsage()
+	if err != nil {
+		return fmt.Errorf("publisher: listening for the agents' usage: %w", err)
+	}
+	defer stopListening()
 	r.standBy(followCtx, l, &following)
 
 	r.campaigning.Store(true)

@@ -110,6 +110,8 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"local IP `address` the calls to WeChat and WeCom go out from: the one in the apps' IP whitelists\n(default: the system's choice)")
 	c.Duration(&f.cfg.ProbeEvery, "probe-every", "WXTOKEN_PROBE_EVERY", publisher.DefaultProbeEvery,
 		"probe each app's secret from this replica at start and this often (0: off), to prove it could lead")
+	c.Duration(&f.cfg.QuotaEvery, "quota-every", "WXTOKEN_QUOTA_EVERY", publisher.DefaultQuotaEvery,
+		"as leader, ask WeChat's quota/get this often how many calls to each app's token paths were made today\n(0: off), to see another party's fetches; the agents' paths at most once an hour")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")

@@ -1,0 +1,380 @@
+package publisher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/ledger"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
+)
+
+// The quota poller: the leader asks WeChat's quota/get how many calls each
+// app made today to the API paths its credentials are fetched from, and to
+// the paths the agents report their proxies used, and compares WeChat's
+// count with the ledger's count of the refresher's own calls. What WeChat
+// counts beyond the ledger (and beyond WeChat's own error, quotaTolerance)
+// is another party's: the poller says so loudly when it grows, and rotates
+// a token the other party's fetch ends. See the README, "Another party's
+// fetches, counted".
+
+// agentPathEvery is the least time between two questions about a path
+// only the agents reported: WeChat's counts of other APIs matter for the
+// dashboards, not for a token another party kills.
+const agentPathEvery = time.Hour
+
+// chinaZone is UTC+8, where WeChat's day, and so its counts, starts.
+var chinaZone = time.FixedZone("UTC+8", 8*60*60)
+
+func chinaDay(t time.Time) string { return t.In(chinaZone).Format(time.DateOnly) }
+
+// quotaTolerance is how many of used calls WeChat may count wrong: its
+// counts are "一般在1%以内" (generally within 1%) of the truth, so 1% of
+// used, rounded down. At fewer than 100 calls a day it is 0: one call
+// another party made is seen.
+func quotaTolerance(used int64) int64 { return max(used/100, 0) }
+
+// othersOf is the calls to a path another party made, of used counted by
+// WeChat and ours counted by the ledger: nothing within the tolerance, and
+// nothing when ours is more (calls counted before they were made that
+// never reached WeChat, or WeChat's count lagging).
+func othersOf(used, ours int64) int64 {
+	if d := used - ours; d > quotaTolerance(used) {
+		return d
+	}
+	return 0
+}
+
+// quotaPoller asks quota/get for the leader. Every replica keeps the
+// paths the agents report, so that a new leader knows them at once.
+type quotaPoller struct {
+	r     *Refresher
+	every time.Duration
+
+	mu        sync.Mutex
+	reported  map[string]map[string]bool // appid → API paths the agents' proxies called
+	asked     map[pathKey]time.Time      // when this replica last asked, on the refresher's clock
+	unaskable map[pathKey]string         // the China day quota/get said the path cannot be asked
+}
+
+type pathKey struct{ appid, path string }
+
+func newQuotaPoller(r *Refresher, every time.Duration) *quotaPoller {
+	return &quotaPoller{r: r, every: every, reported: map[string]map[string]bool{},
+		asked: map[pathKey]time.Time{}, unaskable: map[pathKey]string{}}
+}
+
+// listen takes in the agents' usage reports until the returned stop.
+func (p *quotaPoller) listen(nc *nats.Conn, subject string) (stop func(), err error) {
+	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		report, err := kv.DecodeUsageReport(m.Data)
+		if err != nil {
+			p.r.log.Debug("usage report ignored", "error", err)
+			return
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, u := range report.Paths {
+			if p.reported[u.AppID] == nil {
+				p.reported[u.AppID] = map[string]bool{}
+			}
+			p.reported[u.AppID][u.Path] = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// target is one app whose quota is asked about, with its own token: the
+// paths its credentials are fetched from, and the apps whose ledgers
+// count calls to each (an authorizer's token is fetched with its
+// platform's component token, and counts at WeChat against the platform).
+type target struct {
+	appid    string
+	counters map[string][]string // path → appids whose ledgers count calls to it
+	issuing  map[string]bool     // paths that issue the app's credentials
+}
+
+// targets are the apps to ask about, in a stable order.
+func (p *quotaPoller) targets() []*target {
+	byApp := map[string]*target{}
+	get := func(appid string) *target {
+		t := byApp[appid]
+		if t == nil {
+			t = &target{appid: appid, counters: map[string][]string{}, issuing: map[string]bool{}}
+			byApp[appid] = t
+		}
+		return t
+	}
+	p.r.creds.Each(func(v loop.Value) {
+		path := ledger.Path(v.API)
+		if path == "" {
+			return // WeCom's: no quota/get
+		}
+		appid, _ := kv.SplitKey(v.Key)
+		owner := appid
+		if v.Parent != "" {
+			owner, _ = kv.SplitKey(v.Parent) // fetched with its parent's token: counted against its owner
+		}
+		t := get(owner)
+		t.issuing[path] = true
+		if !contains(t.counters[path], appid) {
+			t.counters[path] = append(t.counters[path], appid)
+		}
+	})
+	p.mu.Lock()
+	for appid, paths := range p.reported {
+		if !p.r.creds.Has(appid) {
+			continue // not an app of this refresher's: no token to ask with
+		}
+		t := get(appid)
+		for path := range paths {
+			if len(t.counters[path]) == 0 {
+				t.counters[path] = []string{appid}
+			}
+		}
+	}
+	p.mu.Unlock()
+	list := make([]*target, 0, len(byApp))
+	for _, t := range byApp {
+		list = append(list, t)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].appid < list[j].appid })
+	return list
+}
+
+func contains(list []string, s string) bool {
+	for _, e := range list {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}
+
+// poll asks about every app once per p.every, one app at a time, spread
+// over the period, until ctx ends (the term did).
+func (p *quotaPoller) poll(ctx context.Context) {
+	for {
+		list := p.targets()
+		gap := p.every / time.Duration(max(len(list), 1))
+		if len(list) == 0 && !p.wait(ctx, p.every) {
+			return
+		}
+		for _, t := range list {
+			if !p.ask(ctx, t) || !p.wait(ctx, gap) {
+				return
+			}
+		}
+	}
+}
+
+// wait waits d on the refresher's clock; false if ctx ended first.
+func (p *quotaPoller) wait(ctx context.Context, d time.Duration) bool {
+	passed := make(chan struct{})
+	timer := p.r.cfg.Clock.afterFunc(d, func() { close(passed) })
+	defer timer.Stop()
+	select {
+	case <-passed:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// ask asks about each of t's paths that is due; false once the term ended.
+func (p *quotaPoller) ask(ctx context.Context, t *target) bool {
+	paths := make([]string, 0, len(t.counters))
+	for path := range t.counters {
+		paths = append(paths, path)
+	}
+	sort.Strings(paths)
+	for _, path := range paths {
+		if !p.due(ctx, t, path) {
+			continue
+		}
+		if err := p.askPath(ctx, t, path); errors.Is(err, loop.ErrEnding) {
+			return false
+		}
+	}
+	return true
+}
+
+// due says whether path of t is to be asked now: once per p.every a path
+// that issues t's credentials, once an hour another, never again the same
+// China day one quota/get refused. A reading in the ledger (a former
+// leader's) counts as asked.
+func (p *quotaPoller) due(ctx context.Context, t *target, path string) bool {
+	now := p.r.cfg.Clock.now()
+	k := pathKey{t.appid, path}
+	every := p.every
+	if !t.issuing[path] {
+		every = max(every, agentPathEvery)
+	}
+	p.mu.Lock()
+	last, refused := p.asked[k], p.unaskable[k] == chinaDay(now)
+	p.mu.Unlock()
+	if refused {
+		return false
+	}
+	if last.IsZero() {
+		if l, ok, err := p.r.creds.ReadLedger(ctx, t.appid); err == nil && ok {
+			last = l.Quota[path].At
+		}
+	}
+	return last.IsZero() || now.Sub(last) >= every
+}
+
+// askPath asks quota/get about path with t's own token, as a leader's call
+// counted in the ledger, and takes the reading in.
+func (p *quotaPoller) askPath(ctx context.Context, t *target, path string) error {
+	held, ok := p.r.creds.Valid(t.appid)
+	if !ok {
+		return nil // no token to ask with yet: asked once there is one
+	}
+	var q upstream.Quota
+	var now time.Time // when WeChat was asked: its count holds every call made before
+	err := p.r.creds.LeaderCall(ctx, t.appid, "quota_get", nil, func(ctx context.Context) error {
+		var err error
+		now = p.r.cfg.Clock.now()
+		q, err = p.r.apps.wechat.QuotaGet(ctx, held.Value, path)
+		return err
+	})
+	if now.IsZero() {
+		now = p.r.cfg.Clock.now()
+	}
+	k := pathKey{t.appid, path}
+	switch {
+	case errors.Is(err, loop.ErrEnding):
+		return err
+	case upstream.Unaskable(err):
+		p.mu.Lock()
+		p.asked[k], p.unaskable[k] = now, chinaDay(now)
+		p.mu.Unlock()
+		p.r.log.Info("quota/get cannot be asked about this API path; not asked again today", "appid", t.appid, "cgi_path", path, "error", err)
+		return nil
+	case err != nil:
+		p.r.log.Warn("quota/get failed; asked again next round", "appid", t.appid, "cgi_path", path, "error", err)
+		return nil
+	}
+	p.mu.Lock()
+	p.asked[k] = now
+	p.mu.Unlock()
+	return p.take(ctx, t, path, q, now)
+}
+
+// take compares q, WeChat's count of path, with the ledgers' count of the
+// refresher's own calls the same China day, stores the reading in t's
+// ledger, and, when another party's calls grew since the last reading of
+// the day, says so and rotates the token the other party's fetch ends.
+func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstream.Quota, now time.Time) error {
+	day := chinaDay(now)
+	var oursElsewhere int64 // counted in the ledgers of other apps (a platform's authorizers)
+	for _, appid := range t.counters[path] {
+		if appid == t.appid {
+			continue
+		}
+		if l, ok, err := p.r.creds.ReadLedger(ctx, appid); err == nil && ok && l.Day == day {
+			oursElsewhere += int64(ledger.Calls(l.Calls, path))
+		}
+	}
+	reading := kv.QuotaReading{At: now.UTC(), DailyLimit: max(q.DailyLimit, 0), Used: q.Used, Remain: q.Remain}
+	if q.RateLimit != nil {
+		reading.RateLimit = &kv.RateLimit{CallCount: q.RateLimit.CallCount, RefreshSecond: q.RateLimit.RefreshSecond}
+	}
+	var growth int64
+	err := p.r.creds.UpdateLedger(ctx, t.appid, func(l *kv.Ledger) bool {
+		reading.Ours = oursElsewhere
+		if l.Day == day {
+			reading.Ours += int64(ledger.Calls(l.Calls, path))
+		}
+		reading.Others = othersOf(reading.Used, reading.Ours)
+		before := int64(0)
+		if last, ok := l.Quota[path]; ok && chinaDay(last.At) == day {
+			before = last.Others
+		}
+		growth = max(reading.Others-before, 0)
+		if l.Quota == nil {
+			l.Quota = map[string]kv.QuotaReading{}
+		}
+		l.Quota[path] = reading
+		if growth > 0 {
+			f := kv.ForeignFetch{At: now.UTC(), Path: path, Others: reading.Others, Count: 1}
+			if l.Foreign != nil {
+				f.Count = l.Foreign.Count + 1
+			}
+			l.Foreign = &f
+		}
+		return true
+	})
+	if err != nil {
+		if errors.Is(err, loop.ErrEnding) {
+			return err
+		}
+		p.r.log.Warn("quota/get's reading not stored in the ledger", "appid", t.appid, "cgi_path", path, "error", err)
+	}
+	p.r.metrics.QuotaReading(t.appid, path, reading)
+	if growth > 0 {
+		p.foreign(t, path, reading, growth)
+	}
+	return nil
+}
+
+// endsHeld are the paths another party's call to which ends the token
+// held, and whether the token must be checked first: a fetch from
+// /cgi-bin/token ends it five minutes later, whatever; stable_token ends
+// it only when forced, which quota/get does not tell apart.
+var endsHeld = map[string]bool{"/cgi-bin/token": false, "/cgi-bin/stable_token": true}
+
+// foreign says loudly that another party's calls to path grew, and
+// rotates (or checks) the app's token that such a call ends.
+func (p *quotaPoller) foreign(t *target, path string, reading kv.QuotaReading, growth int64) {
+	p.r.log.Error("another party calls WeChat with this app's AppSecret: WeChat's quota/get counts more calls to an API path that issues the app's credentials than wxtoken made today. "+
+		"Another system fetches this app's tokens itself (a second token server, a cron job, an SDK given the secret, an old deployment), and each of its /cgi-bin/token fetches ends the token services hold: "+
+		"find it and make it read tokens from wxtoken instead, or reset the AppSecret. WeChat's console shows every API call's source IP for 7 days (调用日志查询).",
+		"appid", t.appid, "cgi_path", path, "others_today", reading.Others, "growth", growth, "used", reading.Used, "ours", reading.Ours)
+	data, _ := json.Marshal(kv.FailureEvent{AppID: t.appid, Class: kv.ClassForeignFetch,
+		ErrMsg: "WeChat counts calls to " + path + " today that wxtoken did not make: another party holds the AppSecret",
+		At:     reading.At, NextAttempt: reading.At, Path: path, Others: reading.Others, Growth: growth})
+	if err := p.r.nc.Publish(kv.Subjects{Prefix: p.r.cfg.SubjectPrefix}.Failed(t.appid), data); err != nil {
+		p.r.log.Warn("failure event not published", "appid", t.appid, "error", err)
+	}
+	check, ends := endsHeld[path]
+	if !ends || !t.issuing[path] {
+		return
+	}
+	if !p.r.creds.Rotate(t.appid, check, kv.ReasonRequested) {
+		return
+	}
+	if check {
+		p.r.log.Info("checking the token at once after another party's call: rotating it if WeChat says it is dead", "appid", t.appid, "cgi_path", path)
+	} else {
+		p.r.log.Info("rotating the token at once: another party's fetch ends it within WeChat's 5-minute overlap", "appid", t.appid, "cgi_path", path)
+	}
+}
+
+// listenForUsage has the poller take in the agents' usage reports, on
+// every replica; a no-op without a poller.
+func (r *Refresher) listenForUsage() (stop func(), err error) {
+	if r.quota == nil {
+		return func() {}, nil
+	}
+	return r.quota.listen(r.nc, kv.Subjects{Prefix: r.cfg.SubjectPrefix}.Usage())
+}
+
+// duty is the poller as the loop's duty on each term; nil without one.
+func (p *quotaPoller) duty() func(context.Context) {
+	if p == nil {
+		return nil
+	}
+	return p.poll
+}
