@@ -262,6 +262,14 @@ func (p *quotaPoller) askPath(ctx context.Context, t *target, path string) error
 		p.mu.Unlock()
 		p.r.log.Info("quota/get cannot be asked about this API path; not asked again today", "appid", t.appid, "cgi_path", path, "error", err)
 		return nil
+	case upstream.ClassOf(err) == upstream.ClassToken:
+		// The token held is dead before its expiry (another party's
+		// forced stable_token call ends it at once): it is checked and
+		// replaced now, and the next reading, with the new token, says
+		// whose doing it was.
+		p.r.log.Warn("quota/get refused the app's token held: checking it, and rotating it if it is dead; asked again next round", "appid", t.appid, "cgi_path", path, "error", err)
+		p.r.creds.Rotate(t.appid, true, kv.ReasonRequested)
+		return nil
 	case err != nil:
 		p.r.log.Warn("quota/get failed; asked again next round", "appid", t.appid, "cgi_path", path, "error", err)
 		return nil
@@ -339,7 +347,7 @@ var endsHeld = map[string]bool{"/cgi-bin/token": false, "/cgi-bin/stable_token":
 // rotates (or checks) the app's token that such a call ends.
 func (p *quotaPoller) foreign(t *target, path string, reading kv.QuotaReading, growth int64) {
 	p.r.log.Error("another party calls WeChat with this app's AppSecret: WeChat's quota/get counts more calls to an API path that issues the app's credentials than wxtoken made today. "+
-		"Another system fetches this app's tokens itself (a second token server, a cron job, an SDK given the secret, an old deployment), and each of its /cgi-bin/token fetches ends the token services hold: "+
+		"Another system fetches this app's tokens itself (a second token server, a cron job, an SDK given the secret, an old deployment), and each of its /cgi-bin/token fetches (or forced stable_token calls) ends the token services hold: "+
 		"find it and make it read tokens from wxtoken instead, or reset the AppSecret. WeChat's console shows every API call's source IP for 7 days (调用日志查询).",
 		"appid", t.appid, "cgi_path", path, "others_today", reading.Others, "growth", growth, "used", reading.Used, "ours", reading.Ours)
 	data, _ := json.Marshal(kv.FailureEvent{AppID: t.appid, Class: kv.ClassForeignFetch,

@@ -511,3 +511,56 @@ func TestLeadersOwnFetchesAreNoOtherParty(t *testing.T) {
 		t.Error("the ledger records a foreign fetch of the leaders' own")
 	}
 }
+
+// callStableAsAnotherParty calls stable_token as a second client holding
+// the secret would, forced or not.
+func (f *quotaFixture) callStableAsAnotherParty(t *testing.T, force bool) {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{"grant_type": "client_credential", "appid": quotaApp, "secret": quotaSecret, "force_refresh": force})
+	resp, err := http.Post(f.wechat.URL+"/cgi-bin/stable_token", "application/json", strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(answer), "access_token") {
+		t.Fatalf("another party's stable_token call failed: %s", answer)
+	}
+}
+
+// TestForeignStableTokenCallIsCheckedFirst: another party's calls to
+// stable_token are reported, but a call in normal mode ends nothing: the
+// held token is checked, and kept; a forced one ends it: it is checked,
+// found dead and rotated, and blamed on nobody a second time.
+func TestForeignStableTokenCallIsCheckedFirst(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newQuotaFixture(t, fakewechat.Config{})
+	leader := f.run(t, ctx, "leader", func(c *Config) { c.Apps[0].TokenAPI = TokenAPIStable })
+	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	held := f.awaitToken(t, ctx, "")
+	f.awaitReading(t, ctx, fakewechat.PathStableToken, time.Time{}, func(kv.QuotaReading) bool { return true })
+
+	f.callStableAsAnotherParty(t, false)
+	leader.logs.await(t, ctx, "WeChat says the token still works, not rotating", 1)
+	if ok, _ := f.fake.Valid(held.Value); !ok {
+		t.Fatal("a normal-mode stable_token call ended the token")
+	}
+
+	f.callStableAsAnotherParty(t, true)
+	rotated := f.awaitToken(t, ctx, held.Value)
+	if ok, code := f.fake.Valid(rotated.Value); !ok {
+		t.Errorf("the token stored after another party's forced refresh does not work: errcode %d", code)
+	}
+	f.awaitReading(t, ctx, fakewechat.PathStableToken, time.Time{}, func(q kv.QuotaReading) bool { return q.Others == 2 })
+	if l := f.ledger(t, ctx); l.Foreign == nil || l.Foreign.Count != 2 || l.Foreign.Others != 2 {
+		t.Errorf("ledger's foreign fetch %+v; want seen twice, 2 calls by others", l.Foreign)
+	}
+	logs := leader.logs.String()
+	if n := strings.Count(logs, "another party calls WeChat with this app's AppSecret"); n != 2 {
+		t.Errorf("%d ERROR lines about another party; want one per call seen:\n%s", n, logs)
+	}
+	if strings.Contains(logs, "token ended by another party") {
+		t.Errorf("the forced refresh another party made was also reported as invalidated_elsewhere:\n%s", logs)
+	}
+}
