@@ -240,6 +240,22 @@ func TestNATSConfRoles(t *testing.T) {
 			u.denied(t, ctx, "wechat.token.login.>")
 		}
 	})
+	t.Run("the refresher hears the agents' usage reports; a service does not", func(t *testing.T) {
+		heard, err := refresher.nc.SubscribeSync(kv.Subjects{}.Usage())
+		if err != nil {
+			t.Fatal(err)
+		}
+		refresher.nc.Flush()
+		admin.nc.Publish(kv.Subjects{}.Usage(), []byte(`{"agent":"a","paths":[]}`))
+		if _, err := heard.NextMsg(5 * time.Second); err != nil {
+			t.Errorf("the refresher did not hear a usage report: %v", err)
+		}
+		if _, err := service.nc.SubscribeSync(kv.Subjects{}.Usage()); err != nil {
+			t.Fatal(err)
+		}
+		service.nc.Flush()
+		service.denied(t, ctx, kv.Subjects{}.Usage())
+	})
 	t.Run("refresher may not read services' replies", func(t *testing.T) {
 		if _, err := refresher.nc.SubscribeSync("_INBOX_service.>"); err != nil {
 			t.Fatal(err)
