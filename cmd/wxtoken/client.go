@@ -312,7 +312,7 @@ type tokenStatus struct {
 
 func status(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	var n natsFlags
-	var asJSON, withPlatforms bool
+	var asJSON, withPlatforms, withQuota bool
 	var platformBucket, regions string
 	c := newCommand("status", "", `Show every token and ticket in the bucket: its kind and the API that issued
 it, revision, age (for a ticket, since its value first appeared), time to
@@ -320,16 +320,19 @@ expiry, why it was last rotated, and which replica leads; then every live
 replica, and the apps each cannot lead from where it stands (its probes'
 verdicts: IP not whitelisted, secret wrong or frozen) with the fix; and, for
 each app whose token another system holding its AppSecret ended, the last
-such token. With --platforms,
+such token. With --quota, each app's quota per API path as the leader last
+read it from WeChat (limit, used, remaining, ours, others) and the last
+calls another party made. With --platforms,
 each third-party platform's verify ticket and number of authorizers too
 (that needs the refresher's NATS user: the platform bucket is its alone).
 In a region, against the region's NATS, it reads the region's copy and says
 when that last heard from the hub; with --regions, at the hub, it asks each
 region about its copy.`,
-		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'\n  wxtoken status --platforms --nats-user refresher\n  wxtoken status --regions shanghai,shenzhen")
+		"  wxtoken status\n  wxtoken status --json | jq '.tokens[] | select(.error)'\n  wxtoken status --quota\n  wxtoken status --platforms --nats-user refresher\n  wxtoken status --regions shanghai,shenzhen")
 	n.register(c, "NATS server URLs (default "+nats.DefaultURL+")", withBucket)
 	c.Bool(&asJSON, "json", "", false, "print JSON instead of a table")
 	c.Bool(&withPlatforms, "platforms", "", false, "show the third-party platforms' verify tickets and authorizer counts")
+	c.Bool(&withQuota, "quota", "", false, "show each app's quota per API path, as the leader last read it, and another party's calls")
 	c.String(&platformBucket, "platform-bucket", "WXTOKEN_PLATFORM_BUCKET", kv.DefaultPlatformBucket, "name of the platform KV bucket (with --platforms)")
 	c.String(&regions, "regions", "WXTOKEN_REGIONS", "", "the regions (JetStream domains, comma-separated) to ask about their copies of the bucket")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
@@ -367,6 +370,10 @@ region about its copy.`,
 	})
 	replicas := readReplicas(ctx, nc.Conn, n.bucket, here.Hub)
 	elsewhere := readElsewhere(ctx, nc.Conn, n.bucket)
+	var quota quotaStatus
+	if withQuota {
+		quota = readQuota(ctx, nc.Conn, n.bucket)
+	}
 	var regionRows []regionRow
 	if regions != "" {
 		regionRows = readRegions(ctx, nc.Conn, n.bucket, splitList(regions))
@@ -398,6 +405,9 @@ region about its copy.`,
 		}
 		if regions != "" {
 			out["regions"] = regionRows
+		}
+		if withQuota {
+			out["quota"] = quota
 		}
 		if withPlatforms {
 			out["platforms"] = platforms
@@ -441,6 +451,11 @@ region about its copy.`,
 	}
 	if err := printElsewhere(stdout, elsewhere, now); err != nil {
 		return err
+	}
+	if withQuota {
+		if err := printQuota(stdout, quota, now); err != nil {
+			return err
+		}
 	}
 	if err := printReplicas(stdout, replicas, now); err != nil || !withPlatforms {
 		return err
