@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 	m := &metrics{
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_upstream_requests_total",
-			Help: "Calls to WeChat by app, API (token, stable_token, stable_token_force, jsapi_ticket, wx_card_ticket, component_token, authorizer_token: fetches; check: getcallbackip; start_push_ticket) and result (ok, retry, config, quota, token, ticket; valid, invalid, error).",
+			Help: "Calls to WeChat by app, API (token, stable_token, stable_token_force, jsapi_ticket, wx_card_ticket, component_token, authorizer_token: fetches; check: getcallbackip; start_push_ticket; quota_get: the leader's questions to quota/get) and result (ok, retry, config, quota, token, ticket; valid, invalid, error).",
 		}, []string{"appid", "api", "result"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wxtoken_upstream_request_duration_seconds",
