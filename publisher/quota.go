@@ -82,6 +82,9 @@ func (p *quotaPoller) listen(nc *nats.Conn, subject string) (stop func(), err er
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		for _, u := range report.Paths {
+			if !p.r.creds.Has(u.AppID) {
+				continue // not an app of this refresher's: no token to ask with
+			}
 			if p.reported[u.AppID] == nil {
 				p.reported[u.AppID] = map[string]bool{}
 			}
@@ -152,6 +155,28 @@ func (p *quotaPoller) targets() []*target {
 	return list
 }
 
+// forgetAllBut forgets what was asked about apps no longer in list (a
+// reload removed them).
+func (p *quotaPoller) forgetAllBut(list []*target) {
+	kept := make(map[string]bool, len(list))
+	for _, t := range list {
+		kept[t.appid] = true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k := range p.asked {
+		if !kept[k.appid] {
+			delete(p.asked, k)
+			delete(p.unaskable, k)
+		}
+	}
+	for appid := range p.reported {
+		if !p.r.creds.Has(appid) {
+			delete(p.reported, appid)
+		}
+	}
+}
+
 func contains(list []string, s string) bool {
 	for _, e := range list {
 		if e == s {
@@ -162,10 +187,14 @@ func contains(list []string, s string) bool {
 }
 
 // poll asks about every app once per p.every, one app at a time, spread
-// over the period, until ctx ends (the term did).
+// over the period, until ctx ends (the term did). The gauges of the
+// readings go with the term: a replica that no longer leads shows none,
+// rather than a count that no longer moves.
 func (p *quotaPoller) poll(ctx context.Context) {
+	defer p.r.metrics.quota.reset()
 	for {
 		list := p.targets()
+		p.forgetAllBut(list)
 		gap := p.every / time.Duration(max(len(list), 1))
 		if len(list) == 0 && !p.wait(ctx, p.every) {
 			return

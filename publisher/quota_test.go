@@ -470,7 +470,8 @@ func TestAgentPathsAskedHourly(t *testing.T) {
 // TestLeadersOwnFetchesAreNoOtherParty: the leader's own rotations, and
 // those of the replica that takes over from it, are counted in the ledger
 // and give others 0: no false report across a failover. The standby asks
-// nothing while it stands by.
+// nothing while it stands by, and the former leader's gauges go with its
+// term.
 func TestLeadersOwnFetchesAreNoOtherParty(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -496,6 +497,9 @@ func TestLeadersOwnFetchesAreNoOtherParty(t *testing.T) {
 
 	first.stop()
 	second.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	if strings.Contains(first.scrape(t), "wxtoken_api_quota_") {
+		t.Error("the former leader still shows its readings: gauges that no longer move")
+	}
 	if !second.r.creds.Rotate(quotaApp, false, kv.ReasonRequested) {
 		t.Fatal("no rotation started on the new leader")
 	}

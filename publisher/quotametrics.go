@@ -29,7 +29,11 @@ func newQuotaMetrics() *quotaMetrics {
 }
 
 func (q *quotaMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{q.limit, q.used, q.remaining, q.others, q.rateCalls, q.rateSeconds}
+	var cs []prometheus.Collector
+	for _, g := range q.gauges() {
+		cs = append(cs, g)
+	}
+	return cs
 }
 
 // QuotaReading sets the gauges of appid's path to reading.
@@ -47,7 +51,18 @@ func (m *metrics) QuotaReading(appid, path string, r kv.QuotaReading) {
 
 // forget drops the series of an app a reload removed.
 func (q *quotaMetrics) forget(appid string) {
-	for _, c := range []*prometheus.GaugeVec{q.limit, q.used, q.remaining, q.others, q.rateCalls, q.rateSeconds} {
+	for _, c := range q.gauges() {
 		c.DeletePartialMatch(prometheus.Labels{"appid": appid})
 	}
+}
+
+// reset drops every series: the replica no longer leads.
+func (q *quotaMetrics) reset() {
+	for _, c := range q.gauges() {
+		c.Reset()
+	}
+}
+
+func (q *quotaMetrics) gauges() []*prometheus.GaugeVec {
+	return []*prometheus.GaugeVec{q.limit, q.used, q.remaining, q.others, q.rateCalls, q.rateSeconds}
 }
