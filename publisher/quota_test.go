@@ -557,6 +557,7 @@ func TestForeignStableTokenCallIsCheckedFirst(t *testing.T) {
 		t.Errorf("the token stored after another party's forced refresh does not work: errcode %d", code)
 	}
 	f.awaitReading(t, ctx, fakewechat.PathStableToken, time.Time{}, func(q kv.QuotaReading) bool { return q.Others == 2 })
+	leader.logs.await(t, ctx, "another party calls WeChat with this app's AppSecret", 2) // logged once the reading is stored
 	if l := f.ledger(t, ctx); l.Foreign == nil || l.Foreign.Count != 2 || l.Foreign.Others != 2 {
 		t.Errorf("ledger's foreign fetch %+v; want seen twice, 2 calls by others", l.Foreign)
 	}
