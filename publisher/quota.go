@@ -334,7 +334,11 @@ func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstre
 		if l.Day == day {
 			reading.Ours += int64(ledger.Calls(l.Calls, path))
 		}
-		reading.Others = othersOf(reading.Used, reading.Ours)
+		if t.issuing[path] {
+			// Another path's calls are the agents' proxies' too, which
+			// the ledger does not count: its count is shown, not judged.
+			reading.Others = othersOf(reading.Used, reading.Ours)
+		}
 		before := int64(0)
 		if last, ok := l.Quota[path]; ok && chinaDay(last.At) == day {
 			before = last.Others

@@ -435,6 +435,15 @@ func TestAgentPathsAskedHourly(t *testing.T) {
 	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
 	f.awaitReading(t, ctx, fakewechat.PathToken, time.Time{}, func(kv.QuotaReading) bool { return true })
 
+	// The agent's proxy sent 3 messages with the app's token.
+	held := f.awaitToken(t, ctx, "")
+	for range 3 {
+		resp, err := http.Post(f.wechat.URL+fakewechat.PathSendMessage+"?access_token="+held.Value, "application/json", strings.NewReader(`{"touser":"o1","msgtype":"text","text":{"content":"hi"}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
 	const unaskable = "/cgi-bin/not/counted/by/wechat"
 	report, _ := json.Marshal(kv.UsageReport{Agent: "agent-1", At: time.Now(), Paths: []kv.PathUsage{
 		{AppID: quotaApp, Path: fakewechat.PathSendMessage, Calls: 3},
@@ -444,6 +453,9 @@ func TestAgentPathsAskedHourly(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := f.awaitReading(t, ctx, fakewechat.PathSendMessage, time.Time{}, func(kv.QuotaReading) bool { return true })
+	if first.Used != 3 || first.Others != 0 {
+		t.Errorf("the agent's path: %+v; want used 3, and others 0: the agents' calls are not another party's", first)
+	}
 	leader.logs.await(t, ctx, "quota/get cannot be asked about this API path", 1)
 
 	// Three more rounds of the token path: the agent's path is not asked.
@@ -461,6 +473,9 @@ func TestAgentPathsAskedHourly(t *testing.T) {
 	}
 	if n := strings.Count(leader.logs.String(), "quota/get cannot be asked about this API path"); n != 1 {
 		t.Errorf("the path quota/get cannot be asked about was asked %d times the same day; want once", n)
+	}
+	if strings.Contains(leader.logs.String(), "another party calls WeChat") {
+		t.Errorf("the agents' calls were reported as another party's:\n%s", leader.logs.String())
 	}
 	if _, ok := f.ledger(t, ctx).Quota[unaskable]; ok {
 		t.Error("the ledger holds a reading of a path quota/get refused")
