@@ -220,7 +220,8 @@ func (p *quotaPoller) wait(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// ask asks about each of t's paths that is due; false once the term ended.
+// ask asks about each of t's paths that is due; false once the term ended
+// (ctx did).
 func (p *quotaPoller) ask(ctx context.Context, t *target) bool {
 	paths := make([]string, 0, len(t.counters))
 	for path := range t.counters {
@@ -231,7 +232,9 @@ func (p *quotaPoller) ask(ctx context.Context, t *target) bool {
 		if !p.due(ctx, t, path) {
 			continue
 		}
-		if err := p.askPath(ctx, t, path); errors.Is(err, loop.ErrEnding) {
+		// ErrEnding while the term goes on is a lease in doubt for a
+		// moment: the path is asked next round.
+		if err := p.askPath(ctx, t, path); errors.Is(err, loop.ErrEnding) && ctx.Err() != nil {
 			return false
 		}
 	}
