@@ -240,6 +240,35 @@ func TestNATSConfRoles(t *testing.T) {
 			u.denied(t, ctx, "wechat.token.login.>")
 		}
 	})
+	t.Run("the agent reports usage to the refresher, and no one else does or reads it", func(t *testing.T) {
+		subject := kv.Subjects{}.Usage()
+		agent := connectAs(t, srv, "agent")
+		reports, err := refresher.nc.SubscribeSync(subject)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refresher.nc.Flush()
+		agent.nc.Publish(subject, []byte(`{"agent":"a","at":"2026-12-07T10:31:07Z","paths":[]}`))
+		agent.nc.Flush()
+		if msg, err := reports.NextMsgWithContext(ctx); err != nil || !strings.Contains(string(msg.Data), `"agent":"a"`) {
+			t.Fatalf("the refresher did not get the agent's report: %v", err)
+		}
+		for _, u := range []user{service, shop} {
+			u.nc.Publish(subject, []byte(`{"agent":"posing"}`))
+			u.nc.Flush()
+			u.denied(t, ctx, subject)
+		}
+		for _, u := range []user{service, shop, agent} {
+			if _, err := u.nc.SubscribeSync(subject); err != nil {
+				t.Fatal(err)
+			}
+			u.nc.Flush()
+			u.denied(t, ctx, subject)
+		}
+		refresher.nc.Publish(subject, []byte(`{"agent":"posing"}`))
+		refresher.nc.Flush()
+		refresher.denied(t, ctx, subject)
+	})
 	t.Run("refresher may not read services' replies", func(t *testing.T) {
 		if _, err := refresher.nc.SubscribeSync("_INBOX_service.>"); err != nil {
 			t.Fatal(err)
