@@ -139,6 +139,17 @@ func TestARidReportedThriceIsLookedUpOnceAndNotByAStandby(t *testing.T) {
 	if n := fake.QuotaUsed(app, ridGetPath); n != 2 {
 		t.Errorf("WeChat served rid/get %d times, want 2 (each rid once)", n)
 	}
+	b, err := js.KeyValue(ctx, kv.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := b.Get(ctx, kv.LedgerKey(app))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := kv.DecodeLedger(app, entry.Value()); err != nil || l.Calls["rid_get"] != 2 {
+		t.Errorf("the app's ledger counts %v (%v), want rid_get 2: the lookups are the leader's calls", l.Calls, err)
+	}
 	if n := ridLookupsOf(t, leader.reg, ridFound); n != 2 {
 		t.Errorf("the leader's wxtoken_rid_lookups_total{result=found} = %v, want 2", n)
 	}
