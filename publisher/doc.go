@@ -42,6 +42,8 @@
 // metrics.go, apps.go, config.go (Config's defaults and checks) and
 // secretset.go (a secret set at run time, and a reloaded one checked
 // before use) can be read when needed, and so can probes.go (each
-// replica proves it could lead) and standing.go (a replica that could
-// lead fewer apps than another does not campaign).
+// replica proves it could lead), standing.go (a replica that could
+// lead fewer apps than another does not campaign) and rid.go (the rids
+// WeChat's refusals name, of the leader's fetches and the agents' calls,
+// looked up with rid/get).
 package publisher

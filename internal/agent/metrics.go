@@ -55,7 +55,7 @@ func newMetrics(reg *prometheus.Registry, wechat *failover.Bases) *metrics {
 		}, []string{"path"}),
 		apiCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_agent_api_calls_total",
-			Help: "Calls the proxy made to WeChat (a retry with a new token is a call), by app, API path (the first 500 paths the agent forwarded; later ones, and paths that are no API path, are \"other\") and class of the answer (ok, token, quota, config, retry, other, no_answer).",
+			Help: "Calls the proxy made to WeChat (a retry with a new token is a call), by app, API path (the first 500 paths the agent forwarded; later ones, and paths that are no API path, are \"other\") and class of the answer (ok, token, quota, config, retry, other; http_error: an HTTP status of 400 or more; no_answer).",
 		}, []string{"appid", "path", "class"}),
 		apiTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wxtoken_agent_api_call_seconds",

@@ -132,7 +132,7 @@ func (a *Agent) send(ctx context.Context, call upstreamCall, token string, body 
 			done = nil
 		}
 	}
-	a.counted(key, call.path, answer, err, time.Since(start))
+	a.counted(key, call.path, resp, answer, err, time.Since(start))
 	return resp, done, answer, err
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -49,14 +50,18 @@ type proxiedCall struct {
 	path    string
 	wecom   bool // WeCom's: in the metrics, not in the report (quota/get is WeChat's)
 	answer  wechaterr.Answer
+	status  int  // the answer's HTTP status
 	failed  bool // no answer
 	latency time.Duration
 }
 
 // class is the call's class in the metrics and the report.
 func (c proxiedCall) class() string {
-	if c.failed {
+	switch {
+	case c.failed:
 		return "no_answer"
+	case c.status >= 400: // WeChat answers its errors with 200
+		return "http_error"
 	}
 	return wechaterr.Class(c.answer.ErrCode)
 }
@@ -123,10 +128,13 @@ func (u *usage) report(agent string, now time.Time) (kv.UsageReport, bool) {
 }
 
 // counted counts a call the proxy made, in the metrics and the report.
-func (a *Agent) counted(key, path string, answer wechaterr.Answer, err error, latency time.Duration) {
+func (a *Agent) counted(key, path string, resp *http.Response, answer wechaterr.Answer, err error, latency time.Duration) {
 	appid, _ := kv.SplitKey(key)
 	_, _, wecom := kv.SplitWeComKey(key)
 	call := proxiedCall{appid: appid, path: path, wecom: wecom, answer: answer, failed: err != nil, latency: latency}
+	if err == nil {
+		call.status = resp.StatusCode
+	}
 	if wecom {
 		call.appid = "" // not reported: see report
 	}
@@ -146,6 +154,7 @@ func (a *Agent) reportUsage(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			a.publishUsage() // the rids since the last, before the agent stops
 			return
 		case <-tick.C:
 			a.publishUsage()

@@ -215,3 +215,53 @@ func usageOf(r kv.UsageReport, appid, path string) kv.PathUsage {
 	}
 	return kv.PathUsage{}
 }
+
+// TestTheAgentReportsOnceMoreAsItStops: a report every hour, and one call
+// WeChat answered with HTTP 502: nothing is published until the agent
+// stops, then the report carries the call, classed http_error, and
+// /metrics counted it so.
+func TestTheAgentReportsOnceMoreAsItStops(t *testing.T) {
+	const app = "wxa000000000000001"
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
+	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
+	reports, err := nc.SubscribeSync(kv.Subjects{Prefix: kv.DefaultSubjectPrefix}.Usage())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{Conn: nc, Keys: []string{app}, WeChatBase: mustURL(t, wechat), WeComBase: mustURL(t, wechat), UsageEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Run()
+	t.Cleanup(func() { a.Close() })
+	web := httptest.NewServer(a.Server().Handler)
+	t.Cleanup(web.Close)
+	for a.Ready() != nil {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the agent never held its key")
+		case <-time.After(10 * time.Millisecond): // polled: readiness announces nothing
+		}
+	}
+	fake.FailAPI(fakewechat.PathUserList, fakewechat.Fault{Status: http.StatusBadGateway})
+	if status, _ := get(t, ctx, web.URL+fakewechat.PathUserList); status != http.StatusBadGateway {
+		t.Fatalf("the call answered %d, want WeChat's 502", status)
+	}
+	_, metrics := get(t, ctx, web.URL+"/metrics")
+	if line := `wxtoken_agent_api_calls_total{appid="` + app + `",class="http_error",path="/cgi-bin/user/get"} 1`; !strings.Contains(metrics, line) {
+		t.Errorf("/metrics has no %s", line)
+	}
+	nc.Flush()
+	if msg, err := reports.NextMsg(0); err == nil {
+		t.Fatalf("a report before the hour: %s", msg.Data)
+	}
+	a.Close()
+	r := nextReport(t, ctx, reports)
+	if users := usageOf(r, app, fakewechat.PathUserList); users.Calls != 1 || users.Errors["http_error"] != 1 {
+		t.Errorf("the last report has %+v for user/get, want one call, an http_error", users)
+	}
+}
