@@ -46,9 +46,8 @@ func newUsage() *usage { return &usage{paths: map[usageKey]*kv.PathUsage{}} }
 
 // proxiedCall is one call the proxy made, as counted.
 type proxiedCall struct {
-	appid   string
+	appid   string // "" for a call counted in the metrics only: WeCom's (quota/get is WeChat's)
 	path    string
-	wecom   bool // WeCom's: in the metrics, not in the report (quota/get is WeChat's)
 	answer  wechaterr.Answer
 	status  int  // the answer's HTTP status
 	failed  bool // no answer
@@ -93,8 +92,10 @@ func (u *usage) record(call proxiedCall, now time.Time) (path string, full bool)
 		}
 		p.Errors[class]++
 	}
-	u.changed = true
-	if !call.failed && wechaterr.RidWorthLooking(call.answer.ErrCode) {
+	if p.AppID != "" {
+		u.changed = true // a call only the metrics count is no reason to report
+	}
+	if p.AppID != "" && !call.failed && wechaterr.RidWorthLooking(call.answer.ErrCode) {
 		if rid, ok := wechaterr.Rid(call.answer.ErrMsg); ok {
 			u.rids = append(u.rids, kv.RidSeen{AppID: call.appid, Path: call.path, ErrCode: call.answer.ErrCode, Rid: rid, At: now.UTC()})
 			if len(u.rids) > maxReportedRids {
@@ -131,12 +132,14 @@ func (u *usage) report(agent string, now time.Time) (kv.UsageReport, bool) {
 func (a *Agent) counted(key, path string, resp *http.Response, answer wechaterr.Answer, err error, latency time.Duration) {
 	appid, _ := kv.SplitKey(key)
 	_, _, wecom := kv.SplitWeComKey(key)
-	call := proxiedCall{appid: appid, path: path, wecom: wecom, answer: answer, failed: err != nil, latency: latency}
+	call := proxiedCall{appid: appid, path: path, answer: answer, failed: err != nil, latency: latency}
 	if err == nil {
 		call.status = resp.StatusCode
 	}
-	if wecom {
-		call.appid = "" // not reported: see report
+	if wecom || kv.ValidateAppID(appid) != nil {
+		// In the metrics only: WeChat's quota/get and rid/get are not
+		// WeCom's, and a report naming no appid would be refused.
+		call.appid = ""
 	}
 	label, full := a.usage.record(call, time.Now())
 	if full {

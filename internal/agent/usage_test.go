@@ -265,3 +265,26 @@ func TestTheAgentReportsOnceMoreAsItStops(t *testing.T) {
 		t.Errorf("the last report has %+v for user/get, want one call, an http_error", users)
 	}
 }
+
+// TestACallOfNoReportedAppIsCountedButNotReported: a WeCom call (appid
+// "", as counted calls it) refused with a rid is counted, but it is no
+// reason to report, and a report names neither its path nor its rid.
+func TestACallOfNoReportedAppIsCountedButNotReported(t *testing.T) {
+	u := newUsage()
+	answer := wechaterr.Answer{ErrCode: 40001, ErrMsg: "invalid credential rid: 61725984-6126f6f9-040f19c4"}
+	if path, _ := u.record(proxiedCall{path: fakewechat.PathUserList, answer: answer}, time.Now()); path != fakewechat.PathUserList {
+		t.Errorf("counted under %q", path)
+	}
+	if r, ok := u.report("a", time.Now()); ok {
+		t.Errorf("a report of the WeCom call alone: %+v", r)
+	}
+	u.record(proxiedCall{appid: "wxa1", path: fakewechat.PathSendMessage}, time.Now())
+	r, ok := u.report("a", time.Now())
+	if !ok || len(r.Paths) != 1 || r.Paths[0].AppID != "wxa1" || len(r.Rids) != 0 {
+		t.Errorf("the report %+v (%v): want the app's call alone, no rid", r, ok)
+	}
+	data, _ := json.Marshal(r)
+	if _, err := kv.DecodeUsageReport(data); err != nil {
+		t.Errorf("the report does not decode: %v", err)
+	}
+}
