@@ -104,6 +104,14 @@ type FailureEvent struct {
 	Path   string `json:"cgi_path,omitempty"`
 	Others int64  `json:"others,omitempty"`
 	Growth int64  `json:"growth,omitempty"`
+	// What WeChat's rid/get said of the refused call, when its errmsg
+	// named a rid (40001, 45009, 40164, 48001) and the lookup answered in
+	// time: when WeChat took the call, the IP it came from (the egress
+	// address an IP whitelist must hold), and how long it took. Never the
+	// request or the answer.
+	InvokeTime time.Time `json:"invoke_time,omitzero"`
+	ClientIP   string    `json:"client_ip,omitempty"`
+	CostInMS   int64     `json:"cost_in_ms,omitempty"`
 }
 
 // ClassInvalidatedElsewhere is the class of a failure event that says

@@ -76,3 +76,7 @@ func DecodeUsageReport(data []byte) (UsageReport, error) {
 	}
 	return r, nil
 }
+
+// ValidPath reports whether path is an API path a usage report may name:
+// what an agent checks before it counts a forwarded call's path.
+func ValidPath(path string) bool { return cgiPath.MatchString(path) }

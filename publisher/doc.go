@@ -43,7 +43,9 @@
 // secretset.go (a secret set at run time, and a reloaded one checked
 // before use) can be read when needed, and so can probes.go (each
 // replica proves it could lead), standing.go (a replica that could
-// lead fewer apps than another does not campaign) and quota.go (the
+// lead fewer apps than another does not campaign), quota.go (the
 // leader asks WeChat's quota/get how many calls each app made today, and
-// says loudly when another party's are among them).
+// says loudly when another party's are among them) and rid.go (the rids
+// WeChat's refusals name, of the leader's fetches and the agents' calls,
+// looked up with rid/get).
 package publisher

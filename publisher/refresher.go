@@ -121,6 +121,7 @@ type Refresher struct {
 	probes    *probes      // could this replica lead? (probes.go)
 	peers     *lease.Peers // the replicas' states; nil without them (standing.go)
 	quota     *quotaPoller // nil when Config.QuotaEvery is 0
+	rids      *ridLookups  // the rids of WeChat's refusals, looked up (rid.go)
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
@@ -161,6 +162,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		r.quota = newQuotaPoller(r, cfg.QuotaEvery)
 	}
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
+	r.rids = newRidLookups(cfg.Registerer, nc, wechat, cfg, r.Leading)
 	r.creds = loop.New(loop.Config{
 		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
 		Schedule: schedule, ScheduleSpec: cfg.Schedule,
@@ -168,8 +170,10 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		RetryBackoff: cfg.RetryBackoff, RetryBackoffMax: cfg.RetryBackoffMax, ConfigErrorBackoff: cfg.ConfigErrorBackoff,
 		Pacer: upstream.NewPacer(cfg.UpstreamRate), Instance: cfg.Instance, Version: Version,
 		Now: cfg.Clock.now, AfterFunc: cfg.Clock.afterFunc, Logger: cfg.Logger, Metrics: r.metrics, Scrubber: r.apps.secrets.scrubber,
-		Duty: r.quota.duty(),
+		Duty:          r.quota.duty(),
+		FailureDetail: r.rids.detail,
 	})
+	r.rids.creds = r.creds
 	r.platforms = platform.New(js, platform.Config{
 		Bucket: cfg.PlatformBucket, Replicas: cfg.Replicas, History: cfg.History, Now: cfg.Clock.now, Logger: cfg.Logger,
 		OnTicket:      r.apps.ticketPushed,
@@ -200,6 +204,11 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 	defer stopSecrets()
 	defer r.startProbes(ctx)()
+	stopRids, err := r.rids.run(ctx)
+	if err != nil {
+		return fmt.Errorf("publisher: following the agents' usage reports: %w", err)
+	}
+	defer stopRids()
 	tokens, l, err := r.open(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -240,21 +240,34 @@ func TestNATSConfRoles(t *testing.T) {
 			u.denied(t, ctx, "wechat.token.login.>")
 		}
 	})
-	t.Run("the refresher hears the agents' usage reports; a service does not", func(t *testing.T) {
-		heard, err := refresher.nc.SubscribeSync(kv.Subjects{}.Usage())
+	t.Run("the agent reports usage to the refresher, and no one else does or reads it", func(t *testing.T) {
+		subject := kv.Subjects{}.Usage()
+		agent := connectAs(t, srv, "agent")
+		reports, err := refresher.nc.SubscribeSync(subject)
 		if err != nil {
 			t.Fatal(err)
 		}
 		refresher.nc.Flush()
-		admin.nc.Publish(kv.Subjects{}.Usage(), []byte(`{"agent":"a","paths":[]}`))
-		if _, err := heard.NextMsg(5 * time.Second); err != nil {
-			t.Errorf("the refresher did not hear a usage report: %v", err)
+		agent.nc.Publish(subject, []byte(`{"agent":"a","at":"2026-12-07T10:31:07Z","paths":[]}`))
+		agent.nc.Flush()
+		if msg, err := reports.NextMsgWithContext(ctx); err != nil || !strings.Contains(string(msg.Data), `"agent":"a"`) {
+			t.Fatalf("the refresher did not get the agent's report: %v", err)
 		}
-		if _, err := service.nc.SubscribeSync(kv.Subjects{}.Usage()); err != nil {
-			t.Fatal(err)
+		for _, u := range []user{service, shop} {
+			u.nc.Publish(subject, []byte(`{"agent":"posing"}`))
+			u.nc.Flush()
+			u.denied(t, ctx, subject)
 		}
-		service.nc.Flush()
-		service.denied(t, ctx, kv.Subjects{}.Usage())
+		for _, u := range []user{service, shop, agent} {
+			if _, err := u.nc.SubscribeSync(subject); err != nil {
+				t.Fatal(err)
+			}
+			u.nc.Flush()
+			u.denied(t, ctx, subject)
+		}
+		refresher.nc.Publish(subject, []byte(`{"agent":"posing"}`))
+		refresher.nc.Flush()
+		refresher.denied(t, ctx, subject)
 	})
 	t.Run("refresher may not read services' replies", func(t *testing.T) {
 		if _, err := refresher.nc.SubscribeSync("_INBOX_service.>"); err != nil {

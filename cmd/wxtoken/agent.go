@@ -100,6 +100,8 @@ func agentCommand(args []string, getenv func(string) string, stdout, stderr io.W
 	c.Duration(&f.cfg.RefreshTimeout, "refresh-timeout", "WXTOKEN_AGENT_REFRESH_TIMEOUT", 15*time.Second, "bound of the wait for the refresher's new value")
 	c.Duration(&f.cfg.MaxWait, "max-wait", "WXTOKEN_AGENT_MAX_WAIT", 60*time.Second, "longest long poll (?wait=)")
 	c.Duration(&f.cfg.BodyTimeout, "body-timeout", "WXTOKEN_AGENT_BODY_TIMEOUT", 60*time.Second, "a request body must arrive within this")
+	c.Duration(&f.cfg.UsageEvery, "usage-every", "WXTOKEN_AGENT_USAGE_EVERY", time.Minute,
+		"how often the agent publishes its proxy's calls per app and API path, and the\nrids of rejected calls, on <prefix>.usage for the refresher, when any changed;\n0: never")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	rest, err := parseOrHelp(c, args, getenv, stdout)
@@ -255,6 +257,8 @@ func (f *agentFlags) configure() error {
 		return usagef("--max-retry-body is over --max-body")
 	case f.cfg.UpstreamTimeout <= 0 || f.cfg.RefreshTimeout <= 0 || f.cfg.MaxWait <= 0 || f.cfg.BodyTimeout <= 0:
 		return usagef("--upstream-timeout, --refresh-timeout, --max-wait and --body-timeout must be positive")
+	case f.cfg.UsageEvery < 0:
+		return usagef("--usage-every %s: give a positive duration such as 1m, or 0 for no usage report", f.cfg.UsageEvery)
 	case f.cfg.WeChatRecheck <= 0:
 		return usagef("--wechat-base-recheck %s: give a positive duration such as 10m", f.cfg.WeChatRecheck)
 	}

@@ -55,6 +55,11 @@ type Config struct {
 	MaxWait         time.Duration // the longest long poll; 60s
 	BodyTimeout     time.Duration // a request's body must arrive within this; 60s
 
+	// UsageEvery is how often the agent publishes its usage report (the
+	// proxy's calls per app and API path, the rids seen) on
+	// kv.Subjects.Usage, when anything changed; 0: never.
+	UsageEvery time.Duration
+
 	Logger *slog.Logger // silent by default
 	// Registry gets the agent's metrics, and /metrics serves all it
 	// has; none: a registry of the agent's own.
@@ -84,6 +89,9 @@ type Agent struct {
 	wechat   *failover.Bases // where WeChat calls go
 	wecom    *failover.Bases // WeCom's one base
 	metrics  *metrics
+	usage    *usage // the proxy's calls, for the usage report (usage.go)
+	name     string // the agent's instance name in its reports
+	reports  sync.WaitGroup
 
 	secretWarnings secretWarnings // when each client was last warned of a secret (secrets.go)
 
@@ -138,6 +146,9 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: a negative timeout, %s", d)
 		}
 	}
+	if cfg.UsageEvery < 0 {
+		return nil, fmt.Errorf("agent: a negative usage report interval, %s (0 sends none)", cfg.UsageEvery)
+	}
 	if cfg.MaxRetryBody < 0 || cfg.MaxBody < 0 {
 		return nil, errors.New("agent: a negative body limit")
 	}
@@ -162,6 +173,8 @@ func New(cfg Config) (*Agent, error) {
 		wechat:   wechat,
 		wecom:    wecom,
 		metrics:  newMetrics(cfg.Registry, wechat),
+		usage:    newUsage(),
+		name:     instanceName(),
 		ctx:      ctx,
 		cancel:   cancel,
 		draining: make(chan struct{}),
@@ -175,7 +188,14 @@ func New(cfg Config) (*Agent, error) {
 
 // Run follows the keys until Close. It returns at once; a second call does
 // nothing.
-func (a *Agent) Run() { a.running.Do(func() { a.keys.start(a.ctx) }) }
+func (a *Agent) Run() {
+	a.running.Do(func() {
+		a.keys.start(a.ctx)
+		if a.cfg.UsageEvery > 0 {
+			a.reports.Go(func() { a.reportUsage(a.ctx) })
+		}
+	})
+}
 
 // Ready says why the agent cannot serve every key yet, or nil once it
 // holds a value of each.
@@ -213,6 +233,7 @@ func (a *Agent) Drain() {
 func (a *Agent) Close() error {
 	a.Drain()
 	a.cancel()
+	a.reports.Wait()
 	a.keys.close()
 	a.upstream.CloseIdleConnections()
 	return nil

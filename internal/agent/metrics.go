@@ -21,6 +21,8 @@ type metrics struct {
 	refreshes *prometheus.CounterVec
 	polls     prometheus.Gauge
 	secrets   *prometheus.CounterVec // path
+	apiCalls  *prometheus.CounterVec // appid, path, class
+	apiTime   *prometheus.HistogramVec
 	handler   http.Handler
 }
 
@@ -51,11 +53,20 @@ func newMetrics(reg *prometheus.Registry, wechat *failover.Bases) *metrics {
 			Name: "wxtoken_agent_requests_with_secret_total",
 			Help: "Requests that carried a secret (secret, appsecret, corpsecret, component_appsecret; on a login path component_access_token too), by path (a path the agent answers itself, /v1/, or proxy for a forwarded call): a service that still holds the secret sent each; a WARN line (once a minute per client, path and parameter) names it.",
 		}, []string{"path"}),
+		apiCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxtoken_agent_api_calls_total",
+			Help: "Calls the proxy made to WeChat (a retry with a new token is a call), by app, API path (the first 500 paths the agent forwarded; later ones, and paths that are no API path, are \"other\") and class of the answer (ok, token, quota, config, retry, other; http_error: an HTTP status of 400 or more; no_answer).",
+		}, []string{"appid", "path", "class"}),
+		apiTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "wxtoken_agent_api_call_seconds",
+			Help:    "Time of one call the proxy made to WeChat, from sending it to WeChat's answer's headers (and its errcode, when it is a short JSON answer), by API path as wxtoken_agent_api_calls_total.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"path"}),
 	}
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	reg.MustRegister(m.requests, m.proxy, m.retries, m.refreshes, m.polls, m.secrets, wechat.Collector("wxtoken_agent_upstream"))
+	reg.MustRegister(m.requests, m.proxy, m.retries, m.refreshes, m.polls, m.secrets, m.apiCalls, m.apiTime, wechat.Collector("wxtoken_agent_upstream"))
 	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	return m
 }
@@ -65,6 +76,11 @@ func (m *metrics) observe(x *exchange) {
 }
 
 func (m *metrics) proxied(d time.Duration) { m.proxy.Observe(d.Seconds()) }
+
+func (m *metrics) apiCall(appid, path, class string, d time.Duration) {
+	m.apiCalls.WithLabelValues(appid, path, class).Inc()
+	m.apiTime.WithLabelValues(path).Observe(d.Seconds())
+}
 
 func (m *metrics) retried() { m.retries.Inc() }
 

@@ -96,24 +96,19 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	target := bases.Pick()
 	call := upstreamCall{client: a.upstream, method: r.Method, base: target.URL(), path: path, query: query, header: r.Header, timeout: a.cfg.UpstreamTimeout}
 	start := time.Now()
-	resp, done, err := call.do(r.Context(), t.Value, body)
-	code := 0 // the errcode of the answer, when it was read to find it
-	if body.buffered && err == nil {
-		if code, resp, err = wechaterr.Peek(resp); err != nil {
+	resp, done, answer, err := a.send(r.Context(), call, t.Value, body, key)
+	if body.buffered && err == nil && wechaterr.TokenRejected(answer.ErrCode) {
+		fresh, rerr := a.askRefresh(r.Context(), f, t.Revision, "a proxied call got errcode "+strconv.Itoa(answer.ErrCode))
+		if rerr == nil && fresh.Value != t.Value {
+			resp.Body.Close()
 			done()
-		} else if wechaterr.TokenRejected(code) {
-			fresh, rerr := a.askRefresh(r.Context(), f, t.Revision, "a proxied call got errcode "+strconv.Itoa(code))
-			if rerr == nil && fresh.Value != t.Value {
-				resp.Body.Close()
-				done()
-				a.metrics.retried()
-				resp, done, err = call.do(r.Context(), fresh.Value, body)
-				t, code = fresh, 0
-			}
+			a.metrics.retried()
+			resp, done, answer, err = a.send(r.Context(), call, fresh.Value, body, key)
+			t = fresh
 		}
 	}
 	a.metrics.proxied(time.Since(start))
-	report(r.Context(), target, resp, code, err, t.Value)
+	report(r.Context(), target, resp, answer.ErrCode, err, t.Value)
 	if err != nil {
 		a.upstreamFailed(x, err, t.Value)
 		return
@@ -121,6 +116,24 @@ func (a *Agent) proxy(x *exchange, prefixKey, path string) {
 	bodyRead(x) // a streamed body has gone to WeChat by now
 	defer done()
 	passBack(x, resp)
+}
+
+// send makes one call of key's with token, and counts it (usage.go). The
+// answer's errcode and errmsg are read when it is a short JSON answer
+// (wechaterr.PeekAnswer); any other body, a file above all, is left to
+// stream back untouched. done is nil when err is not.
+func (a *Agent) send(ctx context.Context, call upstreamCall, token string, body requestBody, key string) (*http.Response, context.CancelFunc, wechaterr.Answer, error) {
+	start := time.Now()
+	resp, done, err := call.do(ctx, token, body)
+	var answer wechaterr.Answer
+	if err == nil {
+		if answer, resp, err = wechaterr.PeekAnswer(resp); err != nil {
+			done()
+			done = nil
+		}
+	}
+	a.counted(key, call.path, resp, answer, err, time.Since(start))
+	return resp, done, answer, err
 }
 
 // forwardsNoSecret is why a forwarded call with a secret is refused.

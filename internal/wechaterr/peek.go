@@ -17,14 +17,26 @@ const MaxErrorBody = 16 << 10
 // and the response with its body intact for the caller. Only a short JSON
 // or text body is read; a long one, or a file, is left unread.
 func Peek(resp *http.Response) (int, *http.Response, error) {
+	answer, resp, err := PeekAnswer(resp)
+	return answer.ErrCode, resp, err
+}
+
+// Answer is a WeChat answer's errcode and errmsg.
+type Answer struct {
+	ErrCode int    `json:"errcode"`
+	ErrMsg  string `json:"errmsg"`
+}
+
+// PeekAnswer is Peek, with the answer's errmsg too.
+func PeekAnswer(resp *http.Response) (Answer, *http.Response, error) {
 	ct := resp.Header.Get("Content-Type")
 	if resp.ContentLength > MaxErrorBody || !(strings.Contains(ct, "json") || strings.HasPrefix(ct, "text/plain") || ct == "") {
-		return 0, resp, nil
+		return Answer{}, resp, nil
 	}
 	head, err := io.ReadAll(io.LimitReader(resp.Body, MaxErrorBody+1))
 	if err != nil {
 		resp.Body.Close()
-		return 0, nil, err
+		return Answer{}, nil, err
 	}
 	if len(head) > MaxErrorBody {
 		// Not an error answer: give the caller the whole body back.
@@ -32,15 +44,13 @@ func Peek(resp *http.Response) (int, *http.Response, error) {
 			io.Reader
 			io.Closer
 		}{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
-		return 0, resp, nil
+		return Answer{}, resp, nil
 	}
 	resp.Body.Close()
 	resp.Body = io.NopCloser(bytes.NewReader(head))
-	var answer struct {
-		ErrCode int `json:"errcode"`
-	}
+	var answer Answer
 	if json.Unmarshal(head, &answer) != nil {
-		return 0, resp, nil
+		return Answer{}, resp, nil
 	}
-	return answer.ErrCode, resp, nil
+	return answer, resp, nil
 }

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,10 +72,27 @@ func (c *Credentials) failedUnlessDeclined(cr *credential, a *Attempt, err error
 	c.failed(cr, a, err)
 }
 
-// publishFailure publishes a failure event on key's Failed subject.
+// publishFailure publishes a failure event on key's Failed subject: at
+// once, or, with a FailureDetail, once it has added what it may.
 func (c *Credentials) publishFailure(key string, errcode int, errmsg string, class upstream.Class, next time.Time) {
 	appid, kind := kv.SplitKey(key)
-	data, _ := json.Marshal(kv.FailureEvent{AppID: appid, Kind: kind, ErrCode: errcode, ErrMsg: errmsg, Class: string(class), NextAttempt: next.UTC()})
+	ev := kv.FailureEvent{AppID: appid, Kind: kind, ErrCode: errcode, ErrMsg: errmsg, Class: string(class), NextAttempt: next.UTC()}
+	var detail func(context.Context, *kv.FailureEvent)
+	if c.cfg.FailureDetail != nil {
+		detail = c.cfg.FailureDetail(ev)
+	}
+	if t := c.term.Load(); detail != nil && t != nil && t.spawn(func() {
+		detail(t.work, &ev)
+		c.publishEvent(key, ev)
+	}) {
+		return
+	}
+	c.publishEvent(key, ev)
+}
+
+// publishEvent publishes ev on key's Failed subject.
+func (c *Credentials) publishEvent(key string, ev kv.FailureEvent) {
+	data, _ := json.Marshal(ev)
 	if err := c.cfg.Conn.Publish(c.subjects.Failed(key), data); err != nil {
 		c.log.Warn("failure event not published", "key", key, "error", err)
 	}

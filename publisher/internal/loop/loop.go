@@ -65,6 +65,14 @@ type Config struct {
 	// poller), until the context it is given ends with the term; its
 	// calls to WeChat go through LeaderCall.
 	Duty func(ctx context.Context)
+	// FailureDetail, if set, is shown each failure event of a refused
+	// fetch before it is published. It returns nil when it has nothing to
+	// add, and the event goes at once; else a func that adds to it (what
+	// WeChat's rid/get says of the call), waiting a short while at most,
+	// which the loop runs in a goroutine of the term before it publishes
+	// the event, so that no rotation waits for it. ctx ends with the
+	// term's work.
+	FailureDetail func(ev kv.FailureEvent) func(ctx context.Context, ev *kv.FailureEvent)
 }
 
 // Metrics is what the loop counts.
