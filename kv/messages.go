@@ -97,6 +97,15 @@ type FailureEvent struct {
 	Revision            uint64    `json:"revision,omitempty"`
 	ExpiresAt           time.Time `json:"expires_at,omitzero"`
 	BeforeExpirySeconds int64     `json:"before_expiry_seconds,omitempty"`
+
+	// What a rescue of a spent quota adds (class quota, or config for an
+	// account that may not reset its quota): what became of it (see
+	// Rescue's outcomes), whose quota was spent, the reset called, and
+	// the resets of its budget wxtoken may still spend this month.
+	Rescue          string `json:"rescue,omitempty"`
+	CgiPath         string `json:"cgi_path,omitempty"`
+	ResetAPI        string `json:"reset_api,omitempty"`
+	BudgetRemaining *int   `json:"budget_remaining,omitempty"`
 }
 
 // ClassInvalidatedElsewhere is the class of a failure event that says
