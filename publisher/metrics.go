@@ -20,6 +20,7 @@ type metrics struct {
 	leader    prometheus.Gauge
 	repaired  prometheus.Counter
 	elsewhere *prometheus.CounterVec // appid
+	rescue    rescueMetrics
 
 	leading atomic.Bool // what leader shows: Refresher.Leading
 }
@@ -55,9 +56,11 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 			Name: "wxtoken_tokens_invalidated_elsewhere_total",
 			Help: "Tokens of the app WeChat said were dead before their expiry with no call of wxtoken's since their fetch that could end them: another party holds the AppSecret (see the README, \"Tokens killed by someone else\").",
 		}, []string{"appid"}),
+		rescue: newRescueMetrics(),
 	}
 	if reg != nil {
 		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, m.repaired, m.elsewhere, tokenCollector{r})
+		reg.MustRegister(m.rescue.collectors()...)
 	}
 	return m
 }
@@ -102,6 +105,8 @@ func (m *metrics) Forget(key, kind, api string) {
 		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "check"})
 		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "stable_token_force"})
 		m.elsewhere.DeleteLabelValues(appid)
+		m.rescue.rescues.DeletePartialMatch(prometheus.Labels{"appid": appid})
+		m.rescue.budget.DeletePartialMatch(prometheus.Labels{"appid": appid})
 	}
 	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid, "kind": label})
 }
