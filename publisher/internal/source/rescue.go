@@ -173,15 +173,15 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 			return 0, true
 		case errors.Is(err, loop.ErrEnding):
 			return 0, false
-		case errors.Is(err, errRescuedToday):
-			res.refused(OutcomeAgain, rs.api, 0, "its quota was reset once today already")
+		case errors.Is(err, errRescuedToday): // another replica's, meanwhile
+			res.refused(OutcomeAgain, "", 0, "its quota was reset once today already")
 			return 0, false
 		case errors.Is(err, errSpentElsewhere):
 			res.steps = append(res.steps, rs.api+": "+err.Error())
-			outcome, api, errcode = OutcomeSpentElsewhere, rs.api, upstream.CodeResetsSpent
-			continue // said when it was learnt
+			outcome, api, errcode = OutcomeSpentElsewhere, rs.budget, upstream.CodeResetsSpent
+			continue // counted and said when it was learnt
 		case errors.Is(err, errBudget):
-			outcome, api, errcode = OutcomeReserve, rs.api, 0
+			outcome, api, errcode = OutcomeReserve, rs.budget, 0
 		case ue != nil && ue.ErrCode == upstream.CodeUnverified:
 			res.unverified(rs, ue)
 			return 0, false
@@ -297,13 +297,14 @@ func (res *rescue) unverified(rs reset, ue *upstream.Error) {
 }
 
 // refused says that the spent quota is not rescued: the services lose the
-// value held when it expires, until the quota resets.
+// value held when it expires, until the quota resets. api is the reset (or
+// budget) whose refusal decided it, "" when none was tried; the metric
+// counted each reset tried (step), and counts a refusal before any under
+// "none".
 func (res *rescue) refused(outcome, api string, errcode int, why string) {
-	label := api
-	if label == "" {
-		label = "none"
+	if api == "" {
+		res.a.Metrics().QuotaRescue(res.a.AppID(), "none", outcome)
 	}
-	res.a.Metrics().QuotaRescue(res.a.AppID(), label, outcome)
 	fix := refusedFix[outcome]
 	res.a.Log().Error(fmt.Sprintf("the day's quota of %s is spent (45009) and not rescued: %s. Services lose the value held when it expires, until 00:00 China time. %s", res.path, why, fix),
 		"appid", res.a.Key, "cgi_path", res.path, "outcome", outcome, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
