@@ -134,7 +134,6 @@ type rescue struct {
 	day, month string    // China time's
 
 	steps []string // what each reset tried did, for the event
-	rec   kv.Rescue
 }
 
 // errBudget and errSpentElsewhere are a reset refused by its budget in
