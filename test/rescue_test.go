@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -106,6 +107,12 @@ func TestQuotaRescueDurableAcrossLeaderSIGKILL(t *testing.T) {
 	l := ledgerOf(t, ctx, testenv.Bucket(t, ctx, nc), appA)
 	if l.MonthCalls["quota_clear"] != 1 || l.Rescue == nil || l.Rescue.Count != 1 {
 		t.Errorf("ledger's month %v, rescue %+v: want one quota_clear spent, one rescue", l.MonthCalls, l.Rescue)
+	}
+
+	out, errOut, code := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "status")
+	want := "/cgi-bin/token  again    -      1        quota_clear 1/50, clear_quota 0/10"
+	if code != 0 || !strings.Contains(out, "spent quotas") || !strings.Contains(out, want) {
+		t.Errorf("status (exit %d) does not show the rescue as %q:\n%s%s", code, want, out, errOut)
 	}
 }
 

@@ -367,6 +367,7 @@ region about its copy.`,
 	})
 	replicas := readReplicas(ctx, nc.Conn, n.bucket, here.Hub)
 	elsewhere := readElsewhere(ctx, nc.Conn, n.bucket)
+	rescues := readRescues(ctx, nc.Conn, n.bucket)
 	var regionRows []regionRow
 	if regions != "" {
 		regionRows = readRegions(ctx, nc.Conn, n.bucket, splitList(regions))
@@ -392,7 +393,7 @@ region about its copy.`,
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows, "replicas": replicas, "invalidated_elsewhere": elsewhere}
+		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows, "replicas": replicas, "invalidated_elsewhere": elsewhere, "quota_rescues": rescues}
 		if inRegion {
 			out["region"] = newCopyJSON(here)
 		}
@@ -440,6 +441,9 @@ region about its copy.`,
 		return err
 	}
 	if err := printElsewhere(stdout, elsewhere, now); err != nil {
+		return err
+	}
+	if err := printRescues(stdout, rescues, now); err != nil {
 		return err
 	}
 	if err := printReplicas(stdout, replicas, now); err != nil || !withPlatforms {
