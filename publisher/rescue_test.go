@@ -265,8 +265,9 @@ func TestQuotaRescueFallsThrough(t *testing.T) {
 		name     string
 		prepare  func(*fakewechat.Server)
 		tune     func(*Config)
-		outcome  string // of the rescue's event
-		api      string // the reset it names
+		before   func(*rescueWorld) // once the first token is stored
+		outcome  string             // of the rescue's event
+		api      string             // the reset it names
 		class    string
 		calls    map[string]int // the ledger's month calls of the resets
 		clears   int            // account resets WeChat saw, console included
@@ -277,6 +278,11 @@ func TestQuotaRescueFallsThrough(t *testing.T) {
 			prepare: func(f *fakewechat.Server) { f.RefuseClear(fakewechat.PathToken, 76021) },
 			outcome: "rescued", api: "clear_quota", class: "quota",
 			calls: map[string]int{"quota_clear": 1, "clear_quota": 1}, clears: 1,
+			log: "quota reset not made or refused; trying the next"},
+		{name: "a token refused hands on to clear_quota/v2, which needs none",
+			before:  func(w *rescueWorld) { w.fake.Revoke(w.first) },
+			outcome: "rescued", api: "clear_quota_v2", class: "quota",
+			calls: map[string]int{"quota_clear": 1, "clear_quota": 1, "clear_quota_v2": 1}, clears: 1,
 			log: "quota reset not made or refused; trying the next"},
 		{name: "48006 on clear_quota: the month's resets spent in the console",
 			prepare: func(f *fakewechat.Server) {
@@ -311,6 +317,9 @@ func TestQuotaRescueFallsThrough(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			w := newRescueWorld(t, ctx, 15, 0, tc.prepare, tc.tune)
+			if tc.before != nil {
+				tc.before(w)
+			}
 			w.dueNow()
 			ev := w.awaitEvent(t, ctx, isRescue)
 			if ev.Rescue != tc.outcome || ev.ResetAPI != tc.api || ev.Class != tc.class {
