@@ -54,9 +54,10 @@ type Rescue struct {
 	ErrCode int       `json:"errcode,omitempty"` // WeChat's answer to the reset, if not 0
 	Count   int       `json:"count"`             // rescues made, ever
 
-	// Rescued is the China day (2006-01-02) each path's quota was last
-	// reset on, by path: a quota spent again the same day is not reset
-	// again (something a reset does not fix spends it).
+	// Rescued is the China day (2006-01-02) a rescue of each path's
+	// quota was last tried on, by path, marked before its first reset
+	// goes: a quota spent again the same day is not reset again
+	// (something a reset does not fix spends it).
 	Rescued map[string]string `json:"rescued,omitempty"`
 	// SpentElsewhere is the China month (2006-01) in which WeChat said a
 	// budget of resets was spent (48006) though the ledger had some left

@@ -235,7 +235,7 @@ func TestSpentQuotaRescuedOnceAndFetchedAgain(t *testing.T) {
 	if n := w.fake.ClearsThisMonth(rescueApp, fakewechat.ClearAPI) + w.fake.ClearsThisMonth(rescueApp, fakewechat.ClearAccount); n != 1 {
 		t.Errorf("WeChat saw %d resets, want still 1", n)
 	}
-	w.logs.await(t, ctx, "is spent (45009) and not rescued: its quota was reset once today already", 1)
+	w.logs.await(t, ctx, "is spent (45009) and not rescued: a rescue of it was tried once today already", 1)
 }
 
 // TestQuotaNotRescuedWhenTheTokenOutlastsTheDay: at 23:30 China time the

@@ -97,7 +97,7 @@ func TestQuotaRescueDurableAcrossLeaderSIGKILL(t *testing.T) {
 	if ev.Rescue != "again" {
 		t.Fatalf("the next leader's rescue event %+v, want the reset refused as made today already", ev)
 	}
-	two.waitOutput(t, ctx, "not rescued: its quota was reset once today already")
+	two.waitOutput(t, ctx, "not rescued: a rescue of it was tried once today already")
 	if n := fake.ClearsThisMonth(appA, fakewechat.ClearAPI); n != 1 {
 		t.Errorf("WeChat saw %d quota/clear resets, want 1", n)
 	}

@@ -23,7 +23,8 @@ import (
 // before it goes, in the same compare-and-swap write that checks its
 // monthly budget (Attempt.LeaderCall), so that no failover and no crash
 // spends one twice. After a reset the fetch goes again at once, once: a
-// path is reset at most once a China day.
+// path's rescue is tried at most once a China day, marked in the ledger
+// before its first reset goes (claim).
 
 // RescuePolicy is how the refresher rescues a spent quota: its flags.
 type RescuePolicy struct {
@@ -60,7 +61,7 @@ const (
 	OutcomeSpentElsewhere = "spent_elsewhere" // WeChat said 48006 with budget left
 	OutcomeNotClearable   = "not_clearable"   // 76021/76022: quota/clear does not take the path
 	OutcomeUnverified     = "unverified"      // the account may not reset (48001)
-	OutcomeAgain          = "again"           // the path was reset today already
+	OutcomeAgain          = "again"           // a rescue of the path was tried today already
 	OutcomeFailed         = "failed"          // another refusal (40013, a token refused, no answer)
 )
 
@@ -141,8 +142,33 @@ type rescue struct {
 var (
 	errBudget         = errors.New("budget at the reserve")
 	errSpentElsewhere = errors.New("budget spent elsewhere this month")
-	errRescuedToday   = errors.New("path reset today already")
 )
+
+// claim marks the path's rescue as tried today in the ledger, before any
+// reset goes, unless it was already (claimed false): a leader SIGKILLed
+// right after a reset leaves it marked, and the next does not reset it
+// again. A leader that dies before its first reset leaves the day's
+// rescue of the path undone.
+func (res *rescue) claim() (claimed bool, err error) {
+	err = res.a.UpdateLedger(func(l *kv.Ledger) bool {
+		claimed = l.Day == "" // no ledger to mark (none counted yet): go on unmarked
+		if l.Day == "" || l.Rescue != nil && l.Rescue.Rescued[res.path] == res.day {
+			return false
+		}
+		r := kv.Rescue{}
+		if l.Rescue != nil {
+			r = *l.Rescue // l is the write's own copy: its maps too
+		}
+		if r.Rescued == nil {
+			r.Rescued = map[string]string{}
+		}
+		r.Rescued[res.path] = res.day
+		l.Rescue = &r
+		claimed = true
+		return true
+	})
+	return claimed, err
+}
 
 func (res *rescue) run(token string) (time.Duration, bool) {
 	if res.r.policy.Off {
@@ -157,8 +183,12 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 	if l.Rescue != nil && l.Rescue.Unverified == res.month {
 		return 0, false // said once this month: the account may not reset
 	}
-	if l.Rescue != nil && l.Rescue.Rescued[res.path] == res.day {
-		res.refused(OutcomeAgain, "", 0, "its quota was reset once today already")
+	switch claimed, err := res.claim(); {
+	case err != nil:
+		res.a.Log().Warn("cannot rescue the spent quota: the ledger cannot be written", "appid", res.a.Key, "cgi_path", res.path, "error", err)
+		return 0, false
+	case !claimed:
+		res.refused(OutcomeAgain, "", 0, "a rescue of it was tried once today already")
 		return 0, false
 	}
 	outcome, api, errcode := OutcomeNotClearable, "", 0
@@ -171,9 +201,6 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 			res.rescued(rs)
 			return 0, true
 		case errors.Is(err, loop.ErrEnding):
-			return 0, false
-		case errors.Is(err, errRescuedToday): // another replica's, meanwhile
-			res.refused(OutcomeAgain, "", 0, "its quota was reset once today already")
 			return 0, false
 		case errors.Is(err, errSpentElsewhere):
 			res.steps = append(res.steps, rs.api+": "+err.Error())
@@ -201,17 +228,12 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 	return 0, false
 }
 
-// allow checks, in the ledger's write that counts the reset, that the
-// path was not reset today and that budget has a reset wxtoken may spend.
+// allow checks, in the ledger's write that counts the reset, that budget
+// has a reset wxtoken may spend.
 func (res *rescue) allow(budget string) func(kv.Ledger) error {
 	return func(l kv.Ledger) error {
-		if r := l.Rescue; r != nil {
-			if r.Rescued[res.path] == res.day {
-				return errRescuedToday
-			}
-			if r.SpentElsewhere[budget] == res.month {
-				return errSpentElsewhere
-			}
+		if r := l.Rescue; r != nil && r.SpentElsewhere[budget] == res.month {
+			return errSpentElsewhere
 		}
 		if res.r.remaining(l, budget, res.month) <= 0 {
 			return errBudget
@@ -254,10 +276,6 @@ func (res *rescue) rescued(rs reset) {
 	res.record(func(r *kv.Rescue) {
 		r.API, r.Outcome, r.ErrCode = rs.api, OutcomeRescued, 0
 		r.Count++
-		if r.Rescued == nil {
-			r.Rescued = map[string]string{}
-		}
-		r.Rescued[res.path] = res.day
 	})
 }
 
