@@ -112,6 +112,13 @@ type FailureEvent struct {
 	InvokeTime time.Time `json:"invoke_time,omitzero"`
 	ClientIP   string    `json:"client_ip,omitempty"`
 	CostInMS   int64     `json:"cost_in_ms,omitempty"`
+	// What a rescue of a spent quota adds (class quota, or config for an
+	// account that may not reset its quota): what became of it (see
+	// Rescue's outcomes), whose quota was spent (Path), the reset called, and
+	// the resets of its budget wxtoken may still spend this month.
+	Rescue          string `json:"rescue,omitempty"`
+	ResetAPI        string `json:"reset_api,omitempty"`
+	BudgetRemaining *int   `json:"budget_remaining,omitempty"`
 }
 
 // ClassInvalidatedElsewhere is the class of a failure event that says

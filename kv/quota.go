@@ -2,6 +2,7 @@ package kv
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"time"
 )
@@ -52,6 +53,21 @@ type Rescue struct {
 	Outcome string    `json:"outcome"`           // see the README's wire contract
 	ErrCode int       `json:"errcode,omitempty"` // WeChat's answer to the reset, if not 0
 	Count   int       `json:"count"`             // rescues made, ever
+
+	// Rescued is the China day (2006-01-02) a rescue of each path's
+	// quota was last tried on, by path, marked before its first reset
+	// goes: a quota spent again the same day is not reset again
+	// (something a reset does not fix spends it).
+	Rescued map[string]string `json:"rescued,omitempty"`
+	// SpentElsewhere is the China month (2006-01) in which WeChat said a
+	// budget of resets was spent (48006) though the ledger had some left
+	// (the console's resets, another tool's), by budget ("quota_clear",
+	// "clear_quota"): no reset of it is tried again that month.
+	SpentElsewhere map[string]string `json:"spent_elsewhere,omitempty"`
+	// Unverified is the China month in which WeChat said the account
+	// cannot reset its quota (only verified accounts can): said once,
+	// not tried again that month.
+	Unverified string `json:"unverified,omitempty"`
 }
 
 var cgiPath = regexp.MustCompile(`^/[A-Za-z0-9_/.-]{1,200}$`)
@@ -69,8 +85,35 @@ func (l Ledger) validateGuardian() error {
 	if f := l.Foreign; f != nil && !cgiPath.MatchString(f.Path) {
 		return fmt.Errorf("%w: ledger: foreign fetch of %.70q: not an API path", ErrInvalidRecord, f.Path)
 	}
-	if r := l.Rescue; r != nil && r.Path != "" && !cgiPath.MatchString(r.Path) {
+	if r := l.Rescue; r != nil {
+		return r.validate()
+	}
+	return nil
+}
+
+// validate checks a rescue against the contract.
+func (r Rescue) validate() error {
+	if r.Path != "" && !cgiPath.MatchString(r.Path) {
 		return fmt.Errorf("%w: ledger: rescue of %.70q: not an API path", ErrInvalidRecord, r.Path)
+	}
+	if r.API != "" && !ledgerAPI.MatchString(r.API) {
+		return fmt.Errorf("%w: ledger: rescue by %.70q: not an API name", ErrInvalidRecord, r.API)
+	}
+	if r.Count < 0 {
+		return fmt.Errorf("%w: ledger: rescue count %d is negative", ErrInvalidRecord, r.Count)
+	}
+	for path, day := range r.Rescued {
+		if !cgiPath.MatchString(path) || !ledgerDay.MatchString(day) {
+			return fmt.Errorf("%w: ledger: rescued %.70q on %.20q: not an API path and a date such as 2006-01-02", ErrInvalidRecord, path, day)
+		}
+	}
+	for budget, month := range r.SpentElsewhere {
+		if !ledgerAPI.MatchString(budget) || !ledgerMonth.MatchString(month) {
+			return fmt.Errorf("%w: ledger: %.70q spent elsewhere in %.20q: not an API name and a month such as 2006-01", ErrInvalidRecord, budget, month)
+		}
+	}
+	if r.Unverified != "" && !ledgerMonth.MatchString(r.Unverified) {
+		return fmt.Errorf("%w: ledger: unverified in %.20q: not a month such as 2006-01", ErrInvalidRecord, r.Unverified)
 	}
 	return nil
 }
@@ -94,6 +137,7 @@ func (l *Ledger) cloneGuardian() {
 	}
 	if l.Rescue != nil {
 		r := *l.Rescue
+		r.Rescued, r.SpentElsewhere = maps.Clone(r.Rescued), maps.Clone(r.SpentElsewhere)
 		l.Rescue = &r
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/internal/failover"
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/source"
 )
 
 // Defaults of Config; the README lists them with their flags.
@@ -31,6 +32,9 @@ const (
 	DefaultUpstreamRecheck  = failover.DefaultRecheck
 	DefaultProbeEvery       = time.Hour // serve's --probe-every; Config's zero probes nothing
 	DefaultQuotaEvery       = time.Hour // serve's --quota-every; Config's zero asks nothing
+	// DefaultQuotaClearReserve is serve's --quota-clear-reserve: the
+	// account's quota resets a month (of 10) left to the console.
+	DefaultQuotaClearReserve = 3
 
 	// MinUpstreamRate is the slowest pacing accepted: one fetch in 100 s.
 	MinUpstreamRate = 0.01
@@ -128,6 +132,9 @@ func (c Config) withDefaults() (Config, cron.Schedule, error) {
 	}
 	if err := c.checkSourceAddr(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.QuotaClearReserve < 0 || c.QuotaClearReserve > source.AccountResets {
+		errs = append(errs, fmt.Errorf("quota-clear-reserve %d is not in 0..%d (the account's resets a month)", c.QuotaClearReserve, source.AccountResets))
 	}
 	if c.ProbeEvery < 0 {
 		errs = append(errs, fmt.Errorf("probe-every %s is negative (0 turns the probes off)", c.ProbeEvery))

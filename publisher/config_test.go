@@ -26,6 +26,8 @@ func TestConfigErrors(t *testing.T) {
 		"tiny rate":        {Config{Apps: app, UpstreamRate: 1e-12}, "upstream rate 1e-12"},
 		"NaN rate":         {Config{Apps: app, UpstreamRate: math.NaN()}, "upstream rate NaN"},
 		"infinite rate":    {Config{Apps: app, UpstreamRate: math.Inf(1)}, "upstream rate +Inf"},
+		"negative reserve": {Config{Apps: app, QuotaClearReserve: -1}, "quota-clear-reserve -1 is not in 0..10"},
+		"reserve over 10":  {Config{Apps: app, QuotaClearReserve: 11}, "quota-clear-reserve 11 is not in 0..10"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, err := tc.cfg.withDefaults()

@@ -21,6 +21,7 @@ type metrics struct {
 	repaired  prometheus.Counter
 	elsewhere *prometheus.CounterVec // appid
 	quota     *quotaMetrics          // appid, path (quotametrics.go)
+	rescue    rescueMetrics
 
 	leading atomic.Bool // what leader shows: Refresher.Leading
 }
@@ -56,11 +57,13 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 			Name: "wxtoken_tokens_invalidated_elsewhere_total",
 			Help: "Tokens of the app WeChat said were dead before their expiry with no call of wxtoken's since their fetch that could end them: another party holds the AppSecret (see the README, \"Tokens killed by someone else\").",
 		}, []string{"appid"}),
-		quota: newQuotaMetrics(),
+		quota:  newQuotaMetrics(),
+		rescue: newRescueMetrics(),
 	}
 	if reg != nil {
 		reg.MustRegister(m.upstream, m.latency, m.rotated, m.requests, m.leader, m.repaired, m.elsewhere, tokenCollector{r})
 		reg.MustRegister(m.quota.collectors()...)
+		reg.MustRegister(m.rescue.collectors()...)
 	}
 	return m
 }
@@ -106,6 +109,8 @@ func (m *metrics) Forget(key, kind, api string) {
 		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "stable_token_force"})
 		m.elsewhere.DeleteLabelValues(appid)
 		m.quota.forget(appid)
+		m.rescue.rescues.DeletePartialMatch(prometheus.Labels{"appid": appid})
+		m.rescue.budget.DeletePartialMatch(prometheus.Labels{"appid": appid})
 	}
 	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid, "kind": label})
 }

@@ -91,6 +91,13 @@ type Config struct {
 	// to see another party's (quota.go), spread over the interval; 0 asks
 	// nothing. serve's --quota-every is DefaultQuotaEvery.
 	QuotaEvery time.Duration
+	// QuotaRescueOff turns off the rescue of a spent daily quota (see the
+	// README, "A spent quota, rescued"); serve's --quota-rescue is on.
+	QuotaRescueOff bool
+	// QuotaClearReserve is the account's quota resets a month (of 10) the
+	// rescue leaves to people in WeChat's console; 0 leaves none. serve's
+	// --quota-clear-reserve is DefaultQuotaClearReserve.
+	QuotaClearReserve int
 
 	// Registerer, if set, receives the refresher's Prometheus metrics.
 	Registerer prometheus.Registerer
@@ -150,7 +157,8 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		return nil, fmt.Errorf("publisher: WeCom: %w", err)
 	}
 	r := &Refresher{cfg: cfg, nc: nc, js: js, log: cfg.Logger, start: startup{nc: nc, log: cfg.Logger},
-		apps: &reloader{wechat: wechat, wecom: wecom, limits: &source.HourlyLimits{}, log: cfg.Logger}}
+		apps: &reloader{wechat: wechat, wecom: wecom, limits: &source.HourlyLimits{}, log: cfg.Logger,
+			rescue: source.RescuePolicy{Off: cfg.QuotaRescueOff, Reserve: cfg.QuotaClearReserve}}}
 	r.metrics = newMetrics(cfg.Registerer, r)
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(wechat.Bases().Collector("wxtoken_upstream"))

@@ -108,6 +108,7 @@ type reloader struct {
 	wechat    *upstream.Client // WeChat's API
 	wecom     *upstream.Client // WeCom's
 	limits    *source.HourlyLimits
+	rescue    source.RescuePolicy // of a spent quota
 	log       *slog.Logger
 	secrets   secrets
 
@@ -211,9 +212,9 @@ func (l *reloader) sourceOf(app App) loop.Source {
 	case app.wecom():
 		return source.NewWeComToken(app.CorpID, app.Secret, l.wecom)
 	case app.TokenAPI == TokenAPIStable:
-		return source.NewStable(app.AppID, app.Secret, l.wechat)
+		return source.NewStable(app.AppID, app.Secret, l.wechat).Rescuing(l.rescuerOf(app))
 	}
-	return source.NewToken(app.AppID, app.Secret, l.wechat)
+	return source.NewToken(app.AppID, app.Secret, l.wechat).Rescuing(l.rescuerOf(app))
 }
 
 // ticketSourceOf returns the source of an app's ticket.
@@ -221,7 +222,12 @@ func (l *reloader) ticketSourceOf(app App, t Ticket) loop.Source {
 	if app.wecom() {
 		return source.NewWeComTicket(t.kind(), l.wecom, l.limits)
 	}
-	return source.NewTicket(t.kind(), l.wechat)
+	return source.NewTicket(t.kind(), l.wechat).Rescuing(l.rescuerOf(app))
+}
+
+// rescuerOf returns the rescuer of app's spent quota.
+func (l *reloader) rescuerOf(app App) *source.Rescuer {
+	return source.NewRescuer(l.rescue, app.AppID, app.Secret, l.wechat)
 }
 
 // ticketPushed lets a platform's component token that waited for a verify

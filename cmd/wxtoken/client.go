@@ -374,6 +374,7 @@ region about its copy.`,
 	if withQuota {
 		quota = readQuota(ctx, nc.Conn, n.bucket)
 	}
+	rescues := readRescues(ctx, nc.Conn, n.bucket)
 	var regionRows []regionRow
 	if regions != "" {
 		regionRows = readRegions(ctx, nc.Conn, n.bucket, splitList(regions))
@@ -399,7 +400,7 @@ region about its copy.`,
 	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows, "replicas": replicas, "invalidated_elsewhere": elsewhere}
+		out := map[string]any{"bucket": n.bucket, "leader": leader, "tokens": rows, "replicas": replicas, "invalidated_elsewhere": elsewhere, "quota_rescues": rescues}
 		if inRegion {
 			out["region"] = newCopyJSON(here)
 		}
@@ -456,6 +457,9 @@ region about its copy.`,
 		if err := printQuota(stdout, quota, now); err != nil {
 			return err
 		}
+	}
+	if err := printRescues(stdout, rescues, now); err != nil {
+		return err
 	}
 	if err := printReplicas(stdout, replicas, now); err != nil || !withPlatforms {
 		return err

@@ -75,6 +75,8 @@ type serveFlags struct {
 	demoWeChat string // the demo's fake WeChat: host:port
 	demoAgent  string // the demo's agent: host:port, or off
 	regions    string // the regions whose copies to follow, comma-separated
+	// quotaRescue is --quota-rescue (Config.QuotaRescueOff's opposite).
+	quotaRescue bool
 }
 
 func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -112,6 +114,10 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"probe each app's secret from this replica at start and this often (0: off), to prove it could lead")
 	c.Duration(&f.cfg.QuotaEvery, "quota-every", "WXTOKEN_QUOTA_EVERY", publisher.DefaultQuotaEvery,
 		"as leader, ask WeChat's quota/get this often how many calls to each app's token paths were made today\n(0: off), to see another party's fetches; the agents' paths at most once an hour")
+	c.Bool(&f.quotaRescue, "quota-rescue", "WXTOKEN_QUOTA_RESCUE", true,
+		"when a token or ticket fetch gets 45009 and the value held expires before 00:00 China time,\nreset the quota (quota/clear, clear_quota, clear_quota/v2) and fetch again")
+	c.Int(&f.cfg.QuotaClearReserve, "quota-clear-reserve", "WXTOKEN_QUOTA_CLEAR_RESERVE", publisher.DefaultQuotaClearReserve,
+		"of the account's 10 quota resets a month, how many the rescue leaves for the console")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")
@@ -181,6 +187,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	f.cfg.Bucket, f.cfg.SubjectPrefix = f.nats.bucket, f.nats.prefix
 	f.cfg.Replicas, f.cfg.History = f.replicas, f.history
 	f.cfg.UpstreamURL = f.baseURL
+	f.cfg.QuotaRescueOff = !f.quotaRescue
 
 	apps := func() ([]publisher.App, error) {
 		if f.demo {

@@ -47,6 +47,8 @@ func (discard) Request(string)                                     {}
 func (discard) Repaired()                                          {}
 func (discard) Forget(string, string, string)                      {}
 func (discard) InvalidatedElsewhere(string)                        {}
+func (discard) QuotaRescue(string, string, string)                 {}
+func (discard) QuotaClearBudget(string, string, int)               {}
 
 // testLeader is the loop of the credential wx1, an app of the test kind
 // (kind_test.go) against a fake WeChat, on an embedded JetStream server,

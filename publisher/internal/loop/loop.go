@@ -85,6 +85,11 @@ type Metrics interface {
 	Forget(key, kind, api string)
 	// InvalidatedElsewhere counts a token of key another party ended.
 	InvalidatedElsewhere(key string)
+	// QuotaRescue counts a rescue of appid's spent quota by its outcome,
+	// under the reset it called ("none" for none); QuotaClearBudget shows
+	// the resets of a budget wxtoken may still spend this month.
+	QuotaRescue(appid, api, outcome string)
+	QuotaClearBudget(appid, budget string, remaining int)
 }
 
 // Credentials is the set of credentials the refresher keeps fresh, and the

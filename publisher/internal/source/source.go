@@ -5,8 +5,10 @@
 // budget), ticket.go (JS-SDK tickets), wecom.go (WeCom's tokens and
 // tickets, its hourly limits, a corp's shared ticket), component.go (a
 // third-party platform's token, its verify ticket and push), authorizer.go
-// (an authorizer's token and its refresh token). A new kind is a new file
-// here: the loop does not change.
+// (an authorizer's token and its refresh token). rescue.go resets a spent
+// daily quota for the fetches of token.go, stable.go and ticket.go, as
+// their FailureHook. A new kind is a new file here: the loop does not
+// change.
 package source
 
 import (

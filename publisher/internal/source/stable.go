@@ -38,6 +38,7 @@ type Stable struct {
 	appid  string
 	secret upstream.Secret
 	client *upstream.Client
+	rescue *Rescuer // of a spent quota; nil: none
 }
 
 // NewStable returns the source of appid's stable token, fetched with its

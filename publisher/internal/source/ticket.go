@@ -20,6 +20,7 @@ import (
 type Ticket struct {
 	kind   string // kv.KindJSAPITicket or kv.KindWxCardTicket
 	client *upstream.Client
+	rescue *Rescuer // of a spent quota; nil: none
 }
 
 // NewTicket returns the source of a ticket of kind (a kv kind), fetched

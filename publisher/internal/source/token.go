@@ -17,6 +17,7 @@ type Token struct {
 	appid  string
 	secret upstream.Secret
 	client *upstream.Client
+	rescue *Rescuer // of a spent quota; nil: none
 }
 
 // NewToken returns the source of appid's token, fetched with its secret

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxtoken/wxtoken/kv"
+)
+
+// rescueRow is, for `wxtoken status`, the last rescue of an app's spent
+// quota and the resets spent this month, as its ledger records them.
+type rescueRow struct {
+	AppID string `json:"appid"`
+	kv.Rescue
+	// This China month's resets, counted before each was made: of one
+	// path (quota/clear, 50 a month), of the account (clear_quota and
+	// clear_quota/v2, 10 a month with the console's).
+	Month         string `json:"month"`
+	PathResets    int    `json:"quota_clear_spent"`
+	AccountResets int    `json:"clear_quota_spent"`
+}
+
+// readRescues returns the last rescue of each app whose ledger records
+// one; a ledger that cannot be read is left out, as readElsewhere does.
+func readRescues(ctx context.Context, nc *nats.Conn, bucket string) []rescueRow {
+	b, err := bindBucket(ctx, nc, bucket)
+	if err != nil {
+		return nil
+	}
+	entries, err := readBucket(ctx, b, "*."+kv.KindLedger)
+	if err != nil {
+		return nil
+	}
+	rows := []rescueRow{}
+	for _, e := range entries {
+		appid, _ := kv.SplitKey(e.Key())
+		l, err := kv.DecodeLedger(appid, e.Value())
+		if err != nil || l.Rescue == nil {
+			continue
+		}
+		rows = append(rows, rescueRow{AppID: appid, Rescue: *l.Rescue, Month: l.Month,
+			PathResets: l.MonthCalls["quota_clear"], AccountResets: l.MonthCalls["clear_quota"] + l.MonthCalls["clear_quota_v2"]})
+	}
+	return rows
+}
+
+// printRescues prints the rows of readRescues, if there are any.
+func printRescues(w io.Writer, rows []rescueRow, now time.Time) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w, "\nspent quotas (see the README, \"A spent quota, rescued\"):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "APPID\tLAST\tPATH\tOUTCOME\tRESET\tRESCUES\tRESETS THIS MONTH")
+	for _, r := range rows {
+		reset := r.API
+		if reset == "" {
+			reset = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s ago (%s)\t%s\t%s\t%s\t%d\tquota_clear %d/50, clear_quota %d/10 (%s)\n", r.AppID, now.Sub(r.At).Round(time.Second),
+			r.At.UTC().Format(time.RFC3339), r.Path, r.Outcome, reset, r.Count, r.PathResets, r.AccountResets, r.Month)
+	}
+	return tw.Flush()
+}
