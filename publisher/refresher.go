@@ -115,6 +115,8 @@ type Refresher struct {
 	start     startup
 	probes    *probes      // could this replica lead? (probes.go)
 	peers     *lease.Peers // the replicas' states; nil without them (standing.go)
+	seen      *seen        // the ledgers and failures the status page shows (page.go)
+	lease     atomic.Pointer[lease.Lease]
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
@@ -168,6 +170,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		OnWithdrawn:   func(appid string) { r.creds.Remove(appid, source.Withdrawal(appid, r.log)) },
 	})
 	r.apps.creds, r.apps.platforms = r.creds, r.platforms
+	r.seen = newSeen(r.scrubShown)
 	r.keeper = &secretKeeper{r: r, held: map[string]held{}}
 	if _, err := r.apps.reload(cfg.Apps, ""); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
@@ -190,6 +193,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 	defer stopSecrets()
 	defer r.startProbes(ctx)()
+	defer r.followFailures()()
 	tokens, l, err := r.open(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -197,6 +201,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	r.lease.Store(l)
 	followCtx, stopFollowing := context.WithCancel(ctx)
 	var following sync.WaitGroup
 	defer func() {
@@ -250,7 +255,7 @@ func (r *Refresher) follow(ctx context.Context, tokens jetstream.KeyValue, follo
 		Bucket:   tokens,
 		Key:      ">",
 		Conn:     r.nc,
-		OnEntry:  r.creds.Observe,
+		OnEntry:  func(e jetstream.KeyValueEntry) { r.seen.observe(e); r.creds.Observe(e) },
 		OnSynced: r.creds.FollowerSynced,
 		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
 		Rewatch:  r.creds.Rewatch(),

@@ -1,0 +1,131 @@
+package publisher
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
+)
+
+// What the status page shows beyond the credentials, kept by every
+// replica as it goes by, so that a page load reads memory only: the apps'
+// ledgers, taken from the token bucket's follower (which the loop ignores
+// them in), and the last failure events, from the failed subjects.
+//
+// A ledger is kept decoded: the page reads the guardian's part of every
+// app for its summary, and decoding 10,000 ledgers per page load would
+// cost more than keeping them (a ledger is a few hundred bytes; they are
+// written once per call to WeChat, so decoding each as it goes by is
+// cheap).
+
+// maxFailuresShown is how many failure events the page keeps.
+const maxFailuresShown = 20
+
+// seen is what the page shows that the loop does not keep.
+type seen struct {
+	mu       sync.Mutex
+	ledgers  map[string]kv.Ledger // by appid
+	failures []kv.FailureEvent    // the newest last
+	scrub    func(string) string  // removes the secrets and values held
+}
+
+func newSeen(scrub func(string) string) *seen {
+	return &seen{ledgers: map[string]kv.Ledger{}, scrub: scrub}
+}
+
+// observe takes in an entry of the token bucket: a ledger is kept, a
+// deleted one dropped, anything else left to the loop.
+func (s *seen) observe(e jetstream.KeyValueEntry) {
+	appid, ok := strings.CutSuffix(e.Key(), "."+kv.KindLedger)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(s.ledgers, appid)
+		return
+	}
+	l, err := kv.DecodeLedger(appid, e.Value())
+	if err != nil {
+		delete(s.ledgers, appid) // the loop warns and writes it over
+		return
+	}
+	s.ledgers[appid] = l
+}
+
+// ledger returns appid's ledger, if one was seen.
+func (s *seen) ledger(appid string) (kv.Ledger, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.ledgers[appid]
+	return l.Clone(), ok
+}
+
+// eachLedger calls fn with every ledger kept, under the lock: fn must not
+// keep it.
+func (s *seen) eachLedger(fn func(kv.Ledger)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.ledgers {
+		fn(l)
+	}
+}
+
+// failed takes in a failure event. Its errmsg was scrubbed by the replica
+// that published it; it is scrubbed again here, in case that replica was
+// of a version that did not, or WeChat echoed a value it was sent.
+func (s *seen) failed(m *nats.Msg) {
+	var ev kv.FailureEvent
+	if json.Unmarshal(m.Data, &ev) != nil {
+		return
+	}
+	ev.ErrMsg = s.scrub(ev.ErrMsg)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures = append(s.failures, ev)
+	if over := len(s.failures) - maxFailuresShown; over > 0 {
+		s.failures = slices.Delete(s.failures, 0, over)
+	}
+}
+
+// lastFailures returns the failure events kept, the newest first.
+func (s *seen) lastFailures() []kv.FailureEvent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := slices.Clone(s.failures)
+	slices.Reverse(out)
+	return out
+}
+
+// followFailures subscribes to every app's failure events, on every
+// replica, for the status page; the returned func unsubscribes. A
+// subscription refused (a NATS user without the permission) costs the
+// page its failures, nothing else.
+func (r *Refresher) followFailures() func() {
+	sub, err := r.nc.Subscribe(kv.Subjects{Prefix: r.cfg.SubjectPrefix}.Failed(">"), r.seen.failed)
+	if err != nil {
+		r.log.Warn("the status page will show no failures: cannot subscribe to them", "error", err)
+		return func() {}
+	}
+	return func() { sub.Unsubscribe() }
+}
+
+// scrubShown removes from text the secrets this replica holds and the
+// values of the credentials it holds.
+func (r *Refresher) scrubShown(text string) string {
+	text = r.apps.secrets.scrubber().Scrub(text)
+	r.creds.Each(func(v loop.Value) {
+		if v.Record != nil && v.Record.Value != "" {
+			text = upstream.Scrub(text, v.Record.Value)
+		}
+	})
+	return text
+}
