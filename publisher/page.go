@@ -159,7 +159,8 @@ func (r *Refresher) pageView(ctx context.Context, page int) pageView {
 
 // credRowOf is c's row: times and revision, never the value.
 func credRowOf(c loop.Value, now time.Time) credRow {
-	row := credRow{Key: c.Key, Kind: c.Kind, Revision: c.Revision}
+	_, kind := labelsOf(c.Key)
+	row := credRow{Key: c.Key, Kind: kind, Revision: c.Revision}
 	if c.Record != nil {
 		row.Held = true
 		row.Age = now.Sub(c.Record.FetchedAt)

@@ -255,7 +255,7 @@ func (r *Refresher) follow(ctx context.Context, tokens jetstream.KeyValue, follo
 		Bucket:   tokens,
 		Key:      ">",
 		Conn:     r.nc,
-		OnEntry:  func(e jetstream.KeyValueEntry) { r.seen.observe(e); r.creds.Observe(e) },
+		OnEntry:  func(e jetstream.KeyValueEntry) { r.creds.Observe(e); r.seen.observe(e) },
 		OnSynced: r.creds.FollowerSynced,
 		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
 		Rewatch:  r.creds.Rewatch(),

@@ -34,21 +34,38 @@ type seen struct {
 	ledgers  map[string]kv.Ledger // by appid
 	failures []kv.FailureEvent    // the newest last
 	scrub    func(string) string  // removes the secrets and values held
+	changed  chan struct{}        // closed, and replaced, at each change
 }
 
 func newSeen(scrub func(string) string) *seen {
-	return &seen{ledgers: map[string]kv.Ledger{}, scrub: scrub}
+	return &seen{ledgers: map[string]kv.Ledger{}, scrub: scrub, changed: make(chan struct{})}
 }
 
-// observe takes in an entry of the token bucket: a ledger is kept, a
-// deleted one dropped, anything else left to the loop.
+// updated returns a channel closed at the next change, for those that
+// wait for one.
+func (s *seen) updated() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// change tells the waiters of updated. Under s.mu.
+func (s *seen) change() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// observe takes in an entry of the token bucket, after the loop did: a
+// ledger is kept, a deleted one dropped; any entry is a change of what the
+// page shows.
 func (s *seen) observe(e jetstream.KeyValueEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.change()
 	appid, ok := strings.CutSuffix(e.Key(), "."+kv.KindLedger)
 	if !ok {
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(s.ledgers, appid)
 		return
@@ -90,6 +107,7 @@ func (s *seen) failed(m *nats.Msg) {
 	ev.ErrMsg = s.scrub(ev.ErrMsg)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.change()
 	s.failures = append(s.failures, ev)
 	if over := len(s.failures) - maxFailuresShown; over > 0 {
 		s.failures = slices.Delete(s.failures, 0, over)

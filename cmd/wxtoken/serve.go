@@ -69,7 +69,7 @@ type serveFlags struct {
 	httpAddr   string
 	httpToken  string // --http-token-file: the file
 	token      string // what it holds
-	pprof      bool // serve /debug/pprof/ on httpAddr
+	pprof      bool   // serve /debug/pprof/ on httpAddr
 	callback   string
 	logFormat  string
 	logLevel   string
