@@ -57,11 +57,11 @@ func startOps(addr string, reg *prometheus.Registry, ready func() error, withPpr
 			log.Error("metrics and health server stopped", "error", err)
 		}
 	}()
+	args := []any{"addr", o.addr}
 	if page != nil {
-		log.Info("serving the status page, /metrics, /healthz and /readyz", "addr", o.addr, "page", pageURL(o.addr), "token_needed", token != "")
-	} else {
-		log.Info("serving /metrics, /healthz and /readyz", "addr", o.addr)
+		args = append(args, "status_page", pageURL(o.addr))
 	}
+	log.Info("serving /metrics, /healthz and /readyz", append(args, "token_needed", token != "")...)
 	return o, nil
 }
 
