@@ -23,7 +23,7 @@ import (
 // need a look (a token killed elsewhere, another party's fetches, a
 // rescue) are counted over all. No value of a credential is put on the
 // page: the rows are built from the records' times and the bucket's
-// revisions only, and failures' errmsgs are scrubbed (seen.failed).
+// revisions only, and failures' errmsgs are scrubbed (seen.lastFailures).
 
 // pageSize is how many credentials one page shows.
 const pageSize = 200

@@ -32,7 +32,7 @@ const maxFailuresShown = 20
 type seen struct {
 	mu       sync.Mutex
 	ledgers  map[string]kv.Ledger // by appid
-	failures []kv.FailureEvent    // the newest last
+	failures []shownFailure       // the newest last
 	scrub    func(string) string  // removes the secrets and values held
 	changed  chan struct{}        // closed, and replaced, at each change
 }
@@ -96,29 +96,46 @@ func (s *seen) eachLedger(fn func(kv.Ledger)) {
 	}
 }
 
-// failed takes in a failure event. Its errmsg was scrubbed by the replica
-// that published it; it is scrubbed again here, in case that replica was
-// of a version that did not, or WeChat echoed a value it was sent.
+// shownFailure is a failure event kept for the page; clean once its
+// errmsg was scrubbed.
+type shownFailure struct {
+	ev    kv.FailureEvent
+	clean bool
+}
+
+// failed takes in a failure event.
 func (s *seen) failed(m *nats.Msg) {
 	var ev kv.FailureEvent
 	if json.Unmarshal(m.Data, &ev) != nil {
 		return
 	}
-	ev.ErrMsg = s.scrub(ev.ErrMsg)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer s.change()
-	s.failures = append(s.failures, ev)
+	s.failures = append(s.failures, shownFailure{ev: ev})
 	if over := len(s.failures) - maxFailuresShown; over > 0 {
 		s.failures = slices.Delete(s.failures, 0, over)
 	}
 }
 
-// lastFailures returns the failure events kept, the newest first.
+// lastFailures returns the failure events kept, the newest first. Their
+// errmsg was scrubbed by the replica that published them; it is scrubbed
+// again here, in case that replica was of a version that did not, or
+// WeChat echoed a value it was sent. That is done once per event kept,
+// when a page first shows it, not as events arrive: scrubbing looks at
+// every secret and value held, and a storm of failures over 10,000 apps
+// would cost that 10,000 times for the 20 kept.
 func (s *seen) lastFailures() []kv.FailureEvent {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := slices.Clone(s.failures)
+	out := make([]kv.FailureEvent, 0, len(s.failures))
+	for i := range s.failures {
+		f := &s.failures[i]
+		if !f.clean {
+			f.ev.ErrMsg, f.clean = s.scrub(f.ev.ErrMsg), true
+		}
+		out = append(out, f.ev)
+	}
 	slices.Reverse(out)
 	return out
 }
