@@ -16,12 +16,12 @@ import (
 )
 
 // The status page: a read-only HTML view of what this replica knows, for
-// a person. It is built from memory (the loop's credentials, the ledgers
-// and failures kept in seen.go) plus one Get of the lease key, so a page
-// load costs the same with 10 apps or 10,000: the credentials are shown
-// pageSize at a time, with the ledgers of their apps, and the apps that
-// need a look (a token killed elsewhere, another party's fetches, a
-// rescue) are counted over all. No value of a credential is put on the
+// a person. It is built from memory (the loop's credentials, the failures
+// and the apps that need a look kept in seen.go), one Get of the lease key
+// and one of the ledger of each app shown, so a page load is bounded with
+// 10 apps or 10,000: the credentials are shown pageSize at a time, with
+// the ledgers of their apps, and the apps that need a look (a token killed
+// elsewhere, another party's fetches, a rescue) are counted over all. No value of a credential is put on the
 // page: the rows are built from the records' times and the bucket's
 // revisions only, and failures' errmsgs are scrubbed (seen.lastFailures).
 
@@ -148,13 +148,33 @@ func (r *Refresher) pageView(ctx context.Context, page int) pageView {
 			appids = append(appids, appid)
 		}
 	}
+	v.Apps = r.ledgersOf(ctx, appids)
+	notable := r.seen.notableApps()
+	v.Attention, v.AttentionN = notable[:min(len(notable), maxAttention)], len(notable)
+	return v
+}
+
+// ledgersOf reads the ledgers of appids from the token bucket, as long as
+// ctx lasts; apps with none are left out.
+func (r *Refresher) ledgersOf(ctx context.Context, appids []string) []appRow {
+	b := r.tokens.Load()
+	if b == nil {
+		return nil
+	}
+	var rows []appRow
 	for _, appid := range appids {
-		if l, ok := r.seen.ledger(appid); ok {
-			v.Apps = append(v.Apps, appRowOf(l))
+		e, err := (*b).Get(ctx, kv.LedgerKey(appid))
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if l, err := kv.DecodeLedger(appid, e.Value()); err == nil {
+			rows = append(rows, appRowOf(l))
 		}
 	}
-	v.Attention, v.AttentionN = r.attention()
-	return v
+	return rows
 }
 
 // credRowOf is c's row: times and revision, never the value.
@@ -180,20 +200,6 @@ func appRowOf(l kv.Ledger) appRow {
 	}
 	slices.SortFunc(row.Quota, func(a, b quotaRow) int { return cmp.Compare(a.Path, b.Path) })
 	return row
-}
-
-// attention lists the apps, of every page, whose ledger says another
-// party used their secret or whose quota was rescued: the first
-// maxAttention in appid order, and how many there are.
-func (r *Refresher) attention() ([]string, int) {
-	var apps []string
-	r.seen.eachLedger(func(l kv.Ledger) {
-		if l.Elsewhere != nil || l.Foreign != nil || l.Rescue != nil {
-			apps = append(apps, l.AppID)
-		}
-	})
-	slices.Sort(apps)
-	return apps[:min(len(apps), maxAttention)], len(apps)
 }
 
 // percent is part of whole, 0 to 100.

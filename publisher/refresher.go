@@ -113,10 +113,11 @@ type Refresher struct {
 	metrics   *metrics
 	logins    *loginServer
 	start     startup
-	probes    *probes      // could this replica lead? (probes.go)
-	peers     *lease.Peers // the replicas' states; nil without them (standing.go)
-	seen      *seen        // the ledgers and failures the status page shows (page.go)
-	lease     atomic.Pointer[lease.Lease]
+	probes    *probes                            // could this replica lead? (probes.go)
+	peers     *lease.Peers                       // the replicas' states; nil without them (standing.go)
+	seen      *seen                              // the ledgers and failures the status page shows (page.go)
+	lease     atomic.Pointer[lease.Lease]        // for the page: who holds it
+	tokens    atomic.Pointer[jetstream.KeyValue] // for the page: the apps' ledgers
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
@@ -202,6 +203,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return err
 	}
 	r.lease.Store(l)
+	r.tokens.Store(&tokens)
 	followCtx, stopFollowing := context.WithCancel(ctx)
 	var following sync.WaitGroup
 	defer func() {

@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"encoding/json"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -15,15 +16,16 @@ import (
 )
 
 // What the status page shows beyond the credentials, kept by every
-// replica as it goes by, so that a page load reads memory only: the apps'
-// ledgers, taken from the token bucket's follower (which the loop ignores
-// them in), and the last failure events, from the failed subjects.
+// replica as it goes by: which apps' ledgers need a look, taken from the
+// token bucket's follower (the loop ignores ledgers), and the last failure
+// events, from the failed subjects.
 //
-// A ledger is kept decoded: the page reads the guardian's part of every
-// app for its summary, and decoding 10,000 ledgers per page load would
-// cost more than keeping them (a ledger is a few hundred bytes; they are
-// written once per call to WeChat, so decoding each as it goes by is
-// cheap).
+// The ledgers themselves are not kept: 10,000 of them decoded take 11 MB
+// (measured: two quota readings each), a fifth of a refresher's peak RSS
+// with as many apps, and raw half of that; the page reads the ledgers of
+// the apps it shows, at most pageSize Gets a load (page.go). What the
+// summary over every app needs, whether a ledger records another party or
+// a rescue, is a set of the few appids that do.
 
 // maxFailuresShown is how many failure events the page keeps.
 const maxFailuresShown = 20
@@ -31,14 +33,14 @@ const maxFailuresShown = 20
 // seen is what the page shows that the loop does not keep.
 type seen struct {
 	mu       sync.Mutex
-	ledgers  map[string]kv.Ledger // by appid
-	failures []shownFailure       // the newest last
-	scrub    func(string) string  // removes the secrets and values held
-	changed  chan struct{}        // closed, and replaced, at each change
+	notable  map[string]bool     // appids whose ledger needs a look; only true values
+	failures []shownFailure      // the newest last
+	scrub    func(string) string // removes the secrets and values held
+	changed  chan struct{}       // closed, and replaced, at each change
 }
 
 func newSeen(scrub func(string) string) *seen {
-	return &seen{ledgers: map[string]kv.Ledger{}, scrub: scrub, changed: make(chan struct{})}
+	return &seen{notable: map[string]bool{}, scrub: scrub, changed: make(chan struct{})}
 }
 
 // updated returns a channel closed at the next change, for those that
@@ -56,8 +58,8 @@ func (s *seen) change() {
 }
 
 // observe takes in an entry of the token bucket, after the loop did: a
-// ledger is kept, a deleted one dropped; any entry is a change of what the
-// page shows.
+// ledger says whether its app needs a look; any entry is a change of what
+// the page shows.
 func (s *seen) observe(e jetstream.KeyValueEntry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -66,34 +68,26 @@ func (s *seen) observe(e jetstream.KeyValueEntry) {
 	if !ok {
 		return
 	}
+	delete(s.notable, appid)
 	if e.Operation() != jetstream.KeyValuePut {
-		delete(s.ledgers, appid)
 		return
 	}
-	l, err := kv.DecodeLedger(appid, e.Value())
-	if err != nil {
-		delete(s.ledgers, appid) // the loop warns and writes it over
-		return
+	if l, err := kv.DecodeLedger(appid, e.Value()); err == nil && needsLook(l) {
+		s.notable[appid] = true
 	}
-	s.ledgers[appid] = l
 }
 
-// ledger returns appid's ledger, if one was seen.
-func (s *seen) ledger(appid string) (kv.Ledger, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l, ok := s.ledgers[appid]
-	return l.Clone(), ok
+// needsLook reports whether l records another party using the app's
+// secret, or a rescue of its spent quota.
+func needsLook(l kv.Ledger) bool {
+	return l.Elsewhere != nil || l.Foreign != nil || l.Rescue != nil
 }
 
-// eachLedger calls fn with every ledger kept, under the lock: fn must not
-// keep it.
-func (s *seen) eachLedger(fn func(kv.Ledger)) {
+// notableApps returns the appids whose ledger needs a look, sorted.
+func (s *seen) notableApps() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, l := range s.ledgers {
-		fn(l)
-	}
+	return slices.Sorted(maps.Keys(s.notable))
 }
 
 // shownFailure is a failure event kept for the page; clean once its

@@ -39,9 +39,11 @@ func TestSeenKeepsTheLast20FailuresScrubbed(t *testing.T) {
 	}
 }
 
-// TestSeenFollowsLedgers: a ledger written to the bucket is kept, one
-// deleted or undecodable is dropped, and a token's key is not a ledger.
-func TestSeenFollowsLedgers(t *testing.T) {
+// TestSeenNotesAppsThatNeedALook: an app whose ledger in the bucket
+// records another party's fetches is noted, one with a plain ledger is
+// not, and the note goes when the ledger becomes plain, undecodable or
+// deleted; a token's key is no ledger.
+func TestSeenNotesAppsThatNeedALook(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, js := natstest.JetStream(t)
@@ -49,7 +51,7 @@ func TestSeenFollowsLedgers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const appid = "wxseen000000000001"
+	const appid, plainApp = "wxseen000000000001", "wxseen000000000002"
 	s := newSeen(func(text string) string { return text })
 	put := func(key string, data []byte) {
 		t.Helper()
@@ -62,26 +64,34 @@ func TestSeenFollowsLedgers(t *testing.T) {
 		}
 		s.observe(e)
 	}
-	l := kv.Ledger{AppID: appid}
-	l.Count("token", time.Now(), true)
-	l.Foreign = &kv.ForeignFetch{At: time.Now(), Path: "/cgi-bin/token", Others: 3, Count: 1}
-	data, err := kv.EncodeLedger(l)
-	if err != nil {
-		t.Fatal(err)
+	ledger := func(appid string, foreign bool) []byte {
+		l := kv.Ledger{AppID: appid}
+		l.Count("token", time.Now(), true)
+		if foreign {
+			l.Foreign = &kv.ForeignFetch{At: time.Now(), Path: "/cgi-bin/token", Others: 3, Count: 1}
+		}
+		data, err := kv.EncodeLedger(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
 	}
-	put(kv.LedgerKey(appid), data)
-	if got, ok := s.ledger(appid); !ok || got.Foreign == nil || got.Foreign.Others != 3 {
-		t.Fatalf("ledger kept: %v %+v; want the one written", ok, got)
+	noted := func(t *testing.T, want ...string) {
+		t.Helper()
+		if got := s.notableApps(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("apps noted: %v, want %v", got, want)
+		}
 	}
+	put(kv.LedgerKey(appid), ledger(appid, true))
+	put(kv.LedgerKey(plainApp), ledger(plainApp, false))
 	put(appid, []byte(`{"access_token":"x"}`))
-	if len(s.ledgers) != 1 {
-		t.Errorf("a token's key was taken for a ledger: %v", s.ledgers)
-	}
+	noted(t, appid)
+	put(kv.LedgerKey(appid), ledger(appid, false))
+	noted(t)
+	put(kv.LedgerKey(appid), ledger(appid, true))
 	put(kv.LedgerKey(appid), []byte("not json"))
-	if _, ok := s.ledger(appid); ok {
-		t.Error("an undecodable ledger is still shown")
-	}
-	put(kv.LedgerKey(appid), data)
+	noted(t)
+	put(kv.LedgerKey(appid), ledger(appid, true))
 	if err := b.Delete(ctx, kv.LedgerKey(appid)); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +106,5 @@ func TestSeenFollowsLedgers(t *testing.T) {
 			break
 		}
 	}
-	if _, ok := s.ledger(appid); ok {
-		t.Error("a deleted ledger is still shown")
-	}
+	noted(t)
 }
