@@ -59,6 +59,7 @@ type pageView struct {
 	Since    time.Time
 	HolderOK bool
 	Problem  string // why the replica is not ready, "" when it is
+	Replicas []kv.ReplicaState
 
 	Creds      []credRow
 	Total      int
@@ -129,6 +130,9 @@ func (r *Refresher) pageView(ctx context.Context, page int) pageView {
 		if h, ok, err := l.Holder(ctx); err == nil && ok {
 			v.Holder, v.Since, v.HolderOK = h.Instance, h.Since, true
 		}
+	}
+	if p := r.shownPeers.Load(); p != nil {
+		v.Replicas = p.Live()
 	}
 	var all []loop.Value
 	r.creds.Each(func(c loop.Value) { all = append(all, c) })

@@ -21,18 +21,23 @@ import (
 )
 
 // awaitPage renders r's first page until ok says it is what the test
-// waits for, waking at each change of what the page shows; it returns the
-// last view.
+// waits for, waking at each change of what the page shows (the bucket,
+// the failures, the replicas' states); it returns the last view.
 func awaitPage(t *testing.T, ctx context.Context, r *Refresher, what string, ok func(pageView) bool) pageView {
 	t.Helper()
 	for {
 		changed := r.seen.updated()
+		var peersChanged <-chan struct{}
+		if p := r.shownPeers.Load(); p != nil {
+			peersChanged = p.Updated()
+		}
 		v := r.pageView(ctx, 0)
 		if ok(v) {
 			return v
 		}
 		select {
 		case <-changed:
+		case <-peersChanged:
 		case <-ctx.Done():
 			t.Fatalf("the page never showed %s: %+v", what, v)
 		}
@@ -102,8 +107,8 @@ func TestStatusPageShowsStateAndNoSecret(t *testing.T) {
 	if err := nc.Publish(kv.Subjects{}.Failed(appid), failure); err != nil {
 		t.Fatal(err)
 	}
-	awaitPage(t, ctx, r, "the ledger and the failure", func(v pageView) bool {
-		return len(v.Apps) == 1 && v.Apps[0].Rescue != nil && len(v.Failures) == 1
+	awaitPage(t, ctx, r, "the ledger, the failure and the replica leading", func(v pageView) bool {
+		return len(v.Apps) == 1 && v.Apps[0].Rescue != nil && len(v.Failures) == 1 && len(v.Replicas) == 1 && v.Replicas[0].Leading
 	})
 
 	page := httptest.NewServer(r.StatusPage())
@@ -130,6 +135,8 @@ func TestStatusPageShowsStateAndNoSecret(t *testing.T) {
 	}
 	for _, want := range []string{
 		"This replica leads", "The lease is held by <code>page-1</code>",
+		`<tr data-replica="page-1"><td><code>page-1</code></td>
+<td><span class="ok">leads</span></td>`,
 		"1234 of 2000", `style="width: 61%"`, `style="width: 1%"`, // used, and ours, of /cgi-bin/token
 		"5 of 1000",
 		"calls to <code>/cgi-bin/token</code>: 1200 today",

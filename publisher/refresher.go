@@ -118,6 +118,8 @@ type Refresher struct {
 	seen      *seen                              // the ledgers and failures the status page shows (page.go)
 	lease     atomic.Pointer[lease.Lease]        // for the page: who holds it
 	tokens    atomic.Pointer[jetstream.KeyValue] // for the page: the apps' ledgers
+	// shownPeers is peers, for the page, which runs on other goroutines.
+	shownPeers atomic.Pointer[lease.Peers]
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
