@@ -39,7 +39,8 @@
 // simplest). login.go (the agent's login-code exchanges, answered with
 // the secrets the replica holds, apart from the loop; loginqueue.go: by
 // every replica WeChat accepts them from, and by the leader), start.go,
-// metrics.go, apps.go, config.go (Config's defaults and checks) and
+// metrics.go, page.go (the status page; seen.go keeps the apps' ledgers
+// and the last failures it shows), apps.go, config.go (Config's defaults and checks) and
 // secretset.go (a secret set at run time, and a reloaded one checked
 // before use) can be read when needed, and so can probes.go (each
 // replica proves it could lead), standing.go (a replica that could

@@ -125,10 +125,15 @@ type Refresher struct {
 	metrics   *metrics
 	logins    *loginServer
 	start     startup
-	probes    *probes      // could this replica lead? (probes.go)
-	peers     *lease.Peers // the replicas' states; nil without them (standing.go)
-	quota     *quotaPoller // nil when Config.QuotaEvery is 0
-	rids      *ridLookups  // the rids of WeChat's refusals, looked up (rid.go)
+	probes    *probes                            // could this replica lead? (probes.go)
+	peers     *lease.Peers                       // the replicas' states; nil without them (standing.go)
+	seen      *seen                              // the ledgers and failures the status page shows (page.go)
+	lease     atomic.Pointer[lease.Lease]        // for the page: who holds it
+	tokens    atomic.Pointer[jetstream.KeyValue] // for the page: the apps' ledgers
+	// shownPeers is peers, for the page, which runs on other goroutines.
+	shownPeers atomic.Pointer[lease.Peers]
+	quota      *quotaPoller // nil when Config.QuotaEvery is 0
+	rids       *ridLookups  // the rids of WeChat's refusals, looked up (rid.go)
 
 	campaigning atomic.Bool // Run is past start-up, leading or standing by
 }
@@ -190,6 +195,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		OnWithdrawn:   func(appid string) { r.creds.Remove(appid, source.Withdrawal(appid, r.log)) },
 	})
 	r.apps.creds, r.apps.platforms = r.creds, r.platforms
+	r.seen = newSeen(r.scrubShown)
 	r.keeper = &secretKeeper{r: r, held: map[string]held{}}
 	if _, err := r.apps.reload(cfg.Apps, ""); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
@@ -217,6 +223,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 		return fmt.Errorf("publisher: following the agents' usage reports: %w", err)
 	}
 	defer stopRids()
+	defer r.followFailures()()
 	tokens, l, err := r.open(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -224,6 +231,8 @@ func (r *Refresher) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	r.lease.Store(l)
+	r.tokens.Store(&tokens)
 	followCtx, stopFollowing := context.WithCancel(ctx)
 	var following sync.WaitGroup
 	defer func() {
@@ -282,7 +291,7 @@ func (r *Refresher) follow(ctx context.Context, tokens jetstream.KeyValue, follo
 		Bucket:   tokens,
 		Key:      ">",
 		Conn:     r.nc,
-		OnEntry:  r.creds.Observe,
+		OnEntry:  func(e jetstream.KeyValueEntry) { r.creds.Observe(e); r.seen.observe(e) },
 		OnSynced: r.creds.FollowerSynced,
 		OnError:  func(err error) { r.log.Warn("token bucket watch interrupted, resuming", "error", err) },
 		Rewatch:  r.creds.Rewatch(),

@@ -55,6 +55,7 @@ func (r *Refresher) standBy(ctx context.Context, l *lease.Lease, following *sync
 	case <-ctx.Done():
 	}
 	r.peers = peers
+	r.shownPeers.Store(peers)
 }
 
 // replicaState is what this replica publishes.

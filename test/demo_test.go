@@ -30,14 +30,16 @@ func TestServeDemo(t *testing.T) {
 	natsListen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	wechatListen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	agentListen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	httpListen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := startWxtoken(t, "demo", []string{"WXTOKEN_DEMO_AGENT_LISTEN=" + agentListen}, "serve", "--demo",
-		"--nats-listen", natsListen, "--demo-wechat-listen", wechatListen, "--min-force-interval", "1ms")
+		"--nats-listen", natsListen, "--demo-wechat-listen", wechatListen, "--min-force-interval", "1ms", "--http-addr", httpListen)
 	p.waitOutput(t, ctx, "demo: agent listening")
 	logs := p.output.String()
 	for _, want := range []string{
 		`msg="demo: fake WeChat running" url=http://` + wechatListen + " ",
 		`reject_a_token="go run ./cmd/wxtoken demo reject ` + demoApp + ` --demo-wechat-listen ` + wechatListen + `"`,
 		`msg="demo: agent listening, forwarding to the fake WeChat" url=http://` + agentListen + " ",
+		`status_page=http://` + httpListen + `/`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("the demo's log lacks %q:\n%s", want, logs)
@@ -65,6 +67,11 @@ func TestServeDemo(t *testing.T) {
 	stored, _, code := runWxtoken(t, env, "get", demoApp)
 	if code != 0 || held.Value+"\n" != stored {
 		t.Fatalf("the agent serves %.12s..., the bucket holds %.12q (get exit %d)", held.Value, stored, code)
+	}
+	// The status page the demo printed shows the app, not its token.
+	if status, page := httpGet(t, "http://"+httpListen+"/"); status != http.StatusOK || !strings.Contains(page, `data-key="`+demoApp+`"`) || strings.Contains(page, held.Value) {
+		t.Errorf("the demo's status page: %d, shows %s: %v, shows its token: %v", status, demoApp,
+			strings.Contains(page, `data-key="`+demoApp+`"`), strings.Contains(page, held.Value))
 	}
 	var answer map[string]any
 	if getJSON(t, wechatURL+"/cgi-bin/getcallbackip?access_token="+held.Value, &answer); answer["ip_list"] == nil {
@@ -143,7 +150,8 @@ func TestServeDemo(t *testing.T) {
 		t.Errorf("a second demo on %s: exit %d, %q; want 1 and %q", wechatListen, code, second.output.String(), want)
 	}
 	help, _, _ := runWxtoken(t, nil, "serve", "--help")
-	for _, want := range []string{"(default 127.0.0.1:8181) [$WXTOKEN_DEMO_WECHAT_LISTEN]", "(default 127.0.0.1:8180) [$WXTOKEN_DEMO_AGENT_LISTEN]"} {
+	for _, want := range []string{"(default 127.0.0.1:8181) [$WXTOKEN_DEMO_WECHAT_LISTEN]", "(default 127.0.0.1:8180) [$WXTOKEN_DEMO_AGENT_LISTEN]",
+		"with --demo: 127.0.0.1:8182"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("serve --help lacks %q", want)
 		}

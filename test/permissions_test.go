@@ -269,6 +269,20 @@ func TestNATSConfRoles(t *testing.T) {
 		refresher.nc.Flush()
 		refresher.denied(t, ctx, subject)
 	})
+	t.Run("refresher follows every app's failure events, for its status page", func(t *testing.T) {
+		sub, err := refresher.nc.SubscribeSync(kv.Subjects{}.Failed(">"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		refresher.nc.Flush()
+		if err := refresher.nc.Publish(kv.Subjects{}.Failed(shopApp), []byte(`{"appid":"`+shopApp+`"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sub.NextMsgWithContext(short()); err != nil {
+			t.Errorf("the refresher does not receive failure events (nats.conf's REFRESHER subscribe): %v", err)
+		}
+	})
 	t.Run("refresher may not read services' replies", func(t *testing.T) {
 		if _, err := refresher.nc.SubscribeSync("_INBOX_service.>"); err != nil {
 			t.Fatal(err)

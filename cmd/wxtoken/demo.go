@@ -33,10 +33,13 @@ const demoSecret = "demo-secret-not-a-real-one"
 
 // Where the demo's fake WeChat and agent listen by default: fixed ports, so
 // that the commands the README and the log give keep working across
-// restarts. 8180 is the agent's own default.
+// restarts. 8180 is the agent's own default. The demo serves the status
+// page and the metrics (--http-addr) on defaultDemoHTTPListen unless told
+// otherwise.
 const (
 	defaultDemoWeChatListen = "127.0.0.1:8181"
 	defaultDemoAgentListen  = "127.0.0.1:8180"
+	defaultDemoHTTPListen   = "127.0.0.1:8182"
 )
 
 // demoMinForceInterval is the demo's --min-force-interval, unless one is
@@ -63,6 +66,7 @@ type demo struct {
 	wechatURL  string
 	stopWeChat func()
 	agentLn    net.Listener // nil with --demo-agent-listen off
+	pageURL    string       // the status page's
 }
 
 // checkDemoListen refuses an address the demo may not listen on: its fake

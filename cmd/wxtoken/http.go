@@ -15,20 +15,28 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// opsServer serves /metrics, /healthz and /readyz.
+// opsServer serves /metrics, /healthz and /readyz, and the refresher's
+// status page at /.
 type opsServer struct {
 	srv  *http.Server
 	addr string // where it listens
 }
 
 // startOps listens on addr. ready says why the process cannot serve yet,
-// or nil. withPprof adds Go's profiles under /debug/pprof/.
-func startOps(addr string, reg *prometheus.Registry, ready func() error, withPprof bool, log *slog.Logger) (*opsServer, error) {
-	mux := http.NewServeMux()
+// or nil. withPprof adds Go's profiles under /debug/pprof/. page, if not
+// nil, is the status page. With a token, everything but /healthz and
+// /readyz needs it (httpauth.go).
+func startOps(addr string, reg *prometheus.Registry, ready func() error, withPprof bool, page http.Handler, token string, log *slog.Logger) (*opsServer, error) {
+	protected := http.NewServeMux()
 	if withPprof {
-		servePprof(mux)
+		servePprof(protected)
 	}
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
+	protected.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
+	if page != nil {
+		protected.Handle("GET /{$}", page)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", withToken(token, protected))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
@@ -49,7 +57,11 @@ func startOps(addr string, reg *prometheus.Registry, ready func() error, withPpr
 			log.Error("metrics and health server stopped", "error", err)
 		}
 	}()
-	log.Info("serving /metrics, /healthz and /readyz", "addr", ln.Addr().String())
+	args := []any{"addr", o.addr}
+	if page != nil {
+		args = append(args, "status_page", pageURL(o.addr))
+	}
+	log.Info("serving /metrics, /healthz and /readyz", append(args, "token_needed", token != "")...)
 	return o, nil
 }
 

@@ -24,7 +24,7 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 		{false, "/debug/pprof/heap", http.StatusNotFound},
 		{false, "/debug/pprof/profile?seconds=1", http.StatusNotFound},
 	} {
-		ops, err := startOps("127.0.0.1:0", prometheus.NewRegistry(), func() error { return nil }, c.pprof, slog.New(slog.DiscardHandler))
+		ops, err := startOps("127.0.0.1:0", prometheus.NewRegistry(), func() error { return nil }, c.pprof, nil, "", slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -67,7 +67,9 @@ type serveFlags struct {
 	history    int
 	cfg        publisher.Config
 	httpAddr   string
-	pprof      bool // serve /debug/pprof/ on httpAddr
+	httpToken  string // --http-token-file: the file
+	token      string // what it holds
+	pprof      bool   // serve /debug/pprof/ on httpAddr
 	callback   string
 	logFormat  string
 	logLevel   string
@@ -120,7 +122,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"of the account's 10 quota resets a month, how many the rescue leaves for the console")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
-	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve /metrics (Prometheus), /healthz and /readyz on `host:port`, e.g. :9090")
+	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve the status page (/), /metrics (Prometheus), /healthz and /readyz on `host:port`,\ne.g. 127.0.0.1:9090 (with --demo: "+defaultDemoHTTPListen+")")
+	c.String(&f.httpToken, "http-token-file", "WXTOKEN_HTTP_TOKEN_FILE", "",
+		"`file` holding a token that the status page, /metrics and /debug/pprof/ then require (bearer,\nor basic auth's password); needed when --http-addr is not a loopback address")
 	c.Bool(&f.pprof, "pprof", "WXTOKEN_PPROF", false, "with --http-addr: also serve Go's profiles (CPU, heap, goroutines) under /debug/pprof/")
 	c.String(&f.callback, "callback-addr", "WXTOKEN_CALLBACK_ADDR", "",
 		"serve the third-party platforms' authorization-event URL, POST "+callbackPath+", on `host:port` (every replica may)")
@@ -167,6 +171,20 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	}
 	if err := f.checkAddrs(); err != nil {
 		return err
+	}
+	if f.demo && !c.given("http-addr") {
+		f.httpAddr = defaultDemoHTTPListen
+	}
+	if err := checkHTTPProtection(f.httpAddr, f.httpToken); err != nil {
+		return err
+	}
+	if f.httpToken != "" && f.httpAddr == "" {
+		return usagef("--http-token-file protects what --http-addr serves: give --http-addr too")
+	}
+	if f.httpToken != "" {
+		if f.token, err = readHTTPToken(f.httpToken); err != nil {
+			return err
+		}
 	}
 	if f.pprof && f.httpAddr == "" {
 		return usagef("--pprof serves the profiles on --http-addr: give --http-addr too")
@@ -255,11 +273,14 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		defer stopMonitor()
 	}
 	if f.httpAddr != "" {
-		ops, err := startOps(f.httpAddr, reg, refresher.Ready, f.pprof, log)
+		ops, err := startOps(f.httpAddr, reg, refresher.Ready, f.pprof, refresher.StatusPage(), f.token, log)
 		if err != nil {
 			return err
 		}
 		defer ops.stop()
+		if d != nil {
+			d.pageURL = pageURL(ops.addr)
+		}
 	}
 	if f.callback != "" {
 		cb, err := startCallback(f.callback, refresher.Callback(), log)
@@ -276,7 +297,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		defer stopAgent()
 		log.Info("demo: watch the tokens and the ticket rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`; "+
 			"sign a page with `go run ./cmd/wxtoken sign "+demoAppID+" https://example.com/`",
-			"apps", demoAppID+","+demoStableAppID, "min_force_interval", f.cfg.MinForceInterval)
+			"apps", demoAppID+","+demoStableAppID, "min_force_interval", f.cfg.MinForceInterval, "status_page", d.pageURL)
 	}
 	reloads, stopReloads := context.WithCancel(ctx)
 	reloaded := make(chan struct{})

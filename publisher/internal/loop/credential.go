@@ -206,6 +206,16 @@ func (c *credential) record() *kv.Credential {
 	return c.st.rec
 }
 
+// held is the value held and its revision, read together.
+func (c *credential) held() (uint64, *kv.Credential) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.st.rec == nil {
+		return 0, nil
+	}
+	return c.st.rev, c.st.rec
+}
+
 // valid is the value held if it has not expired at now, or nil.
 func (c *credential) valid(now time.Time) *kv.Credential {
 	c.mu.Lock()

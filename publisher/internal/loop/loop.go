@@ -266,12 +266,14 @@ type Value struct {
 	Key, Kind, Parent string
 	API               string
 	Record            *kv.Credential // nil when there is none
+	Revision          uint64         // the bucket's revision of Record; 0 when there is none
 }
 
 // Each calls fn with every credential's value.
 func (c *Credentials) Each(fn func(Value)) {
 	for _, cr := range c.list() {
-		v := Value{Key: cr.key, Kind: cr.kind, API: cr.id().src.API(), Record: cr.record()}
+		rev, rec := cr.held()
+		v := Value{Key: cr.key, Kind: cr.kind, API: cr.id().src.API(), Record: rec, Revision: rev}
 		if cr.parent != nil {
 			v.Parent = cr.parent.key
 		}
