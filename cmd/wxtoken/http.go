@@ -25,8 +25,14 @@ type opsServer struct {
 // startOps listens on addr. ready says why the process cannot serve yet,
 // or nil. withPprof adds Go's profiles under /debug/pprof/. page, if not
 // nil, is the status page. With a token, everything but /healthz and
-// /readyz needs it (httpauth.go).
+// /readyz needs it (httpauth.go); without one, on an address other
+// machines can reach, the page is not served (pageUnprotected).
 func startOps(addr string, reg *prometheus.Registry, ready func() error, withPprof bool, page http.Handler, token string, log *slog.Logger) (*opsServer, error) {
+	if page != nil && token == "" && !loopbackAddr(addr) {
+		log.Warn("--http-addr can be reached from other machines and no --http-token-file protects it: /metrics is served to anyone, "+
+			"the status page to no one; give --http-token-file to see the page, or listen on a loopback address", "addr", addr)
+		page = pageUnprotected(addr)
+	}
 	protected := http.NewServeMux()
 	if withPprof {
 		servePprof(protected)

@@ -34,15 +34,19 @@ func readHTTPToken(file string) (string, error) {
 	return token, nil
 }
 
-// checkHTTPProtection refuses an --http-addr others can reach without a
-// token.
-func checkHTTPProtection(addr, tokenFile string) error {
-	if addr == "" || tokenFile != "" || loopbackAddr(addr) {
-		return nil
-	}
+// pageUnprotected answers in place of the status page on an --http-addr
+// other machines can reach when no token protects it. The page tells
+// more than the metrics do (the apps, their failures, whose calls spend
+// their quota), so it is not served open; /metrics and the probes are, as
+// they were before the page and its token existed, so that a Prometheus
+// scraping from another host keeps working.
+func pageUnprotected(addr string) http.Handler {
 	_, port, _ := net.SplitHostPort(addr)
-	return usagef("--http-addr %s can be reached from other machines, and it serves the status page and the metrics: "+
-		"give --http-token-file FILE (a token Prometheus and browsers must send), or listen on 127.0.0.1:%s", addr, port)
+	msg := fmt.Sprintf("the status page is not served on %s, which other machines can reach, without a token: "+
+		"give wxtoken serve --http-token-file FILE (browsers then ask for it as basic auth's password), or listen on 127.0.0.1:%s", addr, port)
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, msg, http.StatusForbidden)
+	})
 }
 
 // loopbackAddr reports whether host:port listens on this machine only.

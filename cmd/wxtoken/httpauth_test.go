@@ -2,10 +2,13 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,19 +82,48 @@ func TestHTTPTokenProtectsPageMetricsAndProfiles(t *testing.T) {
 	}
 }
 
-// TestServeRefusesAnOpenHTTPAddrWithoutToken: an --http-addr other machines
-// can reach needs --http-token-file, and the error says how to fix it; a
-// token file too short or missing is refused before anything starts.
-func TestServeRefusesAnOpenHTTPAddrWithoutToken(t *testing.T) {
+// TestAnOpenHTTPAddrWithoutATokenServesNoPage: on an address other
+// machines can reach, with no token, the metrics and the probes answer
+// everyone, as they did before the page, and the page answers no one,
+// saying how to see it.
+func TestAnOpenHTTPAddrWithoutATokenServesNoPage(t *testing.T) {
+	page := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "the page") })
+	ops, err := startOps("0.0.0.0:0", prometheus.NewRegistry(), func() error { return nil }, false, page, "", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ops.stop)
+	_, port, _ := net.SplitHostPort(ops.addr)
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://127.0.0.1:" + port + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+		if code, _ := get(path); code != http.StatusOK {
+			t.Errorf("GET %s: %d, want 200 as before the page", path, code)
+		}
+	}
+	code, body := get("/")
+	if code != http.StatusForbidden || strings.Contains(body, "the page") || !strings.Contains(body, "--http-token-file") {
+		t.Errorf("GET /: %d %q, want 403 naming --http-token-file", code, body)
+	}
+}
+
+// TestServeRefusesABadHTTPToken: a token file too short or missing, or
+// one without --http-addr, is refused before anything starts, saying how
+// to fix it.
+func TestServeRefusesABadHTTPToken(t *testing.T) {
 	dir := t.TempDir()
 	short := filepath.Join(dir, "short")
 	if err := os.WriteFile(short, []byte("abc\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range []refused{
-		{[]string{"--http-addr", ":9090"}, nil, "--http-addr :9090 can be reached from other machines, and it serves the status page and the metrics: give --http-token-file FILE"},
-		{[]string{"--http-addr", "0.0.0.0:9090"}, nil, "or listen on 127.0.0.1:9090"},
-		{nil, map[string]string{"WXTOKEN_HTTP_ADDR": "192.0.2.1:9090"}, "give --http-token-file FILE"},
 		{[]string{"--http-addr", "127.0.0.1:0", "--http-token-file", short}, nil, "the token must have at least 16 characters"},
 		{[]string{"--http-addr", ":9090", "--http-token-file", filepath.Join(dir, "none")}, nil, "--http-token-file: open"},
 		{[]string{"--http-token-file", short, "--http-addr", ""}, nil, "--http-token-file protects what --http-addr serves: give --http-addr too"},

@@ -175,9 +175,6 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if f.demo && !c.given("http-addr") {
 		f.httpAddr = defaultDemoHTTPListen
 	}
-	if err := checkHTTPProtection(f.httpAddr, f.httpToken); err != nil {
-		return err
-	}
 	if f.httpToken != "" && f.httpAddr == "" {
 		return usagef("--http-token-file protects what --http-addr serves: give --http-addr too")
 	}
