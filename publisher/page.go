@@ -13,6 +13,7 @@ import (
 
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/loop"
+	"github.com/wxtoken/wxtoken/publisher/internal/source"
 )
 
 // The status page: a read-only HTML view of what this replica knows, for
@@ -30,14 +31,6 @@ const pageSize = 200
 
 // maxAttention is how many apps needing a look the page lists by name.
 const maxAttention = 20
-
-// The rescue budgets a month (the README's "A spent quota rescued"):
-// quota/clear for one path, and the account-wide resets, which WeChat's
-// console shares.
-const (
-	quotaClearBudget = 50
-	clearQuotaBudget = 10
-)
 
 //go:embed page.html
 var pageHTML string
@@ -122,7 +115,8 @@ func (r *Refresher) StatusPage() http.Handler {
 func (r *Refresher) pageView(ctx context.Context, page int) pageView {
 	now := r.cfg.Clock.now()
 	v := pageView{Now: now, Instance: r.cfg.Instance, Leading: r.Leading(), Failures: r.seen.lastFailures(),
-		ClearLimit: fmt.Sprintf("%d a month, shared with the console", clearQuotaBudget), QuotaClearLimit: quotaClearBudget}
+		ClearLimit:      fmt.Sprintf("%d a month, shared with the console, which %d are kept for", source.AccountResets, r.cfg.QuotaClearReserve),
+		QuotaClearLimit: source.PathResets}
 	if err := r.Ready(); err != nil {
 		v.Problem = err.Error()
 	}

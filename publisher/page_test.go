@@ -141,7 +141,7 @@ func TestStatusPageShowsStateAndNoSecret(t *testing.T) {
 		"5 of 1000",
 		"calls to <code>/cgi-bin/token</code>: 1200 today",
 		"Token revision 7 killed by someone else", "1h0m before its expiry",
-		"quota/clear 2 of 50 used", "clear_quota and clear_quota/v2 3 of 10 a month, shared with the console",
+		"quota/clear 2 of 50 used", "clear_quota and clear_quota/v2 3 of 10 a month, shared with the console, which 0 are kept for",
 		"Last rescue: rescued of <code>/cgi-bin/token</code> by quota_clear",
 		"40164", "secret=[REDACTED] token=[REDACTED]",
 		"1 apps: another party used the AppSecret",
