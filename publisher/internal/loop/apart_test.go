@@ -57,3 +57,25 @@ func TestLeaderCallGoesOnlyDuringATermCountedFirstAndWithinItsBudget(t *testing.
 		t.Fatalf("after the term: %v, %d calls", err, calls)
 	}
 }
+
+// TestCallsMadeBeforeTheBucketIsOpenAreCountedWhenItOpens: a replica's
+// first probes go before the token bucket is open; they are counted in
+// the app's ledger as the bucket opens, not with the app's next count (a
+// probe an hour away), so that the leader's reading of WeChat's count does
+// not take them for another party's meanwhile.
+func TestCallsMadeBeforeTheBucketIsOpenAreCountedWhenItOpens(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := newElsewhereRig(t)
+	c := New(testConfig(r.nc, r.js, nil))
+	if err := c.CountApart(ctx, "wx1", "stable_token"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := r.ledger(ctx, b).Calls["stable_token"]; n != 1 {
+		t.Errorf("the probe made before the bucket was open: %d counted once it opened, want 1", n)
+	}
+}

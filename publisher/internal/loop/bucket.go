@@ -349,7 +349,8 @@ func (c *Credentials) Observe(e jetstream.KeyValueEntry) {
 	}
 }
 
-// Open creates or opens the token bucket as configured, and returns it.
+// Open creates or opens the token bucket as configured, and returns it,
+// once the calls made before it was open are counted in their ledgers.
 func (c *Credentials) Open(ctx context.Context) (jetstream.KeyValue, error) {
 	b, err := bucket.Open(ctx, c.cfg.JS, c.cfg.Bucket)
 	if err != nil {
@@ -361,6 +362,7 @@ func (c *Credentials) Open(ctx context.Context) (jetstream.KeyValue, error) {
 		}
 	}
 	c.bucket.Store(&b)
+	c.countKept(ctx, b)
 	return b, nil
 }
 

@@ -3,6 +3,8 @@ package loop
 import (
 	"context"
 	"encoding/json"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -130,7 +132,27 @@ type call struct {
 // countIn counts made in appid's ledger in b, after the calls kept for the
 // app that could not be counted before; if it fails, made is kept too.
 func (c *Credentials) countIn(ctx context.Context, b jetstream.KeyValue, appid string, made call) error {
-	calls := append(c.uncounted.take(appid), made)
+	return c.countCalls(ctx, b, appid, append(c.uncounted.take(appid), made))
+}
+
+// countKept counts in b the calls kept for every app, made before b was
+// open (a replica's first probes), at once rather than with each app's
+// next count, which may be a probe an hour away: until they are counted,
+// the leader's reading of WeChat's count (quota/get) would take them for
+// another party's. What cannot be counted stays kept.
+func (c *Credentials) countKept(ctx context.Context, b jetstream.KeyValue) {
+	for _, appid := range c.uncounted.apps() {
+		if calls := c.uncounted.take(appid); len(calls) > 0 {
+			if err := c.countCalls(ctx, b, appid, calls); err != nil {
+				c.log.Warn("calls to WeChat made before the token bucket was open are not counted in the ledger yet; they are counted with the next", "appid", appid, "error", err)
+			}
+		}
+	}
+}
+
+// countCalls counts calls in appid's ledger in b; if it fails, they are
+// kept.
+func (c *Credentials) countCalls(ctx context.Context, b jetstream.KeyValue, appid string, calls []call) error {
 	err := c.ledger.Update(ctx, b, appid, func(l *kv.Ledger) bool {
 		for _, m := range calls {
 			l.Count(m.api, m.at, m.ends)
@@ -167,6 +189,13 @@ func (u *uncounted) keep(appid string, calls ...call) {
 		kept = kept[len(kept)-maxUncounted:]
 	}
 	u.calls[appid] = kept
+}
+
+// apps returns the apps with calls kept.
+func (u *uncounted) apps() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Collect(maps.Keys(u.calls))
 }
 
 func (u *uncounted) take(appid string) []call {
