@@ -369,12 +369,13 @@ region about its copy.`,
 		return nil
 	})
 	replicas := readReplicas(ctx, nc.Conn, n.bucket, here.Hub)
-	elsewhere := readElsewhere(ctx, nc.Conn, n.bucket)
+	ledgers := readLedgers(ctx, nc.Conn, n.bucket)
+	elsewhere := elsewhereRows(ledgers)
 	var quota quotaStatus
 	if withQuota {
-		quota = readQuota(ctx, nc.Conn, n.bucket)
+		quota = quotaOf(ledgers)
 	}
-	rescues := readRescues(ctx, nc.Conn, n.bucket)
+	rescues := rescueRows(ledgers)
 	var regionRows []regionRow
 	if regions != "" {
 		regionRows = readRegions(ctx, nc.Conn, n.bucket, splitList(regions))

@@ -19,10 +19,10 @@ type elsewhereRow struct {
 	kv.Elsewhere
 }
 
-// readElsewhere returns the last token ended by another party of each app
-// whose ledger records one; a ledger that cannot be read is left out (the
-// status is about tokens; the ledger only adds to it).
-func readElsewhere(ctx context.Context, nc *nats.Conn, bucket string) []elsewhereRow {
+// readLedgers returns the apps' ledgers, which the status shows the
+// guardian's findings from; a ledger that cannot be read is left out (the
+// status is about tokens; the ledgers only add to it).
+func readLedgers(ctx context.Context, nc *nats.Conn, bucket string) []kv.Ledger {
 	b, err := bindBucket(ctx, nc, bucket)
 	if err != nil {
 		return nil
@@ -31,14 +31,24 @@ func readElsewhere(ctx context.Context, nc *nats.Conn, bucket string) []elsewher
 	if err != nil {
 		return nil
 	}
-	rows := []elsewhereRow{}
+	var ledgers []kv.Ledger
 	for _, e := range entries {
 		appid, _ := kv.SplitKey(e.Key())
-		l, err := kv.DecodeLedger(appid, e.Value())
-		if err != nil || l.Elsewhere == nil {
-			continue
+		if l, err := kv.DecodeLedger(appid, e.Value()); err == nil {
+			ledgers = append(ledgers, l)
 		}
-		rows = append(rows, elsewhereRow{AppID: appid, Elsewhere: *l.Elsewhere})
+	}
+	return ledgers
+}
+
+// elsewhereRows returns the last token ended by another party of each app
+// whose ledger records one.
+func elsewhereRows(ledgers []kv.Ledger) []elsewhereRow {
+	rows := []elsewhereRow{}
+	for _, l := range ledgers {
+		if l.Elsewhere != nil {
+			rows = append(rows, elsewhereRow{AppID: l.AppID, Elsewhere: *l.Elsewhere})
+		}
 	}
 	return rows
 }

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"sort"
 	"text/tabwriter"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -34,25 +31,12 @@ type quotaStatus struct {
 	Foreign  []foreignRow `json:"foreign_fetches"`
 }
 
-// readQuota returns every app's readings and last foreign fetch, from the
-// ledgers, ordered by app and path; a ledger that cannot be read is left
-// out, as readElsewhere does.
-func readQuota(ctx context.Context, nc *nats.Conn, bucket string) quotaStatus {
+// quotaOf returns every app's readings and last foreign fetch, from the
+// ledgers, ordered by app and path.
+func quotaOf(ledgers []kv.Ledger) quotaStatus {
 	s := quotaStatus{Readings: []quotaRow{}, Foreign: []foreignRow{}}
-	b, err := bindBucket(ctx, nc, bucket)
-	if err != nil {
-		return s
-	}
-	entries, err := readBucket(ctx, b, "*."+kv.KindLedger)
-	if err != nil {
-		return s
-	}
-	for _, e := range entries {
-		appid, _ := kv.SplitKey(e.Key())
-		l, err := kv.DecodeLedger(appid, e.Value())
-		if err != nil {
-			continue
-		}
+	for _, l := range ledgers {
+		appid := l.AppID
 		for path, q := range l.Quota {
 			s.Readings = append(s.Readings, quotaRow{AppID: appid, Path: path, QuotaReading: q})
 		}

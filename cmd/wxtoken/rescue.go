@@ -1,13 +1,10 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"text/tabwriter"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/wxtoken/wxtoken/kv"
 )
@@ -25,25 +22,15 @@ type rescueRow struct {
 	AccountResets int    `json:"clear_quota_spent"`
 }
 
-// readRescues returns the last rescue of each app whose ledger records
-// one; a ledger that cannot be read is left out, as readElsewhere does.
-func readRescues(ctx context.Context, nc *nats.Conn, bucket string) []rescueRow {
-	b, err := bindBucket(ctx, nc, bucket)
-	if err != nil {
-		return nil
-	}
-	entries, err := readBucket(ctx, b, "*."+kv.KindLedger)
-	if err != nil {
-		return nil
-	}
+// rescueRows returns the last rescue of each app whose ledger records
+// one.
+func rescueRows(ledgers []kv.Ledger) []rescueRow {
 	rows := []rescueRow{}
-	for _, e := range entries {
-		appid, _ := kv.SplitKey(e.Key())
-		l, err := kv.DecodeLedger(appid, e.Value())
-		if err != nil || l.Rescue == nil {
+	for _, l := range ledgers {
+		if l.Rescue == nil {
 			continue
 		}
-		rows = append(rows, rescueRow{AppID: appid, Rescue: *l.Rescue, Month: l.Month,
+		rows = append(rows, rescueRow{AppID: l.AppID, Rescue: *l.Rescue, Month: l.Month,
 			PathResets: l.MonthCalls["quota_clear"], AccountResets: l.MonthCalls["clear_quota"] + l.MonthCalls["clear_quota_v2"]})
 	}
 	return rows
