@@ -38,8 +38,17 @@ func rescueEvents(t *testing.T, nc *nats.Conn, appid string) <-chan kv.FailureEv
 	}
 	t.Cleanup(func() { sub.Unsubscribe(); own.Unsubscribe() })
 	events := make(chan kv.FailureEvent, 256)
+	// msgs is NATS's to send on until the subscriptions end, so it is
+	// never closed: the forwarding ends with the test.
+	done := make(chan struct{})
 	go func() {
-		for m := range msgs {
+		for {
+			var m *nats.Msg
+			select {
+			case m = <-msgs:
+			case <-done:
+				return
+			}
 			var ev kv.FailureEvent
 			if json.Unmarshal(m.Data, &ev) == nil && ev.Rescue != "" {
 				select {
@@ -49,7 +58,7 @@ func rescueEvents(t *testing.T, nc *nats.Conn, appid string) <-chan kv.FailureEv
 			}
 		}
 	}()
-	t.Cleanup(func() { close(msgs) })
+	t.Cleanup(func() { close(done) })
 	return events
 }
 
