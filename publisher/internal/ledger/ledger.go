@@ -41,6 +41,13 @@ type page struct {
 	bucket jetstream.KeyValue
 	rev    uint64 // 0: not known; read before writing
 	l      kv.Ledger
+	// high is the most this replica has seen the ledger count, today and
+	// this month, and its latest call that ends the token: a ledger read
+	// with less (restored from a backup with the token, or written again
+	// from scratch) has it added back (see kv.Ledger.Raise), so that a
+	// rollback neither frees a spent monthly budget nor makes a token the
+	// refresher ended look ended by another party.
+	high kv.Ledger
 }
 
 // New returns an empty book.
@@ -103,7 +110,7 @@ func (bk *Book) Update(ctx context.Context, b jetstream.KeyValue, appid string, 
 		}
 		switch {
 		case err == nil:
-			p.l, p.rev = l, rev
+			p.l, p.rev, p.high = l, rev, l.Clone()
 			return nil
 		case bucket.IsConflict(err) && attempt < attempts:
 			p.rev = 0 // another writer counted: read, and count again
@@ -146,6 +153,7 @@ func (p *page) read(ctx context.Context, b jetstream.KeyValue, appid string) err
 	e, err := b.Get(ctx, kv.LedgerKey(appid))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
+		p.raise()
 		return nil
 	case err != nil:
 		return fmt.Errorf("publisher: cannot read the ledger of %s: %w", appid, err)
@@ -154,7 +162,19 @@ func (p *page) read(ctx context.Context, b jetstream.KeyValue, appid string) err
 	if l, err := kv.DecodeLedger(appid, e.Value()); err == nil {
 		p.l = l
 	}
+	p.raise()
 	return nil
+}
+
+// raise adds back to p's ledger what it lost of the most this replica saw
+// (a restore rolled it back), and remembers the most.
+func (p *page) raise() {
+	if p.high.AppID == "" {
+		p.high = p.l.Clone()
+		return
+	}
+	p.l.Raise(p.high)
+	p.high = p.l.Clone()
 }
 
 // partWriters waits a random while, up to a millisecond per race lost so

@@ -316,3 +316,83 @@ func TestAnotherPartyIsSeenAcrossAFailover(t *testing.T) {
 		t.Errorf("want one invalidated_elsewhere event for revision %d, got %+v", first.rev, evs)
 	}
 }
+
+// TestAWholeBucketRestoreUnderALeaderBlamesNobody: an operator restores
+// the token and the app's ledger as a snapshot had them, before the
+// refresher's own rotation ended that token; the leader ran through the
+// restore. The restored ledger knows nothing of the rotation, but the
+// replica does: the ledger gets back what it lost at the next write, the
+// report of the dead restored token blames nobody, and the month's counts
+// (the reset budgets) are not rolled back.
+func TestAWholeBucketRestoreUnderALeaderBlamesNobody(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := newElsewhereRig(t)
+	a := r.open(ctx, "a")
+	b := a.b
+	values := watchKey(t, ctx, b, "wx1")
+	a.lead(t, ctx)
+	first := nextValue(t, ctx, values)
+	snapToken, err := b.Get(ctx, "wx1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapLedger, err := b.Get(ctx, kv.LedgerKey("wx1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	a.kind.checkFails.Store(true) // the refresher's own rotation, unjudged
+	if reply := r.report(ctx, first.rev); !reply.Refreshed {
+		t.Fatalf("no rotation: %+v", reply)
+	}
+	nextValue(t, ctx, values)
+	a.kind.checkFails.Store(false)
+	r.offset.Store(int64(5*time.Minute + time.Second)) // the overlap is over: the first token is dead
+	before := r.ledger(ctx, b)
+
+	// The snapshot as it was before the rotation: in this test the two
+	// fetches share a second, which the ledger tells apart by the count
+	// of ending calls in it; the snapshot had one.
+	snap, err := kv.DecodeLedger("wx1", snapLedger.Value())
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap.LastEnding, snap.LastEndingCalls = first.rec.FetchedAt, 1
+	data, err := kv.EncodeLedger(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Put(ctx, kv.LedgerKey("wx1"), data); err != nil { // the restore
+		t.Fatal(err)
+	}
+	if _, err := b.Put(ctx, "wx1", snapToken.Value()); err != nil {
+		t.Fatal(err)
+	}
+	restored := nextValue(t, ctx, values)
+	e, err := b.Get(ctx, "wx1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.c.Observe(e) // as the refresher's follower of the bucket does
+	if reply := r.report(ctx, restored.rev); !reply.Refreshed {
+		t.Fatalf("the dead restored token was not rotated: %+v", reply)
+	}
+	if evs := r.events(); len(evs) != 0 {
+		t.Errorf("events for a token the refresher ended: %+v", evs)
+	}
+	if n := r.m.elsewhere.Load(); n != 0 {
+		t.Errorf("a token the refresher ended was blamed on another party after a restore (counter %d)", n)
+	}
+	after := r.ledger(ctx, b)
+	total := func(l kv.Ledger) (n int) {
+		for _, c := range l.MonthCalls {
+			n += c
+		}
+		return n
+	}
+	if total(after) <= total(before) || after.LastEnding.Before(before.LastEnding) {
+		t.Errorf("the restore rolled the ledger back: %d calls this month before the restore, %d after a fetch; last ending %s, then %s",
+			total(before), total(after), before.LastEnding, after.LastEnding)
+	}
+}
