@@ -141,12 +141,17 @@ func (l Ledger) validate() error {
 	return l.validateGuardian()
 }
 
-// EncodeLedger validates l and returns its JSON.
+// EncodeLedger validates l and returns its JSON, which must fit in a
+// value of the bucket, as DecodeLedger checks.
 func EncodeLedger(l Ledger) ([]byte, error) {
 	if err := l.validate(); err != nil {
 		return nil, err
 	}
-	return json.Marshal(l)
+	data, err := json.Marshal(l)
+	if err == nil && len(data) > MaxRecordSize {
+		return nil, fmt.Errorf("%w: ledger of %d bytes, over %d", ErrInvalidRecord, len(data), MaxRecordSize)
+	}
+	return data, err
 }
 
 // DecodeLedger decodes the ledger read under appid's ledger key and checks

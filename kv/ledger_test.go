@@ -2,6 +2,8 @@ package kv
 
 import (
 	"errors"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -110,5 +112,16 @@ func TestLedgerKeepsTheGuardiansPartAndChecksItsPaths(t *testing.T) {
 	l.Quota["cgi-bin/token"] = QuotaReading{}
 	if _, err := EncodeLedger(l); !errors.Is(err, ErrInvalidRecord) {
 		t.Errorf("a quota reading of a path without a leading /: %v", err)
+	}
+}
+
+func TestALedgerTooLargeForTheBucketIsRefused(t *testing.T) {
+	l := Ledger{AppID: "wx1234567890abcdef", Quota: map[string]QuotaReading{}}
+	l.Count("token", time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC), true)
+	for i := 0; len(l.Quota) < 200; i++ {
+		l.Quota["/cgi-bin/a/rather/long/api/path/"+strings.Repeat("x", 40)+strconv.Itoa(i)] = QuotaReading{DailyLimit: 100000}
+	}
+	if _, err := EncodeLedger(l); !errors.Is(err, ErrInvalidRecord) {
+		t.Errorf("a ledger over MaxRecordSize encoded: %v", err)
 	}
 }

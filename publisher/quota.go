@@ -351,6 +351,7 @@ func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstre
 			l.Quota = map[string]kv.QuotaReading{}
 		}
 		l.Quota[path] = reading
+		keepReadings(l.Quota, t.issuing)
 		if growth > 0 {
 			f := kv.ForeignFetch{At: now.UTC(), Path: path, Others: reading.Others, Count: 1}
 			if l.Foreign != nil {
@@ -364,13 +365,39 @@ func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstre
 		if errors.Is(err, loop.ErrEnding) {
 			return err
 		}
-		p.r.log.Warn("quota/get's reading not stored in the ledger", "appid", t.appid, "cgi_path", path, "error", err)
+		// Nothing is said of a reading not stored: the next compares
+		// with the last one that was, and would say it again.
+		p.r.log.Warn("quota/get's reading not stored in the ledger; asked again next round", "appid", t.appid, "cgi_path", path, "error", err)
+		return nil
 	}
 	p.r.metrics.QuotaReading(t.appid, path, reading)
 	if growth > 0 {
 		p.foreign(t, path, reading, growth)
 	}
 	return nil
+}
+
+// maxAgentReadings bounds the readings of the agents' paths an app's
+// ledger keeps, the newest: the ledger is one value of the bucket, of at
+// most kv.MaxRecordSize, and a reading takes about 150 bytes.
+const maxAgentReadings = 40
+
+// keepReadings drops from readings the oldest of the paths that issue
+// none of the app's credentials, past maxAgentReadings.
+func keepReadings(readings map[string]kv.QuotaReading, issuing map[string]bool) {
+	var others []string
+	for path := range readings {
+		if !issuing[path] {
+			others = append(others, path)
+		}
+	}
+	if len(others) <= maxAgentReadings {
+		return
+	}
+	sort.Slice(others, func(i, j int) bool { return readings[others[i]].At.After(readings[others[j]].At) })
+	for _, path := range others[maxAgentReadings:] {
+		delete(readings, path)
+	}
 }
 
 // endsHeld are the paths another party's call to which ends the token

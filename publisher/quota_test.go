@@ -3,6 +3,7 @@ package publisher
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -582,5 +583,36 @@ func TestForeignStableTokenCallIsCheckedFirst(t *testing.T) {
 	}
 	if strings.Contains(logs, "token ended by another party") {
 		t.Errorf("the forced refresh another party made was also reported as invalidated_elsewhere:\n%s", logs)
+	}
+}
+
+// TestReadingsOfAgentsPathsAreBounded: an app whose agents call many API
+// paths keeps the newest readings of them, and every reading of a path
+// that issues its credentials, so that its ledger stays one value of the
+// bucket.
+func TestReadingsOfAgentsPathsAreBounded(t *testing.T) {
+	at := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	l := kv.Ledger{AppID: "wx1234567890abcdef", Quota: map[string]kv.QuotaReading{}}
+	l.Count("token", at, true)
+	issuing := map[string]bool{"/cgi-bin/token": true}
+	l.Quota["/cgi-bin/token"] = kv.QuotaReading{At: at.Add(-time.Hour), DailyLimit: 2000, Used: 1}
+	for i := range 200 {
+		l.Quota[fmt.Sprintf("/cgi-bin/api/number/%03d", i)] = kv.QuotaReading{At: at.Add(time.Duration(i) * time.Second), DailyLimit: 100000, Used: 123456, Remain: 1}
+		keepReadings(l.Quota, issuing)
+	}
+	if _, err := kv.EncodeLedger(l); err != nil {
+		t.Fatalf("the ledger with the readings kept: %v", err)
+	}
+	if len(l.Quota) != maxAgentReadings+1 {
+		t.Errorf("%d readings kept, want %d of the agents' paths and the token's", len(l.Quota), maxAgentReadings)
+	}
+	if _, ok := l.Quota["/cgi-bin/token"]; !ok {
+		t.Error("the token path's reading, the oldest, was dropped")
+	}
+	if _, ok := l.Quota["/cgi-bin/api/number/199"]; !ok {
+		t.Error("the newest reading was dropped")
+	}
+	if _, ok := l.Quota[fmt.Sprintf("/cgi-bin/api/number/%03d", 199-maxAgentReadings)]; ok {
+		t.Error("a reading older than the newest kept was kept")
 	}
 }
