@@ -209,6 +209,31 @@ func TestNATSRegionConfRoles(t *testing.T) {
 		service.nc.Flush()
 		service.denied(t, ctx, kv.Subjects{}.Login(appA))
 	})
+	t.Run("the region's agent reports its usage to the hub's refresher", func(t *testing.T) {
+		reports, err := hubRefresher.SubscribeSync(kv.Subjects{}.Usage())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reports.Unsubscribe()
+		agent := roleOf(t, regionSrv.ClientURL(), "agent")
+		// The hub's interest reaches the region a moment after the
+		// subscription: publish until a report arrives.
+		for {
+			agent.nc.Publish(kv.Subjects{}.Usage(), []byte(`{"agent":"region","paths":[]}`))
+			agent.nc.Flush()
+			if _, err := reports.NextMsg(100 * time.Millisecond); err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal("the region's agent's usage report never reached the hub's refresher")
+			}
+		}
+		select {
+		case err := <-agent.violations:
+			t.Errorf("the region refused the agent's usage report: %v", err)
+		default:
+		}
+	})
 	t.Run("the region's refresher reaches only the hub's buckets", func(t *testing.T) {
 		refresher := roleOf(t, regionSrv.ClientURL(), "refresher")
 		// The API request itself (jetstream.CreateKeyValue stops earlier,
