@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -170,6 +171,27 @@ func (res *rescue) claim() (claimed bool, err error) {
 	return claimed, err
 }
 
+// unclaim takes back claim's mark, when no reset went.
+func (res *rescue) unclaim() {
+	err := res.a.UpdateLedger(func(l *kv.Ledger) bool {
+		if l.Rescue == nil || l.Rescue.Rescued[res.path] != res.day {
+			return false
+		}
+		r := *l.Rescue
+		r.Rescued = maps.Clone(r.Rescued)
+		delete(r.Rescued, res.path)
+		l.Rescue = &r
+		return true
+	})
+	if err != nil {
+		res.a.Log().Warn("the rescue's mark for today is left in the ledger though no reset went; the quota is not reset again today", "appid", res.a.Key, "cgi_path", res.path, "error", err)
+	}
+}
+
+// retryAfterDoubt is how soon a fetch goes again whose rescue the lease's
+// doubt stopped before any reset went.
+const retryAfterDoubt = 2 * time.Second
+
 func (res *rescue) run(token string) (time.Duration, bool) {
 	if res.r.policy.Off {
 		res.refused(OutcomeOff, "", 0, "rescue is off (--quota-rescue=false)")
@@ -192,14 +214,25 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 		return 0, false
 	}
 	outcome, api, errcode := OutcomeNotClearable, "", 0
+	called := false // a reset went to WeChat
 	for _, rs := range res.r.resets(res.path, token) {
-		err := res.a.LeaderCall(rs.api, res.allow(rs.budget), rs.call)
+		err := res.a.LeaderCall(rs.api, res.allow(rs.budget), func(ctx context.Context) error {
+			called = true
+			return rs.call(ctx)
+		})
 		var ue *upstream.Error
 		errors.As(err, &ue)
 		switch {
 		case err == nil:
 			res.rescued(rs)
 			return 0, true
+		case errors.Is(err, loop.ErrEnding) && !called:
+			// The lease came into doubt, or the term ended, before any
+			// reset went: the day's rescue is not spent on that. If the
+			// term goes on, the fetch goes again in a moment and the
+			// rescue with it.
+			res.unclaim()
+			return retryAfterDoubt, true
 		case errors.Is(err, loop.ErrEnding):
 			return 0, false
 		case errors.Is(err, errSpentElsewhere):
