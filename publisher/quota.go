@@ -192,6 +192,7 @@ func contains(list []string, s string) bool {
 // rather than a count that no longer moves.
 func (p *quotaPoller) poll(ctx context.Context) {
 	defer p.r.metrics.quota.reset()
+	p.showLast(ctx, p.targets())
 	for {
 		list := p.targets()
 		p.forgetAllBut(list)
@@ -202,6 +203,25 @@ func (p *quotaPoller) poll(ctx context.Context) {
 		for _, t := range list {
 			if !p.ask(ctx, t) || !p.wait(ctx, gap) {
 				return
+			}
+		}
+	}
+}
+
+// showLast sets the gauges, as a term starts, from today's readings in
+// the ledgers (a former leader's), which are not asked again before
+// their time: without them the gauges, and the alerts on them, would
+// be gone until then.
+func (p *quotaPoller) showLast(ctx context.Context, list []*target) {
+	today := chinaDay(p.r.cfg.Clock.now())
+	for _, t := range list {
+		l, ok, err := p.r.creds.ReadLedger(ctx, t.appid)
+		if err != nil || !ok {
+			continue
+		}
+		for path, q := range l.Quota {
+			if _, asked := t.counters[path]; asked && chinaDay(q.At) == today {
+				p.r.metrics.QuotaReading(t.appid, path, q)
 			}
 		}
 	}

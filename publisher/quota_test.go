@@ -616,3 +616,35 @@ func TestReadingsOfAgentsPathsAreBounded(t *testing.T) {
 		t.Error("a reading older than the newest kept was kept")
 	}
 }
+
+// TestANewLeaderShowsTheLastReadingsAtOnce: the replica that takes over
+// sets the gauges from today's readings in the ledger as its term starts,
+// though it asks nothing again before --quota-every (an hour here): the
+// gauges, and the alerts on them, do not go away for that hour.
+func TestANewLeaderShowsTheLastReadingsAtOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newQuotaFixture(t, fakewechat.Config{})
+	hourly := func(c *Config) { c.QuotaEvery = time.Hour }
+	first := f.run(t, ctx, "first", hourly)
+	first.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	f.awaitToken(t, ctx, "")
+	reading := f.awaitReading(t, ctx, fakewechat.PathToken, time.Now().Add(-time.Minute), func(kv.QuotaReading) bool { return true })
+	second := f.run(t, ctx, "second", hourly)
+	second.logs.await(t, ctx, "standing by", 1)
+	calls := f.fake.QuotaUsed(quotaApp, fakewechat.PathQuotaGet)
+
+	first.stop()
+	second.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	want := fmt.Sprintf(`wxtoken_api_quota_limit{appid="%s",path="/cgi-bin/token"} %d`, quotaApp, reading.DailyLimit)
+	for !strings.Contains(second.scrape(t), want) {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the new leader does not show the last reading:\n%s", second.scrape(t))
+		case <-time.After(10 * time.Millisecond): // polling the metrics for the gauge to appear
+		}
+	}
+	if n := f.fake.QuotaUsed(quotaApp, fakewechat.PathQuotaGet); n != calls {
+		t.Errorf("the new leader asked quota/get %d times within the hour; the gauges came from the ledger, not from asking", n-calls)
+	}
+}
