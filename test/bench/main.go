@@ -10,6 +10,7 @@
 //	go run ./test/bench -part authorizers -authorizers 10000 -rate 50   # a platform's authorizers, then a restart
 //	go run ./test/bench -part regions -region-n 100 -partition 60s      # two regions behind 30 ms links, then a partition
 //	go run ./test/bench -part sets,follow,agentkeys -agent-before main   # 10,000 keys on one Set
+//	go run ./test/bench -part guardian-cost -guardian-scale 30   # 10,000 apps before the ledger (28241fe) and now
 //	go run ./test/bench -smoke                   # every part, tiny, as in CI
 package main
 
