@@ -10,6 +10,7 @@
 //	go run ./test/bench -part authorizers -authorizers 10000 -rate 50   # a platform's authorizers, then a restart
 //	go run ./test/bench -part regions -region-n 100 -partition 60s      # two regions behind 30 ms links, then a partition
 //	go run ./test/bench -part sets,follow,agentkeys -agent-before main   # 10,000 keys on one Set
+//	go run ./test/bench -part guardian-cost -guardian-scale 30   # 10,000 apps before the ledger (28241fe) and now
 //	go run ./test/bench -smoke                   # every part, tiny, as in CI
 package main
 
@@ -39,7 +40,7 @@ func main() {
 	systemApps := flag.Int("system-apps", 1, "internal: apps of the system role")
 	followMode := flag.String("mode", "", "internal: set or subscribers, for the follow role")
 	counts := flag.String("counts", "1,100", "footprint: app counts to follow, ascending")
-	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, sets, storm, quota, apps, footprint, follow, agent, login, agentkeys, authorizers, regions, or all")
+	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, sets, storm, quota, apps, footprint, follow, agent, login, agentkeys, authorizers, regions, guardian-cost, or all")
 	n := flag.String("n", "100,1000", "propagation: subscriber counts, comma-separated")
 	rotations := flag.Int("rotations", 40, "propagation: least rotations per subscriber count (small counts get more, for at least 20,000 samples)")
 	sets := flag.Int("sets", 100, "sets: Sets (each on a connection of its own) following every key")
@@ -48,7 +49,11 @@ func main() {
 	agentBefore := flag.String("agent-before", "", "agentkeys: a git revision whose agent to measure beside the working tree's (the agent before the Set)")
 	stormN := flag.Int("storm", 1000, "storm: subscribers reporting the same stale token")
 	speed := flag.Float64("speed", 10000, "quota: how much faster than real time the simulated day runs")
-	apps := flag.Int("apps", 10000, "apps: apps in one refresher")
+	apps := flag.Int("apps", 10000, "apps, guardian-cost: apps in one refresher")
+	guardianBefore := flag.String("guardian-before", "28241fe", "guardian-cost: the git revision whose refresher is the baseline (main before the ledger)")
+	guardianScale := flag.Float64("guardian-scale", 60, "guardian-cost: how many times shorter every period is (token lifetime, --refresh-before, --probe-every, --quota-every) and --upstream-rate higher")
+	guardianProfiles := flag.String("guardian-profiles", "", "guardian-cost: save each refresher's heap profile at the end of its window to `directory`")
+	guardianWindow := flag.Duration("guardian-window", 0, "guardian-cost: the window calls are counted in (default: two token lifetimes, scaled)")
 	tickets := flag.Bool("tickets", false, "apps: give each app a jsapi ticket too (two credentials per app)")
 	rate := flag.Float64("rate", 50, "apps, authorizers: --upstream-rate of the refresher")
 	authorizers := flag.Int("authorizers", 10000, "authorizers: authorizers of one third-party platform in one refresher")
@@ -98,6 +103,7 @@ func main() {
 		// can meet it dead every time, and no ticket is ever stored.
 		*n, *rotations, *stormN, *speed, *apps, *rate, *steady, *counts = "10", 1, 10, 20000, 100, 1000, time.Second, "1,5"
 		*tickets, *authorizers = true, 100
+		*guardianScale = 720 // tokens of 10 s, a simulated day in 2 minutes
 		*regionN, *regionRotations, *partition = 5, 2, 2*time.Second
 		*sets, *setRotations, *keys = 3, 2, 200
 		smokeRun = true
@@ -303,6 +309,16 @@ func main() {
 		r := regionsBench(*regionN, *regionRotations, *delay, *partition)
 		fmt.Fprintln(stderr)
 		table = append(table, regionsRows(r)...)
+	}
+
+	if run("guardian-cost") {
+		o := guardianOptions{apps: *apps, before: *guardianBefore, scale: *guardianScale, window: *guardianWindow, profiles: *guardianProfiles}
+		if o.window <= 0 {
+			o.window = 2 * scaled(realLifetime, o.scale)
+		}
+		runs := guardianCost(o)
+		fmt.Fprintln(stderr)
+		table = append(table, guardianRows(runs, o)...)
 	}
 
 	fmt.Println()
