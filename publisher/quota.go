@@ -197,13 +197,45 @@ func (p *quotaPoller) poll(ctx context.Context) {
 		list := p.targets()
 		p.forgetAllBut(list)
 		gap := p.every / time.Duration(max(len(list), 1))
-		if len(list) == 0 && !p.wait(ctx, p.every) {
-			return
-		}
+		askedAny := false
 		for _, t := range list {
-			if !p.ask(ctx, t) || !p.wait(ctx, gap) {
+			asked, ok := p.askWithin(ctx, t, gap)
+			if !ok {
 				return
 			}
+			// Only a question takes its share of the period: an app
+			// with nothing due (a former leader's recent reading) is
+			// passed at once.
+			if asked && !p.wait(ctx, gap) {
+				return
+			}
+			askedAny = askedAny || asked
+		}
+		// A round that asked nothing looks again a tenth of the period
+		// later, rather than at once.
+		if !askedAny && !p.wait(ctx, max(p.every/10, gap)) {
+			return
+		}
+	}
+}
+
+// noTokenRetry is how soon an app whose token is not held yet (its first
+// fetch under way, or failing) is asked about again, within its share of
+// the round: rather than a whole round later.
+const noTokenRetry = 5 * time.Second
+
+// askWithin asks about t's paths that are due, again every noTokenRetry
+// while t's token is not held, for at most d; asked says whether a path
+// was due, ok false once the term ended.
+func (p *quotaPoller) askWithin(ctx context.Context, t *target, d time.Duration) (asked, ok bool) {
+	start := p.r.cfg.Clock.now()
+	for {
+		asked, noToken, ok := p.ask(ctx, t)
+		if !ok || !noToken || p.r.cfg.Clock.now().Sub(start)+noTokenRetry > d {
+			return asked, ok
+		}
+		if !p.wait(ctx, noTokenRetry) {
+			return asked, false
 		}
 	}
 }
@@ -240,9 +272,10 @@ func (p *quotaPoller) wait(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// ask asks about each of t's paths that is due; false once the term ended
-// (ctx did).
-func (p *quotaPoller) ask(ctx context.Context, t *target) bool {
+// ask asks about each of t's paths that is due: asked says whether one
+// was, noToken that t's token is not held yet to ask with, ok false once
+// the term ended (ctx did).
+func (p *quotaPoller) ask(ctx context.Context, t *target) (asked, noToken, ok bool) {
 	paths := make([]string, 0, len(t.counters))
 	for path := range t.counters {
 		paths = append(paths, path)
@@ -252,14 +285,22 @@ func (p *quotaPoller) ask(ctx context.Context, t *target) bool {
 		if !p.due(ctx, t, path) {
 			continue
 		}
+		asked = true
 		// ErrEnding while the term goes on is a lease in doubt for a
 		// moment: the path is asked next round.
-		if err := p.askPath(ctx, t, path); errors.Is(err, loop.ErrEnding) && ctx.Err() != nil {
-			return false
+		switch err := p.askPath(ctx, t, path); {
+		case errors.Is(err, loop.ErrEnding) && ctx.Err() != nil:
+			return asked, noToken, false
+		case errors.Is(err, errNoToken):
+			noToken = true
 		}
 	}
-	return true
+	return asked, noToken, true
 }
+
+// errNoToken is a question not asked: the app's token, which quota/get is
+// asked with, is not held yet.
+var errNoToken = errors.New("publisher: no valid token to ask quota/get with yet")
 
 // due says whether path of t is to be asked now: once per p.every a path
 // that issues t's credentials, once an hour another, never again the same
@@ -291,7 +332,7 @@ func (p *quotaPoller) due(ctx context.Context, t *target, path string) bool {
 func (p *quotaPoller) askPath(ctx context.Context, t *target, path string) error {
 	held, ok := p.r.creds.Valid(t.appid)
 	if !ok {
-		return nil // no token to ask with yet: asked once there is one
+		return errNoToken
 	}
 	var q upstream.Quota
 	var now time.Time // when WeChat was asked: its count holds every call made before
