@@ -48,6 +48,7 @@ type guardianScale struct {
 	overlap       time.Duration // a replaced token works 5 simulated minutes more, as WeChat's
 	refreshBefore time.Duration // serve's --refresh-before: 10 simulated minutes, at least 2 s
 	quotaEvery    time.Duration // serve's --quota-every: 1 simulated hour
+	minForce      time.Duration // serve's --min-force-interval: 30 simulated seconds, as its default
 	serviceEvery  time.Duration // the service takes the token and calls WeChat every 2 simulated minutes
 }
 
@@ -65,7 +66,7 @@ const (
 
 func scaleOf(hour time.Duration) guardianScale {
 	return guardianScale{hour: hour, expiresIn: 2 * hour, overlap: hour / 12,
-		refreshBefore: max(hour/6, guardianMinRefresh), quotaEvery: hour, serviceEvery: hour / 30}
+		refreshBefore: max(hour/6, guardianMinRefresh), quotaEvery: hour, minForce: hour / 120, serviceEvery: hour / 30}
 }
 
 // The day's plan, in simulated time: a foreign fetch at 0:40 and every 2
@@ -334,7 +335,7 @@ func (g *guardianRig) startReplica() {
 		"--apps", g.apps, "--wechat-base-url", g.wechatURL, "--instance", name,
 		"--schedule", guardianSchedule, "--refresh-before", g.scale.refreshBefore.String(),
 		"--lease-ttl", guardianLeaseTTL.String(), "--upstream-timeout", guardianUpstreamTimeout.String(),
-		"--quota-every", g.quotaEvery.String())
+		"--quota-every", g.quotaEvery.String(), "--min-force-interval", g.scale.minForce.String())
 }
 
 // failover SIGKILLs the replica holding the lease and starts a new one, to
@@ -534,8 +535,8 @@ func guardianRows(r guardianResult) []row {
 		d.elsewhere, "invalidated-elsewhere", len(d.falseReports), "false-reports", fmt.Sprintf("%.3f", d.longestSpell().Seconds()), "max-dead-s", len(d.spells), "dead-spells")
 	benchLine("GuardianDay/baseline", 1, b.fetches, "foreign-fetches", b.elsewhere, "invalidated-elsewhere", len(b.falseReports), "false-reports",
 		fmt.Sprintf("%.3f", b.longestSpell().Seconds()), "max-dead-s", len(b.spells), "dead-spells")
-	fmt.Printf("# guardian: 1 simulated hour = %s; token lifetime %s, overlap %s, --refresh-before %s, --quota-every %s, --lease-ttl %s, --upstream-timeout %s, service every %s\n",
-		r.scale.hour, r.scale.expiresIn, r.scale.overlap, r.scale.refreshBefore, r.scale.quotaEvery, guardianLeaseTTL, guardianUpstreamTimeout, r.scale.serviceEvery)
+	fmt.Printf("# guardian: 1 simulated hour = %s; token lifetime %s, overlap %s, --refresh-before %s, --quota-every %s, --min-force-interval %s, --lease-ttl %s, --upstream-timeout %s, service every %s\n",
+		r.scale.hour, r.scale.expiresIn, r.scale.overlap, r.scale.refreshBefore, r.scale.quotaEvery, r.scale.minForce, guardianLeaseTTL, guardianUpstreamTimeout, r.scale.serviceEvery)
 	fmt.Printf("# guardian: day of %dh in %s with %d failovers and %d NATS restarts; baseline %dh in %s; service reads %d (%d unanswered) and %d (%d)\n",
 		d.hours, d.took.Round(time.Second), d.failovers, d.natsRestarts, b.hours, b.took.Round(time.Second), d.samples, d.unreadable, b.samples, b.unreadable)
 	fmt.Printf("# guardian: reports (foreign fetch at, delay): %s\n", strings.Join(d.delayOf, ", "))
@@ -543,6 +544,9 @@ func guardianRows(r guardianResult) []row {
 	for _, f := range append(d.falseReports, b.falseReports...) {
 		fmt.Printf("# guardian: false report: %s\n", f)
 	}
+	// A spell is measured in the service's reads: compared in whole reads,
+	// not in the milliseconds by which two reads' timers differ.
+	reads := func(d time.Duration) int64 { return int64(d.Round(r.scale.serviceEvery) / r.scale.serviceEvery) }
 	what := fmt.Sprintf("%dh simulated (1 h = %s), %d failovers, %d NATS restart", d.hours, r.scale.hour, d.failovers, d.natsRestarts)
 	return []row{
 		{"10 guardian foreign fetches", what, fmt.Sprintf("%d made, one every 2 h; %d reported by foreign_fetch events (%d events)", d.fetches, d.reported, d.foreignEvents),
@@ -554,9 +558,9 @@ func guardianRows(r guardianResult) []row {
 			fmt.Sprintf("%d", d.elsewhere), fmt.Sprintf("--quota-every 0, %dh: %d of %d foreign fetches", b.hours, b.elsewhere, b.fetches), "", "measured", ""},
 		{"10 guardian false reports", "events counting more than was fetched, repeats, or in a control window",
 			fmt.Sprintf("%d", len(d.falseReports)), fmt.Sprintf("%d", len(b.falseReports)), "", "0", verdict(len(d.falseReports) == 0 && len(b.falseReports) == 0)},
-		{"10 guardian dead token held", "the service's longest spell with a dead token (to one read)",
+		{"10 guardian dead token held", fmt.Sprintf("the service's longest spell with a dead token (to one read, %s)", r.scale.serviceEvery.Round(time.Millisecond)),
 			fmt.Sprintf("%s; %d spells", sim(d.longestSpell()), len(d.spells)),
 			fmt.Sprintf("--quota-every 0 (the agent's 40001 only): %s; %d spells", sim(b.longestSpell()), len(b.spells)), "",
-			"≤ baseline", verdict(d.longestSpell() <= b.longestSpell())},
+			"≤ baseline, in whole reads", verdict(reads(d.longestSpell()) <= reads(b.longestSpell()))},
 	}
 }
