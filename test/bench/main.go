@@ -3,7 +3,11 @@
 // the same run. Results print as benchmark lines (benchstat reads them) and
 // as a final table. See BENCHMARKS.md.
 //
-//	go run ./test/bench                          # every part (about 17 minutes)
+// Part guardian (guardian.go) is issue 22's day of a foreign fetcher: the
+// real binary's replicas, agent and a NATS process on a day scaled to
+// -guardian-hour of real time an hour, against a day with --quota-every 0.
+//
+//	go run ./test/bench                          # every part (about 17 minutes, and 5.5 for guardian)
 //	go run ./test/bench -part propagation -n 1000
 //	go run ./test/bench -part agent              # wxtoken agent against redis and nginx
 //	go run ./test/bench -part login              # a login call through the agent against one made directly
