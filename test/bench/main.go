@@ -3,7 +3,11 @@
 // the same run. Results print as benchmark lines (benchstat reads them) and
 // as a final table. See BENCHMARKS.md.
 //
-//	go run ./test/bench                          # every part (about 17 minutes)
+// Part guardian (guardian.go) is issue 22's day of a foreign fetcher: the
+// real binary's replicas, agent and a NATS process on a day scaled to
+// -guardian-hour of real time an hour, against a day with --quota-every 0.
+//
+//	go run ./test/bench                          # every part (about 35 minutes: guardian-cost 17 of them, guardian 5.5)
 //	go run ./test/bench -part propagation -n 1000
 //	go run ./test/bench -part agent              # wxtoken agent against redis and nginx
 //	go run ./test/bench -part login              # a login call through the agent against one made directly
@@ -11,6 +15,7 @@
 //	go run ./test/bench -part regions -region-n 100 -partition 60s      # two regions behind 30 ms links, then a partition
 //	go run ./test/bench -part sets,follow,agentkeys -agent-before main   # 10,000 keys on one Set
 //	go run ./test/bench -part guardian-cost -guardian-scale 30   # 10,000 apps before the ledger (28241fe) and now
+//	go run ./test/bench -part guardian           # a foreign fetcher's simulated day: 3 replicas, an agent, NATS, as processes
 //	go run ./test/bench -smoke                   # every part, tiny, as in CI
 package main
 
@@ -36,11 +41,12 @@ func main() {
 	role := flag.String("role", "", "internal: run as a child process of the benchmark")
 	expires := flag.Duration("expires", 2*time.Hour, "internal: token lifetime of the system role")
 	minForce := flag.Duration("min-force", time.Nanosecond, "internal: min force interval of the system role")
-	natsURL := flag.String("nats", "", "internal: NATS URL of the footprint and follow roles")
+	natsURL := flag.String("nats", "", "internal: NATS URL of the footprint and follow roles; listen address of the nats role")
+	store := flag.String("store", "", "internal: JetStream store directory of the nats role")
 	systemApps := flag.Int("system-apps", 1, "internal: apps of the system role")
 	followMode := flag.String("mode", "", "internal: set or subscribers, for the follow role")
 	counts := flag.String("counts", "1,100", "footprint: app counts to follow, ascending")
-	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, sets, storm, quota, apps, footprint, follow, agent, login, agentkeys, authorizers, regions, guardian-cost, or all")
+	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, sets, storm, quota, apps, footprint, follow, agent, login, agentkeys, authorizers, regions, guardian-cost, guardian, or all")
 	n := flag.String("n", "100,1000", "propagation: subscriber counts, comma-separated")
 	rotations := flag.Int("rotations", 40, "propagation: least rotations per subscriber count (small counts get more, for at least 20,000 samples)")
 	sets := flag.Int("sets", 100, "sets: Sets (each on a connection of its own) following every key")
@@ -70,6 +76,9 @@ func main() {
 	regionRotations := flag.Int("region-rotations", 50, "regions: rotations measured")
 	delay := flag.Duration("delay", 30*time.Millisecond, "regions: the links' delay between the hub and each region, each way")
 	partition := flag.Duration("partition", time.Minute, "regions: how long the regions are cut off")
+	guardianHour := flag.Duration("guardian-hour", 10*time.Second, "guardian: real length of one simulated hour (every duration of WeChat's and wxtoken's scales with it)")
+	guardianHours := flag.Int("guardian-hours", 24, "guardian: simulated hours of the day with the foreign fetcher, the failovers and the NATS restart (even, at least 12)")
+	guardianBaseline := flag.Int("guardian-baseline-hours", 6, "guardian: simulated hours of the baseline day (--quota-every 0, no failover)")
 	smoke := flag.Bool("smoke", false, "run every part at a tiny size, to check that the program works")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process to `file`")
 	memLimit := flag.String("refresher-gomemlimit", "", "authorizers: the refresher's GOMEMLIMIT, such as 400MiB (default: none, Go's default)")
@@ -93,6 +102,9 @@ func main() {
 	case "regions":
 		runRegionsSystem(*delay)
 		return
+	case "nats":
+		runNATS(*natsURL, *store)
+		return
 	case "":
 	default:
 		log.Fatalf("unknown role %q", *role)
@@ -106,6 +118,7 @@ func main() {
 		*guardianScale = 720 // tokens of 10 s, a simulated day in 2 minutes
 		*regionN, *regionRotations, *partition = 5, 2, 2*time.Second
 		*sets, *setRotations, *keys = 3, 2, 200
+		*guardianHour, *guardianHours, *guardianBaseline = 3*time.Second, 12, 4
 		smokeRun = true
 	}
 	if *cpuProfile != "" {
@@ -319,6 +332,10 @@ func main() {
 		runs := guardianCost(o)
 		fmt.Fprintln(stderr)
 		table = append(table, guardianRows(runs, o)...)
+	}
+	if run("guardian") {
+		g := guardianBench(*guardianHour, *guardianHours, *guardianBaseline)
+		table = append(table, guardianDayRows(g)...)
 	}
 
 	fmt.Println()
