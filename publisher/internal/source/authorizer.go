@@ -26,6 +26,7 @@ type Authorizer struct {
 	platforms        *platform.Platforms
 	client           *upstream.Client
 	log              *slog.Logger
+	rescue           *Rescuer // the platform's, of a spent quota; nil: none
 }
 
 // NewAuthorizer returns the source of the token of authorizer appid of

@@ -45,7 +45,7 @@ const (
 
 // The resets, as the ledger and the metrics name them, and their budgets.
 const (
-	apiClearPath    = "quota_clear"
+	apiClearPath    = kv.ResetPath
 	apiClearQuota   = "clear_quota"
 	apiClearQuotaV2 = "clear_quota_v2"
 
@@ -67,10 +67,11 @@ const (
 
 // Rescuer rescues the spent quota of one app's fetches.
 type Rescuer struct {
-	policy RescuePolicy
-	appid  string
-	secret upstream.Secret // for clear_quota/v2
-	client *upstream.Client
+	policy   RescuePolicy
+	appid    string
+	secret   upstream.Secret // for clear_quota/v2
+	client   *upstream.Client
+	platform bool // a third-party platform's: its own resets (platformrescue.go)
 }
 
 // NewRescuer returns the rescuer of appid's spent quota, which resets it
@@ -89,6 +90,9 @@ type reset struct {
 // resets are the resets of path, in order; token is the account's
 // still-valid token ("" for none: only the reset by secret).
 func (r *Rescuer) resets(path, token string) []reset {
+	if r.platform {
+		return r.platformResets(path, token)
+	}
 	var rs []reset
 	if token != "" {
 		rs = append(rs,
@@ -247,9 +251,9 @@ func (res *rescue) allow(budget string) func(kv.Ledger) error {
 func (r *Rescuer) remaining(l kv.Ledger, budget, month string) int {
 	spent := 0
 	if l.Month == month {
-		spent = l.MonthCalls[budget]
-		if budget == budgetAccount {
-			spent += l.MonthCalls[apiClearQuotaV2]
+		spent = l.AccountResets()
+		if budget == budgetPath {
+			spent = l.PathResets()
 		}
 	}
 	if budget == budgetPath {
@@ -261,7 +265,7 @@ func (r *Rescuer) remaining(l kv.Ledger, budget, month string) int {
 // rescued says that a reset worked: the fetch goes again at once.
 func (res *rescue) rescued(rs reset) {
 	left := res.budgets()[rs.budget]
-	res.a.Metrics().QuotaRescue(res.a.AppID(), rs.api, OutcomeRescued)
+	res.a.Metrics().QuotaRescue(res.a.QuotaApp(), rs.api, OutcomeRescued)
 	msg := fmt.Sprintf("the day's quota of %s was spent (45009) and the value held expires before it resets at 00:00 China time: reset it with %s, fetching again now; %d resets of this budget left to wxtoken this month",
 		res.path, rs.api, left)
 	if left == 0 {
@@ -282,7 +286,7 @@ func (res *rescue) rescued(rs reset) {
 // step says what one reset that did not work did, and goes on.
 func (res *rescue) step(rs reset, outcome string, err error) {
 	res.steps = append(res.steps, rs.api+": "+err.Error())
-	res.a.Metrics().QuotaRescue(res.a.AppID(), rs.api, outcome)
+	res.a.Metrics().QuotaRescue(res.a.QuotaApp(), rs.api, outcome)
 	res.a.Log().Warn("quota reset not made or refused; trying the next", "appid", res.a.Key, "cgi_path", res.path, "reset", rs.api, "outcome", outcome, "error", err)
 }
 
@@ -301,7 +305,7 @@ func (res *rescue) spentElsewhere(budget string) {
 // unverified says, once a month, that the account may not reset its
 // quota: a config failure, for a human.
 func (res *rescue) unverified(rs reset, ue *upstream.Error) {
-	res.a.Metrics().QuotaRescue(res.a.AppID(), rs.api, OutcomeUnverified)
+	res.a.Metrics().QuotaRescue(res.a.QuotaApp(), rs.api, OutcomeUnverified)
 	res.a.Log().Error("cannot rescue the spent quota: WeChat says the account may not reset it (only verified (认证) accounts can). "+
 		"Services lose the value held when it expires, until 00:00 China time. Verify the account in WeChat's console, or keep the quota from running out (wxtoken status shows the calls per path). Not tried again this month",
 		"appid", res.a.Key, "cgi_path", res.path, "reset", rs.api, "errcode", ue.ErrCode, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
@@ -320,7 +324,7 @@ func (res *rescue) unverified(rs reset, ue *upstream.Error) {
 // "none".
 func (res *rescue) refused(outcome, api string, errcode int, why string) {
 	if api == "" {
-		res.a.Metrics().QuotaRescue(res.a.AppID(), "none", outcome)
+		res.a.Metrics().QuotaRescue(res.a.QuotaApp(), "none", outcome)
 	}
 	fix := refusedFix[outcome]
 	res.a.Log().Error(fmt.Sprintf("the day's quota of %s is spent (45009) and not rescued: %s. Services lose the value held when it expires, until 00:00 China time. %s", res.path, why, fix),
@@ -363,7 +367,7 @@ func (res *rescue) budgets() map[string]int {
 	}
 	for _, b := range []string{budgetPath, budgetAccount} {
 		left[b] = res.r.remaining(l, b, res.month)
-		res.a.Metrics().QuotaClearBudget(res.a.AppID(), b, left[b])
+		res.a.Metrics().QuotaClearBudget(res.a.QuotaApp(), b, left[b])
 	}
 	return left
 }
