@@ -24,15 +24,10 @@ const (
 // every path of the platform, from its 10 a month. The call is counted
 // against the platform.
 func (s *Server) serveComponentClearQuota(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		writeJSON(w, errReply(43002, ""))
-		return
-	}
 	var req struct {
 		ComponentAppID string `json:"component_appid"`
 	}
-	if json.NewDecoder(io.LimitReader(r.Body, 4<<10)).Decode(&req) != nil {
-		writeJSON(w, errReply(47001, ""))
+	if !decodePost(w, r, &req) {
 		return
 	}
 	now := s.cfg.Now()
@@ -60,17 +55,12 @@ func (s *Server) serveComponentClearQuota(w http.ResponseWriter, r *http.Request
 // gets 40013), from that account's 10. The secret is the platform's; the
 // IP whitelist applies (whitelist.go).
 func (s *Server) serveComponentClearQuotaV2(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		writeJSON(w, errReply(43002, ""))
-		return
-	}
 	var req struct {
 		ComponentAppID string `json:"component_appid"`
 		Secret         string `json:"appsecret"`
 		AppID          string `json:"appid"`
 	}
-	if json.NewDecoder(io.LimitReader(r.Body, 4<<10)).Decode(&req) != nil {
-		writeJSON(w, errReply(47001, ""))
+	if !decodePost(w, r, &req) {
 		return
 	}
 	now := s.cfg.Now()
@@ -99,4 +89,19 @@ func (s *Server) serveComponentClearQuotaV2(w http.ResponseWriter, r *http.Reque
 		}
 		writeJSON(w, cleared(s.clear(target, ClearAccount, "", now)))
 	}
+}
+
+// decodePost decodes the JSON body of the POST r into v, or answers
+// WeChat's refusal (43002 for another method, 47001 for a body that is
+// not JSON) and returns false.
+func decodePost(w http.ResponseWriter, r *http.Request, v any) bool {
+	if r.Method != http.MethodPost {
+		writeJSON(w, errReply(43002, ""))
+		return false
+	}
+	if json.NewDecoder(io.LimitReader(r.Body, 4<<10)).Decode(v) != nil {
+		writeJSON(w, errReply(47001, ""))
+		return false
+	}
+	return true
 }
