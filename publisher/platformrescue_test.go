@@ -19,23 +19,20 @@ import (
 const (
 	rescuePlatform, rescuePlatformSecret = "wxrescue00000000c0", "the-secret-of-the-rescued-platform"
 	rescueAuthorizer                     = "wxrescue00000000a1"
+	rescueAuthorizer2                    = "wxrescue00000000a2"
 )
 
 // newPlatformRescueWorld is a rescueWorld of a platform and its one
 // authorizer, at 15:00 China time: the platform's day's quota of spent
 // (a component path) is one fetch, and key is the credential watched (the
 // platform's component token, or the authorizer's token). It returns once
-// key's first token is stored.
-func newPlatformRescueWorld(t *testing.T, ctx context.Context, spent, key string, prepare func(*fakewechat.Server), tune func(*Config)) *rescueWorld {
+// key's first token is stored. more are more authorizers of the platform.
+func newPlatformRescueWorld(t *testing.T, ctx context.Context, spent, key string, prepare func(*fakewechat.Server), tune func(*Config), more ...string) *rescueWorld {
 	t.Helper()
 	w := &rescueWorld{key: key, quotaApp: rescuePlatform, clock: &shiftedNow{}, reg: prometheus.NewRegistry(), events: make(chan *nats.Msg, 64)}
 	w.clock.at(15, 0)
 	w.fake = fakewechat.New(fakewechat.Config{Now: w.clock.now})
 	if err := w.fake.AddPlatform(rescuePlatform, rescuePlatformSecret, "t", testAESKey); err != nil {
-		t.Fatal(err)
-	}
-	refresh, err := w.fake.GrantRefreshToken(rescuePlatform, rescueAuthorizer)
-	if err != nil {
 		t.Fatal(err)
 	}
 	w.fake.SetQuotaLimit(rescuePlatform, spent, 1)
@@ -51,10 +48,16 @@ func newPlatformRescueWorld(t *testing.T, ctx context.Context, spent, key string
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := kv.UpdateAuthorizer(ctx, platforms, rescuePlatform, rescueAuthorizer, func(kv.Authorizer, bool) (kv.Authorizer, bool) {
-		return kv.Authorizer{RefreshToken: refresh, IssuedAt: w.clock.now()}, true
-	}); err != nil {
-		t.Fatal(err)
+	for _, authorizer := range append([]string{rescueAuthorizer}, more...) {
+		refresh, err := w.fake.GrantRefreshToken(rescuePlatform, authorizer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, _, err := kv.UpdateAuthorizer(ctx, platforms, rescuePlatform, authorizer, func(kv.Authorizer, bool) (kv.Authorizer, bool) {
+			return kv.Authorizer{RefreshToken: refresh, IssuedAt: w.clock.now()}, true
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	sub, err := nc.ChanSubscribe(kv.Subjects{}.Failed(key), w.events)
 	if err != nil {
@@ -248,4 +251,38 @@ func TestPlatformQuotaRescueFallsThrough(t *testing.T) {
 			w.noSecretLogged(t)
 		})
 	}
+}
+
+// TestAuthorizersSharingThePlatformsQuotaAreRescuedOnce: two authorizers'
+// fetches get 45009 together (the platform's quota of
+// api_authorizer_token, which they share). One rescue resets it; the
+// other authorizer, whose answer may have come before the reset, fetches
+// again a minute later, not at midnight, and no second reset is made.
+func TestAuthorizersSharingThePlatformsQuotaAreRescuedOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := newPlatformRescueWorld(t, ctx, fakewechat.PathAuthorizerTok, rescueAuthorizer,
+		func(f *fakewechat.Server) { f.SetQuotaLimit(rescuePlatform, fakewechat.PathAuthorizerTok, -1) }, nil, rescueAuthorizer2)
+	other := *w
+	other.key = rescueAuthorizer2
+	other.first = other.awaitToken(t, ctx, "")
+	// Both next fetches are answered 45009, whichever comes first.
+	w.fake.Inject(rescueAuthorizer, fakewechat.Fault{ErrCode: 45009})
+	w.fake.Inject(rescueAuthorizer2, fakewechat.Fault{ErrCode: 45009})
+	w.dueNow()
+
+	w.logs.await(t, ctx, "fetching again in 1m0s, once", 1)
+	w.clock.advance(time.Minute)
+	w.awaitToken(t, ctx, w.first)
+	other.awaitToken(t, ctx, other.first)
+	if n := w.fake.ClearsThisMonth(rescuePlatform, fakewechat.ClearAPI) + w.fake.ClearsThisMonth(rescuePlatform, fakewechat.ClearAccount); n != 1 {
+		t.Errorf("WeChat saw %d resets of the platform, want 1", n)
+	}
+	if l := w.ledger(t, ctx); l.Rescue == nil || l.Rescue.Count != 1 || l.PathResets()+l.AccountResets() != 1 {
+		t.Errorf("platform's ledger %+v, rescue %+v: want one rescue and one reset counted", l.MonthCalls, l.Rescue)
+	}
+	if strings.Contains(w.logs.String(), "tried once today already") {
+		t.Errorf("an authorizer was refused as again:\n%s", w.logs.String())
+	}
+	w.noSecretLogged(t)
 }

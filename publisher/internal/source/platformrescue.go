@@ -44,24 +44,13 @@ func NewPlatformRescuer(policy RescuePolicy, componentAppID string, secret upstr
 	return r
 }
 
-// platformResets are the platform's resets of path, in order; token is
-// its still-valid component token ("" for none: only the reset by
-// secret).
-func (r *Rescuer) platformResets(path, token string) []reset {
-	var rs []reset
-	if token != "" {
-		rs = append(rs,
-			reset{apiClearPath, budgetPath, func(ctx context.Context) error { return r.client.ClearPath(ctx, token, path) }},
-			reset{apiComponentClearQuota, budgetAccount, func(ctx context.Context) error {
-				return r.client.ClearComponentQuota(ctx, token, r.appid)
-			}})
-	}
-	if r.secret.Reveal() != "" {
-		rs = append(rs, reset{apiComponentClearQuotaV2, budgetAccount, func(ctx context.Context) error {
+// platformResets are the resets of every path of the platform: with its
+// component token, and with its secret.
+func (r *Rescuer) platformResets(token string) (byToken, bySecret reset) {
+	return reset{apiComponentClearQuota, budgetAccount, func(ctx context.Context) error { return r.client.ClearComponentQuota(ctx, token, r.appid) }},
+		reset{apiComponentClearQuotaV2, budgetAccount, func(ctx context.Context) error {
 			return r.client.ClearComponentQuotaBySecret(ctx, r.appid, r.secret)
-		}})
-	}
-	return rs
+		}}
 }
 
 // Rescuing makes s rescue the platform's spent quota with r (nil: none).

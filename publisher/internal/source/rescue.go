@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
@@ -72,6 +73,11 @@ type Rescuer struct {
 	secret   upstream.Secret // for clear_quota/v2
 	client   *upstream.Client
 	platform bool // a third-party platform's: its own resets (platformrescue.go)
+
+	mu sync.Mutex
+	// fetchedAgain is, by credential key, the China day it last fetched
+	// again after a rescue of its path: its own, or another's (shared).
+	fetchedAgain map[string]string
 }
 
 // NewRescuer returns the rescuer of appid's spent quota, which resets it
@@ -90,21 +96,25 @@ type reset struct {
 // resets are the resets of path, in order; token is the account's
 // still-valid token ("" for none: only the reset by secret).
 func (r *Rescuer) resets(path, token string) []reset {
-	if r.platform {
-		return r.platformResets(path, token)
-	}
+	byToken, bySecret := r.accountResets(token)
 	var rs []reset
 	if token != "" {
-		rs = append(rs,
-			reset{apiClearPath, budgetPath, func(ctx context.Context) error { return r.client.ClearPath(ctx, token, path) }},
-			reset{apiClearQuota, budgetAccount, func(ctx context.Context) error { return r.client.ClearQuota(ctx, token, r.appid) }})
+		rs = append(rs, reset{apiClearPath, budgetPath, func(ctx context.Context) error { return r.client.ClearPath(ctx, token, path) }}, byToken)
 	}
 	if r.secret.Reveal() != "" {
-		rs = append(rs, reset{apiClearQuotaV2, budgetAccount, func(ctx context.Context) error {
-			return r.client.ClearQuotaBySecret(ctx, r.appid, r.secret)
-		}})
+		rs = append(rs, bySecret)
 	}
 	return rs
+}
+
+// accountResets are the resets of every path of r's account: with its
+// token, and with its secret. A platform has its own (platformrescue.go).
+func (r *Rescuer) accountResets(token string) (byToken, bySecret reset) {
+	if r.platform {
+		return r.platformResets(token)
+	}
+	return reset{apiClearQuota, budgetAccount, func(ctx context.Context) error { return r.client.ClearQuota(ctx, token, r.appid) }},
+		reset{apiClearQuotaV2, budgetAccount, func(ctx context.Context) error { return r.client.ClearQuotaBySecret(ctx, r.appid, r.secret) }}
 }
 
 // Failed rescues the quota of path when err is a fetch's 45009 and the
@@ -139,6 +149,31 @@ type rescue struct {
 	day, month string    // China time's
 
 	steps []string // what each reset tried did, for the event
+}
+
+// afterAnotherRescue is how long a credential whose fetch got 45009 on a
+// path another credential's rescue reset today (or is resetting) waits
+// before it fetches again: the platform's authorizers share the quota of
+// api_authorizer_token, an app's two tickets that of getticket, and a
+// fetch answered before the reset landed is no sign that the reset did
+// not work. Long enough for a rescue under way to land.
+const afterAnotherRescue = time.Minute
+
+// fetchAgain reports whether the credential key may fetch again today
+// after a rescue of its path, once a China day, and marks that it has.
+// It is this replica's memory: a new leader may let one more through (a
+// call WeChat refuses, at most).
+func (r *Rescuer) fetchAgain(key, day string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fetchedAgain[key] == day {
+		return false
+	}
+	if r.fetchedAgain == nil {
+		r.fetchedAgain = map[string]string{}
+	}
+	r.fetchedAgain[key] = day
+	return true
 }
 
 // errBudget and errSpentElsewhere are a reset refused by its budget in
@@ -191,10 +226,15 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 	case err != nil:
 		res.a.Log().Warn("cannot rescue the spent quota: the ledger cannot be written", "appid", res.a.Key, "cgi_path", res.path, "error", err)
 		return 0, false
+	case !claimed && res.r.fetchAgain(res.a.Key, res.day):
+		res.a.Log().Warn(fmt.Sprintf("the day's quota of %s is spent (45009), and a rescue of it was tried today for another credential that spends it too, or is under way: fetching again in %s, once, in case this answer came before the reset", res.path, afterAnotherRescue),
+			"appid", res.a.Key, "cgi_path", res.path)
+		return afterAnotherRescue, true
 	case !claimed:
 		res.refused(OutcomeAgain, "", 0, "a rescue of it was tried once today already")
 		return 0, false
 	}
+	res.r.fetchAgain(res.a.Key, res.day) // after its own rescue
 	outcome, api, errcode := OutcomeNotClearable, "", 0
 	for _, rs := range res.r.resets(res.path, token) {
 		err := res.a.LeaderCall(rs.api, res.allow(rs.budget), rs.call)
