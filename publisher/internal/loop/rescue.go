@@ -9,8 +9,9 @@ import (
 
 // What an attempt gives a source that acts on a failed fetch for the
 // whole app, apart from the fetch (a reset of a spent quota: see
-// source/rescue.go): the value held, the app's ledger, the leader's calls
-// counted in it, and the failure events and metrics that say what it did.
+// source/rescue.go): the value held, the ledger of the app whose quota
+// its fetches spend (QuotaApp), the leader's calls counted in it, and the
+// failure events and metrics that say what it did.
 
 // Held returns the value the credential holds, if it is still valid.
 func (a *Attempt) Held() (kv.Credential, bool) {
