@@ -133,6 +133,9 @@ func TestPlatformSpentQuotaRescuedOnceAndFetchedAgain(t *testing.T) {
 				if a := w.ledgerOf(t, ctx, rescueAuthorizer); a.PathResets()+a.AccountResets() != 0 || a.Rescue != nil {
 					t.Errorf("authorizer's ledger %+v, rescue %+v: want no reset counted there", a.MonthCalls, a.Rescue)
 				}
+				if line := "appid=" + rescueAuthorizer + " cgi_path=" + tc.spent + " quota_app=" + rescuePlatform + " reset=quota_clear"; !strings.Contains(w.logs.String(), line) {
+					t.Errorf("the log lacks %q, the rescue naming the platform whose quota it is:\n%s", line, w.logs.String())
+				}
 			}
 			if got := w.counter(t, "wxtoken_quota_rescues_total", "quota_clear", "rescued"); got != 1 {
 				t.Errorf("wxtoken_quota_rescues_total{appid=platform,quota_clear,rescued} %v, want 1", got)

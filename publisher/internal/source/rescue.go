@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -216,7 +217,7 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 	}
 	l, _, err := res.a.Ledger()
 	if err != nil {
-		res.a.Log().Warn("cannot rescue the spent quota: the ledger cannot be read, and a budget that cannot be read is not spent", "appid", res.a.Key, "cgi_path", res.path, "error", err)
+		res.log().Warn("cannot rescue the spent quota: the ledger cannot be read, and a budget that cannot be read is not spent", "error", err)
 		return 0, false
 	}
 	if l.Rescue != nil && l.Rescue.Unverified == res.month {
@@ -224,11 +225,10 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 	}
 	switch claimed, err := res.claim(); {
 	case err != nil:
-		res.a.Log().Warn("cannot rescue the spent quota: the ledger cannot be written", "appid", res.a.Key, "cgi_path", res.path, "error", err)
+		res.log().Warn("cannot rescue the spent quota: the ledger cannot be written", "error", err)
 		return 0, false
 	case !claimed && res.r.fetchAgain(res.a.Key, res.day):
-		res.a.Log().Warn(fmt.Sprintf("the day's quota of %s is spent (45009), and a rescue of it was tried today for another credential that spends it too, or is under way: fetching again in %s, once, in case this answer came before the reset", res.path, afterAnotherRescue),
-			"appid", res.a.Key, "cgi_path", res.path)
+		res.log().Warn(fmt.Sprintf("the day's quota of %s is spent (45009), and a rescue of it was tried today for another credential that spends it too, or is under way: fetching again in %s, once, in case this answer came before the reset", res.path, afterAnotherRescue))
 		return afterAnotherRescue, true
 	case !claimed:
 		res.refused(OutcomeAgain, "", 0, "a rescue of it was tried once today already")
@@ -309,11 +309,11 @@ func (res *rescue) rescued(rs reset) {
 	msg := fmt.Sprintf("the day's quota of %s was spent (45009) and the value held expires before it resets at 00:00 China time: reset it with %s, fetching again now; %d resets of this budget left to wxtoken this month",
 		res.path, rs.api, left)
 	if left == 0 {
-		res.a.Log().Error("quota rescued with the last reset wxtoken may spend this month: "+msg+
+		res.log().Error("quota rescued with the last reset wxtoken may spend this month: "+msg+
 			". The next spent quota this month is not rescued: find what spends it (wxtoken status shows the calls per path), or reset it in WeChat's console",
-			"appid", res.a.Key, "cgi_path", res.path, "reset", rs.api)
+			"reset", rs.api)
 	} else {
-		res.a.Log().Warn("quota rescued: "+msg, "appid", res.a.Key, "cgi_path", res.path, "reset", rs.api, "budget_remaining", left)
+		res.log().Warn("quota rescued: "+msg, "reset", rs.api, "budget_remaining", left)
 	}
 	res.a.Publish(kv.FailureEvent{ErrCode: 45009, ErrMsg: "the day's quota of " + res.path + " was spent; reset with " + rs.api,
 		Class: string(upstream.ClassQuota), NextAttempt: res.now, Rescue: OutcomeRescued, Path: res.path, ResetAPI: rs.api, BudgetRemaining: &left})
@@ -327,7 +327,7 @@ func (res *rescue) rescued(rs reset) {
 func (res *rescue) step(rs reset, outcome string, err error) {
 	res.steps = append(res.steps, rs.api+": "+err.Error())
 	res.a.Metrics().QuotaRescue(res.a.QuotaApp(), rs.api, outcome)
-	res.a.Log().Warn("quota reset not made or refused; trying the next", "appid", res.a.Key, "cgi_path", res.path, "reset", rs.api, "outcome", outcome, "error", err)
+	res.log().Warn("quota reset not made or refused; trying the next", "reset", rs.api, "outcome", outcome, "error", err)
 }
 
 // spentElsewhere records that WeChat said budget is spent this month
@@ -346,9 +346,9 @@ func (res *rescue) spentElsewhere(budget string) {
 // quota: a config failure, for a human.
 func (res *rescue) unverified(rs reset, ue *upstream.Error) {
 	res.a.Metrics().QuotaRescue(res.a.QuotaApp(), rs.api, OutcomeUnverified)
-	res.a.Log().Error("cannot rescue the spent quota: WeChat says the account may not reset it (only verified (认证) accounts can). "+
+	res.log().Error("cannot rescue the spent quota: WeChat says the account may not reset it (only verified (认证) accounts can). "+
 		"Services lose the value held when it expires, until 00:00 China time. Verify the account in WeChat's console, or keep the quota from running out (wxtoken status shows the calls per path). Not tried again this month",
-		"appid", res.a.Key, "cgi_path", res.path, "reset", rs.api, "errcode", ue.ErrCode, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
+		"reset", rs.api, "errcode", ue.ErrCode, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
 	res.a.Publish(kv.FailureEvent{ErrCode: ue.ErrCode, ErrMsg: "the account may not reset its quota: only verified accounts can",
 		Class: string(upstream.ClassConfig), NextAttempt: res.next, Rescue: OutcomeUnverified, Path: res.path, ResetAPI: rs.api})
 	res.record(func(r *kv.Rescue) {
@@ -367,8 +367,8 @@ func (res *rescue) refused(outcome, api string, errcode int, why string) {
 		res.a.Metrics().QuotaRescue(res.a.QuotaApp(), "none", outcome)
 	}
 	fix := refusedFix[outcome]
-	res.a.Log().Error(fmt.Sprintf("the day's quota of %s is spent (45009) and not rescued: %s. Services lose the value held when it expires, until 00:00 China time. %s", res.path, why, fix),
-		"appid", res.a.Key, "cgi_path", res.path, "outcome", outcome, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
+	res.log().Error(fmt.Sprintf("the day's quota of %s is spent (45009) and not rescued: %s. Services lose the value held when it expires, until 00:00 China time. %s", res.path, why, fix),
+		"outcome", outcome, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
 	ev := kv.FailureEvent{ErrCode: errcode, ErrMsg: "the day's quota of " + res.path + " is spent and not rescued: " + why,
 		Class: string(upstream.ClassQuota), NextAttempt: res.next, Rescue: outcome, Path: res.path, ResetAPI: api}
 	if api != "" {
@@ -429,8 +429,25 @@ func (res *rescue) record(change func(*kv.Rescue)) {
 		return true
 	})
 	if err != nil {
-		res.a.Log().Warn("the rescue of the spent quota is not recorded in the ledger", "appid", res.a.Key, "error", err)
+		res.log().Warn("the rescue of the spent quota is not recorded in the ledger", "error", err)
 	}
+}
+
+// log is the refresher's logger, with the credential and the path, and
+// the app whose quota it is when that is another (a platform's, for an
+// authorizer's token): its ledger and metrics hold the rescue.
+func (res *rescue) log() *slog.Logger {
+	log := res.a.Log().With("appid", res.a.Key, "cgi_path", res.path)
+	if app, own := res.a.QuotaApp(), keyApp(res.a.Key); app != own {
+		log = log.With("quota_app", app)
+	}
+	return log
+}
+
+// keyApp is the app of the credential key.
+func keyApp(key string) string {
+	appid, _ := kv.SplitKey(key)
+	return appid
 }
 
 // expiry is when the value held expires, for the log.
