@@ -70,7 +70,8 @@ func newPlatformRescueWorld(t *testing.T, ctx context.Context, spent, key string
 	w.logs.await(t, ctx, "became leader", 1)
 	hook := httptest.NewServer(r.Callback())
 	t.Cleanup(hook.Close)
-	if _, answer, err := w.fake.PushTicket(ctx, hook.URL, rescuePlatform); err != nil || answer != "success" {
+	w.hook = hook.URL
+	if _, answer, err := w.fake.PushTicket(ctx, w.hook, rescuePlatform); err != nil || answer != "success" {
 		t.Fatalf("verify ticket push: %q, %v", answer, err)
 	}
 	w.bucket = awaitBucket(t, ctx, js, kv.DefaultBucket)
@@ -286,6 +287,30 @@ func TestAuthorizersSharingThePlatformsQuotaAreRescuedOnce(t *testing.T) {
 	}
 	if strings.Contains(w.logs.String(), "tried once today already") {
 		t.Errorf("an authorizer was refused as again:\n%s", w.logs.String())
+	}
+	w.noSecretLogged(t)
+}
+
+// TestAnAuthorizationCodesSpentQuotaIsRescuedOnItsOwnPath: an account that
+// authorizes the platform has its code exchanged (api_query_auth, counted
+// against the platform); a 45009 there resets that path, not
+// api_authorizer_token's.
+func TestAnAuthorizationCodesSpentQuotaIsRescuedOnItsOwnPath(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := newPlatformRescueWorld(t, ctx, fakewechat.PathQueryAuth, rescueAuthorizer, nil, nil)
+	w.fake.SetQuotaLimit(rescuePlatform, fakewechat.PathQueryAuth, 0)
+	if _, err := w.fake.Authorize(ctx, w.hook, rescuePlatform, rescueAuthorizer2); err != nil {
+		t.Fatal(err)
+	}
+	w.logs.await(t, ctx, "quota rescued: the day's quota of /cgi-bin/component/api_query_auth was spent", 1)
+	day := w.clock.now().In(time.FixedZone("", 8*3600)).Format(time.DateOnly)
+	l := w.ledger(t, ctx)
+	if l.Rescue == nil || l.Rescue.Rescued[fakewechat.PathQueryAuth] != day || l.Rescue.Rescued[fakewechat.PathAuthorizerTok] != "" {
+		t.Errorf("platform's rescue %+v: want api_query_auth's rescued today, and not api_authorizer_token's", l.Rescue)
+	}
+	if n := w.fake.ClearsThisMonth(rescuePlatform, fakewechat.ClearAPI); n != 1 {
+		t.Errorf("WeChat saw %d quota/clear calls of the platform, want 1", n)
 	}
 	w.noSecretLogged(t)
 }

@@ -49,6 +49,7 @@ type rescueWorld struct {
 	reg      *prometheus.Registry
 	events   chan *nats.Msg
 	first    string // the first token stored
+	hook     string // a platform's authorization-event URL (platformrescue_test.go)
 }
 
 // newRescueWorld starts it at China time hh:mm, with the fake set up by

@@ -70,13 +70,22 @@ func (s *Component) rescueFailed(a *loop.Attempt, err error) (time.Duration, boo
 // platform's rescuer (nil: none).
 func (s *Authorizer) Rescuing(r *Rescuer) *Authorizer { s.rescue = r; return s }
 
-// Failed rescues the platform's spent quota of api_authorizer_token with
+// Failed rescues the platform's spent quota of api_authorizer_token, or
+// of api_query_auth when the fetch exchanged an authorization code, with
 // the component token the fetch was made with.
 func (s *Authorizer) Failed(a *loop.Attempt, err error, _ int, _ time.Time) (time.Duration, bool) {
 	if a == nil {
 		return 0, false
 	}
-	return s.rescue.Failed(a, err, ledger.Path(s.API()), a.Token)
+	path := ledger.Path(s.API())
+	if g, _ := a.Grant.(grant); g.code != "" {
+		path = pathQueryAuth
+	}
+	return s.rescue.Failed(a, err, path, a.Token)
 }
+
+// pathQueryAuth is the path of an authorization code's exchange, which
+// WeChat counts against the platform as api_authorizer_token.
+const pathQueryAuth = "/cgi-bin/component/api_query_auth"
 
 var _ loop.FailureHook = (*Authorizer)(nil)
