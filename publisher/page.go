@@ -191,7 +191,7 @@ func credRowOf(c loop.Value, now time.Time) credRow {
 // appRowOf is what the page shows of an app's ledger.
 func appRowOf(l kv.Ledger) appRow {
 	row := appRow{AppID: l.AppID, Elsewhere: l.Elsewhere, Foreign: l.Foreign, Rescue: l.Rescue, Month: l.Month,
-		QuotaClear: l.MonthCalls["quota_clear"], ClearQuota: l.MonthCalls["clear_quota"] + l.MonthCalls["clear_quota_v2"]}
+		QuotaClear: l.PathResets(), ClearQuota: l.AccountResets()}
 	for path, q := range l.Quota {
 		row.Quota = append(row.Quota, quotaRow{Path: path, Used: q.Used, Limit: q.DailyLimit, Ours: q.Ours, Others: q.Others,
 			Percent: percent(q.Used, q.DailyLimit), OursPct: percent(min(q.Ours, q.Used), q.DailyLimit), At: q.At})

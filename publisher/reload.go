@@ -182,24 +182,24 @@ func (l *reloader) replace(previous []App, why string) (added []string) {
 // authorizersOf describes a credential for each active authorizer of a
 // platform among descs.
 func (l *reloader) authorizersOf(descs []loop.Desc) []loop.Desc {
-	platforms, taken := map[string]bool{}, map[string]bool{}
+	platforms, taken := map[string]*source.Component{}, map[string]bool{}
 	for _, d := range descs {
 		taken[d.Key] = true
-		if _, ok := d.Source.(*source.Component); ok {
-			platforms[d.Key] = true
+		if c, ok := d.Source.(*source.Component); ok {
+			platforms[d.Key] = c
 		}
 	}
 	var authorizers []loop.Desc
 	for _, a := range l.platforms.Authorizers() {
 		switch {
-		case !platforms[a.Component]:
+		case platforms[a.Component] == nil:
 			continue // a platform no longer configured
 		case taken[a.AppID]:
 			l.log.Warn("an authorizer's appid is an app of the apps file too; its token is kept as the app's", "authorizer", a.AppID)
 			continue
 		}
 		authorizers = append(authorizers, loop.Desc{Key: a.AppID, Kind: kv.KindToken, Parent: a.Component,
-			Source: source.NewAuthorizer(a.Component, a.AppID, l.platforms, l.wechat, l.log)})
+			Source: source.NewAuthorizer(a.Component, a.AppID, l.platforms, l.wechat, l.log).Rescuing(platforms[a.Component].Rescuer())})
 	}
 	return authorizers
 }
@@ -208,7 +208,8 @@ func (l *reloader) authorizersOf(descs []loop.Desc) []loop.Desc {
 func (l *reloader) sourceOf(app App) loop.Source {
 	switch {
 	case app.platform():
-		return source.NewComponent(app.AppID, app.Secret, l.wechat, l.platforms)
+		return source.NewComponent(app.AppID, app.Secret, l.wechat, l.platforms).
+			Rescuing(source.NewPlatformRescuer(l.rescue, app.AppID, app.Secret, l.wechat))
 	case app.wecom():
 		return source.NewWeComToken(app.CorpID, app.Secret, l.wecom)
 	case app.TokenAPI == TokenAPIStable:

@@ -37,15 +37,19 @@ func (c *shiftedNow) advance(d time.Duration) { c.offset.Add(int64(d)) }
 
 // rescueWorld is a refresher of rescueApp against a fake WeChat on a
 // shifted clock, whose day's token quota is one fetch: the first fetch
-// works, the next gets 45009.
+// works, the next gets 45009. (platformrescue_test.go makes one of a
+// platform's credential.)
 type rescueWorld struct {
-	fake   *fakewechat.Server
-	clock  *shiftedNow
-	bucket jetstream.KeyValue
-	logs   *awaitedLog
-	reg    *prometheus.Registry
-	events chan *nats.Msg
-	first  string // the first token stored
+	key      string // the credential whose quota is spent
+	quotaApp string // whose ledger and metrics count its resets
+	fake     *fakewechat.Server
+	clock    *shiftedNow
+	bucket   jetstream.KeyValue
+	logs     *awaitedLog
+	reg      *prometheus.Registry
+	events   chan *nats.Msg
+	first    string // the first token stored
+	hook     string // a platform's authorization-event URL (platformrescue_test.go)
 }
 
 // newRescueWorld starts it at China time hh:mm, with the fake set up by
@@ -53,7 +57,7 @@ type rescueWorld struct {
 // token is stored.
 func newRescueWorld(t *testing.T, ctx context.Context, hh, mm int, prepare func(*fakewechat.Server), tune func(*Config)) *rescueWorld {
 	t.Helper()
-	w := &rescueWorld{clock: &shiftedNow{}, reg: prometheus.NewRegistry(), events: make(chan *nats.Msg, 64)}
+	w := &rescueWorld{key: rescueApp, quotaApp: rescueApp, clock: &shiftedNow{}, reg: prometheus.NewRegistry(), events: make(chan *nats.Msg, 64)}
 	w.clock.at(hh, mm)
 	w.fake = fakewechat.New(fakewechat.Config{Now: w.clock.now})
 	w.fake.AddApp(rescueApp, rescueSecret)
@@ -70,7 +74,17 @@ func newRescueWorld(t *testing.T, ctx context.Context, hh, mm int, prepare func(
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sub.Unsubscribe() })
-	_, w.logs, _ = runStandingReplica(t, ctx, srv.ClientURL(), wechat.URL, App{AppID: rescueApp, Secret: NewSecret(rescueSecret)}, "r1", "", func(c *Config) {
+	_, w.logs, _ = runStandingReplica(t, ctx, srv.ClientURL(), wechat.URL, App{AppID: rescueApp, Secret: NewSecret(rescueSecret)}, "r1", "", w.config(tune))
+	w.logs.await(t, ctx, "became leader", 1)
+	w.bucket = awaitBucket(t, ctx, js, kv.DefaultBucket)
+	w.first = w.awaitToken(t, ctx, "")
+	return w
+}
+
+// config is the refresher's Config of the world, tuned by tune: checks
+// every second, the default reserve, its metrics and its clock.
+func (w *rescueWorld) config(tune func(*Config)) func(*Config) {
+	return func(c *Config) {
 		c.Schedule = "@every 1s"
 		c.QuotaClearReserve = DefaultQuotaClearReserve
 		c.Registerer = w.reg
@@ -78,28 +92,29 @@ func newRescueWorld(t *testing.T, ctx context.Context, hh, mm int, prepare func(
 		if tune != nil {
 			tune(c)
 		}
-	})
-	w.logs.await(t, ctx, "became leader", 1)
-	for w.bucket == nil {
-		if b, err := js.KeyValue(ctx, kv.DefaultBucket); err == nil {
-			w.bucket = b
-			break
+	}
+}
+
+// awaitBucket returns the bucket name once it is created.
+func awaitBucket(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) jetstream.KeyValue {
+	t.Helper()
+	for {
+		if b, err := js.KeyValue(ctx, name); err == nil {
+			return b
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatal("no token bucket")
+			t.Fatalf("no bucket %s", name)
 		case <-time.After(10 * time.Millisecond): // polling for the bucket's creation, not waiting for an outcome
 		}
 	}
-	w.first = w.awaitToken(t, ctx, "")
-	return w
 }
 
-// awaitToken waits until the bucket holds a token of the app other than
-// old ("" for any), and returns it.
+// awaitToken waits until the bucket holds a token of the credential other
+// than old ("" for any), and returns it.
 func (w *rescueWorld) awaitToken(t *testing.T, ctx context.Context, old string) string {
 	t.Helper()
-	watch, err := w.bucket.Watch(ctx, rescueApp)
+	watch, err := w.bucket.Watch(ctx, w.key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +125,7 @@ func (w *rescueWorld) awaitToken(t *testing.T, ctx context.Context, old string) 
 			if e == nil || e.Operation() != jetstream.KeyValuePut {
 				continue
 			}
-			if rec, err := kv.DecodeCredential(rescueApp, e.Value()); err == nil && rec.Value != old {
+			if rec, err := kv.DecodeCredential(w.key, e.Value()); err == nil && rec.Value != old {
 				return rec.Value
 			}
 		case <-ctx.Done():
@@ -142,22 +157,28 @@ func (w *rescueWorld) awaitEvent(t *testing.T, ctx context.Context, keep func(kv
 	}
 }
 
-// ledger reads the app's ledger from the bucket.
+// ledger reads the ledger of the app whose quota is spent from the bucket.
 func (w *rescueWorld) ledger(t *testing.T, ctx context.Context) kv.Ledger {
 	t.Helper()
-	e, err := w.bucket.Get(ctx, kv.LedgerKey(rescueApp))
+	return w.ledgerOf(t, ctx, w.quotaApp)
+}
+
+// ledgerOf reads appid's ledger from the bucket.
+func (w *rescueWorld) ledgerOf(t *testing.T, ctx context.Context, appid string) kv.Ledger {
+	t.Helper()
+	e, err := w.bucket.Get(ctx, kv.LedgerKey(appid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := kv.DecodeLedger(rescueApp, e.Value())
+	l, err := kv.DecodeLedger(appid, e.Value())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return l
 }
 
-// counter is the value of the metric name of the app with api and, for a
-// counter, outcome; 0 if none.
+// counter is the value of the metric name of the app whose quota is spent
+// with api and, for a counter, outcome; 0 if none.
 func (w *rescueWorld) counter(t *testing.T, name string, api string, outcome ...string) float64 {
 	t.Helper()
 	families, err := w.reg.Gather()
@@ -168,7 +189,7 @@ func (w *rescueWorld) counter(t *testing.T, name string, api string, outcome ...
 		if f.GetName() != name {
 			continue
 		}
-		want := map[string]string{"appid": rescueApp, "api": api}
+		want := map[string]string{"appid": w.quotaApp, "api": api}
 		if len(outcome) > 0 {
 			want["outcome"] = outcome[0]
 		}

@@ -12,11 +12,11 @@ func newRescueMetrics() rescueMetrics {
 	return rescueMetrics{
 		rescues: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_quota_rescues_total",
-			Help: "Rescues of an app's spent daily quota (45009 with the value held expiring before 00:00 China time), by the reset called (quota_clear, clear_quota, clear_quota_v2; none) and outcome (rescued, off, reserve, spent_elsewhere, not_clearable, unverified, again, failed). See the README, \"A spent quota, rescued\".",
+			Help: "Rescues of an app's spent daily quota (45009 with the value held expiring before 00:00 China time), by the reset called (quota_clear, clear_quota, clear_quota_v2; a platform's component_clear_quota, component_clear_quota_v2; none); a platform's authorizers' under the platform's appid and outcome (rescued, off, reserve, spent_elsewhere, not_clearable, unverified, again, failed). See the README, \"A spent quota, rescued\".",
 		}, []string{"appid", "api", "outcome"}),
 		budget: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wxtoken_quota_clear_budget_remaining",
-			Help: "Resets of the app's quota wxtoken may still spend this China month, by budget: quota_clear (one path, 50 a month), clear_quota (the account, 10 a month shared with clear_quota/v2 and the console, less --quota-clear-reserve). Set at each rescue.",
+			Help: "Resets of the app's quota wxtoken may still spend this China month, by budget: quota_clear (one path, 50 a month), clear_quota (the account, 10 a month shared with clear_quota/v2, a platform's component forms of both and the console, less --quota-clear-reserve). Set at each rescue.",
 		}, []string{"appid", "api"}),
 	}
 }

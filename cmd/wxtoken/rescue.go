@@ -15,8 +15,9 @@ type rescueRow struct {
 	AppID string `json:"appid"`
 	kv.Rescue
 	// This China month's resets, counted before each was made: of one
-	// path (quota/clear, 50 a month), of the account (clear_quota and
-	// clear_quota/v2, 10 a month with the console's).
+	// path (quota/clear, 50 a month), of the account (clear_quota,
+	// clear_quota/v2 and a platform's component forms of both, 10 a month
+	// with the console's).
 	Month         string `json:"month"`
 	PathResets    int    `json:"quota_clear_spent"`
 	AccountResets int    `json:"clear_quota_spent"`
@@ -31,7 +32,7 @@ func rescueRows(ledgers []kv.Ledger) []rescueRow {
 			continue
 		}
 		rows = append(rows, rescueRow{AppID: l.AppID, Rescue: *l.Rescue, Month: l.Month,
-			PathResets: l.MonthCalls["quota_clear"], AccountResets: l.MonthCalls["clear_quota"] + l.MonthCalls["clear_quota_v2"]})
+			PathResets: l.PathResets(), AccountResets: l.AccountResets()})
 	}
 	return rows
 }

@@ -460,6 +460,10 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) {
 		s.serveClearQuota(w, r)
 	case PathClearQuotaV2:
 		s.serveClearQuotaV2(w, r)
+	case PathComponentClearQuota:
+		s.serveComponentClearQuota(w, r)
+	case PathComponentClearQuotaV2:
+		s.serveComponentClearQuotaV2(w, r)
 	case PathRidGet:
 		s.serveRidGet(w, r)
 	default:

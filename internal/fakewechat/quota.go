@@ -49,6 +49,7 @@ var countedPaths = map[string]bool{
 	PathSendMessage: true, PathUserList: true, PathUploadMedia: true,
 	PathComponentToken: true, PathAuthorizerTok: true, PathQueryAuth: true,
 	PathQuotaGet: true, PathQuotaClear: true, PathClearQuota: true, PathClearQuotaV2: true, PathRidGet: true,
+	PathComponentClearQuota: true, PathComponentClearQuotaV2: true,
 }
 
 // quotaBook is every app's calls per path and China day, the limits set

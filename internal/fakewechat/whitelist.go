@@ -81,7 +81,7 @@ func (s *Server) appOfCall(r *http.Request) (appid string, secretAPI bool) {
 			return appid, true
 		}
 		return q.Get("appid"), true
-	case PathComponentToken, PathStartPush:
+	case PathComponentToken, PathStartPush, PathComponentClearQuotaV2:
 		return bodyField(r, "component_appid"), true
 	case PathJSCode2Session, PathOAuthAccessToken:
 		// A login code exchanged with the AppSecret: among a mini

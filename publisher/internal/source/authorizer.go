@@ -26,6 +26,7 @@ type Authorizer struct {
 	platforms        *platform.Platforms
 	client           *upstream.Client
 	log              *slog.Logger
+	rescue           *Rescuer // the platform's, of a spent quota; nil: none
 }
 
 // NewAuthorizer returns the source of the token of authorizer appid of
@@ -102,7 +103,7 @@ func (s *Authorizer) Fetch(ctx context.Context, a *loop.Attempt) (upstream.Issue
 // exchange trades an authorization code for the authorizer's tokens.
 func (s *Authorizer) exchange(ctx context.Context, token, code string, q url.Values) (upstream.Issued, upstream.Secret, error) {
 	body, _ := json.Marshal(map[string]string{"component_appid": s.component, "authorization_code": code})
-	status, answer, err := s.client.PostJSON(ctx, "cgi-bin/component/api_query_auth", q, body, token)
+	status, answer, err := s.client.PostJSON(ctx, pathQueryAuth[1:], q, body, token)
 	if err != nil {
 		return upstream.Issued{}, upstream.Secret{}, upstream.ScrubErrMsg(err, code)
 	}

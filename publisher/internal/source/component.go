@@ -27,6 +27,7 @@ type Component struct {
 	secret    upstream.Secret
 	client    *upstream.Client
 	platforms *platform.Platforms
+	rescue    *Rescuer // of a spent quota; nil: none
 }
 
 // NewComponent returns the source of the component token of the platform
@@ -75,10 +76,14 @@ func (*Component) Repeated(held kv.Credential, window time.Duration, now time.Ti
 }
 
 // Failed asks WeChat to push a verify ticket again when the platform has
-// none that works, and waits for it: a push ends the wait.
+// none that works, and waits for it: a push ends the wait. A spent quota
+// is rescued (platformrescue.go).
 func (s *Component) Failed(a *loop.Attempt, err error, _ int, _ time.Time) (time.Duration, bool) {
-	if !WaitsForTicket(err) || a == nil {
+	if a == nil {
 		return 0, false
+	}
+	if !WaitsForTicket(err) {
+		return s.rescueFailed(a, err)
 	}
 	s.startPush(a)
 	return ticketWait, true

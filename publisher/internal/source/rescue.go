@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
@@ -46,7 +48,7 @@ const (
 
 // The resets, as the ledger and the metrics name them, and their budgets.
 const (
-	apiClearPath    = "quota_clear"
+	apiClearPath    = kv.ResetPath
 	apiClearQuota   = "clear_quota"
 	apiClearQuotaV2 = "clear_quota_v2"
 
@@ -68,10 +70,16 @@ const (
 
 // Rescuer rescues the spent quota of one app's fetches.
 type Rescuer struct {
-	policy RescuePolicy
-	appid  string
-	secret upstream.Secret // for clear_quota/v2
-	client *upstream.Client
+	policy   RescuePolicy
+	appid    string
+	secret   upstream.Secret // for clear_quota/v2
+	client   *upstream.Client
+	platform bool // a third-party platform's: its own resets (platformrescue.go)
+
+	mu sync.Mutex
+	// fetchedAgain is, by credential key, the China day it last fetched
+	// again after a rescue of its path: its own, or another's (shared).
+	fetchedAgain map[string]string
 }
 
 // NewRescuer returns the rescuer of appid's spent quota, which resets it
@@ -90,18 +98,25 @@ type reset struct {
 // resets are the resets of path, in order; token is the account's
 // still-valid token ("" for none: only the reset by secret).
 func (r *Rescuer) resets(path, token string) []reset {
+	byToken, bySecret := r.accountResets(token)
 	var rs []reset
 	if token != "" {
-		rs = append(rs,
-			reset{apiClearPath, budgetPath, func(ctx context.Context) error { return r.client.ClearPath(ctx, token, path) }},
-			reset{apiClearQuota, budgetAccount, func(ctx context.Context) error { return r.client.ClearQuota(ctx, token, r.appid) }})
+		rs = append(rs, reset{apiClearPath, budgetPath, func(ctx context.Context) error { return r.client.ClearPath(ctx, token, path) }}, byToken)
 	}
 	if r.secret.Reveal() != "" {
-		rs = append(rs, reset{apiClearQuotaV2, budgetAccount, func(ctx context.Context) error {
-			return r.client.ClearQuotaBySecret(ctx, r.appid, r.secret)
-		}})
+		rs = append(rs, bySecret)
 	}
 	return rs
+}
+
+// accountResets are the resets of every path of r's account: with its
+// token, and with its secret. A platform has its own (platformrescue.go).
+func (r *Rescuer) accountResets(token string) (byToken, bySecret reset) {
+	if r.platform {
+		return r.platformResets(token)
+	}
+	return reset{apiClearQuota, budgetAccount, func(ctx context.Context) error { return r.client.ClearQuota(ctx, token, r.appid) }},
+		reset{apiClearQuotaV2, budgetAccount, func(ctx context.Context) error { return r.client.ClearQuotaBySecret(ctx, r.appid, r.secret) }}
 }
 
 // Failed rescues the quota of path when err is a fetch's 45009 and the
@@ -136,6 +151,31 @@ type rescue struct {
 	day, month string    // China time's
 
 	steps []string // what each reset tried did, for the event
+}
+
+// afterAnotherRescue is how long a credential whose fetch got 45009 on a
+// path another credential's rescue reset today (or is resetting) waits
+// before it fetches again: the platform's authorizers share the quota of
+// api_authorizer_token, an app's two tickets that of getticket, and a
+// fetch answered before the reset landed is no sign that the reset did
+// not work. Long enough for a rescue under way to land.
+const afterAnotherRescue = time.Minute
+
+// fetchAgain reports whether the credential key may fetch again today
+// after a rescue of its path, once a China day, and marks that it has.
+// It is this replica's memory: a new leader may let one more through (a
+// call WeChat refuses, at most).
+func (r *Rescuer) fetchAgain(key, day string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fetchedAgain[key] == day {
+		return false
+	}
+	if r.fetchedAgain == nil {
+		r.fetchedAgain = map[string]string{}
+	}
+	r.fetchedAgain[key] = day
+	return true
 }
 
 // errBudget and errSpentElsewhere are a reset refused by its budget in
@@ -199,7 +239,7 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 	}
 	l, _, err := res.a.Ledger()
 	if err != nil {
-		res.a.Log().Warn("cannot rescue the spent quota: the ledger cannot be read, and a budget that cannot be read is not spent", "appid", res.a.Key, "cgi_path", res.path, "error", err)
+		res.log().Warn("cannot rescue the spent quota: the ledger cannot be read, and a budget that cannot be read is not spent", "error", err)
 		return 0, false
 	}
 	if l.Rescue != nil && l.Rescue.Unverified == res.month {
@@ -207,12 +247,16 @@ func (res *rescue) run(token string) (time.Duration, bool) {
 	}
 	switch claimed, err := res.claim(); {
 	case err != nil:
-		res.a.Log().Warn("cannot rescue the spent quota: the ledger cannot be written", "appid", res.a.Key, "cgi_path", res.path, "error", err)
+		res.log().Warn("cannot rescue the spent quota: the ledger cannot be written", "error", err)
 		return 0, false
+	case !claimed && res.r.fetchAgain(res.a.Key, res.day):
+		res.log().Warn(fmt.Sprintf("the day's quota of %s is spent (45009), and a rescue of it was tried today for another credential that spends it too, or is under way: fetching again in %s, once, in case this answer came before the reset", res.path, afterAnotherRescue))
+		return afterAnotherRescue, true
 	case !claimed:
 		res.refused(OutcomeAgain, "", 0, "a rescue of it was tried once today already")
 		return 0, false
 	}
+	res.r.fetchAgain(res.a.Key, res.day) // after its own rescue
 	outcome, api, errcode := OutcomeNotClearable, "", 0
 	called := false // a reset went to WeChat
 	for _, rs := range res.r.resets(res.path, token) {
@@ -280,9 +324,9 @@ func (res *rescue) allow(budget string) func(kv.Ledger) error {
 func (r *Rescuer) remaining(l kv.Ledger, budget, month string) int {
 	spent := 0
 	if l.Month == month {
-		spent = l.MonthCalls[budget]
-		if budget == budgetAccount {
-			spent += l.MonthCalls[apiClearQuotaV2]
+		spent = l.AccountResets()
+		if budget == budgetPath {
+			spent = l.PathResets()
 		}
 	}
 	if budget == budgetPath {
@@ -294,15 +338,15 @@ func (r *Rescuer) remaining(l kv.Ledger, budget, month string) int {
 // rescued says that a reset worked: the fetch goes again at once.
 func (res *rescue) rescued(rs reset) {
 	left := res.budgets()[rs.budget]
-	res.a.Metrics().QuotaRescue(res.a.AppID(), rs.api, OutcomeRescued)
+	res.a.Metrics().QuotaRescue(res.a.QuotaApp(), rs.api, OutcomeRescued)
 	msg := fmt.Sprintf("the day's quota of %s was spent (45009) and the value held expires before it resets at 00:00 China time: reset it with %s, fetching again now; %d resets of this budget left to wxtoken this month",
 		res.path, rs.api, left)
 	if left == 0 {
-		res.a.Log().Error("quota rescued with the last reset wxtoken may spend this month: "+msg+
+		res.log().Error("quota rescued with the last reset wxtoken may spend this month: "+msg+
 			". The next spent quota this month is not rescued: find what spends it (wxtoken status shows the calls per path), or reset it in WeChat's console",
-			"appid", res.a.Key, "cgi_path", res.path, "reset", rs.api)
+			"reset", rs.api)
 	} else {
-		res.a.Log().Warn("quota rescued: "+msg, "appid", res.a.Key, "cgi_path", res.path, "reset", rs.api, "budget_remaining", left)
+		res.log().Warn("quota rescued: "+msg, "reset", rs.api, "budget_remaining", left)
 	}
 	res.a.Publish(kv.FailureEvent{ErrCode: 45009, ErrMsg: "the day's quota of " + res.path + " was spent; reset with " + rs.api,
 		Class: string(upstream.ClassQuota), NextAttempt: res.now, Rescue: OutcomeRescued, Path: res.path, ResetAPI: rs.api, BudgetRemaining: &left})
@@ -315,8 +359,8 @@ func (res *rescue) rescued(rs reset) {
 // step says what one reset that did not work did, and goes on.
 func (res *rescue) step(rs reset, outcome string, err error) {
 	res.steps = append(res.steps, rs.api+": "+err.Error())
-	res.a.Metrics().QuotaRescue(res.a.AppID(), rs.api, outcome)
-	res.a.Log().Warn("quota reset not made or refused; trying the next", "appid", res.a.Key, "cgi_path", res.path, "reset", rs.api, "outcome", outcome, "error", err)
+	res.a.Metrics().QuotaRescue(res.a.QuotaApp(), rs.api, outcome)
+	res.log().Warn("quota reset not made or refused; trying the next", "reset", rs.api, "outcome", outcome, "error", err)
 }
 
 // spentElsewhere records that WeChat said budget is spent this month
@@ -334,10 +378,10 @@ func (res *rescue) spentElsewhere(budget string) {
 // unverified says, once a month, that the account may not reset its
 // quota: a config failure, for a human.
 func (res *rescue) unverified(rs reset, ue *upstream.Error) {
-	res.a.Metrics().QuotaRescue(res.a.AppID(), rs.api, OutcomeUnverified)
-	res.a.Log().Error("cannot rescue the spent quota: WeChat says the account may not reset it (only verified (认证) accounts can). "+
+	res.a.Metrics().QuotaRescue(res.a.QuotaApp(), rs.api, OutcomeUnverified)
+	res.log().Error("cannot rescue the spent quota: WeChat says the account may not reset it (only verified (认证) accounts can). "+
 		"Services lose the value held when it expires, until 00:00 China time. Verify the account in WeChat's console, or keep the quota from running out (wxtoken status shows the calls per path). Not tried again this month",
-		"appid", res.a.Key, "cgi_path", res.path, "reset", rs.api, "errcode", ue.ErrCode, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
+		"reset", rs.api, "errcode", ue.ErrCode, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
 	res.a.Publish(kv.FailureEvent{ErrCode: ue.ErrCode, ErrMsg: "the account may not reset its quota: only verified accounts can",
 		Class: string(upstream.ClassConfig), NextAttempt: res.next, Rescue: OutcomeUnverified, Path: res.path, ResetAPI: rs.api})
 	res.record(func(r *kv.Rescue) {
@@ -353,11 +397,11 @@ func (res *rescue) unverified(rs reset, ue *upstream.Error) {
 // "none".
 func (res *rescue) refused(outcome, api string, errcode int, why string) {
 	if api == "" {
-		res.a.Metrics().QuotaRescue(res.a.AppID(), "none", outcome)
+		res.a.Metrics().QuotaRescue(res.a.QuotaApp(), "none", outcome)
 	}
 	fix := refusedFix[outcome]
-	res.a.Log().Error(fmt.Sprintf("the day's quota of %s is spent (45009) and not rescued: %s. Services lose the value held when it expires, until 00:00 China time. %s", res.path, why, fix),
-		"appid", res.a.Key, "cgi_path", res.path, "outcome", outcome, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
+	res.log().Error(fmt.Sprintf("the day's quota of %s is spent (45009) and not rescued: %s. Services lose the value held when it expires, until 00:00 China time. %s", res.path, why, fix),
+		"outcome", outcome, "value_expires_at", res.expiry(), "quota_resets_at", res.next.UTC().Format(time.RFC3339))
 	ev := kv.FailureEvent{ErrCode: errcode, ErrMsg: "the day's quota of " + res.path + " is spent and not rescued: " + why,
 		Class: string(upstream.ClassQuota), NextAttempt: res.next, Rescue: outcome, Path: res.path, ResetAPI: api}
 	if api != "" {
@@ -396,7 +440,7 @@ func (res *rescue) budgets() map[string]int {
 	}
 	for _, b := range []string{budgetPath, budgetAccount} {
 		left[b] = res.r.remaining(l, b, res.month)
-		res.a.Metrics().QuotaClearBudget(res.a.AppID(), b, left[b])
+		res.a.Metrics().QuotaClearBudget(res.a.QuotaApp(), b, left[b])
 	}
 	return left
 }
@@ -418,8 +462,25 @@ func (res *rescue) record(change func(*kv.Rescue)) {
 		return true
 	})
 	if err != nil {
-		res.a.Log().Warn("the rescue of the spent quota is not recorded in the ledger", "appid", res.a.Key, "error", err)
+		res.log().Warn("the rescue of the spent quota is not recorded in the ledger", "error", err)
 	}
+}
+
+// log is the refresher's logger, with the credential and the path, and
+// the app whose quota it is when that is another (a platform's, for an
+// authorizer's token): its ledger and metrics hold the rescue.
+func (res *rescue) log() *slog.Logger {
+	log := res.a.Log().With("appid", res.a.Key, "cgi_path", res.path)
+	if app, own := res.a.QuotaApp(), keyApp(res.a.Key); app != own {
+		log = log.With("quota_app", app)
+	}
+	return log
+}
+
+// keyApp is the app of the credential key.
+func keyApp(key string) string {
+	appid, _ := kv.SplitKey(key)
+	return appid
 }
 
 // expiry is when the value held expires, for the log.

@@ -7,7 +7,8 @@
 // third-party platform's token, its verify ticket and push), authorizer.go
 // (an authorizer's token and its refresh token). rescue.go resets a spent
 // daily quota for the fetches of token.go, stable.go and ticket.go, as
-// their FailureHook. A new kind is a new file here: the loop does not
+// their FailureHook; platformrescue.go, with a platform's own resets, for
+// those of component.go and authorizer.go. A new kind is a new file here: the loop does not
 // change.
 package source
 

@@ -22,7 +22,7 @@ const (
 )
 
 // ClearCodes are the answers of quota/clear, clear_quota and
-// clear_quota/v2; a token refused is ClassToken (DecodeJSON).
+// clear_quota/v2, and of a platform's component forms of the last two; a token refused is ClassToken (DecodeJSON).
 var ClearCodes = Codes{
 	-1:                   {ClassRetry, "WeChat is busy"},
 	CodeResetsSpent:      {ClassQuota, "this month's quota resets are spent (the console's count too)"},
@@ -34,6 +34,7 @@ var ClearCodes = Codes{
 	41004:                {ClassConfig, "the appsecret is missing"},
 	40125:                {ClassConfig, "the AppSecret is wrong"},
 	40164:                {ClassConfig, "this server's IP address is not on the app's whitelist"},
+	61011:                {ClassConfig, "the component appid is not a platform's"},
 }
 
 // ClearPath resets the day's count of one API path of the token's account:
@@ -58,6 +59,23 @@ func (u *Client) ClearQuota(ctx context.Context, token, appid string) error {
 func (u *Client) ClearQuotaBySecret(ctx context.Context, appid string, secret Secret) error {
 	body, _ := json.Marshal(map[string]string{"appid": appid, "appsecret": secret.Reveal()})
 	return u.clear(ctx, "cgi-bin/clear_quota/v2", nil, body, secret.Reveal())
+}
+
+// ClearComponentQuota resets the day's counts of every API of platform
+// componentAppID with its component token: POST
+// /cgi-bin/component/clear_quota {"component_appid"}, from the platform
+// account's 10 a month.
+func (u *Client) ClearComponentQuota(ctx context.Context, token, componentAppID string) error {
+	body, _ := json.Marshal(map[string]string{"component_appid": componentAppID})
+	return u.clear(ctx, "cgi-bin/component/clear_quota", url.Values{"component_access_token": {token}}, body, token)
+}
+
+// ClearComponentQuotaBySecret resets them as ClearComponentQuota does,
+// with the platform's secret and no token: POST
+// /cgi-bin/component/clear_quota/v2 {"component_appid", "appsecret"}.
+func (u *Client) ClearComponentQuotaBySecret(ctx context.Context, componentAppID string, secret Secret) error {
+	body, _ := json.Marshal(map[string]string{"component_appid": componentAppID, "appsecret": secret.Reveal()})
+	return u.clear(ctx, "cgi-bin/component/clear_quota/v2", nil, body, secret.Reveal())
 }
 
 // clear makes one reset and returns WeChat's refusal, if any, as an
