@@ -33,6 +33,11 @@ type Ledger struct {
 	Calls      map[string]int `json:"calls"`
 	Month      string         `json:"month"`
 	MonthCalls map[string]int `json:"month_calls"`
+	// Late is the calls of Day counted in its last DayEndSlack, by API;
+	// Straddling the day before's Late. WeChat dates a call when it
+	// arrives, so these may be counted by it on the next day.
+	Late       map[string]int `json:"late,omitempty"`
+	Straddling map[string]int `json:"straddling,omitempty"`
 	// LastEnding is when the refresher last made a call that ends the
 	// app's token held (a /cgi-bin/token fetch, a forced stable_token):
 	// a token fetched before it is the refresher's own to have ended.
@@ -74,13 +79,23 @@ func (l *Ledger) Count(api string, now time.Time, ends bool) {
 	}
 	china := now.In(chinaTime)
 	if day := china.Format(time.DateOnly); day > l.Day || l.Calls == nil {
-		l.Day, l.Calls = day, map[string]int{}
+		l.Straddling = nil
+		if l.Day == china.AddDate(0, 0, -1).Format(time.DateOnly) {
+			l.Straddling = l.Late
+		}
+		l.Day, l.Calls, l.Late = day, map[string]int{}, nil
 	}
 	if month := china.Format("2006-01"); month > l.Month || l.MonthCalls == nil {
 		l.Month, l.MonthCalls = month, map[string]int{}
 	}
 	if china.Format(time.DateOnly) == l.Day {
 		l.Calls[api]++
+		if midnight := time.Date(china.Year(), china.Month(), china.Day()+1, 0, 0, 0, 0, chinaTime); midnight.Sub(china) <= DayEndSlack {
+			if l.Late == nil {
+				l.Late = map[string]int{}
+			}
+			l.Late[api]++
+		}
 	}
 	if china.Format("2006-01") == l.Month {
 		l.MonthCalls[api]++
@@ -94,6 +109,25 @@ func (l *Ledger) Count(api string, now time.Time, ends bool) {
 		l.LastEndingCalls = 1
 	}
 	l.LastEnding = now.UTC()
+}
+
+// DayEndSlack is how close to China midnight a call counted before it
+// may reach WeChat after it (the call's own time, clocks apart), to be
+// counted by WeChat on the next day.
+const DayEndSlack = 10 * time.Second
+
+// Straddled returns the calls, by API, that the ledger counted on the day
+// before day in its last DayEndSlack, which WeChat may count on day.
+func (l Ledger) Straddled(day string) map[string]int {
+	switch {
+	case l.Day == day:
+		return l.Straddling
+	case l.Day != "" && l.Day < day:
+		if d, err := time.ParseInLocation(time.DateOnly, day, chinaTime); err == nil && d.AddDate(0, 0, -1).Format(time.DateOnly) == l.Day {
+			return l.Late
+		}
+	}
+	return nil
 }
 
 // Ours reports whether a token fetched at fetchedAt (a record's
@@ -131,7 +165,7 @@ func (l Ledger) validate() error {
 	if l.LastEndingCalls < 0 {
 		return fmt.Errorf("%w: ledger: last_ending_calls %d is negative", ErrInvalidRecord, l.LastEndingCalls)
 	}
-	for _, calls := range []map[string]int{l.Calls, l.MonthCalls} {
+	for _, calls := range []map[string]int{l.Calls, l.MonthCalls, l.Late, l.Straddling} {
 		for api, n := range calls {
 			if !ledgerAPI.MatchString(api) || n < 0 {
 				return fmt.Errorf("%w: ledger: %.70q: %d calls", ErrInvalidRecord, api, n)
@@ -176,6 +210,7 @@ func DecodeLedger(appid string, data []byte) (Ledger, error) {
 // Clone returns a copy of l that shares nothing with it.
 func (l Ledger) Clone() Ledger {
 	l.Calls, l.MonthCalls = maps.Clone(l.Calls), maps.Clone(l.MonthCalls)
+	l.Late, l.Straddling = maps.Clone(l.Late), maps.Clone(l.Straddling)
 	if l.Elsewhere != nil {
 		e := *l.Elsewhere
 		l.Elsewhere = &e

@@ -125,3 +125,35 @@ func TestALedgerTooLargeForTheBucketIsRefused(t *testing.T) {
 		t.Errorf("a ledger over MaxRecordSize encoded: %v", err)
 	}
 }
+
+// TestCallsAtTheEndOfTheDayMayBeWeChatsNextDays: a call counted in the
+// last seconds before China midnight may reach WeChat after it; the
+// ledger says so for the next day, whether or not a call was counted on
+// it yet, and no longer the day after.
+func TestCallsAtTheEndOfTheDayMayBeWeChatsNextDays(t *testing.T) {
+	midnight := time.Date(2026, 12, 7, 16, 0, 0, 0, time.UTC) // 00:00 on the 8th in China
+	l := Ledger{AppID: "wx1234567890abcdef"}
+	l.Count("token", midnight.Add(-time.Minute), true)   // not late
+	l.Count("token", midnight.Add(-5*time.Second), true) // late
+	if got := l.Straddled("2026-12-08")["token"]; got != 1 {
+		t.Errorf("before any call of the 8th: %d of the 7th's calls may be WeChat's 8th's, want 1", got)
+	}
+	if got := l.Straddled("2026-12-07")["token"]; got != 0 {
+		t.Errorf("the 7th's own late calls straddle into the 7th: %d", got)
+	}
+	l.Count("token", midnight.Add(time.Hour), true)
+	if got := l.Straddled("2026-12-08")["token"]; got != 1 || l.Calls["token"] != 1 {
+		t.Errorf("after a call of the 8th: straddled %d, the 8th's calls %d; want 1 and 1", got, l.Calls["token"])
+	}
+	data, err := EncodeLedger(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back, err := DecodeLedger(l.AppID, data); err != nil || back.Straddled("2026-12-08")["token"] != 1 {
+		t.Errorf("round trip: %+v, %v", back, err)
+	}
+	l.Count("token", midnight.Add(25*time.Hour), true)
+	if got := l.Straddled("2026-12-09")["token"]; got != 0 {
+		t.Errorf("the 7th's late calls still straddle into the 9th: %d", got)
+	}
+}

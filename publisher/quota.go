@@ -401,7 +401,10 @@ func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstre
 		if t.issuing[path] {
 			// Another path's calls are the agents' proxies' too, which
 			// the ledger does not count: its count is shown, not judged.
-			reading.Others = othersOf(reading.Used, reading.Ours)
+			// Calls made in the last seconds of yesterday may be WeChat's
+			// today: they are not taken for another party's.
+			straddled := int64(ledger.Calls(l.Straddled(day), path))
+			reading.Others = othersOf(reading.Used, reading.Ours+straddled)
 		}
 		before := int64(0)
 		if last, ok := l.Quota[path]; ok && chinaDay(last.At) == day {
