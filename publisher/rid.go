@@ -48,6 +48,7 @@ const (
 	ridNoToken    = "no_token"    // no valid token held to ask with
 	ridNotLeading = "not_leading" // the term ended first
 	ridDropped    = "dropped"     // the queue was full
+	ridSkipped    = "skipped"     // an agent's, of a kind looked up less than agentRidEvery ago
 )
 
 // ridCodes are rid/get's errcodes.
@@ -89,16 +90,17 @@ type ridLookups struct {
 	leading func() bool
 	counts  *prometheus.CounterVec // result
 
-	mu     sync.Mutex
-	byRid  map[string]*ridEntry
-	recent *list.List     // the entries, most recently asked for first
-	own    chan *ridEntry // the refresher's own failures: looked up first
-	agents chan *ridEntry
+	mu      sync.Mutex
+	sampled map[ridKind]time.Time // the agents' rids: when each kind was last looked up
+	byRid   map[string]*ridEntry
+	recent  *list.List     // the entries, most recently asked for first
+	own     chan *ridEntry // the refresher's own failures: looked up first
+	agents  chan *ridEntry
 }
 
 func newRidLookups(reg prometheus.Registerer, nc *nats.Conn, wechat *upstream.Client, cfg Config, leading func() bool) *ridLookups {
 	l := &ridLookups{wechat: wechat, nc: nc, subject: kv.Subjects{Prefix: cfg.SubjectPrefix}.Usage(), log: cfg.Logger,
-		now: cfg.Clock.now, leading: leading, byRid: map[string]*ridEntry{}, recent: list.New(),
+		now: cfg.Clock.now, leading: leading, byRid: map[string]*ridEntry{}, sampled: map[ridKind]time.Time{}, recent: list.New(),
 		own: make(chan *ridEntry, 64), agents: make(chan *ridEntry, ridQueue),
 		counts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_rid_lookups_total",
@@ -141,10 +143,43 @@ func (l *ridLookups) reported(msg *nats.Msg) {
 		return
 	}
 	for _, seen := range r.Rids {
-		if wechaterr.RidWorthLooking(seen.ErrCode) {
+		if wechaterr.RidWorthLooking(seen.ErrCode) && l.sample(seen) {
 			l.ask(seen, r.Agent, "")
 		}
 	}
+}
+
+// agentRidEvery is how often a refusal of the same app, path and errcode
+// that the agents report is looked up: one tells who made such calls, and
+// an API at its limit answers 45009 with a new rid to every call.
+const agentRidEvery = 5 * time.Minute
+
+// ridKind is what the agents' rids are sampled by.
+type ridKind struct {
+	appid, path string
+	errcode     int
+}
+
+// sample says whether seen is the first of its kind in agentRidEvery,
+// counting it skipped if not.
+func (l *ridLookups) sample(seen kv.RidSeen) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	k := ridKind{seen.AppID, seen.Path, seen.ErrCode}
+	if last, ok := l.sampled[k]; ok && now.Sub(last) < agentRidEvery {
+		l.counts.WithLabelValues(ridSkipped).Inc()
+		return false
+	}
+	if len(l.sampled) >= ridsCached {
+		for k, last := range l.sampled {
+			if now.Sub(last) >= agentRidEvery {
+				delete(l.sampled, k)
+			}
+		}
+	}
+	l.sampled[k] = now
+	return true
 }
 
 // detail is the loop's FailureDetail: for a failure event whose errmsg

@@ -103,8 +103,16 @@ func TestARidReportedThriceIsLookedUpOnceAndNotByAStandby(t *testing.T) {
 	}
 
 	fake.SetQuotaLimit(app, fakewechat.PathSendMessage, 0)
-	refusal := func() kv.RidSeen {
-		resp, err := http.Post(wechat+fakewechat.PathSendMessage+"?"+url.Values{"access_token": {token}}.Encode(), "application/json", strings.NewReader(`{}`))
+	fake.SetQuotaLimit(app, fakewechat.PathUserList, 0)
+	refusal := func(path string) kv.RidSeen {
+		query := "?" + url.Values{"access_token": {token}}.Encode()
+		var resp *http.Response
+		var err error
+		if path == fakewechat.PathSendMessage {
+			resp, err = http.Post(wechat+path+query, "application/json", strings.NewReader(`{}`))
+		} else {
+			resp, err = http.Get(wechat + path + query)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +124,7 @@ func TestARidReportedThriceIsLookedUpOnceAndNotByAStandby(t *testing.T) {
 		if answer.ErrCode != 45009 || !ok {
 			t.Fatalf("the fake answered %s, want a 45009 with a rid", data)
 		}
-		return kv.RidSeen{AppID: app, Path: fakewechat.PathSendMessage, ErrCode: 45009, Rid: rid, At: time.Now().UTC()}
+		return kv.RidSeen{AppID: app, Path: path, ErrCode: 45009, Rid: rid, At: time.Now().UTC()}
 	}
 	report := func(seen kv.RidSeen) {
 		data, _ := json.Marshal(kv.UsageReport{Agent: "host/1", At: time.Now().UTC(), Rids: []kv.RidSeen{seen},
@@ -125,14 +133,17 @@ func TestARidReportedThriceIsLookedUpOnceAndNotByAStandby(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	first, second := refusal(), refusal()
+	// An API at its limit answers every call 45009 with a new rid: one
+	// of a kind (app, path, errcode) is looked up in five minutes.
+	first, sameKind, second := refusal(fakewechat.PathSendMessage), refusal(fakewechat.PathSendMessage), refusal(fakewechat.PathUserList)
 	for range 3 {
 		report(first)
 	}
-	report(second) // reports are taken in order: once this one is looked up, the three were taken
+	report(sameKind)
+	report(second) // reports are taken in order: once this one is looked up, those before were taken
 	for _, seen := range []kv.RidSeen{first, second} {
 		if err := leader.logs.await(ctx, `^WeChat refused a call an agent forwarded.* appid=`+app+` rid=`+seen.Rid+` errcode=45009 path=`+
-			regexp.QuoteMeta(fakewechat.PathSendMessage)+` agent=host/1 invoke_time=\S+ client_ip=127\.0\.0\.1 cost_in_ms=\d+`); err != nil {
+			regexp.QuoteMeta(seen.Path)+` agent=host/1 invoke_time=\S+ client_ip=127\.0\.0\.1 cost_in_ms=\d+`); err != nil {
 			t.Fatalf("no WARN line of the lookup of %s: %v", seen.Rid, err)
 		}
 	}
@@ -152,6 +163,12 @@ func TestARidReportedThriceIsLookedUpOnceAndNotByAStandby(t *testing.T) {
 	}
 	if n := ridLookupsOf(t, leader.reg, ridFound); n != 2 {
 		t.Errorf("the leader's wxtoken_rid_lookups_total{result=found} = %v, want 2", n)
+	}
+	if n := ridLookupsOf(t, leader.reg, ridSkipped); n != 3 {
+		t.Errorf("the leader's wxtoken_rid_lookups_total{result=skipped} = %v, want 3 (first's two repeats, and a rid of its kind)", n)
+	}
+	if leader.logs.has("rid=" + sameKind.Rid) {
+		t.Error("a rid of a kind looked up a moment before was looked up")
 	}
 	for _, result := range []string{ridFound, ridRefused, ridFailed, ridNoToken, ridNotLeading, ridDropped} {
 		if n := ridLookupsOf(t, standby.reg, result); n != 0 {
