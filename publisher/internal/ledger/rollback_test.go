@@ -134,3 +134,35 @@ func stored(ctx context.Context, t *testing.T, b jetstream.KeyValue, appid strin
 	}
 	return l
 }
+
+// gets counts the reads of a real bucket.
+type gets struct {
+	jetstream.KeyValue
+	n int
+}
+
+func (g *gets) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	g.n++
+	return g.KeyValue.Get(ctx, key)
+}
+
+// TestACountIsOneRoundTrip: the book reads an app's ledger once, then
+// counts each call with one write and no read, though it keeps the ledger
+// as JSON.
+func TestACountIsOneRoundTrip(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b := &gets{KeyValue: tokenBucket(t)}
+	book := New()
+	for range 5 {
+		if err := book.Count(ctx, b, app, "token", time.Now(), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.n != 1 {
+		t.Errorf("5 counts read the bucket %d times, want once (the first)", b.n)
+	}
+	if got := stored(ctx, t, b, app); got.Calls["token"] != 5 {
+		t.Errorf("counted %d, want 5", got.Calls["token"])
+	}
+}
