@@ -97,27 +97,9 @@ func (p *quotaPoller) listen(nc *nats.Conn, subject string) (stop func(), err er
 	return func() { _ = sub.Unsubscribe() }, nil
 }
 
-// target is one app whose quota is asked about, with its own token: the
-// paths its credentials are fetched from, and the apps whose ledgers
-// count calls to each (an authorizer's token is fetched with its
-// platform's component token, and counts at WeChat against the platform).
-type target struct {
-	appid    string
-	counters map[string][]string // path → appids whose ledgers count calls to it
-	issuing  map[string]bool     // paths that issue the app's credentials
-}
-
 // targets are the apps to ask about, in a stable order.
 func (p *quotaPoller) targets() []*target {
-	byApp := map[string]*target{}
-	get := func(appid string) *target {
-		t := byApp[appid]
-		if t == nil {
-			t = &target{appid: appid, counters: map[string][]string{}, issuing: map[string]bool{}}
-			byApp[appid] = t
-		}
-		return t
-	}
+	set := targetSet{}
 	p.r.creds.Each(func(v loop.Value) {
 		path := ledger.Path(v.API)
 		if path == "" {
@@ -128,31 +110,19 @@ func (p *quotaPoller) targets() []*target {
 		if v.Parent != "" {
 			owner, _ = kv.SplitKey(v.Parent) // fetched with its parent's token: counted against its owner
 		}
-		t := get(owner)
-		t.issuing[path] = true
-		if !contains(t.counters[path], appid) {
-			t.counters[path] = append(t.counters[path], appid)
-		}
+		set.issuing(owner, appid, path)
 	})
 	p.mu.Lock()
 	for appid, paths := range p.reported {
 		if !p.r.creds.Has(appid) {
 			continue // not an app of this refresher's: no token to ask with
 		}
-		t := get(appid)
 		for path := range paths {
-			if len(t.counters[path]) == 0 {
-				t.counters[path] = []string{appid}
-			}
+			set.reported(appid, path)
 		}
 	}
 	p.mu.Unlock()
-	list := make([]*target, 0, len(byApp))
-	for _, t := range byApp {
-		list = append(list, t)
-	}
-	sort.Slice(list, func(i, j int) bool { return list[i].appid < list[j].appid })
-	return list
+	return set.list()
 }
 
 // forgetAllBut forgets what was asked about apps no longer in list (a
@@ -252,7 +222,7 @@ func (p *quotaPoller) showLast(ctx context.Context, list []*target) {
 			continue
 		}
 		for path, q := range l.Quota {
-			if _, asked := t.counters[path]; asked && chinaDay(q.At) == today {
+			if t.of(path) != nil && chinaDay(q.At) == today {
 				p.r.metrics.QuotaReading(t.appid, path, q)
 			}
 		}
@@ -276,12 +246,8 @@ func (p *quotaPoller) wait(ctx context.Context, d time.Duration) bool {
 // was, noToken that t's token is not held yet to ask with, ok false once
 // the term ended (ctx did).
 func (p *quotaPoller) ask(ctx context.Context, t *target) (asked, noToken, ok bool) {
-	paths := make([]string, 0, len(t.counters))
-	for path := range t.counters {
-		paths = append(paths, path)
-	}
-	sort.Strings(paths)
-	for _, path := range paths {
+	for _, tp := range t.paths {
+		path := tp.path
 		if !p.due(ctx, t, path) {
 			continue
 		}
@@ -310,7 +276,7 @@ func (p *quotaPoller) due(ctx context.Context, t *target, path string) bool {
 	now := p.r.cfg.Clock.now()
 	k := pathKey{t.appid, path}
 	every := p.every
-	if !t.issuing[path] {
+	if !t.issues(path) {
 		every = max(every, agentPathEvery)
 	}
 	p.mu.Lock()
@@ -380,7 +346,7 @@ func (p *quotaPoller) askPath(ctx context.Context, t *target, path string) error
 func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstream.Quota, now time.Time) error {
 	day := chinaDay(now)
 	var oursElsewhere int64 // counted in the ledgers of other apps (a platform's authorizers)
-	for _, appid := range t.counters[path] {
+	for _, appid := range t.counters(path) {
 		if appid == t.appid {
 			continue
 		}
@@ -398,7 +364,7 @@ func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstre
 		if l.Day == day {
 			reading.Ours += int64(ledger.Calls(l.Calls, path))
 		}
-		if t.issuing[path] {
+		if t.issues(path) {
 			// Another path's calls are the agents' proxies' too, which
 			// the ledger does not count: its count is shown, not judged.
 			// Calls made in the last seconds of yesterday may be WeChat's
@@ -415,7 +381,7 @@ func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstre
 			l.Quota = map[string]kv.QuotaReading{}
 		}
 		l.Quota[path] = reading
-		keepReadings(l.Quota, t.issuing)
+		keepReadings(l.Quota, t.issues)
 		if growth > 0 {
 			f := kv.ForeignFetch{At: now.UTC(), Path: path, Others: reading.Others, Count: 1}
 			if l.Foreign != nil {
@@ -448,10 +414,10 @@ const maxAgentReadings = 40
 
 // keepReadings drops from readings the oldest of the paths that issue
 // none of the app's credentials, past maxAgentReadings.
-func keepReadings(readings map[string]kv.QuotaReading, issuing map[string]bool) {
+func keepReadings(readings map[string]kv.QuotaReading, issuing func(path string) bool) {
 	var others []string
 	for path := range readings {
-		if !issuing[path] {
+		if !issuing(path) {
 			others = append(others, path)
 		}
 	}
@@ -484,7 +450,7 @@ func (p *quotaPoller) foreign(t *target, path string, reading kv.QuotaReading, g
 		p.r.log.Warn("failure event not published", "appid", t.appid, "error", err)
 	}
 	check, ends := endsHeld[path]
-	if !ends || !t.issuing[path] {
+	if !ends || !t.issues(path) {
 		return
 	}
 	if !p.r.creds.Rotate(t.appid, check, kv.ReasonRequested) {

@@ -598,7 +598,7 @@ func TestReadingsOfAgentsPathsAreBounded(t *testing.T) {
 	l.Quota["/cgi-bin/token"] = kv.QuotaReading{At: at.Add(-time.Hour), DailyLimit: 2000, Used: 1}
 	for i := range 200 {
 		l.Quota[fmt.Sprintf("/cgi-bin/api/number/%03d", i)] = kv.QuotaReading{At: at.Add(time.Duration(i) * time.Second), DailyLimit: 100000, Used: 123456, Remain: 1}
-		keepReadings(l.Quota, issuing)
+		keepReadings(l.Quota, func(path string) bool { return issuing[path] })
 	}
 	if _, err := kv.EncodeLedger(l); err != nil {
 		t.Fatalf("the ledger with the readings kept: %v", err)

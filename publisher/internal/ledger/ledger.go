@@ -6,6 +6,7 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -29,7 +30,9 @@ const attempts = 20
 // Book writes the ledgers of a token bucket with compare-and-swap. It
 // remembers the last ledger it read or wrote of each app with its
 // revision, so that a count costs one round trip to the bucket unless
-// another writer counted meanwhile.
+// another writer counted meanwhile. It remembers it as JSON (about 500
+// bytes), decoded only to be changed: a replica holds one page per app,
+// 10,000 of them and more (BenchmarkBookMemory).
 type Book struct {
 	mu    sync.Mutex
 	pages map[string]*page // by appid
@@ -40,14 +43,22 @@ type page struct {
 	mu     sync.Mutex // one change of the app's ledger at a time
 	bucket jetstream.KeyValue
 	rev    uint64 // 0: not known; read before writing
-	l      kv.Ledger
-	// high is the most this replica has seen the ledger count, today and
+	// known is the ledger as this replica last knew it, as JSON: the one
+	// it last wrote, or last read, raised by what it knew before. It is
+	// also the most this replica has seen the ledger count, today and
 	// this month, and its latest call that ends the token: a ledger read
 	// with less (restored from a backup with the token, or written again
 	// from scratch) has it added back (see kv.Ledger.Raise), so that a
 	// rollback neither frees a spent monthly budget nor makes a token the
-	// refresher ended look ended by another party.
-	high kv.Ledger
+	// refresher ended look ended by another party. Each read raises what
+	// it reads by known and each write writes known changed, so the two
+	// are one: nothing else is kept. nil with over nil: nothing known yet.
+	known []byte
+	// over is the ledger known when it does not encode: an empty one (a
+	// key missing or unreadable, and nothing known before), or one raised
+	// past the size of a value of the bucket, whose next change must
+	// shrink it to be written.
+	over *kv.Ledger
 }
 
 // New returns an empty book.
@@ -70,10 +81,10 @@ func (bk *Book) Read(ctx context.Context, b jetstream.KeyValue, appid string) (l
 	defer p.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, bucket.Timeout)
 	defer cancel()
-	if err := p.read(ctx, b, appid); err != nil {
+	if l, err = p.read(ctx, b, appid); err != nil {
 		return kv.Ledger{}, false, err
 	}
-	return p.l, p.rev != 0 && p.l.Day != "", nil
+	return l, p.rev != 0 && l.Day != "", nil
 }
 
 // Update applies change to appid's ledger in b and writes it, with
@@ -89,12 +100,10 @@ func (bk *Book) Update(ctx context.Context, b jetstream.KeyValue, appid string, 
 		p.bucket, p.rev = b, 0 // another bucket (a repaired one): read it first
 	}
 	for attempt := 1; ; attempt++ {
-		if p.rev == 0 {
-			if err := p.read(ctx, b, appid); err != nil {
-				return err
-			}
+		l, err := p.current(ctx, b, appid)
+		if err != nil {
+			return err
 		}
-		l := p.l.Clone()
 		if !change(&l) {
 			return nil
 		}
@@ -102,15 +111,10 @@ func (bk *Book) Update(ctx context.Context, b jetstream.KeyValue, appid string, 
 		if err != nil {
 			return err
 		}
-		var rev uint64
-		if p.rev == 0 || p.l.Day == "" {
-			rev, err = create(ctx, b, kv.LedgerKey(appid), data, p.rev)
-		} else {
-			rev, err = b.Update(ctx, kv.LedgerKey(appid), data, p.rev)
-		}
+		rev, err := write(ctx, b, kv.LedgerKey(appid), data, p.rev)
 		switch {
 		case err == nil:
-			p.l, p.rev, p.high = l, rev, l.Clone()
+			p.rev, p.known, p.over = rev, data, nil
 			return nil
 		case bucket.IsConflict(err) && attempt < attempts:
 			p.rev = 0 // another writer counted: read, and count again
@@ -124,9 +128,9 @@ func (bk *Book) Update(ctx context.Context, b jetstream.KeyValue, appid string, 
 	}
 }
 
-// create writes a first ledger: over rev, a key whose ledger could not be
-// read (deleted, or undecodable), else a new key.
-func create(ctx context.Context, b jetstream.KeyValue, key string, data []byte, rev uint64) (uint64, error) {
+// write writes data under key over rev: a key whose ledger was read (or
+// could not be decoded, or was deleted), or, at rev 0, a new key.
+func write(ctx context.Context, b jetstream.KeyValue, key string, data []byte, rev uint64) (uint64, error) {
 	if rev != 0 {
 		return b.Update(ctx, key, data, rev)
 	}
@@ -144,37 +148,77 @@ func (bk *Book) page(appid string) *page {
 	return p
 }
 
-// read reads appid's ledger from b into p. A key missing leaves p's
-// ledger empty at revision 0 (created by the next write); one that cannot
-// be decoded leaves it empty at the key's revision (written over), so that
-// counting starts again, from Since on.
-func (p *page) read(ctx context.Context, b jetstream.KeyValue, appid string) error {
-	p.bucket, p.rev, p.l = b, 0, kv.Ledger{AppID: appid}
-	e, err := b.Get(ctx, kv.LedgerKey(appid))
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		p.raise()
-		return nil
-	case err != nil:
-		return fmt.Errorf("publisher: cannot read the ledger of %s: %w", appid, err)
+// current returns appid's ledger to change: the one p knows at its
+// revision, or, when p knows no revision, b's, read first.
+func (p *page) current(ctx context.Context, b jetstream.KeyValue, appid string) (kv.Ledger, error) {
+	if p.rev != 0 {
+		if l, ok := p.ledger(appid); ok {
+			return l, nil
+		}
 	}
-	p.rev = e.Revision()
-	if l, err := kv.DecodeLedger(appid, e.Value()); err == nil {
-		p.l = l
-	}
-	p.raise()
-	return nil
+	return p.read(ctx, b, appid)
 }
 
-// raise adds back to p's ledger what it lost of the most this replica saw
-// (a restore rolled it back), and remembers the most.
-func (p *page) raise() {
-	if p.high.AppID == "" {
-		p.high = p.l.Clone()
-		return
+// ledger decodes the ledger p knows, a copy of its own to change; an
+// empty one when p knows none. ok is false only when known does not
+// decode, which known, made by EncodeLedger or accepted by DecodeLedger,
+// always does: p then forgets it, and the bucket's copy is read again.
+func (p *page) ledger(appid string) (l kv.Ledger, ok bool) {
+	switch {
+	case p.over != nil:
+		return p.over.Clone(), true
+	case p.known == nil:
+		return kv.Ledger{AppID: appid}, true
 	}
-	p.l.Raise(p.high)
-	p.high = p.l.Clone()
+	l, err := kv.DecodeLedger(appid, p.known)
+	if err != nil {
+		p.known, p.rev = nil, 0
+		return kv.Ledger{AppID: appid}, false
+	}
+	return l, true
+}
+
+// read reads appid's ledger from b, raises it by what p knew, and
+// returns it; p knows it from then on. A key missing gives an empty
+// ledger at revision 0 (created by the next write); one that cannot be
+// decoded gives an empty one at the key's revision (written over), so
+// that counting starts again, from Since on.
+func (p *page) read(ctx context.Context, b jetstream.KeyValue, appid string) (kv.Ledger, error) {
+	knew := p.known != nil || p.over != nil
+	high, _ := p.ledger(appid) // the most this replica saw
+	p.bucket, p.rev = b, 0
+	e, err := b.Get(ctx, kv.LedgerKey(appid))
+	l, data := kv.Ledger{AppID: appid}, []byte(nil)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return kv.Ledger{}, fmt.Errorf("publisher: cannot read the ledger of %s: %w", appid, err)
+	default:
+		p.rev = e.Revision()
+		if read, err := kv.DecodeLedger(appid, e.Value()); err == nil {
+			l, data = read, bytes.Clone(e.Value())
+		}
+	}
+	if knew {
+		l.Raise(high) // a rollback: add back what it lost
+		data = nil    // encoded again, raised
+	}
+	p.keep(l, data)
+	return l, nil
+}
+
+// keep makes l, whose JSON is data (nil: to be encoded), the ledger p
+// knows.
+func (p *page) keep(l kv.Ledger, data []byte) {
+	if data == nil {
+		var err error
+		if data, err = kv.EncodeLedger(l); err != nil {
+			c := l.Clone() // the caller changes l's maps
+			p.known, p.over = nil, &c
+			return
+		}
+	}
+	p.known, p.over = data, nil
 }
 
 // partWriters waits a random while, up to a millisecond per race lost so
