@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,11 +103,10 @@ func TestQuotaRescueDurableAcrossLeaderSIGKILL(t *testing.T) {
 	}
 	one.cmd.Process.Signal(syscall.SIGKILL)
 
-	ev = awaitRescue(t, ctx, events)
-	if ev.Rescue != "again" {
-		t.Fatalf("the next leader's rescue event %+v, want the reset refused as made today already", ev)
-	}
-	two.waitOutput(t, ctx, "not rescued: a rescue of it was tried once today already")
+	// The next leader learns from the ledger that the path was reset
+	// today: it fetches once more a minute later (the reset may have come
+	// after WeChat's answer), and resets nothing.
+	two.waitOutput(t, ctx, "a rescue of it was tried today for another credential that spends it too, or is under way: fetching again in 1m0s, once")
 	if n := fake.ClearsThisMonth(appA, fakewechat.ClearAPI); n != 1 {
 		t.Errorf("WeChat saw %d quota/clear resets, want 1", n)
 	}
@@ -119,8 +119,8 @@ func TestQuotaRescueDurableAcrossLeaderSIGKILL(t *testing.T) {
 	}
 
 	out, errOut, code := runWxtoken(t, []string{"NATS_URL=" + srv.ClientURL()}, "status")
-	want := "/cgi-bin/token  again    -      1        quota_clear 1/50, clear_quota 0/10"
-	if code != 0 || !strings.Contains(out, "spent quotas") || !strings.Contains(out, want) {
+	want := regexp.MustCompile(`/cgi-bin/token\s+rescued\s+quota_clear\s+1\s+quota_clear 1/50, clear_quota 0/10`)
+	if code != 0 || !strings.Contains(out, "spent quotas") || !want.MatchString(out) {
 		t.Errorf("status (exit %d) does not show the rescue as %q:\n%s%s", code, want, out, errOut)
 	}
 }
@@ -147,7 +147,6 @@ func TestQuotaRescueMonthBudgetAcrossReplicaDeaths(t *testing.T) {
 	env := []string{"NATS_URL=" + srv.ClientURL(), "WECHAT_BASE_URL=" + url, "WXTOKEN_APPS=" + appsFile, "SECRET_A=secret-of-a",
 		"WXTOKEN_LEASE_TTL=2s", "WXTOKEN_UPSTREAM_TIMEOUT=1s", fmt.Sprintf("WXTOKEN_QUOTA_CLEAR_RESERVE=%d", 10-budget)}
 	nc := testenv.Connect(t, srv.ClientURL())
-	events := rescueEvents(t, nc, appA)
 
 	replicas := map[string]*process{}
 	start := func(name string) {
@@ -159,11 +158,14 @@ func TestQuotaRescueMonthBudgetAcrossReplicaDeaths(t *testing.T) {
 	start("r2")
 	start("r3")
 	holder := ""
-	outcomes := map[string]int{}
+	verdicts := map[string]int{}
 	for round := range 4 {
-		ev := awaitRescue(t, ctx, events)
-		outcomes[ev.Rescue]++
+		// Each leader, in turn, decides on a spent quota: rescued, not
+		// rescued (budget at the reserve, or reset today already), or
+		// once more a minute later (a reset made today by a replica
+		// killed since), and is killed.
 		holder = latestHolder(t, ctx, leases, holder, func(name string) bool { return replicas[name] != nil })
+		verdicts[replicas[holder].waitOutputAny(t, ctx, "quota rescued", "not rescued", "fetching again in 1m0s, once")]++
 		replicas[holder].cmd.Process.Signal(syscall.SIGKILL)
 		delete(replicas, holder)
 		start(fmt.Sprintf("r%d", 4+round))
@@ -174,12 +176,14 @@ func TestQuotaRescueMonthBudgetAcrossReplicaDeaths(t *testing.T) {
 	n := fake.ClearsThisMonth(appA, fakewechat.ClearAccount)
 	l := ledgerOf(t, ctx, testenv.Bucket(t, ctx, nc), appA)
 	spent := l.MonthCalls["clear_quota"] + l.MonthCalls["clear_quota_v2"]
-	t.Logf("rescue outcomes %v; account resets: WeChat %d, ledger %d", outcomes, n, spent)
-	if n != budget || spent != budget || outcomes["rescued"] != 1 {
-		t.Errorf("WeChat saw %d account resets, the ledger counts %d, %d rescued: want the budget, %d, spent once", n, spent, outcomes["rescued"], budget)
+	t.Logf("the leaders' verdicts %v; account resets: WeChat %d, ledger %d", verdicts, n, spent)
+	// A leader killed right after its reset may not have recorded the
+	// rescue itself; the reset was counted before it went.
+	if n != budget || spent != budget || verdicts["quota rescued"] > budget {
+		t.Errorf("WeChat saw %d account resets, the ledger counts %d, %d leaders said they rescued: want the budget, %d, spent once", n, spent, verdicts["quota rescued"], budget)
 	}
-	if outcomes["reserve"]+outcomes["again"] == 0 {
-		t.Errorf("outcomes %v: want the rescues after the budget refused", outcomes)
+	if verdicts["not rescued"]+verdicts["fetching again in 1m0s, once"] == 0 {
+		t.Errorf("verdicts %v: want the spent quotas after the budget's reset not rescued", verdicts)
 	}
 }
 
