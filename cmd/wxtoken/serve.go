@@ -117,14 +117,14 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Duration(&f.cfg.QuotaEvery, "quota-every", "WXTOKEN_QUOTA_EVERY", publisher.DefaultQuotaEvery,
 		"as leader, ask WeChat's quota/get this often how many calls to each app's token paths were made today\n(0: off), to see another party's fetches; the agents' paths at most once an hour")
 	c.Bool(&f.quotaRescue, "quota-rescue", "WXTOKEN_QUOTA_RESCUE", true,
-		"when a token or ticket fetch gets 45009 and the value held expires before 00:00 China time,\nreset the quota (quota/clear, clear_quota, clear_quota/v2) and fetch again")
+		"when a token, ticket or platform token fetch gets 45009 and the value held expires before 00:00\nChina time, reset the quota (quota/clear, clear_quota, clear_quota/v2; a platform's own) and fetch again")
 	c.Int(&f.cfg.QuotaClearReserve, "quota-clear-reserve", "WXTOKEN_QUOTA_CLEAR_RESERVE", publisher.DefaultQuotaClearReserve,
 		"of the account's 10 quota resets a month, how many the rescue leaves for the console")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
 	c.String(&f.cfg.Instance, "instance", "WXTOKEN_INSTANCE", "", "name of this replica in the lease and the logs (default host-pid)")
 	c.String(&f.httpAddr, "http-addr", "WXTOKEN_HTTP_ADDR", "", "serve the status page (/), /metrics (Prometheus), /healthz and /readyz on `host:port`,\ne.g. 127.0.0.1:9090 (with --demo: "+defaultDemoHTTPListen+")")
 	c.String(&f.httpToken, "http-token-file", "WXTOKEN_HTTP_TOKEN_FILE", "",
-		"`file` holding a token that the status page, /metrics and /debug/pprof/ then require (bearer,\nor basic auth's password); needed when --http-addr is not a loopback address")
+		"`file` holding a token that the status page, /metrics and /debug/pprof/ then require (bearer,\nor basic auth's password); without it, on an --http-addr that is not loopback, the page is not served")
 	c.Bool(&f.pprof, "pprof", "WXTOKEN_PPROF", false, "with --http-addr: also serve Go's profiles (CPU, heap, goroutines) under /debug/pprof/")
 	c.String(&f.callback, "callback-addr", "WXTOKEN_CALLBACK_ADDR", "",
 		"serve the third-party platforms' authorization-event URL, POST "+callbackPath+", on `host:port` (every replica may)")
