@@ -57,6 +57,9 @@ func othersOf(used, ours int64) int64 {
 type quotaPoller struct {
 	r     *Refresher
 	every time.Duration
+	// settle is how long a ledger begun today sets the baseline: longer
+	// than a call of the refresher's may be counted and not yet at WeChat.
+	settle time.Duration
 
 	mu        sync.Mutex
 	reported  map[string]map[string]bool // appid → API paths the agents' proxies called
@@ -67,7 +70,7 @@ type quotaPoller struct {
 type pathKey struct{ appid, path string }
 
 func newQuotaPoller(r *Refresher, every time.Duration) *quotaPoller {
-	return &quotaPoller{r: r, every: every, reported: map[string]map[string]bool{},
+	return &quotaPoller{r: r, every: every, settle: 2 * r.cfg.UpstreamTimeout, reported: map[string]map[string]bool{},
 		asked: map[pathKey]time.Time{}, unaskable: map[pathKey]string{}}
 }
 
@@ -372,9 +375,23 @@ func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstre
 			straddled := int64(ledger.Calls(l.Straddled(day), path))
 			reading.Others = othersOf(reading.Used, reading.Ours+straddled)
 		}
+		// Growth is judged against the most others seen today: a reading
+		// taken while one of the refresher's own calls was counted but
+		// not yet at WeChat counts one too few.
 		before := int64(0)
 		if last, ok := l.Quota[path]; ok && chinaDay(last.At) == day {
 			before = last.Others
+		}
+		if f := l.Foreign; f != nil && f.Path == path && chinaDay(f.At) == day {
+			before = max(before, f.Others)
+		}
+		if young(*l, now, p.settle) {
+			// A ledger that began counting today (the first start, or
+			// the key or the bucket lost and written again) misses the
+			// day's earlier calls, the refresher's own among them: its
+			// readings in its first moments set the day's baseline, and
+			// only calls beyond it are said to be another party's.
+			before = max(before, reading.Others)
 		}
 		growth = max(reading.Others-before, 0)
 		if l.Quota == nil {
@@ -405,6 +422,15 @@ func (p *quotaPoller) take(ctx context.Context, t *target, path string, q upstre
 		p.foreign(t, path, reading, growth)
 	}
 	return nil
+}
+
+// young says whether l began counting today, less than settle before
+// now: its readings then set the day's baseline rather than say that
+// another party called.
+func young(l kv.Ledger, now time.Time, settle time.Duration) bool {
+	china := now.In(chinaZone)
+	start := time.Date(china.Year(), china.Month(), china.Day(), 0, 0, 0, 0, chinaZone)
+	return l.Since.IsZero() || l.Since.After(start) && now.Sub(l.Since) < settle
 }
 
 // maxAgentReadings bounds the readings of the agents' paths an app's

@@ -91,6 +91,15 @@ func (f *quotaFixture) run(t *testing.T, ctx context.Context, instance string, t
 	return quotaReplica{r: r, reg: reg, logs: logs, stop: stop}
 }
 
+// settled is when the app's ledger, begun by the test's first replica,
+// has counted long enough for its readings to be judged rather than set
+// the day's baseline: twice the fixture's --upstream-timeout after it
+// began.
+func (f *quotaFixture) settled(t *testing.T, ctx context.Context) time.Time {
+	t.Helper()
+	return f.ledger(t, ctx).Since.Add(2 * time.Second)
+}
+
 // fetchAsAnotherParty fetches the app's token from the fake as a second
 // client holding the secret would: WeChat counts it, wxtoken does not.
 func (f *quotaFixture) fetchAsAnotherParty(t *testing.T) string {
@@ -206,7 +215,7 @@ func TestForeignFetchIsReportedAndTheTokenRotated(t *testing.T) {
 	leader := f.run(t, ctx, "leader")
 	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
 	held := f.awaitToken(t, ctx, "")
-	quiet := f.awaitReading(t, ctx, fakewechat.PathToken, time.Time{}, func(kv.QuotaReading) bool { return true })
+	quiet := f.awaitReading(t, ctx, fakewechat.PathToken, f.settled(t, ctx), func(kv.QuotaReading) bool { return true })
 	if quiet.Others != 0 || quiet.Used != 1 || quiet.Ours != 1 {
 		t.Fatalf("reading before any other party: %+v; want used 1, ours 1, others 0", quiet)
 	}
@@ -336,7 +345,8 @@ func TestQuotaSkewWithinToleranceIsNoOtherParty(t *testing.T) {
 	}
 	leader := f.run(t, ctx, "leader")
 	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
-	f.awaitReading(t, ctx, fakewechat.PathToken, time.Time{}, func(q kv.QuotaReading) bool { return q.Ours == 1 })
+	f.awaitToken(t, ctx, "")
+	f.awaitReading(t, ctx, fakewechat.PathToken, f.settled(t, ctx), func(q kv.QuotaReading) bool { return q.Ours == 1 })
 
 	// 300 fetches of ours earlier today: counted first, then made.
 	f.addOurs(t, ctx, "token", 300)
@@ -559,7 +569,7 @@ func TestForeignStableTokenCallIsCheckedFirst(t *testing.T) {
 	leader := f.run(t, ctx, "leader", func(c *Config) { c.Apps[0].TokenAPI = TokenAPIStable })
 	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
 	held := f.awaitToken(t, ctx, "")
-	f.awaitReading(t, ctx, fakewechat.PathStableToken, time.Time{}, func(kv.QuotaReading) bool { return true })
+	f.awaitReading(t, ctx, fakewechat.PathStableToken, f.settled(t, ctx), func(kv.QuotaReading) bool { return true })
 
 	f.callStableAsAnotherParty(t, false)
 	leader.logs.await(t, ctx, "WeChat says the token still works, not rotating", 1)
@@ -646,5 +656,62 @@ func TestANewLeaderShowsTheLastReadingsAtOnce(t *testing.T) {
 	}
 	if n := f.fake.QuotaUsed(quotaApp, fakewechat.PathQuotaGet); n != calls {
 		t.Errorf("the new leader asked quota/get %d times within the hour; the gauges came from the ledger, not from asking", n-calls)
+	}
+}
+
+// TestALedgerBegunTodayTakesItsFirstReadingAsTheBaseline: the app's
+// ledger is lost (the key deleted, as a bucket's loss would) and the
+// replica that writes it again knows nothing of the day's calls before:
+// WeChat's count is then more than the new ledger's, by the refresher's
+// own earlier calls. The first reading is the day's baseline, not another
+// party's fetch; a real one after it is reported.
+func TestALedgerBegunTodayTakesItsFirstReadingAsTheBaseline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newQuotaFixture(t, fakewechat.Config{})
+	failed, err := f.nc.SubscribeSync(kv.Subjects{}.Failed(quotaApp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := f.run(t, ctx, "first")
+	first.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	held := f.awaitToken(t, ctx, "")
+	f.awaitReading(t, ctx, fakewechat.PathToken, time.Time{}, func(q kv.QuotaReading) bool { return q.Used == 1 })
+	first.stop()
+
+	b, err := f.js.KeyValue(ctx, kv.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(ctx, kv.LedgerKey(quotaApp)); err != nil { // lost
+		t.Fatal(err)
+	}
+	second := f.run(t, ctx, "second")
+	second.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	if !second.r.creds.Rotate(quotaApp, false, kv.ReasonRequested) { // written again, by a replica that never saw it
+		t.Fatal("no rotation started")
+	}
+	f.awaitToken(t, ctx, held.Value)
+	// Readings in the new ledger's first moments set the baseline; one
+	// taken after them is judged against it.
+	settled := f.ledger(t, ctx).Since.Add(2 * time.Second) // twice the fixture's --upstream-timeout
+	baseline := f.awaitReading(t, ctx, fakewechat.PathToken, settled, func(q kv.QuotaReading) bool { return q.Used == 2 })
+	if baseline.Ours != 1 || baseline.Others != 1 {
+		t.Fatalf("the ledger written again: %+v; want ours 1 and others 1, the call the lost ledger counted (the test's premise)", baseline)
+	}
+	if f.ledger(t, ctx).Foreign != nil || strings.Contains(second.logs.String(), "another party calls WeChat") {
+		t.Errorf("the refresher's own calls before the ledger was lost were reported as another party's:\n%s", second.logs.String())
+	}
+
+	fetched := time.Now()
+	f.fetchAsAnotherParty(t)
+	f.awaitReading(t, ctx, fakewechat.PathToken, fetched, func(q kv.QuotaReading) bool { return q.Used == 3 })
+	msg, err := failed.NextMsg(time.Until(deadline(ctx)))
+	if err != nil {
+		t.Fatalf("no failure event for the foreign fetch after the baseline: %v", err)
+	}
+	var ev kv.FailureEvent
+	if err := json.Unmarshal(msg.Data, &ev); err != nil || ev.Class != kv.ClassForeignFetch || ev.Growth != 1 {
+		t.Errorf("event %s (%v), want a foreign_fetch of growth 1", msg.Data, err)
 	}
 }
