@@ -24,9 +24,27 @@ func TestStatusQuotaShowsReadingsAndForeignFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, QuotaEvery: 200 * time.Millisecond})
-	testenv.Bucket(t, ctx, nc)
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, appA), UpstreamURL: url, QuotaEvery: 200 * time.Millisecond,
+		UpstreamTimeout: time.Second})
+	b := testenv.Bucket(t, ctx, nc)
 	awaitEndpoint(t, ctx, nc, appA)
+	// A ledger begun a moment ago sets the day's baseline (for twice
+	// --upstream-timeout): the other party fetches once a reading after
+	// that was taken.
+	ledgers := testenv.Entries(t, b, kv.LedgerKey(appA))
+	var settled time.Time
+	for {
+		l, err := kv.DecodeLedger(appA, testenv.Next(t, ctx, ledgers).Value())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if settled.IsZero() {
+			settled = l.Since.Add(2 * time.Second)
+		}
+		if l.Quota["/cgi-bin/token"].At.After(settled) {
+			break
+		}
+	}
 
 	var answer struct {
 		AccessToken string `json:"access_token"`
