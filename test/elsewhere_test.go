@@ -192,6 +192,9 @@ func TestProbesAreCountedInTheLedger(t *testing.T) {
 			break
 		}
 	}
+	// The fetch counted has gone and its token is stored (a stop during
+	// its count would cut it short: counted, never made).
+	testenv.Next(t, ctx, testenv.Entries(t, b, appA))
 	// Stopped, nothing more is called: every call WeChat saw (the fetch
 	// and the probe) was counted before it went.
 	if err := r.Stop(); err != nil {
