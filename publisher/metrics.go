@@ -13,14 +13,14 @@ import (
 // metrics are the refresher's Prometheus metrics. They are registered with
 // Config.Registerer when one is given; otherwise they count unseen.
 type metrics struct {
-	upstream  *prometheus.CounterVec   // appid, api, result
+	upstream  *appCounters             // appid, api, result (appcounters.go)
 	latency   *prometheus.HistogramVec // api
-	rotated   *prometheus.CounterVec   // appid, kind, reason
+	rotated   *appCounters             // appid, kind, reason
 	requests  *prometheus.CounterVec   // outcome
 	leader    prometheus.Gauge
 	repaired  prometheus.Counter
-	elsewhere *prometheus.CounterVec // appid
-	quota     *quotaMetrics          // appid, path (quotametrics.go)
+	elsewhere *appCounters  // appid
+	quota     *quotaMetrics // appid, path (quotametrics.go)
 	rescue    rescueMetrics
 
 	leading atomic.Bool // what leader shows: Refresher.Leading
@@ -28,19 +28,17 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 	m := &metrics{
-		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wxtoken_upstream_requests_total",
-			Help: "Calls to WeChat by app, API (token, stable_token, stable_token_force, jsapi_ticket, wx_card_ticket, component_token, authorizer_token: fetches; check: getcallbackip; start_push_ticket; quota_get: the leader's questions to quota/get) and result (ok, retry, config, quota, token, ticket; valid, invalid, error).",
-		}, []string{"appid", "api", "result"}),
+		upstream: newAppCounters("wxtoken_upstream_requests_total",
+			"Calls to WeChat by app, API (token, stable_token, stable_token_force, jsapi_ticket, wx_card_ticket, component_token, authorizer_token: fetches; check: getcallbackip; start_push_ticket; quota_get: the leader's questions to quota/get) and result (ok, retry, config, quota, token, ticket; valid, invalid, error).",
+			"api", "result"),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wxtoken_upstream_request_duration_seconds",
 			Help:    "Duration of calls to WeChat, failed ones included, by API.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"api"}),
-		rotated: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wxtoken_rotations_total",
-			Help: "Values written by this replica, by app, kind (access_token, jsapi_ticket, wx_card_ticket) and reason (initial, scheduled, requested).",
-		}, []string{"appid", "kind", "reason"}),
+		rotated: newAppCounters("wxtoken_rotations_total",
+			"Values written by this replica, by app, kind (access_token, jsapi_ticket, wx_card_ticket) and reason (initial, scheduled, requested).",
+			"kind", "reason"),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxtoken_refresh_requests_total",
 			Help: "Refresh requests by outcome (refreshed, deduped, still_valid, rate_limited, current, error).",
@@ -53,10 +51,8 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 			Name: "wxtoken_bucket_repairs_total",
 			Help: "Times this replica repaired the token bucket: created it again after a deletion, moved revisions that started over, wrote back missing tokens.",
 		}),
-		elsewhere: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wxtoken_tokens_invalidated_elsewhere_total",
-			Help: "Tokens of the app WeChat said were dead before their expiry with no call of wxtoken's since their fetch that could end them: another party holds the AppSecret (see the README, \"Tokens killed by someone else\").",
-		}, []string{"appid"}),
+		elsewhere: newAppCounters("wxtoken_tokens_invalidated_elsewhere_total",
+			"Tokens of the app WeChat said were dead before their expiry with no call of wxtoken's since their fetch that could end them: another party holds the AppSecret (see the README, \"Tokens killed by someone else\")."),
 		quota:  newQuotaMetrics(),
 		rescue: newRescueMetrics(),
 	}
@@ -71,14 +67,14 @@ func newMetrics(reg prometheus.Registerer, r *Refresher) *metrics {
 // UpstreamCall counts a call to WeChat for the credential of key.
 func (m *metrics) UpstreamCall(key, api, result string, took time.Duration) {
 	appid, _ := kv.SplitKey(key)
-	m.upstream.WithLabelValues(appid, api, result).Inc()
+	m.upstream.inc(appid, api, result)
 	m.latency.WithLabelValues(api).Observe(took.Seconds())
 }
 
 // Rotation counts a value written for the credential of key.
 func (m *metrics) Rotation(key, reason string) {
 	appid, kind := labelsOf(key)
-	m.rotated.WithLabelValues(appid, kind, reason).Inc()
+	m.rotated.inc(appid, kind, reason)
 }
 
 // labelsOf returns the appid and kind labels of a key.
@@ -97,22 +93,21 @@ func (m *metrics) Repaired() { m.repaired.Inc() }
 // InvalidatedElsewhere counts a token of key another party ended.
 func (m *metrics) InvalidatedElsewhere(key string) {
 	appid, _ := kv.SplitKey(key)
-	m.elsewhere.WithLabelValues(appid).Inc()
+	m.elsewhere.inc(appid)
 }
 
 // Forget drops the series of a credential a reload removed.
 func (m *metrics) Forget(key, kind, api string) {
 	appid, label := labelsOf(key)
-	m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": api})
+	m.upstream.forget(appid, api)
 	if kind == kv.KindToken {
-		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "check"})
-		m.upstream.DeletePartialMatch(prometheus.Labels{"appid": appid, "api": "stable_token_force"})
-		m.elsewhere.DeleteLabelValues(appid)
+		m.upstream.forget(appid, "check", "stable_token_force")
+		m.elsewhere.forget(appid)
 		m.quota.forget(appid)
 		m.rescue.rescues.DeletePartialMatch(prometheus.Labels{"appid": appid})
 		m.rescue.budget.DeletePartialMatch(prometheus.Labels{"appid": appid})
 	}
-	m.rotated.DeletePartialMatch(prometheus.Labels{"appid": appid, "kind": label})
+	m.rotated.forget(appid, label)
 }
 
 // setLeading records whether this replica leads.
