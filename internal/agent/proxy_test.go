@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/test/testenv"
@@ -24,12 +26,7 @@ import (
 // only: a failed call is not sent again elsewhere.
 func TestTheProxyMovesToTheSecondBaseAfterTwoFailuresInARow(t *testing.T) {
 	const app = "wxa000000000000001"
-	ctx := testenv.Context(t, 30*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
-	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
+	ctx, nc, fake, _ := refreshedApp(t, app)
 
 	for _, outage := range []fakewechat.Outage{fakewechat.Refused, fakewechat.ServerError, fakewechat.Busy, fakewechat.Hang} {
 		t.Run(outage.String(), func(t *testing.T) {
@@ -78,12 +75,7 @@ func TestTheProxyMovesToTheSecondBaseAfterTwoFailuresInARow(t *testing.T) {
 // is WeChat answering; calls stay on the first base.
 func TestAnswersOfTheAPIDoNotMoveTheProxy(t *testing.T) {
 	const app = "wxa000000000000001"
-	ctx := testenv.Context(t, 30*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
-	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
+	ctx, nc, fake, _ := refreshedApp(t, app)
 	first, second := domain(t, fake), domain(t, fake)
 	web, _ := startAgent(t, ctx, Config{Conn: nc, Keys: []string{app}, WeChatBase: mustURL(t, first.URL),
 		WeChatFallbacks: []*url.URL{mustURL(t, second.URL)}, WeComBase: mustURL(t, first.URL)})
@@ -99,6 +91,21 @@ func TestAnswersOfTheAPIDoNotMoveTheProxy(t *testing.T) {
 	if first.Answered() != 9 || second.Answered() != 0 {
 		t.Fatalf("answered: first %d, second %d; want 9 and 0", first.Answered(), second.Answered())
 	}
+}
+
+// refreshedApp is the set-up of a test of the proxy: an embedded NATS, the
+// fake WeChat (tokens an hour long) at the returned URL, and a refresher of
+// app, which holds the app's token once it returns; the context bounds the
+// test.
+func refreshedApp(t *testing.T, app string) (context.Context, *nats.Conn, *fakewechat.Server, string) {
+	t.Helper()
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
+	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
+	return ctx, nc, fake, wechat
 }
 
 // startAgent runs an agent of cfg, its logs sent to the channel it
