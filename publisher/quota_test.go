@@ -53,6 +53,15 @@ func newQuotaFixture(t *testing.T, cfg fakewechat.Config) *quotaFixture {
 	return &quotaFixture{fake: fake, wechat: wechat, srv: srv, nc: nc, js: js}
 }
 
+// quotaContext bounds a test of the poller to 30 s; it ends as the test
+// does, before the cleanups stop the replicas, as a deferred cancel would.
+func quotaContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 // quotaReplica is one running refresher of the fixture's app.
 type quotaReplica struct {
 	r    *Refresher
@@ -238,8 +247,7 @@ func nextFailure(t *testing.T, ctx context.Context, failed *nats.Subscription, a
 // while the one the other party's fetch ends is still in its overlap, so
 // services never see a 40001 for it. Nothing says invalidated_elsewhere.
 func TestForeignFetchIsReportedAndTheTokenRotated(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	failed := f.failures(t)
 	leader := f.lead(t, ctx, "leader")
@@ -354,8 +362,7 @@ func value(scrape, name string) float64 {
 // leader's) reports nothing; one more fetch by another party goes beyond
 // the tolerance, and is reported.
 func TestQuotaSkewWithinToleranceIsNoOtherParty(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	if err := f.fake.SetQuotaSkew(quotaApp, 0.01); err != nil {
 		t.Fatal(err)
@@ -445,8 +452,7 @@ func (c *shiftedClock) add(d time.Duration) {
 // path is asked every --quota-every), then again; a path quota/get cannot
 // be asked about (76021) is asked once that day, and logged once.
 func TestAgentPathsAskedHourly(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	// 09:00 China time: an hour and a bit later is the same China day.
 	y, m, d := time.Now().In(chinaZone).Date()
 	clock := newShiftedClock(time.Date(y, m, d, 9, 0, 0, 0, chinaZone))
@@ -507,8 +513,7 @@ func TestAgentPathsAskedHourly(t *testing.T) {
 // nothing while it stands by, and the former leader's gauges go with its
 // term.
 func TestLeadersOwnFetchesAreNoOtherParty(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	failed := f.failures(t)
 	first := f.lead(t, ctx, "first")
@@ -567,8 +572,7 @@ func (f *quotaFixture) callStableAsAnotherParty(t *testing.T, force bool) {
 // held token is checked, and kept; a forced one ends it: it is checked,
 // found dead and rotated, and blamed on nobody a second time.
 func TestForeignStableTokenCallIsCheckedFirst(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	leader := f.lead(t, ctx, "leader", func(c *Config) { c.Apps[0].TokenAPI = TokenAPIStable })
 	held := f.awaitToken(t, ctx, "")
@@ -635,8 +639,7 @@ func TestReadingsOfAgentsPathsAreBounded(t *testing.T) {
 // though it asks nothing again before --quota-every (an hour here): the
 // gauges, and the alerts on them, do not go away for that hour.
 func TestANewLeaderShowsTheLastReadingsAtOnce(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	hourly := func(c *Config) { c.QuotaEvery = time.Hour }
 	first := f.lead(t, ctx, "first", hourly)
@@ -668,8 +671,7 @@ func TestANewLeaderShowsTheLastReadingsAtOnce(t *testing.T) {
 // own earlier calls. The first reading is the day's baseline, not another
 // party's fetch; a real one after it is reported.
 func TestALedgerBegunTodayTakesItsFirstReadingAsTheBaseline(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	failed := f.failures(t)
 	first := f.lead(t, ctx, "first")

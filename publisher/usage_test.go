@@ -1,7 +1,6 @@
 package publisher
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -20,8 +19,7 @@ import (
 // about the API path it names, and the rid lookups look up the rid of the
 // refusal it carries.
 func TestOneUsageReportFeedsThePollerAndTheRidLookups(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	leader := f.lead(t, ctx, "leader")
 	held := f.awaitToken(t, ctx, "")
