@@ -112,6 +112,14 @@ func refreshedApp(t *testing.T, app string) (context.Context, *nats.Conn, *fakew
 // returns, and returns its server's URL once it holds its keys.
 func startAgent(t *testing.T, ctx context.Context, cfg Config) (string, <-chan logRecord) {
 	t.Helper()
+	_, web, records := runAgent(t, ctx, cfg)
+	return web, records
+}
+
+// runAgent is startAgent that returns the agent too, for a test that
+// closes it itself.
+func runAgent(t *testing.T, ctx context.Context, cfg Config) (*Agent, string, <-chan logRecord) {
+	t.Helper()
 	records := make(chan logRecord, 256)
 	cfg.Logger = slog.New(recordingHandler{records})
 	a, err := New(cfg)
@@ -123,7 +131,7 @@ func startAgent(t *testing.T, ctx context.Context, cfg Config) (string, <-chan l
 	web := httptest.NewServer(a.Server().Handler)
 	t.Cleanup(web.Close)
 	awaitLog(t, ctx, records, `"agent ready"`, func(r logRecord) bool { return r.msg == "agent ready" }, func(logRecord) {})
-	return web.URL, records
+	return a, web.URL, records
 }
 
 func domain(t *testing.T, fake *fakewechat.Server) *fakewechat.Domain {

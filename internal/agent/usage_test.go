@@ -219,26 +219,12 @@ func TestTheAgentReportsOnceMoreAsItStops(t *testing.T) {
 	const app = "wxa000000000000001"
 	ctx, nc, fake, wechat := refreshedApp(t, app)
 	reports := usageReports(t, nc)
-	a, err := New(Config{Conn: nc, Keys: []string{app}, WeChatBase: mustURL(t, wechat), WeComBase: mustURL(t, wechat), UsageEvery: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Run()
-	t.Cleanup(func() { a.Close() })
-	web := httptest.NewServer(a.Server().Handler)
-	t.Cleanup(web.Close)
-	for a.Ready() != nil {
-		select {
-		case <-ctx.Done():
-			t.Fatal("the agent never held its key")
-		case <-time.After(10 * time.Millisecond): // polled: readiness announces nothing
-		}
-	}
+	a, web, _ := runAgent(t, ctx, Config{Conn: nc, Keys: []string{app}, WeChatBase: mustURL(t, wechat), WeComBase: mustURL(t, wechat), UsageEvery: time.Hour})
 	fake.FailAPI(fakewechat.PathUserList, fakewechat.Fault{Status: http.StatusBadGateway})
-	if status, _ := get(t, ctx, web.URL+fakewechat.PathUserList); status != http.StatusBadGateway {
+	if status, _ := get(t, ctx, web+fakewechat.PathUserList); status != http.StatusBadGateway {
 		t.Fatalf("the call answered %d, want WeChat's 502", status)
 	}
-	_, metrics := get(t, ctx, web.URL+"/metrics")
+	_, metrics := get(t, ctx, web+"/metrics")
 	if line := `wxtoken_agent_api_calls_total{appid="` + app + `",class="http_error",path="/cgi-bin/user/get"} 1`; !strings.Contains(metrics, line) {
 		t.Errorf("/metrics has no %s", line)
 	}
