@@ -48,5 +48,6 @@
 // leader asks WeChat's quota/get how many calls each app made today, and
 // says loudly when another party's are among them) and rid.go (the rids
 // WeChat's refusals name, of the leader's fetches and the agents' calls,
-// looked up with rid/get).
+// looked up with rid/get; usage.go hands both the agents' usage reports,
+// decoded once).
 package publisher

@@ -1,7 +1,6 @@
 package publisher
 
 import (
-	"cmp"
 	"context"
 	_ "embed"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/wxtoken/wxtoken/internal/quotastate"
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/loop"
 	"github.com/wxtoken/wxtoken/publisher/internal/source"
@@ -190,13 +190,14 @@ func credRowOf(c loop.Value, now time.Time) credRow {
 
 // appRowOf is what the page shows of an app's ledger.
 func appRowOf(l kv.Ledger) appRow {
-	row := appRow{AppID: l.AppID, Elsewhere: l.Elsewhere, Foreign: l.Foreign, Rescue: l.Rescue, Month: l.Month,
-		QuotaClear: l.PathResets(), ClearQuota: l.AccountResets()}
-	for path, q := range l.Quota {
-		row.Quota = append(row.Quota, quotaRow{Path: path, Used: q.Used, Limit: q.DailyLimit, Ours: q.Ours, Others: q.Others,
+	state := quotastate.Of(l)
+	row := appRow{AppID: state.AppID, Elsewhere: l.Elsewhere, Foreign: state.Foreign, Rescue: state.Rescue, Month: state.Month,
+		QuotaClear: state.PathResets, ClearQuota: state.AccountResets}
+	for _, r := range state.Readings { // ordered by path
+		q := r.QuotaReading
+		row.Quota = append(row.Quota, quotaRow{Path: r.Path, Used: q.Used, Limit: q.DailyLimit, Ours: q.Ours, Others: q.Others,
 			Percent: percent(q.Used, q.DailyLimit), OursPct: percent(min(q.Ours, q.Used), q.DailyLimit), At: q.At})
 	}
-	slices.SortFunc(row.Quota, func(a, b quotaRow) int { return cmp.Compare(a.Path, b.Path) })
 	return row
 }
 

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/publisher/internal/ledger"
 	"github.com/wxtoken/wxtoken/publisher/internal/loop"
@@ -74,30 +72,20 @@ func newQuotaPoller(r *Refresher, every time.Duration) *quotaPoller {
 		asked: map[pathKey]time.Time{}, unaskable: map[pathKey]string{}}
 }
 
-// listen takes in the agents' usage reports until the returned stop.
-func (p *quotaPoller) listen(nc *nats.Conn, subject string) (stop func(), err error) {
-	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
-		report, err := kv.DecodeUsageReport(m.Data)
-		if err != nil {
-			p.r.log.Debug("usage report ignored", "error", err)
-			return
+// takeReport keeps the API paths of an agent's usage report (handed
+// over by listenForUsage), of this refresher's apps.
+func (p *quotaPoller) takeReport(report kv.UsageReport) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, u := range report.Paths {
+		if !p.r.creds.Has(u.AppID) {
+			continue // not an app of this refresher's: no token to ask with
 		}
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, u := range report.Paths {
-			if !p.r.creds.Has(u.AppID) {
-				continue // not an app of this refresher's: no token to ask with
-			}
-			if p.reported[u.AppID] == nil {
-				p.reported[u.AppID] = map[string]bool{}
-			}
-			p.reported[u.AppID][u.Path] = true
+		if p.reported[u.AppID] == nil {
+			p.reported[u.AppID] = map[string]bool{}
 		}
-	})
-	if err != nil {
-		return nil, err
+		p.reported[u.AppID][u.Path] = true
 	}
-	return func() { _ = sub.Unsubscribe() }, nil
 }
 
 // targets are the apps to ask about, in a stable order.
@@ -487,15 +475,6 @@ func (p *quotaPoller) foreign(t *target, path string, reading kv.QuotaReading, g
 	} else {
 		p.r.log.Info("rotating the token at once: another party's fetch ends it within WeChat's 5-minute overlap", "appid", t.appid, "cgi_path", path)
 	}
-}
-
-// listenForUsage has the poller take in the agents' usage reports, on
-// every replica; a no-op without a poller.
-func (r *Refresher) listenForUsage() (stop func(), err error) {
-	if r.quota == nil {
-		return func() {}, nil
-	}
-	return r.quota.listen(r.nc, kv.Subjects{Prefix: r.cfg.SubjectPrefix}.Usage())
 }
 
 // duty is the poller as the loop's duty on each term; nil without one.

@@ -53,6 +53,15 @@ func newQuotaFixture(t *testing.T, cfg fakewechat.Config) *quotaFixture {
 	return &quotaFixture{fake: fake, wechat: wechat, srv: srv, nc: nc, js: js}
 }
 
+// quotaContext bounds a test of the poller to 30 s; it ends as the test
+// does, before the cleanups stop the replicas, as a deferred cancel would.
+func quotaContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 // quotaReplica is one running refresher of the fixture's app.
 type quotaReplica struct {
 	r    *Refresher
@@ -120,14 +129,20 @@ func (f *quotaFixture) fetchAsAnotherParty(t *testing.T) string {
 	return a.AccessToken
 }
 
-// ledger returns the app's ledger as the bucket holds it.
-func (f *quotaFixture) ledger(t *testing.T, ctx context.Context) kv.Ledger {
+// bucket is the token bucket the fixture's replicas write.
+func (f *quotaFixture) bucket(t *testing.T, ctx context.Context) jetstream.KeyValue {
 	t.Helper()
 	b, err := f.js.KeyValue(ctx, kv.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := b.Get(ctx, kv.LedgerKey(quotaApp))
+	return b
+}
+
+// ledger returns the app's ledger as the bucket holds it.
+func (f *quotaFixture) ledger(t *testing.T, ctx context.Context) kv.Ledger {
+	t.Helper()
+	e, err := f.bucket(t, ctx).Get(ctx, kv.LedgerKey(quotaApp))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,15 +153,11 @@ func (f *quotaFixture) ledger(t *testing.T, ctx context.Context) kv.Ledger {
 	return l
 }
 
-// awaitReading waits until the app's ledger holds a reading of path read
-// after since that done accepts.
-func (f *quotaFixture) awaitReading(t *testing.T, ctx context.Context, path string, since time.Time, done func(kv.QuotaReading) bool) kv.QuotaReading {
+// awaitPut watches key in the bucket until a value put there is one that
+// took accepts; none by the end of ctx fails the test with missing.
+func (f *quotaFixture) awaitPut(t *testing.T, ctx context.Context, key string, took func(value []byte) bool, missing string) {
 	t.Helper()
-	b, err := f.js.KeyValue(ctx, kv.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := b.Watch(ctx, kv.LedgerKey(quotaApp))
+	w, err := f.bucket(t, ctx).Watch(ctx, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,48 +165,79 @@ func (f *quotaFixture) awaitReading(t *testing.T, ctx context.Context, path stri
 	for {
 		select {
 		case e := <-w.Updates():
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			l, err := kv.DecodeLedger(quotaApp, e.Value())
-			if err != nil {
-				continue
-			}
-			if q, ok := l.Quota[path]; ok && !q.At.Before(since) && done(q) {
-				return q
+			if e != nil && e.Operation() == jetstream.KeyValuePut && took(e.Value()) {
+				return
 			}
 		case <-ctx.Done():
-			t.Fatalf("no reading of %s after %s came", path, since.Format(time.RFC3339Nano))
+			t.Fatal(missing)
 		}
 	}
 }
+
+// awaitReading waits until the app's ledger holds a reading of path read
+// after since that done accepts.
+func (f *quotaFixture) awaitReading(t *testing.T, ctx context.Context, path string, since time.Time, done func(kv.QuotaReading) bool) kv.QuotaReading {
+	t.Helper()
+	var q kv.QuotaReading
+	f.awaitPut(t, ctx, kv.LedgerKey(quotaApp), func(value []byte) bool {
+		l, err := kv.DecodeLedger(quotaApp, value)
+		if err != nil {
+			return false
+		}
+		var ok bool
+		q, ok = l.Quota[path]
+		return ok && !q.At.Before(since) && done(q)
+	}, fmt.Sprintf("no reading of %s after %s came", path, since.Format(time.RFC3339Nano)))
+	return q
+}
+
+// anyReading accepts any reading awaited.
+func anyReading(kv.QuotaReading) bool { return true }
 
 // awaitToken waits until the bucket holds a token of the app other than
 // not, and returns it.
 func (f *quotaFixture) awaitToken(t *testing.T, ctx context.Context, not string) kv.Credential {
 	t.Helper()
-	b, err := f.js.KeyValue(ctx, kv.DefaultBucket)
+	var c kv.Credential
+	f.awaitPut(t, ctx, quotaApp, func(value []byte) bool {
+		var err error
+		c, err = kv.DecodeCredential(quotaApp, value)
+		return err == nil && c.Value != not
+	}, "no token other than the one held came")
+	return c
+}
+
+// lead runs a replica of the fixture's app and waits until it leads.
+func (f *quotaFixture) lead(t *testing.T, ctx context.Context, instance string, tune ...func(*Config)) quotaReplica {
+	t.Helper()
+	r := f.run(t, ctx, instance, tune...)
+	r.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	return r
+}
+
+// failures subscribes to the app's failure events.
+func (f *quotaFixture) failures(t *testing.T) *nats.Subscription {
+	t.Helper()
+	failed, err := f.nc.SubscribeSync(kv.Subjects{}.Failed(quotaApp))
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := b.Watch(ctx, quotaApp)
+	return failed
+}
+
+// nextFailure waits for the next failure event on failed, as long as ctx
+// lasts; none fails the test, saying which event was awaited.
+func nextFailure(t *testing.T, ctx context.Context, failed *nats.Subscription, awaited string) kv.FailureEvent {
+	t.Helper()
+	msg, err := failed.NextMsg(time.Until(deadline(ctx)))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("no failure event%s: %v", awaited, err)
 	}
-	defer w.Stop()
-	for {
-		select {
-		case e := <-w.Updates():
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			if c, err := kv.DecodeCredential(quotaApp, e.Value()); err == nil && c.Value != not {
-				return c
-			}
-		case <-ctx.Done():
-			t.Fatalf("no token other than the one held came")
-		}
+	var ev kv.FailureEvent
+	if err := json.Unmarshal(msg.Data, &ev); err != nil {
+		t.Fatalf("failure event %s: %v", msg.Data, err)
 	}
+	return ev
 }
 
 // TestForeignFetchIsReportedAndTheTokenRotated: another party fetches the
@@ -205,17 +247,12 @@ func (f *quotaFixture) awaitToken(t *testing.T, ctx context.Context, not string)
 // while the one the other party's fetch ends is still in its overlap, so
 // services never see a 40001 for it. Nothing says invalidated_elsewhere.
 func TestForeignFetchIsReportedAndTheTokenRotated(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
-	failed, err := f.nc.SubscribeSync(kv.Subjects{}.Failed(quotaApp))
-	if err != nil {
-		t.Fatal(err)
-	}
-	leader := f.run(t, ctx, "leader")
-	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	failed := f.failures(t)
+	leader := f.lead(t, ctx, "leader")
 	held := f.awaitToken(t, ctx, "")
-	quiet := f.awaitReading(t, ctx, fakewechat.PathToken, f.settled(t, ctx), func(kv.QuotaReading) bool { return true })
+	quiet := f.awaitReading(t, ctx, fakewechat.PathToken, f.settled(t, ctx), anyReading)
 	if quiet.Others != 0 || quiet.Used != 1 || quiet.Ours != 1 {
 		t.Fatalf("reading before any other party: %+v; want used 1, ours 1, others 0", quiet)
 	}
@@ -224,7 +261,7 @@ func TestForeignFetchIsReportedAndTheTokenRotated(t *testing.T) {
 	f.fetchAsAnotherParty(t)
 	// The first reading asked after the other party's fetch counts it:
 	// it is seen within one --quota-every.
-	seen := f.awaitReading(t, ctx, fakewechat.PathToken, fetched, func(kv.QuotaReading) bool { return true })
+	seen := f.awaitReading(t, ctx, fakewechat.PathToken, fetched, anyReading)
 	if seen.Others != 1 {
 		t.Errorf("the first reading after another party's fetch: %+v; want others 1", seen)
 	}
@@ -236,15 +273,7 @@ func TestForeignFetchIsReportedAndTheTokenRotated(t *testing.T) {
 		t.Errorf("the token rotated after the foreign fetch does not work: errcode %d", code)
 	}
 
-	msg, err := failed.NextMsg(time.Until(deadline(ctx)))
-	if err != nil {
-		t.Fatalf("no failure event: %v", err)
-	}
-	var ev kv.FailureEvent
-	if err := json.Unmarshal(msg.Data, &ev); err != nil {
-		t.Fatal(err)
-	}
-	if ev.Class != kv.ClassForeignFetch || ev.Path != fakewechat.PathToken || ev.Others != 1 || ev.Growth != 1 {
+	if ev := nextFailure(t, ctx, failed, ""); ev.Class != kv.ClassForeignFetch || ev.Path != fakewechat.PathToken || ev.Others != 1 || ev.Growth != 1 {
 		t.Errorf("failure event %+v; want class foreign_fetch of /cgi-bin/token, others 1, growth 1", ev)
 	}
 	l := f.ledger(t, ctx)
@@ -263,8 +292,8 @@ func TestForeignFetchIsReportedAndTheTokenRotated(t *testing.T) {
 	}
 
 	// Readings go on; the same count of others is no new growth.
-	f.awaitReading(t, ctx, fakewechat.PathToken, time.Now(), func(kv.QuotaReading) bool { return true })
-	f.awaitReading(t, ctx, fakewechat.PathToken, time.Now(), func(kv.QuotaReading) bool { return true })
+	f.awaitReading(t, ctx, fakewechat.PathToken, time.Now(), anyReading)
+	f.awaitReading(t, ctx, fakewechat.PathToken, time.Now(), anyReading)
 	if msg, err := failed.NextMsg(10 * time.Millisecond); err == nil {
 		t.Errorf("a second failure event for one foreign fetch: %s", msg.Data)
 	}
@@ -333,18 +362,13 @@ func value(scrape, name string) float64 {
 // leader's) reports nothing; one more fetch by another party goes beyond
 // the tolerance, and is reported.
 func TestQuotaSkewWithinToleranceIsNoOtherParty(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	if err := f.fake.SetQuotaSkew(quotaApp, 0.01); err != nil {
 		t.Fatal(err)
 	}
-	failed, err := f.nc.SubscribeSync(kv.Subjects{}.Failed(quotaApp))
-	if err != nil {
-		t.Fatal(err)
-	}
-	leader := f.run(t, ctx, "leader")
-	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	failed := f.failures(t)
+	f.lead(t, ctx, "leader")
 	f.awaitToken(t, ctx, "")
 	f.awaitReading(t, ctx, fakewechat.PathToken, f.settled(t, ctx), func(q kv.QuotaReading) bool { return q.Ours == 1 })
 
@@ -353,7 +377,7 @@ func TestQuotaSkewWithinToleranceIsNoOtherParty(t *testing.T) {
 	for range 300 {
 		f.fetchAsAnotherParty(t)
 	}
-	within := f.awaitReading(t, ctx, fakewechat.PathToken, time.Now(), func(kv.QuotaReading) bool { return true })
+	within := f.awaitReading(t, ctx, fakewechat.PathToken, time.Now(), anyReading)
 	if within.Used != 304 || within.Ours != 301 || within.Others != 0 {
 		t.Errorf("301 calls counted 1%% high: %+v; want used 304, ours 301, others 0", within)
 	}
@@ -362,17 +386,12 @@ func TestQuotaSkewWithinToleranceIsNoOtherParty(t *testing.T) {
 	}
 
 	f.fetchAsAnotherParty(t)
-	beyond := f.awaitReading(t, ctx, fakewechat.PathToken, time.Now(), func(kv.QuotaReading) bool { return true })
+	beyond := f.awaitReading(t, ctx, fakewechat.PathToken, time.Now(), anyReading)
 	if beyond.Used != 305 || beyond.Others != 4 {
 		t.Errorf("one fetch more by another party: %+v; want used 305 and others 4 (beyond the tolerance of 3)", beyond)
 	}
-	msg, err := failed.NextMsg(time.Until(deadline(ctx)))
-	if err != nil {
-		t.Fatalf("no failure event beyond the tolerance: %v", err)
-	}
-	var ev kv.FailureEvent
-	if err := json.Unmarshal(msg.Data, &ev); err != nil || ev.Class != kv.ClassForeignFetch || ev.Others != 4 {
-		t.Errorf("failure event %s; want foreign_fetch, others 4", msg.Data)
+	if ev := nextFailure(t, ctx, failed, " beyond the tolerance"); ev.Class != kv.ClassForeignFetch || ev.Others != 4 {
+		t.Errorf("failure event %+v; want foreign_fetch, others 4", ev)
 	}
 }
 
@@ -380,10 +399,7 @@ func TestQuotaSkewWithinToleranceIsNoOtherParty(t *testing.T) {
 // leader would have, with compare-and-swap beside the running leader.
 func (f *quotaFixture) addOurs(t *testing.T, ctx context.Context, api string, n int) {
 	t.Helper()
-	b, err := f.js.KeyValue(ctx, kv.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := f.bucket(t, ctx)
 	for {
 		e, err := b.Get(ctx, kv.LedgerKey(quotaApp))
 		if err != nil {
@@ -436,15 +452,13 @@ func (c *shiftedClock) add(d time.Duration) {
 // path is asked every --quota-every), then again; a path quota/get cannot
 // be asked about (76021) is asked once that day, and logged once.
 func TestAgentPathsAskedHourly(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	// 09:00 China time: an hour and a bit later is the same China day.
 	y, m, d := time.Now().In(chinaZone).Date()
 	clock := newShiftedClock(time.Date(y, m, d, 9, 0, 0, 0, chinaZone))
 	f := newQuotaFixture(t, fakewechat.Config{Now: clock.now})
-	leader := f.run(t, ctx, "leader", func(c *Config) { c.Clock = Clock{Now: clock.now} })
-	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
-	f.awaitReading(t, ctx, fakewechat.PathToken, time.Time{}, func(kv.QuotaReading) bool { return true })
+	leader := f.lead(t, ctx, "leader", func(c *Config) { c.Clock = Clock{Now: clock.now} })
+	f.awaitReading(t, ctx, fakewechat.PathToken, time.Time{}, anyReading)
 
 	// The agent's proxy sent 3 messages with the app's token.
 	held := f.awaitToken(t, ctx, "")
@@ -463,7 +477,7 @@ func TestAgentPathsAskedHourly(t *testing.T) {
 	if err := f.nc.Publish(kv.Subjects{}.Usage(), report); err != nil {
 		t.Fatal(err)
 	}
-	first := f.awaitReading(t, ctx, fakewechat.PathSendMessage, time.Time{}, func(kv.QuotaReading) bool { return true })
+	first := f.awaitReading(t, ctx, fakewechat.PathSendMessage, time.Time{}, anyReading)
 	if first.Used != 3 || first.Others != 0 {
 		t.Errorf("the agent's path: %+v; want used 3, and others 0: the agents' calls are not another party's", first)
 	}
@@ -471,16 +485,16 @@ func TestAgentPathsAskedHourly(t *testing.T) {
 
 	// Three more rounds of the token path: the agent's path is not asked.
 	for range 3 {
-		f.awaitReading(t, ctx, fakewechat.PathToken, clock.now(), func(kv.QuotaReading) bool { return true })
+		f.awaitReading(t, ctx, fakewechat.PathToken, clock.now(), anyReading)
 	}
 	if again := f.ledger(t, ctx).Quota[fakewechat.PathSendMessage]; !again.At.Equal(first.At) {
 		t.Errorf("the agent's path was asked again %s after the first time; want at most once an hour", again.At.Sub(first.At))
 	}
 
 	clock.add(time.Hour)
-	f.awaitReading(t, ctx, fakewechat.PathSendMessage, first.At.Add(time.Hour), func(kv.QuotaReading) bool { return true })
+	f.awaitReading(t, ctx, fakewechat.PathSendMessage, first.At.Add(time.Hour), anyReading)
 	for range 2 {
-		f.awaitReading(t, ctx, fakewechat.PathToken, clock.now(), func(kv.QuotaReading) bool { return true })
+		f.awaitReading(t, ctx, fakewechat.PathToken, clock.now(), anyReading)
 	}
 	if n := strings.Count(leader.logs.String(), "quota/get cannot be asked about this API path"); n != 1 {
 		t.Errorf("the path quota/get cannot be asked about was asked %d times the same day; want once", n)
@@ -499,15 +513,10 @@ func TestAgentPathsAskedHourly(t *testing.T) {
 // nothing while it stands by, and the former leader's gauges go with its
 // term.
 func TestLeadersOwnFetchesAreNoOtherParty(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
-	failed, err := f.nc.SubscribeSync(kv.Subjects{}.Failed(quotaApp))
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := f.run(t, ctx, "first")
-	first.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	failed := f.failures(t)
+	first := f.lead(t, ctx, "first")
 	held := f.awaitToken(t, ctx, "")
 	second := f.run(t, ctx, "second")
 	second.logs.await(t, ctx, "standing by", 1)
@@ -563,13 +572,11 @@ func (f *quotaFixture) callStableAsAnotherParty(t *testing.T, force bool) {
 // held token is checked, and kept; a forced one ends it: it is checked,
 // found dead and rotated, and blamed on nobody a second time.
 func TestForeignStableTokenCallIsCheckedFirst(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
-	leader := f.run(t, ctx, "leader", func(c *Config) { c.Apps[0].TokenAPI = TokenAPIStable })
-	leader.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	leader := f.lead(t, ctx, "leader", func(c *Config) { c.Apps[0].TokenAPI = TokenAPIStable })
 	held := f.awaitToken(t, ctx, "")
-	f.awaitReading(t, ctx, fakewechat.PathStableToken, f.settled(t, ctx), func(kv.QuotaReading) bool { return true })
+	f.awaitReading(t, ctx, fakewechat.PathStableToken, f.settled(t, ctx), anyReading)
 
 	f.callStableAsAnotherParty(t, false)
 	leader.logs.await(t, ctx, "WeChat says the token still works, not rotating", 1)
@@ -632,14 +639,12 @@ func TestReadingsOfAgentsPathsAreBounded(t *testing.T) {
 // though it asks nothing again before --quota-every (an hour here): the
 // gauges, and the alerts on them, do not go away for that hour.
 func TestANewLeaderShowsTheLastReadingsAtOnce(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
 	hourly := func(c *Config) { c.QuotaEvery = time.Hour }
-	first := f.run(t, ctx, "first", hourly)
-	first.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	first := f.lead(t, ctx, "first", hourly)
 	f.awaitToken(t, ctx, "")
-	reading := f.awaitReading(t, ctx, fakewechat.PathToken, time.Now().Add(-time.Minute), func(kv.QuotaReading) bool { return true })
+	reading := f.awaitReading(t, ctx, fakewechat.PathToken, time.Now().Add(-time.Minute), anyReading)
 	second := f.run(t, ctx, "second", hourly)
 	second.logs.await(t, ctx, "standing by", 1)
 	calls := f.fake.QuotaUsed(quotaApp, fakewechat.PathQuotaGet)
@@ -666,28 +671,18 @@ func TestANewLeaderShowsTheLastReadingsAtOnce(t *testing.T) {
 // own earlier calls. The first reading is the day's baseline, not another
 // party's fetch; a real one after it is reported.
 func TestALedgerBegunTodayTakesItsFirstReadingAsTheBaseline(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ctx := quotaContext(t)
 	f := newQuotaFixture(t, fakewechat.Config{})
-	failed, err := f.nc.SubscribeSync(kv.Subjects{}.Failed(quotaApp))
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := f.run(t, ctx, "first")
-	first.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	failed := f.failures(t)
+	first := f.lead(t, ctx, "first")
 	held := f.awaitToken(t, ctx, "")
 	f.awaitReading(t, ctx, fakewechat.PathToken, time.Time{}, func(q kv.QuotaReading) bool { return q.Used == 1 })
 	first.stop()
 
-	b, err := f.js.KeyValue(ctx, kv.DefaultBucket)
-	if err != nil {
+	if err := f.bucket(t, ctx).Delete(ctx, kv.LedgerKey(quotaApp)); err != nil { // lost
 		t.Fatal(err)
 	}
-	if err := b.Delete(ctx, kv.LedgerKey(quotaApp)); err != nil { // lost
-		t.Fatal(err)
-	}
-	second := f.run(t, ctx, "second")
-	second.logs.await(t, ctx, "leading: refreshing tokens", 1)
+	second := f.lead(t, ctx, "second")
 	if !second.r.creds.Rotate(quotaApp, false, kv.ReasonRequested) { // written again, by a replica that never saw it
 		t.Fatal("no rotation started")
 	}
@@ -706,12 +701,7 @@ func TestALedgerBegunTodayTakesItsFirstReadingAsTheBaseline(t *testing.T) {
 	fetched := time.Now()
 	f.fetchAsAnotherParty(t)
 	f.awaitReading(t, ctx, fakewechat.PathToken, fetched, func(q kv.QuotaReading) bool { return q.Used == 3 })
-	msg, err := failed.NextMsg(time.Until(deadline(ctx)))
-	if err != nil {
-		t.Fatalf("no failure event for the foreign fetch after the baseline: %v", err)
-	}
-	var ev kv.FailureEvent
-	if err := json.Unmarshal(msg.Data, &ev); err != nil || ev.Class != kv.ClassForeignFetch || ev.Growth != 1 {
-		t.Errorf("event %s (%v), want a foreign_fetch of growth 1", msg.Data, err)
+	if ev := nextFailure(t, ctx, failed, " for the foreign fetch after the baseline"); ev.Class != kv.ClassForeignFetch || ev.Growth != 1 {
+		t.Errorf("event %+v, want a foreign_fetch of growth 1", ev)
 	}
 }

@@ -175,7 +175,7 @@ func New(nc *nats.Conn, cfg Config) (*Refresher, error) {
 		r.quota = newQuotaPoller(r, cfg.QuotaEvery)
 	}
 	subjects := kv.Subjects{Prefix: cfg.SubjectPrefix}
-	r.rids = newRidLookups(cfg.Registerer, nc, wechat, cfg, r.Leading)
+	r.rids = newRidLookups(cfg.Registerer, wechat, cfg, r.Leading)
 	r.creds = loop.New(loop.Config{
 		Conn: nc, JS: js, Bucket: bucket.Config{Name: cfg.Bucket, Replicas: cfg.Replicas, History: cfg.History, Subjects: subjects},
 		Schedule: schedule, ScheduleSpec: cfg.Schedule,
@@ -218,11 +218,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 	}
 	defer stopSecrets()
 	defer r.startProbes(ctx)()
-	stopRids, err := r.rids.run(ctx)
-	if err != nil {
-		return fmt.Errorf("publisher: following the agents' usage reports: %w", err)
-	}
-	defer stopRids()
+	defer r.rids.run(ctx)()
 	defer r.followFailures()()
 	tokens, l, err := r.open(ctx)
 	if err != nil {

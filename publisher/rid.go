@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxtoken/wxtoken/internal/wechaterr"
@@ -83,8 +82,6 @@ type ridEntry struct {
 type ridLookups struct {
 	creds   *loop.Credentials
 	wechat  *upstream.Client
-	nc      *nats.Conn
-	subject string
 	log     *slog.Logger
 	now     func() time.Time
 	leading func() bool
@@ -98,8 +95,8 @@ type ridLookups struct {
 	agents  chan *ridEntry
 }
 
-func newRidLookups(reg prometheus.Registerer, nc *nats.Conn, wechat *upstream.Client, cfg Config, leading func() bool) *ridLookups {
-	l := &ridLookups{wechat: wechat, nc: nc, subject: kv.Subjects{Prefix: cfg.SubjectPrefix}.Usage(), log: cfg.Logger,
+func newRidLookups(reg prometheus.Registerer, wechat *upstream.Client, cfg Config, leading func() bool) *ridLookups {
+	l := &ridLookups{wechat: wechat, log: cfg.Logger,
 		now: cfg.Clock.now, leading: leading, byRid: map[string]*ridEntry{}, sampled: map[ridKind]time.Time{}, recent: list.New(),
 		own: make(chan *ridEntry, 64), agents: make(chan *ridEntry, ridQueue),
 		counts: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -113,34 +110,25 @@ func newRidLookups(reg prometheus.Registerer, nc *nats.Conn, wechat *upstream.Cl
 	return l
 }
 
-// run follows the agents' usage reports and looks rids up until the
-// returned func is called, which waits for the lookups under way.
-func (l *ridLookups) run(ctx context.Context) (stop func(), err error) {
-	sub, err := l.nc.Subscribe(l.subject, l.reported)
-	if err != nil {
-		return nil, err
-	}
+// run looks rids up until the returned func is called, which waits for
+// the lookups under way.
+func (l *ridLookups) run(ctx context.Context) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for range ridWorkers {
 		wg.Go(func() { l.work(ctx) })
 	}
 	return func() {
-		sub.Unsubscribe()
 		cancel()
 		wg.Wait()
-	}, nil
+	}
 }
 
-// reported takes the rids of an agent's usage report, on the leader.
-func (l *ridLookups) reported(msg *nats.Msg) {
+// takeReport takes the rids of an agent's usage report (handed over by
+// listenForUsage), on the leader.
+func (l *ridLookups) takeReport(r kv.UsageReport) {
 	if !l.leading() {
 		return // the leader looks them up: it alone may call WeChat
-	}
-	r, err := kv.DecodeUsageReport(msg.Data)
-	if err != nil {
-		l.log.Debug("usage report ignored", "error", err)
-		return
 	}
 	for _, seen := range r.Rids {
 		if wechaterr.RidWorthLooking(seen.ErrCode) && l.sample(seen) {

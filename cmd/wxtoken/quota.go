@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/wxtoken/wxtoken/internal/quotastate"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -36,18 +37,15 @@ type quotaStatus struct {
 func quotaOf(ledgers []kv.Ledger) quotaStatus {
 	s := quotaStatus{Readings: []quotaRow{}, Foreign: []foreignRow{}}
 	for _, l := range ledgers {
-		appid := l.AppID
-		for path, q := range l.Quota {
-			s.Readings = append(s.Readings, quotaRow{AppID: appid, Path: path, QuotaReading: q})
+		state := quotastate.Of(l)
+		for _, r := range state.Readings { // ordered by path
+			s.Readings = append(s.Readings, quotaRow{AppID: state.AppID, Path: r.Path, QuotaReading: r.QuotaReading})
 		}
-		if l.Foreign != nil {
-			s.Foreign = append(s.Foreign, foreignRow{AppID: appid, ForeignFetch: *l.Foreign})
+		if state.Foreign != nil {
+			s.Foreign = append(s.Foreign, foreignRow{AppID: state.AppID, ForeignFetch: *state.Foreign})
 		}
 	}
-	sort.Slice(s.Readings, func(i, j int) bool {
-		a, b := s.Readings[i], s.Readings[j]
-		return a.AppID < b.AppID || a.AppID == b.AppID && a.Path < b.Path
-	})
+	sort.SliceStable(s.Readings, func(i, j int) bool { return s.Readings[i].AppID < s.Readings[j].AppID })
 	sort.Slice(s.Foreign, func(i, j int) bool { return s.Foreign[i].AppID < s.Foreign[j].AppID })
 	return s
 }

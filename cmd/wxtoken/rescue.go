@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/wxtoken/wxtoken/internal/quotastate"
 	"github.com/wxtoken/wxtoken/kv"
 )
 
@@ -28,11 +29,12 @@ type rescueRow struct {
 func rescueRows(ledgers []kv.Ledger) []rescueRow {
 	rows := []rescueRow{}
 	for _, l := range ledgers {
-		if l.Rescue == nil {
+		state := quotastate.Of(l)
+		if state.Rescue == nil {
 			continue
 		}
-		rows = append(rows, rescueRow{AppID: l.AppID, Rescue: *l.Rescue, Month: l.Month,
-			PathResets: l.PathResets(), AccountResets: l.AccountResets()})
+		rows = append(rows, rescueRow{AppID: state.AppID, Rescue: *state.Rescue, Month: state.Month,
+			PathResets: state.PathResets, AccountResets: state.AccountResets})
 	}
 	return rows
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/publisher"
 	"github.com/wxtoken/wxtoken/test/testenv"
@@ -24,12 +26,7 @@ import (
 // only: a failed call is not sent again elsewhere.
 func TestTheProxyMovesToTheSecondBaseAfterTwoFailuresInARow(t *testing.T) {
 	const app = "wxa000000000000001"
-	ctx := testenv.Context(t, 30*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
-	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
+	ctx, nc, fake, _ := refreshedApp(t, app)
 
 	for _, outage := range []fakewechat.Outage{fakewechat.Refused, fakewechat.ServerError, fakewechat.Busy, fakewechat.Hang} {
 		t.Run(outage.String(), func(t *testing.T) {
@@ -78,12 +75,7 @@ func TestTheProxyMovesToTheSecondBaseAfterTwoFailuresInARow(t *testing.T) {
 // is WeChat answering; calls stay on the first base.
 func TestAnswersOfTheAPIDoNotMoveTheProxy(t *testing.T) {
 	const app = "wxa000000000000001"
-	ctx := testenv.Context(t, 30*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
-	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
+	ctx, nc, fake, _ := refreshedApp(t, app)
 	first, second := domain(t, fake), domain(t, fake)
 	web, _ := startAgent(t, ctx, Config{Conn: nc, Keys: []string{app}, WeChatBase: mustURL(t, first.URL),
 		WeChatFallbacks: []*url.URL{mustURL(t, second.URL)}, WeComBase: mustURL(t, first.URL)})
@@ -101,9 +93,32 @@ func TestAnswersOfTheAPIDoNotMoveTheProxy(t *testing.T) {
 	}
 }
 
+// refreshedApp is the set-up of a test of the proxy: an embedded NATS, the
+// fake WeChat (tokens an hour long) at the returned URL, and a refresher of
+// app, which holds the app's token once it returns; the context bounds the
+// test.
+func refreshedApp(t *testing.T, app string) (context.Context, *nats.Conn, *fakewechat.Server, string) {
+	t.Helper()
+	ctx := testenv.Context(t, 30*time.Second)
+	srv := testenv.NATS(t)
+	nc := testenv.Connect(t, srv.ClientURL())
+	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
+	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
+	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
+	return ctx, nc, fake, wechat
+}
+
 // startAgent runs an agent of cfg, its logs sent to the channel it
 // returns, and returns its server's URL once it holds its keys.
 func startAgent(t *testing.T, ctx context.Context, cfg Config) (string, <-chan logRecord) {
+	t.Helper()
+	_, web, records := runAgent(t, ctx, cfg)
+	return web, records
+}
+
+// runAgent is startAgent that returns the agent too, for a test that
+// closes it itself.
+func runAgent(t *testing.T, ctx context.Context, cfg Config) (*Agent, string, <-chan logRecord) {
 	t.Helper()
 	records := make(chan logRecord, 256)
 	cfg.Logger = slog.New(recordingHandler{records})
@@ -116,7 +131,7 @@ func startAgent(t *testing.T, ctx context.Context, cfg Config) (string, <-chan l
 	web := httptest.NewServer(a.Server().Handler)
 	t.Cleanup(web.Close)
 	awaitLog(t, ctx, records, `"agent ready"`, func(r logRecord) bool { return r.msg == "agent ready" }, func(logRecord) {})
-	return web.URL, records
+	return a, web.URL, records
 }
 
 func domain(t *testing.T, fake *fakewechat.Server) *fakewechat.Domain {

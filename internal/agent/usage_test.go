@@ -17,8 +17,6 @@ import (
 	"github.com/wxtoken/wxtoken/internal/fakewechat"
 	"github.com/wxtoken/wxtoken/internal/wechaterr"
 	"github.com/wxtoken/wxtoken/kv"
-	"github.com/wxtoken/wxtoken/publisher"
-	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
 // TestTheProxyCountsItsCallsAndReportsThem: an app's daily limit on
@@ -31,16 +29,8 @@ import (
 func TestTheProxyCountsItsCallsAndReportsThem(t *testing.T) {
 	const app = "wxa000000000000001"
 	const every = 50 * time.Millisecond
-	ctx := testenv.Context(t, 30*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
-	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
-	reports, err := nc.SubscribeSync(kv.Subjects{Prefix: kv.DefaultSubjectPrefix}.Usage())
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, nc, fake, wechat := refreshedApp(t, app)
+	reports := usageReports(t, nc)
 	fake.SetQuotaLimit(app, fakewechat.PathUserList, 2)
 	web, _ := startAgent(t, ctx, Config{Conn: nc, Keys: []string{app}, WeChatBase: mustURL(t, wechat), WeComBase: mustURL(t, wechat), UsageEvery: every})
 
@@ -107,12 +97,7 @@ func TestTheProxyCountsItsCallsAndReportsThem(t *testing.T) {
 func TestTheProxyStreamsALongAnswerItCounts(t *testing.T) {
 	const app = "wxa000000000000001"
 	const path = "/cgi-bin/media/get"
-	ctx := testenv.Context(t, 30*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
-	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
+	ctx, nc, _, _ := refreshedApp(t, app)
 
 	chunk := bytes.Repeat([]byte("x"), 64<<10)
 	release := make(chan struct{})
@@ -194,6 +179,16 @@ func post(t *testing.T, ctx context.Context, url, body string) (int, string) {
 	return resp.StatusCode, string(answer)
 }
 
+// usageReports subscribes to the agents' usage reports.
+func usageReports(t *testing.T, nc *nats.Conn) *nats.Subscription {
+	t.Helper()
+	reports, err := nc.SubscribeSync(kv.Subjects{Prefix: kv.DefaultSubjectPrefix}.Usage())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reports
+}
+
 func nextReport(t *testing.T, ctx context.Context, sub *nats.Subscription) kv.UsageReport {
 	t.Helper()
 	msg, err := sub.NextMsgWithContext(ctx)
@@ -222,36 +217,14 @@ func usageOf(r kv.UsageReport, appid, path string) kv.PathUsage {
 // /metrics counted it so.
 func TestTheAgentReportsOnceMoreAsItStops(t *testing.T) {
 	const app = "wxa000000000000001"
-	ctx := testenv.Context(t, 30*time.Second)
-	srv := testenv.NATS(t)
-	nc := testenv.Connect(t, srv.ClientURL())
-	fake, wechat := testenv.WeChat(t, fakewechat.Config{ExpiresIn: time.Hour})
-	testenv.Refresher(t, nc, publisher.Config{Apps: testenv.Apps(fake, app), UpstreamURL: wechat})
-	testenv.Next(t, ctx, testenv.Entries(t, testenv.Bucket(t, ctx, nc), app))
-	reports, err := nc.SubscribeSync(kv.Subjects{Prefix: kv.DefaultSubjectPrefix}.Usage())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(Config{Conn: nc, Keys: []string{app}, WeChatBase: mustURL(t, wechat), WeComBase: mustURL(t, wechat), UsageEvery: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Run()
-	t.Cleanup(func() { a.Close() })
-	web := httptest.NewServer(a.Server().Handler)
-	t.Cleanup(web.Close)
-	for a.Ready() != nil {
-		select {
-		case <-ctx.Done():
-			t.Fatal("the agent never held its key")
-		case <-time.After(10 * time.Millisecond): // polled: readiness announces nothing
-		}
-	}
+	ctx, nc, fake, wechat := refreshedApp(t, app)
+	reports := usageReports(t, nc)
+	a, web, _ := runAgent(t, ctx, Config{Conn: nc, Keys: []string{app}, WeChatBase: mustURL(t, wechat), WeComBase: mustURL(t, wechat), UsageEvery: time.Hour})
 	fake.FailAPI(fakewechat.PathUserList, fakewechat.Fault{Status: http.StatusBadGateway})
-	if status, _ := get(t, ctx, web.URL+fakewechat.PathUserList); status != http.StatusBadGateway {
+	if status, _ := get(t, ctx, web+fakewechat.PathUserList); status != http.StatusBadGateway {
 		t.Fatalf("the call answered %d, want WeChat's 502", status)
 	}
-	_, metrics := get(t, ctx, web.URL+"/metrics")
+	_, metrics := get(t, ctx, web+"/metrics")
 	if line := `wxtoken_agent_api_calls_total{appid="` + app + `",class="http_error",path="/cgi-bin/user/get"} 1`; !strings.Contains(metrics, line) {
 		t.Errorf("/metrics has no %s", line)
 	}

@@ -139,6 +139,16 @@ func (c *credential) startIfDue(now time.Time, start func(f *flight, base outcom
 	return f
 }
 
+// startNow starts a rotation now, whatever the credential's schedule, or
+// joins the one under way, and reports whether one is under way (none
+// when the credential was removed or start could not run it).
+func (c *credential) startNow(start func(f *flight, base outcome) bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f, _ := c.startOrJoin(start)
+	return f != nil
+}
+
 // land ends the flight with its outcome, taking in the revision it left
 // if it is newer than the one known.
 func (c *credential) land(f *flight, out outcome, window func(time.Duration) time.Duration) {

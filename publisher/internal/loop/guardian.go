@@ -47,8 +47,5 @@ func (c *Credentials) Rotate(key string, check bool, reason string) bool {
 	if check {
 		m = modeChecked
 	}
-	cr.mu.Lock()
-	defer cr.mu.Unlock()
-	f, _ := cr.startOrJoin(func(f *flight, base outcome) bool { return c.fly(t, cr, f, m, reason, base) })
-	return f != nil
+	return cr.startNow(func(f *flight, base outcome) bool { return c.fly(t, cr, f, m, reason, base) })
 }
