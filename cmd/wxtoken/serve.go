@@ -136,7 +136,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"the regions (their JetStream domains, comma-separated) whose copies of the bucket to follow,\nas wxtoken_region_lag_seconds{region}")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
-	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat, two demo apps (tokens of 60s with a jsapi_ticket, and a\nstable_token app) and an agent; --min-force-interval is 5s unless given\n(no variable, on purpose: a fake WeChat is asked for on the command line)")
+	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat, two demo apps (tokens of 60s with a jsapi_ticket, and a\nstable_token app) and an agent; --min-force-interval is 5s and --quota-every 10s unless\ngiven (no variable, on purpose: a fake WeChat is asked for on the command line)")
 	c.String(&f.demoWeChat, "demo-wechat-listen", "WXTOKEN_DEMO_WECHAT_LISTEN", defaultDemoWeChatListen,
 		"with --demo: `host:port` of the fake WeChat (loopback only)")
 	c.String(&f.demoAgent, "demo-agent-listen", "WXTOKEN_DEMO_AGENT_LISTEN", defaultDemoAgentListen,
@@ -216,6 +216,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if f.demo && !c.given("min-force-interval") {
 		f.cfg.MinForceInterval = demoMinForceInterval
 	}
+	if f.demo && !c.given("quota-every") {
+		f.cfg.QuotaEvery = demoQuotaEvery
+	}
 	// Everything the flags say is checked before anything starts.
 	if err := f.cfg.Validate(); err != nil {
 		return usageError{err.Error()}
@@ -294,7 +297,8 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		defer stopAgent()
 		log.Info("demo: watch the tokens and the ticket rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`; "+
 			"sign a page with `go run ./cmd/wxtoken sign "+demoAppID+" https://example.com/`",
-			"apps", demoAppID+","+demoStableAppID, "min_force_interval", f.cfg.MinForceInterval, "status_page", d.pageURL)
+			"apps", demoAppID+","+demoStableAppID, "min_force_interval", f.cfg.MinForceInterval, "quota_every", f.cfg.QuotaEvery,
+			"be_another_party", "go run ./cmd/wxtoken demo fetch "+demoAppID+demoListenFlag(f.demoWeChat, defaultDemoWeChatListen), "status_page", d.pageURL)
 	}
 	reloads, stopReloads := context.WithCancel(ctx)
 	reloaded := make(chan struct{})
