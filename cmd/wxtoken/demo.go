@@ -63,6 +63,7 @@ func demoApps() []publisher.App {
 // an agent that forwards to it, so that the demo's tokens never reach the
 // real WeChat.
 type demo struct {
+	fake       *fakewechat.Server
 	wechatURL  string
 	stopWeChat func()
 	agentLn    net.Listener // nil with --demo-agent-listen off
@@ -98,7 +99,7 @@ func (f *serveFlags) startDemo(log *slog.Logger) (*demo, error) {
 	if err != nil {
 		return nil, demoListenError("the fake WeChat", "demo-wechat-listen", f.demoWeChat, err)
 	}
-	d := &demo{wechatURL: "http://" + ln.Addr().String()}
+	d := &demo{fake: fake, wechatURL: "http://" + ln.Addr().String()}
 	if f.demoAgent != "off" {
 		if d.agentLn, err = net.Listen("tcp", f.demoAgent); err != nil {
 			ln.Close()

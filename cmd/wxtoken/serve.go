@@ -258,6 +258,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer shutdownNATS()
+	if d != nil {
+		d.adoptHeld(nc, f.nats.bucket, log)
+	}
 
 	reg := newRegistry()
 	f.cfg.Registerer = reg
