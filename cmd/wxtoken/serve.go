@@ -146,7 +146,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		return err
 	}
 	if len(rest) > 0 {
-		return usagef("unexpected argument %q", rest[0])
+		return usagef("unexpected argument %q: serve takes flags only, such as --apps FILE (see wxtoken serve --help)", rest[0])
 	}
 	if err := f.nats.check(); err != nil {
 		return err
