@@ -23,9 +23,9 @@ For wxdemo0123456789ab it is a /cgi-bin/token fetch, which ends the token
 wxtoken holds after the fake's 30 s overlap; for wxdemostable012345 a
 forced stable_token refresh, which ends it at once. Within a round or two
 of the demo's --quota-every (10 s), the refresher's quota/get counts a call
-it did not make: an ERROR line, "wxtoken status --quota" lists it, the status page
-shows it in red, and the token is rotated at once. The token fetched is not
-printed.`
+it did not make: an ERROR line, "wxtoken status --quota" lists it, the
+status page shows it in red, and the token is rotated at once. The token
+fetched is not printed.`
 
 func demoFetch(args []string, getenv func(string) string, stdout io.Writer) error {
 	c := newCommand("demo fetch", "APPID", demoFetchSummary,
