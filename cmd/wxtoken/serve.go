@@ -41,7 +41,8 @@ leader lease and exits.`
 
 const serveExamples = `  # Try it: embedded NATS, a fake WeChat on 127.0.0.1:8181, a demo app with 60s
   # tokens and a jsapi_ticket, a stable_token demo app, and the agent on
-  # 127.0.0.1:8180; "wxtoken demo reject APPID" makes the fake reject a token
+  # 127.0.0.1:8180; "wxtoken demo reject APPID" makes the fake reject a token,
+  # "wxtoken demo fetch APPID" fetches one as another party would
   wxtoken serve --demo
 
   # One app, embedded NATS
@@ -117,7 +118,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Duration(&f.cfg.QuotaEvery, "quota-every", "WXTOKEN_QUOTA_EVERY", publisher.DefaultQuotaEvery,
 		"as leader, ask WeChat's quota/get this often how many calls to each app's token paths were made today\n(0: off), to see another party's fetches; the agents' paths at most once an hour")
 	c.Bool(&f.quotaRescue, "quota-rescue", "WXTOKEN_QUOTA_RESCUE", true,
-		"when a token, ticket or platform token fetch gets 45009 and the value held expires before 00:00\nChina time, reset the quota (quota/clear, clear_quota, clear_quota/v2; a platform's own) and fetch again")
+		"when a token, ticket or platform token fetch gets 45009 and the value held expires before 00:00\nChina time, reset the quota (quota/clear, clear_quota, clear_quota/v2; a platform's own) and fetch again;\n--quota-rescue=false resets nothing and keeps the events and log lines")
 	c.Int(&f.cfg.QuotaClearReserve, "quota-clear-reserve", "WXTOKEN_QUOTA_CLEAR_RESERVE", publisher.DefaultQuotaClearReserve,
 		"of the account's 10 quota resets a month, how many the rescue leaves for the console")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
