@@ -3,6 +3,7 @@ package publisher
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"slices"
 	"strings"
@@ -269,6 +270,10 @@ const maxAppsFileSize = 16 << 20
 // fails at start and not at the first refresh.
 func LoadAppsFile(path string, getenv func(string) string) ([]App, error) {
 	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("publisher: apps file: %w: give --apps (WXTOKEN_APPS) the path of the apps file, "+
+			"YAML as in the README's Configuration", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("publisher: apps file: %w", err)
 	}

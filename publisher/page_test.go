@@ -107,8 +107,15 @@ func TestStatusPageShowsStateAndNoSecret(t *testing.T) {
 	if err := nc.Publish(kv.Subjects{}.Failed(appid), failure); err != nil {
 		t.Fatal(err)
 	}
-	awaitPage(t, ctx, r, "the ledger, the failure and the replica leading", func(v pageView) bool {
-		return len(v.Apps) == 1 && v.Apps[0].Rescue != nil && len(v.Failures) == 1 && len(v.Replicas) == 1 && v.Replicas[0].Leading
+	// A failure with no errcode (a token killed elsewhere) of the app's
+	// access_token, whose kind the event leaves empty.
+	elsewhere, _ := json.Marshal(kv.FailureEvent{AppID: appid, ErrMsg: "the token was ended before its expiry by another party holding the AppSecret",
+		Class: kv.ClassInvalidatedElsewhere, NextAttempt: now})
+	if err := nc.Publish(kv.Subjects{}.Failed(appid), elsewhere); err != nil {
+		t.Fatal(err)
+	}
+	awaitPage(t, ctx, r, "the ledger, the failures and the replica leading", func(v pageView) bool {
+		return len(v.Apps) == 1 && v.Apps[0].Rescue != nil && len(v.Failures) == 2 && len(v.Replicas) == 1 && v.Replicas[0].Leading
 	})
 
 	page := httptest.NewServer(r.StatusPage())
@@ -144,7 +151,9 @@ func TestStatusPageShowsStateAndNoSecret(t *testing.T) {
 		"quota/clear 2 of 50 used", "clear_quota and clear_quota/v2 3 of 10 a month, shared with the console, which 0 are kept for",
 		"Last rescue: rescued of <code>/cgi-bin/token</code> by quota_clear",
 		"40164", "secret=[REDACTED] token=[REDACTED]",
-		"1 apps: another party used the AppSecret",
+		"1 app: another party used the AppSecret",
+		`<td>access_token</td><td class="bad">invalidated_elsewhere</td>
+<td class="n"></td>`,
 	} {
 		if !strings.Contains(html, want) {
 			t.Errorf("the page lacks %q", want)

@@ -45,6 +45,9 @@ func TestServeDemo(t *testing.T) {
 			t.Errorf("the demo's log lacks %q:\n%s", want, logs)
 		}
 	}
+	// The demo reads WeChat's quota every 10 s, so that `demo fetch` is
+	// seen within seconds (TestDemoFetchIsSeenAsAnotherParty), and says how.
+	p.waitOutput(t, ctx, `quota_every=10s be_another_party="go run ./cmd/wxtoken demo fetch `+demoApp+` --demo-wechat-listen `+wechatListen+`"`)
 	agentURL, wechatURL := "http://"+agentListen, "http://"+wechatListen
 	awaitReady(t, ctx, p, agentURL+"/readyz")
 	// A newcomer's first screen holds no warning: the agent starts once

@@ -63,6 +63,7 @@ func demoApps() []publisher.App {
 // an agent that forwards to it, so that the demo's tokens never reach the
 // real WeChat.
 type demo struct {
+	fake       *fakewechat.Server
 	wechatURL  string
 	stopWeChat func()
 	agentLn    net.Listener // nil with --demo-agent-listen off
@@ -98,7 +99,7 @@ func (f *serveFlags) startDemo(log *slog.Logger) (*demo, error) {
 	if err != nil {
 		return nil, demoListenError("the fake WeChat", "demo-wechat-listen", f.demoWeChat, err)
 	}
-	d := &demo{wechatURL: "http://" + ln.Addr().String()}
+	d := &demo{fake: fake, wechatURL: "http://" + ln.Addr().String()}
 	if f.demoAgent != "off" {
 		if d.agentLn, err = net.Listen("tcp", f.demoAgent); err != nil {
 			ln.Close()
@@ -217,22 +218,25 @@ const demoOverview = `Drive the demo that "wxtoken serve --demo" runs.
 
 Usage:
   wxtoken demo reject APPID    make the demo's fake WeChat reject APPID's current token
+  wxtoken demo fetch APPID     fetch APPID's token from the fake WeChat as another party would
 
-Run "wxtoken demo reject --help" for its flags and examples.
+Run "wxtoken demo reject --help" or "wxtoken demo fetch --help" for their flags and examples.
 `
 
 func demoCommand(args []string, getenv func(string) string, stdout, _ io.Writer) error {
 	if len(args) == 0 {
-		return usagef("need a subcommand: reject (see wxtoken demo --help)")
+		return usagef("need a subcommand: reject or fetch (see wxtoken demo --help)")
 	}
 	switch args[0] {
 	case "reject":
 		return demoReject(args[1:], getenv, stdout)
+	case "fetch":
+		return demoFetch(args[1:], getenv, stdout)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, demoOverview)
 		return errHelp
 	}
-	return usagef("unknown subcommand %q: use reject (see wxtoken demo --help)", args[0])
+	return usagef("unknown subcommand %q: use reject or fetch (see wxtoken demo --help)", args[0])
 }
 
 const demoRejectSummary = `Make the fake WeChat of "wxtoken serve --demo" reject an app's current

@@ -40,17 +40,19 @@ func TestREADMETablesMatchHelp(t *testing.T) {
 			t.Errorf("wxtoken %s --help and the README's table under %q: %s", c.command, c.heading, problem)
 		}
 	}
-	// wxtoken demo reject takes serve's --demo-wechat-listen, as given to
-	// serve --demo: serve's table documents it.
-	var demoRows []flagRow
-	demoHelp := helpFlags(t, "demo reject")
-	for _, r := range flagRows(t, readme, serveTable) {
-		if slices.ContainsFunc(r.flags, func(f string) bool { _, ok := demoHelp[f]; return ok }) {
-			demoRows = append(demoRows, r)
+	// wxtoken demo reject and demo fetch take serve's --demo-wechat-listen,
+	// as given to serve --demo: serve's table documents it.
+	for _, demo := range []string{"demo reject", "demo fetch"} {
+		var demoRows []flagRow
+		demoHelp := helpFlags(t, demo)
+		for _, r := range flagRows(t, readme, serveTable) {
+			if slices.ContainsFunc(r.flags, func(f string) bool { _, ok := demoHelp[f]; return ok }) {
+				demoRows = append(demoRows, r)
+			}
 		}
-	}
-	for _, problem := range compare(demoHelp, demoRows) {
-		t.Errorf("wxtoken demo reject --help and the README's table under %q: %s", serveTable, problem)
+		for _, problem := range compare(demoHelp, demoRows) {
+			t.Errorf("wxtoken %s --help and the README's table under %q: %s", demo, serveTable, problem)
+		}
 	}
 	rows := flagRows(t, readme, clientTable)
 	for _, command := range clientCommands {

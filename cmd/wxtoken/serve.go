@@ -41,7 +41,8 @@ leader lease and exits.`
 
 const serveExamples = `  # Try it: embedded NATS, a fake WeChat on 127.0.0.1:8181, a demo app with 60s
   # tokens and a jsapi_ticket, a stable_token demo app, and the agent on
-  # 127.0.0.1:8180; "wxtoken demo reject APPID" makes the fake reject a token
+  # 127.0.0.1:8180; "wxtoken demo reject APPID" makes the fake reject a token,
+  # "wxtoken demo fetch APPID" fetches one as another party would
   wxtoken serve --demo
 
   # One app, embedded NATS
@@ -117,7 +118,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	c.Duration(&f.cfg.QuotaEvery, "quota-every", "WXTOKEN_QUOTA_EVERY", publisher.DefaultQuotaEvery,
 		"as leader, ask WeChat's quota/get this often how many calls to each app's token paths were made today\n(0: off), to see another party's fetches; the agents' paths at most once an hour")
 	c.Bool(&f.quotaRescue, "quota-rescue", "WXTOKEN_QUOTA_RESCUE", true,
-		"when a token, ticket or platform token fetch gets 45009 and the value held expires before 00:00\nChina time, reset the quota (quota/clear, clear_quota, clear_quota/v2; a platform's own) and fetch again")
+		"when a token, ticket or platform token fetch gets 45009 and the value held expires before 00:00\nChina time, reset the quota (quota/clear, clear_quota, clear_quota/v2; a platform's own) and fetch again;\n--quota-rescue=false resets nothing and keeps the events and log lines")
 	c.Int(&f.cfg.QuotaClearReserve, "quota-clear-reserve", "WXTOKEN_QUOTA_CLEAR_RESERVE", publisher.DefaultQuotaClearReserve,
 		"of the account's 10 quota resets a month, how many the rescue leaves for the console")
 	c.Float(&f.cfg.UpstreamRate, "upstream-rate", "WXTOKEN_UPSTREAM_RATE", publisher.DefaultUpstreamRate, "most token fetches per second, across all apps")
@@ -136,7 +137,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		"the regions (their JetStream domains, comma-separated) whose copies of the bucket to follow,\nas wxtoken_region_lag_seconds{region}")
 	c.String(&f.logFormat, "log-format", "WXTOKEN_LOG_FORMAT", "text", "log format: text or json")
 	c.String(&f.logLevel, "log-level", "WXTOKEN_LOG_LEVEL", "info", "log level: debug, info, warn or error")
-	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat, two demo apps (tokens of 60s with a jsapi_ticket, and a\nstable_token app) and an agent; --min-force-interval is 5s unless given\n(no variable, on purpose: a fake WeChat is asked for on the command line)")
+	c.Bool(&f.demo, "demo", "", false, "run an embedded fake WeChat, two demo apps (tokens of 60s with a jsapi_ticket, and a\nstable_token app) and an agent; --min-force-interval is 5s and --quota-every 10s unless\ngiven (no variable, on purpose: a fake WeChat is asked for on the command line)")
 	c.String(&f.demoWeChat, "demo-wechat-listen", "WXTOKEN_DEMO_WECHAT_LISTEN", defaultDemoWeChatListen,
 		"with --demo: `host:port` of the fake WeChat (loopback only)")
 	c.String(&f.demoAgent, "demo-agent-listen", "WXTOKEN_DEMO_AGENT_LISTEN", defaultDemoAgentListen,
@@ -146,7 +147,7 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		return err
 	}
 	if len(rest) > 0 {
-		return usagef("unexpected argument %q", rest[0])
+		return usagef("unexpected argument %q: serve takes flags only, such as --apps FILE (see wxtoken serve --help)", rest[0])
 	}
 	if err := f.nats.check(); err != nil {
 		return err
@@ -216,6 +217,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 	if f.demo && !c.given("min-force-interval") {
 		f.cfg.MinForceInterval = demoMinForceInterval
 	}
+	if f.demo && !c.given("quota-every") {
+		f.cfg.QuotaEvery = demoQuotaEvery
+	}
 	// Everything the flags say is checked before anything starts.
 	if err := f.cfg.Validate(); err != nil {
 		return usageError{err.Error()}
@@ -255,6 +259,9 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer shutdownNATS()
+	if d != nil {
+		d.adoptHeld(nc, f.nats.bucket, log)
+	}
 
 	reg := newRegistry()
 	f.cfg.Registerer = reg
@@ -294,7 +301,8 @@ func serve(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		defer stopAgent()
 		log.Info("demo: watch the tokens and the ticket rotate with `go run ./cmd/wxtoken watch` or `go run ./cmd/wxtoken status`; "+
 			"sign a page with `go run ./cmd/wxtoken sign "+demoAppID+" https://example.com/`",
-			"apps", demoAppID+","+demoStableAppID, "min_force_interval", f.cfg.MinForceInterval, "status_page", d.pageURL)
+			"apps", demoAppID+","+demoStableAppID, "min_force_interval", f.cfg.MinForceInterval, "quota_every", f.cfg.QuotaEvery,
+			"be_another_party", "go run ./cmd/wxtoken demo fetch "+demoAppID+demoListenFlag(f.demoWeChat, defaultDemoWeChatListen), "status_page", d.pageURL)
 	}
 	reloads, stopReloads := context.WithCancel(ctx)
 	reloaded := make(chan struct{})

@@ -240,6 +240,22 @@ func (l *Lease) leaderAnswers(ctx context.Context) bool {
 	}
 }
 
+// logStandingBy says who holds the lease this replica stands by behind.
+// A holder of this replica's own name is another process: this one's run
+// before a crash or a kill -9 (its lease lapses within a TTL; a restart
+// fetches nothing meanwhile), or a second replica given the same
+// --instance, which must not be.
+func (l *Lease) logStandingBy(other jetstream.KeyValueEntry) {
+	leader, _ := kv.DecodeLeaseHolder(other.Value())
+	if leader.Instance == l.instance {
+		l.log.Info("standing by: the lease is held under this replica's own name by another process: "+
+			"its run before a crash or kill -9, whose lease lapses within the lease TTL, or another replica "+
+			"given the same --instance, which must not be (give each replica its own)", "leader", leader.Instance, "ttl", l.ttl)
+		return
+	}
+	l.log.Info("standing by: another replica leads", "leader", leader.Instance)
+}
+
 // leaderPingWait bounds the wait for a leader's answer to discovery.
 const leaderPingWait = 250 * time.Millisecond
 
@@ -394,8 +410,7 @@ func (l *Lease) Acquire(ctx context.Context) (*Held, error) {
 		case other != nil:
 			// Someone holds it: sleep until it would lapse unless renewed.
 			if !logged {
-				leader, _ := kv.DecodeLeaseHolder(other.Value())
-				l.log.Info("standing by: another replica leads", "leader", leader.Instance)
+				l.logStandingBy(other)
 				logged = true
 			}
 			// The server checks ages at least every 250ms.

@@ -113,12 +113,20 @@ func TestReplicaTakesOverItsOwnLease(t *testing.T) {
 		}
 		return err != nil
 	}
-	namesake, err := Open(ctx, nc, js, cfg)
+	said := make(chan struct{}, 1)
+	namesakeCfg := cfg
+	namesakeCfg.Logger = slog.New(onMessage("standing by: the lease is held under this replica's own name by another process", said))
+	namesake, err := Open(ctx, nc, js, namesakeCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !standsBy(namesake) {
 		t.Error("a namesake took over another process's lease")
+	}
+	select {
+	case <-said: // not "another replica leads", naming itself
+	default:
+		t.Error("a namesake standing by did not say that the lease is held under its own name by another process")
 	}
 	if standsBy(l) {
 		t.Fatal("the replica stood by behind its own lease")

@@ -35,7 +35,11 @@ const bucketCheckEvery = 5 * time.Second
 
 // bucketLife is what a refresher knows of the token bucket's life.
 type bucketLife struct {
-	lastRev atomic.Uint64         // the newest revision seen
+	lastRev atomic.Uint64 // the newest revision seen
+	// valued is set once a credential's key was seen: a token or a ticket
+	// was stored. A ledger's key is not one: every replica's probes count
+	// their calls there at start, before any replica led.
+	valued  atomic.Bool
 	problem atomic.Pointer[error] // what the last look found wrong, for Ready
 	created atomic.Int64          // when the bucket followed was created, Unix nanoseconds
 
@@ -313,6 +317,9 @@ func (c *Credentials) Observe(e jetstream.KeyValueEntry) {
 		}
 	}()
 	c.life.saw(e.Revision())
+	if !c.life.valued.Load() && kv.ValidateKey(e.Key()) == nil {
+		c.life.valued.Store(true)
+	}
 	cr := c.credential(e.Key())
 	if cr == nil {
 		return // another deployment's key, or one this version does not know
@@ -416,5 +423,7 @@ func (c *Credentials) Problem() error {
 	return nil
 }
 
-// HasTokens reports whether the bucket ever held a value this replica saw.
-func (c *Credentials) HasTokens() bool { return c.life.lastRev.Load() > 0 }
+// HasTokens reports whether the bucket ever held a token or a ticket this
+// replica saw (a ledger does not count: the probes write one before any
+// replica leads, and a fresh deployment would then wait a lease TTL).
+func (c *Credentials) HasTokens() bool { return c.life.valued.Load() }

@@ -128,6 +128,9 @@ func (c *Credentials) Lead(ctx context.Context, bucket jetstream.KeyValue, held 
 	if err != nil {
 		return err
 	}
+	// What a restart or a takeover found still valid in the bucket is used
+	// as it is: the operator sees that nothing needs fetching.
+	stillValid := c.validTokens()
 	cl := cronLogger{log: c.log, scrub: c.scrub}
 	cr := cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
 	id := cr.Schedule(c.cfg.Schedule, cron.FuncJob(func() { c.check(t) }))
@@ -138,7 +141,7 @@ func (c *Credentials) Lead(ctx context.Context, bucket jetstream.KeyValue, held 
 	if c.cfg.Duty != nil {
 		t.spawn(func() { c.cfg.Duty(tctx) })
 	}
-	c.log.Info("leading: refreshing tokens", "credentials", c.Len(), "schedule", c.cfg.ScheduleSpec)
+	c.log.Info("leading: refreshing tokens", "credentials", c.Len(), "still_valid", stillValid, "schedule", c.cfg.ScheduleSpec)
 
 	<-tctx.Done()
 	<-cr.Stop().Done()
