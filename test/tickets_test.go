@@ -85,15 +85,21 @@ func TestTicketsAreKeptBesideTheirToken(t *testing.T) {
 
 // TestTicketsAcrossTokenRotationsNeverUseADeadToken: a thousand ticket
 // rotations of 200 apps, across token rotations (tokens and tickets living
-// 3 s and 2 s), each ticket asked for with a working token, stored only
+// 12 s and 8 s), each ticket asked for with a working token, stored only
 // when its value changes, with its expiry counted from its first
 // appearance and never later than WeChat's.
+//
+// The lifetimes are what a busy 2-core CI machine needs under -race: at
+// 3 s and 2 s the 600 credentials asked for 530 rotations a second, each
+// a count, a call and a write; the loop fell behind by seconds, tokens
+// died before their rotation ran, and hundreds of ticket calls carried a
+// dead one (at 6 s and 4 s, 2 runs in 20 still had 9 and 53).
 func TestTicketsAcrossTokenRotationsNeverUseADeadToken(t *testing.T) {
 	const apps, rotations = 200, 3
 	ctx := testenv.Context(t, 120*time.Second)
 	srv := testenv.NATS(t)
 	nc := testenv.Connect(t, srv.ClientURL())
-	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 3 * time.Second, TicketExpiresIn: 2 * time.Second})
+	fake, url := testenv.WeChat(t, fakewechat.Config{ExpiresIn: 12 * time.Second, TicketExpiresIn: 8 * time.Second})
 	ids := make([]string, apps)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("wxt%015d", i)

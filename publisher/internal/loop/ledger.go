@@ -20,16 +20,16 @@ import (
 // says a token the refresher stored is dead before its expiry, the ledger
 // tells whose doing that was (suspect, blame).
 
-// count counts the call under api of cr in its app's ledger. A call is
-// made even if it cannot be counted (the bucket may be gone, and the
-// rotation repairs it when it stores): it is kept, and counted with the
-// app's next count, with its time, so that a token it ends is not blamed
-// on another party.
-func (c *Credentials) count(t *term, cr *credential, api string) error {
+// count counts the call under api of cr, made at at, in its app's ledger.
+// A call is made even if it cannot be counted (the bucket may be gone, and
+// the rotation repairs it when it stores): it is kept, and counted with
+// the app's next count, with its time, so that a token it ends is not
+// blamed on another party.
+func (c *Credentials) count(t *term, cr *credential, api string, at time.Time) error {
 	appid, _ := kv.SplitKey(cr.key)
 	ender := cr.id().ender
 	ends := ender != nil && ender.Ends(api)
-	err := c.countIn(t.work, t.bucket, appid, call{api: api, at: c.now(), ends: ends})
+	err := c.countIn(t.work, t.bucket, appid, call{api: api, at: at, ends: ends})
 	switch {
 	case err == nil:
 		return nil

@@ -35,10 +35,11 @@ func (e *parentWaitError) Error() string {
 
 // tokenFor returns the current token of p, the parent a credential is
 // fetched with, and its revision: after the rotation of it under way, if
-// any, and fetched first if there is none.
+// any, and after one started now if p is due (no token, or one in its
+// window whose rotation has not started yet).
 func (c *Credentials) tokenFor(t *term, p *credential) (kv.Credential, uint64, error) {
-	rec, rev, f := p.parentToken(c.now(), func(f *flight, base outcome) bool {
-		return c.fly(t, p, f, modeScheduled, kv.ReasonInitial, base)
+	rec, rev, f := p.parentToken(c.now(), func(f *flight, base outcome, reason string) bool {
+		return c.fly(t, p, f, modeScheduled, reason, base)
 	})
 	if f == nil && rec != nil {
 		return *rec, rev, nil
@@ -132,14 +133,21 @@ func (c *credential) parentCame() bool {
 
 // parentToken returns the parent's valid value and revision, or the
 // flight to wait for: one started, shared with its own schedule, when it
-// has none and is due; none while it waits after a failure or a repeated
-// answer.
-func (c *credential) parentToken(now time.Time, start func(f *flight, base outcome) bool) (rec *kv.Credential, rev uint64, f *flight) {
+// is due (it has no value, or one about to be replaced whose timer has not
+// gone off yet); none while it waits after a failure or a repeated answer.
+// A value in its window is not handed out while it is due: the child's
+// call waits for the pacer and the ledger's count before it goes, and on
+// a busy machine a token with a moment left died on the way.
+func (c *credential) parentToken(now time.Time, start func(f *flight, base outcome, reason string) bool) (rec *kv.Credential, rev uint64, f *flight) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f, rec, rev = c.flight, c.st.validRecord(now), c.st.rev
-	if f == nil && rec == nil && !now.Before(c.due(now)) {
-		f, _ = c.startOrJoin(start)
+	if f == nil && !now.Before(c.due(now)) {
+		reason := kv.ReasonScheduled
+		if c.st.rec == nil {
+			reason = kv.ReasonInitial
+		}
+		f, _ = c.startOrJoin(func(f *flight, base outcome) bool { return start(f, base, reason) })
 	}
 	return rec, rev, f
 }

@@ -369,7 +369,14 @@ func (c *Credentials) callUpstream(t *term, cr *credential, api string, budget f
 			return upstream.Issued{}, 0, err
 		}
 	}
-	if err := c.count(t, cr, api); err != nil {
+	// One time for the call, in the ledger and as what it fetches was
+	// fetched at: the ledger tells a later call that ends the token from
+	// its fetch by their seconds, and a fetched_at taken after the count's
+	// round trip could fall in the second after the count (then the next
+	// fetch, alone in that second, looked like none of ours, and the
+	// token it ended was blamed on another party).
+	at := c.now()
+	if err := c.count(t, cr, api, at); err != nil {
 		return upstream.Issued{}, 0, err
 	}
 	// The count was a round trip to the bucket: the term may have ended,
@@ -377,7 +384,6 @@ func (c *Credentials) callUpstream(t *term, cr *credential, api string, budget f
 	if t.ctx.Err() != nil || !t.coversCall(c.cfg.UpstreamTimeout) {
 		return upstream.Issued{}, 0, ErrEnding
 	}
-	at := c.now()
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	issued, err := call(t.work)
 	issued.At = at

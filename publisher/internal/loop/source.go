@@ -177,7 +177,7 @@ func (a *Attempt) Do(api string, call func(context.Context) error) error {
 	if err := a.c.pacer.Wait(a.t.ctx); err != nil {
 		return ErrEnding
 	}
-	if err := a.c.count(a.t, a.cr, api); err != nil {
+	if err := a.c.count(a.t, a.cr, api, a.c.now()); err != nil {
 		return err
 	}
 	if a.t.ctx.Err() != nil { // the term ended during the count's round trip
