@@ -202,5 +202,5 @@ func transportError(err error, sensitive string) error {
 	if msg != err.Error() {
 		cause = nil // the cause itself would print the secret
 	}
-	return &Error{Class: ClassRetry, ErrMsg: "request failed: " + msg, cause: cause}
+	return &Error{Class: ClassRetry, ErrMsg: "request failed: " + msg, cause: cause, unanswered: true}
 }

@@ -19,6 +19,9 @@ type Error struct {
 	// token fetch's meaning (TokenCodes) when empty.
 	Means string
 	cause error
+	// unanswered: the request went, or may have, and no answer came
+	// back (a timeout, a connection cut): see Unanswered.
+	unanswered bool
 }
 
 func (e *Error) Error() string {
@@ -84,6 +87,14 @@ func ClassOf(err error) Class {
 		return e.Class
 	}
 	return ClassRetry
+}
+
+// Unanswered reports whether err is a call that got no answer (it timed
+// out, or its connection failed or was cut): WeChat may have received it
+// and done its work, a new ticket issued say, all the same.
+func Unanswered(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.unanswered
 }
 
 // ChinaTime is UTC+8, where WeChat's day, and so its daily quotas, starts.
