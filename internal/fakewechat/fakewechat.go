@@ -110,6 +110,8 @@ type Server struct {
 	rids           map[string]*ridRecord  // the requests that got an error, by rid (rid.go)
 	serial         uint64
 	called         chan struct{} // closed and replaced at every token request
+
+	late map[string][]time.Duration // delays of the next answers, by path (late.go)
 }
 
 type app struct {
@@ -421,6 +423,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := s.record(w, r)
 	defer s.finish(rec, r, s.ridOwner(r))
 	if s.refusedByWhitelist(rec, r) {
+		return
+	}
+	if delay, ok := s.takeLate(r.URL.Path); ok {
+		s.answerLate(rec, r, delay)
 		return
 	}
 	s.route(rec, r)
