@@ -334,11 +334,10 @@ func (c *Credentials) call(t *term, cr *credential, id *identity, a *Attempt) (u
 	if id.budgeter != nil {
 		budget = func() error { return id.budgeter.Spend(a) }
 	}
-	issued, latency, err := c.callUpstream(t, cr, id.src.API(), budget, func(ctx context.Context) (upstream.Issued, error) {
+	issued, err := c.callUpstream(a, id.src.API(), budget, func(ctx context.Context) (upstream.Issued, error) {
 		return id.src.Fetch(ctx, a)
 	})
 	if err == nil {
-		a.latency = latency
 		return issued, nil
 	}
 	if upstream.ClassOf(err) != upstream.ClassToken {
@@ -347,26 +346,29 @@ func (c *Credentials) call(t *term, cr *credential, id *identity, a *Attempt) (u
 	return issued, err
 }
 
-// callUpstream makes one call to WeChat through the pacer, once the lease
-// is known to be held and if it surely covers the call, and counts it in
-// the metrics under api. A failure while the term ends is ErrEnding.
+// callUpstream makes one call to WeChat for a's credential through the
+// pacer, once the lease is known to be held and if it surely covers the
+// call, and counts it in the metrics under api. A failure while the term
+// ends is ErrEnding. A call that issued a value leaves its latency in a,
+// and the calls without an answer before it (see Attempt.IssuedFrom).
 //
 // budget, if not nil, runs once the call is sure to go: it counts the call
 // against a budget (forced refreshes, WeCom's ticket limits), and an error
 // from it stops the call.
-func (c *Credentials) callUpstream(t *term, cr *credential, api string, budget func() error, call func(context.Context) (upstream.Issued, error)) (upstream.Issued, time.Duration, error) {
+func (c *Credentials) callUpstream(a *Attempt, api string, budget func() error, call func(context.Context) (upstream.Issued, error)) (upstream.Issued, error) {
+	t, cr := a.t, a.cr
 	if err := c.pacer.Wait(t.ctx); err != nil {
-		return upstream.Issued{}, 0, ErrEnding
+		return upstream.Issued{}, ErrEnding
 	}
 	// A fetch can outlast its timeout's start by the whole timeout, and a
 	// request once sent cannot be taken back: none starts that the lease
 	// might not cover, nor while it is in doubt.
 	if !t.coversCall(c.cfg.UpstreamTimeout) {
-		return upstream.Issued{}, 0, ErrEnding
+		return upstream.Issued{}, ErrEnding
 	}
 	if budget != nil {
 		if err := budget(); err != nil {
-			return upstream.Issued{}, 0, err
+			return upstream.Issued{}, err
 		}
 	}
 	// One time for the call, in the ledger and as what it fetches was
@@ -377,26 +379,30 @@ func (c *Credentials) callUpstream(t *term, cr *credential, api string, budget f
 	// token it ended was blamed on another party).
 	at := c.now()
 	if err := c.count(t, cr, api, at); err != nil {
-		return upstream.Issued{}, 0, err
+		return upstream.Issued{}, err
 	}
 	// The count was a round trip to the bucket: the term may have ended,
 	// or the lease come into doubt, meanwhile.
 	if t.ctx.Err() != nil || !t.coversCall(c.cfg.UpstreamTimeout) {
-		return upstream.Issued{}, 0, ErrEnding
+		return upstream.Issued{}, ErrEnding
 	}
 	clock := time.Now() // latency on the monotonic clock, whatever Now says
 	issued, err := call(t.work)
 	issued.At = at
 	latency := time.Since(clock)
+	// Heard before the term's end is looked at: a call cut short by it
+	// may have reached WeChat all the same.
+	unanswered := cr.heard(at, err)
 	if err != nil {
 		if t.work.Err() != nil {
-			return upstream.Issued{}, 0, ErrEnding
+			return upstream.Issued{}, ErrEnding
 		}
 		c.metrics.UpstreamCall(cr.key, api, string(upstream.ClassOf(err)), latency)
-		return upstream.Issued{}, 0, err
+		return upstream.Issued{}, err
 	}
 	c.metrics.UpstreamCall(cr.key, api, "ok", latency)
-	return issued, latency, nil
+	a.latency, a.unanswered = latency, unanswered
+	return issued, nil
 }
 
 // storeRepairing stores as store does, and repairs the bucket first when

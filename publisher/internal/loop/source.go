@@ -141,6 +141,9 @@ type Attempt struct {
 	cr      *credential
 	gen     uint64        // the credential's grant generation when the attempt began
 	latency time.Duration // of the last call that issued a value
+	// unanswered are the calls of the credential without an answer before
+	// the last call that issued a value (see IssuedFrom).
+	unanswered []time.Time
 }
 
 // Now is the time on the refresher's clock.
@@ -163,10 +166,7 @@ func (a *Attempt) Bucket() jetstream.KeyValue { return a.t.bucket }
 // error from it stops the call. Call records no failure: what it returns
 // is the caller's to return.
 func (a *Attempt) Call(api string, budget func() error, call func(context.Context) (upstream.Issued, error)) (upstream.Issued, error) {
-	issued, latency, err := a.c.callUpstream(a.t, a.cr, api, budget, call)
-	if err == nil {
-		a.latency = latency
-	}
+	issued, err := a.c.callUpstream(a, api, budget, call)
 	return issued, err
 }
 

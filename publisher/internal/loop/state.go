@@ -20,6 +20,11 @@ type state struct {
 	pending    *kv.Credential // fetched but not stored yet: written before anything is fetched
 	announced  uint64         // the newest revision this replica published on the Value subject
 	quietUntil time.Time      // WeChat answered with the value held: not asked again before this
+	// unanswered holds when each call that got no answer went, oldest
+	// first, since the last call answered with a value: WeChat may have
+	// issued the value the next answer brings at any of them
+	// (Attempt.IssuedFrom).
+	unanswered []time.Time
 	// gen counts the changes of what a fetch is made with (a secret a
 	// reload replaced, an authorizer's newer refresh token): a refusal of
 	// the one before is no failure.
