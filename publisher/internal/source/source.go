@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/wxtoken/wxtoken/kv"
+	"github.com/wxtoken/wxtoken/publisher/internal/loop"
+	"github.com/wxtoken/wxtoken/publisher/internal/upstream"
 )
 
 // tokenRepeated is what follows a token API answering with the token held
@@ -42,4 +44,15 @@ func firstAppearanceRepeated(held kv.Credential, window time.Duration, now time.
 		return held.ExpiresAt.Add(time.Second), false
 	}
 	return now.Add(min(max(now.Sub(held.ExpiresAt), time.Second), max(window/8, time.Second))), false
+}
+
+// firstAppearance is the record of a value counted from its first
+// appearance (tickets, WeCom's gettoken), fetched in a: WeChat says the
+// whole lifetime in every answer, so the count starts when WeChat may
+// have made the value, which is before the call that brought it when an
+// earlier call got no answer (it timed out after WeChat made the value).
+// Counted from the earliest such call, the expiry is never later than
+// WeChat's.
+func firstAppearance(a *loop.Attempt, issued upstream.Issued) kv.Credential {
+	return kv.NewCredential(a.Key, issued.Value, issued.ExpiresIn, a.IssuedFrom(issued))
 }

@@ -48,4 +48,10 @@ func (*Ticket) Repeated(held kv.Credential, window time.Duration, now time.Time)
 	return firstAppearanceRepeated(held, window, now)
 }
 
+// Record counts a ticket from its first appearance, which a call that got
+// no answer may have been.
+func (*Ticket) Record(a *loop.Attempt, issued upstream.Issued) kv.Credential {
+	return firstAppearance(a, issued)
+}
+
 var _ loop.Source = (*Ticket)(nil)

@@ -54,9 +54,10 @@ func (s *WeComToken) Check(ctx context.Context, token string) (bool, error) {
 	return s.client.CheckToken(ctx, token)
 }
 
-// Record says the token came from WeCom.
+// Record says the token came from WeCom, counted from its first
+// appearance, which a call that got no answer may have been.
 func (*WeComToken) Record(a *loop.Attempt, issued upstream.Issued) kv.Credential {
-	rec := kv.NewCredential(a.Key, issued.Value, issued.ExpiresIn, issued.At)
+	rec := firstAppearance(a, issued)
 	rec.API = kv.APIWeCom
 	return rec
 }
@@ -112,16 +113,18 @@ func (*WeComTicket) Repeated(held kv.Credential, window time.Duration, now time.
 // Spend counts the call against WeCom's hourly limits.
 func (s *WeComTicket) Spend(a *loop.Attempt) error { return s.limits.take(a.Key, a.Now()) }
 
-// Record counts a corp's jsapi ticket from its first appearance: the
-// record of another app of the corp that holds the same ticket.
+// Record counts a ticket from its first appearance: a call of its own
+// that got no answer may have been it, and for a corp's jsapi ticket the
+// record of another app of the corp that holds the same ticket, if that
+// is earlier.
 func (s *WeComTicket) Record(a *loop.Attempt, issued upstream.Issued) kv.Credential {
-	rec := kv.NewCredential(a.Key, issued.Value, issued.ExpiresIn, issued.At)
+	rec := firstAppearance(a, issued)
 	corpid, _, _ := kv.SplitWeComKey(a.Key)
 	if s.kind != kv.KindJSAPITicket {
 		return rec
 	}
 	for _, peer := range a.Peers() {
-		if other, _, ok := kv.SplitWeComKey(peer.Key); ok && other == corpid && peer.Value == issued.Value {
+		if other, _, ok := kv.SplitWeComKey(peer.Key); ok && other == corpid && peer.Value == issued.Value && !peer.ExpiresAt.After(rec.ExpiresAt) {
 			rec.FetchedAt, rec.ExpiresIn, rec.ExpiresAt = peer.FetchedAt, peer.ExpiresIn, peer.ExpiresAt
 			break
 		}
