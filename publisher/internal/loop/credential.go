@@ -15,8 +15,8 @@ import (
 // immutable identity a reload may replace; what changes with each
 // rotation (state, state.go), the rotation under way (flight) and the
 // timer that wakes it (wakeup) are guarded by its mutex, which only this
-// file, parents.go (a child's wait for its parent's token) and demand.go
-// (a refresh request) take.
+// file, parents.go (a child's wait for its parent's token), demand.go (a
+// refresh request) and unanswered.go (the calls that got no answer) take.
 type credential struct {
 	key    string      // its key in the token bucket: an appid, "<corpid>-<agent>", or "<key>.<kind>"
 	kind   string      // kv.KindToken, or the ticket's kind

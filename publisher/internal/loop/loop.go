@@ -3,15 +3,16 @@
 // the token bucket with compare-and-swap, announces it, and backs off
 // when WeChat fails; it answers refresh requests, and keeps the bucket
 // itself fit to write to. It is the one owner of each credential's state
-// (credential.go, parents.go and demand.go take its lock, and no other
-// file or package), and it names no kind: a kind is a Source, and what
-// differs by kind reaches the loop through the optional interfaces of
-// source.go, asserted once.
+// (credential.go, parents.go, demand.go and unanswered.go take its lock,
+// and no other file or package), and it names no kind: a kind is a
+// Source, and what differs by kind reaches the loop through the optional
+// interfaces of source.go, asserted once.
 //
 // Reading order: loop.go (Credentials, Replace), credential.go and
 // state.go (what the loop knows of a credential), term.go (Lead: a term
 // of leadership), schedule.go (when a credential rotates), rotate.go (a
-// rotation: fetch, store, announce), parents.go (credentials fetched with
+// rotation: fetch, store, announce; unanswered.go: what a call that got
+// no answer may have issued), parents.go (credentials fetched with
 // another's token, and their waiting for it), failure.go, endpoint.go and
 // demand.go (refresh requests), ledger.go (each call counted before it
 // goes; a token another party ended), then bucket.go, leftover.go and
