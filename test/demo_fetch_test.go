@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxtoken/wxtoken/kv"
 	"github.com/wxtoken/wxtoken/test/testenv"
 )
 
@@ -30,20 +29,7 @@ func TestDemoFetchIsSeenAsAnotherParty(t *testing.T) {
 	// A ledger begun a moment ago sets the day's baseline (for twice
 	// --upstream-timeout): a newcomer reads the README first; the test
 	// waits for a reading after that.
-	ledgers := testenv.Entries(t, b, kv.LedgerKey(demoApp))
-	var settled time.Time
-	for {
-		l, err := kv.DecodeLedger(demoApp, testenv.Next(t, ctx, ledgers).Value())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if settled.IsZero() {
-			settled = l.Since.Add(2 * time.Second)
-		}
-		if l.Quota["/cgi-bin/token"].At.After(settled) {
-			break
-		}
-	}
+	awaitReadingPastBaseline(t, ctx, b, demoApp)
 
 	out, errOut, code := runWxtoken(t, nil, "demo", "fetch", demoApp, "--demo-wechat-listen", wechatListen)
 	if code != 0 || !strings.Contains(out, demoApp+": fetched a token from the demo's fake WeChat at /cgi-bin/token with the AppSecret, as another party would") {

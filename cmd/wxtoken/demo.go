@@ -267,14 +267,14 @@ func demoReject(args []string, getenv func(string) string, stdout io.Writer) err
 	if err := checkDemoListen("demo-wechat-listen", listen); err != nil {
 		return err
 	}
-	client := http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Post("http://"+listen+demoRejectPath+appid, "text/plain", nil)
+	req, err := http.NewRequest(http.MethodPost, "http://"+listen+demoRejectPath+appid, nil)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // without the URL, which the message says
-		}
-		return fmt.Errorf("no demo fake WeChat answers at %s (is `wxtoken serve --demo` running, with this --demo-wechat-listen?): %w", listen, err)
+		return err
+	}
+	req.Header.Set("Content-Type", "text/plain")
+	resp, err := callDemoWeChat(req, listen)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
@@ -288,4 +288,20 @@ func demoReject(args []string, getenv func(string) string, stdout io.Writer) err
 	fmt.Fprintf(stdout, "%s: the demo's fake WeChat now rejects its current token (errcode 40001).\n"+
 		"Now `wxtoken refresh %s --force` rotates it, and a call through the demo's agent is refreshed and retried.\n", appid, appid)
 	return nil
+}
+
+// callDemoWeChat sends req to the demo's fake WeChat at listen. Its error
+// leaves out the URL, which may hold the demo's AppSecret, and says what
+// to check.
+func callDemoWeChat(req *http.Request, listen string) (*http.Response, error) {
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("no demo fake WeChat answers at %s (is `wxtoken serve --demo` running, with this --demo-wechat-listen?): %w", listen, err)
+	}
+	return resp, nil
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -48,14 +47,9 @@ func demoFetch(args []string, getenv func(string) string, stdout io.Writer) erro
 	if err != nil {
 		return err
 	}
-	client := http.Client{Timeout: 5 * time.Second}
-	resp, err := client.Do(req)
+	resp, err := callDemoWeChat(req, listen)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // without the URL, which holds the secret
-		}
-		return fmt.Errorf("no demo fake WeChat answers at %s (is `wxtoken serve --demo` running, with this --demo-wechat-listen?): %w", listen, err)
+		return err
 	}
 	defer resp.Body.Close()
 	var answer struct {
