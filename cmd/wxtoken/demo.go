@@ -251,8 +251,7 @@ func demoReject(args []string, getenv func(string) string, stdout io.Writer) err
 		"  wxtoken demo reject "+demoAppID+"\n  wxtoken refresh "+demoAppID+" --force\n"+
 			"  curl -s http://127.0.0.1:8180/app/"+demoAppID+"/cgi-bin/user/get")
 	var listen string
-	c.String(&listen, "demo-wechat-listen", "WXTOKEN_DEMO_WECHAT_LISTEN", defaultDemoWeChatListen,
-		"`host:port` of the demo's fake WeChat, as given to serve --demo")
+	demoWeChatListenFlag(c, &listen)
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
@@ -304,4 +303,11 @@ func callDemoWeChat(req *http.Request, listen string) (*http.Response, error) {
 		return nil, fmt.Errorf("no demo fake WeChat answers at %s (is `wxtoken serve --demo` running, with this --demo-wechat-listen?): %w", listen, err)
 	}
 	return resp, nil
+}
+
+// demoWeChatListenFlag adds the flag of the demo commands that call the
+// demo's fake WeChat: where it listens.
+func demoWeChatListenFlag(c *command, listen *string) {
+	c.String(listen, "demo-wechat-listen", "WXTOKEN_DEMO_WECHAT_LISTEN", defaultDemoWeChatListen,
+		"`host:port` of the demo's fake WeChat, as given to serve --demo")
 }

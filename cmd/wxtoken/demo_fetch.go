@@ -30,8 +30,7 @@ func demoFetch(args []string, getenv func(string) string, stdout io.Writer) erro
 	c := newCommand("demo fetch", "APPID", demoFetchSummary,
 		"  wxtoken demo fetch "+demoAppID+"\n  wxtoken status --quota")
 	var listen string
-	c.String(&listen, "demo-wechat-listen", "WXTOKEN_DEMO_WECHAT_LISTEN", defaultDemoWeChatListen,
-		"`host:port` of the demo's fake WeChat, as given to serve --demo")
+	demoWeChatListenFlag(c, &listen)
 	rest, err := parseOrHelp(c, args, getenv, stdout)
 	if err != nil {
 		return err
