@@ -144,12 +144,8 @@ func (s *system) awaitKeys(n int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for {
-		b, err := kv.Bind(ctx, js, "")
-		if err == nil {
-			st, err := b.Status(ctx)
-			if err == nil && st.Values() >= uint64(n) {
-				return
-			}
+		if tokens(ctx, js) >= n {
+			return
 		}
 		select {
 		case <-ctx.Done():
@@ -158,6 +154,25 @@ func (s *system) awaitKeys(n int) {
 		}
 		progress("waiting for the system's %d tokens", n)
 	}
+}
+
+// tokens counts the token keys in the bucket. The bucket holds more than
+// tokens (each app's ledger, the lease), and the keys of those have two
+// tokens: an app's token is the key of one.
+func tokens(ctx context.Context, js jetstream.JetStream) int {
+	b, err := kv.Bind(ctx, js, "")
+	if err != nil {
+		return 0
+	}
+	keys, err := b.ListKeysFiltered(ctx, "*")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for range keys.Keys() {
+		n++
+	}
+	return n
 }
 
 // floorRequest asks the system's plain client for one floor message.
