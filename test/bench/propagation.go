@@ -132,9 +132,11 @@ type propagated struct {
 	core dist
 	// durable: a JetStream compare-and-swap write of the same bytes to a
 	// bucket like the token bucket, its acknowledgement, then the core
-	// publish, by a plain client beside the refresher; from the write's
-	// timestamp in the stream to each receipt, as wxtoken's is measured. A rotation must be stored before it is
-	// announced, so this is wxtoken's real floor.
+	// publish of the message a value is (the bytes and a revision
+	// header), by a plain client beside the refresher; from the write's
+	// timestamp in the stream to each receipt, as wxtoken's is measured.
+	// A rotation must be stored before it is announced, so this is
+	// wxtoken's real floor.
 	durable dist
 	// durableClient: the same, from before the write request left the
 	// client (the wording): one loopback crossing more than

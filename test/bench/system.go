@@ -233,7 +233,14 @@ func serveFloors(url string) {
 			}
 			subject = durableFloorSubject
 		}
-		if err := nc.Publish(subject, payload); err != nil {
+		msg := nats.NewMsg(subject)
+		msg.Data = payload
+		if req.Durable {
+			// The message a value is: the record, its revision in a
+			// header (which every receiver's client library parses).
+			msg.Header.Set(kv.RevisionHeader, strconv.FormatUint(rev, 10))
+		}
+		if err := nc.PublishMsg(msg); err != nil {
 			log.Fatal(err)
 		}
 		nc.Flush() // as the refresher flushes a new value at once
