@@ -30,13 +30,43 @@ import (
 // benchRegions are the regions of the regions part.
 var benchRegions = []string{"shanghai", "shenzhen"}
 
+// regionDelays parses -delay: a delay for each of benchRegions, or one for
+// all of them.
+func regionDelays(list string) map[string]time.Duration {
+	var all []time.Duration
+	for _, s := range strings.Split(list, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || d < 0 {
+			log.Fatalf("-delay: %q is not a duration", s)
+		}
+		all = append(all, d)
+	}
+	if len(all) != 1 && len(all) != len(benchRegions) {
+		log.Fatalf("-delay: %d delays for %d regions", len(all), len(benchRegions))
+	}
+	delays := map[string]time.Duration{}
+	for i, name := range benchRegions {
+		delays[name] = all[min(i, len(all)-1)]
+	}
+	return delays
+}
+
+// delayList is the -delay value that gives delays.
+func delayList(delays map[string]time.Duration) string {
+	var list []string
+	for _, name := range benchRegions {
+		list = append(list, delays[name].String())
+	}
+	return strings.Join(list, ",")
+}
+
 // runRegionsSystem is the child process of the regions part: a hub NATS
 // with a refresher, and a NATS per region joined to it by a leaf
-// connection through a relay that delays every byte by delay each way,
+// connection through a relay that delays every byte by the region's delay each way,
 // each with its copy of the bucket. It prints where each NATS listens, and
 // answers "bench.invalidate" (WeChat ends the current token) and
 // "bench.relay" ("cut" or "heal" every relay) on the hub.
-func runRegionsSystem(delay time.Duration) {
+func runRegionsSystem(delays map[string]time.Duration) {
 	dir, err := os.MkdirTemp("", "wxtoken-bench-regions")
 	if err != nil {
 		log.Fatal(err)
@@ -80,7 +110,7 @@ func runRegionsSystem(delay time.Duration) {
 		if err != nil {
 			log.Fatal(err)
 		}
-		relay.Delay(delay)
+		relay.Delay(delays[name])
 		relays = append(relays, relay)
 		opts, err := embedded.Options("127.0.0.1:-1", dir+"/"+name)
 		if err != nil {
@@ -225,11 +255,11 @@ func (f *regionFleet) close() {
 // regionsResult is what the regions part measured.
 type regionsResult struct {
 	n, rotations int
-	delay        time.Duration
-	hub          dist            // the refresher's own NATS: the in-region floor
-	regions      map[string]dist // each region
-	core         map[string]dist // a core message from the hub, by fleet
-	first        map[string]dist // the first rotation after start, by fleet: not in hub and regions
+	delays       map[string]time.Duration // each region's link, each way
+	hub          dist                     // the refresher's own NATS: the in-region floor
+	regions      map[string]dist          // each region
+	core         map[string]dist          // a core message from the hub, by fleet
+	first        map[string]dist          // the first rotation after start, by fleet: not in hub and regions
 	partition    time.Duration
 	catchUp      map[string]time.Duration // from the heal until every subscriber held the newest
 }
@@ -239,12 +269,12 @@ type regionsResult struct {
 // then a partition of every region for partition, with two rotations at
 // the hub, and how long after the heal each region's subscribers all hold
 // the newest token.
-func regionsBench(n, rotations int, delay, partition time.Duration) regionsResult {
+func regionsBench(n, rotations int, delays map[string]time.Duration, partition time.Duration) regionsResult {
 	self, err := os.Executable()
 	if err != nil {
 		log.Fatal(err)
 	}
-	cmd := exec.Command(self, "-role", "regions", "-delay", delay.String())
+	cmd := exec.Command(self, "-role", "regions", "-delay", delayList(delays))
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -353,7 +383,7 @@ func regionsBench(n, rotations int, delay, partition time.Duration) regionsResul
 		}
 		progress("regions n=%d: rotation %d/%d", n, i+1, rotations)
 	}
-	res := regionsResult{n: n, rotations: rotations, delay: delay, hub: summarize(samples["hub"]), regions: map[string]dist{},
+	res := regionsResult{n: n, rotations: rotations, delays: delays, hub: summarize(samples["hub"]), regions: map[string]dist{},
 		core: map[string]dist{}, first: map[string]dist{}, partition: partition, catchUp: map[string]time.Duration{}}
 	for _, f := range fleets {
 		res.regions[f.name], res.core[f.name], res.first[f.name] = summarize(samples[f.name]), summarize(core[f.name]), summarize(firstRotation[f.name])
@@ -399,18 +429,18 @@ func regionsRows(r regionsResult) []row {
 		benchLine(fmt.Sprintf("Regions/n=%d/%s/first-rotation", r.n, name), d.n, fmt.Sprintf("%.3f", ms(d.p50)), "p50-ms",
 			fmt.Sprintf("%.3f", ms(d.max)), "max-ms")
 	}
-	bound := r.hub.p99 + r.delay + 5*time.Millisecond
 	var rows []row
 	for _, name := range benchRegions {
-		d := r.regions[name]
+		d, delay := r.regions[name], r.delays[name]
+		bound := r.hub.p99 + delay + 5*time.Millisecond
 		benchLine(fmt.Sprintf("Regions/n=%d/%s", r.n, name), d.n, fmt.Sprintf("%.3f", ms(d.p50)), "p50-ms",
 			fmt.Sprintf("%.3f", ms(d.p99)), "p99-ms", fmt.Sprintf("%.3f", ms(d.max)), "max-ms")
 		rows = append(rows, row{fmt.Sprintf("9 regions n=%d %s", r.n, name),
-			fmt.Sprintf("KV write at the hub → held in the region, %s each way, %d rotations", r.delay, r.rotations),
+			fmt.Sprintf("KV write at the hub → held in the region, %s each way, %d rotations", delay, r.rotations),
 			fmt.Sprintf("p50 %.1f / p99 %.1f / max %.1f ms", ms(d.p50), ms(d.p99), ms(d.max)),
 			fmt.Sprintf("at the hub: p50 %.1f / p99 %.1f ms; + one way %.0f ms (a core message from the hub: p50 %.1f / p99 %.1f ms here)",
-				ms(r.hub.p50), ms(r.hub.p99), ms(r.delay), ms(r.core[name].p50), ms(r.core[name].p99)),
-			fmt.Sprintf("p99 %+.1f ms over hub p99 + one way", ms(d.p99-r.hub.p99-r.delay)),
+				ms(r.hub.p50), ms(r.hub.p99), ms(delay), ms(r.core[name].p50), ms(r.core[name].p99)),
+			fmt.Sprintf("p99 %+.1f ms over hub p99 + one way", ms(d.p99-r.hub.p99-delay)),
 			"p99 ≤ hub p99 + one way + 5 ms", verdict(d.p99 <= bound)})
 	}
 	for _, name := range benchRegions {
