@@ -399,11 +399,15 @@ func propagationRows(name, part, measure string, p propagated, what string) []ro
 		benchLine(name+"/"+l.kind, l.d.n, fmt.Sprintf("%.3f", ms(l.d.p50)), "p50-ms", fmt.Sprintf("%.3f", ms(l.d.p90)), "p90-ms",
 			fmt.Sprintf("%.3f", ms(l.d.p99)), "p99-ms", fmt.Sprintf("%.3f", ms(l.d.max)), "max-ms")
 	}
+	// The followers' process's CPU time per receipt, beside the latencies.
+	benchLine(name+"/"+what+"-cpu", p.wxtoken.n, fmt.Sprintf("%.2f", us(p.cpu)), "cpu-us/receipt")
+	benchLine(name+"/durable-floor-cpu", p.durable.n, fmt.Sprintf("%.2f", us(p.durableCPU)), "cpu-us/receipt")
 	durable := float64(p.wxtoken.p99) / float64(p.durable.p99)
 	core := float64(p.wxtoken.p99) / float64(p.core.p99)
 	return []row{{part, measure,
 		fmt.Sprintf("p50 %.1f / p99 %.1f / max %.1f ms (the first rotation after start, apart: max %.1f ms)", ms(p.wxtoken.p50), ms(p.wxtoken.p99), ms(p.wxtoken.max), ms(p.first.max)),
 		fmt.Sprintf("durable floor (CAS write, ack, fan-out), from the write: p50 %.1f / p99 %.1f / max %.1f ms (from the request: p99 %.1f ms); core fan-out: p50 %.1f / p99 %.1f / max %.1f ms",
 			ms(p.durable.p50), ms(p.durable.p99), ms(p.durable.max), ms(p.durableClient.p99), ms(p.core.p50), ms(p.core.p99), ms(p.core.max)),
-		fmt.Sprintf("p99 %.2fx durable, %.2fx core", durable, core), "p99 ≤ 1.15x durable floor", verdict(durable <= 1.15)}}
+		fmt.Sprintf("p99 %.2fx durable, %.2fx core; CPU a receipt %.1f against %.1f µs", durable, core, us(p.cpu), us(p.durableCPU)),
+		"p99 ≤ 1.15x durable floor", verdict(durable <= 1.15)}}
 }

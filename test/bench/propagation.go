@@ -145,6 +145,13 @@ type propagated struct {
 	// first and firstDurable: the first rotation after the followers
 	// started, and the first durable floor message, measured apart.
 	first, firstDurable dist
+	// cpu and durableCPU: the CPU time this process (the followers') spent
+	// on a rotation and on a durable floor message, from after the round's
+	// collection until every follower held it, per follower. Less
+	// disturbed by other work on the machine than a latency, it shows what
+	// wxtoken does on each receipt that the floor's callback does not. A
+	// rotation's includes the three requests that start and check it.
+	cpu, durableCPU time.Duration
 }
 
 // propagation measures the time from the refresher's KV write of a new
@@ -207,8 +214,9 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 	// Each kind of round returns its samples: wxtoken's from the write to
 	// each follower holding the value, the floors' from the write (or the
 	// publish) to each receipt.
-	rotate := func(round int) (wxtoken []time.Duration) {
+	rotate := func(round int) (wxtoken []time.Duration, cpu time.Duration) {
 		runtime.GC() // each round starts with no garbage to collect, in every kind
+		start := ownCPU()
 		key := pick(round)
 		e, err := tokens.Get(ctx, key)
 		if err != nil {
@@ -228,6 +236,7 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 			log.Fatalf("refresh %s: %s", key, msg.Data)
 		}
 		arrivals := f.await(f.rotated, reply.Revision)
+		cpu = ownCPU() - start
 		stored, err := tokens.GetRevision(ctx, key, reply.Revision)
 		if err != nil {
 			log.Fatal(err)
@@ -235,12 +244,13 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 		for _, at := range arrivals {
 			wxtoken = append(wxtoken, at.Sub(stored.Created()))
 		}
-		return wxtoken
+		return wxtoken, cpu
 	}
 	// The floors' messages leave the system's process, from a plain
 	// client on a connection of its own, as the refresher's values do.
-	floor := func(durable bool, round int) (arrivals []time.Time, reply floorReply) {
+	floor := func(durable bool, round int) (arrivals []time.Time, reply floorReply, cpu time.Duration) {
 		runtime.GC()
+		start := ownCPU()
 		req, _ := json.Marshal(floorRequest{Durable: durable, Round: uint64(round), Size: size})
 		msg, err := control.Request("bench.floor", req, 10*time.Second)
 		if err != nil {
@@ -253,22 +263,23 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 		if durable {
 			m = f.durable
 		}
-		return f.await(m, uint64(round)), reply
+		arrivals = f.await(m, uint64(round))
+		return arrivals, reply, ownCPU() - start
 	}
 	coreFloor := func(round int) (core []time.Duration) {
-		arrivals, reply := floor(false, round)
+		arrivals, reply, _ := floor(false, round)
 		for _, at := range arrivals {
 			core = append(core, at.Sub(reply.Sent))
 		}
 		return core
 	}
-	durableFloor := func(round int) (durable, durableClient []time.Duration) {
-		arrivals, reply := floor(true, round)
+	durableFloor := func(round int) (durable, durableClient []time.Duration, cpu time.Duration) {
+		arrivals, reply, cpu := floor(true, round)
 		for _, at := range arrivals {
 			durable = append(durable, at.Sub(reply.Stored))
 			durableClient = append(durableClient, at.Sub(reply.Sent))
 		}
-		return durable, durableClient
+		return durable, durableClient, cpu
 	}
 
 	// The first round of each kind is not in the figures: it is the
@@ -277,16 +288,20 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 	// back on the way (with GODEBUG=gcshrinkstackoff=1 the first round is
 	// like the others). A service pays that once, not at each rotation;
 	// it is reported on its own.
-	firstRotation := rotate(0)
-	firstDurable, _ := durableFloor(0)
+	firstRotation, _ := rotate(0)
+	firstDurable, _, _ := durableFloor(0)
 	coreFloor(0)
 	var wxtoken, core, durable, durableClient []time.Duration
+	var wxtokenCPU, durableCPU time.Duration
 	kinds := []func(int){
-		func(round int) { wxtoken = append(wxtoken, rotate(round)...) },
+		func(round int) {
+			w, cpu := rotate(round)
+			wxtoken, wxtokenCPU = append(wxtoken, w...), wxtokenCPU+cpu
+		},
 		func(round int) { core = append(core, coreFloor(round)...) },
 		func(round int) {
-			d, c := durableFloor(round)
-			durable, durableClient = append(durable, d...), append(durableClient, c...)
+			d, c, cpu := durableFloor(round)
+			durable, durableClient, durableCPU = append(durable, d...), append(durableClient, c...), durableCPU+cpu
 		},
 	}
 	for round := 1; round <= rotations; round++ {
@@ -297,7 +312,8 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 		progress("propagation %s: round %d/%d", name, round, rotations)
 	}
 	return propagated{wxtoken: summarize(wxtoken), core: summarize(core), durable: summarize(durable), durableClient: summarize(durableClient),
-		first: summarize(firstRotation), firstDurable: summarize(firstDurable)}
+		first: summarize(firstRotation), firstDurable: summarize(firstDurable),
+		cpu: wxtokenCPU / time.Duration(max(len(wxtoken), 1)), durableCPU: durableCPU / time.Duration(max(len(durable), 1))}
 }
 
 var lastProgress struct {

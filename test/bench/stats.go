@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"log"
 	"slices"
+	"syscall"
 	"time"
 )
 
@@ -22,7 +24,19 @@ func summarize(samples []time.Duration) dist {
 	return dist{n: len(s), p50: at(0.50), p90: at(0.90), p99: at(0.99), max: s[len(s)-1]}
 }
 
+// ownCPU is the CPU time this process has used, user and system, to the
+// microsecond (processCPU reads another process's, in 10 ms ticks).
+func ownCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		log.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // benchLine prints a result in the benchmark format benchstat reads:
 // name, iterations, then value-unit pairs.
