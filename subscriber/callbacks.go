@@ -137,11 +137,9 @@ func (c *callbacks) loop() {
 	}
 	var last uint64
 	for {
-		var changed chan struct{} // nil without OnRotate: never ready
+		var changed <-chan struct{} // nil without OnRotate: never ready
 		if fn := s.opts.onRotate; fn != nil {
-			s.mu.Lock()
-			changed = s.changed
-			s.mu.Unlock()
+			changed = s.nextChange()
 			if t := s.current.Load(); t != nil && t.Revision > last {
 				last = t.Revision
 				if !c.call(func() { fn(s, *t) }) {

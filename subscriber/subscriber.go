@@ -75,7 +75,7 @@ type Subscriber struct {
 	stopped  bool // updated is closed; under applying
 
 	mu      sync.Mutex
-	changed chan struct{} // closed and replaced whenever current changes
+	changed chan struct{} // closed at the next change of current; nil until someone waits for one
 
 	ctx     context.Context // ends with Close
 	cancel  context.CancelFunc
@@ -110,7 +110,6 @@ func New(ctx context.Context, nc *nats.Conn, key string, opts ...Option) (*Subsc
 		opts:     o,
 		subjects: kv.Subjects{Prefix: o.subjectPrefix},
 		updated:  make(chan struct{}, 1),
-		changed:  make(chan struct{}),
 		ctx:      bg,
 		cancel:   cancel,
 		halted:   make(chan struct{}),
@@ -242,9 +241,18 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 	s.get(ctx, bucket)
 	// Last line of defence: a token about to expire with nothing newer in
 	// sight means an announcement was missed, or the refresher is down.
-	// Read the key then, and every staleRecheck while it stays so.
-	stale := time.NewTimer(s.untilStale())
-	defer stale.Stop()
+	// Read the key then, and every staleRecheck while it stays so. The
+	// timer pokes a channel of its own: a select on a timer's channel
+	// takes the timer out of the runtime's heap and puts it back each
+	// time this goroutine parks and wakes, that is at every value.
+	stale := make(chan struct{}, 1)
+	staleTimer := time.AfterFunc(s.untilStale(), func() {
+		select {
+		case stale <- struct{}{}:
+		default:
+		}
+	})
+	defer staleTimer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -262,11 +270,11 @@ func (s *Subscriber) followValues(ctx context.Context, bucket jetstream.KeyValue
 			s.apply(rev, kv.ValueOperation(m.Header), record)
 		case <-reconnected:
 			s.get(ctx, bucket)
-		case <-stale.C:
+		case <-stale:
 			if s.untilStale() <= 0 {
 				s.get(ctx, bucket)
 			}
-			stale.Reset(max(s.untilStale(), staleRecheck))
+			staleTimer.Reset(max(s.untilStale(), staleRecheck))
 		}
 	}
 }
@@ -355,13 +363,27 @@ func (s *Subscriber) holdsNewer(revision uint64) bool {
 // s.applying.
 func (s *Subscriber) changedLocked() {
 	s.mu.Lock()
-	close(s.changed)
-	s.changed = make(chan struct{})
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 	s.mu.Unlock()
 	select {
 	case s.updated <- struct{}{}:
 	default:
 	}
+}
+
+// nextChange returns a channel closed at the next change of the token. It
+// is made when someone asks for it: a change nobody waits for allocates
+// nothing.
+func (s *Subscriber) nextChange() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return s.changed
 }
 
 // report records a problem, logs it and hands it to OnError. It never
@@ -438,9 +460,7 @@ func (s *Subscriber) Err() error {
 // waitNewer waits until the subscriber holds a token newer than revision.
 func (s *Subscriber) waitNewer(ctx context.Context, revision uint64) (Token, error) {
 	for {
-		s.mu.Lock()
-		changed := s.changed
-		s.mu.Unlock()
+		changed := s.nextChange()
 		if t := s.current.Load(); t != nil && t.Revision > revision {
 			return *t, nil
 		}
