@@ -48,7 +48,7 @@ func main() {
 	counts := flag.String("counts", "1,100", "footprint: app counts to follow, ascending")
 	part := flag.String("part", "all", "parts to run, comma-separated: read, propagation, sets, storm, quota, apps, footprint, follow, agent, login, agentkeys, authorizers, regions, guardian-cost, guardian, or all")
 	n := flag.String("n", "100,1000", "propagation: subscriber counts, comma-separated")
-	rotations := flag.Int("rotations", 40, "propagation: least rotations per subscriber count (small counts get more, for at least 20,000 samples)")
+	rotations := flag.Int("rotations", 100, "propagation: least rotations per subscriber count (small counts get more, for at least 20,000 samples); a round's samples rise and fall together, so a p99 of few rounds is their slowest one")
 	sets := flag.Int("sets", 100, "sets: Sets (each on a connection of its own) following every key")
 	setRotations := flag.Int("set-rotations", 200, "sets: rotations of keys picked at random")
 	keys := flag.Int("keys", 10000, "sets, follow, agentkeys: keys in the bucket")
