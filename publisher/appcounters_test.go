@@ -6,9 +6,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wxtoken/wxtoken/kv"
 )
 
 // exposed returns the series lines a scrape of c shows, without comments.
@@ -59,5 +62,23 @@ func TestAppCountersWithTheAppidAlone(t *testing.T) {
 	want := []string{`wxtoken_test_ended_total{appid="wxA"} 2`}
 	if got := exposed(t, c); !slices.Equal(got, want) {
 		t.Fatalf("scrape shows %q, want %q", got, want)
+	}
+}
+
+// TestForgettingAnAppsTokenDropsItsAppWideCalls: the calls made for an app
+// as a whole (its quota questions, rid lookups and quota resets among
+// them) go when a reload removes the app, and another app's stay.
+func TestForgettingAnAppsTokenDropsItsAppWideCalls(t *testing.T) {
+	m := newMetrics(nil, nil)
+	for _, api := range append([]string{"token", "jsapi_ticket"}, appCalls...) {
+		m.UpstreamCall("wxA", api, "ok", time.Millisecond)
+	}
+	m.UpstreamCall("wxB", "quota_get", "ok", time.Millisecond)
+
+	m.Forget("wxA.jsapi_ticket", "jsapi_ticket", "jsapi_ticket")
+	m.Forget("wxA", kv.KindToken, "token")
+	want := []string{`wxtoken_upstream_requests_total{api="quota_get",appid="wxB",result="ok"} 1`}
+	if got := exposed(t, m.upstream); !slices.Equal(got, want) {
+		t.Fatalf("after wxA was forgotten a scrape shows\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

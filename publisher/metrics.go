@@ -96,12 +96,21 @@ func (m *metrics) InvalidatedElsewhere(key string) {
 	m.elsewhere.inc(appid)
 }
 
+// appCalls are the calls to WeChat made for an app as a whole, not for
+// one of its credentials: their series go with the app's token. (The
+// names are those the calls are counted under, in source, quota.go and
+// rid.go.)
+var appCalls = []string{
+	"check", "stable_token_force", "quota_get", "rid_get",
+	kv.ResetPath, "clear_quota", "clear_quota_v2", "component_clear_quota", "component_clear_quota_v2",
+}
+
 // Forget drops the series of a credential a reload removed.
 func (m *metrics) Forget(key, kind, api string) {
 	appid, label := labelsOf(key)
 	m.upstream.forget(appid, api)
 	if kind == kv.KindToken {
-		m.upstream.forget(appid, "check", "stable_token_force")
+		m.upstream.forget(appid, appCalls...)
 		m.elsewhere.forget(appid)
 		m.quota.forget(appid)
 		m.rescue.rescues.DeletePartialMatch(prometheus.Labels{"appid": appid})
