@@ -74,7 +74,7 @@ func main() {
 	bareUpstream := flag.String("upstream", "", "internal: the URL the bare role proxies to")
 	regionN := flag.Int("region-n", 100, "regions: subscribers at the hub and in each of the two regions")
 	regionRotations := flag.Int("region-rotations", 200, "regions: rotations measured (a p99 of fewer is their one or two slowest)")
-	delayList := flag.String("delay", "30ms,45ms", "regions: the delay of each region's link to the hub, each way, in the order "+strings.Join(benchRegions, ",")+" (one value: every region's)")
+	delay := flag.String("delay", "30ms,45ms", "regions: the delay of each region's link to the hub, each way, in the order "+strings.Join(benchRegions, ",")+" (one value: every region's)")
 	partition := flag.Duration("partition", time.Minute, "regions: how long the regions are cut off")
 	guardianHour := flag.Duration("guardian-hour", 10*time.Second, "guardian: real length of one simulated hour (every duration of WeChat's and wxtoken's scales with it)")
 	guardianHours := flag.Int("guardian-hours", 24, "guardian: simulated hours of the day with the foreign fetcher, the failovers and the NATS restart (even, at least 12)")
@@ -85,7 +85,6 @@ func main() {
 	profileDir := flag.String("profiles", "", "authorizers: write the refresher's CPU profiles (filling the bucket, steady) and heap (bucket full) to `directory`")
 	flag.Parse()
 	log.SetFlags(0)
-	delays := regionDelays(*delayList)
 
 	switch *role {
 	case "system":
@@ -101,7 +100,7 @@ func main() {
 		runBare(*bareBody, *bareUpstream)
 		return
 	case "regions":
-		runRegionsSystem(delays)
+		runRegionsSystem(regionDelays(*delay))
 		return
 	case "nats":
 		runNATS(*natsURL, *store)
@@ -320,7 +319,7 @@ func main() {
 				a.peakRSS <= a.rssTarget() && a.restartPeakRSS <= a.rssTarget() && a.restartTotal() == 0 && a.invalid == 0)})
 	}
 	if run("regions") {
-		r := regionsBench(*regionN, *regionRotations, delays, *partition)
+		r := regionsBench(*regionN, *regionRotations, *delay, *partition)
 		fmt.Fprintln(stderr)
 		table = append(table, regionsRows(r)...)
 	}

@@ -51,15 +51,6 @@ func regionDelays(list string) map[string]time.Duration {
 	return delays
 }
 
-// delayList is the -delay value that gives delays.
-func delayList(delays map[string]time.Duration) string {
-	var list []string
-	for _, name := range benchRegions {
-		list = append(list, delays[name].String())
-	}
-	return strings.Join(list, ",")
-}
-
 // runRegionsSystem is the child process of the regions part: a hub NATS
 // with a refresher, and a NATS per region joined to it by a leaf
 // connection through a relay that delays every byte by the region's delay each way,
@@ -264,17 +255,19 @@ type regionsResult struct {
 	catchUp      map[string]time.Duration // from the heal until every subscriber held the newest
 }
 
-// regionsBench measures a rotation's way from the hub's KV write to n
-// subscribers at the hub and n in each region, over rotations rotations;
+// regionsBench measures, with the links of delay (-delay's value), a
+// rotation's way from the hub's KV write to n subscribers at the hub and n
+// in each region, over rotations rotations;
 // then a partition of every region for partition, with two rotations at
 // the hub, and how long after the heal each region's subscribers all hold
 // the newest token.
-func regionsBench(n, rotations int, delays map[string]time.Duration, partition time.Duration) regionsResult {
+func regionsBench(n, rotations int, delay string, partition time.Duration) regionsResult {
+	delays := regionDelays(delay)
 	self, err := os.Executable()
 	if err != nil {
 		log.Fatal(err)
 	}
-	cmd := exec.Command(self, "-role", "regions", "-delay", delayList(delays))
+	cmd := exec.Command(self, "-role", "regions", "-delay", delay)
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()

@@ -143,8 +143,12 @@ func (s *system) awaitKeys(n int) {
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	var bucket jetstream.KeyValue // bound once it exists
 	for {
-		if tokens(ctx, js) >= n {
+		if bucket == nil {
+			bucket, _ = kv.Bind(ctx, js, "")
+		}
+		if bucket != nil && tokens(ctx, bucket) >= n {
 			return
 		}
 		select {
@@ -159,11 +163,7 @@ func (s *system) awaitKeys(n int) {
 // tokens counts the token keys in the bucket. The bucket holds more than
 // tokens (each app's ledger, the lease), and the keys of those have two
 // tokens: an app's token is the key of one.
-func tokens(ctx context.Context, js jetstream.JetStream) int {
-	b, err := kv.Bind(ctx, js, "")
-	if err != nil {
-		return 0
-	}
+func tokens(ctx context.Context, b jetstream.KeyValue) int {
 	keys, err := b.ListKeysFiltered(ctx, "*")
 	if err != nil {
 		return 0
