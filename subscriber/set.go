@@ -148,10 +148,10 @@ func NewSet(ctx context.Context, nc *nats.Conn, opts ...Option) (*Set, error) {
 // value. For a key the Set holds nothing of it returns the zero Token;
 // Current says whether a value can be used.
 func (s *Set) Token(key string) Token {
-	if e := s.keys.get(key); e != nil {
-		if t := e.current.Load(); t != nil {
-			return *t
-		}
+	// Small enough to be inlined: the 48 bytes are then copied straight
+	// from the value held to the caller's variable.
+	if t := s.keys.current(key); t != nil {
+		return *t
 	}
 	return Token{}
 }

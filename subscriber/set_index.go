@@ -64,6 +64,14 @@ func (ix *index) get(key string) *entry {
 	}
 }
 
+// current returns the value held of key, or nil.
+func (ix *index) current(key string) *Token {
+	if e := ix.get(key); e != nil {
+		return e.current.Load()
+	}
+	return nil
+}
+
 // add adds e, whose key it does not have. The table is kept at most half
 // full, so that a lookup probes a slot or two.
 func (ix *index) add(e *entry) {
