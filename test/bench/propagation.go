@@ -19,14 +19,16 @@ import (
 	"github.com/wxtoken/wxtoken/subscriber"
 )
 
-// fleet is n service connections in this process, each following the
-// keys (a Subscriber of benchApp, or a Set of every key) and subscribed to
-// the floors' subjects. A new value is recorded the moment a subscriber or
-// set swaps it in, a floor message in its subscription's callback: each
-// the first code after the one hand-off from nats.go's reader.
+// fleet is n service connections, each following the keys (a Subscriber
+// of benchApp in this process, or a Set of every key in a process of its
+// own) and subscribed to the floors' subjects. A new value is recorded the
+// moment a subscriber or set swaps it in, a floor message in its
+// subscription's callback: each the first code after the one hand-off
+// from nats.go's reader.
 type fleet struct {
-	conns   []*nats.Conn
+	size    int
 	closers []func() error
+	cpu     func() time.Duration // the followers' CPU time so far
 
 	arrivals
 	rotated map[uint64][]time.Time // when each follower held each revision
@@ -51,8 +53,7 @@ const (
 // newFleet connects n services to url, each following with follow (which
 // returns what closes it).
 func newFleet(url string, n int, follow func(ctx context.Context, nc *nats.Conn) (func() error, error)) *fleet {
-	f := &fleet{arrivals: newArrivals(), core: map[uint64][]time.Time{}, durable: map[uint64][]time.Time{}, rotated: map[uint64][]time.Time{}}
-	f.conns = make([]*nats.Conn, n)
+	f := &fleet{size: n, cpu: ownCPU, arrivals: newArrivals(), core: map[uint64][]time.Time{}, durable: map[uint64][]time.Time{}, rotated: map[uint64][]time.Time{}}
 	f.closers = make([]func() error, n)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
@@ -76,7 +77,11 @@ func newFleet(url string, n int, follow func(ctx context.Context, nc *nats.Conn)
 			if err != nil {
 				log.Fatal(err)
 			}
-			f.conns[i], f.closers[i] = nc, closer
+			f.closers[i] = func() error {
+				err := closer()
+				nc.Close()
+				return err
+			}
 		})
 	}
 	wg.Wait()
@@ -103,22 +108,21 @@ func (f *fleet) await(m map[uint64][]time.Time, key uint64) []time.Time {
 		f.mu.Lock()
 		got := m[key]
 		f.mu.Unlock()
-		if len(got) >= len(f.conns) {
+		if len(got) >= f.size {
 			return got
 		}
 		select {
 		case <-f.progress:
 		case <-deadline:
-			log.Fatalf("only %d of %d arrivals", len(got), len(f.conns))
+			log.Fatalf("only %d of %d arrivals", len(got), f.size)
 		}
 	}
 }
 
 func (f *fleet) close() {
 	swapprobe.Set(nil)
-	for i := range f.conns {
-		f.closers[i]()
-		f.conns[i].Close()
+	for _, close := range f.closers {
+		close()
 	}
 }
 
@@ -151,6 +155,7 @@ type propagated struct {
 	// disturbed by other work on the machine than a latency, it shows what
 	// wxtoken does on each receipt that the floor's callback does not. A
 	// rotation's includes the three requests that start and check it.
+	// Zero for followers in processes of their own (newProcessFleet).
 	cpu, durableCPU time.Duration
 }
 
@@ -171,23 +176,13 @@ func propagation(n, rotations int) propagated {
 	return measure(sys, f, fmt.Sprintf("n=%d", n), rotations, func(int) string { return benchApp })
 }
 
-// setPropagation measures the same with n Sets, each on its own
-// connection, following every one of keys keys, and rotations of keys
-// picked at random.
+// setPropagation measures the same with n processes, each following every
+// one of keys keys with a Set, and rotations of keys picked at random.
 func setPropagation(n, keys, rotations int) propagated {
 	sys := startSystem(2*time.Hour, time.Nanosecond, keys)
 	defer sys.stop()
 	sys.awaitKeys(keys)
-	f := newFleet(sys.url, n, func(ctx context.Context, nc *nats.Conn) (func() error, error) {
-		set, err := subscriber.NewSet(ctx, nc)
-		if err != nil {
-			return nil, err
-		}
-		if held := len(set.Keys()); held != keys {
-			return nil, fmt.Errorf("a set holds %d keys, want %d", held, keys)
-		}
-		return set.Close, nil
-	})
+	f := newProcessFleet(sys.url, n, keys)
 	defer f.close()
 	return measure(sys, f, fmt.Sprintf("sets n=%d keys=%d", n, keys), rotations, func(int) string { return benchKey(rand.N(keys)) })
 }
@@ -216,7 +211,7 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 	// publish) to each receipt.
 	rotate := func(round int) (wxtoken []time.Duration, cpu time.Duration) {
 		runtime.GC() // each round starts with no garbage to collect, in every kind
-		start := ownCPU()
+		start := f.cpu()
 		key := pick(round)
 		e, err := tokens.Get(ctx, key)
 		if err != nil {
@@ -236,7 +231,7 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 			log.Fatalf("refresh %s: %s", key, msg.Data)
 		}
 		arrivals := f.await(f.rotated, reply.Revision)
-		cpu = ownCPU() - start
+		cpu = f.cpu() - start
 		stored, err := tokens.GetRevision(ctx, key, reply.Revision)
 		if err != nil {
 			log.Fatal(err)
@@ -250,7 +245,7 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 	// client on a connection of its own, as the refresher's values do.
 	floor := func(durable bool, round int) (arrivals []time.Time, reply floorReply, cpu time.Duration) {
 		runtime.GC()
-		start := ownCPU()
+		start := f.cpu()
 		req, _ := json.Marshal(floorRequest{Durable: durable, Round: uint64(round), Size: size})
 		msg, err := control.Request("bench.floor", req, 10*time.Second)
 		if err != nil {
@@ -264,7 +259,7 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 			m = f.durable
 		}
 		arrivals = f.await(m, uint64(round))
-		return arrivals, reply, ownCPU() - start
+		return arrivals, reply, f.cpu() - start
 	}
 	coreFloor := func(round int) (core []time.Duration) {
 		arrivals, reply, _ := floor(false, round)
