@@ -312,14 +312,17 @@ func measure(sys *system, f *fleet, name string, rotations int, pick func(round 
 }
 
 var lastProgress struct {
+	sync.Mutex
 	text string
 	at   time.Time
 }
 
 // progress shows a status line on stderr, rewritten in place, at most four
-// times a second.
+// times a second. It may be called from any goroutine.
 func progress(format string, args ...any) {
 	text := fmt.Sprintf(format, args...)
+	lastProgress.Lock()
+	defer lastProgress.Unlock()
 	if text == lastProgress.text || time.Since(lastProgress.at) < 250*time.Millisecond {
 		return
 	}

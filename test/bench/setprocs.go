@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -58,8 +59,10 @@ func runSetFollower(url string, keys int) {
 	if held := len(set.Keys()); held != keys {
 		log.Fatalf("a set holds %d keys, want %d", held, keys)
 	}
+	mu.Lock()
+	fmt.Println("ready") // before any arrival's line
+	mu.Unlock()
 	swapprobe.Set(func(_ string, revision uint64) { arrived('r', revision, time.Now()) })
-	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 	set.Close()
 	nc.Close()
@@ -76,12 +79,12 @@ func newProcessFleet(url string, n, keys int) *fleet {
 	self, _ := os.Executable()
 	f.closers = make([]func() error, n)
 	var wg sync.WaitGroup
+	var started atomic.Int64
 	sem := make(chan struct{}, 8) // a Set's start reads the whole bucket: a few at a time
 	for i := range n {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			progress("sets: starting process %d/%d, each following %d keys", i+1, n, keys)
 			cmd := exec.Command(self, "-role", "setfollower", "-nats", url, "-keys", strconv.Itoa(keys))
 			cmd.Stderr = os.Stderr
 			stdin, _ := cmd.StdinPipe()
@@ -95,6 +98,7 @@ func newProcessFleet(url string, n, keys int) *fleet {
 				log.Fatalf("setfollower %d: did not say ready (%q)", i, lines.Text())
 			}
 			go f.read(lines)
+			progress("sets: %d of %d processes hold the %d keys", started.Add(1), n, keys)
 		})
 	}
 	wg.Wait()
