@@ -84,6 +84,11 @@ func TestSecretAppearsNowhere(t *testing.T) {
 		return time.Now()
 	}
 	logs := newNotifyingBuffer()
+	t.Cleanup(func() {
+		if t.Failed() { // what the refresher did says why; its secrets are the test's markers
+			t.Logf("the refresher's log:\n%s", logs.String())
+		}
+	})
 	testenv.Refresher(t, testenv.Connect(t, srv.ClientURL()), publisher.Config{
 		Apps: apps, UpstreamURL: url, HTTPClient: client, UpstreamTimeout: 300 * time.Millisecond,
 		Schedule: "@every 1s", Clock: publisher.Clock{Now: clock}, Logger: textLogger(logs),

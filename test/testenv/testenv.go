@@ -172,14 +172,19 @@ func Bucket(t testing.TB, ctx context.Context, nc *nats.Conn) jetstream.KeyValue
 	if err != nil {
 		t.Fatal(err)
 	}
+	began := time.Now()
+	var last error // the last answer that was not the context's end: it says why
 	for {
 		b, err := kv.Bind(ctx, js, kv.DefaultBucket)
 		if err == nil {
 			return b
 		}
+		if ctx.Err() == nil {
+			last = err
+		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("token bucket never appeared: %v", err)
+			t.Fatalf("token bucket never appeared in %s: %v (the last answer before: %v)", time.Since(began).Round(time.Millisecond), err, last)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
