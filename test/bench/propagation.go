@@ -53,8 +53,7 @@ const (
 // newFleet connects n services to url, each following with follow (which
 // returns what closes it).
 func newFleet(url string, n int, follow func(ctx context.Context, nc *nats.Conn) (func() error, error)) *fleet {
-	f := &fleet{size: n, cpu: ownCPU, arrivals: newArrivals(), core: map[uint64][]time.Time{}, durable: map[uint64][]time.Time{}, rotated: map[uint64][]time.Time{}}
-	f.closers = make([]func() error, n)
+	f := newEmptyFleet(n, ownCPU)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	for i := range n {
@@ -89,6 +88,13 @@ func newFleet(url string, n int, follow func(ctx context.Context, nc *nats.Conn)
 	// starts returning it.
 	swapprobe.Set(func(_ string, revision uint64) { f.arrived(f.rotated, revision, time.Now()) })
 	return f
+}
+
+// newEmptyFleet is a fleet of n followers, none started yet, whose CPU
+// time so far cpu tells.
+func newEmptyFleet(n int, cpu func() time.Duration) *fleet {
+	return &fleet{size: n, cpu: cpu, closers: make([]func() error, n), arrivals: newArrivals(),
+		core: map[uint64][]time.Time{}, durable: map[uint64][]time.Time{}, rotated: map[uint64][]time.Time{}}
 }
 
 func (a *arrivals) arrived(m map[uint64][]time.Time, key uint64, at time.Time) {

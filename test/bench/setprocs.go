@@ -75,9 +75,8 @@ func runSetFollower(url string, keys int) {
 // (the runtime's and the connection's timers), which grows with the
 // time between them, and a rotation's round is longer than a floor's.
 func newProcessFleet(url string, n, keys int) *fleet {
-	f := &fleet{size: n, cpu: func() time.Duration { return 0 }, arrivals: newArrivals(), core: map[uint64][]time.Time{}, durable: map[uint64][]time.Time{}, rotated: map[uint64][]time.Time{}}
+	f := newEmptyFleet(n, func() time.Duration { return 0 })
 	self, _ := os.Executable()
-	f.closers = make([]func() error, n)
 	var wg sync.WaitGroup
 	var started atomic.Int64
 	sem := make(chan struct{}, 8) // a Set's start reads the whole bucket: a few at a time
@@ -114,8 +113,15 @@ func (f *fleet) read(lines *bufio.Scanner) {
 		}
 		n, _ := strconv.ParseUint(fields[1], 10, 64)
 		at, _ := strconv.ParseInt(fields[2], 10, 64)
-		m := map[string]map[uint64][]time.Time{"r": f.rotated, "c": f.core, "d": f.durable}[fields[0]]
-		if m == nil {
+		var m map[uint64][]time.Time
+		switch fields[0] {
+		case "r":
+			m = f.rotated
+		case "c":
+			m = f.core
+		case "d":
+			m = f.durable
+		default:
 			log.Fatalf("setfollower: %q", lines.Text())
 		}
 		f.arrived(m, n, time.Unix(0, at))
